@@ -1,0 +1,332 @@
+//! Command line: clap `Cli` (every flag also readable from its env var) turned into a validated
+//! `Config` before any socket or container is touched.
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use shared::schema::DEFAULT_LABEL_PREFIX;
+use shared::telemetry::LogFormat;
+
+use crate::labels::AllowList;
+
+/// Launches a TLS sidecar next to every container that opts in with a label, and removes it when
+/// the container goes away.
+#[derive(Debug, Parser)]
+#[command(name = "spawner", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub opts: Opts,
+}
+
+/// What to do; a bare `spawner` is `spawner run`.
+#[derive(Debug, Clone, Copy, Subcommand, PartialEq, Eq)]
+pub enum Command {
+    /// Run the daemon: watch the engine and keep exactly one sidecar per opted-in container.
+    Run,
+    /// Print a table of opted-in containers, their sidecars and any problem, then exit.
+    Status,
+}
+
+/// Flags shared by every subcommand.
+#[derive(Debug, Clone, Args)]
+pub struct Opts {
+    /// Docker engine address; only `unix://` sockets are supported.
+    #[arg(
+        long,
+        env = "DOCKER_HOST",
+        default_value = "unix:///var/run/docker.sock",
+        global = true
+    )]
+    pub docker_host: String,
+
+    /// Label prefix: targets opt in with `<prefix>.proxy-image`, sidecars are marked with
+    /// `<prefix>.sidecar-for` and `<prefix>.managed-by`.
+    #[arg(long, env = "SPAWNER_LABEL_PREFIX", default_value = DEFAULT_LABEL_PREFIX, global = true)]
+    pub label_prefix: String,
+
+    /// Glob (`*`, `?`) of a sidecar image a target may ask for; repeatable. Anything else is
+    /// refused, because a label is all it takes to make the spawner run an image.
+    #[arg(
+        long = "allow-image",
+        env = "SPAWNER_ALLOW_IMAGES",
+        value_delimiter = ',',
+        default_value = "tls-sidecar/sidecar:*",
+        global = true
+    )]
+    pub allow_images: Vec<String>,
+
+    /// Host directory (absolute path) or named volume mounted read-only into sidecars at `/certs`
+    /// (certbot layout: `live/<hostname>/fullchain.pem` and `privkey.pem`).
+    #[arg(long, env = "SPAWNER_CERTS_FROM", global = true)]
+    pub certs_from: Option<String>,
+
+    /// Log what would be done and change nothing.
+    #[arg(long, global = true)]
+    pub dry_run: bool,
+
+    /// Log format.
+    #[arg(
+        long,
+        env = "SPAWNER_LOG_FORMAT",
+        value_enum,
+        default_value = "text",
+        global = true
+    )]
+    pub log_format: LogFormat,
+
+    /// Memory limit of each sidecar (bytes, or with a unit: 64MiB, 128m, 1g). A TLS terminator
+    /// needs little; the limit stops a runaway sidecar from hurting its target.
+    #[arg(
+        long,
+        env = "SPAWNER_SIDECAR_MEMORY",
+        default_value = "64MiB",
+        global = true
+    )]
+    pub sidecar_memory: String,
+
+    /// Maximum number of processes/threads in each sidecar; bounds a fork/thread leak.
+    #[arg(
+        long,
+        env = "SPAWNER_SIDECAR_PIDS_LIMIT",
+        default_value_t = 128,
+        global = true
+    )]
+    pub sidecar_pids_limit: i64,
+
+    /// Shutdown grace given to each sidecar (`SIDECAR_SHUTDOWN_GRACE`); the container's stop
+    /// timeout is this plus 2 s so Docker never kills a draining sidecar early.
+    #[arg(long, env = "SPAWNER_SIDECAR_SHUTDOWN_GRACE", default_value = "10s",
+          value_parser = shared::parse::duration, global = true)]
+    pub sidecar_shutdown_grace: Duration,
+
+    /// Full reconcile at least this often, even without events (belt and braces against a
+    /// missed event).
+    #[arg(long, env = "SPAWNER_RESYNC_INTERVAL", default_value = "30s",
+          value_parser = shared::parse::duration, global = true)]
+    pub resync_interval: Duration,
+
+    /// Timeout of each Docker API call (pulls get ten times this).
+    #[arg(long, env = "SPAWNER_DOCKER_TIMEOUT", default_value = "10s",
+          value_parser = shared::parse::duration, global = true)]
+    pub docker_timeout: Duration,
+}
+
+/// Where sidecar certificates come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CertsSource {
+    /// An absolute host directory, bind-mounted.
+    HostDir(String),
+    /// A named volume.
+    Volume(String),
+}
+
+/// Validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub command: Command,
+    /// Path of the engine's unix socket.
+    pub docker_socket: String,
+    pub docker_host: String,
+    pub label_prefix: String,
+    pub allow: AllowList,
+    pub certs: Option<CertsSource>,
+    pub dry_run: bool,
+    pub log_format: LogFormat,
+    pub sidecar_memory: i64,
+    pub sidecar_pids_limit: i64,
+    pub sidecar_shutdown_grace: Duration,
+    pub resync_interval: Duration,
+    pub docker_timeout: Duration,
+}
+
+/// A flag with an invalid value.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid --{flag} {value:?}: {reason}")]
+pub struct ConfigError {
+    pub flag: &'static str,
+    pub value: String,
+    pub reason: String,
+}
+
+fn bad(flag: &'static str, value: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError {
+        flag,
+        value: value.to_string(),
+        reason: reason.into(),
+    }
+}
+
+impl Cli {
+    /// Validates every flag; no I/O.
+    pub fn into_config(self) -> Result<Config, ConfigError> {
+        let o = self.opts;
+        let docker_socket = match o.docker_host.strip_prefix("unix://") {
+            Some(p) if p.starts_with('/') => p.to_string(),
+            _ => {
+                return Err(bad(
+                    "docker-host",
+                    &o.docker_host,
+                    "expected unix:///absolute/path",
+                ))
+            }
+        };
+        let prefix_ok = !o.label_prefix.is_empty()
+            && o.label_prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-._/".contains(c))
+            && !o.label_prefix.ends_with('.');
+        if !prefix_ok {
+            return Err(bad(
+                "label-prefix",
+                &o.label_prefix,
+                "expected letters, digits, '-', '.', '_'",
+            ));
+        }
+        let patterns: Vec<String> = o
+            .allow_images
+            .iter()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+        if patterns.is_empty() {
+            return Err(bad(
+                "allow-image",
+                "",
+                "at least one image pattern is required",
+            ));
+        }
+        if let Some(p) = patterns.iter().find(|p| p.chars().any(char::is_whitespace)) {
+            return Err(bad("allow-image", p, "patterns contain no whitespace"));
+        }
+        let certs = match o.certs_from.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(p) if p.starts_with('/') => Some(CertsSource::HostDir(p.to_string())),
+            Some(v) if valid_volume_name(v) => Some(CertsSource::Volume(v.to_string())),
+            Some(v) => {
+                return Err(bad(
+                    "certs-from",
+                    v,
+                    "expected an absolute path or a volume name",
+                ))
+            }
+        };
+        let sidecar_memory = parse_bytes(&o.sidecar_memory)
+            .map_err(|r| bad("sidecar-memory", &o.sidecar_memory, r))?;
+        // Docker refuses memory limits under 6 MiB.
+        if sidecar_memory < 6 * 1024 * 1024 {
+            return Err(bad(
+                "sidecar-memory",
+                &o.sidecar_memory,
+                "must be at least 6MiB",
+            ));
+        }
+        if o.sidecar_pids_limit < 1 {
+            return Err(bad(
+                "sidecar-pids-limit",
+                &o.sidecar_pids_limit.to_string(),
+                "must be positive",
+            ));
+        }
+        Ok(Config {
+            command: self.command.unwrap_or(Command::Run),
+            docker_socket,
+            docker_host: o.docker_host,
+            label_prefix: o.label_prefix,
+            allow: AllowList::new(patterns),
+            certs,
+            dry_run: o.dry_run,
+            log_format: o.log_format,
+            sidecar_memory,
+            sidecar_pids_limit: o.sidecar_pids_limit,
+            sidecar_shutdown_grace: o.sidecar_shutdown_grace,
+            resync_interval: o.resync_interval,
+            docker_timeout: o.docker_timeout,
+        })
+    }
+}
+
+fn valid_volume_name(v: &str) -> bool {
+    let mut chars = v.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+}
+
+/// Parses a byte size: plain bytes, or a number with `k`/`m`/`g` (also `KiB`, `MiB`, `GiB`, `kb`...),
+/// all binary multiples as Docker uses them.
+pub fn parse_bytes(s: &str) -> Result<i64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: i64 = num
+        .parse()
+        .map_err(|_| "expected a size such as 64MiB or 128m".to_string())?;
+    let mult: i64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return Err("unknown unit; use b, k, m or g (KiB, MiB, GiB)".to_string()),
+    };
+    n.checked_mul(mult).ok_or_else(|| "too large".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(args: &[&str]) -> Result<Config, ConfigError> {
+        let mut v = vec!["spawner"];
+        v.extend_from_slice(args);
+        Cli::try_parse_from(v).expect("parse").into_config()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = cfg(&[]).expect("defaults");
+        assert_eq!(c.command, Command::Run);
+        assert_eq!(c.docker_socket, "/var/run/docker.sock");
+        assert_eq!(c.label_prefix, "tls-sidecar");
+        assert!(c.allow.allows("tls-sidecar/sidecar:latest"));
+        assert_eq!(c.sidecar_memory, 64 << 20);
+        assert_eq!(c.sidecar_pids_limit, 128);
+    }
+
+    #[test]
+    fn status_subcommand_takes_flags_after_it() {
+        let c = cfg(&["status", "--label-prefix", "x"]).expect("status");
+        assert_eq!(c.command, Command::Status);
+        assert_eq!(c.label_prefix, "x");
+    }
+
+    #[test]
+    fn refuses_bad_values() {
+        assert!(cfg(&["--docker-host", "tcp://1.2.3.4:2375"]).is_err());
+        assert!(cfg(&["--sidecar-memory", "lots"]).is_err());
+        assert!(cfg(&["--sidecar-memory", "1k"]).is_err());
+        assert!(cfg(&["--certs-from", "../certs"]).is_err());
+        assert!(cfg(&["--label-prefix", "a b"]).is_err());
+        assert!(cfg(&["--allow-image", ""]).is_err());
+    }
+
+    #[test]
+    fn certs_from_distinguishes_dirs_and_volumes() {
+        let c = cfg(&["--certs-from", "/etc/letsencrypt"]).expect("dir");
+        assert_eq!(
+            c.certs,
+            Some(CertsSource::HostDir("/etc/letsencrypt".into()))
+        );
+        let c = cfg(&["--certs-from", "letsencrypt"]).expect("volume");
+        assert_eq!(c.certs, Some(CertsSource::Volume("letsencrypt".into())));
+    }
+
+    #[test]
+    fn byte_sizes() {
+        assert_eq!(parse_bytes("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_bytes("128m"), Ok(128 << 20));
+        assert_eq!(parse_bytes("1g"), Ok(1 << 30));
+        assert_eq!(parse_bytes("1000"), Ok(1000));
+        assert!(parse_bytes("1x").is_err());
+    }
+}

@@ -1,0 +1,201 @@
+//! What a sidecar container looks like: the create request for one target. Pure, so the security
+//! settings are asserted in unit tests.
+
+use std::collections::HashMap;
+
+use bollard::models::{
+    ContainerCreateBody, HostConfig, Mount, MountType, RestartPolicy, RestartPolicyNameEnum,
+};
+use shared::schema::{env, label, label_name};
+
+use crate::config::{CertsSource, Config};
+use crate::labels::TargetSpec;
+use crate::observe::MANAGED_BY_VALUE;
+
+/// Where certificates are mounted inside the sidecar.
+pub const CERTS_MOUNT: &str = "/certs";
+/// The unprivileged user the sidecar runs as (`nobody`).
+pub const SIDECAR_USER: &str = "65534:65534";
+/// Extra stop timeout on top of the sidecar's shutdown grace, so Docker's SIGKILL never cuts a drain.
+const STOP_TIMEOUT_MARGIN_SECS: i64 = 2;
+
+/// The target a sidecar is for.
+pub struct For<'a> {
+    pub id: &'a str,
+    pub started_at: &'a str,
+    pub spec: &'a TargetSpec,
+}
+
+/// Certificate paths inside the sidecar for a hostname (certbot layout).
+pub fn cert_paths(hostname: &str) -> (String, String) {
+    let dir = format!("{CERTS_MOUNT}/live/{hostname}");
+    (format!("{dir}/fullchain.pem"), format!("{dir}/privkey.pem"))
+}
+
+/// The create request. `use_certs`: the certificate files for the hostname exist under the mount.
+pub fn sidecar_body(cfg: &Config, target: &For<'_>, use_certs: bool) -> ContainerCreateBody {
+    let spec = target.spec;
+    let grace = cfg.sidecar_shutdown_grace;
+    let log_format = match cfg.log_format {
+        shared::telemetry::LogFormat::Text => "text",
+        shared::telemetry::LogFormat::Json => "json",
+    };
+    let mut envs = vec![
+        format!("{}={}", env::LISTEN, spec.listen),
+        format!("{}={}", env::BACKEND, spec.backend),
+        format!("{}={}", env::MODE, spec.mode.as_str()),
+        format!("{}={}s", env::SHUTDOWN_GRACE, grace.as_secs().max(1)),
+        format!("{}={}", env::LOG_FORMAT, log_format),
+    ];
+    if use_certs {
+        let (cert, key) = cert_paths(&spec.hostname);
+        envs.push(format!("{}={cert}", env::CERT));
+        envs.push(format!("{}={key}", env::KEY));
+    } else {
+        envs.push(format!(
+            "{}={},localhost,127.0.0.1",
+            env::SELF_SIGNED_NAMES,
+            spec.hostname
+        ));
+    }
+    let labels = HashMap::from([
+        (
+            label_name(&cfg.label_prefix, label::SIDECAR_FOR),
+            target.id.to_string(),
+        ),
+        (
+            label_name(&cfg.label_prefix, label::MANAGED_BY),
+            MANAGED_BY_VALUE.to_string(),
+        ),
+        (
+            label_name(&cfg.label_prefix, label::TARGET_STARTED),
+            target.started_at.to_string(),
+        ),
+    ]);
+    let mounts = cfg.certs.as_ref().map(|c| {
+        let (typ, source) = match c {
+            CertsSource::HostDir(p) => (MountType::BIND, p.clone()),
+            CertsSource::Volume(v) => (MountType::VOLUME, v.clone()),
+        };
+        vec![Mount {
+            target: Some(CERTS_MOUNT.to_string()),
+            source: Some(source),
+            typ: Some(typ),
+            read_only: Some(true),
+            ..Default::default()
+        }]
+    });
+    ContainerCreateBody {
+        image: Some(spec.image.clone()),
+        user: Some(SIDECAR_USER.to_string()),
+        env: Some(envs),
+        labels: Some(labels),
+        stop_timeout: Some(grace.as_secs() as i64 + STOP_TIMEOUT_MARGIN_SECS),
+        host_config: Some(HostConfig {
+            network_mode: Some(format!("container:{}", target.id)),
+            readonly_rootfs: Some(true),
+            cap_drop: Some(vec!["ALL".to_string()]),
+            security_opt: Some(vec!["no-new-privileges:true".to_string()]),
+            memory: Some(cfg.sidecar_memory),
+            pids_limit: Some(cfg.sidecar_pids_limit),
+            restart_policy: Some(RestartPolicy {
+                name: Some(RestartPolicyNameEnum::NO),
+                maximum_retry_count: None,
+            }),
+            mounts,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::config::Cli;
+    use crate::labels::Mode;
+    use clap::Parser;
+
+    fn cfg(args: &[&str]) -> Config {
+        let mut v = vec!["spawner"];
+        v.extend_from_slice(args);
+        Cli::try_parse_from(v).unwrap().into_config().unwrap()
+    }
+
+    fn spec() -> TargetSpec {
+        TargetSpec {
+            image: "tls-sidecar/sidecar:1".into(),
+            listen: "0.0.0.0:8443".into(),
+            backend: "127.0.0.1:3000".into(),
+            mode: Mode::Tcp,
+            hostname: "web.example".into(),
+        }
+    }
+
+    #[test]
+    fn locked_down_and_labelled() {
+        let spec = spec();
+        let t = For {
+            id: "abc123",
+            started_at: "2024-01-01T00:00:00Z",
+            spec: &spec,
+        };
+        let b = sidecar_body(&cfg(&[]), &t, false);
+        assert_eq!(b.user.as_deref(), Some("65534:65534"));
+        assert_eq!(b.stop_timeout, Some(12));
+        let h = b.host_config.unwrap();
+        assert_eq!(h.network_mode.as_deref(), Some("container:abc123"));
+        assert_eq!(h.readonly_rootfs, Some(true));
+        assert_eq!(h.cap_drop, Some(vec!["ALL".to_string()]));
+        assert_eq!(
+            h.security_opt,
+            Some(vec!["no-new-privileges:true".to_string()])
+        );
+        assert_eq!(h.memory, Some(64 << 20));
+        assert_eq!(h.pids_limit, Some(128));
+        assert_eq!(
+            h.restart_policy.unwrap().name,
+            Some(RestartPolicyNameEnum::NO)
+        );
+        assert!(
+            h.mounts.is_none() && h.binds.is_none(),
+            "no socket, no mounts"
+        );
+        let l = b.labels.unwrap();
+        assert_eq!(l["tls-sidecar.sidecar-for"], "abc123");
+        assert_eq!(l["tls-sidecar.managed-by"], "spawner");
+        assert_eq!(l["tls-sidecar.target-started"], "2024-01-01T00:00:00Z");
+        let env = b.env.unwrap();
+        for want in [
+            "SIDECAR_LISTEN=0.0.0.0:8443",
+            "SIDECAR_BACKEND=127.0.0.1:3000",
+            "SIDECAR_MODE=tcp",
+            "SIDECAR_SHUTDOWN_GRACE=10s",
+            "SIDECAR_SELF_SIGNED_NAMES=web.example,localhost,127.0.0.1",
+        ] {
+            assert!(env.iter().any(|e| e == want), "{want} missing from {env:?}");
+        }
+    }
+
+    #[test]
+    fn certs_are_mounted_read_only_and_used_when_present() {
+        let spec = spec();
+        let t = For {
+            id: "abc",
+            started_at: "s",
+            spec: &spec,
+        };
+        let b = sidecar_body(&cfg(&["--certs-from", "/etc/letsencrypt"]), &t, true);
+        let m = &b.host_config.unwrap().mounts.unwrap()[0];
+        assert_eq!(m.read_only, Some(true));
+        assert_eq!(m.target.as_deref(), Some("/certs"));
+        assert_eq!(m.typ, Some(MountType::BIND));
+        let env = b.env.unwrap();
+        assert!(env.contains(&"SIDECAR_CERT=/certs/live/web.example/fullchain.pem".to_string()));
+        assert!(env.contains(&"SIDECAR_KEY=/certs/live/web.example/privkey.pem".to_string()));
+        assert!(!env
+            .iter()
+            .any(|e| e.starts_with("SIDECAR_SELF_SIGNED_NAMES")));
+    }
+}

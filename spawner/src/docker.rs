@@ -1,0 +1,219 @@
+//! Thin wrapper over bollard: one lazily (re)established connection with the API version
+//! negotiated down to the engine's, and every call under a timeout. No policy here.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use bollard::models::{
+    ContainerCreateBody, ContainerInspectResponse, ContainerSummary, EventMessage,
+};
+use bollard::query_parameters::{
+    CreateContainerOptions, CreateImageOptions, EventsOptions, ListContainersOptions,
+    RemoveContainerOptions,
+};
+use bollard::{Docker, API_DEFAULT_VERSION};
+use futures_util::stream::BoxStream;
+use futures_util::StreamExt;
+
+use crate::error::Error;
+
+/// Pulls transfer image layers, so they get this many times the per-call timeout.
+const PULL_TIMEOUT_FACTOR: u32 = 10;
+
+/// A handle on the engine. Cheap to share behind an `Arc`.
+pub struct Engine {
+    host: String,
+    socket: String,
+    timeout: Duration,
+    client: Mutex<Option<Docker>>,
+}
+
+impl Engine {
+    pub fn new(host: &str, socket: &str, timeout: Duration) -> Self {
+        Engine {
+            host: host.to_string(),
+            socket: socket.to_string(),
+            timeout,
+            client: Mutex::new(None),
+        }
+    }
+
+    /// The cached client, or a new one. bollard's default API version is newer than older
+    /// engines accept (20.10 speaks 1.41), so each new connection negotiates it down.
+    async fn client(&self) -> Result<Docker, Error> {
+        if let Some(d) = self
+            .client
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
+            return Ok(d);
+        }
+        let secs = self.timeout.as_secs().max(1);
+        let connect_err = |source| Error::Connect {
+            host: self.host.clone(),
+            source,
+        };
+        let d = Docker::connect_with_unix(&self.socket, secs, API_DEFAULT_VERSION)
+            .map_err(connect_err)?;
+        let d = tokio::time::timeout(self.timeout, d.negotiate_version())
+            .await
+            .map_err(|_| Error::Timeout {
+                op: "version",
+                timeout: self.timeout,
+            })?
+            .map_err(connect_err)?;
+        tracing::debug!(host = %self.host, version = %d.client_version(), "connected to docker engine");
+        *self.client.lock().unwrap_or_else(|p| p.into_inner()) = Some(d.clone());
+        Ok(d)
+    }
+
+    fn forget_client(&self) {
+        *self.client.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    async fn call<T, F, Fut>(&self, op: &'static str, timeout: Duration, f: F) -> Result<T, Error>
+    where
+        F: FnOnce(Docker) -> Fut,
+        Fut: Future<Output = Result<T, bollard::errors::Error>>,
+    {
+        let d = self.client().await?;
+        let r = match tokio::time::timeout(timeout, f(d)).await {
+            Err(_) => Err(Error::Timeout { op, timeout }),
+            Ok(r) => r.map_err(|source| Error::Docker { op, source }),
+        };
+        if let Err(e) = &r {
+            if e.is_transport() {
+                self.forget_client();
+            }
+        }
+        r
+    }
+
+    /// Checks the engine answers.
+    pub async fn ping(&self) -> Result<(), Error> {
+        self.call("ping", self.timeout, |d| async move {
+            d.ping().await.map(|_| ())
+        })
+        .await
+    }
+
+    /// Every container, running or not.
+    pub async fn list_containers(&self) -> Result<Vec<ContainerSummary>, Error> {
+        let opts = ListContainersOptions {
+            all: true,
+            ..Default::default()
+        };
+        self.call("list containers", self.timeout, |d| async move {
+            d.list_containers(Some(opts)).await
+        })
+        .await
+    }
+
+    /// `None` when the container does not exist (any more).
+    pub async fn inspect(&self, id: &str) -> Result<Option<ContainerInspectResponse>, Error> {
+        let r = self.call("inspect container", self.timeout, |d| async move {
+            d.inspect_container(id, None).await
+        });
+        match r.await {
+            Err(e) if e.status_code() == Some(404) => Ok(None),
+            r => r.map(Some),
+        }
+    }
+
+    /// Creates a container and returns its ID.
+    pub async fn create(&self, name: &str, body: ContainerCreateBody) -> Result<String, Error> {
+        let opts = CreateContainerOptions {
+            name: Some(name.to_string()),
+            ..Default::default()
+        };
+        self.call("create container", self.timeout, |d| async move {
+            d.create_container(Some(opts), body).await.map(|r| r.id)
+        })
+        .await
+    }
+
+    pub async fn start(&self, id: &str) -> Result<(), Error> {
+        self.call("start container", self.timeout, |d| async move {
+            d.start_container(id, None).await
+        })
+        .await
+    }
+
+    /// Force-removes a container (with its anonymous volumes); a container already gone is fine.
+    pub async fn remove(&self, id: &str) -> Result<(), Error> {
+        let opts = RemoveContainerOptions {
+            force: true,
+            v: true,
+            ..Default::default()
+        };
+        let r = self.call("remove container", self.timeout, |d| async move {
+            d.remove_container(id, Some(opts)).await
+        });
+        match r.await {
+            Err(e) if e.status_code() == Some(404) => Ok(()),
+            r => r,
+        }
+    }
+
+    /// True when the image is present locally.
+    pub async fn image_exists(&self, image: &str) -> Result<bool, Error> {
+        let r = self.call("inspect image", self.timeout, |d| async move {
+            d.inspect_image(image).await
+        });
+        match r.await {
+            Ok(_) => Ok(true),
+            Err(e) if e.status_code() == Some(404) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Pulls an image, following the progress stream to its end.
+    pub async fn pull(&self, image: &str) -> Result<(), Error> {
+        let opts = CreateImageOptions {
+            from_image: Some(image.to_string()),
+            ..Default::default()
+        };
+        self.call(
+            "pull image",
+            self.timeout * PULL_TIMEOUT_FACTOR,
+            |d| async move {
+                let mut progress = d.create_image(Some(opts), None, None);
+                while let Some(item) = progress.next().await {
+                    item?;
+                }
+                Ok(())
+            },
+        )
+        .await
+    }
+
+    /// Subscribes to container lifecycle events since `since` (unix seconds). The stream connects
+    /// when first polled; it ends or yields an error when the connection breaks.
+    pub async fn events(
+        &self,
+        since: Option<i64>,
+    ) -> Result<BoxStream<'static, Result<EventMessage, bollard::errors::Error>>, Error> {
+        let d = self.client().await?;
+        let filters = HashMap::from([
+            ("type".to_string(), vec!["container".to_string()]),
+            (
+                "event".to_string(),
+                ["start", "die", "destroy"].map(String::from).to_vec(),
+            ),
+        ]);
+        let opts = EventsOptions {
+            since: since.map(|s| s.to_string()),
+            until: None,
+            filters: Some(filters),
+        };
+        Ok(d.events(Some(opts)).boxed())
+    }
+
+    /// Drops the cached connection, so the next call reconnects (used after a broken stream).
+    pub fn reconnect(&self) {
+        self.forget_client();
+    }
+}

@@ -1,0 +1,80 @@
+//! The event subscription: subscribe once, and when the stream breaks resubscribe with capped
+//! backoff from the last event's time. Every event and every (re)subscription wakes the reconcile
+//! loop, which then re-lists everything: the stream only says *when* to look, never *what* is true.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_util::StreamExt;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::docker::Engine;
+
+/// First retry delay after the stream breaks; doubled per failure.
+const RETRY_MIN: Duration = Duration::from_millis(250);
+/// Retry delay cap: a restarting engine is picked up within this long.
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default()
+}
+
+/// Runs until `shutdown`.
+pub async fn watch(engine: Arc<Engine>, wake: Arc<Notify>, shutdown: CancellationToken) {
+    let mut since = unix_now();
+    let mut delay = RETRY_MIN;
+    loop {
+        match engine.events(Some(since)).await {
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), retry_in = ?delay, "cannot subscribe to docker events")
+            }
+            Ok(mut stream) => {
+                tracing::debug!(since, "subscribed to docker events");
+                // A full listing after every (re)subscription catches whatever happened unseen.
+                wake.notify_one();
+                loop {
+                    let item = tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        item = stream.next() => item,
+                    };
+                    match item {
+                        Some(Ok(ev)) => {
+                            delay = RETRY_MIN;
+                            if let Some(t) = ev.time {
+                                since = since.max(t);
+                            }
+                            tracing::debug!(
+                                action = ev.action.as_deref().unwrap_or(""),
+                                container = ev
+                                    .actor
+                                    .as_ref()
+                                    .and_then(|a| a.id.as_deref())
+                                    .unwrap_or(""),
+                                "docker event"
+                            );
+                            wake.notify_one();
+                        }
+                        Some(Err(e)) => {
+                            tracing::warn!(error = %e, retry_in = ?delay, "docker event stream broke");
+                            break;
+                        }
+                        None => {
+                            tracing::warn!(retry_in = ?delay, "docker event stream ended");
+                            break;
+                        }
+                    }
+                }
+                engine.reconnect();
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(RETRY_MAX);
+    }
+}

@@ -1,0 +1,88 @@
+//! Reads the engine's state into the reconcile inputs: opted-in targets (with their current
+//! network namespace, `StartedAt`) and the sidecars carrying our labels.
+
+use bollard::models::{ContainerSummary, ContainerSummaryStateEnum};
+use shared::schema::{label, label_name};
+
+use crate::docker::Engine;
+use crate::error::Error;
+use crate::labels::parse_target;
+use crate::reconcile::{Sidecar, Target};
+
+/// Value of the `managed-by` label on every sidecar the spawner creates.
+pub const MANAGED_BY_VALUE: &str = "spawner";
+
+/// What the engine shows, as the reconcile decision needs it.
+#[derive(Debug, Default)]
+pub struct Observed {
+    pub targets: Vec<Target>,
+    pub sidecars: Vec<Sidecar>,
+}
+
+fn name_of(c: &ContainerSummary) -> String {
+    c.names
+        .as_ref()
+        .and_then(|n| n.first())
+        .map(|n| n.trim_start_matches('/').to_string())
+        .unwrap_or_default()
+}
+
+/// One full listing, then an inspect of each running target (for `StartedAt` and exposed ports).
+pub async fn observe(engine: &Engine, prefix: &str) -> Result<Observed, Error> {
+    let managed_key = label_name(prefix, label::MANAGED_BY);
+    let for_key = label_name(prefix, label::SIDECAR_FOR);
+    let started_key = label_name(prefix, label::TARGET_STARTED);
+    let mut out = Observed::default();
+    for c in engine.list_containers().await? {
+        let (Some(id), Some(labels)) = (c.id.clone(), c.labels.as_ref()) else {
+            continue;
+        };
+        let running = c.state == Some(ContainerSummaryStateEnum::RUNNING);
+        if labels.get(&managed_key).map(String::as_str) == Some(MANAGED_BY_VALUE) {
+            if let Some(target_id) = labels.get(&for_key) {
+                out.sidecars.push(Sidecar {
+                    id,
+                    name: name_of(&c),
+                    target_id: target_id.clone(),
+                    target_started: labels.get(&started_key).cloned(),
+                    running,
+                    created: c.created.unwrap_or_default(),
+                });
+            }
+            continue;
+        }
+        let name = name_of(&c);
+        // Cheap pre-check on the listing; the spec is parsed from the inspect below.
+        if parse_target(prefix, &name, labels, &[]).is_none() {
+            continue;
+        }
+        let (started_at, exposed, running) = if running {
+            let Some(info) = engine.inspect(&id).await? else {
+                continue;
+            };
+            let state = info.state.unwrap_or_default();
+            let exposed = info
+                .config
+                .and_then(|c| c.exposed_ports)
+                .unwrap_or_default();
+            (
+                state.started_at.unwrap_or_default(),
+                exposed,
+                state.running.unwrap_or(false),
+            )
+        } else {
+            (String::new(), Vec::new(), false)
+        };
+        let Some(spec) = parse_target(prefix, &name, labels, &exposed) else {
+            continue;
+        };
+        out.targets.push(Target {
+            id,
+            name,
+            running,
+            started_at,
+            spec,
+        });
+    }
+    Ok(out)
+}

@@ -1,0 +1,433 @@
+//! The reconcile decision, pure: what the engine shows (opted-in targets and our sidecars) ->
+//! the actions that make it right. No I/O, so every rule is unit-tested here and the daemon only
+//! executes the plan.
+
+use std::collections::{HashMap, HashSet};
+
+use crate::labels::{AllowList, LabelError, TargetSpec};
+
+/// An opted-in container as observed.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Full container ID.
+    pub id: String,
+    pub name: String,
+    pub running: bool,
+    /// `State.StartedAt`: changes on every start, i.e. with every new network namespace.
+    pub started_at: String,
+    pub spec: Result<TargetSpec, LabelError>,
+}
+
+/// A container carrying our `managed-by` label, as observed.
+#[derive(Debug, Clone)]
+pub struct Sidecar {
+    pub id: String,
+    pub name: String,
+    /// The `sidecar-for` label: full ID of the target it was created for.
+    pub target_id: String,
+    /// The `target-started` label: the target's `StartedAt` when the sidecar was created, i.e.
+    /// which network namespace it joined.
+    pub target_started: Option<String>,
+    pub running: bool,
+    /// Creation time (unix seconds), to keep the oldest of duplicates deterministically.
+    pub created: i64,
+}
+
+/// Why a sidecar is removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemoveReason {
+    /// Its target no longer exists.
+    TargetGone,
+    /// Its target is not running.
+    TargetNotRunning,
+    /// Its target is running but must not have a sidecar (invalid label, refused image).
+    TargetRefused,
+    /// Its target restarted since: the sidecar sits in a dead network namespace.
+    StaleNamespace,
+    /// It exited while its target runs (it will be recreated, with backoff).
+    Exited,
+    /// Another sidecar already serves the target.
+    Duplicate,
+}
+
+impl RemoveReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RemoveReason::TargetGone => "target gone",
+            RemoveReason::TargetNotRunning => "target not running",
+            RemoveReason::TargetRefused => "target refused",
+            RemoveReason::StaleNamespace => "target restarted",
+            RemoveReason::Exited => "sidecar exited",
+            RemoveReason::Duplicate => "duplicate",
+        }
+    }
+}
+
+/// Why a running target gets no sidecar.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Problem {
+    InvalidLabel(LabelError),
+    ImageNotAllowed(String),
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Problem::InvalidLabel(e) => e.fmt(f),
+            Problem::ImageNotAllowed(i) => write!(f, "image {i} is not in the allow-list"),
+        }
+    }
+}
+
+/// One step of a plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Remove {
+        sidecar_id: String,
+        sidecar_name: String,
+        target_id: String,
+        reason: RemoveReason,
+    },
+    Create {
+        target_id: String,
+        target_name: String,
+        started_at: String,
+        spec: TargetSpec,
+    },
+    Report {
+        target_id: String,
+        target_name: String,
+        problem: Problem,
+    },
+}
+
+/// Computes the actions. Removals come first, so a create never collides with the stale sidecar
+/// holding its name. `held` lists targets whose (re)creation is deferred by a backoff: they get
+/// no `Create` this round.
+pub fn plan(
+    targets: &[Target],
+    sidecars: &[Sidecar],
+    allow: &AllowList,
+    held: &HashSet<String>,
+) -> Vec<Action> {
+    let mut by_target: HashMap<&str, Vec<&Sidecar>> = HashMap::new();
+    for s in sidecars {
+        by_target.entry(s.target_id.as_str()).or_default().push(s);
+    }
+    let mut removes = Vec::new();
+    let mut rest = Vec::new();
+    let remove = |s: &Sidecar, reason| Action::Remove {
+        sidecar_id: s.id.clone(),
+        sidecar_name: s.name.clone(),
+        target_id: s.target_id.clone(),
+        reason,
+    };
+
+    let mut targets: Vec<&Target> = targets.iter().collect();
+    targets.sort_by(|a, b| a.id.cmp(&b.id));
+    for t in targets {
+        let mut mine = by_target.remove(t.id.as_str()).unwrap_or_default();
+        mine.sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
+        if !t.running {
+            removes.extend(
+                mine.iter()
+                    .map(|s| remove(s, RemoveReason::TargetNotRunning)),
+            );
+            continue;
+        }
+        let problem = match &t.spec {
+            Err(e) => Some(Problem::InvalidLabel(e.clone())),
+            Ok(spec) if !allow.allows(&spec.image) => {
+                Some(Problem::ImageNotAllowed(spec.image.clone()))
+            }
+            Ok(_) => None,
+        };
+        if let Some(problem) = problem {
+            removes.extend(mine.iter().map(|s| remove(s, RemoveReason::TargetRefused)));
+            rest.push(Action::Report {
+                target_id: t.id.clone(),
+                target_name: t.name.clone(),
+                problem,
+            });
+            continue;
+        }
+        let mut keeper = None;
+        for s in mine {
+            let current = s.target_started.as_deref() == Some(t.started_at.as_str());
+            let reason = match (current, s.running) {
+                (false, _) => RemoveReason::StaleNamespace,
+                (true, false) => RemoveReason::Exited,
+                (true, true) if keeper.is_some() => RemoveReason::Duplicate,
+                (true, true) => {
+                    keeper = Some(s);
+                    continue;
+                }
+            };
+            removes.push(remove(s, reason));
+        }
+        if keeper.is_none() && !held.contains(&t.id) {
+            if let Ok(spec) = &t.spec {
+                rest.push(Action::Create {
+                    target_id: t.id.clone(),
+                    target_name: t.name.clone(),
+                    started_at: t.started_at.clone(),
+                    spec: spec.clone(),
+                });
+            }
+        }
+    }
+    let mut orphans: Vec<&Sidecar> = by_target.into_values().flatten().collect();
+    orphans.sort_by(|a, b| a.id.cmp(&b.id));
+    removes.extend(
+        orphans
+            .into_iter()
+            .map(|s| remove(s, RemoveReason::TargetGone)),
+    );
+    removes.extend(rest);
+    removes
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::labels::Mode;
+
+    fn spec(image: &str) -> TargetSpec {
+        TargetSpec {
+            image: image.into(),
+            listen: "0.0.0.0:8443".into(),
+            backend: "127.0.0.1:8080".into(),
+            mode: Mode::Http,
+            hostname: "web".into(),
+        }
+    }
+
+    fn target(id: &str, running: bool) -> Target {
+        Target {
+            id: id.into(),
+            name: format!("n{id}"),
+            running,
+            started_at: "t1".into(),
+            spec: Ok(spec("tls-sidecar/sidecar:latest")),
+        }
+    }
+
+    fn sidecar(id: &str, target: &str, started: &str, running: bool, created: i64) -> Sidecar {
+        Sidecar {
+            id: id.into(),
+            name: format!("s{id}"),
+            target_id: target.into(),
+            target_started: Some(started.into()),
+            running,
+            created,
+        }
+    }
+
+    fn allow() -> AllowList {
+        AllowList::new(vec!["tls-sidecar/sidecar:*".into()])
+    }
+
+    fn run(targets: &[Target], sidecars: &[Sidecar]) -> Vec<Action> {
+        plan(targets, sidecars, &allow(), &HashSet::new())
+    }
+
+    fn removed(actions: &[Action]) -> Vec<(String, RemoveReason)> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Remove {
+                    sidecar_id, reason, ..
+                } => Some((sidecar_id.clone(), *reason)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn created(actions: &[Action]) -> Vec<String> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Create { target_id, .. } => Some(target_id.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn missing_sidecar_is_created() {
+        let a = run(&[target("a", true)], &[]);
+        assert_eq!(created(&a), vec!["a"]);
+        assert!(removed(&a).is_empty());
+    }
+
+    #[test]
+    fn healthy_sidecar_means_nothing_to_do() {
+        assert!(run(&[target("a", true)], &[sidecar("s1", "a", "t1", true, 1)]).is_empty());
+    }
+
+    #[test]
+    fn orphan_of_a_removed_target_is_removed() {
+        let a = run(&[], &[sidecar("s1", "gone", "t1", true, 1)]);
+        assert_eq!(
+            removed(&a),
+            vec![("s1".to_string(), RemoveReason::TargetGone)]
+        );
+        assert!(created(&a).is_empty());
+    }
+
+    #[test]
+    fn sidecar_of_a_stopped_target_is_removed_and_not_recreated() {
+        let a = run(&[target("a", false)], &[sidecar("s1", "a", "t1", true, 1)]);
+        assert_eq!(
+            removed(&a),
+            vec![("s1".to_string(), RemoveReason::TargetNotRunning)]
+        );
+        assert!(created(&a).is_empty());
+    }
+
+    #[test]
+    fn duplicates_keep_the_oldest() {
+        let a = run(
+            &[target("a", true)],
+            &[
+                sidecar("s2", "a", "t1", true, 5),
+                sidecar("s1", "a", "t1", true, 3),
+                sidecar("s3", "a", "t1", true, 9),
+            ],
+        );
+        assert_eq!(
+            removed(&a),
+            vec![
+                ("s2".to_string(), RemoveReason::Duplicate),
+                ("s3".to_string(), RemoveReason::Duplicate)
+            ]
+        );
+        assert!(created(&a).is_empty());
+    }
+
+    #[test]
+    fn restarted_target_gets_a_new_sidecar() {
+        let mut t = target("a", true);
+        t.started_at = "t2".into();
+        let a = run(&[t], &[sidecar("s1", "a", "t1", true, 1)]);
+        assert_eq!(
+            removed(&a),
+            vec![("s1".to_string(), RemoveReason::StaleNamespace)]
+        );
+        assert_eq!(created(&a), vec!["a"]);
+        assert!(
+            matches!(a[0], Action::Remove { .. }),
+            "remove before create: {a:?}"
+        );
+    }
+
+    #[test]
+    fn sidecar_without_namespace_label_is_stale() {
+        let mut s = sidecar("s1", "a", "t1", true, 1);
+        s.target_started = None;
+        let a = run(&[target("a", true)], &[s]);
+        assert_eq!(
+            removed(&a),
+            vec![("s1".to_string(), RemoveReason::StaleNamespace)]
+        );
+        assert_eq!(created(&a), vec!["a"]);
+    }
+
+    #[test]
+    fn exited_sidecar_is_replaced_unless_held() {
+        let s = [sidecar("s1", "a", "t1", false, 1)];
+        let a = run(&[target("a", true)], &s);
+        assert_eq!(removed(&a), vec![("s1".to_string(), RemoveReason::Exited)]);
+        assert_eq!(created(&a), vec!["a"]);
+        let held: HashSet<String> = ["a".to_string()].into();
+        let a = plan(&[target("a", true)], &s, &allow(), &held);
+        assert_eq!(removed(&a), vec![("s1".to_string(), RemoveReason::Exited)]);
+        assert!(created(&a).is_empty(), "held target is not recreated yet");
+    }
+
+    #[test]
+    fn exited_duplicate_next_to_a_running_one_is_just_removed() {
+        let a = run(
+            &[target("a", true)],
+            &[
+                sidecar("s1", "a", "t1", false, 1),
+                sidecar("s2", "a", "t1", true, 2),
+            ],
+        );
+        assert_eq!(removed(&a), vec![("s1".to_string(), RemoveReason::Exited)]);
+        assert!(created(&a).is_empty());
+    }
+
+    #[test]
+    fn refused_image_launches_nothing_and_reports() {
+        let mut t = target("a", true);
+        t.spec = Ok(spec("evil/miner:latest"));
+        let a = run(&[t], &[sidecar("s1", "a", "t1", true, 1)]);
+        assert_eq!(
+            removed(&a),
+            vec![("s1".to_string(), RemoveReason::TargetRefused)]
+        );
+        assert!(created(&a).is_empty());
+        assert!(a.iter().any(|x| matches!(x,
+            Action::Report { problem: Problem::ImageNotAllowed(i), .. } if i == "evil/miner:latest")));
+    }
+
+    #[test]
+    fn invalid_label_launches_nothing_and_reports_only_that_target() {
+        let mut bad = target("a", true);
+        bad.spec = Err(LabelError {
+            label: "tls-sidecar.mode".into(),
+            value: "udp".into(),
+            reason: "x",
+        });
+        let a = run(&[bad, target("b", true)], &[]);
+        assert_eq!(created(&a), vec!["b"]);
+        assert!(a.iter().any(|x| matches!(x,
+            Action::Report { target_id, problem: Problem::InvalidLabel(e), .. }
+                if target_id == "a" && e.value == "udp")));
+    }
+
+    #[test]
+    fn stopped_target_with_invalid_label_is_not_reported() {
+        let mut bad = target("a", false);
+        bad.spec = Err(LabelError {
+            label: "l".into(),
+            value: "v".into(),
+            reason: "x",
+        });
+        assert!(run(&[bad], &[]).is_empty());
+    }
+
+    #[test]
+    fn plan_is_stable_when_applied() {
+        // After the plan for a fresh target is executed, the next round does nothing: never two.
+        let t = target("a", true);
+        let first = run(std::slice::from_ref(&t), &[]);
+        assert_eq!(created(&first).len(), 1);
+        let after = run(&[t], &[sidecar("new", "a", "t1", true, 10)]);
+        assert!(after.is_empty(), "{after:?}");
+    }
+
+    #[test]
+    fn many_targets_are_independent() {
+        let mut t2 = target("b", true);
+        t2.started_at = "t9".into();
+        let a = run(
+            &[target("a", true), t2, target("c", false)],
+            &[
+                sidecar("sa", "a", "t1", true, 1),
+                sidecar("sb", "b", "t1", true, 1),
+                sidecar("sc", "c", "t1", true, 1),
+            ],
+        );
+        assert_eq!(
+            removed(&a),
+            vec![
+                ("sb".to_string(), RemoveReason::StaleNamespace),
+                ("sc".to_string(), RemoveReason::TargetNotRunning)
+            ]
+        );
+        assert_eq!(created(&a), vec!["b"]);
+    }
+}
