@@ -1,0 +1,64 @@
+//! The contract between the spawner and the sidecar: environment variable names the sidecar reads
+//! and container labels the spawner reads and writes. Both binaries use these constants so the two
+//! can never disagree on a name.
+
+/// Environment variables read by the sidecar (each also has a `--flag`).
+pub mod env {
+    pub const LISTEN: &str = "SIDECAR_LISTEN";
+    pub const BACKEND: &str = "SIDECAR_BACKEND";
+    pub const MODE: &str = "SIDECAR_MODE";
+    pub const CERT: &str = "SIDECAR_CERT";
+    pub const KEY: &str = "SIDECAR_KEY";
+    pub const SELF_SIGNED_NAMES: &str = "SIDECAR_SELF_SIGNED_NAMES";
+    pub const HANDSHAKE_TIMEOUT: &str = "SIDECAR_HANDSHAKE_TIMEOUT";
+    pub const IDLE_TIMEOUT: &str = "SIDECAR_IDLE_TIMEOUT";
+    pub const MAX_CONNECTIONS: &str = "SIDECAR_MAX_CONNECTIONS";
+    pub const SHUTDOWN_GRACE: &str = "SIDECAR_SHUTDOWN_GRACE";
+    pub const ADMIN_LISTEN: &str = "SIDECAR_ADMIN_LISTEN";
+    pub const LOG_FORMAT: &str = "SIDECAR_LOG_FORMAT";
+    pub const CONNECT_TIMEOUT: &str = "SIDECAR_CONNECT_TIMEOUT";
+    pub const BACKEND_TIMEOUT: &str = "SIDECAR_BACKEND_TIMEOUT";
+    pub const HEADER_READ_TIMEOUT: &str = "SIDECAR_HEADER_READ_TIMEOUT";
+
+    /// gosslterm's names, accepted as aliases so its users can switch without changes.
+    pub const GOSSLTERM_FRONTEND_ADDR: &str = "GOSSLTERM_FRONTEND_ADDR";
+    pub const GOSSLTERM_BACKEND_ADDR: &str = "GOSSLTERM_BACKEND_ADDR";
+}
+
+/// Default label prefix; `--label-prefix` on the spawner changes it.
+pub const DEFAULT_LABEL_PREFIX: &str = "tls-sidecar";
+
+/// byfahrer's opt-in label, accepted as an alias of `<prefix>.proxy-image`.
+pub const BYFAHRER_PROXY_IMAGE_LABEL: &str = "org.qnib.byfahrer.proxy-image";
+
+/// Label suffixes (the full label is `<prefix>.<suffix>`).
+pub mod label {
+    /// On a target: the sidecar image it asks for. The opt-in.
+    pub const PROXY_IMAGE: &str = "proxy-image";
+    pub const LISTEN: &str = "listen";
+    pub const BACKEND: &str = "backend";
+    pub const MODE: &str = "mode";
+    pub const HOSTNAME: &str = "hostname";
+    /// On a sidecar: the full ID of the target it serves.
+    pub const SIDECAR_FOR: &str = "sidecar-for";
+    /// On a sidecar: who created it (always `spawner`).
+    pub const MANAGED_BY: &str = "managed-by";
+    /// On a sidecar: the target's `State.StartedAt` when the sidecar was created, i.e. which of
+    /// the target's network namespaces it joined; a mismatch means the target restarted since.
+    pub const TARGET_STARTED: &str = "target-started";
+}
+
+/// Full label name for a suffix under a prefix: `label_name("tls-sidecar", "mode")` is `tls-sidecar.mode`.
+pub fn label_name(prefix: &str, suffix: &str) -> String {
+    format!("{prefix}.{suffix}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_names_join_prefix_and_suffix() {
+        assert_eq!(label_name(DEFAULT_LABEL_PREFIX, label::PROXY_IMAGE), "tls-sidecar.proxy-image");
+    }
+}

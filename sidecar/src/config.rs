@@ -1,0 +1,418 @@
+//! Command line and environment -> a validated [`Config`], before any socket is opened.
+//!
+//! Every flag can also be set from its `SIDECAR_*` environment variable (the names live in
+//! `shared::schema::env`, the contract with the spawner). gosslterm's two variables are accepted
+//! as aliases so its users can switch without touching their deployment.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use shared::parse::duration;
+use shared::schema::env;
+use shared::telemetry::LogFormat;
+
+use crate::error::ConfigError;
+
+/// Default TLS listen address: all interfaces of the namespace the sidecar runs in.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:8443";
+/// Default backend: the app in the same network namespace, on the usual app port.
+pub const DEFAULT_BACKEND: &str = "127.0.0.1:8080";
+
+/// TLS terminator for one local service: TLS in on `--listen`, plain HTTP or TCP out to
+/// `--backend`.
+#[derive(Debug, Parser)]
+#[command(name = "sidecar", version, about, long_about = None)]
+pub struct Cli {
+    /// Address to accept TLS on [default: 0.0.0.0:8443; `:PORT` means all interfaces]
+    /// (alias env: GOSSLTERM_FRONTEND_ADDR)
+    #[arg(long, env = env::LISTEN, value_name = "ADDR")]
+    pub listen: Option<String>,
+
+    /// Address of the service to proxy to [default: 127.0.0.1:8080; `:PORT` means 127.0.0.1]
+    /// (alias env: GOSSLTERM_BACKEND_ADDR)
+    #[arg(long, env = env::BACKEND, value_name = "ADDR")]
+    pub backend: Option<String>,
+
+    /// What to proxy: `http` (HTTP/1.1 and HTTP/2 in front, HTTP/1.1 to the backend) or `tcp`
+    /// (raw bytes)
+    #[arg(long, env = env::MODE, value_enum, default_value_t = Mode::Http)]
+    pub mode: Mode,
+
+    /// PEM certificate chain (leaf first); needs --key. Without both, a self-signed certificate
+    /// is generated at start
+    #[arg(long, env = env::CERT, value_name = "FILE")]
+    pub cert: Option<PathBuf>,
+
+    /// PEM private key (PKCS#8, PKCS#1 RSA or SEC1 EC) matching --cert
+    #[arg(long, env = env::KEY, value_name = "FILE")]
+    pub key: Option<PathBuf>,
+
+    /// Comma-separated DNS names and IP addresses for the self-signed certificate
+    /// [default: this host's name, localhost, 127.0.0.1, ::1]
+    #[arg(long, env = env::SELF_SIGNED_NAMES, value_delimiter = ',', value_name = "NAMES")]
+    pub self_signed_names: Option<Vec<String>>,
+
+    /// Close connections that have not completed the TLS handshake within this time
+    #[arg(long, env = env::HANDSHAKE_TIMEOUT, value_parser = duration, default_value = "10s")]
+    pub handshake_timeout: Duration,
+
+    /// Close connections with no request in flight (http) or no bytes moving (tcp) for this long
+    #[arg(long, env = env::IDLE_TIMEOUT, value_parser = duration, default_value = "60s")]
+    pub idle_timeout: Duration,
+
+    /// Most connections served at once; more wait in the listen backlog
+    #[arg(long, env = env::MAX_CONNECTIONS, value_parser = clap::value_parser!(u32).range(1..), default_value_t = 10_000)]
+    pub max_connections: u32,
+
+    /// On SIGTERM/SIGINT, how long in-flight requests may take to finish before the process exits
+    #[arg(long, env = env::SHUTDOWN_GRACE, value_parser = duration, default_value = "10s")]
+    pub shutdown_grace: Duration,
+
+    /// Plain-HTTP address for /healthz, /readyz and /metrics [default: off]
+    #[arg(long, env = env::ADMIN_LISTEN, value_name = "ADDR")]
+    pub admin_listen: Option<String>,
+
+    /// Log output format on stderr
+    #[arg(long, env = env::LOG_FORMAT, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// How long to wait for a TCP connection to the backend (then 502 in http mode)
+    #[arg(long, env = env::CONNECT_TIMEOUT, value_parser = duration, default_value = "5s")]
+    pub connect_timeout: Duration,
+
+    /// How long to wait for the backend's response headers (then 504)
+    #[arg(long, env = env::BACKEND_TIMEOUT, value_parser = duration, default_value = "60s")]
+    pub backend_timeout: Duration,
+
+    /// How long a client may take to send a complete request head once it started one
+    #[arg(long, env = env::HEADER_READ_TIMEOUT, value_parser = duration, default_value = "10s")]
+    pub header_read_timeout: Duration,
+}
+
+/// Proxy mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// Terminate TLS and proxy HTTP requests.
+    Http,
+    /// Terminate TLS and relay raw bytes.
+    Tcp,
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Mode::Http => "http",
+            Mode::Tcp => "tcp",
+        })
+    }
+}
+
+/// Where the certificate comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CertSource {
+    /// PEM files given by the operator.
+    Files { cert: PathBuf, key: PathBuf },
+    /// Generated at start for these names.
+    SelfSigned { names: Vec<String> },
+}
+
+/// The backend address: kept as `host:port` text so a name is resolved at connect time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backend {
+    pub host: String,
+    pub port: u16,
+}
+
+impl Backend {
+    /// `host:port`, with IPv6 hosts in brackets, as used in URIs and for connecting.
+    pub fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.authority())
+    }
+}
+
+/// Everything the sidecar needs, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub backend: Backend,
+    pub mode: Mode,
+    pub cert: CertSource,
+    pub handshake_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub header_read_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub backend_timeout: Duration,
+    pub max_connections: usize,
+    pub shutdown_grace: Duration,
+    pub admin_listen: Option<SocketAddr>,
+    pub log_format: LogFormat,
+}
+
+impl Cli {
+    /// Validates the parsed command line. `getenv` supplies the alias variables (the process
+    /// environment in `main`, a map in tests) and `hostname` the default self-signed name.
+    pub fn into_config(
+        self,
+        getenv: impl Fn(&str) -> Option<String>,
+        hostname: Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let (listen_flag, listen_text) = match (self.listen, getenv(env::GOSSLTERM_FRONTEND_ADDR)) {
+            (Some(v), _) => ("--listen", v),
+            (None, Some(v)) => (env::GOSSLTERM_FRONTEND_ADDR, v),
+            (None, None) => ("--listen", DEFAULT_LISTEN.to_string()),
+        };
+        let listen = parse_listen(&listen_text)
+            .map_err(|reason| ConfigError::Invalid { flag: listen_flag, value: listen_text.clone(), reason })?;
+
+        let (backend_flag, backend_text) = match (self.backend, getenv(env::GOSSLTERM_BACKEND_ADDR)) {
+            (Some(v), _) => ("--backend", v),
+            (None, Some(v)) => (env::GOSSLTERM_BACKEND_ADDR, v),
+            (None, None) => ("--backend", DEFAULT_BACKEND.to_string()),
+        };
+        let backend = parse_backend(&backend_text)
+            .map_err(|reason| ConfigError::Invalid { flag: backend_flag, value: backend_text.clone(), reason })?;
+
+        let admin_listen = match self.admin_listen {
+            None => None,
+            Some(text) if text.trim().is_empty() => None,
+            Some(text) => Some(
+                parse_listen(&text)
+                    .map_err(|reason| ConfigError::Invalid { flag: "--admin-listen", value: text.clone(), reason })?,
+            ),
+        };
+
+        let cert = match (self.cert, self.key) {
+            (Some(cert), Some(key)) => CertSource::Files { cert, key },
+            (Some(_), None) => return Err(ConfigError::CertWithoutKey),
+            (None, Some(_)) => return Err(ConfigError::KeyWithoutCert),
+            (None, None) => CertSource::SelfSigned {
+                names: self_signed_names(self.self_signed_names, hostname)?,
+            },
+        };
+
+        Ok(Config {
+            listen,
+            backend,
+            mode: self.mode,
+            cert,
+            handshake_timeout: self.handshake_timeout,
+            idle_timeout: self.idle_timeout,
+            header_read_timeout: self.header_read_timeout,
+            connect_timeout: self.connect_timeout,
+            backend_timeout: self.backend_timeout,
+            max_connections: self.max_connections as usize,
+            shutdown_grace: self.shutdown_grace,
+            admin_listen,
+            log_format: self.log_format,
+        })
+    }
+}
+
+/// The names for a self-signed certificate: the given list (trimmed, empty entries dropped), or
+/// the defaults. Each must be a valid DNS name or IP address.
+fn self_signed_names(given: Option<Vec<String>>, hostname: Option<String>) -> Result<Vec<String>, ConfigError> {
+    let names: Vec<String> = match given {
+        Some(list) => list.into_iter().map(|n| n.trim().to_string()).filter(|n| !n.is_empty()).collect(),
+        None => {
+            let mut names = Vec::new();
+            if let Some(h) = hostname.map(|h| h.trim().to_string()).filter(|h| !h.is_empty()) {
+                if h != "localhost" {
+                    names.push(h);
+                }
+            }
+            names.extend(["localhost", "127.0.0.1", "::1"].map(String::from));
+            names
+        }
+    };
+    if names.is_empty() {
+        return Err(ConfigError::Invalid {
+            flag: "--self-signed-names",
+            value: String::new(),
+            reason: "at least one name is needed".to_string(),
+        });
+    }
+    for name in &names {
+        if name.parse::<IpAddr>().is_err() && !is_dns_name(name) {
+            return Err(ConfigError::Invalid {
+                flag: "--self-signed-names",
+                value: name.clone(),
+                reason: "not a DNS name or IP address".to_string(),
+            });
+        }
+    }
+    Ok(names)
+}
+
+/// A permissive DNS name check: labels of letters, digits, `-` and `_`, optionally a leading
+/// `*.` wildcard, at most 253 characters.
+fn is_dns_name(name: &str) -> bool {
+    let name = name.strip_prefix("*.").unwrap_or(name);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
+/// Parses a listen address: `IP:PORT`, `[IPv6]:PORT`, or `:PORT` (all IPv4 interfaces, as in
+/// gosslterm). Names are refused: a listen address must be unambiguous.
+pub fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+    let text = text.trim();
+    if let Some(port) = text.strip_prefix(':') {
+        let port = parse_port(port)?;
+        return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port));
+    }
+    text.parse::<SocketAddr>()
+        .map_err(|_| "expected IP:PORT, [IPv6]:PORT or :PORT".to_string())
+}
+
+/// Parses a backend address: `HOST:PORT`, `IP:PORT`, `[IPv6]:PORT` or `:PORT` (127.0.0.1).
+pub fn parse_backend(text: &str) -> Result<Backend, String> {
+    let text = text.trim();
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(Backend { host: addr.ip().to_string(), port: addr.port() });
+    }
+    let (host, port) = text
+        .rsplit_once(':')
+        .ok_or_else(|| "expected HOST:PORT, IP:PORT, [IPv6]:PORT or :PORT".to_string())?;
+    let port = parse_port(port)?;
+    if host.is_empty() {
+        return Ok(Backend { host: Ipv4Addr::LOCALHOST.to_string(), port });
+    }
+    if !is_dns_name(host) || host.starts_with('*') {
+        return Err(format!("invalid host {host:?}"));
+    }
+    Ok(Backend { host: host.to_string(), port })
+}
+
+fn parse_port(text: &str) -> Result<u16, String> {
+    match text.parse::<u16>() {
+        Ok(p) => Ok(p),
+        Err(_) => Err(format!("invalid port {text:?}")),
+    }
+}
+
+/// This machine's (or container's) host name, for the default self-signed certificate.
+pub fn system_hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn cli(args: &[&str]) -> Cli {
+        let mut all = vec!["sidecar"];
+        all.extend_from_slice(args);
+        Cli::try_parse_from(all).expect("valid command line")
+    }
+
+    fn config(args: &[&str], env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let env: HashMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        cli(args).into_config(|k| env.get(k).cloned(), Some("app-host".to_string()))
+    }
+
+    #[test]
+    fn defaults_match_the_documented_contract() {
+        let c = config(&[], &[]).expect("defaults are valid");
+        assert_eq!(c.listen, "0.0.0.0:8443".parse().expect("addr"));
+        assert_eq!(c.backend.authority(), "127.0.0.1:8080");
+        assert_eq!(c.mode, Mode::Http);
+        assert_eq!(c.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(c.idle_timeout, Duration::from_secs(60));
+        assert_eq!(c.max_connections, 10_000);
+        assert_eq!(c.shutdown_grace, Duration::from_secs(10));
+        assert_eq!(c.admin_listen, None);
+        assert_eq!(
+            c.cert,
+            CertSource::SelfSigned { names: ["app-host", "localhost", "127.0.0.1", "::1"].map(String::from).to_vec() }
+        );
+    }
+
+    #[test]
+    fn gosslterm_aliases_apply_only_when_ours_are_unset() {
+        let c = config(&[], &[("GOSSLTERM_FRONTEND_ADDR", ":8081"), ("GOSSLTERM_BACKEND_ADDR", ":9000")])
+            .expect("aliases valid");
+        assert_eq!(c.listen, "0.0.0.0:8081".parse().expect("addr"));
+        assert_eq!(c.backend.authority(), "127.0.0.1:9000");
+
+        let c = config(&["--listen", "127.0.0.1:1"], &[("GOSSLTERM_FRONTEND_ADDR", ":8081")]).expect("valid");
+        assert_eq!(c.listen, "127.0.0.1:1".parse().expect("addr"));
+    }
+
+    #[test]
+    fn bad_alias_value_names_the_alias() {
+        let err = config(&[], &[("GOSSLTERM_FRONTEND_ADDR", "nope")]).expect_err("invalid");
+        assert!(err.to_string().contains("GOSSLTERM_FRONTEND_ADDR"), "{err}");
+    }
+
+    #[test]
+    fn cert_and_key_go_together() {
+        assert!(matches!(config(&["--cert", "c.pem"], &[]), Err(ConfigError::CertWithoutKey)));
+        assert!(matches!(config(&["--key", "k.pem"], &[]), Err(ConfigError::KeyWithoutCert)));
+        assert!(matches!(
+            config(&["--cert", "c.pem", "--key", "k.pem"], &[]).map(|c| c.cert),
+            Ok(CertSource::Files { .. })
+        ));
+    }
+
+    #[test]
+    fn listen_addresses() {
+        assert_eq!(parse_listen(":8443"), Ok("0.0.0.0:8443".parse().expect("addr")));
+        assert_eq!(parse_listen("[::1]:443"), Ok("[::1]:443".parse().expect("addr")));
+        assert!(parse_listen("localhost:443").is_err());
+        assert!(parse_listen("1.2.3.4").is_err());
+        assert!(parse_listen(":99999").is_err());
+    }
+
+    #[test]
+    fn backend_addresses() {
+        assert_eq!(parse_backend("app:8080").map(|b| b.authority()), Ok("app:8080".to_string()));
+        assert_eq!(parse_backend("[::1]:80").map(|b| b.authority()), Ok("[::1]:80".to_string()));
+        assert_eq!(parse_backend(":80").map(|b| b.authority()), Ok("127.0.0.1:80".to_string()));
+        assert!(parse_backend("app").is_err());
+        assert!(parse_backend("bad host:80").is_err());
+    }
+
+    #[test]
+    fn self_signed_names_are_validated() {
+        let c = config(&["--self-signed-names", "a.example, 10.0.0.1,"], &[]).expect("valid");
+        assert_eq!(c.cert, CertSource::SelfSigned { names: vec!["a.example".into(), "10.0.0.1".into()] });
+        assert!(config(&["--self-signed-names", "not a name"], &[]).is_err());
+    }
+
+    #[test]
+    fn bad_values_are_refused_by_the_parser() {
+        let bad = [
+            vec!["--handshake-timeout", "soon"],
+            vec!["--idle-timeout", "0s"],
+            vec!["--mode", "udp"],
+            vec!["--max-connections", "0"],
+            vec!["--log-format", "xml"],
+        ];
+        for args in bad {
+            let mut all = vec!["sidecar"];
+            all.extend_from_slice(&args);
+            assert!(Cli::try_parse_from(&all).is_err(), "{args:?} should be refused");
+        }
+    }
+}

@@ -1,0 +1,57 @@
+//! The sidecar's errors. [`ConfigError`] is everything wrong with what the operator gave us
+//! (exit code 2); [`Error`] is what goes wrong at run time (exit code 1). Messages are lowercase,
+//! name the flag or file, and keep the cause as `source` so `{:#}` prints the whole chain.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Invalid configuration: a flag, environment variable or file the operator supplied.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid {flag} {value:?}: {reason}")]
+    Invalid { flag: &'static str, value: String, reason: String },
+
+    #[error("--cert was given without --key: both or neither are needed")]
+    CertWithoutKey,
+
+    #[error("--key was given without --cert: both or neither are needed")]
+    KeyWithoutCert,
+
+    #[error("failed to read {flag} file {}", path.display())]
+    ReadFile {
+        flag: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("{flag} file {}: {reason}", path.display())]
+    BadPem { flag: &'static str, path: PathBuf, reason: String },
+
+    #[error("--key {} does not match the certificate in --cert {}", key.display(), cert.display())]
+    KeyMismatch { cert: PathBuf, key: PathBuf },
+
+    #[error("--key {}: unsupported or invalid private key: {reason}", path.display())]
+    UnusableKey { path: PathBuf, reason: String },
+
+    #[error("failed to generate the self-signed certificate: {0}")]
+    SelfSigned(String),
+
+    #[error("failed to build the TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
+/// Run-time failure.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("failed to listen on {flag} {addr}")]
+    Bind {
+        flag: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("failed to install signal handlers")]
+    Signals(#[source] std::io::Error),
+}

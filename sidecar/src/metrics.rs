@@ -1,0 +1,160 @@
+//! Counters and gauges, rendered in the Prometheus text format by the admin listener. Plain
+//! atomics: a handful of numbers does not justify a metrics framework on the hot path.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+
+/// Why a backend exchange failed.
+#[derive(Debug, Clone, Copy)]
+pub enum BackendError {
+    /// Could not connect (refused, unreachable, connect timeout): 502.
+    Connect,
+    /// No response headers within `--backend-timeout`: 504.
+    Timeout,
+    /// The backend broke the exchange some other way: 502.
+    Protocol,
+}
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    connections_total: AtomicU64,
+    connections_active: AtomicI64,
+    handshake_failures_total: AtomicU64,
+    handshake_timeouts_total: AtomicU64,
+    /// Responses by status class, 1xx..5xx.
+    http_requests_total: [AtomicU64; 5],
+    backend_errors: [AtomicU64; 3],
+    tcp_bytes_from_client: AtomicU64,
+    tcp_bytes_to_client: AtomicU64,
+    draining: AtomicBool,
+}
+
+/// Keeps `sidecar_connections_active` right however a connection task ends.
+#[derive(Debug)]
+pub struct ConnectionGuard<'a>(&'a Metrics);
+
+impl Drop for ConnectionGuard<'_> {
+    fn drop(&mut self) {
+        self.0.connections_active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Metrics {
+    pub fn connection_opened(&self) -> ConnectionGuard<'_> {
+        self.connections_total.fetch_add(1, Ordering::Relaxed);
+        self.connections_active.fetch_add(1, Ordering::Relaxed);
+        ConnectionGuard(self)
+    }
+
+    pub fn handshake_failed(&self) {
+        self.handshake_failures_total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn handshake_timed_out(&self) {
+        self.handshake_timeouts_total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn response(&self, status: u16) {
+        let class = (status / 100).clamp(1, 5) as usize - 1;
+        self.http_requests_total[class].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn backend_error(&self, kind: BackendError) {
+        self.backend_errors[kind as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn tcp_bytes(&self, from_client: u64, to_client: u64) {
+        self.tcp_bytes_from_client.fetch_add(from_client, Ordering::Relaxed);
+        self.tcp_bytes_to_client.fetch_add(to_client, Ordering::Relaxed);
+    }
+
+    /// Marks the sidecar as shutting down: `/readyz` answers 503 from now on.
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(2048);
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (labels, value) in samples {
+                let _ = writeln!(out, "{name}{labels} {value}");
+            }
+        };
+        metric("sidecar_up", "gauge", "1 while the sidecar runs, 0 while it drains.", &[("", u64::from(!self.is_draining()))]);
+        metric("sidecar_connections_total", "counter", "TCP connections accepted.", &[("", get(&self.connections_total))]);
+        metric(
+            "sidecar_connections_active",
+            "gauge",
+            "Connections open now.",
+            &[("", self.connections_active.load(Ordering::Relaxed).max(0) as u64)],
+        );
+        metric(
+            "sidecar_handshake_failures_total",
+            "counter",
+            "TLS handshakes that failed (bad client, garbage, unsupported version).",
+            &[("", get(&self.handshake_failures_total))],
+        );
+        metric(
+            "sidecar_handshake_timeouts_total",
+            "counter",
+            "TLS handshakes not finished within --handshake-timeout.",
+            &[("", get(&self.handshake_timeouts_total))],
+        );
+        let classes = ["{code=\"1xx\"}", "{code=\"2xx\"}", "{code=\"3xx\"}", "{code=\"4xx\"}", "{code=\"5xx\"}"];
+        let by_class: Vec<(&str, u64)> =
+            classes.iter().zip(&self.http_requests_total).map(|(l, a)| (*l, get(a))).collect();
+        metric("sidecar_http_requests_total", "counter", "HTTP responses sent, by status class.", &by_class);
+        metric(
+            "sidecar_backend_errors_total",
+            "counter",
+            "Backend exchanges that failed, by kind.",
+            &[
+                ("{kind=\"connect\"}", get(&self.backend_errors[BackendError::Connect as usize])),
+                ("{kind=\"timeout\"}", get(&self.backend_errors[BackendError::Timeout as usize])),
+                ("{kind=\"protocol\"}", get(&self.backend_errors[BackendError::Protocol as usize])),
+            ],
+        );
+        metric(
+            "sidecar_tcp_bytes_total",
+            "counter",
+            "Bytes relayed in tcp mode and through upgraded connections.",
+            &[
+                ("{direction=\"from_client\"}", get(&self.tcp_bytes_from_client)),
+                ("{direction=\"to_client\"}", get(&self.tcp_bytes_to_client)),
+            ],
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_and_active_gauge() {
+        let m = Metrics::default();
+        {
+            let _c = m.connection_opened();
+            m.response(200);
+            m.response(502);
+            m.backend_error(BackendError::Connect);
+            let text = m.render();
+            assert!(text.contains("sidecar_connections_active 1\n"), "{text}");
+            assert!(text.contains("sidecar_http_requests_total{code=\"2xx\"} 1\n"));
+            assert!(text.contains("sidecar_http_requests_total{code=\"5xx\"} 1\n"));
+            assert!(text.contains("sidecar_backend_errors_total{kind=\"connect\"} 1\n"));
+        }
+        let text = m.render();
+        assert!(text.contains("sidecar_connections_active 0\n"));
+        assert!(text.contains("sidecar_connections_total 1\n"));
+        assert!(text.contains("# TYPE sidecar_connections_total counter\n"));
+    }
+}

@@ -1,0 +1,150 @@
+//! The accept loop: bounded concurrency, TLS handshakes under a timeout inside each connection's
+//! task, dispatch to the mode's handler, and graceful shutdown (stop accepting, drain within the
+//! grace period).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn, Instrument};
+
+use crate::config::{Config, Mode};
+use crate::http::Proxy;
+use crate::metrics::Metrics;
+
+/// First pause after a failed accept; doubled up to [`ACCEPT_BACKOFF_MAX`]. Accept fails when
+/// the process is out of file descriptors: backing off lets connections close instead of
+/// spinning, and the server never exits because of it.
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Everything a connection task needs.
+struct Shared {
+    config: Arc<Config>,
+    acceptor: TlsAcceptor,
+    metrics: Arc<Metrics>,
+    proxy: Option<Arc<Proxy>>,
+}
+
+/// Accepts TLS connections on `listener` until `shutdown` is cancelled, then drains for up to
+/// the configured grace period.
+pub async fn serve(
+    listener: TcpListener,
+    config: Arc<Config>,
+    tls: Arc<rustls::ServerConfig>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
+    let local = listener.local_addr().ok();
+    let tracker = TaskTracker::new();
+    let proxy = match config.mode {
+        Mode::Http => Some(Proxy::new(
+            config.clone(),
+            local.map_or(config.listen.port(), |a| a.port()),
+            metrics.clone(),
+            tracker.clone(),
+        )),
+        Mode::Tcp => None,
+    };
+    let shared = Arc::new(Shared { config: config.clone(), acceptor: TlsAcceptor::from(tls), metrics: metrics.clone(), proxy });
+    info!(
+        listen = %local.map_or_else(|| config.listen.to_string(), |a| a.to_string()),
+        mode = %config.mode,
+        backend = %config.backend,
+        "listening"
+    );
+
+    let limit = Arc::new(Semaphore::new(config.max_connections));
+    let mut backoff = ACCEPT_BACKOFF_MIN;
+    loop {
+        // Waiting for a permit before accepting leaves excess connections in the kernel's
+        // backlog instead of accepting and dropping them.
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            permit = limit.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => {
+                    backoff = ACCEPT_BACKOFF_MIN;
+                    pair
+                }
+                Err(error) => {
+                    warn!(%error, retry_in_ms = backoff.as_millis() as u64, "accept failed");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                    continue;
+                }
+            },
+        };
+        let shared = shared.clone();
+        let shutdown = shutdown.clone();
+        let span = tracing::debug_span!("conn", %peer);
+        tracker.spawn(
+            async move {
+                let _permit = permit;
+                connection(stream, peer, &shared, shutdown).await;
+            }
+            .instrument(span),
+        );
+    }
+
+    // Stop accepting: new connections are refused from here on.
+    drop(listener);
+    metrics.set_draining();
+    tracker.close();
+    let open = tracker.len();
+    info!(connections = open, grace_ms = config.shutdown_grace.as_millis() as u64, "draining");
+    if tokio::time::timeout(config.shutdown_grace, tracker.wait()).await.is_err() {
+        warn!(connections = tracker.len(), "shutdown grace period over, closing remaining connections");
+    } else {
+        info!("drained");
+    }
+}
+
+async fn connection(stream: TcpStream, peer: SocketAddr, shared: &Shared, shutdown: CancellationToken) {
+    let _active = shared.metrics.connection_opened();
+    if let Err(error) = stream.set_nodelay(true) {
+        debug!(%error, "set_nodelay failed");
+    }
+    let handshake = tokio::time::timeout(shared.config.handshake_timeout, shared.acceptor.accept(stream));
+    let tls = tokio::select! {
+        _ = shutdown.cancelled() => return,
+        res = handshake => match res {
+            Err(_) => {
+                shared.metrics.handshake_timed_out();
+                debug!("tls handshake timed out");
+                return;
+            }
+            Ok(Err(error)) => {
+                shared.metrics.handshake_failed();
+                debug!(%error, "tls handshake failed");
+                return;
+            }
+            Ok(Ok(tls)) => tls,
+        },
+    };
+    match &shared.proxy {
+        Some(proxy) => {
+            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+            proxy.clone().serve(tls, peer, h2, shutdown).await;
+        }
+        None => {
+            let config = &shared.config;
+            crate::tcp::serve(tls, peer, &config.backend, config.connect_timeout, config.idle_timeout, &shared.metrics)
+                .await;
+        }
+    }
+}
