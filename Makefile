@@ -1,0 +1,48 @@
+# Thin wrappers around cargo, docker and compose. Every binary is static (see .cargo/config.toml),
+# so the images are built FROM scratch out of target/ without a registry.
+
+CARGO   ?= cargo
+TARGET  := x86_64-unknown-linux-gnu
+RELEASE := target/$(TARGET)/release
+TAG     ?= latest
+# Compose v2 (`docker compose`) where installed, else v1 (`docker-compose`).
+COMPOSE ?= $(shell if docker compose version >/dev/null 2>&1; then echo "docker compose"; else echo docker-compose; fi)
+DEMO_PORT ?= 8443
+
+.PHONY: all build images demo demo-down test lint bench bench-quick
+
+all: build
+
+## build: release binaries of the sidecar, the spawner and the demo app
+build:
+	$(CARGO) build --release --workspace --bins
+
+## images: tls-sidecar/{sidecar,spawner,demo}:$(TAG) from the release binaries
+images: build
+	docker build -q -f sidecar/Dockerfile -t tls-sidecar/sidecar:$(TAG) --build-arg BIN=$(RELEASE)/sidecar .
+	docker build -q -f spawner/Dockerfile -t tls-sidecar/spawner:$(TAG) --build-arg BIN=$(RELEASE)/spawner .
+	docker build -q -f tests/Dockerfile.demo -t tls-sidecar/demo:$(TAG) --build-arg BIN=$(RELEASE)/demo .
+	@docker images --format '{{.Repository}}:{{.Tag}}  {{.Size}}' | grep '^tls-sidecar/' | grep ':$(TAG) '
+
+## demo: build everything, start the spawner and the demo app, fetch https://localhost:$(DEMO_PORT)/
+demo: images
+	DEMO_PORT=$(DEMO_PORT) TLS_SIDECAR_TAG=$(TAG) $(COMPOSE) up -d
+	@echo "waiting for https://localhost:$(DEMO_PORT)/ (the spawner launches the sidecar)..."
+	@for i in $$(seq 1 60); do \
+	  if curl -skf https://localhost:$(DEMO_PORT)/ >/dev/null 2>&1; then break; fi; sleep 0.5; \
+	done
+	curl -sk https://localhost:$(DEMO_PORT)/
+	@echo "demo is up: curl -k https://localhost:$(DEMO_PORT)/   stop it with: make demo-down"
+
+## demo-down: stop the demo (the spawner removes the sidecar when the demo stops)
+demo-down:
+	DEMO_PORT=$(DEMO_PORT) TLS_SIDECAR_TAG=$(TAG) $(COMPOSE) down
+
+## test: every test, Docker ones included (they need a running engine)
+test:
+	$(CARGO) test --workspace
+
+## lint: what CI checks besides the tests
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
