@@ -37,7 +37,10 @@ pub struct Images {
 
 /// The repository root (the Docker build context).
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
 }
 
 /// Runs `docker` with `args`; panics (naming the command) if it cannot be started at all.
@@ -45,7 +48,12 @@ pub fn docker(args: &[&str]) -> Output {
     Command::new("docker")
         .args(args)
         .output()
-        .unwrap_or_else(|e| panic!("cannot run `docker {}`: {e} (is the docker CLI installed?)", args.join(" ")))
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run `docker {}`: {e} (is the docker CLI installed?)",
+                args.join(" ")
+            )
+        })
 }
 
 /// Runs `docker` and returns its trimmed stdout; panics with stderr on failure.
@@ -63,13 +71,27 @@ pub fn docker_ok(args: &[&str]) -> String {
 fn build_image(dockerfile: &str, bin: &str, tag: &str) {
     let root = repo_root();
     let path = bin_path(bin);
-    let rel = path
-        .strip_prefix(&root)
-        .unwrap_or_else(|_| panic!("{} is outside the build context {}", path.display(), root.display()));
+    let rel = path.strip_prefix(&root).unwrap_or_else(|_| {
+        panic!(
+            "{} is outside the build context {}",
+            path.display(),
+            root.display()
+        )
+    });
     let rel = rel.to_str().expect("utf-8 binary path");
     let out = Command::new("docker")
         .current_dir(&root)
-        .args(["build", "-q", "-f", dockerfile, "--build-arg", &format!("BIN={rel}"), "-t", tag, "."])
+        .args([
+            "build",
+            "-q",
+            "-f",
+            dockerfile,
+            "--build-arg",
+            &format!("BIN={rel}"),
+            "-t",
+            tag,
+            ".",
+        ])
         .output()
         .unwrap_or_else(|e| panic!("cannot run docker build: {e}"));
     assert!(
@@ -106,7 +128,11 @@ pub fn images() -> &'static Images {
 pub fn unique_name(prefix: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
     let n = N.fetch_add(1, Ordering::Relaxed);
-    let t = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0) % 100_000;
+    let t = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0)
+        % 100_000;
     format!("{prefix}-{}-{n}-{t}", std::process::id())
 }
 
@@ -125,7 +151,10 @@ impl Default for TestRun {
 
 impl TestRun {
     pub fn new() -> TestRun {
-        TestRun { id: unique_name("run"), prefixes: Mutex::new(Vec::new()) }
+        TestRun {
+            id: unique_name("run"),
+            prefixes: Mutex::new(Vec::new()),
+        }
     }
 
     /// `--label` value marking resources of this run.
@@ -137,7 +166,10 @@ impl TestRun {
     /// guard removes the sidecars made under it.
     pub fn label_prefix(&self) -> String {
         let p = unique_name("t");
-        self.prefixes.lock().unwrap_or_else(|e| e.into_inner()).push(p.clone());
+        self.prefixes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(p.clone());
         p
     }
 
@@ -169,7 +201,12 @@ impl TestRun {
 impl Drop for TestRun {
     fn drop(&mut self) {
         let mut filters = vec![format!("label={}", self.label())];
-        for p in self.prefixes.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        for p in self
+            .prefixes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
             filters.push(format!("label={p}.managed-by"));
         }
         for f in &filters {
@@ -182,7 +219,13 @@ impl Drop for TestRun {
                 let _ = docker(&args);
             }
         }
-        let vols = docker(&["volume", "ls", "-q", "--filter", &format!("label={}", self.label())]);
+        let vols = docker(&[
+            "volume",
+            "ls",
+            "-q",
+            "--filter",
+            &format!("label={}", self.label()),
+        ]);
         for v in String::from_utf8_lossy(&vols.stdout).split_whitespace() {
             let _ = docker(&["volume", "rm", "-f", v]);
         }
@@ -192,7 +235,11 @@ impl Drop for TestRun {
 /// The host port a container's `port/tcp` is published on (published as `127.0.0.1::PORT`).
 pub fn host_port(container: &str, port: u16) -> u16 {
     let out = docker_ok(&["port", container, &format!("{port}/tcp")]);
-    let first = out.lines().find(|l| l.starts_with("127.0.0.1:")).or_else(|| out.lines().next()).unwrap_or("");
+    let first = out
+        .lines()
+        .find(|l| l.starts_with("127.0.0.1:"))
+        .or_else(|| out.lines().next())
+        .unwrap_or("");
     first
         .rsplit(':')
         .next()
@@ -224,21 +271,38 @@ pub fn inspect(container: &str) -> Option<Container> {
     if !out.status.success() {
         return None;
     }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("docker inspect prints JSON");
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("docker inspect prints JSON");
     let c = v.get(0)?.clone();
     Some(Container {
         id: c["Id"].as_str().unwrap_or_default().to_string(),
-        name: c["Name"].as_str().unwrap_or_default().trim_start_matches('/').to_string(),
+        name: c["Name"]
+            .as_str()
+            .unwrap_or_default()
+            .trim_start_matches('/')
+            .to_string(),
         running: c["State"]["Running"].as_bool().unwrap_or(false),
-        started_at: c["State"]["StartedAt"].as_str().unwrap_or_default().to_string(),
-        network_mode: c["HostConfig"]["NetworkMode"].as_str().unwrap_or_default().to_string(),
+        started_at: c["State"]["StartedAt"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+        network_mode: c["HostConfig"]["NetworkMode"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
         raw: c,
     })
 }
 
 /// Every container (running or not) carrying `label` (`key` or `key=value`), inspected.
 pub fn containers_with_label(label: &str) -> Vec<Container> {
-    let ids = docker_ok(&["ps", "-aq", "--no-trunc", "--filter", &format!("label={label}")]);
+    let ids = docker_ok(&[
+        "ps",
+        "-aq",
+        "--no-trunc",
+        "--filter",
+        &format!("label={label}"),
+    ]);
     ids.split_whitespace().filter_map(inspect).collect()
 }
 
@@ -250,24 +314,36 @@ pub fn poll<T>(limit: Duration, what: &str, mut check: impl FnMut() -> Option<T>
         if let Some(v) = check() {
             return (v, start.elapsed());
         }
-        assert!(start.elapsed() < limit, "gave up after {limit:?} waiting for: {what}");
+        assert!(
+            start.elapsed() < limit,
+            "gave up after {limit:?} waiting for: {what}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
 
 /// Waits until a container is gone or not running.
 pub fn wait_not_running(container: &str) -> Duration {
-    poll(LIFECYCLE_DEADLINE, &format!("container {container} to stop"), || {
-        inspect(container).is_none_or(|c| !c.running).then_some(())
-    })
+    poll(
+        LIFECYCLE_DEADLINE,
+        &format!("container {container} to stop"),
+        || inspect(container).is_none_or(|c| !c.running).then_some(()),
+    )
     .1
 }
 
 /// `GET https://127.0.0.1:PORT/` with curl (any certificate accepted); the body on a 2xx.
 pub fn https_get(port: u16) -> Option<String> {
     let out = Command::new("curl")
-        .args(["-sSfk", "--max-time", "3", &format!("https://127.0.0.1:{port}/")])
+        .args([
+            "-sSfk",
+            "--max-time",
+            "3",
+            &format!("https://127.0.0.1:{port}/"),
+        ])
         .output()
         .expect("run curl");
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).to_string())
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).to_string())
 }

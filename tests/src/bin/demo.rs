@@ -23,7 +23,11 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 async fn echo(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     let mut body = format!("{} {} {:?}\n", req.method(), req.uri(), req.version());
     for (name, value) in req.headers() {
-        body.push_str(&format!("{}: {}\n", name, String::from_utf8_lossy(value.as_bytes())));
+        body.push_str(&format!(
+            "{}: {}\n",
+            name,
+            String::from_utf8_lossy(value.as_bytes())
+        ));
     }
     let response = Response::builder()
         .header("content-type", "text/plain; charset=utf-8")
@@ -48,7 +52,10 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(1);
         }
     };
-    let (mut term, mut int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    let (mut term, mut int) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(t), Ok(i)) => (t, i),
         _ => {
             eprintln!("demo: cannot install signal handlers");

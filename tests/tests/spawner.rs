@@ -1,0 +1,779 @@
+//! The spawner against the real Docker engine: every lifecycle rule of the spec. Each test runs
+//! its own spawner (a host process) with its own label prefix, so tests in parallel never see each
+//! other's containers, and a `TestRun` guard removes everything the test made.
+
+use std::fs::File;
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use harness::bins::bin_path;
+use harness::docker::{
+    containers_with_label, docker, docker_ok, host_port, https_get, images, inspect, poll,
+    unique_name, wait_not_running, Container, TestRun, LIFECYCLE_DEADLINE,
+};
+
+const DOCKER_SOCKET: &str = "/var/run/docker.sock";
+
+/// A spawner process scoped to one label prefix; killed on drop, its log printed if the test failed.
+struct Spawner {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Spawner {
+    fn start(prefix: &str, extra: &[&str]) -> Spawner {
+        Spawner::start_on(&format!("unix://{DOCKER_SOCKET}"), prefix, extra)
+    }
+
+    fn start_on(docker_host: &str, prefix: &str, extra: &[&str]) -> Spawner {
+        images();
+        let log = std::env::temp_dir().join(format!("{}.log", unique_name("spawner")));
+        let file = File::create(&log).expect("create spawner log file");
+        let mut args = vec![
+            "run",
+            "--docker-host",
+            docker_host,
+            "--label-prefix",
+            prefix,
+        ];
+        args.extend_from_slice(&["--allow-image", "tls-sidecar/sidecar:*"]);
+        args.extend_from_slice(extra);
+        let child = Command::new(bin_path("spawner"))
+            .args(&args)
+            .env("RUST_LOG", "info,spawner=debug")
+            .env_remove("DOCKER_HOST")
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("start spawner");
+        Spawner {
+            child: Some(child),
+            log,
+        }
+    }
+
+    fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the log contains `needle` `times` times.
+    fn wait_log(&self, needle: &str, times: usize, limit: Duration) -> Duration {
+        poll(
+            limit,
+            &format!("spawner log to show {needle:?} x{times}"),
+            || (self.logs().matches(needle).count() >= times).then_some(()),
+        )
+        .1
+    }
+
+    /// SIGTERM, then the exit status and how long the exit took.
+    fn terminate(&mut self) -> (ExitStatus, Duration) {
+        let child = self.child.as_mut().expect("spawner running");
+        let start = Instant::now();
+        let ok = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(ok.success(), "kill -TERM failed");
+        let (status, took) = poll(LIFECYCLE_DEADLINE, "spawner to exit after SIGTERM", || {
+            child.try_wait().expect("wait for spawner")
+        });
+        self.child = None;
+        (status, took.max(start.elapsed().min(took)))
+    }
+}
+
+impl Drop for Spawner {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "---- spawner log {} ----\n{}",
+                self.log.display(),
+                self.logs()
+            );
+        } else {
+            let _ = std::fs::remove_file(&self.log);
+        }
+    }
+}
+
+/// The opt-in label for a test prefix, asking for `image`.
+fn opt_in(prefix: &str, image: &str) -> String {
+    format!("{prefix}.proxy-image={image}")
+}
+
+/// A demo container opted in under `prefix`, publishing 8443 on a free loopback port.
+fn target(run: &TestRun, prefix: &str, extra_labels: &[String]) -> (String, String) {
+    let name = unique_name("app");
+    let mut args = vec![
+        "-p".to_string(),
+        "127.0.0.1::8443".to_string(),
+        "--label".to_string(),
+    ];
+    args.push(opt_in(prefix, &images().sidecar));
+    for l in extra_labels {
+        args.push("--label".into());
+        args.push(l.clone());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let id = run.container(&name, &images().demo, &args, &[]);
+    (name, id)
+}
+
+fn sidecars(prefix: &str) -> Vec<Container> {
+    containers_with_label(&format!("{prefix}.managed-by=spawner"))
+}
+
+fn sidecars_for(prefix: &str, target_id: &str) -> Vec<Container> {
+    sidecars(prefix)
+        .into_iter()
+        .filter(|s| s.label(&format!("{prefix}.sidecar-for")).as_deref() == Some(target_id))
+        .collect()
+}
+
+/// Waits for exactly one running sidecar in the target's current namespace, and TLS answering
+/// through the target's published port. Returns the sidecar and the time it took.
+fn wait_served(prefix: &str, target_id: &str) -> (Container, Duration) {
+    let start = Instant::now();
+    let target = inspect(target_id).expect("target exists");
+    let (sidecar, _) = poll(
+        LIFECYCLE_DEADLINE,
+        "exactly one running sidecar in the target's namespace",
+        || {
+            let s = sidecars_for(prefix, target_id);
+            match s.as_slice() {
+                [one]
+                    if one.running
+                        && one.network_mode == format!("container:{target_id}")
+                        && one.label(&format!("{prefix}.target-started")).as_deref()
+                            == Some(target.started_at.as_str()) =>
+                {
+                    Some(one.clone())
+                }
+                _ => None,
+            }
+        },
+    );
+    let port = host_port(target_id, 8443);
+    let (body, _) = poll(LIFECYCLE_DEADLINE, "https through the sidecar", || {
+        https_get(port)
+    });
+    assert!(
+        body.starts_with("GET / "),
+        "demo echo expected, got {body:?}"
+    );
+    assert!(
+        body.to_ascii_lowercase()
+            .contains("x-forwarded-proto: https"),
+        "forwarded headers: {body}"
+    );
+    (sidecar, start.elapsed())
+}
+
+fn wait_no_sidecar(prefix: &str, target_id: &str) -> Duration {
+    poll(
+        LIFECYCLE_DEADLINE,
+        "the target's sidecar to be removed",
+        || sidecars_for(prefix, target_id).is_empty().then_some(()),
+    )
+    .1
+}
+
+/// Asserts the sidecar count stays at exactly `n` running ones for `target_id` over `window`.
+fn assert_stays_one(prefix: &str, target_id: &str, window: Duration) {
+    let end = Instant::now() + window;
+    while Instant::now() < end {
+        let s = sidecars_for(prefix, target_id);
+        assert!(
+            s.len() <= 1,
+            "more than one sidecar for one target: {:?}",
+            s.iter().map(|c| &c.name).collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn start_serves_tls_through_one_locked_down_sidecar_and_stop_removes_it() {
+    let run = TestRun::new();
+    let prefix = run.label_prefix();
+    let _spawner = Spawner::start(&prefix, &[]);
+    let (name, id) = target(&run, &prefix, &[]);
+    let (sidecar, took) = wait_served(&prefix, &id);
+    eprintln!("observed latency start->served: {took:?}");
+    assert_eq!(sidecar.name, format!("{name}-tls-sidecar"));
+    assert_eq!(
+        sidecar.label(&format!("{prefix}.sidecar-for")).as_deref(),
+        Some(id.as_str())
+    );
+    let c = &sidecar.raw;
+    assert_eq!(c["Config"]["User"], "65534:65534");
+    assert_eq!(c["HostConfig"]["ReadonlyRootfs"], true);
+    assert_eq!(c["HostConfig"]["CapDrop"][0], "ALL");
+    assert!(c["HostConfig"]["SecurityOpt"]
+        .to_string()
+        .contains("no-new-privileges"));
+    assert_eq!(c["HostConfig"]["Memory"], 64 << 20);
+    assert_eq!(c["HostConfig"]["PidsLimit"], 128);
+    assert_eq!(c["HostConfig"]["RestartPolicy"]["Name"], "no");
+    assert!(c["Config"]["StopTimeout"].as_i64().unwrap_or(0) >= 10);
+    assert!(
+        !c["Mounts"].to_string().contains("docker.sock"),
+        "no docker socket in the sidecar"
+    );
+    assert_stays_one(&prefix, &id, Duration::from_secs(1));
+
+    docker_ok(&["stop", "-t", "1", &id]);
+    let took = wait_no_sidecar(&prefix, &id);
+    eprintln!("observed latency stop->removed: {took:?}");
+}
+
+#[test]
+fn kill_die_and_rm_each_remove_the_sidecar() {
+    let run = TestRun::new();
+    let prefix = run.label_prefix();
+    let _spawner = Spawner::start(&prefix, &[]);
+    let killed = target(&run, &prefix, &[]).1;
+    let removed = target(&run, &prefix, &[]).1;
+    // A target whose main process exits by itself ("die" without stop or kill).
+    let name = unique_name("dies");
+    let dies = run.container(
+        &name,
+        &images().demo,
+        &[
+            "--label",
+            &opt_in(&prefix, &images().sidecar),
+            "-e",
+            "DEMO_LISTEN=127.0.0.1:8080",
+        ],
+        &[],
+    );
+    for id in [&killed, &removed, &dies] {
+        wait_served_or_running(&prefix, id);
+    }
+    let start = Instant::now();
+    docker_ok(&["kill", &killed]);
+    docker_ok(&["rm", "-f", &removed]);
+    // The demo exits 0 on SIGTERM: a signal to its process is an ordinary "die".
+    docker_ok(&["kill", "-s", "TERM", &dies]);
+    for id in [&killed, &removed, &dies] {
+        wait_no_sidecar(&prefix, id);
+    }
+    eprintln!(
+        "observed latency kill/rm/die->removed (all three): {:?}",
+        start.elapsed()
+    );
+}
+
+/// Waits for one running sidecar for a target (without fetching through it).
+fn wait_served_or_running(prefix: &str, id: &str) -> Container {
+    poll(LIFECYCLE_DEADLINE, "a running sidecar", || {
+        sidecars_for(prefix, id).into_iter().find(|s| s.running)
+    })
+    .0
+}
+
+#[test]
+fn restarted_target_gets_a_new_sidecar_and_tls_works_again() {
+    let run = TestRun::new();
+    let prefix = run.label_prefix();
+    let _spawner = Spawner::start(&prefix, &[]);
+    let id = target(&run, &prefix, &[]).1;
+    let (first, _) = wait_served(&prefix, &id);
+    docker_ok(&["restart", "-t", "1", &id]);
+    let (second, took) = wait_served(&prefix, &id);
+    eprintln!("observed latency restart->served: {took:?}");
+    assert_ne!(
+        first.id, second.id,
+        "the old sidecar sat in a dead namespace and must be replaced"
+    );
+    assert!(inspect(&first.id).is_none(), "old sidecar removed");
+}
+
+#[test]
+fn killed_sidecar_is_recreated() {
+    let run = TestRun::new();
+    let prefix = run.label_prefix();
+    let _spawner = Spawner::start(&prefix, &[]);
+    let id = target(&run, &prefix, &[]).1;
+    let (first, _) = wait_served(&prefix, &id);
+    docker_ok(&["kill", &first.id]);
+    let (second, took) = wait_served(&prefix, &id);
+    eprintln!("observed latency sidecar killed->recreated and served: {took:?}");
+    assert_ne!(first.id, second.id);
+}
+
+#[test]
+fn crash_looping_sidecar_is_recreated_with_backoff() {
+    let run = TestRun::new();
+    let prefix = run.label_prefix();
+    let spawner = Spawner::start(&prefix, &[]);
+    // The sidecar is told to listen on the demo's own port: it fails at once, every time.
+    let id = target(&run, &prefix, &[format!("{prefix}.listen=8080")]).1;
+    let watch = Duration::from_secs(8);
+    let start = Instant::now();
+    spawner.wait_log("sidecar started", 1, LIFECYCLE_DEADLINE);
+    std::thread::sleep(watch.saturating_sub(start.elapsed()));
+    let created = spawner.logs().matches("sidecar started").count();
+    eprintln!("crash loop: {created} sidecars created in {watch:?}");
+    // Backoff 0.5, 1, 2, 4 s: about five in eight seconds; without backoff it would be dozens.
+    assert!(
+        (2..=7).contains(&created),
+        "expected a bounded number of re-creations, got {created}"
+    );
+    assert!(spawner
+        .logs()
+        .contains("sidecar exited while its target runs"));
+    assert!(sidecars_for(&prefix, &id).len() <= 1);
+}
+
+#[test]
+fn spawner_started_late_and_restarted_reconciles_orphans_duplicates_and_missing() {
+    let run = TestRun::new();
+    let prefix = run.label_prefix();
+    let img = &images().sidecar;
+    // Before any spawner: a target without a sidecar, a target with two sidecars, an orphan
+    // sidecar of a target that is gone, and a sidecar of a stopped target.
+    let missing = target(&run, &prefix, &[]).1;
+    let dup = target(&run, &prefix, &[]).1;
+    let stopped = target(&run, &prefix, &[]).1;
+    let fake = |for_id: &str, net: &str| {
+        let labels = [
+            format!("{prefix}.managed-by=spawner"),
+            format!("{prefix}.sidecar-for={for_id}"),
+        ];
+        let name = unique_name("fake-sidecar");
+        run.container(
+            &name,
+            img,
+            &[
+                "--label",
+                &labels[0],
+                "--label",
+                &labels[1],
+                "--network",
+                net,
+                "-e",
+                "SIDECAR_LISTEN=0.0.0.0:9443",
+            ],
+            &[],
+        )
+    };
+    let dup_a = fake(&dup, &format!("container:{dup}"));
+    let dup_b = fake(&dup, &format!("container:{dup}"));
+    let orphan = fake(
+        "0000000000000000000000000000000000000000000000000000000000000000",
+        "none",
+    );
+    let of_stopped = fake(&stopped, &format!("container:{stopped}"));
+    docker_ok(&["stop", "-t", "1", &stopped]);
+
+    let mut spawner = Spawner::start(&prefix, &[]);
+    let (_, took) = wait_served(&prefix, &missing);
+    eprintln!("observed latency spawner start->missing sidecar served: {took:?}");
+    wait_served(&prefix, &dup);
+    for gone in [&orphan, &of_stopped] {
+        poll(LIFECYCLE_DEADLINE, "orphan removed", || {
+            inspect(gone).is_none().then_some(())
+        });
+    }
+    assert!(
+        inspect(&dup_a).is_none() && inspect(&dup_b).is_none(),
+        "stale duplicates (no namespace label) replaced"
+    );
+    assert!(sidecars_for(&prefix, &stopped).is_empty());
+
+    // Restart the spawner: nothing changes, never a second sidecar.
+    let before: Vec<String> = sidecars(&prefix).into_iter().map(|c| c.id).collect();
+    spawner.terminate();
+    drop(spawner);
+    let spawner = Spawner::start(&prefix, &[]);
+    spawner.wait_log("subscribed to docker events", 1, LIFECYCLE_DEADLINE);
+    assert_stays_one(&prefix, &missing, Duration::from_secs(2));
+    assert_stays_one(&prefix, &dup, Duration::from_secs(1));
+    let mut after: Vec<String> = sidecars(&prefix).into_iter().map(|c| c.id).collect();
+    let mut before = before;
+    before.sort();
+    after.sort();
+    assert_eq!(before, after, "a restarted spawner keeps healthy sidecars");
+}
+
+#[test]
+fn concurrent_events_never_make_two_sidecars() {
+    let run = TestRun::new();
+    let prefix = run.label_prefix();
+    let _spawner = Spawner::start(&prefix, &[]);
+    let ids: Vec<String> = (0..4)
+        .map(|_| {
+            run.create(
+                &unique_name("app"),
+                &images().demo,
+                &[
+                    "-p",
+                    "127.0.0.1::8443",
+                    "--label",
+                    &opt_in(&prefix, &images().sidecar),
+                ],
+            )
+        })
+        .collect();
+    // All start at once, then all restart at once, twice: bursts of start/die events.
+    let mut start = vec!["start"];
+    start.extend(ids.iter().map(String::as_str));
+    docker_ok(&start);
+    for _ in 0..2 {
+        let mut restart = vec!["restart", "-t", "0"];
+        restart.extend(ids.iter().map(String::as_str));
+        docker_ok(&restart);
+    }
+    for id in &ids {
+        wait_served(&prefix, id);
+    }
+    for id in &ids {
+        assert_stays_one(&prefix, id, Duration::from_millis(500));
+    }
+    assert_eq!(sidecars(&prefix).len(), ids.len());
+}
+
+#[test]
+fn image_not_allowed_launches_nothing_and_warns() {
+    let run = TestRun::new();
+    let prefix = run.label_prefix();
+    let spawner = Spawner::start(&prefix, &[]);
+    let name = unique_name("app");
+    let id = run.container(
+        &name,
+        &images().demo,
+        &["--label", &opt_in(&prefix, "evil/miner:latest")],
+        &[],
+    );
+    spawner.wait_log("not in the allow-list", 1, LIFECYCLE_DEADLINE);
+    let logs = spawner.logs();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("not in the allow-list"))
+        .unwrap_or_default();
+    assert!(
+        line.contains(&name) && line.contains("evil/miner:latest"),
+        "warning names container and image: {line}"
+    );
+    let ok = target(&run, &prefix, &[]).1;
+    wait_served(&prefix, &ok);
+    assert!(sidecars_for(&prefix, &id).is_empty());
+    let status = spawner_status(&prefix);
+    let row = status
+        .lines()
+        .find(|l| l.starts_with(&name))
+        .unwrap_or_else(|| panic!("{name} in status:\n{status}"));
+    assert!(
+        row.contains("not in the allow-list"),
+        "status shows the reason: {row}"
+    );
+    assert!(
+        docker(&["image", "inspect", "evil/miner:latest"])
+            .status
+            .code()
+            != Some(0),
+        "nothing pulled"
+    );
+}
+
+fn spawner_status(prefix: &str) -> String {
+    let out = Command::new(bin_path("spawner"))
+        .args(["status", "--label-prefix", prefix])
+        .env_remove("DOCKER_HOST")
+        .output()
+        .expect("run spawner status");
+    assert!(
+        out.status.success(),
+        "spawner status failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+#[test]
+fn invalid_label_gets_no_sidecar_a_warning_and_a_status_reason() {
+    let run = TestRun::new();
+    let prefix = run.label_prefix();
+    let spawner = Spawner::start(&prefix, &[]);
+    let (name, bad) = target(&run, &prefix, &[format!("{prefix}.mode=udp")]);
+    let good = target(&run, &prefix, &[]).1;
+    wait_served(&prefix, &good);
+    spawner.wait_log("invalid label", 1, LIFECYCLE_DEADLINE);
+    let logs = spawner.logs();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("invalid label"))
+        .unwrap_or_default();
+    assert!(
+        line.contains(&name) && line.contains(&format!("{prefix}.mode")) && line.contains("udp"),
+        "{line}"
+    );
+    assert!(sidecars_for(&prefix, &bad).is_empty());
+    let status = spawner_status(&prefix);
+    let row = status
+        .lines()
+        .find(|l| l.starts_with(&name))
+        .unwrap_or_else(|| panic!("{name} in status:\n{status}"));
+    assert!(
+        row.contains("invalid label") && row.contains("udp"),
+        "{row}"
+    );
+}
+
+#[test]
+fn missing_image_is_pulled_with_retries_while_other_targets_are_served() {
+    let run = TestRun::new();
+    let prefix = run.label_prefix();
+    let spawner = Spawner::start(&prefix, &[]);
+    let missing_image = format!("tls-sidecar/sidecar:{}", unique_name("absent"));
+    let name = unique_name("app");
+    let waiting = run.container(
+        &name,
+        &images().demo,
+        &["--label", &opt_in(&prefix, &missing_image)],
+        &[],
+    );
+    let served = target(&run, &prefix, &[]).1;
+    wait_served(&prefix, &served);
+    // Backoff 1 s then 2 s: a second failed attempt within the deadline.
+    spawner.wait_log("image pull failed", 2, Duration::from_secs(15));
+    assert!(spawner.logs().contains(&missing_image));
+    assert!(sidecars_for(&prefix, &waiting).is_empty());
+    // Still serving others while the pull keeps failing.
+    let late = target(&run, &prefix, &[]).1;
+    wait_served(&prefix, &late);
+}
+
+#[test]
+fn sigterm_stops_the_spawner_promptly_and_sidecars_keep_serving() {
+    let run = TestRun::new();
+    let prefix = run.label_prefix();
+    let mut spawner = Spawner::start(&prefix, &[]);
+    let id = target(&run, &prefix, &[]).1;
+    let (sidecar, _) = wait_served(&prefix, &id);
+    let (status, took) = spawner.terminate();
+    eprintln!("observed SIGTERM->exit: {took:?}");
+    assert!(status.success(), "exit 0 on SIGTERM, got {status}");
+    assert!(took < Duration::from_secs(3), "prompt exit, took {took:?}");
+    assert!(
+        inspect(&sidecar.id).is_some_and(|c| c.running),
+        "sidecar left running"
+    );
+    assert!(
+        https_get(host_port(&id, 8443)).is_some(),
+        "data plane still serves"
+    );
+}
+
+#[test]
+fn dry_run_changes_nothing() {
+    let run = TestRun::new();
+    let prefix = run.label_prefix();
+    let id = target(&run, &prefix, &[]).1;
+    let orphan_labels = [
+        format!("{prefix}.managed-by=spawner"),
+        format!("{prefix}.sidecar-for=gone"),
+    ];
+    let orphan = run.create(
+        &unique_name("orphan"),
+        &images().sidecar,
+        &["--label", &orphan_labels[0], "--label", &orphan_labels[1]],
+    );
+    let spawner = Spawner::start(&prefix, &["--dry-run"]);
+    spawner.wait_log("dry run: would create sidecar", 1, LIFECYCLE_DEADLINE);
+    spawner.wait_log("dry run: would remove sidecar", 1, LIFECYCLE_DEADLINE);
+    assert!(inspect(&orphan).is_some(), "orphan kept in dry run");
+    assert_eq!(sidecars(&prefix).len(), 1, "nothing created in dry run");
+    assert!(sidecars_for(&prefix, &id).is_empty());
+}
+
+#[test]
+fn engine_unreachable_at_start_is_retried_then_reconciled() {
+    let run = TestRun::new();
+    let prefix = run.label_prefix();
+    let dir = harness::tmp::TempDir::new("docker-sock");
+    let sock = dir.path().join("docker.sock");
+    let spawner = Spawner::start_on(&format!("unix://{}", sock.display()), &prefix, &[]);
+    spawner.wait_log("reconcile failed", 2, LIFECYCLE_DEADLINE);
+    let id = target(&run, &prefix, &[]).1;
+    symlink(DOCKER_SOCKET, &sock).expect("symlink the engine socket into place");
+    let (_, took) = wait_served(&prefix, &id);
+    eprintln!("observed latency engine reachable->served: {took:?}");
+}
+
+/// A unix-socket proxy to the engine that a test can cut (every connection dropped, socket gone)
+/// and restore, standing in for an engine restart.
+struct SocketProxy {
+    path: PathBuf,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl SocketProxy {
+    fn start(path: &Path) -> SocketProxy {
+        let _ = std::fs::remove_file(path);
+        let listener = std::os::unix::net::UnixListener::bind(path).expect("bind proxy socket");
+        listener
+            .set_nonblocking(true)
+            .expect("nonblocking proxy socket");
+        let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("proxy runtime");
+            rt.block_on(async move {
+                let listener = tokio::net::UnixListener::from_std(listener).expect("tokio proxy listener");
+                loop {
+                    tokio::select! {
+                        _ = &mut rx => break,
+                        accepted = listener.accept() => {
+                            let Ok((mut client, _)) = accepted else { continue };
+                            tokio::spawn(async move {
+                                if let Ok(mut engine) = tokio::net::UnixStream::connect(DOCKER_SOCKET).await {
+                                    let _ = tokio::io::copy_bidirectional(&mut client, &mut engine).await;
+                                }
+                            });
+                        }
+                    }
+                }
+            });
+            // Dropping the runtime drops every connection task: the spawner sees its stream break.
+            drop(rt);
+        });
+        SocketProxy {
+            path: path.to_path_buf(),
+            stop: Some(tx),
+            thread: Some(thread),
+        }
+    }
+
+    fn cut(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+impl Drop for SocketProxy {
+    fn drop(&mut self) {
+        self.cut();
+    }
+}
+
+#[test]
+fn broken_event_stream_reconnects_and_catches_up() {
+    let run = TestRun::new();
+    let prefix = run.label_prefix();
+    let dir = harness::tmp::TempDir::new("docker-proxy");
+    let sock = dir.path().join("docker.sock");
+    let mut proxy = SocketProxy::start(&sock);
+    let spawner = Spawner::start_on(&format!("unix://{}", sock.display()), &prefix, &[]);
+    let first = target(&run, &prefix, &[]).1;
+    wait_served(&prefix, &first);
+
+    proxy.cut();
+    spawner.wait_log("docker event stream", 1, LIFECYCLE_DEADLINE);
+    // While disconnected: a new target starts and the first one dies.
+    let second = target(&run, &prefix, &[]).1;
+    docker_ok(&["kill", &first]);
+    let old = sidecars_for(&prefix, &first);
+    assert_eq!(
+        old.len(),
+        1,
+        "nothing can change while the spawner is cut off"
+    );
+
+    let _proxy = SocketProxy::start(&sock);
+    let (_, took) = wait_served(&prefix, &second);
+    eprintln!("observed latency reconnect->served: {took:?}");
+    wait_no_sidecar(&prefix, &first);
+    wait_not_running(&first);
+}
+
+#[test]
+fn compose_demo_serves_https_and_killing_the_demo_removes_the_sidecar() {
+    let imgs = images();
+    assert!(imgs.demo.ends_with(":test"));
+    let compose: Vec<&str> = if docker(&["compose", "version"]).status.success() {
+        vec!["docker", "compose"]
+    } else {
+        vec!["docker-compose"]
+    };
+    let project = unique_name("tlsdemo").replace('-', "");
+    let prefix = unique_name("t");
+    let port = free_port();
+    let root = harness::docker::repo_root();
+    let run_compose = |args: &[&str]| {
+        let mut cmd = Command::new(compose[0]);
+        cmd.args(&compose[1..])
+            .args(["-p", &project, "-f"])
+            .arg(root.join("docker-compose.yml"))
+            .args(args)
+            .env("TLS_SIDECAR_TAG", "test")
+            .env("TLS_SIDECAR_LABEL_PREFIX", &prefix)
+            .env("DEMO_PORT", port.to_string());
+        cmd.output().expect("run compose")
+    };
+    struct Down<'a>(&'a dyn Fn(&[&str]) -> std::process::Output, String);
+    impl Drop for Down<'_> {
+        fn drop(&mut self) {
+            let _ = (self.0)(&["down", "-v", "-t", "1"]);
+            let left = docker(&[
+                "ps",
+                "-aq",
+                "--filter",
+                &format!("label={}.managed-by", self.1),
+            ]);
+            for id in String::from_utf8_lossy(&left.stdout).split_whitespace() {
+                let _ = docker(&["rm", "-f", id]);
+            }
+        }
+    }
+    let _down = Down(&run_compose, prefix.clone());
+    let up = run_compose(&["up", "-d"]);
+    assert!(
+        up.status.success(),
+        "compose up failed: {}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+
+    let (body, took) = poll(
+        Duration::from_secs(20),
+        "https through the compose demo",
+        || https_get(port),
+    );
+    eprintln!("observed latency compose up->https: {took:?}");
+    assert!(body.starts_with("GET / "), "{body}");
+    let demo = docker_ok(&[
+        "ps",
+        "-q",
+        "--no-trunc",
+        "--filter",
+        &format!("label=com.docker.compose.project={project}"),
+        "--filter",
+        "label=com.docker.compose.service=demo",
+    ]);
+    assert!(!demo.is_empty(), "demo container found");
+    assert_eq!(sidecars_for(&prefix, &demo).len(), 1);
+    docker_ok(&["kill", &demo]);
+    let took = wait_no_sidecar(&prefix, &demo);
+    eprintln!("observed latency compose demo killed->sidecar removed: {took:?}");
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().expect("local addr").port()
+}
