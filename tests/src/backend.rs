@@ -85,7 +85,10 @@ impl Echo {
     /// Parses the echo route's JSON answer.
     pub fn parse(body: &[u8]) -> Echo {
         let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_else(|e| {
-            panic!("echo body is not JSON ({e}): {}", String::from_utf8_lossy(body))
+            panic!(
+                "echo body is not JSON ({e}): {}",
+                String::from_utf8_lossy(body)
+            )
         });
         let s = |k: &str| v[k].as_str().unwrap_or_default().to_string();
         let headers = v["headers"]
@@ -115,7 +118,9 @@ impl Echo {
 /// `len` deterministic bytes starting at `offset` of an endless pattern (period 251, a prime, so
 /// a dropped or repeated chunk changes the hash).
 pub fn pattern(offset: u64, len: usize) -> Vec<u8> {
-    (0..len as u64).map(|i| ((offset + i) % 251) as u8).collect()
+    (0..len as u64)
+        .map(|i| ((offset + i) % 251) as u8)
+        .collect()
 }
 
 /// Lowercase hex SHA-256 of `data`.
@@ -196,7 +201,9 @@ impl Backend {
                 let state = accept_state.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |req| handle(state.clone(), req));
+                    // Room for what the sidecar forwards on top of a client's 100 headers.
                     let _ = hyper::server::conn::http1::Builder::new()
+                        .max_headers(200)
                         .serve_connection(TokioIo::new(stream), service)
                         .with_upgrades()
                         .await;
@@ -237,7 +244,10 @@ impl Drop for Backend {
     }
 }
 
-async fn handle(state: Arc<State>, mut req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+async fn handle(
+    state: Arc<State>,
+    mut req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
     let recorded = Recorded {
         method: req.method().to_string(),
         path: req
@@ -272,7 +282,10 @@ async fn handle(state: Arc<State>, mut req: Request<Incoming>) -> Result<Respons
         .iter()
         .any(|v| v.eq_ignore_ascii_case("websocket"));
     if path == "/ws" && is_ws {
-        let key = recorded.header("sec-websocket-key").unwrap_or_default().to_string();
+        let key = recorded
+            .header("sec-websocket-key")
+            .unwrap_or_default()
+            .to_string();
         let on_upgrade = hyper::upgrade::on(&mut req);
         tokio::spawn(async move {
             if let Ok(upgraded) = on_upgrade.await {
@@ -280,14 +293,13 @@ async fn handle(state: Arc<State>, mut req: Request<Incoming>) -> Result<Respons
                     WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None)
                         .await;
                 while let Some(Ok(msg)) = ws.next().await {
-                    match msg {
-                        Message::Text(_) | Message::Binary(_) => {
-                            if ws.send(msg).await.is_err() {
-                                break;
-                            }
-                        }
+                    let echo = match msg {
+                        Message::Text(_) | Message::Binary(_) => msg,
                         Message::Close(_) => break,
-                        _ => {}
+                        _ => continue,
+                    };
+                    if ws.send(echo).await.is_err() {
+                        break;
                     }
                 }
             }

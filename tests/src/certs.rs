@@ -81,6 +81,11 @@ impl Pki {
         self.ca.der().clone()
     }
 
+    /// The CA certificate as a PEM file, for `curl --cacert`.
+    pub fn ca_pem_file(&self) -> PathBuf {
+        self.write("ca.pem", self.ca.pem())
+    }
+
     /// The directory fixtures are written to.
     pub fn dir(&self) -> &Path {
         self.dir.path()
@@ -145,9 +150,10 @@ impl Pki {
 
         let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
         let mut params = CertificateParams::new(names.clone()).expect("leaf names");
-        params
-            .distinguished_name
-            .push(DnType::CommonName, names.first().cloned().unwrap_or_default());
+        params.distinguished_name.push(
+            DnType::CommonName,
+            names.first().cloned().unwrap_or_default(),
+        );
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         let cert = params

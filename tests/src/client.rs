@@ -13,7 +13,9 @@ use hyper::body::{Frame, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme, SupportedProtocolVersion};
+use rustls::{
+    ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme, SupportedProtocolVersion,
+};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -145,9 +147,13 @@ pub async fn tls_connect(
     server_name: &str,
     config: Arc<ClientConfig>,
 ) -> TlsStream<TcpStream> {
-    within(STEP, "TLS connect to the sidecar", try_tls_connect(addr, server_name, config))
-        .await
-        .unwrap_or_else(|e| panic!("TLS connect to {addr} as {server_name}: {e}"))
+    within(
+        STEP,
+        "TLS connect to the sidecar",
+        try_tls_connect(addr, server_name, config),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("TLS connect to {addr} as {server_name}: {e}"))
 }
 
 /// The certificate the server presented on `tls`.
@@ -210,7 +216,11 @@ impl Reply {
 impl HttpConn {
     /// Connects to the sidecar at `addr` with SNI `server_name` and starts HTTP/2 if ALPN chose
     /// `h2`, else HTTP/1.1.
-    pub async fn connect(addr: SocketAddr, server_name: &str, config: Arc<ClientConfig>) -> HttpConn {
+    pub async fn connect(
+        addr: SocketAddr,
+        server_name: &str,
+        config: Arc<ClientConfig>,
+    ) -> HttpConn {
         let tls = tls_connect(addr, server_name, config).await;
         Self::over(tls, format!("{server_name}:{}", addr.port())).await
     }
@@ -277,19 +287,29 @@ impl HttpConn {
 
     /// Sends `req` and returns the response head (body still streaming), under [`STEP`].
     pub async fn send(&mut self, req: Request<Body>) -> Response<Incoming> {
+        self.send_within(req, STEP).await
+    }
+
+    /// Sends `req` and returns the response head, allowing `limit` (for large uploads, whose
+    /// response comes only after the whole body went through).
+    pub async fn send_within(
+        &mut self,
+        req: Request<Body>,
+        limit: std::time::Duration,
+    ) -> Response<Incoming> {
         let what = format!("response head for {} {}", req.method(), req.uri());
         let result = match &mut self.sender {
             Sender::H1(s) => {
                 within(STEP, "HTTP/1.1 connection ready", s.ready())
                     .await
                     .expect("HTTP/1.1 connection ready");
-                within(STEP, &what, s.send_request(req)).await
+                within(limit, &what, s.send_request(req)).await
             }
             Sender::H2(s) => {
                 within(STEP, "HTTP/2 connection ready", s.ready())
                     .await
                     .expect("HTTP/2 connection ready");
-                within(STEP, &what, s.send_request(req)).await
+                within(limit, &what, s.send_request(req)).await
             }
         };
         result.unwrap_or_else(|e| panic!("{what}: {e}"))
@@ -312,9 +332,13 @@ impl HttpConn {
 
     /// Waits until the server closes the connection (the client never closes it on its own).
     pub async fn wait_closed(&mut self, limit: std::time::Duration) {
-        within(limit, "the sidecar to close the connection", &mut self.driver)
-            .await
-            .expect("connection driver task");
+        within(
+            limit,
+            "the sidecar to close the connection",
+            &mut self.driver,
+        )
+        .await
+        .expect("connection driver task");
     }
 }
 
@@ -340,7 +364,9 @@ pub fn empty() -> Body {
 
 /// A body of `data`.
 pub fn full(data: impl Into<Bytes>) -> Body {
-    Full::new(data.into()).map_err(|never| match never {}).boxed()
+    Full::new(data.into())
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 /// `total` bytes of [`pattern`] generated lazily in 64 KiB chunks, never held whole.
@@ -425,9 +451,13 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 
 /// `GET path` over plain HTTP/1.1 (the admin listener), with `Connection: close`.
 pub async fn plain_get(addr: SocketAddr, path: &str) -> Reply {
-    let tcp = within(STEP, "connect to the admin listener", TcpStream::connect(addr))
-        .await
-        .unwrap_or_else(|e| panic!("connect to admin listener {addr}: {e}"));
+    let tcp = within(
+        STEP,
+        "connect to the admin listener",
+        TcpStream::connect(addr),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("connect to admin listener {addr}: {e}"));
     let (mut sender, conn) = within(
         STEP,
         "admin HTTP/1.1 handshake",
@@ -448,4 +478,14 @@ pub async fn plain_get(addr: SocketAddr, path: &str) -> Reply {
         .await
         .unwrap_or_else(|e| panic!("admin GET {path}: {e}"));
     read_reply(resp).await
+}
+
+/// The bytes of a real ClientHello (one TLS record) for `localhost`, to send truncated.
+pub fn client_hello_bytes() -> Vec<u8> {
+    let name = ServerName::try_from("localhost").expect("server name");
+    let mut conn = rustls::ClientConnection::new(config(Trust::AnyCert, ALPN_H2_H1), name)
+        .expect("client connection");
+    let mut out = Vec::new();
+    conn.write_tls(&mut out).expect("serialize ClientHello");
+    out
 }

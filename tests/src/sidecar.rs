@@ -288,7 +288,10 @@ pub struct Exited {
 impl Exited {
     /// The stderr lines that are not empty.
     pub fn lines(&self) -> Vec<&str> {
-        self.stderr.lines().filter(|l| !l.trim().is_empty()).collect()
+        self.stderr
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .collect()
     }
 }
 
@@ -401,7 +404,9 @@ fn drain(
         let reader = std::io::BufReader::new(pipe);
         for line in reader.split(b'\n') {
             let Ok(line) = line else { break };
-            let text = String::from_utf8_lossy(&line).trim_end_matches('\r').to_string();
+            let text = String::from_utf8_lossy(&line)
+                .trim_end_matches('\r')
+                .to_string();
             sink.lock().expect("log lock").push(text);
         }
     })

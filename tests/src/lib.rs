@@ -1,0 +1,11 @@
+//! The integration-test harness: real processes, real sockets, real TLS clients and the real
+//! Docker engine, behind helpers that read like the spec (`Backend::echo()`, `Sidecar::start()`).
+
+pub mod bins;
+pub mod backend;
+pub mod certs;
+pub mod client;
+pub mod docker;
+pub mod sidecar;
+pub mod tmp;
+pub mod wait;
