@@ -1,8 +1,8 @@
 //! The integration-test harness: real processes, real sockets, real TLS clients and the real
 //! Docker engine, behind helpers that read like the spec (`Backend::echo()`, `Sidecar::start()`).
 
-pub mod bins;
 pub mod backend;
+pub mod bins;
 pub mod certs;
 pub mod client;
 pub mod docker;
