@@ -56,6 +56,18 @@ async fn content_length_with_transfer_encoding_gets_400() {
 }
 
 #[tokio::test]
+async fn transfer_encoding_before_content_length_gets_400() {
+    rejected_before_the_backend(
+        b"POST /smuggle HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\
+          Content-Length: 4\r\n\r\n0\r\n\r\n\
+          GET /smuggled HTTP/1.1\r\nHost: localhost\r\n\r\n",
+        StatusCode::BAD_REQUEST,
+        "Transfer-Encoding + Content-Length",
+    )
+    .await;
+}
+
+#[tokio::test]
 async fn duplicate_differing_content_length_gets_400() {
     rejected_before_the_backend(
         b"POST /smuggle HTTP/1.1\r\nHost: localhost\r\nContent-Length: 4\r\n\
