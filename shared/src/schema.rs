@@ -19,6 +19,20 @@ pub mod env {
     pub const CONNECT_TIMEOUT: &str = "SIDECAR_CONNECT_TIMEOUT";
     pub const BACKEND_TIMEOUT: &str = "SIDECAR_BACKEND_TIMEOUT";
     pub const HEADER_READ_TIMEOUT: &str = "SIDECAR_HEADER_READ_TIMEOUT";
+    pub const REDIRECT_LISTEN: &str = "SIDECAR_REDIRECT_LISTEN";
+    pub const REDIRECT_PORT: &str = "SIDECAR_REDIRECT_PORT";
+    pub const ACME_WEBROOT: &str = "SIDECAR_ACME_WEBROOT";
+    pub const HSTS: &str = "SIDECAR_HSTS";
+    pub const HSTS_INCLUDE_SUBDOMAINS: &str = "SIDECAR_HSTS_INCLUDE_SUBDOMAINS";
+
+    pub const CERTS_DIR: &str = "SIDECAR_CERTS_DIR";
+    pub const RELOAD_INTERVAL: &str = "SIDECAR_RELOAD_INTERVAL";
+    pub const CLIENT_CA: &str = "SIDECAR_CLIENT_CA";
+    pub const CLIENT_AUTH: &str = "SIDECAR_CLIENT_AUTH";
+    pub const CLIENT_CRL: &str = "SIDECAR_CLIENT_CRL";
+    pub const ALLOW_CN: &str = "SIDECAR_ALLOW_CN";
+    pub const ALLOW_DNS_SAN: &str = "SIDECAR_ALLOW_DNS_SAN";
+    pub const ALLOW_URI_SAN: &str = "SIDECAR_ALLOW_URI_SAN";
 
     /// gosslterm's names, accepted as aliases so its users can switch without changes.
     pub const GOSSLTERM_FRONTEND_ADDR: &str = "GOSSLTERM_FRONTEND_ADDR";
@@ -59,6 +73,9 @@ mod tests {
 
     #[test]
     fn label_names_join_prefix_and_suffix() {
-        assert_eq!(label_name(DEFAULT_LABEL_PREFIX, label::PROXY_IMAGE), "tls-sidecar.proxy-image");
+        assert_eq!(
+            label_name(DEFAULT_LABEL_PREFIX, label::PROXY_IMAGE),
+            "tls-sidecar.proxy-image"
+        );
     }
 }

@@ -7,7 +7,7 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -37,28 +37,86 @@ pub struct Activity {
     idle_since: AtomicU64,
     awaiting_head: AtomicBool,
     head_started: AtomicU64,
+    /// HTTP/1 only: the raw request head, scanned before hyper parses it.
+    scan: Option<Mutex<HeadScan>>,
+    /// The last scanned head had ambiguous framing; taken by the next request.
+    ambiguous: AtomicBool,
+}
+
+/// Largest head the scanner keeps; hyper refuses larger ones with 431 anyway.
+const SCAN_MAX: usize = 64 * 1024 + 4;
+
+#[derive(Debug, Default)]
+struct HeadScan {
+    buf: Vec<u8>,
+    done: bool,
 }
 
 impl Activity {
     pub fn new() -> Arc<Self> {
-        Arc::new(Self {
+        Arc::new(Self::with_scan(None))
+    }
+
+    /// For HTTP/1 connections: also scans each request head for ambiguous framing (both
+    /// `Content-Length` and `Transfer-Encoding`), which hyper would silently resolve; the proxy
+    /// refuses such requests instead ([`Activity::take_ambiguous`]).
+    pub fn new_http1() -> Arc<Self> {
+        Arc::new(Self::with_scan(Some(Mutex::new(HeadScan::default()))))
+    }
+
+    fn with_scan(scan: Option<Mutex<HeadScan>>) -> Self {
+        Self {
             start: Instant::now(),
             last_io: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
             idle_since: AtomicU64::new(0),
             awaiting_head: AtomicBool::new(true),
             head_started: AtomicU64::new(NONE),
-        })
+            scan,
+            ambiguous: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether the request just started had ambiguous framing (clears the mark).
+    pub fn take_ambiguous(&self) -> bool {
+        self.ambiguous.swap(false, Ordering::Relaxed)
+    }
+
+    fn scan_head(&self, bytes: &[u8]) {
+        let Some(scan) = &self.scan else { return };
+        if self.in_flight.load(Ordering::Relaxed) > 0 {
+            return;
+        }
+        let mut scan = match scan.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        if scan.done {
+            return;
+        }
+        let room = SCAN_MAX.saturating_sub(scan.buf.len());
+        scan.buf.extend_from_slice(&bytes[..bytes.len().min(room)]);
+        if let Some(end) = head_end(&scan.buf) {
+            if starts_like_request(&scan.buf) && ambiguous_framing(&scan.buf[..end]) {
+                self.ambiguous.store(true, Ordering::Relaxed);
+            }
+            scan.done = true;
+        } else if scan.buf.len() >= SCAN_MAX || !starts_like_request(&scan.buf) {
+            scan.done = true;
+        }
     }
 
     fn now_ms(&self) -> u64 {
         self.start.elapsed().as_millis() as u64
     }
 
-    fn on_read(&self) {
+    fn on_read(&self, bytes: &[u8]) {
+        self.scan_head(bytes);
         let now = self.now_ms();
         self.last_io.store(now, Ordering::Relaxed);
-        if self.awaiting_head.swap(false, Ordering::Relaxed) && self.in_flight.load(Ordering::Relaxed) == 0 {
+        if self.awaiting_head.swap(false, Ordering::Relaxed)
+            && self.in_flight.load(Ordering::Relaxed) == 0
+        {
             self.head_started.store(now, Ordering::Relaxed);
         }
     }
@@ -79,6 +137,14 @@ impl Activity {
             self.idle_since.store(self.now_ms(), Ordering::Relaxed);
             self.head_started.store(NONE, Ordering::Relaxed);
             self.awaiting_head.store(true, Ordering::Relaxed);
+            if let Some(scan) = &self.scan {
+                let mut scan = match scan.lock() {
+                    Ok(g) => g,
+                    Err(p) => p.into_inner(),
+                };
+                scan.buf.clear();
+                scan.done = false;
+            }
         }
     }
 
@@ -144,18 +210,26 @@ impl<T> Tracked<T> {
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let res = Pin::new(&mut self.inner).poll_read(cx, buf);
         if matches!(res, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.activity.on_read();
+            self.activity.on_read(&buf.filled()[before..]);
         }
         res
     }
 }
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let res = Pin::new(&mut self.inner).poll_write(cx, buf);
         if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
             self.activity.on_write();
@@ -188,6 +262,37 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
     }
 }
 
+/// Where a request head ends (index of its blank line), if it is complete.
+fn head_end(buf: &[u8]) -> Option<usize> {
+    buf.windows(4).position(|w| w == b"\r\n\r\n")
+}
+
+/// Whether `buf` begins like a request line (`TOKEN SP`): bytes read after a pipelined request
+/// may be the middle of a body, which must not be mistaken for a head.
+fn starts_like_request(buf: &[u8]) -> bool {
+    let method_len = buf.iter().take_while(|b| b.is_ascii_uppercase()).count();
+    match buf.get(method_len) {
+        Some(b' ') => method_len > 0,
+        None => true, // not enough bytes yet
+        Some(_) => false,
+    }
+}
+
+/// Whether a request head carries both `Content-Length` and `Transfer-Encoding` (RFC 9112
+/// section 6.3: a request smuggling vector when two parsers disagree on which wins).
+pub fn ambiguous_framing(head: &[u8]) -> bool {
+    let (mut cl, mut te) = (false, false);
+    for line in head.split(|b| *b == b'\n').skip(1) {
+        let Some(colon) = line.iter().position(|b| *b == b':') else {
+            continue;
+        };
+        let name = line[..colon].trim_ascii();
+        cl |= name.eq_ignore_ascii_case(b"content-length");
+        te |= name.eq_ignore_ascii_case(b"transfer-encoding");
+    }
+    cl && te
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -206,7 +311,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_started_head_must_finish_within_the_head_timeout() {
         let a = Activity::new();
-        a.on_read();
+        a.on_read(b"G");
         tokio::time::advance(Duration::from_secs(9)).await;
         assert_eq!(a.verdict(IDLE, HEAD), Verdict::Active);
         tokio::time::advance(Duration::from_secs(2)).await;
@@ -218,7 +323,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn requests_in_flight_are_never_idle_and_idleness_restarts_after_them() {
         let a = Activity::new();
-        a.on_read();
+        a.on_read(b"GET / HTTP/1.1\r\n\r\n");
         a.request_started();
         tokio::time::advance(Duration::from_secs(120)).await;
         assert_eq!(a.verdict(IDLE, HEAD), Verdict::Active);
@@ -241,9 +346,50 @@ mod tests {
     }
 
     #[test]
+    fn framing_with_both_lengths_is_ambiguous() {
+        assert!(ambiguous_framing(
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked"
+        ));
+        assert!(ambiguous_framing(
+            b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\ncontent-length: 4"
+        ));
+        assert!(!ambiguous_framing(b"POST / HTTP/1.1\r\nContent-Length: 4"));
+        assert!(!ambiguous_framing(
+            b"POST /content-length: HTTP/1.1\r\nTransfer-Encoding: chunked"
+        ));
+    }
+
+    #[test]
+    fn scanner_marks_an_ambiguous_head_split_over_reads_and_resets_per_request() {
+        let a = Activity::new_http1();
+        a.on_read(b"POST / HTTP/1.1\r\nContent-Le");
+        a.on_read(b"ngth: 4\r\nTransfer-Encoding: chunked\r\n\r\n");
+        a.request_started();
+        assert!(a.take_ambiguous());
+        assert!(!a.take_ambiguous());
+        // Body bytes while the request is in flight are not heads.
+        a.on_read(b"GET / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: x\r\n\r\n");
+        a.request_finished();
+        a.on_read(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+        a.request_started();
+        assert!(!a.take_ambiguous());
+        a.request_finished();
+        // Mid-body bytes after a pipelined request are ignored.
+        a.on_read(b"tail of a body\r\nContent-Length: 1\r\nTransfer-Encoding: x\r\n\r\n");
+        a.request_started();
+        assert!(!a.take_ambiguous());
+    }
+
+    #[test]
     fn tick_period_is_bounded() {
         assert_eq!(tick_period(Duration::from_secs(60)), Duration::from_secs(1));
-        assert_eq!(tick_period(Duration::from_millis(200)), Duration::from_millis(50));
-        assert_eq!(tick_period(Duration::from_millis(1)), Duration::from_millis(20));
+        assert_eq!(
+            tick_period(Duration::from_millis(200)),
+            Duration::from_millis(50)
+        );
+        assert_eq!(
+            tick_period(Duration::from_millis(1)),
+            Duration::from_millis(20)
+        );
     }
 }

@@ -64,15 +64,23 @@ fn respond(req: &Request<Incoming>, metrics: &Metrics) -> Response<Full<Bytes>> 
     let text = |status: StatusCode, body: String| {
         let mut resp = Response::new(Full::new(Bytes::from(body)));
         *resp.status_mut() = status;
-        resp.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; charset=utf-8"));
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
         resp
     };
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n".to_string());
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method not allowed\n".to_string(),
+        );
     }
     match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n".to_string()),
-        "/readyz" if metrics.is_draining() => text(StatusCode::SERVICE_UNAVAILABLE, "draining\n".to_string()),
+        "/readyz" if metrics.is_draining() => {
+            text(StatusCode::SERVICE_UNAVAILABLE, "draining\n".to_string())
+        }
         "/readyz" => text(StatusCode::OK, "ready\n".to_string()),
         "/metrics" => {
             let mut resp = text(StatusCode::OK, metrics.render());
@@ -82,6 +90,9 @@ fn respond(req: &Request<Incoming>, metrics: &Metrics) -> Response<Full<Bytes>> 
             );
             resp
         }
-        _ => text(StatusCode::NOT_FOUND, "not found: try /healthz, /readyz or /metrics\n".to_string()),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found: try /healthz, /readyz or /metrics\n".to_string(),
+        ),
     }
 }

@@ -13,7 +13,9 @@ use shared::parse::duration;
 use shared::schema::env;
 use shared::telemetry::LogFormat;
 
+use crate::certs::PairPaths;
 use crate::error::ConfigError;
+use crate::mtls::AllowList;
 
 /// Default TLS listen address: all interfaces of the namespace the sidecar runs in.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8443";
@@ -48,6 +50,42 @@ pub struct Cli {
     /// PEM private key (PKCS#8, PKCS#1 RSA or SEC1 EC) matching --cert
     #[arg(long, env = env::KEY, value_name = "FILE")]
     pub key: Option<PathBuf>,
+
+    /// Directory of certificate pairs chosen by SNI: certbot's `live/<name>/fullchain.pem` +
+    /// `privkey.pem`, or flat `<name>.crt`/`<name>.pem` + `<name>.key` [default: none]
+    #[arg(long, env = env::CERTS_DIR, value_name = "DIR")]
+    pub certs_dir: Option<PathBuf>,
+
+    /// How often certificate files are re-read and compared by content, besides reloading on
+    /// SIGHUP and on file-change notifications
+    #[arg(long, env = env::RELOAD_INTERVAL, value_parser = duration, default_value = "60s")]
+    pub reload_interval: Duration,
+
+    /// PEM bundle of CAs that issue client certificates: enables mutual TLS [default: off]
+    #[arg(long, env = env::CLIENT_CA, value_name = "FILE")]
+    pub client_ca: Option<PathBuf>,
+
+    /// With --client-ca: `required` refuses clients without a valid certificate, `optional`
+    /// asks for one but also admits clients without [default: required]
+    #[arg(long, env = env::CLIENT_AUTH, value_enum)]
+    pub client_auth: Option<ClientAuthMode>,
+
+    /// PEM file of certificate revocation lists for --client-ca [default: none]
+    #[arg(long, env = env::CLIENT_CRL, value_name = "FILE")]
+    pub client_crl: Option<PathBuf>,
+
+    /// Admit client certificates with this subject common name (repeatable; env: comma list)
+    #[arg(long, env = env::ALLOW_CN, value_delimiter = ',', value_name = "CN")]
+    pub allow_cn: Vec<String>,
+
+    /// Admit client certificates with this DNS SAN; `*` matches one label (repeatable)
+    #[arg(long, env = env::ALLOW_DNS_SAN, value_delimiter = ',', value_name = "NAME")]
+    pub allow_dns_san: Vec<String>,
+
+    /// Admit client certificates with this URI SAN (e.g. a SPIFFE ID); `*` matches one path
+    /// segment (repeatable)
+    #[arg(long, env = env::ALLOW_URI_SAN, value_delimiter = ',', value_name = "URI")]
+    pub allow_uri_san: Vec<String>,
 
     /// Comma-separated DNS names and IP addresses for the self-signed certificate
     /// [default: this host's name, localhost, 127.0.0.1, ::1]
@@ -89,6 +127,30 @@ pub struct Cli {
     /// How long a client may take to send a complete request head once it started one
     #[arg(long, env = env::HEADER_READ_TIMEOUT, value_parser = duration, default_value = "10s")]
     pub header_read_timeout: Duration,
+
+    /// Plain-HTTP address that answers every request with a 308 redirect to https on the TLS
+    /// port (and serves ACME challenges with --acme-webroot) [default: off]
+    #[arg(long, env = env::REDIRECT_LISTEN, value_name = "ADDR")]
+    pub redirect_listen: Option<String>,
+
+    /// Port put in redirect Locations, when clients reach the TLS listener on another port than
+    /// --listen's (e.g. a published port mapping) [default: the --listen port]
+    #[arg(long, env = env::REDIRECT_PORT, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub redirect_port: Option<u16>,
+
+    /// Serve `/.well-known/acme-challenge/<token>` on the redirect listener from
+    /// `DIR/.well-known/acme-challenge/<token>` (certbot's webroot layout) [default: off]
+    #[arg(long, env = env::ACME_WEBROOT, value_name = "DIR")]
+    pub acme_webroot: Option<PathBuf>,
+
+    /// Add `Strict-Transport-Security: max-age=<seconds>` to http-mode responses that lack it,
+    /// e.g. `365d`, `1y` or `31536000` [default: off]
+    #[arg(long, env = env::HSTS, value_name = "MAX_AGE", value_parser = parse_hsts_max_age)]
+    pub hsts: Option<u64>,
+
+    /// Append `; includeSubDomains` to the HSTS header (needs --hsts)
+    #[arg(long, env = env::HSTS_INCLUDE_SUBDOMAINS)]
+    pub hsts_include_subdomains: bool,
 }
 
 /// Proxy mode.
@@ -109,13 +171,40 @@ impl std::fmt::Display for Mode {
     }
 }
 
-/// Where the certificate comes from.
+/// Whether client certificates are required or only requested.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ClientAuthMode {
+    Required,
+    Optional,
+}
+
+/// Where the served certificates come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CertSource {
-    /// PEM files given by the operator.
-    Files { cert: PathBuf, key: PathBuf },
-    /// Generated at start for these names.
-    SelfSigned { names: Vec<String> },
+pub struct CertSources {
+    /// `--cert`/`--key`: the default certificate.
+    pub pair: Option<PairPaths>,
+    /// `--certs-dir`: certificates chosen by SNI.
+    pub dir: Option<PathBuf>,
+    /// Names for the self-signed certificate used when neither gives a default.
+    pub self_signed_names: Vec<String>,
+    /// Period of the content check that backs up file-change notifications.
+    pub reload_interval: Duration,
+}
+
+impl CertSources {
+    /// Whether any certificate comes from files (and so can be reloaded).
+    pub fn has_files(&self) -> bool {
+        self.pair.is_some() || self.dir.is_some()
+    }
+}
+
+/// Mutual TLS settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientAuth {
+    pub ca: PathBuf,
+    pub crl: Option<PathBuf>,
+    pub required: bool,
+    pub allow: AllowList,
 }
 
 /// The backend address: kept as `host:port` text so a name is resolved at connect time.
@@ -148,7 +237,8 @@ pub struct Config {
     pub listen: SocketAddr,
     pub backend: Backend,
     pub mode: Mode,
-    pub cert: CertSource,
+    pub certs: CertSources,
+    pub client_auth: Option<ClientAuth>,
     pub handshake_timeout: Duration,
     pub idle_timeout: Duration,
     pub header_read_timeout: Duration,
@@ -158,6 +248,36 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub admin_listen: Option<SocketAddr>,
     pub log_format: LogFormat,
+    pub redirect: Option<Redirect>,
+    pub hsts: Option<Hsts>,
+}
+
+/// The HTTP->HTTPS redirect listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redirect {
+    pub listen: SocketAddr,
+    /// Port in the Locations; `None` means the TLS listener's own port.
+    pub port: Option<u16>,
+    /// Where ACME http-01 challenge files are read from.
+    pub acme_webroot: Option<PathBuf>,
+}
+
+/// The `Strict-Transport-Security` policy added to http-mode responses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hsts {
+    pub max_age: u64,
+    pub include_subdomains: bool,
+}
+
+impl Hsts {
+    /// The header value, e.g. `max-age=31536000; includeSubDomains`.
+    pub fn header_value(&self) -> String {
+        if self.include_subdomains {
+            format!("max-age={}; includeSubDomains", self.max_age)
+        } else {
+            format!("max-age={}", self.max_age)
+        }
+    }
 }
 
 impl Cli {
@@ -173,40 +293,147 @@ impl Cli {
             (None, Some(v)) => (env::GOSSLTERM_FRONTEND_ADDR, v),
             (None, None) => ("--listen", DEFAULT_LISTEN.to_string()),
         };
-        let listen = parse_listen(&listen_text)
-            .map_err(|reason| ConfigError::Invalid { flag: listen_flag, value: listen_text.clone(), reason })?;
+        let listen = parse_listen(&listen_text).map_err(|reason| ConfigError::Invalid {
+            flag: listen_flag,
+            value: listen_text.clone(),
+            reason,
+        })?;
 
-        let (backend_flag, backend_text) = match (self.backend, getenv(env::GOSSLTERM_BACKEND_ADDR)) {
+        let (backend_flag, backend_text) = match (self.backend, getenv(env::GOSSLTERM_BACKEND_ADDR))
+        {
             (Some(v), _) => ("--backend", v),
             (None, Some(v)) => (env::GOSSLTERM_BACKEND_ADDR, v),
             (None, None) => ("--backend", DEFAULT_BACKEND.to_string()),
         };
-        let backend = parse_backend(&backend_text)
-            .map_err(|reason| ConfigError::Invalid { flag: backend_flag, value: backend_text.clone(), reason })?;
+        let backend = parse_backend(&backend_text).map_err(|reason| ConfigError::Invalid {
+            flag: backend_flag,
+            value: backend_text.clone(),
+            reason,
+        })?;
 
         let admin_listen = match self.admin_listen {
             None => None,
             Some(text) if text.trim().is_empty() => None,
-            Some(text) => Some(
-                parse_listen(&text)
-                    .map_err(|reason| ConfigError::Invalid { flag: "--admin-listen", value: text.clone(), reason })?,
-            ),
+            Some(text) => Some(parse_listen(&text).map_err(|reason| ConfigError::Invalid {
+                flag: "--admin-listen",
+                value: text.clone(),
+                reason,
+            })?),
         };
 
-        let cert = match (self.cert, self.key) {
-            (Some(cert), Some(key)) => CertSource::Files { cert, key },
+        let redirect = match self.redirect_listen.filter(|t| !t.trim().is_empty()) {
+            Some(text) => Some(Redirect {
+                listen: parse_listen(&text).map_err(|reason| ConfigError::Invalid {
+                    flag: "--redirect-listen",
+                    value: text.clone(),
+                    reason,
+                })?,
+                port: self.redirect_port,
+                acme_webroot: self.acme_webroot,
+            }),
+            None => {
+                if let Some(dir) = self.acme_webroot {
+                    return Err(ConfigError::Invalid {
+                        flag: "--acme-webroot",
+                        value: dir.display().to_string(),
+                        reason: "needs --redirect-listen: challenges are served on the redirect listener".to_string(),
+                    });
+                }
+                if let Some(port) = self.redirect_port {
+                    return Err(ConfigError::Invalid {
+                        flag: "--redirect-port",
+                        value: port.to_string(),
+                        reason: "needs --redirect-listen".to_string(),
+                    });
+                }
+                None
+            }
+        };
+
+        let hsts = match (self.hsts, self.hsts_include_subdomains) {
+            (Some(max_age), include_subdomains) => Some(Hsts {
+                max_age,
+                include_subdomains,
+            }),
+            (None, true) => {
+                return Err(ConfigError::Invalid {
+                    flag: "--hsts-include-subdomains",
+                    value: "true".to_string(),
+                    reason: "needs --hsts".to_string(),
+                })
+            }
+            (None, false) => None,
+        };
+        if hsts.is_some() && self.mode == Mode::Tcp {
+            return Err(ConfigError::Invalid {
+                flag: "--hsts",
+                value: self.hsts.unwrap_or_default().to_string(),
+                reason: "needs --mode http: tcp mode does not see HTTP responses".to_string(),
+            });
+        }
+
+        let pair = match (self.cert, self.key) {
+            (Some(cert), Some(key)) => Some(PairPaths {
+                name: "default".to_string(),
+                cert,
+                key,
+            }),
             (Some(_), None) => return Err(ConfigError::CertWithoutKey),
             (None, Some(_)) => return Err(ConfigError::KeyWithoutCert),
-            (None, None) => CertSource::SelfSigned {
-                names: self_signed_names(self.self_signed_names, hostname)?,
+            (None, None) => None,
+        };
+        let certs = CertSources {
+            pair,
+            dir: self.certs_dir,
+            self_signed_names: self_signed_names(self.self_signed_names, hostname)?,
+            reload_interval: self.reload_interval,
+        };
+
+        let allow = AllowList::new(self.allow_cn, self.allow_dns_san, self.allow_uri_san).map_err(
+            |(flag, value, reason)| ConfigError::Invalid {
+                flag,
+                value,
+                reason,
             },
+        )?;
+        let client_auth = match self.client_ca {
+            Some(ca) => Some(ClientAuth {
+                ca,
+                crl: self.client_crl,
+                required: self.client_auth != Some(ClientAuthMode::Optional),
+                allow,
+            }),
+            None => {
+                let needs_ca = |flag: &'static str, value: String| ConfigError::Invalid {
+                    flag,
+                    value,
+                    reason: "needs --client-ca".to_string(),
+                };
+                if let Some(mode) = self.client_auth {
+                    return Err(needs_ca(
+                        "--client-auth",
+                        format!("{mode:?}").to_lowercase(),
+                    ));
+                }
+                if let Some(crl) = self.client_crl {
+                    return Err(needs_ca("--client-crl", crl.display().to_string()));
+                }
+                if !allow.is_empty() {
+                    return Err(needs_ca(
+                        "--allow-cn/--allow-dns-san/--allow-uri-san",
+                        allow.describe(),
+                    ));
+                }
+                None
+            }
         };
 
         Ok(Config {
             listen,
             backend,
             mode: self.mode,
-            cert,
+            certs,
+            client_auth,
             handshake_timeout: self.handshake_timeout,
             idle_timeout: self.idle_timeout,
             header_read_timeout: self.header_read_timeout,
@@ -216,18 +443,30 @@ impl Cli {
             shutdown_grace: self.shutdown_grace,
             admin_listen,
             log_format: self.log_format,
+            redirect,
+            hsts,
         })
     }
 }
 
 /// The names for a self-signed certificate: the given list (trimmed, empty entries dropped), or
 /// the defaults. Each must be a valid DNS name or IP address.
-fn self_signed_names(given: Option<Vec<String>>, hostname: Option<String>) -> Result<Vec<String>, ConfigError> {
+fn self_signed_names(
+    given: Option<Vec<String>>,
+    hostname: Option<String>,
+) -> Result<Vec<String>, ConfigError> {
     let names: Vec<String> = match given {
-        Some(list) => list.into_iter().map(|n| n.trim().to_string()).filter(|n| !n.is_empty()).collect(),
+        Some(list) => list
+            .into_iter()
+            .map(|n| n.trim().to_string())
+            .filter(|n| !n.is_empty())
+            .collect(),
         None => {
             let mut names = Vec::new();
-            if let Some(h) = hostname.map(|h| h.trim().to_string()).filter(|h| !h.is_empty()) {
+            if let Some(h) = hostname
+                .map(|h| h.trim().to_string())
+                .filter(|h| !h.is_empty())
+            {
                 if h != "localhost" {
                     names.push(h);
                 }
@@ -264,7 +503,9 @@ fn is_dns_name(name: &str) -> bool {
         && name.split('.').all(|label| {
             !label.is_empty()
                 && label.len() <= 63
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         })
 }
 
@@ -284,19 +525,53 @@ pub fn parse_listen(text: &str) -> Result<SocketAddr, String> {
 pub fn parse_backend(text: &str) -> Result<Backend, String> {
     let text = text.trim();
     if let Ok(addr) = text.parse::<SocketAddr>() {
-        return Ok(Backend { host: addr.ip().to_string(), port: addr.port() });
+        return Ok(Backend {
+            host: addr.ip().to_string(),
+            port: addr.port(),
+        });
     }
     let (host, port) = text
         .rsplit_once(':')
         .ok_or_else(|| "expected HOST:PORT, IP:PORT, [IPv6]:PORT or :PORT".to_string())?;
     let port = parse_port(port)?;
     if host.is_empty() {
-        return Ok(Backend { host: Ipv4Addr::LOCALHOST.to_string(), port });
+        return Ok(Backend {
+            host: Ipv4Addr::LOCALHOST.to_string(),
+            port,
+        });
     }
     if !is_dns_name(host) || host.starts_with('*') {
         return Err(format!("invalid host {host:?}"));
     }
-    Ok(Backend { host: host.to_string(), port })
+    Ok(Backend {
+        host: host.to_string(),
+        port,
+    })
+}
+
+/// Parses an HSTS max-age: a bare number of seconds, or a number with one unit among `s`, `m`,
+/// `h`, `d`, `w` and `y` (365 days, so `1y` is the 31536000 that HSTS preload lists ask for).
+/// Zero is allowed: `max-age=0` is how a site tells browsers to forget its policy.
+pub fn parse_hsts_max_age(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let expected = || format!("expected seconds or a duration such as 365d or 1y, got {text:?}");
+    let number: u64 = number.parse().map_err(|_| expected())?;
+    let scale: u64 = match unit.trim() {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3_600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        "y" => 365 * 86_400,
+        _ => return Err(expected()),
+    };
+    number
+        .checked_mul(scale)
+        .ok_or_else(|| "too large".to_string())
 }
 
 fn parse_port(text: &str) -> Result<u16, String> {
@@ -327,7 +602,10 @@ mod tests {
     }
 
     fn config(args: &[&str], env: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let env: HashMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         cli(args).into_config(|k| env.get(k).cloned(), Some("app-host".to_string()))
     }
 
@@ -343,19 +621,35 @@ mod tests {
         assert_eq!(c.shutdown_grace, Duration::from_secs(10));
         assert_eq!(c.admin_listen, None);
         assert_eq!(
-            c.cert,
-            CertSource::SelfSigned { names: ["app-host", "localhost", "127.0.0.1", "::1"].map(String::from).to_vec() }
+            c.certs.self_signed_names,
+            ["app-host", "localhost", "127.0.0.1", "::1"]
+                .map(String::from)
+                .to_vec()
         );
+        assert_eq!(c.certs.pair, None);
+        assert_eq!(c.certs.dir, None);
+        assert_eq!(c.certs.reload_interval, Duration::from_secs(60));
+        assert_eq!(c.client_auth, None);
     }
 
     #[test]
     fn gosslterm_aliases_apply_only_when_ours_are_unset() {
-        let c = config(&[], &[("GOSSLTERM_FRONTEND_ADDR", ":8081"), ("GOSSLTERM_BACKEND_ADDR", ":9000")])
-            .expect("aliases valid");
+        let c = config(
+            &[],
+            &[
+                ("GOSSLTERM_FRONTEND_ADDR", ":8081"),
+                ("GOSSLTERM_BACKEND_ADDR", ":9000"),
+            ],
+        )
+        .expect("aliases valid");
         assert_eq!(c.listen, "0.0.0.0:8081".parse().expect("addr"));
         assert_eq!(c.backend.authority(), "127.0.0.1:9000");
 
-        let c = config(&["--listen", "127.0.0.1:1"], &[("GOSSLTERM_FRONTEND_ADDR", ":8081")]).expect("valid");
+        let c = config(
+            &["--listen", "127.0.0.1:1"],
+            &[("GOSSLTERM_FRONTEND_ADDR", ":8081")],
+        )
+        .expect("valid");
         assert_eq!(c.listen, "127.0.0.1:1".parse().expect("addr"));
     }
 
@@ -367,18 +661,31 @@ mod tests {
 
     #[test]
     fn cert_and_key_go_together() {
-        assert!(matches!(config(&["--cert", "c.pem"], &[]), Err(ConfigError::CertWithoutKey)));
-        assert!(matches!(config(&["--key", "k.pem"], &[]), Err(ConfigError::KeyWithoutCert)));
         assert!(matches!(
-            config(&["--cert", "c.pem", "--key", "k.pem"], &[]).map(|c| c.cert),
-            Ok(CertSource::Files { .. })
+            config(&["--cert", "c.pem"], &[]),
+            Err(ConfigError::CertWithoutKey)
         ));
+        assert!(matches!(
+            config(&["--key", "k.pem"], &[]),
+            Err(ConfigError::KeyWithoutCert)
+        ));
+        let c = config(&["--cert", "c.pem", "--key", "k.pem"], &[]).expect("valid");
+        assert_eq!(
+            c.certs.pair.map(|p| (p.cert, p.key)),
+            Some(("c.pem".into(), "k.pem".into()))
+        );
     }
 
     #[test]
     fn listen_addresses() {
-        assert_eq!(parse_listen(":8443"), Ok("0.0.0.0:8443".parse().expect("addr")));
-        assert_eq!(parse_listen("[::1]:443"), Ok("[::1]:443".parse().expect("addr")));
+        assert_eq!(
+            parse_listen(":8443"),
+            Ok("0.0.0.0:8443".parse().expect("addr"))
+        );
+        assert_eq!(
+            parse_listen("[::1]:443"),
+            Ok("[::1]:443".parse().expect("addr"))
+        );
         assert!(parse_listen("localhost:443").is_err());
         assert!(parse_listen("1.2.3.4").is_err());
         assert!(parse_listen(":99999").is_err());
@@ -386,9 +693,18 @@ mod tests {
 
     #[test]
     fn backend_addresses() {
-        assert_eq!(parse_backend("app:8080").map(|b| b.authority()), Ok("app:8080".to_string()));
-        assert_eq!(parse_backend("[::1]:80").map(|b| b.authority()), Ok("[::1]:80".to_string()));
-        assert_eq!(parse_backend(":80").map(|b| b.authority()), Ok("127.0.0.1:80".to_string()));
+        assert_eq!(
+            parse_backend("app:8080").map(|b| b.authority()),
+            Ok("app:8080".to_string())
+        );
+        assert_eq!(
+            parse_backend("[::1]:80").map(|b| b.authority()),
+            Ok("[::1]:80".to_string())
+        );
+        assert_eq!(
+            parse_backend(":80").map(|b| b.authority()),
+            Ok("127.0.0.1:80".to_string())
+        );
         assert!(parse_backend("app").is_err());
         assert!(parse_backend("bad host:80").is_err());
     }
@@ -396,8 +712,129 @@ mod tests {
     #[test]
     fn self_signed_names_are_validated() {
         let c = config(&["--self-signed-names", "a.example, 10.0.0.1,"], &[]).expect("valid");
-        assert_eq!(c.cert, CertSource::SelfSigned { names: vec!["a.example".into(), "10.0.0.1".into()] });
+        assert_eq!(
+            c.certs.self_signed_names,
+            vec!["a.example".to_string(), "10.0.0.1".to_string()]
+        );
         assert!(config(&["--self-signed-names", "not a name"], &[]).is_err());
+    }
+
+    #[test]
+    fn hsts_max_age_forms() {
+        assert_eq!(parse_hsts_max_age("31536000"), Ok(31_536_000));
+        assert_eq!(parse_hsts_max_age("31536000s"), Ok(31_536_000));
+        assert_eq!(parse_hsts_max_age("365d"), Ok(31_536_000));
+        assert_eq!(parse_hsts_max_age(" 1y "), Ok(31_536_000));
+        assert_eq!(parse_hsts_max_age("2w"), Ok(1_209_600));
+        assert_eq!(parse_hsts_max_age("90m"), Ok(5_400));
+        assert_eq!(parse_hsts_max_age("0"), Ok(0));
+        for bad in [
+            "",
+            "y",
+            "1.5d",
+            "-1",
+            "1 year",
+            "1d2h",
+            "abc",
+            "99999999999999999999y",
+        ] {
+            assert!(
+                parse_hsts_max_age(bad).is_err(),
+                "{bad:?} should be refused"
+            );
+        }
+    }
+
+    #[test]
+    fn hsts_header_value_and_dependencies() {
+        let c = config(&["--hsts", "1y", "--hsts-include-subdomains"], &[]).expect("valid");
+        assert_eq!(
+            c.hsts.map(|h| h.header_value()),
+            Some("max-age=31536000; includeSubDomains".to_string())
+        );
+        let c = config(&[], &[]).expect("valid");
+        assert_eq!(c.hsts, None);
+        let c = config(&["--hsts", "60"], &[]).expect("valid");
+        assert_eq!(
+            c.hsts.map(|h| h.header_value()),
+            Some("max-age=60".to_string())
+        );
+        let err = config(&["--hsts-include-subdomains"], &[]).expect_err("needs --hsts");
+        assert!(err.to_string().contains("--hsts"), "{err}");
+        let err = config(&["--hsts", "1d", "--mode", "tcp"], &[]).expect_err("http only");
+        assert!(err.to_string().contains("--mode http"), "{err}");
+    }
+
+    #[test]
+    fn redirect_listener_and_its_dependencies() {
+        let c = config(
+            &[
+                "--redirect-listen",
+                ":80",
+                "--redirect-port",
+                "443",
+                "--acme-webroot",
+                "/w",
+            ],
+            &[],
+        )
+        .expect("valid");
+        assert_eq!(
+            c.redirect,
+            Some(Redirect {
+                listen: "0.0.0.0:80".parse().expect("addr"),
+                port: Some(443),
+                acme_webroot: Some(PathBuf::from("/w")),
+            })
+        );
+        assert_eq!(config(&[], &[]).expect("valid").redirect, None);
+        let err = config(&["--acme-webroot", "/w"], &[]).expect_err("needs the listener");
+        assert!(
+            err.to_string().contains("--acme-webroot")
+                && err.to_string().contains("--redirect-listen"),
+            "{err}"
+        );
+        let err = config(&["--redirect-port", "8443"], &[]).expect_err("needs the listener");
+        assert!(err.to_string().contains("--redirect-listen"), "{err}");
+        let err = config(&["--redirect-listen", "nope"], &[]).expect_err("bad address");
+        assert!(err.to_string().contains("--redirect-listen"), "{err}");
+        assert!(Cli::try_parse_from(["sidecar", "--redirect-port", "0"]).is_err());
+    }
+
+    #[test]
+    fn mutual_tls_settings() {
+        let c = config(
+            &[
+                "--client-ca",
+                "ca.pem",
+                "--allow-uri-san",
+                "spiffe://example.org/ns/*/sa/web",
+            ],
+            &[],
+        )
+        .expect("valid");
+        let auth = c.client_auth.expect("mtls on");
+        assert!(auth.required);
+        assert!(!auth.allow.is_empty());
+        let c = Cli::try_parse_from([
+            "sidecar",
+            "--client-ca",
+            "ca.pem",
+            "--client-auth",
+            "optional",
+        ])
+        .expect("parse")
+        .into_config(|_| None, None)
+        .map(|c| c.client_auth.map(|a| a.required));
+        assert_eq!(c.ok().flatten(), Some(false));
+        for args in [
+            vec!["--client-auth", "optional"],
+            vec!["--allow-cn", "x"],
+            vec!["--client-crl", "crl.pem"],
+        ] {
+            let err = config(&args, &[]).expect_err("needs --client-ca");
+            assert!(err.to_string().contains("needs --client-ca"), "{err}");
+        }
     }
 
     #[test]
@@ -412,7 +849,10 @@ mod tests {
         for args in bad {
             let mut all = vec!["sidecar"];
             all.extend_from_slice(&args);
-            assert!(Cli::try_parse_from(&all).is_err(), "{args:?} should be refused");
+            assert!(
+                Cli::try_parse_from(&all).is_err(),
+                "{args:?} should be refused"
+            );
         }
     }
 }

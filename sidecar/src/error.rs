@@ -9,7 +9,11 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("invalid {flag} {value:?}: {reason}")]
-    Invalid { flag: &'static str, value: String, reason: String },
+    Invalid {
+        flag: &'static str,
+        value: String,
+        reason: String,
+    },
 
     #[error("--cert was given without --key: both or neither are needed")]
     CertWithoutKey,
@@ -26,13 +30,26 @@ pub enum ConfigError {
     },
 
     #[error("{flag} file {}: {reason}", path.display())]
-    BadPem { flag: &'static str, path: PathBuf, reason: String },
+    BadPem {
+        flag: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
 
-    #[error("--key {} does not match the certificate in --cert {}", key.display(), cert.display())]
-    KeyMismatch { cert: PathBuf, key: PathBuf },
+    #[error("{key_flag} {} does not match the certificate in {cert_flag} {}", key.display(), cert.display())]
+    KeyMismatch {
+        cert_flag: &'static str,
+        cert: PathBuf,
+        key_flag: &'static str,
+        key: PathBuf,
+    },
 
-    #[error("--key {}: unsupported or invalid private key: {reason}", path.display())]
-    UnusableKey { path: PathBuf, reason: String },
+    #[error("{flag} {}: unsupported or invalid private key: {reason}", path.display())]
+    UnusableKey {
+        flag: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
 
     #[error("failed to generate the self-signed certificate: {0}")]
     SelfSigned(String),

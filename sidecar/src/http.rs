@@ -31,6 +31,7 @@ use tracing::{debug, info, warn};
 use crate::activity::{tick_period, Activity, Tracked, Verdict};
 use crate::config::Config;
 use crate::metrics::{BackendError, Metrics};
+use crate::mtls::ClientIdentity;
 
 /// Most request headers accepted (hyper's limit; more gets `431`).
 const MAX_HEADERS: usize = 100;
@@ -71,10 +72,17 @@ pub struct Proxy {
     config: Arc<Config>,
     metrics: Arc<Metrics>,
     tracker: TaskTracker,
+    /// `Strict-Transport-Security` for responses that lack it (`--hsts`).
+    hsts: Option<HeaderValue>,
 }
 
 impl Proxy {
-    pub fn new(config: Arc<Config>, listen_port: u16, metrics: Arc<Metrics>, tracker: TaskTracker) -> Arc<Self> {
+    pub fn new(
+        config: Arc<Config>,
+        listen_port: u16,
+        metrics: Arc<Metrics>,
+        tracker: TaskTracker,
+    ) -> Arc<Self> {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(config.connect_timeout));
@@ -85,6 +93,9 @@ impl Proxy {
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .pool_max_idle_per_host(POOL_MAX_IDLE)
             .build(connector);
+        let hsts = config
+            .hsts
+            .and_then(|h| HeaderValue::from_str(&h.header_value()).ok());
         Arc::new(Self {
             client,
             backend_authority: config.backend.authority(),
@@ -92,22 +103,45 @@ impl Proxy {
             config,
             metrics,
             tracker,
+            hsts,
         })
     }
 
     /// Serves one TLS connection until the client leaves, it idles out, or shutdown.
-    pub async fn serve<S>(self: Arc<Self>, tls: S, peer: SocketAddr, h2: bool, shutdown: CancellationToken)
-    where
+    pub async fn serve<S>(
+        self: Arc<Self>,
+        tls: S,
+        peer: SocketAddr,
+        h2: bool,
+        client: Option<ClientIdentity>,
+        shutdown: CancellationToken,
+    ) where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let activity = Activity::new();
+        let activity = if h2 {
+            Activity::new()
+        } else {
+            Activity::new_http1()
+        };
         let io = TokioIo::new(Tracked::new(tls, activity.clone()));
-        let conn_info = Arc::new(ConnInfo { peer, activity: activity.clone(), h2 });
+        let conn_info = Arc::new(ConnInfo {
+            peer,
+            activity: activity.clone(),
+            h2,
+            client,
+        });
         let proxy = self.clone();
         let service = service_fn(move |req| {
             let proxy = proxy.clone();
             let info = conn_info.clone();
-            async move { Ok::<_, Infallible>(proxy.handle(req, info).await) }
+            async move {
+                let hsts = proxy.hsts.clone();
+                let mut resp = proxy.handle(req, info).await;
+                if let Some(value) = hsts {
+                    add_hsts(resp.headers_mut(), value);
+                }
+                Ok::<_, Infallible>(resp)
+            }
         });
         let idle = self.config.idle_timeout;
         if h2 {
@@ -116,7 +150,10 @@ impl Proxy {
                 .max_header_list_size(MAX_HEAD_BYTES as u32)
                 .serve_connection(io, service);
             tokio::pin!(conn);
-            let result = drive(conn.as_mut(), &activity, idle, None, &shutdown, |c| c.graceful_shutdown()).await;
+            let result = drive(conn.as_mut(), &activity, idle, None, &shutdown, |c| {
+                c.graceful_shutdown()
+            })
+            .await;
             log_conn_end(peer, result);
         } else {
             let conn = hyper::server::conn::http1::Builder::new()
@@ -131,17 +168,28 @@ impl Proxy {
                 .with_upgrades();
             tokio::pin!(conn);
             let head = Some(self.config.header_read_timeout);
-            let result = drive(conn.as_mut(), &activity, idle, head, &shutdown, |c| c.graceful_shutdown()).await;
+            let result = drive(conn.as_mut(), &activity, idle, head, &shutdown, |c| {
+                c.graceful_shutdown()
+            })
+            .await;
             log_conn_end(peer, result);
         }
     }
 
-    async fn handle(self: Arc<Self>, req: Request<Incoming>, info: Arc<ConnInfo>) -> Response<ProxyBody> {
+    async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        info: Arc<ConnInfo>,
+    ) -> Response<ProxyBody> {
         info.activity.request_started();
         let log = AccessLog {
             peer: info.peer,
             method: req.method().to_string(),
-            path: req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_else(|| "/".into()),
+            path: req
+                .uri()
+                .path_and_query()
+                .map(|p| p.to_string())
+                .unwrap_or_else(|| "/".into()),
             status: 0,
             bytes: 0,
             start: Instant::now(),
@@ -149,6 +197,14 @@ impl Proxy {
             metrics: self.metrics.clone(),
         };
 
+        if info.activity.take_ambiguous() {
+            debug!(peer = %info.peer, "refused request with both Content-Length and Transfer-Encoding");
+            return local(
+                StatusCode::BAD_REQUEST,
+                "both Content-Length and Transfer-Encoding",
+                log,
+            );
+        }
         if let Err(reason) = check_framing(req.headers()) {
             debug!(peer = %info.peer, reason, "refused ambiguous request");
             return local(StatusCode::BAD_REQUEST, reason, log);
@@ -162,7 +218,9 @@ impl Proxy {
             return self.upgrade(req, log).await;
         }
         match tokio::time::timeout(self.config.backend_timeout, self.client.request(req)).await {
-            Err(_) => self.backend_failed(BackendError::Timeout, "backend did not answer in time", log),
+            Err(_) => {
+                self.backend_failed(BackendError::Timeout, "backend did not answer in time", log)
+            }
             Ok(Err(error)) if error.is_connect() => {
                 warn!(backend = %self.backend_authority, error = %error_chain(&error), "backend connect failed");
                 self.backend_failed(BackendError::Connect, "backend unreachable", log)
@@ -181,14 +239,20 @@ impl Proxy {
 
     /// Turns the client's request into the backend's: origin on the backend, HTTP/1.1, Host
     /// preserved, hop-by-hop headers dropped, forwarding headers set.
-    fn rewrite(&self, req: Request<Incoming>, info: &ConnInfo, upgrade: bool) -> Result<Request<Incoming>, &'static str> {
+    fn rewrite(
+        &self,
+        req: Request<Incoming>,
+        info: &ConnInfo,
+        upgrade: bool,
+    ) -> Result<Request<Incoming>, &'static str> {
         let (mut parts, body) = req.into_parts();
         let host = match parts.headers.get(header::HOST) {
             Some(h) => h.clone(),
             None => match parts.uri.authority() {
                 Some(a) => HeaderValue::from_str(a.as_str()).map_err(|_| "invalid :authority")?,
                 None if parts.version == Version::HTTP_11 => return Err("missing Host header"),
-                None => HeaderValue::from_str(&self.backend_authority).map_err(|_| "invalid backend address")?,
+                None => HeaderValue::from_str(&self.backend_authority)
+                    .map_err(|_| "invalid backend address")?,
             },
         };
         let upgrade_value = parts.headers.get(header::UPGRADE).cloned();
@@ -196,13 +260,20 @@ impl Proxy {
         if upgrade {
             if let Some(value) = upgrade_value {
                 parts.headers.insert(header::UPGRADE, value);
-                parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                parts
+                    .headers
+                    .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             }
         }
         set_forwarded(&mut parts.headers, info.peer, &host, self.listen_port);
+        set_client_identity(&mut parts.headers, info.client.as_ref());
         parts.headers.insert(header::HOST, host);
 
-        let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let path = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
         let uri = if upgrade {
             // Sent on a dedicated connection: origin form.
             Uri::try_from(path)
@@ -218,14 +289,17 @@ impl Proxy {
     /// between the two upgraded connections.
     async fn upgrade(&self, mut req: Request<Incoming>, log: AccessLog) -> Response<ProxyBody> {
         let client_upgrade = hyper::upgrade::on(&mut req);
-        let stream = match crate::tcp::connect(&self.config.backend, self.config.connect_timeout).await {
-            Ok(s) => s,
-            Err(error) => {
-                warn!(backend = %self.backend_authority, %error, "backend connect failed");
-                return self.backend_failed(BackendError::Connect, "backend unreachable", log);
-            }
-        };
-        let (mut sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
+        let stream =
+            match crate::tcp::connect(&self.config.backend, self.config.connect_timeout).await {
+                Ok(s) => s,
+                Err(error) => {
+                    warn!(backend = %self.backend_authority, %error, "backend connect failed");
+                    return self.backend_failed(BackendError::Connect, "backend unreachable", log);
+                }
+            };
+        let (mut sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+        {
             Ok(pair) => pair,
             Err(error) => {
                 warn!(%error, "backend handshake failed");
@@ -237,14 +311,26 @@ impl Proxy {
                 debug!(%error, "backend upgrade connection error");
             }
         });
-        let mut resp = match tokio::time::timeout(self.config.backend_timeout, sender.send_request(req)).await {
-            Err(_) => return self.backend_failed(BackendError::Timeout, "backend did not answer in time", log),
-            Ok(Err(error)) => {
-                warn!(%error, "backend upgrade request failed");
-                return self.backend_failed(BackendError::Protocol, "backend request failed", log);
-            }
-            Ok(Ok(resp)) => resp,
-        };
+        let mut resp =
+            match tokio::time::timeout(self.config.backend_timeout, sender.send_request(req)).await
+            {
+                Err(_) => {
+                    return self.backend_failed(
+                        BackendError::Timeout,
+                        "backend did not answer in time",
+                        log,
+                    )
+                }
+                Ok(Err(error)) => {
+                    warn!(%error, "backend upgrade request failed");
+                    return self.backend_failed(
+                        BackendError::Protocol,
+                        "backend request failed",
+                        log,
+                    );
+                }
+                Ok(Ok(resp)) => resp,
+            };
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             let backend_upgrade = hyper::upgrade::on(&mut resp);
             let idle = self.config.idle_timeout;
@@ -252,7 +338,13 @@ impl Proxy {
             self.tracker.spawn(async move {
                 match tokio::try_join!(client_upgrade, backend_upgrade) {
                     Ok((client, backend)) => {
-                        crate::tcp::relay_upgraded(TokioIo::new(client), TokioIo::new(backend), idle, metrics).await
+                        crate::tcp::relay_upgraded(
+                            TokioIo::new(client),
+                            TokioIo::new(backend),
+                            idle,
+                            metrics,
+                        )
+                        .await
                     }
                     Err(error) => debug!(%error, "upgrade did not complete"),
                 }
@@ -262,7 +354,9 @@ impl Proxy {
             strip_hop_by_hop(&mut parts.headers);
             if let Some(value) = upgrade_value {
                 parts.headers.insert(header::UPGRADE, value);
-                parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                parts
+                    .headers
+                    .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             }
             return respond(parts, Either::Left(body), log);
         }
@@ -271,7 +365,12 @@ impl Proxy {
         respond(parts, Either::Left(body), log)
     }
 
-    fn backend_failed(&self, kind: BackendError, message: &'static str, log: AccessLog) -> Response<ProxyBody> {
+    fn backend_failed(
+        &self,
+        kind: BackendError,
+        message: &'static str,
+        log: AccessLog,
+    ) -> Response<ProxyBody> {
         self.metrics.backend_error(kind);
         let status = match kind {
             BackendError::Timeout => StatusCode::GATEWAY_TIMEOUT,
@@ -286,6 +385,8 @@ struct ConnInfo {
     peer: SocketAddr,
     activity: Arc<Activity>,
     h2: bool,
+    /// The verified client certificate's identity (mutual TLS).
+    client: Option<ClientIdentity>,
 }
 
 /// A hyper connection future that can be asked to finish gracefully.
@@ -344,7 +445,9 @@ fn is_reset(error: &hyper::Error) -> bool {
         if let Some(io) = e.downcast_ref::<std::io::Error>() {
             return matches!(
                 io.kind(),
-                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::UnexpectedEof
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::UnexpectedEof
             );
         }
         source = e.source();
@@ -365,10 +468,17 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 
 /// A short plain-text response made by the sidecar itself.
 fn local(status: StatusCode, message: &str, log: AccessLog) -> Response<ProxyBody> {
-    let body = format!("{} {}: {message}\n", status.as_u16(), status.canonical_reason().unwrap_or(""));
+    let body = format!(
+        "{} {}: {message}\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    );
     let (mut parts, ()) = Response::new(()).into_parts();
     parts.status = status;
-    parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     respond(parts, Either::Right(Full::new(Bytes::from(body))), log)
 }
 
@@ -410,7 +520,13 @@ pub struct Logged<B> {
 /// Builds the response from its parts, recording the status in the access log.
 fn respond<B>(parts: http::response::Parts, body: B, mut log: AccessLog) -> Response<Logged<B>> {
     log.status = parts.status.as_u16();
-    Response::from_parts(parts, Logged { inner: body, log: Some(log) })
+    Response::from_parts(
+        parts,
+        Logged {
+            inner: body,
+            log: Some(log),
+        },
+    )
 }
 
 impl<B> Body for Logged<B>
@@ -421,7 +537,10 @@ where
     type Data = Bytes;
     type Error = Box<dyn std::error::Error + Send + Sync>;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let res = Pin::new(&mut self.inner).poll_frame(cx);
         if let Poll::Ready(Some(Ok(frame))) = &res {
             if let (Some(data), Some(log)) = (frame.data_ref(), self.log.as_mut()) {
@@ -449,7 +568,9 @@ where
 /// Refuses requests whose framing two parsers could read differently (request smuggling).
 /// hyper already refuses differing duplicate `Content-Length` and invalid header bytes.
 pub fn check_framing(headers: &HeaderMap) -> Result<(), &'static str> {
-    if headers.contains_key(header::TRANSFER_ENCODING) && headers.contains_key(header::CONTENT_LENGTH) {
+    if headers.contains_key(header::TRANSFER_ENCODING)
+        && headers.contains_key(header::CONTENT_LENGTH)
+    {
         return Err("both Content-Length and Transfer-Encoding");
     }
     let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
@@ -489,20 +610,81 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Adds the HSTS header unless the backend set its own: the app's policy wins, and a second
+/// `Strict-Transport-Security` header would be ignored anyway (browsers honour only the first,
+/// RFC 6797 section 8.1).
+pub fn add_hsts(headers: &mut HeaderMap, value: HeaderValue) {
+    headers
+        .entry(header::STRICT_TRANSPORT_SECURITY)
+        .or_insert(value);
+}
+
 /// Sets the de-facto forwarding headers. `X-Forwarded-For` is appended to (the client may be
 /// behind other proxies); the others describe this hop and are overwritten so a client cannot
 /// claim another scheme, host or port.
-pub fn set_forwarded(headers: &mut HeaderMap, peer: SocketAddr, host: &HeaderValue, listen_port: u16) {
+pub fn set_forwarded(
+    headers: &mut HeaderMap,
+    peer: SocketAddr,
+    host: &HeaderValue,
+    listen_port: u16,
+) {
     let xff = HeaderName::from_static("x-forwarded-for");
-    let prior: Vec<&str> = headers.get_all(&xff).iter().filter_map(|v| v.to_str().ok()).collect();
+    let prior: Vec<&str> = headers
+        .get_all(&xff)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
     let client_ip = peer.ip().to_canonical().to_string();
-    let value = if prior.is_empty() { client_ip } else { format!("{}, {}", prior.join(", "), client_ip) };
+    let value = if prior.is_empty() {
+        client_ip
+    } else {
+        format!("{}, {}", prior.join(", "), client_ip)
+    };
     if let Ok(v) = HeaderValue::from_str(&value) {
         headers.insert(xff, v);
     }
-    headers.insert(HeaderName::from_static("x-forwarded-proto"), HeaderValue::from_static("https"));
+    headers.insert(
+        HeaderName::from_static("x-forwarded-proto"),
+        HeaderValue::from_static("https"),
+    );
     headers.insert(HeaderName::from_static("x-forwarded-host"), host.clone());
-    headers.insert(HeaderName::from_static("x-forwarded-port"), HeaderValue::from(listen_port));
+    headers.insert(
+        HeaderName::from_static("x-forwarded-port"),
+        HeaderValue::from(listen_port),
+    );
+}
+
+/// Headers carrying the verified client certificate to the backend.
+const CLIENT_CERT_HEADERS: [&str; 3] = [
+    "x-client-cert-subject",
+    "x-client-cert-san",
+    "x-client-cert-fingerprint",
+];
+
+/// Removes any client-certificate headers the client sent (always: they cannot be trusted) and
+/// sets them from the certificate the handshake verified, if any.
+pub fn set_client_identity(headers: &mut HeaderMap, identity: Option<&ClientIdentity>) {
+    for name in CLIENT_CERT_HEADERS {
+        headers.remove(name);
+    }
+    let Some(id) = identity else { return };
+    for (name, value) in
+        CLIENT_CERT_HEADERS
+            .into_iter()
+            .zip([&id.subject, &id.san, &id.fingerprint])
+    {
+        if value.is_empty() {
+            continue;
+        }
+        // Certificates may hold control characters; a header value may not.
+        let clean: Vec<u8> = value
+            .bytes()
+            .map(|b| if b < 0x20 || b == 0x7f { b'?' } else { b })
+            .collect();
+        if let Ok(v) = HeaderValue::from_bytes(&clean) {
+            headers.insert(HeaderName::from_static(name), v);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -512,16 +694,51 @@ mod tests {
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.append(HeaderName::from_bytes(k.as_bytes()).expect("name"), HeaderValue::from_str(v).expect("value"));
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                HeaderValue::from_str(v).expect("value"),
+            );
         }
         h
     }
 
     #[test]
+    fn client_identity_headers_are_replaced_never_forwarded() {
+        let mut h = headers(&[
+            ("x-client-cert-subject", "CN=forged"),
+            ("X-Client-Cert-Fingerprint", "00"),
+        ]);
+        set_client_identity(&mut h, None);
+        assert!(h.is_empty());
+        let id = ClientIdentity {
+            subject: "CN=web\n".into(),
+            san: "DNS:web.example".into(),
+            fingerprint: "ab".into(),
+        };
+        let mut h = headers(&[("x-client-cert-subject", "CN=forged")]);
+        set_client_identity(&mut h, Some(&id));
+        assert_eq!(h["x-client-cert-subject"], "CN=web?");
+        assert_eq!(h["x-client-cert-san"], "DNS:web.example");
+        assert_eq!(h["x-client-cert-fingerprint"], "ab");
+    }
+
+    #[test]
     fn framing_conflicts_are_refused() {
-        assert!(check_framing(&headers(&[("content-length", "5"), ("transfer-encoding", "chunked")])).is_err());
-        assert!(check_framing(&headers(&[("content-length", "5"), ("content-length", "6")])).is_err());
-        assert!(check_framing(&headers(&[("content-length", "5"), ("content-length", "5")])).is_ok());
+        assert!(check_framing(&headers(&[
+            ("content-length", "5"),
+            ("transfer-encoding", "chunked")
+        ]))
+        .is_err());
+        assert!(check_framing(&headers(&[
+            ("content-length", "5"),
+            ("content-length", "6")
+        ]))
+        .is_err());
+        assert!(check_framing(&headers(&[
+            ("content-length", "5"),
+            ("content-length", "5")
+        ]))
+        .is_ok());
         assert!(check_framing(&headers(&[("transfer-encoding", "chunked")])).is_ok());
     }
 
@@ -542,14 +759,44 @@ mod tests {
 
     #[test]
     fn upgrade_needs_both_headers() {
-        assert!(is_upgrade(&headers(&[("connection", "keep-alive, Upgrade"), ("upgrade", "websocket")])));
+        assert!(is_upgrade(&headers(&[
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "websocket")
+        ])));
         assert!(!is_upgrade(&headers(&[("upgrade", "websocket")])));
         assert!(!is_upgrade(&headers(&[("connection", "upgrade")])));
     }
 
     #[test]
+    fn hsts_is_added_once_and_never_over_the_backends() {
+        let value = HeaderValue::from_static("max-age=60");
+        let mut h = headers(&[("content-type", "text/plain")]);
+        add_hsts(&mut h, value.clone());
+        add_hsts(&mut h, value.clone());
+        assert_eq!(
+            h.get_all("strict-transport-security")
+                .iter()
+                .collect::<Vec<_>>(),
+            vec!["max-age=60"]
+        );
+
+        let mut h = headers(&[("strict-transport-security", "max-age=5; preload")]);
+        add_hsts(&mut h, value);
+        assert_eq!(
+            h.get_all("strict-transport-security")
+                .iter()
+                .collect::<Vec<_>>(),
+            vec!["max-age=5; preload"]
+        );
+    }
+
+    #[test]
     fn forwarded_headers_append_for_and_overwrite_the_rest() {
-        let mut h = headers(&[("x-forwarded-for", "10.0.0.1"), ("x-forwarded-proto", "http"), ("x-forwarded-port", "1")]);
+        let mut h = headers(&[
+            ("x-forwarded-for", "10.0.0.1"),
+            ("x-forwarded-proto", "http"),
+            ("x-forwarded-port", "1"),
+        ]);
         let peer: SocketAddr = "[::ffff:192.0.2.7]:5555".parse().expect("addr");
         set_forwarded(&mut h, peer, &HeaderValue::from_static("app.example"), 8443);
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 192.0.2.7");

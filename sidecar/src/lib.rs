@@ -1,17 +1,20 @@
 //! The sidecar as a library: `main` parses and validates, then calls [`run`] with what a test
 //! would want to control (bound listeners, a shutdown token).
 //!
-//! Where the next features slot in: certificate hot reload and SNI selection live behind
-//! [`tls::CertStore`] (the resolver every handshake asks); mutual TLS is a client verifier in
-//! [`tls::server_config`] plus identity headers in [`http`]'s request rewrite; an HTTP->HTTPS
-//! redirect listener is one more listener started in [`run`] beside the admin one.
+//! Certificates: [`reload`] builds the [`certs::CertSet`] (SNI-indexed) served through
+//! [`tls::CertStore`] and swaps it on SIGHUP or file changes; [`mtls`] verifies client
+//! certificates; [`redirect`] is the plain-HTTP redirect listener beside the admin one.
 
 pub mod activity;
 pub mod admin;
+pub mod certs;
 pub mod config;
 pub mod error;
 pub mod http;
 pub mod metrics;
+pub mod mtls;
+pub mod redirect;
+pub mod reload;
 pub mod server;
 pub mod tcp;
 pub mod tls;
@@ -25,29 +28,94 @@ use tracing::info;
 use crate::config::Config;
 use crate::error::ConfigError;
 use crate::metrics::Metrics;
-use crate::tls::{CertStore, LoadedCert};
+use crate::tls::CertStore;
+
+/// Start-up work that reads files: certificates and the client CA. Done before binding so a bad
+/// file is a configuration error (exit 2) with nothing else started.
+pub struct Prepared {
+    certs: certs::CertSet,
+    self_signed: Option<Arc<certs::Entry>>,
+    client_verifier: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
+}
+
+/// Loads every certificate and the client CA the configuration names.
+pub fn prepare(config: &Config) -> Result<Prepared, ConfigError> {
+    let (certs, self_signed) = reload::load_initial(&config.certs)?;
+    let client_verifier = config
+        .client_auth
+        .as_ref()
+        .map(mtls::verifier)
+        .transpose()?;
+    Ok(Prepared {
+        certs,
+        self_signed,
+        client_verifier,
+    })
+}
+
+/// Entries listed one by one at start up to this many; more are summarised in one line.
+const LOG_CERTS_MAX: usize = 20;
 
 /// Serves until `shutdown` is cancelled and the drain is over.
 pub async fn run(
     listener: TcpListener,
     admin: Option<TcpListener>,
+    redirect: Option<TcpListener>,
     config: Config,
-    cert: LoadedCert,
+    prepared: Prepared,
     shutdown: CancellationToken,
 ) -> Result<(), ConfigError> {
     let config = Arc::new(config);
-    let store = Arc::new(CertStore::new(cert.key.clone()));
-    let tls = tls::server_config(store, config.mode)?;
-    info!(origin = %cert.origin, sha256 = %cert.fingerprint, "serving certificate");
     let metrics = Arc::new(Metrics::default());
+    metrics.set_certificates(prepared.certs.entries());
+    let entries = prepared.certs.entries();
+    for e in entries.iter().take(LOG_CERTS_MAX) {
+        info!(name = %e.name, origin = %e.origin, sha256 = %e.fingerprint, "serving certificate");
+    }
+    if entries.len() > LOG_CERTS_MAX {
+        info!(count = entries.len(), "serving certificates");
+    }
+    let store = Arc::new(CertStore::new(prepared.certs));
+    let mtls = prepared.client_verifier.is_some();
+    let tls = tls::server_config(store.clone(), config.mode, prepared.client_verifier)?;
+    if mtls {
+        info!("client certificates verified (mutual TLS)");
+    }
+    let reload_task = tokio::spawn(reload::watch(
+        config.certs.clone(),
+        store,
+        metrics.clone(),
+        prepared.self_signed,
+        shutdown.clone(),
+    ));
 
     let admin_stop = CancellationToken::new();
-    let admin_task = admin.map(|l| tokio::spawn(admin::serve(l, metrics.clone(), admin_stop.clone())));
+    let admin_task =
+        admin.map(|l| tokio::spawn(admin::serve(l, metrics.clone(), admin_stop.clone())));
+    let redirect_task = match (redirect, &config.redirect) {
+        (Some(l), Some(r)) => {
+            let https_port = listener
+                .local_addr()
+                .map_or(config.listen.port(), |a| a.port());
+            let redirect = redirect::Redirect {
+                port: r.port.unwrap_or(https_port),
+                webroot: r.acme_webroot.clone(),
+                header_read_timeout: config.header_read_timeout,
+            };
+            // Stops with the TLS listener: during the drain there is nothing to redirect to.
+            Some(tokio::spawn(redirect::serve(l, redirect, shutdown.clone())))
+        }
+        _ => None,
+    };
 
     server::serve(listener, config, tls, metrics, shutdown).await;
 
+    let _ = reload_task.await;
     admin_stop.cancel();
     if let Some(task) = admin_task {
+        let _ = task.await;
+    }
+    if let Some(task) = redirect_task {
         let _ = task.await;
     }
     Ok(())

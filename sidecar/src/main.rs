@@ -25,46 +25,91 @@ fn main() -> ExitCode {
             // clap's first line names the flag and the problem; the usage hint that follows
             // is noise in a container log.
             let rendered = e.render().to_string();
-            eprintln!("{}", rendered.lines().next().unwrap_or("error: invalid arguments"));
+            eprintln!(
+                "{}",
+                rendered
+                    .lines()
+                    .next()
+                    .unwrap_or("error: invalid arguments")
+            );
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let config = match cli.into_config(|k| std::env::var(k).ok(), system_hostname()) {
+    let mut config = match cli.into_config(|k| std::env::var(k).ok(), system_hostname()) {
         Ok(c) => c,
         Err(e) => return fail(EXIT_CONFIG, &anyhow::Error::from(e)),
     };
-    let cert = match sidecar::tls::load(&config.cert) {
-        Ok(c) => c,
-        Err(e) => return fail(EXIT_CONFIG, &anyhow::Error::from(e)),
-    };
-    shared::telemetry::init(config.log_format);
-    if let sidecar::config::CertSource::SelfSigned { names } = &config.cert {
-        tracing::info!(names = %names.join(","), sha256 = %cert.fingerprint, "generated self-signed certificate");
+    if let Some(webroot) = config
+        .redirect
+        .as_mut()
+        .and_then(|r| r.acme_webroot.as_mut())
+    {
+        match sidecar::redirect::check_webroot(webroot) {
+            Ok(canonical) => *webroot = canonical,
+            Err(e) => return fail(EXIT_CONFIG, &anyhow::Error::from(e)),
+        }
     }
-
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => return fail(EXIT_RUNTIME, &anyhow::Error::from(e).context("failed to start the async runtime")),
+    // Logging starts here so the self-signed certificate's fingerprint is logged; a file error
+    // below is still the only line on stderr (nothing logs before it fails).
+    shared::telemetry::init(config.log_format);
+    let prepared = match sidecar::prepare(&config) {
+        Ok(p) => p,
+        Err(e) => return fail(EXIT_CONFIG, &anyhow::Error::from(e)),
     };
-    match runtime.block_on(serve(config, cert)) {
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            return fail(
+                EXIT_RUNTIME,
+                &anyhow::Error::from(e).context("failed to start the async runtime"),
+            )
+        }
+    };
+    match runtime.block_on(serve(config, prepared)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(EXIT_RUNTIME, &e),
     }
 }
 
-async fn serve(config: Config, cert: sidecar::tls::LoadedCert) -> anyhow::Result<()> {
+async fn serve(config: Config, prepared: sidecar::Prepared) -> anyhow::Result<()> {
     let listener = TcpListener::bind(config.listen)
         .await
-        .map_err(|source| Error::Bind { flag: "--listen", addr: config.listen, source })?;
+        .map_err(|source| Error::Bind {
+            flag: "--listen",
+            addr: config.listen,
+            source,
+        })?;
     let admin = match config.admin_listen {
         Some(addr) => Some(
-            TcpListener::bind(addr).await.map_err(|source| Error::Bind { flag: "--admin-listen", addr, source })?,
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| Error::Bind {
+                    flag: "--admin-listen",
+                    addr,
+                    source,
+                })?,
+        ),
+        None => None,
+    };
+    let redirect = match config.redirect.as_ref().map(|r| r.listen) {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| Error::Bind {
+                    flag: "--redirect-listen",
+                    addr,
+                    source,
+                })?,
         ),
         None => None,
     };
     let shutdown = CancellationToken::new();
     shared::shutdown::cancel_on_signal(shutdown.clone()).map_err(Error::Signals)?;
-    sidecar::run(listener, admin, config, cert, shutdown).await?;
+    sidecar::run(listener, admin, redirect, config, prepared, shutdown).await?;
     Ok(())
 }
 

@@ -3,6 +3,10 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::certs::Entry;
 
 /// Why a backend exchange failed.
 #[derive(Debug, Clone, Copy)]
@@ -27,6 +31,10 @@ pub struct Metrics {
     tcp_bytes_from_client: AtomicU64,
     tcp_bytes_to_client: AtomicU64,
     draining: AtomicBool,
+    reloads_ok: AtomicU64,
+    reloads_failed: AtomicU64,
+    /// (name, not_after) of every certificate served.
+    certificates: RwLock<Vec<(String, i64)>>,
 }
 
 /// Keeps `sidecar_connections_active` right however a connection task ends.
@@ -47,11 +55,13 @@ impl Metrics {
     }
 
     pub fn handshake_failed(&self) {
-        self.handshake_failures_total.fetch_add(1, Ordering::Relaxed);
+        self.handshake_failures_total
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn handshake_timed_out(&self) {
-        self.handshake_timeouts_total.fetch_add(1, Ordering::Relaxed);
+        self.handshake_timeouts_total
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn response(&self, status: u16) {
@@ -64,8 +74,30 @@ impl Metrics {
     }
 
     pub fn tcp_bytes(&self, from_client: u64, to_client: u64) {
-        self.tcp_bytes_from_client.fetch_add(from_client, Ordering::Relaxed);
-        self.tcp_bytes_to_client.fetch_add(to_client, Ordering::Relaxed);
+        self.tcp_bytes_from_client
+            .fetch_add(from_client, Ordering::Relaxed);
+        self.tcp_bytes_to_client
+            .fetch_add(to_client, Ordering::Relaxed);
+    }
+
+    /// Records the certificates served now, for the expiry gauge.
+    pub fn set_certificates(&self, entries: &[Arc<Entry>]) {
+        let list = entries
+            .iter()
+            .map(|e| (e.name.clone(), e.facts.not_after))
+            .collect();
+        match self.certificates.write() {
+            Ok(mut g) => *g = list,
+            Err(p) => *p.into_inner() = list,
+        }
+    }
+
+    pub fn reload_succeeded(&self) {
+        self.reloads_ok.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn reload_failed(&self) {
+        self.reloads_failed.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Marks the sidecar as shutting down: `/readyz` answers 503 from now on.
@@ -87,13 +119,26 @@ impl Metrics {
                 let _ = writeln!(out, "{name}{labels} {value}");
             }
         };
-        metric("sidecar_up", "gauge", "1 while the sidecar runs, 0 while it drains.", &[("", u64::from(!self.is_draining()))]);
-        metric("sidecar_connections_total", "counter", "TCP connections accepted.", &[("", get(&self.connections_total))]);
+        metric(
+            "sidecar_up",
+            "gauge",
+            "1 while the sidecar runs, 0 while it drains.",
+            &[("", u64::from(!self.is_draining()))],
+        );
+        metric(
+            "sidecar_connections_total",
+            "counter",
+            "TCP connections accepted.",
+            &[("", get(&self.connections_total))],
+        );
         metric(
             "sidecar_connections_active",
             "gauge",
             "Connections open now.",
-            &[("", self.connections_active.load(Ordering::Relaxed).max(0) as u64)],
+            &[(
+                "",
+                self.connections_active.load(Ordering::Relaxed).max(0) as u64,
+            )],
         );
         metric(
             "sidecar_handshake_failures_total",
@@ -107,18 +152,41 @@ impl Metrics {
             "TLS handshakes not finished within --handshake-timeout.",
             &[("", get(&self.handshake_timeouts_total))],
         );
-        let classes = ["{code=\"1xx\"}", "{code=\"2xx\"}", "{code=\"3xx\"}", "{code=\"4xx\"}", "{code=\"5xx\"}"];
-        let by_class: Vec<(&str, u64)> =
-            classes.iter().zip(&self.http_requests_total).map(|(l, a)| (*l, get(a))).collect();
-        metric("sidecar_http_requests_total", "counter", "HTTP responses sent, by status class.", &by_class);
+        let classes = [
+            "{code=\"1xx\"}",
+            "{code=\"2xx\"}",
+            "{code=\"3xx\"}",
+            "{code=\"4xx\"}",
+            "{code=\"5xx\"}",
+        ];
+        let by_class: Vec<(&str, u64)> = classes
+            .iter()
+            .zip(&self.http_requests_total)
+            .map(|(l, a)| (*l, get(a)))
+            .collect();
+        metric(
+            "sidecar_http_requests_total",
+            "counter",
+            "HTTP responses sent, by status class.",
+            &by_class,
+        );
         metric(
             "sidecar_backend_errors_total",
             "counter",
             "Backend exchanges that failed, by kind.",
             &[
-                ("{kind=\"connect\"}", get(&self.backend_errors[BackendError::Connect as usize])),
-                ("{kind=\"timeout\"}", get(&self.backend_errors[BackendError::Timeout as usize])),
-                ("{kind=\"protocol\"}", get(&self.backend_errors[BackendError::Protocol as usize])),
+                (
+                    "{kind=\"connect\"}",
+                    get(&self.backend_errors[BackendError::Connect as usize]),
+                ),
+                (
+                    "{kind=\"timeout\"}",
+                    get(&self.backend_errors[BackendError::Timeout as usize]),
+                ),
+                (
+                    "{kind=\"protocol\"}",
+                    get(&self.backend_errors[BackendError::Protocol as usize]),
+                ),
             ],
         );
         metric(
@@ -126,10 +194,44 @@ impl Metrics {
             "counter",
             "Bytes relayed in tcp mode and through upgraded connections.",
             &[
-                ("{direction=\"from_client\"}", get(&self.tcp_bytes_from_client)),
+                (
+                    "{direction=\"from_client\"}",
+                    get(&self.tcp_bytes_from_client),
+                ),
                 ("{direction=\"to_client\"}", get(&self.tcp_bytes_to_client)),
             ],
         );
+        metric(
+            "sidecar_certificate_reloads_total",
+            "counter",
+            "Certificate reloads, by result (a failed reload keeps the previous certificate).",
+            &[
+                ("{result=\"success\"}", get(&self.reloads_ok)),
+                ("{result=\"failure\"}", get(&self.reloads_failed)),
+            ],
+        );
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let certs = match self.certificates.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        };
+        let _ = writeln!(
+            out,
+            "# HELP sidecar_certificate_expiry_seconds Seconds until a served certificate expires (negative: expired).\n# TYPE sidecar_certificate_expiry_seconds gauge"
+        );
+        for (name, not_after) in certs {
+            let name = name
+                .replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('\n', "\\n");
+            let _ = writeln!(
+                out,
+                "sidecar_certificate_expiry_seconds{{name=\"{name}\"}} {}",
+                not_after - now
+            );
+        }
         out
     }
 }

@@ -16,6 +16,7 @@ use tracing::{debug, info, warn, Instrument};
 use crate::config::{Config, Mode};
 use crate::http::Proxy;
 use crate::metrics::Metrics;
+use crate::mtls::ClientIdentity;
 
 /// First pause after a failed accept; doubled up to [`ACCEPT_BACKOFF_MAX`]. Accept fails when
 /// the process is out of file descriptors: backing off lets connections close instead of
@@ -51,7 +52,12 @@ pub async fn serve(
         )),
         Mode::Tcp => None,
     };
-    let shared = Arc::new(Shared { config: config.clone(), acceptor: TlsAcceptor::from(tls), metrics: metrics.clone(), proxy });
+    let shared = Arc::new(Shared {
+        config: config.clone(),
+        acceptor: TlsAcceptor::from(tls),
+        metrics: metrics.clone(),
+        proxy,
+    });
     info!(
         listen = %local.map_or_else(|| config.listen.to_string(), |a| a.to_string()),
         mode = %config.mode,
@@ -106,20 +112,38 @@ pub async fn serve(
     metrics.set_draining();
     tracker.close();
     let open = tracker.len();
-    info!(connections = open, grace_ms = config.shutdown_grace.as_millis() as u64, "draining");
-    if tokio::time::timeout(config.shutdown_grace, tracker.wait()).await.is_err() {
-        warn!(connections = tracker.len(), "shutdown grace period over, closing remaining connections");
+    info!(
+        connections = open,
+        grace_ms = config.shutdown_grace.as_millis() as u64,
+        "draining"
+    );
+    if tokio::time::timeout(config.shutdown_grace, tracker.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            connections = tracker.len(),
+            "shutdown grace period over, closing remaining connections"
+        );
     } else {
         info!("drained");
     }
 }
 
-async fn connection(stream: TcpStream, peer: SocketAddr, shared: &Shared, shutdown: CancellationToken) {
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: &Shared,
+    shutdown: CancellationToken,
+) {
     let _active = shared.metrics.connection_opened();
     if let Err(error) = stream.set_nodelay(true) {
         debug!(%error, "set_nodelay failed");
     }
-    let handshake = tokio::time::timeout(shared.config.handshake_timeout, shared.acceptor.accept(stream));
+    let handshake = tokio::time::timeout(
+        shared.config.handshake_timeout,
+        shared.acceptor.accept(stream),
+    );
     let tls = tokio::select! {
         _ = shutdown.cancelled() => return,
         res = handshake => match res {
@@ -138,13 +162,25 @@ async fn connection(stream: TcpStream, peer: SocketAddr, shared: &Shared, shutdo
     };
     match &shared.proxy {
         Some(proxy) => {
-            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-            proxy.clone().serve(tls, peer, h2, shutdown).await;
+            let session = tls.get_ref().1;
+            let h2 = session.alpn_protocol() == Some(b"h2");
+            let client = session
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(ClientIdentity::from_leaf);
+            proxy.clone().serve(tls, peer, h2, client, shutdown).await;
         }
         None => {
             let config = &shared.config;
-            crate::tcp::serve(tls, peer, &config.backend, config.connect_timeout, config.idle_timeout, &shared.metrics)
-                .await;
+            crate::tcp::serve(
+                tls,
+                peer,
+                &config.backend,
+                config.connect_timeout,
+                config.idle_timeout,
+                &shared.metrics,
+            )
+            .await;
         }
     }
 }

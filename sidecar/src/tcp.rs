@@ -24,15 +24,26 @@ const COPY_BUF: usize = 16 * 1024;
 pub async fn connect(backend: &Backend, timeout: Duration) -> io::Result<TcpStream> {
     let stream = tokio::time::timeout(timeout, TcpStream::connect(backend.authority()))
         .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("connect timed out after {timeout:?}")))??;
+        .map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("connect timed out after {timeout:?}"),
+            )
+        })??;
     stream.set_nodelay(true)?;
     Ok(stream)
 }
 
 /// Relays a TLS client connection to the backend until both directions end, or nothing moves
 /// for `idle`.
-pub async fn serve<C>(client: C, peer: SocketAddr, backend: &Backend, connect_timeout: Duration, idle: Duration, metrics: &Metrics)
-where
+pub async fn serve<C>(
+    client: C,
+    peer: SocketAddr,
+    backend: &Backend,
+    connect_timeout: Duration,
+    idle: Duration,
+    metrics: &Metrics,
+) where
     C: AsyncRead + AsyncWrite + Unpin,
 {
     let upstream = match connect(backend, connect_timeout).await {
@@ -64,7 +75,10 @@ where
     let (mut client_r, mut client_w) = tokio::io::split(client);
     let (mut up_r, mut up_w) = tokio::io::split(upstream);
     let both = async {
-        tokio::try_join!(pipe(&mut client_r, &mut up_w), pipe(&mut up_r, &mut client_w))
+        tokio::try_join!(
+            pipe(&mut client_r, &mut up_w),
+            pipe(&mut up_r, &mut client_w)
+        )
     };
     let watchdog = async {
         let mut tick = tokio::time::interval(tick_period(idle));
@@ -132,13 +146,22 @@ mod tests {
         client_peer.write_all(b"ping").await.expect("write");
         client_peer.shutdown().await.expect("half-close");
         let mut got = Vec::new();
-        backend.read_to_end(&mut got).await.expect("backend sees EOF after the data");
+        backend
+            .read_to_end(&mut got)
+            .await
+            .expect("backend sees EOF after the data");
         assert_eq!(got, b"ping");
 
-        backend.write_all(b"pong").await.expect("backend answers after EOF");
+        backend
+            .write_all(b"pong")
+            .await
+            .expect("backend answers after EOF");
         backend.shutdown().await.expect("close");
         let mut answer = Vec::new();
-        client_peer.read_to_end(&mut answer).await.expect("read answer");
+        client_peer
+            .read_to_end(&mut answer)
+            .await
+            .expect("read answer");
         assert_eq!(answer, b"pong");
         assert_eq!(relay.await.expect("join").expect("relay ok"), (4, 4));
     }
@@ -147,7 +170,9 @@ mod tests {
     async fn idle_relay_is_closed() {
         let (client, _client_peer) = tokio::io::duplex(64);
         let (upstream, _backend) = tokio::io::duplex(64);
-        let err = relay(client, upstream, Duration::from_secs(3)).await.expect_err("idle timeout");
+        let err = relay(client, upstream, Duration::from_secs(3))
+            .await
+            .expect_err("idle timeout");
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
     }
 }

@@ -22,10 +22,22 @@ fn build_once() {
     BUILT.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
         let status = Command::new(cargo)
-            .args(["build", "--bins", "-p", "sidecar", "-p", "spawner", "-p", "tls-sidecar-tests"])
+            .args([
+                "build",
+                "--bins",
+                "-p",
+                "sidecar",
+                "-p",
+                "spawner",
+                "-p",
+                "tls-sidecar-tests",
+            ])
             .status()
             .expect("run cargo build for the workspace binaries");
-        assert!(status.success(), "cargo build of the workspace binaries failed");
+        assert!(
+            status.success(),
+            "cargo build of the workspace binaries failed"
+        );
     });
 }
 
@@ -33,6 +45,10 @@ fn build_once() {
 pub fn bin_path(name: &str) -> PathBuf {
     build_once();
     let path = profile_dir().join(name);
-    assert!(path.exists(), "binary {} not found after building", path.display());
+    assert!(
+        path.exists(),
+        "binary {} not found after building",
+        path.display()
+    );
     path
 }

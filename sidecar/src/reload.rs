@@ -1,0 +1,341 @@
+//! Certificate (re)loading. [`build`] turns the configured sources into a [`CertSet`], reusing
+//! the previous set's entries where the files did not change and keeping the previous entry of
+//! any pair that fails to load, so a broken renewal never replaces a working certificate and a
+//! half-updated pair is never served. [`watch`] runs it on SIGHUP, on file-change
+//! notifications for the certificate directories (inotify; certbot and Kubernetes swap files by
+//! rename or symlink, so directories are watched, not files), and on a periodic content check.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::certs::{scan_dir, CertSet, Entry, PairPaths};
+use crate::config::CertSources;
+use crate::error::ConfigError;
+use crate::metrics::Metrics;
+use crate::tls::{parse_pair, read_pair, self_signed, CertStore, Flags, DIR_FLAGS, PAIR_FLAGS};
+
+/// After a change notification, wait this long for more (a renewal writes several files) before
+/// reloading once.
+const DEBOUNCE: Duration = Duration::from_millis(250);
+
+/// Outcome of one [`build`].
+pub struct Built {
+    pub set: CertSet,
+    /// Pairs that could not be loaded (their previous entry, if any, is kept).
+    pub failures: Vec<ConfigError>,
+    /// Whether any entry differs from the previous set.
+    pub changed: bool,
+}
+
+/// Builds the certificate set from `sources`. `previous` supplies entries to reuse (unchanged
+/// files) or keep (broken files); `self_signed_cache` holds the generated fallback certificate.
+/// Fails only when there is nothing at all to serve (no previous set and no certificate could be
+/// loaded or generated).
+pub fn build(
+    sources: &CertSources,
+    previous: Option<&CertSet>,
+    self_signed_cache: &mut Option<Arc<Entry>>,
+) -> Result<Built, ConfigError> {
+    let mut failures = Vec::new();
+    let mut changed = previous.is_none();
+    let mut load = |paths: &PairPaths,
+                    flags: Flags,
+                    failures: &mut Vec<ConfigError>|
+     -> Option<Arc<Entry>> {
+        let old = previous.and_then(|p| {
+            p.entries()
+                .iter()
+                .find(|e| e.origin == paths.cert.display().to_string())
+        });
+        let bytes = read_pair(paths, flags);
+        let result = bytes.and_then(|(cert, key)| match old {
+            Some(old) if old.content_hash == crate::tls::pair_hash(&cert, &key) => Ok(old.clone()),
+            _ => parse_pair(paths, flags, &cert, &key).map(Arc::new),
+        });
+        match result {
+            Ok(entry) => {
+                if !old.is_some_and(|o| Arc::ptr_eq(o, &entry)) {
+                    changed = true;
+                }
+                Some(entry)
+            }
+            Err(e) => {
+                failures.push(e);
+                old.cloned()
+            }
+        }
+    };
+
+    let pair = sources
+        .pair
+        .as_ref()
+        .and_then(|p| load(p, PAIR_FLAGS, &mut failures));
+    let mut dir_entries = Vec::new();
+    if let Some(dir) = &sources.dir {
+        match scan_dir(dir) {
+            Ok(pairs) => {
+                for p in &pairs {
+                    if let Some(e) = load(p, DIR_FLAGS, &mut failures) {
+                        dir_entries.push(e);
+                    }
+                }
+            }
+            Err(source) => {
+                failures.push(ConfigError::ReadFile {
+                    flag: "--certs-dir",
+                    path: dir.clone(),
+                    source,
+                });
+                // Keep every previous directory entry: the directory may be mid-swap.
+                if let Some(prev) = previous {
+                    let pair_origin = sources.pair.as_ref().map(|p| p.cert.display().to_string());
+                    dir_entries.extend(
+                        prev.entries()
+                            .iter()
+                            .filter(|e| {
+                                e.name != "self-signed" && Some(&e.origin) != pair_origin.as_ref()
+                            })
+                            .cloned(),
+                    );
+                }
+            }
+        }
+    }
+    if previous.is_none() && !failures.is_empty() {
+        // At start every configured file must load: report the first problem, generate nothing.
+        return Err(failures.remove(0));
+    }
+    if let Some(prev) = previous {
+        // A pair that disappeared from the directory is a change too.
+        let now: usize = usize::from(pair.is_some()) + dir_entries.len();
+        let before = prev
+            .entries()
+            .iter()
+            .filter(|e| e.name != "self-signed")
+            .count();
+        if now != before {
+            changed = true;
+        }
+    }
+
+    let default = match pair.or_else(|| dir_entries.first().cloned()) {
+        Some(d) => d,
+        None => match self_signed_cache {
+            Some(s) => s.clone(),
+            None => match self_signed(&sources.self_signed_names) {
+                Ok(s) => {
+                    info!(names = %sources.self_signed_names.join(","), sha256 = %s.fingerprint, "generated self-signed certificate");
+                    let s = Arc::new(s);
+                    *self_signed_cache = Some(s.clone());
+                    changed = true;
+                    s
+                }
+                Err(e) => match previous {
+                    Some(prev) => {
+                        failures.push(e);
+                        prev.default_entry().clone()
+                    }
+                    None => return Err(e),
+                },
+            },
+        },
+    };
+    Ok(Built {
+        set: CertSet::new(default, dir_entries),
+        failures,
+        changed,
+    })
+}
+
+/// The first load, at start: every configured file must load, or the sidecar refuses to start.
+pub fn load_initial(sources: &CertSources) -> Result<(CertSet, Option<Arc<Entry>>), ConfigError> {
+    let mut cache = None;
+    let built = build(sources, None, &mut cache)?;
+    if let Some(first) = built.failures.into_iter().next() {
+        return Err(first);
+    }
+    Ok((built.set, cache))
+}
+
+/// Reloads on SIGHUP, directory changes and every `--reload-interval`, until `shutdown`.
+pub async fn watch(
+    sources: CertSources,
+    store: Arc<CertStore>,
+    metrics: Arc<Metrics>,
+    mut self_signed_cache: Option<Arc<Entry>>,
+    shutdown: CancellationToken,
+) {
+    let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            warn!(error = %e, "cannot listen for SIGHUP; reloading on file changes only");
+            None
+        }
+    };
+    let mut notify = Notifier::new(&sources);
+    let mut tick = tokio::time::interval(sources.reload_interval);
+    tick.tick().await; // the first tick is immediate; the initial load just happened
+    loop {
+        let forced = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            Some(()) = recv_hangup(&mut hangup) => {
+                info!("SIGHUP: reloading certificates");
+                true
+            }
+            () = notify.changed() => {
+                // Let the writer finish: a renewal touches several files.
+                loop {
+                    tokio::select! {
+                        () = notify.changed() => continue,
+                        _ = tokio::time::sleep(DEBOUNCE) => break,
+                    }
+                }
+                false
+            }
+            _ = tick.tick() => false,
+        };
+        if !sources.has_files() {
+            if forced {
+                info!("no certificate files configured (self-signed): nothing to reload");
+            }
+            continue;
+        }
+        let current = store.current();
+        let built = match build(&sources, Some(&current), &mut self_signed_cache) {
+            Ok(b) => b,
+            Err(e) => {
+                error!(error = %e, "certificate reload failed; still serving the previous certificates");
+                metrics.reload_failed();
+                continue;
+            }
+        };
+        for failure in &built.failures {
+            error!(error = %failure, "certificate reload failed; still serving the previous certificate");
+        }
+        if built.changed {
+            metrics.set_certificates(built.set.entries());
+            for e in built
+                .set
+                .entries()
+                .iter()
+                .filter(|e| !current.entries().iter().any(|c| Arc::ptr_eq(c, e)))
+            {
+                info!(name = %e.name, origin = %e.origin, sha256 = %e.fingerprint, "certificate loaded");
+            }
+            store.replace(built.set);
+        }
+        if !built.failures.is_empty() {
+            metrics.reload_failed();
+        } else if built.changed || forced {
+            metrics.reload_succeeded();
+        }
+        notify.rewatch(&sources);
+    }
+}
+
+async fn recv_hangup(s: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
+    match s {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Directory-change notifications (inotify). Falls back to nothing (the periodic check still
+/// runs) when inotify is unavailable.
+struct Notifier {
+    stream: Option<inotify::EventStream<Vec<u8>>>,
+}
+
+impl Notifier {
+    fn new(sources: &CertSources) -> Self {
+        if !sources.has_files() {
+            return Self { stream: None };
+        }
+        let stream = inotify::Inotify::init().and_then(|i| i.into_event_stream(vec![0u8; 4096]));
+        let mut me = match stream {
+            Ok(s) => Self { stream: Some(s) },
+            Err(e) => {
+                warn!(error = %e, "file-change notifications unavailable; relying on the periodic check");
+                Self { stream: None }
+            }
+        };
+        me.rewatch(sources);
+        me
+    }
+
+    /// (Re-)adds watches on every directory a certificate may change in. Adding an existing
+    /// watch is a no-op, so this also picks up new `live/<name>` directories.
+    fn rewatch(&mut self, sources: &CertSources) {
+        let Some(stream) = &self.stream else { return };
+        let mask = inotify::WatchMask::CREATE
+            | inotify::WatchMask::CLOSE_WRITE
+            | inotify::WatchMask::MOVED_TO
+            | inotify::WatchMask::MOVED_FROM
+            | inotify::WatchMask::DELETE
+            | inotify::WatchMask::MODIFY
+            | inotify::WatchMask::ATTRIB;
+        let mut watches = stream.watches();
+        for dir in watched_dirs(sources) {
+            if let Err(e) = watches.add(&dir, mask) {
+                warn!(dir = %dir.display(), error = %e, "cannot watch certificate directory");
+            }
+        }
+    }
+
+    async fn changed(&mut self) {
+        use futures_util::StreamExt;
+        match &mut self.stream {
+            Some(stream) => match stream.next().await {
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    warn!(error = %e, "file-change notifications failed; relying on the periodic check");
+                    self.stream = None;
+                    std::future::pending::<()>().await;
+                }
+                None => {
+                    self.stream = None;
+                    std::future::pending::<()>().await;
+                }
+            },
+            None => std::future::pending().await,
+        }
+    }
+}
+
+/// The directories whose entries can change a served certificate.
+fn watched_dirs(sources: &CertSources) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    let parent = |p: &Path| {
+        p.parent().map(|d| {
+            if d.as_os_str().is_empty() {
+                PathBuf::from(".")
+            } else {
+                d.to_path_buf()
+            }
+        })
+    };
+    if let Some(pair) = &sources.pair {
+        dirs.extend(parent(&pair.cert));
+        dirs.extend(parent(&pair.key));
+    }
+    if let Some(dir) = &sources.dir {
+        dirs.push(dir.clone());
+        let live = dir.join("live");
+        if live.is_dir() {
+            dirs.push(live.clone());
+            if let Ok(rd) = std::fs::read_dir(&live) {
+                dirs.extend(
+                    rd.filter_map(|e| e.ok().map(|e| e.path()))
+                        .filter(|p| p.is_dir()),
+                );
+            }
+        }
+    }
+    dirs.sort();
+    dirs.dedup();
+    dirs
+}
