@@ -34,8 +34,9 @@ demo: images
 	curl -sk https://localhost:$(DEMO_PORT)/
 	@echo "demo is up: curl -k https://localhost:$(DEMO_PORT)/   stop it with: make demo-down"
 
-## demo-down: stop the demo (the spawner removes the sidecar when the demo stops)
+## demo-down: stop the demo first (so the spawner removes its sidecar), then everything
 demo-down:
+	DEMO_PORT=$(DEMO_PORT) TLS_SIDECAR_TAG=$(TAG) $(COMPOSE) stop demo
 	DEMO_PORT=$(DEMO_PORT) TLS_SIDECAR_TAG=$(TAG) $(COMPOSE) down
 
 ## test: every test, Docker ones included (they need a running engine)
