@@ -6,6 +6,7 @@ pub mod bins;
 pub mod certs;
 pub mod client;
 pub mod docker;
+pub mod redirect;
 pub mod sidecar;
 pub mod tmp;
 pub mod wait;
