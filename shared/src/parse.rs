@@ -14,6 +14,32 @@ pub fn duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// Parses an HSTS max-age: a bare number of seconds, or a number with one unit among `s`, `m`,
+/// `h`, `d`, `w` and `y` (365 days, so `1y` is the 31536000 that HSTS preload lists ask for).
+/// Zero is allowed: `max-age=0` is how a site tells browsers to forget its policy. Shared so the
+/// spawner refuses exactly the `hsts` label values the sidecar would refuse.
+pub fn hsts_max_age(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let expected = || format!("expected seconds or a duration such as 365d or 1y, got {text:?}");
+    let number: u64 = number.parse().map_err(|_| expected())?;
+    let scale: u64 = match unit.trim() {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3_600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        "y" => 365 * 86_400,
+        _ => return Err(expected()),
+    };
+    number
+        .checked_mul(scale)
+        .ok_or_else(|| "too large".to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -30,5 +56,26 @@ mod tests {
         assert!(duration("ten").is_err());
         assert!(duration("10").is_err());
         assert!(duration("0s").is_err());
+    }
+
+    #[test]
+    fn hsts_max_age_forms() {
+        assert_eq!(hsts_max_age("31536000"), Ok(31_536_000));
+        assert_eq!(hsts_max_age("365d"), Ok(31_536_000));
+        assert_eq!(hsts_max_age(" 1y "), Ok(31_536_000));
+        assert_eq!(hsts_max_age("2w"), Ok(1_209_600));
+        assert_eq!(hsts_max_age("0"), Ok(0));
+        for bad in [
+            "",
+            "y",
+            "1.5d",
+            "-1",
+            "1 year",
+            "1d2h",
+            "abc",
+            "99999999999999999999y",
+        ] {
+            assert!(hsts_max_age(bad).is_err(), "{bad:?} should be refused");
+        }
     }
 }

@@ -53,6 +53,18 @@ pub mod label {
     pub const BACKEND: &str = "backend";
     pub const MODE: &str = "mode";
     pub const HOSTNAME: &str = "hostname";
+    /// On a target: PEM bundle of client CAs under `/certs`; turns on mutual TLS.
+    pub const CLIENT_CA: &str = "client-ca";
+    /// On a target: `required` or `optional` client certificates (with `client-ca`).
+    pub const CLIENT_AUTH: &str = "client-auth";
+    /// On a target: comma lists of admitted client identities (with `client-ca`).
+    pub const ALLOW_CN: &str = "allow-cn";
+    pub const ALLOW_DNS_SAN: &str = "allow-dns-san";
+    pub const ALLOW_URI_SAN: &str = "allow-uri-san";
+    /// On a target: plain-HTTP listener in its namespace that redirects to HTTPS.
+    pub const REDIRECT_LISTEN: &str = "redirect-listen";
+    /// On a target: HSTS max-age (seconds or `<n>[smhdwy]`).
+    pub const HSTS: &str = "hsts";
     /// On a sidecar: the full ID of the target it serves.
     pub const SIDECAR_FOR: &str = "sidecar-for";
     /// On a sidecar: who created it (always `spawner`).

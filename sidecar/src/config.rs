@@ -549,30 +549,9 @@ pub fn parse_backend(text: &str) -> Result<Backend, String> {
     })
 }
 
-/// Parses an HSTS max-age: a bare number of seconds, or a number with one unit among `s`, `m`,
-/// `h`, `d`, `w` and `y` (365 days, so `1y` is the 31536000 that HSTS preload lists ask for).
-/// Zero is allowed: `max-age=0` is how a site tells browsers to forget its policy.
-pub fn parse_hsts_max_age(text: &str) -> Result<u64, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let expected = || format!("expected seconds or a duration such as 365d or 1y, got {text:?}");
-    let number: u64 = number.parse().map_err(|_| expected())?;
-    let scale: u64 = match unit.trim() {
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3_600,
-        "d" => 86_400,
-        "w" => 7 * 86_400,
-        "y" => 365 * 86_400,
-        _ => return Err(expected()),
-    };
-    number
-        .checked_mul(scale)
-        .ok_or_else(|| "too large".to_string())
-}
+/// Parses an HSTS max-age; the one implementation lives in `shared::parse` so the spawner
+/// validates its `hsts` label the same way.
+pub use shared::parse::hsts_max_age as parse_hsts_max_age;
 
 fn parse_port(text: &str) -> Result<u16, String> {
     match text.parse::<u16>() {

@@ -58,6 +58,27 @@ pub fn sidecar_body(cfg: &Config, target: &For<'_>, use_certs: bool) -> Containe
             spec.hostname
         ));
     }
+    if let Some(m) = &spec.mtls {
+        envs.push(format!("{}={}", env::CLIENT_CA, m.ca));
+        if let Some(auth) = m.auth {
+            envs.push(format!("{}={}", env::CLIENT_AUTH, auth.as_str()));
+        }
+        for (name, list) in [
+            (env::ALLOW_CN, &m.allow_cn),
+            (env::ALLOW_DNS_SAN, &m.allow_dns_san),
+            (env::ALLOW_URI_SAN, &m.allow_uri_san),
+        ] {
+            if !list.is_empty() {
+                envs.push(format!("{name}={}", list.join(",")));
+            }
+        }
+    }
+    if let Some(addr) = &spec.redirect_listen {
+        envs.push(format!("{}={addr}", env::REDIRECT_LISTEN));
+    }
+    if let Some(max_age) = spec.hsts {
+        envs.push(format!("{}={max_age}", env::HSTS));
+    }
     let labels = HashMap::from([
         (
             label_name(&cfg.label_prefix, label::SIDECAR_FOR),
@@ -130,6 +151,9 @@ mod tests {
             backend: "127.0.0.1:3000".into(),
             mode: Mode::Tcp,
             hostname: "web.example".into(),
+            mtls: None,
+            redirect_listen: None,
+            hsts: None,
         }
     }
 
@@ -176,6 +200,59 @@ mod tests {
         ] {
             assert!(env.iter().any(|e| e == want), "{want} missing from {env:?}");
         }
+    }
+
+    #[test]
+    fn mtls_redirect_and_hsts_become_sidecar_env() {
+        let spec = TargetSpec {
+            mode: Mode::Http,
+            mtls: Some(crate::labels::Mtls {
+                ca: "/certs/ca/clients.pem".into(),
+                auth: Some(crate::labels::ClientAuth::Optional),
+                allow_cn: vec!["alice".into(), "bob".into()],
+                allow_dns_san: vec![],
+                allow_uri_san: vec!["spiffe://example.org/*".into()],
+            }),
+            redirect_listen: Some("0.0.0.0:8081".into()),
+            hsts: Some(31_536_000),
+            ..spec()
+        };
+        let t = For {
+            id: "abc",
+            started_at: "s",
+            spec: &spec,
+        };
+        let env = sidecar_body(&cfg(&["--certs-from", "/etc/pki"]), &t, false)
+            .env
+            .unwrap();
+        for want in [
+            "SIDECAR_CLIENT_CA=/certs/ca/clients.pem",
+            "SIDECAR_CLIENT_AUTH=optional",
+            "SIDECAR_ALLOW_CN=alice,bob",
+            "SIDECAR_ALLOW_URI_SAN=spiffe://example.org/*",
+            "SIDECAR_REDIRECT_LISTEN=0.0.0.0:8081",
+            "SIDECAR_HSTS=31536000",
+        ] {
+            assert!(env.iter().any(|e| e == want), "{want} missing from {env:?}");
+        }
+        assert!(!env.iter().any(|e| e.starts_with("SIDECAR_ALLOW_DNS_SAN")));
+        let plain = sidecar_body(
+            &cfg(&[]),
+            &For {
+                spec: &self::spec(),
+                ..t
+            },
+            false,
+        )
+        .env
+        .unwrap();
+        assert!(
+            !plain.iter().any(|e| e.starts_with("SIDECAR_CLIENT")
+                || e.starts_with("SIDECAR_ALLOW")
+                || e.starts_with("SIDECAR_REDIRECT")
+                || e.starts_with("SIDECAR_HSTS")),
+            "nothing unasked: {plain:?}"
+        );
     }
 
     #[test]

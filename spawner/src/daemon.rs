@@ -138,7 +138,12 @@ impl Daemon {
     }
 
     async fn turn(&mut self) -> Result<(), Error> {
-        let observed = observe(&self.engine, &self.cfg.label_prefix).await?;
+        let observed = observe(
+            &self.engine,
+            &self.cfg.label_prefix,
+            self.cfg.certs.is_some(),
+        )
+        .await?;
         let now = Instant::now();
         let known: HashSet<&str> = observed.targets.iter().map(|t| t.id.as_str()).collect();
         self.holds.retain(|id, _| known.contains(id.as_str()));

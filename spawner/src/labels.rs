@@ -5,6 +5,8 @@ use std::collections::HashMap;
 
 use shared::schema::{label, label_name, BYFAHRER_PROXY_IMAGE_LABEL};
 
+use crate::container::CERTS_MOUNT;
+
 /// Default port the sidecar listens on inside the target's namespace.
 pub const DEFAULT_LISTEN_PORT: u16 = 8443;
 /// Default backend port when the target does not expose exactly one other TCP port: the common
@@ -39,6 +41,41 @@ pub struct TargetSpec {
     pub mode: Mode,
     /// Name the certificate is for.
     pub hostname: String,
+    /// Mutual TLS, from `client-ca` and the labels that need it.
+    pub mtls: Option<Mtls>,
+    /// `SIDECAR_REDIRECT_LISTEN`: plain-HTTP redirect listener in the target's namespace.
+    pub redirect_listen: Option<String>,
+    /// `SIDECAR_HSTS`: max-age in seconds.
+    pub hsts: Option<u64>,
+}
+
+/// Mutual TLS settings a target asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mtls {
+    /// `SIDECAR_CLIENT_CA`: absolute path inside the sidecar, always under `/certs`.
+    pub ca: String,
+    /// `SIDECAR_CLIENT_AUTH`; `None` leaves the sidecar's default (`required`).
+    pub auth: Option<ClientAuth>,
+    /// `SIDECAR_ALLOW_CN`, `SIDECAR_ALLOW_DNS_SAN`, `SIDECAR_ALLOW_URI_SAN`; empty: unset.
+    pub allow_cn: Vec<String>,
+    pub allow_dns_san: Vec<String>,
+    pub allow_uri_san: Vec<String>,
+}
+
+/// Whether client certificates are required or only requested.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    Required,
+    Optional,
+}
+
+impl ClientAuth {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientAuth::Required => "required",
+            ClientAuth::Optional => "optional",
+        }
+    }
 }
 
 /// A label with a value the spawner cannot use; the target gets no sidecar.
@@ -51,12 +88,14 @@ pub struct LabelError {
 }
 
 /// Reads a target's labels. `None`: the container did not opt in. `exposed` holds the target's
-/// exposed ports as Docker writes them (`8080/tcp`).
+/// exposed ports as Docker writes them (`8080/tcp`). `certs_mounted`: the spawner mounts
+/// `--certs-from` at `/certs`, so labels naming files there can be honoured.
 pub fn parse_target(
     prefix: &str,
     container_name: &str,
     labels: &HashMap<String, String>,
     exposed: &[String],
+    certs_mounted: bool,
 ) -> Option<Result<TargetSpec, LabelError>> {
     let image_label = label_name(prefix, label::PROXY_IMAGE);
     let (image_key, image) = match labels.get(&image_label) {
@@ -71,6 +110,7 @@ pub fn parse_target(
         container_name,
         labels,
         exposed,
+        certs_mounted,
         &image_key,
         image,
     ))
@@ -81,6 +121,7 @@ fn parse_spec(
     container_name: &str,
     labels: &HashMap<String, String>,
     exposed: &[String],
+    certs_mounted: bool,
     image_key: &str,
     image: &str,
 ) -> Result<TargetSpec, LabelError> {
@@ -123,13 +164,154 @@ fn parse_spec(
         None => container_name.to_string(),
     };
 
+    let key = label_name(prefix, label::REDIRECT_LISTEN);
+    let redirect_listen = match labels.get(&key) {
+        None => None,
+        Some(v) => match parse_listen(v) {
+            None => return Err(err(&key, v, "expected a port or ip:port")),
+            Some((_, port)) if port == listen_port => {
+                return Err(err(&key, v, "must differ from the TLS listen port"))
+            }
+            Some((addr, _)) => Some(addr),
+        },
+    };
+
+    let key = label_name(prefix, label::HSTS);
+    let hsts = match labels.get(&key) {
+        None => None,
+        Some(v) => match shared::parse::hsts_max_age(v) {
+            Err(_) => return Err(err(&key, v, "expected seconds or <n>[smhdwy] such as 1y")),
+            Ok(_) if mode == Mode::Tcp => {
+                return Err(err(
+                    &key,
+                    v,
+                    "needs mode http: tcp mode sees no HTTP responses",
+                ))
+            }
+            Ok(secs) => Some(secs),
+        },
+    };
+
     Ok(TargetSpec {
         image: image.to_string(),
         listen,
         backend,
         mode,
         hostname,
+        mtls: parse_mtls(prefix, labels, certs_mounted)?,
+        redirect_listen,
+        hsts,
     })
+}
+
+/// `client-ca` and the labels that only make sense with it.
+fn parse_mtls(
+    prefix: &str,
+    labels: &HashMap<String, String>,
+    certs_mounted: bool,
+) -> Result<Option<Mtls>, LabelError> {
+    let get = |suffix: &str| {
+        let key = label_name(prefix, suffix);
+        labels.get(&key).map(|v| (key, v.as_str()))
+    };
+    let err = |key: &str, value: &str, reason| LabelError {
+        label: key.to_string(),
+        value: value.trim().to_string(),
+        reason,
+    };
+    let auth = get(label::CLIENT_AUTH);
+    let lists = [label::ALLOW_CN, label::ALLOW_DNS_SAN, label::ALLOW_URI_SAN].map(get);
+    let Some((ca_key, ca_value)) = get(label::CLIENT_CA) else {
+        // Without a CA nothing verifies clients: refuse rather than silently serve without mTLS.
+        if let Some((key, value)) = auth.iter().chain(lists.iter().flatten()).next() {
+            return Err(err(key, value, "only valid with the client-ca label"));
+        }
+        return Ok(None);
+    };
+    if !certs_mounted {
+        return Err(err(
+            &ca_key,
+            ca_value,
+            "needs --certs-from on the spawner: the CA is read from /certs",
+        ));
+    }
+    let ca = certs_path(ca_value)
+        .ok_or_else(|| err(&ca_key, ca_value, "expected a file path under /certs"))?;
+    let auth = match auth {
+        None => None,
+        Some((_, v)) if v.trim() == "required" => Some(ClientAuth::Required),
+        Some((_, v)) if v.trim() == "optional" => Some(ClientAuth::Optional),
+        Some((key, v)) => return Err(err(&key, v, "expected required or optional")),
+    };
+    let [cn, dns, uri] = lists;
+    let list = |entry: Option<(String, &str)>,
+                ok: fn(&str) -> bool,
+                reason: &'static str|
+     -> Result<Vec<String>, LabelError> {
+        let Some((key, value)) = entry else {
+            return Ok(Vec::new());
+        };
+        value
+            .split(',')
+            .map(str::trim)
+            .map(|e| {
+                let clean = !e.is_empty() && !e.chars().any(char::is_control);
+                (clean && ok(e))
+                    .then(|| e.to_string())
+                    .ok_or_else(|| err(&key, value, reason))
+            })
+            .collect()
+    };
+    Ok(Some(Mtls {
+        ca,
+        auth,
+        allow_cn: list(cn, |_| true, "expected a comma list of common names")?,
+        allow_dns_san: list(
+            dns,
+            valid_dns_pattern,
+            "expected a comma list of DNS names; `*` may stand for a whole label",
+        )?,
+        allow_uri_san: list(
+            uri,
+            valid_uri_pattern,
+            "expected a comma list of URIs; `*` may stand for a whole path segment",
+        )?,
+    }))
+}
+
+/// A label path naming a file under the certificate mount: relative (`ca/clients.pem`) or
+/// absolute within it (`/certs/ca/clients.pem`). `..` is refused outright rather than resolved,
+/// so a label can never name a file outside what the operator chose to mount.
+fn certs_path(v: &str) -> Option<String> {
+    let v = v.trim();
+    if v.chars().any(|c| c.is_control()) {
+        return None;
+    }
+    let rel = match v.strip_prefix(CERTS_MOUNT) {
+        Some(rest) if rest.is_empty() || rest.starts_with('/') => rest,
+        _ if v.starts_with('/') => return None,
+        _ => v,
+    };
+    let segments: Vec<&str> = rel
+        .split('/')
+        .filter(|s| !s.is_empty() && *s != ".")
+        .collect();
+    if segments.is_empty() || segments.contains(&"..") {
+        return None;
+    }
+    Some(format!("{CERTS_MOUNT}/{}", segments.join("/")))
+}
+
+/// A DNS SAN pattern: a DNS name whose labels may each be `*` (matching one whole label).
+fn valid_dns_pattern(p: &str) -> bool {
+    !p.is_empty() && p.len() <= 253 && p.split('.').all(|l| l == "*" || valid_dns_label(l))
+}
+
+/// A URI SAN pattern: has a scheme separator, no whitespace, `*` only as a whole `/` segment.
+fn valid_uri_pattern(p: &str) -> bool {
+    p.contains(':')
+        && !p.chars().any(char::is_whitespace)
+        && p.split('/').all(|seg| seg == "*" || !seg.contains('*'))
 }
 
 fn parse_port(s: &str) -> Option<u16> {
@@ -173,16 +355,16 @@ fn default_backend_port(exposed: &[String], listen_port: u16) -> u16 {
 }
 
 fn valid_dns_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 253
-        && s.split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-                && l.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        })
+    !s.is_empty() && s.len() <= 253 && s.split('.').all(valid_dns_label)
+}
+
+fn valid_dns_label(l: &str) -> bool {
+    !l.is_empty()
+        && l.len() <= 63
+        && !l.starts_with('-')
+        && !l.ends_with('-')
+        && l.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 /// Sidecar images a target may ask for.
@@ -245,7 +427,7 @@ mod tests {
 
     fn parse(pairs: &[(&str, &str)], exposed: &[&str]) -> Option<Result<TargetSpec, LabelError>> {
         let exposed: Vec<String> = exposed.iter().map(|s| s.to_string()).collect();
-        parse_target("tls-sidecar", "web", &labels(pairs), &exposed)
+        parse_target("tls-sidecar", "web", &labels(pairs), &exposed, true)
     }
 
     #[test]
@@ -340,12 +522,208 @@ mod tests {
         }
     }
 
+    /// Parses `pairs` on top of the opt-in label and expects an error naming `label`.
+    fn refused(pairs: &[(&str, &str)], certs_mounted: bool, label: &str, reason: &str) {
+        let mut l = vec![("tls-sidecar.proxy-image", "i")];
+        l.extend_from_slice(pairs);
+        let e = parse_target("tls-sidecar", "web", &labels(&l), &[], certs_mounted)
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(e.label, label, "{pairs:?}: {e}");
+        assert!(e.to_string().contains(reason), "{pairs:?}: {e}");
+    }
+
+    fn accepted(pairs: &[(&str, &str)]) -> TargetSpec {
+        let mut l = vec![("tls-sidecar.proxy-image", "i")];
+        l.extend_from_slice(pairs);
+        parse(&l, &[]).unwrap().unwrap()
+    }
+
+    #[test]
+    fn new_labels_default_to_off() {
+        let s = accepted(&[]);
+        assert_eq!((s.mtls, s.redirect_listen, s.hsts), (None, None, None));
+    }
+
+    #[test]
+    fn client_ca_is_a_file_under_certs() {
+        let ca = |v: &str| accepted(&[("tls-sidecar.client-ca", v)]).mtls.unwrap();
+        let m = ca("ca/clients.pem");
+        assert_eq!(m.ca, "/certs/ca/clients.pem");
+        assert_eq!(m.auth, None);
+        assert!(m.allow_cn.is_empty() && m.allow_dns_san.is_empty() && m.allow_uri_san.is_empty());
+        assert_eq!(ca("/certs/ca.pem").ca, "/certs/ca.pem");
+        assert_eq!(ca(" ./ca//x.pem ").ca, "/certs/ca/x.pem");
+        for bad in [
+            "",
+            " ",
+            "/etc/ssl/ca.pem",
+            "/certs",
+            "/certs/",
+            "/certsx/ca.pem",
+            "../ca.pem",
+            "/certs/../etc/shadow",
+            "ca/../../x",
+            "ca\n.pem",
+        ] {
+            refused(
+                &[("tls-sidecar.client-ca", bad)],
+                true,
+                "tls-sidecar.client-ca",
+                "under /certs",
+            );
+        }
+    }
+
+    #[test]
+    fn client_ca_needs_certs_from() {
+        refused(
+            &[("tls-sidecar.client-ca", "ca.pem")],
+            false,
+            "tls-sidecar.client-ca",
+            "--certs-from",
+        );
+    }
+
+    #[test]
+    fn client_auth_mode() {
+        let auth = |v: &str| {
+            accepted(&[
+                ("tls-sidecar.client-ca", "ca.pem"),
+                ("tls-sidecar.client-auth", v),
+            ])
+            .mtls
+            .unwrap()
+            .auth
+        };
+        assert_eq!(auth("required"), Some(ClientAuth::Required));
+        assert_eq!(auth(" optional "), Some(ClientAuth::Optional));
+        refused(
+            &[
+                ("tls-sidecar.client-ca", "ca.pem"),
+                ("tls-sidecar.client-auth", "maybe"),
+            ],
+            true,
+            "tls-sidecar.client-auth",
+            "required or optional",
+        );
+        refused(
+            &[("tls-sidecar.client-auth", "optional")],
+            true,
+            "tls-sidecar.client-auth",
+            "only valid with the client-ca label",
+        );
+    }
+
+    #[test]
+    fn allow_lists() {
+        let m = accepted(&[
+            ("tls-sidecar.client-ca", "ca.pem"),
+            ("tls-sidecar.allow-cn", "alice, Bob Smith"),
+            ("tls-sidecar.allow-dns-san", "*.svc.example,api.example"),
+            (
+                "tls-sidecar.allow-uri-san",
+                "spiffe://example.org/ns/*/sa/web,urn:x",
+            ),
+        ])
+        .mtls
+        .unwrap();
+        assert_eq!(m.allow_cn, ["alice", "Bob Smith"]);
+        assert_eq!(m.allow_dns_san, ["*.svc.example", "api.example"]);
+        assert_eq!(
+            m.allow_uri_san,
+            ["spiffe://example.org/ns/*/sa/web", "urn:x"]
+        );
+        let cases = [
+            ("allow-cn", "alice,,bob"),
+            ("allow-cn", "alice,"),
+            ("allow-cn", "al\u{7}ice"),
+            ("allow-dns-san", "a*.example"),
+            ("allow-dns-san", "bad name.example"),
+            ("allow-dns-san", "a..example"),
+            ("allow-dns-san", ""),
+            ("allow-uri-san", "no-scheme/path"),
+            ("allow-uri-san", "spiffe://example.org/ns/web*"),
+            ("allow-uri-san", "spiffe://example.org/a b"),
+        ];
+        for (suffix, value) in cases {
+            let key = format!("tls-sidecar.{suffix}");
+            refused(
+                &[("tls-sidecar.client-ca", "ca.pem"), (&key, value)],
+                true,
+                &key,
+                "expected a comma list",
+            );
+        }
+        for suffix in ["allow-cn", "allow-dns-san", "allow-uri-san"] {
+            let key = format!("tls-sidecar.{suffix}");
+            refused(
+                &[(&key, "spiffe://x/y")],
+                true,
+                &key,
+                "only valid with the client-ca label",
+            );
+        }
+    }
+
+    #[test]
+    fn redirect_listen() {
+        let r = |v: &str| accepted(&[("tls-sidecar.redirect-listen", v)]).redirect_listen;
+        assert_eq!(r("8081").as_deref(), Some("0.0.0.0:8081"));
+        assert_eq!(r("127.0.0.1:80").as_deref(), Some("127.0.0.1:80"));
+        for bad in ["http", "0", "70000", ":80"] {
+            refused(
+                &[("tls-sidecar.redirect-listen", bad)],
+                true,
+                "tls-sidecar.redirect-listen",
+                "expected a port or ip:port",
+            );
+        }
+        refused(
+            &[("tls-sidecar.redirect-listen", "8443")],
+            true,
+            "tls-sidecar.redirect-listen",
+            "must differ from the TLS listen port",
+        );
+        refused(
+            &[
+                ("tls-sidecar.listen", "9443"),
+                ("tls-sidecar.redirect-listen", "127.0.0.1:9443"),
+            ],
+            true,
+            "tls-sidecar.redirect-listen",
+            "must differ",
+        );
+    }
+
+    #[test]
+    fn hsts() {
+        let h = |v: &str| accepted(&[("tls-sidecar.hsts", v)]).hsts;
+        assert_eq!(h("1y"), Some(31_536_000));
+        assert_eq!(h("31536000"), Some(31_536_000));
+        assert_eq!(h("0"), Some(0));
+        for bad in ["abc", "1.5d", "-1", ""] {
+            refused(
+                &[("tls-sidecar.hsts", bad)],
+                true,
+                "tls-sidecar.hsts",
+                "expected seconds",
+            );
+        }
+        refused(
+            &[("tls-sidecar.mode", "tcp"), ("tls-sidecar.hsts", "1y")],
+            true,
+            "tls-sidecar.hsts",
+            "needs mode http",
+        );
+    }
+
     #[test]
     fn custom_prefix_ignores_default_labels() {
         let l = labels(&[("tls-sidecar.proxy-image", "i")]);
-        assert_eq!(parse_target("t1", "web", &l, &[]), None);
+        assert_eq!(parse_target("t1", "web", &l, &[], false), None);
         let l = labels(&[("t1.proxy-image", "i"), ("tls-sidecar.mode", "bogus")]);
-        assert!(parse_target("t1", "web", &l, &[]).unwrap().is_ok());
+        assert!(parse_target("t1", "web", &l, &[], false).unwrap().is_ok());
     }
 
     #[test]

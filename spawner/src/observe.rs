@@ -28,7 +28,12 @@ fn name_of(c: &ContainerSummary) -> String {
 }
 
 /// One full listing, then an inspect of each running target (for `StartedAt` and exposed ports).
-pub async fn observe(engine: &Engine, prefix: &str) -> Result<Observed, Error> {
+/// `certs_mounted`: sidecars get `/certs` (see [`parse_target`]).
+pub async fn observe(
+    engine: &Engine,
+    prefix: &str,
+    certs_mounted: bool,
+) -> Result<Observed, Error> {
     let managed_key = label_name(prefix, label::MANAGED_BY);
     let for_key = label_name(prefix, label::SIDECAR_FOR);
     let started_key = label_name(prefix, label::TARGET_STARTED);
@@ -53,7 +58,7 @@ pub async fn observe(engine: &Engine, prefix: &str) -> Result<Observed, Error> {
         }
         let name = name_of(&c);
         // Cheap pre-check on the listing; the spec is parsed from the inspect below.
-        if parse_target(prefix, &name, labels, &[]).is_none() {
+        if parse_target(prefix, &name, labels, &[], certs_mounted).is_none() {
             continue;
         }
         let (started_at, exposed, running) = if running {
@@ -73,7 +78,7 @@ pub async fn observe(engine: &Engine, prefix: &str) -> Result<Observed, Error> {
         } else {
             (String::new(), Vec::new(), false)
         };
-        let Some(spec) = parse_target(prefix, &name, labels, &exposed) else {
+        let Some(spec) = parse_target(prefix, &name, labels, &exposed, certs_mounted) else {
             continue;
         };
         out.targets.push(Target {

@@ -92,7 +92,8 @@ pub enum Action {
         target_id: String,
         target_name: String,
         started_at: String,
-        spec: TargetSpec,
+        /// Boxed: a spec is several times larger than the other variants.
+        spec: Box<TargetSpec>,
     },
     Report {
         target_id: String,
@@ -171,7 +172,7 @@ pub fn plan(
                     target_id: t.id.clone(),
                     target_name: t.name.clone(),
                     started_at: t.started_at.clone(),
-                    spec: spec.clone(),
+                    spec: Box::new(spec.clone()),
                 });
             }
         }
@@ -200,6 +201,9 @@ mod tests {
             backend: "127.0.0.1:8080".into(),
             mode: Mode::Http,
             hostname: "web".into(),
+            mtls: None,
+            redirect_listen: None,
+            hsts: None,
         }
     }
 

@@ -23,7 +23,7 @@ pub struct Row {
 /// Observes the engine and builds the rows.
 pub async fn rows(cfg: &Config) -> Result<Vec<Row>, Error> {
     let engine = Engine::new(&cfg.docker_host, &cfg.docker_socket, cfg.docker_timeout);
-    let observed = observe(&engine, &cfg.label_prefix).await?;
+    let observed = observe(&engine, &cfg.label_prefix, cfg.certs.is_some()).await?;
     let actions = plan(
         &observed.targets,
         &observed.sidecars,
