@@ -484,8 +484,14 @@ fn image_not_allowed_launches_nothing_and_warns() {
 }
 
 fn spawner_status(prefix: &str) -> String {
+    spawner_status_with(prefix, &[])
+}
+
+/// `spawner status` with the daemon's flags (`--certs-from` changes which labels are valid).
+fn spawner_status_with(prefix: &str, extra: &[&str]) -> String {
     let out = Command::new(bin_path("spawner"))
         .args(["status", "--label-prefix", prefix])
+        .args(extra)
         .env_remove("DOCKER_HOST")
         .output()
         .expect("run spawner status");
@@ -775,4 +781,301 @@ fn compose_demo_serves_https_and_killing_the_demo_removes_the_sidecar() {
 fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
     l.local_addr().expect("local addr").port()
+}
+
+/// A demo target like [`target`], also publishing each of `ports` on a free loopback port.
+fn target_publishing(
+    run: &TestRun,
+    prefix: &str,
+    labels: &[String],
+    ports: &[u16],
+) -> (String, String) {
+    let name = unique_name("app");
+    let mut args = vec!["-p".to_string(), "127.0.0.1::8443".to_string()];
+    for p in ports {
+        args.push("-p".into());
+        args.push(format!("127.0.0.1::{p}"));
+    }
+    args.push("--label".into());
+    args.push(opt_in(prefix, &images().sidecar));
+    for l in labels {
+        args.push("--label".into());
+        args.push(l.clone());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let id = run.container(&name, &images().demo, &args, &[]);
+    (name, id)
+}
+
+/// `curl -sS --max-time 3 ARGS`: stdout when curl succeeds, `None` when it fails.
+fn curl(args: &[&str]) -> Option<String> {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "3"])
+        .args(args)
+        .output()
+        .expect("run curl");
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).to_string())
+}
+
+/// The sidecar's environment as `docker inspect` shows it.
+fn env_of(sidecar: &Container) -> Vec<String> {
+    sidecar.raw["Config"]["Env"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn assert_env(sidecar: &Container, want: &[&str]) {
+    let env = env_of(sidecar);
+    for w in want {
+        assert!(
+            env.iter().any(|e| e == w),
+            "{w} missing from sidecar env {env:?}"
+        );
+    }
+}
+
+#[test]
+fn hsts_and_redirect_labels_reach_the_sidecar() {
+    let run = TestRun::new();
+    let prefix = run.label_prefix();
+    let _spawner = Spawner::start(&prefix, &[]);
+    // 8081: the demo app itself listens on 8080.
+    let id = target_publishing(
+        &run,
+        &prefix,
+        &[
+            format!("{prefix}.hsts=1y"),
+            format!("{prefix}.redirect-listen=8081"),
+        ],
+        &[8081],
+    )
+    .1;
+    let (sidecar, _) = wait_served(&prefix, &id);
+    assert_env(
+        &sidecar,
+        &[
+            "SIDECAR_HSTS=31536000",
+            "SIDECAR_REDIRECT_LISTEN=0.0.0.0:8081",
+        ],
+    );
+
+    let https = curl(&[
+        "-ki",
+        &format!("https://127.0.0.1:{}/", host_port(&id, 8443)),
+    ])
+    .expect("https through the sidecar");
+    assert!(
+        https.lines().any(|l| l
+            .trim()
+            .eq_ignore_ascii_case("strict-transport-security: max-age=31536000")),
+        "HSTS header expected:\n{https}"
+    );
+
+    let url = format!("http://127.0.0.1:{}/some/path?q=1", host_port(&id, 8081));
+    let (redirect, _) = poll(
+        LIFECYCLE_DEADLINE,
+        "the redirect listener to answer",
+        || curl(&["-i", &url]),
+    );
+    assert!(
+        redirect.starts_with("HTTP/1.1 308"),
+        "308 expected:\n{redirect}"
+    );
+    assert!(
+        redirect
+            .to_ascii_lowercase()
+            .contains("location: https://127.0.0.1:8443/some/path?q=1"),
+        "redirect to the same path on the TLS port:\n{redirect}"
+    );
+}
+
+/// A client CA written into a `--certs-from` directory the sidecar (uid 65534) can read, and
+/// client certificates it issues, written where curl reads them.
+struct ClientCa {
+    certs: harness::tmp::TempDir,
+    clients: harness::tmp::TempDir,
+    ca: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+impl ClientCa {
+    /// Writes `<certs>/ca/clients.pem`.
+    fn new() -> ClientCa {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+        use std::os::unix::fs::PermissionsExt;
+        let mut params = CertificateParams::default();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "spawner test client CA");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("CA key");
+        let ca = rcgen::CertifiedIssuer::self_signed(params, key).expect("self-sign client CA");
+        let certs = harness::tmp::TempDir::new("spawner-certs");
+        let dir = certs.path().join("ca");
+        std::fs::create_dir(&dir).expect("create ca dir");
+        let file = certs.write("ca/clients.pem", ca.pem());
+        let mode = |p: &Path, m| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).expect("chmod fixture")
+        };
+        mode(certs.path(), 0o755);
+        mode(&dir, 0o755);
+        mode(&file, 0o644);
+        ClientCa {
+            certs,
+            clients: harness::tmp::TempDir::new("spawner-clients"),
+            ca,
+        }
+    }
+
+    /// The host directory to pass as `--certs-from`.
+    fn certs_from(&self) -> &str {
+        self.certs.path().to_str().expect("utf-8 temp path")
+    }
+
+    /// A client certificate with subject `CN=<cn>` and the clientAuth usage: `(cert, key)` files.
+    fn client(&self, cn: &str) -> (String, String) {
+        use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair, KeyUsagePurpose};
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("client params");
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("client key");
+        let cert = params
+            .signed_by(&key, &self.ca)
+            .expect("sign client certificate");
+        let path = |p: PathBuf| p.to_str().expect("utf-8 temp path").to_string();
+        (
+            path(self.clients.write(&format!("{cn}.crt"), cert.pem())),
+            path(
+                self.clients
+                    .write(&format!("{cn}.key"), key.serialize_pem()),
+            ),
+        )
+    }
+}
+
+/// `GET /` over https with an optional client certificate; the body on a 2xx.
+fn https_as(port: u16, client: Option<&(String, String)>) -> Option<String> {
+    let url = format!("https://127.0.0.1:{port}/");
+    match client {
+        Some((cert, key)) => curl(&["-kf", "--cert", cert, "--key", key, &url]),
+        None => curl(&["-kf", &url]),
+    }
+}
+
+#[test]
+fn client_ca_label_admits_only_allowed_client_certificates() {
+    let run = TestRun::new();
+    let prefix = run.label_prefix();
+    let ca = ClientCa::new();
+    let _spawner = Spawner::start(&prefix, &["--certs-from", ca.certs_from()]);
+    let id = target(
+        &run,
+        &prefix,
+        &[
+            format!("{prefix}.client-ca=ca/clients.pem"),
+            format!("{prefix}.allow-cn=alice,carol"),
+        ],
+    )
+    .1;
+    let sidecar = wait_served_or_running(&prefix, &id);
+    assert_env(
+        &sidecar,
+        &[
+            "SIDECAR_CLIENT_CA=/certs/ca/clients.pem",
+            "SIDECAR_ALLOW_CN=alice,carol",
+        ],
+    );
+    let port = host_port(&id, 8443);
+    let alice = ca.client("alice");
+    let (body, _) = poll(
+        LIFECYCLE_DEADLINE,
+        "https with an allowed client certificate",
+        || https_as(port, Some(&alice)),
+    );
+    assert!(
+        body.to_ascii_lowercase()
+            .contains("x-client-cert-subject: cn=alice"),
+        "the backend sees the verified identity:\n{body}"
+    );
+    assert_eq!(https_as(port, None), None, "no client certificate: refused");
+    assert_eq!(
+        https_as(port, Some(&ca.client("mallory"))),
+        None,
+        "a certificate outside the allow-list: refused"
+    );
+    let other_ca = ClientCa::new();
+    assert_eq!(
+        https_as(port, Some(&other_ca.client("alice"))),
+        None,
+        "an allowed name from another CA: refused"
+    );
+}
+
+#[test]
+fn invalid_tls_policy_labels_get_no_sidecar_and_a_status_reason() {
+    let run = TestRun::new();
+    let prefix = run.label_prefix();
+    let ca = ClientCa::new();
+    let flags = ["--certs-from", ca.certs_from()];
+    let spawner = Spawner::start(&prefix, &flags);
+    let cases = [
+        ("client-ca", "../ca/clients.pem", "under /certs"),
+        ("allow-cn", "alice", "only valid with the client-ca label"),
+        ("hsts", "abc", "expected seconds"),
+    ];
+    let bad: Vec<(String, String, String, &str, &str)> = cases
+        .iter()
+        .map(|(suffix, value, reason)| {
+            let label = format!("{prefix}.{suffix}");
+            let (name, id) = target(&run, &prefix, &[format!("{label}={value}")]);
+            (name, id, label, *value, *reason)
+        })
+        .collect();
+    let good = target(&run, &prefix, &[]).1;
+    wait_served(&prefix, &good);
+    for (name, id, label, value, reason) in &bad {
+        poll(
+            LIFECYCLE_DEADLINE,
+            &format!("a warning naming {name}, {label} and {value}"),
+            || {
+                spawner
+                    .logs()
+                    .lines()
+                    .any(|l| {
+                        l.contains("invalid label")
+                            && l.contains(name.as_str())
+                            && l.contains(label.as_str())
+                            && l.contains(value)
+                            && l.contains(reason)
+                    })
+                    .then_some(())
+            },
+        );
+        assert!(
+            sidecars_for(&prefix, id).is_empty(),
+            "{label}={value}: no sidecar"
+        );
+    }
+    let status = spawner_status_with(&prefix, &flags);
+    for (name, _, label, value, reason) in &bad {
+        let row = status
+            .lines()
+            .find(|l| l.starts_with(name.as_str()))
+            .unwrap_or_else(|| panic!("{name} in status:\n{status}"));
+        assert!(
+            row.contains(label.as_str()) && row.contains(value) && row.contains(reason),
+            "status shows the reason for {label}={value}: {row}"
+        );
+    }
 }
