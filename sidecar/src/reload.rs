@@ -208,13 +208,13 @@ pub async fn watch(
         let built = match build(&sources, Some(&current), &mut self_signed_cache) {
             Ok(b) => b,
             Err(e) => {
-                error!(error = %e, "certificate reload failed; still serving the previous certificates");
+                error!(error = %chain(&e), "certificate reload failed; still serving the previous certificates");
                 metrics.reload_failed();
                 continue;
             }
         };
         for failure in &built.failures {
-            error!(error = %failure, "certificate reload failed; still serving the previous certificate");
+            error!(error = %chain(failure), "certificate reload failed; still serving the previous certificate");
         }
         if built.changed {
             metrics.set_certificates(built.set.entries());
@@ -235,6 +235,19 @@ pub async fn watch(
         }
         notify.rewatch(&sources);
     }
+}
+
+/// An error and its sources, `: `-separated (like `{:#}` in `main`), so a log line carries the
+/// reason (e.g. `No such file or directory`) and not only the file.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        out.push_str(": ");
+        out.push_str(&e.to_string());
+        source = e.source();
+    }
+    out
 }
 
 async fn recv_hangup(s: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
