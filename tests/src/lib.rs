@@ -3,9 +3,12 @@
 
 pub mod backend;
 pub mod bins;
+pub mod certdir;
 pub mod certs;
 pub mod client;
 pub mod docker;
+pub mod issuer;
+pub mod mtls;
 pub mod redirect;
 pub mod sidecar;
 pub mod tmp;
