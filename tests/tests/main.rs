@@ -1,9 +1,11 @@
 //! All integration tests compile into this one binary and share the harness.
 mod sidecar_admin;
+mod sidecar_certs;
 mod sidecar_config;
 mod sidecar_docker;
 mod sidecar_http;
 mod sidecar_limits;
+mod sidecar_mtls;
 mod sidecar_redirect;
 mod sidecar_shutdown;
 mod sidecar_smuggling;

@@ -1,0 +1,535 @@
+//! Mutual TLS: a client certificate verified against `--client-ca` (and `--client-crl`), then
+//! matched against the allow-lists; refused clients get nothing (the refusal happens in the
+//! handshake, in http and tcp mode), admitted ones reach the backend with their identity in
+//! `X-Client-Cert-*` headers, which a client can never forge. Clients: rustls and curl.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use harness::backend::{sha256_hex, Backend};
+use harness::certdir::{write, CertsDir};
+use harness::client::{HttpConn, ALPN_H1, ALPN_H2_H1};
+use harness::issuer::{Issued, Spec, TestCa};
+use harness::mtls::{client_config, expect_refused, CountingEcho, Refusal};
+use harness::sidecar::{run_expect_fail, Sidecar, SidecarBuilder};
+use harness::wait::{within, STEP};
+use http::{Method, StatusCode};
+use rustls::ClientConfig;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const REQUEST: &[u8] = b"GET /secret HTTP/1.1\r\nHost: localhost\r\n\r\n";
+
+/// The headers a backend trusts for the client's identity.
+const SUBJECT: &str = "x-client-cert-subject";
+const SAN: &str = "x-client-cert-san";
+const FINGERPRINT: &str = "x-client-cert-fingerprint";
+
+/// A server certificate for `localhost` from one CA, client certificates from another.
+struct Fixture {
+    server_ca: TestCa,
+    clients: TestCa,
+    files: CertsDir,
+    client_ca: PathBuf,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let server_ca = TestCa::new("server CA");
+        let clients = TestCa::new("internal client CA");
+        let files = CertsDir::new();
+        files.flat("server", &server_ca.issue(&Spec::server(&["localhost"])));
+        let client_ca = files.path().join("client-ca.pem");
+        write(&client_ca, clients.pem());
+        Fixture {
+            server_ca,
+            clients,
+            files,
+            client_ca,
+        }
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.files.path().join(name).display().to_string()
+    }
+
+    /// A sidecar with the server pair and `--client-ca`, in front of `backend`.
+    fn sidecar(&self, backend: std::net::SocketAddr) -> SidecarBuilder {
+        Sidecar::builder()
+            .backend(backend)
+            .arg("--cert")
+            .arg(self.path("server.crt"))
+            .arg("--key")
+            .arg(self.path("server.key"))
+            .arg("--client-ca")
+            .arg(self.client_ca.display().to_string())
+    }
+
+    /// A client trusting the server CA and presenting `identity`.
+    fn client(&self, identity: Option<&Issued>, alpn: &[&str]) -> Arc<ClientConfig> {
+        client_config(self.server_ca.der(), alpn, identity)
+    }
+
+    fn issue(&self, spec: Spec) -> Issued {
+        self.clients.issue(&spec)
+    }
+}
+
+/// Asserts `identity` is admitted: a request goes through and the backend sees it.
+async fn admitted(sc: &Sidecar, fx: &Fixture, identity: Option<&Issued>, what: &str) {
+    let mut conn = HttpConn::connect(sc.addr(), "localhost", fx.client(identity, ALPN_H1)).await;
+    let reply = conn.get("/admitted").await;
+    assert_eq!(reply.status, StatusCode::OK, "{what} must be admitted");
+}
+
+/// Asserts `identity` is refused and that the backend saw nothing from it.
+async fn refused(
+    sc: &Sidecar,
+    app: &Backend,
+    fx: &Fixture,
+    identity: Option<&Issued>,
+    what: &str,
+) -> Refusal {
+    let before = app.requests().len();
+    let how = expect_refused(
+        sc.addr(),
+        "localhost",
+        fx.client(identity, ALPN_H1),
+        REQUEST,
+    )
+    .await;
+    println!("{what}: refused ({how:?})");
+    assert_eq!(
+        app.requests().len(),
+        before,
+        "{what}: nothing may reach the backend"
+    );
+    how
+}
+
+#[tokio::test]
+async fn allowed_client_reaches_the_backend_with_its_identity() {
+    let fx = Fixture::new();
+    let app = Backend::echo().await;
+    let sc = fx
+        .sidecar(app.addr())
+        .arg("--allow-cn")
+        .arg("web")
+        .start()
+        .await;
+    let web = fx.issue(
+        Spec::client("web")
+            .dns("web.svc.example")
+            .uri("spiffe://example.org/ns/prod/sa/web")
+            .ip("10.1.2.3"),
+    );
+    for alpn in [ALPN_H1, ALPN_H2_H1] {
+        let mut conn = HttpConn::connect(sc.addr(), "localhost", fx.client(Some(&web), alpn)).await;
+        let req = conn
+            .request(Method::GET, "/whoami")
+            .header(SUBJECT, "CN=admin")
+            .header(
+                "X-Client-Cert-SAN",
+                "URI:spiffe://example.org/ns/prod/sa/admin",
+            )
+            .header(FINGERPRINT, "00".repeat(32))
+            .body(harness::client::empty())
+            .expect("request");
+        let reply = conn.fetch(req).await;
+        assert_eq!(reply.status, StatusCode::OK, "{:?}", conn.alpn());
+        let seen = app
+            .requests()
+            .into_iter()
+            .rev()
+            .find(|r| r.path == "/whoami")
+            .expect("the backend saw the request");
+        // `header` also asserts each appears once: the forged copies are gone, not appended to.
+        assert_eq!(seen.header(SUBJECT), Some("CN=web"));
+        assert_eq!(
+            seen.header(SAN),
+            Some("DNS:web.svc.example, URI:spiffe://example.org/ns/prod/sa/web, IP:10.1.2.3")
+        );
+        assert_eq!(
+            seen.header(FINGERPRINT),
+            Some(sha256_hex(web.der.as_ref()).as_str()),
+            "fingerprint is the SHA-256 of the client certificate's DER"
+        );
+    }
+}
+
+#[tokio::test]
+async fn unknown_ca_expired_and_missing_certificates_are_refused() {
+    let fx = Fixture::new();
+    let app = Backend::echo().await;
+    let sc = fx.sidecar(app.addr()).admin().start().await;
+    let stranger = TestCa::new("unknown CA").issue(&Spec::client("web"));
+    let expired = fx.issue(Spec::client("web").expired());
+    let good = fx.issue(Spec::client("web"));
+    // The alert tells the client why, and proves each refusal had the named cause.
+    let how = refused(&sc, &app, &fx, Some(&stranger), "unknown CA").await;
+    assert!(how.is_alert("UnknownCA"), "{how:?}");
+    let how = refused(&sc, &app, &fx, Some(&expired), "expired").await;
+    assert!(how.is_alert("CertificateExpired"), "{how:?}");
+    let how = refused(&sc, &app, &fx, None, "no certificate (required by default)").await;
+    assert!(how.is_alert("CertificateRequired"), "{how:?}");
+    // Without allow-lists any certificate the CA issued is admitted.
+    admitted(&sc, &fx, Some(&good), "a valid certificate").await;
+    // The refusals were handshake failures, as the metrics say.
+    let text = harness::client::plain_get(sc.admin_addr(), "/metrics")
+        .await
+        .text();
+    assert!(
+        text.lines()
+            .any(|l| l == "sidecar_handshake_failures_total 3"),
+        "three failed handshakes counted:\n{text}"
+    );
+}
+
+#[tokio::test]
+async fn allow_lists_admit_by_cn_dns_or_uri_with_wildcards() {
+    let fx = Fixture::new();
+    let app = Backend::echo().await;
+    let sc = fx
+        .sidecar(app.addr())
+        .arg("--allow-cn")
+        .arg("billing")
+        .arg("--allow-dns-san")
+        .arg("*.svc.example")
+        .arg("--allow-uri-san")
+        .arg("spiffe://example.org/ns/*/sa/web")
+        .start()
+        .await;
+    for (spec, what) in [
+        (Spec::client("billing"), "CN billing"),
+        (
+            Spec::client("x").dns("api.svc.example"),
+            "DNS api.svc.example",
+        ),
+        (
+            Spec::client("x").uri("spiffe://example.org/ns/prod/sa/web"),
+            "SPIFFE ns/prod/sa/web",
+        ),
+        (
+            Spec::client("x")
+                .dns("nope.example")
+                .uri("spiffe://example.org/ns/staging/sa/web"),
+            "one matching SAN among others",
+        ),
+    ] {
+        admitted(&sc, &fx, Some(&fx.issue(spec)), what).await;
+    }
+    for (spec, what) in [
+        (Spec::client("web"), "CN web"),
+        (Spec::client("Billing"), "CN Billing (case differs)"),
+        (
+            Spec::client("x").dns("a.b.svc.example"),
+            "DNS two labels under the wildcard",
+        ),
+        (
+            Spec::client("x").dns("svc.example"),
+            "DNS the wildcard's parent",
+        ),
+        (
+            Spec::client("x").uri("spiffe://example.org/ns/prod/sa/db"),
+            "SPIFFE another service account",
+        ),
+        (
+            Spec::client("x").uri("spiffe://example.org/ns/a/b/sa/web"),
+            "SPIFFE two segments for one *",
+        ),
+        (
+            Spec::client("x").uri("spiffe://other.org/ns/prod/sa/web"),
+            "SPIFFE another trust domain",
+        ),
+    ] {
+        let how = refused(&sc, &app, &fx, Some(&fx.issue(spec)), what).await;
+        // Refused by the allow-list, not by verification.
+        assert!(how.is_alert("AccessDenied"), "{what}: {how:?}");
+    }
+}
+
+#[tokio::test]
+async fn allow_lists_from_env_comma_lists() {
+    let fx = Fixture::new();
+    let app = Backend::echo().await;
+    let sc = Sidecar::builder()
+        .backend(app.addr())
+        .arg("--cert")
+        .arg(fx.path("server.crt"))
+        .arg("--key")
+        .arg(fx.path("server.key"))
+        .env("SIDECAR_CLIENT_CA", fx.client_ca.display().to_string())
+        .env("SIDECAR_ALLOW_CN", "billing,ops")
+        .env(
+            "SIDECAR_ALLOW_URI_SAN",
+            "spiffe://example.org/a,spiffe://example.org/b",
+        )
+        .start()
+        .await;
+    admitted(&sc, &fx, Some(&fx.issue(Spec::client("ops"))), "CN ops").await;
+    admitted(
+        &sc,
+        &fx,
+        Some(&fx.issue(Spec::client("x").uri("spiffe://example.org/b"))),
+        "URI b",
+    )
+    .await;
+    refused(
+        &sc,
+        &app,
+        &fx,
+        Some(&fx.issue(Spec::client("web"))),
+        "CN web",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn revoked_certificate_is_refused_with_a_crl() {
+    let fx = Fixture::new();
+    let app = Backend::echo().await;
+    let revoked = fx.issue(Spec::client("web"));
+    let fine = fx.issue(Spec::client("web"));
+    let crl = fx.files.path().join("clients.crl.pem");
+    write(&crl, fx.clients.crl_pem(&[revoked.serial]));
+    let sc = fx
+        .sidecar(app.addr())
+        .arg("--client-crl")
+        .arg(crl.display().to_string())
+        .start()
+        .await;
+    let how = refused(&sc, &app, &fx, Some(&revoked), "a revoked certificate").await;
+    assert!(how.is_alert("CertificateRevoked"), "{how:?}");
+    admitted(&sc, &fx, Some(&fine), "a certificate the CRL does not list").await;
+}
+
+#[tokio::test]
+async fn optional_mode_admits_clients_without_a_certificate_but_not_bad_ones() {
+    let fx = Fixture::new();
+    let app = Backend::echo().await;
+    let sc = fx
+        .sidecar(app.addr())
+        .arg("--client-auth")
+        .arg("optional")
+        .arg("--allow-cn")
+        .arg("web")
+        .start()
+        .await;
+    // No certificate: admitted, with no identity, and forged identity headers removed.
+    let mut conn = HttpConn::connect(sc.addr(), "localhost", fx.client(None, ALPN_H1)).await;
+    let req = conn
+        .request(Method::GET, "/anonymous")
+        .header(SUBJECT, "CN=web")
+        .header(SAN, "DNS:web.svc.example")
+        .header(FINGERPRINT, "ab".repeat(32))
+        .body(harness::client::empty())
+        .expect("request");
+    assert_eq!(conn.fetch(req).await.status, StatusCode::OK);
+    let seen = app
+        .requests()
+        .into_iter()
+        .find(|r| r.path == "/anonymous")
+        .expect("the backend saw the request");
+    for name in [SUBJECT, SAN, FINGERPRINT] {
+        assert_eq!(
+            seen.header(name),
+            None,
+            "{name} forged by a client without a certificate"
+        );
+    }
+
+    // A certificate, when presented, is still verified and allow-listed.
+    let web = fx.issue(Spec::client("web"));
+    let mut conn = HttpConn::connect(sc.addr(), "localhost", fx.client(Some(&web), ALPN_H1)).await;
+    assert_eq!(conn.get("/identified").await.status, StatusCode::OK);
+    let seen = app
+        .requests()
+        .into_iter()
+        .find(|r| r.path == "/identified")
+        .expect("the backend saw the request");
+    assert_eq!(seen.header(SUBJECT), Some("CN=web"));
+    let stranger = TestCa::new("unknown CA").issue(&Spec::client("web"));
+    refused(&sc, &app, &fx, Some(&stranger), "optional mode, unknown CA").await;
+    refused(
+        &sc,
+        &app,
+        &fx,
+        Some(&fx.issue(Spec::client("db"))),
+        "optional mode, not allowed",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn forged_identity_headers_never_reach_the_backend_without_mtls() {
+    let app = Backend::echo().await;
+    let sc = Sidecar::start(app.addr()).await;
+    let config = harness::client::config(harness::client::Trust::AnyCert, ALPN_H2_H1);
+    for alpn_config in [
+        config,
+        harness::client::config(harness::client::Trust::AnyCert, ALPN_H1),
+    ] {
+        let mut conn = HttpConn::connect(sc.addr(), "localhost", alpn_config).await;
+        let path = format!("/forged-{}", conn.alpn().unwrap_or("none"));
+        let req = conn
+            .request(Method::GET, &path)
+            .header("X-Client-Cert-Subject", "CN=admin")
+            .header("x-client-cert-san", "DNS:admin.example")
+            .header("X-CLIENT-CERT-FINGERPRINT", "ab".repeat(32))
+            .body(harness::client::empty())
+            .expect("request");
+        assert_eq!(conn.fetch(req).await.status, StatusCode::OK);
+        let seen = app
+            .requests()
+            .into_iter()
+            .find(|r| r.path == path)
+            .expect("the backend saw the request");
+        for name in [SUBJECT, SAN, FINGERPRINT] {
+            assert!(
+                seen.header_all(name).is_empty(),
+                "{name} forged over {path}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn tcp_mode_refuses_in_the_handshake_and_admits_the_allowed_client() {
+    let fx = Fixture::new();
+    let echo = CountingEcho::start().await;
+    let sc = fx
+        .sidecar(echo.addr())
+        .mode("tcp")
+        .arg("--allow-uri-san")
+        .arg("spiffe://example.org/ns/*/sa/web")
+        .start()
+        .await;
+    let stranger = TestCa::new("unknown CA").issue(&Spec::client("web"));
+    let outsider = fx.issue(Spec::client("x").uri("spiffe://example.org/ns/prod/sa/db"));
+    for (identity, what, alert) in [
+        (None, "no certificate", "CertificateRequired"),
+        (Some(&stranger), "unknown CA", "UnknownCA"),
+        (Some(&outsider), "not in the allow-list", "AccessDenied"),
+    ] {
+        let how = expect_refused(sc.addr(), "localhost", fx.client(identity, &[]), b"ping").await;
+        println!("tcp, {what}: refused ({how:?})");
+        assert!(how.is_alert(alert), "tcp, {what}: {how:?}");
+        assert_eq!(
+            echo.accepted(),
+            0,
+            "{what}: the sidecar must not connect to the backend"
+        );
+    }
+
+    let web = fx.issue(Spec::client("x").uri("spiffe://example.org/ns/prod/sa/web"));
+    let mut tls =
+        harness::client::tls_connect(sc.addr(), "localhost", fx.client(Some(&web), &[])).await;
+    within(STEP, "write through the tcp relay", tls.write_all(b"ping"))
+        .await
+        .expect("write");
+    let mut buf = [0u8; 4];
+    within(STEP, "echo through the tcp relay", tls.read_exact(&mut buf))
+        .await
+        .expect("read the echo");
+    assert_eq!(&buf, b"ping");
+    assert_eq!(
+        echo.accepted(),
+        1,
+        "only the admitted client reached the backend"
+    );
+}
+
+#[tokio::test]
+async fn curl_with_a_client_certificate() {
+    let fx = Fixture::new();
+    let app = Backend::echo().await;
+    let sc = fx
+        .sidecar(app.addr())
+        .arg("--allow-cn")
+        .arg("curl-client")
+        .start()
+        .await;
+    let me = fx.issue(Spec::client("curl-client").dns("curl.svc.example"));
+    let (cert, key) = me.write_to(fx.files.path(), "curl-client");
+    let server_ca = fx.files.path().join("server-ca.pem");
+    write(&server_ca, fx.server_ca.pem());
+    let port = sc.addr().port();
+    let curl = |with_cert: bool| {
+        let mut cmd = tokio::process::Command::new("curl");
+        cmd.args(["--silent", "--show-error", "--max-time", "10"])
+            .args(["--resolve", &format!("localhost:{port}:127.0.0.1")])
+            .arg("--cacert")
+            .arg(&server_ca);
+        if with_cert {
+            cmd.arg("--cert").arg(&cert).arg("--key").arg(&key);
+        }
+        cmd.arg(format!("https://localhost:{port}/curl"));
+        cmd.stdin(std::process::Stdio::null());
+        cmd
+    };
+    let out = within(STEP, "curl with a client certificate", curl(true).output())
+        .await
+        .expect("run curl");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "curl failed: {}{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let echo = harness::backend::Echo::parse(&out.stdout);
+    assert_eq!(echo.request.header(SUBJECT), Some("CN=curl-client"));
+    assert_eq!(echo.request.header(SAN), Some("DNS:curl.svc.example"));
+    assert_eq!(
+        echo.request.header(FINGERPRINT),
+        Some(sha256_hex(me.der.as_ref()).as_str())
+    );
+
+    let before = app.requests().len();
+    let out = within(
+        STEP,
+        "curl without a client certificate",
+        curl(false).output(),
+    )
+    .await
+    .expect("run curl");
+    assert!(
+        !out.status.success(),
+        "curl without a certificate must fail, got: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "no response body for a refused client"
+    );
+    println!(
+        "curl without a certificate: exit {:?}: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    assert_eq!(app.requests().len(), before, "nothing reached the backend");
+}
+
+#[tokio::test]
+async fn mtls_flags_without_client_ca_refuse_to_start() {
+    let fx = Fixture::new();
+    let crl = fx.files.path().join("x.crl.pem");
+    write(&crl, fx.clients.crl_pem(&[]));
+    let crl = crl.display().to_string();
+    for args in [
+        vec!["--allow-cn", "web"],
+        vec!["--allow-dns-san", "*.svc.example"],
+        vec!["--allow-uri-san", "spiffe://example.org/*"],
+        vec!["--client-auth", "optional"],
+        vec!["--client-crl", crl.as_str()],
+    ] {
+        let out = within(STEP, "sidecar refusing to start", async {
+            run_expect_fail(&args, &[])
+        })
+        .await;
+        assert_eq!(out.code, Some(2), "{args:?}: {}", out.stderr);
+        assert!(
+            out.stderr.contains(args[0]) && out.stderr.contains("needs --client-ca"),
+            "{args:?}: {}",
+            out.stderr
+        );
+    }
+}
