@@ -109,6 +109,28 @@ pub fn build(
         // At start every configured file must load: report the first problem, generate nothing.
         return Err(failures.remove(0));
     }
+    if let (Some(prev), Some(dir)) = (previous, &sources.dir) {
+        // A flat certificate whose key file vanished is no longer listed by the scan (a lone
+        // `.crt` may be a CA bundle); while its certificate file is still there, treat it as a
+        // broken renewal: keep serving it and report the missing key.
+        let pair_origin = sources.pair.as_ref().map(|p| p.cert.display().to_string());
+        for old in prev.entries() {
+            let origin = Path::new(&old.origin);
+            let listed = dir_entries.iter().any(|e| e.origin == old.origin)
+                || pair_origin.as_ref() == Some(&old.origin);
+            if !listed && origin.parent() == Some(dir.as_path()) && origin.is_file() {
+                failures.push(ConfigError::BadPem {
+                    flag: "--certs-dir",
+                    path: origin.to_path_buf(),
+                    reason: format!(
+                        "no key file beside it (expected {})",
+                        origin.with_extension("key").display()
+                    ),
+                });
+                dir_entries.push(old.clone());
+            }
+        }
+    }
     if let Some(prev) = previous {
         // A pair that disappeared from the directory is a change too.
         let now: usize = usize::from(pair.is_some()) + dir_entries.len();

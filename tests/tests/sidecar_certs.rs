@@ -524,6 +524,50 @@ async fn certbot_pair_losing_its_key_keeps_serving_until_repaired() {
 }
 
 #[tokio::test]
+async fn flat_pair_losing_its_key_keeps_serving_until_repaired() {
+    let ca = TestCa::new("server CA");
+    let v1 = ca.issue(&Spec::server(&["flat.example"]));
+    let v2 = ca.issue(&Spec::server(&["flat.example"]));
+    let other = ca.issue(&Spec::server(&["aaa.example"]));
+    let dir = CertsDir::new();
+    // `aaa` sorts first, so it is the default and `flat` is only reachable by SNI.
+    dir.flat("aaa", &other);
+    let (_, key) = dir.flat("flat", &v1);
+    let app = Backend::echo().await;
+    let sc = Sidecar::builder()
+        .backend(app.addr())
+        .arg("--certs-dir")
+        .arg(dir.arg())
+        .arg("--reload-interval")
+        .arg(NO_PERIODIC)
+        .admin()
+        .start()
+        .await;
+    assert_eq!(served(&sc, "flat.example").await, v1.der);
+    let from = sc.logs().len();
+    std::fs::remove_file(&key).expect("remove flat.key");
+    let cert = dir.path().join("flat.crt");
+    wait_log_after(
+        &sc,
+        from,
+        &[
+            "certificate reload failed",
+            &cert.display().to_string(),
+            "no key file",
+        ],
+    )
+    .await;
+    wait_sample(&sc, RELOAD_FAILED, |v| v >= 1.0).await;
+    assert_eq!(
+        served(&sc, "flat.example").await,
+        v1.der,
+        "the previous certificate is still served"
+    );
+    dir.flat("flat", &v2);
+    wait_served(&sc, "flat.example", &v2, "the repaired flat pair").await;
+}
+
+#[tokio::test]
 async fn sni_picks_among_certbot_flat_and_wildcard_pairs() {
     let ca = TestCa::new("server CA");
     let a = ca.issue(&Spec::server(&["a.example", "alt-a.example"]));
