@@ -1,6 +1,7 @@
 # Thin wrappers around cargo, docker and compose. Every binary is static (see .cargo/config.toml),
 # so the images are built FROM scratch out of target/ without a registry.
 
+SHELL   := /bin/bash
 CARGO   ?= cargo
 TARGET  := x86_64-unknown-linux-gnu
 RELEASE := target/$(TARGET)/release
@@ -39,9 +40,11 @@ demo-down:
 	DEMO_PORT=$(DEMO_PORT) TLS_SIDECAR_TAG=$(TAG) $(COMPOSE) stop demo
 	DEMO_PORT=$(DEMO_PORT) TLS_SIDECAR_TAG=$(TAG) $(COMPOSE) down
 
-## test: every test, Docker ones included (they need a running engine)
+## test: every test, Docker ones included (they need a running engine); ends with one total line
 test:
-	$(CARGO) test --workspace
+	@mkdir -p target
+	set -o pipefail; $(CARGO) test --workspace 2>&1 | tee target/test-output.log
+	@awk '/^test result:/ { p += $$4; f += $$6 } END { printf "tests: %d passed, %d failed\n", p, f }' target/test-output.log
 
 ## lint: what CI checks besides the tests
 lint:
