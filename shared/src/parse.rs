@@ -61,6 +61,8 @@ mod tests {
     #[test]
     fn hsts_max_age_forms() {
         assert_eq!(hsts_max_age("31536000"), Ok(31_536_000));
+        assert_eq!(hsts_max_age("31536000s"), Ok(31_536_000));
+        assert_eq!(hsts_max_age("90m"), Ok(5_400));
         assert_eq!(hsts_max_age("365d"), Ok(31_536_000));
         assert_eq!(hsts_max_age(" 1y "), Ok(31_536_000));
         assert_eq!(hsts_max_age("2w"), Ok(1_209_600));
