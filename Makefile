@@ -46,6 +46,14 @@ test:
 	set -o pipefail; $(CARGO) test --workspace 2>&1 | tee target/test-output.log
 	@awk '/^test result:/ { p += $$4; f += $$6 } END { printf "tests: %d passed, %d failed\n", p, f }' target/test-output.log
 
+## bench: the full benchmark against nginx, HAProxy, stunnel, hitch (docs/benchmarks.md, ~10 min)
+bench:
+	bench/run
+
+## bench-quick: one short pass of every scenario (what CI runs)
+bench-quick:
+	bench/run --quick
+
 ## lint: what CI checks besides the tests
 lint:
 	$(CARGO) fmt --all -- --check
