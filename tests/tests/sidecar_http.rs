@@ -460,3 +460,62 @@ async fn backend_slower_than_backend_timeout_gets_504() {
     );
     assert_eq!(app.requests().len(), 1, "the request did reach the backend");
 }
+
+/// A backend that answers one request per connection and then closes it, without saying so
+/// (no `Connection: close`), like an app whose keep-alive timeout is shorter than the sidecar's.
+async fn one_request_per_connection_backend() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind backend");
+    let addr = listener.local_addr().expect("backend addr");
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let n = count.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(k) => head.extend_from_slice(&buf[..k]),
+                    }
+                }
+                let body = format!("connection {n}");
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(reply.as_bytes()).await;
+                // Close as soon as the response is out.
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test]
+async fn backend_closing_idle_connections_is_reconnected_transparently() {
+    let (backend, accepted) = one_request_per_connection_backend().await;
+    let sc = Sidecar::start(backend).await;
+    let mut conn = connect(&sc, ALPN_H1).await;
+    for i in 1..=3 {
+        let reply = conn.get(&format!("/again/{i}")).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::OK,
+            "request {i}: {}",
+            reply.text()
+        );
+    }
+    assert_eq!(
+        accepted.load(std::sync::atomic::Ordering::SeqCst),
+        3,
+        "one backend connection per request"
+    );
+}
