@@ -111,6 +111,18 @@ pub struct Opts {
     #[arg(long, env = "SPAWNER_DOCKER_TIMEOUT", default_value = "10s",
           value_parser = shared::parse::duration, global = true)]
     pub docker_timeout: Duration,
+
+    /// How many actions of one reconcile turn (sidecar creates, removes) run at the same time.
+    /// The default is 8: the engine serialises much of container creation (its store, network
+    /// namespace setup), so more parallelism mostly queues inside dockerd, while each in-flight
+    /// action holds an engine connection and its own timeout is running.
+    #[arg(
+        long,
+        env = "SPAWNER_MAX_PARALLEL_ACTIONS",
+        default_value_t = 8,
+        global = true
+    )]
+    pub max_parallel_actions: usize,
 }
 
 /// Where sidecar certificates come from.
@@ -139,6 +151,8 @@ pub struct Config {
     pub sidecar_shutdown_grace: Duration,
     pub resync_interval: Duration,
     pub docker_timeout: Duration,
+    /// At least 1.
+    pub max_parallel_actions: usize,
 }
 
 /// A flag with an invalid value.
@@ -229,6 +243,13 @@ impl Cli {
                 "must be positive",
             ));
         }
+        if o.max_parallel_actions < 1 {
+            return Err(bad(
+                "max-parallel-actions",
+                &o.max_parallel_actions.to_string(),
+                "must be at least 1",
+            ));
+        }
         Ok(Config {
             command: self.command.unwrap_or(Command::Run),
             docker_socket,
@@ -243,6 +264,7 @@ impl Cli {
             sidecar_shutdown_grace: o.sidecar_shutdown_grace,
             resync_interval: o.resync_interval,
             docker_timeout: o.docker_timeout,
+            max_parallel_actions: o.max_parallel_actions,
         })
     }
 }
@@ -291,6 +313,7 @@ mod tests {
         assert!(c.allow.allows("tls-sidecar/sidecar:latest"));
         assert_eq!(c.sidecar_memory, 64 << 20);
         assert_eq!(c.sidecar_pids_limit, 128);
+        assert_eq!(c.max_parallel_actions, 8);
     }
 
     #[test]
@@ -308,6 +331,7 @@ mod tests {
         assert!(cfg(&["--certs-from", "../certs"]).is_err());
         assert!(cfg(&["--label-prefix", "a b"]).is_err());
         assert!(cfg(&["--allow-image", ""]).is_err());
+        assert!(cfg(&["--max-parallel-actions", "0"]).is_err());
     }
 
     #[test]

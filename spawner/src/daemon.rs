@@ -1,12 +1,14 @@
 //! The reconcile loop: one task owns every change to sidecars, so concurrent events can never
 //! race into two sidecars for one target. Each turn observes everything, plans (pure), and
 //! executes; it runs on every event, after every reconnect, when a backoff expires, and at least
-//! every resync interval.
+//! every resync interval. A turn runs its actions concurrently (bounded), but waits for all of them
+//! before it ends, so the next turn always observes their effects.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use futures_util::stream::{self, StreamExt};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -19,7 +21,7 @@ use crate::error::Error;
 use crate::events;
 use crate::labels::{sidecar_name, TargetSpec};
 use crate::observe::{observe, MANAGED_BY_VALUE};
-use crate::reconcile::{plan, Action, RemoveReason};
+use crate::reconcile::{plan, steps, Action, RemoveReason};
 
 /// First delay before re-creating a sidecar that exited (or failed to create); doubled per failure.
 const CRASH_BACKOFF_MIN: Duration = Duration::from_millis(500);
@@ -60,7 +62,9 @@ struct Daemon {
     cfg: Config,
     engine: Arc<Engine>,
     wake: Arc<Notify>,
-    holds: HashMap<String, Hold>,
+    /// Behind a lock because the actions of a turn run concurrently; each touches only its own
+    /// target's entry.
+    holds: Mutex<HashMap<String, Hold>>,
     pulls: Arc<Mutex<HashMap<String, Pull>>>,
     reported: HashMap<String, String>,
 }
@@ -89,13 +93,13 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), Error> 
         cfg,
         engine,
         wake: wake.clone(),
-        holds: HashMap::new(),
+        holds: Mutex::default(),
         pulls: Arc::default(),
         reported: HashMap::new(),
     };
     let mut failures = 0u32;
     loop {
-        let next = match d.turn().await {
+        let next = match d.turn(&shutdown).await {
             Ok(()) => {
                 if failures > 0 {
                     tracing::info!("docker engine reachable again");
@@ -125,19 +129,20 @@ impl Daemon {
     /// When the loop must run again without an event: the resync interval, or a backoff expiring.
     fn next_deadline(&self) -> Instant {
         let now = Instant::now();
-        let holds = self.holds.values().map(|h| h.until).filter(|u| *u > now);
-        let pulls = self.pulls.lock().unwrap_or_else(|p| p.into_inner());
-        let pulls = pulls
-            .values()
-            .filter_map(|p| p.next_attempt)
-            .filter(|u| *u > now)
-            .collect::<Vec<_>>();
+        let holds = lock(&self.holds);
+        let holds = holds.values().map(|h| h.until);
+        let pulls = lock(&self.pulls);
+        let pulls = pulls.values().filter_map(|p| p.next_attempt);
         holds
             .chain(pulls)
+            .filter(|u| *u > now)
             .fold(now + self.cfg.resync_interval, Instant::min)
     }
 
-    async fn turn(&mut self) -> Result<(), Error> {
+    /// One turn: observe, plan, execute. Reports first (no I/O), then the removes, then the
+    /// creates, each step concurrently. On shutdown, actions not started yet are skipped; those
+    /// in flight finish (each under its own timeouts), so no half-made sidecar is left behind.
+    async fn turn(&mut self, shutdown: &CancellationToken) -> Result<(), Error> {
         let observed = observe(
             &self.engine,
             &self.cfg.label_prefix,
@@ -146,75 +151,115 @@ impl Daemon {
         .await?;
         let now = Instant::now();
         let known: HashSet<&str> = observed.targets.iter().map(|t| t.id.as_str()).collect();
-        self.holds.retain(|id, _| known.contains(id.as_str()));
         self.reported.retain(|id, _| known.contains(id.as_str()));
-        let held: HashSet<String> = self
-            .holds
-            .iter()
-            .filter(|(_, h)| h.until > now)
-            .map(|(id, _)| id.clone())
-            .collect();
-        let actions = plan(
+        let held: HashSet<String> = {
+            let mut holds = lock(&self.holds);
+            holds.retain(|id, _| known.contains(id.as_str()));
+            holds
+                .iter()
+                .filter(|(_, h)| h.until > now)
+                .map(|(id, _)| id.clone())
+                .collect()
+        };
+        let steps = steps(plan(
             &observed.targets,
             &observed.sidecars,
             &self.cfg.allow,
             &held,
-        );
+        ));
         let mut reported_now = HashSet::new();
-        for action in actions {
-            match action {
-                Action::Remove {
-                    sidecar_id,
-                    sidecar_name,
-                    target_id,
-                    reason,
-                } => {
-                    let span = tracing::info_span!("sidecar", target = %short(&target_id), sidecar = %sidecar_name);
-                    let r = self
-                        .remove(&sidecar_id, &target_id, reason)
-                        .instrument(span)
-                        .await;
-                    tolerate(r, &sidecar_name)?;
-                }
-                Action::Create {
-                    target_id,
-                    target_name,
-                    started_at,
-                    spec,
-                } => {
-                    let span = tracing::info_span!("target", target = %target_name, id = %short(&target_id));
-                    let r = self
-                        .create(&target_id, &target_name, &started_at, &spec)
-                        .instrument(span)
-                        .await;
-                    tolerate(r, &target_name)?;
-                }
-                Action::Report {
-                    target_id,
-                    target_name,
-                    problem,
-                } => {
-                    let text = problem.to_string();
-                    reported_now.insert(target_id.clone());
-                    if self.reported.get(&target_id) != Some(&text) {
-                        tracing::warn!(container = %target_name, problem = %text, "target refused, no sidecar");
-                        self.reported.insert(target_id, text);
-                    }
+        for report in steps.reports {
+            if let Action::Report {
+                target_id,
+                target_name,
+                problem,
+            } = report
+            {
+                let text = problem.to_string();
+                reported_now.insert(target_id.clone());
+                if self.reported.get(&target_id) != Some(&text) {
+                    tracing::warn!(container = %target_name, problem = %text, "target refused, no sidecar");
+                    self.reported.insert(target_id, text);
                 }
             }
         }
         self.reported.retain(|id, _| reported_now.contains(id));
-        Ok(())
+        self.execute(steps.removes, shutdown).await?;
+        self.execute(steps.creates, shutdown).await
     }
 
-    fn note_failure(&mut self, target_id: &str) -> Duration {
+    /// Runs independent actions (one step of a plan), at most `max_parallel_actions` at a time,
+    /// and returns when all have finished. An engine that answered with an error affects only its
+    /// action; an engine that did not answer stops the actions not started yet and fails the
+    /// turn (retried with backoff), as does nothing else.
+    async fn execute(
+        &self,
+        actions: Vec<Action>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), Error> {
+        let unreachable: Mutex<Option<Error>> = Mutex::new(None);
+        stream::iter(actions)
+            .for_each_concurrent(self.cfg.max_parallel_actions, |action| {
+                let unreachable = &unreachable;
+                async move {
+                    if shutdown.is_cancelled() || lock(unreachable).is_some() {
+                        return;
+                    }
+                    if let Err(e) = self.act(action).await {
+                        lock(unreachable).get_or_insert(e);
+                    }
+                }
+            })
+            .await;
+        match unreachable.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Executes one action in its own span; `Err` only when the engine did not answer.
+    async fn act(&self, action: Action) -> Result<(), Error> {
+        match action {
+            Action::Remove {
+                sidecar_id,
+                sidecar_name,
+                target_id,
+                reason,
+            } => {
+                let span = tracing::info_span!("sidecar", target = %short(&target_id), sidecar = %sidecar_name);
+                let r = self
+                    .remove(&sidecar_id, &target_id, reason)
+                    .instrument(span)
+                    .await;
+                tolerate(r, &sidecar_name)
+            }
+            Action::Create {
+                target_id,
+                target_name,
+                started_at,
+                spec,
+            } => {
+                let span =
+                    tracing::info_span!("target", target = %target_name, id = %short(&target_id));
+                let r = self
+                    .create(&target_id, &target_name, &started_at, &spec)
+                    .instrument(span)
+                    .await;
+                tolerate(r, &target_name)
+            }
+            Action::Report { .. } => Ok(()),
+        }
+    }
+
+    fn note_failure(&self, target_id: &str) -> Duration {
         let now = Instant::now();
-        let failures = match self.holds.get(target_id) {
+        let mut holds = lock(&self.holds);
+        let failures = match holds.get(target_id) {
             Some(h) if now.duration_since(h.last_failure) < CRASH_FORGET_AFTER => h.failures + 1,
             _ => 1,
         };
         let delay = backoff(CRASH_BACKOFF_MIN, CRASH_BACKOFF_MAX, failures);
-        self.holds.insert(
+        holds.insert(
             target_id.to_string(),
             Hold {
                 failures,
@@ -226,7 +271,7 @@ impl Daemon {
     }
 
     async fn remove(
-        &mut self,
+        &self,
         sidecar_id: &str,
         target_id: &str,
         reason: RemoveReason,
@@ -245,14 +290,13 @@ impl Daemon {
     }
 
     async fn create(
-        &mut self,
+        &self,
         target_id: &str,
         target_name: &str,
         started_at: &str,
         spec: &TargetSpec,
     ) -> Result<(), Error> {
-        if self
-            .holds
+        if lock(&self.holds)
             .get(target_id)
             .is_some_and(|h| h.until > Instant::now())
         {
@@ -340,12 +384,12 @@ impl Daemon {
 
     /// True when the image is present. Otherwise starts (at most one, with backoff) background
     /// pull, so a slow or failing pull never holds up other targets.
-    async fn image_ready(&mut self, image: &str) -> Result<bool, Error> {
+    async fn image_ready(&self, image: &str) -> Result<bool, Error> {
         if self.engine.image_exists(image).await? {
             return Ok(true);
         }
         let now = Instant::now();
-        let mut pulls = self.pulls.lock().unwrap_or_else(|p| p.into_inner());
+        let mut pulls = lock(&self.pulls);
         let p = pulls.entry(image.to_string()).or_default();
         if p.in_flight || p.next_attempt.is_some_and(|t| t > now) {
             return Ok(false);
@@ -393,6 +437,12 @@ fn tolerate(r: Result<(), Error>, container: &str) -> Result<(), Error> {
         }
         r => r,
     }
+}
+
+/// The guarded value even if a panicking holder poisoned the lock: every critical section here
+/// leaves the maps consistent.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn short(id: &str) -> &str {

@@ -188,6 +188,32 @@ pub fn plan(
     removes
 }
 
+/// A plan cut into what the daemon runs one after the other. Inside `removes` every action names
+/// a different sidecar; inside `creates` every action names a different target (so a different
+/// sidecar name): the actions of one step are independent and may run concurrently. `removes`
+/// runs to its end before `creates` starts, so a create never collides with the stale sidecar
+/// (of its own target, or of a gone target with the same name) that still holds its name.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Steps {
+    /// No I/O: handled before the others.
+    pub reports: Vec<Action>,
+    pub removes: Vec<Action>,
+    pub creates: Vec<Action>,
+}
+
+/// Sorts the actions of a plan into [`Steps`], keeping their order inside each step.
+pub fn steps(actions: Vec<Action>) -> Steps {
+    let mut s = Steps::default();
+    for a in actions {
+        match a {
+            Action::Report { .. } => s.reports.push(a),
+            Action::Remove { .. } => s.removes.push(a),
+            Action::Create { .. } => s.creates.push(a),
+        }
+    }
+    s
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -433,5 +459,36 @@ mod tests {
             ]
         );
         assert_eq!(created(&a), vec!["b"]);
+    }
+
+    #[test]
+    fn steps_are_independent_inside_and_removes_come_first() {
+        // Target "a" restarted (stale sidecar + create), "b" has an exited sidecar and a
+        // duplicate, "c" is new, "d" is refused, and an orphan of a gone target.
+        let mut a = target("a", true);
+        a.started_at = "t2".into();
+        let mut d = target("d", true);
+        d.spec = Ok(spec("evil/image:1"));
+        let actions = run(
+            &[a, target("b", true), target("c", true), d],
+            &[
+                sidecar("sa", "a", "t1", true, 1),
+                sidecar("sb1", "b", "t1", false, 1),
+                sidecar("sb2", "b", "t1", false, 2),
+                sidecar("so", "gone", "t1", true, 1),
+            ],
+        );
+        let total = actions.len();
+        let s = steps(actions);
+        assert_eq!(s.reports.len() + s.removes.len() + s.creates.len(), total);
+        assert!(s.reports.iter().all(|a| matches!(a, Action::Report { .. })));
+        let mut removed: Vec<String> = removed(&s.removes).into_iter().map(|r| r.0).collect();
+        removed.sort();
+        assert_eq!(removed, ["sa", "sb1", "sb2", "so"]);
+        let mut creates = created(&s.creates);
+        assert_eq!(creates.len(), s.creates.len(), "only creates in creates");
+        creates.sort();
+        // One create per target: concurrent creates never race for one target or one name.
+        assert_eq!(creates, ["a", "b", "c"]);
     }
 }

@@ -441,6 +441,48 @@ fn concurrent_events_never_make_two_sidecars() {
 }
 
 #[test]
+fn many_targets_started_at_once_are_all_served() {
+    let run = TestRun::new();
+    let prefix = run.label_prefix();
+    let _spawner = Spawner::start(&prefix, &[]);
+    let ids: Vec<String> = (0..12)
+        .map(|_| {
+            run.create(
+                &unique_name("app"),
+                &images().demo,
+                &[
+                    "-p",
+                    "127.0.0.1::8443",
+                    "--label",
+                    &opt_in(&prefix, &images().sidecar),
+                ],
+            )
+        })
+        .collect();
+    let start = Instant::now();
+    let mut cmd = vec!["start"];
+    cmd.extend(ids.iter().map(String::as_str));
+    docker_ok(&cmd);
+    let started = start.elapsed();
+    for id in &ids {
+        wait_served(&prefix, id);
+    }
+    eprintln!(
+        "observed {} targets: docker start {started:?}, all served {:?}",
+        ids.len(),
+        start.elapsed()
+    );
+    for id in &ids {
+        assert_stays_one(&prefix, id, Duration::from_millis(200));
+    }
+    assert_eq!(
+        sidecars(&prefix).len(),
+        ids.len(),
+        "exactly one sidecar each"
+    );
+}
+
+#[test]
 fn image_not_allowed_launches_nothing_and_warns() {
     let run = TestRun::new();
     let prefix = run.label_prefix();
