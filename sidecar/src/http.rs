@@ -29,7 +29,6 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::activity::{tick_period, Activity, Tracked, Verdict};
-use crate::backend::{Failure, LocalBackend};
 use crate::config::Config;
 use crate::metrics::{BackendError, Metrics};
 use crate::mtls::ClientIdentity;
@@ -130,9 +129,7 @@ impl Proxy {
             activity: activity.clone(),
             h2,
             client,
-            local: (!h2).then(LocalBackend::default),
         });
-        let driver = conn_info.clone();
         let proxy = self.clone();
         let service = service_fn(move |req| {
             let proxy = proxy.clone();
@@ -153,7 +150,7 @@ impl Proxy {
                 .max_header_list_size(MAX_HEAD_BYTES as u32)
                 .serve_connection(io, service);
             tokio::pin!(conn);
-            let result = drive(conn.as_mut(), &activity, None, idle, None, &shutdown, |c| {
+            let result = drive(conn.as_mut(), &activity, idle, None, &shutdown, |c| {
                 c.graceful_shutdown()
             })
             .await;
@@ -171,15 +168,9 @@ impl Proxy {
                 .with_upgrades();
             tokio::pin!(conn);
             let head = Some(self.config.header_read_timeout);
-            let result = drive(
-                conn.as_mut(),
-                &activity,
-                driver.local.as_ref(),
-                idle,
-                head,
-                &shutdown,
-                |c| c.graceful_shutdown(),
-            )
+            let result = drive(conn.as_mut(), &activity, idle, head, &shutdown, |c| {
+                c.graceful_shutdown()
+            })
             .await;
             log_conn_end(peer, result);
         }
@@ -224,32 +215,16 @@ impl Proxy {
         if upgrade {
             return self.upgrade(req, log).await;
         }
-        let exchange = async {
-            match &info.local {
-                Some(local) => {
-                    local
-                        .send(&self.config.backend, self.config.connect_timeout, req)
-                        .await
-                }
-                None => self.client.request(req).await.map_err(|e| {
-                    if e.is_connect() {
-                        Failure::Connect(std::io::Error::other(error_chain(&e)))
-                    } else {
-                        Failure::Exchange(e.into())
-                    }
-                }),
-            }
-        };
-        match tokio::time::timeout(self.config.backend_timeout, exchange).await {
+        match tokio::time::timeout(self.config.backend_timeout, self.client.request(req)).await {
             Err(_) => {
                 self.backend_failed(BackendError::Timeout, "backend did not answer in time", log)
             }
-            Ok(Err(Failure::Connect(error))) => {
-                warn!(backend = %self.backend_authority, %error, "backend connect failed");
+            Ok(Err(error)) if error.is_connect() => {
+                warn!(backend = %self.backend_authority, error = %error_chain(&error), "backend connect failed");
                 self.backend_failed(BackendError::Connect, "backend unreachable", log)
             }
-            Ok(Err(Failure::Exchange(error))) => {
-                warn!(backend = %self.backend_authority, error = %error_chain(error.as_ref()), "backend request failed");
+            Ok(Err(error)) => {
+                warn!(backend = %self.backend_authority, error = %error_chain(&error), "backend request failed");
                 self.backend_failed(BackendError::Protocol, "backend request failed", log)
             }
             Ok(Ok(resp)) => {
@@ -410,15 +385,12 @@ struct ConnInfo {
     h2: bool,
     /// The verified client certificate's identity (mutual TLS).
     client: Option<ClientIdentity>,
-    /// HTTP/1.1: this connection's own backend connection.
-    local: Option<LocalBackend>,
 }
 
 /// A hyper connection future that can be asked to finish gracefully.
 async fn drive<C, F>(
     mut conn: Pin<&mut C>,
     activity: &Activity,
-    backend: Option<&LocalBackend>,
     idle: Duration,
     head: Option<Duration>,
     shutdown: &CancellationToken,
@@ -430,12 +402,13 @@ where
 {
     let mut tick = tokio::time::interval(tick_period(head.map_or(idle, |h| h.min(idle))));
     let mut closing = false;
+    // Created once: a fresh `cancelled()` per wake-up would re-register with the token each time.
+    let cancelled = shutdown.cancelled();
+    tokio::pin!(cancelled);
     loop {
         tokio::select! {
             res = conn.as_mut() => return res,
-            // This connection's own backend connection is driven here, in the same task.
-            () = std::future::poll_fn(|cx| backend.map_or(std::task::Poll::Pending, |b| b.poll_connection(cx))) => {}
-            _ = shutdown.cancelled(), if !closing => {
+            () = &mut cancelled, if !closing => {
                 closing = true;
                 graceful(conn.as_mut());
             }

@@ -7,7 +7,6 @@
 
 pub mod activity;
 pub mod admin;
-pub mod backend;
 pub mod certs;
 pub mod config;
 pub mod error;
