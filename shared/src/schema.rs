@@ -13,6 +13,10 @@ pub mod env {
     pub const HANDSHAKE_TIMEOUT: &str = "SIDECAR_HANDSHAKE_TIMEOUT";
     pub const IDLE_TIMEOUT: &str = "SIDECAR_IDLE_TIMEOUT";
     pub const MAX_CONNECTIONS: &str = "SIDECAR_MAX_CONNECTIONS";
+    pub const MAX_CONNECTIONS_PER_IP: &str = "SIDECAR_MAX_CONNECTIONS_PER_IP";
+    pub const MAX_HANDSHAKES: &str = "SIDECAR_MAX_HANDSHAKES";
+    pub const LISTEN_BACKLOG: &str = "SIDECAR_LISTEN_BACKLOG";
+    pub const ALLOW_UPGRADE: &str = "SIDECAR_ALLOW_UPGRADE";
     pub const SHUTDOWN_GRACE: &str = "SIDECAR_SHUTDOWN_GRACE";
     pub const ADMIN_LISTEN: &str = "SIDECAR_ADMIN_LISTEN";
     pub const LOG_FORMAT: &str = "SIDECAR_LOG_FORMAT";

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 /// "No time recorded".
 const NONE: u64 = u64::MAX;
@@ -41,6 +42,48 @@ pub struct Activity {
     scan: Option<Mutex<HeadScan>>,
     /// The last scanned head had ambiguous framing; taken by the next request.
     ambiguous: AtomicBool,
+    /// Requests the client cancelled before their response (HTTP/2 stream resets).
+    resets: Mutex<ResetBudget>,
+    /// Cancelled when the connection must end now (its reset budget is spent).
+    abort: CancellationToken,
+}
+
+/// Cancelled requests a connection may make in a burst: browsers cancel a few streams when a
+/// user navigates away, gRPC clients cancel on deadlines; a hundred in a row is an attack
+/// (HTTP/2 rapid reset), each of which costs a backend exchange.
+pub const RESET_BURST: u64 = 100;
+/// Cancelled requests per second a connection may keep making after its burst.
+pub const RESET_RATE: u64 = 10;
+
+/// A token bucket of cancelled requests: [`RESET_BURST`] deep, refilled at [`RESET_RATE`] per
+/// second. Times in milliseconds, tokens in thousandths.
+#[derive(Debug)]
+pub struct ResetBudget {
+    tokens_milli: u64,
+    last_ms: u64,
+}
+
+impl Default for ResetBudget {
+    fn default() -> Self {
+        Self {
+            tokens_milli: RESET_BURST * 1000,
+            last_ms: 0,
+        }
+    }
+}
+
+impl ResetBudget {
+    /// Spends one token at `now_ms`; `false` when the budget is spent.
+    pub fn spend(&mut self, now_ms: u64) -> bool {
+        let refill = now_ms.saturating_sub(self.last_ms) * RESET_RATE;
+        self.tokens_milli = (self.tokens_milli + refill).min(RESET_BURST * 1000);
+        self.last_ms = now_ms.max(self.last_ms);
+        if self.tokens_milli < 1000 {
+            return false;
+        }
+        self.tokens_milli -= 1000;
+        true
+    }
 }
 
 /// Largest head the scanner keeps; hyper refuses larger ones with 431 anyway.
@@ -74,7 +117,27 @@ impl Activity {
             head_started: AtomicU64::new(NONE),
             scan,
             ambiguous: AtomicBool::new(false),
+            resets: Mutex::new(ResetBudget::default()),
+            abort: CancellationToken::new(),
         }
+    }
+
+    /// A request was cancelled by the client before its response: spends the reset budget and,
+    /// when it is spent, asks the connection to end ([`Activity::aborted`]).
+    pub fn request_cancelled(&self) {
+        let now = self.now_ms();
+        let ok = match self.resets.lock() {
+            Ok(mut b) => b.spend(now),
+            Err(p) => p.into_inner().spend(now),
+        };
+        if !ok {
+            self.abort.cancel();
+        }
+    }
+
+    /// Completes when the connection must end at once.
+    pub fn aborted(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
+        self.abort.cancelled()
     }
 
     /// Whether the request just started had ambiguous framing (clears the mark).
@@ -146,6 +209,23 @@ impl Activity {
                 scan.done = false;
             }
         }
+    }
+
+    /// Since when the connection has had no request in flight (and, for HTTP/1, no request
+    /// head arriving); `None` while it is busy. Decides which connection makes room when every
+    /// slot is taken.
+    pub fn quiet_since(&self) -> Option<Instant> {
+        if self.in_flight.load(Ordering::Relaxed) > 0
+            || (self.scan.is_some() && self.head_started.load(Ordering::Relaxed) != NONE)
+        {
+            return None;
+        }
+        Some(self.start + Duration::from_millis(self.idle_since.load(Ordering::Relaxed)))
+    }
+
+    /// Whether a request is in flight.
+    pub fn busy(&self) -> bool {
+        self.in_flight.load(Ordering::Relaxed) > 0
     }
 
     /// Request-based verdict (HTTP): idle means no request in flight for `idle`; a head counts
@@ -378,6 +458,55 @@ mod tests {
         a.on_read(b"tail of a body\r\nContent-Length: 1\r\nTransfer-Encoding: x\r\n\r\n");
         a.request_started();
         assert!(!a.take_ambiguous());
+    }
+
+    #[test]
+    fn reset_budget_allows_a_burst_then_a_rate() {
+        let mut b = ResetBudget::default();
+        for i in 0..RESET_BURST {
+            assert!(b.spend(0), "cancel {i} of the burst");
+        }
+        assert!(!b.spend(0), "the burst is spent");
+        assert!(!b.spend(50), "half a token is not a token");
+        assert!(b.spend(100), "one token back after 1/RESET_RATE s");
+        assert!(!b.spend(100));
+        // A long quiet spell refills the whole burst and no more.
+        assert!(b.spend(3_600_000));
+        for _ in 1..RESET_BURST {
+            assert!(b.spend(3_600_000));
+        }
+        assert!(!b.spend(3_600_000));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn quiet_since_is_none_while_busy_and_dates_from_the_last_response() {
+        let a = Activity::new_http1();
+        let t0 = Instant::now();
+        assert_eq!(a.quiet_since(), Some(t0));
+        a.on_read(b"GET / HT");
+        assert_eq!(a.quiet_since(), None, "a head is arriving");
+        a.on_read(b"TP/1.1\r\n\r\n");
+        a.request_started();
+        assert_eq!(a.quiet_since(), None);
+        tokio::time::advance(Duration::from_secs(3)).await;
+        a.request_finished();
+        assert_eq!(a.quiet_since(), Some(t0 + Duration::from_secs(3)));
+        // HTTP/2 bytes (PING, SETTINGS) never make a connection busy.
+        let h2 = Activity::new();
+        let t1 = Instant::now();
+        h2.on_read(b"\0\0\x08\x06");
+        assert_eq!(h2.quiet_since(), Some(t1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn spending_the_reset_budget_aborts_the_connection() {
+        let a = Activity::new();
+        for _ in 0..RESET_BURST {
+            a.request_cancelled();
+        }
+        assert!(!a.abort.is_cancelled());
+        a.request_cancelled();
+        assert!(a.abort.is_cancelled());
     }
 
     #[test]

@@ -21,6 +21,16 @@ use crate::mtls::AllowList;
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8443";
 /// Default backend: the app in the same network namespace, on the usual app port.
 pub const DEFAULT_BACKEND: &str = "127.0.0.1:8080";
+/// Default cap per client address: far above what one real client holds (a browser opens at
+/// most 6 connections per origin, an HTTP/2 client one, a service its pool), far below the
+/// connection limit, so one address cannot take the sidecar's slots.
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: u32 = 256;
+/// Default handshake budget: a tenth of the default connection limit, several times what two
+/// cores can complete in a second, so real bursts fit and stalls cannot take every slot.
+pub const DEFAULT_MAX_HANDSHAKES: u32 = 1024;
+/// Default listen backlog: the kernel's default cap (net.core.somaxconn since Linux 5.4), well
+/// above the 128 that would drop SYNs in a burst.
+pub const DEFAULT_LISTEN_BACKLOG: u32 = 4096;
 
 /// TLS terminator for one local service: TLS in on `--listen`, plain HTTP or TCP out to
 /// `--backend`.
@@ -100,9 +110,33 @@ pub struct Cli {
     #[arg(long, env = env::IDLE_TIMEOUT, value_parser = duration, default_value = "60s")]
     pub idle_timeout: Duration,
 
-    /// Most connections served at once; more wait in the listen backlog
+    /// Most connections served at once. When all are taken, the connection idle for longest
+    /// (a keep-alive connection with no request in flight, or a stalled handshake) is closed to
+    /// admit the new one; when none is idle, new connections wait in the listen backlog
     #[arg(long, env = env::MAX_CONNECTIONS, value_parser = clap::value_parser!(u32).range(1..), default_value_t = 10_000)]
     pub max_connections: u32,
+
+    /// Most connections one client address holds (an IPv4 address, an IPv6 /64); more are
+    /// closed at accept. 0 = no cap. Behind a load balancer or Docker's userland proxy all
+    /// clients share one address: raise it or set 0 there
+    #[arg(long, env = env::MAX_CONNECTIONS_PER_IP, value_name = "N", default_value_t = DEFAULT_MAX_CONNECTIONS_PER_IP)]
+    pub max_connections_per_ip: u32,
+
+    /// Most connections in the TLS handshake at once; one more closes the handshake that has
+    /// waited longest, so stalled handshakes cannot hold the connection slots
+    #[arg(long, env = env::MAX_HANDSHAKES, value_name = "N", value_parser = clap::value_parser!(u32).range(1..), default_value_t = DEFAULT_MAX_HANDSHAKES)]
+    pub max_handshakes: u32,
+
+    /// Length of the kernel's queue of connections not yet accepted (capped by the kernel's
+    /// net.core.somaxconn)
+    #[arg(long, env = env::LISTEN_BACKLOG, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=65535), default_value_t = DEFAULT_LISTEN_BACKLOG)]
+    pub listen_backlog: u32,
+
+    /// HTTP/1.1 `Upgrade` protocols passed to the backend (comma list; empty = none). Other
+    /// upgrade requests are forwarded as plain requests without their `Upgrade` header. `h2c`
+    /// cannot be allowed: its tunnel would bypass the forwarding headers and the access log
+    #[arg(long, env = env::ALLOW_UPGRADE, value_name = "PROTOCOLS", value_delimiter = ',', default_value = "websocket")]
+    pub allow_upgrade: Vec<String>,
 
     /// On SIGTERM/SIGINT, how long in-flight requests may take to finish before the process exits
     #[arg(long, env = env::SHUTDOWN_GRACE, value_parser = duration, default_value = "10s")]
@@ -245,6 +279,12 @@ pub struct Config {
     pub connect_timeout: Duration,
     pub backend_timeout: Duration,
     pub max_connections: usize,
+    /// 0 = no cap.
+    pub max_connections_per_ip: usize,
+    pub max_handshakes: usize,
+    pub listen_backlog: u32,
+    /// Lowercase protocol names an `Upgrade` may name.
+    pub allow_upgrade: Vec<String>,
     pub shutdown_grace: Duration,
     pub admin_listen: Option<SocketAddr>,
     pub log_format: LogFormat,
@@ -428,6 +468,8 @@ impl Cli {
             }
         };
 
+        let allow_upgrade = upgrade_protocols(self.allow_upgrade)?;
+
         Ok(Config {
             listen,
             backend,
@@ -440,6 +482,10 @@ impl Cli {
             connect_timeout: self.connect_timeout,
             backend_timeout: self.backend_timeout,
             max_connections: self.max_connections as usize,
+            max_connections_per_ip: self.max_connections_per_ip as usize,
+            max_handshakes: self.max_handshakes as usize,
+            listen_backlog: self.listen_backlog,
+            allow_upgrade,
             shutdown_grace: self.shutdown_grace,
             admin_listen,
             log_format: self.log_format,
@@ -447,6 +493,37 @@ impl Cli {
             hsts,
         })
     }
+}
+
+/// `--allow-upgrade`: lowercase tokens, empty entries dropped; `h2c` refused.
+fn upgrade_protocols(given: Vec<String>) -> Result<Vec<String>, ConfigError> {
+    let mut out = Vec::new();
+    for name in given {
+        let name = name.trim().to_ascii_lowercase();
+        if name.is_empty() {
+            continue;
+        }
+        let invalid = |reason: &str| ConfigError::Invalid {
+            flag: "--allow-upgrade",
+            value: name.clone(),
+            reason: reason.to_string(),
+        };
+        if !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~/".contains(&b))
+        {
+            return Err(invalid("not a protocol name (RFC 9110 token)"));
+        }
+        if name == "h2c" || name.starts_with("h2c/") {
+            return Err(invalid(
+                "h2c cannot be passed: the tunnel would bypass the forwarding headers and the access log (clients get HTTP/2 over TLS through ALPN)",
+            ));
+        }
+        if !out.contains(&name) {
+            out.push(name);
+        }
+    }
+    Ok(out)
 }
 
 /// The names for a self-signed certificate: the given list (trimmed, empty entries dropped), or
@@ -597,6 +674,10 @@ mod tests {
         assert_eq!(c.handshake_timeout, Duration::from_secs(10));
         assert_eq!(c.idle_timeout, Duration::from_secs(60));
         assert_eq!(c.max_connections, 10_000);
+        assert_eq!(c.max_connections_per_ip, 256);
+        assert_eq!(c.max_handshakes, 1024);
+        assert_eq!(c.listen_backlog, 4096);
+        assert_eq!(c.allow_upgrade, vec!["websocket".to_string()]);
         assert_eq!(c.shutdown_grace, Duration::from_secs(10));
         assert_eq!(c.admin_listen, None);
         assert_eq!(
@@ -806,6 +887,23 @@ mod tests {
                 Cli::try_parse_from(&all).is_err(),
                 "{args:?} should be refused"
             );
+        }
+    }
+
+    #[test]
+    fn upgrade_protocols_are_tokens_and_never_h2c() {
+        let c = config(&["--allow-upgrade", "WebSocket, foo/1,,"], &[]).expect("valid");
+        assert_eq!(
+            c.allow_upgrade,
+            vec!["websocket".to_string(), "foo/1".to_string()]
+        );
+        let c = config(&["--allow-upgrade", ""], &[]).expect("valid");
+        assert!(c.allow_upgrade.is_empty());
+        for bad in ["h2c", "web socket", "a\"b"] {
+            let err = config(&["--allow-upgrade", bad], &[])
+                .expect_err(bad)
+                .to_string();
+            assert!(err.contains("--allow-upgrade"), "{err}");
         }
     }
 }

@@ -20,7 +20,7 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::{Client, ResponseFuture};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
@@ -29,9 +29,11 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::activity::{tick_period, Activity, Tracked, Verdict};
+use crate::admission::{Phase, Ticket};
 use crate::config::Config;
-use crate::metrics::{BackendError, Metrics};
+use crate::metrics::{BackendError, Metrics, Refusal};
 use crate::mtls::ClientIdentity;
+use crate::throttle::{Throttle, LOG_INTERVAL};
 
 /// Most request headers accepted (hyper's limit; more gets `431`).
 const MAX_HEADERS: usize = 100;
@@ -46,9 +48,29 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// does not hold hundreds of sockets on the app.
 const POOL_MAX_IDLE: usize = 256;
 
+/// Once a connection is asked to close (idle, shutdown, eviction), how long a client may take
+/// to finish the goodbye (for HTTP/2: answer the GOAWAY's PING) once nothing is in flight,
+/// before the connection is closed hard. One round trip is enough for a real client; never
+/// more than the idle timeout itself.
+const GOODBYE_MAX: Duration = Duration::from_secs(5);
+/// What a response the client no longer wants may cost to drain, so its backend connection
+/// goes back to the pool instead of being closed (and re-opened by the next request).
+const DRAIN_MAX_BYTES: usize = 256 * 1024;
+const DRAIN_MAX_TIME: Duration = Duration::from_secs(5);
+/// Cancelled exchanges finished in the background at once, at most: past it a cancelled
+/// exchange is dropped (its backend connection closed), so cancelling cannot pile up work on
+/// the backend. Each waits at most [`DRAIN_MAX_TIME`] for its response.
+const ORPHANS_MAX: usize = 256;
+static ORPHANS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+static BACKEND_CONNECT_LOG: Throttle = Throttle::new(LOG_INTERVAL);
+static BACKEND_REQUEST_LOG: Throttle = Throttle::new(LOG_INTERVAL);
+static RESET_LOG: Throttle = Throttle::new(LOG_INTERVAL);
+
 /// Headers that describe one hop and never cross a proxy (RFC 9110 section 7.6.1), plus the
-/// legacy ones proxies traditionally drop too.
-const HOP_BY_HOP: [&str; 8] = [
+/// legacy ones proxies traditionally drop too, and `HTTP2-Settings`, which belongs to the h2c
+/// upgrade that is never passed.
+const HOP_BY_HOP: [&str; 9] = [
     "connection",
     "keep-alive",
     "proxy-connection",
@@ -57,6 +79,7 @@ const HOP_BY_HOP: [&str; 8] = [
     "transfer-encoding",
     "upgrade",
     "proxy-authorization",
+    "http2-settings",
 ];
 
 type BackendClient = Client<HttpConnector, Incoming>;
@@ -107,28 +130,31 @@ impl Proxy {
         })
     }
 
-    /// Serves one TLS connection until the client leaves, it idles out, or shutdown.
+    /// Serves one TLS connection until the client leaves, it idles out, it is asked to make
+    /// room (through its `ticket`), or shutdown. `activity` is the connection's record, shared
+    /// with the admission table; an upgraded connection keeps the ticket (its slot) until its
+    /// relay ends.
+    #[allow(clippy::too_many_arguments)]
     pub async fn serve<S>(
         self: Arc<Self>,
         tls: S,
         peer: SocketAddr,
         h2: bool,
         client: Option<ClientIdentity>,
+        activity: Arc<Activity>,
+        ticket: Arc<Ticket>,
         shutdown: CancellationToken,
     ) where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let activity = if h2 {
-            Activity::new()
-        } else {
-            Activity::new_http1()
-        };
         let io = TokioIo::new(Tracked::new(tls, activity.clone()));
+        let evict = ticket.evict_token();
         let conn_info = Arc::new(ConnInfo {
             peer,
             activity: activity.clone(),
             h2,
             client,
+            ticket,
         });
         let proxy = self.clone();
         let service = service_fn(move |req| {
@@ -143,17 +169,21 @@ impl Proxy {
                 Ok::<_, Infallible>(resp)
             }
         });
-        let idle = self.config.idle_timeout;
+        let watch = Watch {
+            activity: &activity,
+            idle: self.config.idle_timeout,
+            head: None,
+            shutdown: &shutdown,
+            evict: &evict,
+            metrics: &self.metrics,
+        };
         if h2 {
             let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
                 .max_header_list_size(MAX_HEAD_BYTES as u32)
                 .serve_connection(io, service);
             tokio::pin!(conn);
-            let result = drive(conn.as_mut(), &activity, idle, None, &shutdown, |c| {
-                c.graceful_shutdown()
-            })
-            .await;
+            let result = drive(conn.as_mut(), watch, |c| c.graceful_shutdown()).await;
             log_conn_end(peer, result);
         } else {
             let conn = hyper::server::conn::http1::Builder::new()
@@ -167,11 +197,11 @@ impl Proxy {
                 .serve_connection(io, service)
                 .with_upgrades();
             tokio::pin!(conn);
-            let head = Some(self.config.header_read_timeout);
-            let result = drive(conn.as_mut(), &activity, idle, head, &shutdown, |c| {
-                c.graceful_shutdown()
-            })
-            .await;
+            let watch = Watch {
+                head: Some(self.config.header_read_timeout),
+                ..watch
+            };
+            let result = drive(conn.as_mut(), watch, |c| c.graceful_shutdown()).await;
             log_conn_end(peer, result);
         }
     }
@@ -197,6 +227,7 @@ impl Proxy {
 
         if info.activity.take_ambiguous() {
             debug!(peer = %info.peer, "refused request with both Content-Length and Transfer-Encoding");
+            self.metrics.refused(Refusal::Framing);
             return local(
                 StatusCode::BAD_REQUEST,
                 "both Content-Length and Transfer-Encoding",
@@ -205,26 +236,59 @@ impl Proxy {
         }
         if let Err(reason) = check_framing(req.headers()) {
             debug!(peer = %info.peer, reason, "refused ambiguous request");
+            self.metrics.refused(Refusal::Framing);
             return local(StatusCode::BAD_REQUEST, reason, log);
         }
-        let upgrade = !info.h2 && is_upgrade(req.headers());
-        let req = match self.rewrite(req, &info, upgrade) {
+        let host = match request_host(req.version(), req.uri(), req.headers()) {
+            Ok(Some(host)) => host,
+            Ok(None) => match HeaderValue::from_str(&self.backend_authority) {
+                Ok(h) => h,
+                Err(_) => return local(StatusCode::BAD_REQUEST, "invalid backend address", log),
+            },
+            Err(reason) => {
+                debug!(peer = %info.peer, reason, "refused request for its host");
+                self.metrics.refused(Refusal::Host);
+                return local(StatusCode::BAD_REQUEST, reason, log);
+            }
+        };
+        let upgrade = match upgrade_request(info.h2, req.headers(), &self.config.allow_upgrade) {
+            UpgradeAsk::None => None,
+            UpgradeAsk::Allowed(value) => Some(value),
+            UpgradeAsk::Refused => {
+                // Forwarded as a plain request: the Upgrade header is hop-by-hop and dropped.
+                self.metrics.refused(Refusal::Upgrade);
+                None
+            }
+        };
+        let req = match self.rewrite(req, &info, host, upgrade.clone()) {
             Ok(req) => req,
             Err(reason) => return local(StatusCode::BAD_REQUEST, reason, log),
         };
-        if upgrade {
-            return self.upgrade(req, log).await;
+        if upgrade.is_some() {
+            return self.upgrade(req, &info, log).await;
         }
-        match tokio::time::timeout(self.config.backend_timeout, self.client.request(req)).await {
+        let exchange = Exchange::new(self.client.request(req), self.config.backend_timeout);
+        match tokio::time::timeout(self.config.backend_timeout, exchange).await {
             Err(_) => {
                 self.backend_failed(BackendError::Timeout, "backend did not answer in time", log)
             }
             Ok(Err(error)) if error.is_connect() => {
-                warn!(backend = %self.backend_authority, error = %error_chain(&error), "backend connect failed");
+                if let Some(suppressed) = BACKEND_CONNECT_LOG.ready() {
+                    warn!(backend = %self.backend_authority, error = %error_chain(&error), suppressed, "backend connect failed");
+                }
                 self.backend_failed(BackendError::Connect, "backend unreachable", log)
             }
+            Ok(Err(error)) if is_client_body_error(&error) => {
+                // The client's own body broke the exchange (a malformed chunk, a reset): a
+                // client error, not the backend's.
+                debug!(peer = %info.peer, error = %error_chain(&error), "request body failed");
+                self.metrics.refused(Refusal::Framing);
+                local(StatusCode::BAD_REQUEST, "invalid request body", log)
+            }
             Ok(Err(error)) => {
-                warn!(backend = %self.backend_authority, error = %error_chain(&error), "backend request failed");
+                if let Some(suppressed) = BACKEND_REQUEST_LOG.ready() {
+                    warn!(backend = %self.backend_authority, error = %error_chain(&error), suppressed, "backend request failed");
+                }
                 self.backend_failed(BackendError::Protocol, "backend request failed", log)
             }
             Ok(Ok(resp)) => {
@@ -235,33 +299,24 @@ impl Proxy {
         }
     }
 
-    /// Turns the client's request into the backend's: origin on the backend, HTTP/1.1, Host
-    /// preserved, hop-by-hop headers dropped, forwarding headers set.
+    /// Turns the client's request into the backend's: origin on the backend, HTTP/1.1, `Host`
+    /// set to the authority the client asked for, hop-by-hop headers dropped (an allowed
+    /// `upgrade` put back), forwarding headers set.
     fn rewrite(
         &self,
         req: Request<Incoming>,
         info: &ConnInfo,
-        upgrade: bool,
+        host: HeaderValue,
+        upgrade: Option<HeaderValue>,
     ) -> Result<Request<Incoming>, &'static str> {
         let (mut parts, body) = req.into_parts();
-        let host = match parts.headers.get(header::HOST) {
-            Some(h) => h.clone(),
-            None => match parts.uri.authority() {
-                Some(a) => HeaderValue::from_str(a.as_str()).map_err(|_| "invalid :authority")?,
-                None if parts.version == Version::HTTP_11 => return Err("missing Host header"),
-                None => HeaderValue::from_str(&self.backend_authority)
-                    .map_err(|_| "invalid backend address")?,
-            },
-        };
-        let upgrade_value = parts.headers.get(header::UPGRADE).cloned();
         strip_hop_by_hop(&mut parts.headers);
-        if upgrade {
-            if let Some(value) = upgrade_value {
-                parts.headers.insert(header::UPGRADE, value);
-                parts
-                    .headers
-                    .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            }
+        let upgrading = upgrade.is_some();
+        if let Some(value) = upgrade {
+            parts.headers.insert(header::UPGRADE, value);
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         }
         set_forwarded(&mut parts.headers, info.peer, &host, self.listen_port);
         set_client_identity(&mut parts.headers, info.client.as_ref());
@@ -272,7 +327,7 @@ impl Proxy {
             .path_and_query()
             .map(|p| p.as_str())
             .unwrap_or("/");
-        let uri = if upgrade {
+        let uri = if upgrading {
             // Sent on a dedicated connection: origin form.
             Uri::try_from(path)
         } else {
@@ -285,22 +340,32 @@ impl Proxy {
 
     /// Forwards an upgrade request on a dedicated backend connection; on `101` relays raw bytes
     /// between the two upgraded connections.
-    async fn upgrade(&self, mut req: Request<Incoming>, log: AccessLog) -> Response<ProxyBody> {
+    async fn upgrade(
+        &self,
+        mut req: Request<Incoming>,
+        info: &ConnInfo,
+        log: AccessLog,
+    ) -> Response<ProxyBody> {
         let client_upgrade = hyper::upgrade::on(&mut req);
-        let stream =
-            match crate::tcp::connect(&self.config.backend, self.config.connect_timeout).await {
-                Ok(s) => s,
-                Err(error) => {
-                    warn!(backend = %self.backend_authority, %error, "backend connect failed");
-                    return self.backend_failed(BackendError::Connect, "backend unreachable", log);
+        let stream = match crate::tcp::connect(&self.config.backend, self.config.connect_timeout)
+            .await
+        {
+            Ok(s) => s,
+            Err(error) => {
+                if let Some(suppressed) = BACKEND_CONNECT_LOG.ready() {
+                    warn!(backend = %self.backend_authority, %error, suppressed, "backend connect failed");
                 }
-            };
+                return self.backend_failed(BackendError::Connect, "backend unreachable", log);
+            }
+        };
         let (mut sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
         {
             Ok(pair) => pair,
             Err(error) => {
-                warn!(%error, "backend handshake failed");
+                if let Some(suppressed) = BACKEND_REQUEST_LOG.ready() {
+                    warn!(%error, suppressed, "backend handshake failed");
+                }
                 return self.backend_failed(BackendError::Protocol, "backend request failed", log);
             }
         };
@@ -320,7 +385,9 @@ impl Proxy {
                     )
                 }
                 Ok(Err(error)) => {
-                    warn!(%error, "backend upgrade request failed");
+                    if let Some(suppressed) = BACKEND_REQUEST_LOG.ready() {
+                        warn!(%error, suppressed, "backend upgrade request failed");
+                    }
                     return self.backend_failed(
                         BackendError::Protocol,
                         "backend request failed",
@@ -333,7 +400,12 @@ impl Proxy {
             let backend_upgrade = hyper::upgrade::on(&mut resp);
             let idle = self.config.idle_timeout;
             let metrics = self.metrics.clone();
+            // The relay holds the connection's slot: an upgraded connection counts against
+            // the limits like any other, and is never closed to make room.
+            let ticket = info.ticket.clone();
+            ticket.set_phase(Phase::Pinned);
             self.tracker.spawn(async move {
+                let _slot = ticket;
                 match tokio::try_join!(client_upgrade, backend_upgrade) {
                     Ok((client, backend)) => {
                         crate::tcp::relay_upgraded(
@@ -385,48 +457,162 @@ struct ConnInfo {
     h2: bool,
     /// The verified client certificate's identity (mutual TLS).
     client: Option<ClientIdentity>,
+    /// The connection's slot.
+    ticket: Arc<Ticket>,
 }
 
-/// A hyper connection future that can be asked to finish gracefully.
-async fn drive<C, F>(
-    mut conn: Pin<&mut C>,
-    activity: &Activity,
+/// What the watchdog of one HTTP connection looks at.
+#[derive(Clone, Copy)]
+struct Watch<'a> {
+    activity: &'a Activity,
     idle: Duration,
+    /// The request-head timeout (HTTP/1 only).
     head: Option<Duration>,
-    shutdown: &CancellationToken,
-    graceful: F,
-) -> Result<(), hyper::Error>
+    shutdown: &'a CancellationToken,
+    /// Cancelled when the connection must make room for a new one.
+    evict: &'a CancellationToken,
+    metrics: &'a Metrics,
+}
+
+/// Drives a hyper connection to its end, and ends it: gracefully when it idles out, on
+/// shutdown and when it must make room; hard when a request head is too slow, when the client
+/// cancels requests faster than its budget, and when, once closing, it has had nothing in
+/// flight for the goodbye deadline (a client that ignores HTTP/2's GOAWAY and PING). Control
+/// frames alone never keep a connection open: only requests count as activity.
+async fn drive<C, F>(mut conn: Pin<&mut C>, w: Watch<'_>, graceful: F) -> Result<(), hyper::Error>
 where
     C: std::future::Future<Output = Result<(), hyper::Error>>,
     F: Fn(Pin<&mut C>),
 {
-    let mut tick = tokio::time::interval(tick_period(head.map_or(idle, |h| h.min(idle))));
-    let mut closing = false;
+    let goodbye = GOODBYE_MAX.min(w.idle);
+    let shortest = w.head.map_or(w.idle, |h| h.min(w.idle)).min(goodbye);
+    let mut tick = tokio::time::interval(tick_period(shortest));
+    let mut closing: Option<Instant> = None;
     // Created once: a fresh `cancelled()` per wake-up would re-register with the token each time.
-    let cancelled = shutdown.cancelled();
-    tokio::pin!(cancelled);
+    let cancelled = w.shutdown.cancelled();
+    let evicted = w.evict.cancelled();
+    let aborted = w.activity.aborted();
+    tokio::pin!(cancelled, evicted, aborted);
+    let close = |conn: Pin<&mut C>, closing: &mut Option<Instant>| {
+        if closing.is_none() {
+            *closing = Some(Instant::now());
+            graceful(conn);
+        }
+    };
     loop {
         tokio::select! {
             res = conn.as_mut() => return res,
-            () = &mut cancelled, if !closing => {
-                closing = true;
-                graceful(conn.as_mut());
-            }
-            _ = tick.tick() => match activity.verdict(idle, head) {
-                Verdict::Active => {}
-                Verdict::Idle if !closing => {
-                    debug!("closing idle connection");
-                    closing = true;
-                    graceful(conn.as_mut());
-                }
-                Verdict::Idle => {}
-                Verdict::HeadTimeout => {
-                    debug!("request head not received in time, closing");
+            () = &mut cancelled, if closing.is_none() => close(conn.as_mut(), &mut closing),
+            () = &mut evicted, if closing.is_none() => {
+                if !w.activity.busy() {
+                    debug!("closing idle connection to make room");
                     return Ok(());
                 }
-            },
+                close(conn.as_mut(), &mut closing);
+            }
+            () = &mut aborted => {
+                w.metrics.refused(Refusal::StreamResets);
+                if let Some(suppressed) = RESET_LOG.ready() {
+                    warn!(suppressed, "closing a connection that cancels requests faster than its budget");
+                }
+                return Ok(());
+            }
+            _ = tick.tick() => {
+                match w.activity.verdict(w.idle, w.head) {
+                    Verdict::Active => {}
+                    Verdict::Idle => {
+                        if closing.is_none() {
+                            debug!("closing idle connection");
+                        }
+                        close(conn.as_mut(), &mut closing);
+                    }
+                    Verdict::HeadTimeout => {
+                        debug!("request head not received in time, closing");
+                        return Ok(());
+                    }
+                }
+                if let (Some(since), Some(quiet)) = (closing, w.activity.quiet_since()) {
+                    if Instant::now() >= since.max(quiet) + goodbye {
+                        w.metrics.refused(Refusal::CloseDeadline);
+                        debug!("client did not finish closing in time, closing hard");
+                        return Ok(());
+                    }
+                }
+            }
         }
     }
+}
+
+/// A backend exchange that, when the client cancels its request (hyper drops the service
+/// future), still runs to its response in the background and drains a small body, so the
+/// backend connection goes back to the pool instead of being closed and re-opened by the next
+/// request. Bounded by [`ORPHANS_MAX`], the exchange's deadline, [`DRAIN_MAX_TIME`] and
+/// [`DRAIN_MAX_BYTES`].
+struct Exchange {
+    future: Option<ResponseFuture>,
+    deadline: Instant,
+}
+
+impl Exchange {
+    fn new(future: ResponseFuture, timeout: Duration) -> Self {
+        Self {
+            future: Some(future),
+            deadline: Instant::now() + timeout,
+        }
+    }
+}
+
+impl std::future::Future for Exchange {
+    type Output = <ResponseFuture as std::future::Future>::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let Some(future) = self.future.as_mut() else {
+            return Poll::Pending;
+        };
+        let res = Pin::new(future).poll(cx);
+        if res.is_ready() {
+            self.future = None;
+        }
+        res
+    }
+}
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        let Some(future) = self.future.take() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        use std::sync::atomic::Ordering;
+        if ORPHANS.fetch_add(1, Ordering::Relaxed) >= ORPHANS_MAX {
+            ORPHANS.fetch_sub(1, Ordering::Relaxed);
+            return;
+        }
+        let deadline = self.deadline.min(Instant::now() + DRAIN_MAX_TIME);
+        runtime.spawn(async move {
+            if let Ok(Ok(resp)) = tokio::time::timeout_at(deadline, future).await {
+                drain(resp.into_body()).await;
+            }
+            ORPHANS.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+}
+
+/// Reads a body nobody wants to its end, if it is small and quick, so its connection is reused.
+async fn drain(mut body: Incoming) {
+    use http_body_util::BodyExt;
+    let _ = tokio::time::timeout(DRAIN_MAX_TIME, async {
+        let mut seen = 0;
+        while let Some(Ok(frame)) = body.frame().await {
+            seen += frame.data_ref().map_or(0, |d| d.len());
+            if seen > DRAIN_MAX_BYTES {
+                return;
+            }
+        }
+    })
+    .await;
 }
 
 fn log_conn_end(peer: SocketAddr, result: Result<(), hyper::Error>) {
@@ -496,8 +682,18 @@ struct AccessLog {
     metrics: Arc<Metrics>,
 }
 
+/// The status logged for a request the client cancelled before its response (nginx's "client
+/// closed request"), so cancellations are visible in the access log and told from answers.
+const STATUS_CLIENT_CLOSED: u16 = 499;
+
 impl Drop for AccessLog {
     fn drop(&mut self) {
+        if self.status == 0 {
+            // Dropped before a response was made: the client cancelled (an HTTP/2 stream reset
+            // or a vanished connection).
+            self.status = STATUS_CLIENT_CLOSED;
+            self.activity.request_cancelled();
+        }
         self.metrics.response(self.status);
         info!(
             client = %self.peer,
@@ -581,6 +777,136 @@ pub fn check_framing(headers: &HeaderMap) -> Result<(), &'static str> {
         }
     }
     Ok(())
+}
+
+/// Whether an exchange failed because the client's request body did (a malformed chunk, a
+/// reset mid-body): hyper reports the body it was given failing as a "user" error.
+fn is_client_body_error(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if let Some(h) = e.downcast_ref::<hyper::Error>() {
+            if h.is_user() {
+                return true;
+            }
+        }
+        source = e.source();
+    }
+    false
+}
+
+/// The authority a request is for, which becomes the backend's `Host` and
+/// `X-Forwarded-Host`: `Ok(None)` when the request names none (HTTP/1.0 without `Host`).
+///
+/// - More than one `Host` header is refused (RFC 9112 section 3.2).
+/// - A request-target with an authority (absolute form in HTTP/1.1, `:authority` in HTTP/2)
+///   wins over `Host` (RFC 9112 section 3.2.2); in HTTP/2 a `Host` that names another
+///   authority is refused (RFC 9113 section 8.3.1).
+/// - The authority must be `host[:port]`: no user info, path or other characters.
+pub fn request_host(
+    version: Version,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Result<Option<HeaderValue>, &'static str> {
+    let mut hosts = headers.get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err("more than one Host header");
+    }
+    if let Some(authority) = uri.authority() {
+        valid_authority(authority.as_str().as_bytes()).ok_or("invalid request authority")?;
+        if version == Version::HTTP_2 {
+            if let Some(h) = host {
+                if !h
+                    .as_bytes()
+                    .eq_ignore_ascii_case(authority.as_str().as_bytes())
+                {
+                    return Err("Host differs from :authority");
+                }
+            }
+        }
+        return HeaderValue::from_str(authority.as_str())
+            .map(Some)
+            .map_err(|_| "invalid request authority");
+    }
+    match host {
+        Some(h) => {
+            valid_authority(h.as_bytes()).ok_or("invalid Host header")?;
+            Ok(Some(h.clone()))
+        }
+        None if version == Version::HTTP_11 => Err("missing Host header"),
+        None => Ok(None),
+    }
+}
+
+/// `host[:port]` with a DNS-like name, an IPv4 address or a bracketed IPv6 address.
+fn valid_authority(bytes: &[u8]) -> Option<()> {
+    let (host, port) = match bytes.strip_prefix(b"[") {
+        Some(rest) => {
+            let end = rest.iter().position(|b| *b == b']')?;
+            let ip = std::str::from_utf8(&rest[..end]).ok()?;
+            ip.parse::<std::net::Ipv6Addr>().ok()?;
+            (&bytes[..end + 2], &rest[end + 1..])
+        }
+        None => match bytes.iter().rposition(|b| *b == b':') {
+            Some(i) => (&bytes[..i], &bytes[i..]),
+            None => (bytes, &b""[..]),
+        },
+    };
+    if !port.is_empty() {
+        let digits = port.strip_prefix(b":")?;
+        if digits.is_empty() || digits.len() > 5 || !digits.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+    }
+    if host.first() == Some(&b'[') {
+        return Some(());
+    }
+    let ok = !host.is_empty()
+        && host.len() <= 253
+        && host
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
+    ok.then_some(())
+}
+
+/// What to do with an HTTP/1.1 request's `Upgrade`.
+#[derive(Debug, PartialEq, Eq)]
+pub enum UpgradeAsk {
+    /// Not an upgrade request.
+    None,
+    /// Pass the upgrade, offering the backend only these allowed protocols.
+    Allowed(HeaderValue),
+    /// None of the offered protocols is allowed: forward as a plain request.
+    Refused,
+}
+
+/// Applies `--allow-upgrade` to a request: only listed protocols (compared by name, before any
+/// `/version`) are offered to the backend. HTTP/2 requests never upgrade.
+pub fn upgrade_request(h2: bool, headers: &HeaderMap, allowed: &[String]) -> UpgradeAsk {
+    if h2 || !is_upgrade(headers) {
+        return UpgradeAsk::None;
+    }
+    let offered: Vec<&str> = headers
+        .get_all(header::UPGRADE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .filter(|p| {
+            let name = p.split('/').next().unwrap_or(p);
+            allowed
+                .iter()
+                .any(|a| a.eq_ignore_ascii_case(p) || a.eq_ignore_ascii_case(name))
+        })
+        .collect();
+    if offered.is_empty() {
+        return UpgradeAsk::Refused;
+    }
+    match HeaderValue::from_str(&offered.join(", ")) {
+        Ok(v) => UpgradeAsk::Allowed(v),
+        Err(_) => UpgradeAsk::Refused,
+    }
 }
 
 /// Whether an HTTP/1.1 request asks to switch protocols.
@@ -770,6 +1096,114 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert_eq!(h.get("x-kept").map(|v| v.as_bytes()), Some(&b"yes"[..]));
+    }
+
+    fn uri(s: &str) -> Uri {
+        s.parse().expect("uri")
+    }
+
+    #[test]
+    fn host_rules_follow_rfc_9112_and_9113() {
+        let v11 = Version::HTTP_11;
+        let host = |h: &[(&str, &str)], u: &str, v| request_host(v, &uri(u), &headers(h));
+        assert_eq!(
+            host(&[("host", "app.example:8443")], "/", v11),
+            Ok(Some(HeaderValue::from_static("app.example:8443")))
+        );
+        assert_eq!(
+            host(&[("host", "a.example"), ("host", "a.example")], "/", v11),
+            Err("more than one Host header")
+        );
+        assert_eq!(
+            host(&[("host", "evil.example/x@good")], "/", v11),
+            Err("invalid Host header")
+        );
+        assert_eq!(
+            host(&[("host", "user@good")], "/", v11),
+            Err("invalid Host header")
+        );
+        assert_eq!(
+            host(&[("host", "good:99999x")], "/", v11),
+            Err("invalid Host header")
+        );
+        assert_eq!(host(&[], "/", v11), Err("missing Host header"));
+        assert_eq!(host(&[], "/", Version::HTTP_10), Ok(None));
+        assert_eq!(
+            host(&[("host", "[::1]:8443")], "/", v11),
+            Ok(Some(HeaderValue::from_static("[::1]:8443")))
+        );
+        assert_eq!(
+            host(&[("host", "[nope]")], "/", v11),
+            Err("invalid Host header")
+        );
+        // Absolute form: the target's authority wins over Host.
+        assert_eq!(
+            host(
+                &[("host", "good.example")],
+                "http://other.example/admin",
+                v11
+            ),
+            Ok(Some(HeaderValue::from_static("other.example")))
+        );
+        assert_eq!(
+            host(&[], "http://u@other.example/", v11),
+            Err("invalid request authority")
+        );
+        // HTTP/2: :authority is the host; a different Host header is refused.
+        let v2 = Version::HTTP_2;
+        assert_eq!(
+            host(&[], "https://a.example/", v2),
+            Ok(Some(HeaderValue::from_static("a.example")))
+        );
+        assert_eq!(
+            host(&[("host", "A.example")], "https://a.example/", v2),
+            Ok(Some(HeaderValue::from_static("a.example")))
+        );
+        assert_eq!(
+            host(&[("host", "b.example")], "https://a.example/", v2),
+            Err("Host differs from :authority")
+        );
+    }
+
+    #[test]
+    fn only_allowed_upgrades_pass() {
+        let allowed = vec!["websocket".to_string()];
+        let ask = |h: &[(&str, &str)]| upgrade_request(false, &headers(h), &allowed);
+        assert_eq!(
+            ask(&[("connection", "Upgrade"), ("upgrade", "WebSocket")]),
+            UpgradeAsk::Allowed(HeaderValue::from_static("WebSocket"))
+        );
+        assert_eq!(
+            ask(&[
+                ("connection", "Upgrade, HTTP2-Settings"),
+                ("upgrade", "h2c")
+            ]),
+            UpgradeAsk::Refused
+        );
+        assert_eq!(
+            ask(&[("connection", "upgrade"), ("upgrade", "h2c, websocket")]),
+            UpgradeAsk::Allowed(HeaderValue::from_static("websocket"))
+        );
+        assert_eq!(ask(&[("upgrade", "websocket")]), UpgradeAsk::None);
+        assert_eq!(
+            upgrade_request(
+                true,
+                &headers(&[("connection", "upgrade"), ("upgrade", "websocket")]),
+                &allowed
+            ),
+            UpgradeAsk::None
+        );
+        assert_eq!(
+            upgrade_request(
+                false,
+                &headers(&[("connection", "upgrade"), ("upgrade", "websocket")]),
+                &[]
+            ),
+            UpgradeAsk::Refused
+        );
+        let mut h = headers(&[("http2-settings", "AAMAAABkAAQAAP__"), ("x-kept", "1")]);
+        strip_hop_by_hop(&mut h);
+        assert!(h.get("http2-settings").is_none());
     }
 
     #[test]

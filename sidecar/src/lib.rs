@@ -7,6 +7,7 @@
 
 pub mod activity;
 pub mod admin;
+pub mod admission;
 pub mod certs;
 pub mod config;
 pub mod error;
@@ -17,6 +18,7 @@ pub mod redirect;
 pub mod reload;
 pub mod server;
 pub mod tcp;
+pub mod throttle;
 pub mod tls;
 
 use std::sync::Arc;

@@ -76,12 +76,13 @@ fn main() -> ExitCode {
 }
 
 async fn serve(config: Config, prepared: sidecar::Prepared) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| Error::Bind {
-            flag: "--listen",
-            addr: config.listen,
-            source,
+    let listener =
+        sidecar::server::bind(config.listen, config.listen_backlog).map_err(|source| {
+            Error::Bind {
+                flag: "--listen",
+                addr: config.listen,
+                source,
+            }
         })?;
     let admin = match config.admin_listen {
         Some(addr) => Some(

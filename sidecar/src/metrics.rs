@@ -19,8 +19,61 @@ pub enum BackendError {
     Protocol,
 }
 
+/// Why the sidecar refused or cut short what a client asked for. Each cause is a label value of
+/// `sidecar_refusals_total`, so an operator can tell an attack from a limit sized too small.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// A connection closed at accept: its client address already holds
+    /// `--max-connections-per-ip` connections.
+    PerIp,
+    /// The oldest connection still in the TLS handshake closed to keep within
+    /// `--max-handshakes`.
+    HandshakeEvicted,
+    /// The longest-idle keep-alive connection closed to admit a new one at `--max-connections`.
+    IdleEvicted,
+    /// A connection closed hard because the client ignored the graceful close (HTTP/2 GOAWAY and
+    /// PING) for the goodbye deadline.
+    CloseDeadline,
+    /// A connection closed for cancelling streams faster than its budget (HTTP/2 rapid reset).
+    StreamResets,
+    /// An `Upgrade` the sidecar does not pass (`--allow-upgrade`), stripped from the request.
+    Upgrade,
+    /// A request refused with 400 for its `Host`/`:authority`.
+    Host,
+    /// A request refused with 400 for its framing or body (smuggling shapes, bad chunks).
+    Framing,
+}
+
+impl Refusal {
+    const ALL: [Refusal; 8] = [
+        Refusal::PerIp,
+        Refusal::HandshakeEvicted,
+        Refusal::IdleEvicted,
+        Refusal::CloseDeadline,
+        Refusal::StreamResets,
+        Refusal::Upgrade,
+        Refusal::Host,
+        Refusal::Framing,
+    ];
+
+    /// The `cause` label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::PerIp => "per_ip_limit",
+            Refusal::HandshakeEvicted => "handshake_evicted",
+            Refusal::IdleEvicted => "idle_evicted",
+            Refusal::CloseDeadline => "close_deadline",
+            Refusal::StreamResets => "stream_resets",
+            Refusal::Upgrade => "upgrade",
+            Refusal::Host => "host",
+            Refusal::Framing => "framing",
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Metrics {
+    refusals: [AtomicU64; Refusal::ALL.len()],
     connections_total: AtomicU64,
     connections_active: AtomicI64,
     handshake_failures_total: AtomicU64,
@@ -62,6 +115,15 @@ impl Metrics {
     pub fn handshake_timed_out(&self) {
         self.handshake_timeouts_total
             .fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn refused(&self, cause: Refusal) {
+        self.refusals[cause as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How many refusals of `cause` so far.
+    pub fn refusals(&self, cause: Refusal) -> u64 {
+        self.refusals[cause as usize].load(Ordering::Relaxed)
     }
 
     pub fn response(&self, status: u16) {
@@ -151,6 +213,21 @@ impl Metrics {
             "counter",
             "TLS handshakes not finished within --handshake-timeout.",
             &[("", get(&self.handshake_timeouts_total))],
+        );
+        let labels: Vec<String> = Refusal::ALL
+            .iter()
+            .map(|c| format!("{{cause=\"{}\"}}", c.as_str()))
+            .collect();
+        let refusals: Vec<(&str, u64)> = Refusal::ALL
+            .iter()
+            .zip(&labels)
+            .map(|(c, l)| (l.as_str(), self.refusals(*c)))
+            .collect();
+        metric(
+            "sidecar_refusals_total",
+            "counter",
+            "Connections and requests refused or cut short to protect the sidecar, by cause.",
+            &refusals,
         );
         let classes = [
             "{code=\"1xx\"}",
@@ -248,7 +325,10 @@ mod tests {
             m.response(200);
             m.response(502);
             m.backend_error(BackendError::Connect);
+            m.refused(Refusal::PerIp);
             let text = m.render();
+            assert!(text.contains("sidecar_refusals_total{cause=\"per_ip_limit\"} 1\n"));
+            assert!(text.contains("sidecar_refusals_total{cause=\"stream_resets\"} 0\n"));
             assert!(text.contains("sidecar_connections_active 1\n"), "{text}");
             assert!(text.contains("sidecar_http_requests_total{code=\"2xx\"} 1\n"));
             assert!(text.contains("sidecar_http_requests_total{code=\"5xx\"} 1\n"));

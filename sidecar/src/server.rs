@@ -1,4 +1,5 @@
-//! The accept loop: bounded concurrency, TLS handshakes under a timeout inside each connection's
+//! The accept loop: every connection admitted through [`Admission`] (connection limit,
+//! per-address cap, handshake budget), TLS handshakes under a timeout inside each connection's
 //! task, dispatch to the mode's handler, and graceful shutdown (stop accepting, drain within the
 //! grace period).
 
@@ -6,13 +7,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 
+use crate::activity::Activity;
+use crate::admission::{Admission, Limits, Phase, Ticket};
 use crate::config::{Config, Mode};
 use crate::http::Proxy;
 use crate::metrics::Metrics;
@@ -23,6 +25,32 @@ use crate::mtls::ClientIdentity;
 /// spinning, and the server never exits because of it.
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Binds a listening socket with a listen backlog of `backlog` (`--listen-backlog`; the kernel
+/// caps it at net.core.somaxconn). `SO_REUSEADDR` as usual for servers, so a restart does not
+/// wait out old connections in TIME_WAIT.
+pub fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
+}
+
+/// The backlog the kernel grants for a requested one: capped by net.core.somaxconn of this
+/// network namespace (when readable).
+pub fn effective_backlog(requested: u32) -> u32 {
+    std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|t| t.trim().parse::<u32>().ok())
+        .map_or(requested, |max| requested.min(max))
+}
+
+static ACCEPT_LOG: crate::throttle::Throttle =
+    crate::throttle::Throttle::new(crate::throttle::LOG_INTERVAL);
 
 /// Everything a connection task needs.
 struct Shared {
@@ -58,25 +86,32 @@ pub async fn serve(
         metrics: metrics.clone(),
         proxy,
     });
+    let backlog = effective_backlog(config.listen_backlog);
+    if backlog < config.listen_backlog {
+        warn!(
+            requested = config.listen_backlog,
+            granted = backlog,
+            "listen backlog capped by net.core.somaxconn"
+        );
+    }
     info!(
         listen = %local.map_or_else(|| config.listen.to_string(), |a| a.to_string()),
         mode = %config.mode,
         backend = %config.backend,
+        backlog,
         "listening"
     );
 
-    let limit = Arc::new(Semaphore::new(config.max_connections));
+    let admission = Admission::new(
+        Limits {
+            max_connections: config.max_connections,
+            max_per_ip: config.max_connections_per_ip,
+            max_handshakes: config.max_handshakes,
+        },
+        metrics.clone(),
+    );
     let mut backoff = ACCEPT_BACKOFF_MIN;
     loop {
-        // Waiting for a permit before accepting leaves excess connections in the kernel's
-        // backlog instead of accepting and dropping them.
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            permit = limit.clone().acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-        };
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
@@ -85,7 +120,9 @@ pub async fn serve(
                     pair
                 }
                 Err(error) => {
-                    warn!(%error, retry_in_ms = backoff.as_millis() as u64, "accept failed");
+                    if let Some(suppressed) = ACCEPT_LOG.ready() {
+                        warn!(%error, retry_in_ms = backoff.as_millis() as u64, suppressed, "accept failed");
+                    }
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
                         _ = tokio::time::sleep(backoff) => {}
@@ -95,13 +132,17 @@ pub async fn serve(
                 }
             },
         };
+        // At the limit this waits (holding this one connection, the rest queue in the backlog)
+        // until a slot frees; a connection over its address's cap is closed here.
+        let Some(ticket) = admission.admit(peer, &shutdown).await else {
+            continue;
+        };
         let shared = shared.clone();
         let shutdown = shutdown.clone();
         let span = tracing::debug_span!("conn", %peer);
         tracker.spawn(
             async move {
-                let _permit = permit;
-                connection(stream, peer, &shared, shutdown).await;
+                connection(stream, peer, &shared, shutdown, ticket).await;
             }
             .instrument(span),
         );
@@ -135,6 +176,7 @@ async fn connection(
     peer: SocketAddr,
     shared: &Shared,
     shutdown: CancellationToken,
+    ticket: Ticket,
 ) {
     let _active = shared.metrics.connection_opened();
     if let Err(error) = stream.set_nodelay(true) {
@@ -146,6 +188,8 @@ async fn connection(
     );
     let tls = tokio::select! {
         _ = shutdown.cancelled() => return,
+        // Closed to make room: the handshake budget or the connection limit is reached.
+        _ = ticket.evicted() => return,
         res = handshake => match res {
             Err(_) => {
                 shared.metrics.handshake_timed_out();
@@ -168,9 +212,19 @@ async fn connection(
                 .peer_certificates()
                 .and_then(|c| c.first())
                 .and_then(ClientIdentity::from_leaf);
-            proxy.clone().serve(tls, peer, h2, client, shutdown).await;
+            let activity = if h2 {
+                Activity::new()
+            } else {
+                Activity::new_http1()
+            };
+            ticket.set_phase(Phase::Http(activity.clone()));
+            proxy
+                .clone()
+                .serve(tls, peer, h2, client, activity, Arc::new(ticket), shutdown)
+                .await;
         }
         None => {
+            ticket.set_phase(Phase::Pinned);
             let config = &shared.config;
             crate::tcp::serve(
                 tls,

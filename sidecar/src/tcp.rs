@@ -17,6 +17,9 @@ use crate::activity::{tick_period, Activity, Tracked, Verdict};
 use crate::config::Backend;
 use crate::metrics::Metrics;
 
+static CONNECT_LOG: crate::throttle::Throttle =
+    crate::throttle::Throttle::new(crate::throttle::LOG_INTERVAL);
+
 /// Copy buffer per direction: one maximum-size TLS record, so a full record moves per write.
 const COPY_BUF: usize = 16 * 1024;
 
@@ -50,7 +53,9 @@ pub async fn serve<C>(
         Ok(s) => s,
         Err(error) => {
             metrics.backend_error(crate::metrics::BackendError::Connect);
-            tracing::warn!(%peer, backend = %backend, %error, "backend connect failed");
+            if let Some(suppressed) = CONNECT_LOG.ready() {
+                tracing::warn!(%peer, backend = %backend, %error, suppressed, "backend connect failed");
+            }
             return;
         }
     };
