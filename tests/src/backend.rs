@@ -156,6 +156,9 @@ struct State {
     gate: Semaphore,
     sse_sent: AtomicUsize,
     header_delay: Duration,
+    /// TCP connections accepted and ended (by either side).
+    conns_opened: AtomicUsize,
+    conns_closed: AtomicUsize,
 }
 
 /// The HTTP/1.1 test app (see the module docs for its routes). Stops accepting when dropped.
@@ -191,6 +194,8 @@ impl Backend {
             gate: Semaphore::new(0),
             sse_sent: AtomicUsize::new(0),
             header_delay,
+            conns_opened: AtomicUsize::new(0),
+            conns_closed: AtomicUsize::new(0),
         });
         let accept_state = state.clone();
         let accept = tokio::spawn(async move {
@@ -199,7 +204,9 @@ impl Backend {
                     continue;
                 };
                 let state = accept_state.clone();
+                state.conns_opened.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
+                    let conn_state = state.clone();
                     let service = service_fn(move |req| handle(state.clone(), req));
                     // Room for what the sidecar forwards on top of a client's 100 headers.
                     let _ = hyper::server::conn::http1::Builder::new()
@@ -207,6 +214,7 @@ impl Backend {
                         .serve_connection(TokioIo::new(stream), service)
                         .with_upgrades()
                         .await;
+                    conn_state.conns_closed.fetch_add(1, Ordering::SeqCst);
                 });
             }
         });
@@ -230,6 +238,16 @@ impl Backend {
     /// Lets `n` held responses (`/hold`, the rest of an `/sse/N` stream) proceed.
     pub fn release(&self, n: usize) {
         self.state.gate.add_permits(n);
+    }
+
+    /// TCP connections the backend has accepted so far.
+    pub fn connections_opened(&self) -> usize {
+        self.state.conns_opened.load(Ordering::SeqCst)
+    }
+
+    /// TCP connections that have ended so far.
+    pub fn connections_closed(&self) -> usize {
+        self.state.conns_closed.load(Ordering::SeqCst)
     }
 
     /// How many server-sent events the backend has written so far.

@@ -8,6 +8,7 @@ pub mod certs;
 pub mod client;
 pub mod docker;
 pub mod issuer;
+pub mod metrics;
 pub mod mtls;
 pub mod redirect;
 pub mod sidecar;

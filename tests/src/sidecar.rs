@@ -56,6 +56,16 @@ impl SidecarBuilder {
         self.arg("--admin-listen").arg("127.0.0.1:0")
     }
 
+    /// More command-line arguments.
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
     /// One more command-line argument.
     pub fn arg(mut self, arg: impl Into<String>) -> Self {
         self.args.push(arg.into());

@@ -3,6 +3,7 @@ mod sidecar_admin;
 mod sidecar_certs;
 mod sidecar_config;
 mod sidecar_docker;
+mod sidecar_hostile;
 mod sidecar_http;
 mod sidecar_limits;
 mod sidecar_mtls;

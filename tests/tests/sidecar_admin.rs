@@ -5,45 +5,12 @@ use std::time::Duration;
 
 use harness::backend::{refused_addr, Backend};
 use harness::client::{self, HttpConn, Trust, ALPN_H1, ALPN_H2_H1};
+use harness::metrics::{metric, metrics, wait_metric};
 use harness::sidecar::{log_field, Sidecar};
-use harness::wait::{poll_until_async, within, STEP};
+use harness::wait::{within, STEP};
 use http::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-/// The sum of every sample of `name` in a Prometheus text exposition.
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
-async fn metrics(sc: &Sidecar) -> String {
-    let reply = client::plain_get(sc.admin_addr(), "/metrics").await;
-    assert_eq!(reply.status, StatusCode::OK);
-    reply.text()
-}
-
-/// Polls `/metrics` until `name` satisfies `ok`.
-async fn wait_metric(sc: &Sidecar, name: &str, ok: impl Fn(f64) -> bool) -> f64 {
-    let admin = sc.admin_addr();
-    let ok = &ok;
-    poll_until_async(
-        STEP,
-        &format!("metric {name} to reach the expected value"),
-        || async move {
-            let text = client::plain_get(admin, "/metrics").await.text();
-            let v = metric(&text, name);
-            ok(v).then_some(v)
-        },
-    )
-    .await
-}
 
 #[tokio::test]
 async fn healthz_readyz_and_metrics_are_served() {

@@ -6,7 +6,7 @@ use std::time::Duration;
 use harness::backend::Backend;
 use harness::client::{self, HttpConn, Trust, ALPN_H1, ALPN_H2_H1};
 use harness::sidecar::Sidecar;
-use harness::wait::{within, STEP};
+use harness::wait::{poll_until, within, STEP};
 use http::StatusCode;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -110,7 +110,7 @@ async fn header_read_timeout_closes_a_slow_request_head() {
 }
 
 #[tokio::test]
-async fn max_connections_queues_the_next_connection_until_one_closes() {
+async fn max_connections_queues_the_next_connection_while_every_slot_is_busy() {
     let app = Backend::echo().await;
     let sc = Sidecar::builder()
         .backend(app.addr())
@@ -120,7 +120,18 @@ async fn max_connections_queues_the_next_connection_until_one_closes() {
         .await;
     let config = client::config(Trust::AnyCert, ALPN_H1);
     let mut first = HttpConn::connect(sc.addr(), "localhost", config.clone()).await;
-    assert_eq!(first.get("/first").await.status, StatusCode::OK);
+    // A request in flight: the one slot is busy, so it cannot be closed to make room.
+    let held = tokio::spawn(async move {
+        let status = first.get("/hold").await.status;
+        (first, status)
+    });
+    poll_until(STEP, "the backend to hold /hold", || {
+        app.requests()
+            .iter()
+            .any(|r| r.path == "/hold")
+            .then_some(())
+    })
+    .await;
 
     let addr = sc.addr();
     let mut second = tokio::spawn(async move {
@@ -132,14 +143,17 @@ async fn max_connections_queues_the_next_connection_until_one_closes() {
     let early = tokio::time::timeout(Duration::from_secs(1), &mut second).await;
     assert!(
         early.is_err(),
-        "a second connection was served while the first was open: {early:?}"
+        "a second connection was served while the first was busy: {early:?}"
     );
     assert!(
         !app.requests().iter().any(|r| r.path == "/second"),
         "the backend saw /second while the limit was reached"
     );
 
-    drop(first);
+    // Once the first request is answered, its idle connection makes room for the second.
+    app.release(1);
+    let (_first, status) = within(STEP, "the held request", held).await.expect("task");
+    assert_eq!(status, StatusCode::OK);
     let status = within(STEP, "the queued connection to be served", second)
         .await
         .expect("second client task");
