@@ -32,16 +32,25 @@ use crate::error::ConfigError;
 use crate::metrics::Metrics;
 use crate::tls::CertStore;
 
-/// Start-up work that reads files: certificates and the client CA. Done before binding so a bad
-/// file is a configuration error (exit 2) with nothing else started.
+/// Start-up work that reads files: certificates, the client CA and the ACME webroot. Done before
+/// binding so a bad file is a configuration error (exit 2) with nothing else started.
 pub struct Prepared {
     certs: certs::CertSet,
     self_signed: Option<Arc<certs::Entry>>,
     client_verifier: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
+    webroot: Option<redirect::Webroot>,
 }
 
-/// Loads every certificate and the client CA the configuration names.
+/// Loads every certificate and the client CA the configuration names, and opens the webroot.
 pub fn prepare(config: &Config) -> Result<Prepared, ConfigError> {
+    // First: loading certificates may log (a generated self-signed one), and a bad webroot
+    // should be the only line on stderr.
+    let webroot = config
+        .redirect
+        .as_ref()
+        .and_then(|r| r.acme_webroot.as_deref())
+        .map(redirect::Webroot::open)
+        .transpose()?;
     let (certs, self_signed) = reload::load_initial(&config.certs)?;
     let client_verifier = config
         .client_auth
@@ -52,6 +61,7 @@ pub fn prepare(config: &Config) -> Result<Prepared, ConfigError> {
         certs,
         self_signed,
         client_verifier,
+        webroot,
     })
 }
 
@@ -101,7 +111,7 @@ pub async fn run(
                 .map_or(config.listen.port(), |a| a.port());
             let redirect = redirect::Redirect {
                 port: r.port.unwrap_or(https_port),
-                webroot: r.acme_webroot.clone(),
+                webroot: prepared.webroot,
                 header_read_timeout: config.header_read_timeout,
             };
             // Stops with the TLS listener: during the drain there is nothing to redirect to.

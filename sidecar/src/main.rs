@@ -35,20 +35,10 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let mut config = match cli.into_config(|k| std::env::var(k).ok(), system_hostname()) {
+    let config = match cli.into_config(|k| std::env::var(k).ok(), system_hostname()) {
         Ok(c) => c,
         Err(e) => return fail(EXIT_CONFIG, &anyhow::Error::from(e)),
     };
-    if let Some(webroot) = config
-        .redirect
-        .as_mut()
-        .and_then(|r| r.acme_webroot.as_mut())
-    {
-        match sidecar::redirect::check_webroot(webroot) {
-            Ok(canonical) => *webroot = canonical,
-            Err(e) => return fail(EXIT_CONFIG, &anyhow::Error::from(e)),
-        }
-    }
     // Logging starts here so the self-signed certificate's fingerprint is logged; a file error
     // below is still the only line on stderr (nothing logs before it fails).
     shared::telemetry::init(config.log_format);

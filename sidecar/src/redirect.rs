@@ -4,12 +4,19 @@
 //!
 //! Nothing a client sends reaches the `Location` header or the file system unvalidated: the Host
 //! must be a DNS name or an IP address (the port is replaced), and a token must be base64url
-//! text, so it cannot name anything but a file in the challenge directory; a symlink out of the
-//! webroot or anything but a regular file is refused as well.
+//! text, so it cannot name anything but a file in the challenge directory.
+//!
+//! Whoever can write to the webroot must not be able to make us read a file outside it, even by
+//! swapping a file for a symlink between a check and the open. So symbolic links are never
+//! followed: the webroot is opened once at start, and each challenge is opened beneath that
+//! handle one path component at a time with `O_NOFOLLOW`; then the opened file itself must be a
+//! regular file (no FIFO, which would block, no device) of at most [`MAX_CHALLENGE_BYTES`].
 
 use std::convert::Infallible;
+use std::fs::File;
 use std::io::Read;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +28,8 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use rustix::fs::{Mode, OFlags};
+use rustix::io::Errno;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -28,8 +37,23 @@ use tracing::{debug, info, warn};
 
 use crate::error::ConfigError;
 
-/// Where challenge files live under the webroot (certbot's `--webroot` layout).
-pub const CHALLENGE_DIR: &str = ".well-known/acme-challenge";
+/// The directories from the webroot down to challenge files (certbot's `--webroot` layout),
+/// opened one at a time so none of them can be a symlink.
+const CHALLENGE_DIRS: [&str; 2] = [".well-known", "acme-challenge"];
+/// How each directory on the way is opened: as a handle for lookups only (`O_PATH` needs search
+/// permission, not read, like a lookup by path), and failing on a symlink (`ENOTDIR`, as
+/// `O_NOFOLLOW` does not refuse a link with `O_PATH` but `O_DIRECTORY` then does).
+const DIR_FLAGS: OFlags = OFlags::PATH
+    .union(OFlags::DIRECTORY)
+    .union(OFlags::NOFOLLOW)
+    .union(OFlags::CLOEXEC);
+/// How a challenge file is opened: failing on a symlink (`ELOOP`), and `O_NONBLOCK` so a FIFO
+/// put in its place fails the regular-file check after the open instead of blocking in it.
+const FILE_FLAGS: OFlags = OFlags::RDONLY
+    .union(OFlags::NOFOLLOW)
+    .union(OFlags::NONBLOCK)
+    .union(OFlags::NOCTTY)
+    .union(OFlags::CLOEXEC);
 /// The request path prefix of ACME http-01 challenges (RFC 8555 section 8.3).
 const CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
 /// Longest token accepted. ACME tokens are 43 characters (256 bits of base64url); the margin
@@ -47,20 +71,40 @@ const CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
 /// Pause after a failed accept (e.g. out of file descriptors) before trying again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
-/// Checks at start that the webroot is a directory and returns its canonical path, against
-/// which every challenge file's own canonical path is compared.
-pub fn check_webroot(dir: &Path) -> Result<PathBuf, ConfigError> {
-    let invalid = |reason: String| ConfigError::Invalid {
-        flag: "--acme-webroot",
-        value: dir.display().to_string(),
-        reason,
-    };
-    let canonical =
-        std::fs::canonicalize(dir).map_err(|e| invalid(format!("cannot be resolved: {e}")))?;
-    if !canonical.is_dir() {
-        return Err(invalid("not a directory".to_string()));
+/// The `--acme-webroot` directory, held open from start: challenges are looked up beneath this
+/// handle, so renaming or replacing the directory's path later changes nothing (replacing the
+/// directory itself, rather than its contents, needs a restart).
+#[derive(Debug, Clone)]
+pub struct Webroot {
+    /// The canonical path, for logs.
+    path: PathBuf,
+    dir: Arc<OwnedFd>,
+}
+
+impl Webroot {
+    /// Resolves `dir` (links in the operator's own path are followed, once, here) and opens it.
+    pub fn open(dir: &Path) -> Result<Webroot, ConfigError> {
+        let invalid = |reason: String| ConfigError::Invalid {
+            flag: "--acme-webroot",
+            value: dir.display().to_string(),
+            reason,
+        };
+        let path =
+            std::fs::canonicalize(dir).map_err(|e| invalid(format!("cannot be resolved: {e}")))?;
+        let fd = rustix::fs::open(&path, DIR_FLAGS, Mode::empty()).map_err(|e| match e {
+            Errno::NOTDIR => invalid("not a directory".to_string()),
+            e => invalid(format!("cannot be opened: {e}")),
+        })?;
+        Ok(Webroot {
+            path,
+            dir: Arc::new(fd),
+        })
     }
-    Ok(canonical)
+
+    /// The canonical path of the directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
 }
 
 /// What the redirect listener needs.
@@ -68,8 +112,8 @@ pub fn check_webroot(dir: &Path) -> Result<PathBuf, ConfigError> {
 pub struct Redirect {
     /// The https port put in Locations.
     pub port: u16,
-    /// The canonical webroot, if challenges are served.
-    pub webroot: Option<PathBuf>,
+    /// The webroot, if challenges are served.
+    pub webroot: Option<Webroot>,
     /// How long a client may take to send its request head.
     pub header_read_timeout: Duration,
 }
@@ -197,42 +241,51 @@ fn text(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
 }
 
 /// Reads a challenge file off the async runtime. `None` for anything that is not a regular file
-/// inside the webroot of at most [`MAX_CHALLENGE_BYTES`].
-async fn read_challenge(webroot: PathBuf, token: String) -> Option<Bytes> {
+/// of at most [`MAX_CHALLENGE_BYTES`] reached from the webroot without a symbolic link.
+async fn read_challenge(webroot: Webroot, token: String) -> Option<Bytes> {
     let task = tokio::task::spawn_blocking(move || {
-        let path = webroot.join(CHALLENGE_DIR).join(&token);
-        let canonical = match std::fs::canonicalize(&path) {
-            Ok(p) => p,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return None,
-            Err(error) => {
-                warn!(path = %path.display(), %error, "cannot resolve acme challenge file");
-                return None;
-            }
-        };
-        if !canonical.starts_with(&webroot) {
-            warn!(path = %path.display(), target = %canonical.display(), "acme challenge file leads outside the webroot, refused");
-            return None;
-        }
-        // Checked before opening: opening a FIFO would block until someone writes to it.
-        match std::fs::metadata(&canonical) {
-            Ok(meta) if meta.is_file() => {}
-            _ => {
-                warn!(path = %path.display(), "acme challenge path is not a regular file, refused");
-                return None;
-            }
-        }
-        let file = match std::fs::File::open(&canonical) {
+        let path = CHALLENGE_DIRS
+            .iter()
+            .fold(webroot.path.clone(), |p, d| p.join(d))
+            .join(&token);
+        let file = match open_challenge(&webroot.dir, &token) {
             Ok(f) => f,
+            Err(Errno::NOENT) => {
+                debug!(path = %path.display(), "no such acme challenge file");
+                return None;
+            }
+            // ELOOP from the file's O_NOFOLLOW, ENOTDIR from a directory's O_DIRECTORY.
+            Err(error @ (Errno::LOOP | Errno::NOTDIR)) => {
+                warn!(path = %path.display(), %error, "acme challenge path has a symbolic link or a non-directory on the way, refused");
+                return None;
+            }
             Err(error) => {
                 warn!(path = %path.display(), %error, "cannot open acme challenge file");
                 return None;
             }
         };
+        // Checked on what was opened, not on the path, which may name something else by now.
+        match file.metadata() {
+            Ok(meta) if !meta.is_file() => {
+                warn!(path = %path.display(), "acme challenge path is not a regular file, refused");
+                return None;
+            }
+            Ok(meta) if meta.len() > MAX_CHALLENGE_BYTES => {
+                warn!(path = %path.display(), limit = MAX_CHALLENGE_BYTES, "acme challenge file too large, refused");
+                return None;
+            }
+            Ok(_) => {}
+            Err(error) => {
+                warn!(path = %path.display(), %error, "cannot inspect acme challenge file");
+                return None;
+            }
+        }
         let mut body = Vec::new();
         if let Err(error) = file.take(MAX_CHALLENGE_BYTES + 1).read_to_end(&mut body) {
             warn!(path = %path.display(), %error, "cannot read acme challenge file");
             return None;
         }
+        // It may have grown since the check.
         if body.len() as u64 > MAX_CHALLENGE_BYTES {
             warn!(path = %path.display(), limit = MAX_CHALLENGE_BYTES, "acme challenge file too large, refused");
             return None;
@@ -240,6 +293,16 @@ async fn read_challenge(webroot: PathBuf, token: String) -> Option<Bytes> {
         Some(Bytes::from(body))
     });
     task.await.ok().flatten()
+}
+
+/// Opens `<webroot>/.well-known/acme-challenge/<token>` beneath the webroot handle, one component
+/// at a time, failing at the first symbolic link. Blocking.
+fn open_challenge(webroot: &OwnedFd, token: &str) -> Result<File, Errno> {
+    let [well_known, challenges] = CHALLENGE_DIRS;
+    let dir = rustix::fs::openat(webroot, well_known, DIR_FLAGS, Mode::empty())?;
+    let dir = rustix::fs::openat(&dir, challenges, DIR_FLAGS, Mode::empty())?;
+    let file = rustix::fs::openat(&dir, token, FILE_FLAGS, Mode::empty())?;
+    Ok(File::from(file))
 }
 
 // ---- pure rules ----
@@ -420,53 +483,174 @@ mod tests {
         );
     }
 
+    /// A scratch directory for one test, removed when dropped.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(name: &str) -> Scratch {
+            let dir = std::env::temp_dir().join(format!("sidecar-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).expect("create scratch dir");
+            Scratch(dir)
+        }
+
+        /// `root/` with an empty challenge directory, and `outside/` with the same layout
+        /// holding a secret named like a token, for links to point at.
+        fn with_webroot(name: &str) -> Scratch {
+            let scratch = Scratch::new(name);
+            std::fs::create_dir_all(scratch.challenges()).expect("create challenge dir");
+            let outside = scratch.0.join("outside/.well-known/acme-challenge");
+            std::fs::create_dir_all(&outside).expect("create outside dir");
+            std::fs::write(outside.join("tok"), b"secret").expect("write secret");
+            scratch
+        }
+
+        fn root(&self) -> PathBuf {
+            self.0.join("root")
+        }
+
+        fn challenges(&self) -> PathBuf {
+            self.root().join(".well-known/acme-challenge")
+        }
+
+        fn outside(&self) -> PathBuf {
+            self.0.join("outside")
+        }
+
+        async fn read(&self, token: &str) -> Option<Bytes> {
+            let webroot = Webroot::open(&self.root()).expect("webroot");
+            read_challenge(webroot, token.to_string()).await
+        }
+
+        /// Why opening `token` fails: tells a refusal (logged as a warning) from a miss.
+        fn open_error(&self, token: &str) -> Option<Errno> {
+            let webroot = Webroot::open(&self.root()).expect("webroot");
+            open_challenge(&webroot.dir, token).err()
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
     #[test]
     fn webroot_must_be_a_directory() {
-        let dir = std::env::temp_dir().join(format!("sidecar-webroot-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("create dir");
-        let file = dir.join("file");
+        let dir = Scratch::new("webroot-test");
+        let file = dir.0.join("file");
         std::fs::write(&file, b"x").expect("write file");
-        assert!(check_webroot(&dir).is_ok());
-        let err = check_webroot(&file).expect_err("a file");
+        let webroot = Webroot::open(&dir.0).expect("a directory");
+        assert_eq!(
+            webroot.path(),
+            std::fs::canonicalize(&dir.0).expect("canonical")
+        );
+        let err = Webroot::open(&file).expect_err("a file");
         assert!(
             err.to_string().contains("--acme-webroot")
                 && err.to_string().contains("not a directory"),
             "{err}"
         );
-        let err = check_webroot(&dir.join("missing")).expect_err("missing");
+        let err = Webroot::open(&dir.0.join("missing")).expect_err("missing");
         assert!(err.to_string().contains("missing"), "{err}");
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[tokio::test]
-    async fn challenges_stay_inside_the_webroot() {
-        let base =
-            std::env::temp_dir().join(format!("sidecar-challenge-test-{}", std::process::id()));
-        let root = base.join("root");
-        std::fs::create_dir_all(root.join(CHALLENGE_DIR)).expect("create dirs");
-        std::fs::write(base.join("secret"), b"secret").expect("write secret");
-        std::fs::write(root.join(CHALLENGE_DIR).join("good"), b"key-auth").expect("write token");
-        std::fs::write(
-            root.join(CHALLENGE_DIR).join("big"),
-            vec![b'x'; 64 * 1024 + 1],
-        )
-        .expect("write big");
-        std::fs::create_dir_all(root.join(CHALLENGE_DIR).join("dir")).expect("create dir");
-        std::os::unix::fs::symlink(base.join("secret"), root.join(CHALLENGE_DIR).join("out"))
-            .expect("symlink");
+    async fn regular_challenge_files_are_served_up_to_the_size_limit() {
+        let dir = Scratch::with_webroot("challenge-files");
+        std::fs::write(dir.challenges().join("good"), b"key-auth").expect("write token");
+        std::fs::write(dir.challenges().join("big"), vec![b'x'; 64 * 1024 + 1]).expect("big");
+        std::fs::write(dir.challenges().join("max"), vec![b'x'; 64 * 1024]).expect("max");
+        std::fs::create_dir(dir.challenges().join("dir")).expect("create dir");
+        assert_eq!(
+            dir.read("good").await,
+            Some(Bytes::from_static(b"key-auth"))
+        );
+        assert_eq!(dir.read("max").await.map(|b| b.len()), Some(64 * 1024));
+        assert_eq!(dir.read("missing").await, None);
+        assert_eq!(dir.read("dir").await, None);
+        assert_eq!(dir.read("big").await, None);
+
+        // No challenge directories at all is a plain miss too.
+        let bare = Scratch::new("challenge-bare");
+        std::fs::create_dir(bare.root()).expect("create root");
+        assert_eq!(bare.read("good").await, None);
+    }
+
+    #[tokio::test]
+    async fn a_symlinked_token_is_refused_wherever_it_points() {
+        let dir = Scratch::with_webroot("challenge-token-links");
+        let ch = dir.challenges();
+        std::fs::write(ch.join("good"), b"key-auth").expect("write token");
+        let outside = dir.outside().join(".well-known/acme-challenge/tok");
+        std::os::unix::fs::symlink(&outside, ch.join("out")).expect("symlink out");
+        std::os::unix::fs::symlink(ch.join("good"), ch.join("in")).expect("symlink in");
+        std::os::unix::fs::symlink("good", ch.join("relative")).expect("relative symlink");
+        std::os::unix::fs::symlink(ch.join("nowhere"), ch.join("dangling")).expect("dangling");
+        for token in ["out", "in", "relative", "dangling"] {
+            assert_eq!(dir.read(token).await, None, "{token}");
+            assert_eq!(dir.open_error(token), Some(Errno::LOOP), "{token}");
+        }
+        assert_eq!(dir.open_error("missing"), Some(Errno::NOENT));
+        assert_eq!(
+            dir.read("good").await,
+            Some(Bytes::from_static(b"key-auth"))
+        );
+    }
+
+    #[tokio::test]
+    async fn symlinked_challenge_directories_are_refused() {
+        // `.well-known` a link to a directory outside holding `acme-challenge/tok`.
+        let dir = Scratch::with_webroot("challenge-link-well-known");
+        std::fs::remove_dir_all(dir.root().join(".well-known")).expect("remove .well-known");
         std::os::unix::fs::symlink(
-            root.join(CHALLENGE_DIR).join("good"),
-            root.join(CHALLENGE_DIR).join("in"),
+            dir.outside().join(".well-known"),
+            dir.root().join(".well-known"),
         )
-        .expect("symlink");
-        let root = check_webroot(&root).expect("webroot");
-        let read = |t: &str| read_challenge(root.clone(), t.to_string());
-        assert_eq!(read("good").await, Some(Bytes::from_static(b"key-auth")));
-        assert_eq!(read("in").await, Some(Bytes::from_static(b"key-auth")));
-        assert_eq!(read("missing").await, None);
-        assert_eq!(read("out").await, None);
-        assert_eq!(read("dir").await, None);
-        assert_eq!(read("big").await, None);
-        let _ = std::fs::remove_dir_all(&base);
+        .expect("symlink .well-known");
+        assert_eq!(dir.read("tok").await, None);
+        assert_eq!(dir.open_error("tok"), Some(Errno::NOTDIR));
+
+        // `acme-challenge` a link to a directory outside holding `tok`.
+        let dir = Scratch::with_webroot("challenge-link-acme");
+        std::fs::remove_dir(dir.challenges()).expect("remove acme-challenge");
+        std::os::unix::fs::symlink(
+            dir.outside().join(".well-known/acme-challenge"),
+            dir.challenges(),
+        )
+        .expect("symlink acme-challenge");
+        assert_eq!(dir.read("tok").await, None);
+        assert_eq!(dir.open_error("tok"), Some(Errno::NOTDIR));
+
+        // Even a link that stays inside the webroot.
+        let dir = Scratch::with_webroot("challenge-link-inside");
+        std::fs::remove_dir(dir.challenges()).expect("remove acme-challenge");
+        std::fs::create_dir(dir.root().join("elsewhere")).expect("create elsewhere");
+        std::fs::write(dir.root().join("elsewhere/tok"), b"key-auth").expect("write token");
+        std::os::unix::fs::symlink("../elsewhere", dir.challenges()).expect("symlink inside");
+        assert_eq!(dir.read("tok").await, None);
+        assert_eq!(dir.open_error("tok"), Some(Errno::NOTDIR));
+    }
+
+    #[tokio::test]
+    async fn a_fifo_token_is_refused_without_blocking() {
+        let dir = Scratch::with_webroot("challenge-fifo");
+        let fifo = dir.challenges().join("fifo");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::FileType::Fifo,
+            Mode::from_raw_mode(0o600),
+            0,
+        )
+        .expect("mkfifo");
+        match tokio::time::timeout(Duration::from_secs(5), dir.read("fifo")).await {
+            Ok(body) => assert_eq!(body, None),
+            Err(_) => {
+                // Unblock the reader stuck in open(2) so the test ends instead of hanging.
+                let _ = std::fs::OpenOptions::new().write(true).open(&fifo);
+                panic!("reading a FIFO challenge blocked");
+            }
+        }
     }
 }
