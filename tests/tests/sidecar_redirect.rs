@@ -1,8 +1,12 @@
 //! The redirect listener (`--redirect-listen`, `--redirect-port`), ACME challenges from
 //! `--acme-webroot` (including path traversal attempts, sent as raw bytes so no client
-//! normalises them) and HSTS (`--hsts`) on proxied and sidecar-made responses.
+//! normalises them, and a token swapped for a symlink while requests run) and HSTS (`--hsts`)
+//! on proxied and sidecar-made responses.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use harness::backend::{refused_addr, Backend};
@@ -287,6 +291,107 @@ async fn path_traversal_never_reads_outside_the_webroot() {
     )
     .await;
     assert_eq!(resp.status, 200);
+}
+
+/// Swaps the token file for a symlink to a secret outside the webroot and back, each time by
+/// renaming a prepared entry over it (atomic: the token path always names one or the other), on
+/// its own thread until dropped or [`Flipper::MAX_FLIPS`] are done.
+struct Flipper {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<u64>>,
+}
+
+impl Flipper {
+    /// Bound on the swaps, so the thread ends even if never stopped (seconds of work).
+    const MAX_FLIPS: u64 = 2_000_000;
+
+    fn start(challenges: PathBuf, secret: PathBuf) -> Flipper {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let token = challenges.join(TOKEN);
+            let file = challenges.join("flip-file");
+            let link = challenges.join("flip-link");
+            // New names for one written file, not new files: renaming a freshly written file
+            // over another starts a disk write on ext4, which slows the swaps by orders of
+            // magnitude and lets the race slip by.
+            let original = challenges.join("key-auth");
+            std::fs::write(&original, KEY_AUTH).expect("write the key authorization");
+            let mut flips = 0;
+            while flips < Flipper::MAX_FLIPS && !flag.load(Ordering::Relaxed) {
+                std::fs::hard_link(&original, &file).expect("link the token file");
+                std::fs::rename(&file, &token).expect("rename the file over the token");
+                std::os::unix::fs::symlink(&secret, &link).expect("symlink to the secret");
+                std::fs::rename(&link, &token).expect("rename the symlink over the token");
+                flips += 2;
+            }
+            flips
+        });
+        Flipper {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops the swaps and returns how many were made.
+    fn finish(mut self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread
+            .take()
+            .map(|t| t.join().expect("flipper thread"))
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Flipper {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[tokio::test]
+async fn swapping_the_token_for_a_symlink_mid_request_never_leaks_the_target() {
+    /// Enough requests that, without no-follow opens, the secret leaks in nearly every run.
+    const REQUESTS: usize = 500;
+    let app = Backend::echo().await;
+    let (dir, root) = webroot();
+    let secret = dir.path().join("secret");
+    let webroot = root.display().to_string();
+    let (_sc, addr) = with_redirect(&app, &["--acme-webroot", &webroot]).await;
+    let path = format!("/.well-known/acme-challenge/{TOKEN}");
+
+    let flipper = Flipper::start(root.join(".well-known/acme-challenge"), secret);
+    let started = std::time::Instant::now();
+    let (mut served, mut refused, mut leaked) = (0, 0, 0);
+    for i in 0..REQUESTS {
+        let resp = request(addr, "GET", &path, None).await;
+        let body = String::from_utf8_lossy(&resp.body);
+        match resp.status {
+            _ if body.contains(SECRET) => leaked += 1,
+            200 => {
+                assert_eq!(body, KEY_AUTH, "request {i}");
+                served += 1;
+            }
+            404 => refused += 1,
+            other => panic!("request {i}: unexpected status {other}: {}", resp.head),
+        }
+    }
+    let flips = flipper.finish();
+    let tally = format!(
+        "{REQUESTS} requests in {:?} over {flips} swaps: {served} served, {refused} refused, \
+         {leaked} leaked",
+        started.elapsed()
+    );
+    eprintln!("{tally}");
+    assert_eq!(leaked, 0, "the symlink's target was served: {tally}");
+    // Both states were seen, so the requests really raced the swaps.
+    assert!(
+        served > 0 && refused > 0,
+        "the race did not happen: {tally}"
+    );
 }
 
 #[tokio::test]
