@@ -18,7 +18,7 @@
 //! (unit-tested with chosen instants); [`Admission`] wraps it in a mutex for the accept loop and
 //! the connection tasks, and [`Ticket`] gives a slot back when its connection ends.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -107,12 +107,18 @@ pub struct Eviction {
     pub cause: Refusal,
 }
 
-/// The slot table.
+/// The slot table. Admitting a connection is O(1) but for the handshake budget (O(log n)); only
+/// a full table is scanned, for the connection quiet for longest.
 #[derive(Debug)]
 pub struct Slots {
     limits: Limits,
     slots: HashMap<u64, Slot>,
     per_key: HashMap<ClientKey, usize>,
+    /// Slots in their handshake and not asked to close; ids grow with accept time, so the
+    /// first is the oldest handshake.
+    handshaking: BTreeSet<u64>,
+    /// Slots asked to close that are still open.
+    evicting: usize,
     next_id: u64,
 }
 
@@ -122,6 +128,8 @@ impl Slots {
             limits,
             slots: HashMap::new(),
             per_key: HashMap::new(),
+            handshaking: BTreeSet::new(),
+            evicting: 0,
             next_id: 0,
         }
     }
@@ -140,8 +148,8 @@ impl Slots {
         }
         if self.slots.len() >= self.limits.max_connections {
             // One slot is enough: ask for one only if none is already on its way.
-            if !self.slots.values().any(|s| s.evicting) {
-                if let Some(id) = self.quietest(|_| true) {
+            if self.evicting == 0 {
+                if let Some(id) = self.quietest() {
                     let cause = match self.slots[&id].phase {
                         Phase::Handshake => Refusal::HandshakeEvicted,
                         _ => Refusal::IdleEvicted,
@@ -164,24 +172,19 @@ impl Slots {
             },
         );
         *self.per_key.entry(key).or_insert(0) += 1;
-        let handshaking = self
-            .slots
-            .values()
-            .filter(|s| !s.evicting && matches!(s.phase, Phase::Handshake))
-            .count();
-        if handshaking > self.limits.max_handshakes {
-            if let Some(oldest) = self.quietest(|s| matches!(s.phase, Phase::Handshake)) {
+        self.handshaking.insert(id);
+        if self.handshaking.len() > self.limits.max_handshakes {
+            if let Some(oldest) = self.handshaking.first().copied() {
                 evictions.push(self.evict(oldest, Refusal::HandshakeEvicted));
             }
         }
         Decision::Admit(id)
     }
 
-    /// The slot quiet for longest among those `eligible`.
-    fn quietest(&self, eligible: impl Fn(&Slot) -> bool) -> Option<u64> {
+    /// The slot quiet for longest (a full scan: only when the table is full).
+    fn quietest(&self) -> Option<u64> {
         self.slots
             .iter()
-            .filter(|(_, s)| eligible(s))
             .filter_map(|(id, s)| s.quiet_since().map(|q| (q, *id)))
             .min()
             .map(|(_, id)| id)
@@ -193,6 +196,8 @@ impl Slots {
             .get_mut(&id)
             .expect("evict is only called with a present slot id");
         slot.evicting = true;
+        self.evicting += 1;
+        self.handshaking.remove(&id);
         Eviction {
             token: slot.evict.clone(),
             cause,
@@ -204,15 +209,21 @@ impl Slots {
         self.slots.get(&id).map(|s| s.evict.clone())
     }
 
+    /// Records what slot `id`'s connection does now (past its handshake).
     pub fn set_phase(&mut self, id: u64, phase: Phase) {
         if let Some(slot) = self.slots.get_mut(&id) {
             slot.phase = phase;
+            self.handshaking.remove(&id);
         }
     }
 
     /// Gives slot `id` back.
     pub fn release(&mut self, id: u64) {
+        self.handshaking.remove(&id);
         if let Some(slot) = self.slots.remove(&id) {
+            if slot.evicting {
+                self.evicting -= 1;
+            }
             if let Some(n) = self.per_key.get_mut(&slot.key) {
                 *n -= 1;
                 if *n == 0 {
@@ -494,5 +505,58 @@ mod tests {
         id(admit(&mut s, key(2), t0).0);
         assert_eq!(s.len(), 2);
         assert!(s.per_key.len() == 2);
+    }
+
+    /// The counters the table keeps equal what a full recount says, and the limits hold,
+    /// whatever order admissions, phase changes, evictions and releases come in.
+    #[test]
+    fn counters_match_a_recount_under_random_operations() {
+        let t0 = Instant::now();
+        let mut s = Slots::new(limits(20, 6, 5));
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut open: Vec<u64> = Vec::new();
+        for step in 0..5000u64 {
+            let now = t0 + Duration::from_millis(step);
+            match next() % 4 {
+                0 | 1 => {
+                    let mut ev = Vec::new();
+                    if let Decision::Admit(id) = s.admit(key((next() % 5) as u8), now, &mut ev) {
+                        open.push(id);
+                    }
+                }
+                2 if !open.is_empty() => {
+                    let id = open[(next() % open.len() as u64) as usize];
+                    let phase = if next() % 2 == 0 {
+                        Phase::Pinned
+                    } else {
+                        Phase::Http(Activity::new())
+                    };
+                    s.set_phase(id, phase);
+                }
+                _ if !open.is_empty() => {
+                    let i = (next() % open.len() as u64) as usize;
+                    s.release(open.swap_remove(i));
+                }
+                _ => {}
+            }
+            let handshaking: BTreeSet<u64> = s
+                .slots
+                .iter()
+                .filter(|(_, v)| !v.evicting && matches!(v.phase, Phase::Handshake))
+                .map(|(id, _)| *id)
+                .collect();
+            assert_eq!(s.handshaking, handshaking, "step {step}");
+            assert_eq!(s.evicting, s.slots.values().filter(|v| v.evicting).count());
+            assert_eq!(s.per_key.values().sum::<usize>(), s.slots.len());
+            assert!(s.per_key.values().all(|n| *n <= 6 && *n > 0));
+            assert!(s.slots.len() <= 20);
+            assert!(s.handshaking.len() <= 5);
+        }
     }
 }
