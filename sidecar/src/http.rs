@@ -33,7 +33,7 @@ use crate::admission::{Phase, Ticket};
 use crate::config::Config;
 use crate::metrics::{BackendError, Metrics, Refusal};
 use crate::mtls::ClientIdentity;
-use crate::throttle::{Throttle, LOG_INTERVAL};
+use crate::throttle::{Escaped, Throttle, LOG_INTERVAL};
 
 /// Most request headers accepted (hyper's limit; more gets `431`).
 const MAX_HEADERS: usize = 100;
@@ -682,6 +682,10 @@ struct AccessLog {
     metrics: Arc<Metrics>,
 }
 
+/// Longest request path written to the access log; the rest is cut (`...`): a client must not
+/// make one line cost more than a few KiB.
+const ACCESS_LOG_PATH_MAX: usize = 2048;
+
 /// The status logged for a request the client cancelled before its response (nginx's "client
 /// closed request"), so cancellations are visible in the access log and told from answers.
 const STATUS_CLIENT_CLOSED: u16 = 499;
@@ -698,7 +702,10 @@ impl Drop for AccessLog {
         info!(
             client = %self.peer,
             method = %self.method,
-            path = %self.path.as_ref().map_or("/", |p| p.as_str()),
+            path = %Escaped {
+                bytes: self.path.as_ref().map_or("/", |p| p.as_str()).as_bytes(),
+                max: ACCESS_LOG_PATH_MAX,
+            },
             status = self.status,
             bytes = self.bytes,
             duration_ms = self.start.elapsed().as_millis() as u64,

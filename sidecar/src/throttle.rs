@@ -62,22 +62,45 @@ impl Throttle {
     }
 }
 
-/// Text a client chose (a header, a name), made safe for a log line: control characters,
-/// quotes, backslashes and non-ASCII bytes are escaped, and it is cut at `max` bytes.
-pub fn escape(bytes: &[u8], max: usize) -> String {
-    let mut out = String::with_capacity(bytes.len().min(max) + 8);
-    for &b in bytes.iter().take(max) {
-        match b {
-            b'\\' => out.push_str("\\\\"),
-            b'"' => out.push_str("\\\""),
-            0x20..=0x7e => out.push(b as char),
-            _ => out.push_str(&format!("\\x{b:02x}")),
+/// Text a client chose (a path, a name), made safe for a log line when displayed: control
+/// characters (C1 ones included, which terminals obey too), quotes, backslashes and every
+/// non-ASCII byte are written as escapes, and it is cut at `max` bytes. Printable ASCII, the
+/// usual case, is written as is without allocating.
+pub struct Escaped<'a> {
+    pub bytes: &'a [u8],
+    pub max: usize,
+}
+
+impl std::fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shown = &self.bytes[..self.bytes.len().min(self.max)];
+        let plain = |b: &u8| (0x20..=0x7e).contains(b) && *b != b'\\' && *b != b'"';
+        let mut rest = shown;
+        while !rest.is_empty() {
+            let run = rest.iter().take_while(|b| plain(b)).count();
+            if run > 0 {
+                // Printable ASCII is valid UTF-8.
+                f.write_str(std::str::from_utf8(&rest[..run]).unwrap_or_default())?;
+                rest = &rest[run..];
+                continue;
+            }
+            match rest[0] {
+                b'\\' => f.write_str("\\\\")?,
+                b'"' => f.write_str("\\\"")?,
+                b => write!(f, "\\x{b:02x}")?,
+            }
+            rest = &rest[1..];
         }
+        if self.bytes.len() > self.max {
+            f.write_str("...")?;
+        }
+        Ok(())
     }
-    if bytes.len() > max {
-        out.push_str("...");
-    }
-    out
+}
+
+/// [`Escaped`] as a string.
+pub fn escape(bytes: &[u8], max: usize) -> String {
+    Escaped { bytes, max }.to_string()
 }
 
 #[cfg(test)]
@@ -104,5 +127,6 @@ mod tests {
             "a\\x0d\\x0ab\\\"\\\\\\x1b[31m\\xff"
         );
         assert_eq!(escape(b"abcdef", 3), "abc...");
+        assert_eq!(escape("/a\u{9b}31m".as_bytes(), 64), "/a\\xc2\\x9b31m");
     }
 }

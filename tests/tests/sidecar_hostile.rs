@@ -558,17 +558,19 @@ async fn attacker_bytes_never_reach_the_logs_and_logs_carry_no_build_paths() {
     )
     .await;
     assert_eq!(conn.get("/logged").await.status, StatusCode::OK);
-    poll_until(STEP, "the access-log line", || {
-        sc.logs()
-            .iter()
-            .any(|l| l.contains("/logged"))
-            .then_some(())
+    // A path with a C1 control character (CSI, which terminals obey like ESC [).
+    let csi = b"GET /csi\xc2\x9b31m HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    assert_eq!(raw_status(&sc, csi).await, 200);
+    poll_until(STEP, "the access-log lines", || {
+        let logs = sc.logs();
+        let seen = |p: &str| logs.iter().any(|l| l.contains(p));
+        (seen("/logged") && seen("/csi")).then_some(())
     })
     .await;
     let logs = sc.logs();
     assert!(
         logs.iter()
-            .all(|l| !l.contains('\x1b') && !l.contains('\x07')),
+            .all(|l| !l.contains('\x1b') && !l.contains('\x07') && !l.contains('\u{9b}')),
         "raw control bytes from a client in the logs:\n{}",
         logs.join("\n")
     );
