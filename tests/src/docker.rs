@@ -101,8 +101,8 @@ fn build_image(dockerfile: &str, bin: &str, tag: &str) {
     );
 }
 
-/// Builds `tls-sidecar/{sidecar,spawner,demo}:test` from the debug binaries, once per test
-/// process (later callers wait for the first). Panics if the engine does not answer.
+/// Builds `tls-sidecar/{sidecar,spawner,demo}:test` (or `:$TLS_SIDECAR_TEST_TAG`) from the debug
+/// binaries, once per test process (later callers wait for the first). Panics if the engine does not answer.
 pub fn images() -> &'static Images {
     static IMAGES: OnceLock<Images> = OnceLock::new();
     IMAGES.get_or_init(|| {
@@ -112,10 +112,12 @@ pub fn images() -> &'static Images {
             "the Docker engine does not answer (these tests need one): {}",
             String::from_utf8_lossy(&out.stderr).trim()
         );
+        // Another checkout testing on the same engine at the same time sets its own tag.
+        let tag = std::env::var("TLS_SIDECAR_TEST_TAG").unwrap_or_else(|_| "test".to_string());
         let images = Images {
-            sidecar: "tls-sidecar/sidecar:test".into(),
-            spawner: "tls-sidecar/spawner:test".into(),
-            demo: "tls-sidecar/demo:test".into(),
+            sidecar: format!("tls-sidecar/sidecar:{tag}"),
+            spawner: format!("tls-sidecar/spawner:{tag}"),
+            demo: format!("tls-sidecar/demo:{tag}"),
         };
         build_image("sidecar/Dockerfile", "sidecar", &images.sidecar);
         build_image("spawner/Dockerfile", "spawner", &images.spawner);
