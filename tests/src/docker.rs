@@ -69,6 +69,12 @@ pub fn docker_ok(args: &[&str]) -> String {
 }
 
 fn build_image(dockerfile: &str, bin: &str, tag: &str) {
+    build_image_on(None, dockerfile, bin, tag);
+}
+
+/// Builds `tag` from `dockerfile` and the debug binary `bin` on the engine at `host` (the
+/// default engine when `None`).
+pub fn build_image_on(host: Option<&str>, dockerfile: &str, bin: &str, tag: &str) {
     let root = repo_root();
     let path = bin_path(bin);
     let rel = path.strip_prefix(&root).unwrap_or_else(|_| {
@@ -79,7 +85,11 @@ fn build_image(dockerfile: &str, bin: &str, tag: &str) {
         )
     });
     let rel = rel.to_str().expect("utf-8 binary path");
-    let out = Command::new("docker")
+    let mut cmd = Command::new("docker");
+    if let Some(host) = host {
+        cmd.args(["--host", host]);
+    }
+    let out = cmd
         .current_dir(&root)
         .args([
             "build",

@@ -2,105 +2,17 @@
 //! its own spawner (a host process) with its own label prefix, so tests in parallel never see each
 //! other's containers, and a `TestRun` guard removes everything the test made.
 
-use std::fs::File;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use harness::bins::bin_path;
+use harness::spawner::{Spawner, DOCKER_SOCKET};
 use harness::docker::{
     containers_with_label, docker, docker_ok, host_port, https_get, images, inspect, poll,
     unique_name, wait_not_running, Container, TestRun, LIFECYCLE_DEADLINE,
 };
-
-const DOCKER_SOCKET: &str = "/var/run/docker.sock";
-
-/// A spawner process scoped to one label prefix; killed on drop, its log printed if the test failed.
-struct Spawner {
-    child: Option<Child>,
-    log: PathBuf,
-}
-
-impl Spawner {
-    fn start(prefix: &str, extra: &[&str]) -> Spawner {
-        Spawner::start_on(&format!("unix://{DOCKER_SOCKET}"), prefix, extra)
-    }
-
-    fn start_on(docker_host: &str, prefix: &str, extra: &[&str]) -> Spawner {
-        images();
-        let log = std::env::temp_dir().join(format!("{}.log", unique_name("spawner")));
-        let file = File::create(&log).expect("create spawner log file");
-        let mut args = vec![
-            "run",
-            "--docker-host",
-            docker_host,
-            "--label-prefix",
-            prefix,
-        ];
-        args.extend_from_slice(&["--allow-image", "tls-sidecar/sidecar:*"]);
-        args.extend_from_slice(extra);
-        let child = Command::new(bin_path("spawner"))
-            .args(&args)
-            .env("RUST_LOG", "info,spawner=debug")
-            .env_remove("DOCKER_HOST")
-            .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .expect("start spawner");
-        Spawner {
-            child: Some(child),
-            log,
-        }
-    }
-
-    fn logs(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Waits until the log contains `needle` `times` times.
-    fn wait_log(&self, needle: &str, times: usize, limit: Duration) -> Duration {
-        poll(
-            limit,
-            &format!("spawner log to show {needle:?} x{times}"),
-            || (self.logs().matches(needle).count() >= times).then_some(()),
-        )
-        .1
-    }
-
-    /// SIGTERM, then the exit status and how long the exit took.
-    fn terminate(&mut self) -> (ExitStatus, Duration) {
-        let child = self.child.as_mut().expect("spawner running");
-        let ok = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(ok.success(), "kill -TERM failed");
-        let (status, took) = poll(LIFECYCLE_DEADLINE, "spawner to exit after SIGTERM", || {
-            child.try_wait().expect("wait for spawner")
-        });
-        self.child = None;
-        (status, took)
-    }
-}
-
-impl Drop for Spawner {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        if std::thread::panicking() {
-            eprintln!(
-                "---- spawner log {} ----\n{}",
-                self.log.display(),
-                self.logs()
-            );
-        } else {
-            let _ = std::fs::remove_file(&self.log);
-        }
-    }
-}
 
 /// The opt-in label for a test prefix, asking for `image`.
 fn opt_in(prefix: &str, image: &str) -> String {

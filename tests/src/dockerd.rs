@@ -1,0 +1,257 @@
+//! A Docker engine of the test's own, for tests that restart the engine or turn it into a swarm:
+//! its own `--data-root`, `--exec-root`, `--pidfile`, unix socket and `--config-file` under a
+//! temporary directory, so the machine's engine is never stopped or reconfigured.
+//!
+//! It runs in a network namespace of its own (`ip netns`), with `--bridge=none --iptables=false`:
+//! whatever networks it makes (a swarm's `docker_gwbridge`, overlays) live and die in that
+//! namespace, and it changes no firewall rule and no interface of the machine. Tests reach a
+//! container from inside the container's own network namespace ([`PrivateEngine::https_in`],
+//! through `nsenter`), as a sidecar's peers in that namespace would. Storage is `vfs`, which needs nothing of the kernel and is
+//! fast enough for the few-MiB images built FROM scratch here.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::docker::{build_image_on, unique_name, Images};
+
+/// How long dockerd may take to answer after it was started (it starts in about a second; CI
+/// shares two cores with compilers).
+const ENGINE_START: Duration = Duration::from_secs(60);
+/// How long dockerd may take to exit after SIGTERM (it stops its containers first).
+const ENGINE_STOP: Duration = Duration::from_secs(60);
+
+/// A private `dockerd`, stopped and its directory removed on drop.
+pub struct PrivateEngine {
+    dir: PathBuf,
+    /// The network namespace dockerd runs in.
+    netns: String,
+    child: Option<Child>,
+}
+
+impl PrivateEngine {
+    /// Starts a private engine and waits until it answers.
+    pub fn start() -> PrivateEngine {
+        let dir = std::env::temp_dir().join(unique_name("tls-sidecar-dockerd"));
+        std::fs::create_dir_all(&dir).expect("create the engine's directory");
+        // Its own (empty) configuration: the machine's daemon.json (data-root, storage driver)
+        // must not apply to it.
+        std::fs::write(dir.join("daemon.json"), "{}\n").expect("write daemon.json");
+        let netns = unique_name("tsd");
+        ip(&["netns", "add", &netns]);
+        ip(&["-n", &netns, "link", "set", "lo", "up"]);
+        let mut engine = PrivateEngine {
+            dir,
+            netns,
+            child: None,
+        };
+        engine.spawn();
+        engine
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("dockerd.log"))
+            .expect("open dockerd.log");
+        let err = log.try_clone().expect("clone log handle");
+        let d = |name: &str| self.dir.join(name).display().to_string();
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.netns, "dockerd"])
+            .args([
+                "--config-file",
+                &d("daemon.json"),
+                "--data-root",
+                &d("data"),
+                "--exec-root",
+                &d("exec"),
+                "--pidfile",
+                &d("docker.pid"),
+                "--host",
+                &self.host(),
+                "--bridge=none",
+                "--iptables=false",
+                "--ip-masq=false",
+                "--storage-driver=vfs",
+            ])
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            .spawn()
+            .expect("start dockerd (Debian's docker.io)");
+        self.child = Some(child);
+        let deadline = Instant::now() + ENGINE_START;
+        while !self.docker(&["version"]).status.success() {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("dockerd exited with {status}: {}", self.log_tail());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "dockerd did not answer within {ENGINE_START:?}: {}",
+                self.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The engine's address, for `--docker-host` or `DOCKER_HOST`.
+    pub fn host(&self) -> String {
+        format!("unix://{}", self.socket().display())
+    }
+
+    /// The engine's socket file.
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("docker.sock")
+    }
+
+    /// The end of dockerd's log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(self.dir.join("dockerd.log")).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    /// Runs `docker --host <this engine> ARGS`.
+    pub fn docker(&self, args: &[&str]) -> Output {
+        Command::new("docker")
+            .arg("--host")
+            .arg(self.host())
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run docker: {e}"))
+    }
+
+    /// Like [`PrivateEngine::docker`]; panics with stderr on failure, returns trimmed stdout.
+    pub fn docker_ok(&self, args: &[&str]) -> String {
+        let out = self.docker(args);
+        assert!(
+            out.status.success(),
+            "`docker {}` on the private engine failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Builds the project's images into this engine, tagged `tag`.
+    pub fn build_images(&self, tag: &str) -> Images {
+        let images = Images {
+            sidecar: format!("tls-sidecar/sidecar:{tag}"),
+            spawner: format!("tls-sidecar/spawner:{tag}"),
+            demo: format!("tls-sidecar/demo:{tag}"),
+        };
+        let host = self.host();
+        build_image_on(Some(&host), "sidecar/Dockerfile", "sidecar", &images.sidecar);
+        build_image_on(Some(&host), "spawner/Dockerfile", "spawner", &images.spawner);
+        build_image_on(Some(&host), "tests/Dockerfile.demo", "demo", &images.demo);
+        images
+    }
+
+    /// Stops the engine (SIGTERM: it stops its containers, then exits) and waits for it.
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + ENGINE_STOP;
+        loop {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("dockerd did not exit within {ENGINE_STOP:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Starts the engine again on the same directories (after [`PrivateEngine::stop`]); returns
+    /// when it answers.
+    pub fn start_again(&mut self) -> Instant {
+        assert!(self.child.is_none(), "the engine is still running");
+        self.spawn();
+        Instant::now()
+    }
+
+    /// The PID of a running container's first process (0 when it is not running).
+    pub fn pid_of(&self, container: &str) -> u32 {
+        self.docker_ok(&["inspect", "--format", "{{.State.Pid}}", container])
+            .parse()
+            .unwrap_or(0)
+    }
+
+    /// `GET https://127.0.0.1:8443/` from inside the network namespace of `container` (curl,
+    /// certificate not verified): the body, or `None` if nothing answered with TLS.
+    pub fn https_in(&self, container: &str) -> Option<String> {
+        let pid = self.pid_of(container);
+        if pid == 0 {
+            return None;
+        }
+        https_in_netns(pid)
+    }
+
+    /// The directory holding the engine's files.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// `GET https://127.0.0.1:8443/` inside the network namespace of process `pid`.
+pub fn https_in_netns(pid: u32) -> Option<String> {
+    let out = Command::new("nsenter")
+        .args(["--target", &pid.to_string(), "--net", "--"])
+        .args([
+            "curl",
+            "-sk",
+            "--max-time",
+            "3",
+            "-o",
+            "-",
+            "https://127.0.0.1:8443/",
+        ])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+impl Drop for PrivateEngine {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            // Leave a swarm first (it would keep restarting tasks), then remove every
+            // container, so nothing outlives the engine.
+            let _ = self.docker(&["swarm", "leave", "--force"]);
+            let ids = self.docker(&["ps", "-aq"]);
+            let ids = String::from_utf8_lossy(&ids.stdout).into_owned();
+            let ids: Vec<&str> = ids.split_whitespace().collect();
+            if !ids.is_empty() {
+                let mut args = vec!["rm", "-f"];
+                args.extend(ids);
+                let _ = self.docker(&args);
+            }
+            self.stop();
+        }
+        let _ = Command::new("ip").args(["netns", "del", &self.netns]).status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Runs `ip ARGS` (iproute2); panics with its stderr on failure.
+fn ip(args: &[&str]) {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run ip (iproute2): {e}"));
+    assert!(
+        out.status.success(),
+        "`ip {}` failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+}

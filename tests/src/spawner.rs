@@ -1,0 +1,102 @@
+//! The `spawner` binary as a host process, scoped to one label prefix: its log kept in a file
+//! (printed if the test fails), killed on drop.
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+use crate::bins::bin_path;
+use crate::docker::{images, poll, unique_name, LIFECYCLE_DEADLINE};
+
+/// The machine's engine.
+pub const DOCKER_SOCKET: &str = "/var/run/docker.sock";
+
+/// A spawner process scoped to one label prefix; killed on drop, its log printed if the test failed.
+pub struct Spawner {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Spawner {
+    /// A spawner on the machine's engine (its images built first).
+    pub fn start(prefix: &str, extra: &[&str]) -> Spawner {
+        images();
+        Spawner::start_on(&format!("unix://{DOCKER_SOCKET}"), prefix, extra)
+    }
+
+    /// A spawner on the engine at `docker_host`.
+    pub fn start_on(docker_host: &str, prefix: &str, extra: &[&str]) -> Spawner {
+        let log = std::env::temp_dir().join(format!("{}.log", unique_name("spawner")));
+        let file = File::create(&log).expect("create spawner log file");
+        let mut args = vec![
+            "run",
+            "--docker-host",
+            docker_host,
+            "--label-prefix",
+            prefix,
+        ];
+        args.extend_from_slice(&["--allow-image", "tls-sidecar/sidecar:*"]);
+        args.extend_from_slice(extra);
+        let child = Command::new(bin_path("spawner"))
+            .args(&args)
+            .env("RUST_LOG", "info,spawner=debug")
+            .env_remove("DOCKER_HOST")
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("start spawner");
+        Spawner {
+            child: Some(child),
+            log,
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the log contains `needle` `times` times.
+    pub fn wait_log(&self, needle: &str, times: usize, limit: Duration) -> Duration {
+        poll(
+            limit,
+            &format!("spawner log to show {needle:?} x{times}"),
+            || (self.logs().matches(needle).count() >= times).then_some(()),
+        )
+        .1
+    }
+
+    /// SIGTERM, then the exit status and how long the exit took.
+    pub fn terminate(&mut self) -> (ExitStatus, Duration) {
+        let child = self.child.as_mut().expect("spawner running");
+        let ok = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(ok.success(), "kill -TERM failed");
+        let (status, took) = poll(LIFECYCLE_DEADLINE, "spawner to exit after SIGTERM", || {
+            child.try_wait().expect("wait for spawner")
+        });
+        self.child = None;
+        (status, took)
+    }
+}
+
+impl Drop for Spawner {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "---- spawner log {} ----\n{}",
+                self.log.display(),
+                self.logs()
+            );
+        } else {
+            let _ = std::fs::remove_file(&self.log);
+        }
+    }
+}
+
