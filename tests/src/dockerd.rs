@@ -57,8 +57,11 @@ impl PrivateEngine {
             .expect("open dockerd.log");
         let err = log.try_clone().expect("clone log handle");
         let d = |name: &str| self.dir.join(name).display().to_string();
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.netns, "dockerd"])
+        // `nsenter --net`, not `ip netns exec`: the latter also makes a mount namespace with a
+        // fresh /sys, where dockerd finds no cgroups.
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.netns))
+            .args(["--", "dockerd"])
             .args([
                 "--config-file",
                 &d("daemon.json"),
@@ -142,8 +145,18 @@ impl PrivateEngine {
             demo: format!("tls-sidecar/demo:{tag}"),
         };
         let host = self.host();
-        build_image_on(Some(&host), "sidecar/Dockerfile", "sidecar", &images.sidecar);
-        build_image_on(Some(&host), "spawner/Dockerfile", "spawner", &images.spawner);
+        build_image_on(
+            Some(&host),
+            "sidecar/Dockerfile",
+            "sidecar",
+            &images.sidecar,
+        );
+        build_image_on(
+            Some(&host),
+            "spawner/Dockerfile",
+            "spawner",
+            &images.spawner,
+        );
         build_image_on(Some(&host), "tests/Dockerfile.demo", "demo", &images.demo);
         images
     }
@@ -237,7 +250,16 @@ impl Drop for PrivateEngine {
             }
             self.stop();
         }
-        let _ = Command::new("ip").args(["netns", "del", &self.netns]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.netns])
+            .status();
+        // A swarm leaves its sandboxes' namespaces bind-mounted under the exec root.
+        let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+        for point in mounts.lines().filter_map(|l| l.split(' ').nth(1)) {
+            if Path::new(point).starts_with(&self.dir) {
+                let _ = Command::new("umount").args(["-l", point]).status();
+            }
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

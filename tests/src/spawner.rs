@@ -66,6 +66,13 @@ impl Spawner {
         .1
     }
 
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
     /// SIGTERM, then the exit status and how long the exit took.
     pub fn terminate(&mut self) -> (ExitStatus, Duration) {
         let child = self.child.as_mut().expect("spawner running");
@@ -99,4 +106,3 @@ impl Drop for Spawner {
         }
     }
 }
-

@@ -8,11 +8,11 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use harness::bins::bin_path;
-use harness::spawner::{Spawner, DOCKER_SOCKET};
 use harness::docker::{
     containers_with_label, docker, docker_ok, host_port, https_get, images, inspect, poll,
     unique_name, wait_not_running, Container, TestRun, LIFECYCLE_DEADLINE,
 };
+use harness::spawner::{Spawner, DOCKER_SOCKET};
 
 /// The opt-in label for a test prefix, asking for `image`.
 fn opt_in(prefix: &str, image: &str) -> String {
