@@ -10,7 +10,7 @@ TAG     ?= latest
 COMPOSE ?= $(shell if docker compose version >/dev/null 2>&1; then echo "docker compose"; else echo docker-compose; fi)
 DEMO_PORT ?= 8443
 
-.PHONY: all build images demo demo-down test lint bench bench-quick
+.PHONY: all build images demo demo-down test soak lint bench bench-quick
 
 all: build
 
@@ -45,6 +45,11 @@ test:
 	@mkdir -p target
 	set -o pipefail; $(CARGO) test --workspace 2>&1 | tee target/test-output.log
 	@awk '/^test result:/ { p += $$4; f += $$6 } END { printf "tests: %d passed, %d failed\n", p, f }' target/test-output.log
+
+## soak: the spawner's churn soak at full size (500 random operations on 20 targets, a few
+## minutes; make test runs 100); CHURN_OPS, CHURN_TARGETS, CHURN_SEED override
+soak:
+	CHURN_OPS=$${CHURN_OPS:-500} $(CARGO) test -p tls-sidecar-tests --test integration -- churn::churn_soak --nocapture
 
 ## bench: the full benchmark against nginx, HAProxy, stunnel, hitch (docs/benchmarks.md, ~10 min)
 bench:

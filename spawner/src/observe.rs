@@ -56,6 +56,9 @@ pub async fn observe(
             }
             continue;
         }
+        // A paused target keeps its network namespace, and so its sidecar: removing the sidecar
+        // on `pause` and creating another on `unpause` would only churn.
+        let running = running || c.state == Some(ContainerSummaryStateEnum::PAUSED);
         let name = name_of(&c);
         // Cheap pre-check on the listing; the spec is parsed from the inspect below.
         if parse_target(prefix, &name, labels, &[], certs_mounted).is_none() {

@@ -4,7 +4,9 @@
 //!
 //! It runs in a network namespace of its own (`ip netns`), with `--bridge=none --iptables=false`:
 //! whatever networks it makes (a swarm's `docker_gwbridge`, overlays) live and die in that
-//! namespace, and it changes no firewall rule and no interface of the machine. Tests reach a
+//! namespace, and it changes no firewall rule and no interface of the machine. Never start it in
+//! the machine's namespace: with `--bridge=none` dockerd deletes an existing `docker0`, the
+//! machine engine's bridge. Tests reach a
 //! container from inside the container's own network namespace ([`PrivateEngine::https_in`],
 //! through `nsenter`), as a sidecar's peers in that namespace would. Storage is `vfs`, which needs nothing of the kernel and is
 //! fast enough for the few-MiB images built FROM scratch here.

@@ -1,4 +1,5 @@
 //! All integration tests compile into this one binary and share the harness.
+mod churn;
 mod engine;
 mod sidecar_admin;
 mod sidecar_certs;
