@@ -12,6 +12,12 @@ pub const DEFAULT_LISTEN_PORT: u16 = 8443;
 /// Default backend port when the target does not expose exactly one other TCP port: the common
 /// port of plain HTTP apps.
 pub const DEFAULT_BACKEND_PORT: u16 = 8080;
+/// Longest label value the spawner reads, in bytes. Far above any address, name, path or
+/// allow-list a target needs; a longer value is a mistake or an attack on what it feeds (the
+/// sidecar's environment, the spawner's log and `spawner status`).
+pub const MAX_LABEL_VALUE_BYTES: usize = 4096;
+/// How much of a refused oversized value an error repeats: enough to recognise it.
+const SHOWN_VALUE_CHARS: usize = 64;
 
 /// How the sidecar proxies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,6 +131,7 @@ fn parse_spec(
     image_key: &str,
     image: &str,
 ) -> Result<TargetSpec, LabelError> {
+    check_values(prefix, labels)?;
     let err = |key: &str, value: &str, reason| LabelError {
         label: key.to_string(),
         value: value.to_string(),
@@ -202,6 +209,52 @@ fn parse_spec(
         redirect_listen,
         hsts,
     })
+}
+
+/// Refuses, before any label is interpreted, a value no label may carry: a newline or any other
+/// control character (C0, DEL, C1; NUL included) or more than [`MAX_LABEL_VALUE_BYTES`]. Every
+/// label the spawner reads for a target is checked (all `<prefix>.*` ones and the byfahrer
+/// opt-in), not only the known ones, so no future label can forget it. Labels are checked in
+/// name order: the error is the same on every turn and in `spawner status`.
+fn check_values(prefix: &str, labels: &HashMap<String, String>) -> Result<(), LabelError> {
+    let ours = format!("{prefix}.");
+    let mut read: Vec<(&String, &String)> = labels
+        .iter()
+        .filter(|(k, _)| k.starts_with(&ours) || k.as_str() == BYFAHRER_PROXY_IMAGE_LABEL)
+        .collect();
+    read.sort_unstable();
+    for (key, value) in read {
+        if let Some(reason) = value_problem(value) {
+            return Err(LabelError {
+                // A key is echoed too: escaped, so it cannot break a log line or the table.
+                label: key.escape_debug().to_string(),
+                value: shown_value(value),
+                reason,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Why a label value must not be used, if it must not.
+fn value_problem(value: &str) -> Option<&'static str> {
+    if value.len() > MAX_LABEL_VALUE_BYTES {
+        return Some("longer than 4096 bytes");
+    }
+    value.chars().find(|c| c.is_control()).map(|c| match c {
+        '\n' | '\r' => "contains a line break",
+        '\0' => "contains a NUL byte",
+        _ => "contains a control character",
+    })
+}
+
+/// A refused value as an error repeats it: cut to its first characters (the `Debug` format of
+/// [`LabelError`] escapes what remains).
+fn shown_value(value: &str) -> String {
+    match value.char_indices().nth(SHOWN_VALUE_CHARS) {
+        Some((cut, _)) => format!("{}... ({} bytes)", &value[..cut], value.len()),
+        None => value.to_string(),
+    }
 }
 
 /// `client-ca` and the labels that only make sense with it.
@@ -564,7 +617,6 @@ mod tests {
             "../ca.pem",
             "/certs/../etc/shadow",
             "ca/../../x",
-            "ca\n.pem",
         ] {
             refused(
                 &[("tls-sidecar.client-ca", bad)],
@@ -637,7 +689,6 @@ mod tests {
         let cases = [
             ("allow-cn", "alice,,bob"),
             ("allow-cn", "alice,"),
-            ("allow-cn", "al\u{7}ice"),
             ("allow-dns-san", "a*.example"),
             ("allow-dns-san", "bad name.example"),
             ("allow-dns-san", "a..example"),
@@ -716,6 +767,140 @@ mod tests {
             "tls-sidecar.hsts",
             "needs mode http",
         );
+    }
+
+    #[test]
+    fn values_with_control_characters_are_refused_on_every_label_we_read() {
+        let cases = [
+            (
+                "tls-sidecar.hostname",
+                "web\nX-Injected=1",
+                "contains a line break",
+            ),
+            (
+                "tls-sidecar.backend",
+                "127.0.0.1:80\r",
+                "contains a line break",
+            ),
+            ("tls-sidecar.mode", "tcp\n", "contains a line break"),
+            ("tls-sidecar.allow-cn", "al\0ice", "contains a NUL byte"),
+            (
+                "tls-sidecar.allow-cn",
+                "al\u{7}ice",
+                "contains a control character",
+            ),
+            ("tls-sidecar.client-ca", "ca\n.pem", "contains a line break"),
+            (
+                "tls-sidecar.listen",
+                "\u{1b}[2J8443",
+                "contains a control character",
+            ),
+            ("tls-sidecar.hsts", "1y\t", "contains a control character"),
+            (
+                "tls-sidecar.hostname",
+                "web\u{7f}",
+                "contains a control character",
+            ),
+            (
+                "tls-sidecar.hostname",
+                "web\u{85}",
+                "contains a control character",
+            ),
+            // Labels the spawner does not (yet) interpret are refused too.
+            ("tls-sidecar.future-label", "a\nb", "contains a line break"),
+            ("tls-sidecar.proxy-image", "i\n", "contains a line break"),
+        ];
+        for (key, value, reason) in cases {
+            let mut l = labels(&[("tls-sidecar.proxy-image", "i")]);
+            l.insert(key.to_string(), value.to_string());
+            let e = parse_target("tls-sidecar", "web", &l, &[], true)
+                .unwrap()
+                .unwrap_err();
+            assert_eq!((e.label.as_str(), e.reason), (key, reason), "{value:?}");
+            let shown = e.to_string();
+            assert!(
+                !shown.chars().any(char::is_control),
+                "the error is one printable line: {shown:?}"
+            );
+        }
+        let e = parse(&[("org.qnib.byfahrer.proxy-image", "img\n")], &[])
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(e.label, "org.qnib.byfahrer.proxy-image");
+    }
+
+    #[test]
+    fn values_over_4_kib_are_refused_and_not_repeated_whole() {
+        let longest = "a".repeat(MAX_LABEL_VALUE_BYTES);
+        let m = accepted(&[
+            ("tls-sidecar.client-ca", "ca.pem"),
+            ("tls-sidecar.allow-cn", &longest),
+        ])
+        .mtls
+        .unwrap();
+        assert_eq!(m.allow_cn.concat(), longest, "4096 bytes are allowed");
+        let over = format!("{longest}b");
+        let e = parse(
+            &[
+                ("tls-sidecar.proxy-image", "i"),
+                ("tls-sidecar.allow-cn", &over),
+            ],
+            &[],
+        )
+        .unwrap()
+        .unwrap_err();
+        assert_eq!(e.label, "tls-sidecar.allow-cn");
+        assert_eq!(e.reason, "longer than 4096 bytes");
+        assert_eq!(
+            MAX_LABEL_VALUE_BYTES, 4096,
+            "the reason above names the limit"
+        );
+        assert!(e.to_string().len() < 200, "{e}");
+        assert!(e.value.ends_with("... (4097 bytes)"), "{}", e.value);
+        // Multi-byte characters: 4096 bytes is the limit, not 4096 characters.
+        let wide = "\u{e9}".repeat(2049);
+        let e = parse(
+            &[
+                ("tls-sidecar.proxy-image", "i"),
+                ("tls-sidecar.hostname", &wide),
+            ],
+            &[],
+        )
+        .unwrap()
+        .unwrap_err();
+        assert_eq!(e.reason, "longer than 4096 bytes");
+    }
+
+    #[test]
+    fn value_checks_name_the_first_bad_label_and_ignore_other_prefixes() {
+        let l = labels(&[
+            ("tls-sidecar.proxy-image", "i"),
+            ("tls-sidecar.mode", "x\ny"),
+            ("tls-sidecar.hostname", "x\ny"),
+            ("com.example.note", "free\ntext"),
+        ]);
+        for _ in 0..10 {
+            let e = parse_target("tls-sidecar", "web", &l, &[], true)
+                .unwrap()
+                .unwrap_err();
+            assert_eq!(e.label, "tls-sidecar.hostname", "in name order, every time");
+        }
+        let other = labels(&[
+            ("tls-sidecar.proxy-image", "i"),
+            ("com.example.note", "free\ntext\0"),
+            ("tls-sidecarx.y", "a\nb"),
+        ]);
+        assert!(parse_target("tls-sidecar", "web", &other, &[], true)
+            .unwrap()
+            .is_ok());
+        let weird_key = labels(&[
+            ("tls-sidecar.proxy-image", "i"),
+            ("tls-sidecar.a\nb", "c\nd"),
+        ]);
+        let e = parse_target("tls-sidecar", "web", &weird_key, &[], true)
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(e.label, "tls-sidecar.a\\nb", "the key is escaped too");
     }
 
     #[test]

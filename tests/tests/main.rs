@@ -15,3 +15,4 @@ mod sidecar_smuggling;
 mod sidecar_tcp;
 mod sidecar_tls;
 mod spawner;
+mod spawner_hygiene;

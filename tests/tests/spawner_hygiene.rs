@@ -1,0 +1,228 @@
+//! The spawner's hygiene against the real Docker engine: label values that must never reach a
+//! sidecar's environment. Like `spawner.rs`, each test runs its own spawner (a host process)
+//! under its own label prefix, and a `TestRun` guard removes everything the test made.
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+use harness::bins::bin_path;
+use harness::docker::{
+    containers_with_label, docker_ok, images, poll, unique_name, Container, TestRun,
+    LIFECYCLE_DEADLINE,
+};
+
+/// A spawner process scoped to one label prefix; killed on drop, its log printed if the test failed.
+struct Spawner {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Spawner {
+    fn start(prefix: &str) -> Spawner {
+        images();
+        let log = std::env::temp_dir().join(format!("{}.log", unique_name("spawner")));
+        let file = File::create(&log).expect("create spawner log file");
+        let child = Command::new(bin_path("spawner"))
+            .args(["run", "--docker-host", "unix:///var/run/docker.sock"])
+            .args([
+                "--label-prefix",
+                prefix,
+                "--allow-image",
+                "tls-sidecar/sidecar:*",
+            ])
+            .env("RUST_LOG", "info,spawner=debug")
+            .env_remove("DOCKER_HOST")
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("start spawner");
+        Spawner {
+            child: Some(child),
+            log,
+        }
+    }
+
+    fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Spawner {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "---- spawner log {} ----\n{}",
+                self.log.display(),
+                self.logs()
+            );
+        } else {
+            let _ = std::fs::remove_file(&self.log);
+        }
+    }
+}
+
+/// `spawner status` for a prefix: the table it prints.
+fn spawner_status(prefix: &str) -> String {
+    let out = Command::new(bin_path("spawner"))
+        .args(["status", "--label-prefix", prefix])
+        .env_remove("DOCKER_HOST")
+        .output()
+        .expect("run spawner status");
+    assert!(
+        out.status.success(),
+        "spawner status failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// Creates and starts a demo container with `--network none` through the engine's API with these
+/// labels (besides the run label): the `docker` CLI cannot pass a NUL byte in an argument, the
+/// API can. Returns its ID.
+fn start_with_labels(run: &TestRun, name: &str, labels: &[(String, String)]) -> String {
+    let mut map = serde_json::Map::new();
+    let (run_key, run_value) = run.label().split_once('=').map_or_else(
+        || panic!("run label is key=value"),
+        |(k, v)| (k.to_string(), v.to_string()),
+    );
+    map.insert(run_key, run_value.into());
+    for (k, v) in labels {
+        map.insert(k.clone(), v.clone().into());
+    }
+    let body = serde_json::json!({
+        "Image": images().demo,
+        "Labels": map,
+        "HostConfig": { "NetworkMode": "none" },
+    });
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "10",
+            "--unix-socket",
+            "/var/run/docker.sock",
+        ])
+        .args([
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            &body.to_string(),
+        ])
+        .arg(format!("http://localhost/containers/create?name={name}"))
+        .output()
+        .expect("run curl");
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("engine answer to create {name}: {e}: {out:?}"));
+    let id = answer["Id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("engine refused to create {name}: {answer}"))
+        .to_string();
+    docker_ok(&["start", &id]);
+    id
+}
+
+fn sidecars_for(prefix: &str, target_id: &str) -> Vec<Container> {
+    containers_with_label(&format!("{prefix}.managed-by=spawner"))
+        .into_iter()
+        .filter(|s| s.label(&format!("{prefix}.sidecar-for")).as_deref() == Some(target_id))
+        .collect()
+}
+
+#[test]
+fn label_values_with_control_characters_or_over_4_kib_get_no_sidecar_and_a_status_reason() {
+    let run = TestRun::new();
+    let prefix = run.label_prefix();
+    let spawner = Spawner::start(&prefix);
+    let opt_in = (format!("{prefix}.proxy-image"), images().sidecar.clone());
+    let cases = [
+        (
+            "hostname",
+            "web\nX_INJECTED=1".to_string(),
+            "contains a line break",
+        ),
+        ("allow-cn", "al\0ice".to_string(), "contains a NUL byte"),
+        (
+            "backend",
+            "127.0.0.1:8080\u{1b}[2J".to_string(),
+            "contains a control character",
+        ),
+        // A label the spawner does not interpret: checked all the same.
+        ("note", "n".repeat(5000), "longer than 4096 bytes"),
+    ];
+    let bad: Vec<(String, String, String, &str)> = cases
+        .iter()
+        .map(|(suffix, value, reason)| {
+            let name = unique_name("app");
+            let label = format!("{prefix}.{suffix}");
+            let id = start_with_labels(
+                &run,
+                &name,
+                &[opt_in.clone(), (label.clone(), value.clone())],
+            );
+            (name, id, label, *reason)
+        })
+        .collect();
+    // A clean target started after the bad ones: once it has its sidecar, the spawner has had a
+    // turn that saw them all.
+    let good = start_with_labels(&run, &unique_name("app"), std::slice::from_ref(&opt_in));
+    poll(
+        LIFECYCLE_DEADLINE,
+        "the clean target's running sidecar",
+        || sidecars_for(&prefix, &good).into_iter().find(|s| s.running),
+    );
+
+    for (name, id, label, reason) in &bad {
+        poll(
+            LIFECYCLE_DEADLINE,
+            &format!("a warning naming {name}, {label} and {reason:?}"),
+            || {
+                spawner
+                    .logs()
+                    .lines()
+                    .any(|l| {
+                        l.contains("invalid label")
+                            && l.contains(name.as_str())
+                            && l.contains(label.as_str())
+                            && l.contains(reason)
+                    })
+                    .then_some(())
+            },
+        );
+        assert!(sidecars_for(&prefix, id).is_empty(), "{label}: no sidecar");
+    }
+    let logs = spawner.logs();
+    assert!(
+        !logs.contains('\0') && !logs.contains('\u{1b}') && !logs.contains("\nX_INJECTED"),
+        "refused values are escaped in the log"
+    );
+    assert!(
+        !logs.contains(&"n".repeat(100)),
+        "an oversized value is not repeated whole"
+    );
+
+    let status = spawner_status(&prefix);
+    assert!(
+        !status.contains('\0') && !status.contains('\u{1b}'),
+        "status escapes what it repeats"
+    );
+    for (name, _, label, reason) in &bad {
+        let row = status
+            .lines()
+            .find(|l| l.starts_with(name.as_str()))
+            .unwrap_or_else(|| panic!("{name} in status:\n{status}"));
+        assert!(
+            row.contains("invalid label") && row.contains(label.as_str()) && row.contains(reason),
+            "status names {label} and why: {row}"
+        );
+    }
+    assert_eq!(
+        status.lines().count(),
+        bad.len() + 2,
+        "one line per target plus the header:\n{status}"
+    );
+}
