@@ -28,6 +28,9 @@ pub mod env {
     pub const ACME_WEBROOT: &str = "SIDECAR_ACME_WEBROOT";
     pub const HSTS: &str = "SIDECAR_HSTS";
     pub const HSTS_INCLUDE_SUBDOMAINS: &str = "SIDECAR_HSTS_INCLUDE_SUBDOMAINS";
+    /// `true`: exit 0 once the network namespace loses every interface but `lo` (its container
+    /// is gone). The spawner sets it for targets with a network of their own.
+    pub const EXIT_WHEN_ORPHANED: &str = "SIDECAR_EXIT_WHEN_ORPHANED";
 
     pub const CERTS_DIR: &str = "SIDECAR_CERTS_DIR";
     pub const RELOAD_INTERVAL: &str = "SIDECAR_RELOAD_INTERVAL";

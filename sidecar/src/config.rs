@@ -185,6 +185,12 @@ pub struct Cli {
     /// Append `; includeSubDomains` to the HSTS header (needs --hsts)
     #[arg(long, env = env::HSTS_INCLUDE_SUBDOMAINS)]
     pub hsts_include_subdomains: bool,
+
+    /// Shut down gracefully (exit 0) once this network namespace has lost every interface but
+    /// `lo` after having had one: the container it belongs to is gone. For a sidecar in another
+    /// container's namespace (`--network container:...`); checked every second
+    #[arg(long, env = env::EXIT_WHEN_ORPHANED)]
+    pub exit_when_orphaned: bool,
 }
 
 /// Proxy mode.
@@ -290,6 +296,8 @@ pub struct Config {
     pub log_format: LogFormat,
     pub redirect: Option<Redirect>,
     pub hsts: Option<Hsts>,
+    /// Exit when the namespace's container is gone (see [`crate::orphan`]).
+    pub exit_when_orphaned: bool,
 }
 
 /// The HTTP->HTTPS redirect listener.
@@ -491,6 +499,7 @@ impl Cli {
             log_format: self.log_format,
             redirect,
             hsts,
+            exit_when_orphaned: self.exit_when_orphaned,
         })
     }
 }
@@ -666,6 +675,12 @@ mod tests {
     }
 
     #[test]
+    fn exit_when_orphaned_is_a_switch() {
+        let c = config(&["--exit-when-orphaned"], &[]).expect("valid");
+        assert!(c.exit_when_orphaned);
+    }
+
+    #[test]
     fn defaults_match_the_documented_contract() {
         let c = config(&[], &[]).expect("defaults are valid");
         assert_eq!(c.listen, "0.0.0.0:8443".parse().expect("addr"));
@@ -680,6 +695,7 @@ mod tests {
         assert_eq!(c.allow_upgrade, vec!["websocket".to_string()]);
         assert_eq!(c.shutdown_grace, Duration::from_secs(10));
         assert_eq!(c.admin_listen, None);
+        assert!(!c.exit_when_orphaned, "off unless asked for");
         assert_eq!(
             c.certs.self_signed_names,
             ["app-host", "localhost", "127.0.0.1", "::1"]

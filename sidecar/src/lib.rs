@@ -14,6 +14,7 @@ pub mod error;
 pub mod http;
 pub mod metrics;
 pub mod mtls;
+pub mod orphan;
 pub mod redirect;
 pub mod reload;
 pub mod server;
@@ -101,6 +102,15 @@ pub async fn run(
         shutdown.clone(),
     ));
 
+    // Ends by itself once `shutdown` is cancelled, by a signal or by the watcher itself.
+    let orphan_task = config.exit_when_orphaned.then(|| {
+        tokio::spawn(orphan::watch(
+            orphan::NET_DEV.into(),
+            orphan::CHECK_INTERVAL,
+            shutdown.clone(),
+        ))
+    });
+
     let admin_stop = CancellationToken::new();
     let admin_task =
         admin.map(|l| tokio::spawn(admin::serve(l, metrics.clone(), admin_stop.clone())));
@@ -123,6 +133,9 @@ pub async fn run(
     server::serve(listener, config, tls, metrics, shutdown).await;
 
     let _ = reload_task.await;
+    if let Some(task) = orphan_task {
+        let _ = task.await;
+    }
     admin_stop.cancel();
     if let Some(task) = admin_task {
         let _ = task.await;

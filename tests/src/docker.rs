@@ -148,8 +148,8 @@ pub fn unique_name(prefix: &str) -> String {
     format!("{prefix}-{}-{n}-{t}", std::process::id())
 }
 
-/// What one test made on the engine. Dropping it force-removes every container and volume
-/// carrying its run label, and every sidecar a spawner made under one of its label prefixes.
+/// What one test made on the engine. Dropping it force-removes every container, volume and
+/// network carrying its run label, and every sidecar a spawner made under one of its label prefixes.
 pub struct TestRun {
     pub id: String,
     prefixes: Mutex<Vec<String>>,
@@ -208,6 +208,11 @@ impl TestRun {
     pub fn volume(&self, name: &str) -> String {
         docker_ok(&["volume", "create", "--label", &self.label(), name])
     }
+
+    /// A user-defined bridge network with the run label (removed after the containers).
+    pub fn network(&self, name: &str) -> String {
+        docker_ok(&["network", "create", "--label", &self.label(), name])
+    }
 }
 
 impl Drop for TestRun {
@@ -240,6 +245,16 @@ impl Drop for TestRun {
         ]);
         for v in String::from_utf8_lossy(&vols.stdout).split_whitespace() {
             let _ = docker(&["volume", "rm", "-f", v]);
+        }
+        let nets = docker(&[
+            "network",
+            "ls",
+            "-q",
+            "--filter",
+            &format!("label={}", self.label()),
+        ]);
+        for n in String::from_utf8_lossy(&nets.stdout).split_whitespace() {
+            let _ = docker(&["network", "rm", n]);
         }
     }
 }

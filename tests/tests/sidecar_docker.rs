@@ -2,7 +2,7 @@
 //! `docker run --network=container:<app> tls-sidecar/sidecar`, hardened as the spawner runs it.
 
 use harness::docker::{
-    docker_ok, host_port, https_get, images, poll, unique_name, TestRun, LIFECYCLE_DEADLINE,
+    docker, docker_ok, host_port, https_get, images, poll, unique_name, TestRun, LIFECYCLE_DEADLINE,
 };
 
 #[test]
@@ -75,5 +75,86 @@ fn sidecar_image_serves_https_in_the_app_namespace() {
     assert_eq!(
         docker_ok(&["inspect", "--format", "{{.State.ExitCode}}", &sidecar]),
         "0"
+    );
+}
+
+/// stdout and stderr of `docker logs` (the sidecar logs to stderr).
+fn logs_of(container: &str) -> String {
+    let out = docker(&["logs", container]);
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn exit_when_orphaned_ends_the_sidecar_once_its_app_is_removed() {
+    let run = TestRun::new();
+    let images = images();
+    let net = unique_name("net");
+    run.network(&net);
+    // One app on a network of its own, one with `--network none` (only `lo`, ever).
+    let app = run.container(&unique_name("app"), &images.demo, &["--network", &net], &[]);
+    let lonely = run.container(
+        &unique_name("lonely"),
+        &images.demo,
+        &["--network", "none"],
+        &[],
+    );
+    let sidecar_for = |app: &str| {
+        run.container(
+            &unique_name("app-tls"),
+            &images.sidecar,
+            &[
+                "--network",
+                &format!("container:{app}"),
+                "-e",
+                "SIDECAR_EXIT_WHEN_ORPHANED=true",
+            ],
+            &[],
+        )
+    };
+    let watching = sidecar_for(&app);
+    let unattached = sidecar_for(&lonely);
+    poll(LIFECYCLE_DEADLINE, "the sidecar watching eth0", || {
+        logs_of(&watching)
+            .contains("watching the network namespace's interfaces")
+            .then_some(())
+    });
+    poll(LIFECYCLE_DEADLINE, "the lo-only sidecar to say so", || {
+        logs_of(&unattached)
+            .contains("no interface but lo yet")
+            .then_some(())
+    });
+
+    docker_ok(&["rm", "-f", &app, &lonely]);
+    let (code, took) = poll(
+        LIFECYCLE_DEADLINE,
+        "the orphaned sidecar to exit by itself",
+        || {
+            let state = docker_ok(&[
+                "inspect",
+                "--format",
+                "{{.State.Running}} {{.State.ExitCode}}",
+                &watching,
+            ]);
+            state.strip_prefix("false ").map(str::to_string)
+        },
+    );
+    eprintln!("orphaned sidecar exited {took:?} after its app was removed");
+    assert_eq!(code, "0", "a graceful exit: {}", logs_of(&watching));
+    assert!(
+        logs_of(&watching).contains("lost every interface but lo"),
+        "the log says why: {}",
+        logs_of(&watching)
+    );
+    // Its namespace never had an interface but lo: nothing was lost, it keeps running (the
+    // spawner does not set the flag for such targets).
+    assert_eq!(
+        docker_ok(&["inspect", "--format", "{{.State.Running}}", &unattached]),
+        "true",
+        "{}",
+        logs_of(&unattached)
     );
 }
