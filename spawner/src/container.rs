@@ -4,7 +4,8 @@
 use std::collections::HashMap;
 
 use bollard::models::{
-    ContainerCreateBody, HostConfig, Mount, MountType, RestartPolicy, RestartPolicyNameEnum,
+    ContainerCreateBody, ContainerInspectResponse, HostConfig, Mount, MountType, RestartPolicy,
+    RestartPolicyNameEnum,
 };
 use shared::schema::{env, label, label_name};
 
@@ -30,6 +31,27 @@ pub struct For<'a> {
 pub fn cert_paths(hostname: &str) -> (String, String) {
     let dir = format!("{CERTS_MOUNT}/live/{hostname}");
     (format!("{dir}/fullchain.pem"), format!("{dir}/privkey.pem"))
+}
+
+/// Whether a target has a network namespace of its own with an interface the engine deletes when
+/// the target goes: then its sidecar is told `SIDECAR_EXIT_WHEN_ORPHANED` and ends itself when
+/// the namespace is left with only `lo`, even while no spawner runs. Not for `none` (nothing to
+/// lose, ever), `host` (the host's interfaces never go) or `container:<other>` (the namespace
+/// and its interfaces belong to the other container and outlive this target).
+pub fn has_own_network(target: &ContainerInspectResponse) -> bool {
+    let mode = target
+        .host_config
+        .as_ref()
+        .and_then(|h| h.network_mode.as_deref())
+        .unwrap_or("default");
+    if matches!(mode, "none" | "host") || mode.starts_with("container:") {
+        return false;
+    }
+    target
+        .network_settings
+        .as_ref()
+        .and_then(|n| n.networks.as_ref())
+        .is_some_and(|nets| nets.keys().any(|n| n != "none" && n != "host"))
 }
 
 /// The create request. `use_certs`: the certificate files for the hostname exist under the mount.
@@ -78,6 +100,9 @@ pub fn sidecar_body(cfg: &Config, target: &For<'_>, use_certs: bool) -> Containe
     }
     if let Some(max_age) = spec.hsts {
         envs.push(format!("{}={max_age}", env::HSTS));
+    }
+    if spec.exit_when_orphaned {
+        envs.push(format!("{}=true", env::EXIT_WHEN_ORPHANED));
     }
     let labels = HashMap::from([
         (
@@ -154,6 +179,7 @@ mod tests {
             mtls: None,
             redirect_listen: None,
             hsts: None,
+            exit_when_orphaned: false,
         }
     }
 
@@ -253,6 +279,66 @@ mod tests {
                 || e.starts_with("SIDECAR_HSTS")),
             "nothing unasked: {plain:?}"
         );
+    }
+
+    #[test]
+    fn exit_when_orphaned_only_when_asked() {
+        let env = |exit_when_orphaned| {
+            let spec = TargetSpec {
+                exit_when_orphaned,
+                ..spec()
+            };
+            let t = For {
+                id: "abc",
+                started_at: "s",
+                spec: &spec,
+            };
+            sidecar_body(&cfg(&[]), &t, false).env.unwrap()
+        };
+        assert!(env(true).contains(&"SIDECAR_EXIT_WHEN_ORPHANED=true".to_string()));
+        assert!(!env(false)
+            .iter()
+            .any(|e| e.starts_with("SIDECAR_EXIT_WHEN_ORPHANED")));
+    }
+
+    /// An inspect result with this `HostConfig.NetworkMode` and these `NetworkSettings.Networks`.
+    fn inspected(mode: Option<&str>, networks: &[&str]) -> ContainerInspectResponse {
+        ContainerInspectResponse {
+            host_config: Some(HostConfig {
+                network_mode: mode.map(String::from),
+                ..Default::default()
+            }),
+            network_settings: Some(bollard::models::NetworkSettings {
+                networks: Some(
+                    networks
+                        .iter()
+                        .map(|n| (n.to_string(), Default::default()))
+                        .collect(),
+                ),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn own_network_is_one_the_engine_tears_down_with_the_target() {
+        assert!(has_own_network(&inspected(Some("default"), &["bridge"])));
+        assert!(has_own_network(&inspected(Some("bridge"), &["bridge"])));
+        assert!(has_own_network(&inspected(
+            Some("appnet"),
+            &["appnet", "other"]
+        )));
+        assert!(has_own_network(&inspected(None, &["appnet"])));
+        // Docker lists the pseudo-network `none` (or `host`) under Networks for those modes.
+        assert!(!has_own_network(&inspected(Some("none"), &["none"])));
+        assert!(!has_own_network(&inspected(Some("host"), &["host"])));
+        assert!(!has_own_network(&inspected(Some("container:abc"), &[])));
+        assert!(
+            !has_own_network(&inspected(Some("appnet"), &[])),
+            "disconnected from every network: only lo"
+        );
+        assert!(!has_own_network(&ContainerInspectResponse::default()));
     }
 
     #[test]

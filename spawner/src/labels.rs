@@ -53,6 +53,11 @@ pub struct TargetSpec {
     pub redirect_listen: Option<String>,
     /// `SIDECAR_HSTS`: max-age in seconds.
     pub hsts: Option<u64>,
+    /// `SIDECAR_EXIT_WHEN_ORPHANED`: the target has a network of its own, so its sidecar can
+    /// tell from the namespace when the target is gone. Not a label: [`parse_target`] leaves it
+    /// off, the observation sets it from the target's inspect data
+    /// ([`crate::container::has_own_network`]).
+    pub exit_when_orphaned: bool,
 }
 
 /// Mutual TLS settings a target asks for.
@@ -208,6 +213,7 @@ fn parse_spec(
         mtls: parse_mtls(prefix, labels, certs_mounted)?,
         redirect_listen,
         hsts,
+        exit_when_orphaned: false,
     })
 }
 

@@ -4,9 +4,10 @@
 use bollard::models::{ContainerSummary, ContainerSummaryStateEnum};
 use shared::schema::{label, label_name};
 
+use crate::container::has_own_network;
 use crate::docker::Engine;
 use crate::error::Error;
-use crate::labels::parse_target;
+use crate::labels::{parse_target, TargetSpec};
 use crate::reconcile::{Sidecar, Target};
 
 /// Value of the `managed-by` label on every sidecar the spawner creates.
@@ -64,10 +65,11 @@ pub async fn observe(
         if parse_target(prefix, &name, labels, &[], certs_mounted).is_none() {
             continue;
         }
-        let (started_at, exposed, running) = if running {
+        let (started_at, exposed, running, own_network) = if running {
             let Some(info) = engine.inspect(&id).await? else {
                 continue;
             };
+            let own_network = has_own_network(&info);
             let state = info.state.unwrap_or_default();
             let exposed = info
                 .config
@@ -77,13 +79,18 @@ pub async fn observe(
                 state.started_at.unwrap_or_default(),
                 exposed,
                 state.running.unwrap_or(false),
+                own_network,
             )
         } else {
-            (String::new(), Vec::new(), false)
+            (String::new(), Vec::new(), false, false)
         };
         let Some(spec) = parse_target(prefix, &name, labels, &exposed, certs_mounted) else {
             continue;
         };
+        let spec = spec.map(|spec| TargetSpec {
+            exit_when_orphaned: own_network,
+            ..spec
+        });
         out.targets.push(Target {
             id,
             name,

@@ -230,6 +230,7 @@ mod tests {
             mtls: None,
             redirect_listen: None,
             hsts: None,
+            exit_when_orphaned: false,
         }
     }
 

@@ -1,5 +1,6 @@
 //! The spawner's hygiene against the real Docker engine: label values that must never reach a
-//! sidecar's environment. Like `spawner.rs`, each test runs its own spawner (a host process)
+//! sidecar's environment, and sidecars that end themselves when their target goes while no
+//! spawner runs. Like `spawner.rs`, each test runs its own spawner (a host process)
 //! under its own label prefix, and a `TestRun` guard removes everything the test made.
 
 use std::fs::File;
@@ -8,8 +9,8 @@ use std::process::{Child, Command, Stdio};
 
 use harness::bins::bin_path;
 use harness::docker::{
-    containers_with_label, docker_ok, images, poll, unique_name, Container, TestRun,
-    LIFECYCLE_DEADLINE,
+    containers_with_label, docker, docker_ok, host_port, https_get, images, inspect, poll,
+    unique_name, Container, TestRun, LIFECYCLE_DEADLINE,
 };
 
 /// A spawner process scoped to one label prefix; killed on drop, its log printed if the test failed.
@@ -45,6 +46,13 @@ impl Spawner {
 
     fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL, as a crash or an OOM kill would: no chance to clean anything up.
+    fn kill(&mut self) {
+        let mut child = self.child.take().expect("spawner running");
+        child.kill().expect("SIGKILL the spawner");
+        child.wait().expect("reap the spawner");
     }
 }
 
@@ -224,5 +232,123 @@ fn label_values_with_control_characters_or_over_4_kib_get_no_sidecar_and_a_statu
         status.lines().count(),
         bad.len() + 2,
         "one line per target plus the header:\n{status}"
+    );
+}
+
+/// The one running sidecar of a target, once there is one.
+fn wait_sidecar(prefix: &str, target_id: &str) -> Container {
+    poll(
+        LIFECYCLE_DEADLINE,
+        "a running sidecar for the target",
+        || match sidecars_for(prefix, target_id).as_slice() {
+            [one] if one.running => Some(one.clone()),
+            _ => None,
+        },
+    )
+    .0
+}
+
+/// The container's environment as `docker inspect` shows it.
+fn env_of(c: &Container) -> Vec<String> {
+    c.raw["Config"]["Env"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// stdout and stderr of `docker logs` (the sidecar logs to stderr).
+fn logs_of(container: &str) -> String {
+    let out = docker(&["logs", container]);
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+const ORPHAN_ENV: &str = "SIDECAR_EXIT_WHEN_ORPHANED=true";
+
+#[test]
+fn sidecar_exits_by_itself_when_its_target_is_removed_while_the_spawner_is_down() {
+    let run = TestRun::new();
+    let prefix = run.label_prefix();
+    let net = unique_name("net");
+    run.network(&net);
+    let mut spawner = Spawner::start(&prefix);
+    let opt_in = format!("{prefix}.proxy-image={}", images().sidecar);
+    let target = run.container(
+        &unique_name("app"),
+        &images().demo,
+        &[
+            "--network",
+            &net,
+            "-p",
+            "127.0.0.1::8443",
+            "--label",
+            &opt_in,
+        ],
+        &[],
+    );
+    // `--network none`: its namespace never has an interface but lo, so nothing can tell its
+    // sidecar that it went; the spawner does not ask it to watch.
+    let lonely = run.container(
+        &unique_name("lonely"),
+        &images().demo,
+        &["--network", "none", "--label", &opt_in],
+        &[],
+    );
+    let sidecar = wait_sidecar(&prefix, &target);
+    let lonely_sidecar = wait_sidecar(&prefix, &lonely);
+    assert!(
+        env_of(&sidecar).iter().any(|e| e == ORPHAN_ENV),
+        "a target with a network: {:?}",
+        env_of(&sidecar)
+    );
+    assert!(
+        !env_of(&lonely_sidecar)
+            .iter()
+            .any(|e| e.starts_with("SIDECAR_EXIT_WHEN_ORPHANED")),
+        "a --network none target: {:?}",
+        env_of(&lonely_sidecar)
+    );
+    let port = host_port(&target, 8443);
+    poll(LIFECYCLE_DEADLINE, "https through the sidecar", || {
+        https_get(port)
+    });
+    poll(
+        LIFECYCLE_DEADLINE,
+        "the sidecar watching its namespace",
+        || {
+            logs_of(&sidecar.id)
+                .contains("watching the network namespace's interfaces")
+                .then_some(())
+        },
+    );
+
+    // `docker rm -f target spawner` in one go: nobody is left to remove the sidecar.
+    spawner.kill();
+    docker_ok(&["rm", "-f", &target]);
+    let (code, took) = poll(
+        LIFECYCLE_DEADLINE,
+        "the orphaned sidecar to exit by itself",
+        || {
+            let c = inspect(&sidecar.id).expect("nobody removes it: the spawner is down");
+            (!c.running).then(|| c.raw["State"]["ExitCode"].clone())
+        },
+    );
+    eprintln!("observed latency target removed->sidecar exited (no spawner): {took:?}");
+    assert_eq!(code, 0, "a graceful exit: {}", logs_of(&sidecar.id));
+    assert!(
+        logs_of(&sidecar.id).contains("lost every interface but lo"),
+        "the sidecar logs why: {}",
+        logs_of(&sidecar.id)
+    );
+    assert!(
+        inspect(&lonely_sidecar.id).is_some_and(|c| c.running),
+        "the other target's sidecar is untouched"
     );
 }
