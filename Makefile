@@ -10,7 +10,7 @@ TAG     ?= latest
 COMPOSE ?= $(shell if docker compose version >/dev/null 2>&1; then echo "docker compose"; else echo docker-compose; fi)
 DEMO_PORT ?= 8443
 
-.PHONY: all build images demo demo-down test soak lint bench bench-quick
+.PHONY: all build images demo demo-down test soak lint deny bench bench-quick
 
 all: build
 
@@ -58,6 +58,20 @@ bench:
 ## bench-quick: one short pass of every scenario (what CI runs)
 bench-quick:
 	bench/run --quick
+
+## deny: cargo deny check (advisories, licenses, bans, sources; deny.toml). The advisories need
+## the RustSec database from github.com: where it cannot be fetched, they are skipped with a note
+## and the other three still checked (`cargo deny check` with network checks all four)
+deny:
+	@command -v cargo-deny >/dev/null || { echo "cargo-deny missing: cargo install --locked cargo-deny"; exit 1; }
+	@if $(CARGO) deny fetch db >/dev/null 2>&1; then \
+	  echo "$(CARGO) deny check (advisory database fetched)"; \
+	  $(CARGO) deny check --hide-inclusion-graph; \
+	else \
+	  echo "note: the RustSec advisory database (github.com/RustSec/advisory-db) cannot be fetched from here:"; \
+	  echo "      advisories NOT checked; run 'cargo deny check' where github.com is reachable"; \
+	  $(CARGO) deny check --hide-inclusion-graph licenses bans sources; \
+	fi
 
 ## lint: what CI checks besides the tests
 lint:
