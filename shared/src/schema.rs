@@ -79,6 +79,12 @@ pub mod label {
     /// On a sidecar: the target's `State.StartedAt` when the sidecar was created, i.e. which of
     /// the target's network namespaces it joined; a mismatch means the target restarted since.
     pub const TARGET_STARTED: &str = "target-started";
+    /// On a sidecar: exit code of the previous sidecar of the same target, when that one failed
+    /// (empty when the engine refused to start it), so `spawner status` can show why after the
+    /// failed container is gone.
+    pub const LAST_EXIT_CODE: &str = "last-exit-code";
+    /// On a sidecar: the last stderr line of that failed predecessor (escaped, bounded).
+    pub const LAST_ERROR: &str = "last-error";
 }
 
 /// Full label name for a suffix under a prefix: `label_name("tls-sidecar", "mode")` is `tls-sidecar.mode`.

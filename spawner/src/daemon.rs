@@ -2,7 +2,13 @@
 //! race into two sidecars for one target. Each turn observes everything, plans (pure), and
 //! executes; it runs on every event, after every reconnect, when a backoff expires, and at least
 //! every resync interval. A turn runs its actions concurrently (bounded), but waits for all of them
-//! before it ends, so the next turn always observes their effects.
+//! before it ends, so the next turn always observes their effects. Containers an event reported
+//! down are inspected instead of trusted from the listing, and looked at again shortly until the
+//! listing agrees ([`crate::seen`]), so no `die` is lost to the engine updating its listing late.
+//! A sidecar that ended is judged before it is removed ([`crate::failure`]): killed from outside
+//! means replaced at once; failed by itself means replaced with backoff, kept until then (its state
+//! and log stay readable), its cause logged once per distinct cause and carried on the next
+//! sidecar's labels for `spawner status`.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -19,9 +25,11 @@ use crate::container::{cert_paths, sidecar_body, For};
 use crate::docker::Engine;
 use crate::error::Error;
 use crate::events;
+use crate::failure::{self, Failure, Verdict};
 use crate::labels::{sidecar_name, TargetSpec};
-use crate::observe::{observe, MANAGED_BY_VALUE};
-use crate::reconcile::{plan, steps, Action, RemoveReason};
+use crate::observe::{observe, Observed, MANAGED_BY_VALUE};
+use crate::reconcile::{plan, steps, Action, RemoveReason, SidecarState};
+use crate::seen::Seen;
 
 /// First delay before re-creating a sidecar that exited (or failed to create); doubled per failure.
 const CRASH_BACKOFF_MIN: Duration = Duration::from_millis(500);
@@ -67,6 +75,14 @@ struct Daemon {
     holds: Mutex<HashMap<String, Hold>>,
     pulls: Arc<Mutex<HashMap<String, Pull>>>,
     reported: HashMap<String, String>,
+    /// Containers the event stream reported down (shared with the watcher).
+    seen: Arc<Mutex<Seen>>,
+    /// Verdicts on ended sidecars by sidecar ID, so each is inspected and its log read once.
+    verdicts: HashMap<String, Verdict>,
+    /// Per target: the last failure of one of its sidecars (put on the next one's labels), and the
+    /// cause last logged (so a crash loop logs its cause once, not once per retry).
+    failures: Mutex<HashMap<String, Failure>>,
+    logged_causes: Mutex<HashMap<String, String>>,
 }
 
 /// Runs the daemon until `shutdown`. Sidecars are left running on exit: the data plane must not
@@ -78,6 +94,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), Error> 
         cfg.docker_timeout,
     ));
     let wake = Arc::new(Notify::new());
+    let seen = Arc::new(Mutex::new(Seen::default()));
     tracing::info!(
         docker_host = %cfg.docker_host,
         label_prefix = %cfg.label_prefix,
@@ -86,6 +103,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), Error> 
     );
     let watcher = tokio::spawn(events::watch(
         engine.clone(),
+        seen.clone(),
         wake.clone(),
         shutdown.clone(),
     ));
@@ -96,6 +114,10 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), Error> 
         holds: Mutex::default(),
         pulls: Arc::default(),
         reported: HashMap::new(),
+        seen,
+        verdicts: HashMap::new(),
+        failures: Mutex::default(),
+        logged_causes: Mutex::default(),
     };
     let mut failures = 0u32;
     loop {
@@ -126,9 +148,11 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), Error> 
 }
 
 impl Daemon {
-    /// When the loop must run again without an event: the resync interval, or a backoff expiring.
+    /// When the loop must run again without an event: the resync interval, a backoff expiring, or
+    /// a re-check while the listing lags behind an event.
     fn next_deadline(&self) -> Instant {
         let now = Instant::now();
+        let recheck = lock(&self.seen).recheck_at(now);
         let holds = lock(&self.holds);
         let holds = holds.values().map(|h| h.until);
         let pulls = lock(&self.pulls);
@@ -136,6 +160,7 @@ impl Daemon {
         holds
             .chain(pulls)
             .filter(|u| *u > now)
+            .chain(recheck)
             .fold(now + self.cfg.resync_interval, Instant::min)
     }
 
@@ -143,15 +168,21 @@ impl Daemon {
     /// creates, each step concurrently. On shutdown, actions not started yet are skipped; those
     /// in flight finish (each under its own timeouts), so no half-made sidecar is left behind.
     async fn turn(&mut self, shutdown: &CancellationToken) -> Result<(), Error> {
-        let observed = observe(
+        let down: HashSet<String> = lock(&self.seen).down().map(String::from).collect();
+        let mut observed = observe(
             &self.engine,
             &self.cfg.label_prefix,
             self.cfg.certs.is_some(),
+            &down,
         )
         .await?;
+        lock(&self.seen).settle(Instant::now(), |id| observed.listed.get(id).copied());
+        self.judge_ended(&mut observed).await?;
         let now = Instant::now();
         let known: HashSet<&str> = observed.targets.iter().map(|t| t.id.as_str()).collect();
         self.reported.retain(|id, _| known.contains(id.as_str()));
+        lock(&self.failures).retain(|id, _| known.contains(id.as_str()));
+        lock(&self.logged_causes).retain(|id, _| known.contains(id.as_str()));
         let held: HashSet<String> = {
             let mut holds = lock(&self.holds);
             holds.retain(|id, _| known.contains(id.as_str()));
@@ -186,6 +217,111 @@ impl Daemon {
         self.reported.retain(|id, _| reported_now.contains(id));
         self.execute(steps.removes, shutdown).await?;
         self.execute(steps.creates, shutdown).await
+    }
+
+    /// Refines the listing's view of sidecars that are not running in their running target's
+    /// current namespace (the only ones whose end matters): inspects each once, and reacts to how
+    /// it ended (see [`failure::judge`]). Created-and-never-started ones stay `Created` (adopted
+    /// by the plan); one that is running after all counts as running.
+    async fn judge_ended(&mut self, observed: &mut Observed) -> Result<(), Error> {
+        let targets: HashMap<&str, (&str, &str)> = observed
+            .targets
+            .iter()
+            .filter(|t| t.running)
+            .map(|t| (t.id.as_str(), (t.name.as_str(), t.started_at.as_str())))
+            .collect();
+        let ids: HashSet<&str> = observed.sidecars.iter().map(|s| s.id.as_str()).collect();
+        self.verdicts.retain(|id, _| ids.contains(id.as_str()));
+        {
+            let mut failures = lock(&self.failures);
+            for s in &observed.sidecars {
+                if let Some(f) = &s.last_failure {
+                    // A restarted spawner learns the last failure from the sidecar carrying it.
+                    failures
+                        .entry(s.target_id.clone())
+                        .or_insert_with(|| f.clone());
+                }
+            }
+        }
+        let mut gone = HashSet::new();
+        for s in &mut observed.sidecars {
+            if s.state == SidecarState::Running {
+                continue;
+            }
+            let Some((target_name, started_at)) = targets.get(s.target_id.as_str()) else {
+                continue;
+            };
+            if s.target_started.as_deref() != Some(*started_at) {
+                continue;
+            }
+            let verdict = match self.verdicts.get(&s.id) {
+                Some(v) => v.clone(),
+                None => {
+                    let Some(v) = failure::examine(&self.engine, &s.id).await? else {
+                        gone.insert(s.id.clone());
+                        continue;
+                    };
+                    if matches!(v, Verdict::Killed | Verdict::Failed(_)) {
+                        let span = tracing::info_span!("target", target = %target_name, id = %short(&s.target_id));
+                        span.in_scope(|| {
+                            self.ended(&s.target_id, &s.name, s.last_failure.as_ref(), &v)
+                        });
+                        self.verdicts.insert(s.id.clone(), v.clone());
+                    }
+                    v
+                }
+            };
+            s.state = match verdict {
+                Verdict::Running => SidecarState::Running,
+                Verdict::NeverStarted => SidecarState::Created,
+                Verdict::Killed | Verdict::Failed(_) => SidecarState::Exited,
+            };
+        }
+        observed.sidecars.retain(|s| !gone.contains(&s.id));
+        Ok(())
+    }
+
+    /// A sidecar of a running target ended: killed from outside (replaced at once) or failed
+    /// (replaced after a backoff; its cause logged when it differs from the last one, which a
+    /// restarted spawner reads from `predecessor`, the failure the sidecar's labels carry).
+    fn ended(&self, target_id: &str, sidecar: &str, predecessor: Option<&Failure>, v: &Verdict) {
+        match v {
+            Verdict::Killed => {
+                tracing::info!(sidecar, "sidecar killed from outside, replacing it");
+            }
+            Verdict::Failed(f) => {
+                let delay = self.note_failure(target_id);
+                self.note_cause(target_id, f.clone(), predecessor, |new| {
+                    if new {
+                        tracing::warn!(sidecar, exit_code = ?f.exit_code, error = %f.error, recreate_in = ?delay, "sidecar exited while its target runs");
+                    } else {
+                        tracing::debug!(sidecar, exit_code = ?f.exit_code, recreate_in = ?delay, "sidecar exited again, same cause");
+                    }
+                });
+            }
+            Verdict::Running | Verdict::NeverStarted => {}
+        }
+    }
+
+    /// Records a target's latest failure; `log(true)` when its cause is new (not the one logged
+    /// last for this target, nor `predecessor`'s), `log(false)` when it repeats.
+    fn note_cause(
+        &self,
+        target_id: &str,
+        f: Failure,
+        predecessor: Option<&Failure>,
+        log: impl FnOnce(bool),
+    ) {
+        let cause = f.to_string();
+        let mut logged = lock(&self.logged_causes);
+        let last = logged
+            .get(target_id)
+            .cloned()
+            .or_else(|| predecessor.map(Failure::to_string));
+        log(last.as_deref() != Some(cause.as_str()));
+        logged.insert(target_id.to_string(), cause);
+        drop(logged);
+        lock(&self.failures).insert(target_id.to_string(), f);
     }
 
     /// Runs independent actions (one step of a plan), at most `max_parallel_actions` at a time,
@@ -227,10 +363,7 @@ impl Daemon {
                 reason,
             } => {
                 let span = tracing::info_span!("sidecar", target = %short(&target_id), sidecar = %sidecar_name);
-                let r = self
-                    .remove(&sidecar_id, &target_id, reason)
-                    .instrument(span)
-                    .await;
+                let r = self.remove(&sidecar_id, reason).instrument(span).await;
                 tolerate(r, &sidecar_name)
             }
             Action::Create {
@@ -246,6 +379,15 @@ impl Daemon {
                     .instrument(span)
                     .await;
                 tolerate(r, &target_name)
+            }
+            Action::Start {
+                sidecar_id,
+                sidecar_name,
+                target_id,
+            } => {
+                let span = tracing::info_span!("sidecar", target = %short(&target_id), sidecar = %sidecar_name);
+                let r = self.adopt(&sidecar_id, &target_id).instrument(span).await;
+                tolerate(r, &sidecar_name)
             }
             Action::Report { .. } => Ok(()),
         }
@@ -270,16 +412,7 @@ impl Daemon {
         delay
     }
 
-    async fn remove(
-        &self,
-        sidecar_id: &str,
-        target_id: &str,
-        reason: RemoveReason,
-    ) -> Result<(), Error> {
-        if reason == RemoveReason::Exited {
-            let delay = self.note_failure(target_id);
-            tracing::warn!(recreate_in = ?delay, "sidecar exited while its target runs");
-        }
+    async fn remove(&self, sidecar_id: &str, reason: RemoveReason) -> Result<(), Error> {
         if self.cfg.dry_run {
             tracing::info!(reason = reason.as_str(), "dry run: would remove sidecar");
             return Ok(());
@@ -311,7 +444,7 @@ impl Daemon {
         }
         let name = sidecar_name(target_name);
         let use_certs = self.certs_exist(&spec.hostname).await;
-        let body = sidecar_body(
+        let mut body = sidecar_body(
             &self.cfg,
             &For {
                 id: target_id,
@@ -320,21 +453,32 @@ impl Daemon {
             },
             use_certs,
         );
-        let id = match self.engine.create(&name, body.clone()).await {
-            Ok(id) => id,
-            Err(e) if e.status_code() == Some(409) && self.free_name(&name).await? => {
-                self.engine.create(&name, body).await?
+        if let Some(f) = lock(&self.failures).get(target_id) {
+            body.labels
+                .get_or_insert_with(HashMap::new)
+                .extend(failure::to_labels(&self.cfg.label_prefix, f));
+        }
+        let created = match self.engine.create(&name, body.clone()).await {
+            Ok(id) => Ok(id),
+            Err(e) if e.status_code() == Some(409) => {
+                match self.claim_name(&name, target_id, started_at).await? {
+                    Claim::Free => self.engine.create(&name, body).await,
+                    Claim::Adopted => return Ok(()),
+                    Claim::Taken => Err(e),
+                }
             }
+            Err(e) => Err(e),
+        };
+        let id = match created {
+            Ok(id) => id,
             Err(e) if e.status_code().is_some() => {
-                let delay = self.note_failure(target_id);
-                tracing::warn!(error = %format!("{e:#}"), sidecar = %name, retry_in = ?delay, "cannot create sidecar");
+                self.refused(target_id, &name, "cannot create sidecar", &e);
                 return Ok(());
             }
             Err(e) => return Err(e),
         };
         if let Err(e) = self.engine.start(&id).await {
-            let delay = self.note_failure(target_id);
-            tracing::warn!(error = %format!("{e:#}"), sidecar = %name, retry_in = ?delay, "cannot start sidecar");
+            self.refused(target_id, &name, "cannot start sidecar", &e);
             self.engine.remove(&id).await?;
             return Ok(());
         }
@@ -342,23 +486,86 @@ impl Daemon {
         Ok(())
     }
 
-    /// The sidecar name is taken. Removes the holder only if it is one of ours (by label, checked
-    /// on the container itself, never by the name alone). True when the name is free now.
-    async fn free_name(&self, name: &str) -> Result<bool, Error> {
-        let Some(info) = self.engine.inspect(name).await? else {
-            return Ok(true);
+    /// The engine refused to create or start a sidecar: back off, and log the cause when new.
+    fn refused(&self, target_id: &str, sidecar: &str, what: &'static str, e: &Error) {
+        let delay = self.note_failure(target_id);
+        let error = failure::escape(&format!("{e:#}"));
+        let f = Failure {
+            exit_code: None,
+            error: error.clone(),
         };
-        let labels = info.config.and_then(|c| c.labels).unwrap_or_default();
-        let managed =
-            shared::schema::label_name(&self.cfg.label_prefix, shared::schema::label::MANAGED_BY);
-        if labels.get(&managed).map(String::as_str) != Some(MANAGED_BY_VALUE) {
-            tracing::warn!(sidecar = %name, "sidecar name taken by a container the spawner does not manage");
-            return Ok(false);
+        self.note_cause(target_id, f, None, |new| {
+            if new {
+                tracing::warn!(error = %error, sidecar, retry_in = ?delay, "{what}");
+            } else {
+                tracing::debug!(sidecar, retry_in = ?delay, "{what} again, same cause");
+            }
+        });
+    }
+
+    /// Starts a sidecar that was created and never started (a spawner stopped between the two, or
+    /// another spawner is about to start it: starting a running container is a no-op).
+    async fn adopt(&self, sidecar_id: &str, target_id: &str) -> Result<(), Error> {
+        if self.cfg.dry_run {
+            tracing::info!("dry run: would start the never-started sidecar");
+            return Ok(());
         }
-        let Some(id) = info.id else { return Ok(false) };
+        match self.engine.start(sidecar_id).await {
+            Ok(()) => {
+                tracing::info!("never-started sidecar adopted and started");
+                Ok(())
+            }
+            Err(e) if e.status_code() == Some(404) => Ok(()),
+            Err(e) if e.status_code().is_some() => {
+                self.refused(target_id, sidecar_id, "cannot start sidecar", &e);
+                self.engine.remove(sidecar_id).await
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The sidecar name is taken. A holder we do not manage (by label, checked on the container
+    /// itself, never by the name alone) is never touched. One of ours for this very target and
+    /// namespace (another spawner on the same prefix made it, or our own earlier attempt) is
+    /// adopted: started if it never was, else left to the next turn. Any other of ours is stale
+    /// and removed by ID.
+    async fn claim_name(
+        &self,
+        name: &str,
+        target_id: &str,
+        started_at: &str,
+    ) -> Result<Claim, Error> {
+        let Some(info) = self.engine.inspect(name).await? else {
+            return Ok(Claim::Free);
+        };
+        let labels = info
+            .config
+            .clone()
+            .and_then(|c| c.labels)
+            .unwrap_or_default();
+        let key = |l| shared::schema::label_name(&self.cfg.label_prefix, l);
+        use shared::schema::label;
+        if labels.get(&key(label::MANAGED_BY)).map(String::as_str) != Some(MANAGED_BY_VALUE) {
+            tracing::warn!(sidecar = %name, "sidecar name taken by a container the spawner does not manage");
+            return Ok(Claim::Taken);
+        }
+        let Some(id) = info.id.clone() else {
+            return Ok(Claim::Taken);
+        };
+        let same = labels.get(&key(label::SIDECAR_FOR)).map(String::as_str) == Some(target_id)
+            && labels.get(&key(label::TARGET_STARTED)).map(String::as_str) == Some(started_at);
+        if same {
+            let state = failure::State::of(&info);
+            if failure::judge(&state, "") == Verdict::NeverStarted {
+                self.adopt(&id, target_id).await?;
+            } else {
+                tracing::info!(sidecar = %name, "sidecar already made for this target, adopted");
+            }
+            return Ok(Claim::Adopted);
+        }
         self.engine.remove(&id).await?;
         tracing::info!(sidecar = %name, "removed stale sidecar holding the name");
-        Ok(true)
+        Ok(Claim::Free)
     }
 
     /// With a host directory, uses the certificates only if both files exist (so a missing
@@ -425,6 +632,16 @@ impl Daemon {
         });
         Ok(false)
     }
+}
+
+/// Who holds a sidecar's name after a create answered 409.
+enum Claim {
+    /// Nobody (any more): create again.
+    Free,
+    /// A sidecar of ours for this target and namespace: nothing to create.
+    Adopted,
+    /// A container we do not manage: leave it, back off.
+    Taken,
 }
 
 /// An engine that answered with an error affects only that container: log and go on. An engine

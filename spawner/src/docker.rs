@@ -10,7 +10,7 @@ use bollard::models::{
     ContainerCreateBody, ContainerInspectResponse, ContainerSummary, EventMessage,
 };
 use bollard::query_parameters::{
-    CreateContainerOptions, CreateImageOptions, EventsOptions, ListContainersOptions,
+    CreateContainerOptions, CreateImageOptions, EventsOptions, ListContainersOptions, LogsOptions,
     RemoveContainerOptions,
 };
 use bollard::{Docker, API_DEFAULT_VERSION};
@@ -156,6 +156,25 @@ impl Engine {
             Err(e) if e.status_code() == Some(404) => Ok(()),
             r => r,
         }
+    }
+
+    /// The last `lines` lines a container wrote to stderr (its fatal error, for a sidecar that
+    /// exited), as the engine's log driver kept them.
+    pub async fn stderr_tail(&self, id: &str, lines: &str) -> Result<Vec<u8>, Error> {
+        let opts = LogsOptions {
+            stderr: true,
+            tail: lines.to_string(),
+            ..Default::default()
+        };
+        self.call("read container logs", self.timeout, |d| async move {
+            let mut out = Vec::new();
+            let mut logs = d.logs(id, Some(opts));
+            while let Some(item) = logs.next().await {
+                out.extend_from_slice(item?.as_ref());
+            }
+            Ok(out)
+        })
+        .await
     }
 
     /// True when the image is present locally.

@@ -1,8 +1,9 @@
 //! The event subscription: subscribe once, and when the stream breaks resubscribe with capped
 //! backoff from the last event's time. Every event and every (re)subscription wakes the reconcile
-//! loop, which then re-lists everything: the stream only says *when* to look, never *what* is true.
+//! loop, which then re-lists everything: the stream says *when* to look, and which containers the
+//! listing may still show wrongly (recorded in [`Seen`]), never by itself *what* is true.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
@@ -10,6 +11,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::docker::Engine;
+use crate::seen::Seen;
 
 /// First retry delay after the stream breaks; doubled per failure.
 const RETRY_MIN: Duration = Duration::from_millis(250);
@@ -24,7 +26,12 @@ fn unix_now() -> i64 {
 }
 
 /// Runs until `shutdown`.
-pub async fn watch(engine: Arc<Engine>, wake: Arc<Notify>, shutdown: CancellationToken) {
+pub async fn watch(
+    engine: Arc<Engine>,
+    seen: Arc<Mutex<Seen>>,
+    wake: Arc<Notify>,
+    shutdown: CancellationToken,
+) {
     let mut since = unix_now();
     let mut delay = RETRY_MIN;
     loop {
@@ -47,15 +54,20 @@ pub async fn watch(engine: Arc<Engine>, wake: Arc<Notify>, shutdown: Cancellatio
                             if let Some(t) = ev.time {
                                 since = since.max(t);
                             }
-                            tracing::debug!(
-                                action = ev.action.as_deref().unwrap_or(""),
-                                container = ev
-                                    .actor
-                                    .as_ref()
-                                    .and_then(|a| a.id.as_deref())
-                                    .unwrap_or(""),
-                                "docker event"
-                            );
+                            let action = ev.action.as_deref().unwrap_or("");
+                            let id = ev
+                                .actor
+                                .as_ref()
+                                .and_then(|a| a.id.as_deref())
+                                .unwrap_or("");
+                            tracing::debug!(action, container = id, "docker event");
+                            if !id.is_empty() {
+                                seen.lock().unwrap_or_else(|p| p.into_inner()).record(
+                                    id,
+                                    action,
+                                    tokio::time::Instant::now(),
+                                );
+                            }
                             wake.notify_one();
                         }
                         Some(Err(e)) => {

@@ -10,9 +10,11 @@ pub mod daemon;
 pub mod docker;
 pub mod error;
 pub mod events;
+pub mod failure;
 pub mod labels;
 pub mod observe;
 pub mod reconcile;
+pub mod seen;
 pub mod status;
 
 pub use config::{Cli, Command, Config};

@@ -1,14 +1,17 @@
 //! Reads the engine's state into the reconcile inputs: opted-in targets (with their current
 //! network namespace, `StartedAt`) and the sidecars carrying our labels.
 
+use std::collections::{HashMap, HashSet};
+
 use bollard::models::{ContainerSummary, ContainerSummaryStateEnum};
 use shared::schema::{label, label_name};
 
 use crate::container::has_own_network;
 use crate::docker::Engine;
 use crate::error::Error;
+use crate::failure;
 use crate::labels::{parse_target, TargetSpec};
-use crate::reconcile::{Sidecar, Target};
+use crate::reconcile::{Sidecar, SidecarState, Target};
 
 /// Value of the `managed-by` label on every sidecar the spawner creates.
 pub const MANAGED_BY_VALUE: &str = "spawner";
@@ -18,6 +21,21 @@ pub const MANAGED_BY_VALUE: &str = "spawner";
 pub struct Observed {
     pub targets: Vec<Target>,
     pub sidecars: Vec<Sidecar>,
+    /// For each container of `down` passed to [`observe`]: whether the listing showed it running
+    /// (absent: not listed at all).
+    pub listed: HashMap<String, bool>,
+}
+
+fn sidecar_state(s: Option<ContainerSummaryStateEnum>) -> SidecarState {
+    match s {
+        Some(
+            ContainerSummaryStateEnum::RUNNING
+            | ContainerSummaryStateEnum::PAUSED
+            | ContainerSummaryStateEnum::RESTARTING,
+        ) => SidecarState::Running,
+        Some(ContainerSummaryStateEnum::CREATED) => SidecarState::Created,
+        _ => SidecarState::Exited,
+    }
 }
 
 fn name_of(c: &ContainerSummary) -> String {
@@ -28,12 +46,14 @@ fn name_of(c: &ContainerSummary) -> String {
         .unwrap_or_default()
 }
 
-/// One full listing, then an inspect of each running target (for `StartedAt` and exposed ports).
-/// `certs_mounted`: sidecars get `/certs` (see [`parse_target`]).
+/// One full listing, then an inspect of each running target (for `StartedAt` and exposed ports)
+/// and of each sidecar in `down` (an event said it went down; the listing may not show it yet, see
+/// [`crate::seen`]). `certs_mounted`: sidecars get `/certs` (see [`parse_target`]).
 pub async fn observe(
     engine: &Engine,
     prefix: &str,
     certs_mounted: bool,
+    down: &HashSet<String>,
 ) -> Result<Observed, Error> {
     let managed_key = label_name(prefix, label::MANAGED_BY);
     let for_key = label_name(prefix, label::SIDECAR_FOR);
@@ -44,15 +64,30 @@ pub async fn observe(
             continue;
         };
         let running = c.state == Some(ContainerSummaryStateEnum::RUNNING);
+        if down.contains(&id) {
+            out.listed.insert(id.clone(), running);
+        }
         if labels.get(&managed_key).map(String::as_str) == Some(MANAGED_BY_VALUE) {
             if let Some(target_id) = labels.get(&for_key) {
+                let mut state = sidecar_state(c.state);
+                if state == SidecarState::Running && down.contains(&id) {
+                    state = match engine.inspect(&id).await? {
+                        None => continue,
+                        Some(info) if failure::State::of(&info).running => SidecarState::Running,
+                        Some(_) => {
+                            tracing::debug!(sidecar = %name_of(&c), "listing lags behind the event: running there, exited in inspect");
+                            SidecarState::Exited
+                        }
+                    };
+                }
                 out.sidecars.push(Sidecar {
                     id,
                     name: name_of(&c),
                     target_id: target_id.clone(),
                     target_started: labels.get(&started_key).cloned(),
-                    running,
+                    state,
                     created: c.created.unwrap_or_default(),
+                    last_failure: failure::from_labels(prefix, labels),
                 });
             }
             continue;

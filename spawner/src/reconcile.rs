@@ -4,6 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use crate::failure::Failure;
 use crate::labels::{AllowList, LabelError, TargetSpec};
 
 /// An opted-in container as observed.
@@ -28,9 +29,22 @@ pub struct Sidecar {
     /// The `target-started` label: the target's `StartedAt` when the sidecar was created, i.e.
     /// which network namespace it joined.
     pub target_started: Option<String>,
-    pub running: bool,
+    pub state: SidecarState,
     /// Creation time (unix seconds), to keep the oldest of duplicates deterministically.
     pub created: i64,
+    /// Its predecessor's failure, carried on its labels.
+    pub last_failure: Option<Failure>,
+}
+
+/// A sidecar's state, as far as the decision needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SidecarState {
+    Running,
+    /// Created and never started: a spawner stopped (or another one is) between its create and
+    /// its start. Started ("adopted") instead of making another.
+    Created,
+    /// Exited, dead, or a create that failed to start.
+    Exited,
 }
 
 /// Why a sidecar is removed.
@@ -48,6 +62,8 @@ pub enum RemoveReason {
     Exited,
     /// Another sidecar already serves the target.
     Duplicate,
+    /// Created and never started, while another sidecar serves (or is adopted for) the target.
+    NeverStarted,
 }
 
 impl RemoveReason {
@@ -59,6 +75,7 @@ impl RemoveReason {
             RemoveReason::StaleNamespace => "target restarted",
             RemoveReason::Exited => "sidecar exited",
             RemoveReason::Duplicate => "duplicate",
+            RemoveReason::NeverStarted => "never started",
         }
     }
 }
@@ -88,6 +105,12 @@ pub enum Action {
         target_id: String,
         reason: RemoveReason,
     },
+    /// Start a sidecar that was created and never started (it is already right for the target).
+    Start {
+        sidecar_id: String,
+        sidecar_name: String,
+        target_id: String,
+    },
     Create {
         target_id: String,
         target_name: String,
@@ -104,7 +127,9 @@ pub enum Action {
 
 /// Computes the actions. Removals come first, so a create never collides with the stale sidecar
 /// holding its name. `held` lists targets whose (re)creation is deferred by a backoff: they get
-/// no `Create` this round.
+/// no `Create` this round, and their exited sidecar is kept until then (the engine still has its
+/// state and log, for `spawner status`). A sidecar created and never started in the target's
+/// current namespace is started rather than replaced.
 pub fn plan(
     targets: &[Target],
     sidecars: &[Sidecar],
@@ -152,21 +177,40 @@ pub fn plan(
             });
             continue;
         }
+        let held = held.contains(&t.id);
         let mut keeper = None;
+        let mut never_started = Vec::new();
         for s in mine {
             let current = s.target_started.as_deref() == Some(t.started_at.as_str());
-            let reason = match (current, s.running) {
+            let reason = match (current, s.state) {
                 (false, _) => RemoveReason::StaleNamespace,
-                (true, false) => RemoveReason::Exited,
-                (true, true) if keeper.is_some() => RemoveReason::Duplicate,
-                (true, true) => {
+                (true, SidecarState::Exited) if held => continue,
+                (true, SidecarState::Exited) => RemoveReason::Exited,
+                (true, SidecarState::Created) => {
+                    never_started.push(s);
+                    continue;
+                }
+                (true, SidecarState::Running) if keeper.is_some() => RemoveReason::Duplicate,
+                (true, SidecarState::Running) => {
                     keeper = Some(s);
                     continue;
                 }
             };
             removes.push(remove(s, reason));
         }
-        if keeper.is_none() && !held.contains(&t.id) {
+        for s in never_started {
+            if keeper.is_some() {
+                removes.push(remove(s, RemoveReason::NeverStarted));
+            } else {
+                keeper = Some(s);
+                rest.push(Action::Start {
+                    sidecar_id: s.id.clone(),
+                    sidecar_name: s.name.clone(),
+                    target_id: t.id.clone(),
+                });
+            }
+        }
+        if keeper.is_none() && !held {
             if let Ok(spec) = &t.spec {
                 rest.push(Action::Create {
                     target_id: t.id.clone(),
@@ -208,7 +252,7 @@ pub fn steps(actions: Vec<Action>) -> Steps {
         match a {
             Action::Report { .. } => s.reports.push(a),
             Action::Remove { .. } => s.removes.push(a),
-            Action::Create { .. } => s.creates.push(a),
+            Action::Create { .. } | Action::Start { .. } => s.creates.push(a),
         }
     }
     s
@@ -250,9 +294,31 @@ mod tests {
             name: format!("s{id}"),
             target_id: target.into(),
             target_started: Some(started.into()),
-            running,
+            state: if running {
+                SidecarState::Running
+            } else {
+                SidecarState::Exited
+            },
             created,
+            last_failure: None,
         }
+    }
+
+    fn never_started(id: &str, target: &str, created: i64) -> Sidecar {
+        Sidecar {
+            state: SidecarState::Created,
+            ..sidecar(id, target, "t1", false, created)
+        }
+    }
+
+    fn started(actions: &[Action]) -> Vec<String> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Start { sidecar_id, .. } => Some(sidecar_id.clone()),
+                _ => None,
+            })
+            .collect()
     }
 
     fn allow() -> AllowList {
@@ -373,8 +439,58 @@ mod tests {
         assert_eq!(created(&a), vec!["a"]);
         let held: HashSet<String> = ["a".to_string()].into();
         let a = plan(&[target("a", true)], &s, &allow(), &held);
-        assert_eq!(removed(&a), vec![("s1".to_string(), RemoveReason::Exited)]);
-        assert!(created(&a).is_empty(), "held target is not recreated yet");
+        assert!(
+            a.is_empty(),
+            "held: not recreated yet, and the exited one is kept as evidence: {a:?}"
+        );
+    }
+
+    #[test]
+    fn never_started_sidecar_is_adopted_not_duplicated() {
+        // A spawner killed between create and start left it: start it, create nothing.
+        let a = run(&[target("a", true)], &[never_started("s1", "a", 1)]);
+        assert_eq!(started(&a), vec!["s1"]);
+        assert!(created(&a).is_empty() && removed(&a).is_empty(), "{a:?}");
+        // Also while held: starting is not creating.
+        let held: HashSet<String> = ["a".to_string()].into();
+        let a = plan(
+            &[target("a", true)],
+            &[never_started("s1", "a", 1)],
+            &allow(),
+            &held,
+        );
+        assert_eq!(started(&a), vec!["s1"]);
+        // Next to a running one it is a duplicate; of two, the oldest is adopted.
+        let a = run(
+            &[target("a", true)],
+            &[
+                never_started("s1", "a", 1),
+                sidecar("s2", "a", "t1", true, 2),
+            ],
+        );
+        assert_eq!(
+            removed(&a),
+            vec![("s1".to_string(), RemoveReason::NeverStarted)]
+        );
+        assert!(started(&a).is_empty() && created(&a).is_empty());
+        let a = run(
+            &[target("a", true)],
+            &[never_started("s2", "a", 2), never_started("s1", "a", 1)],
+        );
+        assert_eq!(started(&a), vec!["s1"]);
+        assert_eq!(
+            removed(&a),
+            vec![("s2".to_string(), RemoveReason::NeverStarted)]
+        );
+        // In a namespace that is gone: stale, replaced.
+        let mut old = never_started("s1", "a", 1);
+        old.target_started = Some("t0".into());
+        let a = run(&[target("a", true)], &[old]);
+        assert_eq!(
+            removed(&a),
+            vec![("s1".to_string(), RemoveReason::StaleNamespace)]
+        );
+        assert_eq!(created(&a), vec!["a"]);
     }
 
     #[test]

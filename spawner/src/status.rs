@@ -1,5 +1,8 @@
-//! `spawner status`: one row per opted-in container with its state, its sidecar(s) and any
-//! problem, computed with the same observation and plan as the daemon so the two never disagree.
+//! `spawner status`: one row per opted-in container with its state, its sidecar(s), any problem
+//! and the last sidecar failure, computed with the same observation, plan and failure rules as the
+//! daemon so the two never disagree. Read from the engine only (no state file, no daemon to ask):
+//! an exited sidecar the daemon keeps during its backoff is inspected and its log read here; once
+//! replaced, its failure is read from the labels of the sidecar that replaced it.
 
 use std::collections::HashSet;
 use std::io::Write;
@@ -7,8 +10,9 @@ use std::io::Write;
 use crate::config::Config;
 use crate::docker::Engine;
 use crate::error::Error;
+use crate::failure::{self, Verdict};
 use crate::observe::observe;
-use crate::reconcile::{plan, Action};
+use crate::reconcile::{plan, Action, SidecarState};
 
 /// One row of the table.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,12 +22,20 @@ pub struct Row {
     pub sidecar: String,
     pub sidecar_state: String,
     pub problem: String,
+    /// `exit N: <last stderr line>` of the target's last failed sidecar, or `-`.
+    pub last_failure: String,
 }
 
 /// Observes the engine and builds the rows.
 pub async fn rows(cfg: &Config) -> Result<Vec<Row>, Error> {
     let engine = Engine::new(&cfg.docker_host, &cfg.docker_socket, cfg.docker_timeout);
-    let observed = observe(&engine, &cfg.label_prefix, cfg.certs.is_some()).await?;
+    let observed = observe(
+        &engine,
+        &cfg.label_prefix,
+        cfg.certs.is_some(),
+        &HashSet::new(),
+    )
+    .await?;
     let actions = plan(
         &observed.targets,
         &observed.sidecars,
@@ -34,11 +46,25 @@ pub async fn rows(cfg: &Config) -> Result<Vec<Row>, Error> {
     let mut targets: Vec<_> = observed.targets.iter().collect();
     targets.sort_by(|a, b| a.name.cmp(&b.name));
     for t in targets {
-        let mine: Vec<_> = observed
+        let mut mine: Vec<_> = observed
             .sidecars
             .iter()
             .filter(|s| s.target_id == t.id)
             .collect();
+        mine.sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
+        let mut last_failure = mine.iter().rev().find_map(|s| s.last_failure.clone());
+        let mut failing = false;
+        for s in &mine {
+            if !t.running || s.state != SidecarState::Exited {
+                continue;
+            }
+            if let Some(Verdict::Failed(f)) = failure::examine(&engine, &s.id).await? {
+                if s.target_started.as_deref() == Some(t.started_at.as_str()) {
+                    failing = true;
+                }
+                last_failure = Some(f);
+            }
+        }
         let mut problem = actions
             .iter()
             .find_map(|a| match a {
@@ -48,7 +74,10 @@ pub async fn rows(cfg: &Config) -> Result<Vec<Row>, Error> {
                 _ => None,
             })
             .unwrap_or_default();
-        if problem.is_empty() && t.running && mine.is_empty() {
+        let serving = mine.iter().any(|s| s.state == SidecarState::Running);
+        if problem.is_empty() && t.running && failing && !serving {
+            problem = "sidecar failing, retried with backoff".to_string();
+        } else if problem.is_empty() && t.running && !serving {
             problem = match &t.spec {
                 Ok(spec) if !engine.image_exists(&spec.image).await? => {
                     format!("image {} missing locally", spec.image)
@@ -64,7 +93,11 @@ pub async fn rows(cfg: &Config) -> Result<Vec<Row>, Error> {
             .join(",");
         let sidecar_state = mine
             .iter()
-            .map(|s| if s.running { "running" } else { "exited" })
+            .map(|s| match s.state {
+                SidecarState::Running => "running",
+                SidecarState::Created => "created",
+                SidecarState::Exited => "exited",
+            })
             .collect::<Vec<_>>()
             .join(",");
         rows.push(Row {
@@ -85,6 +118,7 @@ pub async fn rows(cfg: &Config) -> Result<Vec<Row>, Error> {
             } else {
                 problem
             },
+            last_failure: last_failure.map_or_else(|| "-".into(), |f| f.to_string()),
         });
     }
     Ok(rows)
@@ -92,8 +126,15 @@ pub async fn rows(cfg: &Config) -> Result<Vec<Row>, Error> {
 
 /// Renders rows as an aligned table with a header.
 pub fn render(rows: &[Row]) -> String {
-    let header = ["TARGET", "STATE", "SIDECAR", "SIDECAR STATE", "PROBLEM"];
-    let cells: Vec<[&str; 5]> = rows
+    let header = [
+        "TARGET",
+        "STATE",
+        "SIDECAR",
+        "SIDECAR STATE",
+        "PROBLEM",
+        "LAST FAILURE",
+    ];
+    let cells: Vec<[&str; 6]> = rows
         .iter()
         .map(|r| {
             [
@@ -102,6 +143,7 @@ pub fn render(rows: &[Row]) -> String {
                 &r.sidecar,
                 &r.sidecar_state,
                 &r.problem,
+                &r.last_failure,
             ]
         })
         .collect();
@@ -145,17 +187,18 @@ mod tests {
             sidecar: "web-tls-sidecar".into(),
             sidecar_state: "running".into(),
             problem: "-".into(),
+            last_failure: "exit 2: error: no key".into(),
         }];
         let t = render(&rows);
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines.len(), 2);
         assert_eq!(
             lines[0],
-            "TARGET  STATE    SIDECAR          SIDECAR STATE  PROBLEM"
+            "TARGET  STATE    SIDECAR          SIDECAR STATE  PROBLEM  LAST FAILURE"
         );
         assert_eq!(
             lines[1],
-            "web     running  web-tls-sidecar  running        -"
+            "web     running  web-tls-sidecar  running        -        exit 2: error: no key"
         );
     }
 }
