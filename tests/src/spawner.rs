@@ -73,6 +73,13 @@ impl Spawner {
             .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
+    /// SIGKILL: no cleanup of any kind, as a crash or an OOM kill would leave things.
+    pub fn kill(&mut self) {
+        let mut child = self.child.take().expect("spawner running");
+        child.kill().expect("SIGKILL the spawner");
+        child.wait().expect("reap the spawner");
+    }
+
     /// SIGTERM, then the exit status and how long the exit took.
     pub fn terminate(&mut self) -> (ExitStatus, Duration) {
         let child = self.child.as_mut().expect("spawner running");

@@ -4,7 +4,7 @@
 
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use harness::bins::bin_path;
@@ -1032,4 +1032,461 @@ fn invalid_tls_policy_labels_get_no_sidecar_and_a_status_reason() {
             "status shows the reason for {label}={value}: {row}"
         );
     }
+}
+
+// ---- Lifecycle under real engine timing (issue 9) ----
+
+/// Deterministic pseudo-random delays in `[0, max)`: a fixed seed, so a failure replays with the
+/// same schedule (xorshift64*; the test needs a spread of kill times, not cryptography).
+fn spread(seed: u64, n: usize, max: Duration) -> Vec<Duration> {
+    let mut x = seed.max(1);
+    (0..n)
+        .map(|_| {
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            let r = x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11;
+            max.mul_f64(r as f64 / (1u64 << 53) as f64)
+        })
+        .collect()
+}
+
+/// p50, p95 (nearest rank) and max.
+fn percentiles(mut v: Vec<Duration>) -> (Duration, Duration, Duration) {
+    assert!(!v.is_empty(), "no samples");
+    v.sort();
+    let rank = |p: f64| v[((p * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1];
+    (rank(0.50), rank(0.95), v[v.len() - 1])
+}
+
+/// The spec's figure for one kill: p95 under this over 20 kills at random times.
+const RECOVERY_P95: Duration = Duration::from_secs(2);
+
+/// IDs of every container of ours for a target, in any state, in one engine call (cheap enough to
+/// poll tightly while measuring).
+fn sidecar_ids_for(prefix: &str, target_id: &str) -> Vec<String> {
+    let filter = format!("label={prefix}.sidecar-for={target_id}");
+    docker_ok(&["ps", "-aq", "--no-trunc", "--filter", &filter])
+        .split_whitespace()
+        .map(String::from)
+        .collect()
+}
+
+/// The one running sidecar for a target, when there is exactly one container of ours for it.
+fn only_running_sidecar(prefix: &str, target_id: &str) -> Option<Container> {
+    match sidecar_ids_for(prefix, target_id).as_slice() {
+        [one] => inspect(one).filter(|c| c.running),
+        _ => None,
+    }
+}
+
+#[test]
+fn killed_sidecars_are_recreated_and_serving_within_2s_p95() {
+    let run = TestRun::new();
+    let prefix = run.label_prefix();
+    let spawner = Spawner::start(&prefix, &[]);
+    // Two targets killed in parallel, ten kills each, each 0-3 s after its sidecar started.
+    let targets: Vec<String> = (0..2).map(|_| target(&run, &prefix, &[]).1).collect();
+    let samples: Vec<Duration> = std::thread::scope(|s| {
+        let handles: Vec<_> = targets
+            .iter()
+            .enumerate()
+            .map(|(i, id)| {
+                let prefix = &prefix;
+                s.spawn(move || {
+                    let port = host_port(id, 8443);
+                    let (mut current, _) = wait_served(prefix, id);
+                    let mut took = Vec::new();
+                    for delay in spread(0x5eed + i as u64, 10, Duration::from_secs(3)) {
+                        std::thread::sleep(delay);
+                        let start = Instant::now();
+                        docker_ok(&["kill", &current.id]);
+                        let (next, _) = poll(
+                            LIFECYCLE_DEADLINE,
+                            "a new sidecar serving after the kill",
+                            || {
+                                https_get(port)?;
+                                only_running_sidecar(prefix, id).filter(|c| c.id != current.id)
+                            },
+                        );
+                        // From before the kill: includes the CLI's own round trip.
+                        took.push(start.elapsed());
+                        current = next;
+                    }
+                    took
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("kill loop thread"))
+            .collect()
+    });
+    let (p50, p95, max) = percentiles(samples.clone());
+    eprintln!(
+        "observed sidecar killed->recreated and serving, {} kills: p50 {p50:?} p95 {p95:?} max {max:?}",
+        samples.len()
+    );
+    eprintln!(
+        "observed the listing still showing a killed sidecar running after its die event: {} of {} kills",
+        spawner.logs().matches("listing lags behind the event").count(),
+        samples.len()
+    );
+    assert_eq!(samples.len(), 20);
+    assert!(
+        p95 < RECOVERY_P95,
+        "p95 {p95:?} over {RECOVERY_P95:?}: {samples:?}"
+    );
+    for id in &targets {
+        assert_stays_one(&prefix, id, Duration::from_millis(300));
+    }
+}
+
+#[test]
+fn killed_targets_lose_their_sidecar_within_2s_p95() {
+    let run = TestRun::new();
+    let prefix = run.label_prefix();
+    let _spawner = Spawner::start(&prefix, &[]);
+    let targets: Vec<String> = (0..2).map(|_| target(&run, &prefix, &[]).1).collect();
+    let samples: Vec<Duration> = std::thread::scope(|s| {
+        let handles: Vec<_> = targets
+            .iter()
+            .enumerate()
+            .map(|(i, id)| {
+                let prefix = &prefix;
+                s.spawn(move || {
+                    let mut took = Vec::new();
+                    for (n, delay) in spread(0xdead + i as u64, 10, Duration::from_secs(3))
+                        .into_iter()
+                        .enumerate()
+                    {
+                        if n > 0 {
+                            docker_ok(&["start", id]);
+                        }
+                        poll(LIFECYCLE_DEADLINE, "the target's sidecar running", || {
+                            only_running_sidecar(prefix, id)
+                        });
+                        std::thread::sleep(delay);
+                        let start = Instant::now();
+                        docker_ok(&["kill", id]);
+                        poll(
+                            LIFECYCLE_DEADLINE,
+                            "the killed target's sidecar removed",
+                            || sidecar_ids_for(prefix, id).is_empty().then_some(()),
+                        );
+                        took.push(start.elapsed());
+                    }
+                    took
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("kill loop thread"))
+            .collect()
+    });
+    let (p50, p95, max) = percentiles(samples.clone());
+    eprintln!(
+        "observed target killed->sidecar removed, {} kills: p50 {p50:?} p95 {p95:?} max {max:?}",
+        samples.len()
+    );
+    assert_eq!(samples.len(), 20);
+    assert!(
+        p95 < RECOVERY_P95,
+        "p95 {p95:?} over {RECOVERY_P95:?}: {samples:?}"
+    );
+}
+
+/// A `--certs-from` directory whose `live/<host>/privkey.pem` the sidecar (uid 65534) cannot read,
+/// as certbot writes it (0600, owned by root or by whoever ran certbot): the sidecar exits 2 with
+/// `Permission denied` at every start, while the spawner (which only checks the files exist)
+/// keeps recreating it.
+fn unreadable_key_certs(host: &str) -> harness::tmp::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = harness::tmp::TempDir::new("spawner-certs");
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let cert = rcgen::CertificateParams::new(vec![host.to_string()])
+        .expect("cert params")
+        .self_signed(&key)
+        .expect("self-sign");
+    std::fs::create_dir_all(dir.path().join("live").join(host)).expect("create live dir");
+    let chain = dir.write(&format!("live/{host}/fullchain.pem"), cert.pem());
+    let privkey = dir.write(&format!("live/{host}/privkey.pem"), key.serialize_pem());
+    let mode = |p: &Path, m| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).expect("chmod fixture")
+    };
+    mode(dir.path(), 0o755);
+    mode(&dir.path().join("live"), 0o755);
+    mode(&dir.path().join("live").join(host), 0o755);
+    mode(&chain, 0o644);
+    mode(&privkey, 0o600);
+    dir
+}
+
+#[test]
+fn failing_sidecar_shows_its_exit_code_and_error_in_status_and_logs_the_cause_once() {
+    let run = TestRun::new();
+    let prefix = run.label_prefix();
+    let host = "failing.test";
+    let certs = unreadable_key_certs(host);
+    let certs_from = certs.path().to_str().expect("utf-8 temp path").to_string();
+    let flags = ["--certs-from", certs_from.as_str()];
+    let spawner = Spawner::start(&prefix, &flags);
+    let (name, id) = target(&run, &prefix, &[format!("{prefix}.hostname={host}")]);
+    let healthy = target(&run, &prefix, &[]).1;
+    wait_served(&prefix, &healthy);
+    // Backoff 0.5, 1, 2 s: a fourth sidecar is made about 3.5 s after the first failed.
+    spawner.wait_log("sidecar started", 5, Duration::from_secs(20));
+    let logs = spawner.logs();
+    let first = logs
+        .lines()
+        .filter(|l| l.contains("sidecar exited while its target runs"))
+        .collect::<Vec<_>>();
+    assert_eq!(
+        first.len(),
+        1,
+        "the cause is logged once across retries:\n{logs}"
+    );
+    assert!(
+        first[0].contains("exit_code=Some(2)") && first[0].contains("privkey.pem"),
+        "the log names the exit code and the sidecar's error: {}",
+        first[0]
+    );
+    let repeats = logs.matches("sidecar exited again, same cause").count();
+    eprintln!(
+        "failing sidecar: {} created, cause logged once, {repeats} repeats at debug",
+        logs.matches("sidecar started").count()
+    );
+    assert!(repeats >= 2, "retries happened: {logs}");
+    assert!(sidecars_for(&prefix, &id).len() <= 1);
+
+    let status = spawner_status_with(&prefix, &flags);
+    eprintln!("{status}");
+    let header = status.lines().next().unwrap_or_default();
+    let row = status
+        .lines()
+        .find(|l| l.starts_with(&name))
+        .unwrap_or_else(|| panic!("{name} in status:\n{status}"));
+    let column = header.find("LAST FAILURE").expect("LAST FAILURE column");
+    let last_failure = row.get(column..).unwrap_or_default();
+    assert!(
+        last_failure.starts_with("exit 2: error:")
+            && last_failure.contains("privkey.pem")
+            && last_failure.contains("Permission denied"),
+        "status shows the exit code and the error line: {row}"
+    );
+    let healthy_row = status
+        .lines()
+        .find(|l| !l.starts_with(&name) && l.contains("running"))
+        .unwrap_or_default();
+    assert!(
+        healthy_row.ends_with(" -"),
+        "a healthy target has no failure: {healthy_row}"
+    );
+}
+
+/// Samples every sidecar of ours each ~50 ms until told to stop; returns the worst count of
+/// containers of ours seen at once for one target, with the sample that showed it.
+fn watch_max_per_target(prefix: &str, stop: &std::sync::atomic::AtomicBool) -> (usize, String) {
+    let label = format!("{prefix}.sidecar-for");
+    let mut worst = (0, String::new());
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let out = docker_ok(&[
+            "ps",
+            "-a",
+            "--filter",
+            &format!("label={prefix}.managed-by=spawner"),
+            "--format",
+            &format!("{{{{.Label \"{label}\"}}}} {{{{.Names}}}} {{{{.State}}}}"),
+        ]);
+        let mut per: std::collections::HashMap<&str, usize> = Default::default();
+        for line in out.lines() {
+            *per.entry(line.split(' ').next().unwrap_or("")).or_default() += 1;
+        }
+        if let Some(max) = per.values().copied().max() {
+            if max > worst.0 {
+                worst = (max, out.clone());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    worst
+}
+
+#[test]
+fn two_spawners_on_one_prefix_never_make_two_sidecars_for_a_target() {
+    let run = TestRun::new();
+    let prefix = run.label_prefix();
+    let a = Spawner::start(&prefix, &[]);
+    let b = Spawner::start(&prefix, &[]);
+    a.wait_log("subscribed to docker events", 1, LIFECYCLE_DEADLINE);
+    b.wait_log("subscribed to docker events", 1, LIFECYCLE_DEADLINE);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (worst, ids) = std::thread::scope(|s| {
+        let watcher = s.spawn(|| watch_max_per_target(&prefix, &stop));
+        // Both see every event at the same moment: starts, sidecar kills, target restarts.
+        let ids: Vec<String> = (0..4).map(|_| target(&run, &prefix, &[]).1).collect();
+        for id in &ids {
+            wait_served(&prefix, id);
+        }
+        for round in 0..3 {
+            for id in &ids {
+                if let Some(s) = only_running_sidecar(&prefix, id) {
+                    docker_ok(&["kill", &s.id]);
+                }
+            }
+            for id in &ids {
+                wait_served(&prefix, id);
+            }
+            let mut restart = vec!["restart", "-t", "0"];
+            restart.extend(ids.iter().map(String::as_str));
+            docker_ok(&restart);
+            for id in &ids {
+                let (_, took) = wait_served(&prefix, id);
+                eprintln!("two spawners, round {round}: restart->served {took:?}");
+            }
+        }
+        for id in &ids {
+            assert_stays_one(&prefix, id, Duration::from_millis(500));
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        (watcher.join().expect("watcher thread"), ids)
+    });
+    eprintln!(
+        "two spawners: at most {} container(s) of ours for one target at once",
+        worst.0
+    );
+    assert!(
+        worst.0 <= 1,
+        "two sidecars for one target at once:\n{}",
+        worst.1
+    );
+    assert_eq!(sidecars(&prefix).len(), ids.len(), "converged: one each");
+    let adopted = a.logs().matches("adopted").count() + b.logs().matches("adopted").count();
+    eprintln!("two spawners: {adopted} sidecar(s) adopted from the other spawner");
+}
+
+#[test]
+fn spawner_killed_while_creating_sidecars_converges_without_duplicates_or_orphans() {
+    let run = TestRun::new();
+    for after in [0u64, 50, 200] {
+        let prefix = run.label_prefix();
+        let ids: Vec<String> = (0..10)
+            .map(|_| {
+                run.create(
+                    &unique_name("app"),
+                    &images().demo,
+                    &[
+                        "-p",
+                        "127.0.0.1::8443",
+                        "--label",
+                        &opt_in(&prefix, &images().sidecar),
+                    ],
+                )
+            })
+            .collect();
+        let mut spawner = Spawner::start(&prefix, &[]);
+        spawner.wait_log("subscribed to docker events", 1, LIFECYCLE_DEADLINE);
+        // All ten at once (one `docker start` each, in parallel); the spawner is killed `after` ms
+        // after its first sidecar appears, while it is creating and starting the others.
+        let starts: Vec<Child> = ids
+            .iter()
+            .map(|id| {
+                Command::new("docker")
+                    .args(["start", id])
+                    .stdout(Stdio::null())
+                    .spawn()
+                    .expect("run docker start")
+            })
+            .collect();
+        let managed = format!("label={prefix}.managed-by=spawner");
+        poll(LIFECYCLE_DEADLINE, "the spawner's first sidecar", || {
+            (!docker_ok(&["ps", "-aq", "--filter", &managed]).is_empty()).then_some(())
+        });
+        std::thread::sleep(Duration::from_millis(after));
+        spawner.kill();
+        for mut c in starts {
+            assert!(
+                c.wait().expect("wait for docker start").success(),
+                "docker start failed"
+            );
+        }
+        let left: Vec<String> = sidecars(&prefix)
+            .iter()
+            .map(|c| {
+                let state = c.raw["State"]["Status"].as_str().unwrap_or("?");
+                format!("{} {state}", c.name)
+            })
+            .collect();
+        drop(spawner);
+
+        let _spawner = Spawner::start(&prefix, &[]);
+        let (_, took) = poll(
+            Duration::from_secs(5),
+            "one running sidecar per target in its namespace, nothing else",
+            || {
+                let all = sidecars(&prefix);
+                let ok = all.len() == ids.len()
+                    && ids.iter().all(|id| {
+                        let started = inspect(id).map(|t| t.started_at).unwrap_or_default();
+                        all.iter()
+                            .filter(|s| {
+                                s.running
+                                    && s.label(&format!("{prefix}.sidecar-for")).as_deref()
+                                        == Some(id.as_str())
+                                    && s.label(&format!("{prefix}.target-started"))
+                                        == Some(started.clone())
+                            })
+                            .count()
+                            == 1
+                    });
+                ok.then_some(())
+            },
+        );
+        eprintln!(
+            "spawner SIGKILLed {after} ms after its first of 10 sidecars appeared (left: {} of ours: {left:?}); restarted, converged in {took:?}",
+            left.len()
+        );
+        for id in &ids {
+            wait_served(&prefix, id);
+        }
+    }
+}
+
+#[test]
+fn half_created_sidecar_is_adopted_by_the_next_spawner() {
+    let run = TestRun::new();
+    let prefix = run.label_prefix();
+    let (name, id) = target(&run, &prefix, &[]);
+    // Exactly what a spawner killed between its create and its start leaves behind.
+    let started = inspect(&id).expect("target").started_at;
+    let labels = [
+        format!("{prefix}.managed-by=spawner"),
+        format!("{prefix}.sidecar-for={id}"),
+        format!("{prefix}.target-started={started}"),
+    ];
+    let half = docker_ok(&[
+        "create",
+        "--name",
+        &format!("{name}-tls-sidecar"),
+        "--label",
+        &labels[0],
+        "--label",
+        &labels[1],
+        "--label",
+        &labels[2],
+        "--network",
+        &format!("container:{id}"),
+        "--user",
+        "65534:65534",
+        &images().sidecar,
+    ]);
+    let _spawner = Spawner::start(&prefix, &[]);
+    let (served, took) = wait_served(&prefix, &id);
+    eprintln!("observed latency spawner start->half-created sidecar adopted and served: {took:?}");
+    assert_eq!(
+        served.id, half,
+        "the never-started sidecar is started, not replaced"
+    );
+    assert_stays_one(&prefix, &id, Duration::from_millis(500));
 }
