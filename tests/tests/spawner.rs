@@ -665,7 +665,11 @@ fn broken_event_stream_reconnects_and_catches_up() {
 #[test]
 fn compose_demo_serves_https_and_killing_the_demo_removes_the_sidecar() {
     let imgs = images();
-    assert!(imgs.demo.ends_with(":test"));
+    let tag = imgs
+        .demo
+        .rsplit_once(':')
+        .map(|(_, t)| t.to_string())
+        .expect("the demo image has a tag");
     let compose: Vec<&str> = if docker(&["compose", "version"]).status.success() {
         vec!["docker", "compose"]
     } else {
@@ -681,7 +685,7 @@ fn compose_demo_serves_https_and_killing_the_demo_removes_the_sidecar() {
             .args(["-p", &project, "-f"])
             .arg(root.join("docker-compose.yml"))
             .args(args)
-            .env("TLS_SIDECAR_TAG", "test")
+            .env("TLS_SIDECAR_TAG", &tag)
             .env("TLS_SIDECAR_LABEL_PREFIX", &prefix)
             .env("DEMO_PORT", port.to_string());
         cmd.output().expect("run compose")
