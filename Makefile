@@ -43,8 +43,10 @@ demo-down:
 ## test: every test, Docker ones included (they need a running engine); ends with one total line
 test:
 	@mkdir -p target
-	set -o pipefail; $(CARGO) test --workspace 2>&1 | tee target/test-output.log
-	@awk '/^test result:/ { p += $$4; f += $$6 } END { printf "tests: %d passed, %d failed\n", p, f }' target/test-output.log
+	@# The totals line comes last whether the tests pass or not; the exit status is cargo's.
+	set -o pipefail; $(CARGO) test --workspace 2>&1 | tee target/test-output.log; status=$$?; \
+	awk '/^test result:/ { p += $$4; f += $$6 } END { printf "tests: %d passed, %d failed\n", p, f }' target/test-output.log; \
+	exit $$status
 
 ## soak: the spawner's churn soak at full size (500 random operations on 20 targets, a few
 ## minutes; make test runs 100); CHURN_OPS, CHURN_TARGETS, CHURN_SEED override
