@@ -10,7 +10,7 @@ TAG     ?= latest
 COMPOSE ?= $(shell if docker compose version >/dev/null 2>&1; then echo "docker compose"; else echo docker-compose; fi)
 DEMO_PORT ?= 8443
 
-.PHONY: all build images demo demo-down test soak lint deny bench bench-quick
+.PHONY: all build images demo demo-down test soak lint deny bench bench-quick bench-spawner
 
 all: build
 
@@ -56,6 +56,11 @@ soak:
 ## bench: the full benchmark against nginx, HAProxy, stunnel, hitch (docs/benchmarks.md, ~10 min)
 bench:
 	bench/run
+
+## bench-spawner: the spawner with 10, 100 and 500 running targets (start -> served, engine
+## calls and CPU per event, RSS; ~10 min; figures in docs/spawner.md)
+bench-spawner: images
+	bench/spawner-scale --tag $(TAG)
 
 ## bench-quick: one short pass of every scenario (what CI runs)
 bench-quick:

@@ -27,7 +27,7 @@ use crate::error::Error;
 use crate::events;
 use crate::failure::{self, Failure, Verdict};
 use crate::labels::{sidecar_name, TargetSpec};
-use crate::observe::{observe, Observed, MANAGED_BY_VALUE};
+use crate::observe::{observe, FactsCache, Observed, MANAGED_BY_VALUE};
 use crate::reconcile::{plan, steps, Action, RemoveReason, SidecarState};
 use crate::seen::Seen;
 
@@ -83,6 +83,9 @@ struct Daemon {
     /// cause last logged (so a crash loop logs its cause once, not once per retry).
     failures: Mutex<HashMap<String, Failure>>,
     logged_causes: Mutex<HashMap<String, String>>,
+    /// Inspect results of running targets (see [`FactsCache`]), and when it was last emptied.
+    facts: FactsCache,
+    facts_since: Instant,
 }
 
 /// Runs the daemon until `shutdown`. Sidecars are left running on exit: the data plane must not
@@ -118,6 +121,8 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), Error> 
         verdicts: HashMap::new(),
         failures: Mutex::default(),
         logged_causes: Mutex::default(),
+        facts: FactsCache::default(),
+        facts_since: Instant::now(),
     };
     let mut failures = 0u32;
     loop {
@@ -168,14 +173,36 @@ impl Daemon {
     /// creates, each step concurrently. On shutdown, actions not started yet are skipped; those
     /// in flight finish (each under its own timeouts), so no half-made sidecar is left behind.
     async fn turn(&mut self, shutdown: &CancellationToken) -> Result<(), Error> {
-        let down: HashSet<String> = lock(&self.seen).down().map(String::from).collect();
-        let mut observed = observe(
+        let calls_before = self.engine.calls();
+        let (down, touched) = {
+            let mut seen = lock(&self.seen);
+            let down: HashSet<String> = seen.down().map(String::from).collect();
+            (down, seen.take_touched())
+        };
+        // The periodic resync trusts nothing cached.
+        let resync = self.facts_since.elapsed() >= self.cfg.resync_interval;
+        if resync {
+            self.facts_since = Instant::now();
+        }
+        self.facts.forget(if resync { None } else { touched });
+        let observed = observe(
             &self.engine,
             &self.cfg.label_prefix,
             self.cfg.certs.is_some(),
             &down,
+            &mut self.facts,
         )
-        .await?;
+        .await;
+        if observed.is_err() {
+            // Nothing cached survives a failed look: the engine may have restarted.
+            self.facts.forget(None);
+        }
+        let mut observed = observed?;
+        tracing::debug!(
+            api_calls = self.engine.calls() - calls_before,
+            cached_targets = self.facts.len(),
+            "observed"
+        );
         lock(&self.seen).settle(Instant::now(), |id| observed.listed.get(id).copied());
         self.judge_ended(&mut observed).await?;
         let now = Instant::now();

@@ -28,6 +28,8 @@ pub struct Engine {
     socket: String,
     timeout: Duration,
     client: Mutex<Option<Docker>>,
+    /// Engine API calls made so far (for the per-turn debug line and the scale benchmark).
+    calls: std::sync::atomic::AtomicU64,
 }
 
 impl Engine {
@@ -37,6 +39,7 @@ impl Engine {
             socket: socket.to_string(),
             timeout,
             client: Mutex::new(None),
+            calls: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -80,6 +83,8 @@ impl Engine {
         Fut: Future<Output = Result<T, bollard::errors::Error>>,
     {
         let d = self.client().await?;
+        self.calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let r = match tokio::time::timeout(timeout, f(d)).await {
             Err(_) => Err(Error::Timeout { op, timeout }),
             Ok(r) => r.map_err(|source| Error::Docker { op, source }),
@@ -90,6 +95,11 @@ impl Engine {
             }
         }
         r
+    }
+
+    /// Engine API calls made so far.
+    pub fn calls(&self) -> u64 {
+        self.calls.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Checks the engine answers.

@@ -41,6 +41,9 @@ pub async fn watch(
             }
             Ok(mut stream) => {
                 tracing::debug!(since, "subscribed to docker events");
+                seen.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .resubscribed();
                 // A full listing after every (re)subscription catches whatever happened unseen.
                 wake.notify_one();
                 loop {

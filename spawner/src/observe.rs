@@ -26,6 +26,47 @@ pub struct Observed {
     pub listed: HashMap<String, bool>,
 }
 
+/// What an inspect of a running target says that the listing does not.
+#[derive(Debug, Clone)]
+struct Facts {
+    started_at: String,
+    exposed: Vec<String>,
+    running: bool,
+    own_network: bool,
+}
+
+/// Inspect results of running targets, so a turn inspects only the targets something points at
+/// (an event named them, they were not running at the last look, or they are new), not every
+/// target on every event: the engine calls per event stay constant however many targets run.
+/// Forgotten per container when an event names it, wholly when the event stream was
+/// re-subscribed (events may be lost) and at every periodic resync.
+#[derive(Debug, Default)]
+pub struct FactsCache {
+    map: HashMap<String, Facts>,
+}
+
+impl FactsCache {
+    /// Forgets what `touched` names (`None`: everything).
+    pub fn forget(&mut self, touched: Option<HashSet<String>>) {
+        match touched {
+            None => self.map.clear(),
+            Some(ids) => {
+                for id in ids {
+                    self.map.remove(&id);
+                }
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
 fn sidecar_state(s: Option<ContainerSummaryStateEnum>) -> SidecarState {
     match s {
         Some(
@@ -54,7 +95,9 @@ pub async fn observe(
     prefix: &str,
     certs_mounted: bool,
     down: &HashSet<String>,
+    cache: &mut FactsCache,
 ) -> Result<Observed, Error> {
+    let mut running_targets: HashSet<String> = HashSet::new();
     let managed_key = label_name(prefix, label::MANAGED_BY);
     let for_key = label_name(prefix, label::SIDECAR_FOR);
     let started_key = label_name(prefix, label::TARGET_STARTED);
@@ -100,25 +143,44 @@ pub async fn observe(
         if parse_target(prefix, &name, labels, &[], certs_mounted).is_none() {
             continue;
         }
-        let (started_at, exposed, running, own_network) = if running {
-            let Some(info) = engine.inspect(&id).await? else {
-                continue;
-            };
-            let own_network = has_own_network(&info);
-            let state = info.state.unwrap_or_default();
-            let exposed = info
-                .config
-                .and_then(|c| c.exposed_ports)
-                .unwrap_or_default();
-            (
-                state.started_at.unwrap_or_default(),
-                exposed,
-                state.running.unwrap_or(false),
-                own_network,
-            )
-        } else {
-            (String::new(), Vec::new(), false, false)
+        let facts = match cache.map.get(&id) {
+            Some(f) if running && !down.contains(&id) => f.clone(),
+            _ if running => {
+                let Some(info) = engine.inspect(&id).await? else {
+                    continue;
+                };
+                let own_network = has_own_network(&info);
+                let state = info.state.unwrap_or_default();
+                let facts = Facts {
+                    started_at: state.started_at.unwrap_or_default(),
+                    exposed: info
+                        .config
+                        .and_then(|c| c.exposed_ports)
+                        .unwrap_or_default(),
+                    running: state.running.unwrap_or(false),
+                    own_network,
+                };
+                if facts.running {
+                    cache.map.insert(id.clone(), facts.clone());
+                }
+                facts
+            }
+            _ => Facts {
+                started_at: String::new(),
+                exposed: Vec::new(),
+                running: false,
+                own_network: false,
+            },
         };
+        if facts.running {
+            running_targets.insert(id.clone());
+        }
+        let Facts {
+            started_at,
+            exposed,
+            running,
+            own_network,
+        } = facts;
         let Some(spec) = parse_target(prefix, &name, labels, &exposed, certs_mounted) else {
             continue;
         };
@@ -134,5 +196,7 @@ pub async fn observe(
             spec,
         });
     }
+    // Only what is running now stays: a target seen stopped is inspected again when it runs.
+    cache.map.retain(|id, _| running_targets.contains(id));
     Ok(out)
 }

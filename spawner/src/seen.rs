@@ -10,7 +10,7 @@
 //! down event: a signal the process survives (`docker kill -s HUP`) stops nothing; the `die` that
 //! follows a fatal one is (and `stop` comes after `die`). A later `start` of the same container cancels the record.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -29,6 +29,12 @@ const MAX_RECORDS: usize = 4096;
 #[derive(Debug, Default)]
 pub struct Seen {
     down: HashMap<String, Record>,
+    /// Containers any event named since the last turn: what the observation knew of them
+    /// (cached inspect facts) may be out of date.
+    touched: HashSet<String>,
+    /// Events may have been missed (the stream was re-subscribed) or too many came to remember
+    /// one by one: nothing cached can be trusted.
+    all_touched: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -58,6 +64,13 @@ pub fn effect(action: &str) -> Effect {
 impl Seen {
     /// Records one event for container `id`.
     pub fn record(&mut self, id: &str, action: &str, now: Instant) {
+        if !self.all_touched {
+            self.touched.insert(id.to_string());
+            if self.touched.len() > MAX_RECORDS {
+                self.touched.clear();
+                self.all_touched = true;
+            }
+        }
         match effect(action) {
             Effect::Down => {
                 self.down.insert(
@@ -82,6 +95,23 @@ impl Seen {
                 self.down.remove(id);
             }
             Effect::Nothing => {}
+        }
+    }
+
+    /// The event stream was (re)subscribed: events in between may be lost.
+    pub fn resubscribed(&mut self) {
+        self.touched.clear();
+        self.all_touched = true;
+    }
+
+    /// Takes what events said since the last call: `None` when everything must be looked at
+    /// again, else the containers events named.
+    pub fn take_touched(&mut self) -> Option<HashSet<String>> {
+        let touched = std::mem::take(&mut self.touched);
+        if std::mem::take(&mut self.all_touched) {
+            None
+        } else {
+            Some(touched)
         }
     }
 
@@ -125,6 +155,26 @@ impl Seen {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_event_touches_its_container_and_a_resubscription_touches_all() {
+        let now = Instant::now();
+        let mut s = Seen::default();
+        s.record("a", "start", now);
+        s.record("b", "health_status: healthy", now);
+        let mut touched: Vec<String> = s.take_touched().expect("some").into_iter().collect();
+        touched.sort();
+        assert_eq!(touched, ["a", "b"]);
+        assert_eq!(s.take_touched(), Some(HashSet::new()), "taken once");
+        s.record("c", "die", now);
+        s.resubscribed();
+        assert_eq!(s.take_touched(), None, "anything may have changed");
+        assert_eq!(s.take_touched(), Some(HashSet::new()));
+        for i in 0..=MAX_RECORDS {
+            s.record(&format!("x{i}"), "start", now);
+        }
+        assert_eq!(s.take_touched(), None, "too many to list: everything");
+    }
 
     #[test]
     fn die_is_recorded_and_start_cancels_it() {

@@ -34,6 +34,7 @@ pub async fn rows(cfg: &Config) -> Result<Vec<Row>, Error> {
         &cfg.label_prefix,
         cfg.certs.is_some(),
         &HashSet::new(),
+        &mut crate::observe::FactsCache::default(),
     )
     .await?;
     let actions = plan(
