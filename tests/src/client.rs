@@ -489,3 +489,22 @@ pub fn client_hello_bytes() -> Vec<u8> {
     conn.write_tls(&mut out).expect("serialize ClientHello");
     out
 }
+
+/// Reads (and ignores) whatever arrives on `rd` until the peer closes it (EOF or reset);
+/// panics naming `what` if that takes longer than `limit`.
+pub async fn closed_within(
+    mut rd: impl tokio::io::AsyncRead + Unpin,
+    limit: std::time::Duration,
+    what: &str,
+) {
+    within(limit, what, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+}

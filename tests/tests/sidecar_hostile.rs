@@ -14,7 +14,7 @@ use harness::wait::{poll_until, poll_until_async, within, STEP};
 use http::{Method, Request, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
@@ -49,20 +49,6 @@ async fn silent_h2(addr: SocketAddr) -> TlsStream<TcpStream> {
         .expect("write SETTINGS");
     tls.flush().await.expect("flush");
     tls
-}
-
-/// Reads (and ignores) whatever arrives until the sidecar closes the connection.
-async fn closed_within(mut rd: impl AsyncRead + Unpin, limit: Duration, what: &str) {
-    within(limit, what, async {
-        let mut buf = [0u8; 4096];
-        loop {
-            match rd.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
-            }
-        }
-    })
-    .await;
 }
 
 /// A TCP connection to `addr` from the loopback address `from` (127.0.0.0/8 is all local).
@@ -100,7 +86,7 @@ async fn h2_clients_that_never_answer_the_goodbye_are_closed_and_cannot_lock_the
     let closing: Vec<_> = silent
         .into_iter()
         .map(|tls| {
-            tokio::spawn(closed_within(
+            tokio::spawn(client::closed_within(
                 tls,
                 IDLE_PLUS_GOODBYE,
                 "a silent HTTP/2 client to be closed after idle + goodbye",
@@ -143,7 +129,7 @@ async fn h2_control_frames_alone_do_not_keep_a_connection_open() {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     });
-    closed_within(
+    client::closed_within(
         rd,
         IDLE_PLUS_GOODBYE,
         "a client sending only control frames to be closed",
@@ -548,7 +534,7 @@ async fn attacker_bytes_never_reach_the_logs_and_logs_carry_no_build_paths() {
             .await
             .expect("connect");
         tcp.write_all(&hello).await.expect("write ClientHello");
-        closed_within(tcp, STEP, "the bad ClientHello to be refused").await;
+        client::closed_within(tcp, STEP, "the bad ClientHello to be refused").await;
     }
     // Also a few requests, whose access-log lines must not name source files either.
     let mut conn = HttpConn::connect(

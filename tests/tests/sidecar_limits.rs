@@ -8,24 +8,15 @@ use harness::client::{self, HttpConn, Trust, ALPN_H1, ALPN_H2_H1};
 use harness::sidecar::Sidecar;
 use harness::wait::{poll_until, within, STEP};
 use http::StatusCode;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Well under the 10 s defaults, so a close within it is the configured limit at work.
 const CLOSED_WITHIN: Duration = Duration::from_secs(5);
 
 /// Waits until the peer closes `rd` (EOF or reset), ignoring whatever it sends first.
-async fn closed_by_sidecar(mut rd: impl AsyncRead + Unpin, what: &str) {
-    within(CLOSED_WITHIN, what, async {
-        let mut buf = [0u8; 4096];
-        loop {
-            match rd.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
-            }
-        }
-    })
-    .await;
+async fn closed_by_sidecar(rd: impl AsyncRead + Unpin, what: &str) {
+    client::closed_within(rd, CLOSED_WITHIN, what).await;
 }
 
 #[tokio::test]

@@ -3,76 +3,14 @@
 //! spawner runs. Like `spawner.rs`, each test runs its own spawner (a host process)
 //! under its own label prefix, and a `TestRun` guard removes everything the test made.
 
-use std::fs::File;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 use harness::bins::bin_path;
 use harness::docker::{
     containers_with_label, docker, docker_ok, host_port, https_get, images, inspect, poll,
     unique_name, Container, TestRun, LIFECYCLE_DEADLINE,
 };
-
-/// A spawner process scoped to one label prefix; killed on drop, its log printed if the test failed.
-struct Spawner {
-    child: Option<Child>,
-    log: PathBuf,
-}
-
-impl Spawner {
-    fn start(prefix: &str) -> Spawner {
-        images();
-        let log = std::env::temp_dir().join(format!("{}.log", unique_name("spawner")));
-        let file = File::create(&log).expect("create spawner log file");
-        let child = Command::new(bin_path("spawner"))
-            .args(["run", "--docker-host", "unix:///var/run/docker.sock"])
-            .args([
-                "--label-prefix",
-                prefix,
-                "--allow-image",
-                "tls-sidecar/sidecar:*",
-            ])
-            .env("RUST_LOG", "info,spawner=debug")
-            .env_remove("DOCKER_HOST")
-            .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .expect("start spawner");
-        Spawner {
-            child: Some(child),
-            log,
-        }
-    }
-
-    fn logs(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// SIGKILL, as a crash or an OOM kill would: no chance to clean anything up.
-    fn kill(&mut self) {
-        let mut child = self.child.take().expect("spawner running");
-        child.kill().expect("SIGKILL the spawner");
-        child.wait().expect("reap the spawner");
-    }
-}
-
-impl Drop for Spawner {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        if std::thread::panicking() {
-            eprintln!(
-                "---- spawner log {} ----\n{}",
-                self.log.display(),
-                self.logs()
-            );
-        } else {
-            let _ = std::fs::remove_file(&self.log);
-        }
-    }
-}
+use harness::spawner::Spawner;
 
 /// `spawner status` for a prefix: the table it prints.
 fn spawner_status(prefix: &str) -> String {
@@ -145,7 +83,7 @@ fn sidecars_for(prefix: &str, target_id: &str) -> Vec<Container> {
 fn label_values_with_control_characters_or_over_4_kib_get_no_sidecar_and_a_status_reason() {
     let run = TestRun::new();
     let prefix = run.label_prefix();
-    let spawner = Spawner::start(&prefix);
+    let spawner = Spawner::start(&prefix, &[]);
     let opt_in = (format!("{prefix}.proxy-image"), images().sidecar.clone());
     let cases = [
         (
@@ -278,7 +216,7 @@ fn sidecar_exits_by_itself_when_its_target_is_removed_while_the_spawner_is_down(
     let prefix = run.label_prefix();
     let net = unique_name("net");
     run.network(&net);
-    let mut spawner = Spawner::start(&prefix);
+    let mut spawner = Spawner::start(&prefix, &[]);
     let opt_in = format!("{prefix}.proxy-image={}", images().sidecar);
     let target = run.container(
         &unique_name("app"),
