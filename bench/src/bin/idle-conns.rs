@@ -1,16 +1,17 @@
-//! Opens N TLS connections, completes their handshakes, then holds them idle so `bench/run` can
-//! read the terminator's RSS. Prints one JSON line once all are open, then waits for `--hold`
-//! seconds (or to be killed) and exits.
+//! Opens N TLS connections, completes their handshakes (and with `--request`, one keep-alive
+//! request each), then holds them idle so `bench/run` can read the terminator's RSS. Prints one
+//! JSON line once all are open, then waits for `--hold` seconds (or to be killed) and exits.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
-use bench::{client_config, connect_tls, json_line, server_name, Versions};
+use anyhow::{bail, Context, Result};
+use bench::{client_config, connect_tls, json_line, server_name, Versions, STEP_TIMEOUT};
 use clap::Parser;
 use std::io::Write;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsConnector;
 
@@ -40,6 +41,10 @@ struct Cli {
     /// Seconds to hold them once open, at most.
     #[arg(long, default_value_t = 30.0)]
     hold: f64,
+    /// Path to `GET` once on each connection (HTTP/1.1 keep-alive) before holding it, so the
+    /// terminator has proxied a request on every connection it holds [default: none].
+    #[arg(long)]
+    request: Option<String>,
 }
 
 #[tokio::main]
@@ -52,19 +57,34 @@ async fn main() -> Result<()> {
         true,
     )?);
     let name = server_name(&cli.server_name)?;
+    let request: Option<Arc<[u8]>> = cli.request.as_ref().map(|path| {
+        format!("GET {path} HTTP/1.1\r\nHost: {}\r\n\r\n", cli.server_name)
+            .into_bytes()
+            .into()
+    });
     let permits = Arc::new(Semaphore::new(OPEN_CONCURRENCY));
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(cli.connections);
     for _ in 0..cli.connections {
-        let (connector, name, permits, addr) = (
+        let (connector, name, permits, addr, request) = (
             connector.clone(),
             name.clone(),
             permits.clone(),
             cli.connect,
+            request.clone(),
         );
         tasks.push(tokio::spawn(async move {
             let _permit = permits.acquire_owned().await?;
-            connect_tls(addr, &connector, &name).await
+            let mut tls = connect_tls(addr, &connector, &name).await?;
+            if let Some(request) = request {
+                tokio::time::timeout(STEP_TIMEOUT, async {
+                    tls.write_all(&request).await?;
+                    read_response(&mut tls).await
+                })
+                .await
+                .context("request timed out")??;
+            }
+            anyhow::Ok(tls)
         }));
     }
     let mut open = Vec::with_capacity(cli.connections);
@@ -92,4 +112,36 @@ async fn main() -> Result<()> {
     tokio::time::sleep(Duration::from_secs_f64(cli.hold)).await;
     drop(open);
     Ok(())
+}
+
+/// Reads one HTTP/1.1 response with a `Content-Length` body, leaving the connection reusable.
+async fn read_response(rd: &mut (impl AsyncRead + Unpin)) -> Result<()> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            if !head.starts_with("http/1.1 200") {
+                bail!(
+                    "unexpected response: {}",
+                    head.lines().next().unwrap_or_default()
+                );
+            }
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .context("response without content-length")?
+                .trim()
+                .parse()
+                .context("invalid content-length")?;
+            if buf.len() >= end + 4 + length {
+                return Ok(());
+            }
+        }
+        let n = rd.read(&mut chunk).await.context("read response")?;
+        if n == 0 {
+            bail!("connection closed before the response was complete");
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
 }
