@@ -9,6 +9,7 @@ pub mod client;
 pub mod docker;
 pub mod dockerd;
 pub mod issuer;
+pub mod limits;
 pub mod metrics;
 pub mod mtls;
 pub mod redirect;

@@ -1,6 +1,7 @@
 //! The real `sidecar` binary as a child process: started on `127.0.0.1:0`, its bound ports learnt
-//! from its startup log lines, its stderr kept for assertions, signalled and reaped like an
-//! orchestrator would, and killed when the test ends however it ends.
+//! from its startup log lines, its stderr kept for assertions, its resident memory readable,
+//! signalled and reaped like an orchestrator would, and killed when the test ends
+//! however it ends.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -193,6 +194,18 @@ impl Sidecar {
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Resident memory (`VmRSS` in `/proc/<pid>/status`), in KiB: what an orchestrator's
+    /// memory limit and `docker stats` see.
+    pub fn rss_kib(&self) -> u64 {
+        let path = format!("/proc/{}/status", self.pid());
+        let status = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"));
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("no VmRSS line in {path}:\n{status}"))
     }
 
     /// Every stderr line so far.

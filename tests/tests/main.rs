@@ -8,6 +8,7 @@ mod sidecar_docker;
 mod sidecar_hostile;
 mod sidecar_http;
 mod sidecar_limits;
+mod sidecar_memory;
 mod sidecar_mtls;
 mod sidecar_redirect;
 mod sidecar_shutdown;
