@@ -21,6 +21,7 @@ pub mod server;
 pub mod tcp;
 pub mod throttle;
 pub mod tls;
+pub mod trim;
 
 use std::sync::Arc;
 
@@ -130,7 +131,9 @@ pub async fn run(
         _ => None,
     };
 
+    let trim_task = tokio::spawn(trim::run(metrics.clone(), shutdown.clone()));
     server::serve(listener, config, tls, metrics, shutdown).await;
+    let _ = trim_task.await;
 
     let _ = reload_task.await;
     if let Some(task) = orphan_task {

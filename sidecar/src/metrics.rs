@@ -76,6 +76,8 @@ pub struct Metrics {
     refusals: [AtomicU64; Refusal::ALL.len()],
     connections_total: AtomicU64,
     connections_active: AtomicI64,
+    /// The most connections open at once since [`Metrics::take_peak`] last asked.
+    connections_peak: AtomicI64,
     handshake_failures_total: AtomicU64,
     handshake_timeouts_total: AtomicU64,
     /// Responses by status class, 1xx..5xx.
@@ -103,8 +105,23 @@ impl Drop for ConnectionGuard<'_> {
 impl Metrics {
     pub fn connection_opened(&self) -> ConnectionGuard<'_> {
         self.connections_total.fetch_add(1, Ordering::Relaxed);
-        self.connections_active.fetch_add(1, Ordering::Relaxed);
+        let now = self.connections_active.fetch_add(1, Ordering::Relaxed) + 1;
+        self.connections_peak.fetch_max(now, Ordering::Relaxed);
         ConnectionGuard(self)
+    }
+
+    /// Connections open now.
+    pub fn connections_active(&self) -> u64 {
+        self.connections_active.load(Ordering::Relaxed).max(0) as u64
+    }
+
+    /// The most connections open at once since the last call (at least those open now).
+    pub fn take_peak(&self) -> u64 {
+        let now = self.connections_active.load(Ordering::Relaxed);
+        self.connections_peak
+            .swap(now, Ordering::Relaxed)
+            .max(now)
+            .max(0) as u64
     }
 
     pub fn handshake_failed(&self) {
