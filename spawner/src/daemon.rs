@@ -14,6 +14,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use bollard::models::ContainerSummary;
 use futures_util::stream::{self, StreamExt};
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -27,7 +28,7 @@ use crate::error::Error;
 use crate::events;
 use crate::failure::{self, Failure, Verdict};
 use crate::labels::{sidecar_name, TargetSpec};
-use crate::observe::{observe, FactsCache, Observed, MANAGED_BY_VALUE};
+use crate::observe::{observe, summary_of, FactsCache, Observed, MANAGED_BY_VALUE};
 use crate::reconcile::{plan, steps, Action, RemoveReason, SidecarState};
 use crate::seen::Seen;
 
@@ -86,6 +87,11 @@ struct Daemon {
     /// Inspect results of running targets (see [`FactsCache`]), and when it was last emptied.
     facts: FactsCache,
     facts_since: Instant,
+    /// The engine's containers as last seen: a full listing at start, after the event stream was
+    /// re-subscribed and at every resync; in between, kept current by inspecting only the
+    /// containers events named, so the engine work per event does not grow with the number of
+    /// containers. `None`: list everything next turn.
+    listing: Option<HashMap<String, ContainerSummary>>,
 }
 
 /// Runs the daemon until `shutdown`. Sidecars are left running on exit: the data plane must not
@@ -106,6 +112,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), Error> 
     );
     let watcher = tokio::spawn(events::watch(
         engine.clone(),
+        cfg.label_prefix.clone(),
         seen.clone(),
         wake.clone(),
         shutdown.clone(),
@@ -123,6 +130,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), Error> 
         logged_causes: Mutex::default(),
         facts: FactsCache::default(),
         facts_since: Instant::now(),
+        listing: None,
     };
     let mut failures = 0u32;
     loop {
@@ -153,6 +161,38 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), Error> 
 }
 
 impl Daemon {
+    /// Brings the listing up to date: everything when `touched` is `None` (or nothing is known
+    /// yet), else one inspect per container an event named (and each one reported down).
+    async fn refresh_listing(
+        &mut self,
+        touched: Option<&HashSet<String>>,
+        down: &HashSet<String>,
+    ) -> Result<(), Error> {
+        let (Some(listing), Some(touched)) = (self.listing.as_mut(), touched) else {
+            let all = self.engine.list_containers().await?;
+            self.listing = Some(
+                all.into_iter()
+                    .filter_map(|c| Some((c.id.clone()?, c)))
+                    .collect(),
+            );
+            return Ok(());
+        };
+        for id in touched
+            .iter()
+            .chain(down.iter().filter(|d| !touched.contains(*d)))
+        {
+            match self.engine.inspect(id).await? {
+                None => {
+                    listing.remove(id);
+                }
+                Some(info) => {
+                    listing.insert(id.clone(), summary_of(&info));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// When the loop must run again without an event: the resync interval, a backoff expiring, or
     /// a re-check while the listing lags behind an event.
     fn next_deadline(&self) -> Instant {
@@ -184,18 +224,27 @@ impl Daemon {
         if resync {
             self.facts_since = Instant::now();
         }
-        self.facts.forget(if resync { None } else { touched });
-        let observed = observe(
-            &self.engine,
-            &self.cfg.label_prefix,
-            self.cfg.certs.is_some(),
-            &down,
-            &mut self.facts,
-        )
-        .await;
+        let touched = if resync { None } else { touched };
+        let observed = match self.refresh_listing(touched.as_ref(), &down).await {
+            Ok(()) => {
+                self.facts.forget(touched);
+                let listing = self.listing.iter().flat_map(|l| l.values().cloned());
+                observe(
+                    &self.engine,
+                    listing,
+                    &self.cfg.label_prefix,
+                    self.cfg.certs.is_some(),
+                    &down,
+                    &mut self.facts,
+                )
+                .await
+            }
+            Err(e) => Err(e),
+        };
         if observed.is_err() {
             // Nothing cached survives a failed look: the engine may have restarted.
             self.facts.forget(None);
+            self.listing = None;
         }
         let mut observed = observed?;
         tracing::debug!(

@@ -230,7 +230,11 @@ impl Engine {
             ("type".to_string(), vec!["container".to_string()]),
             (
                 "event".to_string(),
-                ["start", "die", "destroy"].map(String::from).to_vec(),
+                // `create` too: the listing is kept current from events (a sidecar created
+                // but never started must be seen).
+                ["create", "start", "die", "destroy"]
+                    .map(String::from)
+                    .to_vec(),
             ),
         ]);
         let opts = EventsOptions {

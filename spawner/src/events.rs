@@ -25,9 +25,28 @@ fn unix_now() -> i64 {
         .unwrap_or_default()
 }
 
+/// Whether an event's container is one of ours: a target (opt-in label under `prefix`, or
+/// byfahrer's) or a sidecar (our labels). The engine puts a container's labels in its events'
+/// attributes; an event without attributes counts as ours. Events of other containers neither
+/// wake the loop nor cost an inspect, so a busy engine does not make the spawner busy.
+pub fn concerns_us(
+    prefix: &str,
+    attributes: Option<&std::collections::HashMap<String, String>>,
+) -> bool {
+    let Some(attributes) = attributes else {
+        return true;
+    };
+    attributes.keys().any(|k| {
+        k == shared::schema::BYFAHRER_PROXY_IMAGE_LABEL
+            || k.strip_prefix(prefix)
+                .is_some_and(|rest| rest.starts_with('.'))
+    })
+}
+
 /// Runs until `shutdown`.
 pub async fn watch(
     engine: Arc<Engine>,
+    prefix: String,
     seen: Arc<Mutex<Seen>>,
     wake: Arc<Notify>,
     shutdown: CancellationToken,
@@ -63,6 +82,10 @@ pub async fn watch(
                                 .as_ref()
                                 .and_then(|a| a.id.as_deref())
                                 .unwrap_or("");
+                            let attributes = ev.actor.as_ref().and_then(|a| a.attributes.as_ref());
+                            if !concerns_us(&prefix, attributes) {
+                                continue;
+                            }
                             tracing::debug!(action, container = id, "docker event");
                             if !id.is_empty() {
                                 seen.lock().unwrap_or_else(|p| p.into_inner()).record(
@@ -91,5 +114,33 @@ pub async fn watch(
             _ = tokio::time::sleep(delay) => {}
         }
         delay = (delay * 2).min(RETRY_MAX);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn attrs(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn only_events_of_our_containers_concern_us() {
+        let target = attrs(&[("name", "app"), ("tls-sidecar.proxy-image", "x")]);
+        let sidecar = attrs(&[("tls-sidecar.managed-by", "spawner"), ("image", "s")]);
+        let byfahrer = attrs(&[("org.qnib.byfahrer.proxy-image", "x")]);
+        let other = attrs(&[("name", "db"), ("tls-sidecarx.proxy-image", "x")]);
+        assert!(concerns_us("tls-sidecar", Some(&target)));
+        assert!(concerns_us("tls-sidecar", Some(&sidecar)));
+        assert!(concerns_us("tls-sidecar", Some(&byfahrer)));
+        assert!(!concerns_us("tls-sidecar", Some(&other)));
+        assert!(!concerns_us("other", Some(&target)));
+        assert!(concerns_us("tls-sidecar", None));
     }
 }

@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use bollard::models::{ContainerSummary, ContainerSummaryStateEnum};
+use bollard::models::{ContainerInspectResponse, ContainerSummary, ContainerSummaryStateEnum};
 use shared::schema::{label, label_name};
 
 use crate::container::has_own_network;
@@ -67,6 +67,28 @@ impl FactsCache {
     }
 }
 
+/// What a full listing would show for a container, from a fresh inspect of it: how a turn keeps
+/// its listing current without listing everything again.
+pub fn summary_of(info: &ContainerInspectResponse) -> ContainerSummary {
+    ContainerSummary {
+        id: info.id.clone(),
+        names: info.name.clone().map(|n| vec![n]),
+        labels: info.config.as_ref().and_then(|c| c.labels.clone()),
+        state: info
+            .state
+            .as_ref()
+            .and_then(|s| s.status)
+            .and_then(|s| s.to_string().parse().ok()),
+        created: info
+            .created
+            .as_deref()
+            .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_secs() as i64),
+        ..Default::default()
+    }
+}
+
 fn sidecar_state(s: Option<ContainerSummaryStateEnum>) -> SidecarState {
     match s {
         Some(
@@ -92,6 +114,7 @@ fn name_of(c: &ContainerSummary) -> String {
 /// [`crate::seen`]). `certs_mounted`: sidecars get `/certs` (see [`parse_target`]).
 pub async fn observe(
     engine: &Engine,
+    listing: impl IntoIterator<Item = ContainerSummary>,
     prefix: &str,
     certs_mounted: bool,
     down: &HashSet<String>,
@@ -102,7 +125,7 @@ pub async fn observe(
     let for_key = label_name(prefix, label::SIDECAR_FOR);
     let started_key = label_name(prefix, label::TARGET_STARTED);
     let mut out = Observed::default();
-    for c in engine.list_containers().await? {
+    for c in listing {
         let (Some(id), Some(labels)) = (c.id.clone(), c.labels.as_ref()) else {
             continue;
         };

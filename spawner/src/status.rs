@@ -31,6 +31,7 @@ pub async fn rows(cfg: &Config) -> Result<Vec<Row>, Error> {
     let engine = Engine::new(&cfg.docker_host, &cfg.docker_socket, cfg.docker_timeout);
     let observed = observe(
         &engine,
+        engine.list_containers().await?,
         &cfg.label_prefix,
         cfg.certs.is_some(),
         &HashSet::new(),
