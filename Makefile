@@ -71,7 +71,7 @@ bench-quick:
 ## and the other three still checked (`cargo deny check` with network checks all four)
 deny:
 	@command -v cargo-deny >/dev/null || { echo "cargo-deny missing: cargo install --locked cargo-deny"; exit 1; }
-	@if $(CARGO) deny fetch db >/dev/null 2>&1; then \
+	@if timeout 120 $(CARGO) deny fetch db >/dev/null 2>&1; then \
 	  echo "$(CARGO) deny check (advisory database fetched)"; \
 	  $(CARGO) deny check --hide-inclusion-graph; \
 	else \
