@@ -113,3 +113,20 @@ impl Drop for Spawner {
         }
     }
 }
+
+/// `spawner status --label-prefix PREFIX EXTRA` on the machine's engine: the table it prints.
+/// `extra` are the daemon's flags (`--certs-from` changes which labels are valid).
+pub fn status(prefix: &str, extra: &[&str]) -> String {
+    let out = Command::new(bin_path("spawner"))
+        .args(["status", "--label-prefix", prefix])
+        .args(extra)
+        .env_remove("DOCKER_HOST")
+        .output()
+        .expect("run spawner status");
+    assert!(
+        out.status.success(),
+        "spawner status failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}

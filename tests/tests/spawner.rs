@@ -7,12 +7,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use harness::bins::bin_path;
 use harness::docker::{
     containers_with_label, docker, docker_ok, host_port, https_get, images, inspect, poll,
     unique_name, wait_not_running, Container, TestRun, LIFECYCLE_DEADLINE,
 };
-use harness::spawner::{Spawner, DOCKER_SOCKET};
+use harness::spawner::{self, Spawner, DOCKER_SOCKET};
 
 /// The opt-in label for a test prefix, asking for `image`.
 fn opt_in(prefix: &str, image: &str) -> String {
@@ -419,7 +418,7 @@ fn image_not_allowed_launches_nothing_and_warns() {
     let ok = target(&run, &prefix, &[]).1;
     wait_served(&prefix, &ok);
     assert!(sidecars_for(&prefix, &id).is_empty());
-    let status = spawner_status(&prefix);
+    let status = spawner::status(&prefix, &[]);
     let row = status
         .lines()
         .find(|l| l.starts_with(&name))
@@ -435,26 +434,6 @@ fn image_not_allowed_launches_nothing_and_warns() {
             != Some(0),
         "nothing pulled"
     );
-}
-
-fn spawner_status(prefix: &str) -> String {
-    spawner_status_with(prefix, &[])
-}
-
-/// `spawner status` with the daemon's flags (`--certs-from` changes which labels are valid).
-fn spawner_status_with(prefix: &str, extra: &[&str]) -> String {
-    let out = Command::new(bin_path("spawner"))
-        .args(["status", "--label-prefix", prefix])
-        .args(extra)
-        .env_remove("DOCKER_HOST")
-        .output()
-        .expect("run spawner status");
-    assert!(
-        out.status.success(),
-        "spawner status failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).to_string()
 }
 
 #[test]
@@ -476,7 +455,7 @@ fn invalid_label_gets_no_sidecar_a_warning_and_a_status_reason() {
         "{line}"
     );
     assert!(sidecars_for(&prefix, &bad).is_empty());
-    let status = spawner_status(&prefix);
+    let status = spawner::status(&prefix, &[]);
     let row = status
         .lines()
         .find(|l| l.starts_with(&name))
@@ -1025,7 +1004,7 @@ fn invalid_tls_policy_labels_get_no_sidecar_and_a_status_reason() {
             "{label}={value}: no sidecar"
         );
     }
-    let status = spawner_status_with(&prefix, &flags);
+    let status = spawner::status(&prefix, &flags);
     for (name, _, label, value, reason) in &bad {
         let row = status
             .lines()
@@ -1264,7 +1243,7 @@ fn failing_sidecar_shows_its_exit_code_and_error_in_status_and_logs_the_cause_on
     assert!(repeats >= 2, "retries happened: {logs}");
     assert!(sidecars_for(&prefix, &id).len() <= 1);
 
-    let status = spawner_status_with(&prefix, &flags);
+    let status = spawner::status(&prefix, &flags);
     eprintln!("{status}");
     let header = status.lines().next().unwrap_or_default();
     let row = status

@@ -5,27 +5,11 @@
 
 use std::process::Command;
 
-use harness::bins::bin_path;
 use harness::docker::{
     containers_with_label, docker, docker_ok, host_port, https_get, images, inspect, poll,
     unique_name, Container, TestRun, LIFECYCLE_DEADLINE,
 };
-use harness::spawner::Spawner;
-
-/// `spawner status` for a prefix: the table it prints.
-fn spawner_status(prefix: &str) -> String {
-    let out = Command::new(bin_path("spawner"))
-        .args(["status", "--label-prefix", prefix])
-        .env_remove("DOCKER_HOST")
-        .output()
-        .expect("run spawner status");
-    assert!(
-        out.status.success(),
-        "spawner status failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).to_string()
-}
+use harness::spawner::{self, Spawner};
 
 /// Creates and starts a demo container with `--network none` through the engine's API with these
 /// labels (besides the run label): the `docker` CLI cannot pass a NUL byte in an argument, the
@@ -151,7 +135,7 @@ fn label_values_with_control_characters_or_over_4_kib_get_no_sidecar_and_a_statu
         "an oversized value is not repeated whole"
     );
 
-    let status = spawner_status(&prefix);
+    let status = spawner::status(&prefix, &[]);
     assert!(
         !status.contains('\0') && !status.contains('\u{1b}'),
         "status escapes what it repeats"
