@@ -582,17 +582,9 @@ fn self_signed_names(
 
 /// A permissive DNS name check: labels of letters, digits, `-` and `_`, optionally a leading
 /// `*.` wildcard, at most 253 characters.
+/// A DNS name (shared grammar, `shared::dns`), or a wildcard `*.` in front of one.
 fn is_dns_name(name: &str) -> bool {
-    let name = name.strip_prefix("*.").unwrap_or(name);
-    !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        })
+    shared::dns::is_name(name.strip_prefix("*.").unwrap_or(name))
 }
 
 /// Parses a listen address: `IP:PORT`, `[IPv6]:PORT`, or `:PORT` (all IPv4 interfaces, as in

@@ -366,19 +366,9 @@ pub fn parse_host(value: &str) -> Option<String> {
 
 /// A host name: dot-separated labels of 1 to 63 letters, digits, `-` or `_` (seen in the wild),
 /// not starting or ending with `-`, at most 253 characters; one trailing dot allowed.
+/// A DNS name (shared grammar), with its optional trailing root dot.
 fn is_dns_name(name: &str) -> bool {
-    let name = name.strip_suffix('.').unwrap_or(name);
-    !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        })
+    shared::dns::is_name(name.strip_suffix('.').unwrap_or(name))
 }
 
 /// The redirect target: `https://host[:port]target`, the port left out when it is 443. A target

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 
+use shared::dns::{is_label as valid_dns_label, is_name as valid_dns_name};
 use shared::schema::{label, label_name, BYFAHRER_PROXY_IMAGE_LABEL};
 
 use crate::container::CERTS_MOUNT;
@@ -173,7 +174,10 @@ fn parse_spec(
     let hostname = match labels.get(&key) {
         Some(v) if valid_dns_name(v.trim()) => v.trim().to_string(),
         Some(v) => return Err(err(&key, v, "expected a DNS name")),
-        None => container_name.to_string(),
+        // Docker allows names a certificate cannot carry (over 63 characters, say): a valid
+        // form of it, or `localhost` when nothing of it is left.
+        None => shared::dns::from_container_name(container_name)
+            .unwrap_or_else(|| "localhost".to_string()),
     };
 
     let key = label_name(prefix, label::REDIRECT_LISTEN);
@@ -413,19 +417,6 @@ fn default_backend_port(exposed: &[String], listen_port: u16) -> u16 {
     }
 }
 
-fn valid_dns_name(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 253 && s.split('.').all(valid_dns_label)
-}
-
-fn valid_dns_label(l: &str) -> bool {
-    !l.is_empty()
-        && l.len() <= 63
-        && !l.starts_with('-')
-        && !l.ends_with('-')
-        && l.chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-}
-
 /// Sidecar images a target may ask for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AllowList {
@@ -487,6 +478,22 @@ mod tests {
     fn parse(pairs: &[(&str, &str)], exposed: &[&str]) -> Option<Result<TargetSpec, LabelError>> {
         let exposed: Vec<String> = exposed.iter().map(|s| s.to_string()).collect();
         parse_target("tls-sidecar", "web", &labels(pairs), &exposed, true)
+    }
+
+    #[test]
+    fn a_container_name_no_certificate_can_carry_becomes_a_valid_hostname() {
+        let labels: HashMap<String, String> =
+            [("tls-sidecar.proxy-image".to_string(), "img".to_string())].into();
+        let long = format!("{}-web-1", "p".repeat(60));
+        let s = parse_target("tls-sidecar", &long, &labels, &[], false)
+            .expect("a target")
+            .expect("valid");
+        assert!(valid_dns_name(&s.hostname), "{}", s.hostname);
+        assert_eq!(s.hostname.len(), 63);
+        let s = parse_target("tls-sidecar", "--", &labels, &[], false)
+            .expect("a target")
+            .expect("valid");
+        assert_eq!(s.hostname, "localhost");
     }
 
     #[test]

@@ -1473,3 +1473,32 @@ fn half_created_sidecar_is_adopted_by_the_next_spawner() {
     );
     assert_stays_one(&prefix, &id, Duration::from_millis(500));
 }
+
+/// Issue 10's first defect: Docker allows a 66-character name (Compose v2's
+/// `<project>-<service>-1` gets long), a DNS label is at most 63. Without a `hostname` label the
+/// spawner once handed that name to the sidecar as its certificate name, and the sidecar exited 2
+/// at every start.
+#[test]
+fn a_target_whose_name_no_certificate_can_carry_is_served() {
+    let run = TestRun::new();
+    let prefix = run.label_prefix();
+    let spawner = Spawner::start(&prefix, &[]);
+    let unique = unique_name("long");
+    let name = format!("{unique}-{}", "x".repeat(66 - unique.len() - 1));
+    assert_eq!(name.len(), 66);
+    let label = opt_in(&prefix, &images().sidecar);
+    let id = run.container(
+        &name,
+        &images().demo,
+        &["-p", "127.0.0.1::8443", "--label", &label],
+        &[],
+    );
+    let (sidecar, took) = wait_served(&prefix, &id);
+    eprintln!("66-character target served after {took:?}");
+    assert!(sidecar.running);
+    assert!(
+        !spawner.logs().contains("sidecar exited"),
+        "{}",
+        spawner.logs()
+    );
+}

@@ -1,0 +1,117 @@
+//! DNS names: one grammar for every name that crosses from a label or a flag into a certificate,
+//! a backend address or a redirect (the `hostname` label, `--self-signed-names`, backend hosts,
+//! `Host` headers), so the spawner can never accept a name the sidecar refuses.
+
+/// Longest DNS name (RFC 1035, without the trailing dot).
+pub const MAX_NAME: usize = 253;
+/// Longest DNS label (RFC 1035).
+pub const MAX_LABEL: usize = 63;
+
+/// Whether `label` is a DNS label: 1 to 63 letters, digits, `-` or `_` (underscores occur in
+/// service names and container names), not starting or ending with `-`.
+pub fn is_label(label: &str) -> bool {
+    !label.is_empty()
+        && label.len() <= MAX_LABEL
+        && !label.starts_with('-')
+        && !label.ends_with('-')
+        && label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Whether `name` is a DNS name: dot-separated [`is_label`] labels, at most 253 bytes.
+pub fn is_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= MAX_NAME && name.split('.').all(is_label)
+}
+
+/// A valid DNS name made from a container name for its self-signed certificate, when the target
+/// gives no `hostname`: Docker allows names a certificate cannot carry (a 66-character Compose v2
+/// name is legal, a DNS label is at most 63). Dots separate labels; other characters outside the
+/// label alphabet become `-`; each label is cut to 63 bytes and trimmed of `-`; empty labels are
+/// dropped; the whole is cut to 253 bytes on a label boundary. `None` if nothing is left.
+pub fn from_container_name(name: &str) -> Option<String> {
+    let mut out = String::new();
+    for raw in name.trim_start_matches('/').split('.') {
+        let cleaned: String = raw
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '_' {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .take(MAX_LABEL)
+            .collect();
+        let label = cleaned.trim_matches('-');
+        if label.is_empty() {
+            continue;
+        }
+        let extra = usize::from(!out.is_empty()) + label.len();
+        if out.len() + extra > MAX_NAME {
+            break;
+        }
+        if !out.is_empty() {
+            out.push('.');
+        }
+        out.push_str(label);
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_rfc_1035_lengths_and_hyphen_rules() {
+        assert!(is_name("app.example.com"));
+        assert!(is_name("my_service-1"));
+        assert!(is_name(&"a".repeat(63)));
+        assert!(!is_name(&"a".repeat(64)));
+        assert!(!is_name(&vec!["a".repeat(63); 4].join(".")), "255 bytes");
+        assert!(!is_name("-a.example"));
+        assert!(!is_name("a-.example"));
+        assert!(!is_name("a..b"));
+        assert!(!is_name("*.example"));
+        assert!(!is_name("bad name"));
+        assert!(!is_name(""));
+    }
+
+    #[test]
+    fn container_names_become_valid_names() {
+        let long = format!("{}-web-1", "p".repeat(60));
+        assert_eq!(long.len(), 66);
+        let fixed = from_container_name(&long).expect("a name");
+        assert!(is_name(&fixed), "{fixed}");
+        assert_eq!(fixed.len(), 63);
+        assert_eq!(from_container_name("web").as_deref(), Some("web"));
+        assert_eq!(from_container_name("/web").as_deref(), Some("web"));
+        assert_eq!(from_container_name("my.app_1").as_deref(), Some("my.app_1"));
+        assert_eq!(from_container_name("-a-").as_deref(), Some("a"));
+        assert_eq!(from_container_name("a..b").as_deref(), Some("a.b"));
+        assert_eq!(from_container_name("...").as_deref(), None);
+        let many = vec!["x".repeat(63); 5].join(".");
+        let fixed = from_container_name(&many).expect("a name");
+        assert!(is_name(&fixed) && fixed.len() <= MAX_NAME, "{fixed}");
+    }
+
+    #[test]
+    fn every_sanitized_name_is_valid() {
+        // A spread of what Docker allows ([a-zA-Z0-9][a-zA-Z0-9_.-]*) and worse.
+        let alphabet: Vec<char> = "aZ9_.-/ é*".chars().collect();
+        let mut seed: u64 = 0x2545_f491;
+        for _ in 0..5_000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let len = (seed % 300) as usize;
+            let name: String = (0..len)
+                .map(|i| alphabet[((seed >> (i % 50)) as usize + i) % alphabet.len()])
+                .collect();
+            if let Some(fixed) = from_container_name(&name) {
+                assert!(is_name(&fixed), "{name:?} -> {fixed:?}");
+            }
+        }
+    }
+}
