@@ -56,6 +56,16 @@ pub fn docker(args: &[&str]) -> Output {
         })
 }
 
+/// stdout and stderr of `docker logs CONTAINER` (the sidecar logs to stderr).
+pub fn logs_of(container: &str) -> String {
+    let out = docker(&["logs", container]);
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 /// Runs `docker` and returns its trimmed stdout; panics with stderr on failure.
 pub fn docker_ok(args: &[&str]) -> String {
     let out = docker(args);

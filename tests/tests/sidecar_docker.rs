@@ -2,7 +2,8 @@
 //! `docker run --network=container:<app> tls-sidecar/sidecar`, hardened as the spawner runs it.
 
 use harness::docker::{
-    docker, docker_ok, host_port, https_get, images, poll, unique_name, TestRun, LIFECYCLE_DEADLINE,
+    docker_ok, host_port, https_get, images, logs_of, poll, unique_name, TestRun,
+    LIFECYCLE_DEADLINE,
 };
 
 #[test]
@@ -76,16 +77,6 @@ fn sidecar_image_serves_https_in_the_app_namespace() {
         docker_ok(&["inspect", "--format", "{{.State.ExitCode}}", &sidecar]),
         "0"
     );
-}
-
-/// stdout and stderr of `docker logs` (the sidecar logs to stderr).
-fn logs_of(container: &str) -> String {
-    let out = docker(&["logs", container]);
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 #[test]

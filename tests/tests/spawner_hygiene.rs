@@ -6,7 +6,7 @@
 use std::process::Command;
 
 use harness::docker::{
-    containers_with_label, docker, docker_ok, host_port, https_get, images, inspect, poll,
+    containers_with_label, docker_ok, host_port, https_get, images, inspect, logs_of, poll,
     unique_name, Container, TestRun, LIFECYCLE_DEADLINE,
 };
 use harness::spawner::{self, Spawner};
@@ -180,16 +180,6 @@ fn env_of(c: &Container) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-/// stdout and stderr of `docker logs` (the sidecar logs to stderr).
-fn logs_of(container: &str) -> String {
-    let out = docker(&["logs", container]);
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 const ORPHAN_ENV: &str = "SIDECAR_EXIT_WHEN_ORPHANED=true";
