@@ -162,25 +162,28 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), Error> 
 
 impl Daemon {
     /// Brings the listing up to date: everything when `touched` is `None` (or nothing is known
-    /// yet), else one inspect per container an event named (and each one reported down).
+    /// yet), else one inspect per container an event named. Containers an event reported down
+    /// are inspected either way: a full listing can still show them running (see
+    /// [`crate::seen`]), an inspect reads the container itself.
     async fn refresh_listing(
         &mut self,
         touched: Option<&HashSet<String>>,
         down: &HashSet<String>,
     ) -> Result<(), Error> {
-        let (Some(listing), Some(touched)) = (self.listing.as_mut(), touched) else {
-            let all = self.engine.list_containers().await?;
-            self.listing = Some(
-                all.into_iter()
-                    .filter_map(|c| Some((c.id.clone()?, c)))
-                    .collect(),
-            );
-            return Ok(());
+        let touched = match (&self.listing, touched) {
+            (Some(_), Some(touched)) => touched.clone(),
+            _ => {
+                let all = self.engine.list_containers().await?;
+                self.listing = Some(
+                    all.into_iter()
+                        .filter_map(|c| Some((c.id.clone()?, c)))
+                        .collect(),
+                );
+                HashSet::new()
+            }
         };
-        for id in touched
-            .iter()
-            .chain(down.iter().filter(|d| !touched.contains(*d)))
-        {
+        let listing = self.listing.get_or_insert_with(HashMap::new);
+        for id in touched.union(down) {
             match self.engine.inspect(id).await? {
                 None => {
                     listing.remove(id);

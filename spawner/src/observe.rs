@@ -109,9 +109,10 @@ fn name_of(c: &ContainerSummary) -> String {
         .unwrap_or_default()
 }
 
-/// One full listing, then an inspect of each running target (for `StartedAt` and exposed ports)
-/// and of each sidecar in `down` (an event said it went down; the listing may not show it yet, see
-/// [`crate::seen`]). `certs_mounted`: sidecars get `/certs` (see [`parse_target`]).
+/// The reconcile inputs from a listing (whose entries for `down` containers the caller has
+/// already corrected by inspecting them, see [`crate::seen`]), plus an inspect of each running
+/// target not in `cache` (for `StartedAt` and exposed ports). `certs_mounted`: sidecars get
+/// `/certs` (see [`parse_target`]).
 pub async fn observe(
     engine: &Engine,
     listing: impl IntoIterator<Item = ContainerSummary>,
@@ -135,17 +136,7 @@ pub async fn observe(
         }
         if labels.get(&managed_key).map(String::as_str) == Some(MANAGED_BY_VALUE) {
             if let Some(target_id) = labels.get(&for_key) {
-                let mut state = sidecar_state(c.state);
-                if state == SidecarState::Running && down.contains(&id) {
-                    state = match engine.inspect(&id).await? {
-                        None => continue,
-                        Some(info) if failure::State::of(&info).running => SidecarState::Running,
-                        Some(_) => {
-                            tracing::debug!(sidecar = %name_of(&c), "listing lags behind the event: running there, exited in inspect");
-                            SidecarState::Exited
-                        }
-                    };
-                }
+                let state = sidecar_state(c.state);
                 out.sidecars.push(Sidecar {
                     id,
                     name: name_of(&c),
