@@ -59,6 +59,113 @@ pub fn from_container_name(name: &str) -> Option<String> {
     (!out.is_empty()).then_some(out)
 }
 
+/// A DNS name as [`is_name`] defines it, kept as given (case included: it also names a
+/// directory, certbot's `live/<name>/`). Parsing trims surrounding whitespace.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DnsName(String);
+
+impl DnsName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::str::FromStr for DnsName {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        if is_name(text) {
+            Ok(DnsName(text.to_string()))
+        } else {
+            Err(format!(
+                "expected a DNS name (labels of letters, digits, `-` or `_`, at most 63 bytes each, 253 in all), got {text:?}"
+            ))
+        }
+    }
+}
+
+impl std::fmt::Display for DnsName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A DNS name pattern for matching certificate names: labels that are each a [`is_label`] label
+/// or `*`, which stands for exactly one whole label. Lowercased, as DNS names compare without case.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DnsPattern(String);
+
+impl DnsPattern {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether `name` (any case) has as many labels as the pattern and each matches.
+    pub fn matches(&self, name: &str) -> bool {
+        crate::identity::segments_match(&self.0, &name.to_ascii_lowercase(), '.')
+    }
+}
+
+impl std::str::FromStr for DnsPattern {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        let ok = !text.is_empty()
+            && text.len() <= MAX_NAME
+            && text.split('.').all(|l| l == "*" || is_label(l));
+        if ok {
+            Ok(DnsPattern(text.to_ascii_lowercase()))
+        } else {
+            Err(format!(
+                "expected a DNS name where `*` may stand for a whole label, got {text:?}"
+            ))
+        }
+    }
+}
+
+impl std::fmt::Display for DnsPattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A name a certificate can be issued for (a subject alternative name): a DNS name, a wildcard
+/// `*.<name>`, or an IP address. The `hostname` label is a [`DnsName`], not this: it also names
+/// the site's certbot directory, which a wildcard cannot.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum SanName {
+    Dns(DnsName),
+    /// `*.<name>`: covers one label in front of the name.
+    Wildcard(DnsName),
+    Ip(std::net::IpAddr),
+}
+
+impl std::str::FromStr for SanName {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        if let Ok(ip) = text.parse() {
+            return Ok(SanName::Ip(ip));
+        }
+        let expected =
+            || format!("expected a DNS name, `*.<DNS name>` or an IP address, got {text:?}");
+        match text.strip_prefix("*.") {
+            Some(rest) => rest.parse().map(SanName::Wildcard).map_err(|_| expected()),
+            None => text.parse().map(SanName::Dns).map_err(|_| expected()),
+        }
+    }
+}
+
+impl std::fmt::Display for SanName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SanName::Dns(n) => write!(f, "{n}"),
+            SanName::Wildcard(n) => write!(f, "*.{n}"),
+            SanName::Ip(ip) => write!(f, "{ip}"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,6 +219,36 @@ mod tests {
             if let Some(fixed) = from_container_name(&name) {
                 assert!(is_name(&fixed), "{name:?} -> {fixed:?}");
             }
+        }
+    }
+
+    #[test]
+    fn typed_names_round_trip_and_refuse_what_is_not_a_name() {
+        for good in ["app.example.com", "web", "my_service-1", "Example.COM"] {
+            let n: DnsName = good.parse().expect(good);
+            assert_eq!(n.to_string(), good);
+        }
+        for bad in ["", "-a", "a..b", "*.example", "bad name", "a:b"] {
+            assert!(bad.parse::<DnsName>().is_err(), "{bad:?}");
+        }
+        let p: DnsPattern = "*.Example.org".parse().expect("pattern");
+        assert_eq!(p.to_string(), "*.example.org");
+        assert!(p.matches("api.EXAMPLE.org"));
+        assert!(!p.matches("example.org") && !p.matches("a.b.example.org"));
+        for bad in ["", "a*.example", "**", "a..b", "a b"] {
+            assert!(bad.parse::<DnsPattern>().is_err(), "{bad:?}");
+        }
+        for (text, shown) in [
+            ("a.example", "a.example"),
+            ("*.a.example", "*.a.example"),
+            (" 10.0.0.1 ", "10.0.0.1"),
+            ("::1", "::1"),
+        ] {
+            let n: SanName = text.parse().expect(text);
+            assert_eq!(n.to_string(), shown);
+        }
+        for bad in ["*", "*.", "a.*.example", "not a name", "*.*.example"] {
+            assert!(bad.parse::<SanName>().is_err(), "{bad:?}");
         }
     }
 }

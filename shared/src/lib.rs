@@ -1,8 +1,15 @@
-//! Code shared by the `sidecar` and `spawner` binaries, and only that: the label and environment
-//! schema that ties the two together, logging setup, the shutdown signal and small value parsers.
+//! Code shared by the `sidecar` and `spawner` binaries, and only that: the contract between them
+//! (label and environment names in [`schema`]; one type per value that crosses from a label to a
+//! sidecar, each with one parser and one rendering, in [`addr`], [`dns`], [`identity`], [`mode`]
+//! and [`parse`]; what one sidecar is told, [`spec::SidecarSpec`]), logging setup and the
+//! shutdown signal.
 
+pub mod addr;
 pub mod dns;
+pub mod identity;
+pub mod mode;
 pub mod parse;
 pub mod schema;
 pub mod shutdown;
+pub mod spec;
 pub mod telemetry;

@@ -14,6 +14,29 @@ pub fn duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// Renders a duration so that [`duration`] parses it back to the same value (`1m 30s`, `250ms`).
+pub fn render_duration(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
+/// An HSTS max-age in seconds (`--hsts`, the `hsts` label); parsed by [`hsts_max_age`], rendered
+/// as the bare number of seconds the header carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MaxAge(pub u64);
+
+impl std::str::FromStr for MaxAge {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        hsts_max_age(text).map(MaxAge)
+    }
+}
+
+impl std::fmt::Display for MaxAge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
 /// Parses an HSTS max-age: a bare number of seconds, or a number with one unit among `s`, `m`,
 /// `h`, `d`, `w` and `y` (365 days, so `1y` is the 31536000 that HSTS preload lists ask for).
 /// Zero is allowed: `max-age=0` is how a site tells browsers to forget its policy. Shared so the
@@ -56,6 +79,25 @@ mod tests {
         assert!(duration("ten").is_err());
         assert!(duration("10").is_err());
         assert!(duration("0s").is_err());
+    }
+
+    #[test]
+    fn rendered_durations_parse_back() {
+        for d in [
+            Duration::from_millis(1),
+            Duration::from_secs(10),
+            Duration::from_millis(90_500),
+            Duration::from_secs(86_400 * 400 + 7),
+        ] {
+            assert_eq!(
+                duration(&render_duration(d)),
+                Ok(d),
+                "{}",
+                render_duration(d)
+            );
+        }
+        assert_eq!("1y".parse::<MaxAge>(), Ok(MaxAge(31_536_000)));
+        assert_eq!(MaxAge(60).to_string(), "60");
     }
 
     #[test]

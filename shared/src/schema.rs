@@ -46,6 +46,12 @@ pub mod env {
     pub const GOSSLTERM_BACKEND_ADDR: &str = "GOSSLTERM_BACKEND_ADDR";
 }
 
+/// Where the spawner mounts certificates inside a sidecar; labels name files under it.
+pub const CERTS_MOUNT: &str = "/certs";
+
+/// Value of the `managed-by` label on every sidecar the spawner creates.
+pub const MANAGED_BY_SPAWNER: &str = "spawner";
+
 /// Default label prefix; `--label-prefix` on the spawner changes it.
 pub const DEFAULT_LABEL_PREFIX: &str = "tls-sidecar";
 

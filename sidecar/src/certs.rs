@@ -253,8 +253,7 @@ mod tests {
     use crate::tls::self_signed;
 
     fn entry(name: &str, names: &[&str]) -> Arc<Entry> {
-        let mut e = self_signed(&names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-            .expect("generate");
+        let mut e = self_signed(&crate::tls::sans(names)).expect("generate");
         e.name = name.to_string();
         Arc::new(e)
     }

@@ -4,23 +4,27 @@
 //! `shared::schema::env`, the contract with the spawner). gosslterm's two variables are accepted
 //! as aliases so its users can switch without touching their deployment.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::str::FromStr;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
-use shared::parse::duration;
+use clap::Parser;
+use shared::addr::{BackendAddr, ListenAddr};
+use shared::dns::DnsPattern;
+use shared::dns::SanName;
+use shared::identity::{CommonName, Identities, List, UriPattern};
+pub use shared::mode::{ClientAuthMode, Mode};
+use shared::parse::{duration, MaxAge};
 use shared::schema::env;
+use shared::spec::{self, Certificate, SidecarSpec};
 use shared::telemetry::LogFormat;
 
 use crate::certs::PairPaths;
 use crate::error::ConfigError;
-use crate::mtls::AllowList;
 
-/// Default TLS listen address: all interfaces of the namespace the sidecar runs in.
-pub const DEFAULT_LISTEN: &str = "0.0.0.0:8443";
-/// Default backend: the app in the same network namespace, on the usual app port.
-pub const DEFAULT_BACKEND: &str = "127.0.0.1:8080";
+use shared::addr::{DEFAULT_BACKEND_PORT, DEFAULT_LISTEN_PORT};
+
 /// Default cap per client address: far above what one real client holds (a browser opens at
 /// most 6 connections per origin, an HTTP/2 client one, a service its pool), far below the
 /// connection limit, so one address cannot take the sidecar's slots.
@@ -37,19 +41,19 @@ pub const DEFAULT_LISTEN_BACKLOG: u32 = 4096;
 #[derive(Debug, Parser)]
 #[command(name = "sidecar", version, about, long_about = None)]
 pub struct Cli {
-    /// Address to accept TLS on [default: 0.0.0.0:8443; `:PORT` means all interfaces]
-    /// (alias env: GOSSLTERM_FRONTEND_ADDR)
-    #[arg(long, env = env::LISTEN, value_name = "ADDR")]
-    pub listen: Option<String>,
+    /// Address to accept TLS on: IP:PORT, [IPv6]:PORT, or PORT / :PORT for all IPv4 interfaces
+    /// [default: 0.0.0.0:8443] (alias env: GOSSLTERM_FRONTEND_ADDR)
+    #[arg(long, env = env::LISTEN, value_name = "ADDR", value_parser = ListenAddr::from_str)]
+    pub listen: Option<ListenAddr>,
 
-    /// Address of the service to proxy to [default: 127.0.0.1:8080; `:PORT` means 127.0.0.1]
-    /// (alias env: GOSSLTERM_BACKEND_ADDR)
-    #[arg(long, env = env::BACKEND, value_name = "ADDR")]
-    pub backend: Option<String>,
+    /// Address of the service to proxy to: HOST:PORT, IP:PORT, [IPv6]:PORT, or PORT / :PORT for
+    /// 127.0.0.1 [default: 127.0.0.1:8080] (alias env: GOSSLTERM_BACKEND_ADDR)
+    #[arg(long, env = env::BACKEND, value_name = "ADDR", value_parser = BackendAddr::from_str)]
+    pub backend: Option<BackendAddr>,
 
     /// What to proxy: `http` (HTTP/1.1 and HTTP/2 in front, HTTP/1.1 to the backend) or `tcp`
     /// (raw bytes)
-    #[arg(long, env = env::MODE, value_enum, default_value_t = Mode::Http)]
+    #[arg(long, env = env::MODE, value_name = "MODE", value_parser = Mode::from_str, default_value_t = Mode::Http)]
     pub mode: Mode,
 
     /// PEM certificate chain (leaf first); needs --key. Without both, a self-signed certificate
@@ -77,30 +81,31 @@ pub struct Cli {
 
     /// With --client-ca: `required` refuses clients without a valid certificate, `optional`
     /// asks for one but also admits clients without [default: required]
-    #[arg(long, env = env::CLIENT_AUTH, value_enum)]
+    #[arg(long, env = env::CLIENT_AUTH, value_name = "MODE", value_parser = ClientAuthMode::from_str)]
     pub client_auth: Option<ClientAuthMode>,
 
     /// PEM file of certificate revocation lists for --client-ca [default: none]
     #[arg(long, env = env::CLIENT_CRL, value_name = "FILE")]
     pub client_crl: Option<PathBuf>,
 
-    /// Admit client certificates with this subject common name (repeatable; env: comma list)
-    #[arg(long, env = env::ALLOW_CN, value_delimiter = ',', value_name = "CN")]
-    pub allow_cn: Vec<String>,
+    /// Admit client certificates with this subject common name (comma list; repeatable)
+    #[arg(long, env = env::ALLOW_CN, value_name = "CN", value_parser = List::<CommonName>::from_str)]
+    pub allow_cn: Vec<List<CommonName>>,
 
-    /// Admit client certificates with this DNS SAN; `*` matches one label (repeatable)
-    #[arg(long, env = env::ALLOW_DNS_SAN, value_delimiter = ',', value_name = "NAME")]
-    pub allow_dns_san: Vec<String>,
+    /// Admit client certificates with this DNS SAN; `*` matches one label (comma list;
+    /// repeatable)
+    #[arg(long, env = env::ALLOW_DNS_SAN, value_name = "NAME", value_parser = List::<DnsPattern>::from_str)]
+    pub allow_dns_san: Vec<List<DnsPattern>>,
 
     /// Admit client certificates with this URI SAN (e.g. a SPIFFE ID); `*` matches one path
-    /// segment (repeatable)
-    #[arg(long, env = env::ALLOW_URI_SAN, value_delimiter = ',', value_name = "URI")]
-    pub allow_uri_san: Vec<String>,
+    /// segment (comma list; repeatable)
+    #[arg(long, env = env::ALLOW_URI_SAN, value_name = "URI", value_parser = List::<UriPattern>::from_str)]
+    pub allow_uri_san: Vec<List<UriPattern>>,
 
-    /// Comma-separated DNS names and IP addresses for the self-signed certificate
-    /// [default: this host's name, localhost, 127.0.0.1, ::1]
-    #[arg(long, env = env::SELF_SIGNED_NAMES, value_delimiter = ',', value_name = "NAMES")]
-    pub self_signed_names: Option<Vec<String>>,
+    /// Comma-separated DNS names (`*.name` wildcards too) and IP addresses for the self-signed
+    /// certificate [default: this host's name, localhost, 127.0.0.1, ::1]
+    #[arg(long, env = env::SELF_SIGNED_NAMES, value_name = "NAMES", value_parser = List::<SanName>::from_str)]
+    pub self_signed_names: Vec<List<SanName>>,
 
     /// Close connections that have not completed the TLS handshake within this time
     #[arg(long, env = env::HANDSHAKE_TIMEOUT, value_parser = duration, default_value = "10s")]
@@ -179,8 +184,8 @@ pub struct Cli {
 
     /// Add `Strict-Transport-Security: max-age=<seconds>` to http-mode responses that lack it,
     /// e.g. `365d`, `1y` or `31536000` [default: off]
-    #[arg(long, env = env::HSTS, value_name = "MAX_AGE", value_parser = parse_hsts_max_age)]
-    pub hsts: Option<u64>,
+    #[arg(long, env = env::HSTS, value_name = "MAX_AGE", value_parser = MaxAge::from_str)]
+    pub hsts: Option<MaxAge>,
 
     /// Append `; includeSubDomains` to the HSTS header (needs --hsts)
     #[arg(long, env = env::HSTS_INCLUDE_SUBDOMAINS)]
@@ -193,31 +198,6 @@ pub struct Cli {
     pub exit_when_orphaned: bool,
 }
 
-/// Proxy mode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Mode {
-    /// Terminate TLS and proxy HTTP requests.
-    Http,
-    /// Terminate TLS and relay raw bytes.
-    Tcp,
-}
-
-impl std::fmt::Display for Mode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Mode::Http => "http",
-            Mode::Tcp => "tcp",
-        })
-    }
-}
-
-/// Whether client certificates are required or only requested.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ClientAuthMode {
-    Required,
-    Optional,
-}
-
 /// Where the served certificates come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertSources {
@@ -226,7 +206,7 @@ pub struct CertSources {
     /// `--certs-dir`: certificates chosen by SNI.
     pub dir: Option<PathBuf>,
     /// Names for the self-signed certificate used when neither gives a default.
-    pub self_signed_names: Vec<String>,
+    pub self_signed_names: Vec<SanName>,
     /// Period of the content check that backs up file-change notifications.
     pub reload_interval: Duration,
 }
@@ -243,39 +223,16 @@ impl CertSources {
 pub struct ClientAuth {
     pub ca: PathBuf,
     pub crl: Option<PathBuf>,
-    pub required: bool,
-    pub allow: AllowList,
-}
-
-/// The backend address: kept as `host:port` text so a name is resolved at connect time.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Backend {
-    pub host: String,
-    pub port: u16,
-}
-
-impl Backend {
-    /// `host:port`, with IPv6 hosts in brackets, as used in URIs and for connecting.
-    pub fn authority(&self) -> String {
-        if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
-        }
-    }
-}
-
-impl std::fmt::Display for Backend {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.authority())
-    }
+    pub mode: ClientAuthMode,
+    pub allow: Identities,
 }
 
 /// Everything the sidecar needs, validated.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
-    pub backend: Backend,
+    /// Resolved at connect time when it is a name.
+    pub backend: BackendAddr,
     pub mode: Mode,
     pub certs: CertSources,
     pub client_auth: Option<ClientAuth>,
@@ -336,46 +293,22 @@ impl Cli {
         getenv: impl Fn(&str) -> Option<String>,
         hostname: Option<String>,
     ) -> Result<Config, ConfigError> {
-        let (listen_flag, listen_text) = match (self.listen, getenv(env::GOSSLTERM_FRONTEND_ADDR)) {
-            (Some(v), _) => ("--listen", v),
-            (None, Some(v)) => (env::GOSSLTERM_FRONTEND_ADDR, v),
-            (None, None) => ("--listen", DEFAULT_LISTEN.to_string()),
-        };
-        let listen = parse_listen(&listen_text).map_err(|reason| ConfigError::Invalid {
-            flag: listen_flag,
-            value: listen_text.clone(),
-            reason,
-        })?;
-
-        let (backend_flag, backend_text) = match (self.backend, getenv(env::GOSSLTERM_BACKEND_ADDR))
-        {
-            (Some(v), _) => ("--backend", v),
-            (None, Some(v)) => (env::GOSSLTERM_BACKEND_ADDR, v),
-            (None, None) => ("--backend", DEFAULT_BACKEND.to_string()),
-        };
-        let backend = parse_backend(&backend_text).map_err(|reason| ConfigError::Invalid {
-            flag: backend_flag,
-            value: backend_text.clone(),
-            reason,
-        })?;
-
-        let admin_listen = match self.admin_listen {
-            None => None,
-            Some(text) if text.trim().is_empty() => None,
-            Some(text) => Some(parse_listen(&text).map_err(|reason| ConfigError::Invalid {
-                flag: "--admin-listen",
-                value: text.clone(),
-                reason,
-            })?),
+        let listen = match (self.listen, getenv(env::GOSSLTERM_FRONTEND_ADDR)) {
+            (Some(addr), _) => addr,
+            (None, Some(text)) => alias(env::GOSSLTERM_FRONTEND_ADDR, &text)?,
+            (None, None) => ListenAddr::any(DEFAULT_LISTEN_PORT),
+        }
+        .socket_addr();
+        let backend = match (self.backend, getenv(env::GOSSLTERM_BACKEND_ADDR)) {
+            (Some(addr), _) => addr,
+            (None, Some(text)) => alias(env::GOSSLTERM_BACKEND_ADDR, &text)?,
+            (None, None) => BackendAddr::local(DEFAULT_BACKEND_PORT),
         };
 
-        let redirect = match self.redirect_listen.filter(|t| !t.trim().is_empty()) {
-            Some(text) => Some(Redirect {
-                listen: parse_listen(&text).map_err(|reason| ConfigError::Invalid {
-                    flag: "--redirect-listen",
-                    value: text.clone(),
-                    reason,
-                })?,
+        let admin_listen = optional_listen("--admin-listen", self.admin_listen)?;
+        let redirect = match optional_listen("--redirect-listen", self.redirect_listen)? {
+            Some(listen) => Some(Redirect {
+                listen,
                 port: self.redirect_port,
                 acme_webroot: self.acme_webroot,
             }),
@@ -400,7 +333,7 @@ impl Cli {
 
         let hsts = match (self.hsts, self.hsts_include_subdomains) {
             (Some(max_age), include_subdomains) => Some(Hsts {
-                max_age,
+                max_age: max_age.0,
                 include_subdomains,
             }),
             (None, true) => {
@@ -415,7 +348,7 @@ impl Cli {
         if hsts.is_some() && self.mode == Mode::Tcp {
             return Err(ConfigError::Invalid {
                 flag: "--hsts",
-                value: self.hsts.unwrap_or_default().to_string(),
+                value: self.hsts.map(|m| m.to_string()).unwrap_or_default(),
                 reason: "needs --mode http: tcp mode does not see HTTP responses".to_string(),
             });
         }
@@ -437,18 +370,16 @@ impl Cli {
             reload_interval: self.reload_interval,
         };
 
-        let allow = AllowList::new(self.allow_cn, self.allow_dns_san, self.allow_uri_san).map_err(
-            |(flag, value, reason)| ConfigError::Invalid {
-                flag,
-                value,
-                reason,
-            },
-        )?;
+        let allow = Identities {
+            cn: List::concat(self.allow_cn),
+            dns: List::concat(self.allow_dns_san),
+            uri: List::concat(self.allow_uri_san),
+        };
         let client_auth = match self.client_ca {
             Some(ca) => Some(ClientAuth {
                 ca,
                 crl: self.client_crl,
-                required: self.client_auth != Some(ClientAuthMode::Optional),
+                mode: self.client_auth.unwrap_or_default(),
                 allow,
             }),
             None => {
@@ -458,10 +389,7 @@ impl Cli {
                     reason: "needs --client-ca".to_string(),
                 };
                 if let Some(mode) = self.client_auth {
-                    return Err(needs_ca(
-                        "--client-auth",
-                        format!("{mode:?}").to_lowercase(),
-                    ));
+                    return Err(needs_ca("--client-auth", mode.to_string()));
                 }
                 if let Some(crl) = self.client_crl {
                     return Err(needs_ca("--client-crl", crl.display().to_string()));
@@ -535,32 +463,52 @@ fn upgrade_protocols(given: Vec<String>) -> Result<Vec<String>, ConfigError> {
     Ok(out)
 }
 
-/// The names for a self-signed certificate: the given list (trimmed, empty entries dropped), or
-/// the defaults. Each must be a valid DNS name or IP address.
+/// A listener address where an empty value means off (an environment variable set to nothing).
+fn optional_listen(
+    flag: &'static str,
+    text: Option<String>,
+) -> Result<Option<SocketAddr>, ConfigError> {
+    match text {
+        Some(text) if !text.trim().is_empty() => ListenAddr::from_str(&text)
+            .map(|a| Some(a.socket_addr()))
+            .map_err(|reason| ConfigError::Invalid {
+                flag,
+                value: text,
+                reason,
+            }),
+        _ => Ok(None),
+    }
+}
+
+/// A gosslterm alias variable, parsed with the grammar of the flag it stands for.
+fn alias<T: FromStr<Err = String>>(name: &'static str, text: &str) -> Result<T, ConfigError> {
+    T::from_str(text).map_err(|reason| ConfigError::Invalid {
+        flag: name,
+        value: text.to_string(),
+        reason,
+    })
+}
+
+/// The names for a self-signed certificate: the given lists, or the defaults (this host's name
+/// when it is a valid name, localhost, 127.0.0.1, ::1).
 fn self_signed_names(
-    given: Option<Vec<String>>,
+    given: Vec<List<SanName>>,
     hostname: Option<String>,
-) -> Result<Vec<String>, ConfigError> {
-    let names: Vec<String> = match given {
-        Some(list) => list
+) -> Result<Vec<SanName>, ConfigError> {
+    if given.is_empty() {
+        let mut names: Vec<SanName> = hostname
+            .as_deref()
+            .map(str::trim)
+            .filter(|h| !h.is_empty() && *h != "localhost")
+            .and_then(|h| h.parse().ok())
             .into_iter()
-            .map(|n| n.trim().to_string())
-            .filter(|n| !n.is_empty())
-            .collect(),
-        None => {
-            let mut names = Vec::new();
-            if let Some(h) = hostname
-                .map(|h| h.trim().to_string())
-                .filter(|h| !h.is_empty())
-            {
-                if h != "localhost" {
-                    names.push(h);
-                }
-            }
-            names.extend(["localhost", "127.0.0.1", "::1"].map(String::from));
-            names
-        }
-    };
+            .collect();
+        names.extend(["localhost", "127.0.0.1", "::1"].map(|n| {
+            SanName::from_str(n).unwrap_or(SanName::Ip(std::net::Ipv6Addr::LOCALHOST.into()))
+        }));
+        return Ok(names);
+    }
+    let names = List::concat(given).0;
     if names.is_empty() {
         return Err(ConfigError::Invalid {
             flag: "--self-signed-names",
@@ -568,73 +516,39 @@ fn self_signed_names(
             reason: "at least one name is needed".to_string(),
         });
     }
-    for name in &names {
-        if name.parse::<IpAddr>().is_err() && !is_dns_name(name) {
-            return Err(ConfigError::Invalid {
-                flag: "--self-signed-names",
-                value: name.clone(),
-                reason: "not a DNS name or IP address".to_string(),
-            });
-        }
-    }
     Ok(names)
 }
 
-/// A permissive DNS name check: labels of letters, digits, `-` and `_`, optionally a leading
-/// `*.` wildcard, at most 253 characters.
-/// A DNS name (shared grammar, `shared::dns`), or a wildcard `*.` in front of one.
-fn is_dns_name(name: &str) -> bool {
-    shared::dns::is_name(name.strip_prefix("*.").unwrap_or(name))
-}
-
-/// Parses a listen address: `IP:PORT`, `[IPv6]:PORT`, or `:PORT` (all IPv4 interfaces, as in
-/// gosslterm). Names are refused: a listen address must be unambiguous.
-pub fn parse_listen(text: &str) -> Result<SocketAddr, String> {
-    let text = text.trim();
-    if let Some(port) = text.strip_prefix(':') {
-        let port = parse_port(port)?;
-        return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port));
-    }
-    text.parse::<SocketAddr>()
-        .map_err(|_| "expected IP:PORT, [IPv6]:PORT or :PORT".to_string())
-}
-
-/// Parses a backend address: `HOST:PORT`, `IP:PORT`, `[IPv6]:PORT` or `:PORT` (127.0.0.1).
-pub fn parse_backend(text: &str) -> Result<Backend, String> {
-    let text = text.trim();
-    if let Ok(addr) = text.parse::<SocketAddr>() {
-        return Ok(Backend {
-            host: addr.ip().to_string(),
-            port: addr.port(),
-        });
-    }
-    let (host, port) = text
-        .rsplit_once(':')
-        .ok_or_else(|| "expected HOST:PORT, IP:PORT, [IPv6]:PORT or :PORT".to_string())?;
-    let port = parse_port(port)?;
-    if host.is_empty() {
-        return Ok(Backend {
-            host: Ipv4Addr::LOCALHOST.to_string(),
-            port,
-        });
-    }
-    if !is_dns_name(host) || host.starts_with('*') {
-        return Err(format!("invalid host {host:?}"));
-    }
-    Ok(Backend {
-        host: host.to_string(),
-        port,
-    })
-}
-
-/// Parses an HSTS max-age; the one implementation lives in `shared::parse` so the spawner
-/// validates its `hsts` label the same way.
-pub use shared::parse::hsts_max_age as parse_hsts_max_age;
-
-fn parse_port(text: &str) -> Result<u16, String> {
-    match text.parse::<u16>() {
-        Ok(p) => Ok(p),
-        Err(_) => Err(format!("invalid port {text:?}")),
+impl Config {
+    /// The part of this configuration the spawner controls, as a [`SidecarSpec`]: what the
+    /// sidecar understood from its environment. The contract test renders a spec, parses it here
+    /// and compares.
+    pub fn spec(&self) -> SidecarSpec {
+        let certificate = match &self.certs.pair {
+            Some(pair) => Certificate::Files {
+                cert: pair.cert.clone(),
+                key: pair.key.clone(),
+            },
+            None => Certificate::SelfSigned {
+                names: self.certs.self_signed_names.clone(),
+            },
+        };
+        SidecarSpec {
+            listen: self.listen.into(),
+            backend: self.backend.clone(),
+            mode: self.mode,
+            certificate,
+            client_auth: self.client_auth.as_ref().map(|a| spec::ClientAuth {
+                ca: a.ca.clone(),
+                mode: a.mode,
+                allow: a.allow.clone(),
+            }),
+            redirect_listen: self.redirect.as_ref().map(|r| r.listen.into()),
+            hsts: self.hsts.map(|h| MaxAge(h.max_age)),
+            shutdown_grace: self.shutdown_grace,
+            log_format: self.log_format,
+            exit_when_orphaned: self.exit_when_orphaned,
+        }
     }
 }
 
@@ -656,6 +570,10 @@ mod tests {
         let mut all = vec!["sidecar"];
         all.extend_from_slice(args);
         Cli::try_parse_from(all).expect("valid command line")
+    }
+
+    fn names(list: &[SanName]) -> Vec<String> {
+        list.iter().map(ToString::to_string).collect()
     }
 
     fn config(args: &[&str], env: &[(&str, &str)]) -> Result<Config, ConfigError> {
@@ -689,10 +607,8 @@ mod tests {
         assert_eq!(c.admin_listen, None);
         assert!(!c.exit_when_orphaned, "off unless asked for");
         assert_eq!(
-            c.certs.self_signed_names,
+            names(&c.certs.self_signed_names),
             ["app-host", "localhost", "127.0.0.1", "::1"]
-                .map(String::from)
-                .to_vec()
         );
         assert_eq!(c.certs.pair, None);
         assert_eq!(c.certs.dir, None);
@@ -745,46 +661,38 @@ mod tests {
     }
 
     #[test]
-    fn listen_addresses() {
-        assert_eq!(
-            parse_listen(":8443"),
-            Ok("0.0.0.0:8443".parse().expect("addr"))
-        );
-        assert_eq!(
-            parse_listen("[::1]:443"),
-            Ok("[::1]:443".parse().expect("addr"))
-        );
-        assert!(parse_listen("localhost:443").is_err());
-        assert!(parse_listen("1.2.3.4").is_err());
-        assert!(parse_listen(":99999").is_err());
-    }
-
-    #[test]
-    fn backend_addresses() {
-        assert_eq!(
-            parse_backend("app:8080").map(|b| b.authority()),
-            Ok("app:8080".to_string())
-        );
-        assert_eq!(
-            parse_backend("[::1]:80").map(|b| b.authority()),
-            Ok("[::1]:80".to_string())
-        );
-        assert_eq!(
-            parse_backend(":80").map(|b| b.authority()),
-            Ok("127.0.0.1:80".to_string())
-        );
-        assert!(parse_backend("app").is_err());
-        assert!(parse_backend("bad host:80").is_err());
+    fn listen_and_backend_take_the_shared_grammar() {
+        // Every form of shared::addr, through the flags and the environment alike.
+        let c = config(&["--listen", "9443", "--backend", "3000"], &[]).expect("bare ports");
+        assert_eq!(c.listen, "0.0.0.0:9443".parse().expect("addr"));
+        assert_eq!(c.backend.authority(), "127.0.0.1:3000");
+        let c = config(&["--listen", "[::1]:443", "--backend", "app:8080"], &[]).expect("valid");
+        assert_eq!(c.listen, "[::1]:443".parse().expect("addr"));
+        assert_eq!(c.backend.authority(), "app:8080");
+        let c = config(&["--listen", "127.0.0.1:0"], &[]).expect("port 0 for tests");
+        assert_eq!(c.listen.port(), 0);
+        for args in [
+            ["--listen", "localhost:443"],
+            ["--listen", ":99999"],
+            ["--backend", "app"],
+            ["--backend", "-app:80"],
+            ["--backend", "app:0"],
+        ] {
+            assert!(
+                Cli::try_parse_from(["sidecar", args[0], args[1]]).is_err(),
+                "{args:?} should be refused"
+            );
+        }
     }
 
     #[test]
     fn self_signed_names_are_validated() {
         let c = config(&["--self-signed-names", "a.example, 10.0.0.1,"], &[]).expect("valid");
-        assert_eq!(
-            c.certs.self_signed_names,
-            vec!["a.example".to_string(), "10.0.0.1".to_string()]
-        );
-        assert!(config(&["--self-signed-names", "not a name"], &[]).is_err());
+        assert_eq!(names(&c.certs.self_signed_names), ["a.example", "10.0.0.1"]);
+        let c = config(&["--self-signed-names", "*.a.example"], &[]).expect("wildcard");
+        assert_eq!(names(&c.certs.self_signed_names), ["*.a.example"]);
+        assert!(Cli::try_parse_from(["sidecar", "--self-signed-names", "not a name"]).is_err());
+        assert!(config(&["--self-signed-names", ","], &[]).is_err());
     }
 
     #[test]
@@ -856,7 +764,7 @@ mod tests {
         )
         .expect("valid");
         let auth = c.client_auth.expect("mtls on");
-        assert!(auth.required);
+        assert_eq!(auth.mode, ClientAuthMode::Required);
         assert!(!auth.allow.is_empty());
         let c = Cli::try_parse_from([
             "sidecar",
@@ -867,8 +775,8 @@ mod tests {
         ])
         .expect("parse")
         .into_config(|_| None, None)
-        .map(|c| c.client_auth.map(|a| a.required));
-        assert_eq!(c.ok().flatten(), Some(false));
+        .map(|c| c.client_auth.map(|a| a.mode));
+        assert_eq!(c.ok().flatten(), Some(ClientAuthMode::Optional));
         for args in [
             vec!["--client-auth", "optional"],
             vec!["--allow-cn", "x"],

@@ -21,103 +21,17 @@ use crate::certs::CertFacts;
 use crate::config::ClientAuth;
 use crate::error::ConfigError;
 use crate::tls::sha256_hex;
+use shared::identity::Identities;
+use shared::mode::ClientAuthMode;
 
-/// Which client identities are admitted. Empty: any certificate the CA verified.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct AllowList {
-    cn: Vec<String>,
-    dns: Vec<String>,
-    uri: Vec<String>,
-}
-
-impl AllowList {
-    /// Validates the patterns. Errors carry the flag, the value and the reason.
-    pub fn new(
-        cn: Vec<String>,
-        dns: Vec<String>,
-        uri: Vec<String>,
-    ) -> Result<Self, (&'static str, String, String)> {
-        let clean = |v: Vec<String>| -> Vec<String> {
-            v.into_iter()
-                .map(|s| s.trim().to_string())
-                .filter(|s| !s.is_empty())
-                .collect()
-        };
-        let (cn, dns, uri) = (clean(cn), clean(dns), clean(uri));
-        for d in &dns {
-            if d.split('.')
-                .any(|label| label.is_empty() || (label.contains('*') && label != "*"))
-            {
-                return Err((
-                    "--allow-dns-san",
-                    d.clone(),
-                    "expected a DNS name; `*` may stand for a whole label".into(),
-                ));
-            }
-        }
-        for u in &uri {
-            if !u.contains(':') || u.split('/').any(|seg| seg.contains('*') && seg != "*") {
-                return Err((
-                    "--allow-uri-san",
-                    u.clone(),
-                    "expected a URI such as spiffe://example.org/ns/prod/sa/web; `*` may stand for a whole segment"
-                        .into(),
-                ));
-            }
-        }
-        Ok(Self {
-            cn,
-            dns: dns.into_iter().map(|d| d.to_ascii_lowercase()).collect(),
-            uri,
-        })
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.cn.is_empty() && self.dns.is_empty() && self.uri.is_empty()
-    }
-
-    /// The patterns, for messages.
-    pub fn describe(&self) -> String {
-        let mut parts = Vec::new();
-        parts.extend(self.cn.iter().map(|c| format!("cn={c}")));
-        parts.extend(self.dns.iter().map(|d| format!("dns={d}")));
-        parts.extend(self.uri.iter().map(|u| format!("uri={u}")));
-        parts.join(",")
-    }
-
-    /// Whether a verified certificate is admitted: any matching entry of any list admits.
-    pub fn admits(&self, facts: &CertFacts) -> bool {
-        if self.is_empty() {
-            return true;
-        }
-        facts
-            .common_names
-            .iter()
-            .any(|cn| self.cn.iter().any(|p| p == cn))
-            || facts
-                .dns_names
-                .iter()
-                .any(|d| self.dns.iter().any(|p| segments_match(p, d, '.')))
-            || facts
-                .uris
-                .iter()
-                .any(|u| self.uri.iter().any(|p| segments_match(p, u, '/')))
-    }
-}
-
-/// `pattern` matches `value` when both have the same number of `sep`-separated segments and
-/// each pattern segment is `*` (matching any non-empty segment) or equal to the value's.
-pub fn segments_match(pattern: &str, value: &str, sep: char) -> bool {
-    let mut p = pattern.split(sep);
-    let mut v = value.split(sep);
-    loop {
-        match (p.next(), v.next()) {
-            (None, None) => return true,
-            (Some("*"), Some(seg)) if !seg.is_empty() => {}
-            (Some(a), Some(b)) if a == b => {}
-            _ => return false,
-        }
-    }
+/// Whether a verified certificate is admitted by the allow-lists (the rule lives in
+/// `shared::identity`, with the grammar of its patterns).
+fn admits(allow: &Identities, facts: &CertFacts) -> bool {
+    allow.admits(
+        facts.common_names.iter().map(String::as_str),
+        facts.dns_names.iter().map(String::as_str),
+        facts.uris.iter().map(String::as_str),
+    )
 }
 
 /// The verified client identity, for the backend's headers.
@@ -154,7 +68,7 @@ pub fn verifier(auth: &ClientAuth) -> Result<Arc<dyn ClientCertVerifier>, Config
     if let Some(crl_path) = &auth.crl {
         builder = builder.with_crls(load_crls(crl_path)?);
     }
-    if !auth.required {
+    if auth.mode == ClientAuthMode::Optional {
         builder = builder.allow_unauthenticated();
     }
     let inner = builder.build().map_err(|e| ConfigError::BadPem {
@@ -220,7 +134,7 @@ fn load_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, 
 /// WebPKI verification, then the allow-lists.
 struct AllowingVerifier {
     inner: Arc<dyn ClientCertVerifier>,
-    allow: AllowList,
+    allow: Identities,
 }
 
 impl fmt::Debug for AllowingVerifier {
@@ -258,7 +172,7 @@ impl ClientCertVerifier for AllowingVerifier {
         }
         let facts = CertFacts::from_der(end_entity.as_ref())
             .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
-        if self.allow.admits(&facts) {
+        if admits(&self.allow, &facts) {
             Ok(verified)
         } else {
             debug!(subject = %facts.subject, "client certificate not in the allow-list");
@@ -304,55 +218,35 @@ mod tests {
         }
     }
 
-    fn list(cn: &[&str], dns: &[&str], uri: &[&str]) -> AllowList {
-        let v = |x: &[&str]| x.iter().map(|s| s.to_string()).collect();
-        AllowList::new(v(cn), v(dns), v(uri)).expect("valid patterns")
-    }
-
-    #[test]
-    fn segment_wildcards_match_exactly_one_segment() {
-        assert!(segments_match(
-            "spiffe://example.org/ns/*/sa/web",
-            "spiffe://example.org/ns/prod/sa/web",
-            '/'
-        ));
-        assert!(!segments_match(
-            "spiffe://example.org/ns/*/sa/web",
-            "spiffe://example.org/ns/a/b/sa/web",
-            '/'
-        ));
-        assert!(!segments_match(
-            "spiffe://example.org/ns/*/sa/web",
-            "spiffe://example.org/ns//sa/web",
-            '/'
-        ));
-        assert!(segments_match("*.svc.example", "api.svc.example", '.'));
-        assert!(!segments_match("*.svc.example", "a.api.svc.example", '.'));
-        assert!(!segments_match("*.svc.example", "svc.example", '.'));
+    fn list(cn: &str, dns: &str, uri: &str) -> Identities {
+        Identities {
+            cn: cn.parse().expect("cn"),
+            dns: dns.parse().expect("dns"),
+            uri: uri.parse().expect("uri"),
+        }
     }
 
     #[test]
     fn any_list_admits_and_empty_admits_all() {
         let allow = list(
-            &["billing"],
-            &["*.svc.example"],
-            &["spiffe://example.org/ns/*/sa/web"],
+            "billing",
+            "*.svc.example",
+            "spiffe://example.org/ns/*/sa/web",
         );
-        assert!(allow.admits(&facts("billing", &[], &[])));
-        assert!(allow.admits(&facts("x", &["api.svc.example"], &[])));
-        assert!(allow.admits(&facts("x", &[], &["spiffe://example.org/ns/prod/sa/web"])));
-        assert!(!allow.admits(&facts(
-            "x",
-            &["api.other.example"],
-            &["spiffe://example.org/ns/prod/sa/db"]
-        )));
-        assert!(AllowList::default().admits(&facts("anyone", &[], &[])));
-    }
-
-    #[test]
-    fn bad_patterns_are_refused() {
-        assert!(AllowList::new(vec![], vec!["a*.example".into()], vec![]).is_err());
-        assert!(AllowList::new(vec![], vec![], vec!["no-scheme".into()]).is_err());
-        assert!(AllowList::new(vec![], vec![], vec!["spiffe://x/ns-*".into()]).is_err());
+        assert!(admits(&allow, &facts("billing", &[], &[])));
+        assert!(admits(&allow, &facts("x", &["api.svc.example"], &[])));
+        assert!(admits(
+            &allow,
+            &facts("x", &[], &["spiffe://example.org/ns/prod/sa/web"])
+        ));
+        assert!(!admits(
+            &allow,
+            &facts(
+                "x",
+                &["api.other.example"],
+                &["spiffe://example.org/ns/prod/sa/db"]
+            )
+        ));
+        assert!(admits(&Identities::default(), &facts("anyone", &[], &[])));
     }
 }

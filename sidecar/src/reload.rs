@@ -150,7 +150,7 @@ pub fn build(
             Some(s) => s.clone(),
             None => match self_signed(&sources.self_signed_names) {
                 Ok(s) => {
-                    info!(names = %sources.self_signed_names.join(","), sha256 = %s.fingerprint, "generated self-signed certificate");
+                    info!(names = %shared::identity::List(sources.self_signed_names.clone()), sha256 = %s.fingerprint, "generated self-signed certificate");
                     let s = Arc::new(s);
                     *self_signed_cache = Some(s.clone());
                     changed = true;

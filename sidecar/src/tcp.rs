@@ -14,8 +14,8 @@ use tokio::net::TcpStream;
 use tracing::debug;
 
 use crate::activity::{tick_period, Activity, Tracked, Verdict};
-use crate::config::Backend;
 use crate::metrics::Metrics;
+use shared::addr::BackendAddr as Backend;
 
 static CONNECT_LOG: crate::throttle::Throttle =
     crate::throttle::Throttle::new(crate::throttle::LOG_INTERVAL);

@@ -17,8 +17,9 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::certs::{CertFacts, CertSet, Entry, PairPaths};
-use crate::config::Mode;
 use crate::error::ConfigError;
+use shared::dns::SanName;
+use shared::mode::Mode;
 
 /// The one crypto provider of the workspace.
 pub fn provider() -> Arc<CryptoProvider> {
@@ -203,10 +204,11 @@ fn parse_key(
 }
 
 /// Generates an ECDSA P-256 certificate for `names` (DNS names and IP addresses).
-pub fn self_signed(names: &[String]) -> Result<Entry, ConfigError> {
+pub fn self_signed(names: &[SanName]) -> Result<Entry, ConfigError> {
+    let names: Vec<String> = names.iter().map(ToString::to_string).collect();
     let key_pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
         .map_err(|e| ConfigError::SelfSigned(e.to_string()))?;
-    let mut params = rcgen::CertificateParams::new(names.to_vec())
+    let mut params = rcgen::CertificateParams::new(names.clone())
         .map_err(|e| ConfigError::SelfSigned(e.to_string()))?;
     let common_name = names
         .first()
@@ -309,13 +311,20 @@ pub fn server_config(
 }
 
 #[cfg(test)]
+pub(crate) fn sans(names: &[&str]) -> Vec<SanName> {
+    names
+        .iter()
+        .map(|n| n.parse().expect("a valid name"))
+        .collect()
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn self_signed_has_fingerprint_of_its_leaf() {
-        let loaded =
-            self_signed(&["localhost".to_string(), "127.0.0.1".to_string()]).expect("generate");
+        let loaded = self_signed(&sans(&["localhost", "127.0.0.1"])).expect("generate");
         assert_eq!(loaded.fingerprint, sha256_hex(loaded.key.cert[0].as_ref()));
         assert_eq!(loaded.fingerprint.len(), 64);
     }
@@ -335,7 +344,7 @@ mod tests {
 
     #[test]
     fn config_builds_for_both_modes() {
-        let loaded = Arc::new(self_signed(&["localhost".to_string()]).expect("generate"));
+        let loaded = Arc::new(self_signed(&sans(&["localhost"])).expect("generate"));
         let store = Arc::new(CertStore::new(CertSet::new(loaded, Vec::new())));
         let http = server_config(store.clone(), Mode::Http, None).expect("http config");
         assert_eq!(

@@ -1,0 +1,217 @@
+//! What one sidecar is told: [`SidecarSpec`], built by the spawner from a target's labels and
+//! rendered into the sidecar's environment ([`SidecarSpec::to_env`]); the sidecar reads the same
+//! variables back through its command line (`sidecar::config::Cli`, whose `Config::spec` gives
+//! the spec back). A property test (`spawner/tests/contract.rs`) checks the round trip over
+//! generated specs and label sets, so a label the spawner accepts always starts a sidecar.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::addr::{BackendAddr, ListenAddr};
+use crate::dns::SanName;
+use crate::identity::Identities;
+use crate::mode::{ClientAuthMode, Mode};
+use crate::parse::{render_duration, MaxAge};
+use crate::schema::{env, CERTS_MOUNT};
+use crate::telemetry::LogFormat;
+
+/// Everything the spawner tells one sidecar. Settings the spawner never sets (limits, timeouts
+/// other than the grace) are absent: the sidecar's defaults apply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SidecarSpec {
+    pub listen: ListenAddr,
+    pub backend: BackendAddr,
+    pub mode: Mode,
+    pub certificate: Certificate,
+    pub client_auth: Option<ClientAuth>,
+    pub redirect_listen: Option<ListenAddr>,
+    pub hsts: Option<MaxAge>,
+    pub shutdown_grace: Duration,
+    pub log_format: LogFormat,
+    pub exit_when_orphaned: bool,
+}
+
+/// The certificate a sidecar serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Certificate {
+    /// PEM chain and key files (reloaded when they change).
+    Files { cert: PathBuf, key: PathBuf },
+    /// Generated at start for these names.
+    SelfSigned { names: Vec<SanName> },
+}
+
+/// Mutual TLS: client certificates verified against `ca`, then matched against `allow`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientAuth {
+    pub ca: PathBuf,
+    pub mode: ClientAuthMode,
+    pub allow: Identities,
+}
+
+impl SidecarSpec {
+    /// The environment that tells a sidecar this spec: `(name, value)` pairs, each variable at
+    /// most once, unset settings left out so the sidecar's defaults apply.
+    pub fn to_env(&self) -> Vec<(&'static str, String)> {
+        let mut out = vec![
+            (env::LISTEN, self.listen.to_string()),
+            (env::BACKEND, self.backend.to_string()),
+            (env::MODE, self.mode.to_string()),
+            (env::SHUTDOWN_GRACE, render_duration(self.shutdown_grace)),
+            (env::LOG_FORMAT, self.log_format.to_string()),
+        ];
+        match &self.certificate {
+            Certificate::Files { cert, key } => {
+                out.push((env::CERT, cert.display().to_string()));
+                out.push((env::KEY, key.display().to_string()));
+            }
+            Certificate::SelfSigned { names } => {
+                out.push((
+                    env::SELF_SIGNED_NAMES,
+                    crate::identity::List(names.clone()).to_string(),
+                ));
+            }
+        }
+        if let Some(auth) = &self.client_auth {
+            out.push((env::CLIENT_CA, auth.ca.display().to_string()));
+            out.push((env::CLIENT_AUTH, auth.mode.to_string()));
+            let lists = [
+                (env::ALLOW_CN, auth.allow.cn.to_string()),
+                (env::ALLOW_DNS_SAN, auth.allow.dns.to_string()),
+                (env::ALLOW_URI_SAN, auth.allow.uri.to_string()),
+            ];
+            out.extend(lists.into_iter().filter(|(_, v)| !v.is_empty()));
+        }
+        if let Some(addr) = self.redirect_listen {
+            out.push((env::REDIRECT_LISTEN, addr.to_string()));
+        }
+        if let Some(max_age) = self.hsts {
+            out.push((env::HSTS, max_age.to_string()));
+        }
+        if self.exit_when_orphaned {
+            out.push((env::EXIT_WHEN_ORPHANED, "true".to_string()));
+        }
+        out
+    }
+
+    /// [`SidecarSpec::to_env`] as `NAME=value` strings, as the engine's API takes them.
+    pub fn to_env_strings(&self) -> Vec<String> {
+        self.to_env()
+            .into_iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect()
+    }
+}
+
+/// A file under the certificate mount, as a label names it: relative (`ca/clients.pem`) or
+/// absolute within the mount (`/certs/ca/clients.pem`). `..` is refused outright rather than
+/// resolved, so a label can never name a file outside what the operator chose to mount. Renders
+/// as the absolute path inside the sidecar.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct MountedPath(String);
+
+impl MountedPath {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The path relative to the mount (`ca/clients.pem`).
+    pub fn relative(&self) -> &str {
+        self.0
+            .strip_prefix(CERTS_MOUNT)
+            .unwrap_or(&self.0)
+            .trim_start_matches('/')
+    }
+}
+
+impl FromStr for MountedPath {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        let v = text.trim();
+        let expected = || format!("expected a file path under {CERTS_MOUNT}, got {v:?}");
+        if v.chars().any(|c| c.is_control() || c == ',') {
+            return Err(expected());
+        }
+        let rel = match v.strip_prefix(CERTS_MOUNT) {
+            Some(rest) if rest.is_empty() || rest.starts_with('/') => rest,
+            _ if v.starts_with('/') => return Err(expected()),
+            _ => v,
+        };
+        let segments: Vec<&str> = rel
+            .split('/')
+            .filter(|s| !s.is_empty() && *s != ".")
+            .collect();
+        if segments.is_empty() || segments.contains(&"..") {
+            return Err(expected());
+        }
+        Ok(MountedPath(format!("{CERTS_MOUNT}/{}", segments.join("/"))))
+    }
+}
+
+impl fmt::Display for MountedPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mounted_paths_stay_under_the_mount() {
+        let ok = |v: &str| v.parse::<MountedPath>().map(|p| p.to_string());
+        assert_eq!(ok("ca/clients.pem").as_deref(), Ok("/certs/ca/clients.pem"));
+        assert_eq!(ok("/certs/ca//./c.pem").as_deref(), Ok("/certs/ca/c.pem"));
+        assert_eq!(
+            "/certs/a/b.pem"
+                .parse::<MountedPath>()
+                .map(|p| p.relative().to_string()),
+            Ok("a/b.pem".to_string())
+        );
+        for bad in [
+            "",
+            "/etc/passwd",
+            "../x",
+            "a/../../x",
+            "/certsx/a",
+            "/certs",
+            "a,b",
+        ] {
+            assert!(ok(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn env_holds_each_setting_once_and_only_what_is_set() {
+        let spec = SidecarSpec {
+            listen: ListenAddr::any(8443),
+            backend: "3000".parse().expect("backend"),
+            mode: Mode::Tcp,
+            certificate: Certificate::SelfSigned {
+                names: vec![
+                    "web".parse().expect("name"),
+                    "127.0.0.1".parse().expect("ip"),
+                ],
+            },
+            client_auth: None,
+            redirect_listen: None,
+            hsts: None,
+            shutdown_grace: Duration::from_secs(10),
+            log_format: LogFormat::Text,
+            exit_when_orphaned: false,
+        };
+        assert_eq!(
+            spec.to_env_strings(),
+            [
+                "SIDECAR_LISTEN=0.0.0.0:8443",
+                "SIDECAR_BACKEND=127.0.0.1:3000",
+                "SIDECAR_MODE=tcp",
+                "SIDECAR_SHUTDOWN_GRACE=10s",
+                "SIDECAR_LOG_FORMAT=text",
+                "SIDECAR_SELF_SIGNED_NAMES=web,127.0.0.1",
+            ]
+        );
+    }
+}
