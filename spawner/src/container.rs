@@ -2,19 +2,18 @@
 //! settings are asserted in unit tests.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 
 use bollard::models::{
-    ContainerCreateBody, ContainerInspectResponse, HostConfig, Mount, MountType, RestartPolicy,
-    RestartPolicyNameEnum,
+    ContainerCreateBody, HostConfig, Mount, MountType, RestartPolicy, RestartPolicyNameEnum,
 };
-use shared::schema::{env, label, label_name};
+use shared::dns::{DnsName, SanName};
+use shared::schema::{label, label_name, CERTS_MOUNT, MANAGED_BY_SPAWNER};
+use shared::spec::{Certificate, ClientAuth, SidecarSpec};
 
 use crate::config::{CertsSource, Config};
 use crate::labels::TargetSpec;
-use crate::observe::MANAGED_BY_VALUE;
 
-/// Where certificates are mounted inside the sidecar.
-pub const CERTS_MOUNT: &str = "/certs";
 /// The unprivileged user the sidecar runs as (`nobody`).
 pub const SIDECAR_USER: &str = "65534:65534";
 /// Extra stop timeout on top of the sidecar's shutdown grace, so Docker's SIGKILL never cuts a drain.
@@ -28,82 +27,53 @@ pub struct For<'a> {
 }
 
 /// Certificate paths inside the sidecar for a hostname (certbot layout).
-pub fn cert_paths(hostname: &str) -> (String, String) {
-    let dir = format!("{CERTS_MOUNT}/live/{hostname}");
-    (format!("{dir}/fullchain.pem"), format!("{dir}/privkey.pem"))
+pub fn cert_paths(hostname: &DnsName) -> (PathBuf, PathBuf) {
+    let dir = PathBuf::from(format!("{CERTS_MOUNT}/live/{hostname}"));
+    (dir.join("fullchain.pem"), dir.join("privkey.pem"))
 }
 
-/// Whether a target has a network namespace of its own with an interface the engine deletes when
-/// the target goes: then its sidecar is told `SIDECAR_EXIT_WHEN_ORPHANED` and ends itself when
-/// the namespace is left with only `lo`, even while no spawner runs. Not for `none` (nothing to
-/// lose, ever), `host` (the host's interfaces never go) or `container:<other>` (the namespace
-/// and its interfaces belong to the other container and outlive this target).
-pub fn has_own_network(target: &ContainerInspectResponse) -> bool {
-    let mode = target
-        .host_config
-        .as_ref()
-        .and_then(|h| h.network_mode.as_deref())
-        .unwrap_or("default");
-    if matches!(mode, "none" | "host") || mode.starts_with("container:") {
-        return false;
+/// What the sidecar for `target` is told. `use_certs`: the certificate files for the hostname
+/// exist under the mount; otherwise a self-signed certificate for the hostname, `localhost` and
+/// `127.0.0.1` (so probes from inside the namespace verify too).
+pub fn sidecar_spec(cfg: &Config, target: &TargetSpec, use_certs: bool) -> SidecarSpec {
+    let certificate = if use_certs {
+        let (cert, key) = cert_paths(&target.hostname);
+        Certificate::Files { cert, key }
+    } else {
+        let mut names = vec![SanName::Dns(target.hostname.clone())];
+        for extra in ["localhost", "127.0.0.1"] {
+            if let Ok(name) = extra.parse::<SanName>() {
+                if !names.contains(&name) {
+                    names.push(name);
+                }
+            }
+        }
+        Certificate::SelfSigned { names }
+    };
+    SidecarSpec {
+        listen: target.listen,
+        backend: target.backend.clone(),
+        mode: target.mode,
+        certificate,
+        client_auth: target.mtls.as_ref().map(|m| ClientAuth {
+            ca: PathBuf::from(m.ca.as_str()),
+            mode: m.auth,
+            allow: m.allow.clone(),
+        }),
+        redirect_listen: target.redirect_listen,
+        hsts: target.hsts,
+        // Whole seconds, at least one: the engine's stop timeout is in seconds.
+        shutdown_grace: std::time::Duration::from_secs(cfg.sidecar_shutdown_grace.as_secs().max(1)),
+        log_format: cfg.log_format,
+        exit_when_orphaned: target.exit_when_orphaned,
     }
-    target
-        .network_settings
-        .as_ref()
-        .and_then(|n| n.networks.as_ref())
-        .is_some_and(|nets| nets.keys().any(|n| n != "none" && n != "host"))
 }
 
 /// The create request. `use_certs`: the certificate files for the hostname exist under the mount.
 pub fn sidecar_body(cfg: &Config, target: &For<'_>, use_certs: bool) -> ContainerCreateBody {
     let spec = target.spec;
     let grace = cfg.sidecar_shutdown_grace;
-    let log_format = match cfg.log_format {
-        shared::telemetry::LogFormat::Text => "text",
-        shared::telemetry::LogFormat::Json => "json",
-    };
-    let mut envs = vec![
-        format!("{}={}", env::LISTEN, spec.listen),
-        format!("{}={}", env::BACKEND, spec.backend),
-        format!("{}={}", env::MODE, spec.mode.as_str()),
-        format!("{}={}s", env::SHUTDOWN_GRACE, grace.as_secs().max(1)),
-        format!("{}={}", env::LOG_FORMAT, log_format),
-    ];
-    if use_certs {
-        let (cert, key) = cert_paths(&spec.hostname);
-        envs.push(format!("{}={cert}", env::CERT));
-        envs.push(format!("{}={key}", env::KEY));
-    } else {
-        envs.push(format!(
-            "{}={},localhost,127.0.0.1",
-            env::SELF_SIGNED_NAMES,
-            spec.hostname
-        ));
-    }
-    if let Some(m) = &spec.mtls {
-        envs.push(format!("{}={}", env::CLIENT_CA, m.ca));
-        if let Some(auth) = m.auth {
-            envs.push(format!("{}={}", env::CLIENT_AUTH, auth.as_str()));
-        }
-        for (name, list) in [
-            (env::ALLOW_CN, &m.allow_cn),
-            (env::ALLOW_DNS_SAN, &m.allow_dns_san),
-            (env::ALLOW_URI_SAN, &m.allow_uri_san),
-        ] {
-            if !list.is_empty() {
-                envs.push(format!("{name}={}", list.join(",")));
-            }
-        }
-    }
-    if let Some(addr) = &spec.redirect_listen {
-        envs.push(format!("{}={addr}", env::REDIRECT_LISTEN));
-    }
-    if let Some(max_age) = spec.hsts {
-        envs.push(format!("{}={max_age}", env::HSTS));
-    }
-    if spec.exit_when_orphaned {
-        envs.push(format!("{}=true", env::EXIT_WHEN_ORPHANED));
-    }
+    let envs = sidecar_spec(cfg, spec, use_certs).to_env_strings();
     let labels = HashMap::from([
         (
             label_name(&cfg.label_prefix, label::SIDECAR_FOR),
@@ -111,7 +81,7 @@ pub fn sidecar_body(cfg: &Config, target: &For<'_>, use_certs: bool) -> Containe
         ),
         (
             label_name(&cfg.label_prefix, label::MANAGED_BY),
-            MANAGED_BY_VALUE.to_string(),
+            MANAGED_BY_SPAWNER.to_string(),
         ),
         (
             label_name(&cfg.label_prefix, label::TARGET_STARTED),
@@ -160,8 +130,8 @@ pub fn sidecar_body(cfg: &Config, target: &For<'_>, use_certs: bool) -> Containe
 mod tests {
     use super::*;
     use crate::config::Cli;
-    use crate::labels::Mode;
     use clap::Parser;
+    use shared::mode::Mode;
 
     fn cfg(args: &[&str]) -> Config {
         let mut v = vec!["spawner"];
@@ -172,10 +142,10 @@ mod tests {
     fn spec() -> TargetSpec {
         TargetSpec {
             image: "tls-sidecar/sidecar:1".into(),
-            listen: "0.0.0.0:8443".into(),
-            backend: "127.0.0.1:3000".into(),
+            listen: "0.0.0.0:8443".parse().unwrap(),
+            backend: "127.0.0.1:3000".parse().unwrap(),
             mode: Mode::Tcp,
-            hostname: "web.example".into(),
+            hostname: "web.example".parse().unwrap(),
             mtls: None,
             redirect_listen: None,
             hsts: None,
@@ -233,14 +203,16 @@ mod tests {
         let spec = TargetSpec {
             mode: Mode::Http,
             mtls: Some(crate::labels::Mtls {
-                ca: "/certs/ca/clients.pem".into(),
-                auth: Some(crate::labels::ClientAuth::Optional),
-                allow_cn: vec!["alice".into(), "bob".into()],
-                allow_dns_san: vec![],
-                allow_uri_san: vec!["spiffe://example.org/*".into()],
+                ca: "/certs/ca/clients.pem".parse().unwrap(),
+                auth: shared::mode::ClientAuthMode::Optional,
+                allow: shared::identity::Identities {
+                    cn: "alice,bob".parse().unwrap(),
+                    dns: Default::default(),
+                    uri: "spiffe://example.org/*".parse().unwrap(),
+                },
             }),
-            redirect_listen: Some("0.0.0.0:8081".into()),
-            hsts: Some(31_536_000),
+            redirect_listen: Some("0.0.0.0:8081".parse().unwrap()),
+            hsts: Some(shared::parse::MaxAge(31_536_000)),
             ..spec()
         };
         let t = For {
@@ -299,46 +271,6 @@ mod tests {
         assert!(!env(false)
             .iter()
             .any(|e| e.starts_with("SIDECAR_EXIT_WHEN_ORPHANED")));
-    }
-
-    /// An inspect result with this `HostConfig.NetworkMode` and these `NetworkSettings.Networks`.
-    fn inspected(mode: Option<&str>, networks: &[&str]) -> ContainerInspectResponse {
-        ContainerInspectResponse {
-            host_config: Some(HostConfig {
-                network_mode: mode.map(String::from),
-                ..Default::default()
-            }),
-            network_settings: Some(bollard::models::NetworkSettings {
-                networks: Some(
-                    networks
-                        .iter()
-                        .map(|n| (n.to_string(), Default::default()))
-                        .collect(),
-                ),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn own_network_is_one_the_engine_tears_down_with_the_target() {
-        assert!(has_own_network(&inspected(Some("default"), &["bridge"])));
-        assert!(has_own_network(&inspected(Some("bridge"), &["bridge"])));
-        assert!(has_own_network(&inspected(
-            Some("appnet"),
-            &["appnet", "other"]
-        )));
-        assert!(has_own_network(&inspected(None, &["appnet"])));
-        // Docker lists the pseudo-network `none` (or `host`) under Networks for those modes.
-        assert!(!has_own_network(&inspected(Some("none"), &["none"])));
-        assert!(!has_own_network(&inspected(Some("host"), &["host"])));
-        assert!(!has_own_network(&inspected(Some("container:abc"), &[])));
-        assert!(
-            !has_own_network(&inspected(Some("appnet"), &[])),
-            "disconnected from every network: only lo"
-        );
-        assert!(!has_own_network(&ContainerInspectResponse::default()));
     }
 
     #[test]

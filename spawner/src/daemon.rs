@@ -28,9 +28,10 @@ use crate::error::Error;
 use crate::events;
 use crate::failure::{self, Failure, Verdict};
 use crate::labels::{sidecar_name, TargetSpec};
-use crate::observe::{observe, summary_of, FactsCache, Observed, MANAGED_BY_VALUE};
+use crate::observe::{observe, summary_of, FactsCache, Observed};
 use crate::reconcile::{plan, steps, Action, RemoveReason, SidecarState};
 use crate::seen::Seen;
+use shared::schema::MANAGED_BY_SPAWNER;
 
 /// First delay before re-creating a sidecar that exited (or failed to create); doubled per failure.
 const CRASH_BACKOFF_MIN: Duration = Duration::from_millis(500);
@@ -624,7 +625,7 @@ impl Daemon {
             .unwrap_or_default();
         let key = |l| shared::schema::label_name(&self.cfg.label_prefix, l);
         use shared::schema::label;
-        if labels.get(&key(label::MANAGED_BY)).map(String::as_str) != Some(MANAGED_BY_VALUE) {
+        if labels.get(&key(label::MANAGED_BY)).map(String::as_str) != Some(MANAGED_BY_SPAWNER) {
             tracing::warn!(sidecar = %name, "sidecar name taken by a container the spawner does not manage");
             return Ok(Claim::Taken);
         }
@@ -649,20 +650,19 @@ impl Daemon {
 
     /// With a host directory, uses the certificates only if both files exist (so a missing
     /// certificate means self-signed, not a crash loop). A named volume cannot be looked into.
-    async fn certs_exist(&self, hostname: &str) -> bool {
+    async fn certs_exist(&self, hostname: &shared::dns::DnsName) -> bool {
         match &self.cfg.certs {
             None => false,
             Some(CertsSource::Volume(_)) => true,
             Some(CertsSource::HostDir(dir)) => {
                 let (cert, key) = cert_paths(hostname);
-                let host = |p: &str| {
-                    format!(
-                        "{dir}{}",
-                        p.trim_start_matches(crate::container::CERTS_MOUNT)
-                    )
+                let host = |p: &std::path::Path| {
+                    let inside = p.strip_prefix(shared::schema::CERTS_MOUNT).unwrap_or(p);
+                    std::path::Path::new(dir).join(inside)
                 };
-                let exists =
-                    |p: String| async move { tokio::fs::try_exists(p).await.unwrap_or(false) };
+                let exists = |p: std::path::PathBuf| async move {
+                    tokio::fs::try_exists(p).await.unwrap_or(false)
+                };
                 exists(host(&cert)).await && exists(host(&key)).await
             }
         }

@@ -2,17 +2,17 @@
 //! which sidecar images the allow-list permits. No I/O.
 
 use std::collections::HashMap;
+use std::num::NonZeroU16;
+use std::str::FromStr;
 
-use shared::dns::{is_label as valid_dns_label, is_name as valid_dns_name};
+use shared::addr::{BackendAddr, ListenAddr, DEFAULT_BACKEND_PORT, DEFAULT_LISTEN_PORT};
+use shared::dns::{DnsName, DnsPattern};
+use shared::identity::{CommonName, Identities, List, UriPattern};
+use shared::mode::{ClientAuthMode, Mode};
+use shared::parse::MaxAge;
 use shared::schema::{label, label_name, BYFAHRER_PROXY_IMAGE_LABEL};
+use shared::spec::MountedPath;
 
-use crate::container::CERTS_MOUNT;
-
-/// Default port the sidecar listens on inside the target's namespace.
-pub const DEFAULT_LISTEN_PORT: u16 = 8443;
-/// Default backend port when the target does not expose exactly one other TCP port: the common
-/// port of plain HTTP apps.
-pub const DEFAULT_BACKEND_PORT: u16 = 8080;
 /// Longest label value the spawner reads, in bytes. Far above any address, name, path or
 /// allow-list a target needs; a longer value is a mistake or an attack on what it feeds (the
 /// sidecar's environment, the spawner's log and `spawner status`).
@@ -20,74 +20,37 @@ pub const MAX_LABEL_VALUE_BYTES: usize = 4096;
 /// How much of a refused oversized value an error repeats: enough to recognise it.
 const SHOWN_VALUE_CHARS: usize = 64;
 
-/// How the sidecar proxies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    Http,
-    Tcp,
-}
-
-impl Mode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Http => "http",
-            Mode::Tcp => "tcp",
-        }
-    }
-}
-
-/// What a target's labels ask for, validated.
+/// What a target's labels ask for, validated: each value has its type from `shared`, the same
+/// the sidecar parses its flags into, so what is accepted here the sidecar accepts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TargetSpec {
     /// Sidecar image requested by the opt-in label.
     pub image: String,
-    /// `SIDECAR_LISTEN`: an address in the target's namespace.
-    pub listen: String,
-    /// `SIDECAR_BACKEND`.
-    pub backend: String,
+    /// Where the sidecar listens in the target's namespace (never port 0).
+    pub listen: ListenAddr,
+    pub backend: BackendAddr,
     pub mode: Mode,
-    /// Name the certificate is for.
-    pub hostname: String,
+    /// Name the certificate is for (and its certbot directory, `live/<hostname>/`).
+    pub hostname: DnsName,
     /// Mutual TLS, from `client-ca` and the labels that need it.
     pub mtls: Option<Mtls>,
-    /// `SIDECAR_REDIRECT_LISTEN`: plain-HTTP redirect listener in the target's namespace.
-    pub redirect_listen: Option<String>,
-    /// `SIDECAR_HSTS`: max-age in seconds.
-    pub hsts: Option<u64>,
-    /// `SIDECAR_EXIT_WHEN_ORPHANED`: the target has a network of its own, so its sidecar can
-    /// tell from the namespace when the target is gone. Not a label: [`parse_target`] leaves it
-    /// off, the observation sets it from the target's inspect data
-    /// ([`crate::container::has_own_network`]).
+    /// Plain-HTTP redirect listener in the target's namespace.
+    pub redirect_listen: Option<ListenAddr>,
+    pub hsts: Option<MaxAge>,
+    /// The target has a network of its own, so its sidecar can tell from the namespace when the
+    /// target is gone. Not a label: [`parse_target`] leaves it off, the observation sets it from
+    /// the target's inspect data (`crate::observe::has_own_network`).
     pub exit_when_orphaned: bool,
 }
 
 /// Mutual TLS settings a target asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mtls {
-    /// `SIDECAR_CLIENT_CA`: absolute path inside the sidecar, always under `/certs`.
-    pub ca: String,
-    /// `SIDECAR_CLIENT_AUTH`; `None` leaves the sidecar's default (`required`).
-    pub auth: Option<ClientAuth>,
-    /// `SIDECAR_ALLOW_CN`, `SIDECAR_ALLOW_DNS_SAN`, `SIDECAR_ALLOW_URI_SAN`; empty: unset.
-    pub allow_cn: Vec<String>,
-    pub allow_dns_san: Vec<String>,
-    pub allow_uri_san: Vec<String>,
-}
-
-/// Whether client certificates are required or only requested.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ClientAuth {
-    Required,
-    Optional,
-}
-
-impl ClientAuth {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ClientAuth::Required => "required",
-            ClientAuth::Optional => "optional",
-        }
-    }
+    /// The client CA bundle, a file under the certificate mount.
+    pub ca: MountedPath,
+    /// `client-auth`; the sidecar's default (`required`) when the label is absent.
+    pub auth: ClientAuthMode,
+    pub allow: Identities,
 }
 
 /// A label with a value the spawner cannot use; the target gets no sidecar.
@@ -96,7 +59,7 @@ impl ClientAuth {
 pub struct LabelError {
     pub label: String,
     pub value: String,
-    pub reason: &'static str,
+    pub reason: String,
 }
 
 /// Reads a target's labels. `None`: the container did not opt in. `exposed` holds the target's
@@ -138,74 +101,58 @@ fn parse_spec(
     image: &str,
 ) -> Result<TargetSpec, LabelError> {
     check_values(prefix, labels)?;
-    let err = |key: &str, value: &str, reason| LabelError {
-        label: key.to_string(),
-        value: value.to_string(),
-        reason,
-    };
     let image = image.trim();
     if image.is_empty() || image.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(err(image_key, image, "expected an image reference"));
+        return Err(refused(image_key, image, "expected an image reference"));
     }
-
-    let key = label_name(prefix, label::LISTEN);
-    let (listen, listen_port) = match labels.get(&key) {
-        None => (
-            format!("0.0.0.0:{DEFAULT_LISTEN_PORT}"),
-            DEFAULT_LISTEN_PORT,
-        ),
-        Some(v) => parse_listen(v).ok_or_else(|| err(&key, v, "expected a port or ip:port"))?,
+    let get = |suffix: &str| {
+        let key = label_name(prefix, suffix);
+        labels.get(&key).map(|v| (key, v.as_str()))
     };
 
-    let key = label_name(prefix, label::BACKEND);
-    let backend = match labels.get(&key) {
-        Some(v) => parse_backend(v).ok_or_else(|| err(&key, v, "expected host:port or a port"))?,
-        None => format!("127.0.0.1:{}", default_backend_port(exposed, listen_port)),
+    let listen = match get(label::LISTEN) {
+        None => ListenAddr::any(DEFAULT_LISTEN_PORT),
+        Some((key, v)) => fixed_port(&key, v)?,
     };
-
-    let key = label_name(prefix, label::MODE);
-    let mode = match labels.get(&key).map(|v| v.trim()) {
-        None | Some("http") => Mode::Http,
-        Some("tcp") => Mode::Tcp,
-        Some(v) => return Err(err(&key, v, "expected http or tcp")),
+    let backend = match get(label::BACKEND) {
+        Some((key, v)) => typed(&key, v)?,
+        None => BackendAddr::local(default_backend_port(exposed, listen.port())),
     };
-
-    let key = label_name(prefix, label::HOSTNAME);
-    let hostname = match labels.get(&key) {
-        Some(v) if valid_dns_name(v.trim()) => v.trim().to_string(),
-        Some(v) => return Err(err(&key, v, "expected a DNS name")),
+    let mode: Mode = match get(label::MODE) {
+        Some((key, v)) => typed(&key, v)?,
+        None => Mode::default(),
+    };
+    let hostname: DnsName = match get(label::HOSTNAME) {
+        Some((key, v)) => typed(&key, v)?,
         // Docker allows names a certificate cannot carry (over 63 characters, say): a valid
         // form of it, or `localhost` when nothing of it is left.
         None => shared::dns::from_container_name(container_name)
-            .unwrap_or_else(|| "localhost".to_string()),
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(localhost),
     };
-
-    let key = label_name(prefix, label::REDIRECT_LISTEN);
-    let redirect_listen = match labels.get(&key) {
+    let redirect_listen = match get(label::REDIRECT_LISTEN) {
         None => None,
-        Some(v) => match parse_listen(v) {
-            None => return Err(err(&key, v, "expected a port or ip:port")),
-            Some((_, port)) if port == listen_port => {
-                return Err(err(&key, v, "must differ from the TLS listen port"))
+        Some((key, v)) => {
+            let addr = fixed_port(&key, v)?;
+            if addr.port() == listen.port() {
+                return Err(refused(&key, v, "must differ from the TLS listen port"));
             }
-            Some((addr, _)) => Some(addr),
-        },
+            Some(addr)
+        }
     };
-
-    let key = label_name(prefix, label::HSTS);
-    let hsts = match labels.get(&key) {
+    let hsts = match get(label::HSTS) {
         None => None,
-        Some(v) => match shared::parse::hsts_max_age(v) {
-            Err(_) => return Err(err(&key, v, "expected seconds or <n>[smhdwy] such as 1y")),
-            Ok(_) if mode == Mode::Tcp => {
-                return Err(err(
+        Some((key, v)) => {
+            let max_age: MaxAge = typed(&key, v)?;
+            if mode == Mode::Tcp {
+                return Err(refused(
                     &key,
                     v,
                     "needs mode http: tcp mode sees no HTTP responses",
-                ))
+                ));
             }
-            Ok(secs) => Some(secs),
-        },
+            Some(max_age)
+        }
     };
 
     Ok(TargetSpec {
@@ -218,6 +165,36 @@ fn parse_spec(
         redirect_listen,
         hsts,
         exit_when_orphaned: false,
+    })
+}
+
+fn localhost() -> DnsName {
+    DnsName::from_str("localhost").unwrap_or_else(|_| unreachable!("localhost is a DNS name"))
+}
+
+fn refused(key: &str, value: &str, reason: impl Into<String>) -> LabelError {
+    LabelError {
+        label: key.to_string(),
+        value: value.trim().to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// A label value parsed by its type in `shared`: the sidecar's own grammar and message.
+fn typed<T: FromStr<Err = String>>(key: &str, value: &str) -> Result<T, LabelError> {
+    T::from_str(value).map_err(|reason| refused(key, value, reason))
+}
+
+/// A listen address with a port chosen here: port 0 would be a random port inside the
+/// container that nobody could reach.
+fn fixed_port(key: &str, value: &str) -> Result<ListenAddr, LabelError> {
+    let addr: ListenAddr = typed(key, value)?;
+    addr.fixed_port().map(|_| addr).ok_or_else(|| {
+        refused(
+            key,
+            value,
+            "port 0 would be a random port nobody could reach",
+        )
     })
 }
 
@@ -239,7 +216,7 @@ fn check_values(prefix: &str, labels: &HashMap<String, String>) -> Result<(), La
                 // A key is echoed too: escaped, so it cannot break a log line or the table.
                 label: key.escape_debug().to_string(),
                 value: shown_value(value),
-                reason,
+                reason: reason.to_string(),
             });
         }
     }
@@ -277,138 +254,53 @@ fn parse_mtls(
         let key = label_name(prefix, suffix);
         labels.get(&key).map(|v| (key, v.as_str()))
     };
-    let err = |key: &str, value: &str, reason| LabelError {
-        label: key.to_string(),
-        value: value.trim().to_string(),
-        reason,
-    };
     let auth = get(label::CLIENT_AUTH);
     let lists = [label::ALLOW_CN, label::ALLOW_DNS_SAN, label::ALLOW_URI_SAN].map(get);
     let Some((ca_key, ca_value)) = get(label::CLIENT_CA) else {
         // Without a CA nothing verifies clients: refuse rather than silently serve without mTLS.
         if let Some((key, value)) = auth.iter().chain(lists.iter().flatten()).next() {
-            return Err(err(key, value, "only valid with the client-ca label"));
+            return Err(refused(key, value, "only valid with the client-ca label"));
         }
         return Ok(None);
     };
     if !certs_mounted {
-        return Err(err(
+        return Err(refused(
             &ca_key,
             ca_value,
             "needs --certs-from on the spawner: the CA is read from /certs",
         ));
     }
-    let ca = certs_path(ca_value)
-        .ok_or_else(|| err(&ca_key, ca_value, "expected a file path under /certs"))?;
+    let ca: MountedPath = typed(&ca_key, ca_value)?;
     let auth = match auth {
-        None => None,
-        Some((_, v)) if v.trim() == "required" => Some(ClientAuth::Required),
-        Some((_, v)) if v.trim() == "optional" => Some(ClientAuth::Optional),
-        Some((key, v)) => return Err(err(&key, v, "expected required or optional")),
+        None => ClientAuthMode::default(),
+        Some((key, v)) => typed(&key, v)?,
     };
     let [cn, dns, uri] = lists;
-    let list = |entry: Option<(String, &str)>,
-                ok: fn(&str) -> bool,
-                reason: &'static str|
-     -> Result<Vec<String>, LabelError> {
-        let Some((key, value)) = entry else {
-            return Ok(Vec::new());
-        };
-        value
-            .split(',')
-            .map(str::trim)
-            .map(|e| {
-                let clean = !e.is_empty() && !e.chars().any(char::is_control);
-                (clean && ok(e))
-                    .then(|| e.to_string())
-                    .ok_or_else(|| err(&key, value, reason))
-            })
-            .collect()
-    };
+    fn list<T: FromStr<Err = String>>(
+        entry: Option<(String, &str)>,
+    ) -> Result<List<T>, LabelError> {
+        entry.map_or(Ok(List::default()), |(key, v)| typed(&key, v))
+    }
     Ok(Some(Mtls {
         ca,
         auth,
-        allow_cn: list(cn, |_| true, "expected a comma list of common names")?,
-        allow_dns_san: list(
-            dns,
-            valid_dns_pattern,
-            "expected a comma list of DNS names; `*` may stand for a whole label",
-        )?,
-        allow_uri_san: list(
-            uri,
-            valid_uri_pattern,
-            "expected a comma list of URIs; `*` may stand for a whole path segment",
-        )?,
+        allow: Identities {
+            cn: list::<CommonName>(cn)?,
+            dns: list::<DnsPattern>(dns)?,
+            uri: list::<UriPattern>(uri)?,
+        },
     }))
 }
 
-/// A label path naming a file under the certificate mount: relative (`ca/clients.pem`) or
-/// absolute within it (`/certs/ca/clients.pem`). `..` is refused outright rather than resolved,
-/// so a label can never name a file outside what the operator chose to mount.
-fn certs_path(v: &str) -> Option<String> {
-    let v = v.trim();
-    if v.chars().any(|c| c.is_control()) {
-        return None;
-    }
-    let rel = match v.strip_prefix(CERTS_MOUNT) {
-        Some(rest) if rest.is_empty() || rest.starts_with('/') => rest,
-        _ if v.starts_with('/') => return None,
-        _ => v,
-    };
-    let segments: Vec<&str> = rel
-        .split('/')
-        .filter(|s| !s.is_empty() && *s != ".")
-        .collect();
-    if segments.is_empty() || segments.contains(&"..") {
-        return None;
-    }
-    Some(format!("{CERTS_MOUNT}/{}", segments.join("/")))
-}
-
-/// A DNS SAN pattern: a DNS name whose labels may each be `*` (matching one whole label).
-fn valid_dns_pattern(p: &str) -> bool {
-    !p.is_empty() && p.len() <= 253 && p.split('.').all(|l| l == "*" || valid_dns_label(l))
-}
-
-/// A URI SAN pattern: has a scheme separator, no whitespace, `*` only as a whole `/` segment.
-fn valid_uri_pattern(p: &str) -> bool {
-    p.contains(':')
-        && !p.chars().any(char::is_whitespace)
-        && p.split('/').all(|seg| seg == "*" || !seg.contains('*'))
-}
-
-fn parse_port(s: &str) -> Option<u16> {
-    s.parse::<u16>().ok().filter(|p| *p != 0)
-}
-
-fn parse_listen(v: &str) -> Option<(String, u16)> {
-    let v = v.trim();
-    if let Some(p) = parse_port(v) {
-        return Some((format!("0.0.0.0:{p}"), p));
-    }
-    let addr: std::net::SocketAddr = v.parse().ok()?;
-    (addr.port() != 0).then(|| (addr.to_string(), addr.port()))
-}
-
-fn parse_backend(v: &str) -> Option<String> {
-    let v = v.trim();
-    if let Some(p) = parse_port(v) {
-        return Some(format!("127.0.0.1:{p}"));
-    }
-    if let Ok(addr) = v.parse::<std::net::SocketAddr>() {
-        return (addr.port() != 0).then(|| addr.to_string());
-    }
-    let (host, port) = v.rsplit_once(':')?;
-    (valid_dns_name(host) && parse_port(port).is_some()).then(|| v.to_string())
-}
-
 /// The only exposed TCP port other than the sidecar's own, else the default.
-fn default_backend_port(exposed: &[String], listen_port: u16) -> u16 {
+fn default_backend_port(exposed: &[String], listen_port: u16) -> NonZeroU16 {
     let mut ports = exposed.iter().filter_map(|e| {
         let (port, proto) = e.split_once('/').unwrap_or((e.as_str(), "tcp"));
-        (proto == "tcp").then(|| parse_port(port)).flatten()
+        (proto == "tcp")
+            .then(|| port.parse::<NonZeroU16>().ok())
+            .flatten()
     });
-    let mut ports: Vec<u16> = ports.by_ref().filter(|p| *p != listen_port).collect();
+    let mut ports: Vec<NonZeroU16> = ports.by_ref().filter(|p| p.get() != listen_port).collect();
     ports.sort_unstable();
     ports.dedup();
     match ports.as_slice() {
@@ -488,12 +380,12 @@ mod tests {
         let s = parse_target("tls-sidecar", &long, &labels, &[], false)
             .expect("a target")
             .expect("valid");
-        assert!(valid_dns_name(&s.hostname), "{}", s.hostname);
-        assert_eq!(s.hostname.len(), 63);
+        assert!(shared::dns::is_name(s.hostname.as_str()), "{}", s.hostname);
+        assert_eq!(s.hostname.as_str().len(), 63);
         let s = parse_target("tls-sidecar", "--", &labels, &[], false)
             .expect("a target")
             .expect("valid");
-        assert_eq!(s.hostname, "localhost");
+        assert_eq!(s.hostname.as_str(), "localhost");
     }
 
     #[test]
@@ -507,10 +399,10 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(s.image, "tls-sidecar/sidecar:1");
-        assert_eq!(s.listen, "0.0.0.0:8443");
-        assert_eq!(s.backend, "127.0.0.1:8080");
+        assert_eq!(s.listen.to_string(), "0.0.0.0:8443");
+        assert_eq!(s.backend.to_string(), "127.0.0.1:8080");
         assert_eq!(s.mode, Mode::Http);
-        assert_eq!(s.hostname, "web");
+        assert_eq!(s.hostname.as_str(), "web");
     }
 
     #[test]
@@ -524,7 +416,7 @@ mod tests {
     #[test]
     fn backend_defaults_to_the_only_exposed_tcp_port() {
         let opt = [("tls-sidecar.proxy-image", "i")];
-        let b = |e: &[&str]| parse(&opt, e).unwrap().unwrap().backend;
+        let b = |e: &[&str]| parse(&opt, e).unwrap().unwrap().backend.to_string();
         assert_eq!(b(&["3000/tcp"]), "127.0.0.1:3000");
         assert_eq!(
             b(&["3000/tcp", "8443/tcp"]),
@@ -550,10 +442,10 @@ mod tests {
         )
         .unwrap()
         .unwrap();
-        assert_eq!(s.listen, "0.0.0.0:9443");
-        assert_eq!(s.backend, "db:5432");
+        assert_eq!(s.listen.to_string(), "0.0.0.0:9443");
+        assert_eq!(s.backend.to_string(), "db:5432");
         assert_eq!(s.mode, Mode::Tcp);
-        assert_eq!(s.hostname, "db.example.com");
+        assert_eq!(s.hostname.as_str(), "db.example.com");
         let s = parse(
             &[
                 ("tls-sidecar.proxy-image", "i"),
@@ -563,7 +455,14 @@ mod tests {
         )
         .unwrap()
         .unwrap();
-        assert_eq!(s.listen, "127.0.0.1:9000");
+        assert_eq!(s.listen.to_string(), "127.0.0.1:9000");
+        // The sidecar's forms are the label's too: `:PORT` and bare ports alike.
+        let s = accepted(&[
+            ("tls-sidecar.listen", ":9443"),
+            ("tls-sidecar.backend", "3000"),
+        ]);
+        assert_eq!(s.listen.to_string(), "0.0.0.0:9443");
+        assert_eq!(s.backend.to_string(), "127.0.0.1:3000");
     }
 
     #[test]
@@ -573,6 +472,8 @@ mod tests {
             ("tls-sidecar.listen", "0"),
             ("tls-sidecar.backend", "no port"),
             ("tls-sidecar.backend", "host:0"),
+            ("tls-sidecar.backend", "-host:80"),
+            ("tls-sidecar.hostname", "*.example.com"),
             ("tls-sidecar.mode", "udp"),
             ("tls-sidecar.hostname", "bad name!"),
             ("tls-sidecar.proxy-image", " "),
@@ -615,11 +516,11 @@ mod tests {
     fn client_ca_is_a_file_under_certs() {
         let ca = |v: &str| accepted(&[("tls-sidecar.client-ca", v)]).mtls.unwrap();
         let m = ca("ca/clients.pem");
-        assert_eq!(m.ca, "/certs/ca/clients.pem");
-        assert_eq!(m.auth, None);
-        assert!(m.allow_cn.is_empty() && m.allow_dns_san.is_empty() && m.allow_uri_san.is_empty());
-        assert_eq!(ca("/certs/ca.pem").ca, "/certs/ca.pem");
-        assert_eq!(ca(" ./ca//x.pem ").ca, "/certs/ca/x.pem");
+        assert_eq!(m.ca.as_str(), "/certs/ca/clients.pem");
+        assert_eq!(m.auth, ClientAuthMode::Required, "the sidecar's default");
+        assert!(m.allow.is_empty());
+        assert_eq!(ca("/certs/ca.pem").ca.as_str(), "/certs/ca.pem");
+        assert_eq!(ca(" ./ca//x.pem ").ca.as_str(), "/certs/ca/x.pem");
         for bad in [
             "",
             " ",
@@ -661,8 +562,8 @@ mod tests {
             .unwrap()
             .auth
         };
-        assert_eq!(auth("required"), Some(ClientAuth::Required));
-        assert_eq!(auth(" optional "), Some(ClientAuth::Optional));
+        assert_eq!(auth("required"), ClientAuthMode::Required);
+        assert_eq!(auth(" optional "), ClientAuthMode::Optional);
         refused(
             &[
                 ("tls-sidecar.client-ca", "ca.pem"),
@@ -693,19 +594,24 @@ mod tests {
         ])
         .mtls
         .unwrap();
-        assert_eq!(m.allow_cn, ["alice", "Bob Smith"]);
-        assert_eq!(m.allow_dns_san, ["*.svc.example", "api.example"]);
+        assert_eq!(m.allow.cn.to_string(), "alice,Bob Smith");
+        assert_eq!(m.allow.dns.to_string(), "*.svc.example,api.example");
         assert_eq!(
-            m.allow_uri_san,
-            ["spiffe://example.org/ns/*/sa/web", "urn:x"]
+            m.allow.uri.to_string(),
+            "spiffe://example.org/ns/*/sa/web,urn:x"
         );
+        // Empty entries are dropped, as the sidecar drops them.
+        let m = accepted(&[
+            ("tls-sidecar.client-ca", "ca.pem"),
+            ("tls-sidecar.allow-cn", "alice,,bob,"),
+        ])
+        .mtls
+        .unwrap();
+        assert_eq!(m.allow.cn.to_string(), "alice,bob");
         let cases = [
-            ("allow-cn", "alice,,bob"),
-            ("allow-cn", "alice,"),
             ("allow-dns-san", "a*.example"),
             ("allow-dns-san", "bad name.example"),
             ("allow-dns-san", "a..example"),
-            ("allow-dns-san", ""),
             ("allow-uri-san", "no-scheme/path"),
             ("allow-uri-san", "spiffe://example.org/ns/web*"),
             ("allow-uri-san", "spiffe://example.org/a b"),
@@ -716,7 +622,7 @@ mod tests {
                 &[("tls-sidecar.client-ca", "ca.pem"), (&key, value)],
                 true,
                 &key,
-                "expected a comma list",
+                "expected",
             );
         }
         for suffix in ["allow-cn", "allow-dns-san", "allow-uri-san"] {
@@ -733,16 +639,30 @@ mod tests {
     #[test]
     fn redirect_listen() {
         let r = |v: &str| accepted(&[("tls-sidecar.redirect-listen", v)]).redirect_listen;
+        let r = |v: &str| r(v).map(|a| a.to_string());
         assert_eq!(r("8081").as_deref(), Some("0.0.0.0:8081"));
+        assert_eq!(r(":8081").as_deref(), Some("0.0.0.0:8081"));
         assert_eq!(r("127.0.0.1:80").as_deref(), Some("127.0.0.1:80"));
-        for bad in ["http", "0", "70000", ":80"] {
+        refused(
+            &[("tls-sidecar.redirect-listen", "70000")],
+            true,
+            "tls-sidecar.redirect-listen",
+            "port out of range",
+        );
+        for bad in ["http", "localhost:80"] {
             refused(
                 &[("tls-sidecar.redirect-listen", bad)],
                 true,
                 "tls-sidecar.redirect-listen",
-                "expected a port or ip:port",
+                "expected PORT, :PORT, IP:PORT or [IPv6]:PORT",
             );
         }
+        refused(
+            &[("tls-sidecar.redirect-listen", "0")],
+            true,
+            "tls-sidecar.redirect-listen",
+            "port 0",
+        );
         refused(
             &[("tls-sidecar.redirect-listen", "8443")],
             true,
@@ -763,9 +683,9 @@ mod tests {
     #[test]
     fn hsts() {
         let h = |v: &str| accepted(&[("tls-sidecar.hsts", v)]).hsts;
-        assert_eq!(h("1y"), Some(31_536_000));
-        assert_eq!(h("31536000"), Some(31_536_000));
-        assert_eq!(h("0"), Some(0));
+        assert_eq!(h("1y"), Some(MaxAge(31_536_000)));
+        assert_eq!(h("31536000"), Some(MaxAge(31_536_000)));
+        assert_eq!(h("0"), Some(MaxAge(0)));
         for bad in ["abc", "1.5d", "-1", ""] {
             refused(
                 &[("tls-sidecar.hsts", bad)],
@@ -829,7 +749,11 @@ mod tests {
             let e = parse_target("tls-sidecar", "web", &l, &[], true)
                 .unwrap()
                 .unwrap_err();
-            assert_eq!((e.label.as_str(), e.reason), (key, reason), "{value:?}");
+            assert_eq!(
+                (e.label.as_str(), e.reason.as_str()),
+                (key, reason),
+                "{value:?}"
+            );
             let shown = e.to_string();
             assert!(
                 !shown.chars().any(char::is_control),
@@ -851,7 +775,7 @@ mod tests {
         ])
         .mtls
         .unwrap();
-        assert_eq!(m.allow_cn.concat(), longest, "4096 bytes are allowed");
+        assert_eq!(m.allow.cn.to_string(), longest, "4096 bytes are allowed");
         let over = format!("{longest}b");
         let e = parse(
             &[

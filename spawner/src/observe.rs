@@ -6,15 +6,11 @@ use std::collections::{HashMap, HashSet};
 use bollard::models::{ContainerInspectResponse, ContainerSummary, ContainerSummaryStateEnum};
 use shared::schema::{label, label_name};
 
-use crate::container::has_own_network;
 use crate::docker::Engine;
 use crate::error::Error;
 use crate::failure;
 use crate::labels::{parse_target, TargetSpec};
 use crate::reconcile::{Sidecar, SidecarState, Target};
-
-/// Value of the `managed-by` label on every sidecar the spawner creates.
-pub const MANAGED_BY_VALUE: &str = "spawner";
 
 /// What the engine shows, as the reconcile decision needs it.
 #[derive(Debug, Default)]
@@ -134,7 +130,8 @@ pub async fn observe(
         if down.contains(&id) {
             out.listed.insert(id.clone(), running);
         }
-        if labels.get(&managed_key).map(String::as_str) == Some(MANAGED_BY_VALUE) {
+        if labels.get(&managed_key).map(String::as_str) == Some(shared::schema::MANAGED_BY_SPAWNER)
+        {
             if let Some(target_id) = labels.get(&for_key) {
                 let state = sidecar_state(c.state);
                 out.sidecars.push(Sidecar {
@@ -213,4 +210,71 @@ pub async fn observe(
     // Only what is running now stays: a target seen stopped is inspected again when it runs.
     cache.map.retain(|id, _| running_targets.contains(id));
     Ok(out)
+}
+
+/// Whether a target has a network namespace of its own with an interface the engine deletes when
+/// the target goes: then its sidecar is told `SIDECAR_EXIT_WHEN_ORPHANED` and ends itself when
+/// the namespace is left with only `lo`, even while no spawner runs. Not for `none` (nothing to
+/// lose, ever), `host` (the host's interfaces never go) or `container:<other>` (the namespace
+/// and its interfaces belong to the other container and outlive this target).
+pub fn has_own_network(target: &ContainerInspectResponse) -> bool {
+    let mode = target
+        .host_config
+        .as_ref()
+        .and_then(|h| h.network_mode.as_deref())
+        .unwrap_or("default");
+    if matches!(mode, "none" | "host") || mode.starts_with("container:") {
+        return false;
+    }
+    target
+        .network_settings
+        .as_ref()
+        .and_then(|n| n.networks.as_ref())
+        .is_some_and(|nets| nets.keys().any(|n| n != "none" && n != "host"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bollard::models::HostConfig;
+
+    /// An inspect result with this `HostConfig.NetworkMode` and these `NetworkSettings.Networks`.
+    fn inspected(mode: Option<&str>, networks: &[&str]) -> ContainerInspectResponse {
+        ContainerInspectResponse {
+            host_config: Some(HostConfig {
+                network_mode: mode.map(String::from),
+                ..Default::default()
+            }),
+            network_settings: Some(bollard::models::NetworkSettings {
+                networks: Some(
+                    networks
+                        .iter()
+                        .map(|n| (n.to_string(), Default::default()))
+                        .collect(),
+                ),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn own_network_is_one_the_engine_tears_down_with_the_target() {
+        assert!(has_own_network(&inspected(Some("default"), &["bridge"])));
+        assert!(has_own_network(&inspected(Some("bridge"), &["bridge"])));
+        assert!(has_own_network(&inspected(
+            Some("appnet"),
+            &["appnet", "other"]
+        )));
+        assert!(has_own_network(&inspected(None, &["appnet"])));
+        // Docker lists the pseudo-network `none` (or `host`) under Networks for those modes.
+        assert!(!has_own_network(&inspected(Some("none"), &["none"])));
+        assert!(!has_own_network(&inspected(Some("host"), &["host"])));
+        assert!(!has_own_network(&inspected(Some("container:abc"), &[])));
+        assert!(
+            !has_own_network(&inspected(Some("appnet"), &[])),
+            "disconnected from every network: only lo"
+        );
+        assert!(!has_own_network(&ContainerInspectResponse::default()));
+    }
 }

@@ -262,15 +262,15 @@ pub fn steps(actions: Vec<Action>) -> Steps {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::labels::Mode;
+    use shared::mode::Mode;
 
     fn spec(image: &str) -> TargetSpec {
         TargetSpec {
             image: image.into(),
-            listen: "0.0.0.0:8443".into(),
-            backend: "127.0.0.1:8080".into(),
+            listen: "0.0.0.0:8443".parse().unwrap(),
+            backend: "127.0.0.1:8080".parse().unwrap(),
             mode: Mode::Http,
-            hostname: "web".into(),
+            hostname: "web".parse().unwrap(),
             mtls: None,
             redirect_listen: None,
             hsts: None,
@@ -526,7 +526,7 @@ mod tests {
         bad.spec = Err(LabelError {
             label: "tls-sidecar.mode".into(),
             value: "udp".into(),
-            reason: "x",
+            reason: "x".to_string(),
         });
         let a = run(&[bad, target("b", true)], &[]);
         assert_eq!(created(&a), vec!["b"]);
@@ -541,7 +541,7 @@ mod tests {
         bad.spec = Err(LabelError {
             label: "l".into(),
             value: "v".into(),
-            reason: "x",
+            reason: "x".to_string(),
         });
         assert!(run(&[bad], &[]).is_empty());
     }
