@@ -1,0 +1,360 @@
+//! The contract between the spawner and the sidecar, as property tests: what the spawner writes
+//! into a sidecar's environment, the sidecar's real command line (`sidecar::config::Cli`) reads
+//! back as the same [`SidecarSpec`]; and whatever label set the spawner accepts gives a sidecar
+//! environment the sidecar accepts.
+//!
+//! The sidecar reads its settings from the process environment (clap's `env`), so these tests set
+//! real environment variables. They are their own test binary, and the one lock below keeps its
+//! two tests from interleaving: nothing else in this process reads the environment.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::num::NonZeroU16;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use clap::Parser;
+use proptest::prelude::*;
+use proptest::test_runner::{Config as RunnerConfig, TestRunner};
+use shared::addr::{BackendAddr, Host, ListenAddr};
+use shared::dns::{DnsName, DnsPattern, SanName};
+use shared::identity::{CommonName, Identities, List, UriPattern};
+use shared::mode::{ClientAuthMode, Mode};
+use shared::parse::MaxAge;
+use shared::spec::{Certificate, ClientAuth, SidecarSpec};
+use shared::telemetry::LogFormat;
+
+/// Serialises the tests of this binary: both set the process environment.
+static ENVIRONMENT: Mutex<()> = Mutex::new(());
+
+/// Cases per property: enough to reach every variant and most value shapes on each run, while
+/// the whole binary stays around a second.
+const CASES: u32 = 512;
+
+/// What the sidecar understands from exactly `vars` in its environment.
+fn sidecar_reads(vars: &[(&'static str, String)]) -> Result<SidecarSpec, String> {
+    for (name, _) in std::env::vars() {
+        if name.starts_with("SIDECAR_") || name.starts_with("GOSSLTERM_") {
+            std::env::remove_var(name);
+        }
+    }
+    for (name, value) in vars {
+        std::env::set_var(name, value);
+    }
+    let cli = sidecar::config::Cli::try_parse_from(["sidecar"]).map_err(|e| e.to_string())?;
+    let config = cli
+        .into_config(
+            |name| std::env::var(name).ok(),
+            Some("sidecar-host".to_string()),
+        )
+        .map_err(|e| e.to_string())?;
+    Ok(config.spec())
+}
+
+fn runner() -> TestRunner {
+    TestRunner::new(RunnerConfig {
+        cases: CASES,
+        failure_persistence: None,
+        ..RunnerConfig::default()
+    })
+}
+
+/// Values of type `T` from raw strings that `T` parses: generated text goes through the one
+/// parser, so only values the grammar admits (in their normalised form) come out.
+fn parsed<T: FromStr + std::fmt::Debug>(
+    raw: impl Strategy<Value = String>,
+) -> impl Strategy<Value = T> {
+    raw.prop_filter_map("not in the grammar", |s| s.parse::<T>().ok())
+}
+
+fn ip() -> impl Strategy<Value = IpAddr> {
+    prop_oneof![
+        Just(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+        Just(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+        any::<[u8; 4]>().prop_map(|o| IpAddr::V4(Ipv4Addr::from(o))),
+        any::<[u16; 8]>().prop_map(|s| IpAddr::V6(Ipv6Addr::from(s))),
+    ]
+}
+
+fn port() -> impl Strategy<Value = NonZeroU16> {
+    (1..=u16::MAX).prop_filter_map("zero", NonZeroU16::new)
+}
+
+fn listen() -> impl Strategy<Value = ListenAddr> {
+    (ip(), port()).prop_map(|(ip, port)| ListenAddr::from(SocketAddr::new(ip, port.get())))
+}
+
+const LABEL: &str = "[a-zA-Z0-9_]([a-zA-Z0-9_-]{0,20}[a-zA-Z0-9_])?";
+
+fn dns_name() -> impl Strategy<Value = DnsName> {
+    parsed(prop::collection::vec(LABEL, 1..5).prop_map(|labels| labels.join(".")))
+}
+
+fn backend() -> impl Strategy<Value = BackendAddr> {
+    let host = prop_oneof![ip().prop_map(Host::Ip), dns_name().prop_map(Host::Name)];
+    (host, port()).prop_map(|(host, port)| BackendAddr { host, port })
+}
+
+fn san_name() -> impl Strategy<Value = SanName> {
+    prop_oneof![
+        dns_name().prop_map(SanName::Dns),
+        dns_name().prop_map(SanName::Wildcard),
+        ip().prop_map(SanName::Ip),
+    ]
+}
+
+fn path() -> impl Strategy<Value = PathBuf> {
+    "/[a-zA-Z0-9_.-]{1,12}(/[a-zA-Z0-9_. -]{1,12}){0,3}".prop_map(PathBuf::from)
+}
+
+fn identities() -> impl Strategy<Value = Identities> {
+    let cn = parsed::<CommonName>("[^,\\p{Cc}]{1,24}");
+    let dns = parsed::<DnsPattern>(
+        prop::collection::vec(
+            prop_oneof![Just("*".to_string()), LABEL.prop_map(String::from)],
+            1..4,
+        )
+        .prop_map(|l| l.join(".")),
+    );
+    let uri =
+        parsed::<UriPattern>("[a-z]{1,8}:(//)?[a-z0-9.]{1,12}(/([a-zA-Z0-9_~%-]{1,8}|\\*)){0,4}");
+    (
+        prop::collection::vec(cn, 0..3),
+        prop::collection::vec(dns, 0..3),
+        prop::collection::vec(uri, 0..3),
+    )
+        .prop_map(|(cn, dns, uri)| Identities {
+            cn: List(cn),
+            dns: List(dns),
+            uri: List(uri),
+        })
+}
+
+fn certificate() -> impl Strategy<Value = Certificate> {
+    prop_oneof![
+        (path(), path()).prop_map(|(cert, key)| Certificate::Files { cert, key }),
+        prop::collection::vec(san_name(), 1..4).prop_map(|names| Certificate::SelfSigned { names }),
+    ]
+}
+
+fn client_auth() -> impl Strategy<Value = ClientAuth> {
+    let mode = prop_oneof![
+        Just(ClientAuthMode::Required),
+        Just(ClientAuthMode::Optional)
+    ];
+    (path(), mode, identities()).prop_map(|(ca, mode, allow)| ClientAuth { ca, mode, allow })
+}
+
+/// Every spec a spawner can send: any value of each type, with the one cross-setting rule the
+/// spawner enforces on labels too (HSTS only in http mode).
+fn spec() -> impl Strategy<Value = SidecarSpec> {
+    let mode = prop_oneof![Just(Mode::Http), Just(Mode::Tcp)];
+    let log_format = prop_oneof![Just(LogFormat::Text), Just(LogFormat::Json)];
+    let grace = (1u64..=86_400_000_000_000).prop_map(Duration::from_nanos);
+    (
+        (listen(), backend(), mode, certificate()),
+        (
+            prop::option::of(client_auth()),
+            prop::option::of(listen()),
+            prop::option::of(any::<u64>().prop_map(MaxAge)),
+        ),
+        (grace, log_format, any::<bool>()),
+    )
+        .prop_map(
+            |(
+                (listen, backend, mode, certificate),
+                (client_auth, redirect_listen, hsts),
+                (shutdown_grace, log_format, exit_when_orphaned),
+            )| SidecarSpec {
+                listen,
+                backend,
+                mode,
+                certificate,
+                client_auth,
+                redirect_listen,
+                hsts: hsts.filter(|_| mode == Mode::Http),
+                shutdown_grace,
+                log_format,
+                exit_when_orphaned,
+            },
+        )
+}
+
+#[test]
+fn the_sidecar_reads_every_spec_back_as_it_was_rendered() {
+    let _env = ENVIRONMENT.lock().unwrap_or_else(|e| e.into_inner());
+    runner()
+        .run(&spec(), |spec| {
+            let env = spec.to_env();
+            let read = sidecar_reads(&env)
+                .map_err(|e| TestCaseError::fail(format!("the sidecar refused {env:?}: {e}")))?;
+            prop_assert_eq!(read, spec, "environment: {:?}", env);
+            Ok(())
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// A label value: often a valid form of what the label takes, sometimes one just outside it,
+/// sometimes noise.
+fn label_value(valid: BoxedStrategy<String>) -> BoxedStrategy<String> {
+    prop_oneof![
+        16 => valid,
+        1 => "[ -~]{0,24}",
+        1 => "[0-9:.\\[\\]a-f*,/ -]{0,24}",
+    ]
+    .boxed()
+}
+
+fn labels() -> impl Strategy<Value = HashMap<String, String>> {
+    let addr_forms = prop_oneof![
+        4 => port().prop_map(|p| p.to_string()),
+        4 => port().prop_map(|p| format!(":{p}")),
+        4 => listen().prop_map(|a| a.to_string()),
+        1 => Just("0".to_string()),
+        1 => Just("127.0.0.1:0".to_string()),
+    ]
+    .boxed();
+    let backend_forms = prop_oneof![
+        6 => backend().prop_map(|b| b.to_string()),
+        6 => port().prop_map(|p| p.to_string()),
+        1 => Just("-app:80".to_string()),
+        1 => Just("app:0".to_string()),
+    ]
+    .boxed();
+    let names = prop_oneof![
+        12 => dns_name().prop_map(|n| n.to_string()),
+        1 => Just("*.example.com".to_string()),
+        1 => "[a-z]{64}".prop_map(String::from),
+    ]
+    .boxed();
+    let lists = identities()
+        .prop_map(|i| format!("{},{}", i.cn, i.uri))
+        .boxed();
+    let choices: Vec<(&str, BoxedStrategy<String>)> = vec![
+        ("listen", addr_forms.clone()),
+        ("redirect-listen", addr_forms),
+        ("backend", backend_forms),
+        (
+            "mode",
+            prop_oneof![
+                Just("http".to_string()),
+                Just("tcp".to_string()),
+                Just(" tcp ".to_string())
+            ]
+            .boxed(),
+        ),
+        ("hostname", names),
+        (
+            "hsts",
+            prop_oneof![
+                any::<u32>().prop_map(|n| n.to_string()),
+                Just("1y".to_string()),
+                Just("365d".to_string())
+            ]
+            .boxed(),
+        ),
+    ];
+    // The mutual-TLS labels mostly come as a group (they need `client-ca`), sometimes alone.
+    let mtls: Vec<(&str, BoxedStrategy<String>)> = vec![
+        (
+            "client-ca",
+            prop_oneof![
+                Just("ca/clients.pem".to_string()),
+                Just("/certs/a.pem".to_string()),
+                Just("../x".to_string())
+            ]
+            .boxed(),
+        ),
+        (
+            "client-auth",
+            prop_oneof![Just("required".to_string()), Just("optional".to_string())].boxed(),
+        ),
+        ("allow-cn", lists),
+        (
+            "allow-dns-san",
+            identities().prop_map(|i| i.dns.to_string()).boxed(),
+        ),
+        (
+            "allow-uri-san",
+            identities().prop_map(|i| i.uri.to_string()).boxed(),
+        ),
+    ];
+    let optional = |choices: Vec<(&'static str, BoxedStrategy<String>)>| -> Vec<BoxedStrategy<Option<(String, String)>>> {
+        choices
+            .into_iter()
+            .map(|(suffix, valid)| {
+                prop::option::of(label_value(valid))
+                    .prop_map(move |v| v.map(|v| (format!("tls-sidecar.{suffix}"), v)))
+                    .boxed()
+            })
+            .collect()
+    };
+    let mtls = prop_oneof![
+        2 => Just(Vec::new()),
+        2 => optional(mtls.clone()),
+        1 => optional(mtls).prop_map(|mut pairs| {
+            pairs.truncate(1);
+            pairs
+        }),
+    ];
+    (optional(choices), mtls).prop_map(|(pairs, mtls)| {
+        let mut labels: HashMap<String, String> = pairs.into_iter().chain(mtls).flatten().collect();
+        labels.insert(
+            "tls-sidecar.proxy-image".into(),
+            "tls-sidecar/sidecar:test".into(),
+        );
+        labels
+    })
+}
+
+#[test]
+fn whatever_labels_the_spawner_accepts_the_sidecar_accepts() {
+    let _env = ENVIRONMENT.lock().unwrap_or_else(|e| e.into_inner());
+    let cfg = spawner::config::Cli::try_parse_from(["spawner"])
+        .expect("default spawner flags")
+        .into_config()
+        .expect("valid defaults");
+    let container_name = "[a-zA-Z0-9][a-zA-Z0-9_.-]{0,80}";
+    let exposed = prop::collection::vec((1u16..=u16::MAX).prop_map(|p| format!("{p}/tcp")), 0..3);
+    let inputs = (
+        labels(),
+        container_name,
+        exposed,
+        any::<(bool, bool, bool)>(),
+    );
+    let accepted = std::cell::Cell::new(0u32);
+    runner()
+        .run(
+            &inputs,
+            |(labels, name, exposed, (mounted, use_certs, own_network))| {
+                let Some(parsed) =
+                    spawner::labels::parse_target("tls-sidecar", &name, &labels, &exposed, mounted)
+                else {
+                    return Err(TestCaseError::fail("the opt-in label is set"));
+                };
+                let Ok(mut target) = parsed else {
+                    return Ok(());
+                };
+                accepted.set(accepted.get() + 1);
+                target.exit_when_orphaned = own_network;
+                let spec = spawner::container::sidecar_spec(&cfg, &target, use_certs);
+                let env = spec.to_env();
+                let read = sidecar_reads(&env).map_err(|e| {
+                    TestCaseError::fail(format!(
+                        "labels {labels:?} were accepted, the sidecar refused {env:?}: {e}"
+                    ))
+                })?;
+                prop_assert_eq!(read, spec);
+                Ok(())
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    let accepted = accepted.get();
+    eprintln!("{accepted} of {CASES} generated label sets were accepted and round-tripped");
+    assert!(
+        accepted >= CASES / 5,
+        "the generator must reach accepted label sets often ({accepted} of {CASES})"
+    );
+}
