@@ -90,45 +90,6 @@ impl std::fmt::Display for DnsName {
     }
 }
 
-/// A DNS name pattern for matching certificate names: labels that are each a [`is_label`] label
-/// or `*`, which stands for exactly one whole label. Lowercased, as DNS names compare without case.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct DnsPattern(String);
-
-impl DnsPattern {
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    /// Whether `name` (any case) has as many labels as the pattern and each matches.
-    pub fn matches(&self, name: &str) -> bool {
-        crate::identity::segments_match(&self.0, &name.to_ascii_lowercase(), '.')
-    }
-}
-
-impl std::str::FromStr for DnsPattern {
-    type Err = String;
-    fn from_str(text: &str) -> Result<Self, String> {
-        let text = text.trim();
-        let ok = !text.is_empty()
-            && text.len() <= MAX_NAME
-            && text.split('.').all(|l| l == "*" || is_label(l));
-        if ok {
-            Ok(DnsPattern(text.to_ascii_lowercase()))
-        } else {
-            Err(format!(
-                "expected a DNS name where `*` may stand for a whole label, got {text:?}"
-            ))
-        }
-    }
-}
-
-impl std::fmt::Display for DnsPattern {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
 /// A name a certificate can be issued for (a subject alternative name): a DNS name, a wildcard
 /// `*.<name>`, or an IP address. The `hostname` label is a [`DnsName`], not this: it also names
 /// the site's certbot directory, which a wildcard cannot.
@@ -230,13 +191,6 @@ mod tests {
         }
         for bad in ["", "-a", "a..b", "*.example", "bad name", "a:b"] {
             assert!(bad.parse::<DnsName>().is_err(), "{bad:?}");
-        }
-        let p: DnsPattern = "*.Example.org".parse().expect("pattern");
-        assert_eq!(p.to_string(), "*.example.org");
-        assert!(p.matches("api.EXAMPLE.org"));
-        assert!(!p.matches("example.org") && !p.matches("a.b.example.org"));
-        for bad in ["", "a*.example", "**", "a..b", "a b"] {
-            assert!(bad.parse::<DnsPattern>().is_err(), "{bad:?}");
         }
         for (text, shown) in [
             ("a.example", "a.example"),

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::dns::DnsPattern;
+use crate::dns::{is_label, MAX_NAME};
 
 /// A comma-separated list of values, as an environment variable or a label carries it. Entries
 /// are trimmed and empty ones dropped; none of the value types here can contain a comma, so a
@@ -65,6 +65,45 @@ fn list_entry(text: &str, what: &str) -> Result<String, String> {
         return Err(format!("{what} {text:?} contains a control character"));
     }
     Ok(text.to_string())
+}
+
+/// A DNS name pattern for matching certificate names: labels that are each a [`is_label`] label
+/// or `*`, which stands for exactly one whole label. Lowercased, as DNS names compare without case.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DnsPattern(String);
+
+impl DnsPattern {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether `name` (any case) has as many labels as the pattern and each matches.
+    pub fn matches(&self, name: &str) -> bool {
+        segments_match(&self.0, &name.to_ascii_lowercase(), '.')
+    }
+}
+
+impl FromStr for DnsPattern {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        let ok = !text.is_empty()
+            && text.len() <= MAX_NAME
+            && text.split('.').all(|l| l == "*" || is_label(l));
+        if ok {
+            Ok(DnsPattern(text.to_ascii_lowercase()))
+        } else {
+            Err(format!(
+                "expected a DNS name where `*` may stand for a whole label, got {text:?}"
+            ))
+        }
+    }
+}
+
+impl fmt::Display for DnsPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
 /// A certificate subject common name, matched exactly.
@@ -200,6 +239,17 @@ mod tests {
         assert_eq!(l.to_string().parse::<List<CommonName>>(), Ok(l));
         assert_eq!("".parse::<List<CommonName>>(), Ok(List(Vec::new())));
         assert!("a,b\u{7}".parse::<List<CommonName>>().is_err());
+    }
+
+    #[test]
+    fn dns_patterns() {
+        let p: DnsPattern = "*.Example.org".parse().expect("pattern");
+        assert_eq!(p.to_string(), "*.example.org");
+        assert!(p.matches("api.EXAMPLE.org"));
+        assert!(!p.matches("example.org") && !p.matches("a.b.example.org"));
+        for bad in ["", "a*.example", "**", "a..b", "a b"] {
+            assert!(bad.parse::<DnsPattern>().is_err(), "{bad:?}");
+        }
     }
 
     #[test]

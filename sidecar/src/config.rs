@@ -11,9 +11,8 @@ use std::time::Duration;
 
 use clap::Parser;
 use shared::addr::{BackendAddr, ListenAddr};
-use shared::dns::DnsPattern;
 use shared::dns::SanName;
-use shared::identity::{CommonName, Identities, List, UriPattern};
+use shared::identity::{CommonName, DnsPattern, Identities, List, UriPattern};
 pub use shared::mode::{ClientAuthMode, Mode};
 use shared::parse::{duration, MaxAge};
 use shared::schema::env;

@@ -6,8 +6,8 @@ use std::num::NonZeroU16;
 use std::str::FromStr;
 
 use shared::addr::{BackendAddr, ListenAddr, DEFAULT_BACKEND_PORT, DEFAULT_LISTEN_PORT};
-use shared::dns::{DnsName, DnsPattern};
-use shared::identity::{CommonName, Identities, List, UriPattern};
+use shared::dns::DnsName;
+use shared::identity::{CommonName, DnsPattern, Identities, List, UriPattern};
 use shared::mode::{ClientAuthMode, Mode};
 use shared::parse::MaxAge;
 use shared::schema::{label, label_name, BYFAHRER_PROXY_IMAGE_LABEL};
