@@ -161,6 +161,44 @@ impl fmt::Display for BackendAddr {
     }
 }
 
+/// A request authority as a client sends it (`Host`, or an absolute URI's authority): splits
+/// `host[:port]` and validates the host: a DNS name (normalised to lower case), an IPv4
+/// address or a bracketed IPv6 address. Anything else, including an invalid port, is `None`.
+pub fn authority_host(value: &str) -> Option<String> {
+    let (host, port) = if let Some(rest) = value.strip_prefix('[') {
+        let (inside, after) = rest.split_once(']')?;
+        let ip: std::net::Ipv6Addr = inside.parse().ok()?;
+        let port = match after {
+            "" => None,
+            _ => Some(after.strip_prefix(':')?),
+        };
+        (format!("[{ip}]"), port)
+    } else {
+        let (host, port) = match value.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (value, None),
+        };
+        let host = if let Ok(ip) = host.parse::<Ipv4Addr>() {
+            ip.to_string()
+        } else if crate::dns::is_name(host.strip_suffix('.').unwrap_or(host)) {
+            host.to_ascii_lowercase()
+        } else {
+            return None;
+        };
+        (host, port)
+    };
+    if let Some(port) = port {
+        if port.is_empty()
+            || port.len() > 5
+            || !port.bytes().all(|b| b.is_ascii_digit())
+            || port.parse::<u16>().is_err()
+        {
+            return None;
+        }
+    }
+    Some(host)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -232,6 +270,46 @@ mod tests {
         for text in ["app.internal:1", "[2001:db8::1]:443", "1.2.3.4:9"] {
             let b: BackendAddr = text.parse().expect(text);
             assert_eq!(b.to_string().parse::<BackendAddr>(), Ok(b));
+        }
+    }
+
+    #[test]
+    fn hosts_are_validated_and_their_port_dropped() {
+        assert_eq!(authority_host("example.com"), Some("example.com".into()));
+        assert_eq!(
+            authority_host("Example.COM:8080"),
+            Some("example.com".into())
+        );
+        assert_eq!(authority_host("example.com."), Some("example.com.".into()));
+        assert_eq!(authority_host("my_host"), Some("my_host".into()));
+        assert_eq!(authority_host("192.0.2.1:80"), Some("192.0.2.1".into()));
+        assert_eq!(authority_host("[::1]"), Some("[::1]".into()));
+        assert_eq!(
+            authority_host("[2001:DB8::1]:8080"),
+            Some("[2001:db8::1]".into())
+        );
+        for bad in [
+            "",
+            ":80",
+            "evil.com/path",
+            "evil.com@x",
+            "a b",
+            "host:",
+            "host:80:90",
+            "host:99999",
+            "host:8o",
+            "[::1",
+            "[::1]x",
+            "[::1]:",
+            "[not-ip]:80",
+            "::1",
+            "-bad.example",
+            "a..b",
+            "evil.com\\@x",
+            "x\"onload",
+            "%65vil.com",
+        ] {
+            assert_eq!(authority_host(bad), None, "{bad:?} should be refused");
         }
     }
 }

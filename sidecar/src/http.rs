@@ -845,35 +845,10 @@ pub fn request_host(
     }
 }
 
-/// `host[:port]` with a DNS-like name, an IPv4 address or a bracketed IPv6 address.
+/// `host[:port]` with a DNS name, an IPv4 address or a bracketed IPv6 address (the one rule for
+/// request authorities, `shared::addr::authority_host`, which the redirect listener uses too).
 fn valid_authority(bytes: &[u8]) -> Option<()> {
-    let (host, port) = match bytes.strip_prefix(b"[") {
-        Some(rest) => {
-            let end = rest.iter().position(|b| *b == b']')?;
-            let ip = std::str::from_utf8(&rest[..end]).ok()?;
-            ip.parse::<std::net::Ipv6Addr>().ok()?;
-            (&bytes[..end + 2], &rest[end + 1..])
-        }
-        None => match bytes.iter().rposition(|b| *b == b':') {
-            Some(i) => (&bytes[..i], &bytes[i..]),
-            None => (bytes, &b""[..]),
-        },
-    };
-    if !port.is_empty() {
-        let digits = port.strip_prefix(b":")?;
-        if digits.is_empty() || digits.len() > 5 || !digits.iter().all(u8::is_ascii_digit) {
-            return None;
-        }
-    }
-    if host.first() == Some(&b'[') {
-        return Some(());
-    }
-    let ok = !host.is_empty()
-        && host.len() <= 253
-        && host
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
-    ok.then_some(())
+    shared::addr::authority_host(std::str::from_utf8(bytes).ok()?).map(|_| ())
 }
 
 /// What to do with an HTTP/1.1 request's `Upgrade`.

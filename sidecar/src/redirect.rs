@@ -15,7 +15,7 @@
 use std::convert::Infallible;
 use std::fs::File;
 use std::io::Read;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -327,49 +327,8 @@ pub fn request_host(headers: &HeaderMap) -> Option<String> {
     parse_host(value.to_str().ok()?)
 }
 
-/// Splits `host[:port]` and validates the host: a DNS name (normalised to lower case), an IPv4
-/// address or a bracketed IPv6 address. Anything else, including an invalid port, is `None`.
-pub fn parse_host(value: &str) -> Option<String> {
-    let (host, port) = if let Some(rest) = value.strip_prefix('[') {
-        let (inside, after) = rest.split_once(']')?;
-        let ip: Ipv6Addr = inside.parse().ok()?;
-        let port = match after {
-            "" => None,
-            _ => Some(after.strip_prefix(':')?),
-        };
-        (format!("[{ip}]"), port)
-    } else {
-        let (host, port) = match value.split_once(':') {
-            Some((host, port)) => (host, Some(port)),
-            None => (value, None),
-        };
-        let host = if let Ok(ip) = host.parse::<Ipv4Addr>() {
-            ip.to_string()
-        } else if is_dns_name(host) {
-            host.to_ascii_lowercase()
-        } else {
-            return None;
-        };
-        (host, port)
-    };
-    if let Some(port) = port {
-        if port.is_empty()
-            || port.len() > 5
-            || !port.bytes().all(|b| b.is_ascii_digit())
-            || port.parse::<u16>().is_err()
-        {
-            return None;
-        }
-    }
-    Some(host)
-}
-
-/// A host name: dot-separated labels of 1 to 63 letters, digits, `-` or `_` (seen in the wild),
-/// not starting or ending with `-`, at most 253 characters; one trailing dot allowed.
-/// A DNS name (shared grammar), with its optional trailing root dot.
-fn is_dns_name(name: &str) -> bool {
-    shared::dns::is_name(name.strip_suffix('.').unwrap_or(name))
-}
+/// Splits `host[:port]` and validates the host (the one rule, in `shared::addr`).
+pub use shared::addr::authority_host as parse_host;
 
 /// The redirect target: `https://host[:port]target`, the port left out when it is 443. A target
 /// that is not a path (`*` of `OPTIONS *`) becomes `/`.
@@ -408,43 +367,6 @@ mod tests {
             &"a".repeat(257),
         ] {
             assert!(!is_valid_token(bad), "{bad:?} should be refused");
-        }
-    }
-
-    #[test]
-    fn hosts_are_validated_and_their_port_dropped() {
-        assert_eq!(parse_host("example.com"), Some("example.com".into()));
-        assert_eq!(parse_host("Example.COM:8080"), Some("example.com".into()));
-        assert_eq!(parse_host("example.com."), Some("example.com.".into()));
-        assert_eq!(parse_host("my_host"), Some("my_host".into()));
-        assert_eq!(parse_host("192.0.2.1:80"), Some("192.0.2.1".into()));
-        assert_eq!(parse_host("[::1]"), Some("[::1]".into()));
-        assert_eq!(
-            parse_host("[2001:DB8::1]:8080"),
-            Some("[2001:db8::1]".into())
-        );
-        for bad in [
-            "",
-            ":80",
-            "evil.com/path",
-            "evil.com@x",
-            "a b",
-            "host:",
-            "host:80:90",
-            "host:99999",
-            "host:8o",
-            "[::1",
-            "[::1]x",
-            "[::1]:",
-            "[not-ip]:80",
-            "::1",
-            "-bad.example",
-            "a..b",
-            "evil.com\\@x",
-            "x\"onload",
-            "%65vil.com",
-        ] {
-            assert_eq!(parse_host(bad), None, "{bad:?} should be refused");
         }
     }
 
