@@ -33,25 +33,21 @@ use crate::reconcile::{plan, steps, Action, RemoveReason, SidecarState};
 use crate::seen::Seen;
 use shared::schema::MANAGED_BY_SPAWNER;
 
-/// First delay before re-creating a sidecar that exited (or failed to create); doubled per failure.
-const CRASH_BACKOFF_MIN: Duration = Duration::from_millis(500);
-/// Cap of that delay: a crash-looping image costs at most one container per this long.
-const CRASH_BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Re-creating a sidecar that exited (or failed to create): 500 ms after the first failure, so a
+/// one-off crash is replaced almost at once, doubled per failure up to 30 s, so a crash-looping
+/// image costs at most one container per 30 s.
+const CRASH_BACKOFF: shared::backoff::Backoff =
+    shared::backoff::Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
 /// A sidecar that ran this long before failing starts the backoff from the beginning again.
 const CRASH_FORGET_AFTER: Duration = Duration::from_secs(60);
-/// First delay before retrying a failed pull; doubled per failure.
-const PULL_BACKOFF_MIN: Duration = Duration::from_secs(1);
-/// Cap of the pull retry delay.
-const PULL_BACKOFF_MAX: Duration = Duration::from_secs(60);
-/// First delay before retrying a reconcile turn that failed (engine unreachable); doubled.
-const RETRY_MIN: Duration = Duration::from_millis(250);
-/// Cap of that delay.
-const RETRY_MAX: Duration = Duration::from_secs(5);
-
-fn backoff(min: Duration, max: Duration, failures: u32) -> Duration {
-    min.saturating_mul(1u32 << failures.saturating_sub(1).min(16))
-        .min(max)
-}
+/// Retrying a failed pull: 1 s, doubled per failure up to 60 s; a registry that refuses is asked
+/// once a minute, not once per turn.
+const PULL_BACKOFF: shared::backoff::Backoff =
+    shared::backoff::Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+/// Retrying a reconcile turn that failed (engine unreachable): 250 ms, doubled up to 5 s, so a
+/// restarting engine is picked up within 5 s.
+const RETRY: shared::backoff::Backoff =
+    shared::backoff::Backoff::new(Duration::from_millis(250), Duration::from_secs(5));
 
 #[derive(Debug, Clone, Copy)]
 struct Hold {
@@ -145,7 +141,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), Error> 
             }
             Err(e) => {
                 failures += 1;
-                let delay = backoff(RETRY_MIN, RETRY_MAX, failures);
+                let delay = RETRY.delay(failures);
                 tracing::warn!(error = %format!("{e:#}"), retry_in = ?delay, "reconcile failed");
                 Instant::now() + delay
             }
@@ -480,7 +476,7 @@ impl Daemon {
             Some(h) if now.duration_since(h.last_failure) < CRASH_FORGET_AFTER => h.failures + 1,
             _ => 1,
         };
-        let delay = backoff(CRASH_BACKOFF_MIN, CRASH_BACKOFF_MAX, failures);
+        let delay = CRASH_BACKOFF.delay(failures);
         holds.insert(
             target_id.to_string(),
             Hold {
@@ -701,7 +697,7 @@ impl Daemon {
                     let p = pulls.entry(image.clone()).or_default();
                     p.in_flight = false;
                     p.failures += 1;
-                    let delay = backoff(PULL_BACKOFF_MIN, PULL_BACKOFF_MAX, p.failures);
+                    let delay = PULL_BACKOFF.delay(p.failures);
                     p.next_attempt = Some(Instant::now() + delay);
                     tracing::warn!(image = %image, error = %format!("{e:#}"), attempt = p.failures, retry_in = ?delay, "image pull failed");
                 }
@@ -750,22 +746,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_doubles_and_caps() {
-        assert_eq!(
-            backoff(CRASH_BACKOFF_MIN, CRASH_BACKOFF_MAX, 1),
-            Duration::from_millis(500)
-        );
-        assert_eq!(
-            backoff(CRASH_BACKOFF_MIN, CRASH_BACKOFF_MAX, 2),
-            Duration::from_secs(1)
-        );
-        assert_eq!(
-            backoff(CRASH_BACKOFF_MIN, CRASH_BACKOFF_MAX, 4),
-            Duration::from_secs(4)
-        );
-        assert_eq!(
-            backoff(CRASH_BACKOFF_MIN, CRASH_BACKOFF_MAX, 40),
-            CRASH_BACKOFF_MAX
-        );
+    fn each_retry_path_keeps_its_policy() {
+        let ms = Duration::from_millis;
+        let secs = Duration::from_secs;
+        let delays = |b: shared::backoff::Backoff| [1, 2, 4, 40].map(|n| b.delay(n));
+        assert_eq!(delays(CRASH_BACKOFF), [ms(500), secs(1), secs(4), secs(30)]);
+        assert_eq!(delays(PULL_BACKOFF), [secs(1), secs(2), secs(8), secs(60)]);
+        assert_eq!(delays(RETRY), [ms(250), ms(500), secs(2), secs(5)]);
     }
 }

@@ -7,16 +7,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
+use shared::backoff::Backoff;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::docker::Engine;
 use crate::seen::Seen;
 
-/// First retry delay after the stream breaks; doubled per failure.
-const RETRY_MIN: Duration = Duration::from_millis(250);
-/// Retry delay cap: a restarting engine is picked up within this long.
-const RETRY_MAX: Duration = Duration::from_secs(5);
+/// Resubscribing after the stream breaks: 250 ms, doubled per failure up to 5 s, so a restarting
+/// engine is picked up within 5 s. Reset by every event received.
+const RETRY: Backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(5));
 
 fn unix_now() -> i64 {
     SystemTime::now()
@@ -52,11 +52,13 @@ pub async fn watch(
     shutdown: CancellationToken,
 ) {
     let mut since = unix_now();
-    let mut delay = RETRY_MIN;
+    let mut retry = RETRY.retry();
     loop {
-        match engine.events(Some(since)).await {
+        let delay = match engine.events(Some(since)).await {
             Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), retry_in = ?delay, "cannot subscribe to docker events")
+                let delay = retry.failed();
+                tracing::warn!(error = %format!("{e:#}"), retry_in = ?delay, "cannot subscribe to docker events");
+                delay
             }
             Ok(mut stream) => {
                 tracing::debug!(since, "subscribed to docker events");
@@ -65,14 +67,14 @@ pub async fn watch(
                     .resubscribed();
                 // A full listing after every (re)subscription catches whatever happened unseen.
                 wake.notify_one();
-                loop {
+                let delay = loop {
                     let item = tokio::select! {
                         _ = shutdown.cancelled() => return,
                         item = stream.next() => item,
                     };
                     match item {
                         Some(Ok(ev)) => {
-                            delay = RETRY_MIN;
+                            retry.reset();
                             if let Some(t) = ev.time {
                                 since = since.max(t);
                             }
@@ -97,23 +99,25 @@ pub async fn watch(
                             wake.notify_one();
                         }
                         Some(Err(e)) => {
+                            let delay = retry.failed();
                             tracing::warn!(error = %e, retry_in = ?delay, "docker event stream broke");
-                            break;
+                            break delay;
                         }
                         None => {
+                            let delay = retry.failed();
                             tracing::warn!(retry_in = ?delay, "docker event stream ended");
-                            break;
+                            break delay;
                         }
                     }
-                }
+                };
                 engine.reconnect();
+                delay
             }
-        }
+        };
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(delay) => {}
         }
-        delay = (delay * 2).min(RETRY_MAX);
     }
 }
 
@@ -142,5 +146,14 @@ mod tests {
         assert!(!concerns_us("tls-sidecar", Some(&other)));
         assert!(!concerns_us("other", Some(&target)));
         assert!(concerns_us("tls-sidecar", None));
+    }
+
+    #[test]
+    fn resubscribing_backs_off_from_250_ms_to_5_s() {
+        let mut retry = RETRY.retry();
+        let delays: Vec<_> = (0..7).map(|_| retry.failed().as_millis()).collect();
+        assert_eq!(delays, [250, 500, 1000, 2000, 4000, 5000, 5000]);
+        retry.reset();
+        assert_eq!(retry.failed(), Duration::from_millis(250));
     }
 }
