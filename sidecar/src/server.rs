@@ -1,11 +1,10 @@
-//! The accept loop: every connection admitted through [`Admission`] (connection limit,
-//! per-address cap, handshake budget), TLS handshakes under a timeout inside each connection's
-//! task, dispatch to the mode's handler, and graceful shutdown (stop accepting, drain within the
-//! grace period).
+//! The TLS listener: every connection taken from the shared accept loop ([`accept::Listener`]),
+//! admitted through [`Admission`] (connection limit, per-address cap, handshake budget), TLS
+//! handshakes under a timeout inside each connection's task, dispatch to the mode's handler, and
+//! graceful shutdown (stop accepting, drain within the grace period).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_rustls::TlsAcceptor;
@@ -13,18 +12,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 
+use crate::accept::{self, Accepted};
 use crate::activity::Activity;
 use crate::admission::{Admission, Limits, Phase, Ticket};
 use crate::config::{Config, Mode};
 use crate::http::Proxy;
 use crate::metrics::Metrics;
 use crate::mtls::ClientIdentity;
-
-/// First pause after a failed accept; doubled up to [`ACCEPT_BACKOFF_MAX`]. Accept fails when
-/// the process is out of file descriptors: backing off lets connections close instead of
-/// spinning, and the server never exits because of it.
-const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
-const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// Binds a listening socket with a listen backlog of `backlog` (`--listen-backlog`; the kernel
 /// caps it at net.core.somaxconn). `SO_REUSEADDR` as usual for servers, so a restart does not
@@ -48,9 +42,6 @@ pub fn effective_backlog(requested: u32) -> u32 {
         .and_then(|t| t.trim().parse::<u32>().ok())
         .map_or(requested, |max| requested.min(max))
 }
-
-static ACCEPT_LOG: crate::throttle::Throttle =
-    crate::throttle::Throttle::new(crate::throttle::LOG_INTERVAL);
 
 /// Everything a connection task needs.
 struct Shared {
@@ -110,28 +101,9 @@ pub async fn serve(
         },
         metrics.clone(),
     );
-    let mut backoff = ACCEPT_BACKOFF_MIN;
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => {
-                    backoff = ACCEPT_BACKOFF_MIN;
-                    pair
-                }
-                Err(error) => {
-                    if let Some(suppressed) = ACCEPT_LOG.ready() {
-                        warn!(%error, retry_in_ms = backoff.as_millis() as u64, suppressed, "accept failed");
-                    }
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break,
-                        _ = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
-                    continue;
-                }
-            },
-        };
+    // No limit in the listener: `admission` counts the slots, after the accept.
+    let mut listener = accept::Listener::new(listener, "tls", shutdown.clone());
+    while let Some(Accepted { stream, peer, .. }) = listener.accept().await {
         // At the limit this waits (holding this one connection, the rest queue in the backlog)
         // until a slot frees; a connection over its address's cap is closed here.
         let Some(ticket) = admission.admit(peer, &shutdown).await else {
