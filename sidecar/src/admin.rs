@@ -14,35 +14,36 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
+use crate::accept::{self, Accepted};
 use crate::metrics::Metrics;
 
 /// Admin requests are tiny; a client that cannot send one in this time is not a scraper.
 const ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
-/// Pause after a failed accept (e.g. out of file descriptors) before trying again.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Most admin connections served at once. Its clients are a health checker and a scraper or two,
+/// each with a connection or two; the listener has no authentication and may be reachable from
+/// more than loopback, so a client that opens connections without end queues in the backlog
+/// after this many instead of taking file descriptors the TLS listener needs.
+const MAX_CONNECTIONS: usize = 64;
 
 /// Serves the admin endpoints until `stop` is cancelled.
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, stop: CancellationToken) {
     if let Ok(addr) = listener.local_addr() {
         info!(admin = %addr, "admin listening");
     }
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = stop.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(error) => {
-                    warn!(%error, "admin accept failed");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
-                    continue;
-                }
-            },
-        };
+    let mut listener =
+        accept::Listener::new(listener, "admin", stop.clone()).with_limit(MAX_CONNECTIONS);
+    while let Some(Accepted {
+        stream,
+        peer,
+        permit,
+    }) = listener.accept().await
+    {
         let metrics = metrics.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let service = service_fn(move |req| {
                 let metrics = metrics.clone();
                 async move { Ok::<_, Infallible>(respond(&req, &metrics)) }

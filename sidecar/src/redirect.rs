@@ -31,10 +31,10 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use rustix::fs::{Mode, OFlags};
 use rustix::io::Errno;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::accept::{self, Accepted};
 use crate::error::ConfigError;
 
 /// The directories from the webroot down to challenge files (certbot's `--webroot` layout),
@@ -68,8 +68,6 @@ const MAX_CONNECTIONS: usize = 1024;
 /// Longest a connection may live, head included: one request, one response of at most
 /// [`MAX_CHALLENGE_BYTES`]; a client slower than this is holding a slot, not reading.
 const CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
-/// Pause after a failed accept (e.g. out of file descriptors) before trying again.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// The `--acme-webroot` directory, held open from start: challenges are looked up beneath this
 /// handle, so renaming or replacing the directory's path later changes nothing (replacing the
@@ -124,26 +122,14 @@ pub async fn serve(listener: TcpListener, redirect: Redirect, stop: Cancellation
         info!(redirect = %addr, port = redirect.port, acme = redirect.webroot.is_some(), "redirect listening");
     }
     let redirect = Arc::new(redirect);
-    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let permit = tokio::select! {
-            _ = stop.cancelled() => return,
-            permit = limit.clone().acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => return,
-            },
-        };
-        let (stream, peer) = tokio::select! {
-            _ = stop.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(error) => {
-                    warn!(%error, "redirect accept failed");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
-                    continue;
-                }
-            },
-        };
+    let mut listener =
+        accept::Listener::new(listener, "redirect", stop.clone()).with_limit(MAX_CONNECTIONS);
+    while let Some(Accepted {
+        stream,
+        peer,
+        permit,
+    }) = listener.accept().await
+    {
         let redirect = redirect.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
