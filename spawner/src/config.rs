@@ -1,6 +1,7 @@
 //! Command line: clap `Cli` (every flag also readable from its env var) turned into a validated
 //! `Config` before any socket or container is touched.
 
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
@@ -25,8 +26,13 @@ pub struct Cli {
 pub enum Command {
     /// Run the daemon: watch the engine and keep exactly one sidecar per opted-in container.
     Run,
-    /// Print a table of opted-in containers, their sidecars and any problem, then exit.
-    Status,
+    /// Print a table of opted-in containers, their sidecars, certificates and any problem, then
+    /// exit.
+    Status {
+        /// Print the rows as a JSON array of objects (fields in docs/spawner.md), for scripts.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Flags shared by every subcommand.
@@ -123,6 +129,12 @@ pub struct Opts {
         global = true
     )]
     pub max_parallel_actions: usize,
+
+    /// Plain-HTTP admin listener (`IP:PORT`, `[IPv6]:PORT` or `:PORT` for every IPv4 interface)
+    /// with `/healthz`, `/readyz` and `/metrics`; off by default. Unauthenticated: bind it to
+    /// loopback or a private network.
+    #[arg(long, env = "SPAWNER_ADMIN_LISTEN", global = true)]
+    pub admin_listen: Option<String>,
 }
 
 /// Where sidecar certificates come from.
@@ -153,6 +165,7 @@ pub struct Config {
     pub docker_timeout: Duration,
     /// At least 1.
     pub max_parallel_actions: usize,
+    pub admin_listen: Option<SocketAddr>,
 }
 
 /// A flag with an invalid value.
@@ -250,6 +263,12 @@ impl Cli {
                 "must be at least 1",
             ));
         }
+        let admin_listen = match o.admin_listen.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(text) => {
+                Some(parse_listen(text).map_err(|reason| bad("admin-listen", text, reason))?)
+            }
+        };
         Ok(Config {
             command: self.command.unwrap_or(Command::Run),
             docker_socket,
@@ -265,7 +284,20 @@ impl Cli {
             resync_interval: o.resync_interval,
             docker_timeout: o.docker_timeout,
             max_parallel_actions: o.max_parallel_actions,
+            admin_listen,
         })
+    }
+}
+
+/// `IP:PORT`, `[IPv6]:PORT`, or `:PORT` (every IPv4 interface), as the sidecar's listen flags.
+fn parse_listen(text: &str) -> Result<SocketAddr, &'static str> {
+    const EXPECTED: &str = "expected IP:PORT, [IPv6]:PORT or :PORT";
+    match text.strip_prefix(':') {
+        Some(port) => port
+            .parse::<u16>()
+            .map(|p| SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), p))
+            .map_err(|_| EXPECTED),
+        None => text.parse().map_err(|_| EXPECTED),
     }
 }
 
@@ -319,8 +351,28 @@ mod tests {
     #[test]
     fn status_subcommand_takes_flags_after_it() {
         let c = cfg(&["status", "--label-prefix", "x"]).expect("status");
-        assert_eq!(c.command, Command::Status);
+        assert_eq!(c.command, Command::Status { json: false });
         assert_eq!(c.label_prefix, "x");
+        let c = cfg(&["status", "--json"]).expect("status --json");
+        assert_eq!(c.command, Command::Status { json: true });
+    }
+
+    #[test]
+    fn admin_listen_is_off_by_default_and_typed() {
+        assert_eq!(cfg(&[]).expect("defaults").admin_listen, None);
+        let c = cfg(&["--admin-listen", "127.0.0.1:9090"]).expect("ip:port");
+        assert_eq!(
+            c.admin_listen,
+            Some("127.0.0.1:9090".parse().expect("addr"))
+        );
+        let c = cfg(&["--admin-listen", ":9090"]).expect(":port");
+        assert_eq!(c.admin_listen, Some("0.0.0.0:9090".parse().expect("addr")));
+        let c = cfg(&["--admin-listen", "[::1]:9090"]).expect("[v6]:port");
+        assert_eq!(c.admin_listen, Some("[::1]:9090".parse().expect("addr")));
+        for bad in ["9090", "localhost:9090", ":99999", "1.2.3.4"] {
+            let e = cfg(&["--admin-listen", bad]).expect_err(bad);
+            assert_eq!(e.flag, "admin-listen");
+        }
     }
 
     #[test]

@@ -21,13 +21,15 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::config::{CertsSource, Config};
-use crate::container::{cert_paths, sidecar_body, For};
+use crate::cert_source;
+use crate::config::Config;
+use crate::container::{sidecar_body, For};
 use crate::docker::Engine;
 use crate::error::Error;
 use crate::events;
 use crate::failure::{self, Failure, Verdict};
 use crate::labels::{sidecar_name, TargetSpec};
+use crate::metrics::{ActionKind, Metrics, Outcome, States};
 use crate::observe::{observe, summary_of, FactsCache, Observed};
 use crate::reconcile::{plan, steps, Action, RemoveReason, SidecarState};
 use crate::seen::Seen;
@@ -89,11 +91,19 @@ struct Daemon {
     /// containers events named, so the engine work per event does not grow with the number of
     /// containers. `None`: list everything next turn.
     listing: Option<HashMap<String, ContainerSummary>>,
+    metrics: Arc<Metrics>,
+    /// Arrival of the oldest event the current turn acts on (kept until a turn succeeds), to
+    /// time its actions.
+    event_since: Option<Instant>,
 }
 
 /// Runs the daemon until `shutdown`. Sidecars are left running on exit: the data plane must not
 /// depend on the control plane.
-pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), Error> {
+pub async fn run(
+    cfg: Config,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
     let engine = Arc::new(Engine::new(
         &cfg.docker_host,
         &cfg.docker_socket,
@@ -107,11 +117,14 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), Error> 
         dry_run = cfg.dry_run,
         "spawner started"
     );
+    // The watcher's wake-ups pass through the event clock, which stamps their arrival.
+    let events_wake = Arc::new(Notify::new());
+    let relay = tokio::spawn(metrics.clone().relay(events_wake.clone(), wake.clone()));
     let watcher = tokio::spawn(events::watch(
         engine.clone(),
         cfg.label_prefix.clone(),
         seen.clone(),
-        wake.clone(),
+        events_wake,
         shutdown.clone(),
     ));
     let mut d = Daemon {
@@ -128,10 +141,14 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), Error> 
         facts: FactsCache::default(),
         facts_since: Instant::now(),
         listing: None,
+        metrics,
+        event_since: None,
     };
     let mut failures = 0u32;
     loop {
-        let next = match d.turn(&shutdown).await {
+        let result = d.turn(&shutdown).await;
+        d.metrics.turn(&result);
+        let next = match result {
             Ok(()) => {
                 if failures > 0 {
                     tracing::info!("docker engine reachable again");
@@ -153,6 +170,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), Error> 
         }
     }
     watcher.abort();
+    relay.abort();
     tracing::info!("spawner stopped; sidecars left running");
     Ok(())
 }
@@ -214,6 +232,9 @@ impl Daemon {
     /// in flight finish (each under its own timeouts), so no half-made sidecar is left behind.
     async fn turn(&mut self, shutdown: &CancellationToken) -> Result<(), Error> {
         let calls_before = self.engine.calls();
+        if let Some(at) = self.metrics.clock.take() {
+            self.event_since.get_or_insert(at);
+        }
         let (down, touched) = {
             let mut seen = lock(&self.seen);
             let down: HashSet<String> = seen.down().map(String::from).collect();
@@ -291,8 +312,16 @@ impl Daemon {
             }
         }
         self.reported.retain(|id, _| reported_now.contains(id));
+        let states = States::of(&observed.targets, &observed.sidecars, &reported_now);
+        self.metrics.observed(states, self.engine.calls());
+        let (certs, tracker) = (self.cfg.certs.as_ref(), &self.metrics.certs);
+        tracker
+            .sync(certs, &observed.targets, &reported_now, resync)
+            .await;
         self.execute(steps.removes, shutdown).await?;
-        self.execute(steps.creates, shutdown).await
+        self.execute(steps.creates, shutdown).await?;
+        self.event_since = None;
+        Ok(())
     }
 
     /// Refines the listing's view of sidecars that are not running in their running target's
@@ -440,6 +469,7 @@ impl Daemon {
             } => {
                 let span = tracing::info_span!("sidecar", target = %short(&target_id), sidecar = %sidecar_name);
                 let r = self.remove(&sidecar_id, reason).instrument(span).await;
+                self.failed(ActionKind::Remove, &r);
                 tolerate(r, &sidecar_name)
             }
             Action::Create {
@@ -454,6 +484,7 @@ impl Daemon {
                     .create(&target_id, &target_name, &started_at, &spec)
                     .instrument(span)
                     .await;
+                self.failed(ActionKind::Create, &r);
                 tolerate(r, &target_name)
             }
             Action::Start {
@@ -463,10 +494,24 @@ impl Daemon {
             } => {
                 let span = tracing::info_span!("sidecar", target = %short(&target_id), sidecar = %sidecar_name);
                 let r = self.adopt(&sidecar_id, &target_id).instrument(span).await;
+                self.failed(ActionKind::Start, &r);
                 tolerate(r, &sidecar_name)
             }
             Action::Report { .. } => Ok(()),
         }
+    }
+
+    /// Counts an action that ended with an engine error (the others count where they end).
+    fn failed(&self, kind: ActionKind, r: &Result<(), Error>) {
+        if let Err(e) = r {
+            self.metrics.action(kind, Outcome::of(e), None);
+            self.metrics.engine_error(e);
+        }
+    }
+
+    /// Counts an action that ended without an engine error.
+    fn count(&self, kind: ActionKind, outcome: Outcome) {
+        self.metrics.action(kind, outcome, self.event_since);
     }
 
     fn note_failure(&self, target_id: &str) -> Duration {
@@ -491,10 +536,12 @@ impl Daemon {
     async fn remove(&self, sidecar_id: &str, reason: RemoveReason) -> Result<(), Error> {
         if self.cfg.dry_run {
             tracing::info!(reason = reason.as_str(), "dry run: would remove sidecar");
+            self.count(ActionKind::Remove, Outcome::DryRun);
             return Ok(());
         }
         self.engine.remove(sidecar_id).await?;
         tracing::info!(reason = reason.as_str(), "sidecar removed");
+        self.count(ActionKind::Remove, Outcome::Ok);
         Ok(())
     }
 
@@ -509,17 +556,24 @@ impl Daemon {
             .get(target_id)
             .is_some_and(|h| h.until > Instant::now())
         {
+            self.count(ActionKind::Create, Outcome::Deferred);
             return Ok(());
         }
         if self.cfg.dry_run {
             tracing::info!(image = %spec.image, "dry run: would create sidecar");
+            self.count(ActionKind::Create, Outcome::DryRun);
             return Ok(());
         }
         if !self.image_ready(&spec.image).await? {
+            self.count(ActionKind::Create, Outcome::Deferred);
             return Ok(());
         }
         let name = sidecar_name(target_name);
-        let use_certs = self.certs_exist(&spec.hostname).await;
+        let source = cert_source::probe(self.cfg.certs.as_ref(), spec.hostname.as_str()).await;
+        self.metrics
+            .certs
+            .record(target_id, target_name, spec.hostname.as_str(), &source);
+        let use_certs = source.is_file();
         let mut body = sidecar_body(
             &self.cfg,
             &For {
@@ -534,6 +588,9 @@ impl Daemon {
                 .get_or_insert_with(HashMap::new)
                 .extend(failure::to_labels(&self.cfg.label_prefix, f));
         }
+        body.labels
+            .get_or_insert_with(HashMap::new)
+            .extend([cert_source::label(&self.cfg.label_prefix, &source)]);
         let created = match self.engine.create(&name, body.clone()).await {
             Ok(id) => Ok(id),
             Err(e) if e.status_code() == Some(409) => {
@@ -549,21 +606,25 @@ impl Daemon {
             Ok(id) => id,
             Err(e) if e.status_code().is_some() => {
                 self.refused(target_id, &name, "cannot create sidecar", &e);
+                self.count(ActionKind::Create, Outcome::Refused);
                 return Ok(());
             }
             Err(e) => return Err(e),
         };
         if let Err(e) = self.engine.start(&id).await {
             self.refused(target_id, &name, "cannot start sidecar", &e);
+            self.count(ActionKind::Create, Outcome::Refused);
             self.engine.remove(&id).await?;
             return Ok(());
         }
         tracing::info!(sidecar = %name, image = %spec.image, listen = %spec.listen, backend = %spec.backend, "sidecar started");
+        self.count(ActionKind::Create, Outcome::Ok);
         Ok(())
     }
 
     /// The engine refused to create or start a sidecar: back off, and log the cause when new.
     fn refused(&self, target_id: &str, sidecar: &str, what: &'static str, e: &Error) {
+        self.metrics.engine_error(e);
         let delay = self.note_failure(target_id);
         let error = failure::escape(&format!("{e:#}"));
         let f = Failure {
@@ -584,16 +645,19 @@ impl Daemon {
     async fn adopt(&self, sidecar_id: &str, target_id: &str) -> Result<(), Error> {
         if self.cfg.dry_run {
             tracing::info!("dry run: would start the never-started sidecar");
+            self.count(ActionKind::Start, Outcome::DryRun);
             return Ok(());
         }
         match self.engine.start(sidecar_id).await {
             Ok(()) => {
                 tracing::info!("never-started sidecar adopted and started");
+                self.count(ActionKind::Start, Outcome::Ok);
                 Ok(())
             }
             Err(e) if e.status_code() == Some(404) => Ok(()),
             Err(e) if e.status_code().is_some() => {
                 self.refused(target_id, sidecar_id, "cannot start sidecar", &e);
+                self.count(ActionKind::Start, Outcome::Refused);
                 self.engine.remove(sidecar_id).await
             }
             Err(e) => Err(e),
@@ -642,26 +706,6 @@ impl Daemon {
         self.engine.remove(&id).await?;
         tracing::info!(sidecar = %name, "removed stale sidecar holding the name");
         Ok(Claim::Free)
-    }
-
-    /// With a host directory, uses the certificates only if both files exist (so a missing
-    /// certificate means self-signed, not a crash loop). A named volume cannot be looked into.
-    async fn certs_exist(&self, hostname: &shared::dns::DnsName) -> bool {
-        match &self.cfg.certs {
-            None => false,
-            Some(CertsSource::Volume(_)) => true,
-            Some(CertsSource::HostDir(dir)) => {
-                let (cert, key) = cert_paths(hostname);
-                let host = |p: &std::path::Path| {
-                    let inside = p.strip_prefix(shared::schema::CERTS_MOUNT).unwrap_or(p);
-                    std::path::Path::new(dir).join(inside)
-                };
-                let exists = |p: std::path::PathBuf| async move {
-                    tokio::fs::try_exists(p).await.unwrap_or(false)
-                };
-                exists(host(&cert)).await && exists(host(&key)).await
-            }
-        }
     }
 
     /// True when the image is present. Otherwise starts (at most one, with backoff) background

@@ -2,8 +2,11 @@
 //! sidecar in the network namespace of every running container that opted in with a label, and
 //! none anywhere else.
 //!
-//! `run` takes what a test must control (config, shutdown token); `main` adds signals and exit codes.
+//! `run` takes what a test must control (config, the admin listener, shutdown token); `main`
+//! adds signals, binding and exit codes.
 
+pub mod admin;
+pub mod cert_source;
 pub mod config;
 pub mod container;
 pub mod daemon;
@@ -12,6 +15,7 @@ pub mod error;
 pub mod events;
 pub mod failure;
 pub mod labels;
+pub mod metrics;
 pub mod observe;
 pub mod reconcile;
 pub mod seen;
@@ -20,12 +24,26 @@ pub mod status;
 pub use config::{Cli, Command, Config};
 pub use error::Error;
 
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-/// Runs the configured command until it finishes or `shutdown` is cancelled.
-pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
+/// Runs the configured command until it finishes or `shutdown` is cancelled. `admin`: the bound
+/// `--admin-listen` socket, served while the daemon runs.
+pub async fn run(
+    config: Config,
+    admin: Option<TcpListener>,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
     match config.command {
-        Command::Run => daemon::run(config, shutdown).await,
-        Command::Status => status::run(&config).await,
+        Command::Run => {
+            let metrics = Arc::new(metrics::Metrics::default());
+            if let Some(listener) = admin {
+                tokio::spawn(admin::serve(listener, metrics.clone(), shutdown.clone()));
+            }
+            daemon::run(config, metrics, shutdown).await
+        }
+        Command::Status { json } => status::run(&config, json).await,
     }
 }

@@ -3,6 +3,7 @@
 
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
@@ -33,7 +34,15 @@ fn run(config: spawner::Config) -> anyhow::Result<()> {
     rt.block_on(async {
         let shutdown = CancellationToken::new();
         shared::shutdown::cancel_on_signal(shutdown.clone())?;
-        spawner::run(config, shutdown).await?;
+        let admin = match config.admin_listen {
+            Some(addr) if config.command == spawner::Command::Run => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("failed to listen on --admin-listen {addr}"))?,
+            ),
+            _ => None,
+        };
+        spawner::run(config, admin, shutdown).await?;
         Ok(())
     })
 }

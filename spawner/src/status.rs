@@ -4,34 +4,58 @@
 //! an exited sidecar the daemon keeps during its backoff is inspected and its log read here; once
 //! replaced, its failure is read from the labels of the sidecar that replaced it.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::Write;
 
+use crate::cert_source::{self, Expiry, Fallback, Recorded, Source};
 use crate::config::Config;
 use crate::docker::Engine;
 use crate::error::Error;
-use crate::failure::{self, Verdict};
+use crate::failure::{self, Failure, Verdict};
 use crate::observe::observe;
-use crate::reconcile::{plan, Action, SidecarState};
+use crate::reconcile::{plan, Action, SidecarState, Target};
 
-/// One row of the table.
+/// One row of the table: one opted-in container.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Row {
     pub target: String,
-    pub state: String,
-    pub sidecar: String,
-    pub sidecar_state: String,
-    pub problem: String,
-    /// `exit N: <last stderr line>` of the target's last failed sidecar, or `-`.
-    pub last_failure: String,
+    pub target_id: String,
+    /// `running` or `stopped`.
+    pub state: &'static str,
+    /// Its sidecars, oldest first (normally one).
+    pub sidecars: Vec<SidecarRow>,
+    /// Why it is not served, if it is not.
+    pub problem: Option<String>,
+    /// The target's last failed sidecar.
+    pub last_failure: Option<Failure>,
+    /// The certificate its sidecar was given (or would be); `None` for a target whose labels
+    /// are refused.
+    pub cert: Option<Source>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SidecarRow {
+    pub name: String,
+    pub id: String,
+    /// `running`, `created` or `exited`.
+    pub state: &'static str,
 }
 
 /// Observes the engine and builds the rows.
 pub async fn rows(cfg: &Config) -> Result<Vec<Row>, Error> {
     let engine = Engine::new(&cfg.docker_host, &cfg.docker_socket, cfg.docker_timeout);
+    let listing = engine.list_containers().await?;
+    let source_key = shared::schema::label_name(&cfg.label_prefix, cert_source::LABEL);
+    let recorded: HashMap<String, Recorded> = listing
+        .iter()
+        .filter_map(|c| {
+            let value = c.labels.as_ref()?.get(&source_key)?;
+            Some((c.id.clone()?, cert_source::parse_label(value)?))
+        })
+        .collect();
     let observed = observe(
         &engine,
-        engine.list_containers().await?,
+        listing,
         &cfg.label_prefix,
         cfg.certs.is_some(),
         &HashSet::new(),
@@ -87,69 +111,90 @@ pub async fn rows(cfg: &Config) -> Result<Vec<Row>, Error> {
                 _ => "sidecar pending".to_string(),
             };
         }
-        let state = if t.running { "running" } else { "stopped" };
-        let sidecar = mine
-            .iter()
-            .map(|s| s.name.as_str())
-            .collect::<Vec<_>>()
-            .join(",");
-        let sidecar_state = mine
-            .iter()
-            .map(|s| match s.state {
-                SidecarState::Running => "running",
-                SidecarState::Created => "created",
-                SidecarState::Exited => "exited",
-            })
-            .collect::<Vec<_>>()
-            .join(",");
+        let newest = mine.last().and_then(|s| recorded.get(&s.id));
         rows.push(Row {
             target: t.name.clone(),
-            state: state.to_string(),
-            sidecar: if sidecar.is_empty() {
-                "-".into()
-            } else {
-                sidecar
-            },
-            sidecar_state: if sidecar_state.is_empty() {
-                "-".into()
-            } else {
-                sidecar_state
-            },
-            problem: if problem.is_empty() {
-                "-".into()
-            } else {
-                problem
-            },
-            last_failure: last_failure.map_or_else(|| "-".into(), |f| f.to_string()),
+            target_id: t.id.clone(),
+            state: if t.running { "running" } else { "stopped" },
+            sidecars: mine
+                .iter()
+                .map(|s| SidecarRow {
+                    name: s.name.clone(),
+                    id: s.id.clone(),
+                    state: match s.state {
+                        SidecarState::Running => "running",
+                        SidecarState::Created => "created",
+                        SidecarState::Exited => "exited",
+                    },
+                })
+                .collect(),
+            problem: (!problem.is_empty()).then_some(problem),
+            last_failure,
+            cert: cert_of(cfg, t, newest).await,
         });
     }
     Ok(rows)
 }
 
-/// Renders rows as an aligned table with a header.
-pub fn render(rows: &[Row]) -> String {
+/// The certificate a target's sidecar was given, as its label recorded it (what the spawner
+/// that made it could see, which may not be what this process sees), with the expiry read now.
+/// Without such a sidecar: what the daemon would give it now.
+async fn cert_of(cfg: &Config, t: &Target, recorded: Option<&Recorded>) -> Option<Source> {
+    let spec = t.spec.as_ref().ok()?;
+    let seen = cert_source::probe(cfg.certs.as_ref(), spec.hostname.as_str()).await;
+    Some(match (recorded, seen) {
+        (Some(Recorded::SelfSigned(f)), _) => Source::SelfSigned(f.clone()),
+        (Some(Recorded::File), Source::SelfSigned(f)) if f != Fallback::NoCertsFrom => {
+            let dir = match &cfg.certs {
+                Some(crate::config::CertsSource::HostDir(d)) => d.as_str(),
+                _ => "",
+            };
+            Source::File {
+                path: format!("{dir}/live/{}/fullchain.pem", spec.hostname),
+                expiry: Expiry::Unknown(format!("not readable by this process: {}", f.detail())),
+            }
+        }
+        (_, seen) => seen,
+    })
+}
+
+/// Renders rows as an aligned table with a header; `now` (unix seconds) marks expired
+/// certificates.
+pub fn render(rows: &[Row], now: i64) -> String {
     let header = [
         "TARGET",
         "STATE",
         "SIDECAR",
         "SIDECAR STATE",
+        "CERTIFICATE",
         "PROBLEM",
         "LAST FAILURE",
-    ];
-    let cells: Vec<[&str; 6]> = rows
+    ]
+    .map(String::from);
+    let dash = |v: String| if v.is_empty() { "-".to_string() } else { v };
+    let cells: Vec<[String; 7]> = rows
         .iter()
         .map(|r| {
+            let sidecars = |f: fn(&SidecarRow) -> &str| {
+                dash(r.sidecars.iter().map(f).collect::<Vec<_>>().join(","))
+            };
             [
-                r.target.as_str(),
-                &r.state,
-                &r.sidecar,
-                &r.sidecar_state,
-                &r.problem,
-                &r.last_failure,
+                r.target.clone(),
+                r.state.to_string(),
+                sidecars(|s| &s.name),
+                sidecars(|s| s.state),
+                dash(r.cert.as_ref().map(|c| c.cell(now)).unwrap_or_default()),
+                dash(r.problem.clone().unwrap_or_default()),
+                dash(
+                    r.last_failure
+                        .as_ref()
+                        .map(Failure::to_string)
+                        .unwrap_or_default(),
+                ),
             ]
         })
         .collect();
-    let mut widths = header.map(str::len);
+    let mut widths = header.clone().map(|h| h.len());
     for c in &cells {
         for (w, v) in widths.iter_mut().zip(c) {
             *w = (*w).max(v.len());
@@ -168,12 +213,70 @@ pub fn render(rows: &[Row]) -> String {
     out
 }
 
-/// `spawner status`: prints the table to stdout.
-pub async fn run(cfg: &Config) -> Result<(), Error> {
-    let table = render(&rows(cfg).await?);
+/// The rows as a JSON array, one object per row; the fields are documented in docs/spawner.md
+/// and only ever added to.
+pub fn to_json(rows: &[Row]) -> serde_json::Value {
+    use serde_json::{json, Value};
+    let rows = rows.iter().map(|r| {
+        let (source, reason, detail, not_after) = match &r.cert {
+            None => (Value::Null, Value::Null, Value::Null, Value::Null),
+            Some(Source::File { path, expiry }) => (
+                json!("file"),
+                Value::Null,
+                match expiry {
+                    Expiry::At(_) => json!(path),
+                    Expiry::Unknown(why) => json!(format!("{path}: expiry unknown ({why})")),
+                },
+                match expiry {
+                    Expiry::At(t) => json!(t),
+                    Expiry::Unknown(_) => Value::Null,
+                },
+            ),
+            Some(Source::SelfSigned(f)) => (
+                json!("self-signed"),
+                json!(f.code()),
+                json!(f.detail()),
+                Value::Null,
+            ),
+        };
+        json!({
+            "target": r.target,
+            "target_id": r.target_id,
+            "state": r.state,
+            "sidecars": r.sidecars.iter().map(|s| json!({
+                "name": s.name,
+                "id": s.id,
+                "state": s.state,
+            })).collect::<Vec<_>>(),
+            "problem": r.problem,
+            "last_failure": r.last_failure.as_ref().map(|f| json!({
+                "exit_code": f.exit_code,
+                "error": f.error,
+                "text": f.to_string(),
+            })),
+            "cert_source": source,
+            "cert_reason": reason,
+            "cert_detail": detail,
+            "cert_not_after": not_after,
+        })
+    });
+    Value::Array(rows.collect())
+}
+
+/// `spawner status`: prints the table (or, with `json`, the JSON array) to stdout.
+pub async fn run(cfg: &Config, json: bool) -> Result<(), Error> {
+    let rows = rows(cfg).await?;
+    let out = if json {
+        format!("{:#}\n", to_json(&rows))
+    } else {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        render(&rows, now)
+    };
     std::io::stdout()
         .lock()
-        .write_all(table.as_bytes())
+        .write_all(out.as_bytes())
         .map_err(Error::WriteStatus)
 }
 
@@ -181,26 +284,81 @@ pub async fn run(cfg: &Config) -> Result<(), Error> {
 mod tests {
     use super::*;
 
+    fn row() -> Row {
+        Row {
+            target: "web".into(),
+            target_id: "abc".into(),
+            state: "running",
+            sidecars: vec![SidecarRow {
+                name: "web-tls-sidecar".into(),
+                id: "def".into(),
+                state: "running",
+            }],
+            problem: None,
+            last_failure: Some(Failure {
+                exit_code: Some(2),
+                error: "error: no key".into(),
+            }),
+            cert: Some(Source::File {
+                path: "/etc/le/live/web/fullchain.pem".into(),
+                expiry: Expiry::At(1_925_078_400),
+            }),
+        }
+    }
+
     #[test]
     fn table_is_aligned() {
-        let rows = vec![Row {
-            target: "web".into(),
-            state: "running".into(),
-            sidecar: "web-tls-sidecar".into(),
-            sidecar_state: "running".into(),
-            problem: "-".into(),
-            last_failure: "exit 2: error: no key".into(),
-        }];
-        let t = render(&rows);
+        let api = Row {
+            target: "api".into(),
+            sidecars: vec![],
+            last_failure: None,
+            problem: Some("sidecar pending".into()),
+            cert: Some(Source::SelfSigned(Fallback::Missing("live/api/".into()))),
+            ..row()
+        };
+        let t = render(&[row(), api], 0);
         let lines: Vec<&str> = t.lines().collect();
-        assert_eq!(lines.len(), 2);
+        assert_eq!(lines.len(), 3);
         assert_eq!(
             lines[0],
-            "TARGET  STATE    SIDECAR          SIDECAR STATE  PROBLEM  LAST FAILURE"
+            "TARGET  STATE    SIDECAR          SIDECAR STATE  CERTIFICATE                         PROBLEM          LAST FAILURE"
         );
         assert_eq!(
             lines[1],
-            "web     running  web-tls-sidecar  running        -        exit 2: error: no key"
+            "web     running  web-tls-sidecar  running        file, expires 2031-01-02T00:00:00Z  -                exit 2: error: no key"
         );
+        assert_eq!(
+            lines[2],
+            "api     running  -                -              self-signed: live/api/ missing      sidecar pending  -"
+        );
+    }
+
+    #[test]
+    fn json_has_the_same_rows_as_data() {
+        let v = to_json(&[row()]);
+        assert_eq!(
+            v,
+            serde_json::json!([{
+                "target": "web",
+                "target_id": "abc",
+                "state": "running",
+                "sidecars": [{"name": "web-tls-sidecar", "id": "def", "state": "running"}],
+                "problem": null,
+                "last_failure": {"exit_code": 2, "error": "error: no key", "text": "exit 2: error: no key"},
+                "cert_source": "file",
+                "cert_reason": null,
+                "cert_detail": "/etc/le/live/web/fullchain.pem",
+                "cert_not_after": 1_925_078_400,
+            }])
+        );
+        let hidden = Row {
+            cert: Some(Source::SelfSigned(Fallback::DirNotVisible)),
+            ..row()
+        };
+        let v = to_json(&[hidden]);
+        assert_eq!(v[0]["cert_source"], "self-signed");
+        assert_eq!(v[0]["cert_reason"], "certs-dir-not-visible");
+        assert_eq!(v[0]["cert_detail"], "certs dir not visible to the spawner");
+        assert_eq!(v[0]["cert_not_after"], serde_json::Value::Null);
     }
 }

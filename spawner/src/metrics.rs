@@ -1,0 +1,610 @@
+//! What the daemon counts, and its Prometheus text exposition for the admin listener. Plain
+//! atomics and fixed label sets: every label value comes from a closed list, except the target
+//! name of the certificate gauges, which exists only as long as that container does.
+
+use std::collections::HashSet;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::cert_source::{Expiry, Source, Tracker};
+use crate::error::Error;
+use crate::reconcile::{Sidecar, SidecarState, Target};
+
+/// A change the daemon makes to a sidecar.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActionKind {
+    Create,
+    Remove,
+    /// Start a sidecar that was created and never started (adopt it).
+    Start,
+}
+
+impl ActionKind {
+    const ALL: [ActionKind; 3] = [ActionKind::Create, ActionKind::Remove, ActionKind::Start];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            ActionKind::Create => "create",
+            ActionKind::Remove => "remove",
+            ActionKind::Start => "start",
+        }
+    }
+}
+
+/// How an action ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Done: the sidecar runs (create, start) or is gone (remove).
+    Ok,
+    /// The engine answered with an error (the create is retried with backoff).
+    Refused,
+    /// The engine did not answer; the turn fails and is retried.
+    Unreachable,
+    /// Not attempted yet: the image is being pulled, or the target is in its backoff.
+    Deferred,
+    /// `--dry-run`: logged, not done.
+    DryRun,
+}
+
+impl Outcome {
+    const ALL: [Outcome; 5] = [
+        Outcome::Ok,
+        Outcome::Refused,
+        Outcome::Unreachable,
+        Outcome::Deferred,
+        Outcome::DryRun,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Refused => "refused",
+            Outcome::Unreachable => "unreachable",
+            Outcome::Deferred => "deferred",
+            Outcome::DryRun => "dry_run",
+        }
+    }
+
+    /// The outcome of an engine call that failed.
+    pub fn of(e: &Error) -> Outcome {
+        if e.is_transport() {
+            Outcome::Unreachable
+        } else {
+            Outcome::Refused
+        }
+    }
+}
+
+/// Why an engine call failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EngineCause {
+    /// No connection to the socket.
+    Connect,
+    /// No answer within `--docker-timeout`.
+    Timeout,
+    /// The connection broke mid-call.
+    Io,
+    /// The engine answered with an error status (a name conflict, a missing image, a bad mount).
+    Api,
+}
+
+impl EngineCause {
+    const ALL: [EngineCause; 4] = [
+        EngineCause::Connect,
+        EngineCause::Timeout,
+        EngineCause::Io,
+        EngineCause::Api,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            EngineCause::Connect => "connect",
+            EngineCause::Timeout => "timeout",
+            EngineCause::Io => "io",
+            EngineCause::Api => "api_error",
+        }
+    }
+
+    fn of(e: &Error) -> Option<EngineCause> {
+        use bollard::errors::Error as B;
+        Some(match e {
+            Error::Connect { .. } => EngineCause::Connect,
+            Error::Timeout { .. } => EngineCause::Timeout,
+            Error::Docker {
+                source: B::DockerResponseServerError { .. } | B::DockerStreamError { .. },
+                ..
+            } => EngineCause::Api,
+            Error::Docker { .. } => EngineCause::Io,
+            Error::WriteStatus(_) => return None,
+        })
+    }
+}
+
+/// Upper bounds (seconds) of the event-to-action histogram: a sidecar is normally made or
+/// removed within a few hundred ms of its event; the tail shows a loaded engine.
+const LATENCY_BOUNDS: [f64; 11] = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+
+#[derive(Debug, Default)]
+struct Histogram {
+    /// Observations per bucket (not cumulative), the last one above every bound.
+    buckets: [AtomicU64; LATENCY_BOUNDS.len() + 1],
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    fn observe(&self, secs: f64) {
+        let i = LATENCY_BOUNDS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(LATENCY_BOUNDS.len());
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add((secs * 1e6) as u64, Ordering::Relaxed);
+    }
+}
+
+/// Targets by what they get, and sidecars by engine state, as of the last turn.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct States {
+    /// Running, with a running sidecar in its current namespace.
+    pub served: u64,
+    /// Running, no running sidecar yet (being made, failing and backing off, image missing).
+    pub pending: u64,
+    /// Running, and refused a sidecar (invalid label, image not allowed).
+    pub refused: u64,
+    pub stopped: u64,
+    pub sidecars_running: u64,
+    pub sidecars_created: u64,
+    pub sidecars_exited: u64,
+}
+
+impl States {
+    /// Counts a turn's observation; `refused`: the targets its plan refused.
+    pub fn of(targets: &[Target], sidecars: &[Sidecar], refused: &HashSet<String>) -> States {
+        let mut s = States::default();
+        let serving: HashSet<(&str, &str)> = sidecars
+            .iter()
+            .filter(|c| c.state == SidecarState::Running)
+            .filter_map(|c| Some((c.target_id.as_str(), c.target_started.as_deref()?)))
+            .collect();
+        for t in targets {
+            let n = if !t.running {
+                &mut s.stopped
+            } else if refused.contains(&t.id) {
+                &mut s.refused
+            } else if serving.contains(&(t.id.as_str(), t.started_at.as_str())) {
+                &mut s.served
+            } else {
+                &mut s.pending
+            };
+            *n += 1;
+        }
+        for c in sidecars {
+            *match c.state {
+                SidecarState::Running => &mut s.sidecars_running,
+                SidecarState::Created => &mut s.sidecars_created,
+                SidecarState::Exited => &mut s.sidecars_exited,
+            } += 1;
+        }
+        s
+    }
+}
+
+/// Whether the daemon is ready (for `/readyz`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readiness {
+    /// No reconcile turn has finished yet.
+    Starting = 0,
+    /// The last turn finished.
+    Ready = 1,
+    /// The last turn failed: the engine did not answer.
+    EngineUnreachable = 2,
+}
+
+/// Everything the admin listener shows. Shared by the daemon (writes) and the listener (reads).
+#[derive(Debug, Default)]
+pub struct Metrics {
+    readiness: AtomicU8,
+    turns_ok: AtomicU64,
+    turns_failed: AtomicU64,
+    actions: [[AtomicU64; Outcome::ALL.len()]; ActionKind::ALL.len()],
+    latency: [Histogram; ActionKind::ALL.len()],
+    engine_errors: [AtomicU64; EngineCause::ALL.len()],
+    engine_calls: AtomicU64,
+    states: Mutex<States>,
+    /// The certificate source of each target's sidecar, for the certificate gauges.
+    pub certs: Tracker,
+    /// When events arrived that no turn has acted on yet.
+    pub clock: EventClock,
+}
+
+impl Metrics {
+    pub fn readiness(&self) -> Readiness {
+        match self.readiness.load(Ordering::Relaxed) {
+            1 => Readiness::Ready,
+            2 => Readiness::EngineUnreachable,
+            _ => Readiness::Starting,
+        }
+    }
+
+    /// A reconcile turn finished (`Ok`) or failed; a failure is an engine error.
+    pub fn turn(&self, result: &Result<(), Error>) {
+        match result {
+            Ok(()) => {
+                self.turns_ok.fetch_add(1, Ordering::Relaxed);
+                self.readiness
+                    .store(Readiness::Ready as u8, Ordering::Relaxed);
+            }
+            Err(e) => {
+                self.turns_failed.fetch_add(1, Ordering::Relaxed);
+                self.readiness
+                    .store(Readiness::EngineUnreachable as u8, Ordering::Relaxed);
+                self.engine_error(e);
+            }
+        }
+    }
+
+    /// An action ended. Done ones (`Ok`) whose turn an event started are timed from the event.
+    pub fn action(&self, kind: ActionKind, outcome: Outcome, event_since: Option<Instant>) {
+        self.actions[kind as usize][outcome as usize].fetch_add(1, Ordering::Relaxed);
+        if let (Outcome::Ok, Some(at)) = (outcome, event_since) {
+            self.latency[kind as usize].observe(at.elapsed().as_secs_f64());
+        }
+    }
+
+    /// An engine call failed (counted by cause).
+    pub fn engine_error(&self, e: &Error) {
+        if let Some(cause) = EngineCause::of(e) {
+            self.engine_errors[cause as usize].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// What the last turn observed, and the engine calls made so far.
+    pub fn observed(&self, states: States, engine_calls: u64) {
+        *lock(&self.states) = states;
+        self.engine_calls.store(engine_calls, Ordering::Relaxed);
+    }
+
+    /// Stamps every wake-up from `events` on the [`EventClock`], then passes it on to `wake`.
+    /// Runs until aborted.
+    pub async fn relay(self: Arc<Self>, events: Arc<Notify>, wake: Arc<Notify>) {
+        loop {
+            events.notified().await;
+            self.clock.stamp();
+            wake.notify_one();
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        self.render_loop(&mut out);
+        self.render_latency(&mut out);
+        self.render_states(&mut out);
+        self.render_certs(&mut out);
+        out
+    }
+
+    fn render_loop(&self, out: &mut String) {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        metric(
+            out,
+            "spawner_ready",
+            "gauge",
+            "1 once a reconcile turn finished and while the last one did (/readyz answers 200).",
+            [(
+                String::new(),
+                u64::from(self.readiness() == Readiness::Ready),
+            )],
+        );
+        metric(
+            out,
+            "spawner_reconcile_turns_total",
+            "counter",
+            "Reconcile turns (observe, plan, act), by result; a failed turn is retried with backoff.",
+            [
+                ("{result=\"ok\"}".to_string(), get(&self.turns_ok)),
+                ("{result=\"error\"}".to_string(), get(&self.turns_failed)),
+            ],
+        );
+        let actions = ActionKind::ALL.iter().flat_map(|k| {
+            Outcome::ALL.iter().map(move |o| {
+                (
+                    format!("{{kind=\"{}\",result=\"{}\"}}", k.as_str(), o.as_str()),
+                    get(&self.actions[*k as usize][*o as usize]),
+                )
+            })
+        });
+        metric(
+            out,
+            "spawner_actions_total",
+            "counter",
+            "Sidecar actions, by kind and result.",
+            actions,
+        );
+        let causes = EngineCause::ALL.iter().map(|c| {
+            (
+                format!("{{cause=\"{}\"}}", c.as_str()),
+                get(&self.engine_errors[*c as usize]),
+            )
+        });
+        metric(
+            out,
+            "spawner_engine_errors_total",
+            "counter",
+            "Docker engine calls that failed, by cause.",
+            causes,
+        );
+        metric(
+            out,
+            "spawner_engine_calls_total",
+            "counter",
+            "Docker engine API calls made (as of the last reconcile turn).",
+            [(String::new(), get(&self.engine_calls))],
+        );
+    }
+
+    fn render_latency(&self, out: &mut String) {
+        let name = "spawner_event_to_action_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} From a Docker event's arrival to the sidecar action it caused being done, by kind.\n# TYPE {name} histogram"
+        );
+        for kind in ActionKind::ALL {
+            let h = &self.latency[kind as usize];
+            let k = kind.as_str();
+            let mut cumulative = 0;
+            for (i, bucket) in h.buckets.iter().enumerate() {
+                cumulative += bucket.load(Ordering::Relaxed);
+                let le = LATENCY_BOUNDS
+                    .get(i)
+                    .map_or_else(|| "+Inf".to_string(), f64::to_string);
+                let _ = writeln!(
+                    out,
+                    "{name}_bucket{{kind=\"{k}\",le=\"{le}\"}} {cumulative}"
+                );
+            }
+            let sum = h.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+            let _ = writeln!(out, "{name}_sum{{kind=\"{k}\"}} {sum}");
+            let _ = writeln!(out, "{name}_count{{kind=\"{k}\"}} {cumulative}");
+        }
+    }
+
+    fn render_states(&self, out: &mut String) {
+        let s = *lock(&self.states);
+        let row = |state: &str, n| (format!("{{state=\"{state}\"}}"), n);
+        metric(
+            out,
+            "spawner_targets",
+            "gauge",
+            "Opted-in containers by state, as of the last reconcile turn.",
+            [
+                row("served", s.served),
+                row("pending", s.pending),
+                row("refused", s.refused),
+                row("stopped", s.stopped),
+            ],
+        );
+        metric(
+            out,
+            "spawner_sidecars",
+            "gauge",
+            "Sidecars of this spawner's label prefix by state, as of the last reconcile turn.",
+            [
+                row("running", s.sidecars_running),
+                row("created", s.sidecars_created),
+                row("exited", s.sidecars_exited),
+            ],
+        );
+    }
+
+    fn render_certs(&self, out: &mut String) {
+        let certs = self.certs.current();
+        let _ = writeln!(
+            out,
+            "# HELP spawner_certificate_source Certificate each running target's sidecar was given (1 per target).\n# TYPE spawner_certificate_source gauge"
+        );
+        for (name, source) in &certs {
+            let _ = writeln!(
+                out,
+                "spawner_certificate_source{{target=\"{}\",source=\"{}\"}} 1",
+                escape(name),
+                source.kind()
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP spawner_certificate_not_after_seconds notAfter (unix seconds) of the certificate file each target's sidecar serves, as the spawner reads it.\n# TYPE spawner_certificate_not_after_seconds gauge"
+        );
+        for (name, source) in &certs {
+            if let Source::File {
+                expiry: Expiry::At(t),
+                ..
+            } = source
+            {
+                let _ = writeln!(
+                    out,
+                    "spawner_certificate_not_after_seconds{{target=\"{}\"}} {t}",
+                    escape(name)
+                );
+            }
+        }
+    }
+}
+
+/// One metric: its HELP and TYPE lines and its samples (`(labels, value)`).
+fn metric(
+    out: &mut String,
+    name: &str,
+    kind: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (String, u64)>,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    for (labels, value) in samples {
+        let _ = writeln!(out, "{name}{labels} {value}");
+    }
+}
+
+/// A label value as the text format wants it.
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// When the oldest Docker event that no turn has acted on yet arrived. The event watcher wakes
+/// the loop through [`Metrics::relay`], which notes the time before passing the wake-up on: a
+/// wake-up that arrives while a turn runs is stamped then, not when the loop gets to it.
+#[derive(Debug, Default)]
+pub struct EventClock {
+    pending: Mutex<Option<Instant>>,
+}
+
+impl EventClock {
+    /// Notes an arrival, unless an older one is still pending.
+    fn stamp(&self) {
+        lock(&self.pending).get_or_insert_with(Instant::now);
+    }
+
+    /// The arrival of the oldest event not taken yet, and forgets it.
+    pub fn take(&self) -> Option<Instant> {
+        lock(&self.pending).take()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::labels::LabelError;
+
+    fn target(id: &str, running: bool) -> Target {
+        Target {
+            id: id.into(),
+            name: id.into(),
+            running,
+            started_at: "s1".into(),
+            spec: Err(LabelError {
+                label: "p.mode".into(),
+                value: "udp".into(),
+                reason: "expected http or tcp",
+            }),
+        }
+    }
+
+    fn sidecar(target: &str, started: &str, state: SidecarState) -> Sidecar {
+        Sidecar {
+            id: format!("sc-{target}-{started}"),
+            name: format!("{target}-tls-sidecar"),
+            target_id: target.into(),
+            target_started: Some(started.into()),
+            state,
+            created: 0,
+            last_failure: None,
+        }
+    }
+
+    #[test]
+    fn targets_are_counted_by_what_they_get() {
+        let targets = [
+            target("served", true),
+            target("stale", true),
+            target("refused", true),
+            target("new", true),
+            target("off", false),
+        ];
+        let sidecars = [
+            sidecar("served", "s1", SidecarState::Running),
+            sidecar("stale", "s0", SidecarState::Running),
+            sidecar("new", "s1", SidecarState::Created),
+        ];
+        let refused = HashSet::from(["refused".to_string()]);
+        let s = States::of(&targets, &sidecars, &refused);
+        assert_eq!(
+            s,
+            States {
+                served: 1,
+                pending: 2,
+                refused: 1,
+                stopped: 1,
+                sidecars_running: 2,
+                sidecars_created: 1,
+                sidecars_exited: 0,
+            }
+        );
+    }
+
+    #[test]
+    fn renders_counters_histogram_and_gauges() {
+        let m = Metrics::default();
+        assert!(m.render().contains("spawner_ready 0\n"));
+        m.turn(&Ok(()));
+        m.action(ActionKind::Create, Outcome::Ok, Some(Instant::now()));
+        m.action(ActionKind::Remove, Outcome::Refused, None);
+        m.engine_error(&Error::Timeout {
+            op: "list containers",
+            timeout: std::time::Duration::from_secs(1),
+        });
+        m.certs.record(
+            "id",
+            "web",
+            "web.test",
+            &Source::File {
+                path: "/c/live/web.test/fullchain.pem".into(),
+                expiry: Expiry::At(1_925_078_400),
+            },
+        );
+        let text = m.render();
+        for want in [
+            "spawner_ready 1\n",
+            "spawner_reconcile_turns_total{result=\"ok\"} 1\n",
+            "spawner_actions_total{kind=\"create\",result=\"ok\"} 1\n",
+            "spawner_actions_total{kind=\"remove\",result=\"refused\"} 1\n",
+            "spawner_actions_total{kind=\"start\",result=\"dry_run\"} 0\n",
+            "spawner_engine_errors_total{cause=\"timeout\"} 1\n",
+            "spawner_event_to_action_seconds_bucket{kind=\"create\",le=\"0.01\"} 1\n",
+            "spawner_event_to_action_seconds_bucket{kind=\"create\",le=\"+Inf\"} 1\n",
+            "spawner_event_to_action_seconds_count{kind=\"create\"} 1\n",
+            "spawner_event_to_action_seconds_count{kind=\"remove\"} 0\n",
+            "spawner_targets{state=\"served\"} 0\n",
+            "# TYPE spawner_event_to_action_seconds histogram\n",
+            "spawner_certificate_source{target=\"web\",source=\"file\"} 1\n",
+            "spawner_certificate_not_after_seconds{target=\"web\"} 1925078400\n",
+        ] {
+            assert!(text.contains(want), "{want:?} missing from:\n{text}");
+        }
+        m.turn(&Err(Error::Timeout {
+            op: "list containers",
+            timeout: std::time::Duration::from_secs(1),
+        }));
+        assert_eq!(m.readiness(), Readiness::EngineUnreachable);
+        assert!(m.render().contains("spawner_ready 0\n"));
+    }
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let m = Metrics::default();
+        m.latency[0].observe(0.2);
+        m.latency[0].observe(100.0);
+        let text = m.render();
+        assert!(
+            text.contains("spawner_event_to_action_seconds_bucket{kind=\"create\",le=\"0.1\"} 0\n")
+        );
+        assert!(text
+            .contains("spawner_event_to_action_seconds_bucket{kind=\"create\",le=\"0.25\"} 1\n"));
+        assert!(
+            text.contains("spawner_event_to_action_seconds_bucket{kind=\"create\",le=\"30\"} 1\n")
+        );
+        assert!(text
+            .contains("spawner_event_to_action_seconds_bucket{kind=\"create\",le=\"+Inf\"} 2\n"));
+        assert!(text.contains("spawner_event_to_action_seconds_sum{kind=\"create\"} 100.2\n"));
+    }
+}
