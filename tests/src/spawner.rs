@@ -2,12 +2,14 @@
 //! (printed if the test fails), killed on drop.
 
 use std::fs::File;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
 use crate::bins::bin_path;
 use crate::docker::{images, poll, unique_name, LIFECYCLE_DEADLINE};
+use crate::sidecar::log_field;
 
 /// The machine's engine.
 pub const DOCKER_SOCKET: &str = "/var/run/docker.sock";
@@ -64,6 +66,18 @@ impl Spawner {
             || (self.logs().matches(needle).count() >= times).then_some(()),
         )
         .1
+    }
+
+    /// The admin listener's address (started with `--admin-listen 127.0.0.1:0`), from its
+    /// `admin listening` log line.
+    pub fn admin_addr(&self) -> SocketAddr {
+        poll(LIFECYCLE_DEADLINE, "the spawner's admin listener", || {
+            self.logs()
+                .lines()
+                .filter(|l| l.contains("admin listening"))
+                .find_map(|l| log_field(l, "admin")?.parse().ok())
+        })
+        .0
     }
 
     /// Whether the process is still running.
@@ -129,4 +143,41 @@ pub fn status(prefix: &str, extra: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// `spawner status --json --label-prefix PREFIX EXTRA`: the rows it prints, parsed.
+pub fn status_json(prefix: &str, extra: &[&str]) -> Vec<serde_json::Value> {
+    let mut args = vec!["--json"];
+    args.extend_from_slice(extra);
+    let out = status(prefix, &args);
+    match serde_json::from_str(&out) {
+        Ok(serde_json::Value::Array(rows)) => rows,
+        other => panic!("spawner status --json printed no JSON array ({other:?}):\n{out}"),
+    }
+}
+
+/// The row of `target` (its container name) in `rows`.
+pub fn row<'a>(rows: &'a [serde_json::Value], target: &str) -> &'a serde_json::Value {
+    rows.iter()
+        .find(|r| r["target"] == target)
+        .unwrap_or_else(|| panic!("no row for {target} in {rows:#?}"))
+}
+
+/// `GET http://ADDR/PATH` (curl, 3 s at most): status code and body; `None` when nothing answered.
+pub fn admin_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "--max-time",
+            "3",
+            "-w",
+            "\n%{http_code}",
+            &format!("http://{addr}{path}"),
+        ])
+        .output()
+        .expect("run curl");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n')?;
+    let code: u16 = code.trim().parse().ok()?;
+    (code != 0).then(|| (code, body.to_string()))
 }

@@ -17,4 +17,5 @@ mod sidecar_smuggling;
 mod sidecar_tcp;
 mod sidecar_tls;
 mod spawner;
+mod spawner_admin;
 mod spawner_hygiene;
