@@ -28,8 +28,8 @@ pub struct Row {
     pub problem: Option<String>,
     /// The target's last failed sidecar.
     pub last_failure: Option<Failure>,
-    /// The certificate its sidecar was given (or would be); `None` for a target whose labels
-    /// are refused.
+    /// The certificate its sidecar was given (or, running without one yet, would be); `None`
+    /// for a target refused a sidecar, or stopped without one.
     pub cert: Option<Source>,
 }
 
@@ -91,15 +91,13 @@ pub async fn rows(cfg: &Config) -> Result<Vec<Row>, Error> {
                 last_failure = Some(f);
             }
         }
-        let mut problem = actions
-            .iter()
-            .find_map(|a| match a {
-                Action::Report {
-                    target_id, problem, ..
-                } if *target_id == t.id => Some(problem.to_string()),
-                _ => None,
-            })
-            .unwrap_or_default();
+        let refused = actions.iter().find_map(|a| match a {
+            Action::Report {
+                target_id, problem, ..
+            } if *target_id == t.id => Some(problem.to_string()),
+            _ => None,
+        });
+        let mut problem = refused.clone().unwrap_or_default();
         let serving = mine.iter().any(|s| s.state == SidecarState::Running);
         if problem.is_empty() && t.running && failing && !serving {
             problem = "sidecar failing, retried with backoff".to_string();
@@ -111,7 +109,13 @@ pub async fn rows(cfg: &Config) -> Result<Vec<Row>, Error> {
                 _ => "sidecar pending".to_string(),
             };
         }
+        // A certificate for a target with a sidecar, or about to get one; none for the others.
         let newest = mine.last().and_then(|s| recorded.get(&s.id));
+        let cert = if newest.is_some() || (t.running && refused.is_none()) {
+            cert_of(cfg, t, newest).await
+        } else {
+            None
+        };
         rows.push(Row {
             target: t.name.clone(),
             target_id: t.id.clone(),
@@ -130,7 +134,7 @@ pub async fn rows(cfg: &Config) -> Result<Vec<Row>, Error> {
                 .collect(),
             problem: (!problem.is_empty()).then_some(problem),
             last_failure,
-            cert: cert_of(cfg, t, newest).await,
+            cert,
         });
     }
     Ok(rows)

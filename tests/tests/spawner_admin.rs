@@ -163,6 +163,31 @@ fn status_json_admin_endpoints_and_metrics_show_a_served_target() {
         "status --json row:\n{}",
         serde_json::to_string_pretty(&r).unwrap_or_default()
     );
+    // A target refused a sidecar shows why, and no certificate.
+    let refused = unique_name("miner");
+    run.container(
+        &refused,
+        &images().demo,
+        &[
+            "--label",
+            &format!("{prefix}.proxy-image=evil/miner:latest"),
+        ],
+        &[],
+    );
+    let rows = poll(LIFECYCLE_DEADLINE, "the refused target listed", || {
+        let rows = status_json(&prefix, &[]);
+        rows.iter()
+            .any(|r| r["target"] == refused.as_str())
+            .then_some(rows)
+    })
+    .0;
+    let m = row(&rows, &refused);
+    assert_eq!(
+        m["problem"],
+        "image evil/miner:latest is not in the allow-list"
+    );
+    assert_eq!(m["sidecars"], serde_json::json!([]));
+    assert_eq!(m["cert_source"], serde_json::Value::Null);
     let table = spawner::status(&prefix, &[]);
     eprintln!("status:\n{table}");
     let line = table
@@ -171,7 +196,12 @@ fn status_json_admin_endpoints_and_metrics_show_a_served_target() {
         .unwrap_or_else(|| panic!("{name} in status:\n{table}"));
     assert!(line.contains("self-signed: no --certs-from"), "{line}");
 
-    let text = wait_metric(admin, "spawner_targets{state=\"served\"}", |v| v == 1.0);
+    let text = wait_metric(admin, "spawner_targets{state=\"refused\"}", |v| v == 1.0);
+    let text = if metric(&text, "spawner_targets{state=\"served\"}") == 1.0 {
+        text
+    } else {
+        wait_metric(admin, "spawner_targets{state=\"served\"}", |v| v == 1.0)
+    };
     assert!(
         metric(
             &text,
@@ -194,6 +224,10 @@ fn status_json_admin_endpoints_and_metrics_show_a_served_target() {
             &format!("spawner_certificate_source{{target=\"{name}\",source=\"self-signed\"}}")
         ),
         1.0
+    );
+    assert!(
+        !text.contains(&format!("target=\"{refused}\"")),
+        "no certificate series for a refused target:\n{text}"
     );
     eprintln!(
         "metrics:\n{}",
