@@ -495,7 +495,7 @@ mod tests {
             spec: Err(LabelError {
                 label: "p.mode".into(),
                 value: "udp".into(),
-                reason: "expected http or tcp",
+                reason: "expected http or tcp".to_string(),
             }),
         }
     }
