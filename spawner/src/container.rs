@@ -12,6 +12,7 @@ use shared::schema::{label, label_name, CERTS_MOUNT, MANAGED_BY_SPAWNER};
 use shared::spec::{Certificate, ClientAuth, SidecarSpec};
 
 use crate::config::{CertsSource, Config};
+use crate::delivery::{CHAIN_FILE, KEY_FILE};
 use crate::labels::TargetSpec;
 
 /// The unprivileged user the sidecar runs as (`nobody`).
@@ -37,7 +38,14 @@ pub fn cert_paths(hostname: &DnsName) -> (PathBuf, PathBuf) {
 /// `127.0.0.1` (so probes from inside the namespace verify too).
 pub fn sidecar_spec(cfg: &Config, target: &TargetSpec, use_certs: bool) -> SidecarSpec {
     let certificate = if use_certs {
-        let (cert, key) = cert_paths(&target.hostname);
+        let (cert, key) = match &cfg.certs {
+            // Delivered into the sidecar's own volume (crate::delivery).
+            Some(CertsSource::HostDir(_)) => {
+                let mount = PathBuf::from(CERTS_MOUNT);
+                (mount.join(CHAIN_FILE), mount.join(KEY_FILE))
+            }
+            _ => cert_paths(&target.hostname),
+        };
         Certificate::Files { cert, key }
     } else {
         let mut names = vec![SanName::Dns(target.hostname.clone())];
@@ -89,17 +97,26 @@ pub fn sidecar_body(cfg: &Config, target: &For<'_>, use_certs: bool) -> Containe
         ),
     ]);
     let mounts = cfg.certs.as_ref().map(|c| {
-        let (typ, source) = match c {
-            CertsSource::HostDir(p) => (MountType::BIND, p.clone()),
-            CertsSource::Volume(v) => (MountType::VOLUME, v.clone()),
+        let mount = match c {
+            // A volume of this sidecar alone (removed with it), into which the spawner delivers
+            // this target's files: never the store itself.
+            CertsSource::HostDir(_) => Mount {
+                target: Some(CERTS_MOUNT.to_string()),
+                typ: Some(MountType::VOLUME),
+                read_only: Some(false),
+                ..Default::default()
+            },
+            // A named volume the spawner cannot read: mounted whole, read-only (see the docs'
+            // threat model; a directory is the recommended form).
+            CertsSource::Volume(v) => Mount {
+                target: Some(CERTS_MOUNT.to_string()),
+                source: Some(v.clone()),
+                typ: Some(MountType::VOLUME),
+                read_only: Some(true),
+                ..Default::default()
+            },
         };
-        vec![Mount {
-            target: Some(CERTS_MOUNT.to_string()),
-            source: Some(source),
-            typ: Some(typ),
-            read_only: Some(true),
-            ..Default::default()
-        }]
+        vec![mount]
     });
     ContainerCreateBody {
         image: Some(spec.image.clone()),
@@ -283,12 +300,24 @@ mod tests {
         };
         let b = sidecar_body(&cfg(&["--certs-from", "/etc/letsencrypt"]), &t, true);
         let m = &b.host_config.unwrap().mounts.unwrap()[0];
-        assert_eq!(m.read_only, Some(true));
         assert_eq!(m.target.as_deref(), Some("/certs"));
-        assert_eq!(m.typ, Some(MountType::BIND));
+        assert_eq!(
+            (m.typ, m.source.as_deref()),
+            (Some(MountType::VOLUME), None),
+            "a volume of its own, never the store"
+        );
+        let env = b.env.unwrap();
+        assert!(env.contains(&"SIDECAR_CERT=/certs/fullchain.pem".to_string()));
+        assert!(env.contains(&"SIDECAR_KEY=/certs/privkey.pem".to_string()));
+        // A named volume cannot be read by the spawner: mounted whole and read-only.
+        let b = sidecar_body(&cfg(&["--certs-from", "letsencrypt"]), &t, true);
+        let m = &b.host_config.unwrap().mounts.unwrap()[0];
+        assert_eq!(
+            (m.typ, m.source.as_deref(), m.read_only),
+            (Some(MountType::VOLUME), Some("letsencrypt"), Some(true))
+        );
         let env = b.env.unwrap();
         assert!(env.contains(&"SIDECAR_CERT=/certs/live/web.example/fullchain.pem".to_string()));
-        assert!(env.contains(&"SIDECAR_KEY=/certs/live/web.example/privkey.pem".to_string()));
         assert!(!env
             .iter()
             .any(|e| e.starts_with("SIDECAR_SELF_SIGNED_NAMES")));

@@ -22,8 +22,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::cert_source;
-use crate::config::Config;
+use crate::config::{CertsSource, Config};
 use crate::container::{sidecar_body, For};
+use crate::delivery;
 use crate::docker::Engine;
 use crate::error::Error;
 use crate::events;
@@ -73,6 +74,9 @@ struct Daemon {
     /// Behind a lock because the actions of a turn run concurrently; each touches only its own
     /// target's entry.
     holds: Mutex<HashMap<String, Hold>>,
+    /// Per sidecar: the digest of the certificate bundle last delivered into it
+    /// ([`crate::delivery`]), so a resync delivers again only what changed.
+    delivered: Mutex<HashMap<String, u64>>,
     pulls: Arc<Mutex<HashMap<String, Pull>>>,
     reported: HashMap<String, String>,
     /// Containers the event stream reported down (shared with the watcher).
@@ -95,6 +99,32 @@ struct Daemon {
     /// Arrival of the oldest event the current turn acts on (kept until a turn succeeds), to
     /// time its actions.
     event_since: Option<Instant>,
+}
+
+/// How long reading one target's certificate files may take (a hung network mount).
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Reads a target's bundle off the async threads, under [`READ_TIMEOUT`].
+async fn read_bundle(
+    dir: &str,
+    spec: &TargetSpec,
+    with_pair: bool,
+) -> Result<delivery::Bundle, delivery::DeliveryError> {
+    let store = std::path::PathBuf::from(dir);
+    let hostname = spec.hostname.to_string();
+    let ca = spec.mtls.as_ref().map(|m| m.ca.clone());
+    let read = tokio::task::spawn_blocking(move || {
+        delivery::read(&store, &hostname, with_pair, ca.as_ref())
+    });
+    let fail = |reason: &str| delivery::DeliveryError {
+        path: dir.into(),
+        reason: reason.to_string(),
+    };
+    match tokio::time::timeout(READ_TIMEOUT, read).await {
+        Err(_) => Err(fail("reading the certificate files timed out")),
+        Ok(Err(_)) => Err(fail("the reading task failed")),
+        Ok(Ok(r)) => r,
+    }
 }
 
 /// Runs the daemon until `shutdown`. Sidecars are left running on exit: the data plane must not
@@ -132,6 +162,7 @@ pub async fn run(
         engine,
         wake: wake.clone(),
         holds: Mutex::default(),
+        delivered: Mutex::default(),
         pulls: Arc::default(),
         reported: HashMap::new(),
         seen,
@@ -320,6 +351,9 @@ impl Daemon {
             .await;
         self.execute(steps.removes, shutdown).await?;
         self.execute(steps.creates, shutdown).await?;
+        if resync {
+            self.redeliver(&observed).await?;
+        }
         self.event_since = None;
         Ok(())
     }
@@ -491,9 +525,13 @@ impl Daemon {
                 sidecar_id,
                 sidecar_name,
                 target_id,
+                spec,
             } => {
                 let span = tracing::info_span!("sidecar", target = %short(&target_id), sidecar = %sidecar_name);
-                let r = self.adopt(&sidecar_id, &target_id).instrument(span).await;
+                let r = self
+                    .adopt(&sidecar_id, &target_id, spec.as_deref())
+                    .instrument(span)
+                    .await;
                 self.failed(ActionKind::Start, &r);
                 tolerate(r, &sidecar_name)
             }
@@ -594,7 +632,7 @@ impl Daemon {
         let created = match self.engine.create(&name, body.clone()).await {
             Ok(id) => Ok(id),
             Err(e) if e.status_code() == Some(409) => {
-                match self.claim_name(&name, target_id, started_at).await? {
+                match self.claim_name(&name, target_id, started_at, spec).await? {
                     Claim::Free => self.engine.create(&name, body).await,
                     Claim::Adopted => return Ok(()),
                     Claim::Taken => Err(e),
@@ -611,6 +649,15 @@ impl Daemon {
             }
             Err(e) => return Err(e),
         };
+        if let Err(e) = self.deliver(&id, spec, use_certs).await {
+            if e.is_transport() {
+                return Err(e);
+            }
+            self.refused(target_id, &name, "cannot deliver certificates", &e);
+            self.count(ActionKind::Create, Outcome::Refused);
+            self.engine.remove(&id).await?;
+            return Ok(());
+        }
         if let Err(e) = self.engine.start(&id).await {
             self.refused(target_id, &name, "cannot start sidecar", &e);
             self.count(ActionKind::Create, Outcome::Refused);
@@ -640,13 +687,120 @@ impl Daemon {
         });
     }
 
+    /// Writes this target's certificate bundle ([`crate::delivery`]) into the sidecar's own
+    /// volume: its chain and key when `with_pair`, its client CA with mutual TLS. Nothing to do
+    /// without a `--certs-from` directory. Records the digest of what was delivered.
+    async fn deliver(
+        &self,
+        sidecar_id: &str,
+        spec: &TargetSpec,
+        with_pair: bool,
+    ) -> Result<(), Error> {
+        let Some(CertsSource::HostDir(dir)) = &self.cfg.certs else {
+            return Ok(());
+        };
+        let bundle = read_bundle(dir, spec, with_pair).await?;
+        if !bundle.is_empty() {
+            let archive = bundle.tar().map_err(|e| delivery::DeliveryError {
+                path: dir.into(),
+                reason: format!("cannot build the archive: {e}"),
+            })?;
+            self.engine
+                .upload(sidecar_id, shared::schema::CERTS_MOUNT, archive)
+                .await?;
+        }
+        lock(&self.delivered).insert(sidecar_id.to_string(), bundle.digest());
+        Ok(())
+    }
+
+    /// At a resync: every running sidecar whose target's files changed since they were delivered
+    /// (a renewal) gets them again; one serving a self-signed certificate whose target now has
+    /// files is removed, so the next turn makes one that serves them.
+    async fn redeliver(&self, observed: &Observed) -> Result<(), Error> {
+        let Some(CertsSource::HostDir(dir)) = &self.cfg.certs else {
+            return Ok(());
+        };
+        let specs: HashMap<&str, &TargetSpec> = observed
+            .targets
+            .iter()
+            .filter(|t| t.running)
+            .filter_map(|t| Some((t.id.as_str(), t.spec.as_ref().ok()?)))
+            .collect();
+        let running: Vec<_> = observed
+            .sidecars
+            .iter()
+            .filter(|s| s.state == SidecarState::Running)
+            .filter_map(|s| Some((s, *specs.get(s.target_id.as_str())?)))
+            .collect();
+        lock(&self.delivered).retain(|id, _| running.iter().any(|(s, _)| &s.id == id));
+        let source_key = shared::schema::label_name(&self.cfg.label_prefix, cert_source::LABEL);
+        for (sidecar, spec) in running {
+            let given_files = self
+                .listing
+                .as_ref()
+                .and_then(|l| l.get(&sidecar.id))
+                .and_then(|c| c.labels.as_ref())
+                .and_then(|l| l.get(&source_key))
+                .is_some_and(|v| v == "file");
+            let has_files = cert_source::probe(self.cfg.certs.as_ref(), spec.hostname.as_str())
+                .await
+                .is_file();
+            if has_files && !given_files {
+                tracing::info!(sidecar = %sidecar.name, "certificate files appeared; replacing the self-signed sidecar");
+                self.engine.remove(&sidecar.id).await?;
+                lock(&self.delivered).remove(&sidecar.id);
+                continue;
+            }
+            let bundle = match read_bundle(dir, spec, given_files).await {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!(sidecar = %sidecar.name, error = %e, "cannot deliver certificates again; the sidecar keeps what it has");
+                    continue;
+                }
+            };
+            if lock(&self.delivered).get(&sidecar.id) == Some(&bundle.digest()) {
+                continue;
+            }
+            match self.deliver(&sidecar.id, spec, given_files).await {
+                Ok(()) => {
+                    tracing::info!(sidecar = %sidecar.name, "certificates delivered (changed since last delivery, or first look since start)")
+                }
+                Err(e) if e.is_transport() => return Err(e),
+                Err(e) => {
+                    tracing::warn!(sidecar = %sidecar.name, error = %e, "cannot deliver certificates again; the sidecar keeps what it has")
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Starts a sidecar that was created and never started (a spawner stopped between the two, or
     /// another spawner is about to start it: starting a running container is a no-op).
-    async fn adopt(&self, sidecar_id: &str, target_id: &str) -> Result<(), Error> {
+    async fn adopt(
+        &self,
+        sidecar_id: &str,
+        target_id: &str,
+        spec: Option<&TargetSpec>,
+    ) -> Result<(), Error> {
         if self.cfg.dry_run {
             tracing::info!("dry run: would start the never-started sidecar");
             self.count(ActionKind::Start, Outcome::DryRun);
             return Ok(());
+        }
+        // Its creator may have stopped before delivering: deliver (again; it is idempotent).
+        if let Some(spec) = spec {
+            let with_pair = cert_source::probe(self.cfg.certs.as_ref(), spec.hostname.as_str())
+                .await
+                .is_file();
+            match self.deliver(sidecar_id, spec, with_pair).await {
+                Err(e) if e.status_code() == Some(404) => return Ok(()),
+                Err(e) if !e.is_transport() => {
+                    self.refused(target_id, sidecar_id, "cannot deliver certificates", &e);
+                    self.count(ActionKind::Start, Outcome::Refused);
+                    return self.engine.remove(sidecar_id).await;
+                }
+                r => r?,
+            }
         }
         match self.engine.start(sidecar_id).await {
             Ok(()) => {
@@ -674,6 +828,7 @@ impl Daemon {
         name: &str,
         target_id: &str,
         started_at: &str,
+        spec: &TargetSpec,
     ) -> Result<Claim, Error> {
         let Some(info) = self.engine.inspect(name).await? else {
             return Ok(Claim::Free);
@@ -697,7 +852,7 @@ impl Daemon {
         if same {
             let state = failure::State::of(&info);
             if failure::judge(&state, "") == Verdict::NeverStarted {
-                self.adopt(&id, target_id).await?;
+                self.adopt(&id, target_id, Some(spec)).await?;
             } else {
                 tracing::info!(sidecar = %name, "sidecar already made for this target, adopted");
             }

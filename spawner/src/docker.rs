@@ -145,6 +145,20 @@ impl Engine {
         .await
     }
 
+    /// Extracts a tar archive at `path` inside a container (created or running); with volumes
+    /// mounted there, the files land in the volume. Ownership and modes come from the archive.
+    pub async fn upload(&self, id: &str, path: &str, archive: Vec<u8>) -> Result<(), Error> {
+        let opts = bollard::query_parameters::UploadToContainerOptions {
+            path: path.to_string(),
+            ..Default::default()
+        };
+        self.call("upload to container", self.timeout, |d| async move {
+            d.upload_to_container(id, Some(opts), bollard::body_full(archive.into()))
+                .await
+        })
+        .await
+    }
+
     pub async fn start(&self, id: &str) -> Result<(), Error> {
         self.call("start container", self.timeout, |d| async move {
             d.start_container(id, None).await

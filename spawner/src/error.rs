@@ -21,6 +21,8 @@ pub enum Error {
     },
     #[error("failed to write the status table")]
     WriteStatus(#[source] std::io::Error),
+    #[error(transparent)]
+    Deliver(#[from] crate::delivery::DeliveryError),
 }
 
 impl Error {
@@ -45,7 +47,7 @@ impl Error {
                 bollard::errors::Error::DockerResponseServerError { .. }
                     | bollard::errors::Error::DockerStreamError { .. }
             ),
-            Error::WriteStatus(_) => false,
+            Error::WriteStatus(_) | Error::Deliver(_) => false,
         }
     }
 }

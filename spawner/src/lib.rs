@@ -10,6 +10,7 @@ pub mod cert_source;
 pub mod config;
 pub mod container;
 pub mod daemon;
+pub mod delivery;
 pub mod docker;
 pub mod error;
 pub mod events;

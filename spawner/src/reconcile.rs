@@ -110,6 +110,9 @@ pub enum Action {
         sidecar_id: String,
         sidecar_name: String,
         target_id: String,
+        /// What the target asks for, to deliver its certificates before the start (boxed, as
+        /// in `Create`).
+        spec: Option<Box<TargetSpec>>,
     },
     Create {
         target_id: String,
@@ -207,6 +210,7 @@ pub fn plan(
                     sidecar_id: s.id.clone(),
                     sidecar_name: s.name.clone(),
                     target_id: t.id.clone(),
+                    spec: t.spec.clone().ok().map(Box::new),
                 });
             }
         }

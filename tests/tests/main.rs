@@ -18,4 +18,5 @@ mod sidecar_tcp;
 mod sidecar_tls;
 mod spawner;
 mod spawner_admin;
+mod spawner_certs;
 mod spawner_hygiene;

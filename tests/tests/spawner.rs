@@ -1175,29 +1175,20 @@ fn killed_targets_lose_their_sidecar_after_every_kill() {
     assert_eq!(samples.len(), 20);
 }
 
-/// A `--certs-from` directory whose `live/<host>/privkey.pem` the sidecar (uid 65534) cannot read,
-/// as certbot writes it (0600, owned by root or by whoever ran certbot): the sidecar exits 2 with
-/// `Permission denied` at every start, while the spawner (which only checks the files exist)
-/// keeps recreating it.
-fn unreadable_key_certs(host: &str) -> harness::tmp::TempDir {
-    use std::os::unix::fs::PermissionsExt;
+/// A `--certs-from` directory whose `live/<host>/privkey.pem` does not belong to its
+/// `fullchain.pem` (a botched manual renewal): the spawner delivers both, the sidecar exits 2 with
+/// `does not match the certificate` at every start, and the spawner keeps recreating it.
+fn mismatched_key_certs(host: &str) -> harness::tmp::TempDir {
     let dir = harness::tmp::TempDir::new("spawner-certs");
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let other = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
     let cert = rcgen::CertificateParams::new(vec![host.to_string()])
         .expect("cert params")
         .self_signed(&key)
         .expect("self-sign");
     std::fs::create_dir_all(dir.path().join("live").join(host)).expect("create live dir");
-    let chain = dir.write(&format!("live/{host}/fullchain.pem"), cert.pem());
-    let privkey = dir.write(&format!("live/{host}/privkey.pem"), key.serialize_pem());
-    let mode = |p: &Path, m| {
-        std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).expect("chmod fixture")
-    };
-    mode(dir.path(), 0o755);
-    mode(&dir.path().join("live"), 0o755);
-    mode(&dir.path().join("live").join(host), 0o755);
-    mode(&chain, 0o644);
-    mode(&privkey, 0o600);
+    dir.write(&format!("live/{host}/fullchain.pem"), cert.pem());
+    dir.write(&format!("live/{host}/privkey.pem"), other.serialize_pem());
     dir
 }
 
@@ -1206,7 +1197,7 @@ fn failing_sidecar_shows_its_exit_code_and_error_in_status_and_logs_the_cause_on
     let run = TestRun::new();
     let prefix = run.label_prefix();
     let host = "failing.test";
-    let certs = unreadable_key_certs(host);
+    let certs = mismatched_key_certs(host);
     let certs_from = certs.path().to_str().expect("utf-8 temp path").to_string();
     let flags = ["--certs-from", certs_from.as_str()];
     let spawner = Spawner::start(&prefix, &flags);
@@ -1250,7 +1241,7 @@ fn failing_sidecar_shows_its_exit_code_and_error_in_status_and_logs_the_cause_on
     assert!(
         last_failure.starts_with("exit 2: error:")
             && last_failure.contains("privkey.pem")
-            && last_failure.contains("Permission denied"),
+            && last_failure.contains("does not match the certificate"),
         "status shows the exit code and the error line: {row}"
     );
     let healthy_row = status

@@ -1,0 +1,256 @@
+//! Certificates delivered to each sidecar, one target at a time: the spawner reads the target's
+//! own chain and key (and its client CA, with mutual TLS) from `--certs-from`, as its own user
+//! (root in the usual deployment, so certbot's `0600 root` keys stay as certbot makes them), and
+//! writes them through the engine's archive API into a volume of that sidecar alone, owned by the
+//! sidecar's user. A sidecar never sees another site's key, and the store needs no permission
+//! change. The spawner compares the source with what it delivered at every resync and delivers
+//! again when it changed (a renewal); the sidecar's own reload picks the new files up.
+//!
+//! Pure apart from [`read`]: the bundle and its archive are unit-tested.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::io;
+use std::path::{Path, PathBuf};
+
+use shared::spec::MountedPath;
+
+/// The chain and key as the sidecar finds them, directly under the certificate mount.
+pub const CHAIN_FILE: &str = "fullchain.pem";
+pub const KEY_FILE: &str = "privkey.pem";
+/// Largest file delivered: a chain of a dozen certificates or a CA bundle fits many times over;
+/// anything larger is not a certificate file, and would be copied into every sidecar.
+pub const MAX_FILE_BYTES: u64 = 1 << 20;
+/// The sidecar's user owns the files (it runs as `nobody`): the key `0400`, the rest `0444`.
+/// Directories stay root's, so the sidecar cannot add files to its volume.
+const SIDECAR_UID: u64 = 65534;
+
+/// What one sidecar is given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bundle {
+    files: Vec<File>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct File {
+    /// Relative to the mount, `/`-separated, no `..` (checked by [`MountedPath`] for the CA).
+    path: String,
+    bytes: Vec<u8>,
+    mode: u32,
+}
+
+impl Bundle {
+    /// Whether the bundle holds a chain and key (else the sidecar makes a self-signed one).
+    pub fn has_pair(&self) -> bool {
+        self.files.iter().any(|f| f.path == KEY_FILE)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+
+    /// Changes whenever a delivered file's path, content or mode changes.
+    pub fn digest(&self) -> u64 {
+        let mut h = DefaultHasher::new();
+        self.files.hash(&mut h);
+        h.finish()
+    }
+
+    /// The files as a tar archive, for the engine's archive API (extracted at the mount).
+    pub fn tar(&self) -> io::Result<Vec<u8>> {
+        let mut out = tar::Builder::new(Vec::new());
+        let mut dirs: Vec<String> = Vec::new();
+        for f in &self.files {
+            let mut parent = String::new();
+            for segment in f
+                .path
+                .split('/')
+                .collect::<Vec<_>>()
+                .split_last()
+                .map_or(&[][..], |(_, d)| d)
+            {
+                parent = if parent.is_empty() {
+                    segment.to_string()
+                } else {
+                    format!("{parent}/{segment}")
+                };
+                if !dirs.contains(&parent) {
+                    let mut h = tar::Header::new_ustar();
+                    h.set_entry_type(tar::EntryType::Directory);
+                    h.set_mode(0o755);
+                    h.set_uid(0);
+                    h.set_gid(0);
+                    h.set_size(0);
+                    out.append_data(&mut h, format!("{parent}/"), io::empty())?;
+                    dirs.push(parent.clone());
+                }
+            }
+            let mut h = tar::Header::new_ustar();
+            h.set_entry_type(tar::EntryType::Regular);
+            h.set_mode(f.mode);
+            h.set_uid(SIDECAR_UID);
+            h.set_gid(SIDECAR_UID);
+            h.set_size(f.bytes.len() as u64);
+            out.append_data(&mut h, &f.path, f.bytes.as_slice())?;
+        }
+        out.into_inner()
+    }
+}
+
+/// Why a bundle could not be read; the target's sidecar is not started, and the reason shows in
+/// the log and `spawner status`.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot deliver {path}: {reason}")]
+pub struct DeliveryError {
+    pub path: PathBuf,
+    pub reason: String,
+}
+
+/// Reads what the sidecar for `hostname` gets from the store at `store`: the certbot pair
+/// `live/<hostname>/fullchain.pem` and `privkey.pem` when `with_pair`, and the client CA file.
+pub fn read(
+    store: &Path,
+    hostname: &str,
+    with_pair: bool,
+    client_ca: Option<&MountedPath>,
+) -> Result<Bundle, DeliveryError> {
+    let mut files = Vec::new();
+    if with_pair {
+        let live = store.join("live").join(hostname);
+        files.push(File {
+            path: CHAIN_FILE.to_string(),
+            bytes: read_bounded(&live.join(CHAIN_FILE))?,
+            mode: 0o444,
+        });
+        files.push(File {
+            path: KEY_FILE.to_string(),
+            bytes: read_bounded(&live.join(KEY_FILE))?,
+            mode: 0o400,
+        });
+    }
+    if let Some(ca) = client_ca {
+        files.push(File {
+            path: ca.relative().to_string(),
+            bytes: read_bounded(&store.join(ca.relative()))?,
+            mode: 0o444,
+        });
+    }
+    Ok(Bundle { files })
+}
+
+fn read_bounded(path: &Path) -> Result<Vec<u8>, DeliveryError> {
+    let fail = |reason: String| DeliveryError {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let meta = std::fs::metadata(path).map_err(|e| fail(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(fail("not a regular file".to_string()));
+    }
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(fail(format!("larger than {MAX_FILE_BYTES} bytes")));
+    }
+    std::fs::read(path).map_err(|e| fail(e.to_string()))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn store() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "delivery-test-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        let live = dir.join("live/web.example");
+        std::fs::create_dir_all(&live).unwrap();
+        std::fs::create_dir_all(dir.join("ca")).unwrap();
+        std::fs::write(live.join(CHAIN_FILE), b"chain").unwrap();
+        std::fs::write(live.join(KEY_FILE), b"key").unwrap();
+        // As certbot leaves it: the key readable by its owner only.
+        std::fs::set_permissions(live.join(KEY_FILE), std::fs::Permissions::from_mode(0o600))
+            .unwrap();
+        std::fs::write(dir.join("ca/clients.pem"), b"ca").unwrap();
+        dir
+    }
+
+    /// (path, mode, uid, content) of every entry.
+    fn entries(tar_bytes: &[u8]) -> Vec<(String, u32, u64, Vec<u8>)> {
+        let mut archive = tar::Archive::new(tar_bytes);
+        archive
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let mut e = e.unwrap();
+                let mut body = Vec::new();
+                e.read_to_end(&mut body).unwrap();
+                let h = e.header();
+                (
+                    e.path().unwrap().display().to_string(),
+                    h.mode().unwrap(),
+                    h.uid().unwrap(),
+                    body,
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_bundle_holds_only_this_target_s_files_owned_by_the_sidecar_user() {
+        let dir = store();
+        let ca: MountedPath = "ca/clients.pem".parse().unwrap();
+        let b = read(&dir, "web.example", true, Some(&ca)).unwrap();
+        assert!(b.has_pair());
+        assert_eq!(
+            entries(&b.tar().unwrap()),
+            vec![
+                ("fullchain.pem".into(), 0o444, 65534, b"chain".to_vec()),
+                ("privkey.pem".into(), 0o400, 65534, b"key".to_vec()),
+                ("ca/".into(), 0o755, 0, Vec::new()),
+                ("ca/clients.pem".into(), 0o444, 65534, b"ca".to_vec()),
+            ]
+        );
+        let self_signed = read(&dir, "web.example", false, None).unwrap();
+        assert!(self_signed.is_empty() && !self_signed.has_pair());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_renewal_changes_the_digest() {
+        let dir = store();
+        let before = read(&dir, "web.example", true, None).unwrap().digest();
+        assert_eq!(
+            read(&dir, "web.example", true, None).unwrap().digest(),
+            before
+        );
+        std::fs::write(dir.join("live/web.example").join(CHAIN_FILE), b"renewed").unwrap();
+        assert_ne!(
+            read(&dir, "web.example", true, None).unwrap().digest(),
+            before
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn missing_and_oversized_files_are_named() {
+        let dir = store();
+        let e = read(&dir, "other.example", true, None).unwrap_err();
+        assert!(
+            e.to_string().contains("live/other.example/fullchain.pem"),
+            "{e}"
+        );
+        let big = dir.join("ca/big.pem");
+        std::fs::write(&big, vec![b'x'; MAX_FILE_BYTES as usize + 1]).unwrap();
+        let ca: MountedPath = "ca/big.pem".parse().unwrap();
+        let e = read(&dir, "web.example", false, Some(&ca)).unwrap_err();
+        assert!(e.to_string().contains("larger than"), "{e}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
