@@ -29,7 +29,7 @@ pub enum Fallback {
     /// The spawner has no `--certs-from`: self-signed is what was asked for.
     NoCertsFrom,
     /// The `--certs-from` directory does not exist for the spawner (a containerised spawner
-    /// without the directory mounted at the same path), or cannot be read.
+    /// without the store mounted into it), or cannot be read.
     DirNotVisible,
     /// The directory is there, but not this file or directory (`live/<hostname>/` or one file
     /// in it), relative to the certificates directory.
@@ -286,9 +286,9 @@ impl Tracker {
         drop(targets);
         let hint = match fallback {
             Fallback::DirNotVisible => {
-                "a spawner in a container needs --certs-from mounted at the same path"
+                "a spawner in a container needs the store mounted into it, and --certs-from set to that path"
             }
-            _ => "certbot layout: live/<hostname>/fullchain.pem and privkey.pem; restart the target once they are there",
+            _ => "certbot layout: live/<hostname>/fullchain.pem and privkey.pem; picked up at the next resync once they are there",
         };
         tracing::warn!(
             container = %target_name,

@@ -63,8 +63,9 @@ pub struct Opts {
     )]
     pub allow_images: Vec<String>,
 
-    /// Host directory (absolute path) or named volume mounted read-only into sidecars at `/certs`
-    /// (certbot layout: `live/<hostname>/fullchain.pem` and `privkey.pem`).
+    /// Certificate store in certbot's layout (`live/<hostname>/fullchain.pem` and `privkey.pem`):
+    /// an absolute directory the spawner reads, giving each sidecar only its own files; or a
+    /// named volume, mounted whole and read-only into every sidecar at `/certs`
     #[arg(long, env = "SPAWNER_CERTS_FROM", global = true)]
     pub certs_from: Option<String>,
 

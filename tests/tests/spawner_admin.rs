@@ -505,7 +505,7 @@ fn a_spawner_container_without_the_certs_mount_says_so_and_docker_exec_status_wo
     assert_eq!(warnings.len(), 1, "{logs}");
     assert!(
         warnings[0].contains("certs dir not visible to the spawner")
-            && warnings[0].contains("mounted at the same path"),
+            && warnings[0].contains("needs the store mounted into it"),
         "the warning says why and what to do: {}",
         warnings[0]
     );
