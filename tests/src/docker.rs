@@ -20,8 +20,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::bins::bin_path;
 
-/// Label on every container and volume a test creates: `tls-sidecar.test-run=<run id>`.
-pub const TEST_RUN_LABEL: &str = "tls-sidecar.test-run";
+/// Label on every container and volume a test creates: `tls-sidecar-test.run=<run id>`. Outside
+/// the `tls-sidecar.` namespace on purpose: a test container carries no label of the default
+/// prefix, so a spawner a user runs on this engine (the demo's) never takes it for one of its own.
+pub const TEST_RUN_LABEL: &str = "tls-sidecar-test.run";
 
 /// Deadline for a lifecycle expectation (a sidecar appearing or going away). The spec says 2 s;
 /// CI shares two cores with compilers, so tests allow more and log what they observed.
