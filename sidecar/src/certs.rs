@@ -81,7 +81,7 @@ pub struct Entry {
     pub name: String,
     pub key: Arc<CertifiedKey>,
     pub facts: CertFacts,
-    /// SHA-256 of the leaf (DER), lowercase hex.
+    /// SHA-256 of the leaf (DER) as openssl prints it (`AB:CD:...`), for logs.
     pub fingerprint: String,
     /// SHA-256 of the certificate and key file contents, to notice changes cheaply.
     pub content_hash: [u8; 32],

@@ -119,7 +119,7 @@ pub fn parse_pair(
         })?;
     Ok(Entry {
         name: paths.name.clone(),
-        fingerprint: sha256_hex(certified.cert[0].as_ref()),
+        fingerprint: sha256_fingerprint(certified.cert[0].as_ref()),
         key: Arc::new(certified),
         facts,
         content_hash: pair_hash(cert_bytes, key_bytes),
@@ -231,7 +231,7 @@ pub fn self_signed(names: &[SanName]) -> Result<Entry, ConfigError> {
     let facts = CertFacts::from_der(der.as_ref()).map_err(ConfigError::SelfSigned)?;
     Ok(Entry {
         name: "self-signed".to_string(),
-        fingerprint: sha256_hex(der.as_ref()),
+        fingerprint: sha256_fingerprint(der.as_ref()),
         key: Arc::new(CertifiedKey::new(vec![der], signing_key)),
         facts,
         content_hash: [0; 32],
@@ -243,6 +243,15 @@ pub fn self_signed(names: &[SanName]) -> Result<Entry, ConfigError> {
 pub fn sha256_hex(bytes: &[u8]) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
     digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// SHA-256 of a certificate's DER as `openssl x509 -fingerprint -sha256` prints it (uppercase
+/// hex pairs joined by colons), so an operator can compare a logged fingerprint with openssl's
+/// output, or a browser's, character for character.
+pub fn sha256_fingerprint(der: &[u8]) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, der);
+    let pairs: Vec<String> = digest.as_ref().iter().map(|b| format!("{b:02X}")).collect();
+    pairs.join(":")
 }
 
 /// The certificate resolver every handshake asks. Holds the [`CertSet`] currently served;
@@ -325,8 +334,24 @@ mod tests {
     #[test]
     fn self_signed_has_fingerprint_of_its_leaf() {
         let loaded = self_signed(&sans(&["localhost", "127.0.0.1"])).expect("generate");
-        assert_eq!(loaded.fingerprint, sha256_hex(loaded.key.cert[0].as_ref()));
-        assert_eq!(loaded.fingerprint.len(), 64);
+        assert_eq!(
+            loaded.fingerprint,
+            sha256_fingerprint(loaded.key.cert[0].as_ref())
+        );
+    }
+
+    #[test]
+    fn fingerprint_is_written_as_openssl_writes_it() {
+        // SHA-256 of the empty input, in `openssl x509 -fingerprint -sha256`'s form.
+        assert_eq!(
+            sha256_fingerprint(b""),
+            "E3:B0:C4:42:98:FC:1C:14:9A:FB:F4:C8:99:6F:B9:24:\
+             27:AE:41:E4:64:9B:93:4C:A4:95:99:1B:78:52:B8:55"
+        );
+        assert_eq!(
+            sha256_hex(b""),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
     }
 
     #[test]

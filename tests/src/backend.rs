@@ -128,6 +128,18 @@ pub fn sha256_hex(data: &[u8]) -> String {
     hex(ring::digest::digest(&ring::digest::SHA256, data).as_ref())
 }
 
+/// SHA-256 of a certificate's DER as `openssl x509 -fingerprint -sha256` prints it
+/// (`AB:CD:...`): the form the sidecar logs.
+pub fn sha256_fingerprint(der: &[u8]) -> String {
+    sha256_hex(der)
+        .to_ascii_uppercase()
+        .as_bytes()
+        .chunks(2)
+        .map(|pair| String::from_utf8_lossy(pair).into_owned())
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
 /// SHA-256 of `total` bytes of [`pattern`], computed chunk by chunk.
 pub fn pattern_sha256(total: u64) -> String {
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);

@@ -195,7 +195,7 @@ async fn renewal_is_picked_up(how: Renewal) {
         renewed.elapsed()
     );
 
-    let fingerprint = harness::backend::sha256_hex(new.der.as_ref());
+    let fingerprint = harness::backend::sha256_fingerprint(new.der.as_ref());
     sc.wait_log_all(
         &["certificate loaded", "name=default", &fingerprint],
         RELOAD,
@@ -434,7 +434,7 @@ async fn broken_renewals_keep_the_old_certificate_until_a_good_one() {
     sc.wait_log_all(
         &[
             "certificate loaded",
-            &harness::backend::sha256_hex(next.der.as_ref()),
+            &harness::backend::sha256_fingerprint(next.der.as_ref()),
         ],
         RELOAD,
     )
@@ -474,7 +474,7 @@ async fn certbot_symlink_swap_is_picked_up() {
         &[
             "certificate loaded",
             "name=site.example",
-            &harness::backend::sha256_hex(v3.der.as_ref()),
+            &harness::backend::sha256_fingerprint(v3.der.as_ref()),
         ],
         RELOAD,
     )

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use harness::backend::{sha256_hex, Backend};
+use harness::backend::{sha256_fingerprint, Backend};
 use harness::certs::{KeyFormat, Pki};
 use harness::client::{self, HttpConn, Trust, ALPN_H1, ALPN_H2_H1};
 use harness::sidecar::{log_field, Sidecar};
@@ -276,8 +276,19 @@ async fn logged_fingerprint_matches_the_served_certificate() {
         .wait_log("self-signed certificate", Duration::from_secs(5))
         .await;
     let logged = log_field(&line, "sha256").unwrap_or_else(|| panic!("no sha256= in {line}"));
-    assert_eq!(logged.len(), 64, "64 lowercase hex digits: {logged}");
-    assert_eq!(logged, sha256_hex(served_cert(&sc).await.as_ref()));
+    let served = served_cert(&sc).await;
+    // What an operator compares it with: `openssl x509 -noout -fingerprint -sha256` prints
+    // `sha256 Fingerprint=AB:CD:...` (`SHA256 Fingerprint=` in older releases).
+    let openssl = openssl_x509(&served, &["-noout", "-fingerprint", "-sha256"]).await;
+    let (_, printed) = openssl
+        .trim()
+        .split_once('=')
+        .unwrap_or_else(|| panic!("openssl printed no fingerprint: {openssl}"));
+    assert_eq!(
+        logged, printed,
+        "the logged fingerprint is openssl's, as printed"
+    );
+    assert_eq!(logged, sha256_fingerprint(served.as_ref()));
 }
 
 /// `junk` on a fresh connection gets that connection dropped quickly (well before the default
