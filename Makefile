@@ -18,12 +18,16 @@ all: build
 build:
 	$(CARGO) build --release --workspace --bins
 
-## images: tls-sidecar/{sidecar,spawner,demo}:$(TAG) from the release binaries
+## images: tls-sidecar/{sidecar,spawner,demo}:$(TAG) from the release binaries; prints their sizes
 images: build
 	docker build -q -f sidecar/Dockerfile -t tls-sidecar/sidecar:$(TAG) --build-arg BIN=$(RELEASE)/sidecar .
 	docker build -q -f spawner/Dockerfile -t tls-sidecar/spawner:$(TAG) --build-arg BIN=$(RELEASE)/spawner .
 	docker build -q -f tests/Dockerfile.demo -t tls-sidecar/demo:$(TAG) --build-arg BIN=$(RELEASE)/demo .
-	@docker images --format '{{.Repository}}:{{.Tag}}  {{.Size}}' | grep '^tls-sidecar/' | grep ':$(TAG) '
+	@echo "image sizes (as docker images reports them):"
+	@for i in sidecar spawner demo; do \
+	  docker image inspect --format "tls-sidecar/$$i:$(TAG) {{.Size}}" tls-sidecar/$$i:$(TAG) | \
+	    awk '{ printf "  %s  %.2f MB\n", $$1, $$2 / 1000000 }'; \
+	done
 
 ## demo: build everything, start the spawner and the demo app, fetch https://localhost:$(DEMO_PORT)/
 demo: images
@@ -40,12 +44,26 @@ demo-down:
 	DEMO_PORT=$(DEMO_PORT) TLS_SIDECAR_TAG=$(TAG) $(COMPOSE) stop demo
 	DEMO_PORT=$(DEMO_PORT) TLS_SIDECAR_TAG=$(TAG) $(COMPOSE) down
 
+# Reads cargo test's output: sums the "test result:" lines; a binary whose "Running" line is not
+# followed by its result (it crashed) counts as one failed test and is named.
+export TEST_TOTALS := \
+  /^ +(Running|Doc-tests) / { if (open) { crashed++; names = names "\n  " bin } open = 1; runs++; \
+    bin = $$0; sub(/^ +/, "", bin) } \
+  /^test result:/ { p += $$4; f += $$6; open = 0 } \
+  END { if (open) { crashed++; names = names "\n  " bin } \
+    if (crashed) printf "note: test binaries that ended without a result (crashed), each counted as 1 failed: %d%s\n", crashed, names; \
+    if (!runs && status) print "note: no test binary ran (did the build fail? see above)"; \
+    printf "tests: %d passed, %d failed\n", p, f + crashed }
+
 ## test: every test, Docker ones included (they need a running engine); ends with one total line
 test:
 	@mkdir -p target
-	@# The totals line comes last whether the tests pass or not; the exit status is cargo's.
-	set -o pipefail; $(CARGO) test --workspace 2>&1 | tee target/test-output.log; status=$$?; \
-	awk '/^test result:/ { p += $$4; f += $$6 } END { printf "tests: %d passed, %d failed\n", p, f }' target/test-output.log; \
+	@# --no-fail-fast: every test binary runs, so the totals cover all of them. The totals line
+	@# comes last whether the tests pass or not, and the exit status is cargo's. A test binary
+	@# that ends without its "test result:" line (it crashed: a signal, an abort) counts as one
+	@# failed test, and a note names it.
+	set -o pipefail; $(CARGO) test --workspace --no-fail-fast 2>&1 | tee target/test-output.log; status=$$?; \
+	awk -v status=$$status "$$TEST_TOTALS" target/test-output.log; \
 	exit $$status
 
 ## soak: the spawner's churn soak at full size (500 random operations on 20 targets, a few
