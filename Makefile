@@ -9,8 +9,14 @@ TAG     ?= latest
 # Compose v2 (`docker compose`) where installed, else v1 (`docker-compose`).
 COMPOSE ?= $(shell if docker compose version >/dev/null 2>&1; then echo "docker compose"; else echo docker-compose; fi)
 DEMO_PORT ?= 8443
+# make install: $(DESTDIR)$(PREFIX)/bin/{sidecar,spawner} (DESTDIR for staging, e.g. packaging)
+PREFIX  ?= /usr/local
+BINDIR  ?= $(PREFIX)/bin
+# The tag of the images `make test` builds (tests/src/docker.rs reads the same variable).
+TEST_TAG ?= $(or $(TLS_SIDECAR_TEST_TAG),test)
 
-.PHONY: all build images demo demo-down test soak lint deny bench bench-quick bench-spawner
+.PHONY: all build images demo demo-down test soak lint deny bench bench-quick bench-spawner \
+	install uninstall clean-images
 
 all: build
 
@@ -55,7 +61,8 @@ export TEST_TOTALS := \
     if (!runs && status) print "note: no test binary ran (did the build fail? see above)"; \
     printf "tests: %d passed, %d failed\n", p, f + crashed }
 
-## test: every test, Docker ones included (they need a running engine); ends with one total line
+## test: every test, Docker ones included (they need a running engine); ends with one total line.
+## The Docker tests leave their images, tls-sidecar/*:$(TEST_TAG), for the next run: make clean-images
 test:
 	@mkdir -p target
 	@# --no-fail-fast: every test binary runs, so the totals cover all of them. The totals line
@@ -97,6 +104,28 @@ deny:
 	  echo "      advisories NOT checked; run 'cargo deny check' where github.com is reachable"; \
 	  $(CARGO) deny check --hide-inclusion-graph licenses bans sources; \
 	fi
+
+## install: the sidecar and spawner release binaries (static) to $(DESTDIR)$(BINDIR), building
+## them first only if they are missing: run `make build` after a change, then `sudo make install`
+install: $(RELEASE)/sidecar $(RELEASE)/spawner
+	install -d $(DESTDIR)$(BINDIR)
+	install -m 0755 $(RELEASE)/sidecar $(RELEASE)/spawner $(DESTDIR)$(BINDIR)/
+
+$(RELEASE)/sidecar $(RELEASE)/spawner:
+	$(CARGO) build --release --workspace --bins
+
+## uninstall: remove what make install put in $(DESTDIR)$(BINDIR) (same PREFIX and DESTDIR)
+uninstall:
+	rm -f $(DESTDIR)$(BINDIR)/sidecar $(DESTDIR)$(BINDIR)/spawner
+
+## clean-images: remove the images make test builds, tls-sidecar/{sidecar,spawner,demo}:$(TEST_TAG)
+## (TEST_TAG=latest removes those of make images); containers still using one keep it
+clean-images:
+	@for i in sidecar spawner demo; do \
+	  if docker image inspect tls-sidecar/$$i:$(TEST_TAG) >/dev/null 2>&1; then \
+	    docker image rm tls-sidecar/$$i:$(TEST_TAG) || true; \
+	  fi; \
+	done
 
 ## lint: what CI checks besides the tests
 lint:

@@ -97,11 +97,23 @@ pub fn build_image_on(host: Option<&str>, dockerfile: &str, bin: &str, tag: &str
         )
     });
     let rel = rel.to_str().expect("utf-8 binary path");
-    let mut cmd = Command::new("docker");
-    if let Some(host) = host {
-        cmd.args(["--host", host]);
-    }
-    let out = cmd
+    let docker_on = || {
+        let mut cmd = Command::new("docker");
+        if let Some(host) = host {
+            cmd.args(["--host", host]);
+        }
+        cmd
+    };
+    let image_id = || {
+        docker_on()
+            .args(["image", "inspect", "--format", "{{.Id}}", tag])
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let before = image_id();
+    let out = docker_on()
         .current_dir(&root)
         .args([
             "build",
@@ -121,6 +133,12 @@ pub fn build_image_on(host: Option<&str>, dockerfile: &str, bin: &str, tag: &str
         "docker build of {tag} failed: {}",
         String::from_utf8_lossy(&out.stderr).trim()
     );
+    // The image this tag named before (an older binary) is now untagged: remove it, so test runs
+    // leave only the tagged images behind (`make clean-images` removes those). The engine keeps
+    // it while a container uses it or another tag names it, and says so; that is fine.
+    if let Some(old) = before.filter(|old| image_id().as_ref() != Some(old)) {
+        let _ = docker_on().args(["image", "rm", &old]).output();
+    }
 }
 
 /// Builds `tls-sidecar/{sidecar,spawner,demo}:test` (or `:$TLS_SIDECAR_TEST_TAG`) from the debug

@@ -1,6 +1,7 @@
 //! All integration tests compile into this one binary and share the harness.
 mod churn;
 mod engine;
+mod install;
 mod isolation;
 mod layout;
 mod sidecar_admin;
