@@ -120,7 +120,9 @@ fn a_users_spawner_on_the_default_prefix_leaves_a_tests_target_alone() {
         &format!("{prefix}.proxy-image={}", imgs.sidecar),
         &imgs.demo,
     ]);
-    let (_, took) = poll(STEP, "the test's target served by its own sidecar (another spawner's sidecar would take its name or port)", || {
+    // Another spawner's sidecar would take this one's name or its port.
+    let served = "the test's target served by its own sidecar";
+    let (_, took) = poll(STEP, served, || {
         (with_label(&engine, &format!("{prefix}.sidecar-for={target}")).len() == 1
             && engine
                 .https_in(&target)
