@@ -1,7 +1,7 @@
 //! Code shared by the `sidecar` and `spawner` binaries, and only that: the contract between them
 //! (label and environment names in [`schema`]; one type per value that crosses from a label to a
-//! sidecar, each with one parser and one rendering, in [`addr`], [`dns`], [`identity`], [`mode`]
-//! and [`parse`]; what one sidecar is told, [`spec::SidecarSpec`]), logging setup, the capped
+//! sidecar, each with one parser and one rendering, in [`addr`], [`dns`], [`identity`], [`mode`],
+//! [`parse`] and [`proto`]; what one sidecar is told, [`spec::SidecarSpec`]), logging setup, the capped
 //! backoff both use for retries, and the shutdown signal.
 
 pub mod addr;
@@ -10,6 +10,7 @@ pub mod dns;
 pub mod identity;
 pub mod mode;
 pub mod parse;
+pub mod proto;
 pub mod schema;
 pub mod shutdown;
 pub mod spec;

@@ -28,6 +28,10 @@ pub mod env {
     pub const ACME_WEBROOT: &str = "SIDECAR_ACME_WEBROOT";
     pub const HSTS: &str = "SIDECAR_HSTS";
     pub const HSTS_INCLUDE_SUBDOMAINS: &str = "SIDECAR_HSTS_INCLUDE_SUBDOMAINS";
+    /// tcp mode: ALPN protocols offered, in preference order.
+    pub const ALPN: &str = "SIDECAR_ALPN";
+    /// tcp mode: `off`, `v1` or `v2`: the PROXY protocol header sent to the backend.
+    pub const PROXY_PROTOCOL: &str = "SIDECAR_PROXY_PROTOCOL";
     /// `true`: exit 0 once the network namespace loses every interface but `lo` (its container
     /// is gone). The spawner sets it for targets with a network of their own.
     pub const EXIT_WHEN_ORPHANED: &str = "SIDECAR_EXIT_WHEN_ORPHANED";
@@ -78,6 +82,10 @@ pub mod label {
     pub const REDIRECT_LISTEN: &str = "redirect-listen";
     /// On a target: HSTS max-age (seconds or `<n>[smhdwy]`).
     pub const HSTS: &str = "hsts";
+    /// On a target (mode tcp): ALPN protocols the sidecar offers, e.g. `h2,http/1.1`.
+    pub const ALPN: &str = "alpn";
+    /// On a target (mode tcp): `off`, `v1` or `v2`: PROXY protocol header to the backend.
+    pub const PROXY_PROTOCOL: &str = "proxy-protocol";
     /// On a sidecar: the full ID of the target it serves.
     pub const SIDECAR_FOR: &str = "sidecar-for";
     /// On a sidecar: who created it (always `spawner`).

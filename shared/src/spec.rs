@@ -14,6 +14,7 @@ use crate::dns::SanName;
 use crate::identity::Identities;
 use crate::mode::{ClientAuthMode, Mode};
 use crate::parse::{render_duration, MaxAge};
+use crate::proto::{AlpnList, ProxyProtocol};
 use crate::schema::{env, CERTS_MOUNT};
 use crate::telemetry::LogFormat;
 
@@ -28,6 +29,10 @@ pub struct SidecarSpec {
     pub client_auth: Option<ClientAuth>,
     pub redirect_listen: Option<ListenAddr>,
     pub hsts: Option<MaxAge>,
+    /// tcp mode: ALPN protocols offered (empty: none).
+    pub alpn: AlpnList,
+    /// tcp mode: PROXY protocol header to the backend.
+    pub proxy_protocol: ProxyProtocol,
     pub shutdown_grace: Duration,
     pub log_format: LogFormat,
     pub exit_when_orphaned: bool,
@@ -88,6 +93,12 @@ impl SidecarSpec {
         }
         if let Some(max_age) = self.hsts {
             out.push((env::HSTS, max_age.to_string()));
+        }
+        if !self.alpn.is_empty() {
+            out.push((env::ALPN, self.alpn.to_string()));
+        }
+        if self.proxy_protocol != ProxyProtocol::Off {
+            out.push((env::PROXY_PROTOCOL, self.proxy_protocol.to_string()));
         }
         if self.exit_when_orphaned {
             out.push((env::EXIT_WHEN_ORPHANED, "true".to_string()));
@@ -198,6 +209,8 @@ mod tests {
             client_auth: None,
             redirect_listen: None,
             hsts: None,
+            alpn: AlpnList::default(),
+            proxy_protocol: ProxyProtocol::Off,
             shutdown_grace: Duration::from_secs(10),
             log_format: LogFormat::Text,
             exit_when_orphaned: false,
@@ -213,5 +226,14 @@ mod tests {
                 "SIDECAR_SELF_SIGNED_NAMES=web,127.0.0.1",
             ]
         );
+        let spec = SidecarSpec {
+            alpn: "h2,http/1.1".parse().expect("alpn"),
+            proxy_protocol: ProxyProtocol::V2,
+            ..spec
+        };
+        let env = spec.to_env_strings();
+        for want in ["SIDECAR_ALPN=h2,http/1.1", "SIDECAR_PROXY_PROTOCOL=v2"] {
+            assert!(env.iter().any(|e| e == want), "{want} missing from {env:?}");
+        }
     }
 }

@@ -1,0 +1,163 @@
+//! Protocol settings of tcp mode both binaries read: the ALPN protocols a sidecar offers
+//! (`--alpn`, the `alpn` label) and whether it sends a PROXY protocol header to its backend
+//! (`--proxy-protocol`, the `proxy-protocol` label).
+
+use std::fmt;
+use std::str::FromStr;
+
+/// Longest ALPN protocol id (RFC 7301: a one-byte length, empty ids not allowed).
+pub const MAX_ALPN_ID_BYTES: usize = 255;
+
+/// One ALPN protocol id, e.g. `h2` or `http/1.1`: 1 to 255 printable ASCII bytes without a
+/// comma (the list separator) or a space. RFC 7301 allows any bytes; every registered id is
+/// printable, and an unprintable one could not be written in a flag or a label anyway.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct AlpnId(String);
+
+impl AlpnId {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+impl FromStr for AlpnId {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        let v = text.trim();
+        if v.is_empty() || v.len() > MAX_ALPN_ID_BYTES {
+            return Err(format!(
+                "expected an ALPN protocol id of 1 to {MAX_ALPN_ID_BYTES} bytes, got {v:?}"
+            ));
+        }
+        if !v.bytes().all(|b| b.is_ascii_graphic() && b != b',') {
+            return Err(format!(
+                "expected an ALPN protocol id of printable ASCII without commas or spaces, got {v:?}"
+            ));
+        }
+        Ok(AlpnId(v.to_string()))
+    }
+}
+
+impl fmt::Display for AlpnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// ALPN protocols in preference order, each at most once (`h2,http/1.1`). Empty entries are
+/// dropped, so an empty value is the empty list: no ALPN offered.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct AlpnList(pub Vec<AlpnId>);
+
+impl AlpnList {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The ids as rustls takes them (`ServerConfig::alpn_protocols`).
+    pub fn to_wire(&self) -> Vec<Vec<u8>> {
+        self.0.iter().map(|id| id.as_bytes().to_vec()).collect()
+    }
+}
+
+impl FromStr for AlpnList {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        let mut out: Vec<AlpnId> = Vec::new();
+        for part in text.split(',').filter(|p| !p.trim().is_empty()) {
+            let id: AlpnId = part.parse()?;
+            if out.contains(&id) {
+                return Err(format!("ALPN protocol {id} is listed twice"));
+            }
+            out.push(id);
+        }
+        Ok(AlpnList(out))
+    }
+}
+
+impl fmt::Display for AlpnList {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, id) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            f.write_str(id.as_str())?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether a tcp-mode sidecar opens each backend connection with a PROXY protocol header
+/// (haproxy's proxy-protocol.txt), and which version. Off unless asked for: a backend that does
+/// not expect the header would read it as the start of its own protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum ProxyProtocol {
+    #[default]
+    Off,
+    /// The text header: `PROXY TCP4 <src> <dst> <sport> <dport>\r\n`.
+    V1,
+    /// The binary header, with TLVs (ALPN, SNI, TLS details).
+    V2,
+}
+
+impl ProxyProtocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProxyProtocol::Off => "off",
+            ProxyProtocol::V1 => "v1",
+            ProxyProtocol::V2 => "v2",
+        }
+    }
+}
+
+impl FromStr for ProxyProtocol {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text.trim() {
+            "off" => Ok(ProxyProtocol::Off),
+            "v1" => Ok(ProxyProtocol::V1),
+            "v2" => Ok(ProxyProtocol::V2),
+            other => Err(format!("expected off, v1 or v2, got {other:?}")),
+        }
+    }
+}
+
+impl fmt::Display for ProxyProtocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alpn_lists_parse_and_render() {
+        let list: AlpnList = " h2, http/1.1 ,".parse().expect("valid");
+        assert_eq!(list.to_string(), "h2,http/1.1");
+        assert_eq!(list.to_wire(), vec![b"h2".to_vec(), b"http/1.1".to_vec()]);
+        assert_eq!(list.to_string().parse::<AlpnList>(), Ok(list));
+        assert_eq!("".parse::<AlpnList>(), Ok(AlpnList::default()));
+        let long = "a".repeat(255);
+        assert!(long.parse::<AlpnList>().is_ok());
+        for bad in ["h2,h2", "a b", "h\u{e9}", "x\ty", &"a".repeat(256)] {
+            assert!(bad.parse::<AlpnList>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn proxy_protocol_parses_and_renders() {
+        for p in [ProxyProtocol::Off, ProxyProtocol::V1, ProxyProtocol::V2] {
+            assert_eq!(p.to_string().parse::<ProxyProtocol>(), Ok(p));
+        }
+        assert_eq!(" v2 ".parse::<ProxyProtocol>(), Ok(ProxyProtocol::V2));
+        for bad in ["", "on", "V1", "2"] {
+            assert!(bad.parse::<ProxyProtocol>().is_err(), "{bad:?}");
+        }
+    }
+}
