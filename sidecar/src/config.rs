@@ -15,6 +15,7 @@ use shared::dns::SanName;
 use shared::identity::{CommonName, DnsPattern, Identities, List, UriPattern};
 pub use shared::mode::{ClientAuthMode, Mode};
 use shared::parse::{duration, MaxAge};
+pub use shared::proto::{AlpnList, ProxyProtocol};
 use shared::schema::env;
 use shared::spec::{self, Certificate, SidecarSpec};
 use shared::telemetry::LogFormat;
@@ -54,6 +55,18 @@ pub struct Cli {
     /// (raw bytes)
     #[arg(long, env = env::MODE, value_name = "MODE", value_parser = Mode::from_str, default_value_t = Mode::Http)]
     pub mode: Mode,
+
+    /// tcp mode: ALPN protocols offered to clients, in preference order (comma list, e.g.
+    /// `h2,http/1.1`; gRPC clients need `h2`). Refused in http mode, which chooses its own
+    /// [default: none]
+    #[arg(long, env = env::ALPN, value_name = "PROTOCOLS", value_parser = AlpnList::from_str)]
+    pub alpn: Option<AlpnList>,
+
+    /// tcp mode: send a PROXY protocol header (`v1` text, `v2` binary with ALPN, SNI and TLS
+    /// TLVs) to the backend before relaying, so it sees the client's address; `off` sends none.
+    /// Refused in http mode
+    #[arg(long, env = env::PROXY_PROTOCOL, value_name = "VERSION", value_parser = ProxyProtocol::from_str, default_value_t = ProxyProtocol::Off)]
+    pub proxy_protocol: ProxyProtocol,
 
     /// PEM certificate chain (leaf first); needs --key. Without both, a self-signed certificate
     /// is generated at start
@@ -233,6 +246,10 @@ pub struct Config {
     /// Resolved at connect time when it is a name.
     pub backend: BackendAddr,
     pub mode: Mode,
+    /// ALPN protocols offered in tcp mode (empty: none); http mode always offers h2, http/1.1.
+    pub alpn: AlpnList,
+    /// PROXY protocol header sent to the backend in tcp mode.
+    pub proxy_protocol: ProxyProtocol,
     pub certs: CertSources,
     pub client_auth: Option<ClientAuth>,
     pub handshake_timeout: Duration,
@@ -352,6 +369,25 @@ impl Cli {
             });
         }
 
+        let alpn = self.alpn.unwrap_or_default();
+        if self.mode == Mode::Http {
+            if !alpn.is_empty() {
+                return Err(ConfigError::Invalid {
+                    flag: "--alpn",
+                    value: alpn.to_string(),
+                    reason: "needs --mode tcp: http mode chooses its own ALPN (h2, http/1.1)"
+                        .to_string(),
+                });
+            }
+            if self.proxy_protocol != ProxyProtocol::Off {
+                return Err(ConfigError::Invalid {
+                    flag: "--proxy-protocol",
+                    value: self.proxy_protocol.to_string(),
+                    reason: "needs --mode tcp: http mode tells the backend the client's address in X-Forwarded-For".to_string(),
+                });
+            }
+        }
+
         let pair = match (self.cert, self.key) {
             (Some(cert), Some(key)) => Some(PairPaths {
                 name: "default".to_string(),
@@ -409,6 +445,8 @@ impl Cli {
             listen,
             backend,
             mode: self.mode,
+            alpn,
+            proxy_protocol: self.proxy_protocol,
             certs,
             client_auth,
             handshake_timeout: self.handshake_timeout,
@@ -544,6 +582,8 @@ impl Config {
             }),
             redirect_listen: self.redirect.as_ref().map(|r| r.listen.into()),
             hsts: self.hsts.map(|h| MaxAge(h.max_age)),
+            alpn: self.alpn.clone(),
+            proxy_protocol: self.proxy_protocol,
             shutdown_grace: self.shutdown_grace,
             log_format: self.log_format,
             exit_when_orphaned: self.exit_when_orphaned,
@@ -712,6 +752,40 @@ mod tests {
         assert!(err.to_string().contains("--hsts"), "{err}");
         let err = config(&["--hsts", "1d", "--mode", "tcp"], &[]).expect_err("http only");
         assert!(err.to_string().contains("--mode http"), "{err}");
+    }
+
+    #[test]
+    fn alpn_and_proxy_protocol_are_tcp_mode_settings() {
+        let c = config(&[], &[]).expect("defaults");
+        assert!(c.alpn.is_empty());
+        assert_eq!(c.proxy_protocol, ProxyProtocol::Off);
+        let c = config(
+            &[
+                "--mode",
+                "tcp",
+                "--alpn",
+                "h2,http/1.1",
+                "--proxy-protocol",
+                "v2",
+            ],
+            &[],
+        )
+        .expect("valid in tcp mode");
+        assert_eq!(c.alpn.to_string(), "h2,http/1.1");
+        assert_eq!(c.proxy_protocol, ProxyProtocol::V2);
+        let err = config(&["--alpn", "h2"], &[]).expect_err("http mode");
+        assert!(
+            err.to_string().contains("--alpn") && err.to_string().contains("--mode tcp"),
+            "{err}"
+        );
+        let err = config(&["--proxy-protocol", "v1"], &[]).expect_err("http mode");
+        assert!(err.to_string().contains("--proxy-protocol"), "{err}");
+        for args in [["--alpn", "h2,h2"], ["--proxy-protocol", "v3"]] {
+            assert!(
+                Cli::try_parse_from(["sidecar", args[0], args[1]]).is_err(),
+                "{args:?} should be refused"
+            );
+        }
     }
 
     #[test]

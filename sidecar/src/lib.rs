@@ -16,6 +16,7 @@ pub mod http;
 pub mod metrics;
 pub mod mtls;
 pub mod orphan;
+pub mod proxy_protocol;
 pub mod redirect;
 pub mod reload;
 pub mod server;
@@ -92,7 +93,12 @@ pub async fn run(
     }
     let store = Arc::new(CertStore::new(prepared.certs));
     let mtls = prepared.client_verifier.is_some();
-    let tls = tls::server_config(store.clone(), config.mode, prepared.client_verifier)?;
+    let tls = tls::server_config(
+        store.clone(),
+        config.mode,
+        &config.alpn,
+        prepared.client_verifier,
+    )?;
     if mtls {
         info!("client certificates verified (mutual TLS)");
     }

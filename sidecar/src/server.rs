@@ -15,10 +15,11 @@ use tracing::{debug, info, warn, Instrument};
 use crate::accept::{self, Accepted};
 use crate::activity::Activity;
 use crate::admission::{Admission, Limits, Phase, Ticket};
-use crate::config::{Config, Mode};
+use crate::config::{Config, Mode, ProxyProtocol};
 use crate::http::Proxy;
 use crate::metrics::Metrics;
 use crate::mtls::ClientIdentity;
+use crate::proxy_protocol;
 
 /// Binds a listening socket with a listen backlog of `backlog` (`--listen-backlog`; the kernel
 /// caps it at net.core.somaxconn). `SO_REUSEADDR` as usual for servers, so a restart does not
@@ -151,6 +152,8 @@ async fn connection(
     ticket: Ticket,
 ) {
     let _active = shared.metrics.connection_opened();
+    // Read before the handshake: the PROXY header names the address the client connected to.
+    let local = stream.local_addr();
     if let Err(error) = stream.set_nodelay(true) {
         debug!(%error, "set_nodelay failed");
     }
@@ -198,10 +201,27 @@ async fn connection(
         None => {
             ticket.set_phase(Phase::Pinned);
             let config = &shared.config;
+            let preamble = match (config.proxy_protocol, local) {
+                (ProxyProtocol::Off, _) => Vec::new(),
+                (version, Ok(local)) => {
+                    let origin = proxy_protocol::Origin {
+                        client: peer,
+                        local,
+                        tls: proxy_protocol::tls_facts(tls.get_ref().1),
+                    };
+                    proxy_protocol::header(version, &origin).unwrap_or_default()
+                }
+                (_, Err(error)) => {
+                    // Without its own address the header would lie to the backend.
+                    warn!(%error, "cannot read the connection's local address for the PROXY header");
+                    return;
+                }
+            };
             crate::tcp::serve(
                 tls,
                 peer,
                 &config.backend,
+                &preamble,
                 config.connect_timeout,
                 config.idle_timeout,
                 &shared.metrics,

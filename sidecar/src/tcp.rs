@@ -37,19 +37,45 @@ pub async fn connect(backend: &Backend, timeout: Duration) -> io::Result<TcpStre
     Ok(stream)
 }
 
+/// Connects to the backend and writes `preamble` (a PROXY protocol header), both under
+/// `timeout`: a backend that accepts but does not read cannot hold the connection longer than
+/// one that does not accept.
+pub async fn connect_with(
+    backend: &Backend,
+    timeout: Duration,
+    preamble: &[u8],
+) -> io::Result<TcpStream> {
+    if preamble.is_empty() {
+        return connect(backend, timeout).await;
+    }
+    let started = tokio::time::Instant::now();
+    let mut stream = connect(backend, timeout).await?;
+    let left = timeout.saturating_sub(started.elapsed());
+    tokio::time::timeout(left, stream.write_all(preamble))
+        .await
+        .map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("writing the PROXY header timed out after {timeout:?}"),
+            )
+        })??;
+    Ok(stream)
+}
+
 /// Relays a TLS client connection to the backend until both directions end, or nothing moves
-/// for `idle`.
+/// for `idle`. `preamble` is sent to the backend first (the PROXY protocol header, or empty).
 pub async fn serve<C>(
     client: C,
     peer: SocketAddr,
     backend: &Backend,
+    preamble: &[u8],
     connect_timeout: Duration,
     idle: Duration,
     metrics: &Metrics,
 ) where
     C: AsyncRead + AsyncWrite + Unpin,
 {
-    let upstream = match connect(backend, connect_timeout).await {
+    let upstream = match connect_with(backend, connect_timeout, preamble).await {
         Ok(s) => s,
         Err(error) => {
             metrics.backend_error(crate::metrics::BackendError::Connect);

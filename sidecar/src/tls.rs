@@ -20,6 +20,7 @@ use crate::certs::{CertFacts, CertSet, Entry, PairPaths};
 use crate::error::ConfigError;
 use shared::dns::SanName;
 use shared::mode::Mode;
+use shared::proto::AlpnList;
 
 /// The one crypto provider of the workspace.
 pub fn provider() -> Arc<CryptoProvider> {
@@ -292,12 +293,13 @@ impl ResolvesServerCert for CertStore {
     }
 }
 
-/// ALPN protocols offered per mode: HTTP mode negotiates h2 or http/1.1; TCP mode offers none,
-/// so any client ALPN is ignored rather than refused.
-fn alpn(mode: Mode) -> Vec<Vec<u8>> {
+/// ALPN protocols offered per mode: HTTP mode negotiates h2 or http/1.1; TCP mode offers
+/// `--alpn` (none by default, so any client ALPN is ignored rather than refused). With a list,
+/// a client offering none of it is refused (`no_application_protocol`, RFC 7301).
+fn alpn(mode: Mode, tcp_alpn: &AlpnList) -> Vec<Vec<u8>> {
     match mode {
         Mode::Http => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
-        Mode::Tcp => Vec::new(),
+        Mode::Tcp => tcp_alpn.to_wire(),
     }
 }
 
@@ -306,6 +308,7 @@ fn alpn(mode: Mode) -> Vec<Vec<u8>> {
 pub fn server_config(
     store: Arc<CertStore>,
     mode: Mode,
+    tcp_alpn: &AlpnList,
     client_auth: Option<Arc<dyn ClientCertVerifier>>,
 ) -> Result<Arc<ServerConfig>, ConfigError> {
     let builder = ServerConfig::builder_with_provider(provider())
@@ -315,7 +318,7 @@ pub fn server_config(
         None => builder.with_no_client_auth(),
     };
     let mut config = builder.with_cert_resolver(store);
-    config.alpn_protocols = alpn(mode);
+    config.alpn_protocols = alpn(mode, tcp_alpn);
     Ok(Arc::new(config))
 }
 
@@ -371,12 +374,19 @@ mod tests {
     fn config_builds_for_both_modes() {
         let loaded = Arc::new(self_signed(&sans(&["localhost"])).expect("generate"));
         let store = Arc::new(CertStore::new(CertSet::new(loaded, Vec::new())));
-        let http = server_config(store.clone(), Mode::Http, None).expect("http config");
+        let none = AlpnList::default();
+        let http = server_config(store.clone(), Mode::Http, &none, None).expect("http config");
         assert_eq!(
             http.alpn_protocols,
             vec![b"h2".to_vec(), b"http/1.1".to_vec()]
         );
-        let tcp = server_config(store, Mode::Tcp, None).expect("tcp config");
+        let tcp = server_config(store.clone(), Mode::Tcp, &none, None).expect("tcp config");
         assert!(tcp.alpn_protocols.is_empty());
+        let list: AlpnList = "h2,http/1.1".parse().expect("list");
+        let tcp = server_config(store, Mode::Tcp, &list, None).expect("tcp config");
+        assert_eq!(
+            tcp.alpn_protocols,
+            vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+        );
     }
 }
