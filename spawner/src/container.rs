@@ -70,6 +70,8 @@ pub fn sidecar_spec(cfg: &Config, target: &TargetSpec, use_certs: bool) -> Sidec
         }),
         redirect_listen: target.redirect_listen,
         hsts: target.hsts,
+        alpn: target.alpn.clone(),
+        proxy_protocol: target.proxy_protocol,
         // Whole seconds, at least one: the engine's stop timeout is in seconds.
         shutdown_grace: std::time::Duration::from_secs(cfg.sidecar_shutdown_grace.as_secs().max(1)),
         log_format: cfg.log_format,
@@ -166,6 +168,8 @@ mod tests {
             mtls: None,
             redirect_listen: None,
             hsts: None,
+            alpn: Default::default(),
+            proxy_protocol: Default::default(),
             exit_when_orphaned: false,
         }
     }
@@ -266,6 +270,34 @@ mod tests {
                 || e.starts_with("SIDECAR_ALLOW")
                 || e.starts_with("SIDECAR_REDIRECT")
                 || e.starts_with("SIDECAR_HSTS")),
+            "nothing unasked: {plain:?}"
+        );
+    }
+
+    #[test]
+    fn alpn_and_proxy_protocol_reach_the_sidecar_env_only_when_set() {
+        let env = |spec: &TargetSpec| {
+            let t = For {
+                id: "abc",
+                started_at: "s",
+                spec,
+            };
+            sidecar_body(&cfg(&[]), &t, false).env.unwrap()
+        };
+        let set = TargetSpec {
+            alpn: "h2,http/1.1".parse().unwrap(),
+            proxy_protocol: shared::proto::ProxyProtocol::V1,
+            ..spec()
+        };
+        let got = env(&set);
+        for want in ["SIDECAR_ALPN=h2,http/1.1", "SIDECAR_PROXY_PROTOCOL=v1"] {
+            assert!(got.iter().any(|e| e == want), "{want} missing from {got:?}");
+        }
+        let plain = env(&spec());
+        assert!(
+            !plain
+                .iter()
+                .any(|e| e.starts_with("SIDECAR_ALPN") || e.starts_with("SIDECAR_PROXY_PROTOCOL")),
             "nothing unasked: {plain:?}"
         );
     }

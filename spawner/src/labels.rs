@@ -10,6 +10,7 @@ use shared::dns::DnsName;
 use shared::identity::{CommonName, DnsPattern, Identities, List, UriPattern};
 use shared::mode::{ClientAuthMode, Mode};
 use shared::parse::MaxAge;
+use shared::proto::{AlpnList, ProxyProtocol};
 use shared::schema::{label, label_name, BYFAHRER_PROXY_IMAGE_LABEL};
 use shared::spec::MountedPath;
 
@@ -37,6 +38,10 @@ pub struct TargetSpec {
     /// Plain-HTTP redirect listener in the target's namespace.
     pub redirect_listen: Option<ListenAddr>,
     pub hsts: Option<MaxAge>,
+    /// tcp mode: ALPN protocols the sidecar offers (empty: none).
+    pub alpn: AlpnList,
+    /// tcp mode: PROXY protocol header the sidecar sends to the backend.
+    pub proxy_protocol: ProxyProtocol,
     /// The target has a network of its own, so its sidecar can tell from the namespace when the
     /// target is gone. Not a label: [`parse_target`] leaves it off, the observation sets it from
     /// the target's inspect data (`crate::observe::has_own_network`).
@@ -155,6 +160,37 @@ fn parse_spec(
         }
     };
 
+    // tcp-mode settings: refused with mode http, as the sidecar refuses the flags (http mode
+    // chooses its own ALPN and tells the backend the client in X-Forwarded-For). Their
+    // defaults (empty, `off`) are what http mode does anyway, so those pass.
+    let http_refuses = |key: &str, v: &str| {
+        refused(
+            key,
+            v,
+            "needs mode tcp: http mode chooses its own ALPN and forwards the client address in headers",
+        )
+    };
+    let alpn: AlpnList = match get(label::ALPN) {
+        None => AlpnList::default(),
+        Some((key, v)) => {
+            let list: AlpnList = typed(&key, v)?;
+            if mode == Mode::Http && !list.is_empty() {
+                return Err(http_refuses(&key, v));
+            }
+            list
+        }
+    };
+    let proxy_protocol: ProxyProtocol = match get(label::PROXY_PROTOCOL) {
+        None => ProxyProtocol::Off,
+        Some((key, v)) => {
+            let version: ProxyProtocol = typed(&key, v)?;
+            if mode == Mode::Http && version != ProxyProtocol::Off {
+                return Err(http_refuses(&key, v));
+            }
+            version
+        }
+    };
+
     Ok(TargetSpec {
         image: image.to_string(),
         listen,
@@ -164,6 +200,8 @@ fn parse_spec(
         mtls: parse_mtls(prefix, labels, certs_mounted)?,
         redirect_listen,
         hsts,
+        alpn,
+        proxy_protocol,
         exit_when_orphaned: false,
     })
 }
@@ -699,6 +737,48 @@ mod tests {
             true,
             "tls-sidecar.hsts",
             "needs mode http",
+        );
+    }
+
+    #[test]
+    fn alpn_and_proxy_protocol_are_tcp_mode_labels() {
+        let tcp = ("tls-sidecar.mode", "tcp");
+        let s = accepted(&[
+            tcp,
+            ("tls-sidecar.alpn", "h2, http/1.1"),
+            ("tls-sidecar.proxy-protocol", "v2"),
+        ]);
+        assert_eq!(s.alpn.to_string(), "h2,http/1.1");
+        assert_eq!(s.proxy_protocol, ProxyProtocol::V2);
+        let s = accepted(&[]);
+        assert!(s.alpn.is_empty());
+        assert_eq!(s.proxy_protocol, ProxyProtocol::Off);
+        // Their defaults are what http mode does: harmless, accepted.
+        let s = accepted(&[("tls-sidecar.proxy-protocol", "off")]);
+        assert_eq!(s.proxy_protocol, ProxyProtocol::Off);
+        for (label, value) in [
+            ("tls-sidecar.alpn", "h2"),
+            ("tls-sidecar.proxy-protocol", "v1"),
+        ] {
+            refused(&[(label, value)], true, label, "needs mode tcp");
+            refused(
+                &[("tls-sidecar.mode", "http"), (label, value)],
+                true,
+                label,
+                "needs mode tcp",
+            );
+        }
+        refused(
+            &[tcp, ("tls-sidecar.alpn", "h2,h2")],
+            true,
+            "tls-sidecar.alpn",
+            "listed twice",
+        );
+        refused(
+            &[tcp, ("tls-sidecar.proxy-protocol", "v3")],
+            true,
+            "tls-sidecar.proxy-protocol",
+            "expected off, v1 or v2",
         );
     }
 

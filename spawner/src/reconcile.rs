@@ -278,6 +278,8 @@ mod tests {
             mtls: None,
             redirect_listen: None,
             hsts: None,
+            alpn: Default::default(),
+            proxy_protocol: Default::default(),
             exit_when_orphaned: false,
         }
     }

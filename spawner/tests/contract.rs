@@ -23,6 +23,7 @@ use shared::dns::{DnsName, SanName};
 use shared::identity::{CommonName, DnsPattern, Identities, List, UriPattern};
 use shared::mode::{ClientAuthMode, Mode};
 use shared::parse::MaxAge;
+use shared::proto::{AlpnId, AlpnList, ProxyProtocol};
 use shared::spec::{Certificate, ClientAuth, SidecarSpec};
 use shared::telemetry::LogFormat;
 
@@ -147,8 +148,36 @@ fn client_auth() -> impl Strategy<Value = ClientAuth> {
     (path(), mode, identities()).prop_map(|(ca, mode, allow)| ClientAuth { ca, mode, allow })
 }
 
-/// Every spec a spawner can send: any value of each type, with the one cross-setting rule the
-/// spawner enforces on labels too (HSTS only in http mode).
+/// ALPN protocol ids: registered ones, and any printable text the grammar admits (up to the
+/// 255-byte limit).
+fn alpn_id() -> impl Strategy<Value = AlpnId> {
+    prop_oneof![
+        4 => prop_oneof![Just("h2"), Just("http/1.1"), Just("acme-tls/1"), Just("imap")]
+            .prop_map(|s| s.parse::<AlpnId>().expect("registered id")),
+        2 => parsed::<AlpnId>("[!-+\\--~]{1,24}"),
+        1 => parsed::<AlpnId>("[a-z]{250,255}"),
+    ]
+}
+
+fn alpn_list() -> impl Strategy<Value = AlpnList> {
+    prop::collection::vec(alpn_id(), 0..4).prop_map(|mut ids| {
+        let mut seen = std::collections::HashSet::new();
+        ids.retain(|id| seen.insert(id.clone()));
+        AlpnList(ids)
+    })
+}
+
+fn proxy_protocol() -> impl Strategy<Value = ProxyProtocol> {
+    prop_oneof![
+        Just(ProxyProtocol::Off),
+        Just(ProxyProtocol::V1),
+        Just(ProxyProtocol::V2)
+    ]
+}
+
+/// Every spec a spawner can send: any value of each type, with the cross-setting rules the
+/// spawner enforces on labels too (HSTS only in http mode; ALPN and PROXY protocol only in tcp
+/// mode).
 fn spec() -> impl Strategy<Value = SidecarSpec> {
     let mode = prop_oneof![Just(Mode::Http), Just(Mode::Tcp)];
     let log_format = prop_oneof![Just(LogFormat::Text), Just(LogFormat::Json)];
@@ -161,12 +190,14 @@ fn spec() -> impl Strategy<Value = SidecarSpec> {
             prop::option::of(any::<u64>().prop_map(MaxAge)),
         ),
         (grace, log_format, any::<bool>()),
+        (alpn_list(), proxy_protocol()),
     )
         .prop_map(
             |(
                 (listen, backend, mode, certificate),
                 (client_auth, redirect_listen, hsts),
                 (shutdown_grace, log_format, exit_when_orphaned),
+                (alpn, proxy_protocol),
             )| SidecarSpec {
                 listen,
                 backend,
@@ -175,6 +206,16 @@ fn spec() -> impl Strategy<Value = SidecarSpec> {
                 client_auth,
                 redirect_listen,
                 hsts: hsts.filter(|_| mode == Mode::Http),
+                alpn: if mode == Mode::Tcp {
+                    alpn
+                } else {
+                    AlpnList::default()
+                },
+                proxy_protocol: if mode == Mode::Tcp {
+                    proxy_protocol
+                } else {
+                    ProxyProtocol::Off
+                },
                 shutdown_grace,
                 log_format,
                 exit_when_orphaned,
@@ -281,6 +322,26 @@ fn labels() -> impl Strategy<Value = HashMap<String, String>> {
             identities().prop_map(|i| i.uri.to_string()).boxed(),
         ),
     ];
+    // The tcp-mode labels: refused with mode http, so they mostly come with mode tcp.
+    let tcp: Vec<(&str, BoxedStrategy<String>)> = vec![
+        (
+            "alpn",
+            prop_oneof![
+                4 => alpn_list().prop_map(|l| l.to_string()),
+                1 => Just(" h2 , http/1.1,".to_string()),
+                1 => Just("h2,h2".to_string()),
+            ]
+            .boxed(),
+        ),
+        (
+            "proxy-protocol",
+            prop_oneof![
+                4 => proxy_protocol().prop_map(|p| p.to_string()),
+                1 => Just(" v2 ".to_string()),
+            ]
+            .boxed(),
+        ),
+    ];
     let optional = |choices: Vec<(&'static str, BoxedStrategy<String>)>| -> Vec<BoxedStrategy<Option<(String, String)>>> {
         choices
             .into_iter()
@@ -299,14 +360,26 @@ fn labels() -> impl Strategy<Value = HashMap<String, String>> {
             pairs
         }),
     ];
-    (optional(choices), mtls).prop_map(|(pairs, mtls)| {
-        let mut labels: HashMap<String, String> = pairs.into_iter().chain(mtls).flatten().collect();
-        labels.insert(
-            "tls-sidecar.proxy-image".into(),
-            "tls-sidecar/sidecar:test".into(),
-        );
-        labels
-    })
+    let tcp = prop_oneof![
+        2 => Just(Vec::new()),
+        1 => optional(tcp),
+    ];
+    (optional(choices), mtls, tcp, prop::bool::weighted(0.8)).prop_map(
+        |(pairs, mtls, tcp, as_tcp)| {
+            let mut labels: HashMap<String, String> =
+                pairs.into_iter().chain(mtls).flatten().collect();
+            if tcp.iter().any(Option::is_some) && as_tcp {
+                labels.insert("tls-sidecar.mode".into(), "tcp".into());
+                labels.remove("tls-sidecar.hsts");
+            }
+            labels.extend(tcp.into_iter().flatten());
+            labels.insert(
+                "tls-sidecar.proxy-image".into(),
+                "tls-sidecar/sidecar:test".into(),
+            );
+            labels
+        },
+    )
 }
 
 #[test]
