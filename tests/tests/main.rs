@@ -17,6 +17,7 @@ mod sidecar_redirect;
 mod sidecar_shutdown;
 mod sidecar_smuggling;
 mod sidecar_tcp;
+mod sidecar_tcp_proto;
 mod sidecar_tls;
 mod spawner;
 mod spawner_admin;
