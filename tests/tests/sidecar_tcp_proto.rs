@@ -109,6 +109,22 @@ async fn tcp_mode_offers_the_alpn_list_in_its_order() {
     let h1 = client::config(Trust::AnyCert, &["http/1.1"]);
     let tls = client::tls_connect(sc.addr(), "localhost", h1).await;
     assert_eq!(client::alpn(&tls).as_deref(), Some("http/1.1"));
+    // A client offering no ALPN connects without; one offering none of the list is refused.
+    let none = client::config(Trust::AnyCert, &[]);
+    let tls = client::tls_connect(sc.addr(), "localhost", none).await;
+    assert_eq!(client::alpn(&tls), None);
+    let other = client::config(Trust::AnyCert, &["imap"]);
+    let refused = within(
+        STEP,
+        "the handshake offering only imap",
+        client::try_tls_connect(sc.addr(), "localhost", other),
+    )
+    .await
+    .expect_err("no protocol in common");
+    assert!(
+        format!("{refused:?}").contains("NoApplicationProtocol"),
+        "{refused:?}"
+    );
 }
 
 #[tokio::test]
