@@ -197,6 +197,31 @@ mod tests {
         assert_eq!(relay.await.expect("join").expect("relay ok"), (4, 4));
     }
 
+    #[tokio::test]
+    async fn the_preamble_reaches_the_backend_before_any_relayed_byte() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let backend: Backend = port.to_string().parse().expect("backend");
+        let header = b"PROXY TCP4 127.0.0.2 127.0.0.1 1 2\r\n";
+        let limit = Duration::from_secs(5);
+        let (stream, accepted) = tokio::join!(
+            connect_with(&backend, limit, header),
+            tokio::time::timeout(limit, listener.accept())
+        );
+        let mut stream = stream.expect("connect and write");
+        let (mut peer, _) = accepted.expect("in time").expect("accept");
+        stream.write_all(b"hello").await.expect("write");
+        stream.shutdown().await.expect("shutdown");
+        let mut got = Vec::new();
+        tokio::time::timeout(limit, peer.read_to_end(&mut got))
+            .await
+            .expect("in time")
+            .expect("read");
+        assert_eq!(got, [&header[..], b"hello"].concat());
+    }
+
     #[tokio::test(start_paused = true)]
     async fn idle_relay_is_closed() {
         let (client, _client_peer) = tokio::io::duplex(64);
