@@ -152,8 +152,9 @@ async fn connection(
     ticket: Ticket,
 ) {
     let _active = shared.metrics.connection_opened();
-    // Read before the handshake: the PROXY header names the address the client connected to.
-    let local = stream.local_addr();
+    // Read before the handshake, and only when needed (one syscall): the PROXY header names the
+    // address the client connected to.
+    let local = (shared.config.proxy_protocol != ProxyProtocol::Off).then(|| stream.local_addr());
     if let Err(error) = stream.set_nodelay(true) {
         debug!(%error, "set_nodelay failed");
     }
@@ -202,8 +203,8 @@ async fn connection(
             ticket.set_phase(Phase::Pinned);
             let config = &shared.config;
             let preamble = match (config.proxy_protocol, local) {
-                (ProxyProtocol::Off, _) => Vec::new(),
-                (version, Ok(local)) => {
+                (ProxyProtocol::Off, _) | (_, None) => Vec::new(),
+                (version, Some(Ok(local))) => {
                     let origin = proxy_protocol::Origin {
                         client: peer,
                         local,
@@ -211,7 +212,7 @@ async fn connection(
                     };
                     proxy_protocol::header(version, &origin).unwrap_or_default()
                 }
-                (_, Err(error)) => {
+                (_, Some(Err(error))) => {
                     // Without its own address the header would lie to the backend.
                     warn!(%error, "cannot read the connection's local address for the PROXY header");
                     return;
