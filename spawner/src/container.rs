@@ -48,7 +48,14 @@ pub fn sidecar_spec(cfg: &Config, target: &TargetSpec, use_certs: bool) -> Sidec
         };
         Certificate::Files { cert, key }
     } else {
-        let mut names = vec![SanName::Dns(target.hostname.clone())];
+        // As the sidecar reads it back: a hostname that is an IPv4 literal (`10.0.0.1`, a valid
+        // DNS name) is an IP address SAN.
+        let first = target
+            .hostname
+            .as_str()
+            .parse::<SanName>()
+            .unwrap_or_else(|_| SanName::Dns(target.hostname.clone()));
+        let mut names = vec![first];
         for extra in ["localhost", "127.0.0.1"] {
             if let Ok(name) = extra.parse::<SanName>() {
                 if !names.contains(&name) {
@@ -300,6 +307,19 @@ mod tests {
                 .any(|e| e.starts_with("SIDECAR_ALPN") || e.starts_with("SIDECAR_PROXY_PROTOCOL")),
             "nothing unasked: {plain:?}"
         );
+    }
+
+    #[test]
+    fn a_hostname_that_is_an_ipv4_literal_is_an_ip_san() {
+        let spec = TargetSpec {
+            hostname: "10.0.0.1".parse().unwrap(),
+            ..spec()
+        };
+        let names = match sidecar_spec(&cfg(&[]), &spec, false).certificate {
+            Certificate::SelfSigned { names } => names,
+            other => panic!("self-signed expected, got {other:?}"),
+        };
+        assert_eq!(names[0], SanName::Ip("10.0.0.1".parse().unwrap()));
     }
 
     #[test]

@@ -89,8 +89,14 @@ fn listen() -> impl Strategy<Value = ListenAddr> {
 
 const LABEL: &str = "[a-zA-Z0-9_]([a-zA-Z0-9_-]{0,20}[a-zA-Z0-9_])?";
 
+/// DNS names that are not IPv4 literals: `0.0.0.0` is a valid DnsName, but every parser that
+/// takes a name or an address (backend hosts, certificate names) reads it as the address, so no
+/// flag or label can give such a name where an address is also allowed.
 fn dns_name() -> impl Strategy<Value = DnsName> {
     parsed(prop::collection::vec(LABEL, 1..5).prop_map(|labels| labels.join(".")))
+        .prop_filter("an IPv4 literal is read as an address", |n: &DnsName| {
+            n.as_str().parse::<IpAddr>().is_err()
+        })
 }
 
 fn backend() -> impl Strategy<Value = BackendAddr> {
@@ -266,6 +272,7 @@ fn labels() -> impl Strategy<Value = HashMap<String, String>> {
     .boxed();
     let names = prop_oneof![
         12 => dns_name().prop_map(|n| n.to_string()),
+        1 => Just("10.0.0.1".to_string()),
         1 => Just("*.example.com".to_string()),
         1 => "[a-z]{64}".prop_map(String::from),
     ]
