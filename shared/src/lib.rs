@@ -2,8 +2,10 @@
 //! (label and environment names in [`schema`]; one type per value that crosses from a label to a
 //! sidecar, each with one parser and one rendering, in [`addr`], [`dns`], [`identity`], [`mode`],
 //! [`parse`] and [`proto`]; what one sidecar is told, [`spec::SidecarSpec`]), logging setup, the capped
-//! backoff both use for retries, and the shutdown signal.
+//! backoff both use for retries, the
+//! one accept loop of every listener, log throttling, and the shutdown signal.
 
+pub mod accept;
 pub mod addr;
 pub mod backoff;
 pub mod dns;
@@ -15,3 +17,4 @@ pub mod schema;
 pub mod shutdown;
 pub mod spec;
 pub mod telemetry;
+pub mod throttle;

@@ -16,8 +16,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use crate::accept::{self, Accepted};
 use crate::metrics::Metrics;
+use shared::accept::{self, Accepted};
 
 /// Admin requests are tiny; a client that cannot send one in this time is not a scraper.
 const ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(5);

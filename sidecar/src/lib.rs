@@ -5,7 +5,6 @@
 //! [`tls::CertStore`] and swaps it on SIGHUP or file changes; [`mtls`] verifies client
 //! certificates; [`redirect`] is the plain-HTTP redirect listener beside the admin one.
 
-pub mod accept;
 pub mod activity;
 pub mod admin;
 pub mod admission;

@@ -34,8 +34,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::accept::{self, Accepted};
 use crate::error::ConfigError;
+use shared::accept::{self, Accepted};
 
 /// The directories from the webroot down to challenge files (certbot's `--webroot` layout),
 /// opened one at a time so none of them can be a symlink.

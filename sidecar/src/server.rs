@@ -12,7 +12,6 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 
-use crate::accept::{self, Accepted};
 use crate::activity::Activity;
 use crate::admission::{Admission, Limits, Phase, Ticket};
 use crate::config::{Config, Mode, ProxyProtocol};
@@ -20,6 +19,7 @@ use crate::http::Proxy;
 use crate::metrics::Metrics;
 use crate::mtls::ClientIdentity;
 use crate::proxy_protocol;
+use shared::accept::{self, Accepted};
 
 /// Binds a listening socket with a listen backlog of `backlog` (`--listen-backlog`; the kernel
 /// caps it at net.core.somaxconn). `SO_REUSEADDR` as usual for servers, so a restart does not

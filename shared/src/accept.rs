@@ -11,7 +11,7 @@
 //!   slot under its limit, or out a backoff.
 //! - An optional connection limit: a slot (a semaphore permit, moved into the connection's task)
 //!   is taken before accepting, so at the limit connections wait in the kernel's listen backlog.
-//!   The TLS listener has none here: [`crate::admission`] decides its slots after the accept,
+//!   The TLS listener has none here: the sidecar's admission decides its slots after the accept,
 //!   because it may close another connection to make room, and needs the new one's address.
 //!
 //! [`Listener::accept`] is the loop; each listener's own `while let` only hands connections to
@@ -23,7 +23,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use shared::backoff::{Backoff, Retry};
+use crate::backoff::{Backoff, Retry};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
