@@ -19,6 +19,30 @@ pub async fn within<F: Future>(limit: Duration, what: &str, fut: F) -> F::Output
     }
 }
 
+/// Reads until the peer closes, for at most `limit` (panicking naming `what`). A TCP close
+/// without TLS close_notify also counts as the end: the bytes are what the user sees.
+pub async fn read_to_close(
+    limit: Duration,
+    what: &str,
+    mut rd: impl tokio::io::AsyncRead + Unpin,
+) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 64 * 1024];
+    within(limit, what, async {
+        loop {
+            match rd.read(&mut buf).await {
+                Ok(0) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+                Err(e) => panic!("reading {what}: {e}"),
+            }
+        }
+    })
+    .await;
+    out
+}
+
 /// Re-evaluates `check` until it returns `Some`, panicking naming `what` once `limit` has passed.
 pub async fn poll_until<T>(limit: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
     let deadline = tokio::time::Instant::now() + limit;

@@ -5,30 +5,16 @@ use std::sync::Arc;
 use harness::backend::{pattern, refused_addr, TcpBackend};
 use harness::client::{self, Trust};
 use harness::sidecar::Sidecar;
-use harness::wait::{within, STEP};
+use harness::wait::{self, within, STEP};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 fn no_alpn() -> Arc<rustls::ClientConfig> {
     client::config(Trust::AnyCert, &[])
 }
 
-/// Reads until the peer closes. A TCP close without TLS close_notify also counts as the end,
-/// since the bytes are what the user sees.
-async fn read_to_close(mut rd: impl AsyncRead + Unpin) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut buf = [0u8; 64 * 1024];
-    within(STEP, "the stream to be closed by the sidecar", async {
-        loop {
-            match rd.read(&mut buf).await {
-                Ok(0) => break,
-                Ok(n) => out.extend_from_slice(&buf[..n]),
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
-                Err(e) => panic!("reading from the sidecar: {e}"),
-            }
-        }
-    })
-    .await;
-    out
+/// Reads until the sidecar closes the stream.
+async fn read_to_close(rd: impl AsyncRead + Unpin) -> Vec<u8> {
+    wait::read_to_close(STEP, "the stream to be closed by the sidecar", rd).await
 }
 
 #[tokio::test]

@@ -14,7 +14,7 @@ use harness::haproxy::{fields, Haproxy, ANSWER};
 use harness::issuer::{Spec, TestCa};
 use harness::mtls::client_config;
 use harness::sidecar::{run_expect_fail, Sidecar};
-use harness::wait::{within, STEP};
+use harness::wait::{read_to_close, within, STEP};
 use rustls::pki_types::ServerName;
 use rustls::ClientConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -55,19 +55,7 @@ async fn http_get(mut tls: TlsStream<TcpStream>) -> String {
     tls.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         .await
         .expect("write request");
-    let mut raw = Vec::new();
-    within(ANSWER, "HAProxy's answer through the sidecar", async {
-        let mut buf = [0u8; 4096];
-        loop {
-            match tls.read(&mut buf).await {
-                Ok(0) => break,
-                Ok(n) => raw.extend_from_slice(&buf[..n]),
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
-                Err(e) => panic!("reading HAProxy's answer: {e}"),
-            }
-        }
-    })
-    .await;
+    let raw = read_to_close(ANSWER, "HAProxy's answer through the sidecar", tls).await;
     let text = String::from_utf8_lossy(&raw).into_owned();
     assert!(
         text.starts_with("HTTP/1.1 200"),
