@@ -47,19 +47,17 @@ fn sidecars_for(engine: &PrivateEngine, prefix: &str, id: &str) -> Vec<(String, 
         .collect()
 }
 
-/// The network namespace of a running container (its inode, as `net:[...]`), if running.
-fn netns_of(engine: &PrivateEngine, container: &str) -> Option<String> {
-    let pid = engine.pid_of(container);
-    (pid != 0)
-        .then(|| std::fs::read_link(format!("/proc/{pid}/ns/net")).ok())
-        .flatten()
-        .map(|p| p.display().to_string())
+/// The container's current start (`State.StartedAt`): a restarted container has a new one, and a
+/// new network namespace with it. (Namespace inode numbers are not compared: the kernel reuses
+/// them once the old namespaces are gone, so an unchanged number proves nothing.)
+fn started_at(engine: &PrivateEngine, container: &str) -> String {
+    engine.docker_ok(&["inspect", "--format", "{{.State.StartedAt}}", container])
 }
 
 /// Whether target `id` is served right now: exactly one running sidecar, made for the target's
 /// current start (so joined to its current namespace), answering TLS inside that namespace.
 fn served_now(engine: &PrivateEngine, prefix: &str, id: &str) -> bool {
-    let started = engine.docker_ok(&["inspect", "--format", "{{.State.StartedAt}}", id]);
+    let started = started_at(engine, id);
     let sidecars = sidecars_for(engine, prefix, id);
     sidecars.len() == 1
         && sidecars[0].1 == started
@@ -82,17 +80,19 @@ fn after_an_engine_restart_every_target_is_served_again_in_its_new_namespace() {
             served_now(&engine, &prefix, id).then_some(())
         });
     }
-    let before: Vec<Option<String>> = targets.iter().map(|t| netns_of(&engine, t)).collect();
+    let before: Vec<String> = targets.iter().map(|t| started_at(&engine, t)).collect();
 
     engine.stop();
     let back = engine.start_again();
-    for (id, old_ns) in targets.iter().zip(&before) {
+    for (id, old_start) in targets.iter().zip(&before) {
         poll(
             SWARM_STEP,
             "target served again in a new namespace after the engine restart",
             || {
-                let ns = netns_of(&engine, id);
-                (ns.is_some() && ns != *old_ns && served_now(&engine, &prefix, id)).then_some(())
+                // served_now also checks the sidecar was made for this start and answers TLS inside
+                // the target's current namespace.
+                let restarted = started_at(&engine, id) != *old_start;
+                (restarted && served_now(&engine, &prefix, id)).then_some(())
             },
         );
     }
