@@ -77,6 +77,8 @@ struct Daemon {
     /// Per sidecar: the digest of the certificate bundle last delivered into it
     /// ([`crate::delivery`]), so a resync delivers again only what changed.
     delivered: Mutex<HashMap<String, u64>>,
+    /// Per sidecar: the last re-delivery failure logged (see `redelivery_failed`).
+    redelivery_errors: Mutex<HashMap<String, String>>,
     pulls: Arc<Mutex<HashMap<String, Pull>>>,
     reported: HashMap<String, String>,
     /// Containers the event stream reported down (shared with the watcher).
@@ -163,6 +165,7 @@ pub async fn run(
         wake: wake.clone(),
         holds: Mutex::default(),
         delivered: Mutex::default(),
+        redelivery_errors: Mutex::default(),
         pulls: Arc::default(),
         reported: HashMap::new(),
         seen,
@@ -700,6 +703,16 @@ impl Daemon {
             return Ok(());
         };
         let bundle = read_bundle(dir, spec, with_pair).await?;
+        self.upload_bundle(sidecar_id, dir, &bundle).await
+    }
+
+    /// Writes a bundle already read into the sidecar's volume and records its digest.
+    async fn upload_bundle(
+        &self,
+        sidecar_id: &str,
+        dir: &str,
+        bundle: &delivery::Bundle,
+    ) -> Result<(), Error> {
         if !bundle.is_empty() {
             let archive = bundle.tar().map_err(|e| delivery::DeliveryError {
                 path: dir.into(),
@@ -711,6 +724,17 @@ impl Daemon {
         }
         lock(&self.delivered).insert(sidecar_id.to_string(), bundle.digest());
         Ok(())
+    }
+
+    /// A failed re-delivery, logged when its cause differs from the last one logged for this
+    /// sidecar: a broken file costs one line, not one per resync.
+    fn redelivery_failed(&self, sidecar: &str, sidecar_id: &str, error: &Error) {
+        let text = error.to_string();
+        let mut last = lock(&self.redelivery_errors);
+        if last.get(sidecar_id) != Some(&text) {
+            tracing::warn!(sidecar, error = %text, "cannot deliver certificates again; the sidecar keeps what it has");
+            last.insert(sidecar_id.to_string(), text);
+        }
     }
 
     /// At a resync: every running sidecar whose target's files changed since they were delivered
@@ -732,7 +756,9 @@ impl Daemon {
             .filter(|s| s.state == SidecarState::Running)
             .filter_map(|s| Some((s, *specs.get(s.target_id.as_str())?)))
             .collect();
-        lock(&self.delivered).retain(|id, _| running.iter().any(|(s, _)| &s.id == id));
+        let gone = |id: &String| !running.iter().any(|(s, _)| &s.id == id);
+        lock(&self.delivered).retain(|id, _| !gone(id));
+        lock(&self.redelivery_errors).retain(|id, _| !gone(id));
         let source_key = shared::schema::label_name(&self.cfg.label_prefix, cert_source::LABEL);
         for (sidecar, spec) in running {
             let given_files = self
@@ -754,21 +780,20 @@ impl Daemon {
             let bundle = match read_bundle(dir, spec, given_files).await {
                 Ok(b) => b,
                 Err(e) => {
-                    tracing::warn!(sidecar = %sidecar.name, error = %e, "cannot deliver certificates again; the sidecar keeps what it has");
+                    self.redelivery_failed(&sidecar.name, &sidecar.id, &e.into());
                     continue;
                 }
             };
             if lock(&self.delivered).get(&sidecar.id) == Some(&bundle.digest()) {
                 continue;
             }
-            match self.deliver(&sidecar.id, spec, given_files).await {
+            match self.upload_bundle(&sidecar.id, dir, &bundle).await {
                 Ok(()) => {
+                    lock(&self.redelivery_errors).remove(&sidecar.id);
                     tracing::info!(sidecar = %sidecar.name, "certificates delivered (changed since last delivery, or first look since start)")
                 }
                 Err(e) if e.is_transport() => return Err(e),
-                Err(e) => {
-                    tracing::warn!(sidecar = %sidecar.name, error = %e, "cannot deliver certificates again; the sidecar keeps what it has")
-                }
+                Err(e) => self.redelivery_failed(&sidecar.name, &sidecar.id, &e),
             }
         }
         Ok(())
