@@ -1,6 +1,7 @@
-//! Protocol settings of tcp mode both binaries read: the ALPN protocols a sidecar offers
+//! Protocol settings both binaries read: in tcp mode, the ALPN protocols a sidecar offers
 //! (`--alpn`, the `alpn` label) and whether it sends a PROXY protocol header to its backend
-//! (`--proxy-protocol`, the `proxy-protocol` label).
+//! (`--proxy-protocol`, the `proxy-protocol` label); in http mode, the HTTP version it speaks
+//! to its backend (`--backend-protocol`, the `backend-protocol` label).
 
 use std::fmt;
 use std::str::FromStr;
@@ -132,6 +133,47 @@ impl fmt::Display for ProxyProtocol {
     }
 }
 
+/// The HTTP version an http-mode sidecar speaks to its backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum BackendProtocol {
+    /// gRPC requests (`content-type: application/grpc` or `application/grpc+...`) over HTTP/2
+    /// cleartext with prior knowledge, every other request over HTTP/1.1.
+    #[default]
+    Auto,
+    /// Every request over HTTP/1.1.
+    Http1,
+    /// Every request over HTTP/2 cleartext with prior knowledge (h2c).
+    H2c,
+}
+
+impl BackendProtocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendProtocol::Auto => "auto",
+            BackendProtocol::Http1 => "http1",
+            BackendProtocol::H2c => "h2c",
+        }
+    }
+}
+
+impl FromStr for BackendProtocol {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text.trim() {
+            "auto" => Ok(BackendProtocol::Auto),
+            "http1" => Ok(BackendProtocol::Http1),
+            "h2c" => Ok(BackendProtocol::H2c),
+            other => Err(format!("expected auto, http1 or h2c, got {other:?}")),
+        }
+    }
+}
+
+impl fmt::Display for BackendProtocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,6 +200,21 @@ mod tests {
         assert_eq!(" v2 ".parse::<ProxyProtocol>(), Ok(ProxyProtocol::V2));
         for bad in ["", "on", "V1", "2"] {
             assert!(bad.parse::<ProxyProtocol>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn backend_protocol_parses_and_renders() {
+        for p in [
+            BackendProtocol::Auto,
+            BackendProtocol::Http1,
+            BackendProtocol::H2c,
+        ] {
+            assert_eq!(p.to_string().parse::<BackendProtocol>(), Ok(p));
+        }
+        assert_eq!(BackendProtocol::default(), BackendProtocol::Auto);
+        for bad in ["", "h2", "HTTP1", "http/1.1", "grpc"] {
+            assert!(bad.parse::<BackendProtocol>().is_err(), "{bad:?}");
         }
     }
 }

@@ -32,6 +32,8 @@ pub mod env {
     pub const ALPN: &str = "SIDECAR_ALPN";
     /// tcp mode: `off`, `v1` or `v2`: the PROXY protocol header sent to the backend.
     pub const PROXY_PROTOCOL: &str = "SIDECAR_PROXY_PROTOCOL";
+    /// http mode: `auto`, `http1` or `h2c`: the HTTP version spoken to the backend.
+    pub const BACKEND_PROTOCOL: &str = "SIDECAR_BACKEND_PROTOCOL";
     /// `true`: exit 0 once the network namespace loses every interface but `lo` (its container
     /// is gone). The spawner sets it for targets with a network of their own.
     pub const EXIT_WHEN_ORPHANED: &str = "SIDECAR_EXIT_WHEN_ORPHANED";
@@ -86,6 +88,8 @@ pub mod label {
     pub const ALPN: &str = "alpn";
     /// On a target (mode tcp): `off`, `v1` or `v2`: PROXY protocol header to the backend.
     pub const PROXY_PROTOCOL: &str = "proxy-protocol";
+    /// On a target (mode http): `auto`, `http1` or `h2c`: HTTP version to the backend.
+    pub const BACKEND_PROTOCOL: &str = "backend-protocol";
     /// On a sidecar: the full ID of the target it serves.
     pub const SIDECAR_FOR: &str = "sidecar-for";
     /// On a sidecar: who created it (always `spawner`).

@@ -14,7 +14,7 @@ use crate::dns::SanName;
 use crate::identity::Identities;
 use crate::mode::{ClientAuthMode, Mode};
 use crate::parse::{render_duration, MaxAge};
-use crate::proto::{AlpnList, ProxyProtocol};
+use crate::proto::{AlpnList, BackendProtocol, ProxyProtocol};
 use crate::schema::{env, CERTS_MOUNT};
 use crate::telemetry::LogFormat;
 
@@ -29,6 +29,8 @@ pub struct SidecarSpec {
     pub client_auth: Option<ClientAuth>,
     pub redirect_listen: Option<ListenAddr>,
     pub hsts: Option<MaxAge>,
+    /// http mode: the HTTP version spoken to the backend.
+    pub backend_protocol: BackendProtocol,
     /// tcp mode: ALPN protocols offered (empty: none).
     pub alpn: AlpnList,
     /// tcp mode: PROXY protocol header to the backend.
@@ -93,6 +95,9 @@ impl SidecarSpec {
         }
         if let Some(max_age) = self.hsts {
             out.push((env::HSTS, max_age.to_string()));
+        }
+        if self.backend_protocol != BackendProtocol::Auto {
+            out.push((env::BACKEND_PROTOCOL, self.backend_protocol.to_string()));
         }
         if !self.alpn.is_empty() {
             out.push((env::ALPN, self.alpn.to_string()));
@@ -209,6 +214,7 @@ mod tests {
             client_auth: None,
             redirect_listen: None,
             hsts: None,
+            backend_protocol: BackendProtocol::Auto,
             alpn: AlpnList::default(),
             proxy_protocol: ProxyProtocol::Off,
             shutdown_grace: Duration::from_secs(10),
@@ -229,10 +235,15 @@ mod tests {
         let spec = SidecarSpec {
             alpn: "h2,http/1.1".parse().expect("alpn"),
             proxy_protocol: ProxyProtocol::V2,
+            backend_protocol: BackendProtocol::H2c,
             ..spec
         };
         let env = spec.to_env_strings();
-        for want in ["SIDECAR_ALPN=h2,http/1.1", "SIDECAR_PROXY_PROTOCOL=v2"] {
+        for want in [
+            "SIDECAR_ALPN=h2,http/1.1",
+            "SIDECAR_PROXY_PROTOCOL=v2",
+            "SIDECAR_BACKEND_PROTOCOL=h2c",
+        ] {
             assert!(env.iter().any(|e| e == want), "{want} missing from {env:?}");
         }
     }

@@ -15,7 +15,7 @@ use shared::dns::SanName;
 use shared::identity::{CommonName, DnsPattern, Identities, List, UriPattern};
 pub use shared::mode::{ClientAuthMode, Mode};
 use shared::parse::{duration, MaxAge};
-pub use shared::proto::{AlpnList, ProxyProtocol};
+pub use shared::proto::{AlpnList, BackendProtocol, ProxyProtocol};
 use shared::schema::env;
 use shared::spec::{self, Certificate, SidecarSpec};
 use shared::telemetry::LogFormat;
@@ -51,10 +51,17 @@ pub struct Cli {
     #[arg(long, env = env::BACKEND, value_name = "ADDR", value_parser = BackendAddr::from_str)]
     pub backend: Option<BackendAddr>,
 
-    /// What to proxy: `http` (HTTP/1.1 and HTTP/2 in front, HTTP/1.1 to the backend) or `tcp`
-    /// (raw bytes)
+    /// What to proxy: `http` (HTTP/1.1 and HTTP/2 in front; to the backend as
+    /// --backend-protocol says) or `tcp` (raw bytes)
     #[arg(long, env = env::MODE, value_name = "MODE", value_parser = Mode::from_str, default_value_t = Mode::Http)]
     pub mode: Mode,
+
+    /// http mode: the HTTP version spoken to the backend: `auto` sends gRPC requests
+    /// (`content-type: application/grpc...`) over HTTP/2 cleartext (h2c, prior knowledge) and
+    /// everything else over HTTP/1.1; `http1` sends everything over HTTP/1.1; `h2c` everything
+    /// over HTTP/2. Refused in tcp mode
+    #[arg(long, env = env::BACKEND_PROTOCOL, value_name = "PROTOCOL", value_parser = BackendProtocol::from_str, default_value_t = BackendProtocol::Auto)]
+    pub backend_protocol: BackendProtocol,
 
     /// tcp mode: ALPN protocols offered to clients, in preference order (comma list, e.g.
     /// `h2,http/1.1`; gRPC clients need `h2`). Refused in http mode, which chooses its own
@@ -246,6 +253,8 @@ pub struct Config {
     /// Resolved at connect time when it is a name.
     pub backend: BackendAddr,
     pub mode: Mode,
+    /// HTTP version to the backend (http mode).
+    pub backend_protocol: BackendProtocol,
     /// ALPN protocols offered in tcp mode (empty: none); http mode always offers h2, http/1.1.
     pub alpn: AlpnList,
     /// PROXY protocol header sent to the backend in tcp mode.
@@ -370,6 +379,13 @@ impl Cli {
         }
 
         let alpn = self.alpn.unwrap_or_default();
+        if self.mode == Mode::Tcp && self.backend_protocol != BackendProtocol::Auto {
+            return Err(ConfigError::Invalid {
+                flag: "--backend-protocol",
+                value: self.backend_protocol.to_string(),
+                reason: "needs --mode http: tcp mode relays bytes and speaks no HTTP".to_string(),
+            });
+        }
         if self.mode == Mode::Http {
             if !alpn.is_empty() {
                 return Err(ConfigError::Invalid {
@@ -445,6 +461,7 @@ impl Cli {
             listen,
             backend,
             mode: self.mode,
+            backend_protocol: self.backend_protocol,
             alpn,
             proxy_protocol: self.proxy_protocol,
             certs,
@@ -582,6 +599,7 @@ impl Config {
             }),
             redirect_listen: self.redirect.as_ref().map(|r| r.listen.into()),
             hsts: self.hsts.map(|h| MaxAge(h.max_age)),
+            backend_protocol: self.backend_protocol,
             alpn: self.alpn.clone(),
             proxy_protocol: self.proxy_protocol,
             shutdown_grace: self.shutdown_grace,
@@ -752,6 +770,23 @@ mod tests {
         assert!(err.to_string().contains("--hsts"), "{err}");
         let err = config(&["--hsts", "1d", "--mode", "tcp"], &[]).expect_err("http only");
         assert!(err.to_string().contains("--mode http"), "{err}");
+    }
+
+    #[test]
+    fn backend_protocol_is_an_http_mode_setting() {
+        let c = config(&[], &[]).expect("defaults");
+        assert_eq!(c.backend_protocol, BackendProtocol::Auto);
+        let c = config(&["--backend-protocol", "h2c"], &[]).expect("h2c");
+        assert_eq!(c.backend_protocol, BackendProtocol::H2c);
+        let c = config(&["--backend-protocol", "http1"], &[]).expect("http1");
+        assert_eq!(c.backend_protocol, BackendProtocol::Http1);
+        let err = config(&["--mode", "tcp", "--backend-protocol", "h2c"], &[]).expect_err("tcp");
+        assert!(
+            err.to_string().contains("--backend-protocol")
+                && err.to_string().contains("--mode http"),
+            "{err}"
+        );
+        assert!(Cli::try_parse_from(["sidecar", "--backend-protocol", "h2"]).is_err());
     }
 
     #[test]

@@ -77,6 +77,7 @@ pub fn sidecar_spec(cfg: &Config, target: &TargetSpec, use_certs: bool) -> Sidec
         }),
         redirect_listen: target.redirect_listen,
         hsts: target.hsts,
+        backend_protocol: target.backend_protocol,
         alpn: target.alpn.clone(),
         proxy_protocol: target.proxy_protocol,
         // Whole seconds, at least one: the engine's stop timeout is in seconds.
@@ -175,6 +176,7 @@ mod tests {
             mtls: None,
             redirect_listen: None,
             hsts: None,
+            backend_protocol: Default::default(),
             alpn: Default::default(),
             proxy_protocol: Default::default(),
             exit_when_orphaned: false,

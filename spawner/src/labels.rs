@@ -10,7 +10,7 @@ use shared::dns::DnsName;
 use shared::identity::{CommonName, DnsPattern, Identities, List, UriPattern};
 use shared::mode::{ClientAuthMode, Mode};
 use shared::parse::MaxAge;
-use shared::proto::{AlpnList, ProxyProtocol};
+use shared::proto::{AlpnList, BackendProtocol, ProxyProtocol};
 use shared::schema::{label, label_name, BYFAHRER_PROXY_IMAGE_LABEL};
 use shared::spec::MountedPath;
 
@@ -38,6 +38,8 @@ pub struct TargetSpec {
     /// Plain-HTTP redirect listener in the target's namespace.
     pub redirect_listen: Option<ListenAddr>,
     pub hsts: Option<MaxAge>,
+    /// http mode: the HTTP version the sidecar speaks to the backend.
+    pub backend_protocol: BackendProtocol,
     /// tcp mode: ALPN protocols the sidecar offers (empty: none).
     pub alpn: AlpnList,
     /// tcp mode: PROXY protocol header the sidecar sends to the backend.
@@ -160,6 +162,23 @@ fn parse_spec(
         }
     };
 
+    // http-mode setting: refused with mode tcp, as the sidecar refuses the flag; its default
+    // (`auto`) passes, as for the tcp-mode settings below.
+    let backend_protocol: BackendProtocol = match get(label::BACKEND_PROTOCOL) {
+        None => BackendProtocol::Auto,
+        Some((key, v)) => {
+            let protocol: BackendProtocol = typed(&key, v)?;
+            if mode == Mode::Tcp && protocol != BackendProtocol::Auto {
+                return Err(refused(
+                    &key,
+                    v,
+                    "needs mode http: tcp mode relays bytes and speaks no HTTP",
+                ));
+            }
+            protocol
+        }
+    };
+
     // tcp-mode settings: refused with mode http, as the sidecar refuses the flags (http mode
     // chooses its own ALPN and tells the backend the client in X-Forwarded-For). Their
     // defaults (empty, `off`) are what http mode does anyway, so those pass.
@@ -200,6 +219,7 @@ fn parse_spec(
         mtls: parse_mtls(prefix, labels, certs_mounted)?,
         redirect_listen,
         hsts,
+        backend_protocol,
         alpn,
         proxy_protocol,
         exit_when_orphaned: false,
@@ -737,6 +757,31 @@ mod tests {
             true,
             "tls-sidecar.hsts",
             "needs mode http",
+        );
+    }
+
+    #[test]
+    fn backend_protocol_is_an_http_mode_label() {
+        assert_eq!(accepted(&[]).backend_protocol, BackendProtocol::Auto);
+        let s = accepted(&[("tls-sidecar.backend-protocol", "h2c")]);
+        assert_eq!(s.backend_protocol, BackendProtocol::H2c);
+        let s = accepted(&[("tls-sidecar.backend-protocol", "http1")]);
+        assert_eq!(s.backend_protocol, BackendProtocol::Http1);
+        // The default is what tcp mode does anyway: accepted there.
+        let tcp = ("tls-sidecar.mode", "tcp");
+        let s = accepted(&[tcp, ("tls-sidecar.backend-protocol", "auto")]);
+        assert_eq!(s.backend_protocol, BackendProtocol::Auto);
+        refused(
+            &[tcp, ("tls-sidecar.backend-protocol", "h2c")],
+            true,
+            "tls-sidecar.backend-protocol",
+            "needs mode http",
+        );
+        refused(
+            &[("tls-sidecar.backend-protocol", "grpc")],
+            true,
+            "tls-sidecar.backend-protocol",
+            "expected auto, http1 or h2c",
         );
     }
 

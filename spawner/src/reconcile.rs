@@ -278,6 +278,7 @@ mod tests {
             mtls: None,
             redirect_listen: None,
             hsts: None,
+            backend_protocol: Default::default(),
             alpn: Default::default(),
             proxy_protocol: Default::default(),
             exit_when_orphaned: false,

@@ -23,7 +23,7 @@ use shared::dns::{DnsName, SanName};
 use shared::identity::{CommonName, DnsPattern, Identities, List, UriPattern};
 use shared::mode::{ClientAuthMode, Mode};
 use shared::parse::MaxAge;
-use shared::proto::{AlpnId, AlpnList, ProxyProtocol};
+use shared::proto::{AlpnId, AlpnList, BackendProtocol, ProxyProtocol};
 use shared::spec::{Certificate, ClientAuth, SidecarSpec};
 use shared::telemetry::LogFormat;
 
@@ -181,6 +181,14 @@ fn proxy_protocol() -> impl Strategy<Value = ProxyProtocol> {
     ]
 }
 
+fn backend_protocol() -> impl Strategy<Value = BackendProtocol> {
+    prop_oneof![
+        Just(BackendProtocol::Auto),
+        Just(BackendProtocol::Http1),
+        Just(BackendProtocol::H2c)
+    ]
+}
+
 /// Every spec a spawner can send: any value of each type, with the cross-setting rules the
 /// spawner enforces on labels too (HSTS only in http mode; ALPN and PROXY protocol only in tcp
 /// mode).
@@ -196,14 +204,14 @@ fn spec() -> impl Strategy<Value = SidecarSpec> {
             prop::option::of(any::<u64>().prop_map(MaxAge)),
         ),
         (grace, log_format, any::<bool>()),
-        (alpn_list(), proxy_protocol()),
+        (alpn_list(), proxy_protocol(), backend_protocol()),
     )
         .prop_map(
             |(
                 (listen, backend, mode, certificate),
                 (client_auth, redirect_listen, hsts),
                 (shutdown_grace, log_format, exit_when_orphaned),
-                (alpn, proxy_protocol),
+                (alpn, proxy_protocol, backend_protocol),
             )| SidecarSpec {
                 listen,
                 backend,
@@ -212,6 +220,11 @@ fn spec() -> impl Strategy<Value = SidecarSpec> {
                 client_auth,
                 redirect_listen,
                 hsts: hsts.filter(|_| mode == Mode::Http),
+                backend_protocol: if mode == Mode::Http {
+                    backend_protocol
+                } else {
+                    BackendProtocol::Auto
+                },
                 alpn: if mode == Mode::Tcp {
                     alpn
                 } else {
@@ -303,6 +316,15 @@ fn labels() -> impl Strategy<Value = HashMap<String, String>> {
             ]
             .boxed(),
         ),
+        (
+            "backend-protocol",
+            prop_oneof![
+                8 => backend_protocol().prop_map(|p| p.to_string()),
+                1 => Just(" h2c ".to_string()),
+                1 => Just("h2".to_string()),
+            ]
+            .boxed(),
+        ),
     ];
     // The mutual-TLS labels mostly come as a group (they need `client-ca`), sometimes alone.
     let mtls: Vec<(&str, BoxedStrategy<String>)> = vec![
@@ -371,13 +393,25 @@ fn labels() -> impl Strategy<Value = HashMap<String, String>> {
         2 => Just(Vec::new()),
         1 => optional(tcp),
     ];
-    (optional(choices), mtls, tcp, prop::bool::weighted(0.8)).prop_map(
-        |(pairs, mtls, tcp, as_tcp)| {
+    (
+        optional(choices),
+        mtls,
+        tcp,
+        prop::bool::weighted(0.8),
+        prop::bool::weighted(0.2),
+    )
+        .prop_map(|(pairs, mtls, tcp, as_tcp, keep_http_only)| {
             let mut labels: HashMap<String, String> =
                 pairs.into_iter().chain(mtls).flatten().collect();
+            // The http-mode label mostly comes without mode tcp, sometimes with it (refused).
+            let is_tcp = labels.get("tls-sidecar.mode").map(|m| m.trim()) == Some("tcp");
+            if is_tcp && !keep_http_only {
+                labels.remove("tls-sidecar.backend-protocol");
+            }
             if tcp.iter().any(Option::is_some) && as_tcp {
                 labels.insert("tls-sidecar.mode".into(), "tcp".into());
                 labels.remove("tls-sidecar.hsts");
+                labels.remove("tls-sidecar.backend-protocol");
             }
             labels.extend(tcp.into_iter().flatten());
             labels.insert(
@@ -385,8 +419,7 @@ fn labels() -> impl Strategy<Value = HashMap<String, String>> {
                 "tls-sidecar/sidecar:test".into(),
             );
             labels
-        },
-    )
+        })
 }
 
 #[test]
