@@ -1,6 +1,8 @@
 //! HTTP mode: one TLS connection served with hyper (HTTP/2 or HTTP/1.1, as ALPN chose), every
-//! request forwarded to the backend over pooled HTTP/1.1 keep-alive connections, bodies streamed
-//! both ways, upgrades (WebSocket) relayed as raw bytes.
+//! request forwarded to the backend over pooled HTTP/1.1 keep-alive connections or, for gRPC
+//! (and everything with `--backend-protocol h2c`), over a few shared HTTP/2 cleartext
+//! connections ([`crate::h2pool`]); bodies and trailers streamed both ways, upgrades (WebSocket)
+//! relayed as raw bytes. gRPC rules (routing, deadlines, status answers) are in [`crate::grpc`].
 //!
 //! The request rewriting rules (hop-by-hop headers, forwarding headers, smuggling checks) are
 //! pure functions at the bottom of this file, with unit tests.
@@ -31,6 +33,8 @@ use tracing::{debug, info, warn};
 use crate::activity::{tick_period, Activity, Tracked, Verdict};
 use crate::admission::{Phase, Ticket};
 use crate::config::Config;
+use crate::grpc::{self, Guarded, Route};
+use crate::h2pool::{H2Error, H2Pool};
 use crate::metrics::{BackendError, Metrics, Refusal};
 use crate::mtls::ClientIdentity;
 use crate::throttle::{Escaped, Throttle, LOG_INTERVAL};
@@ -69,13 +73,14 @@ static RESET_LOG: Throttle = Throttle::new(LOG_INTERVAL);
 
 /// Headers that describe one hop and never cross a proxy (RFC 9110 section 7.6.1), plus the
 /// legacy ones proxies traditionally drop too, and `HTTP2-Settings`, which belongs to the h2c
-/// upgrade that is never passed.
-const HOP_BY_HOP: [&str; 9] = [
+/// upgrade that is never passed. `Trailer` is not among them: it announces end-to-end trailer
+/// fields (RFC 9110 section 6.6.2), and HTTP/1.1 carries only announced ones. `TE` is, and is
+/// put back as `TE: trailers` when the client accepts trailers.
+const HOP_BY_HOP: [&str; 8] = [
     "connection",
     "keep-alive",
     "proxy-connection",
     "te",
-    "trailer",
     "transfer-encoding",
     "upgrade",
     "proxy-authorization",
@@ -85,11 +90,13 @@ const HOP_BY_HOP: [&str; 9] = [
 type BackendClient = Client<HttpConnector, Incoming>;
 
 /// The response body the sidecar sends: the backend's streamed body or a short local one.
-pub type ProxyBody = Logged<Either<Incoming, Full<Bytes>>>;
+pub type ProxyBody = Logged<Either<Guarded<Incoming>, Full<Bytes>>>;
 
 /// Shared state of HTTP mode, one per sidecar.
 pub struct Proxy {
     client: BackendClient,
+    /// HTTP/2 cleartext connections, unless `--backend-protocol http1`.
+    h2: Option<H2Pool>,
     backend_authority: String,
     listen_port: u16,
     config: Arc<Config>,
@@ -119,8 +126,11 @@ impl Proxy {
         let hsts = config
             .hsts
             .and_then(|h| HeaderValue::from_str(&h.header_value()).ok());
+        let h2 = (config.backend_protocol != shared::proto::BackendProtocol::Http1)
+            .then(|| H2Pool::new(config.backend.clone(), config.connect_timeout));
         Arc::new(Self {
             client,
+            h2,
             backend_authority: config.backend.authority(),
             listen_port,
             config,
@@ -212,6 +222,7 @@ impl Proxy {
         info: Arc<ConnInfo>,
     ) -> Response<ProxyBody> {
         info.activity.request_started();
+        let grpc = grpc::is_grpc(req.headers());
         let log = AccessLog {
             peer: info.peer,
             // Both are cheap clones (a known method is a tag; a path shares the URI's bytes):
@@ -220,6 +231,9 @@ impl Proxy {
             path: req.uri().path_and_query().cloned(),
             status: 0,
             bytes: 0,
+            grpc,
+            grpc_status: None,
+            finished: false,
             start: Instant::now(),
             activity: info.activity.clone(),
             metrics: self.metrics.clone(),
@@ -260,42 +274,135 @@ impl Proxy {
                 None
             }
         };
-        let req = match self.rewrite(req, &info, host, upgrade.clone()) {
+        // The client's deadline (gRPC only): it bounds the wait for the response head, and the
+        // response body ends with DEADLINE_EXCEEDED when it passes mid-stream. A deadline too
+        // far away to represent is no deadline.
+        let deadline = if grpc {
+            req.headers()
+                .get(grpc::GRPC_TIMEOUT)
+                .and_then(grpc::parse_timeout)
+                .and_then(|d| log.start.checked_add(d))
+        } else {
+            None
+        };
+        let route = if upgrade.is_some() {
+            Route::Http1
+        } else {
+            grpc::route(self.config.backend_protocol, grpc)
+        };
+        // HTTP/2 clients always take trailers; HTTP/1.1 ones when they say `TE: trailers`.
+        let trailers = info.h2 || accepts_trailers(req.headers());
+        let req = match self.rewrite(req, &info, host, upgrade.clone(), route, trailers) {
             Ok(req) => req,
             Err(reason) => return local(StatusCode::BAD_REQUEST, reason, log),
         };
         if upgrade.is_some() {
             return self.upgrade(req, &info, log).await;
         }
-        let exchange = Exchange::new(self.client.request(req), self.config.backend_timeout);
-        match tokio::time::timeout(self.config.backend_timeout, exchange).await {
-            Err(_) => {
-                self.backend_failed(BackendError::Timeout, "backend did not answer in time", log)
-            }
+        let head_by = log.start + self.config.backend_timeout;
+        let (head_by, late) = match deadline {
+            Some(at) if at <= head_by => (at, Failure::Deadline),
+            _ => (head_by, Failure::Backend(BackendError::Timeout)),
+        };
+        let resp = match route {
+            Route::H2c => self.exchange_h2(req, &info, head_by, late).await,
+            Route::Http1 => self.exchange_http1(req, &info, head_by, late).await,
+        };
+        let resp = match resp {
+            Ok(resp) => resp,
+            Err(failure) => return self.failed(failure, log),
+        };
+        let (mut parts, body) = resp.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        if grpc && !info.h2 && parts.headers.contains_key(header::CONTENT_TYPE) {
+            // gRPC status travels in trailers, which HTTP/1.1 sends only when announced.
+            parts
+                .headers
+                .entry(header::TRAILER)
+                .or_insert(HeaderValue::from_static(grpc::TRAILER_NAMES));
+        }
+        respond(parts, Either::Left(Guarded::new(body, deadline)), log)
+    }
+
+    /// One exchange over pooled HTTP/1.1, waiting for the response head until `head_by`; a
+    /// request the client cancels still finishes in the background ([`Exchange`]).
+    async fn exchange_http1(
+        &self,
+        req: Request<Incoming>,
+        info: &ConnInfo,
+        head_by: Instant,
+        late: Failure,
+    ) -> Result<Response<Incoming>, Failure> {
+        let wait = head_by.saturating_duration_since(Instant::now());
+        let exchange = Exchange::new(self.client.request(req), wait);
+        match tokio::time::timeout_at(head_by, exchange).await {
+            Err(_) => Err(late),
             Ok(Err(error)) if error.is_connect() => {
                 if let Some(suppressed) = BACKEND_CONNECT_LOG.ready() {
                     warn!(backend = %self.backend_authority, error = %error_chain(&error), suppressed, "backend connect failed");
                 }
-                self.backend_failed(BackendError::Connect, "backend unreachable", log)
+                Err(Failure::Backend(BackendError::Connect))
             }
             Ok(Err(error)) if is_client_body_error(&error) => {
                 // The client's own body broke the exchange (a malformed chunk, a reset): a
                 // client error, not the backend's.
                 debug!(peer = %info.peer, error = %error_chain(&error), "request body failed");
-                self.metrics.refused(Refusal::Framing);
-                local(StatusCode::BAD_REQUEST, "invalid request body", log)
+                Err(Failure::ClientBody)
             }
             Ok(Err(error)) => {
                 if let Some(suppressed) = BACKEND_REQUEST_LOG.ready() {
                     warn!(backend = %self.backend_authority, error = %error_chain(&error), suppressed, "backend request failed");
                 }
-                self.backend_failed(BackendError::Protocol, "backend request failed", log)
+                Err(Failure::Backend(BackendError::Protocol))
             }
-            Ok(Ok(resp)) => {
-                let (mut parts, body) = resp.into_parts();
-                strip_hop_by_hop(&mut parts.headers);
-                respond(parts, Either::Left(body), log)
+            Ok(Ok(resp)) => Ok(resp),
+        }
+    }
+
+    /// One exchange over the shared HTTP/2 connections. A cancelled request resets its stream
+    /// only: the connection stays, so nothing needs finishing in the background.
+    async fn exchange_h2(
+        &self,
+        req: Request<Incoming>,
+        info: &ConnInfo,
+        head_by: Instant,
+        late: Failure,
+    ) -> Result<Response<Incoming>, Failure> {
+        let Some(pool) = self.h2.as_ref() else {
+            return Err(Failure::Backend(BackendError::Protocol));
+        };
+        match tokio::time::timeout_at(head_by, pool.send(req)).await {
+            Err(_) => Err(late),
+            Ok(Err(H2Error::Connect(error))) => {
+                if let Some(suppressed) = BACKEND_CONNECT_LOG.ready() {
+                    warn!(backend = %self.backend_authority, %error, suppressed, "backend connect failed");
+                }
+                Err(Failure::Backend(BackendError::Connect))
             }
+            Ok(Err(H2Error::Request(error))) if is_client_body_error(&error) => {
+                debug!(peer = %info.peer, error = %error_chain(&error), "request body failed");
+                Err(Failure::ClientBody)
+            }
+            Ok(Err(H2Error::Request(error))) => {
+                if let Some(suppressed) = BACKEND_REQUEST_LOG.ready() {
+                    warn!(backend = %self.backend_authority, error = %error_chain(&error), suppressed, "backend h2c request failed");
+                }
+                Err(Failure::Backend(BackendError::Protocol))
+            }
+            Ok(Ok(resp)) => Ok(resp),
+        }
+    }
+
+    /// The sidecar's own answer to a request it could not get answered.
+    fn failed(&self, failure: Failure, log: AccessLog) -> Response<ProxyBody> {
+        match failure {
+            Failure::Backend(kind) => self.backend_failed(kind, log),
+            Failure::ClientBody => {
+                self.metrics.refused(Refusal::Framing);
+                local(StatusCode::BAD_REQUEST, "invalid request body", log)
+            }
+            // Only gRPC calls carry a deadline.
+            Failure::Deadline => grpc_local(grpc::DEADLINE_EXCEEDED, "deadline exceeded", log),
         }
     }
 
@@ -308,9 +415,16 @@ impl Proxy {
         info: &ConnInfo,
         host: HeaderValue,
         upgrade: Option<HeaderValue>,
+        route: Route,
+        trailers: bool,
     ) -> Result<Request<Incoming>, &'static str> {
         let (mut parts, body) = req.into_parts();
         strip_hop_by_hop(&mut parts.headers);
+        if trailers {
+            parts
+                .headers
+                .insert(header::TE, HeaderValue::from_static("trailers"));
+        }
         let upgrading = upgrade.is_some();
         if let Some(value) = upgrade {
             parts.headers.insert(header::UPGRADE, value);
@@ -320,21 +434,36 @@ impl Proxy {
         }
         set_forwarded(&mut parts.headers, info.peer, &host, self.listen_port);
         set_client_identity(&mut parts.headers, info.client.as_ref());
-        parts.headers.insert(header::HOST, host);
 
         let path = parts
             .uri
             .path_and_query()
             .map(|p| p.as_str())
             .unwrap_or("/");
-        let uri = if upgrading {
+        let uri = match route {
             // Sent on a dedicated connection: origin form.
-            Uri::try_from(path)
-        } else {
-            Uri::try_from(format!("http://{}{}", self.backend_authority, path))
+            Route::Http1 if upgrading => Uri::try_from(path),
+            // The pool's key: the backend (the Host header names the client's authority).
+            Route::Http1 => Uri::try_from(format!("http://{}{}", self.backend_authority, path)),
+            // HTTP/2 names the authority in `:authority`, taken from the URI; the pool
+            // connects to the backend whatever it says, and no Host header goes along.
+            Route::H2c => Uri::try_from(format!(
+                "http://{}{}",
+                host.to_str().map_err(|_| "invalid request authority")?,
+                path
+            )),
         };
         parts.uri = uri.map_err(|_| "invalid request target")?;
-        parts.version = Version::HTTP_11;
+        match route {
+            Route::Http1 => {
+                parts.headers.insert(header::HOST, host);
+                parts.version = Version::HTTP_11;
+            }
+            Route::H2c => {
+                parts.headers.remove(header::HOST);
+                parts.version = Version::HTTP_2;
+            }
+        }
         Ok(Request::from_parts(parts, body))
     }
 
@@ -355,20 +484,19 @@ impl Proxy {
                 if let Some(suppressed) = BACKEND_CONNECT_LOG.ready() {
                     warn!(backend = %self.backend_authority, %error, suppressed, "backend connect failed");
                 }
-                return self.backend_failed(BackendError::Connect, "backend unreachable", log);
+                return self.backend_failed(BackendError::Connect, log);
             }
         };
-        let (mut sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-        {
-            Ok(pair) => pair,
-            Err(error) => {
-                if let Some(suppressed) = BACKEND_REQUEST_LOG.ready() {
-                    warn!(%error, suppressed, "backend handshake failed");
+        let (mut sender, conn) =
+            match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
+                Ok(pair) => pair,
+                Err(error) => {
+                    if let Some(suppressed) = BACKEND_REQUEST_LOG.ready() {
+                        warn!(%error, suppressed, "backend handshake failed");
+                    }
+                    return self.backend_failed(BackendError::Protocol, log);
                 }
-                return self.backend_failed(BackendError::Protocol, "backend request failed", log);
-            }
-        };
+            };
         self.tracker.spawn(async move {
             if let Err(error) = conn.with_upgrades().await {
                 debug!(%error, "backend upgrade connection error");
@@ -377,22 +505,12 @@ impl Proxy {
         let mut resp =
             match tokio::time::timeout(self.config.backend_timeout, sender.send_request(req)).await
             {
-                Err(_) => {
-                    return self.backend_failed(
-                        BackendError::Timeout,
-                        "backend did not answer in time",
-                        log,
-                    )
-                }
+                Err(_) => return self.backend_failed(BackendError::Timeout, log),
                 Ok(Err(error)) => {
                     if let Some(suppressed) = BACKEND_REQUEST_LOG.ready() {
                         warn!(%error, suppressed, "backend upgrade request failed");
                     }
-                    return self.backend_failed(
-                        BackendError::Protocol,
-                        "backend request failed",
-                        log,
-                    );
+                    return self.backend_failed(BackendError::Protocol, log);
                 }
                 Ok(Ok(resp)) => resp,
             };
@@ -428,26 +546,55 @@ impl Proxy {
                     .headers
                     .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             }
-            return respond(parts, Either::Left(body), log);
+            return respond(parts, Either::Left(Guarded::new(body, None)), log);
         }
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        respond(parts, Either::Left(body), log)
+        respond(parts, Either::Left(Guarded::new(body, None)), log)
     }
 
-    fn backend_failed(
-        &self,
-        kind: BackendError,
-        message: &'static str,
-        log: AccessLog,
-    ) -> Response<ProxyBody> {
+    /// 502 or 504, or for a gRPC call HTTP 200 with `grpc-status` 14 (UNAVAILABLE, gRPC's
+    /// reading of 502, 503 and 504): gRPC clients expect a status, not an error page.
+    fn backend_failed(&self, kind: BackendError, log: AccessLog) -> Response<ProxyBody> {
         self.metrics.backend_error(kind);
-        let status = match kind {
-            BackendError::Timeout => StatusCode::GATEWAY_TIMEOUT,
-            BackendError::Connect | BackendError::Protocol => StatusCode::BAD_GATEWAY,
+        let (status, message) = match kind {
+            BackendError::Timeout => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "backend did not answer in time",
+            ),
+            BackendError::Connect => (StatusCode::BAD_GATEWAY, "backend unreachable"),
+            BackendError::Protocol => (StatusCode::BAD_GATEWAY, "backend request failed"),
         };
+        if log.grpc {
+            return grpc_local(grpc::UNAVAILABLE, message, log);
+        }
         local(status, message, log)
     }
+}
+
+/// Why a request got no answer from the backend.
+#[derive(Debug, Clone, Copy)]
+enum Failure {
+    Backend(BackendError),
+    /// The client's request body broke (a malformed chunk, a reset).
+    ClientBody,
+    /// The client's gRPC deadline passed before the response head.
+    Deadline,
+}
+
+/// Whether an HTTP/1.1 client accepts trailers in the response (`TE: trailers`, RFC 9110
+/// section 10.1.4).
+fn accepts_trailers(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| {
+            t.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        })
 }
 
 /// What the service needs to know about its connection.
@@ -669,6 +816,14 @@ fn local(status: StatusCode, message: &str, log: AccessLog) -> Response<ProxyBod
     respond(parts, Either::Right(Full::new(Bytes::from(body))), log)
 }
 
+/// The sidecar's own gRPC answer: a trailers-only response with `grpc-status` and
+/// `grpc-message`.
+fn grpc_local(code: u32, message: &'static str, log: AccessLog) -> Response<ProxyBody> {
+    let (mut parts, ()) = Response::new(()).into_parts();
+    parts.headers = grpc::failure_headers(code, message);
+    respond(parts, Either::Right(Full::new(Bytes::new())), log)
+}
+
 /// The access-log record of one request, written when its response body is done (or dropped,
 /// when the client goes away), so the byte count and duration are the real ones.
 struct AccessLog {
@@ -677,6 +832,11 @@ struct AccessLog {
     path: Option<http::uri::PathAndQuery>,
     status: u16,
     bytes: u64,
+    /// A gRPC call: its status (from the response head or trailers) is logged and counted.
+    grpc: bool,
+    grpc_status: Option<u32>,
+    /// The response body was sent to its end.
+    finished: bool,
     start: Instant,
     activity: Arc<Activity>,
     metrics: Arc<Metrics>,
@@ -689,6 +849,8 @@ const ACCESS_LOG_PATH_MAX: usize = 2048;
 /// The status logged for a request the client cancelled before its response (nginx's "client
 /// closed request"), so cancellations are visible in the access log and told from answers.
 const STATUS_CLIENT_CLOSED: u16 = 499;
+/// gRPC's CANCELLED: logged for a gRPC call that ended without a status.
+const GRPC_CANCELLED: u32 = 1;
 
 impl Drop for AccessLog {
     fn drop(&mut self) {
@@ -699,6 +861,13 @@ impl Drop for AccessLog {
             self.activity.request_cancelled();
         }
         self.metrics.response(self.status);
+        if self.grpc && self.grpc_status.is_none() && !self.finished {
+            // Cut short before its status: the client cancelled (or the stream broke).
+            self.grpc_status = Some(GRPC_CANCELLED);
+        }
+        if let Some(code) = self.grpc_status {
+            self.metrics.grpc_response(code);
+        }
         info!(
             client = %self.peer,
             method = %self.method,
@@ -707,6 +876,7 @@ impl Drop for AccessLog {
                 max: ACCESS_LOG_PATH_MAX,
             },
             status = self.status,
+            grpc_status = self.grpc_status,
             bytes = self.bytes,
             duration_ms = self.start.elapsed().as_millis() as u64,
             "request"
@@ -724,6 +894,10 @@ pub struct Logged<B> {
 /// Builds the response from its parts, recording the status in the access log.
 fn respond<B>(parts: http::response::Parts, body: B, mut log: AccessLog) -> Response<Logged<B>> {
     log.status = parts.status.as_u16();
+    if log.grpc {
+        // A trailers-only response carries its status in the head.
+        log.grpc_status = grpc::status_of(&parts.headers);
+    }
     Response::from_parts(
         parts,
         Logged {
@@ -746,14 +920,20 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let res = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &res {
-            if let (Some(data), Some(log)) = (frame.data_ref(), self.log.as_mut()) {
+        if let (Poll::Ready(Some(Ok(frame))), Some(log)) = (&res, self.log.as_mut()) {
+            if let Some(data) = frame.data_ref() {
                 log.bytes += data.len() as u64;
+            } else if let Some(trailers) = frame.trailers_ref() {
+                if log.grpc {
+                    log.grpc_status = grpc::status_of(trailers).or(log.grpc_status);
+                }
             }
         }
         if let Poll::Ready(None) = &res {
             // Finished: log now rather than whenever hyper drops the body.
-            self.log.take();
+            if let Some(mut log) = self.log.take() {
+                log.finished = true;
+            }
         }
         res.map(|o| o.map(|r| r.map_err(Into::into)))
     }
@@ -1186,6 +1366,19 @@ mod tests {
         let mut h = headers(&[("http2-settings", "AAMAAABkAAQAAP__"), ("x-kept", "1")]);
         strip_hop_by_hop(&mut h);
         assert!(h.get("http2-settings").is_none());
+    }
+
+    #[test]
+    fn trailers_are_accepted_only_when_te_says_so() {
+        assert!(accepts_trailers(&headers(&[("te", "trailers")])));
+        assert!(accepts_trailers(&headers(&[("te", "gzip, Trailers")])));
+        assert!(accepts_trailers(&headers(&[
+            ("te", "deflate;q=0.5"),
+            ("te", "trailers;q=1")
+        ])));
+        assert!(!accepts_trailers(&headers(&[("te", "gzip")])));
+        assert!(!accepts_trailers(&headers(&[("te", "trailersx")])));
+        assert!(!accepts_trailers(&headers(&[])));
     }
 
     #[test]

@@ -11,6 +11,8 @@ pub mod admission;
 pub mod certs;
 pub mod config;
 pub mod error;
+pub mod grpc;
+pub mod h2pool;
 pub mod http;
 pub mod metrics;
 pub mod mtls;

@@ -9,6 +9,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::certs::Entry;
 
 /// Why a backend exchange failed.
+/// gRPC status codes the protocol defines (0 OK to 16 UNAUTHENTICATED).
+pub const GRPC_CODES: usize = 17;
+
 #[derive(Debug, Clone, Copy)]
 pub enum BackendError {
     /// Could not connect (refused, unreachable, connect timeout): 502.
@@ -82,6 +85,8 @@ pub struct Metrics {
     handshake_timeouts_total: AtomicU64,
     /// Responses by status class, 1xx..5xx.
     http_requests_total: [AtomicU64; 5],
+    /// gRPC statuses 0..=16 and, last, any other value.
+    grpc_responses_total: [AtomicU64; GRPC_CODES + 1],
     backend_errors: [AtomicU64; 3],
     tcp_bytes_from_client: AtomicU64,
     tcp_bytes_to_client: AtomicU64,
@@ -146,6 +151,13 @@ impl Metrics {
     pub fn response(&self, status: u16) {
         let class = (status / 100).clamp(1, 5) as usize - 1;
         self.http_requests_total[class].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one gRPC call's status (the `grpc-status` it ended with); codes past the 17 the
+    /// protocol defines are counted together as `other`.
+    pub fn grpc_response(&self, code: u32) {
+        let slot = (code as usize).min(GRPC_CODES);
+        self.grpc_responses_total[slot].fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn backend_error(&self, kind: BackendError) {
@@ -264,6 +276,21 @@ impl Metrics {
             "HTTP responses sent, by status class.",
             &by_class,
         );
+        let grpc_labels: Vec<String> = (0..GRPC_CODES)
+            .map(|c| format!("{{code=\"{c}\"}}"))
+            .chain(std::iter::once("{code=\"other\"}".to_string()))
+            .collect();
+        let by_grpc: Vec<(&str, u64)> = grpc_labels
+            .iter()
+            .zip(&self.grpc_responses_total)
+            .map(|(l, a)| (l.as_str(), get(a)))
+            .collect();
+        metric(
+            "sidecar_grpc_responses_total",
+            "counter",
+            "gRPC calls answered, by grpc-status (from the backend's trailers, or the sidecar's own 4 and 14).",
+            &by_grpc,
+        );
         metric(
             "sidecar_backend_errors_total",
             "counter",
@@ -343,7 +370,14 @@ mod tests {
             m.response(502);
             m.backend_error(BackendError::Connect);
             m.refused(Refusal::PerIp);
+            m.grpc_response(0);
+            m.grpc_response(14);
+            m.grpc_response(99);
             let text = m.render();
+            assert!(text.contains("sidecar_grpc_responses_total{code=\"0\"} 1\n"));
+            assert!(text.contains("sidecar_grpc_responses_total{code=\"14\"} 1\n"));
+            assert!(text.contains("sidecar_grpc_responses_total{code=\"16\"} 0\n"));
+            assert!(text.contains("sidecar_grpc_responses_total{code=\"other\"} 1\n"));
             assert!(text.contains("sidecar_refusals_total{cause=\"per_ip_limit\"} 1\n"));
             assert!(text.contains("sidecar_refusals_total{cause=\"stream_resets\"} 0\n"));
             assert!(text.contains("sidecar_connections_active 1\n"), "{text}");

@@ -371,8 +371,6 @@ async fn hop_by_hop_request_headers_are_stripped() {
         "x-secret-hop",
         "keep-alive",
         "proxy-connection",
-        "te",
-        "trailer",
         "upgrade",
         "proxy-authorization",
         "transfer-encoding",
@@ -390,6 +388,10 @@ async fn hop_by_hop_request_headers_are_stripped() {
         );
     }
     assert_eq!(seen.header("x-end-to-end"), Some("kept"));
+    // TE is hop-by-hop, but the client's acceptance of trailers is passed on (the sidecar
+    // relays them); Trailer announces end-to-end fields and is kept (RFC 9110 section 6.6.2).
+    assert_eq!(seen.header_all("te"), vec!["trailers"]);
+    assert_eq!(seen.header("trailer"), Some("x-checksum"));
 }
 
 #[tokio::test]
