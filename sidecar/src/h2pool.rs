@@ -5,14 +5,21 @@
 //!
 //! Connections open lazily, one at a time per slot (concurrent requests that find a slot empty
 //! wait for the one connect instead of each opening their own), and are replaced when the
-//! backend closes them. A request the closed connection never took (hyper hands it back) is
-//! sent once more on a fresh connection, so a backend restart costs no failed request.
+//! backend closes them. Sent once more on a fresh connection: a request the closing connection
+//! never took (hyper hands it back), and a request without a body and with an idempotent method
+//! (RFC 9110 section 9.2.2) that failed before any response, e.g. written into a connection the
+//! backend had just reset, so a backend restart costs no failed `GET`. Other requests (gRPC
+//! calls are `POST`s) may have reached the app and fail instead: gRPC clients retry
+//! `UNAVAILABLE` by their own policy.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use http::{Request, Response};
+use bytes::Bytes;
+use http::{Method, Request, Response};
+use http_body::Body as _;
+use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
 use hyper::client::conn::http2::{self, SendRequest};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -42,19 +49,22 @@ impl std::fmt::Display for H2Error {
     }
 }
 
+/// What the pool sends: the client's body, or nothing (a replayed bodiless request).
+type PoolBody = Either<Incoming, Empty<Bytes>>;
+
 struct Slot {
-    sender: Mutex<Option<SendRequest<Incoming>>>,
+    sender: Mutex<Option<SendRequest<PoolBody>>>,
     /// Held while this slot connects, so one connect serves every request waiting on it.
     connecting: tokio::sync::Mutex<()>,
 }
 
 impl Slot {
-    fn live(&self) -> Option<SendRequest<Incoming>> {
+    fn live(&self) -> Option<SendRequest<PoolBody>> {
         let guard = self.sender.lock().unwrap_or_else(|p| p.into_inner());
         guard.as_ref().filter(|s| !s.is_closed()).cloned()
     }
 
-    fn set(&self, sender: Option<SendRequest<Incoming>>) {
+    fn set(&self, sender: Option<SendRequest<PoolBody>>) {
         *self.sender.lock().unwrap_or_else(|p| p.into_inner()) = sender;
     }
 }
@@ -85,23 +95,26 @@ impl H2Pool {
     /// head. The caller bounds the wait; dropping the future resets the stream only.
     pub async fn send(&self, req: Request<Incoming>) -> Result<Response<Incoming>, H2Error> {
         let slot = &self.slots[self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len()];
+        let replay = replayable(&req);
         let mut sender = self.sender(slot).await?;
-        match sender.try_send_request(req).await {
-            Ok(resp) => Ok(resp),
-            Err(mut error) => match error.take_message() {
-                // Never sent: the connection was closing. Once more on a fresh one.
-                Some(req) => {
-                    debug!(error = %error.into_error(), "pooled h2c connection closed, reconnecting");
-                    slot.set(None);
-                    let mut sender = self.sender(slot).await?;
-                    sender.send_request(req).await.map_err(H2Error::Request)
-                }
-                None => Err(H2Error::Request(error.into_error())),
+        let again = match sender.try_send_request(req.map(Either::Left)).await {
+            Ok(resp) => return Ok(resp),
+            Err(mut error) => match (error.take_message(), replay) {
+                // Never sent: the connection was closing.
+                (Some(req), _) => req,
+                // Sent, but safe to send again.
+                (None, Some(req)) => req,
+                (None, None) => return Err(H2Error::Request(error.into_error())),
             },
-        }
+        };
+        debug!("pooled h2c connection failed, sending once more on a fresh one");
+        // Its task may not have seen it closed yet: drop it from the slot either way.
+        slot.set(None);
+        let mut sender = self.sender(slot).await?;
+        sender.send_request(again).await.map_err(H2Error::Request)
     }
 
-    async fn sender(&self, slot: &Slot) -> Result<SendRequest<Incoming>, H2Error> {
+    async fn sender(&self, slot: &Slot) -> Result<SendRequest<PoolBody>, H2Error> {
         if let Some(sender) = slot.live() {
             return Ok(sender);
         }
@@ -135,4 +148,22 @@ impl H2Pool {
         slot.set(Some(sender.clone()));
         Ok(sender)
     }
+}
+
+/// A copy of a request that may be sent again after a failure before any response: an
+/// idempotent method and no body. `None` for every other request.
+fn replayable(req: &Request<Incoming>) -> Option<Request<PoolBody>> {
+    let idempotent = matches!(
+        *req.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    );
+    if !idempotent || !req.body().is_end_stream() {
+        return None;
+    }
+    let mut copy = Request::new(Either::Right(Empty::new()));
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    Some(copy)
 }

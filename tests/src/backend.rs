@@ -1,6 +1,7 @@
 //! In-process backends on `127.0.0.1:0` for the sidecar to proxy to.
 //!
-//! [`Backend`] is one HTTP/1.1 app that records every request head it receives (so a test can prove
+//! [`Backend`] is one HTTP app (HTTP/1.1, and HTTP/2 cleartext with prior knowledge on the same
+//! port, as gRPC servers and `--backend-protocol h2c` need) that records every request head it receives (so a test can prove
 //! a smuggled request never arrived) and serves, by path:
 //! - `/ws` with `Upgrade: websocket`: a WebSocket echo;
 //! - `/sse/N`: N server-sent events; the first is sent at once, the rest only after the test calls
@@ -24,7 +25,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -173,11 +174,14 @@ struct State {
     conns_closed: AtomicUsize,
 }
 
-/// The HTTP/1.1 test app (see the module docs for its routes). Stops accepting when dropped.
+/// The HTTP/1.1 and h2c test app (see the module docs for its routes). Stops accepting when
+/// dropped.
 pub struct Backend {
     addr: SocketAddr,
     state: Arc<State>,
     accept: JoinHandle<()>,
+    /// Set to close every connection at once ([`Backend::kill`]).
+    kill: tokio::sync::watch::Sender<bool>,
 }
 
 impl Backend {
@@ -210,22 +214,30 @@ impl Backend {
             conns_closed: AtomicUsize::new(0),
         });
         let accept_state = state.clone();
+        let (kill, killed) = tokio::sync::watch::channel(false);
         let accept = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                // As servers do: responses written in pieces go out at once.
+                let _ = stream.set_nodelay(true);
                 let state = accept_state.clone();
                 state.conns_opened.fetch_add(1, Ordering::SeqCst);
+                let mut killed = killed.clone();
                 tokio::spawn(async move {
                     let conn_state = state.clone();
                     let service = service_fn(move |req| handle(state.clone(), req));
+                    let mut builder =
+                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
                     // Room for what the sidecar forwards on top of a client's 100 headers.
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .max_headers(200)
-                        .serve_connection(TokioIo::new(stream), service)
-                        .with_upgrades()
-                        .await;
+                    builder.http1().max_headers(200);
+                    let conn =
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    tokio::select! {
+                        _ = conn => {}
+                        _ = killed.wait_for(|k| *k) => {}
+                    }
                     conn_state.conns_closed.fetch_add(1, Ordering::SeqCst);
                 });
             }
@@ -234,6 +246,7 @@ impl Backend {
             addr,
             state,
             accept,
+            kill,
         }
     }
 
@@ -265,6 +278,17 @@ impl Backend {
     /// How many server-sent events the backend has written so far.
     pub fn sse_events_sent(&self) -> usize {
         self.state.sse_sent.load(Ordering::SeqCst)
+    }
+}
+
+impl Backend {
+    /// Stops the backend as a crash would: the listener and every open connection closed at
+    /// once, mid-request or not. `Backend::echo_on(addr)` starts it again on the same port.
+    pub async fn kill(mut self) {
+        self.accept.abort();
+        // Wait until the aborted task (and its listener) is gone, so the port is free.
+        let _ = (&mut self.accept).await;
+        let _ = self.kill.send(true);
     }
 }
 
