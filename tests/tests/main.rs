@@ -8,6 +8,7 @@ mod sidecar_admin;
 mod sidecar_certs;
 mod sidecar_config;
 mod sidecar_docker;
+mod sidecar_grpc;
 mod sidecar_h2c;
 mod sidecar_hostile;
 mod sidecar_http;
