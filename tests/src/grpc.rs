@@ -215,6 +215,11 @@ async fn route(
                 .server_streaming(tower::service_fn(fail_after), req)
                 .await
         }
+        "StreamThenStall" => {
+            server()
+                .server_streaming(tower::service_fn(stream_then_stall), req)
+                .await
+        }
         _ => Status::unimplemented(format!("no method {method:?}")).into_http(),
     };
     Ok(resp)
@@ -291,6 +296,12 @@ async fn fail_after(req: Request<Bytes>) -> Result<Response<ResponseStream>, Sta
     let status = requested_status(req);
     let items = vec![Ok(Bytes::from_static(b"before the failure")), Err(status)];
     Ok(Response::new(stream::iter(items).boxed()))
+}
+
+/// One message, then nothing, ever: a stream that ignores its deadline after its head.
+async fn stream_then_stall(_req: Request<Bytes>) -> Result<Response<ResponseStream>, Status> {
+    let first = stream::iter([Ok(Bytes::from_static(b"first"))]);
+    Ok(Response::new(first.chain(stream::pending()).boxed()))
 }
 
 /// What a [`GrpcClient`] sends requests through.
@@ -503,6 +514,20 @@ impl GrpcClient {
         let mut req = Request::new(Bytes::copy_from_slice(&millis.to_be_bytes()));
         req.set_timeout(timeout);
         Ok(self.unary("Sleep", req).await?.into_inner())
+    }
+
+    /// `StreamThenStall` with deadline `timeout`: the stream's first message has come when
+    /// this returns.
+    pub async fn stream_then_stall(
+        &mut self,
+        timeout: Duration,
+    ) -> Result<Streaming<Bytes>, Status> {
+        let mut req = Request::new(Bytes::new());
+        req.set_timeout(timeout);
+        Ok(self
+            .server_streaming("StreamThenStall", req)
+            .await?
+            .into_inner())
     }
 
     /// `Fail` asking for status `code` with `message`; the status the client got (a success

@@ -233,6 +233,85 @@ async fn grpc_deadline_is_enforced_by_the_sidecar() {
 }
 
 #[tokio::test]
+async fn grpc_deadline_ends_a_stream_the_backend_holds_open() {
+    let tls = Tls::new();
+    let app = GrpcBackend::start().await;
+    let sc = tls.sidecar(app.addr()).start().await;
+    let mut client = GrpcClient::connect_no_client_deadline(sc.addr(), tls.trust()).await;
+    // The head and a first message come at once; then the backend sends nothing, ever, and
+    // ignores the deadline: the sidecar ends the stream with DEADLINE_EXCEEDED.
+    let mut stream = within(
+        STEP,
+        "StreamThenStall's head",
+        client.stream_then_stall(Duration::from_millis(500)),
+    )
+    .await
+    .expect("the stream starts");
+    let first = within(STEP, "the first message", stream.message())
+        .await
+        .expect("first message")
+        .expect("a message");
+    assert_eq!(first, Bytes::from_static(b"first"));
+    let end = within(STEP, "the stream's end at its deadline", stream.message()).await;
+    let status = end.expect_err("the stream must end with a status");
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    let line = sc
+        .wait_log_all(&["path=/test.Echo/StreamThenStall"], STEP)
+        .await;
+    assert_eq!(
+        log_field(&line, "grpc_status").as_deref(),
+        Some("4"),
+        "{line}"
+    );
+}
+
+#[tokio::test]
+async fn grpc_streams_outlive_the_backend_timeout_while_they_move() {
+    // --backend-timeout bounds the wait for the response head only: a bidi stream that keeps
+    // moving runs well past it.
+    let tls = Tls::new();
+    let app = GrpcBackend::start().await;
+    let sc = tls
+        .sidecar(app.addr())
+        .args(["--backend-timeout", "1s"])
+        .start()
+        .await;
+    let mut client = GrpcClient::connect(sc.addr(), tls.trust()).await;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
+    let outbound =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
+    tx.send(Bytes::from_static(b"0")).await.expect("send");
+    let mut inbound = within(STEP, "Bidi's head", client.streaming("Bidi", outbound))
+        .await
+        .expect("the stream starts")
+        .into_inner();
+    let started = std::time::Instant::now();
+    let mut round = 0u32;
+    // Until 2.5 s (2.5 times the backend timeout) have passed with messages moving.
+    while started.elapsed() < Duration::from_millis(2500) {
+        let echoed = within(STEP, "an echo", inbound.message())
+            .await
+            .expect("the stream is still open")
+            .expect("a message");
+        assert_eq!(echoed, Bytes::from(round.to_string()));
+        round += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        tx.send(Bytes::from(round.to_string())).await.expect("send");
+    }
+    drop(tx);
+    let last = within(STEP, "the last echo", inbound.message())
+        .await
+        .expect("the stream ends cleanly");
+    assert_eq!(last, Some(Bytes::from(round.to_string())));
+    assert_eq!(
+        within(STEP, "the stream's end", inbound.message())
+            .await
+            .expect("status OK"),
+        None
+    );
+}
+
+#[tokio::test]
 async fn grpc_backend_down_is_unavailable() {
     let tls = Tls::new();
     let sc = tls.sidecar(refused_addr()).start().await;
