@@ -26,6 +26,8 @@ pub mod env {
     pub const REDIRECT_LISTEN: &str = "SIDECAR_REDIRECT_LISTEN";
     pub const REDIRECT_PORT: &str = "SIDECAR_REDIRECT_PORT";
     pub const ACME_WEBROOT: &str = "SIDECAR_ACME_WEBROOT";
+    /// TLS-ALPN-01 challenge certificates, `<dir>/<name>.pem`.
+    pub const ACME_TLS_ALPN_DIR: &str = "SIDECAR_ACME_TLS_ALPN_DIR";
     pub const HSTS: &str = "SIDECAR_HSTS";
     pub const HSTS_INCLUDE_SUBDOMAINS: &str = "SIDECAR_HSTS_INCLUDE_SUBDOMAINS";
     /// tcp mode: ALPN protocols offered, in preference order.

@@ -201,6 +201,12 @@ pub struct Cli {
     #[arg(long, env = env::ACME_WEBROOT, value_name = "DIR")]
     pub acme_webroot: Option<PathBuf>,
 
+    /// Answer ACME TLS-ALPN-01 challenges (RFC 8737) on the TLS listener: a handshake offering
+    /// ALPN `acme-tls/1` for a name with a file `DIR/<name>.pem` (the challenge certificate and
+    /// its key) is answered with it and closed; all other traffic is unchanged [default: off]
+    #[arg(long, env = env::ACME_TLS_ALPN_DIR, value_name = "DIR")]
+    pub acme_tls_alpn_dir: Option<PathBuf>,
+
     /// Add `Strict-Transport-Security: max-age=<seconds>` to http-mode responses that lack it,
     /// e.g. `365d`, `1y` or `31536000` [default: off]
     #[arg(long, env = env::HSTS, value_name = "MAX_AGE", value_parser = MaxAge::from_str)]
@@ -255,6 +261,8 @@ pub struct Config {
     pub mode: Mode,
     /// HTTP version to the backend (http mode).
     pub backend_protocol: BackendProtocol,
+    /// Where TLS-ALPN-01 challenge certificates are read from.
+    pub acme_tls_alpn_dir: Option<PathBuf>,
     /// ALPN protocols offered in tcp mode (empty: none); http mode always offers h2, http/1.1.
     pub alpn: AlpnList,
     /// PROXY protocol header sent to the backend in tcp mode.
@@ -462,6 +470,7 @@ impl Cli {
             backend,
             mode: self.mode,
             backend_protocol: self.backend_protocol,
+            acme_tls_alpn_dir: self.acme_tls_alpn_dir,
             alpn,
             proxy_protocol: self.proxy_protocol,
             certs,

@@ -7,11 +7,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::{LazyConfigAcceptor, TlsAcceptor};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 
+use crate::acme_alpn::{self, Challenges};
 use crate::activity::Activity;
 use crate::admission::{Admission, Limits, Phase, Ticket};
 use crate::config::{Config, Mode, ProxyProtocol};
@@ -48,6 +50,10 @@ pub fn effective_backlog(requested: u32) -> u32 {
 struct Shared {
     config: Arc<Config>,
     acceptor: TlsAcceptor,
+    /// The normal configuration, for handshakes that look at the ClientHello first.
+    tls: Arc<rustls::ServerConfig>,
+    /// TLS-ALPN-01 challenges answered on this listener (`--acme-tls-alpn-dir`).
+    challenges: Option<Challenges>,
     metrics: Arc<Metrics>,
     proxy: Option<Arc<Proxy>>,
 }
@@ -74,7 +80,9 @@ pub async fn serve(
     };
     let shared = Arc::new(Shared {
         config: config.clone(),
-        acceptor: TlsAcceptor::from(tls),
+        acceptor: TlsAcceptor::from(tls.clone()),
+        tls,
+        challenges: config.acme_tls_alpn_dir.clone().map(Challenges::new),
         metrics: metrics.clone(),
         proxy,
     });
@@ -158,10 +166,8 @@ async fn connection(
     if let Err(error) = stream.set_nodelay(true) {
         debug!(%error, "set_nodelay failed");
     }
-    let handshake = tokio::time::timeout(
-        shared.config.handshake_timeout,
-        shared.acceptor.accept(stream),
-    );
+    let handshake =
+        tokio::time::timeout(shared.config.handshake_timeout, handshake(stream, shared));
     let tls = tokio::select! {
         _ = shutdown.cancelled() => return,
         // Closed to make room: the handshake budget or the connection limit is reached.
@@ -177,7 +183,8 @@ async fn connection(
                 debug!(%error, "tls handshake failed");
                 return;
             }
-            Ok(Ok(tls)) => tls,
+            Ok(Ok(Handshake::Challenge)) => return,
+            Ok(Ok(Handshake::Done(tls))) => tls,
         },
     };
     match &shared.proxy {
@@ -230,4 +237,54 @@ async fn connection(
             .await;
         }
     }
+}
+
+/// How a handshake ended.
+enum Handshake {
+    /// A connection to serve.
+    Done(TlsStream<TcpStream>),
+    /// An ACME TLS-ALPN-01 challenge was answered; the connection is over.
+    Challenge,
+}
+
+static CHALLENGE_LOG: shared::throttle::Throttle =
+    shared::throttle::Throttle::new(shared::throttle::LOG_INTERVAL);
+
+/// The TLS handshake. Without `--acme-tls-alpn-dir` it is rustls' usual one; with it, the
+/// ClientHello is read first and a TLS-ALPN-01 challenge for a name with a challenge file is
+/// answered with that file's certificate instead (then closed).
+async fn handshake(stream: TcpStream, shared: &Shared) -> std::io::Result<Handshake> {
+    let Some(challenges) = &shared.challenges else {
+        return shared.acceptor.accept(stream).await.map(Handshake::Done);
+    };
+    let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream).await?;
+    let hello = start.client_hello();
+    let name = acme_alpn::wanted(hello.alpn().into_iter().flatten(), hello.server_name());
+    let challenge = match name {
+        None => None,
+        Some(name) => match challenges.config_for(&name).await {
+            Ok(Some(config)) => Some((name, config)),
+            Ok(None) => None,
+            Err(error) => {
+                if let Some(suppressed) = CHALLENGE_LOG.ready() {
+                    warn!(%error, suppressed, "unusable TLS-ALPN-01 challenge file");
+                }
+                None
+            }
+        },
+    };
+    let Some((name, config)) = challenge else {
+        return start
+            .into_stream(shared.tls.clone())
+            .await
+            .map(Handshake::Done);
+    };
+    let mut tls = start.into_stream(config).await?;
+    if let Some(suppressed) = CHALLENGE_LOG.ready() {
+        info!(%name, suppressed, "answered an ACME TLS-ALPN-01 challenge");
+    }
+    // No application data on a challenge connection (RFC 8737 section 3): say goodbye.
+    use tokio::io::AsyncWriteExt;
+    let _ = tls.shutdown().await;
+    Ok(Handshake::Challenge)
 }

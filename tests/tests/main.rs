@@ -4,6 +4,7 @@ mod engine;
 mod install;
 mod isolation;
 mod layout;
+mod sidecar_acme_alpn;
 mod sidecar_admin;
 mod sidecar_certs;
 mod sidecar_config;
