@@ -1,7 +1,13 @@
-//! The demo app (image `tls-sidecar/demo`): a tiny HTTP/1.1 echo service. Every request gets a 200
-//! plain-text answer listing its method, path and headers, so what a sidecar forwards (Host,
-//! X-Forwarded-*) is visible. Listens on `DEMO_LISTEN` (default `0.0.0.0:8080`); exits 0 on SIGTERM
-//! or SIGINT at once (it holds no state worth draining).
+//! The demo app (image `tls-sidecar/demo`): a tiny HTTP echo service. Every request gets a 200
+//! plain-text answer listing its method, path, version and headers, so what a sidecar forwards
+//! (Host, X-Forwarded-*) is visible; the header `x-demo-version` names the HTTP version the
+//! request came in (`HTTP/1.1`, or `HTTP/2.0` over h2c with prior knowledge: both are served on
+//! the one port, HTTP/1.1 upgrades included). Listens on `DEMO_LISTEN` (default `0.0.0.0:8080`);
+//! exits 0 on SIGTERM or SIGINT at once (it holds no state worth draining).
+//!
+//! `DEMO_MODE=raw-echo` makes it a plain TCP service instead: each connection is answered with
+//! the first line it sent (up to and including the first `\n`, at most 4 KiB), then closed, so a
+//! test can see the first bytes that reached the app (e.g. a PROXY protocol header).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -10,15 +16,27 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::signal::unix::{signal, SignalKind};
 
 /// A client that sends no request head within this long is dropped.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// raw-echo mode: the longest first line echoed back.
+const RAW_LINE_MAX: usize = 4096;
+
+/// What the app serves on `DEMO_LISTEN` (`DEMO_MODE`).
+#[derive(Clone, Copy)]
+enum Mode {
+    /// The HTTP echo (HTTP/1.1 and h2c).
+    Http,
+    /// Each TCP connection gets its first line back.
+    RawEcho,
+}
 
 async fn echo(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     let mut body = format!("{} {} {:?}\n", req.method(), req.uri(), req.version());
@@ -31,12 +49,64 @@ async fn echo(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallibl
     }
     let response = Response::builder()
         .header("content-type", "text/plain; charset=utf-8")
+        .header("x-demo-version", format!("{:?}", req.version()))
         .body(Full::new(Bytes::from(body)));
     Ok(response.unwrap_or_else(|_| Response::new(Full::new(Bytes::from_static(b"error\n")))))
 }
 
+/// One HTTP connection: HTTP/1.1 (with upgrades) or h2c with prior knowledge. A client that
+/// sends nothing within [`HEADER_READ_TIMEOUT`] is dropped before the version is even known.
+async fn serve_http(stream: TcpStream) {
+    let mut first = [0u8; 1];
+    if !matches!(
+        tokio::time::timeout(HEADER_READ_TIMEOUT, stream.peek(&mut first)).await,
+        Ok(Ok(1..))
+    ) {
+        return;
+    }
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    let _ = builder
+        .serve_connection_with_upgrades(TokioIo::new(stream), service_fn(echo))
+        .await;
+}
+
+/// raw-echo mode: reads up to the first `\n` (or [`RAW_LINE_MAX`] bytes, or the end), writes
+/// that back and closes.
+async fn serve_raw_echo(mut stream: TcpStream) {
+    let mut line = Vec::new();
+    let mut buf = [0u8; 512];
+    let read = async {
+        while !line.contains(&b'\n') && line.len() < RAW_LINE_MAX {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => line.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(HEADER_READ_TIMEOUT, read).await;
+    let end = line
+        .iter()
+        .position(|&b| b == b'\n')
+        .map_or(line.len(), |i| i + 1)
+        .min(RAW_LINE_MAX);
+    let _ = stream.write_all(&line[..end]).await;
+    let _ = stream.shutdown().await;
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> std::process::ExitCode {
+    let mode = match std::env::var("DEMO_MODE").as_deref() {
+        Err(_) | Ok("") | Ok("http") => Mode::Http,
+        Ok("raw-echo") => Mode::RawEcho,
+        Ok(other) => {
+            eprintln!("demo: invalid DEMO_MODE {other:?}: expected http or raw-echo");
+            return std::process::ExitCode::from(2);
+        }
+    };
     let listen = std::env::var("DEMO_LISTEN").unwrap_or_else(|_| "0.0.0.0:8080".to_string());
     let addr: SocketAddr = match listen.parse() {
         Ok(a) => a,
@@ -62,7 +132,11 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(1);
         }
     };
-    eprintln!("demo: listening on {addr}");
+    let what = match mode {
+        Mode::Http => "http",
+        Mode::RawEcho => "raw-echo",
+    };
+    eprintln!("demo: listening on {addr} ({what})");
     loop {
         tokio::select! {
             _ = term.recv() => break,
@@ -73,11 +147,10 @@ async fn main() -> std::process::ExitCode {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 };
-                tokio::spawn(async move {
-                    let mut builder = http1::Builder::new();
-                    builder.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
-                    let _ = builder.serve_connection(TokioIo::new(stream), service_fn(echo)).with_upgrades().await;
-                });
+                match mode {
+                    Mode::Http => tokio::spawn(serve_http(stream)),
+                    Mode::RawEcho => tokio::spawn(serve_raw_echo(stream)),
+                };
             }
         }
     }
