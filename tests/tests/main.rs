@@ -26,3 +26,4 @@ mod spawner;
 mod spawner_admin;
 mod spawner_certs;
 mod spawner_hygiene;
+mod spawner_protocols;
