@@ -14,6 +14,7 @@ pub mod issuer;
 pub mod limits;
 pub mod metrics;
 pub mod mtls;
+pub mod pebble;
 pub mod redirect;
 pub mod sidecar;
 pub mod spawner;
