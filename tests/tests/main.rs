@@ -1,4 +1,5 @@
 //! All integration tests compile into this one binary and share the harness.
+mod acme_pebble;
 mod churn;
 mod engine;
 mod install;

@@ -1,0 +1,527 @@
+//! Spike for ACME in the spawner: instant-acme (on ring, with an HTTP client of our own that
+//! trusts Pebble's test CA) gets certificates from a real Pebble by HTTP-01 and TLS-ALPN-01,
+//! answered by servers in this test on the ports Pebble validates; names Pebble refuses and an
+//! unreachable directory fail with errors that say why. No product code is involved yet.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use harness::client::{self, Trust};
+use harness::issuer::TestCa;
+use harness::pebble::{Options, Pebble};
+use harness::wait::{within, STEP};
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper_util::rt::TokioIo;
+use instant_acme::{
+    Account, AuthorizationStatus, BodyWrapper, BytesResponse, ChallengeType, HttpClient,
+    Identifier, KeyAuthorization, NewAccount, NewOrder, OrderStatus, RetryPolicy,
+};
+use rcgen::{CertificateParams, CustomExtension, DistinguishedName, KeyPair};
+use rustls::client::danger::ServerCertVerifier;
+use rustls::client::WebPkiServerVerifier;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::RootCertStore;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+
+/// instant-acme's HTTP client: one HTTP/1.1 connection per request over rustls (ring), trusting
+/// only the given CA. Every error names the URL and what failed.
+struct AcmeHttp {
+    tls: Arc<rustls::ClientConfig>,
+}
+
+impl AcmeHttp {
+    fn trusting(ca: CertificateDer<'static>) -> Box<AcmeHttp> {
+        Box::new(AcmeHttp {
+            tls: client::config(Trust::Ca(ca), client::ALPN_H1),
+        })
+    }
+}
+
+type AcmeResult = Result<BytesResponse, instant_acme::Error>;
+
+impl HttpClient for AcmeHttp {
+    fn request(
+        &self,
+        req: Request<BodyWrapper<Bytes>>,
+    ) -> Pin<Box<dyn Future<Output = AcmeResult> + Send>> {
+        let tls = self.tls.clone();
+        Box::pin(async move {
+            let url = req.uri().to_string();
+            let fail = |what: String| instant_acme::Error::Other(format!("{url}: {what}").into());
+            match tokio::time::timeout(STEP, send(tls, req)).await {
+                Ok(Ok(rsp)) => Ok(BytesResponse::from(rsp)),
+                Ok(Err(e)) => Err(fail(e)),
+                Err(_) => Err(fail(format!("no response within {STEP:?}"))),
+            }
+        })
+    }
+}
+
+/// Sends `req` (absolute `https://` URI) on a fresh connection; the response body streams.
+async fn send(
+    tls: Arc<rustls::ClientConfig>,
+    mut req: Request<BodyWrapper<Bytes>>,
+) -> Result<Response<hyper::body::Incoming>, String> {
+    let uri = req.uri().clone();
+    if uri.scheme_str() != Some("https") {
+        return Err("only https is supported".to_string());
+    }
+    let host = uri.host().ok_or("no host in the URL")?.to_string();
+    let port = uri.port_u16().unwrap_or(443);
+    let tcp = TcpStream::connect((host.as_str(), port))
+        .await
+        .map_err(|e| format!("connect to {host}:{port}: {e}"))?;
+    let name = ServerName::try_from(host.trim_matches(['[', ']']).to_string())
+        .map_err(|e| format!("server name {host}: {e}"))?;
+    let stream = tokio_rustls::TlsConnector::from(tls)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("TLS handshake with {host}:{port}: {e}"))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("HTTP/1.1 handshake: {e}"))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let authority = uri.authority().map(|a| a.to_string()).unwrap_or(host);
+    *req.uri_mut() = uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/")
+        .parse()
+        .map_err(|e| format!("request path: {e}"))?;
+    req.headers_mut().insert(
+        http::header::HOST,
+        authority.parse().map_err(|e| format!("Host: {e}"))?,
+    );
+    sender
+        .send_request(req)
+        .await
+        .map_err(|e| format!("request: {e}"))
+}
+
+/// A new account on Pebble (contact `mailto:test@example.com`, terms agreed).
+async fn account(pebble: &Pebble) -> Account {
+    let (account, _credentials) =
+        Account::builder_with_http(AcmeHttp::trusting(pebble.directory_ca_der()))
+            .create(
+                &NewAccount {
+                    contact: &["mailto:test@example.com"],
+                    terms_of_service_agreed: true,
+                    only_return_existing: false,
+                },
+                pebble.directory_url().to_string(),
+                None,
+            )
+            .await
+            .unwrap_or_else(|e| panic!("create an ACME account: {e}\n{}", pebble.logs()));
+    account
+}
+
+/// Polls quickly: Pebble validates within milliseconds without its random sleeps.
+fn retries() -> RetryPolicy {
+    RetryPolicy::new()
+        .initial_delay(Duration::from_millis(50))
+        .backoff(1.5)
+        .timeout(Duration::from_secs(30))
+}
+
+/// Orders a certificate for `name`, answers its `kind` challenge through `publish(token, key
+/// authorization)`, finalizes with a fresh key's CSR and returns the PEM chain Pebble issued.
+async fn issue(
+    pebble: &Pebble,
+    account: &Account,
+    name: &str,
+    kind: ChallengeType,
+    publish: impl Fn(&str, &KeyAuthorization),
+) -> String {
+    let identifiers = [Identifier::Dns(name.to_string())];
+    let mut order = account
+        .new_order(&NewOrder::new(&identifiers))
+        .await
+        .unwrap_or_else(|e| panic!("new order for {name}: {e}"));
+    let mut authorizations = order.authorizations();
+    while let Some(authz) = authorizations.next().await {
+        let mut authz = authz.unwrap_or_else(|e| panic!("authorization of {name}: {e}"));
+        assert_eq!(
+            authz.status,
+            AuthorizationStatus::Pending,
+            "a fresh authorization (PEBBLE_AUTHZREUSE=0)"
+        );
+        let mut challenge = authz
+            .challenge(kind.clone())
+            .unwrap_or_else(|| panic!("Pebble offers no {kind:?} challenge for {name}"));
+        publish(&challenge.token, &challenge.key_authorization());
+        challenge
+            .set_ready()
+            .await
+            .unwrap_or_else(|e| panic!("set the {kind:?} challenge ready: {e}"));
+    }
+    let status = order
+        .poll_ready(&retries())
+        .await
+        .unwrap_or_else(|e| panic!("order for {name} to be ready: {e}\n{}", pebble.logs()));
+    assert_eq!(
+        status,
+        OrderStatus::Ready,
+        "order for {name} after its {kind:?} challenge\n{}",
+        pebble.logs()
+    );
+
+    let key = KeyPair::generate().expect("certificate key");
+    let mut params = CertificateParams::new(vec![name.to_string()]).expect("CSR parameters");
+    params.distinguished_name = DistinguishedName::new();
+    let csr = params.serialize_request(&key).expect("CSR");
+    order
+        .finalize_csr(csr.der())
+        .await
+        .unwrap_or_else(|e| panic!("finalize the order for {name}: {e}"));
+    order
+        .poll_certificate(&retries())
+        .await
+        .unwrap_or_else(|e| panic!("download the certificate for {name}: {e}"))
+}
+
+/// The DER certificates of a PEM chain, leaf first.
+fn chain_der(pem: &str) -> Vec<CertificateDer<'static>> {
+    CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .expect("PEM chain")
+}
+
+/// The DNS names of `cert`'s subjectAltName.
+fn dns_sans(cert: &CertificateDer<'_>) -> Vec<String> {
+    let (_, x509) = X509Certificate::from_der(cert).expect("parse certificate");
+    x509.subject_alternative_name()
+        .expect("one subjectAltName")
+        .map(|san| {
+            san.value
+                .general_names
+                .iter()
+                .filter_map(|n| match n {
+                    GeneralName::DNSName(d) => Some(d.to_string()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// notAfter minus notBefore of `cert`.
+fn lifetime(cert: &CertificateDer<'_>) -> Duration {
+    let (_, x509) = X509Certificate::from_der(cert).expect("parse certificate");
+    let validity = x509.validity();
+    let secs = validity.not_after.timestamp() - validity.not_before.timestamp();
+    Duration::from_secs(u64::try_from(secs).expect("notAfter after notBefore"))
+}
+
+/// Asserts the chain is for exactly `name` and verifies (as a TLS server certificate for
+/// `name`, now) up to Pebble's issuing root.
+fn assert_issued_for(pebble: &Pebble, chain_pem: &str, name: &str) -> Vec<CertificateDer<'static>> {
+    let chain = chain_der(chain_pem);
+    assert!(
+        chain.len() >= 2,
+        "leaf and intermediate expected:\n{chain_pem}"
+    );
+    assert_eq!(dns_sans(&chain[0]), vec![name.to_string()]);
+    let mut roots = RootCertStore::empty();
+    roots
+        .add(
+            CertificateDer::from_pem_slice(pebble.issuer_root_pem().as_bytes())
+                .expect("Pebble root PEM"),
+        )
+        .expect("add Pebble's root");
+    let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), client::provider())
+        .build()
+        .expect("verifier");
+    let server_name = ServerName::try_from(name.to_string()).expect("server name");
+    verifier
+        .verify_server_cert(&chain[0], &chain[1..], &server_name, &[], UnixTime::now())
+        .unwrap_or_else(|e| panic!("chain for {name} does not verify to Pebble's root: {e}"));
+    chain
+}
+
+/// Serves `/.well-known/acme-challenge/<token>` from `tokens` on `addr` (HTTP/1.1).
+async fn http01_responder(
+    addr: SocketAddr,
+    tokens: Arc<Mutex<HashMap<String, String>>>,
+) -> JoinHandle<()> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .unwrap_or_else(|e| panic!("bind the HTTP-01 responder on {addr}: {e}"));
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let tokens = tokens.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req: Request<_>| {
+                    let answer = req
+                        .uri()
+                        .path()
+                        .strip_prefix("/.well-known/acme-challenge/")
+                        .and_then(|t| tokens.lock().expect("tokens").get(t).cloned());
+                    async move {
+                        Ok::<_, Infallible>(match answer {
+                            Some(key_auth) => Response::new(Full::new(Bytes::from(key_auth))),
+                            None => Response::builder()
+                                .status(StatusCode::NOT_FOUND)
+                                .body(Full::new(Bytes::new()))
+                                .expect("404 response"),
+                        })
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    })
+}
+
+/// The TLS-ALPN-01 answer for `name`: a self-signed certificate for `name` carrying the critical
+/// acmeIdentifier extension (RFC 8737) with SHA-256(key authorization).
+fn tls_alpn01_cert(name: &str, key_auth: &KeyAuthorization) -> Arc<CertifiedKey> {
+    let key = KeyPair::generate().expect("challenge key");
+    let mut params = CertificateParams::new(vec![name.to_string()]).expect("challenge params");
+    params.distinguished_name = DistinguishedName::new();
+    params.custom_extensions = vec![CustomExtension::new_acme_identifier(
+        key_auth.digest().as_ref(),
+    )];
+    let cert = params.self_signed(&key).expect("self-sign challenge cert");
+    let signing_key = client::provider()
+        .key_provider
+        .load_private_key(PrivateKeyDer::try_from(key.serialize_der()).expect("key DER"))
+        .expect("load challenge key");
+    Arc::new(CertifiedKey::new(vec![cert.der().clone()], signing_key))
+}
+
+/// Challenge certificates by SNI, as a TLS-ALPN-01 responder (and the real feature) keeps them.
+#[derive(Debug, Default)]
+struct ChallengeCerts(Mutex<HashMap<String, Arc<CertifiedKey>>>);
+
+impl ResolvesServerCert for ChallengeCerts {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let acme = hello
+            .alpn()
+            .is_some_and(|mut protocols| protocols.any(|p| p == b"acme-tls/1"));
+        let name = hello.server_name()?;
+        acme.then(|| self.0.lock().expect("certs").get(name).cloned())
+            .flatten()
+    }
+}
+
+/// Answers TLS-ALPN-01 on `addr` (ALPN `acme-tls/1` only) with the certificates in `certs`.
+async fn tls_alpn01_responder(addr: SocketAddr, certs: Arc<ChallengeCerts>) -> JoinHandle<()> {
+    let mut config = rustls::ServerConfig::builder_with_provider(client::provider())
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_no_client_auth()
+        .with_cert_resolver(certs);
+    config.alpn_protocols = vec![b"acme-tls/1".to_vec()];
+    let acceptor = TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind(addr)
+        .await
+        .unwrap_or_else(|e| panic!("bind the TLS-ALPN-01 responder on {addr}: {e}"));
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let acceptor = acceptor.clone();
+            // The validator only needs the handshake; it closes the connection itself.
+            tokio::spawn(async move {
+                let _ = acceptor.accept(stream).await;
+            });
+        }
+    })
+}
+
+#[tokio::test]
+async fn http01_issues_a_certificate_that_chains_to_pebbles_root() {
+    let started = Instant::now();
+    let pebble = Pebble::start().await;
+    eprintln!("Pebble and challtestsrv ready in {:?}", started.elapsed());
+    let started = Instant::now();
+    let account = account(&pebble).await;
+    let tokens = Arc::new(Mutex::new(HashMap::new()));
+    let responder = http01_responder(
+        SocketAddr::from(([127, 0, 0, 1], pebble.http_port())),
+        tokens.clone(),
+    )
+    .await;
+    let chain = within(
+        Duration::from_secs(60),
+        "issuance by HTTP-01",
+        issue(
+            &pebble,
+            &account,
+            "a.test",
+            ChallengeType::Http01,
+            |t, k| {
+                tokens
+                    .lock()
+                    .expect("tokens")
+                    .insert(t.to_string(), k.as_str().to_string());
+            },
+        ),
+    )
+    .await;
+    eprintln!(
+        "HTTP-01: account, order and certificate in {:?}",
+        started.elapsed()
+    );
+    let chain = assert_issued_for(&pebble, &chain, "a.test");
+    // Pebble's default lifetime is five years (no certificateValidityPeriod set).
+    assert!(
+        lifetime(&chain[0]) > Duration::from_secs(4 * 365 * 86400),
+        "{:?}",
+        lifetime(&chain[0])
+    );
+    responder.abort();
+}
+
+#[tokio::test]
+async fn tls_alpn01_issues_a_certificate_that_chains_to_pebbles_root() {
+    let pebble = Pebble::start().await;
+    let started = Instant::now();
+    let account = account(&pebble).await;
+    let certs = Arc::new(ChallengeCerts::default());
+    let responder = tls_alpn01_responder(
+        SocketAddr::from(([127, 0, 0, 1], pebble.tls_port())),
+        certs.clone(),
+    )
+    .await;
+    let chain = within(
+        Duration::from_secs(60),
+        "issuance by TLS-ALPN-01",
+        issue(
+            &pebble,
+            &account,
+            "b.test",
+            ChallengeType::TlsAlpn01,
+            |_, k| {
+                certs
+                    .0
+                    .lock()
+                    .expect("certs")
+                    .insert("b.test".to_string(), tls_alpn01_cert("b.test", k));
+            },
+        ),
+    )
+    .await;
+    eprintln!(
+        "TLS-ALPN-01: account, order and certificate in {:?}",
+        started.elapsed()
+    );
+    assert_issued_for(&pebble, &chain, "b.test");
+    responder.abort();
+}
+
+#[tokio::test]
+async fn certificate_validity_period_sets_the_lifetime_of_issued_certificates() {
+    let pebble = Pebble::start_with(Options {
+        certificate_validity: Some(Duration::from_secs(120)),
+    })
+    .await;
+    let account = account(&pebble).await;
+    let tokens = Arc::new(Mutex::new(HashMap::new()));
+    let responder = http01_responder(
+        SocketAddr::from(([127, 0, 0, 1], pebble.http_port())),
+        tokens.clone(),
+    )
+    .await;
+    let chain = issue(
+        &pebble,
+        &account,
+        "short.test",
+        ChallengeType::Http01,
+        |t, k| {
+            tokens
+                .lock()
+                .expect("tokens")
+                .insert(t.to_string(), k.as_str().to_string());
+        },
+    )
+    .await;
+    let chain = assert_issued_for(&pebble, &chain, "short.test");
+    // Pebble sets notAfter = notBefore + period - 1s (the last second is inclusive).
+    assert_eq!(lifetime(&chain[0]), Duration::from_secs(119));
+    responder.abort();
+}
+
+#[tokio::test]
+async fn names_pebble_refuses_fail_the_order_with_the_reason() {
+    let pebble = Pebble::start().await;
+    let account = account(&pebble).await;
+    // Pebble 2.4 answers `malformed` for all of these (Boulder says `rejectedIdentifier`); the
+    // detail says what is wrong, with the value or the offending character.
+    for (name, detail) in [
+        (
+            "127.0.0.1",
+            r#"DNS identifier with an IP address value: "127.0.0.1""#,
+        ),
+        ("bad_name.test", "illegal character: '_'"),
+        ("*.*.test", r#"too many wildcards "*.*.test""#),
+        ("trailing.test.", r#"ending in a period: "trailing.test.""#),
+    ] {
+        let identifiers = [Identifier::Dns(name.to_string())];
+        let err = match account.new_order(&NewOrder::new(&identifiers)).await {
+            Ok(_) => panic!("Pebble accepted an order for {name}"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            err.contains("urn:ietf:params:acme:error:malformed") && err.contains(detail),
+            "{name}: {err}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_unreachable_directory_fails_with_the_address_and_the_cause() {
+    // No Pebble: only a CA the client would trust.
+    let ca = TestCa::new("unused directory CA");
+    // A port nobody listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let url = format!("https://127.0.0.1:{port}/dir");
+    let err = match within(
+        STEP * 2,
+        "account creation against nothing",
+        Account::builder_with_http(AcmeHttp::trusting(ca.der())).create(
+            &NewAccount {
+                contact: &[],
+                terms_of_service_agreed: true,
+                only_return_existing: false,
+            },
+            url.clone(),
+            None,
+        ),
+    )
+    .await
+    {
+        Ok(_) => panic!("an account on {url}?"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains(&url) && err.contains("Connection refused"),
+        "{err}"
+    );
+    eprintln!("unreachable directory: {err}");
+}
