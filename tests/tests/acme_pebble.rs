@@ -84,6 +84,10 @@ async fn send(
     let tcp = TcpStream::connect((host.as_str(), port))
         .await
         .map_err(|e| format!("connect to {host}:{port}: {e}"))?;
+    // hyper writes a request's head and body separately: without this, Nagle's algorithm and
+    // the server's delayed ACK cost 40 ms per POST.
+    tcp.set_nodelay(true)
+        .map_err(|e| format!("TCP_NODELAY: {e}"))?;
     let name = ServerName::try_from(host.trim_matches(['[', ']']).to_string())
         .map_err(|e| format!("server name {host}: {e}"))?;
     let stream = tokio_rustls::TlsConnector::from(tls)
