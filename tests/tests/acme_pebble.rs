@@ -529,3 +529,50 @@ async fn an_unreachable_directory_fails_with_the_address_and_the_cause() {
     );
     eprintln!("unreachable directory: {err}");
 }
+
+#[tokio::test]
+async fn a_wrong_http01_answer_fails_the_order_with_pebbles_reason() {
+    let pebble = Pebble::start().await;
+    let account = account(&pebble).await;
+    let tokens = Arc::new(Mutex::new(HashMap::new()));
+    let responder = http01_responder(
+        SocketAddr::from(([127, 0, 0, 1], pebble.http_port())),
+        tokens.clone(),
+    )
+    .await;
+    let identifiers = [Identifier::Dns("wrong.test".to_string())];
+    let mut order = account
+        .new_order(&NewOrder::new(&identifiers))
+        .await
+        .expect("new order");
+    let mut authorizations = order.authorizations();
+    let mut authz = authorizations
+        .next()
+        .await
+        .expect("one authorization")
+        .expect("authorization");
+    let mut challenge = authz
+        .challenge(ChallengeType::Http01)
+        .expect("an HTTP-01 challenge");
+    tokens.lock().expect("tokens").insert(
+        challenge.token.clone(),
+        "not-the-key-authorization".to_string(),
+    );
+    challenge.set_ready().await.expect("set ready");
+    drop(authorizations);
+    // Pebble copies the challenge's problem into the order's `error`: instant-acme's poll_ready
+    // returns it as the error, detail and all.
+    let error = match order.poll_ready(&retries()).await {
+        Err(instant_acme::Error::Api(problem)) => problem.to_string(),
+        other => panic!("{other:?}\n{}", pebble.logs()),
+    };
+    eprintln!("wrong HTTP-01 answer: {error}");
+    assert!(
+        error.contains("urn:ietf:params:acme:error:unauthorized")
+            && error.contains("did not match")
+            && error.contains("not-the-key-authorization"),
+        "{error}"
+    );
+    assert_eq!(order.state().status, OrderStatus::Invalid);
+    responder.abort();
+}
