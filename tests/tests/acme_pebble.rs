@@ -559,7 +559,6 @@ async fn a_wrong_http01_answer_fails_the_order_with_pebbles_reason() {
         "not-the-key-authorization".to_string(),
     );
     challenge.set_ready().await.expect("set ready");
-    drop(authorizations);
     // Pebble copies the challenge's problem into the order's `error`: instant-acme's poll_ready
     // returns it as the error, detail and all.
     let error = match order.poll_ready(&retries()).await {
