@@ -5,6 +5,7 @@
 //! `run` takes what a test must control (config, the admin listener, shutdown token); `main`
 //! adds signals, binding and exit codes.
 
+pub mod acme_plan;
 pub mod admin;
 pub mod cert_source;
 pub mod config;
