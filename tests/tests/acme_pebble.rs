@@ -1,7 +1,9 @@
 //! Spike for ACME in the spawner: instant-acme (on ring, with an HTTP client of our own that
 //! trusts Pebble's test CA) gets certificates from a real Pebble by HTTP-01 and TLS-ALPN-01,
 //! answered by servers in this test on the ports Pebble validates; names Pebble refuses and an
-//! unreachable directory fail with errors that say why. No product code is involved yet.
+//! unreachable directory fail with errors that say why. The last two tests put the sidecar on
+//! those ports: Pebble validates TLS-ALPN-01 against its TLS listener (`--acme-tls-alpn-dir`)
+//! and HTTP-01 against its redirect listener (`--acme-webroot`).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -574,4 +576,96 @@ async fn a_wrong_http01_answer_fails_the_order_with_pebbles_reason() {
     );
     assert_eq!(order.state().status, OrderStatus::Invalid);
     responder.abort();
+}
+
+/// The sidecar's half of ACME, validated by a real ACME server: Pebble's VA connects to the
+/// sidecar itself. TLS-ALPN-01 is answered by the TLS listener with `--acme-tls-alpn-dir` while
+/// it serves normal traffic; HTTP-01 by the redirect listener with `--acme-webroot`. What an
+/// ACME client writes is a file in a directory, as the spawner will.
+#[tokio::test]
+async fn the_sidecar_answers_tls_alpn01_for_pebble_on_its_tls_listener() {
+    let pebble = Pebble::start().await;
+    let account = account(&pebble).await;
+    let dir = harness::tmp::TempDir::new("tls-alpn-01");
+    let app = harness::backend::Backend::echo().await;
+    let sc = harness::sidecar::Sidecar::builder()
+        .without_listen_flag()
+        .args(["--listen", &format!("127.0.0.1:{}", pebble.tls_port())])
+        .backend(app.addr())
+        .args(["--self-signed-names", "c.test"])
+        .arg("--acme-tls-alpn-dir")
+        .arg(dir.path().display().to_string())
+        .start()
+        .await;
+    let chain = within(
+        Duration::from_secs(60),
+        "issuance by TLS-ALPN-01 through the sidecar",
+        issue(
+            &pebble,
+            &account,
+            "c.test",
+            ChallengeType::TlsAlpn01,
+            |_, k| {
+                let key = KeyPair::generate().expect("challenge key");
+                let mut params =
+                    CertificateParams::new(vec!["c.test".to_string()]).expect("params");
+                params.distinguished_name = DistinguishedName::new();
+                params.custom_extensions =
+                    vec![CustomExtension::new_acme_identifier(k.digest().as_ref())];
+                let cert = params.self_signed(&key).expect("challenge cert");
+                dir.write(
+                    "c.test.pem",
+                    format!("{}{}", cert.pem(), key.serialize_pem()),
+                );
+            },
+        ),
+    )
+    .await;
+    assert_issued_for(&pebble, &chain, "c.test");
+    sc.wait_log("answered an ACME TLS-ALPN-01 challenge", STEP)
+        .await;
+    // Normal traffic on the same listener meanwhile: served as usual.
+    let mut conn = harness::client::HttpConn::connect(
+        sc.addr(),
+        "c.test",
+        client::config(Trust::AnyCert, client::ALPN_H2_H1),
+    )
+    .await;
+    assert_eq!(conn.get("/").await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn the_sidecar_answers_http01_for_pebble_on_its_redirect_listener() {
+    let pebble = Pebble::start().await;
+    let account = account(&pebble).await;
+    let webroot = harness::tmp::TempDir::new("http-01");
+    std::fs::create_dir_all(webroot.path().join(".well-known/acme-challenge"))
+        .expect("challenge directory");
+    let app = harness::backend::Backend::echo().await;
+    let _sc = harness::sidecar::Sidecar::builder()
+        .backend(app.addr())
+        .args(["--self-signed-names", "d.test"])
+        .args([
+            "--redirect-listen",
+            &format!("127.0.0.1:{}", pebble.http_port()),
+        ])
+        .arg("--acme-webroot")
+        .arg(webroot.path().display().to_string())
+        .start()
+        .await;
+    let chain = within(
+        Duration::from_secs(60),
+        "issuance by HTTP-01 through the sidecar",
+        issue(
+            &pebble,
+            &account,
+            "d.test",
+            ChallengeType::Http01,
+            |token, k| {
+                webroot.write(&format!(".well-known/acme-challenge/{token}"), k.as_str());
+            },
+        ),
+    )
+    .await;
+    assert_issued_for(&pebble, &chain, "d.test");
 }
