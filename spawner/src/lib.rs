@@ -6,6 +6,7 @@
 //! adds signals, binding and exit codes.
 
 pub mod acme_plan;
+pub mod acme_store;
 pub mod admin;
 pub mod cert_source;
 pub mod config;
