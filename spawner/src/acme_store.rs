@@ -4,7 +4,8 @@
 //!   never rewritten; the key `0600`, the chain `0644`, the directory `0700`, as certbot does;
 //! - `live/<name>/fullchain.pem` and `privkey.pem`: relative symbolic links to the newest pair;
 //! - `acme/http-01/.well-known/acme-challenge/<token>`: the webroot sidecars serve (HTTP-01);
-//! - `acme/tls-alpn-01/<name>.pem`: challenge certificates (TLS-ALPN-01, `--acme-tls-alpn-dir`).
+//! - `acme/tls-alpn-01/<name>.pem`: challenge certificates (TLS-ALPN-01, `--acme-tls-alpn-dir`);
+//! - `acme/account.json`: the ACME account's credentials, `0600`.
 //!
 //! Every file is written whole under a temporary name, synced and renamed into place, so no
 //! reader ever sees part of one. A new pair is written to the archive first, then the two links
@@ -53,6 +54,20 @@ impl Store {
     /// Where TLS-ALPN-01 challenge certificates go (`--acme-tls-alpn-dir`).
     pub fn tls_alpn01_dir(&self) -> PathBuf {
         self.root.join("acme").join("tls-alpn-01")
+    }
+
+    /// The ACME account's credentials (`acme/account.json`).
+    pub fn account_path(&self) -> PathBuf {
+        self.root.join("acme").join("account.json")
+    }
+
+    /// Stores the account's credentials, readable by the spawner's user only (0600).
+    pub fn write_account(&self, json: &[u8]) -> io::Result<()> {
+        let path = self.account_path();
+        if let Some(dir) = path.parent() {
+            create_dir(dir, 0o700)?;
+        }
+        write_atomic(&path, json, 0o600)
     }
 
     /// Stores a new pair for `name` and points `live/<name>` at it. Returns its number N.

@@ -7,9 +7,7 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -22,8 +20,8 @@ use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper_util::rt::TokioIo;
 use instant_acme::{
-    Account, AuthorizationStatus, BodyWrapper, BytesResponse, ChallengeType, HttpClient,
-    Identifier, KeyAuthorization, NewAccount, NewOrder, OrderStatus, RetryPolicy,
+    Account, AuthorizationStatus, ChallengeType, Identifier, KeyAuthorization, NewAccount,
+    NewOrder, OrderStatus, RetryPolicy,
 };
 use rcgen::{CertificateParams, CustomExtension, DistinguishedName, KeyPair};
 use rustls::client::danger::ServerCertVerifier;
@@ -33,107 +31,35 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::RootCertStore;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
-/// instant-acme's HTTP client: one HTTP/1.1 connection per request over rustls (ring), trusting
-/// only the given CA. Every error names the URL and what failed.
-struct AcmeHttp {
-    tls: Arc<rustls::ClientConfig>,
+/// Trust for Pebble's directory (its HTTPS certificate comes from the harness's test CA).
+fn directory_roots(pebble: &Pebble) -> RootCertStore {
+    let mut roots = RootCertStore::empty();
+    roots
+        .add(pebble.directory_ca_der())
+        .expect("Pebble's directory CA");
+    roots
 }
 
-impl AcmeHttp {
-    fn trusting(ca: CertificateDer<'static>) -> Box<AcmeHttp> {
-        Box::new(AcmeHttp {
-            tls: client::config(Trust::Ca(ca), client::ALPN_H1),
-        })
-    }
-}
-
-type AcmeResult = Result<BytesResponse, instant_acme::Error>;
-
-impl HttpClient for AcmeHttp {
-    fn request(
-        &self,
-        req: Request<BodyWrapper<Bytes>>,
-    ) -> Pin<Box<dyn Future<Output = AcmeResult> + Send>> {
-        let tls = self.tls.clone();
-        Box::pin(async move {
-            let url = req.uri().to_string();
-            let fail = |what: String| instant_acme::Error::Other(format!("{url}: {what}").into());
-            match tokio::time::timeout(STEP, send(tls, req)).await {
-                Ok(Ok(rsp)) => Ok(BytesResponse::from(rsp)),
-                Ok(Err(e)) => Err(fail(e)),
-                Err(_) => Err(fail(format!("no response within {STEP:?}"))),
-            }
-        })
-    }
-}
-
-/// Sends `req` (absolute `https://` URI) on a fresh connection; the response body streams.
-async fn send(
-    tls: Arc<rustls::ClientConfig>,
-    mut req: Request<BodyWrapper<Bytes>>,
-) -> Result<Response<hyper::body::Incoming>, String> {
-    let uri = req.uri().clone();
-    if uri.scheme_str() != Some("https") {
-        return Err("only https is supported".to_string());
-    }
-    let host = uri.host().ok_or("no host in the URL")?.to_string();
-    let port = uri.port_u16().unwrap_or(443);
-    let tcp = TcpStream::connect((host.as_str(), port))
-        .await
-        .map_err(|e| format!("connect to {host}:{port}: {e}"))?;
-    // hyper writes a request's head and body separately: without this, Nagle's algorithm and
-    // the server's delayed ACK cost 40 ms per POST.
-    tcp.set_nodelay(true)
-        .map_err(|e| format!("TCP_NODELAY: {e}"))?;
-    let name = ServerName::try_from(host.trim_matches(['[', ']']).to_string())
-        .map_err(|e| format!("server name {host}: {e}"))?;
-    let stream = tokio_rustls::TlsConnector::from(tls)
-        .connect(name, tcp)
-        .await
-        .map_err(|e| format!("TLS handshake with {host}:{port}: {e}"))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| format!("HTTP/1.1 handshake: {e}"))?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    let authority = uri.authority().map(|a| a.to_string()).unwrap_or(host);
-    *req.uri_mut() = uri
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/")
-        .parse()
-        .map_err(|e| format!("request path: {e}"))?;
-    req.headers_mut().insert(
-        http::header::HOST,
-        authority.parse().map_err(|e| format!("Host: {e}"))?,
-    );
-    sender
-        .send_request(req)
-        .await
-        .map_err(|e| format!("request: {e}"))
-}
-
-/// A new account on Pebble (contact `mailto:test@example.com`, terms agreed).
 async fn account(pebble: &Pebble) -> Account {
-    let (account, _credentials) =
-        Account::builder_with_http(AcmeHttp::trusting(pebble.directory_ca_der()))
-            .create(
-                &NewAccount {
-                    contact: &["mailto:test@example.com"],
-                    terms_of_service_agreed: true,
-                    only_return_existing: false,
-                },
-                pebble.directory_url().to_string(),
-                None,
-            )
-            .await
-            .unwrap_or_else(|e| panic!("create an ACME account: {e}\n{}", pebble.logs()));
+    let (account, _credentials) = Account::builder_with_http(Box::new(
+        spawner::acme_client::Http::new(directory_roots(pebble)),
+    ))
+    .create(
+        &NewAccount {
+            contact: &["mailto:test@example.com"],
+            terms_of_service_agreed: true,
+            only_return_existing: false,
+        },
+        pebble.directory_url().to_string(),
+        None,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("create an ACME account: {e}\n{}", pebble.logs()));
     account
 }
 
@@ -237,12 +163,24 @@ fn lifetime(cert: &CertificateDer<'_>) -> Duration {
 /// Asserts the chain is for exactly `name` and verifies (as a TLS server certificate for
 /// `name`, now) up to Pebble's issuing root.
 fn assert_issued_for(pebble: &Pebble, chain_pem: &str, name: &str) -> Vec<CertificateDer<'static>> {
+    assert_issued_for_all(pebble, chain_pem, &[name])
+}
+
+/// Asserts the chain is for exactly `names` and verifies for each up to Pebble's issuing root.
+fn assert_issued_for_all(
+    pebble: &Pebble,
+    chain_pem: &str,
+    names: &[&str],
+) -> Vec<CertificateDer<'static>> {
     let chain = chain_der(chain_pem);
     assert!(
         chain.len() >= 2,
         "leaf and intermediate expected:\n{chain_pem}"
     );
-    assert_eq!(dns_sans(&chain[0]), vec![name.to_string()]);
+    assert_eq!(
+        dns_sans(&chain[0]),
+        names.iter().map(|n| n.to_string()).collect::<Vec<_>>()
+    );
     let mut roots = RootCertStore::empty();
     roots
         .add(
@@ -253,10 +191,12 @@ fn assert_issued_for(pebble: &Pebble, chain_pem: &str, name: &str) -> Vec<Certif
     let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), client::provider())
         .build()
         .expect("verifier");
-    let server_name = ServerName::try_from(name.to_string()).expect("server name");
-    verifier
-        .verify_server_cert(&chain[0], &chain[1..], &server_name, &[], UnixTime::now())
-        .unwrap_or_else(|e| panic!("chain for {name} does not verify to Pebble's root: {e}"));
+    for name in names {
+        let server_name = ServerName::try_from(name.to_string()).expect("server name");
+        verifier
+            .verify_server_cert(&chain[0], &chain[1..], &server_name, &[], UnixTime::now())
+            .unwrap_or_else(|e| panic!("chain for {name} does not verify to Pebble's root: {e}"));
+    }
     chain
 }
 
@@ -510,7 +450,12 @@ async fn an_unreachable_directory_fails_with_the_address_and_the_cause() {
     let err = match within(
         STEP * 2,
         "account creation against nothing",
-        Account::builder_with_http(AcmeHttp::trusting(ca.der())).create(
+        Account::builder_with_http(Box::new(spawner::acme_client::Http::new({
+            let mut roots = RootCertStore::empty();
+            roots.add(ca.der()).expect("test CA");
+            roots
+        })))
+        .create(
             &NewAccount {
                 contact: &[],
                 terms_of_service_agreed: true,
@@ -668,4 +613,171 @@ async fn the_sidecar_answers_http01_for_pebble_on_its_redirect_listener() {
     )
     .await;
     assert_issued_for(&pebble, &chain, "d.test");
+}
+
+/// The spawner's own ACME client (`spawner::acme_client`), its store and the sidecar together:
+/// the challenge answers go into the store, the sidecar serves them from there, Pebble
+/// validates, the pair lands in certbot's layout, and the account is kept for the next start.
+mod spawner_client {
+    use super::*;
+    use shared::dns::DnsName;
+    use spawner::acme_client::{ChallengeKind, Client};
+    use spawner::acme_store::Store;
+    use std::os::unix::fs::PermissionsExt;
+    use std::str::FromStr;
+
+    fn roots(pebble: &Pebble) -> RootCertStore {
+        directory_roots(pebble)
+    }
+
+    fn name(n: &str) -> DnsName {
+        DnsName::from_str(n).expect("a DNS name")
+    }
+
+    #[tokio::test]
+    async fn obtains_by_tls_alpn01_through_the_sidecar_and_keeps_its_account() {
+        let pebble = Pebble::start().await;
+        let dir = harness::tmp::TempDir::new("acme-store");
+        let store = Store::new(dir.path());
+        let app = harness::backend::Backend::echo().await;
+        let _sc = harness::sidecar::Sidecar::builder()
+            .without_listen_flag()
+            .args(["--listen", &format!("127.0.0.1:{}", pebble.tls_port())])
+            .backend(app.addr())
+            .args(["--self-signed-names", "e.test"])
+            .arg("--acme-tls-alpn-dir")
+            .arg(store.tls_alpn01_dir().display().to_string())
+            .start()
+            .await;
+        let client = within(
+            STEP,
+            "the ACME account",
+            Client::open(
+                pebble.directory_url(),
+                roots(&pebble),
+                "ops@example.com",
+                store.clone(),
+            ),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", pebble.logs()));
+        let names = [name("e.test"), name("www.e.test")];
+        let got = within(
+            Duration::from_secs(60),
+            "a certificate by TLS-ALPN-01",
+            client.obtain(&names, ChallengeKind::TlsAlpn01),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", pebble.logs()));
+        assert_issued_for_all(&pebble, &got.chain_pem, &["e.test", "www.e.test"]);
+        store
+            .write_pair(&names[0], got.chain_pem.as_bytes(), got.key_pem.as_bytes())
+            .expect("store the pair");
+        let held = store.held(&names[0]).expect("the stored certificate");
+        assert_eq!(held.names.len(), 2);
+        // The challenge files are gone; the account is kept, readable by the spawner only.
+        let left: Vec<_> = std::fs::read_dir(store.tls_alpn01_dir())
+            .expect("challenge dir")
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+        let mode = std::fs::metadata(store.account_path())
+            .expect("account file")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let again = Client::open(
+            pebble.directory_url(),
+            roots(&pebble),
+            "ops@example.com",
+            store.clone(),
+        )
+        .await
+        .expect("the stored account");
+        assert_eq!(again.account_id(), client.account_id());
+    }
+
+    #[tokio::test]
+    async fn obtains_by_http01_through_the_sidecars_redirect_listener() {
+        let pebble = Pebble::start().await;
+        let dir = harness::tmp::TempDir::new("acme-store");
+        let store = Store::new(dir.path());
+        std::fs::create_dir_all(store.http01_webroot()).expect("webroot");
+        let app = harness::backend::Backend::echo().await;
+        let _sc = harness::sidecar::Sidecar::builder()
+            .backend(app.addr())
+            .args(["--self-signed-names", "f.test"])
+            .args([
+                "--redirect-listen",
+                &format!("127.0.0.1:{}", pebble.http_port()),
+            ])
+            .arg("--acme-webroot")
+            .arg(store.http01_webroot().display().to_string())
+            .start()
+            .await;
+        let client = Client::open(
+            pebble.directory_url(),
+            roots(&pebble),
+            "ops@example.com",
+            store.clone(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", pebble.logs()));
+        let got = within(
+            Duration::from_secs(60),
+            "a certificate by HTTP-01",
+            client.obtain(&[name("f.test")], ChallengeKind::Http01),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", pebble.logs()));
+        assert_issued_for(&pebble, &got.chain_pem, "f.test");
+    }
+
+    #[tokio::test]
+    async fn a_refused_name_is_permanent_an_unanswered_challenge_is_not() {
+        let pebble = Pebble::start().await;
+        let dir = harness::tmp::TempDir::new("acme-store");
+        let store = Store::new(dir.path());
+        let client = Client::open(
+            pebble.directory_url(),
+            roots(&pebble),
+            "ops@example.com",
+            store,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", pebble.logs()));
+        // Pebble refuses `_` in a name (a DNS name may hold one; a certificate name may not).
+        let refused = client
+            .obtain(&[name("bad_name.test")], ChallengeKind::Http01)
+            .await
+            .expect_err("refused");
+        assert!(refused.permanent, "{refused}");
+        assert!(refused.message.contains("bad_name.test"), "{refused}");
+        // Nobody answers on Pebble's HTTP-01 port: the order fails, and may be retried.
+        let unanswered = within(
+            Duration::from_secs(60),
+            "an order nobody answers",
+            client.obtain(&[name("g.test")], ChallengeKind::Http01),
+        )
+        .await
+        .expect_err("no answer");
+        assert!(!unanswered.permanent, "{unanswered}");
+        assert!(unanswered.message.contains("g.test"), "{unanswered}");
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_directory_is_a_clear_transient_error() {
+        let dir = harness::tmp::TempDir::new("acme-store");
+        let addr = harness::backend::refused_addr();
+        let err = Client::open(
+            &format!("https://{addr}/dir"),
+            RootCertStore::empty(),
+            "ops@example.com",
+            Store::new(dir.path()),
+        )
+        .await
+        .err()
+        .expect("nothing listens");
+        assert!(!err.permanent, "{err}");
+        assert!(err.message.contains(&addr.to_string()), "{err}");
+    }
 }

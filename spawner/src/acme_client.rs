@@ -1,0 +1,465 @@
+//! The ACME protocol (RFC 8555) for issue 13, through `instant-acme`: an account kept in the
+//! store (`acme/account.json`, mode 0600, reused after restarts) and one certificate obtained
+//! for a name set by HTTP-01 or TLS-ALPN-01, the challenge answers published in the store
+//! ([`Store`]) where the sidecars serve them (`--acme-webroot`, `--acme-tls-alpn-dir`).
+//!
+//! Groundwork: the daemon does not call it yet. Every network step is under a timeout, every
+//! error says whether retrying can help ([`AcmeError::permanent`]) and what the CA said.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use hyper_util::rt::TokioIo;
+use instant_acme::{
+    Account, AccountCredentials, BodyWrapper, BytesResponse, ChallengeType, HttpClient, Identifier,
+    NewAccount, NewOrder, OrderStatus, RetryPolicy,
+};
+use rustls::RootCertStore;
+use rustls_pki_types::ServerName;
+use shared::dns::DnsName;
+use tokio::net::TcpStream;
+
+use crate::acme_store::Store;
+
+/// Longest one HTTP exchange with the CA may take.
+const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long an order may take from its challenges being ready to the certificate.
+const ORDER_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Which challenge proves control of the names (`<prefix>.acme-challenge`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ChallengeKind {
+    /// A file on port 80, served by the sidecar's redirect listener.
+    #[default]
+    Http01,
+    /// A certificate in a handshake on port 443, served by the sidecar's TLS listener.
+    TlsAlpn01,
+}
+
+impl FromStr for ChallengeKind {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text.trim() {
+            "http-01" => Ok(ChallengeKind::Http01),
+            "tls-alpn-01" => Ok(ChallengeKind::TlsAlpn01),
+            other => Err(format!("expected http-01 or tls-alpn-01, got {other:?}")),
+        }
+    }
+}
+
+impl std::fmt::Display for ChallengeKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ChallengeKind::Http01 => "http-01",
+            ChallengeKind::TlsAlpn01 => "tls-alpn-01",
+        })
+    }
+}
+
+/// Why an ACME step failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcmeError {
+    /// Retrying cannot help until something changes (the CA refused the names or the contact).
+    pub permanent: bool,
+    pub message: String,
+}
+
+impl std::fmt::Display for AcmeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for AcmeError {}
+
+/// ACME problem types that no retry fixes (RFC 8555 section 6.7): the CA refuses the
+/// identifier or the account's contact. A failed challence (`unauthorized`, `connection`, `dns`)
+/// or a rate limit is not among them: it may pass once the target is reachable.
+const PERMANENT_PROBLEMS: [&str; 8] = [
+    "rejectedIdentifier",
+    "unsupportedIdentifier",
+    "malformed",
+    "caa",
+    "invalidContact",
+    "unsupportedContact",
+    "externalAccountRequired",
+    "userActionRequired",
+];
+
+fn classify(what: &str, error: instant_acme::Error) -> AcmeError {
+    let permanent = match &error {
+        instant_acme::Error::Api(problem) => problem.r#type.as_deref().is_some_and(|t| {
+            PERMANENT_PROBLEMS
+                .iter()
+                .any(|p| t == format!("urn:ietf:params:acme:error:{p}"))
+        }),
+        _ => false,
+    };
+    AcmeError {
+        permanent,
+        message: format!("{what}: {error}"),
+    }
+}
+
+fn transient(message: String) -> AcmeError {
+    AcmeError {
+        permanent: false,
+        message,
+    }
+}
+
+/// A certificate obtained: the PEM chain (leaf first) and its private key (PKCS#8 PEM).
+#[derive(Debug, Clone)]
+pub struct Obtained {
+    pub chain_pem: String,
+    pub key_pem: String,
+}
+
+/// One ACME account at one directory.
+pub struct Client {
+    account: Account,
+    store: Store,
+}
+
+impl Client {
+    /// The account whose credentials are in the store, or a new one (registered with `email`,
+    /// the terms of service agreed) whose credentials are then stored. `roots` are trusted for
+    /// the directory's own HTTPS.
+    pub async fn open(
+        directory: &str,
+        roots: RootCertStore,
+        email: &str,
+        store: Store,
+    ) -> Result<Client, AcmeError> {
+        let http = || -> Box<dyn HttpClient> { Box::new(Http::new(roots.clone())) };
+        let path = store.account_path();
+        if let Ok(json) = std::fs::read(&path) {
+            let credentials: AccountCredentials =
+                serde_json::from_slice(&json).map_err(|e| AcmeError {
+                    permanent: true,
+                    message: format!("{}: not ACME account credentials: {e}", path.display()),
+                })?;
+            let account = Account::builder_with_http(http())
+                .from_credentials(credentials)
+                .await
+                .map_err(|e| classify("loading the stored ACME account", e))?;
+            return Ok(Client { account, store });
+        }
+        let contact = format!("mailto:{email}");
+        let (account, credentials) = Account::builder_with_http(http())
+            .create(
+                &NewAccount {
+                    contact: &[&contact],
+                    terms_of_service_agreed: true,
+                    only_return_existing: false,
+                },
+                directory.to_string(),
+                None,
+            )
+            .await
+            .map_err(|e| classify(&format!("creating an ACME account at {directory}"), e))?;
+        let json = serde_json::to_vec(&credentials)
+            .map_err(|e| transient(format!("serialising the account: {e}")))?;
+        store
+            .write_account(&json)
+            .map_err(|e| transient(format!("{}: {e}", path.display())))?;
+        Ok(Client { account, store })
+    }
+
+    /// The account's URL at the CA.
+    pub fn account_id(&self) -> &str {
+        self.account.id()
+    }
+
+    /// Orders one certificate for `names` (the first is the certificate's directory name),
+    /// proves control of each by `kind`, and returns it. The challenge files are removed again
+    /// whatever happens.
+    pub async fn obtain(
+        &self,
+        names: &[DnsName],
+        kind: ChallengeKind,
+    ) -> Result<Obtained, AcmeError> {
+        let mut published = Published::new(&self.store);
+        let result = self.order(names, kind, &mut published).await;
+        published.clear();
+        result
+    }
+
+    async fn order(
+        &self,
+        names: &[DnsName],
+        kind: ChallengeKind,
+        published: &mut Published<'_>,
+    ) -> Result<Obtained, AcmeError> {
+        let list = names
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        let identifiers: Vec<Identifier> = names
+            .iter()
+            .map(|n| Identifier::Dns(n.to_string()))
+            .collect();
+        let mut order = self
+            .account
+            .new_order(&NewOrder::new(&identifiers))
+            .await
+            .map_err(|e| classify(&format!("ordering a certificate for {list}"), e))?;
+        let mut authorizations = order.authorizations();
+        while let Some(authz) = authorizations.next().await {
+            let mut authz = authz.map_err(|e| classify(&format!("authorization for {list}"), e))?;
+            if authz.status == instant_acme::AuthorizationStatus::Valid {
+                continue;
+            }
+            let name = match authz.identifier().identifier {
+                Identifier::Dns(name) => DnsName::from_str(name).map_err(|e| AcmeError {
+                    permanent: true,
+                    message: format!("the CA asked about {name:?}: {e}"),
+                })?,
+                other => {
+                    return Err(AcmeError {
+                        permanent: true,
+                        message: format!("the CA asked about {other:?}, not a DNS name"),
+                    })
+                }
+            };
+            let wanted = match kind {
+                ChallengeKind::Http01 => ChallengeType::Http01,
+                ChallengeKind::TlsAlpn01 => ChallengeType::TlsAlpn01,
+            };
+            let mut challenge = authz.challenge(wanted).ok_or_else(|| AcmeError {
+                permanent: true,
+                message: format!("the CA offers no {kind} challenge for {name}"),
+            })?;
+            let key_authorization = challenge.key_authorization();
+            match kind {
+                ChallengeKind::Http01 => {
+                    published.http01(&challenge.token, key_authorization.as_str())?
+                }
+                ChallengeKind::TlsAlpn01 => {
+                    published.tls_alpn01(&name, key_authorization.digest().as_ref())?
+                }
+            }
+            challenge
+                .set_ready()
+                .await
+                .map_err(|e| classify(&format!("{kind} challenge for {name}"), e))?;
+        }
+        let retries = RetryPolicy::new()
+            .initial_delay(Duration::from_millis(250))
+            .backoff(2.0)
+            .timeout(ORDER_TIMEOUT);
+        let status = order
+            .poll_ready(&retries)
+            .await
+            .map_err(|e| classify(&format!("validating {list} by {kind}"), e))?;
+        if status != OrderStatus::Ready {
+            return Err(transient(format!(
+                "validating {list} by {kind}: the order is {status:?}"
+            )));
+        }
+        let key =
+            rcgen::KeyPair::generate().map_err(|e| transient(format!("generating a key: {e}")))?;
+        let mut params = rcgen::CertificateParams::new(
+            names.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        )
+        .map_err(|e| transient(format!("certificate request for {list}: {e}")))?;
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        let csr = params
+            .serialize_request(&key)
+            .map_err(|e| transient(format!("certificate request for {list}: {e}")))?;
+        order
+            .finalize_csr(csr.der())
+            .await
+            .map_err(|e| classify(&format!("finalizing the order for {list}"), e))?;
+        let chain_pem = order
+            .poll_certificate(&retries)
+            .await
+            .map_err(|e| classify(&format!("downloading the certificate for {list}"), e))?;
+        Ok(Obtained {
+            chain_pem,
+            key_pem: key.serialize_pem(),
+        })
+    }
+}
+
+/// The challenge answers written for one order, removed when it ends.
+struct Published<'a> {
+    store: &'a Store,
+    tokens: Vec<String>,
+    names: Vec<DnsName>,
+}
+
+impl<'a> Published<'a> {
+    fn new(store: &'a Store) -> Self {
+        Self {
+            store,
+            tokens: Vec::new(),
+            names: Vec::new(),
+        }
+    }
+
+    fn http01(&mut self, token: &str, key_authorization: &str) -> Result<(), AcmeError> {
+        self.store
+            .write_http01(token, key_authorization)
+            .map_err(|e| transient(format!("publishing the HTTP-01 answer: {e}")))?;
+        self.tokens.push(token.to_string());
+        Ok(())
+    }
+
+    /// The TLS-ALPN-01 certificate (RFC 8737): self-signed for `name`, with the critical
+    /// acmeIdentifier extension holding SHA-256 of the key authorization.
+    fn tls_alpn01(&mut self, name: &DnsName, digest: &[u8]) -> Result<(), AcmeError> {
+        let fail = |e: String| transient(format!("the TLS-ALPN-01 certificate for {name}: {e}"));
+        let key = rcgen::KeyPair::generate().map_err(|e| fail(e.to_string()))?;
+        let mut params = rcgen::CertificateParams::new(vec![name.to_string()])
+            .map_err(|e| fail(e.to_string()))?;
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(digest)];
+        let cert = params.self_signed(&key).map_err(|e| fail(e.to_string()))?;
+        let pem = format!("{}{}", cert.pem(), key.serialize_pem());
+        self.store
+            .write_tls_alpn01(name, pem.as_bytes())
+            .map_err(|e| fail(e.to_string()))?;
+        self.names.push(name.clone());
+        Ok(())
+    }
+
+    fn clear(&mut self) {
+        for token in self.tokens.drain(..) {
+            let _ = self.store.remove_http01(&token);
+        }
+        for name in self.names.drain(..) {
+            let _ = self.store.remove_tls_alpn01(&name);
+        }
+    }
+}
+
+/// instant-acme's HTTP client: one HTTP/1.1 connection per exchange over rustls, trusting only
+/// `roots` (ACME traffic is a few requests per certificate; no pool needed). Every error names
+/// the URL and the step that failed.
+pub struct Http {
+    tls: Arc<rustls::ClientConfig>,
+}
+
+impl Http {
+    pub fn new(roots: RootCertStore) -> Self {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap_or_else(|_| unreachable!("ring supports the default TLS versions"))
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Self {
+            tls: Arc::new(config),
+        }
+    }
+}
+
+type HttpResult = Result<BytesResponse, instant_acme::Error>;
+
+impl HttpClient for Http {
+    fn request(
+        &self,
+        req: Request<BodyWrapper<Bytes>>,
+    ) -> Pin<Box<dyn Future<Output = HttpResult> + Send>> {
+        let tls = self.tls.clone();
+        Box::pin(async move {
+            let url = req.uri().to_string();
+            let fail = |what: String| instant_acme::Error::Other(format!("{url}: {what}").into());
+            match tokio::time::timeout(HTTP_TIMEOUT, send(tls, req)).await {
+                Ok(Ok(rsp)) => Ok(BytesResponse::from(rsp)),
+                Ok(Err(e)) => Err(fail(e)),
+                Err(_) => Err(fail(format!("no response within {HTTP_TIMEOUT:?}"))),
+            }
+        })
+    }
+}
+
+/// Sends `req` (an absolute `https://` URL) on a fresh connection.
+async fn send(
+    tls: Arc<rustls::ClientConfig>,
+    mut req: Request<BodyWrapper<Bytes>>,
+) -> Result<Response<hyper::body::Incoming>, String> {
+    let uri = req.uri().clone();
+    if uri.scheme_str() != Some("https") {
+        return Err("only https URLs are used for ACME".to_string());
+    }
+    let host = uri.host().ok_or("no host in the URL")?.to_string();
+    let port = uri.port_u16().unwrap_or(443);
+    let tcp = TcpStream::connect((host.trim_matches(['[', ']']), port))
+        .await
+        .map_err(|e| format!("connect to {host}:{port}: {e}"))?;
+    // hyper writes a request's head and body apart: without this, Nagle's algorithm and the
+    // server's delayed ACK cost 40 ms per POST.
+    tcp.set_nodelay(true)
+        .map_err(|e| format!("TCP_NODELAY: {e}"))?;
+    let name = ServerName::try_from(host.trim_matches(['[', ']']).to_string())
+        .map_err(|e| format!("server name {host}: {e}"))?;
+    let stream = tokio_rustls::TlsConnector::from(tls)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("TLS handshake with {host}:{port}: {e}"))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("HTTP/1.1 handshake: {e}"))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let authority = uri.authority().map_or(host, |a| a.to_string());
+    *req.uri_mut() = uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .parse()
+        .map_err(|e| format!("request path: {e}"))?;
+    req.headers_mut().insert(
+        http::header::HOST,
+        authority.parse().map_err(|e| format!("Host: {e}"))?,
+    );
+    sender
+        .send_request(req)
+        .await
+        .map_err(|e| format!("request: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn challenge_kinds_parse_and_render() {
+        for k in [ChallengeKind::Http01, ChallengeKind::TlsAlpn01] {
+            assert_eq!(k.to_string().parse::<ChallengeKind>(), Ok(k));
+        }
+        assert_eq!(ChallengeKind::default(), ChallengeKind::Http01);
+        assert!("dns-01".parse::<ChallengeKind>().is_err());
+    }
+
+    #[test]
+    fn refused_names_are_permanent_failed_challenges_are_not() {
+        let problem = |t: &str| {
+            instant_acme::Error::Api(instant_acme::Problem {
+                r#type: Some(format!("urn:ietf:params:acme:error:{t}")),
+                detail: Some("x".into()),
+                status: Some(400),
+                subproblems: Vec::new(),
+            })
+        };
+        assert!(classify("o", problem("rejectedIdentifier")).permanent);
+        assert!(classify("o", problem("malformed")).permanent);
+        assert!(!classify("o", problem("unauthorized")).permanent);
+        assert!(!classify("o", problem("connection")).permanent);
+        assert!(!classify("o", problem("rateLimited")).permanent);
+        let e = classify("ordering a.example", problem("caa"));
+        assert!(
+            e.permanent && e.message.starts_with("ordering a.example: "),
+            "{e}"
+        );
+    }
+}
