@@ -630,6 +630,22 @@ mod spawner_client {
         directory_roots(pebble)
     }
 
+    /// The spawner's ACME client on `store`, with an account at Pebble.
+    async fn open(pebble: &Pebble, store: &Store) -> Client {
+        within(
+            STEP,
+            "the ACME account",
+            Client::open(
+                pebble.directory_url(),
+                roots(pebble),
+                "ops@example.com",
+                store.clone(),
+            ),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", pebble.logs()))
+    }
+
     fn name(n: &str) -> DnsName {
         DnsName::from_str(n).expect("a DNS name")
     }
@@ -649,18 +665,7 @@ mod spawner_client {
             .arg(store.tls_alpn01_dir().display().to_string())
             .start()
             .await;
-        let client = within(
-            STEP,
-            "the ACME account",
-            Client::open(
-                pebble.directory_url(),
-                roots(&pebble),
-                "ops@example.com",
-                store.clone(),
-            ),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", pebble.logs()));
+        let client = open(&pebble, &store).await;
         let names = [name("e.test"), name("www.e.test")];
         let got = within(
             Duration::from_secs(60),
@@ -685,14 +690,7 @@ mod spawner_client {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
-        let again = Client::open(
-            pebble.directory_url(),
-            roots(&pebble),
-            "ops@example.com",
-            store.clone(),
-        )
-        .await
-        .expect("the stored account");
+        let again = open(&pebble, &store).await;
         assert_eq!(again.account_id(), client.account_id());
     }
 
@@ -714,14 +712,7 @@ mod spawner_client {
             .arg(store.http01_webroot().display().to_string())
             .start()
             .await;
-        let client = Client::open(
-            pebble.directory_url(),
-            roots(&pebble),
-            "ops@example.com",
-            store.clone(),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", pebble.logs()));
+        let client = open(&pebble, &store).await;
         let got = within(
             Duration::from_secs(60),
             "a certificate by HTTP-01",
@@ -737,14 +728,7 @@ mod spawner_client {
         let pebble = Pebble::start().await;
         let dir = harness::tmp::TempDir::new("acme-store");
         let store = Store::new(dir.path());
-        let client = Client::open(
-            pebble.directory_url(),
-            roots(&pebble),
-            "ops@example.com",
-            store,
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", pebble.logs()));
+        let client = open(&pebble, &store).await;
         // Pebble refuses `_` in a name (a DNS name may hold one; a certificate name may not).
         let refused = client
             .obtain(&[name("bad_name.test")], ChallengeKind::Http01)
