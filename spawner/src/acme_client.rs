@@ -78,7 +78,7 @@ impl std::fmt::Display for AcmeError {
 impl std::error::Error for AcmeError {}
 
 /// ACME problem types that no retry fixes (RFC 8555 section 6.7): the CA refuses the
-/// identifier or the account's contact. A failed challence (`unauthorized`, `connection`, `dns`)
+/// identifier or the account's contact. A failed challenge (`unauthorized`, `connection`, `dns`)
 /// or a rate limit is not among them: it may pass once the target is reachable.
 const PERMANENT_PROBLEMS: [&str; 8] = [
     "rejectedIdentifier",
