@@ -316,6 +316,30 @@ pub struct Container {
 }
 
 impl Container {
+    /// The environment as `docker inspect` shows it (`NAME=value`).
+    pub fn env(&self) -> Vec<String> {
+        self.raw["Config"]["Env"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Panics unless every `NAME=value` of `want` is in the environment.
+    pub fn assert_env(&self, want: &[&str]) {
+        let env = self.env();
+        for w in want {
+            assert!(
+                env.iter().any(|e| e == w),
+                "{w} missing from {} env {env:?}",
+                self.name
+            );
+        }
+    }
+
     /// A label value, if set.
     pub fn label(&self, key: &str) -> Option<String> {
         self.raw["Config"]["Labels"][key].as_str().map(String::from)
@@ -391,9 +415,19 @@ pub fn wait_not_running(container: &str) -> Duration {
 
 /// `GET https://127.0.0.1:PORT/` with curl (any certificate accepted); the body on a 2xx.
 pub fn https_get(port: u16) -> Option<String> {
+    curl_https(port, "-sSfk")
+}
+
+/// [`https_get`] with the response head before the body (`curl -i`).
+pub fn https_get_with_head(port: u16) -> Option<String> {
+    curl_https(port, "-sSfki")
+}
+
+/// curl with `flags` on `https://127.0.0.1:PORT/`, 3 s at most: stdout when curl succeeds.
+fn curl_https(port: u16, flags: &str) -> Option<String> {
     let out = Command::new("curl")
         .args([
-            "-sSfk",
+            flags,
             "--max-time",
             "3",
             &format!("https://127.0.0.1:{port}/"),

@@ -58,6 +58,27 @@ impl Spawner {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Waits until the log has an `invalid label` warning naming the container, the label, its
+    /// value and the reason.
+    pub fn wait_invalid_label(&self, container: &str, label: &str, value: &str, reason: &str) {
+        crate::docker::poll(
+            crate::docker::LIFECYCLE_DEADLINE,
+            &format!("a warning naming {container}, {label} and {value}"),
+            || {
+                self.logs()
+                    .lines()
+                    .any(|l| {
+                        l.contains("invalid label")
+                            && l.contains(container)
+                            && l.contains(label)
+                            && l.contains(value)
+                            && l.contains(reason)
+                    })
+                    .then_some(())
+            },
+        );
+    }
+
     /// Waits until the log contains `needle` `times` times.
     pub fn wait_log(&self, needle: &str, times: usize, limit: Duration) -> Duration {
         poll(

@@ -756,28 +756,6 @@ fn curl(args: &[&str]) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).to_string())
 }
 
-/// The sidecar's environment as `docker inspect` shows it.
-fn env_of(sidecar: &Container) -> Vec<String> {
-    sidecar.raw["Config"]["Env"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn assert_env(sidecar: &Container, want: &[&str]) {
-    let env = env_of(sidecar);
-    for w in want {
-        assert!(
-            env.iter().any(|e| e == w),
-            "{w} missing from sidecar env {env:?}"
-        );
-    }
-}
-
 #[test]
 fn hsts_and_redirect_labels_reach_the_sidecar() {
     let run = TestRun::new();
@@ -795,13 +773,10 @@ fn hsts_and_redirect_labels_reach_the_sidecar() {
     )
     .1;
     let (sidecar, _) = wait_served(&prefix, &id);
-    assert_env(
-        &sidecar,
-        &[
-            "SIDECAR_HSTS=31536000",
-            "SIDECAR_REDIRECT_LISTEN=0.0.0.0:8081",
-        ],
-    );
+    sidecar.assert_env(&[
+        "SIDECAR_HSTS=31536000",
+        "SIDECAR_REDIRECT_LISTEN=0.0.0.0:8081",
+    ]);
 
     let https = curl(&[
         "-ki",
@@ -926,13 +901,10 @@ fn client_ca_label_admits_only_allowed_client_certificates() {
     )
     .1;
     let sidecar = wait_served_or_running(&prefix, &id);
-    assert_env(
-        &sidecar,
-        &[
-            "SIDECAR_CLIENT_CA=/certs/ca/clients.pem",
-            "SIDECAR_ALLOW_CN=alice,carol",
-        ],
-    );
+    sidecar.assert_env(&[
+        "SIDECAR_CLIENT_CA=/certs/ca/clients.pem",
+        "SIDECAR_ALLOW_CN=alice,carol",
+    ]);
     let port = host_port(&id, 8443);
     let alice = ca.client("alice");
     let (body, _) = poll(
@@ -982,23 +954,7 @@ fn invalid_tls_policy_labels_get_no_sidecar_and_a_status_reason() {
     let good = target(&run, &prefix, &[]).1;
     wait_served(&prefix, &good);
     for (name, id, label, value, reason) in &bad {
-        poll(
-            LIFECYCLE_DEADLINE,
-            &format!("a warning naming {name}, {label} and {value}"),
-            || {
-                spawner
-                    .logs()
-                    .lines()
-                    .any(|l| {
-                        l.contains("invalid label")
-                            && l.contains(name.as_str())
-                            && l.contains(label.as_str())
-                            && l.contains(value)
-                            && l.contains(reason)
-                    })
-                    .then_some(())
-            },
-        );
+        spawner.wait_invalid_label(name, label, value, reason);
         assert!(
             sidecars_for(&prefix, id).is_empty(),
             "{label}={value}: no sidecar"

@@ -170,18 +170,6 @@ fn wait_sidecar(prefix: &str, target_id: &str) -> Container {
     .0
 }
 
-/// The container's environment as `docker inspect` shows it.
-fn env_of(c: &Container) -> Vec<String> {
-    c.raw["Config"]["Env"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 const ORPHAN_ENV: &str = "SIDECAR_EXIT_WHEN_ORPHANED=true";
 
 #[test]
@@ -216,16 +204,17 @@ fn sidecar_exits_by_itself_when_its_target_is_removed_while_the_spawner_is_down(
     let sidecar = wait_sidecar(&prefix, &target);
     let lonely_sidecar = wait_sidecar(&prefix, &lonely);
     assert!(
-        env_of(&sidecar).iter().any(|e| e == ORPHAN_ENV),
+        sidecar.env().iter().any(|e| e == ORPHAN_ENV),
         "a target with a network: {:?}",
-        env_of(&sidecar)
+        sidecar.env()
     );
     assert!(
-        !env_of(&lonely_sidecar)
+        !lonely_sidecar
+            .env()
             .iter()
             .any(|e| e.starts_with("SIDECAR_EXIT_WHEN_ORPHANED")),
         "a --network none target: {:?}",
-        env_of(&lonely_sidecar)
+        lonely_sidecar.env()
     );
     let port = host_port(&target, 8443);
     poll(LIFECYCLE_DEADLINE, "https through the sidecar", || {

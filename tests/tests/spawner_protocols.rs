@@ -5,13 +5,12 @@
 //! its own label prefix; a `TestRun` guard removes what it made.
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::process::Command;
 use std::time::Duration;
 
 use harness::client::{self, Trust};
 use harness::docker::{
-    containers_with_label, host_port, images, inspect, poll, unique_name, Container, TestRun,
-    LIFECYCLE_DEADLINE,
+    containers_with_label, host_port, https_get_with_head, images, inspect, poll, unique_name,
+    Container, TestRun, LIFECYCLE_DEADLINE,
 };
 use harness::spawner::{self, Spawner};
 use tokio::io::AsyncReadExt;
@@ -64,45 +63,6 @@ fn wait_sidecar(prefix: &str, target_id: &str) -> Container {
         },
     )
     .0
-}
-
-/// The sidecar's environment as `docker inspect` shows it.
-fn env_of(sidecar: &Container) -> Vec<String> {
-    sidecar.raw["Config"]["Env"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn assert_env(sidecar: &Container, want: &[&str]) {
-    let env = env_of(sidecar);
-    for w in want {
-        assert!(
-            env.iter().any(|e| e == w),
-            "{w} missing from sidecar env {env:?}"
-        );
-    }
-}
-
-/// `curl -ski https://127.0.0.1:PORT/` (3 s at most): the response head and body, or `None`
-/// when curl fails (nothing listening yet, or no answer).
-fn https_head_and_body(port: u16) -> Option<String> {
-    let out = Command::new("curl")
-        .args([
-            "-sSfki",
-            "--max-time",
-            "3",
-            &format!("https://127.0.0.1:{port}/"),
-        ])
-        .output()
-        .expect("run curl");
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).to_string())
 }
 
 /// One TLS connection to `port` offering ALPN `h2` then `http/1.1`: the protocol negotiated and
@@ -198,14 +158,11 @@ fn tcp_mode_alpn_and_proxy_v1_labels_reach_the_sidecar_and_the_app() {
         &["DEMO_MODE=raw-echo"],
     );
     let sidecar = wait_sidecar(&prefix, &id);
-    assert_env(
-        &sidecar,
-        &[
-            "SIDECAR_MODE=tcp",
-            "SIDECAR_ALPN=h2,http/1.1",
-            "SIDECAR_PROXY_PROTOCOL=v1",
-        ],
-    );
+    sidecar.assert_env(&[
+        "SIDECAR_MODE=tcp",
+        "SIDECAR_ALPN=h2,http/1.1",
+        "SIDECAR_PROXY_PROTOCOL=v1",
+    ]);
 
     // The app (raw-echo) sends back the first line it received: with PROXY v1 that is the
     // header the sidecar wrote before any byte of the client's.
@@ -267,12 +224,12 @@ fn backend_protocol_h2c_label_reaches_the_sidecar_and_the_app_gets_http2() {
         &[],
     );
     let sidecar = wait_sidecar(&prefix, &id);
-    assert_env(&sidecar, &["SIDECAR_BACKEND_PROTOCOL=h2c"]);
+    sidecar.assert_env(&["SIDECAR_BACKEND_PROTOCOL=h2c"]);
 
     // The demo serves HTTP/1.1 and h2c on one port and names the version a request came in.
     let port = host_port(&id, 8443);
     let (answer, _) = poll(LIFECYCLE_DEADLINE, "https through the sidecar", || {
-        https_head_and_body(port)
+        https_get_with_head(port)
     });
     let version = answer
         .lines()
@@ -318,23 +275,7 @@ fn bad_backend_protocol_labels_get_no_sidecar_and_a_status_reason() {
     let good = target(&run, &prefix, &[], &[]).1;
     wait_sidecar(&prefix, &good);
     for (name, id, value, reason) in &bad {
-        poll(
-            LIFECYCLE_DEADLINE,
-            &format!("a warning naming {name}, {label} and {value}"),
-            || {
-                spawner
-                    .logs()
-                    .lines()
-                    .any(|l| {
-                        l.contains("invalid label")
-                            && l.contains(name.as_str())
-                            && l.contains(label.as_str())
-                            && l.contains(value)
-                            && l.contains(reason)
-                    })
-                    .then_some(())
-            },
-        );
+        spawner.wait_invalid_label(name, &label, value, reason);
         assert!(
             sidecars_for(&prefix, id).is_empty(),
             "{label}={value}: no sidecar"
