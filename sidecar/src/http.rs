@@ -314,7 +314,7 @@ impl Proxy {
         };
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        if grpc && !info.h2 && parts.headers.contains_key(header::CONTENT_TYPE) {
+        if !info.h2 && grpc::is_grpc(&parts.headers) {
             // gRPC status travels in trailers, which HTTP/1.1 sends only when announced.
             parts
                 .headers

@@ -138,7 +138,14 @@ impl Client {
     ) -> Result<Client, AcmeError> {
         let http = || -> Box<dyn HttpClient> { Box::new(Http::new(roots.clone())) };
         let path = store.account_path();
-        if let Ok(json) = std::fs::read(&path) {
+        // Only a missing file means "no account yet": any other read error must not make a
+        // second account (and overwrite the first one's credentials).
+        let stored = match std::fs::read(&path) {
+            Ok(json) => Some(json),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(transient(format!("{}: {e}", path.display()))),
+        };
+        if let Some(json) = stored {
             let credentials: AccountCredentials =
                 serde_json::from_slice(&json).map_err(|e| AcmeError {
                     permanent: true,

@@ -139,6 +139,12 @@ pub fn decide(
         .copied()
         .filter(|t| now.duration_since(*t).map_or(true, |age| age < hour))
         .collect();
+    if policy.max_orders_per_hour == 0 {
+        return Decision::Wait {
+            until: None,
+            reason: "ordering is off (no orders allowed per hour)",
+        };
+    }
     if recent.len() >= policy.max_orders_per_hour {
         recent.sort();
         let oldest = recent[recent.len() - policy.max_orders_per_hour];
@@ -301,6 +307,14 @@ mod tests {
         assert!(matches!(
             decide(t(3600), &want, None, &history, &p),
             Decision::Order { .. }
+        ));
+        let off = Policy {
+            max_orders_per_hour: 0,
+            ..p
+        };
+        assert!(matches!(
+            decide(t(0), &want, None, &History::default(), &off),
+            Decision::Wait { until: None, .. }
         ));
         // Any sequence of decisions at any times places at most 3 orders in any hour.
         let mut placed: Vec<SystemTime> = Vec::new();
