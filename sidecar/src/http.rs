@@ -343,18 +343,7 @@ impl Proxy {
                 }
                 Err(Failure::Backend(BackendError::Connect))
             }
-            Ok(Err(error)) if is_client_body_error(&error) => {
-                // The client's own body broke the exchange (a malformed chunk, a reset): a
-                // client error, not the backend's.
-                debug!(peer = %info.peer, error = %error_chain(&error), "request body failed");
-                Err(Failure::ClientBody)
-            }
-            Ok(Err(error)) => {
-                if let Some(suppressed) = BACKEND_REQUEST_LOG.ready() {
-                    warn!(backend = %self.backend_authority, error = %error_chain(&error), suppressed, "backend request failed");
-                }
-                Err(Failure::Backend(BackendError::Protocol))
-            }
+            Ok(Err(error)) => Err(self.request_failed(info, &error, "HTTP/1.1")),
             Ok(Ok(resp)) => Ok(resp),
         }
     }
@@ -379,18 +368,27 @@ impl Proxy {
                 }
                 Err(Failure::Backend(BackendError::Connect))
             }
-            Ok(Err(H2Error::Request(error))) if is_client_body_error(&error) => {
-                debug!(peer = %info.peer, error = %error_chain(&error), "request body failed");
-                Err(Failure::ClientBody)
-            }
-            Ok(Err(H2Error::Request(error))) => {
-                if let Some(suppressed) = BACKEND_REQUEST_LOG.ready() {
-                    warn!(backend = %self.backend_authority, error = %error_chain(&error), suppressed, "backend h2c request failed");
-                }
-                Err(Failure::Backend(BackendError::Protocol))
-            }
+            Ok(Err(H2Error::Request(error))) => Err(self.request_failed(info, &error, "h2c")),
             Ok(Ok(resp)) => Ok(resp),
         }
+    }
+
+    /// What a failed exchange (past the connect) was: the client's own body broke it (a
+    /// malformed chunk, a reset: a client error, not the backend's), or the backend did.
+    fn request_failed(
+        &self,
+        info: &ConnInfo,
+        error: &(dyn std::error::Error + 'static),
+        over: &str,
+    ) -> Failure {
+        if is_client_body_error(error) {
+            debug!(peer = %info.peer, error = %error_chain(error), "request body failed");
+            return Failure::ClientBody;
+        }
+        if let Some(suppressed) = BACKEND_REQUEST_LOG.ready() {
+            warn!(backend = %self.backend_authority, error = %error_chain(error), suppressed, over, "backend request failed");
+        }
+        Failure::Backend(BackendError::Protocol)
     }
 
     /// The sidecar's own answer to a request it could not get answered.
