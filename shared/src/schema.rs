@@ -73,7 +73,11 @@ pub mod label {
     pub const LISTEN: &str = "listen";
     pub const BACKEND: &str = "backend";
     pub const MODE: &str = "mode";
+    /// On a target: the names its certificate is for, a comma list (the first names certbot's
+    /// `live/<name>/` directory); with ACME on, what the spawner obtains a certificate for.
     pub const HOSTNAME: &str = "hostname";
+    /// On a target: `http-01` or `tls-alpn-01`, how ACME proves control of its names.
+    pub const ACME_CHALLENGE: &str = "acme-challenge";
     /// On a target: PEM bundle of client CAs under `/certs`; turns on mutual TLS.
     pub const CLIENT_CA: &str = "client-ca";
     /// On a target: `required` or `optional` client certificates (with `client-ca`).

@@ -38,6 +38,10 @@ pub struct SidecarSpec {
     pub shutdown_grace: Duration,
     pub log_format: LogFormat,
     pub exit_when_orphaned: bool,
+    /// HTTP-01 answers served on the redirect listener from `DIR/.well-known/acme-challenge/`.
+    pub acme_webroot: Option<PathBuf>,
+    /// TLS-ALPN-01 challenge certificates, `DIR/<name>.pem`, answered on the TLS listener.
+    pub acme_tls_alpn_dir: Option<PathBuf>,
 }
 
 /// The certificate a sidecar serves.
@@ -47,6 +51,11 @@ pub enum Certificate {
     Files { cert: PathBuf, key: PathBuf },
     /// Generated at start for these names.
     SelfSigned { names: Vec<SanName> },
+    /// Pairs in certbot's layout under `dir` (`live/<name>/`), chosen by SNI and picked up
+    /// when they appear; a certificate generated for `names` serves until the first one does.
+    /// What an ACME-managed sidecar is started with: it must switch to the obtained certificate
+    /// without a restart.
+    Dir { dir: PathBuf, names: Vec<SanName> },
 }
 
 /// Mutual TLS: client certificates verified against `ca`, then matched against `allow`.
@@ -74,6 +83,13 @@ impl SidecarSpec {
                 out.push((env::KEY, key.display().to_string()));
             }
             Certificate::SelfSigned { names } => {
+                out.push((
+                    env::SELF_SIGNED_NAMES,
+                    crate::identity::List(names.clone()).to_string(),
+                ));
+            }
+            Certificate::Dir { dir, names } => {
+                out.push((env::CERTS_DIR, dir.display().to_string()));
                 out.push((
                     env::SELF_SIGNED_NAMES,
                     crate::identity::List(names.clone()).to_string(),
@@ -107,6 +123,12 @@ impl SidecarSpec {
         }
         if self.exit_when_orphaned {
             out.push((env::EXIT_WHEN_ORPHANED, "true".to_string()));
+        }
+        if let Some(dir) = &self.acme_webroot {
+            out.push((env::ACME_WEBROOT, dir.display().to_string()));
+        }
+        if let Some(dir) = &self.acme_tls_alpn_dir {
+            out.push((env::ACME_TLS_ALPN_DIR, dir.display().to_string()));
         }
         out
     }
@@ -220,6 +242,8 @@ mod tests {
             shutdown_grace: Duration::from_secs(10),
             log_format: LogFormat::Text,
             exit_when_orphaned: false,
+            acme_webroot: None,
+            acme_tls_alpn_dir: None,
         };
         assert_eq!(
             spec.to_env_strings(),

@@ -587,12 +587,16 @@ impl Config {
     /// sidecar understood from its environment. The contract test renders a spec, parses it here
     /// and compares.
     pub fn spec(&self) -> SidecarSpec {
-        let certificate = match &self.certs.pair {
-            Some(pair) => Certificate::Files {
+        let certificate = match (&self.certs.pair, &self.certs.dir) {
+            (Some(pair), _) => Certificate::Files {
                 cert: pair.cert.clone(),
                 key: pair.key.clone(),
             },
-            None => Certificate::SelfSigned {
+            (None, Some(dir)) => Certificate::Dir {
+                dir: dir.clone(),
+                names: self.certs.self_signed_names.clone(),
+            },
+            (None, None) => Certificate::SelfSigned {
                 names: self.certs.self_signed_names.clone(),
             },
         };
@@ -614,6 +618,8 @@ impl Config {
             shutdown_grace: self.shutdown_grace,
             log_format: self.log_format,
             exit_when_orphaned: self.exit_when_orphaned,
+            acme_webroot: self.redirect.as_ref().and_then(|r| r.acme_webroot.clone()),
+            acme_tls_alpn_dir: self.acme_tls_alpn_dir.clone(),
         }
     }
 }

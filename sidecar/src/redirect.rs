@@ -276,6 +276,11 @@ async fn read_challenge(webroot: Webroot, token: String) -> Option<Bytes> {
             warn!(path = %path.display(), limit = MAX_CHALLENGE_BYTES, "acme challenge file too large, refused");
             return None;
         }
+        // An emptied file is a withdrawn answer: the spawner cannot delete files in a sidecar's
+        // volume, only overwrite them, so it empties an answer once its order is over.
+        if body.is_empty() {
+            return None;
+        }
         Some(Bytes::from(body))
     });
     task.await.ok().flatten()
@@ -466,6 +471,12 @@ mod tests {
         );
         assert_eq!(dir.read("max").await.map(|b| b.len()), Some(64 * 1024));
         assert_eq!(dir.read("missing").await, None);
+        std::fs::write(dir.challenges().join("withdrawn"), b"").expect("empty token");
+        assert_eq!(
+            dir.read("withdrawn").await,
+            None,
+            "an emptied answer is gone"
+        );
         assert_eq!(dir.read("dir").await, None);
         assert_eq!(dir.read("big").await, None);
 

@@ -24,42 +24,13 @@ use rustls_pki_types::ServerName;
 use shared::dns::DnsName;
 use tokio::net::TcpStream;
 
+pub use crate::acme_plan::ChallengeKind;
 use crate::acme_store::Store;
 
 /// Longest one HTTP exchange with the CA may take.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long an order may take from its challenges being ready to the certificate.
 const ORDER_TIMEOUT: Duration = Duration::from_secs(120);
-
-/// Which challenge proves control of the names (`<prefix>.acme-challenge`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum ChallengeKind {
-    /// A file on port 80, served by the sidecar's redirect listener.
-    #[default]
-    Http01,
-    /// A certificate in a handshake on port 443, served by the sidecar's TLS listener.
-    TlsAlpn01,
-}
-
-impl FromStr for ChallengeKind {
-    type Err = String;
-    fn from_str(text: &str) -> Result<Self, String> {
-        match text.trim() {
-            "http-01" => Ok(ChallengeKind::Http01),
-            "tls-alpn-01" => Ok(ChallengeKind::TlsAlpn01),
-            other => Err(format!("expected http-01 or tls-alpn-01, got {other:?}")),
-        }
-    }
-}
-
-impl std::fmt::Display for ChallengeKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            ChallengeKind::Http01 => "http-01",
-            ChallengeKind::TlsAlpn01 => "tls-alpn-01",
-        })
-    }
-}
 
 /// Why an ACME step failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -191,9 +162,24 @@ impl Client {
         names: &[DnsName],
         kind: ChallengeKind,
     ) -> Result<Obtained, AcmeError> {
+        self.obtain_with(names, kind, &StoreOnly).await
+    }
+
+    /// [`Client::obtain`], with each answer also handed to `answers` after it is written to the
+    /// store and before the CA is told to check it (the daemon uploads it into the sidecars
+    /// that serve the names), and handed again emptied once the order is over.
+    pub async fn obtain_with(
+        &self,
+        names: &[DnsName],
+        kind: ChallengeKind,
+        answers: &dyn Answers,
+    ) -> Result<Obtained, AcmeError> {
         let mut published = Published::new(&self.store);
-        let result = self.order(names, kind, &mut published).await;
-        published.clear();
+        let result = self.order(names, kind, &mut published, answers).await;
+        let withdrawn = published.clear();
+        if !withdrawn.is_empty() {
+            answers.publish(withdrawn).await;
+        }
         result
     }
 
@@ -202,6 +188,7 @@ impl Client {
         names: &[DnsName],
         kind: ChallengeKind,
         published: &mut Published<'_>,
+        answers: &dyn Answers,
     ) -> Result<Obtained, AcmeError> {
         let list = names
             .iter()
@@ -244,14 +231,15 @@ impl Client {
                 message: format!("the CA offers no {kind} challenge for {name}"),
             })?;
             let key_authorization = challenge.key_authorization();
-            match kind {
+            let answer = match kind {
                 ChallengeKind::Http01 => {
                     published.http01(&challenge.token, key_authorization.as_str())?
                 }
                 ChallengeKind::TlsAlpn01 => {
                     published.tls_alpn01(&name, key_authorization.digest().as_ref())?
                 }
-            }
+            };
+            answers.publish(vec![answer]).await;
             challenge
                 .set_ready()
                 .await
@@ -295,6 +283,30 @@ impl Client {
     }
 }
 
+/// One challenge answer as a file: its path relative to the store (the same relative path
+/// under a sidecar's `/certs`) and its content; empty when withdrawn.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AnswerFile {
+    pub path: String,
+    pub bytes: Vec<u8>,
+}
+
+/// Where challenge answers go besides the store.
+pub trait Answers: Send + Sync {
+    /// Makes `files` visible to whoever answers the CA; failures are the implementor's to log
+    /// (an answer that did not arrive fails the challenge, which is reported).
+    fn publish(&self, files: Vec<AnswerFile>) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
+}
+
+/// Answers served from the store alone (a sidecar mounting it, or a test).
+pub struct StoreOnly;
+
+impl Answers for StoreOnly {
+    fn publish(&self, _files: Vec<AnswerFile>) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(async {})
+    }
+}
+
 /// The challenge answers written for one order, removed when it ends.
 struct Published<'a> {
     store: &'a Store,
@@ -311,17 +323,20 @@ impl<'a> Published<'a> {
         }
     }
 
-    fn http01(&mut self, token: &str, key_authorization: &str) -> Result<(), AcmeError> {
+    fn http01(&mut self, token: &str, key_authorization: &str) -> Result<AnswerFile, AcmeError> {
         self.store
             .write_http01(token, key_authorization)
             .map_err(|e| transient(format!("publishing the HTTP-01 answer: {e}")))?;
         self.tokens.push(token.to_string());
-        Ok(())
+        Ok(AnswerFile {
+            path: http01_path(token),
+            bytes: key_authorization.as_bytes().to_vec(),
+        })
     }
 
     /// The TLS-ALPN-01 certificate (RFC 8737): self-signed for `name`, with the critical
     /// acmeIdentifier extension holding SHA-256 of the key authorization.
-    fn tls_alpn01(&mut self, name: &DnsName, digest: &[u8]) -> Result<(), AcmeError> {
+    fn tls_alpn01(&mut self, name: &DnsName, digest: &[u8]) -> Result<AnswerFile, AcmeError> {
         let fail = |e: String| transient(format!("the TLS-ALPN-01 certificate for {name}: {e}"));
         let key = rcgen::KeyPair::generate().map_err(|e| fail(e.to_string()))?;
         let mut params = rcgen::CertificateParams::new(vec![name.to_string()])
@@ -334,17 +349,40 @@ impl<'a> Published<'a> {
             .write_tls_alpn01(name, pem.as_bytes())
             .map_err(|e| fail(e.to_string()))?;
         self.names.push(name.clone());
-        Ok(())
+        Ok(AnswerFile {
+            path: tls_alpn01_path(name),
+            bytes: pem.into_bytes(),
+        })
     }
 
-    fn clear(&mut self) {
+    /// Removes every answer from the store; returns them emptied, for [`Answers::publish`].
+    fn clear(&mut self) -> Vec<AnswerFile> {
+        let mut withdrawn = Vec::new();
         for token in self.tokens.drain(..) {
             let _ = self.store.remove_http01(&token);
+            withdrawn.push(http01_path(&token));
         }
         for name in self.names.drain(..) {
             let _ = self.store.remove_tls_alpn01(&name);
+            withdrawn.push(tls_alpn01_path(&name));
         }
+        withdrawn
+            .into_iter()
+            .map(|path| AnswerFile {
+                path,
+                bytes: Vec::new(),
+            })
+            .collect()
     }
+}
+
+fn http01_path(token: &str) -> String {
+    use crate::acme_store::{HTTP01_DIR, HTTP01_TOKENS};
+    format!("{HTTP01_DIR}/{HTTP01_TOKENS}/{token}")
+}
+
+fn tls_alpn01_path(name: &DnsName) -> String {
+    format!("{}/{name}.pem", crate::acme_store::TLS_ALPN01_DIR)
 }
 
 /// instant-acme's HTTP client: one HTTP/1.1 connection per exchange over rustls, trusting only

@@ -12,6 +12,7 @@
 //!   the CA's own limits are weekly, and a loop must never burn them.
 
 use std::collections::BTreeSet;
+use std::str::FromStr;
 use std::time::{Duration, SystemTime};
 
 use shared::backoff::Backoff;
@@ -19,6 +20,36 @@ use shared::backoff::Backoff;
 /// The names one certificate is for (sorted, lowercase, each once): targets wanting the same set
 /// share one certificate and one order.
 pub type NameSet = BTreeSet<String>;
+
+/// Which challenge proves control of the names (`<prefix>.acme-challenge`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ChallengeKind {
+    /// A file on port 80, served by the sidecar's redirect listener.
+    #[default]
+    Http01,
+    /// A certificate in a handshake on port 443, served by the sidecar's TLS listener.
+    TlsAlpn01,
+}
+
+impl FromStr for ChallengeKind {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text.trim() {
+            "http-01" => Ok(ChallengeKind::Http01),
+            "tls-alpn-01" => Ok(ChallengeKind::TlsAlpn01),
+            other => Err(format!("expected http-01 or tls-alpn-01, got {other:?}")),
+        }
+    }
+}
+
+impl std::fmt::Display for ChallengeKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ChallengeKind::Http01 => "http-01",
+            ChallengeKind::TlsAlpn01 => "tls-alpn-01",
+        })
+    }
+}
 
 /// What the store's certificate for a name set says about itself.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -23,6 +23,16 @@ use shared::dns::DnsName;
 
 use crate::acme_plan::{Held, NameSet};
 
+/// The HTTP-01 webroot, relative to the store (and, delivered, to a sidecar's `/certs`).
+pub const HTTP01_DIR: &str = "acme/http-01";
+/// The TLS-ALPN-01 challenge certificates, likewise.
+pub const TLS_ALPN01_DIR: &str = "acme/tls-alpn-01";
+/// Where an HTTP-01 answer lies under the webroot.
+pub const HTTP01_TOKENS: &str = ".well-known/acme-challenge";
+
+/// Largest state file read back: a few hundred bytes per name set, for thousands of them.
+const MAX_STATE_BYTES: u64 = 8 << 20;
+
 /// Largest certificate chain read back (the same bound as the delivery's).
 const MAX_CHAIN_BYTES: u64 = 256 * 1024;
 
@@ -48,17 +58,42 @@ impl Store {
 
     /// The webroot sidecars serve HTTP-01 challenges from (`--acme-webroot`).
     pub fn http01_webroot(&self) -> PathBuf {
-        self.root.join("acme").join("http-01")
+        self.root.join(HTTP01_DIR)
     }
 
     /// Where TLS-ALPN-01 challenge certificates go (`--acme-tls-alpn-dir`).
     pub fn tls_alpn01_dir(&self) -> PathBuf {
-        self.root.join("acme").join("tls-alpn-01")
+        self.root.join(TLS_ALPN01_DIR)
     }
 
     /// The ACME account's credentials (`acme/account.json`).
     pub fn account_path(&self) -> PathBuf {
         self.root.join("acme").join("account.json")
+    }
+
+    /// The ACME order history per name set (`acme/state.json`), so a restarted spawner keeps
+    /// its backoffs and hourly caps, and `spawner status` can show the last error.
+    pub fn state_path(&self) -> PathBuf {
+        self.root.join("acme").join("state.json")
+    }
+
+    /// Replaces the state file whole (0600: it names the sites, nothing secret, but it is the
+    /// spawner's).
+    pub fn write_state(&self, json: &[u8]) -> io::Result<()> {
+        let path = self.state_path();
+        if let Some(dir) = path.parent() {
+            create_dir(dir, 0o700)?;
+        }
+        write_atomic(&path, json, 0o600)
+    }
+
+    /// The state file's content; `None` when there is none yet.
+    pub fn read_state(&self) -> io::Result<Option<Vec<u8>>> {
+        match read_bounded(&self.state_path(), MAX_STATE_BYTES) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// Stores the account's credentials, readable by the spawner's user only (0600).
@@ -117,11 +152,7 @@ impl Store {
                 format!("not an ACME token: {token:?}"),
             ));
         }
-        Ok(self
-            .http01_webroot()
-            .join(".well-known")
-            .join("acme-challenge")
-            .join(token))
+        Ok(self.http01_webroot().join(HTTP01_TOKENS).join(token))
     }
 
     /// Publishes a TLS-ALPN-01 challenge certificate and key (PEM) for `name`.

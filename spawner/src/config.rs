@@ -69,6 +69,40 @@ pub struct Opts {
     #[arg(long, env = "SPAWNER_CERTS_FROM", global = true)]
     pub certs_from: Option<String>,
 
+    /// Where this process sees the `--certs-from` store, when that is not the same path: a
+    /// containerised spawner with the store's volume or directory mounted into it. With it the
+    /// spawner reads the store (and, with ACME, writes it) and delivers each sidecar its own
+    /// files [default: --certs-from when that is an absolute path]
+    #[arg(long, env = "SPAWNER_CERTS_PATH", value_name = "PATH", global = true)]
+    pub certs_path: Option<String>,
+
+    /// Obtain certificates by ACME for every target with a `hostname` label, registering the
+    /// account with this contact address; needs --acme-agree-tos and a store the spawner can
+    /// write (--certs-from, --certs-path) [default: off]
+    #[arg(long, env = "SPAWNER_ACME_EMAIL", value_name = "EMAIL", global = true)]
+    pub acme_email: Option<String>,
+
+    /// Agree to the ACME CA's terms of service (required with --acme-email, as certbot asks).
+    #[arg(long, env = "SPAWNER_ACME_AGREE_TOS", global = true)]
+    pub acme_agree_tos: bool,
+
+    /// The ACME directory URL. Let's Encrypt's staging directory, for trying things out without
+    /// its production rate limits: https://acme-staging-v02.api.letsencrypt.org/directory
+    #[arg(long, env = "SPAWNER_ACME_DIRECTORY", value_name = "URL",
+          default_value = crate::acme::LETS_ENCRYPT, global = true)]
+    pub acme_directory: String,
+
+    /// PEM file of extra roots trusted for the ACME directory's own HTTPS (a private CA; Pebble
+    /// in tests) [default: the system roots only]
+    #[arg(long, env = "SPAWNER_ACME_CA_CERT", value_name = "FILE", global = true)]
+    pub acme_ca_cert: Option<std::path::PathBuf>,
+
+    /// First wait before retrying a failed order for a name set; doubled per failure up to 6h.
+    /// Whatever it is, at most 3 orders per name set are placed in any hour.
+    #[arg(long, env = "SPAWNER_ACME_RETRY_MIN", default_value = "1m",
+          value_parser = shared::parse::duration, global = true)]
+    pub acme_retry_min: Duration,
+
     /// Log what would be done and change nothing.
     #[arg(long, global = true)]
     pub dry_run: bool,
@@ -141,10 +175,22 @@ pub struct Opts {
 /// Where sidecar certificates come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CertsSource {
-    /// An absolute host directory, bind-mounted.
+    /// A store this process reads at this path (`--certs-from DIR`, or `--certs-path`): each
+    /// sidecar is delivered its own files into a volume of its own ([`crate::delivery`]).
     HostDir(String),
-    /// A named volume.
+    /// A named volume this process cannot see: mounted whole, read-only, into every sidecar.
     Volume(String),
+}
+
+/// ACME settings (`--acme-*`), present when `--acme-email` turns ACME on.
+#[derive(Debug, Clone)]
+pub struct AcmeConfig {
+    pub email: String,
+    pub directory: String,
+    pub ca_cert: Option<std::path::PathBuf>,
+    /// Where the store is, as this process sees it (written by ACME).
+    pub store: std::path::PathBuf,
+    pub policy: crate::acme_plan::Policy,
 }
 
 /// Validated configuration.
@@ -157,6 +203,7 @@ pub struct Config {
     pub label_prefix: String,
     pub allow: AllowList,
     pub certs: Option<CertsSource>,
+    pub acme: Option<AcmeConfig>,
     pub dry_run: bool,
     pub log_format: LogFormat,
     pub sidecar_memory: i64,
@@ -228,11 +275,26 @@ impl Cli {
         if let Some(p) = patterns.iter().find(|p| p.chars().any(char::is_whitespace)) {
             return Err(bad("allow-image", p, "patterns contain no whitespace"));
         }
-        let certs = match o.certs_from.as_deref().map(str::trim) {
+        let certs_path = match o.certs_path.as_deref().map(str::trim) {
             None | Some("") => None,
-            Some(p) if p.starts_with('/') => Some(CertsSource::HostDir(p.to_string())),
-            Some(v) if valid_volume_name(v) => Some(CertsSource::Volume(v.to_string())),
-            Some(v) => {
+            Some(p) if p.starts_with('/') => Some(p.to_string()),
+            Some(p) => return Err(bad("certs-path", p, "expected an absolute path")),
+        };
+        let certs = match (o.certs_from.as_deref().map(str::trim), certs_path) {
+            (None | Some(""), None) => None,
+            (None | Some(""), Some(p)) => {
+                return Err(bad(
+                    "certs-path",
+                    &p,
+                    "needs --certs-from: the store's source",
+                ))
+            }
+            (Some(p), path) if p.starts_with('/') => {
+                Some(CertsSource::HostDir(path.unwrap_or_else(|| p.to_string())))
+            }
+            (Some(v), Some(path)) if valid_volume_name(v) => Some(CertsSource::HostDir(path)),
+            (Some(v), None) if valid_volume_name(v) => Some(CertsSource::Volume(v.to_string())),
+            (Some(v), _) => {
                 return Err(bad(
                     "certs-from",
                     v,
@@ -240,6 +302,7 @@ impl Cli {
                 ))
             }
         };
+        let acme = acme_config(&o, certs.as_ref())?;
         let sidecar_memory = parse_bytes(&o.sidecar_memory)
             .map_err(|r| bad("sidecar-memory", &o.sidecar_memory, r))?;
         // Docker refuses memory limits under 6 MiB.
@@ -277,6 +340,7 @@ impl Cli {
             label_prefix: o.label_prefix,
             allow: AllowList::new(patterns),
             certs,
+            acme,
             dry_run: o.dry_run,
             log_format: o.log_format,
             sidecar_memory,
@@ -287,6 +351,85 @@ impl Cli {
             max_parallel_actions: o.max_parallel_actions,
             admin_listen,
         })
+    }
+}
+
+/// The `--acme-*` flags, validated: `None` without `--acme-email`.
+fn acme_config(o: &Opts, certs: Option<&CertsSource>) -> Result<Option<AcmeConfig>, ConfigError> {
+    let Some(email) = o.acme_email.as_deref().map(str::trim) else {
+        return Ok(None);
+    };
+    valid_email(email).map_err(|r| bad("acme-email", email, r))?;
+    if !o.acme_agree_tos {
+        return Err(bad(
+            "acme-agree-tos",
+            "",
+            "--acme-email needs it: agree to the ACME CA's terms of service",
+        ));
+    }
+    let directory = o.acme_directory.trim();
+    let rest = directory
+        .strip_prefix("https://")
+        .ok_or_else(|| bad("acme-directory", directory, "expected an https:// URL"))?;
+    let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if host.is_empty()
+        || directory
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(bad(
+            "acme-directory",
+            directory,
+            "expected an https:// URL with a host",
+        ));
+    }
+    let store =
+        match certs {
+            Some(CertsSource::HostDir(path)) => std::path::PathBuf::from(path),
+            Some(CertsSource::Volume(v)) => {
+                return Err(bad(
+                    "certs-path",
+                    "",
+                    format!("ACME writes the store: say where this process sees volume {v}"),
+                ))
+            }
+            None => return Err(bad(
+                "certs-path",
+                "",
+                "ACME needs a store it can write: --certs-from DIR (or a volume and --certs-path)",
+            )),
+        };
+    let policy = crate::acme_plan::Policy {
+        retry: shared::backoff::Backoff::new(
+            o.acme_retry_min,
+            o.acme_retry_min.max(crate::acme::RETRY_MAX),
+        ),
+        ..Default::default()
+    };
+    Ok(Some(AcmeConfig {
+        email: email.to_string(),
+        directory: directory.to_string(),
+        ca_cert: o.acme_ca_cert.clone(),
+        store,
+        policy,
+    }))
+}
+
+/// An address the CA will take as `mailto:`: one `@`, a local part of printable characters
+/// without the few that break a URI, and a domain that is a DNS name with a dot.
+fn valid_email(email: &str) -> Result<(), &'static str> {
+    const EXPECTED: &str = "expected an email address such as admin@example.com";
+    let (local, domain) = email.split_once('@').ok_or(EXPECTED)?;
+    let local_ok = !local.is_empty()
+        && local.len() <= 64
+        && local
+            .chars()
+            .all(|c| c.is_ascii_graphic() && !"@,;<>()[]\\\"".contains(c));
+    let domain_ok = domain.contains('.') && !domain.ends_with('.') && shared::dns::is_name(domain);
+    if local_ok && domain_ok {
+        Ok(())
+    } else {
+        Err(EXPECTED)
     }
 }
 
@@ -396,6 +539,66 @@ mod tests {
         );
         let c = cfg(&["--certs-from", "letsencrypt"]).expect("volume");
         assert_eq!(c.certs, Some(CertsSource::Volume("letsencrypt".into())));
+    }
+
+    #[test]
+    fn certs_path_says_where_the_spawner_sees_the_store() {
+        let c = cfg(&["--certs-from", "/etc/letsencrypt", "--certs-path", "/store"]).expect("dir");
+        assert_eq!(c.certs, Some(CertsSource::HostDir("/store".into())));
+        let c = cfg(&["--certs-from", "letsencrypt", "--certs-path", "/store"]).expect("volume");
+        assert_eq!(c.certs, Some(CertsSource::HostDir("/store".into())));
+        for (args, flag) in [
+            (&["--certs-path", "/store"][..], "certs-path"),
+            (
+                &["--certs-from", "le", "--certs-path", "store"][..],
+                "certs-path",
+            ),
+        ] {
+            assert_eq!(cfg(args).expect_err("refused").flag, flag, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn acme_is_off_by_default_and_needs_its_flags() {
+        assert!(cfg(&[]).expect("defaults").acme.is_none());
+        let on = [
+            "--certs-from",
+            "/le",
+            "--acme-email",
+            "a@example.com",
+            "--acme-agree-tos",
+        ];
+        let c = cfg(&on).expect("acme");
+        let acme = c.acme.expect("on");
+        assert_eq!(acme.directory, crate::acme::LETS_ENCRYPT);
+        assert_eq!(acme.store, std::path::PathBuf::from("/le"));
+        assert_eq!(acme.policy.max_orders_per_hour, 3);
+        assert_eq!(acme.policy.retry.delay(1), Duration::from_secs(60));
+        let refused = |args: &[&str]| cfg(args).expect_err("refused").flag;
+        assert_eq!(refused(&on[..4]), "acme-agree-tos");
+        for email in [
+            "not-an-email",
+            "a@b",
+            "@example.com",
+            "a b@example.com",
+            "a@exa mple.com",
+        ] {
+            let mut args = on.to_vec();
+            args[3] = email;
+            assert_eq!(refused(&args), "acme-email", "{email}");
+        }
+        let mut args = on.to_vec();
+        args.extend(["--acme-directory", "http://ca.example/dir"]);
+        assert_eq!(refused(&args), "acme-directory");
+        assert_eq!(refused(&on[2..]), "certs-path", "no store");
+        let mut args = on.to_vec();
+        args[1] = "le-volume";
+        assert_eq!(
+            refused(&args),
+            "certs-path",
+            "a volume the spawner cannot see"
+        );
+        assert!(Cli::try_parse_from(["spawner", "--acme-retry-min", "0s"]).is_err());
     }
 
     #[test]

@@ -7,10 +7,12 @@ use std::path::PathBuf;
 use bollard::models::{
     ContainerCreateBody, HostConfig, Mount, MountType, RestartPolicy, RestartPolicyNameEnum,
 };
+use shared::addr::ListenAddr;
 use shared::dns::{DnsName, SanName};
 use shared::schema::{label, label_name, CERTS_MOUNT, MANAGED_BY_SPAWNER};
 use shared::spec::{Certificate, ClientAuth, SidecarSpec};
 
+use crate::acme_plan::ChallengeKind;
 use crate::config::{CertsSource, Config};
 use crate::delivery::{CHAIN_FILE, KEY_FILE};
 use crate::labels::TargetSpec;
@@ -33,11 +35,60 @@ pub fn cert_paths(hostname: &DnsName) -> (PathBuf, PathBuf) {
     (dir.join("fullchain.pem"), dir.join("privkey.pem"))
 }
 
+/// Where an ACME-managed sidecar finds the challenge answers the spawner delivers: the store's
+/// own layout ([`crate::acme_store`]) under the certificate mount.
+pub fn acme_webroot() -> PathBuf {
+    PathBuf::from(CERTS_MOUNT).join(crate::acme_store::HTTP01_DIR)
+}
+
+/// See [`acme_webroot`]: TLS-ALPN-01 challenge certificates.
+pub fn acme_tls_alpn_dir() -> PathBuf {
+    PathBuf::from(CERTS_MOUNT).join(crate::acme_store::TLS_ALPN01_DIR)
+}
+
+/// The plain-HTTP port HTTP-01 is validated on: the CA always asks port 80 of the name.
+const HTTP01_PORT: u16 = 80;
+
+/// Whether the spawner obtains this target's certificate by ACME: ACME is on and the target
+/// named its certificate's names in a `hostname` label.
+pub fn acme_managed(cfg: &Config, target: &TargetSpec) -> bool {
+    cfg.acme.is_some() && target.hostname_labelled
+}
+
+/// The names of a self-signed certificate for `target`: its names, `localhost` and `127.0.0.1`
+/// (so probes from inside the namespace verify too).
+fn self_signed_names(target: &TargetSpec) -> Vec<SanName> {
+    let mut names: Vec<SanName> = Vec::new();
+    let extra = ["localhost", "127.0.0.1"]
+        .into_iter()
+        .filter_map(|n| n.parse().ok());
+    // As the sidecar reads it back: a hostname that is an IPv4 literal (`10.0.0.1`, a valid DNS
+    // name) is an IP address SAN.
+    let own = target.names().map(|n| {
+        n.as_str()
+            .parse::<SanName>()
+            .unwrap_or_else(|_| SanName::Dns(n.clone()))
+    });
+    for name in own.chain(extra) {
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    names
+}
+
 /// What the sidecar for `target` is told. `use_certs`: the certificate files for the hostname
-/// exist under the mount; otherwise a self-signed certificate for the hostname, `localhost` and
-/// `127.0.0.1` (so probes from inside the namespace verify too).
+/// exist under the mount; otherwise a self-signed certificate ([`self_signed_names`]). An
+/// ACME-managed target's sidecar reads its certificate directory instead, so the obtained pair
+/// is served the moment it is delivered, and answers the challenges its kind needs.
 pub fn sidecar_spec(cfg: &Config, target: &TargetSpec, use_certs: bool) -> SidecarSpec {
-    let certificate = if use_certs {
+    let acme = acme_managed(cfg, target);
+    let certificate = if acme {
+        Certificate::Dir {
+            dir: PathBuf::from(CERTS_MOUNT),
+            names: self_signed_names(target),
+        }
+    } else if use_certs {
         let (cert, key) = match &cfg.certs {
             // Delivered into the sidecar's own volume (crate::delivery).
             Some(CertsSource::HostDir(_)) => {
@@ -48,22 +99,15 @@ pub fn sidecar_spec(cfg: &Config, target: &TargetSpec, use_certs: bool) -> Sidec
         };
         Certificate::Files { cert, key }
     } else {
-        // As the sidecar reads it back: a hostname that is an IPv4 literal (`10.0.0.1`, a valid
-        // DNS name) is an IP address SAN.
-        let first = target
-            .hostname
-            .as_str()
-            .parse::<SanName>()
-            .unwrap_or_else(|_| SanName::Dns(target.hostname.clone()));
-        let mut names = vec![first];
-        for extra in ["localhost", "127.0.0.1"] {
-            if let Ok(name) = extra.parse::<SanName>() {
-                if !names.contains(&name) {
-                    names.push(name);
-                }
-            }
+        Certificate::SelfSigned {
+            names: self_signed_names(target),
         }
-        Certificate::SelfSigned { names }
+    };
+    let http01 = acme && target.acme_challenge == ChallengeKind::Http01;
+    let tls_alpn01 = acme && target.acme_challenge == ChallengeKind::TlsAlpn01;
+    let redirect_listen = match target.redirect_listen {
+        None if http01 => Some(ListenAddr::any(HTTP01_PORT)),
+        other => other,
     };
     SidecarSpec {
         listen: target.listen,
@@ -75,7 +119,7 @@ pub fn sidecar_spec(cfg: &Config, target: &TargetSpec, use_certs: bool) -> Sidec
             mode: m.auth,
             allow: m.allow.clone(),
         }),
-        redirect_listen: target.redirect_listen,
+        redirect_listen,
         hsts: target.hsts,
         backend_protocol: target.backend_protocol,
         alpn: target.alpn.clone(),
@@ -84,6 +128,8 @@ pub fn sidecar_spec(cfg: &Config, target: &TargetSpec, use_certs: bool) -> Sidec
         shutdown_grace: std::time::Duration::from_secs(cfg.sidecar_shutdown_grace.as_secs().max(1)),
         log_format: cfg.log_format,
         exit_when_orphaned: target.exit_when_orphaned,
+        acme_webroot: http01.then(acme_webroot),
+        acme_tls_alpn_dir: tls_alpn01.then(acme_tls_alpn_dir),
     }
 }
 
@@ -173,6 +219,9 @@ mod tests {
             backend: "127.0.0.1:3000".parse().unwrap(),
             mode: Mode::Tcp,
             hostname: "web.example".parse().unwrap(),
+            alt_names: Vec::new(),
+            hostname_labelled: false,
+            acme_challenge: Default::default(),
             mtls: None,
             redirect_listen: None,
             hsts: None,
@@ -226,6 +275,72 @@ mod tests {
         ] {
             assert!(env.iter().any(|e| e == want), "{want} missing from {env:?}");
         }
+    }
+
+    #[test]
+    fn an_acme_managed_sidecar_reads_its_directory_and_answers_its_challenge() {
+        let acme = cfg(&[
+            "--certs-from",
+            "/etc/le",
+            "--acme-email",
+            "a@example.com",
+            "--acme-agree-tos",
+        ]);
+        let spec = TargetSpec {
+            mode: Mode::Http,
+            alt_names: vec!["www.example".parse().unwrap()],
+            hostname_labelled: true,
+            ..spec()
+        };
+        let t = For {
+            id: "abc",
+            started_at: "s",
+            spec: &spec,
+        };
+        let env = sidecar_body(&acme, &t, false).env.unwrap();
+        for want in [
+            "SIDECAR_CERTS_DIR=/certs",
+            "SIDECAR_SELF_SIGNED_NAMES=web.example,www.example,localhost,127.0.0.1",
+            "SIDECAR_REDIRECT_LISTEN=0.0.0.0:80",
+            "SIDECAR_ACME_WEBROOT=/certs/acme/http-01",
+        ] {
+            assert!(env.iter().any(|e| e == want), "{want} missing from {env:?}");
+        }
+        assert!(
+            !env.iter().any(|e| e.starts_with("SIDECAR_CERT=")),
+            "{env:?}"
+        );
+        // A redirect-listen label wins; TLS-ALPN-01 needs no redirect listener.
+        let alpn = TargetSpec {
+            acme_challenge: ChallengeKind::TlsAlpn01,
+            ..spec.clone()
+        };
+        let s = sidecar_spec(&acme, &alpn, true);
+        assert_eq!(s.redirect_listen, None);
+        assert_eq!(s.acme_webroot, None);
+        assert_eq!(
+            s.acme_tls_alpn_dir,
+            Some(PathBuf::from("/certs/acme/tls-alpn-01"))
+        );
+        let moved = TargetSpec {
+            redirect_listen: Some("0.0.0.0:8080".parse().unwrap()),
+            ..spec.clone()
+        };
+        assert_eq!(
+            sidecar_spec(&acme, &moved, false).redirect_listen,
+            Some("0.0.0.0:8080".parse().unwrap())
+        );
+        // Without a hostname label, or without ACME, nothing changes.
+        let unlabelled = TargetSpec {
+            hostname_labelled: false,
+            ..spec.clone()
+        };
+        assert!(!acme_managed(&acme, &unlabelled));
+        assert!(!acme_managed(&cfg(&["--certs-from", "/etc/le"]), &spec));
+        assert!(matches!(
+            sidecar_spec(&acme, &unlabelled, true).certificate,
+            Certificate::Files { .. }
+        ));
     }
 
     #[test]

@@ -21,9 +21,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::acme;
 use crate::cert_source;
 use crate::config::{CertsSource, Config};
-use crate::container::{sidecar_body, For};
+use crate::container::{self, sidecar_body, For};
 use crate::delivery;
 use crate::docker::Engine;
 use crate::error::Error;
@@ -101,7 +102,22 @@ struct Daemon {
     /// Arrival of the oldest event the current turn acts on (kept until a turn succeeds), to
     /// time its actions.
     event_since: Option<Instant>,
+    /// ACME, with `--acme-email`.
+    acme: Option<Arc<acme::Manager>>,
+    /// Sidecars of ACME-managed targets whose log showed `listening`: every listener bound, so
+    /// a challenge answer put in them is served.
+    listening: HashSet<String>,
+    /// A sidecar of an ACME-managed target runs but has not said `listening` yet: look again.
+    listening_recheck: Option<Instant>,
 }
+
+/// The line a sidecar logs once every listener is bound (they are bound before it serves).
+const LISTENING: &str = "listening";
+/// How much of a sidecar's log is read looking for [`LISTENING`]: its start-up lines are a few
+/// hundred bytes.
+const LISTENING_LOG_BYTES: usize = 64 * 1024;
+/// How soon a sidecar that has not said [`LISTENING`] yet is looked at again.
+const LISTENING_RECHECK: Duration = Duration::from_millis(200);
 
 /// How long reading one target's certificate files may take (a hung network mount).
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
@@ -111,12 +127,13 @@ async fn read_bundle(
     dir: &str,
     spec: &TargetSpec,
     with_pair: bool,
+    layout: delivery::Layout,
 ) -> Result<delivery::Bundle, delivery::DeliveryError> {
     let store = std::path::PathBuf::from(dir);
     let hostname = spec.hostname.to_string();
     let ca = spec.mtls.as_ref().map(|m| m.ca.clone());
     let read = tokio::task::spawn_blocking(move || {
-        delivery::read(&store, &hostname, with_pair, ca.as_ref())
+        delivery::read(&store, &hostname, with_pair, ca.as_ref(), layout)
     });
     let fail = |reason: &str| delivery::DeliveryError {
         path: dir.into(),
@@ -159,7 +176,14 @@ pub async fn run(
         events_wake,
         shutdown.clone(),
     ));
+    let acme = match cfg.acme.clone() {
+        Some(acme_cfg) => Some(acme::Manager::new(acme_cfg, engine.clone(), wake.clone()).await?),
+        None => None,
+    };
     let mut d = Daemon {
+        acme,
+        listening: HashSet::new(),
+        listening_recheck: None,
         cfg,
         engine,
         wake: wake.clone(),
@@ -254,10 +278,13 @@ impl Daemon {
         let holds = holds.values().map(|h| h.until);
         let pulls = lock(&self.pulls);
         let pulls = pulls.values().filter_map(|p| p.next_attempt);
+        let acme = self.acme.as_ref().and_then(|a| a.next_wake());
         holds
             .chain(pulls)
+            .chain(acme)
             .filter(|u| *u > now)
             .chain(recheck)
+            .chain(self.listening_recheck)
             .fold(now + self.cfg.resync_interval, Instant::min)
     }
 
@@ -354,11 +381,78 @@ impl Daemon {
             .await;
         self.execute(steps.removes, shutdown).await?;
         self.execute(steps.creates, shutdown).await?;
-        if resync {
+        if let Some(acme) = self.acme.clone() {
+            let wants = self.acme_wants(&observed, &reported_now).await?;
+            acme.sync(wants).await;
+        }
+        let issued = self.acme.as_ref().is_some_and(|a| a.take_issued());
+        if resync || issued {
             self.redeliver(&observed).await?;
         }
         self.event_since = None;
         Ok(())
+    }
+
+    /// What ACME is asked for this turn: the names of every running ACME-managed target that is
+    /// served, with its sidecars that are listening (a challenge answer is put only where it is
+    /// served). A target whose sidecar has not said so yet waits for a later turn, so the CA is
+    /// never sent to a port nobody has bound.
+    async fn acme_wants(
+        &mut self,
+        observed: &Observed,
+        refused: &HashSet<String>,
+    ) -> Result<Vec<acme::Want>, Error> {
+        let running: HashSet<&str> = observed
+            .sidecars
+            .iter()
+            .filter(|s| s.state == SidecarState::Running)
+            .map(|s| s.id.as_str())
+            .collect();
+        self.listening.retain(|id| running.contains(id.as_str()));
+        self.listening_recheck = None;
+        let mut wants = Vec::new();
+        for t in &observed.targets {
+            let Ok(spec) = &t.spec else { continue };
+            if !t.running || refused.contains(&t.id) || !container::acme_managed(&self.cfg, spec) {
+                continue;
+            }
+            let mut sidecars = Vec::new();
+            for s in &observed.sidecars {
+                let current = s.target_id == t.id
+                    && s.state == SidecarState::Running
+                    && s.target_started.as_deref() == Some(t.started_at.as_str());
+                if !current {
+                    continue;
+                }
+                if !self.listening.contains(&s.id) {
+                    match self
+                        .engine
+                        .log_head_contains(&s.id, LISTENING, LISTENING_LOG_BYTES)
+                        .await
+                    {
+                        Ok(true) => {
+                            self.listening.insert(s.id.clone());
+                        }
+                        Ok(false) => {
+                            self.listening_recheck = Some(Instant::now() + LISTENING_RECHECK);
+                            continue;
+                        }
+                        Err(e) if e.is_transport() => return Err(e),
+                        Err(_) => continue,
+                    }
+                }
+                sidecars.push(s.id.clone());
+            }
+            if sidecars.is_empty() {
+                continue;
+            }
+            wants.push(acme::Want {
+                names: spec.names().cloned().collect(),
+                challenge: spec.acme_challenge,
+                sidecars,
+            });
+        }
+        Ok(wants)
     }
 
     /// Refines the listing's view of sidecars that are not running in their running target's
@@ -702,8 +796,17 @@ impl Daemon {
         let Some(CertsSource::HostDir(dir)) = &self.cfg.certs else {
             return Ok(());
         };
-        let bundle = read_bundle(dir, spec, with_pair).await?;
+        let bundle = read_bundle(dir, spec, with_pair, self.layout(spec)).await?;
         self.upload_bundle(sidecar_id, dir, &bundle).await
+    }
+
+    /// Where a target's pair goes in its sidecar's volume.
+    fn layout(&self, spec: &TargetSpec) -> delivery::Layout {
+        if container::acme_managed(&self.cfg, spec) {
+            delivery::Layout::Acme
+        } else {
+            delivery::Layout::Flat
+        }
     }
 
     /// Writes a bundle already read into the sidecar's volume and records its digest.
@@ -771,13 +874,18 @@ impl Daemon {
             let has_files = cert_source::probe(self.cfg.certs.as_ref(), spec.hostname.as_str())
                 .await
                 .is_file();
+            let layout = self.layout(spec);
+            // An ACME-managed sidecar reads its directory: a pair that appears is delivered and
+            // picked up, no new sidecar needed.
+            let given_files = given_files || layout == delivery::Layout::Acme;
             if has_files && !given_files {
                 tracing::info!(sidecar = %sidecar.name, "certificate files appeared; replacing the self-signed sidecar");
                 self.engine.remove(&sidecar.id).await?;
                 lock(&self.delivered).remove(&sidecar.id);
                 continue;
             }
-            let bundle = match read_bundle(dir, spec, given_files).await {
+            let with_pair = given_files && (layout == delivery::Layout::Flat || has_files);
+            let bundle = match read_bundle(dir, spec, with_pair, layout).await {
                 Ok(b) => b,
                 Err(e) => {
                     self.redelivery_failed(&sidecar.name, &sidecar.id, &e.into());

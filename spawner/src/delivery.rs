@@ -28,7 +28,21 @@ const SIDECAR_UID: u64 = 65534;
 /// What one sidecar is given.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Bundle {
+    /// Directories made even when empty (the ACME answer directories a sidecar opens at start).
+    dirs: Vec<String>,
     files: Vec<File>,
+}
+
+/// Where a bundle puts the target's pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// `fullchain.pem` and `privkey.pem` directly under the mount (the sidecar is told the two
+    /// paths).
+    Flat,
+    /// An ACME-managed target: the pair under `live/<hostname>/` (the sidecar reads the mount
+    /// as a certificate directory and picks the pair up when it arrives), and the two
+    /// challenge-answer directories.
+    Acme,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -42,11 +56,29 @@ struct File {
 impl Bundle {
     /// Whether the bundle holds a chain and key (else the sidecar makes a self-signed one).
     pub fn has_pair(&self) -> bool {
-        self.files.iter().any(|f| f.path == KEY_FILE)
+        self.files
+            .iter()
+            .any(|f| f.path == KEY_FILE || f.path.ends_with(&format!("/{KEY_FILE}")))
     }
 
     pub fn is_empty(&self) -> bool {
-        self.files.is_empty()
+        self.files.is_empty() && self.dirs.is_empty()
+    }
+
+    /// Challenge answers (or their emptied, withdrawn form) for the sidecars that serve them:
+    /// readable by the sidecar, in root's directories.
+    pub fn answers(files: &[crate::acme_client::AnswerFile]) -> Bundle {
+        Bundle {
+            dirs: Vec::new(),
+            files: files
+                .iter()
+                .map(|f| File {
+                    path: f.path.clone(),
+                    bytes: f.bytes.clone(),
+                    mode: 0o444,
+                })
+                .collect(),
+        }
     }
 
     /// Changes whenever a delivered file's path, content or mode changes.
@@ -60,15 +92,17 @@ impl Bundle {
     pub fn tar(&self) -> io::Result<Vec<u8>> {
         let mut out = tar::Builder::new(Vec::new());
         let mut dirs: Vec<String> = Vec::new();
-        for f in &self.files {
+        let explicit = self.dirs.iter().map(|d| (d.as_str(), true));
+        let parents = self.files.iter().map(|f| (f.path.as_str(), false));
+        for (path, is_dir) in explicit.chain(parents) {
+            let segments: Vec<&str> = path.split('/').collect();
+            let ancestors = if is_dir {
+                &segments[..]
+            } else {
+                segments.split_last().map_or(&[][..], |(_, d)| d)
+            };
             let mut parent = String::new();
-            for segment in f
-                .path
-                .split('/')
-                .collect::<Vec<_>>()
-                .split_last()
-                .map_or(&[][..], |(_, d)| d)
-            {
+            for segment in ancestors {
                 parent = if parent.is_empty() {
                     segment.to_string()
                 } else {
@@ -85,6 +119,8 @@ impl Bundle {
                     dirs.push(parent.clone());
                 }
             }
+        }
+        for f in &self.files {
             let mut h = tar::Header::new_ustar();
             h.set_entry_type(tar::EntryType::Regular);
             h.set_mode(f.mode);
@@ -107,25 +143,39 @@ pub struct DeliveryError {
 }
 
 /// Reads what the sidecar for `hostname` gets from the store at `store`: the certbot pair
-/// `live/<hostname>/fullchain.pem` and `privkey.pem` when `with_pair`, and the client CA file.
+/// `live/<hostname>/fullchain.pem` and `privkey.pem` when `with_pair` (placed as `layout`
+/// says), and the client CA file.
 pub fn read(
     store: &Path,
     hostname: &str,
     with_pair: bool,
     client_ca: Option<&MountedPath>,
+    layout: Layout,
 ) -> Result<Bundle, DeliveryError> {
     let mut files = Vec::new();
+    let mut dirs = Vec::new();
+    if layout == Layout::Acme {
+        use crate::acme_store::{HTTP01_DIR, HTTP01_TOKENS, TLS_ALPN01_DIR};
+        dirs.push(format!("{HTTP01_DIR}/{HTTP01_TOKENS}"));
+        dirs.push(TLS_ALPN01_DIR.to_string());
+    }
     if with_pair {
         let live = store.join("live").join(hostname);
+        let at = |file: &str| match layout {
+            Layout::Flat => file.to_string(),
+            Layout::Acme => format!("live/{hostname}/{file}"),
+        };
+        // The key first: a sidecar reloading between the two sees a key without its chain,
+        // which it skips, never a new chain beside the old key.
         files.push(File {
-            path: CHAIN_FILE.to_string(),
-            bytes: read_bounded(&live.join(CHAIN_FILE))?,
-            mode: 0o444,
-        });
-        files.push(File {
-            path: KEY_FILE.to_string(),
+            path: at(KEY_FILE),
             bytes: read_bounded(&live.join(KEY_FILE))?,
             mode: 0o400,
+        });
+        files.push(File {
+            path: at(CHAIN_FILE),
+            bytes: read_bounded(&live.join(CHAIN_FILE))?,
+            mode: 0o444,
         });
     }
     if let Some(ca) = client_ca {
@@ -135,7 +185,7 @@ pub fn read(
             mode: 0o444,
         });
     }
-    Ok(Bundle { files })
+    Ok(Bundle { dirs, files })
 }
 
 fn read_bounded(path: &Path) -> Result<Vec<u8>, DeliveryError> {
@@ -206,33 +256,105 @@ mod tests {
     fn a_bundle_holds_only_this_target_s_files_owned_by_the_sidecar_user() {
         let dir = store();
         let ca: MountedPath = "ca/clients.pem".parse().unwrap();
-        let b = read(&dir, "web.example", true, Some(&ca)).unwrap();
+        let b = read(&dir, "web.example", true, Some(&ca), Layout::Flat).unwrap();
         assert!(b.has_pair());
         assert_eq!(
             entries(&b.tar().unwrap()),
             vec![
-                ("fullchain.pem".into(), 0o444, 65534, b"chain".to_vec()),
-                ("privkey.pem".into(), 0o400, 65534, b"key".to_vec()),
                 ("ca/".into(), 0o755, 0, Vec::new()),
+                ("privkey.pem".into(), 0o400, 65534, b"key".to_vec()),
+                ("fullchain.pem".into(), 0o444, 65534, b"chain".to_vec()),
                 ("ca/clients.pem".into(), 0o444, 65534, b"ca".to_vec()),
             ]
         );
-        let self_signed = read(&dir, "web.example", false, None).unwrap();
+        let self_signed = read(&dir, "web.example", false, None, Layout::Flat).unwrap();
         assert!(self_signed.is_empty() && !self_signed.has_pair());
         std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
+    fn an_acme_bundle_puts_the_pair_under_live_and_makes_the_answer_directories() {
+        let dir = store();
+        let b = read(&dir, "web.example", true, None, Layout::Acme).unwrap();
+        assert!(b.has_pair());
+        let paths: Vec<(String, u32, u64)> = entries(&b.tar().unwrap())
+            .into_iter()
+            .map(|(p, mode, uid, _)| (p, mode, uid))
+            .collect();
+        let d = |p: &str| (p.to_string(), 0o755, 0);
+        assert_eq!(
+            paths,
+            vec![
+                d("acme/"),
+                d("acme/http-01/"),
+                d("acme/http-01/.well-known/"),
+                d("acme/http-01/.well-known/acme-challenge/"),
+                d("acme/tls-alpn-01/"),
+                d("live/"),
+                d("live/web.example/"),
+                ("live/web.example/privkey.pem".into(), 0o400, 65534),
+                ("live/web.example/fullchain.pem".into(), 0o444, 65534),
+            ]
+        );
+        // Before the first certificate: only the directories.
+        let empty = read(&dir, "web.example", false, None, Layout::Acme).unwrap();
+        assert!(!empty.has_pair() && !empty.is_empty());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn answers_are_readable_files_and_withdrawn_ones_empty() {
+        use crate::acme_client::AnswerFile;
+        let b = Bundle::answers(&[
+            AnswerFile {
+                path: "acme/http-01/.well-known/acme-challenge/tok".into(),
+                bytes: b"tok.thumb".to_vec(),
+            },
+            AnswerFile {
+                path: "acme/tls-alpn-01/a.example.pem".into(),
+                bytes: Vec::new(),
+            },
+        ]);
+        let files: Vec<_> = entries(&b.tar().unwrap())
+            .into_iter()
+            .filter(|(p, ..)| !p.ends_with('/'))
+            .collect();
+        assert_eq!(
+            files,
+            vec![
+                (
+                    "acme/http-01/.well-known/acme-challenge/tok".into(),
+                    0o444,
+                    65534,
+                    b"tok.thumb".to_vec()
+                ),
+                (
+                    "acme/tls-alpn-01/a.example.pem".into(),
+                    0o444,
+                    65534,
+                    Vec::new()
+                ),
+            ]
+        );
+    }
+
+    #[test]
     fn a_renewal_changes_the_digest() {
         let dir = store();
-        let before = read(&dir, "web.example", true, None).unwrap().digest();
+        let before = read(&dir, "web.example", true, None, Layout::Flat)
+            .unwrap()
+            .digest();
         assert_eq!(
-            read(&dir, "web.example", true, None).unwrap().digest(),
+            read(&dir, "web.example", true, None, Layout::Flat)
+                .unwrap()
+                .digest(),
             before
         );
         std::fs::write(dir.join("live/web.example").join(CHAIN_FILE), b"renewed").unwrap();
         assert_ne!(
-            read(&dir, "web.example", true, None).unwrap().digest(),
+            read(&dir, "web.example", true, None, Layout::Flat)
+                .unwrap()
+                .digest(),
             before
         );
         std::fs::remove_dir_all(dir).unwrap();
@@ -241,15 +363,15 @@ mod tests {
     #[test]
     fn missing_and_oversized_files_are_named() {
         let dir = store();
-        let e = read(&dir, "other.example", true, None).unwrap_err();
+        let e = read(&dir, "other.example", true, None, Layout::Flat).unwrap_err();
         assert!(
-            e.to_string().contains("live/other.example/fullchain.pem"),
+            e.to_string().contains("live/other.example/privkey.pem"),
             "{e}"
         );
         let big = dir.join("ca/big.pem");
         std::fs::write(&big, vec![b'x'; MAX_FILE_BYTES as usize + 1]).unwrap();
         let ca: MountedPath = "ca/big.pem".parse().unwrap();
-        let e = read(&dir, "web.example", false, Some(&ca)).unwrap_err();
+        let e = read(&dir, "web.example", false, Some(&ca), Layout::Flat).unwrap_err();
         assert!(e.to_string().contains("larger than"), "{e}");
         std::fs::remove_dir_all(dir).unwrap();
     }

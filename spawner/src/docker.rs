@@ -201,6 +201,38 @@ impl Engine {
         .await
     }
 
+    /// Whether the first `max_bytes` of a container's log (stdout and stderr, from its start)
+    /// contain `needle`: read from the beginning and stopped at the first match or the limit,
+    /// so a long-running container's log costs no more than that.
+    pub async fn log_head_contains(
+        &self,
+        id: &str,
+        needle: &str,
+        max_bytes: usize,
+    ) -> Result<bool, Error> {
+        let opts = LogsOptions {
+            stdout: true,
+            stderr: true,
+            tail: "all".to_string(),
+            ..Default::default()
+        };
+        self.call("read container logs", self.timeout, |d| async move {
+            let mut seen: Vec<u8> = Vec::new();
+            let mut logs = d.logs(id, Some(opts));
+            while let Some(item) = logs.next().await {
+                seen.extend_from_slice(item?.as_ref());
+                if seen.windows(needle.len()).any(|w| w == needle.as_bytes()) {
+                    return Ok(true);
+                }
+                if seen.len() >= max_bytes {
+                    break;
+                }
+            }
+            Ok(false)
+        })
+        .await
+    }
+
     /// True when the image is present locally.
     pub async fn image_exists(&self, image: &str) -> Result<bool, Error> {
         let r = self.call("inspect image", self.timeout, |d| async move {

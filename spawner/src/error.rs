@@ -23,6 +23,11 @@ pub enum Error {
     WriteStatus(#[source] std::io::Error),
     #[error(transparent)]
     Deliver(#[from] crate::delivery::DeliveryError),
+    #[error("cannot read --acme-ca-cert {}: {reason}", path.display())]
+    AcmeCaCert {
+        path: std::path::PathBuf,
+        reason: String,
+    },
 }
 
 impl Error {
@@ -47,7 +52,7 @@ impl Error {
                 bollard::errors::Error::DockerResponseServerError { .. }
                     | bollard::errors::Error::DockerStreamError { .. }
             ),
-            Error::WriteStatus(_) | Error::Deliver(_) => false,
+            Error::WriteStatus(_) | Error::Deliver(_) | Error::AcmeCaCert { .. } => false,
         }
     }
 }

@@ -14,6 +14,8 @@ use shared::proto::{AlpnList, BackendProtocol, ProxyProtocol};
 use shared::schema::{label, label_name, BYFAHRER_PROXY_IMAGE_LABEL};
 use shared::spec::MountedPath;
 
+use crate::acme_plan::ChallengeKind;
+
 /// Longest label value the spawner reads, in bytes. Far above any address, name, path or
 /// allow-list a target needs; a longer value is a mistake or an attack on what it feeds (the
 /// sidecar's environment, the spawner's log and `spawner status`).
@@ -31,8 +33,16 @@ pub struct TargetSpec {
     pub listen: ListenAddr,
     pub backend: BackendAddr,
     pub mode: Mode,
-    /// Name the certificate is for (and its certbot directory, `live/<hostname>/`).
+    /// Name the certificate is for (and its certbot directory, `live/<hostname>/`): the first
+    /// of the `hostname` label's names, or one made of the container name.
     pub hostname: DnsName,
+    /// The `hostname` label's other names: one certificate carries them all.
+    pub alt_names: Vec<DnsName>,
+    /// The names came from the `hostname` label (not the container name): with ACME on, this
+    /// target gets a certificate obtained for them.
+    pub hostname_labelled: bool,
+    /// How ACME proves control of the names (`acme-challenge`).
+    pub acme_challenge: ChallengeKind,
     /// Mutual TLS, from `client-ca` and the labels that need it.
     pub mtls: Option<Mtls>,
     /// Plain-HTTP redirect listener in the target's namespace.
@@ -129,13 +139,20 @@ fn parse_spec(
         Some((key, v)) => typed(&key, v)?,
         None => Mode::default(),
     };
-    let hostname: DnsName = match get(label::HOSTNAME) {
-        Some((key, v)) => typed(&key, v)?,
+    let (hostname, alt_names) = match get(label::HOSTNAME) {
+        Some((key, v)) => hostnames(&key, v)?,
         // Docker allows names a certificate cannot carry (over 63 characters, say): a valid
         // form of it, or `localhost` when nothing of it is left.
-        None => shared::dns::from_container_name(container_name)
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(localhost),
+        None => (
+            shared::dns::from_container_name(container_name)
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(localhost),
+            Vec::new(),
+        ),
+    };
+    let acme_challenge: ChallengeKind = match get(label::ACME_CHALLENGE) {
+        None => ChallengeKind::default(),
+        Some((key, v)) => typed(&key, v)?,
     };
     let redirect_listen = match get(label::REDIRECT_LISTEN) {
         None => None,
@@ -215,7 +232,10 @@ fn parse_spec(
         listen,
         backend,
         mode,
+        hostname_labelled: get(label::HOSTNAME).is_some(),
         hostname,
+        alt_names,
+        acme_challenge,
         mtls: parse_mtls(prefix, labels, certs_mounted)?,
         redirect_listen,
         hsts,
@@ -224,6 +244,37 @@ fn parse_spec(
         proxy_protocol,
         exit_when_orphaned: false,
     })
+}
+
+/// Most names one `hostname` label may list: Let's Encrypt's limit of names per certificate.
+pub const MAX_HOSTNAMES: usize = 100;
+
+/// The `hostname` label: one or more DNS names, comma separated, each once; the first names
+/// the certificate's directory.
+fn hostnames(key: &str, value: &str) -> Result<(DnsName, Vec<DnsName>), LabelError> {
+    let List(mut names) = typed::<List<DnsName>>(key, value)?;
+    // DNS names compare without case: `A.example` and `a.example` are one name.
+    let mut seen = std::collections::HashSet::new();
+    names.retain(|n| seen.insert(n.as_str().to_ascii_lowercase()));
+    if names.len() > MAX_HOSTNAMES {
+        return Err(refused(
+            key,
+            value,
+            format!("more than {MAX_HOSTNAMES} names; one certificate carries at most that many"),
+        ));
+    }
+    let mut names = names.into_iter();
+    let first = names
+        .next()
+        .ok_or_else(|| refused(key, value, "expected one or more DNS names"))?;
+    Ok((first, names.collect()))
+}
+
+impl TargetSpec {
+    /// Every name of the target's certificate, the first one first.
+    pub fn names(&self) -> impl Iterator<Item = &DnsName> {
+        std::iter::once(&self.hostname).chain(&self.alt_names)
+    }
 }
 
 fn localhost() -> DnsName {
@@ -484,6 +535,46 @@ mod tests {
         assert_eq!(b(&["3000/tcp", "53/udp"]), "127.0.0.1:3000");
         assert_eq!(b(&["3000/tcp", "4000/tcp"]), "127.0.0.1:8080");
         assert_eq!(b(&[]), "127.0.0.1:8080");
+    }
+
+    #[test]
+    fn hostname_lists_names_for_one_certificate_and_acme_challenge_says_how() {
+        let opt = ("tls-sidecar.proxy-image", "i");
+        let s = parse(
+            &[
+                opt,
+                (
+                    "tls-sidecar.hostname",
+                    "a.example, B.example,A.example,,c.example",
+                ),
+                ("tls-sidecar.acme-challenge", "tls-alpn-01"),
+            ],
+            &[],
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(s.hostname.as_str(), "a.example");
+        let names: Vec<&str> = s.names().map(DnsName::as_str).collect();
+        assert_eq!(names, ["a.example", "B.example", "c.example"], "each once");
+        assert!(s.hostname_labelled);
+        assert_eq!(s.acme_challenge, ChallengeKind::TlsAlpn01);
+        let d = parse(&[opt], &[]).unwrap().unwrap();
+        assert!(!d.hostname_labelled, "a name made of the container name");
+        assert_eq!(d.acme_challenge, ChallengeKind::Http01);
+        let refused = |pairs: &[(&str, &str)]| parse(pairs, &[]).unwrap().unwrap_err();
+        let e = refused(&[opt, ("tls-sidecar.acme-challenge", "dns-01")]);
+        assert_eq!(e.label, "tls-sidecar.acme-challenge");
+        assert!(e.reason.contains("http-01 or tls-alpn-01"), "{e}");
+        for bad in ["", ",", "a.example,*.b.example", "a.example,bad name"] {
+            let e = refused(&[opt, ("tls-sidecar.hostname", bad)]);
+            assert_eq!(e.label, "tls-sidecar.hostname", "{bad:?}");
+        }
+        let many: Vec<String> = (0..=MAX_HOSTNAMES)
+            .map(|i| format!("n{i}.example"))
+            .collect();
+        let many = many.join(",");
+        let e = refused(&[opt, ("tls-sidecar.hostname", &many)]);
+        assert!(e.reason.contains("more than 100 names"), "{e}");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! `run` takes what a test must control (config, the admin listener, shutdown token); `main`
 //! adds signals, binding and exit codes.
 
+pub mod acme;
 pub mod acme_client;
 pub mod acme_plan;
 pub mod acme_store;

@@ -119,7 +119,7 @@ impl EngineCause {
                 ..
             } => EngineCause::Api,
             Error::Docker { .. } => EngineCause::Io,
-            Error::WriteStatus(_) | Error::Deliver(_) => return None,
+            Error::WriteStatus(_) | Error::Deliver(_) | Error::AcmeCaCert { .. } => return None,
         })
     }
 }

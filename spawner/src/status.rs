@@ -7,6 +7,8 @@
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
 
+use crate::acme::{self, Standing};
+use crate::acme_store::Store;
 use crate::cert_source::{self, Expiry, Fallback, Recorded, Source};
 use crate::config::Config;
 use crate::docker::Engine;
@@ -31,6 +33,27 @@ pub struct Row {
     /// The certificate its sidecar was given (or, running without one yet, would be); `None`
     /// for a target refused a sidecar, or stopped without one.
     pub cert: Option<Source>,
+    /// With ACME on, for a target with a `hostname` label: how its certificate stands.
+    pub acme: Option<AcmeRow>,
+}
+
+/// A target's ACME standing, from the store and the daemon's state file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcmeRow {
+    pub names: Vec<String>,
+    pub state: Standing,
+    /// The last order's error (also while a certificate still serves: a failing renewal).
+    pub error: Option<String>,
+}
+
+impl AcmeRow {
+    /// One table cell: `valid`, or the standing and the error.
+    fn cell(&self) -> String {
+        match &self.error {
+            None => self.state.as_str().to_string(),
+            Some(e) => format!("{}: {e}", self.state.as_str()),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,6 +91,13 @@ pub async fn rows(cfg: &Config) -> Result<Vec<Row>, Error> {
         &cfg.allow,
         &HashSet::new(),
     );
+    let acme_state = match &cfg.acme {
+        Some(a) => {
+            let store = Store::new(a.store.clone());
+            Some((acme::read_state(&store), store))
+        }
+        None => None,
+    };
     let mut rows = Vec::new();
     let mut targets: Vec<_> = observed.targets.iter().collect();
     targets.sort_by(|a, b| a.name.cmp(&b.name));
@@ -111,10 +141,21 @@ pub async fn rows(cfg: &Config) -> Result<Vec<Row>, Error> {
         }
         // A certificate for a target with a sidecar, or about to get one; none for the others.
         let newest = mine.last().and_then(|s| recorded.get(&s.id));
+        let managed = t
+            .spec
+            .as_ref()
+            .ok()
+            .filter(|spec| crate::container::acme_managed(cfg, spec));
         let cert = if newest.is_some() || (t.running && refused.is_none()) {
-            cert_of(cfg, t, newest).await
+            // An ACME-managed sidecar picks its certificate up when it lands: what the store
+            // holds now is what it serves.
+            cert_of(cfg, t, newest.filter(|_| managed.is_none())).await
         } else {
             None
+        };
+        let acme = match (managed, &acme_state) {
+            (Some(spec), Some((state, store))) => Some(acme_row(spec, state, store)),
+            _ => None,
         };
         rows.push(Row {
             target: t.name.clone(),
@@ -135,9 +176,31 @@ pub async fn rows(cfg: &Config) -> Result<Vec<Row>, Error> {
             problem: (!problem.is_empty()).then_some(problem),
             last_failure,
             cert,
+            acme,
         });
     }
     Ok(rows)
+}
+
+/// How the certificate of `spec`'s names stands.
+fn acme_row(
+    spec: &crate::labels::TargetSpec,
+    state: &Result<HashMap<String, acme::Entry>, String>,
+    store: &Store,
+) -> AcmeRow {
+    let names: Vec<shared::dns::DnsName> = spec.names().cloned().collect();
+    let held = store.held(&spec.hostname);
+    let wanted = acme::name_set(&names);
+    let (entry, unreadable) = match state {
+        Ok(entries) => (entries.get(&acme::key(&names)), None),
+        Err(e) => (None, Some(e.clone())),
+    };
+    let state = acme::standing(std::time::SystemTime::now(), &wanted, held.as_ref(), entry);
+    AcmeRow {
+        names: names.iter().map(ToString::to_string).collect(),
+        state,
+        error: entry.and_then(|e| e.last_error.clone()).or(unreadable),
+    }
 }
 
 /// The certificate a target's sidecar was given, as its label recorded it (what the spawner
@@ -165,7 +228,8 @@ async fn cert_of(cfg: &Config, t: &Target, recorded: Option<&Recorded>) -> Optio
 /// Renders rows as an aligned table with a header; `now` (unix seconds) marks expired
 /// certificates.
 pub fn render(rows: &[Row], now: i64) -> String {
-    let header = [
+    let acme = rows.iter().any(|r| r.acme.is_some());
+    let mut header = vec![
         "TARGET",
         "STATE",
         "SIDECAR",
@@ -173,16 +237,19 @@ pub fn render(rows: &[Row], now: i64) -> String {
         "CERTIFICATE",
         "PROBLEM",
         "LAST FAILURE",
-    ]
-    .map(String::from);
+    ];
+    if acme {
+        header.push("ACME");
+    }
+    let header: Vec<String> = header.into_iter().map(String::from).collect();
     let dash = |v: String| if v.is_empty() { "-".to_string() } else { v };
-    let cells: Vec<[String; 7]> = rows
+    let cells: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {
             let sidecars = |f: fn(&SidecarRow) -> &str| {
                 dash(r.sidecars.iter().map(f).collect::<Vec<_>>().join(","))
             };
-            [
+            let mut cells = vec![
                 r.target.clone(),
                 r.state.to_string(),
                 sidecars(|s| &s.name),
@@ -195,10 +262,14 @@ pub fn render(rows: &[Row], now: i64) -> String {
                         .map(Failure::to_string)
                         .unwrap_or_default(),
                 ),
-            ]
+            ];
+            if acme {
+                cells.push(dash(r.acme.as_ref().map(AcmeRow::cell).unwrap_or_default()));
+            }
+            cells
         })
         .collect();
-    let mut widths = header.clone().map(|h| h.len());
+    let mut widths: Vec<usize> = header.iter().map(String::len).collect();
     for c in &cells {
         for (w, v) in widths.iter_mut().zip(c) {
             *w = (*w).max(v.len());
@@ -208,7 +279,7 @@ pub fn render(rows: &[Row], now: i64) -> String {
     for line in std::iter::once(&header).chain(&cells) {
         let parts: Vec<String> = line
             .iter()
-            .zip(widths)
+            .zip(widths.iter().copied())
             .map(|(v, w)| format!("{v:<w$}"))
             .collect();
         out.push_str(parts.join("  ").trim_end());
@@ -262,6 +333,9 @@ pub fn to_json(rows: &[Row]) -> serde_json::Value {
             "cert_reason": reason,
             "cert_detail": detail,
             "cert_not_after": not_after,
+            "acme_state": r.acme.as_ref().map(|a| a.state.as_str()),
+            "acme_error": r.acme.as_ref().and_then(|a| a.error.clone()),
+            "acme_names": r.acme.as_ref().map(|a| a.names.clone()),
         })
     });
     Value::Array(rows.collect())
@@ -307,6 +381,7 @@ mod tests {
                 path: "/etc/le/live/web/fullchain.pem".into(),
                 expiry: Expiry::At(1_925_078_400),
             }),
+            acme: None,
         }
     }
 
@@ -353,8 +428,37 @@ mod tests {
                 "cert_reason": null,
                 "cert_detail": "/etc/le/live/web/fullchain.pem",
                 "cert_not_after": 1_925_078_400,
+                "acme_state": null,
+                "acme_error": null,
+                "acme_names": null,
             }])
         );
+        let failing = Row {
+            acme: Some(AcmeRow {
+                names: vec!["web.example".into(), "www.example".into()],
+                state: Standing::Failing,
+                error: Some("validating web.example by http-01: connection refused".into()),
+            }),
+            ..row()
+        };
+        let v = to_json(std::slice::from_ref(&failing));
+        assert_eq!(v[0]["acme_state"], "failing");
+        assert_eq!(
+            v[0]["acme_names"],
+            serde_json::json!(["web.example", "www.example"])
+        );
+        assert_eq!(
+            v[0]["acme_error"],
+            "validating web.example by http-01: connection refused"
+        );
+        let table = render(&[failing, row()], 0);
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(lines[0].ends_with("  ACME"), "{table}");
+        assert!(
+            lines[1].ends_with("failing: validating web.example by http-01: connection refused"),
+            "{table}"
+        );
+        assert!(lines[2].ends_with("  -"), "{table}");
         let hidden = Row {
             cert: Some(Source::SelfSigned(Fallback::DirNotVisible)),
             ..row()

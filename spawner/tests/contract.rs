@@ -143,6 +143,8 @@ fn certificate() -> impl Strategy<Value = Certificate> {
     prop_oneof![
         (path(), path()).prop_map(|(cert, key)| Certificate::Files { cert, key }),
         prop::collection::vec(san_name(), 1..4).prop_map(|names| Certificate::SelfSigned { names }),
+        (path(), prop::collection::vec(san_name(), 1..4))
+            .prop_map(|(dir, names)| Certificate::Dir { dir, names }),
     ]
 }
 
@@ -205,6 +207,7 @@ fn spec() -> impl Strategy<Value = SidecarSpec> {
         ),
         (grace, log_format, any::<bool>()),
         (alpn_list(), proxy_protocol(), backend_protocol()),
+        (prop::option::of(path()), prop::option::of(path())),
     )
         .prop_map(
             |(
@@ -212,6 +215,7 @@ fn spec() -> impl Strategy<Value = SidecarSpec> {
                 (client_auth, redirect_listen, hsts),
                 (shutdown_grace, log_format, exit_when_orphaned),
                 (alpn, proxy_protocol, backend_protocol),
+                (acme_webroot, acme_tls_alpn_dir),
             )| SidecarSpec {
                 listen,
                 backend,
@@ -238,6 +242,9 @@ fn spec() -> impl Strategy<Value = SidecarSpec> {
                 shutdown_grace,
                 log_format,
                 exit_when_orphaned,
+                // HTTP-01 answers are served on the redirect listener only.
+                acme_webroot: acme_webroot.filter(|_| redirect_listen.is_some()),
+                acme_tls_alpn_dir,
             },
         )
 }
@@ -285,6 +292,9 @@ fn labels() -> impl Strategy<Value = HashMap<String, String>> {
     .boxed();
     let names = prop_oneof![
         12 => dns_name().prop_map(|n| n.to_string()),
+        4 => prop::collection::vec(dns_name(), 1..4).prop_map(|ns| {
+            ns.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
+        }),
         1 => Just("10.0.0.1".to_string()),
         1 => Just("*.example.com".to_string()),
         1 => "[a-z]{64}".prop_map(String::from),
@@ -307,6 +317,15 @@ fn labels() -> impl Strategy<Value = HashMap<String, String>> {
             .boxed(),
         ),
         ("hostname", names),
+        (
+            "acme-challenge",
+            prop_oneof![
+                Just("http-01".to_string()),
+                Just("tls-alpn-01".to_string()),
+                Just("dns-01".to_string())
+            ]
+            .boxed(),
+        ),
         (
             "hsts",
             prop_oneof![
@@ -429,6 +448,19 @@ fn whatever_labels_the_spawner_accepts_the_sidecar_accepts() {
         .expect("default spawner flags")
         .into_config()
         .expect("valid defaults");
+    // With ACME on, a target with a hostname label gets a sidecar that reads a directory and
+    // answers challenges: those specs must round-trip too.
+    let acme = spawner::config::Cli::try_parse_from([
+        "spawner",
+        "--certs-from",
+        "/store",
+        "--acme-email",
+        "a@example.com",
+        "--acme-agree-tos",
+    ])
+    .expect("acme spawner flags")
+    .into_config()
+    .expect("valid acme flags");
     let container_name = "[a-zA-Z0-9][a-zA-Z0-9_.-]{0,80}";
     let exposed = prop::collection::vec((1u16..=u16::MAX).prop_map(|p| format!("{p}/tcp")), 0..3);
     let inputs = (
@@ -436,12 +468,13 @@ fn whatever_labels_the_spawner_accepts_the_sidecar_accepts() {
         container_name,
         exposed,
         any::<(bool, bool, bool)>(),
+        any::<bool>(),
     );
     let accepted = std::cell::Cell::new(0u32);
     runner()
         .run(
             &inputs,
-            |(labels, name, exposed, (mounted, use_certs, own_network))| {
+            |(labels, name, exposed, (mounted, use_certs, own_network), with_acme)| {
                 let Some(parsed) =
                     spawner::labels::parse_target("tls-sidecar", &name, &labels, &exposed, mounted)
                 else {
@@ -452,7 +485,8 @@ fn whatever_labels_the_spawner_accepts_the_sidecar_accepts() {
                 };
                 accepted.set(accepted.get() + 1);
                 target.exit_when_orphaned = own_network;
-                let spec = spawner::container::sidecar_spec(&cfg, &target, use_certs);
+                let cfg = if with_acme { &acme } else { &cfg };
+                let spec = spawner::container::sidecar_spec(cfg, &target, use_certs);
                 let env = spec.to_env();
                 let read = sidecar_reads(&env).map_err(|e| {
                     TestCaseError::fail(format!(

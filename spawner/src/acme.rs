@@ -1,0 +1,732 @@
+//! ACME in the daemon (issue 13): every running target with a `hostname` label gets a
+//! certificate for its names, obtained and renewed here, stored in the certificate store in
+//! certbot's layout, and delivered to its sidecar like a certbot-made one.
+//!
+//! Each reconcile turn hands [`Manager::sync`] what is wanted: the name sets of the running
+//! ACME-managed targets and the sidecars serving each. Per name set, the pure
+//! [`acme_plan::decide`] says keep, wait, stop or order, from the store's certificate, the
+//! history and the time; an order runs in a task of its own (at most [`MAX_ORDERS`] at once,
+//! one per name set, the whole of it under [`ORDER_DEADLINE`]) so a slow CA never holds up a
+//! turn. Its challenge answers are uploaded into the serving sidecars' own volumes before the CA
+//! is told to look, and emptied after. The history (orders of the last hour, failures in a row,
+//! the last error) is written to `acme/state.json` in the store at every change: a restarted
+//! spawner keeps its backoffs and hourly caps, and `spawner status` reads the last error there.
+//!
+//! A name set is keyed by its first name (the certificate's directory, `live/<first>/`) and
+//! the others sorted: targets listing the same names first-name-alike share one certificate and
+//! one order (replicas).
+
+use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use shared::dns::DnsName;
+use tokio::sync::{Notify, Semaphore};
+use tokio::time::Instant;
+
+use crate::acme_client::{AcmeError, AnswerFile, Answers, ChallengeKind, Client};
+use crate::acme_plan::{self, Decision, Failure, Held, History, NameSet};
+use crate::acme_store::Store;
+use crate::config::AcmeConfig;
+use crate::delivery::Bundle;
+use crate::docker::Engine;
+use crate::error::Error;
+
+/// Let's Encrypt's production directory, the default `--acme-directory`.
+pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
+/// Longest wait between two attempts for a failing name set: a CA outage of a day costs four
+/// orders, well inside any CA's limits, and a fixed problem is noticed within hours.
+pub const RETRY_MAX: Duration = Duration::from_secs(6 * 3600);
+/// Orders in flight at once, over all name sets: the CA's limits are per account too, and each
+/// order holds a few connections and a task.
+const MAX_ORDERS: usize = 4;
+/// Longest one order may take end to end (account, order, challenges, finalize, download);
+/// each HTTP exchange has its own shorter timeout in [`crate::acme_client`].
+const ORDER_DEADLINE: Duration = Duration::from_secs(300);
+/// Longest the store's files may take to read in one turn (a hung network mount).
+const STORE_TIMEOUT: Duration = Duration::from_secs(5);
+/// An order's history is kept for the hourly cap; older orders are forgotten.
+const HOUR: Duration = Duration::from_secs(3600);
+
+/// What one target needs: a certificate for `names` (the first names its directory), proved
+/// by `challenge`, and the running sidecars that serve it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Want {
+    pub names: Vec<DnsName>,
+    pub challenge: ChallengeKind,
+    pub sidecars: Vec<String>,
+}
+
+/// The key of a name set: the first name, then the others sorted, comma separated, lowercase.
+pub fn key(names: &[DnsName]) -> String {
+    let lower = |n: &DnsName| n.as_str().to_ascii_lowercase();
+    let mut rest: Vec<String> = names.iter().skip(1).map(lower).collect();
+    rest.sort();
+    rest.dedup();
+    let first = names.first().map(lower).unwrap_or_default();
+    rest.retain(|n| *n != first);
+    std::iter::once(first)
+        .chain(rest)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// What is kept per name set, in memory and in `acme/state.json`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Entry {
+    /// Unix seconds of the orders of the last hour.
+    pub orders: Vec<u64>,
+    /// Failed orders in a row since the last success.
+    pub failures: u32,
+    /// When the last failure happened, and whether it was permanent.
+    pub last_failure: Option<(u64, bool)>,
+    /// The last error, as logged.
+    pub last_error: Option<String>,
+}
+
+impl Entry {
+    fn history(&self, in_flight: bool) -> History {
+        History {
+            orders: self.orders.iter().map(|s| at(*s)).collect(),
+            failures: self.failures,
+            last_failure: self.last_failure.map(|(t, permanent)| {
+                let kind = if permanent {
+                    Failure::Permanent
+                } else {
+                    Failure::Transient
+                };
+                (at(t), kind)
+            }),
+            in_flight,
+        }
+    }
+}
+
+/// The state file: `{"<key>": {"orders": [..], "failures": n, "last_failure": t|null,
+/// "permanent": bool, "last_error": "..."|null}}`.
+pub fn state_to_json(state: &HashMap<String, Entry>) -> serde_json::Value {
+    use serde_json::json;
+    let mut keys: Vec<&String> = state.keys().collect();
+    keys.sort();
+    let map = keys
+        .into_iter()
+        .map(|k| {
+            let e = &state[k];
+            let v = json!({
+                "orders": e.orders,
+                "failures": e.failures,
+                "last_failure": e.last_failure.map(|(t, _)| t),
+                "permanent": e.last_failure.is_some_and(|(_, p)| p),
+                "last_error": e.last_error,
+            });
+            (k.clone(), v)
+        })
+        .collect();
+    serde_json::Value::Object(map)
+}
+
+/// Reads [`state_to_json`]'s output back; entries that do not parse are left out.
+pub fn state_from_json(bytes: &[u8]) -> Result<HashMap<String, Entry>, String> {
+    let value: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
+    let map = value.as_object().ok_or("not a JSON object")?;
+    let mut out = HashMap::new();
+    for (k, v) in map {
+        let orders = v["orders"]
+            .as_array()
+            .map(|a| a.iter().filter_map(serde_json::Value::as_u64).collect())
+            .unwrap_or_default();
+        let failures = v["failures"].as_u64().unwrap_or(0).min(u64::from(u32::MAX)) as u32;
+        let last_failure = v["last_failure"]
+            .as_u64()
+            .map(|t| (t, v["permanent"].as_bool().unwrap_or(false)));
+        let last_error = v["last_error"].as_str().map(String::from);
+        out.insert(
+            k.clone(),
+            Entry {
+                orders,
+                failures,
+                last_failure,
+                last_error,
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// Reads the state file of `store` (for `spawner status`); empty when there is none.
+pub fn read_state(store: &Store) -> Result<HashMap<String, Entry>, String> {
+    match store.read_state() {
+        Ok(None) => Ok(HashMap::new()),
+        Ok(Some(bytes)) => {
+            state_from_json(&bytes).map_err(|e| format!("{}: {e}", store.state_path().display()))
+        }
+        Err(e) => Err(format!("{}: {e}", store.state_path().display())),
+    }
+}
+
+/// How a name set stands, for `spawner status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Standing {
+    /// The store has a certificate for exactly these names that has not expired.
+    Valid,
+    /// Nothing yet, and no failure: an order is coming or under way.
+    Pending,
+    /// The last order failed; retried with backoff.
+    Failing,
+    /// The CA refused for good: no order until the names change or the entry is cleared.
+    Stopped,
+}
+
+impl Standing {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Standing::Valid => "valid",
+            Standing::Pending => "pending",
+            Standing::Failing => "failing",
+            Standing::Stopped => "stopped",
+        }
+    }
+}
+
+/// The standing of a name set from what the store holds and its entry.
+pub fn standing(
+    now: SystemTime,
+    wanted: &NameSet,
+    held: Option<&Held>,
+    entry: Option<&Entry>,
+) -> Standing {
+    if held.is_some_and(|h| &h.names == wanted && now < h.not_after) {
+        return Standing::Valid;
+    }
+    match entry.and_then(|e| e.last_failure) {
+        Some((_, true)) => Standing::Stopped,
+        Some((_, false)) => Standing::Failing,
+        None => Standing::Pending,
+    }
+}
+
+/// The names as a set, as a certificate lists them.
+pub fn name_set(names: &[DnsName]) -> NameSet {
+    names
+        .iter()
+        .map(|n| n.to_string().to_ascii_lowercase())
+        .collect()
+}
+
+struct Inner {
+    entries: HashMap<String, Entry>,
+    /// Name sets with an order in flight.
+    in_flight: BTreeSet<String>,
+    /// Per name set, the sidecars serving it (from the last turn).
+    sidecars: HashMap<String, Vec<String>>,
+    /// A certificate landed since the daemon last asked: deliver.
+    issued: bool,
+    /// The earliest time a decision asked to be looked at again.
+    next: Option<Instant>,
+    /// Per name set, the last error logged, so a failing order logs its cause once.
+    logged: HashMap<String, String>,
+    /// Bumped at every change of `entries`; the state file is written only with a newer one.
+    version: u64,
+}
+
+/// ACME for the daemon. Cheap to share: the orders' tasks hold it.
+pub struct Manager {
+    cfg: AcmeConfig,
+    store: Store,
+    engine: Arc<Engine>,
+    wake: Arc<Notify>,
+    roots: rustls::RootCertStore,
+    /// The account, opened by the first order (a tokio lock: two first orders open one).
+    client: tokio::sync::Mutex<Option<Arc<Client>>>,
+    orders: Arc<Semaphore>,
+    inner: Mutex<Inner>,
+    /// The newest state version written, so an older snapshot never overwrites a newer one.
+    written: tokio::sync::Mutex<u64>,
+}
+
+impl Manager {
+    /// Reads `--acme-ca-cert` (and the system roots) and the state file. An unreadable CA file
+    /// is an error; an unreadable state file is logged and started afresh (the hourly cap then
+    /// starts over, the CA's own limits still hold).
+    pub async fn new(
+        cfg: AcmeConfig,
+        engine: Arc<Engine>,
+        wake: Arc<Notify>,
+    ) -> Result<Arc<Manager>, Error> {
+        let roots = roots(cfg.ca_cert.as_deref())?;
+        let store = Store::new(cfg.store.clone());
+        let read = {
+            let store = store.clone();
+            tokio::task::spawn_blocking(move || read_state(&store))
+        };
+        let entries = match tokio::time::timeout(STORE_TIMEOUT, read).await {
+            Ok(Ok(Ok(entries))) => entries,
+            Ok(Ok(Err(e))) => {
+                tracing::warn!(error = %e, "cannot read the ACME state; starting afresh");
+                HashMap::new()
+            }
+            _ => {
+                tracing::warn!(path = %store.state_path().display(), "reading the ACME state timed out; starting afresh");
+                HashMap::new()
+            }
+        };
+        tracing::info!(directory = %cfg.directory, store = %cfg.store.display(), "acme on");
+        Ok(Arc::new(Manager {
+            cfg,
+            store,
+            engine,
+            wake,
+            roots,
+            client: tokio::sync::Mutex::new(None),
+            orders: Arc::new(Semaphore::new(MAX_ORDERS)),
+            inner: Mutex::new(Inner {
+                entries,
+                in_flight: BTreeSet::new(),
+                sidecars: HashMap::new(),
+                issued: false,
+                next: None,
+                logged: HashMap::new(),
+                version: 0,
+            }),
+            written: tokio::sync::Mutex::new(0),
+        }))
+    }
+
+    /// Whether a certificate landed since the last call (then the daemon delivers).
+    pub fn take_issued(&self) -> bool {
+        std::mem::take(&mut lock(&self.inner).issued)
+    }
+
+    /// When a name set must be looked at again (a renewal due, a backoff over).
+    pub fn next_wake(&self) -> Option<Instant> {
+        lock(&self.inner).next
+    }
+
+    /// One turn: decides for every wanted name set and starts the orders that are due.
+    pub async fn sync(self: &Arc<Self>, wants: Vec<Want>) {
+        let mut sets: HashMap<String, Want> = HashMap::new();
+        for w in wants {
+            let k = key(&w.names);
+            match sets.get_mut(&k) {
+                Some(set) => set.sidecars.extend(w.sidecars),
+                None => {
+                    sets.insert(k, w);
+                }
+            }
+        }
+        let Some(held) = self.held(&sets).await else {
+            return;
+        };
+        let now = SystemTime::now();
+        let mut due = Vec::new();
+        {
+            let mut inner = lock(&self.inner);
+            inner.sidecars = sets
+                .iter()
+                .map(|(k, w)| (k.clone(), w.sidecars.clone()))
+                .collect();
+            inner.next = None;
+            for (k, want) in &sets {
+                let entry = inner.entries.get(k).cloned().unwrap_or_default();
+                let history = entry.history(inner.in_flight.contains(k));
+                let wanted = name_set(&want.names);
+                let held = held.get(k).and_then(Option::as_ref);
+                let next = match acme_plan::decide(now, &wanted, held, &history, &self.cfg.policy) {
+                    Decision::Keep { renew_at } => Some(renew_at),
+                    Decision::Wait { until, .. } => until,
+                    Decision::Stop => None,
+                    Decision::Order { reason } => {
+                        inner.in_flight.insert(k.clone());
+                        let e = inner.entries.entry(k.clone()).or_default();
+                        e.orders.push(unix(now));
+                        e.orders
+                            .retain(|t| unix(now).saturating_sub(*t) < HOUR.as_secs());
+                        inner.version += 1;
+                        due.push((k.clone(), want.clone(), reason));
+                        None
+                    }
+                };
+                if let Some(t) = next {
+                    let at = Instant::now() + t.duration_since(now).unwrap_or_default();
+                    inner.next = Some(inner.next.map_or(at, |n| n.min(at)));
+                }
+            }
+        }
+        if due.is_empty() {
+            return;
+        }
+        self.persist().await;
+        for (k, want, reason) in due {
+            let names = key(&want.names);
+            tracing::info!(names = %names, challenge = %want.challenge, reason, "ordering certificate");
+            let me = self.clone();
+            tokio::spawn(async move { me.order(k, want).await });
+        }
+    }
+
+    /// The store's certificate of each name set, read off the async threads under a timeout;
+    /// `None` when the store did not answer in time.
+    async fn held(&self, sets: &HashMap<String, Want>) -> Option<HashMap<String, Option<Held>>> {
+        let store = self.store.clone();
+        let firsts: Vec<(String, DnsName)> = sets
+            .iter()
+            .filter_map(|(k, w)| Some((k.clone(), w.names.first()?.clone())))
+            .collect();
+        let read = tokio::task::spawn_blocking(move || {
+            firsts
+                .into_iter()
+                .map(|(k, first)| (k, store.held(&first)))
+                .collect::<HashMap<_, _>>()
+        });
+        match tokio::time::timeout(STORE_TIMEOUT, read).await {
+            Ok(Ok(held)) => Some(held),
+            // Unknown is not "none": ordering on a hung mount would order every certificate
+            // again. Nothing is decided this turn.
+            _ => {
+                tracing::warn!(store = %self.store.root().display(), "reading the certificate store timed out");
+                None
+            }
+        }
+    }
+
+    /// Runs one order to its end and records the outcome.
+    async fn order(self: Arc<Self>, k: String, want: Want) {
+        let outcome = match self.orders.clone().acquire_owned().await {
+            Ok(_permit) => {
+                let run = self.obtain(&k, &want);
+                match tokio::time::timeout(ORDER_DEADLINE, run).await {
+                    Ok(r) => r,
+                    Err(_) => Err(AcmeError {
+                        permanent: false,
+                        message: format!("the order for {k} took longer than {ORDER_DEADLINE:?}"),
+                    }),
+                }
+            }
+            Err(_) => return,
+        };
+        let now = unix(SystemTime::now());
+        {
+            let mut inner = lock(&self.inner);
+            inner.in_flight.remove(&k);
+            inner.version += 1;
+            let e = inner.entries.entry(k.clone()).or_default();
+            match &outcome {
+                Ok(()) => {
+                    e.failures = 0;
+                    e.last_failure = None;
+                    e.last_error = None;
+                    inner.issued = true;
+                    inner.logged.remove(&k);
+                }
+                Err(err) => {
+                    e.failures = e.failures.saturating_add(1);
+                    e.last_failure = Some((now, err.permanent));
+                    e.last_error = Some(err.message.clone());
+                    let failures = e.failures;
+                    let delay = if err.permanent {
+                        None
+                    } else {
+                        Some(self.cfg.policy.retry.delay(failures))
+                    };
+                    let new = inner.logged.get(&k) != Some(&err.message);
+                    if new {
+                        tracing::warn!(names = %k, error = %err.message, permanent = err.permanent, retry_in = ?delay, "certificate order failed");
+                        inner.logged.insert(k.clone(), err.message.clone());
+                    } else {
+                        tracing::debug!(names = %k, failures, retry_in = ?delay, "certificate order failed again, same cause");
+                    }
+                }
+            }
+        }
+        if outcome.is_ok() {
+            tracing::info!(names = %k, "certificate issued");
+        }
+        self.persist().await;
+        self.wake.notify_one();
+    }
+
+    /// The account (opened once), the order, and the pair written to the store.
+    async fn obtain(&self, k: &str, want: &Want) -> Result<(), AcmeError> {
+        let client = self.client().await?;
+        let answers = ToSidecars {
+            manager: self,
+            key: k.to_string(),
+        };
+        let got = client
+            .obtain_with(&want.names, want.challenge, &answers)
+            .await?;
+        let store = self.store.clone();
+        let first = want.names.first().cloned().ok_or_else(|| AcmeError {
+            permanent: true,
+            message: "no names".to_string(),
+        })?;
+        let write = tokio::task::spawn_blocking(move || {
+            store.write_pair(&first, got.chain_pem.as_bytes(), got.key_pem.as_bytes())
+        });
+        match tokio::time::timeout(STORE_TIMEOUT, write).await {
+            Ok(Ok(Ok(_))) => Ok(()),
+            Ok(Ok(Err(e))) => Err(AcmeError {
+                permanent: false,
+                message: format!("storing the certificate for {k}: {e}"),
+            }),
+            _ => Err(AcmeError {
+                permanent: false,
+                message: format!("storing the certificate for {k} timed out"),
+            }),
+        }
+    }
+
+    async fn client(&self) -> Result<Arc<Client>, AcmeError> {
+        let mut client = self.client.lock().await;
+        if let Some(c) = client.as_ref() {
+            return Ok(c.clone());
+        }
+        let opened = Client::open(
+            &self.cfg.directory,
+            self.roots.clone(),
+            &self.cfg.email,
+            self.store.clone(),
+        )
+        .await?;
+        tracing::info!(account = %opened.account_id(), "acme account ready");
+        let opened = Arc::new(opened);
+        *client = Some(opened.clone());
+        Ok(opened)
+    }
+
+    /// Writes the state file when it changed since it was last written.
+    async fn persist(&self) {
+        let (version, json) = {
+            let inner = lock(&self.inner);
+            (inner.version, state_to_json(&inner.entries))
+        };
+        let mut written = self.written.lock().await;
+        if *written >= version {
+            return;
+        }
+        let store = self.store.clone();
+        let bytes = match serde_json::to_vec_pretty(&json) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot serialise the ACME state");
+                return;
+            }
+        };
+        let write = tokio::task::spawn_blocking(move || store.write_state(&bytes));
+        match tokio::time::timeout(STORE_TIMEOUT, write).await {
+            Ok(Ok(Ok(()))) => *written = version,
+            Ok(Ok(Err(e))) => {
+                tracing::warn!(path = %self.store.state_path().display(), error = %e, "cannot write the ACME state")
+            }
+            _ => {
+                tracing::warn!(path = %self.store.state_path().display(), "writing the ACME state timed out")
+            }
+        }
+    }
+}
+
+/// Challenge answers uploaded into the sidecars serving a name set.
+struct ToSidecars<'a> {
+    manager: &'a Manager,
+    key: String,
+}
+
+impl Answers for ToSidecars<'_> {
+    fn publish(&self, files: Vec<AnswerFile>) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(async move {
+            let sidecars = lock(&self.manager.inner)
+                .sidecars
+                .get(&self.key)
+                .cloned()
+                .unwrap_or_default();
+            let archive = match Bundle::answers(&files).tar() {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(names = %self.key, error = %e, "cannot build the challenge archive");
+                    return;
+                }
+            };
+            for id in sidecars {
+                let upload =
+                    self.manager
+                        .engine
+                        .upload(&id, shared::schema::CERTS_MOUNT, archive.clone());
+                if let Err(e) = upload.await {
+                    // The CA's check then fails, and that failure is reported.
+                    tracing::debug!(names = %self.key, sidecar = %&id[..id.len().min(12)], error = %format!("{e:#}"), "cannot deliver a challenge answer");
+                }
+            }
+        })
+    }
+}
+
+/// The roots trusted for the directory's HTTPS: the system's, or the Mozilla roots built in
+/// where the system has none (a `FROM scratch` image), plus `--acme-ca-cert`.
+fn roots(ca_cert: Option<&std::path::Path>) -> Result<rustls::RootCertStore, Error> {
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    let (added, _) = roots.add_parsable_certificates(native.certs);
+    if added == 0 {
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    }
+    if let Some(path) = ca_cert {
+        let fail = |reason: String| Error::AcmeCaCert {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let pem = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
+        use rustls_pki_types::pem::PemObject;
+        let certs: Vec<_> = rustls_pki_types::CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<_, _>>()
+            .map_err(|e| fail(format!("not PEM: {e}")))?;
+        if certs.is_empty() {
+            return Err(fail("no PEM certificate in it".to_string()));
+        }
+        let (added, ignored) = roots.add_parsable_certificates(certs);
+        if added == 0 {
+            return Err(fail(format!(
+                "none of its {ignored} certificates is usable"
+            )));
+        }
+    }
+    Ok(roots)
+}
+
+fn at(unix: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(unix)
+}
+
+fn unix(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(list: &[&str]) -> Vec<DnsName> {
+        list.iter().map(|n| n.parse().expect("name")).collect()
+    }
+
+    #[test]
+    fn a_name_set_is_keyed_by_its_first_name_then_the_rest_sorted() {
+        assert_eq!(key(&names(&["a.example"])), "a.example");
+        assert_eq!(
+            key(&names(&["b.example", "c.example", "a.example"])),
+            "b.example,a.example,c.example"
+        );
+        assert_eq!(
+            key(&names(&["b.example", "a.example", "c.example"])),
+            key(&names(&[
+                "b.example",
+                "c.example",
+                "a.example",
+                "b.example"
+            ]))
+        );
+        assert_ne!(
+            key(&names(&["a.example", "b.example"])),
+            key(&names(&["b.example", "a.example"])),
+            "the first name is the directory"
+        );
+    }
+
+    #[test]
+    fn the_state_file_round_trips_and_tolerates_what_it_does_not_know() {
+        let mut state = HashMap::new();
+        state.insert(
+            "a.example".to_string(),
+            Entry {
+                orders: vec![10, 20],
+                failures: 2,
+                last_failure: Some((20, false)),
+                last_error: Some("validating a.example by http-01: connection refused".into()),
+            },
+        );
+        state.insert(
+            "bad_name.example".to_string(),
+            Entry {
+                orders: vec![5],
+                failures: 1,
+                last_failure: Some((5, true)),
+                last_error: Some("refused".into()),
+            },
+        );
+        state.insert("b.example,c.example".to_string(), Entry::default());
+        let bytes = serde_json::to_vec(&state_to_json(&state)).expect("json");
+        assert_eq!(state_from_json(&bytes).expect("parse"), state);
+        let odd = br#"{"x.example": {"orders": ["no"], "extra": 1}}"#;
+        assert_eq!(
+            state_from_json(odd).expect("parse")["x.example"],
+            Entry::default()
+        );
+        assert!(state_from_json(b"[]").is_err());
+        assert!(state_from_json(b"{").is_err());
+    }
+
+    #[test]
+    fn standing_reads_the_store_first_then_the_last_failure() {
+        let now = at(1_000_000);
+        let want = name_set(&names(&["a.example"]));
+        let held = Held {
+            names: want.clone(),
+            not_before: at(0),
+            not_after: at(2_000_000),
+            suggested_renewal: None,
+        };
+        let failing = Entry {
+            last_failure: Some((10, false)),
+            ..Entry::default()
+        };
+        let stopped = Entry {
+            last_failure: Some((10, true)),
+            ..Entry::default()
+        };
+        assert_eq!(
+            standing(now, &want, Some(&held), Some(&failing)),
+            Standing::Valid
+        );
+        assert_eq!(standing(now, &want, None, None), Standing::Pending);
+        assert_eq!(
+            standing(now, &want, None, Some(&failing)),
+            Standing::Failing
+        );
+        assert_eq!(
+            standing(now, &want, None, Some(&stopped)),
+            Standing::Stopped
+        );
+        let expired = Held {
+            not_after: at(10),
+            ..held.clone()
+        };
+        assert_eq!(
+            standing(now, &want, Some(&expired), None),
+            Standing::Pending
+        );
+        let other = Held {
+            names: name_set(&names(&["b.example"])),
+            ..held
+        };
+        assert_eq!(standing(now, &want, Some(&other), None), Standing::Pending);
+    }
+
+    #[test]
+    fn an_unreadable_ca_file_is_named() {
+        let missing = std::path::Path::new("/nonexistent/acme-ca.pem");
+        let e = roots(Some(missing)).expect_err("missing");
+        assert!(e.to_string().contains("/nonexistent/acme-ca.pem"), "{e}");
+        let dir = std::env::temp_dir().join(format!("acme-roots-{}", std::process::id()));
+        std::fs::write(&dir, b"not a certificate").expect("write");
+        let e = roots(Some(&dir)).expect_err("not pem");
+        assert!(e.to_string().contains("no PEM certificate"), "{e}");
+        std::fs::remove_file(&dir).expect("remove");
+        assert!(!roots(None).expect("system or built-in roots").is_empty());
+    }
+}
