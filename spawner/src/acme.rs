@@ -226,6 +226,9 @@ struct Inner {
     issued: bool,
     /// The earliest time a decision asked to be looked at again.
     next: Option<Instant>,
+    /// The store's certificate per name set as last read: read again at a resync (certbot may
+    /// renew in place) and after an order for it, not on every turn.
+    held: HashMap<String, Option<Held>>,
     /// Per name set, the last error logged, so a failing order logs its cause once.
     logged: HashMap<String, String>,
     /// Bumped at every change of `entries`; the state file is written only with a newer one.
@@ -288,6 +291,7 @@ impl Manager {
                 sidecars: HashMap::new(),
                 issued: false,
                 next: None,
+                held: HashMap::new(),
                 logged: HashMap::new(),
                 version: 0,
             }),
@@ -306,7 +310,8 @@ impl Manager {
     }
 
     /// One turn: decides for every wanted name set and starts the orders that are due.
-    pub async fn sync(self: &Arc<Self>, wants: Vec<Want>) {
+    /// `reread`: read every name set's certificate from the store again.
+    pub async fn sync(self: &Arc<Self>, wants: Vec<Want>, reread: bool) {
         let mut sets: HashMap<String, Want> = HashMap::new();
         for w in wants {
             let k = key(&w.names);
@@ -317,9 +322,23 @@ impl Manager {
                 }
             }
         }
-        let Some(held) = self.held(&sets).await else {
-            return;
+        let unread: HashMap<String, Want> = {
+            let mut inner = lock(&self.inner);
+            if reread {
+                inner.held.clear();
+            }
+            inner.held.retain(|k, _| sets.contains_key(k));
+            sets.iter()
+                .filter(|(k, _)| !inner.held.contains_key(*k))
+                .map(|(k, w)| (k.clone(), w.clone()))
+                .collect()
         };
+        if !unread.is_empty() {
+            let Some(read) = self.held(&unread).await else {
+                return;
+            };
+            lock(&self.inner).held.extend(read);
+        }
         let now = SystemTime::now();
         let mut due = Vec::new();
         {
@@ -329,6 +348,7 @@ impl Manager {
                 .map(|(k, w)| (k.clone(), w.sidecars.clone()))
                 .collect();
             inner.next = None;
+            let held = inner.held.clone();
             for (k, want) in &sets {
                 let entry = inner.entries.get(k).cloned().unwrap_or_default();
                 let history = entry.history(inner.in_flight.contains(k));
@@ -411,6 +431,7 @@ impl Manager {
         {
             let mut inner = lock(&self.inner);
             inner.in_flight.remove(&k);
+            inner.held.remove(&k);
             inner.version += 1;
             let e = inner.entries.entry(k.clone()).or_default();
             match &outcome {

@@ -241,6 +241,8 @@ pub fn rfc3339(unix: i64) -> String {
 #[derive(Debug, Default)]
 pub struct Tracker {
     targets: Mutex<HashMap<String, Entry>>,
+    /// Targets whose certificate ACME obtains: a missing one is expected until it lands.
+    acme: Mutex<HashSet<String>>,
 }
 
 #[derive(Debug, Clone)]
@@ -284,6 +286,14 @@ impl Tracker {
         }
         entry.warned = Some(fallback.clone());
         drop(targets);
+        if matches!(fallback, Fallback::Missing(_)) && lock(&self.acme).contains(target_id) {
+            tracing::info!(
+                container = %target_name,
+                hostname,
+                "no certificate for this target yet; its sidecar runs self-signed until ACME delivers one"
+            );
+            return true;
+        }
         let hint = match fallback {
             Fallback::DirNotVisible => {
                 "a spawner in a container needs the store mounted into it, and --certs-from set to that path"
@@ -298,6 +308,11 @@ impl Tracker {
             "no certificate for this target, its sidecar runs self-signed"
         );
         true
+    }
+
+    /// The targets whose certificates ACME obtains (replaces the previous set).
+    pub fn set_acme(&self, targets: HashSet<String>) {
+        *lock(&self.acme) = targets;
     }
 
     /// Keeps up with the targets of a turn: forgets those gone, marks those not running or

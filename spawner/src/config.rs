@@ -357,7 +357,12 @@ impl Cli {
 /// The `--acme-*` flags, validated: `None` without `--acme-email`.
 fn acme_config(o: &Opts, certs: Option<&CertsSource>) -> Result<Option<AcmeConfig>, ConfigError> {
     // Empty is off, as for --certs-from: a compose file can pass `${ACME_EMAIL:-}` through.
-    let Some(email) = o.acme_email.as_deref().map(str::trim).filter(|e| !e.is_empty()) else {
+    let Some(email) = o
+        .acme_email
+        .as_deref()
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+    else {
         return Ok(None);
     };
     valid_email(email).map_err(|r| bad("acme-email", email, r))?;
@@ -562,7 +567,10 @@ mod tests {
     #[test]
     fn acme_is_off_by_default_and_needs_its_flags() {
         assert!(cfg(&[]).expect("defaults").acme.is_none());
-        assert!(cfg(&["--acme-email", ""]).expect("empty is off").acme.is_none());
+        assert!(cfg(&["--acme-email", ""])
+            .expect("empty is off")
+            .acme
+            .is_none());
         let on = [
             "--certs-from",
             "/le",

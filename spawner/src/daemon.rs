@@ -107,6 +107,8 @@ struct Daemon {
     /// Sidecars of ACME-managed targets whose log showed `listening`: every listener bound, so
     /// a challenge answer put in them is served.
     listening: HashSet<String>,
+    /// Per sidecar that has not said it yet, how often its log was read for it.
+    listening_checks: HashMap<String, u32>,
     /// A sidecar of an ACME-managed target runs but has not said `listening` yet: look again.
     listening_recheck: Option<Instant>,
 }
@@ -116,8 +118,11 @@ const LISTENING: &str = "listening";
 /// How much of a sidecar's log is read looking for [`LISTENING`]: its start-up lines are a few
 /// hundred bytes.
 const LISTENING_LOG_BYTES: usize = 64 * 1024;
-/// How soon a sidecar that has not said [`LISTENING`] yet is looked at again.
+/// How soon a sidecar that has not said [`LISTENING`] yet is looked at again, and how many
+/// times (5 s): a sidecar image that never says it (not ours) is then looked at only on the
+/// turns that happen anyway, not every 200 ms for ever.
 const LISTENING_RECHECK: Duration = Duration::from_millis(200);
+const LISTENING_RECHECKS: u32 = 25;
 
 /// How long reading one target's certificate files may take (a hung network mount).
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
@@ -183,6 +188,7 @@ pub async fn run(
     let mut d = Daemon {
         acme,
         listening: HashSet::new(),
+        listening_checks: HashMap::new(),
         listening_recheck: None,
         cfg,
         engine,
@@ -376,6 +382,14 @@ impl Daemon {
         let states = States::of(&observed.targets, &observed.sidecars, &reported_now);
         self.metrics.observed(states, self.engine.calls());
         let (certs, tracker) = (self.cfg.certs.as_ref(), &self.metrics.certs);
+        if self.acme.is_some() {
+            let managed = observed.targets.iter().filter(|t| {
+                t.spec
+                    .as_ref()
+                    .is_ok_and(|spec| container::acme_managed(&self.cfg, spec))
+            });
+            tracker.set_acme(managed.map(|t| t.id.clone()).collect());
+        }
         tracker
             .sync(certs, &observed.targets, &reported_now, resync)
             .await;
@@ -383,7 +397,7 @@ impl Daemon {
         self.execute(steps.creates, shutdown).await?;
         if let Some(acme) = self.acme.clone() {
             let wants = self.acme_wants(&observed, &reported_now).await?;
-            acme.sync(wants).await;
+            acme.sync(wants, resync).await;
         }
         let issued = self.acme.as_ref().is_some_and(|a| a.take_issued());
         if resync || issued {
@@ -409,6 +423,8 @@ impl Daemon {
             .map(|s| s.id.as_str())
             .collect();
         self.listening.retain(|id| running.contains(id.as_str()));
+        self.listening_checks
+            .retain(|id, _| running.contains(id.as_str()));
         self.listening_recheck = None;
         let mut wants = Vec::new();
         for t in &observed.targets {
@@ -432,9 +448,14 @@ impl Daemon {
                     {
                         Ok(true) => {
                             self.listening.insert(s.id.clone());
+                            self.listening_checks.remove(&s.id);
                         }
                         Ok(false) => {
-                            self.listening_recheck = Some(Instant::now() + LISTENING_RECHECK);
+                            let checks = self.listening_checks.entry(s.id.clone()).or_default();
+                            *checks += 1;
+                            if *checks < LISTENING_RECHECKS {
+                                self.listening_recheck = Some(Instant::now() + LISTENING_RECHECK);
+                            }
                             continue;
                         }
                         Err(e) if e.is_transport() => return Err(e),
@@ -853,6 +874,11 @@ impl Daemon {
             .filter(|t| t.running)
             .filter_map(|t| Some((t.id.as_str(), t.spec.as_ref().ok()?)))
             .collect();
+        let names: HashMap<&str, &str> = observed
+            .targets
+            .iter()
+            .map(|t| (t.id.as_str(), t.name.as_str()))
+            .collect();
         let running: Vec<_> = observed
             .sidecars
             .iter()
@@ -898,6 +924,22 @@ impl Daemon {
             match self.upload_bundle(&sidecar.id, dir, &bundle).await {
                 Ok(()) => {
                     lock(&self.redelivery_errors).remove(&sidecar.id);
+                    if layout == delivery::Layout::Acme && has_files {
+                        // The gauges and `status` follow the certificate it now serves.
+                        let source =
+                            cert_source::probe(self.cfg.certs.as_ref(), spec.hostname.as_str())
+                                .await;
+                        let name = names
+                            .get(sidecar.target_id.as_str())
+                            .copied()
+                            .unwrap_or_default();
+                        self.metrics.certs.record(
+                            &sidecar.target_id,
+                            name,
+                            spec.hostname.as_str(),
+                            &source,
+                        );
+                    }
                     tracing::info!(sidecar = %sidecar.name, "certificates delivered (changed since last delivery, or first look since start)")
                 }
                 Err(e) if e.is_transport() => return Err(e),
