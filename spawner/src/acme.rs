@@ -420,6 +420,7 @@ impl Manager {
                 match tokio::time::timeout(ORDER_DEADLINE, run).await {
                     Ok(r) => r,
                     Err(_) => Err(AcmeError {
+                        cause: None,
                         permanent: false,
                         message: format!("the order for {k} took longer than {ORDER_DEADLINE:?}"),
                     }),
@@ -452,10 +453,10 @@ impl Manager {
                     } else {
                         Some(self.cfg.policy.retry.delay(failures))
                     };
-                    let new = inner.logged.get(&k) != Some(&err.message);
+                    let new = inner.logged.get(&k).map(String::as_str) != Some(err.cause());
                     if new {
                         tracing::warn!(names = %k, error = %err.message, permanent = err.permanent, retry_in = ?delay, "certificate order failed");
-                        inner.logged.insert(k.clone(), err.message.clone());
+                        inner.logged.insert(k.clone(), err.cause().to_string());
                     } else {
                         tracing::debug!(names = %k, failures, retry_in = ?delay, "certificate order failed again, same cause");
                     }
@@ -481,6 +482,7 @@ impl Manager {
             .await?;
         let store = self.store.clone();
         let first = want.names.first().cloned().ok_or_else(|| AcmeError {
+            cause: None,
             permanent: true,
             message: "no names".to_string(),
         })?;
@@ -490,10 +492,12 @@ impl Manager {
         match tokio::time::timeout(STORE_TIMEOUT, write).await {
             Ok(Ok(Ok(_))) => Ok(()),
             Ok(Ok(Err(e))) => Err(AcmeError {
+                cause: None,
                 permanent: false,
                 message: format!("storing the certificate for {k}: {e}"),
             }),
             _ => Err(AcmeError {
+                cause: None,
                 permanent: false,
                 message: format!("storing the certificate for {k} timed out"),
             }),
@@ -620,8 +624,11 @@ fn at(unix: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(unix)
 }
 
+/// Whole unix seconds, rounded up: a failure or an order recorded a little late makes a
+/// backoff or the hourly cap end a little late, never early.
 fn unix(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() + u64::from(d.subsec_nanos() > 0))
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -736,6 +743,13 @@ mod tests {
             ..held
         };
         assert_eq!(standing(now, &want, Some(&other), None), Standing::Pending);
+    }
+
+    #[test]
+    fn recorded_times_round_up_so_waits_never_end_early() {
+        assert_eq!(unix(at(5)), 5);
+        assert_eq!(unix(at(5) + Duration::from_millis(1)), 6);
+        assert_eq!(unix(at(5) + Duration::from_millis(999)), 6);
     }
 
     #[test]

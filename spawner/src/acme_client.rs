@@ -38,6 +38,16 @@ pub struct AcmeError {
     /// Retrying cannot help until something changes (the CA refused the names or the contact).
     pub permanent: bool,
     pub message: String,
+    /// What failed, without what changes from one order to the next (the challenge URL and
+    /// token in the CA's detail): the step and the CA's problem type. `None`: the message.
+    pub cause: Option<String>,
+}
+
+impl AcmeError {
+    /// What a repeated failure has in common with the last one (see [`AcmeError::cause`]).
+    pub fn cause(&self) -> &str {
+        self.cause.as_deref().unwrap_or(&self.message)
+    }
 }
 
 impl std::fmt::Display for AcmeError {
@@ -63,15 +73,17 @@ const PERMANENT_PROBLEMS: [&str; 8] = [
 ];
 
 fn classify(what: &str, error: instant_acme::Error) -> AcmeError {
-    let permanent = match &error {
-        instant_acme::Error::Api(problem) => problem.r#type.as_deref().is_some_and(|t| {
-            PERMANENT_PROBLEMS
-                .iter()
-                .any(|p| t == format!("urn:ietf:params:acme:error:{p}"))
-        }),
-        _ => false,
+    let problem = match &error {
+        instant_acme::Error::Api(problem) => problem.r#type.clone(),
+        _ => None,
     };
+    let permanent = problem.as_deref().is_some_and(|t| {
+        PERMANENT_PROBLEMS
+            .iter()
+            .any(|p| t == format!("urn:ietf:params:acme:error:{p}"))
+    });
     AcmeError {
+        cause: problem.map(|t| format!("{what}: {t}")),
         permanent,
         message: format!("{what}: {error}"),
     }
@@ -79,6 +91,7 @@ fn classify(what: &str, error: instant_acme::Error) -> AcmeError {
 
 fn transient(message: String) -> AcmeError {
     AcmeError {
+        cause: None,
         permanent: false,
         message,
     }
@@ -119,6 +132,7 @@ impl Client {
         if let Some(json) = stored {
             let credentials: AccountCredentials =
                 serde_json::from_slice(&json).map_err(|e| AcmeError {
+                    cause: None,
                     permanent: true,
                     message: format!("{}: not ACME account credentials: {e}", path.display()),
                 })?;
@@ -212,11 +226,13 @@ impl Client {
             }
             let name = match authz.identifier().identifier {
                 Identifier::Dns(name) => DnsName::from_str(name).map_err(|e| AcmeError {
+                    cause: None,
                     permanent: true,
                     message: format!("the CA asked about {name:?}: {e}"),
                 })?,
                 other => {
                     return Err(AcmeError {
+                        cause: None,
                         permanent: true,
                         message: format!("the CA asked about {other:?}, not a DNS name"),
                     })
@@ -227,6 +243,7 @@ impl Client {
                 ChallengeKind::TlsAlpn01 => ChallengeType::TlsAlpn01,
             };
             let mut challenge = authz.challenge(wanted).ok_or_else(|| AcmeError {
+                cause: None,
                 permanent: true,
                 message: format!("the CA offers no {kind} challenge for {name}"),
             })?;

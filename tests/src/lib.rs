@@ -8,6 +8,7 @@ pub mod certs;
 pub mod client;
 pub mod docker;
 pub mod dockerd;
+pub mod forward;
 pub mod grpc;
 pub mod haproxy;
 pub mod issuer;

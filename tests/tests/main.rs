@@ -24,6 +24,7 @@ mod sidecar_tcp;
 mod sidecar_tcp_proto;
 mod sidecar_tls;
 mod spawner;
+mod spawner_acme;
 mod spawner_admin;
 mod spawner_certs;
 mod spawner_hygiene;

@@ -1,0 +1,1069 @@
+//! ACME in the spawner (issue 13) end to end: a real Pebble, the real engine, the spawner as a
+//! host process. A target with a hostname label gets a certificate from the CA by HTTP-01
+//! (answered by its sidecar's redirect listener on :80) or TLS-ALPN-01 (its TLS listener on
+//! 8443), stored in certbot's layout and served without restarting the sidecar; renewed at two
+//! thirds of its lifetime; retried with backoff after a failure, never more than three orders an
+//! hour; kept across a spawner restart; shared by replicas; refused names stop for good; bad
+//! flags exit 2 naming the flag.
+//!
+//! Each test has its own Pebble (so every test may use `a.test`), store, spawner and label
+//! prefix; Pebble validates at 127.0.0.1 on its own ports, where a test publishes the target's
+//! port 80 or 8443, or (to make a challenge reachable only later) a [`Forward`] joins them.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use harness::bins::bin_path;
+use harness::client::{self, HttpConn, Trust, ALPN_H1};
+use harness::docker::{
+    containers_with_label, host_port, https_get, images, unique_name, Container, TestRun,
+    LIFECYCLE_DEADLINE,
+};
+use harness::forward::Forward;
+use harness::pebble::{Options, Pebble};
+use harness::spawner::{self, Spawner};
+use harness::tmp::TempDir;
+use harness::wait::{within, STEP};
+use rustls::client::danger::ServerCertVerifier;
+use rustls::client::WebPkiServerVerifier;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::RootCertStore;
+use tokio::runtime::Runtime;
+use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+
+/// How long an issuance may take end to end (sidecar up, order, validation, delivery). Pebble
+/// without its random sleeps validates in milliseconds; the rest is the spawner's turns and a
+/// retry or two on a loaded CI machine.
+const ISSUANCE: Duration = Duration::from_secs(60);
+/// How long the status may take to show an ACME outcome the log or the CA already shows.
+const STATE: Duration = Duration::from_secs(30);
+/// The first retry delay the tests run with (`--acme-retry-min`): long enough to tell a backoff
+/// from a tight loop in the log, short enough to keep the tests quick.
+const RETRY_MIN: Duration = Duration::from_secs(2);
+/// How often the tests re-check a condition that costs a process (`spawner status`) or a TLS
+/// handshake.
+const POLL: Duration = Duration::from_millis(200);
+
+/// A line the spawner logs: its level and message.
+#[derive(Debug, Clone, Copy)]
+struct Event(&'static str, &'static str);
+
+/// What the spawner logs once per order placed.
+const ORDERING: Event = Event("INFO", "ordering certificate");
+/// What the spawner logs once per certificate obtained.
+const ISSUED: Event = Event("INFO", "certificate issued");
+/// What the spawner logs (once per distinct cause) when an order fails; repeats of a cause
+/// may go to debug, which these tests do not count.
+const ORDER_FAILED: Event = Event("WARN", "certificate order failed");
+/// What Pebble logs when a challenge fails validation (one authorization per name).
+const PEBBLE_INVALID: &str = "set INVALID by completed challenge";
+
+/// A runtime for the async parts (TLS clients, Pebble's start) of these otherwise blocking
+/// tests; its workers drive open connections while the test thread polls.
+fn runtime() -> Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+/// Re-evaluates `check` every [`POLL`] until it returns `Ok`, or panics after `limit` naming
+/// `what` and the last thing `check` saw.
+fn eventually<T>(limit: Duration, what: &str, mut check: impl FnMut() -> Result<T, String>) -> T {
+    let start = Instant::now();
+    loop {
+        match check() {
+            Ok(v) => return v,
+            Err(last) if start.elapsed() >= limit => {
+                panic!("gave up after {limit:?} waiting for {what}; last seen: {last}")
+            }
+            Err(_) => std::thread::sleep(POLL),
+        }
+    }
+}
+
+/// Asserts `check` holds (returns `Ok`) at every look over `window`.
+fn holds_for(window: Duration, what: &str, mut check: impl FnMut() -> Result<(), String>) {
+    let end = Instant::now() + window;
+    loop {
+        if let Err(e) = check() {
+            panic!("{what}: {e}");
+        }
+        if Instant::now() >= end {
+            return;
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// The daemon's ACME and store flags (what `spawner status` must be given too).
+fn acme_flags(store: &Path, directory: &str, ca_cert: Option<&Path>) -> Vec<String> {
+    let mut flags = vec![
+        "--certs-from".to_string(),
+        store.display().to_string(),
+        "--acme-email".to_string(),
+        "ops@example.com".to_string(),
+        "--acme-agree-tos".to_string(),
+        "--acme-directory".to_string(),
+        directory.to_string(),
+        "--acme-retry-min".to_string(),
+        format!("{}s", RETRY_MIN.as_secs()),
+    ];
+    if let Some(ca) = ca_cert {
+        flags.push("--acme-ca-cert".to_string());
+        flags.push(ca.display().to_string());
+    }
+    flags
+}
+
+/// One test's CA and store: a Pebble, an empty store directory, the spawner's flags for both.
+struct Acme {
+    pebble: Pebble,
+    store: TempDir,
+    flags: Vec<String>,
+    _files: TempDir,
+}
+
+impl Acme {
+    fn start(rt: &Runtime, options: Options) -> Acme {
+        let pebble = rt.block_on(Pebble::start_with(options));
+        let store = TempDir::new("acme-store");
+        let files = TempDir::new("acme-files");
+        let ca = files.write("directory-ca.pem", pebble.directory_ca_pem());
+        let flags = acme_flags(store.path(), pebble.directory_url(), Some(&ca));
+        Acme {
+            pebble,
+            store,
+            flags,
+            _files: files,
+        }
+    }
+
+    /// The flags `spawner status` gets: the daemon's store and ACME flags.
+    fn flags(&self) -> Vec<&str> {
+        self.flags.iter().map(String::as_str).collect()
+    }
+
+    /// A spawner on `prefix` with this CA and store, reconciling every second (so a restart's
+    /// first turns come quickly), plus `extra`.
+    fn spawner(&self, prefix: &str, extra: &[&str]) -> Spawner {
+        let mut flags = self.flags();
+        flags.extend_from_slice(&["--resync-interval", "1s"]);
+        flags.extend_from_slice(extra);
+        Spawner::start(prefix, &flags)
+    }
+
+    /// `-p` publishing the target's port 80 where Pebble validates HTTP-01.
+    fn http01_port(&self) -> String {
+        format!("127.0.0.1:{}:80", self.pebble.http_port())
+    }
+
+    /// `-p` publishing the target's 8443 where Pebble validates TLS-ALPN-01.
+    fn tls_alpn01_port(&self) -> String {
+        format!("127.0.0.1:{}:8443", self.pebble.tls_port())
+    }
+
+    /// The status row of `target` (its name).
+    fn row(&self, prefix: &str, target: &str) -> serde_json::Value {
+        spawner::row(&spawner::status_json(prefix, &self.flags()), target).clone()
+    }
+
+    /// Waits for the status row of `target` to show `acme_state` `state`; returns the row.
+    fn wait_state(&self, prefix: &str, target: &str, state: &str) -> serde_json::Value {
+        eventually(
+            STATE,
+            &format!("acme_state {state:?} in {target}'s status row"),
+            || {
+                let row = self.row(prefix, target);
+                if row["acme_state"] == state {
+                    Ok(row)
+                } else {
+                    Err(format!("{row:#}"))
+                }
+            },
+        )
+    }
+
+    /// Ok when `chain` verifies, as a TLS server certificate for `name` now, up to Pebble's root.
+    fn verify(&self, chain: &[CertificateDer<'static>], name: &str) -> Result<(), String> {
+        let (leaf, intermediates) = chain.split_first().ok_or("no certificate")?;
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(
+                CertificateDer::from_pem_slice(self.pebble.issuer_root_pem().as_bytes())
+                    .expect("Pebble root PEM"),
+            )
+            .expect("add Pebble's root");
+        let verifier =
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), client::provider())
+                .build()
+                .expect("verifier");
+        let server_name = ServerName::try_from(name.to_string()).expect("server name");
+        verifier
+            .verify_server_cert(leaf, intermediates, &server_name, &[], UnixTime::now())
+            .map(|_| ())
+            .map_err(|e| format!("does not verify for {name} to Pebble's root: {e}"))
+    }
+
+    /// Waits until 127.0.0.1:`port` serves, for SNI each of `names`, a chain from Pebble that
+    /// verifies for that name (and for all of them); returns the chain served for the first.
+    fn wait_issued(&self, rt: &Runtime, port: u16, names: &[&str]) -> Vec<CertificateDer<'static>> {
+        eventually(
+            ISSUANCE,
+            &format!("a Pebble certificate for {names:?} served on {port}"),
+            || {
+                let mut first = None;
+                for sni in names {
+                    let chain = served_chain(rt, port, sni).ok_or("no TLS handshake")?;
+                    for name in names {
+                        self.verify(&chain, name)?;
+                    }
+                    first.get_or_insert(chain);
+                }
+                first.ok_or_else(|| "no names".to_string())
+            },
+        )
+    }
+
+    /// Asserts that 127.0.0.1:`port` serves, for SNI `name`, a self-signed certificate for
+    /// `name`: not one from Pebble. Returns the leaf.
+    fn assert_self_signed(&self, rt: &Runtime, port: u16, name: &str) -> CertificateDer<'static> {
+        let chain = eventually(
+            LIFECYCLE_DEADLINE,
+            "a TLS handshake with the sidecar",
+            || served_chain(rt, port, name).ok_or_else(|| "no TLS handshake".to_string()),
+        );
+        assert!(
+            self.verify(&chain, name).is_err(),
+            "a certificate from Pebble already, expected the self-signed one"
+        );
+        assert!(
+            dns_sans(&chain[0]).iter().any(|n| n == name),
+            "the self-signed certificate is for {name}: {:?}",
+            dns_sans(&chain[0])
+        );
+        chain[0].clone()
+    }
+
+    /// `archive/<first>/<stem>N.pem` files, sorted.
+    fn archive(&self, first: &str, stem: &str) -> Vec<String> {
+        let dir = self.store.path().join("archive").join(first);
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return Vec::new();
+        };
+        let mut names: Vec<String> = entries
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| {
+                n.strip_prefix(stem)
+                    .and_then(|rest| rest.strip_suffix(".pem"))
+                    .is_some_and(|num| !num.is_empty() && num.bytes().all(|b| b.is_ascii_digit()))
+            })
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// How many issuances the store holds for `first`: archive pairs (chain and key each).
+    fn issuances(&self, first: &str) -> usize {
+        let chains = self.archive(first, "fullchain");
+        let keys = self.archive(first, "privkey");
+        assert_eq!(
+            chains.len(),
+            keys.len(),
+            "one key per chain in archive/{first}: {chains:?} {keys:?}"
+        );
+        chains.len()
+    }
+
+    /// Asserts `live/<first>/` links to archive pair `n` and returns that chain's leaf.
+    fn assert_live_is(&self, first: &str, n: usize) -> CertificateDer<'static> {
+        let root = self.store.path();
+        for stem in ["fullchain", "privkey"] {
+            let live = root.join(format!("live/{first}/{stem}.pem"));
+            let meta = std::fs::symlink_metadata(&live)
+                .unwrap_or_else(|e| panic!("{}: {e}", live.display()));
+            assert!(
+                meta.file_type().is_symlink(),
+                "{} is a link",
+                live.display()
+            );
+            let to = std::fs::canonicalize(&live).expect("resolve the live link");
+            let want = std::fs::canonicalize(root.join(format!("archive/{first}/{stem}{n}.pem")))
+                .expect("archive file");
+            assert_eq!(to, want, "{} points at pair {n}", live.display());
+        }
+        let pem = std::fs::read(root.join(format!("live/{first}/fullchain.pem"))).expect("chain");
+        CertificateDer::pem_slice_iter(&pem)
+            .next()
+            .expect("a certificate in the stored chain")
+            .expect("PEM certificate")
+    }
+
+    fn account_path(&self) -> PathBuf {
+        self.store.path().join("acme/account.json")
+    }
+}
+
+impl Drop for Acme {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let logs = self.pebble.logs();
+            let mut from = logs.len().saturating_sub(6000);
+            while !logs.is_char_boundary(from) {
+                from += 1;
+            }
+            eprintln!("---- Pebble (the end of its logs) ----\n{}", &logs[from..]);
+        }
+    }
+}
+
+/// The chain 127.0.0.1:`port` presents for SNI `sni` (any certificate accepted); `None` when
+/// nothing completes a handshake within a few seconds.
+fn served_chain(rt: &Runtime, port: u16, sni: &str) -> Option<Vec<CertificateDer<'static>>> {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let config = client::config(Trust::AnyCert, ALPN_H1);
+    rt.block_on(async {
+        let tls = tokio::time::timeout(
+            Duration::from_secs(3),
+            client::try_tls_connect(addr, sni, config),
+        )
+        .await
+        .ok()?
+        .ok()?;
+        let chain = tls.get_ref().1.peer_certificates()?;
+        Some(chain.iter().map(|c| c.clone().into_owned()).collect())
+    })
+}
+
+/// An HTTP/1.1 connection to 127.0.0.1:`port` as `sni` accepting any certificate, its first
+/// `GET /` answered by the demo app; kept open by the caller.
+fn open_conn(rt: &Runtime, port: u16, sni: &str) -> HttpConn {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let mut conn = rt.block_on(HttpConn::connect(
+        addr,
+        sni,
+        client::config(Trust::AnyCert, ALPN_H1),
+    ));
+    assert_demo_answers(rt, &mut conn, "a new connection");
+    conn
+}
+
+/// `GET /` on `conn` is answered by the demo app (its echo of the request).
+fn assert_demo_answers(rt: &Runtime, conn: &mut HttpConn, what: &str) {
+    let reply = rt.block_on(within(STEP, what, conn.get("/")));
+    assert_eq!(
+        reply.status,
+        http::StatusCode::OK,
+        "{what}: {}",
+        reply.text()
+    );
+    assert!(
+        reply.text().starts_with("GET / "),
+        "{what}: the demo's echo expected, got {:?}",
+        reply.text()
+    );
+}
+
+/// The DNS names of `cert`'s subjectAltName.
+fn dns_sans(cert: &CertificateDer<'_>) -> Vec<String> {
+    let (_, x509) = X509Certificate::from_der(cert).expect("parse certificate");
+    x509.subject_alternative_name()
+        .ok()
+        .flatten()
+        .map(|san| {
+            san.value
+                .general_names
+                .iter()
+                .filter_map(|n| match n {
+                    GeneralName::DNSName(d) => Some(d.to_string()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `cert`'s notAfter, in unix seconds.
+fn not_after(cert: &CertificateDer<'_>) -> i64 {
+    let (_, x509) = X509Certificate::from_der(cert).expect("parse certificate");
+    x509.validity().not_after.timestamp()
+}
+
+/// A demo container opted in under `prefix` with `labels` (each `key=value` under the prefix,
+/// e.g. `hostname=a.test`) and `-p` for each of `publish`. Returns its name and ID.
+fn target(run: &TestRun, prefix: &str, labels: &[&str], publish: &[&str]) -> (String, String) {
+    let name = unique_name("app");
+    let mut args = vec![
+        "--label".to_string(),
+        format!("{prefix}.proxy-image={}", images().sidecar),
+    ];
+    for l in labels {
+        args.push("--label".into());
+        args.push(format!("{prefix}.{l}"));
+    }
+    for p in publish {
+        args.push("-p".into());
+        args.push((*p).to_string());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let id = run.container(&name, &images().demo, &args, &[]);
+    (name, id)
+}
+
+/// The sidecars of a target (running or not).
+fn sidecars_for(prefix: &str, target_id: &str) -> Vec<Container> {
+    containers_with_label(&format!("{prefix}.sidecar-for={target_id}"))
+}
+
+/// Waits for exactly one sidecar of the target, running in its namespace; returns its ID.
+fn wait_sidecar(prefix: &str, target_id: &str) -> String {
+    eventually(
+        LIFECYCLE_DEADLINE,
+        "one running sidecar of the target",
+        || match sidecars_for(prefix, target_id).as_slice() {
+            [one] if one.running && one.network_mode == format!("container:{target_id}") => {
+                Ok(one.id.clone())
+            }
+            other => Err(format!(
+                "{:?}",
+                other
+                    .iter()
+                    .map(|c| (&c.name, c.running))
+                    .collect::<Vec<_>>()
+            )),
+        },
+    )
+}
+
+/// Asserts the target still has exactly one sidecar, running, and that it is `id`.
+fn assert_same_sidecar(prefix: &str, target_id: &str, id: &str, what: &str) {
+    let now: Vec<(String, bool)> = sidecars_for(prefix, target_id)
+        .into_iter()
+        .map(|c| (c.id, c.running))
+        .collect();
+    assert_eq!(
+        now,
+        [(id.to_string(), true)],
+        "{what}: the same sidecar, never restarted"
+    );
+}
+
+/// The lines of `logs` that are `event` (at its level).
+fn lines_with(logs: &str, event: Event) -> Vec<&str> {
+    let Event(level, message) = event;
+    logs.lines()
+        .filter(|l| l.split_whitespace().nth(1) == Some(level) && l.contains(message))
+        .collect()
+}
+
+/// How many times the spawner has logged `event`.
+fn count(spawner: &Spawner, event: Event) -> usize {
+    lines_with(&spawner.logs(), event).len()
+}
+
+/// Waits until the spawner has logged `event` `times` times.
+fn wait_event(spawner: &Spawner, event: Event, times: usize) {
+    eventually(ISSUANCE, &format!("{event:?} logged {times} times"), || {
+        let n = count(spawner, event);
+        (n >= times).then_some(()).ok_or(format!("{n} times"))
+    });
+}
+
+/// Seconds from log line `earlier` to log line `later` (by their timestamps, within a day).
+fn seconds_between(earlier: &str, later: &str) -> f64 {
+    (log_time(later) - log_time(earlier)).rem_euclid(86_400.0)
+}
+
+/// Seconds since midnight of a log line's RFC 3339 timestamp (`2026-11-25T15:54:59.373595Z`).
+fn log_time(line: &str) -> f64 {
+    let stamp = line.split_whitespace().next().unwrap_or_default();
+    let time = stamp
+        .split_once('T')
+        .and_then(|(_, t)| t.strip_suffix('Z'))
+        .unwrap_or_else(|| panic!("no timestamp at the start of {line:?}"));
+    let parts: Vec<f64> = time
+        .split(':')
+        .map(|p| {
+            p.parse()
+                .unwrap_or_else(|e| panic!("timestamp {stamp:?}: {e}"))
+        })
+        .collect();
+    assert_eq!(parts.len(), 3, "timestamp {stamp:?}");
+    parts[0] * 3600.0 + parts[1] * 60.0 + parts[2]
+}
+
+#[test]
+fn http01_certificate_is_obtained_stored_in_certbot_layout_and_served() {
+    let rt = runtime();
+    let acme = Acme::start(&rt, Options::default());
+    let run = TestRun::new();
+    let prefix = run.label_prefix();
+    let spawner = acme.spawner(&prefix, &[]);
+    let (name, id) = target(
+        &run,
+        &prefix,
+        &["hostname=a.test"],
+        &[&acme.http01_port(), "127.0.0.1::8443"],
+    );
+    let port = host_port(&id, 8443);
+    let started = Instant::now();
+    let chain = acme.wait_issued(&rt, port, &["a.test"]);
+    eprintln!(
+        "HTTP-01: Pebble's certificate served after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(dns_sans(&chain[0]), ["a.test"]);
+
+    // The store: one pair in certbot's layout, the one served; the account private to the
+    // spawner; the order history kept.
+    assert_eq!(acme.issuances("a.test"), 1);
+    assert_eq!(
+        acme.assert_live_is("a.test", 1),
+        chain[0],
+        "the stored certificate is served"
+    );
+    let mode = std::fs::metadata(acme.account_path())
+        .expect("acme/account.json")
+        .permissions()
+        .mode();
+    assert_eq!(
+        mode & 0o777,
+        0o600,
+        "acme/account.json is the spawner's alone"
+    );
+    let state = std::fs::read(acme.store.path().join("acme/state.json")).expect("acme/state.json");
+    serde_json::from_slice::<serde_json::Value>(&state).expect("acme/state.json is JSON");
+
+    let row = acme.wait_state(&prefix, &name, "valid");
+    assert_eq!(row["acme_names"], serde_json::json!(["a.test"]), "{row:#}");
+    assert_eq!(
+        row["cert_not_after"].as_i64(),
+        Some(not_after(&chain[0])),
+        "status shows the expiry of the certificate served: {row:#}"
+    );
+
+    let logs = spawner.logs();
+    let orders = lines_with(&logs, ORDERING);
+    assert!(
+        (1..=3).contains(&orders.len()) && orders.iter().all(|l| l.contains("a.test")),
+        "one order (a retry at most two), naming a.test: {orders:#?}"
+    );
+    assert!(!lines_with(&logs, ISSUED).is_empty(), "{ISSUED:?} logged");
+}
+
+#[test]
+fn tls_alpn01_gets_one_certificate_for_two_names() {
+    let rt = runtime();
+    let acme = Acme::start(&rt, Options::default());
+    let run = TestRun::new();
+    let prefix = run.label_prefix();
+    let _spawner = acme.spawner(&prefix, &[]);
+    let (name, _) = target(
+        &run,
+        &prefix,
+        &["hostname=a.test,b.test", "acme-challenge=tls-alpn-01"],
+        &[&acme.tls_alpn01_port()],
+    );
+    let chain = acme.wait_issued(&rt, acme.pebble.tls_port(), &["a.test", "b.test"]);
+    assert_eq!(
+        dns_sans(&chain[0]),
+        ["a.test", "b.test"],
+        "one certificate for both"
+    );
+    let for_b = served_chain(&rt, acme.pebble.tls_port(), "b.test").expect("handshake as b.test");
+    assert_eq!(for_b[0], chain[0], "the same certificate for either name");
+
+    assert_eq!(acme.issuances("a.test"), 1, "one order, one archive pair");
+    assert_eq!(acme.assert_live_is("a.test", 1), chain[0]);
+    for other in ["live/b.test", "archive/b.test"] {
+        assert!(
+            !acme.store.path().join(other).exists(),
+            "the pair is stored under the first name only, not {other}"
+        );
+    }
+    let row = acme.wait_state(&prefix, &name, "valid");
+    assert_eq!(
+        row["acme_names"],
+        serde_json::json!(["a.test", "b.test"]),
+        "{row:#}"
+    );
+}
+
+#[test]
+fn the_sidecar_switches_from_self_signed_to_the_issued_certificate_without_a_restart() {
+    let rt = runtime();
+    let acme = Acme::start(&rt, Options::default());
+    let run = TestRun::new();
+    let prefix = run.label_prefix();
+    let spawner = acme.spawner(&prefix, &[]);
+    // Port 80 is published, but not where Pebble looks: the challenge is unreachable until the
+    // forwarder joins the two.
+    let (_, id) = target(
+        &run,
+        &prefix,
+        &["hostname=a.test"],
+        &["127.0.0.1::80", "127.0.0.1::8443"],
+    );
+    let (port, port80) = (host_port(&id, 8443), host_port(&id, 80));
+    let sidecar = wait_sidecar(&prefix, &id);
+    wait_event(&spawner, ORDER_FAILED, 1);
+
+    let self_signed = acme.assert_self_signed(&rt, port, "a.test");
+    let mut old = open_conn(&rt, port, "a.test");
+    let forward = Forward::start(
+        SocketAddr::from((Ipv4Addr::LOCALHOST, acme.pebble.http_port())),
+        SocketAddr::from((Ipv4Addr::LOCALHOST, port80)),
+    );
+
+    let chain = acme.wait_issued(&rt, port, &["a.test"]);
+    assert_ne!(chain[0], self_signed);
+    assert!(
+        forward.accepted() > 0,
+        "Pebble validated through the forwarder"
+    );
+    assert_same_sidecar(&prefix, &id, &sidecar, "after the certificate arrived");
+    assert_demo_answers(&rt, &mut old, "the connection opened before the switch");
+    let mut new = open_conn(&rt, port, "a.test");
+    assert_demo_answers(&rt, &mut new, "a connection after the switch");
+}
+
+#[test]
+fn the_certificate_is_renewed_at_two_thirds_of_its_lifetime_while_connections_keep_working() {
+    let rt = runtime();
+    let acme = Acme::start(
+        &rt,
+        Options {
+            certificate_validity: Some(Duration::from_secs(30)),
+        },
+    );
+    let run = TestRun::new();
+    let prefix = run.label_prefix();
+    let spawner = acme.spawner(&prefix, &[]);
+    let (name, id) = target(
+        &run,
+        &prefix,
+        &["hostname=a.test"],
+        &[&acme.http01_port(), "127.0.0.1::8443"],
+    );
+    let port = host_port(&id, 8443);
+    let first = acme.wait_issued(&rt, port, &["a.test"]);
+    let sidecar = wait_sidecar(&prefix, &id);
+    let mut old = open_conn(&rt, port, "a.test");
+
+    // Renewal is due 20 s after issuance; until the renewed certificate is served, the
+    // connection opened before it answers every half second or so.
+    let renewed = eventually(ISSUANCE, "a renewed certificate served", || {
+        assert_demo_answers(&rt, &mut old, "the connection opened before the renewal");
+        if acme.issuances("a.test") < 2 {
+            return Err("one archive pair".to_string());
+        }
+        let chain = served_chain(&rt, port, "a.test").ok_or("no TLS handshake")?;
+        if chain[0] == first[0] {
+            return Err("the first certificate still served".to_string());
+        }
+        acme.verify(&chain, "a.test")?;
+        Ok(chain)
+    });
+    assert_demo_answers(&rt, &mut old, "the connection opened before the renewal");
+    assert_same_sidecar(&prefix, &id, &sidecar, "after the renewal");
+    let n = acme.issuances("a.test");
+    assert_eq!(
+        acme.assert_live_is("a.test", n),
+        renewed[0],
+        "the newest pair is live and served"
+    );
+    let row = acme.wait_state(&prefix, &name, "valid");
+    assert_eq!(
+        row["cert_not_after"].as_i64(),
+        Some(not_after(&renewed[0])),
+        "status shows the renewed certificate's expiry: {row:#}"
+    );
+    let orders = count(&spawner, ORDERING);
+    assert!((2..=3).contains(&orders), "{orders} orders in about 30 s");
+}
+
+#[test]
+fn an_unreachable_challenge_fails_visibly_is_retried_with_backoff_and_recovers() {
+    let rt = runtime();
+    let acme = Acme::start(&rt, Options::default());
+    let run = TestRun::new();
+    let prefix = run.label_prefix();
+    let spawner = acme.spawner(&prefix, &[]);
+    let (name, id) = target(
+        &run,
+        &prefix,
+        &["hostname=a.test"],
+        &["127.0.0.1::80", "127.0.0.1::8443"],
+    );
+    let (port, port80) = (host_port(&id, 8443), host_port(&id, 80));
+    assert_ne!(
+        port80,
+        acme.pebble.http_port(),
+        "port 80 is not where Pebble looks"
+    );
+
+    let row = acme.wait_state(&prefix, &name, "failing");
+    let error = row["acme_error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("a.test"),
+        "the error names the name: {row:#}"
+    );
+    acme.assert_self_signed(&rt, port, "a.test");
+    assert!(https_get(port).is_some(), "the app is served meanwhile");
+
+    // A second order, after the backoff, fails the same way (Pebble says so) before the
+    // challenge becomes reachable.
+    wait_event(&spawner, ORDERING, 2);
+    eventually(STATE, "Pebble to fail the second order's challenge", || {
+        let failed = acme.pebble.logs().matches(PEBBLE_INVALID).count();
+        (failed >= 2)
+            .then_some(())
+            .ok_or(format!("{failed} failed validations"))
+    });
+    let _forward = Forward::start(
+        SocketAddr::from((Ipv4Addr::LOCALHOST, acme.pebble.http_port())),
+        SocketAddr::from((Ipv4Addr::LOCALHOST, port80)),
+    );
+    acme.wait_issued(&rt, port, &["a.test"]);
+    acme.wait_state(&prefix, &name, "valid");
+    assert_eq!(acme.issuances("a.test"), 1);
+    let logs = spawner.logs();
+    let orders = lines_with(&logs, ORDERING);
+    assert!(orders.len() <= 3, "at most 3 orders an hour: {orders:#?}");
+    let failed = lines_with(&logs, ORDER_FAILED);
+    // From the first failure to the retry: the backoff's first delay, whole.
+    let gap = seconds_between(failed[0], orders[1]);
+    assert!(
+        gap >= RETRY_MIN.as_secs_f64() - 0.05,
+        "the retry came {gap:.2}s after the failure, before the backoff ({RETRY_MIN:?}):\n{}\n{}\n{}",
+        orders[0],
+        failed[0],
+        orders[1]
+    );
+    assert_eq!(
+        failed.len(),
+        1,
+        "two failures of one cause (connection refused), logged once:\n{}",
+        failed.join("\n")
+    );
+}
+
+#[test]
+fn a_challenge_that_never_works_gets_at_most_three_orders_an_hour() {
+    let rt = runtime();
+    let acme = Acme::start(&rt, Options::default());
+    let run = TestRun::new();
+    let prefix = run.label_prefix();
+    let spawner = acme.spawner(&prefix, &[]);
+    let (name, _) = target(&run, &prefix, &["hostname=a.test"], &["127.0.0.1::8443"]);
+    // Backoff 2 s, then 4 s: the third order comes about 6 s after the first.
+    wait_event(&spawner, ORDERING, 3);
+    eventually(STATE, "Pebble to fail the third order's challenge", || {
+        let failed = acme.pebble.logs().matches(PEBBLE_INVALID).count();
+        (failed >= 3)
+            .then_some(())
+            .ok_or(format!("{failed} failed validations"))
+    });
+    // A fourth would be due 8 s after the third failed; wait past that, and a bit.
+    holds_for(
+        Duration::from_secs(10),
+        "no fourth order within the hour",
+        || {
+            let orders = count(&spawner, ORDERING);
+            (orders == 3)
+                .then_some(())
+                .ok_or(format!("{orders} orders"))
+        },
+    );
+    let row = acme.wait_state(&prefix, &name, "failing");
+    assert!(
+        row["acme_error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{row:#}"
+    );
+    // Each retry waited its backoff after the failure before it, so at least that long after
+    // the order before it: 2 s, then twice that.
+    let logs = spawner.logs();
+    let orders = lines_with(&logs, ORDERING);
+    for (i, min) in [(1, RETRY_MIN), (2, RETRY_MIN * 2)] {
+        let gap = seconds_between(orders[i - 1], orders[i]);
+        assert!(
+            gap >= min.as_secs_f64() - 0.05,
+            "order {} came {gap:.2}s after order {i}, less than the backoff {min:?}:\n{}",
+            i + 1,
+            orders.join("\n")
+        );
+    }
+}
+
+#[test]
+fn a_restarted_spawner_keeps_the_certificate_and_orders_nothing() {
+    let rt = runtime();
+    let acme = Acme::start(&rt, Options::default());
+    let run = TestRun::new();
+    let prefix = run.label_prefix();
+    let mut first = acme.spawner(&prefix, &[]);
+    let (name, id) = target(
+        &run,
+        &prefix,
+        &["hostname=a.test"],
+        &[&acme.http01_port(), "127.0.0.1::8443"],
+    );
+    let port = host_port(&id, 8443);
+    let chain = acme.wait_issued(&rt, port, &["a.test"]);
+    let sidecar = wait_sidecar(&prefix, &id);
+    let account = std::fs::read(acme.account_path()).expect("acme/account.json");
+    first.kill();
+
+    let second = acme.spawner(&prefix, &[]);
+    second.wait_log("spawner started", 1, LIFECYCLE_DEADLINE);
+    // Several reconcile turns (one a second) with the store's certificate valid and not due.
+    holds_for(
+        Duration::from_secs(6),
+        "the restarted spawner keeps what the store holds",
+        || {
+            let logs = second.logs();
+            if !lines_with(&logs, ORDERING).is_empty() {
+                return Err(format!("it ordered again:\n{logs}"));
+            }
+            let served = served_chain(&rt, port, "a.test").ok_or("no TLS handshake")?;
+            (served[0] == chain[0])
+                .then_some(())
+                .ok_or_else(|| "a different certificate served".to_string())
+        },
+    );
+    assert_same_sidecar(&prefix, &id, &sidecar, "across the spawner's restart");
+    assert_eq!(acme.issuances("a.test"), 1, "still one archive pair");
+    assert_eq!(
+        std::fs::read(acme.account_path()).expect("acme/account.json"),
+        account,
+        "the account is kept"
+    );
+    acme.wait_state(&prefix, &name, "valid");
+}
+
+#[test]
+fn replicas_with_one_hostname_share_one_order_and_one_certificate() {
+    let rt = runtime();
+    let acme = Acme::start(&rt, Options::default());
+    let run = TestRun::new();
+    let prefix = run.label_prefix();
+    let spawner = acme.spawner(&prefix, &[]);
+    // Only the first replica's port 80 is where Pebble looks; both start at once.
+    let (name_a, a) = target(
+        &run,
+        &prefix,
+        &["hostname=a.test"],
+        &[&acme.http01_port(), "127.0.0.1::8443"],
+    );
+    let (name_b, b) = target(&run, &prefix, &["hostname=a.test"], &["127.0.0.1::8443"]);
+    let chain_a = acme.wait_issued(&rt, host_port(&a, 8443), &["a.test"]);
+    let chain_b = acme.wait_issued(&rt, host_port(&b, 8443), &["a.test"]);
+    assert_eq!(
+        chain_a[0], chain_b[0],
+        "both replicas serve the one certificate"
+    );
+    for name in [&name_a, &name_b] {
+        acme.wait_state(&prefix, name, "valid");
+    }
+    let logs = spawner.logs();
+    assert_eq!(
+        lines_with(&logs, ORDERING).len(),
+        1,
+        "one order for both replicas:\n{logs}"
+    );
+    assert_eq!(acme.issuances("a.test"), 1);
+}
+
+/// Runs `spawner ARGS` (with `env` added) to its exit: the exit code and stderr. Panics if it
+/// is still running after [`LIFECYCLE_DEADLINE`] (a flag accepted that should not be).
+fn spawner_exit(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let dir = TempDir::new("spawner-exit");
+    let err_path = dir.path().join("stderr");
+    let err = std::fs::File::create(&err_path).expect("stderr file");
+    let mut child = Command::new(bin_path("spawner"))
+        .args(args)
+        .envs(env.iter().copied())
+        .env_remove("DOCKER_HOST")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(err)
+        .spawn()
+        .expect("start spawner");
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for spawner") {
+            break status;
+        }
+        if start.elapsed() > LIFECYCLE_DEADLINE {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "spawner {args:?} {env:?} still running after {LIFECYCLE_DEADLINE:?}: {}",
+                std::fs::read_to_string(&err_path).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
+    (status.code(), stderr)
+}
+
+/// Runs `spawner run` with `flags` (and `env`) and asserts it exits 2 with an error naming `flag`.
+fn assert_refused(what: &str, flags: &[&str], env: &[(&str, &str)], flag: &str) {
+    let prefix = unique_name("t");
+    let mut args = vec!["run", "--label-prefix", &prefix];
+    args.extend_from_slice(&["--acme-directory", "https://127.0.0.1:1/dir"]);
+    args.extend_from_slice(flags);
+    let (code, stderr) = spawner_exit(&args, env);
+    assert_eq!(code, Some(2), "{what}: exit 2 expected; stderr: {stderr}");
+    assert!(
+        stderr.contains(flag),
+        "{what}: the error names {flag}: {stderr}"
+    );
+}
+
+#[test]
+fn bad_acme_flags_exit_2_naming_the_flag() {
+    let store = TempDir::new("acme-store");
+    let store = store.path().display().to_string();
+    let email = ["--acme-email", "ops@example.com"];
+    assert_refused(
+        "an invalid email",
+        &[
+            "--certs-from",
+            &store,
+            "--acme-email",
+            "not-an-email",
+            "--acme-agree-tos",
+        ],
+        &[],
+        "--acme-email",
+    );
+    assert_refused(
+        "an invalid email in the environment",
+        &["--certs-from", &store, "--acme-agree-tos"],
+        &[("SPAWNER_ACME_EMAIL", "not-an-email")],
+        "--acme-email",
+    );
+    assert_refused(
+        "the terms of service not agreed",
+        &["--certs-from", &store, email[0], email[1]],
+        &[],
+        "--acme-agree-tos",
+    );
+    assert_refused(
+        "no store",
+        &[email[0], email[1], "--acme-agree-tos"],
+        &[],
+        "--certs-path",
+    );
+    let volume = unique_name("no-such-volume");
+    assert_refused(
+        "a named volume the spawner cannot see",
+        &[
+            "--certs-from",
+            &volume,
+            email[0],
+            email[1],
+            "--acme-agree-tos",
+        ],
+        &[],
+        "--certs-path",
+    );
+}
+
+#[test]
+fn an_unreachable_directory_fails_visibly_while_every_target_is_served() {
+    let run = TestRun::new();
+    let prefix = run.label_prefix();
+    let store = TempDir::new("acme-store");
+    let refused = harness::backend::refused_addr();
+    let flags = acme_flags(store.path(), &format!("https://{refused}/dir"), None);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let spawner = Spawner::start(&prefix, &flags);
+    let (acme_name, acme_id) = target(&run, &prefix, &["hostname=a.test"], &["127.0.0.1::8443"]);
+    let (plain_name, plain_id) = target(&run, &prefix, &[], &["127.0.0.1::8443"]);
+    let (bad_name, bad_id) = target(
+        &run,
+        &prefix,
+        &["hostname=c.test", "acme-challenge=dns-01"],
+        &["127.0.0.1::8443"],
+    );
+
+    wait_sidecar(&prefix, &plain_id);
+    eventually(
+        LIFECYCLE_DEADLINE,
+        "the app without a hostname served",
+        || https_get(host_port(&plain_id, 8443)).ok_or_else(|| "no answer".to_string()),
+    );
+    wait_sidecar(&prefix, &acme_id);
+    eventually(
+        LIFECYCLE_DEADLINE,
+        "the ACME target served meanwhile",
+        || https_get(host_port(&acme_id, 8443)).ok_or_else(|| "no answer".to_string()),
+    );
+    let label = format!("{prefix}.acme-challenge");
+    spawner.wait_invalid_label(&bad_name, &label, "dns-01", "");
+    assert!(
+        sidecars_for(&prefix, &bad_id).is_empty(),
+        "no sidecar for a refused target"
+    );
+
+    let row = eventually(STATE, "acme_state failing naming the directory", || {
+        let rows = spawner::status_json(&prefix, &flags);
+        let row = spawner::row(&rows, &acme_name).clone();
+        let names_it = row["acme_error"]
+            .as_str()
+            .is_some_and(|e| e.contains(&refused.to_string()));
+        if row["acme_state"] == "failing" && names_it {
+            Ok(rows)
+        } else {
+            Err(format!("{row:#}"))
+        }
+    });
+    let plain = spawner::row(&row, &plain_name);
+    assert!(
+        plain["acme_state"].is_null() && plain["acme_error"].is_null(),
+        "ACME does not apply to a target without a hostname: {plain:#}"
+    );
+}
+
+#[test]
+fn a_name_the_ca_refuses_stops_ordering_for_good() {
+    let rt = runtime();
+    let acme = Acme::start(&rt, Options::default());
+    let run = TestRun::new();
+    let prefix = run.label_prefix();
+    let spawner = acme.spawner(&prefix, &[]);
+    let (name, _) = target(
+        &run,
+        &prefix,
+        &["hostname=bad_name.test"],
+        &[&acme.http01_port(), "127.0.0.1::8443"],
+    );
+    let row = acme.wait_state(&prefix, &name, "stopped");
+    assert!(
+        row["acme_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("bad_name.test")),
+        "the error names the name: {row:#}"
+    );
+    // Past the first two retry delays (2 s, 4 s): still the one order.
+    holds_for(
+        RETRY_MIN * 4,
+        "no second order for a name the CA refused",
+        || {
+            let orders = count(&spawner, ORDERING);
+            (orders == 1)
+                .then_some(())
+                .ok_or(format!("{orders} orders"))
+        },
+    );
+    acme.wait_state(&prefix, &name, "stopped");
+}
