@@ -34,11 +34,6 @@ use crate::delivery::Bundle;
 use crate::docker::Engine;
 use crate::error::Error;
 
-/// Let's Encrypt's production directory, the default `--acme-directory`.
-pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
-/// Longest wait between two attempts for a failing name set: a CA outage of a day costs four
-/// orders, well inside any CA's limits, and a fixed problem is noticed within hours.
-pub const RETRY_MAX: Duration = Duration::from_secs(6 * 3600);
 /// Orders in flight at once, over all name sets: the CA's limits are per account too, and each
 /// order holds a few connections and a task.
 const MAX_ORDERS: usize = 4;
@@ -84,6 +79,10 @@ pub struct Entry {
     pub last_failure: Option<(u64, bool)>,
     /// The last error, as logged.
     pub last_error: Option<String>,
+    /// The ACME directory the store's certificate was obtained from. A certificate from another
+    /// directory (staging, before a switch to production) is replaced; one ACME did not make
+    /// (certbot's) has none and is kept while valid.
+    pub directory: Option<String>,
 }
 
 impl Entry {
@@ -120,6 +119,7 @@ pub fn state_to_json(state: &HashMap<String, Entry>) -> serde_json::Value {
                 "last_failure": e.last_failure.map(|(t, _)| t),
                 "permanent": e.last_failure.is_some_and(|(_, p)| p),
                 "last_error": e.last_error,
+                "directory": e.directory,
             });
             (k.clone(), v)
         })
@@ -143,6 +143,7 @@ pub fn state_from_json(bytes: &[u8]) -> Result<HashMap<String, Entry>, String> {
             .as_u64()
             .map(|t| (t, v["permanent"].as_bool().unwrap_or(false)));
         let last_error = v["last_error"].as_str().map(String::from);
+        let directory = v["directory"].as_str().map(String::from);
         out.insert(
             k.clone(),
             Entry {
@@ -150,6 +151,7 @@ pub fn state_from_json(bytes: &[u8]) -> Result<HashMap<String, Entry>, String> {
                 failures,
                 last_failure,
                 last_error,
+                directory,
             },
         );
     }
@@ -191,14 +193,19 @@ impl Standing {
     }
 }
 
-/// The standing of a name set from what the store holds and its entry.
+/// The standing of a name set from what the store holds and its entry, ACME being at
+/// `directory`.
 pub fn standing(
     now: SystemTime,
     wanted: &NameSet,
     held: Option<&Held>,
     entry: Option<&Entry>,
+    directory: &str,
 ) -> Standing {
-    if held.is_some_and(|h| &h.names == wanted && now < h.not_after) {
+    let elsewhere = entry
+        .and_then(|e| e.directory.as_deref())
+        .is_some_and(|d| d != directory);
+    if !elsewhere && held.is_some_and(|h| &h.names == wanted && now < h.not_after) {
         return Standing::Valid;
     }
     match entry.and_then(|e| e.last_failure) {
@@ -206,6 +213,41 @@ pub fn standing(
         Some((_, false)) => Standing::Failing,
         None => Standing::Pending,
     }
+}
+
+/// What the CA said about a held certificate's renewal (ARI, RFC 9773).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ari {
+    /// The certificate it is about (its validity): a new certificate is asked about afresh.
+    pub cert: (SystemTime, SystemTime),
+    /// The start of the suggested renewal window; `None` until the CA said.
+    pub start: Option<SystemTime>,
+    /// When to ask again.
+    pub ask_at: SystemTime,
+}
+
+/// Asking again: the CA's hint, kept between these, so a hint of zero is no loop and one of a
+/// month does not miss a revocation-driven window for long.
+const ARI_MIN: Duration = Duration::from_secs(600);
+const ARI_MAX: Duration = Duration::from_secs(24 * 3600);
+/// Asking again after a failed request.
+const ARI_RETRY: Duration = Duration::from_secs(3600);
+
+/// Whether to ask the CA about `held` now: when nothing is known of this certificate yet or
+/// the time to ask again has come.
+pub fn ari_due(now: SystemTime, held: &Held, known: Option<&Ari>) -> bool {
+    match known {
+        None => true,
+        Some(a) => a.cert != (held.not_before, held.not_after) || now >= a.ask_at,
+    }
+}
+
+/// `held` with the renewal window the CA suggested for it, if it is about this certificate.
+pub fn with_ari(mut held: Held, known: Option<&Ari>) -> Held {
+    if let Some(a) = known.filter(|a| a.cert == (held.not_before, held.not_after)) {
+        held.suggested_renewal = a.start;
+    }
+    held
 }
 
 /// The names as a set, as a certificate lists them.
@@ -231,6 +273,12 @@ struct Inner {
     held: HashMap<String, Option<Held>>,
     /// Per name set, the last error logged, so a failing order logs its cause once.
     logged: HashMap<String, String>,
+    /// Per name set, the CA's renewal information on its certificate, and the name sets with a
+    /// request for it under way.
+    ari: HashMap<String, Ari>,
+    ari_in_flight: BTreeSet<String>,
+    /// The CA offers no renewal information: not asked again.
+    ari_unsupported: bool,
     /// Bumped at every change of `entries`; the state file is written only with a newer one.
     version: u64,
 }
@@ -293,6 +341,9 @@ impl Manager {
                 next: None,
                 held: HashMap::new(),
                 logged: HashMap::new(),
+                ari: HashMap::new(),
+                ari_in_flight: BTreeSet::new(),
+                ari_unsupported: false,
                 version: 0,
             }),
             written: tokio::sync::Mutex::new(0),
@@ -341,8 +392,10 @@ impl Manager {
         }
         let now = SystemTime::now();
         let mut due = Vec::new();
+        let mut ask = Vec::new();
         {
             let mut inner = lock(&self.inner);
+            inner.ari.retain(|k, _| sets.contains_key(k));
             inner.sidecars = sets
                 .iter()
                 .map(|(k, w)| (k.clone(), w.sidecars.clone()))
@@ -353,8 +406,32 @@ impl Manager {
                 let entry = inner.entries.get(k).cloned().unwrap_or_default();
                 let history = entry.history(inner.in_flight.contains(k));
                 let wanted = name_set(&want.names);
-                let held = held.get(k).and_then(Option::as_ref);
-                let next = match acme_plan::decide(now, &wanted, held, &history, &self.cfg.policy) {
+                let from_elsewhere = entry
+                    .directory
+                    .as_ref()
+                    .is_some_and(|d| *d != self.cfg.directory);
+                let held = held
+                    .get(k)
+                    .cloned()
+                    .flatten()
+                    .filter(|h| h.names == wanted && now < h.not_after && !from_elsewhere);
+                if let Some(h) = &held {
+                    if !inner.ari_unsupported
+                        && !inner.ari_in_flight.contains(k)
+                        && ari_due(now, h, inner.ari.get(k))
+                    {
+                        inner.ari_in_flight.insert(k.clone());
+                        ask.push((k.clone(), want.clone(), (h.not_before, h.not_after)));
+                    }
+                }
+                let held = held.map(|h| with_ari(h, inner.ari.get(k)));
+                let next = match acme_plan::decide(
+                    now,
+                    &wanted,
+                    held.as_ref(),
+                    &history,
+                    &self.cfg.policy,
+                ) {
                     Decision::Keep { renew_at } => Some(renew_at),
                     Decision::Wait { until, .. } => until,
                     Decision::Stop => None,
@@ -374,6 +451,10 @@ impl Manager {
                     inner.next = Some(inner.next.map_or(at, |n| n.min(at)));
                 }
             }
+        }
+        for (k, want, cert) in ask {
+            let me = self.clone();
+            tokio::spawn(async move { me.ask_renewal(k, want, cert).await });
         }
         if due.is_empty() {
             return;
@@ -440,6 +521,7 @@ impl Manager {
                     e.failures = 0;
                     e.last_failure = None;
                     e.last_error = None;
+                    e.directory = Some(self.cfg.directory.clone());
                     inner.issued = true;
                     inner.logged.remove(&k);
                 }
@@ -468,6 +550,63 @@ impl Manager {
         }
         self.persist().await;
         self.wake.notify_one();
+    }
+
+    /// Asks the CA when to renew the certificate of a name set (ARI) and records the answer;
+    /// wakes the daemon when the window moved.
+    async fn ask_renewal(self: Arc<Self>, k: String, want: Want, cert: (SystemTime, SystemTime)) {
+        let asked = tokio::time::timeout(ORDER_DEADLINE, async {
+            let client = self.client().await?;
+            let first = want.names.first().cloned();
+            let store = self.store.clone();
+            let chain = tokio::task::spawn_blocking(move || {
+                let first = first?;
+                std::fs::read(store.live_dir(&first).join("fullchain.pem")).ok()
+            })
+            .await
+            .ok()
+            .flatten()
+            .ok_or_else(|| AcmeError {
+                cause: None,
+                permanent: false,
+                message: format!("renewal information for {k}: cannot read the certificate"),
+            })?;
+            client.renewal_window(&chain).await
+        })
+        .await;
+        let now = SystemTime::now();
+        let mut inner = lock(&self.inner);
+        inner.ari_in_flight.remove(&k);
+        let before = inner.ari.get(&k).and_then(|a| a.start);
+        let (start, ask_at) = match asked {
+            Ok(Ok(Some((start, hint)))) => (Some(start), now + hint.clamp(ARI_MIN, ARI_MAX)),
+            Ok(Ok(None)) => {
+                inner.ari_unsupported = true;
+                tracing::debug!(
+                    "the CA offers no renewal information; renewing at two thirds of the lifetime"
+                );
+                return;
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(names = %k, error = %e, "cannot get renewal information");
+                (before, now + ARI_RETRY)
+            }
+            Err(_) => (before, now + ARI_RETRY),
+        };
+        inner.ari.insert(
+            k.clone(),
+            Ari {
+                cert,
+                start,
+                ask_at,
+            },
+        );
+        drop(inner);
+        if start != before {
+            let at = humantime::format_rfc3339_seconds(start.unwrap_or(UNIX_EPOCH));
+            tracing::info!(names = %k, window_start = %at, "the CA suggested a renewal window");
+            self.wake.notify_one();
+        }
     }
 
     /// The account (opened once), the order, and the pair written to the store.
@@ -676,6 +815,7 @@ mod tests {
                 failures: 2,
                 last_failure: Some((20, false)),
                 last_error: Some("validating a.example by http-01: connection refused".into()),
+                directory: Some("https://ca.example/dir".into()),
             },
         );
         state.insert(
@@ -685,6 +825,7 @@ mod tests {
                 failures: 1,
                 last_failure: Some((5, true)),
                 last_error: Some("refused".into()),
+                directory: None,
             },
         );
         state.insert("b.example,c.example".to_string(), Entry::default());
@@ -717,32 +858,64 @@ mod tests {
             last_failure: Some((10, true)),
             ..Entry::default()
         };
+        let dir = "https://ca.example/dir";
+        let of =
+            |held: Option<&Held>, entry: Option<&Entry>| standing(now, &want, held, entry, dir);
+        assert_eq!(of(Some(&held), Some(&failing)), Standing::Valid);
+        assert_eq!(of(None, None), Standing::Pending);
+        assert_eq!(of(None, Some(&failing)), Standing::Failing);
+        assert_eq!(of(None, Some(&stopped)), Standing::Stopped);
+        let staging = Entry {
+            directory: Some("https://staging.example/dir".into()),
+            ..Entry::default()
+        };
         assert_eq!(
-            standing(now, &want, Some(&held), Some(&failing)),
-            Standing::Valid
-        );
-        assert_eq!(standing(now, &want, None, None), Standing::Pending);
-        assert_eq!(
-            standing(now, &want, None, Some(&failing)),
-            Standing::Failing
-        );
-        assert_eq!(
-            standing(now, &want, None, Some(&stopped)),
-            Standing::Stopped
+            of(Some(&held), Some(&staging)),
+            Standing::Pending,
+            "a certificate from another directory is replaced"
         );
         let expired = Held {
             not_after: at(10),
             ..held.clone()
         };
-        assert_eq!(
-            standing(now, &want, Some(&expired), None),
-            Standing::Pending
-        );
+        assert_eq!(of(Some(&expired), None), Standing::Pending);
         let other = Held {
             names: name_set(&names(&["b.example"])),
-            ..held
+            ..held.clone()
         };
-        assert_eq!(standing(now, &want, Some(&other), None), Standing::Pending);
+        assert_eq!(of(Some(&other), None), Standing::Pending);
+    }
+
+    #[test]
+    fn renewal_information_is_asked_per_certificate_and_moves_the_renewal_earlier() {
+        let held = Held {
+            names: name_set(&names(&["a.example"])),
+            not_before: at(0),
+            not_after: at(90 * 86_400),
+            suggested_renewal: None,
+        };
+        let known = Ari {
+            cert: (at(0), at(90 * 86_400)),
+            start: Some(at(30 * 86_400)),
+            ask_at: at(3_600),
+        };
+        assert!(ari_due(at(10), &held, None), "nothing known yet");
+        assert!(!ari_due(at(10), &held, Some(&known)), "asked, not time yet");
+        assert!(ari_due(at(3_600), &held, Some(&known)), "time to ask again");
+        let renewed = Held {
+            not_before: at(100),
+            not_after: at(100 + 90 * 86_400),
+            ..held.clone()
+        };
+        assert!(ari_due(at(10), &renewed, Some(&known)), "a new certificate");
+        let policy = acme_plan::Policy::default();
+        let suggested = with_ari(held.clone(), Some(&known));
+        assert_eq!(acme_plan::renew_at(&suggested, &policy), at(30 * 86_400));
+        assert_eq!(
+            acme_plan::renew_at(&with_ari(renewed.clone(), Some(&known)), &policy),
+            at(100 + 60 * 86_400),
+            "a window about another certificate is not used"
+        );
     }
 
     #[test]

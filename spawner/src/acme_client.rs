@@ -129,6 +129,20 @@ impl Client {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(transient(format!("{}: {e}", path.display()))),
         };
+        // An account is an account at one CA: credentials for another directory (staging,
+        // before a switch to production) are replaced by a new account at this one.
+        let stored = stored.filter(|json| {
+            let at = serde_json::from_slice::<serde_json::Value>(json)
+                .ok()
+                .and_then(|v| v["directory"].as_str().map(String::from));
+            match at {
+                Some(other) if other != directory => {
+                    tracing::info!(stored = %other, directory, "the stored ACME account is for another directory; registering a new one");
+                    false
+                }
+                _ => true,
+            }
+        });
         if let Some(json) = stored {
             let credentials: AccountCredentials =
                 serde_json::from_slice(&json).map_err(|e| AcmeError {
@@ -166,6 +180,31 @@ impl Client {
     /// The account's URL at the CA.
     pub fn account_id(&self) -> &str {
         self.account.id()
+    }
+
+    /// The CA's suggested renewal window for the leaf of `chain_pem` (ACME Renewal Information,
+    /// RFC 9773): the window's start, and how long until the CA wants to be asked again. `None`
+    /// when the CA offers no renewal information (the directory names no `renewalInfo`).
+    pub async fn renewal_window(
+        &self,
+        chain_pem: &[u8],
+    ) -> Result<Option<(std::time::SystemTime, Duration)>, AcmeError> {
+        use rustls_pki_types::pem::PemObject;
+        let leaf = rustls_pki_types::CertificateDer::pem_slice_iter(chain_pem)
+            .next()
+            .and_then(Result::ok)
+            .ok_or_else(|| transient("renewal information: no certificate in the chain".into()))?;
+        let id = instant_acme::CertificateIdentifier::try_from(&leaf)
+            .map_err(|e| transient(format!("renewal information: {e}")))?;
+        match self.account.renewal_info(&id).await {
+            Ok((info, ask_again)) => {
+                let start = info.suggested_window.start.unix_timestamp().max(0) as u64;
+                let start = std::time::UNIX_EPOCH + Duration::from_secs(start);
+                Ok(Some((start, ask_again)))
+            }
+            Err(instant_acme::Error::Unsupported(_)) => Ok(None),
+            Err(e) => Err(classify("renewal information", e)),
+        }
     }
 
     /// Orders one certificate for `names` (the first is the certificate's directory name),

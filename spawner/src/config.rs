@@ -10,6 +10,12 @@ use shared::telemetry::LogFormat;
 
 use crate::labels::AllowList;
 
+/// Let's Encrypt's production directory, the default `--acme-directory`.
+pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
+/// Longest wait between two ACME attempts for a failing name set: a CA outage of a day costs
+/// four orders, well inside any CA's limits, and a fixed problem is noticed within hours.
+pub const ACME_RETRY_MAX: Duration = Duration::from_secs(6 * 3600);
+
 /// Launches a TLS sidecar next to every container that opts in with a label, and removes it when
 /// the container goes away.
 #[derive(Debug, Parser)]
@@ -89,7 +95,7 @@ pub struct Opts {
     /// The ACME directory URL. Let's Encrypt's staging directory, for trying things out without
     /// its production rate limits: https://acme-staging-v02.api.letsencrypt.org/directory
     #[arg(long, env = "SPAWNER_ACME_DIRECTORY", value_name = "URL",
-          default_value = crate::acme::LETS_ENCRYPT, global = true)]
+          default_value = LETS_ENCRYPT, global = true)]
     pub acme_directory: String,
 
     /// PEM file of extra roots trusted for the ACME directory's own HTTPS (a private CA; Pebble
@@ -408,7 +414,7 @@ fn acme_config(o: &Opts, certs: Option<&CertsSource>) -> Result<Option<AcmeConfi
     let policy = crate::acme_plan::Policy {
         retry: shared::backoff::Backoff::new(
             o.acme_retry_min,
-            o.acme_retry_min.max(crate::acme::RETRY_MAX),
+            o.acme_retry_min.max(ACME_RETRY_MAX),
         ),
         ..Default::default()
     };
@@ -580,7 +586,7 @@ mod tests {
         ];
         let c = cfg(&on).expect("acme");
         let acme = c.acme.expect("on");
-        assert_eq!(acme.directory, crate::acme::LETS_ENCRYPT);
+        assert_eq!(acme.directory, LETS_ENCRYPT);
         assert_eq!(acme.store, std::path::PathBuf::from("/le"));
         assert_eq!(acme.policy.max_orders_per_hour, 3);
         assert_eq!(acme.policy.retry.delay(1), Duration::from_secs(60));

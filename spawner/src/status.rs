@@ -154,7 +154,10 @@ pub async fn rows(cfg: &Config) -> Result<Vec<Row>, Error> {
             None
         };
         let acme = match (managed, &acme_state) {
-            (Some(spec), Some((state, store))) => Some(acme_row(spec, state, store)),
+            (Some(spec), Some((state, store))) => {
+                let directory = cfg.acme.as_ref().map_or("", |a| a.directory.as_str());
+                Some(acme_row(spec, state, store, directory))
+            }
             _ => None,
         };
         rows.push(Row {
@@ -187,6 +190,7 @@ fn acme_row(
     spec: &crate::labels::TargetSpec,
     state: &Result<HashMap<String, acme::Entry>, String>,
     store: &Store,
+    directory: &str,
 ) -> AcmeRow {
     let names: Vec<shared::dns::DnsName> = spec.names().cloned().collect();
     let held = store.held(&spec.hostname);
@@ -195,7 +199,8 @@ fn acme_row(
         Ok(entries) => (entries.get(&acme::key(&names)), None),
         Err(e) => (None, Some(e.clone())),
     };
-    let state = acme::standing(std::time::SystemTime::now(), &wanted, held.as_ref(), entry);
+    let now = std::time::SystemTime::now();
+    let state = acme::standing(now, &wanted, held.as_ref(), entry, directory);
     AcmeRow {
         names: names.iter().map(ToString::to_string).collect(),
         state,

@@ -695,6 +695,26 @@ mod spawner_client {
     }
 
     #[tokio::test]
+    async fn an_account_stored_for_another_directory_is_replaced_by_one_at_this_directory() {
+        // Staging first, then production: two CAs, one store.
+        let (staging, production) = tokio::join!(Pebble::start(), Pebble::start());
+        let dir = harness::tmp::TempDir::new("acme-store");
+        let store = Store::new(dir.path());
+        let at_staging = open(&staging, &store).await;
+        let stored = |store: &Store| -> serde_json::Value {
+            serde_json::from_slice(&std::fs::read(store.account_path()).expect("account file"))
+                .expect("account JSON")
+        };
+        assert_eq!(stored(&store)["directory"], staging.directory_url());
+        let at_production = open(&production, &store).await;
+        assert_ne!(at_production.account_id(), at_staging.account_id());
+        assert_eq!(stored(&store)["directory"], production.directory_url());
+        // And it is kept for the next start at that directory.
+        let again = open(&production, &store).await;
+        assert_eq!(again.account_id(), at_production.account_id());
+    }
+
+    #[tokio::test]
     async fn obtains_by_http01_through_the_sidecars_redirect_listener() {
         let pebble = Pebble::start().await;
         let dir = harness::tmp::TempDir::new("acme-store");

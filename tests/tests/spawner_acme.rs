@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 use harness::bins::bin_path;
 use harness::client::{self, HttpConn, Trust, ALPN_H1};
 use harness::docker::{
-    containers_with_label, host_port, https_get, images, unique_name, Container, TestRun,
-    LIFECYCLE_DEADLINE,
+    containers_with_label, docker, docker_ok, host_port, https_get, images, logs_of, unique_name,
+    Container, TestRun, LIFECYCLE_DEADLINE,
 };
 use harness::forward::Forward;
 use harness::pebble::{Options, Pebble};
@@ -1066,4 +1066,200 @@ fn a_name_the_ca_refuses_stops_ordering_for_good() {
         },
     );
     acme.wait_state(&prefix, &name, "stopped");
+}
+
+/// Prints the logs of the spawner container `0` and of the sidecars under prefix `1` when the
+/// test fails; declared after the [`TestRun`], so it runs before the containers are removed.
+struct LogsOnFailure(String, String);
+
+impl Drop for LogsOnFailure {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("---- docker logs {} ----\n{}", self.0, logs_of(&self.0));
+            for sidecar in containers_with_label(&format!("{}.managed-by", self.1)) {
+                eprintln!(
+                    "---- docker logs {} (sidecar) ----\n{}",
+                    sidecar.name,
+                    logs_of(&sidecar.id)
+                );
+            }
+        }
+    }
+}
+
+/// The rows `docker exec CONTAINER spawner status --json` prints (the container's environment
+/// gives it the daemon's flags).
+fn exec_status_json(container: &str) -> Result<Vec<serde_json::Value>, String> {
+    let out = docker(&["exec", container, "spawner", "status", "--json"]);
+    if !out.status.success() {
+        return Err(format!(
+            "docker exec {container} spawner status --json: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| {
+        format!(
+            "no JSON array ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+/// Where the engine keeps a named volume's files on the host (read here as root).
+fn volume_mountpoint(volume: &str) -> PathBuf {
+    PathBuf::from(docker_ok(&[
+        "volume",
+        "inspect",
+        "-f",
+        "{{.Mountpoint}}",
+        volume,
+    ]))
+}
+
+/// The leaf of the PEM chain in `file`.
+fn leaf_of(file: &Path) -> CertificateDer<'static> {
+    let pem = std::fs::read(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    CertificateDer::pem_slice_iter(&pem)
+        .next()
+        .unwrap_or_else(|| panic!("no certificate in {}", file.display()))
+        .expect("PEM certificate")
+}
+
+#[test]
+fn a_spawner_container_with_the_store_in_a_named_volume_issues_and_delivers_per_sidecar() {
+    let rt = runtime();
+    let acme = Acme::start(&rt, Options::default());
+    let run = TestRun::new();
+    let prefix = run.label_prefix();
+    let files = TempDir::new("acme-ca");
+    let ca = files.write("acme-ca.pem", acme.pebble.directory_ca_pem());
+    let volume = unique_name("acme-store");
+    run.volume(&volume);
+    let spawner = unique_name("spawner");
+    let _logs = LogsOnFailure(spawner.clone(), prefix.clone());
+    let env = [
+        format!("SPAWNER_LABEL_PREFIX={prefix}"),
+        "SPAWNER_ALLOW_IMAGES=tls-sidecar/sidecar:*".to_string(),
+        format!("SPAWNER_CERTS_FROM={volume}"),
+        "SPAWNER_CERTS_PATH=/store".to_string(),
+        "SPAWNER_ACME_EMAIL=ops@example.com".to_string(),
+        "SPAWNER_ACME_AGREE_TOS=true".to_string(),
+        format!("SPAWNER_ACME_DIRECTORY={}", acme.pebble.directory_url()),
+        "SPAWNER_ACME_CA_CERT=/acme-ca.pem".to_string(),
+        format!("SPAWNER_ACME_RETRY_MIN={}s", RETRY_MIN.as_secs()),
+    ];
+    let socket = format!("{}:/var/run/docker.sock", harness::spawner::DOCKER_SOCKET);
+    let store_mount = format!("{volume}:/store");
+    let ca_mount = format!("{}:/acme-ca.pem:ro", ca.display());
+    let mut args = vec![
+        "--network",
+        "host",
+        "-v",
+        &socket,
+        "-v",
+        &store_mount,
+        "-v",
+        &ca_mount,
+    ];
+    for e in &env {
+        args.extend_from_slice(&["-e", e]);
+    }
+    run.container(&spawner, &images().spawner, &args, &["run"]);
+
+    let (name, id) = target(
+        &run,
+        &prefix,
+        &["hostname=a.test"],
+        &[&acme.http01_port(), "127.0.0.1::8443"],
+    );
+    let port = host_port(&id, 8443);
+    let started = Instant::now();
+    let chain = eventually(
+        ISSUANCE,
+        &format!("a Pebble certificate for a.test served on {port}"),
+        || {
+            let running = harness::docker::inspect(&spawner).is_some_and(|c| c.running);
+            assert!(running, "the spawner container {spawner} is not running");
+            let chain = served_chain(&rt, port, "a.test").ok_or("no TLS handshake")?;
+            acme.verify(&chain, "a.test")?;
+            Ok(chain)
+        },
+    );
+    eprintln!(
+        "spawner container: Pebble's certificate served after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(dns_sans(&chain[0]), ["a.test"]);
+
+    // The store, in the volume only the spawner mounts: the certificate served, and the
+    // account private.
+    let store = volume_mountpoint(&volume);
+    assert_eq!(
+        leaf_of(&store.join("live/a.test/fullchain.pem")),
+        chain[0],
+        "the store's live/a.test/fullchain.pem is the certificate served"
+    );
+    let account = store.join("acme/account.json");
+    let mode = std::fs::metadata(&account)
+        .unwrap_or_else(|e| panic!("{}: {e}", account.display()))
+        .permissions()
+        .mode();
+    assert_eq!(
+        mode & 0o777,
+        0o600,
+        "acme/account.json is the spawner's alone"
+    );
+
+    // The sidecar has a volume of its own at /certs, never the store.
+    let sidecar = wait_sidecar(&prefix, &id);
+    let inspected = harness::docker::inspect(&sidecar).expect("inspect the sidecar");
+    let mounts = inspected.raw["Mounts"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    for m in &mounts {
+        let source = Path::new(m["Source"].as_str().unwrap_or_default());
+        assert!(
+            m["Name"] != volume.as_str()
+                && !source.starts_with(&store)
+                && (source.as_os_str().is_empty() || !store.starts_with(source)),
+            "the sidecar mounts the store: {m:#}"
+        );
+    }
+    let certs = mounts
+        .iter()
+        .find(|m| m["Destination"] == "/certs")
+        .unwrap_or_else(|| panic!("no mount at /certs in the sidecar: {mounts:#?}"));
+    let certs_name = certs["Name"].as_str().unwrap_or_default();
+    assert!(
+        certs["Type"] == "volume"
+            && certs_name.len() == 64
+            && certs_name.bytes().all(|b| b.is_ascii_hexdigit()),
+        "the sidecar's /certs is an anonymous volume: {certs:#}"
+    );
+    let delivered = PathBuf::from(certs["Source"].as_str().expect("the volume's Source"));
+    assert_eq!(
+        leaf_of(&delivered.join("live/a.test/fullchain.pem")),
+        chain[0],
+        "the sidecar's own volume holds the certificate it serves"
+    );
+    assert!(
+        !delivered.join("acme/account.json").exists(),
+        "the account key is not delivered to the sidecar"
+    );
+
+    eventually(
+        STATE,
+        &format!("acme_state \"valid\" in {name}'s row of docker exec {spawner} spawner status"),
+        || {
+            let rows = exec_status_json(&spawner)?;
+            let row = rows
+                .iter()
+                .find(|r| r["target"] == name.as_str())
+                .ok_or_else(|| format!("no row for {name}: {rows:#?}"))?;
+            (row["acme_state"] == "valid")
+                .then_some(())
+                .ok_or_else(|| format!("{row:#}"))
+        },
+    );
 }
