@@ -1,10 +1,11 @@
 //! The ACME protocol (RFC 8555) for issue 13, through `instant-acme`: an account kept in the
 //! store (`acme/account.json`, mode 0600, reused after restarts) and one certificate obtained
 //! for a name set by HTTP-01 or TLS-ALPN-01, the challenge answers published in the store
-//! ([`Store`]) where the sidecars serve them (`--acme-webroot`, `--acme-tls-alpn-dir`).
+//! ([`Store`]) and handed to [`Answers`] (the daemon uploads them into the serving sidecars),
+//! and the CA's renewal window for a held certificate (ARI). Driven by [`crate::acme`].
 //!
-//! Groundwork: the daemon does not call it yet. Every network step is under a timeout, every
-//! error says whether retrying can help ([`AcmeError::permanent`]) and what the CA said.
+//! Every network step is under a timeout, every error says whether retrying can help
+//! ([`AcmeError::permanent`]) and what the CA said.
 
 use std::future::Future;
 use std::pin::Pin;
