@@ -426,6 +426,14 @@ impl Daemon {
         self.listening_checks
             .retain(|id, _| running.contains(id.as_str()));
         self.listening_recheck = None;
+        let mut by_target: HashMap<&str, Vec<&crate::reconcile::Sidecar>> = HashMap::new();
+        for s in observed
+            .sidecars
+            .iter()
+            .filter(|s| s.state == SidecarState::Running)
+        {
+            by_target.entry(s.target_id.as_str()).or_default().push(s);
+        }
         let mut wants = Vec::new();
         for t in &observed.targets {
             let Ok(spec) = &t.spec else { continue };
@@ -433,11 +441,8 @@ impl Daemon {
                 continue;
             }
             let mut sidecars = Vec::new();
-            for s in &observed.sidecars {
-                let current = s.target_id == t.id
-                    && s.state == SidecarState::Running
-                    && s.target_started.as_deref() == Some(t.started_at.as_str());
-                if !current {
+            for s in by_target.get(t.id.as_str()).into_iter().flatten() {
+                if s.target_started.as_deref() != Some(t.started_at.as_str()) {
                     continue;
                 }
                 if !self.listening.contains(&s.id) {

@@ -198,3 +198,22 @@ fn path_str(path: &Path) -> &str {
 fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
 }
+
+/// The DNS names of `cert`'s subjectAltName; panics if it has none (every certificate the
+/// tests look at names its hosts there).
+pub fn dns_sans(cert: &CertificateDer<'_>) -> Vec<String> {
+    use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+    let (_, x509) = X509Certificate::from_der(cert).expect("parse certificate");
+    let san = x509
+        .subject_alternative_name()
+        .expect("a valid subjectAltName")
+        .expect("a subjectAltName");
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            GeneralName::DNSName(d) => Some(d.to_string()),
+            _ => None,
+        })
+        .collect()
+}

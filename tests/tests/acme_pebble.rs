@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use harness::certs::dns_sans;
 use harness::client::{self, Trust};
 use harness::issuer::TestCa;
 use harness::pebble::{Options, Pebble};
@@ -34,7 +35,7 @@ use rustls::RootCertStore;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
-use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+use x509_parser::prelude::{FromDer, X509Certificate};
 
 /// Trust for Pebble's directory (its HTTPS certificate comes from the harness's test CA).
 fn directory_roots(pebble: &Pebble) -> RootCertStore {
@@ -132,24 +133,6 @@ fn chain_der(pem: &str) -> Vec<CertificateDer<'static>> {
     CertificateDer::pem_slice_iter(pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .expect("PEM chain")
-}
-
-/// The DNS names of `cert`'s subjectAltName.
-fn dns_sans(cert: &CertificateDer<'_>) -> Vec<String> {
-    let (_, x509) = X509Certificate::from_der(cert).expect("parse certificate");
-    x509.subject_alternative_name()
-        .expect("one subjectAltName")
-        .map(|san| {
-            san.value
-                .general_names
-                .iter()
-                .filter_map(|n| match n {
-                    GeneralName::DNSName(d) => Some(d.to_string()),
-                    _ => None,
-                })
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// notAfter minus notBefore of `cert`.

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use harness::bins::bin_path;
+use harness::certs::dns_sans;
 use harness::client::{self, HttpConn, Trust, ALPN_H1};
 use harness::docker::{
     containers_with_label, docker, docker_ok, host_port, https_get, images, logs_of, unique_name,
@@ -34,7 +35,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::RootCertStore;
 use tokio::runtime::Runtime;
-use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+use x509_parser::prelude::{FromDer, X509Certificate};
 
 /// How long an issuance may take end to end (sidecar up, order, validation, delivery). Pebble
 /// without its random sleeps validates in milliseconds; the rest is the spawner's turns and a
@@ -368,25 +369,6 @@ fn assert_demo_answers(rt: &Runtime, conn: &mut HttpConn, what: &str) {
         "{what}: the demo's echo expected, got {:?}",
         reply.text()
     );
-}
-
-/// The DNS names of `cert`'s subjectAltName.
-fn dns_sans(cert: &CertificateDer<'_>) -> Vec<String> {
-    let (_, x509) = X509Certificate::from_der(cert).expect("parse certificate");
-    x509.subject_alternative_name()
-        .ok()
-        .flatten()
-        .map(|san| {
-            san.value
-                .general_names
-                .iter()
-                .filter_map(|n| match n {
-                    GeneralName::DNSName(d) => Some(d.to_string()),
-                    _ => None,
-                })
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// `cert`'s notAfter, in unix seconds.
