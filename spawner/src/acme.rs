@@ -289,6 +289,7 @@ pub struct Manager {
     store: Store,
     engine: Arc<Engine>,
     wake: Arc<Notify>,
+    metrics: Arc<crate::metrics::Metrics>,
     roots: rustls::RootCertStore,
     /// The account, opened by the first order (a tokio lock: two first orders open one).
     client: tokio::sync::Mutex<Option<Arc<Client>>>,
@@ -306,6 +307,7 @@ impl Manager {
         cfg: AcmeConfig,
         engine: Arc<Engine>,
         wake: Arc<Notify>,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Result<Arc<Manager>, Error> {
         let roots = roots(cfg.ca_cert.as_deref())?;
         let store = Store::new(cfg.store.clone());
@@ -330,6 +332,7 @@ impl Manager {
             store,
             engine,
             wake,
+            metrics,
             roots,
             client: tokio::sync::Mutex::new(None),
             orders: Arc::new(Semaphore::new(MAX_ORDERS)),
@@ -545,6 +548,8 @@ impl Manager {
                 }
             }
         }
+        self.metrics
+            .acme_order(outcome.as_ref().map(|_| ()).map_err(|e| e.permanent));
         if outcome.is_ok() {
             tracing::info!(names = %k, "certificate issued");
         }

@@ -182,7 +182,9 @@ pub async fn run(
         shutdown.clone(),
     ));
     let acme = match cfg.acme.clone() {
-        Some(acme_cfg) => Some(acme::Manager::new(acme_cfg, engine.clone(), wake.clone()).await?),
+        Some(acme_cfg) => {
+            Some(acme::Manager::new(acme_cfg, engine.clone(), wake.clone(), metrics.clone()).await?)
+        }
         None => None,
     };
     let mut d = Daemon {

@@ -215,6 +215,8 @@ pub struct Metrics {
     latency: [Histogram; ActionKind::ALL.len()],
     engine_errors: [AtomicU64; EngineCause::ALL.len()],
     engine_calls: AtomicU64,
+    /// ACME orders that ended: issued, failed (retried), failed for good (not retried).
+    acme_orders: [AtomicU64; 3],
     states: Mutex<States>,
     /// The certificate source of each target's sidecar, for the certificate gauges.
     pub certs: Tracker,
@@ -254,6 +256,16 @@ impl Metrics {
         if let (Outcome::Ok, Some(at)) = (outcome, event_since) {
             self.latency[kind as usize].observe(at.elapsed().as_secs_f64());
         }
+    }
+
+    /// An ACME order ended: `Ok`, or failed, permanently or not.
+    pub fn acme_order(&self, outcome: Result<(), bool>) {
+        let i = match outcome {
+            Ok(()) => 0,
+            Err(false) => 1,
+            Err(true) => 2,
+        };
+        self.acme_orders[i].fetch_add(1, Ordering::Relaxed);
     }
 
     /// An engine call failed (counted by cause).
@@ -338,6 +350,17 @@ impl Metrics {
             "counter",
             "Docker engine calls that failed, by cause.",
             causes,
+        );
+        let orders = ["issued", "failed", "refused"]
+            .iter()
+            .zip(&self.acme_orders)
+            .map(|(r, n)| (format!("{{result=\"{r}\"}}"), get(n)));
+        metric(
+            out,
+            "spawner_acme_orders_total",
+            "counter",
+            "ACME orders that ended, by result: issued; failed (retried with backoff); refused (the CA refused for good, not retried).",
+            orders,
         );
         metric(
             out,
@@ -553,6 +576,9 @@ mod tests {
             op: "list containers",
             timeout: std::time::Duration::from_secs(1),
         });
+        m.acme_order(Ok(()));
+        m.acme_order(Err(false));
+        m.acme_order(Err(false));
         m.certs.record(
             "id",
             "web",
@@ -565,6 +591,9 @@ mod tests {
         let text = m.render();
         for want in [
             "spawner_ready 1\n",
+            "spawner_acme_orders_total{result=\"issued\"} 1\n",
+            "spawner_acme_orders_total{result=\"failed\"} 2\n",
+            "spawner_acme_orders_total{result=\"refused\"} 0\n",
             "spawner_reconcile_turns_total{result=\"ok\"} 1\n",
             "spawner_actions_total{kind=\"create\",result=\"ok\"} 1\n",
             "spawner_actions_total{kind=\"remove\",result=\"refused\"} 1\n",
