@@ -85,7 +85,26 @@ pub struct Entry {
     pub directory: Option<String>,
 }
 
+/// How long a permanent refusal is remembered for a name set no target wants any more: one
+/// that comes back within it is not ordered again in a loop; the file stays bounded by the
+/// names of the last week, not of all time.
+const FORGET_REFUSED: Duration = Duration::from_secs(7 * 86_400);
+
 impl Entry {
+    /// Whether the entry of a name set no target wants can still change a decision: an order
+    /// within the hour (the cap) or a recent permanent refusal. Otherwise it is dropped.
+    pub fn still_matters(&self, now: SystemTime) -> bool {
+        let now = unix(now);
+        let recent_order = self
+            .orders
+            .iter()
+            .any(|t| now.saturating_sub(*t) < HOUR.as_secs());
+        let refused = self.last_failure.is_some_and(|(t, permanent)| {
+            permanent && now.saturating_sub(t) < FORGET_REFUSED.as_secs()
+        });
+        recent_order || refused
+    }
+
     fn history(&self, in_flight: bool) -> History {
         History {
             orders: self.orders.iter().map(|s| at(*s)).collect(),
@@ -399,6 +418,15 @@ impl Manager {
         {
             let mut inner = lock(&self.inner);
             inner.ari.retain(|k, _| sets.contains_key(k));
+            inner.logged.retain(|k, _| sets.contains_key(k));
+            let before = inner.entries.len();
+            let in_flight = inner.in_flight.clone();
+            inner.entries.retain(|k, e| {
+                sets.contains_key(k) || in_flight.contains(k) || e.still_matters(now)
+            });
+            if inner.entries.len() != before {
+                inner.version += 1;
+            }
             inner.sidecars = sets
                 .iter()
                 .map(|(k, w)| (k.clone(), w.sidecars.clone()))
@@ -459,10 +487,10 @@ impl Manager {
             let me = self.clone();
             tokio::spawn(async move { me.ask_renewal(k, want, cert).await });
         }
+        self.persist().await;
         if due.is_empty() {
             return;
         }
-        self.persist().await;
         for (k, want, reason) in due {
             let names = key(&want.names);
             tracing::info!(names = %names, challenge = %want.challenge, reason, "ordering certificate");
@@ -920,6 +948,28 @@ mod tests {
             acme_plan::renew_at(&with_ari(renewed.clone(), Some(&known)), &policy),
             at(100 + 60 * 86_400),
             "a window about another certificate is not used"
+        );
+    }
+
+    #[test]
+    fn entries_of_names_nobody_wants_are_kept_only_while_they_matter() {
+        let now = at(10 * 86_400);
+        let e = |orders: Vec<u64>, last_failure| Entry {
+            orders,
+            last_failure,
+            ..Entry::default()
+        };
+        let t = unix(now);
+        assert!(e(vec![t - 60], None).still_matters(now), "the hourly cap");
+        assert!(!e(vec![t - 3_600], None).still_matters(now));
+        assert!(
+            e(vec![], Some((t - 86_400, true))).still_matters(now),
+            "refused"
+        );
+        assert!(!e(vec![], Some((t - 8 * 86_400, true))).still_matters(now));
+        assert!(
+            !e(vec![], Some((t - 60, false))).still_matters(now),
+            "transient"
         );
     }
 
