@@ -318,15 +318,6 @@ fn labels() -> impl Strategy<Value = HashMap<String, String>> {
         ),
         ("hostname", names),
         (
-            "acme-challenge",
-            prop_oneof![
-                Just("http-01".to_string()),
-                Just("tls-alpn-01".to_string()),
-                Just("dns-01".to_string())
-            ]
-            .boxed(),
-        ),
-        (
             "hsts",
             prop_oneof![
                 any::<u32>().prop_map(|n| n.to_string()),
@@ -412,14 +403,22 @@ fn labels() -> impl Strategy<Value = HashMap<String, String>> {
         2 => Just(Vec::new()),
         1 => optional(tcp),
     ];
+    // The ACME challenge kind changes the sidecar's spec (a redirect listener and webroot, or
+    // the TLS-ALPN-01 directory); always valid here, its refusals are the labels unit tests'.
+    let challenge = prop_oneof![
+        2 => Just(None),
+        1 => Just(Some("http-01")),
+        1 => Just(Some("tls-alpn-01")),
+    ];
     (
         optional(choices),
         mtls,
         tcp,
         prop::bool::weighted(0.8),
         prop::bool::weighted(0.2),
+        challenge,
     )
-        .prop_map(|(pairs, mtls, tcp, as_tcp, keep_http_only)| {
+        .prop_map(|(pairs, mtls, tcp, as_tcp, keep_http_only, challenge)| {
             let mut labels: HashMap<String, String> =
                 pairs.into_iter().chain(mtls).flatten().collect();
             // The http-mode label mostly comes without mode tcp, sometimes with it (refused).
@@ -433,6 +432,9 @@ fn labels() -> impl Strategy<Value = HashMap<String, String>> {
                 labels.remove("tls-sidecar.backend-protocol");
             }
             labels.extend(tcp.into_iter().flatten());
+            if let Some(kind) = challenge {
+                labels.insert("tls-sidecar.acme-challenge".into(), kind.into());
+            }
             labels.insert(
                 "tls-sidecar.proxy-image".into(),
                 "tls-sidecar/sidecar:test".into(),
