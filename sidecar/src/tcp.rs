@@ -167,6 +167,67 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+    use tokio::io::ReadBuf;
+
+    /// A client that sends `data`, then ends the way a TLS peer closing TCP without
+    /// `close_notify` does (`UnexpectedEof`), and whose shutdown fails (it is gone).
+    struct Truncating {
+        data: Option<&'static [u8]>,
+    }
+
+    impl AsyncRead for Truncating {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            match self.data.take() {
+                Some(d) => {
+                    buf.put_slice(d);
+                    Poll::Ready(Ok(()))
+                }
+                None => Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into())),
+            }
+        }
+    }
+
+    impl AsyncWrite for Truncating {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            b: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Poll::Ready(Ok(b.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Err(io::ErrorKind::NotConnected.into()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_truncated_client_and_a_failed_shutdown_end_the_relay_normally() {
+        let client = Truncating {
+            data: Some(b"hello"),
+        };
+        let (upstream, mut backend) = tokio::io::duplex(1024);
+        let relay = tokio::spawn(relay(client, upstream, Duration::from_secs(5)));
+        let mut got = Vec::new();
+        backend.read_to_end(&mut got).await.expect("read");
+        assert_eq!(got, b"hello", "half-closed after the truncated end");
+        backend.write_all(b"bye").await.expect("write");
+        backend.shutdown().await.expect("shutdown");
+        let moved = tokio::time::timeout(Duration::from_secs(5), relay)
+            .await
+            .expect("the relay ends")
+            .expect("join")
+            .expect("a normal end, not an error");
+        assert_eq!(moved, (5, 3));
+    }
 
     #[tokio::test]
     async fn relays_both_ways_with_half_close() {
