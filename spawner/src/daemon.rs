@@ -107,8 +107,8 @@ struct Daemon {
     /// Sidecars of ACME-managed targets whose log showed `listening`: every listener bound, so
     /// a challenge answer put in them is served.
     listening: HashSet<String>,
-    /// Per sidecar that has not said it yet, how often its log was read for it.
-    listening_checks: HashMap<String, u32>,
+    /// Per sidecar that has not said it yet, when its log was first read for it.
+    listening_since: HashMap<String, Instant>,
     /// A sidecar of an ACME-managed target runs but has not said `listening` yet: look again.
     listening_recheck: Option<Instant>,
 }
@@ -118,11 +118,30 @@ const LISTENING: &str = "listening";
 /// How much of a sidecar's log is read looking for [`LISTENING`]: its start-up lines are a few
 /// hundred bytes.
 const LISTENING_LOG_BYTES: usize = 64 * 1024;
-/// How soon a sidecar that has not said [`LISTENING`] yet is looked at again, and how many
-/// times (5 s): a sidecar image that never says it (not ours) is then looked at only on the
-/// turns that happen anyway, not every 200 ms for ever.
+/// How soon a sidecar that has not said [`LISTENING`] yet is looked at again, and for how long
+/// before it is assumed to listen ([`listening_verdict`]): a sidecar binds in milliseconds.
 const LISTENING_RECHECK: Duration = Duration::from_millis(200);
-const LISTENING_RECHECKS: u32 = 25;
+const LISTENING_GRACE: Duration = Duration::from_secs(5);
+
+/// Whether a sidecar counts as listening: it said so (`said`: its log was read and held the
+/// line, or not; `None`: the log could not be read), or it has not for [`LISTENING_GRACE`]
+/// since it was first looked at: then its listeners are taken as bound, so a log the engine
+/// cannot read back, or a sidecar image that words it otherwise, delays its target's
+/// certificate by 5 s instead of stopping it for good.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Listening {
+    Yes,
+    NotYet,
+    Assumed,
+}
+
+fn listening_verdict(said: Option<bool>, looked_for: Duration) -> Listening {
+    match said {
+        Some(true) => Listening::Yes,
+        _ if looked_for >= LISTENING_GRACE => Listening::Assumed,
+        _ => Listening::NotYet,
+    }
+}
 
 /// How long reading one target's certificate files may take (a hung network mount).
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
@@ -190,7 +209,7 @@ pub async fn run(
     let mut d = Daemon {
         acme,
         listening: HashSet::new(),
-        listening_checks: HashMap::new(),
+        listening_since: HashMap::new(),
         listening_recheck: None,
         cfg,
         engine,
@@ -425,7 +444,7 @@ impl Daemon {
             .map(|s| s.id.as_str())
             .collect();
         self.listening.retain(|id| running.contains(id.as_str()));
-        self.listening_checks
+        self.listening_since
             .retain(|id, _| running.contains(id.as_str()));
         self.listening_recheck = None;
         let mut by_target: HashMap<&str, Vec<&crate::reconcile::Sidecar>> = HashMap::new();
@@ -448,26 +467,37 @@ impl Daemon {
                     continue;
                 }
                 if !self.listening.contains(&s.id) {
-                    match self
+                    let said = match self
                         .engine
                         .log_head_contains(&s.id, LISTENING, LISTENING_LOG_BYTES)
                         .await
                     {
-                        Ok(true) => {
-                            self.listening.insert(s.id.clone());
-                            self.listening_checks.remove(&s.id);
-                        }
-                        Ok(false) => {
-                            let checks = self.listening_checks.entry(s.id.clone()).or_default();
-                            *checks += 1;
-                            if *checks < LISTENING_RECHECKS {
-                                self.listening_recheck = Some(Instant::now() + LISTENING_RECHECK);
-                            }
+                        Ok(said) => Ok(said),
+                        Err(e) if e.is_transport() => return Err(e),
+                        // A log driver the engine cannot read back (`none`, some remote ones).
+                        Err(e) => Err(e),
+                    };
+                    let since = *self
+                        .listening_since
+                        .entry(s.id.clone())
+                        .or_insert_with(Instant::now);
+                    match listening_verdict(said.as_ref().ok().copied(), since.elapsed()) {
+                        Listening::Yes => {}
+                        Listening::NotYet => {
+                            self.listening_recheck = Some(Instant::now() + LISTENING_RECHECK);
                             continue;
                         }
-                        Err(e) if e.is_transport() => return Err(e),
-                        Err(_) => continue,
+                        Listening::Assumed => match &said {
+                            Err(e) => {
+                                tracing::warn!(sidecar = %s.name, error = %format!("{e:#}"), "cannot read the sidecar's log to see it listening; assuming it does after 5 s")
+                            }
+                            Ok(_) => {
+                                tracing::info!(sidecar = %s.name, "the sidecar has not logged `listening` in 5 s; assuming it listens")
+                            }
+                        },
                     }
+                    self.listening.insert(s.id.clone());
+                    self.listening_since.remove(&s.id);
                 }
                 sidecars.push(s.id.clone());
             }
@@ -1125,6 +1155,24 @@ fn short(id: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sidecar_listens_when_it_says_so_or_is_assumed_to_after_its_rechecks() {
+        let ms = Duration::from_millis;
+        assert_eq!(listening_verdict(Some(true), ms(0)), Listening::Yes);
+        assert_eq!(listening_verdict(Some(false), ms(200)), Listening::NotYet);
+        assert_eq!(
+            listening_verdict(None, ms(200)),
+            Listening::NotYet,
+            "an unreadable log"
+        );
+        assert_eq!(listening_verdict(Some(false), ms(4_999)), Listening::NotYet);
+        assert_eq!(
+            listening_verdict(Some(false), ms(5_000)),
+            Listening::Assumed
+        );
+        assert_eq!(listening_verdict(None, ms(5_000)), Listening::Assumed);
+    }
 
     #[test]
     fn each_retry_path_keeps_its_policy() {
