@@ -34,10 +34,13 @@ pub const TRAILER_NAMES: &str = "grpc-status, grpc-message, grpc-status-details-
 /// `+format` suffix (`application/grpc+proto`) or parameters. `application/grpc-web` is not:
 /// it is HTTP/1.1-compatible framing that the backend's gRPC-Web layer translates.
 pub fn is_grpc(headers: &HeaderMap) -> bool {
-    let Some(value) = headers.get(header::CONTENT_TYPE) else {
-        return false;
-    };
-    let bytes = value.as_bytes();
+    headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| is_grpc_content_type(v.as_bytes()))
+}
+
+/// Whether a `Content-Type` value is gRPC's (`application/grpc`, `+proto` and the like).
+pub fn is_grpc_content_type(bytes: &[u8]) -> bool {
     const PREFIX: &[u8] = b"application/grpc";
     if bytes.len() < PREFIX.len() || !bytes[..PREFIX.len()].eq_ignore_ascii_case(PREFIX) {
         return false;

@@ -39,6 +39,8 @@ use crate::metrics::{BackendError, Metrics, Refusal};
 use crate::mtls::ClientIdentity;
 use crate::throttle::{Escaped, Throttle, LOG_INTERVAL};
 
+mod h1;
+
 /// Most request headers accepted (hyper's limit; more gets `431`).
 const MAX_HEADERS: usize = 100;
 /// Largest request head accepted, in bytes (more gets `431`). Matches common proxy limits
@@ -104,6 +106,8 @@ pub struct Proxy {
     tracker: TaskTracker,
     /// `Strict-Transport-Security` for responses that lack it (`--hsts`).
     hsts: Option<HeaderValue>,
+    /// Backend connections of the HTTP/1.1 fast path ([`h1`]).
+    fast_pool: h1::Pool,
 }
 
 impl Proxy {
@@ -137,6 +141,7 @@ impl Proxy {
             metrics,
             tracker,
             hsts,
+            fast_pool: h1::Pool::default(),
         })
     }
 
@@ -157,7 +162,6 @@ impl Proxy {
     ) where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let io = TokioIo::new(Tracked::new(tls, activity.clone()));
         let evict = ticket.evict_token();
         let conn_info = Arc::new(ConnInfo {
             peer,
@@ -166,8 +170,71 @@ impl Proxy {
             client,
             ticket,
         });
+        let watch = Watch {
+            activity: &activity,
+            idle: self.config.idle_timeout,
+            head: None,
+            shutdown: &shutdown,
+            evict: &evict,
+            metrics: &self.metrics,
+        };
+        let tracked = Tracked::new(tls, activity.clone());
+        if h2 {
+            let service = self.service(conn_info);
+            let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .max_header_list_size(MAX_HEAD_BYTES as u32)
+                .serve_connection(TokioIo::new(tracked), service);
+            tokio::pin!(conn);
+            let result = drive(conn.as_mut(), watch, |c| c.graceful_shutdown()).await;
+            log_conn_end(peer, result.unwrap_or(Ok(())));
+            return;
+        }
+        let watch = Watch {
+            head: Some(self.config.header_read_timeout),
+            ..watch
+        };
+        // The fast path first; hyper for the rest of the connection once a request needs it.
+        let mut tracked = tracked;
+        let mut buf = bytes::BytesMut::new();
+        let closing = CancellationToken::new();
+        let end = {
+            let fast = self.serve_fast(&mut tracked, &mut buf, &conn_info, &closing);
+            tokio::pin!(fast);
+            drive(fast.as_mut(), watch, |_| closing.cancel()).await
+        };
+        if !matches!(end, Some(h1::End::Fallback)) || closing.is_cancelled() {
+            return;
+        }
+        let service = self.service(conn_info);
+        let io = TokioIo::new(h1::Prefixed::new(buf.freeze(), tracked));
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .max_headers(MAX_HEADERS)
+            .max_buf_size(MAX_HEAD_BYTES.max(8192) * 2)
+            .max_header_size(MAX_HEAD_BYTES)
+            // Our watchdog enforces both timeouts, counting the head from its first byte so
+            // an idle keep-alive connection is governed by --idle-timeout alone.
+            .header_read_timeout(None)
+            .serve_connection(io, service)
+            .with_upgrades();
+        tokio::pin!(conn);
+        let result = drive(conn.as_mut(), watch, |c| c.graceful_shutdown()).await;
+        log_conn_end(peer, result.unwrap_or(Ok(())));
+    }
+
+    /// hyper's service for one connection: every request through [`Proxy::handle`], HSTS added.
+    fn service(
+        self: &Arc<Self>,
+        conn_info: Arc<ConnInfo>,
+    ) -> impl hyper::service::Service<
+        Request<Incoming>,
+        Response = Response<ProxyBody>,
+        Error = Infallible,
+        Future = impl std::future::Future<Output = Result<Response<ProxyBody>, Infallible>> + Send,
+    > + Clone {
         let proxy = self.clone();
-        let service = service_fn(move |req| {
+        service_fn(move |req| {
             let proxy = proxy.clone();
             let info = conn_info.clone();
             async move {
@@ -178,42 +245,7 @@ impl Proxy {
                 }
                 Ok::<_, Infallible>(resp)
             }
-        });
-        let watch = Watch {
-            activity: &activity,
-            idle: self.config.idle_timeout,
-            head: None,
-            shutdown: &shutdown,
-            evict: &evict,
-            metrics: &self.metrics,
-        };
-        if h2 {
-            let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                .timer(TokioTimer::new())
-                .max_header_list_size(MAX_HEAD_BYTES as u32)
-                .serve_connection(io, service);
-            tokio::pin!(conn);
-            let result = drive(conn.as_mut(), watch, |c| c.graceful_shutdown()).await;
-            log_conn_end(peer, result);
-        } else {
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .max_headers(MAX_HEADERS)
-                .max_buf_size(MAX_HEAD_BYTES.max(8192) * 2)
-                .max_header_size(MAX_HEAD_BYTES)
-                // Our watchdog enforces both timeouts, counting the head from its first byte so
-                // an idle keep-alive connection is governed by --idle-timeout alone.
-                .header_read_timeout(None)
-                .serve_connection(io, service)
-                .with_upgrades();
-            tokio::pin!(conn);
-            let watch = Watch {
-                head: Some(self.config.header_read_timeout),
-                ..watch
-            };
-            let result = drive(conn.as_mut(), watch, |c| c.graceful_shutdown()).await;
-            log_conn_end(peer, result);
-        }
+        })
     }
 
     async fn handle(
@@ -417,21 +449,18 @@ impl Proxy {
         trailers: bool,
     ) -> Result<Request<Incoming>, &'static str> {
         let (mut parts, body) = req.into_parts();
-        strip_hop_by_hop(&mut parts.headers);
-        if trailers {
-            parts
-                .headers
-                .insert(header::TE, HeaderValue::from_static("trailers"));
-        }
         let upgrading = upgrade.is_some();
-        if let Some(value) = upgrade {
-            parts.headers.insert(header::UPGRADE, value);
-            parts
-                .headers
-                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        }
-        set_forwarded(&mut parts.headers, info.peer, &host, self.listen_port);
-        set_client_identity(&mut parts.headers, info.client.as_ref());
+        forward_headers(
+            &mut parts.headers,
+            &Forward {
+                peer: info.peer,
+                host: &host,
+                listen_port: self.listen_port,
+                client: info.client.as_ref(),
+                trailers,
+                upgrade,
+            },
+        );
 
         let path = parts
             .uri
@@ -619,14 +648,15 @@ struct Watch<'a> {
     metrics: &'a Metrics,
 }
 
-/// Drives a hyper connection to its end, and ends it: gracefully when it idles out, on
+/// Drives a connection (hyper's, or the HTTP/1.1 fast path's) to its end, and ends it: gracefully when it idles out, on
 /// shutdown and when it must make room; hard when a request head is too slow, when the client
 /// cancels requests faster than its budget, and when, once closing, it has had nothing in
 /// flight for the goodbye deadline (a client that ignores HTTP/2's GOAWAY and PING). Control
-/// frames alone never keep a connection open: only requests count as activity.
-async fn drive<C, F>(mut conn: Pin<&mut C>, w: Watch<'_>, graceful: F) -> Result<(), hyper::Error>
+/// frames alone never keep a connection open: only requests count as activity. `Some` with the
+/// connection's own result when it ended by itself, `None` when the watchdog ended it.
+async fn drive<C, F, T>(mut conn: Pin<&mut C>, w: Watch<'_>, graceful: F) -> Option<T>
 where
-    C: std::future::Future<Output = Result<(), hyper::Error>>,
+    C: std::future::Future<Output = T>,
     F: Fn(Pin<&mut C>),
 {
     let goodbye = GOODBYE_MAX.min(w.idle);
@@ -646,12 +676,12 @@ where
     };
     loop {
         tokio::select! {
-            res = conn.as_mut() => return res,
+            res = conn.as_mut() => return Some(res),
             () = &mut cancelled, if closing.is_none() => close(conn.as_mut(), &mut closing),
             () = &mut evicted, if closing.is_none() => {
                 if !w.activity.busy() {
                     debug!("closing idle connection to make room");
-                    return Ok(());
+                    return None;
                 }
                 close(conn.as_mut(), &mut closing);
             }
@@ -660,7 +690,7 @@ where
                 if let Some(suppressed) = RESET_LOG.ready() {
                     warn!(suppressed, "closing a connection that cancels requests faster than its budget");
                 }
-                return Ok(());
+                return None;
             }
             _ = tick.tick() => {
                 match w.activity.verdict(w.idle, w.head) {
@@ -673,14 +703,14 @@ where
                     }
                     Verdict::HeadTimeout => {
                         debug!("request head not received in time, closing");
-                        return Ok(());
+                        return None;
                     }
                 }
                 if let (Some(since), Some(quiet)) = (closing, w.activity.quiet_since()) {
                     if Instant::now() >= since.max(quiet) + goodbye {
                         w.metrics.refused(Refusal::CloseDeadline);
                         debug!("client did not finish closing in time, closing hard");
-                        return Ok(());
+                        return None;
                     }
                 }
             }
@@ -1109,6 +1139,36 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in doomed {
         headers.remove(name);
     }
+}
+
+/// What the backend's request headers are made from besides the client's.
+pub struct Forward<'a> {
+    pub peer: SocketAddr,
+    /// The authority the client asked for ([`request_host`]).
+    pub host: &'a HeaderValue,
+    pub listen_port: u16,
+    pub client: Option<&'a ClientIdentity>,
+    /// The client accepts trailers: `TE: trailers` goes along.
+    pub trailers: bool,
+    /// An allowed upgrade, offered to the backend.
+    pub upgrade: Option<HeaderValue>,
+}
+
+/// The header rules of every forwarded request (both paths: the HTTP/1.1 fast path writes the
+/// same set, which its differential test checks against this): hop-by-hop headers dropped,
+/// `TE: trailers` and an allowed upgrade put back, forwarding and client-certificate headers set.
+/// `Host` is the caller's (HTTP/2 backends take `:authority` instead).
+pub fn forward_headers(headers: &mut HeaderMap, f: &Forward<'_>) {
+    strip_hop_by_hop(headers);
+    if f.trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    if let Some(value) = f.upgrade.clone() {
+        headers.insert(header::UPGRADE, value);
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+    set_forwarded(headers, f.peer, f.host, f.listen_port);
+    set_client_identity(headers, f.client);
 }
 
 /// Adds the HSTS header unless the backend set its own: the app's policy wins, and a second
