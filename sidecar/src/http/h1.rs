@@ -1370,9 +1370,6 @@ mod tests {
             self.0 ^= self.0 << 17;
             self.0
         }
-        fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-            &items[(self.next() % items.len() as u64) as usize]
-        }
         fn chance(&mut self, percent: u64) -> bool {
             self.next() % 100 < percent
         }
