@@ -42,6 +42,9 @@ pub struct Activity {
     scan: Option<Mutex<HeadScan>>,
     /// The last scanned head had ambiguous framing; taken by the next request.
     ambiguous: AtomicBool,
+    /// The scan is off while the HTTP/1.1 fast path reads the connection (it reads every head
+    /// itself and hands ambiguous ones to hyper through [`Activity::scan_handed_over`]).
+    scan_paused: AtomicBool,
     /// Requests the client cancelled before their response (HTTP/2 stream resets).
     resets: Mutex<ResetBudget>,
     /// Cancelled when the connection must end now (its reset budget is spent).
@@ -117,6 +120,7 @@ impl Activity {
             head_started: AtomicU64::new(NONE),
             scan,
             ambiguous: AtomicBool::new(false),
+            scan_paused: AtomicBool::new(false),
             resets: Mutex::new(ResetBudget::default()),
             abort: CancellationToken::new(),
         }
@@ -145,8 +149,31 @@ impl Activity {
         self.ambiguous.swap(false, Ordering::Relaxed)
     }
 
+    /// Turns the head scan off: the HTTP/1.1 fast path reads the heads.
+    pub fn pause_scan(&self) {
+        self.scan_paused.store(true, Ordering::Relaxed);
+    }
+
+    /// The fast path hands the connection to hyper with `buf` read but not consumed: the scan
+    /// judges the head at its start as it would have while reading it, and goes on from there.
+    pub fn scan_handed_over(&self, buf: &[u8]) {
+        let Some(scan) = &self.scan else { return };
+        let mut scan = match scan.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        scan.buf.clear();
+        scan.done = false;
+        drop(scan);
+        self.scan_paused.store(false, Ordering::Relaxed);
+        self.scan_head(buf);
+    }
+
     fn scan_head(&self, bytes: &[u8]) {
         let Some(scan) = &self.scan else { return };
+        if self.scan_paused.load(Ordering::Relaxed) {
+            return;
+        }
         if self.in_flight.load(Ordering::Relaxed) > 0 {
             return;
         }

@@ -198,6 +198,7 @@ impl Proxy {
         let mut tracked = tracked;
         let mut buf = bytes::BytesMut::new();
         let closing = CancellationToken::new();
+        activity.pause_scan();
         let end = {
             let fast = self.serve_fast(&mut tracked, &mut buf, &conn_info, &closing);
             tokio::pin!(fast);
@@ -206,6 +207,7 @@ impl Proxy {
         if !matches!(end, Some(h1::End::Fallback)) || closing.is_cancelled() {
             return;
         }
+        activity.scan_handed_over(&buf);
         let service = self.service(conn_info);
         let io = TokioIo::new(h1::Prefixed::new(buf.freeze(), tracked));
         let conn = hyper::server::conn::http1::Builder::new()

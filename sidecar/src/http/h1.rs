@@ -14,7 +14,6 @@
 //! parses to the same method, target and end of head, and that the headers it forwards are the
 //! ones the hyper path's rewrite forwards.
 
-use std::net::SocketAddr;
 use std::time::SystemTime;
 
 use bytes::{Buf, BytesMut};
@@ -51,8 +50,10 @@ pub struct Plan {
 
 /// This hop's facts for the forwarding headers.
 pub struct Hop<'a> {
-    pub peer: SocketAddr,
-    pub listen_port: u16,
+    /// The client's address as `X-Forwarded-For` names it, and this listener's port: written
+    /// into every head, so formatted once per connection.
+    pub client_ip: String,
+    pub listen_port: String,
     pub client: Option<&'a ClientIdentity>,
     /// Requests go to the backend over HTTP/1.1 (not all of them over h2c).
     pub http1_backend: bool,
@@ -197,13 +198,12 @@ pub fn classify(buf: &[u8], hop: &Hop<'_>, out: &mut Vec<u8>) -> Head {
             }
         }
     }
-    {
-        use std::io::Write;
-        let _ = write!(out, "{}", hop.peer.ip().to_canonical());
-        out.extend_from_slice(b"\r\nx-forwarded-proto: https\r\nx-forwarded-host: ");
-        out.extend_from_slice(host);
-        let _ = write!(out, "\r\nx-forwarded-port: {}\r\n", hop.listen_port);
-    }
+    out.extend_from_slice(hop.client_ip.as_bytes());
+    out.extend_from_slice(b"\r\nx-forwarded-proto: https\r\nx-forwarded-host: ");
+    out.extend_from_slice(host);
+    out.extend_from_slice(b"\r\nx-forwarded-port: ");
+    out.extend_from_slice(hop.listen_port.as_bytes());
+    out.extend_from_slice(b"\r\n");
     if let Some(id) = hop.client {
         for (name, value) in
             CLIENT_CERT_HEADERS
@@ -383,15 +383,16 @@ pub fn reply(
     let last = close || framing == Framing::UntilClose;
 
     out.clear();
-    {
-        use std::io::Write;
-        let reason = resp
-            .reason
-            .filter(|r| !r.is_empty())
-            .or_else(|| http::StatusCode::from_u16(status).ok()?.canonical_reason())
-            .unwrap_or("");
-        let _ = write!(out, "HTTP/1.1 {status} {reason}\r\n");
-    }
+    let reason = resp
+        .reason
+        .filter(|r| !r.is_empty())
+        .or_else(|| http::StatusCode::from_u16(status).ok()?.canonical_reason())
+        .unwrap_or("");
+    out.extend_from_slice(b"HTTP/1.1 ");
+    push_decimal(out, u64::from(status));
+    out.push(b' ');
+    out.extend_from_slice(reason.as_bytes());
+    out.extend_from_slice(b"\r\n");
     for h in resp.headers.iter() {
         let name = h.name.as_bytes();
         if HOP_BY_HOP
@@ -409,14 +410,16 @@ pub fn reply(
     }
     match framing {
         Framing::Length(n) => {
-            use std::io::Write;
-            let _ = write!(out, "content-length: {n}\r\n");
+            out.extend_from_slice(b"content-length: ");
+            push_decimal(out, n);
+            out.extend_from_slice(b"\r\n");
         }
         // A HEAD answer states the length a GET would get, as the backend said it.
         Framing::Empty if head_request => {
             if let Some(n) = length {
-                use std::io::Write;
-                let _ = write!(out, "content-length: {n}\r\n");
+                out.extend_from_slice(b"content-length: ");
+                push_decimal(out, n);
+                out.extend_from_slice(b"\r\n");
             } else if chunked {
                 out.extend_from_slice(b"transfer-encoding: chunked\r\n");
             }
@@ -444,6 +447,21 @@ pub fn reply(
         framing,
         reusable: keep_alive && framing != Framing::UntilClose,
     })
+}
+
+/// Appends `n` in decimal (what `write!` does, without the formatting machinery).
+fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
 }
 
 /// A decimal `Content-Length` (digits only, no sign, no spaces inside; at most 19 digits).
@@ -698,13 +716,14 @@ impl Proxy {
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let hop = Hop {
-            peer: info.peer,
-            listen_port: self.listen_port,
+            client_ip: info.peer.ip().to_canonical().to_string(),
+            listen_port: self.listen_port.to_string(),
             client: info.client.as_ref(),
             http1_backend: crate::grpc::route(self.config.backend_protocol, false)
                 == crate::grpc::Route::Http1,
         };
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(1024);
+        let mut reply_head = Vec::with_capacity(1024);
         loop {
             let plan = loop {
                 if !buf.is_empty() {
@@ -733,7 +752,10 @@ impl Proxy {
                 }
             };
             buf.advance(plan.head_len);
-            if !self.exchange_fast(io, plan, &mut out, info, closing).await {
+            if !self
+                .exchange_fast(io, plan, &mut out, &mut reply_head, info, closing)
+                .await
+            {
                 let _ = tokio::time::timeout(super::GOODBYE_MAX, io.shutdown()).await;
                 return End::Closed;
             }
@@ -747,6 +769,7 @@ impl Proxy {
         io: &mut Tracked<S>,
         plan: Plan,
         out: &mut Vec<u8>,
+        reply_head: &mut Vec<u8>,
         info: &ConnInfo,
         closing: &CancellationToken,
     ) -> bool
@@ -771,17 +794,9 @@ impl Proxy {
         let head_by = log.start + self.config.backend_timeout;
         let close = plan.close || closing.is_cancelled();
         let hsts = self.hsts.as_ref().map(|v| v.as_bytes());
-        let mut reply_head = Vec::new();
         let got = match tokio::time::timeout_at(
             head_by,
-            self.backend_head(
-                out,
-                plan.idempotent,
-                head_request,
-                hsts,
-                close,
-                &mut reply_head,
-            ),
+            self.backend_head(out, plan.idempotent, head_request, hsts, close, reply_head),
         )
         .await
         {
@@ -837,7 +852,7 @@ impl Proxy {
         reply_head.extend_from_slice(&rbuf[..first]);
         log.bytes += body_bytes(answer.framing, first, &chunks);
         rbuf.advance(first);
-        if io.write_all(&reply_head).await.is_err() {
+        if io.write_all(reply_head).await.is_err() {
             return false;
         }
         while !done {
@@ -1117,8 +1132,8 @@ mod tests {
 
     fn hop(client: Option<&ClientIdentity>) -> Hop<'_> {
         Hop {
-            peer: PEER.parse().unwrap(),
-            listen_port: 8443,
+            client_ip: "192.0.2.7".into(),
+            listen_port: "8443".into(),
             client,
             http1_backend: true,
         }
