@@ -16,6 +16,7 @@ pub mod env {
     pub const MAX_CONNECTIONS_PER_IP: &str = "SIDECAR_MAX_CONNECTIONS_PER_IP";
     pub const MAX_HANDSHAKES: &str = "SIDECAR_MAX_HANDSHAKES";
     pub const LISTEN_BACKLOG: &str = "SIDECAR_LISTEN_BACKLOG";
+    pub const WORKERS: &str = "SIDECAR_WORKERS";
     pub const ALLOW_UPGRADE: &str = "SIDECAR_ALLOW_UPGRADE";
     pub const SHUTDOWN_GRACE: &str = "SIDECAR_SHUTDOWN_GRACE";
     pub const ADMIN_LISTEN: &str = "SIDECAR_ADMIN_LISTEN";

@@ -35,6 +35,8 @@ pub const DEFAULT_MAX_HANDSHAKES: u32 = 1024;
 /// Default listen backlog: the kernel's default cap (net.core.somaxconn since Linux 5.4), well
 /// above the 128 that would drop SYNs in a burst.
 pub const DEFAULT_LISTEN_BACKLOG: u32 = 4096;
+/// Most serving threads (`--workers`).
+pub const MAX_WORKERS: u32 = 256;
 
 /// TLS terminator for one local service: TLS in on `--listen`, plain HTTP or TCP out to
 /// `--backend`.
@@ -155,6 +157,12 @@ pub struct Cli {
     /// net.core.somaxconn)
     #[arg(long, env = env::LISTEN_BACKLOG, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=65535), default_value_t = DEFAULT_LISTEN_BACKLOG)]
     pub listen_backlog: u32,
+
+    /// Serving threads, each with its own event loop, accepting from the shared listener and
+    /// keeping its connections (and their backend connections) to itself; 0 = one per CPU the
+    /// process may use (its cgroup quota counts)
+    #[arg(long, env = env::WORKERS, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=MAX_WORKERS as i64), default_value_t = 0)]
+    pub workers: u32,
 
     /// HTTP/1.1 `Upgrade` protocols passed to the backend (comma list; empty = none). Other
     /// upgrade requests are forwarded as plain requests without their `Upgrade` header. `h2c`
@@ -279,6 +287,8 @@ pub struct Config {
     pub max_connections_per_ip: usize,
     pub max_handshakes: usize,
     pub listen_backlog: u32,
+    /// Serving threads (`--workers`, 0 resolved to the CPUs available).
+    pub workers: usize,
     /// Lowercase protocol names an `Upgrade` may name.
     pub allow_upgrade: Vec<String>,
     pub shutdown_grace: Duration,
@@ -484,6 +494,10 @@ impl Cli {
             max_connections_per_ip: self.max_connections_per_ip as usize,
             max_handshakes: self.max_handshakes as usize,
             listen_backlog: self.listen_backlog,
+            workers: match self.workers {
+                0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                n => n as usize,
+            },
             allow_upgrade,
             shutdown_grace: self.shutdown_grace,
             admin_listen,

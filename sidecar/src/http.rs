@@ -50,9 +50,9 @@ const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Idle pooled backend connections are closed after this long; the backend's own keep-alive
 /// timeout is often shorter, and a stale pooled connection costs a retry.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Idle pooled backend connections kept at most: enough for bursts, bounded so an idle sidecar
-/// does not hold hundreds of sockets on the app.
-const POOL_MAX_IDLE: usize = 256;
+/// Idle pooled backend connections kept at most, over all serving threads: enough for bursts,
+/// bounded so an idle sidecar does not hold hundreds of sockets on the app.
+pub const POOL_MAX_IDLE: usize = 256;
 
 /// Once a connection is asked to close (idle, shutdown, eviction), how long a client may take
 /// to finish the goodbye (for HTTP/2: answer the GOAWAY's PING) once nothing is in flight,
@@ -97,8 +97,9 @@ pub type ProxyBody = Logged<Either<Guarded<Incoming>, Full<Bytes>>>;
 /// Shared state of HTTP mode, one per sidecar.
 pub struct Proxy {
     client: BackendClient,
-    /// HTTP/2 cleartext connections, unless `--backend-protocol http1`.
-    h2: Option<H2Pool>,
+    /// HTTP/2 cleartext connections, unless `--backend-protocol http1`: one set shared by every
+    /// serving thread, so the sidecar holds at most [`crate::h2pool`]'s few connections in all.
+    h2: Option<Arc<H2Pool>>,
     backend_authority: String,
     listen_port: u16,
     config: Arc<Config>,
@@ -111,11 +112,22 @@ pub struct Proxy {
 }
 
 impl Proxy {
+    /// The HTTP/2 backend pool for [`Proxy::new`], unless `--backend-protocol http1`: made once
+    /// and shared by the serving threads.
+    pub fn h2_pool(config: &Config) -> Option<Arc<H2Pool>> {
+        (config.backend_protocol != shared::proto::BackendProtocol::Http1)
+            .then(|| Arc::new(H2Pool::new(config.backend.clone(), config.connect_timeout)))
+    }
+
+    /// One serving thread's proxy: its own HTTP/1.1 backend pools (at most `max_idle` idle
+    /// connections each), the shared HTTP/2 one.
     pub fn new(
         config: Arc<Config>,
         listen_port: u16,
         metrics: Arc<Metrics>,
         tracker: TaskTracker,
+        h2: Option<Arc<H2Pool>>,
+        max_idle: usize,
     ) -> Arc<Self> {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
@@ -125,13 +137,11 @@ impl Proxy {
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .pool_max_idle_per_host(POOL_MAX_IDLE)
+            .pool_max_idle_per_host(max_idle)
             .build(connector);
         let hsts = config
             .hsts
             .and_then(|h| HeaderValue::from_str(&h.header_value()).ok());
-        let h2 = (config.backend_protocol != shared::proto::BackendProtocol::Http1)
-            .then(|| H2Pool::new(config.backend.clone(), config.connect_timeout));
         Arc::new(Self {
             client,
             h2,
@@ -141,7 +151,7 @@ impl Proxy {
             metrics,
             tracker,
             hsts,
-            fast_pool: h1::Pool::default(),
+            fast_pool: h1::Pool::new(max_idle),
         })
     }
 

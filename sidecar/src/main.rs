@@ -47,7 +47,9 @@ fn main() -> ExitCode {
         Err(e) => return fail(EXIT_CONFIG, &anyhow::Error::from(e)),
     };
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    // The control plane (signals, certificate reloads, the admin and redirect listeners) runs
+    // here; connections are served by `--workers` threads of their own (`server::serve`).
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

@@ -17,6 +17,7 @@ use crate::acme_alpn::{self, Challenges};
 use crate::activity::Activity;
 use crate::admission::{Admission, Limits, Phase, Ticket};
 use crate::config::{Config, Mode, ProxyProtocol};
+use crate::h2pool::H2Pool;
 use crate::http::Proxy;
 use crate::metrics::Metrics;
 use crate::mtls::ClientIdentity;
@@ -46,7 +47,7 @@ pub fn effective_backlog(requested: u32) -> u32 {
         .map_or(requested, |max| requested.min(max))
 }
 
-/// Everything a connection task needs.
+/// Everything a connection task needs; one per serving thread (its own backend pools).
 struct Shared {
     config: Arc<Config>,
     acceptor: TlsAcceptor,
@@ -58,8 +59,46 @@ struct Shared {
     proxy: Option<Arc<Proxy>>,
 }
 
+impl Shared {
+    fn new(
+        config: &Arc<Config>,
+        tls: &Arc<rustls::ServerConfig>,
+        metrics: &Arc<Metrics>,
+        listen_port: u16,
+        tracker: &TaskTracker,
+        h2: &Option<Arc<H2Pool>>,
+    ) -> Arc<Self> {
+        let proxy = match config.mode {
+            Mode::Http => Some(Proxy::new(
+                config.clone(),
+                listen_port,
+                metrics.clone(),
+                tracker.clone(),
+                h2.clone(),
+                // The idle-connection bound is the sidecar's, split over its threads.
+                crate::http::POOL_MAX_IDLE.div_ceil(config.workers.max(1)),
+            )),
+            Mode::Tcp => None,
+        };
+        Arc::new(Self {
+            config: config.clone(),
+            acceptor: TlsAcceptor::from(tls.clone()),
+            tls: tls.clone(),
+            challenges: config.acme_tls_alpn_dir.clone().map(Challenges::new),
+            metrics: metrics.clone(),
+            proxy,
+        })
+    }
+}
+
 /// Accepts TLS connections on `listener` until `shutdown` is cancelled, then drains for up to
 /// the configured grace period.
+///
+/// With `--workers N` above 1 (the default: one per CPU), N threads each run their own
+/// single-threaded event loop and accept from the same listening socket (whichever is free
+/// takes the next connection); a connection, its requests and its backend connections then
+/// stay on that thread: no work stealing, no cross-thread wake-ups, no shared pool lock. The
+/// limits (`--max-connections` and the rest) are shared by all of them.
 pub async fn serve(
     listener: TcpListener,
     config: Arc<Config>,
@@ -68,24 +107,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let local = listener.local_addr().ok();
-    let tracker = TaskTracker::new();
-    let proxy = match config.mode {
-        Mode::Http => Some(Proxy::new(
-            config.clone(),
-            local.map_or(config.listen.port(), |a| a.port()),
-            metrics.clone(),
-            tracker.clone(),
-        )),
-        Mode::Tcp => None,
-    };
-    let shared = Arc::new(Shared {
-        config: config.clone(),
-        acceptor: TlsAcceptor::from(tls.clone()),
-        tls,
-        challenges: config.acme_tls_alpn_dir.clone().map(Challenges::new),
-        metrics: metrics.clone(),
-        proxy,
-    });
+    let listen_port = local.map_or(config.listen.port(), |a| a.port());
     let backlog = effective_backlog(config.listen_backlog);
     if backlog < config.listen_backlog {
         warn!(
@@ -94,14 +116,6 @@ pub async fn serve(
             "listen backlog capped by net.core.somaxconn"
         );
     }
-    info!(
-        listen = %local.map_or_else(|| config.listen.to_string(), |a| a.to_string()),
-        mode = %config.mode,
-        backend = %config.backend,
-        backlog,
-        "listening"
-    );
-
     let admission = Admission::new(
         Limits {
             max_connections: config.max_connections,
@@ -110,12 +124,142 @@ pub async fn serve(
         },
         metrics.clone(),
     );
+    let workers = config.workers.max(1);
+    let h2 = match config.mode {
+        Mode::Http => Proxy::h2_pool(&config),
+        Mode::Tcp => None,
+    };
+    let trackers: Vec<TaskTracker> = (0..workers).map(|_| TaskTracker::new()).collect();
+    // Closes the connections a drain did not finish within the grace period.
+    let hard_stop = CancellationToken::new();
+    let mut threads = Vec::new();
+    let mut inline = None;
+    if workers == 1 {
+        inline = Some(listener);
+    } else {
+        let std_listener = match listener.into_std() {
+            Ok(l) => l,
+            Err(error) => {
+                warn!(%error, "cannot share the listener between threads; serving on one");
+                return;
+            }
+        };
+        for (i, tracker) in trackers.iter().enumerate() {
+            let listener = match std_listener.try_clone() {
+                Ok(l) => l,
+                Err(error) => {
+                    warn!(%error, worker = i, "cannot share the listener with a serving thread");
+                    continue;
+                }
+            };
+            let (config, tls, metrics) = (config.clone(), tls.clone(), metrics.clone());
+            let (admission, tracker, h2) = (admission.clone(), tracker.clone(), h2.clone());
+            let (shutdown, hard_stop) = (shutdown.clone(), hard_stop.clone());
+            let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+            let spawned = std::thread::Builder::new()
+                .name(format!("sidecar-worker-{i}"))
+                .spawn(move || {
+                    let runtime = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(rt) => rt,
+                        Err(error) => {
+                            warn!(%error, worker = i, "serving thread could not start its event loop");
+                            return;
+                        }
+                    };
+                    runtime.block_on(async move {
+                        let listener = match TcpListener::from_std(listener) {
+                            Ok(l) => l,
+                            Err(error) => {
+                                warn!(%error, worker = i, "serving thread could not take the listener");
+                                return;
+                            }
+                        };
+                        let shared =
+                            Shared::new(&config, &tls, &metrics, listen_port, &tracker, &h2);
+                        accept_loop(listener, shared, &admission, &tracker, &shutdown).await;
+                        tokio::select! {
+                            () = tracker.wait() => {}
+                            () = hard_stop.cancelled() => {}
+                        }
+                    });
+                    // Dropping the runtime drops whatever the grace period left open.
+                    drop(done_tx);
+                });
+            match spawned {
+                Ok(_) => threads.push(done_rx),
+                Err(error) => warn!(%error, worker = i, "could not start a serving thread"),
+            }
+        }
+        drop(std_listener);
+        if threads.is_empty() {
+            warn!("no serving thread started");
+            return;
+        }
+    }
+    info!(
+        listen = %local.map_or_else(|| config.listen.to_string(), |a| a.to_string()),
+        mode = %config.mode,
+        backend = %config.backend,
+        backlog,
+        workers,
+        "listening"
+    );
+    match inline {
+        Some(listener) => {
+            let shared = Shared::new(&config, &tls, &metrics, listen_port, &trackers[0], &h2);
+            accept_loop(listener, shared, &admission, &trackers[0], &shutdown).await;
+        }
+        None => shutdown.cancelled().await,
+    }
+
+    // Stop accepting: new connections are refused once every thread let go of the listener.
+    metrics.set_draining();
+    for t in &trackers {
+        t.close();
+    }
+    let open: usize = trackers.iter().map(TaskTracker::len).sum();
+    info!(
+        connections = open,
+        grace_ms = config.shutdown_grace.as_millis() as u64,
+        "draining"
+    );
+    let drained = tokio::time::timeout(config.shutdown_grace, async {
+        for t in &trackers {
+            t.wait().await;
+        }
+    })
+    .await;
+    if drained.is_err() {
+        warn!(
+            connections = trackers.iter().map(TaskTracker::len).sum::<usize>(),
+            "shutdown grace period over, closing remaining connections"
+        );
+    } else {
+        info!("drained");
+    }
+    hard_stop.cancel();
+    for done in threads {
+        let _ = done.await;
+    }
+}
+
+/// One serving thread's accept loop (or the only one's), until `shutdown`.
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    admission: &Arc<Admission>,
+    tracker: &TaskTracker,
+    shutdown: &CancellationToken,
+) {
     // No limit in the listener: `admission` counts the slots, after the accept.
     let mut listener = accept::Listener::new(listener, "tls", shutdown.clone());
     while let Some(Accepted { stream, peer, .. }) = listener.accept().await {
         // At the limit this waits (holding this one connection, the rest queue in the backlog)
         // until a slot frees; a connection over its address's cap is closed here.
-        let Some(ticket) = admission.admit(peer, &shutdown).await else {
+        let Some(ticket) = admission.admit(peer, shutdown).await else {
             continue;
         };
         let shared = shared.clone();
@@ -127,28 +271,6 @@ pub async fn serve(
             }
             .instrument(span),
         );
-    }
-
-    // Stop accepting: new connections are refused from here on.
-    drop(listener);
-    metrics.set_draining();
-    tracker.close();
-    let open = tracker.len();
-    info!(
-        connections = open,
-        grace_ms = config.shutdown_grace.as_millis() as u64,
-        "draining"
-    );
-    if tokio::time::timeout(config.shutdown_grace, tracker.wait())
-        .await
-        .is_err()
-    {
-        warn!(
-            connections = tracker.len(),
-            "shutdown grace period over, closing remaining connections"
-        );
-    } else {
-        info!("drained");
     }
 }
 

@@ -10,6 +10,7 @@ mod sidecar_admin;
 mod sidecar_certs;
 mod sidecar_config;
 mod sidecar_docker;
+mod sidecar_fast_path;
 mod sidecar_grpc;
 mod sidecar_h2c;
 mod sidecar_hostile;

@@ -622,8 +622,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use super::POOL_IDLE_TIMEOUT;
 use super::{AccessLog, ConnInfo, Proxy, BACKEND_CONNECT_LOG, BACKEND_REQUEST_LOG};
-use super::{POOL_IDLE_TIMEOUT, POOL_MAX_IDLE};
 use crate::activity::Tracked;
 use crate::metrics::BackendError;
 
@@ -650,12 +650,19 @@ struct Idle {
 /// The fast path's idle backend connections: most recently used last, taken from the end (a
 /// warm one), the oldest dropped first. A plain lock held for a push or a pop: no task, no
 /// channel per request.
-#[derive(Default)]
 pub struct Pool {
     idle: Mutex<Vec<Idle>>,
+    max_idle: usize,
 }
 
 impl Pool {
+    pub fn new(max_idle: usize) -> Self {
+        Self {
+            idle: Mutex::new(Vec::new()),
+            max_idle,
+        }
+    }
+
     fn take(&self) -> Option<(TcpStream, BytesMut)> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         while let Some(c) = idle.pop() {
@@ -678,7 +685,10 @@ impl Pool {
     fn put(&self, stream: TcpStream, mut buf: BytesMut) {
         buf.clear();
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        if idle.len() >= POOL_MAX_IDLE {
+        if idle.len() >= self.max_idle {
+            if self.max_idle == 0 {
+                return;
+            }
             idle.remove(0);
         }
         idle.push(Idle {

@@ -1,0 +1,240 @@
+//! The HTTP/1.1 fast path against backends that do what real ones do at their worst: close a
+//! kept-alive connection right after answering, send chunked and close-delimited bodies,
+//! interim responses, and framing that two parsers could read differently. Each backend here
+//! is a scripted raw TCP server, so the bytes the sidecar gets are exactly the ones named.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use harness::backend::Backend;
+use harness::client::{self, HttpConn, Trust, ALPN_H1};
+use harness::sidecar::Sidecar;
+use harness::wait::{within, STEP};
+use http::{Method, StatusCode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// A raw backend: for each request head read on a connection, `answer(n)` (n counts requests
+/// over all connections) gives the bytes to write and whether to close after them.
+struct Raw {
+    addr: SocketAddr,
+    connections: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Raw {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn raw(answer: fn(usize) -> (Vec<u8>, bool)) -> Raw {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the raw backend");
+    let addr = listener.local_addr().expect("its address");
+    let connections = Arc::new(AtomicUsize::new(0));
+    let requests = Arc::new(AtomicUsize::new(0));
+    let counted = connections.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            counted.fetch_add(1, Ordering::SeqCst);
+            let requests = requests.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        let n = requests.fetch_add(1, Ordering::SeqCst);
+                        let (bytes, close) = answer(n);
+                        if s.write_all(&bytes).await.is_err() || close {
+                            return;
+                        }
+                    }
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    Raw {
+        addr,
+        connections,
+        task,
+    }
+}
+
+async fn h1(sc: &Sidecar) -> HttpConn {
+    HttpConn::connect(
+        sc.addr(),
+        "localhost",
+        client::config(Trust::AnyCert, ALPN_H1),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_backend_that_closes_every_kept_alive_connection_costs_no_failed_request() {
+    // Says keep-alive (HTTP/1.1, no `Connection: close`), then closes: the pooled connection
+    // is dead when the next request takes it, whether or not the sidecar noticed yet.
+    let backend = raw(|_| {
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec(),
+            true,
+        )
+    })
+    .await;
+    let sc = Sidecar::start(backend.addr).await;
+    let mut conn = h1(&sc).await;
+    for i in 0..30 {
+        let reply = conn.get("/").await;
+        assert_eq!(reply.status, StatusCode::OK, "request {i}");
+        assert_eq!(reply.text(), "ok", "request {i}");
+    }
+    // One backend connection per request: none was answered twice or lost.
+    assert!(backend.connections.load(Ordering::SeqCst) >= 30);
+}
+
+#[tokio::test]
+async fn backend_framing_two_parsers_could_read_differently_is_a_502() {
+    for (bad, what) in [
+        (
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"[..],
+            "Content-Length and Transfer-Encoding",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok!",
+            "conflicting lengths",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            "an encoding it does not know",
+        ),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: -2\r\n\r\nok", "a negative length"),
+        (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n", "101 without asking"),
+        (b"garbage\r\n\r\n", "no status line"),
+    ] {
+        // The answer of this case: the script is a plain fn, so it reads it from a static.
+        static CASE: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+        *CASE.lock().expect("case") = bad.to_vec();
+        let backend = raw(|_| (CASE.lock().expect("case").clone(), true)).await;
+        let sc = Sidecar::start(backend.addr).await;
+        let reply = h1(&sc).await.get("/").await;
+        assert_eq!(reply.status, StatusCode::BAD_GATEWAY, "{what}");
+        assert!(reply.text().contains("backend request failed"), "{what}: {}", reply.text());
+    }
+}
+
+#[tokio::test]
+async fn chunked_interim_and_head_answers_arrive_whole_on_one_connection() {
+    let backend = raw(|n| {
+        let bytes: &[u8] = match n % 3 {
+            // An interim answer first, then a chunked body with an extension and a trailer.
+            0 => b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-sum\r\n\r\n5;ext=1\r\nhello\r\n7\r\n, world\r\n0\r\nx-sum: 12\r\n\r\n",
+            // A length, for HEAD: no body follows.
+            1 => b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n",
+            _ => b"HTTP/1.1 404 Not Found\r\nContent-Length: 4\r\n\r\nnope",
+        };
+        (bytes.to_vec(), false)
+    })
+    .await;
+    let sc = Sidecar::start(backend.addr).await;
+    let mut conn = h1(&sc).await;
+    for round in 0..3 {
+        let reply = conn.get("/chunked").await;
+        assert_eq!(reply.status, StatusCode::OK, "round {round}");
+        assert_eq!(reply.text(), "hello, world", "round {round}");
+        let head = conn
+            .fetch(
+                conn.request(Method::HEAD, "/")
+                    .body(client::empty())
+                    .expect("HEAD request"),
+            )
+            .await;
+        assert_eq!(head.status, StatusCode::OK);
+        assert_eq!(head.header("content-length"), Some("1234"));
+        assert!(head.body.is_empty());
+        let missing = conn.get("/missing").await;
+        assert_eq!(
+            (missing.status, missing.text().as_str()),
+            (StatusCode::NOT_FOUND, "nope")
+        );
+    }
+    // All nine answers came over the backend connections the pool kept.
+    assert_eq!(backend.connections.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_body_until_close_arrives_whole_and_ends_the_connection() {
+    let backend = raw(|_| {
+        let mut bytes = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n".to_vec();
+        bytes.extend(std::iter::repeat_n(b'z', 100_000));
+        (bytes, true)
+    })
+    .await;
+    let sc = Sidecar::start(backend.addr).await;
+    let tls = client::tls_connect(
+        sc.addr(),
+        "localhost",
+        client::config(Trust::AnyCert, ALPN_H1),
+    )
+    .await;
+    let resp = client::raw_exchange(tls, b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .expect("a response");
+    assert_eq!(resp.status, 200);
+    assert!(
+        resp.head.to_ascii_lowercase().contains("connection: close"),
+        "{}",
+        resp.head
+    );
+    assert_eq!(resp.body.len(), 100_000);
+}
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order_and_a_body_hands_over_to_hyper() {
+    let backend = Backend::echo().await;
+    let sc = Sidecar::start(backend.addr()).await;
+    let mut tls = client::tls_connect(
+        sc.addr(),
+        "localhost",
+        client::config(Trust::AnyCert, ALPN_H1),
+    )
+    .await;
+    // Three requests in one write: two the fast path takes, then one with a body (hyper's from
+    // there on, with the bytes already read), then one more.
+    let body = "x".repeat(10);
+    let burst = format!(
+        "GET /one HTTP/1.1\r\nHost: localhost\r\n\r\nGET /two HTTP/1.1\r\nHost: localhost\r\n\r\n\
+         POST /three HTTP/1.1\r\nHost: localhost\r\nContent-Length: 10\r\n\r\n{body}\
+         GET /four HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    );
+    tls.write_all(burst.as_bytes())
+        .await
+        .expect("write the burst");
+    let mut all = Vec::new();
+    within(
+        STEP,
+        "four answers and the close",
+        tls.read_to_end(&mut all),
+    )
+    .await
+    .expect("read to the end");
+    let text = String::from_utf8_lossy(&all);
+    assert_eq!(text.matches("HTTP/1.1 200 OK").count(), 4, "{text}");
+    let at = |needle: &str| {
+        text.find(needle)
+            .unwrap_or_else(|| panic!("{needle} in {text}"))
+    };
+    // The echo backend names each request's path in its answer, in order.
+    assert!(at("/one") < at("/two") && at("/two") < at("/three") && at("/three") < at("/four"));
+    assert!(text.contains("\"body_len\":10"), "{text}");
+    assert_eq!(backend.requests().len(), 4);
+}
