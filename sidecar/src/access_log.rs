@@ -176,12 +176,13 @@ pub enum Style {
 
 /// The bounded queue between requests and the writer.
 ///
-/// A `Mutex<Vec>` with a condition variable rather than a channel: the writer takes everything
-/// queued at once by swapping the vector (the lock is held for a push or a swap, never while
-/// formatting); a request wakes the writer only when it is asleep waiting for work (one futex
-/// call, rarely, see [`LINGER`]), where a channel's sender would check on every send; and the
-/// close at exit can wait with a timeout for the writer to finish. The writer is a dedicated
-/// thread, not a task: it blocks on stderr without holding one of the runtime's workers.
+/// A `Mutex<Vec>` with a condition variable rather than std's `sync_channel` or tokio's mpsc:
+/// the writer takes everything queued in one swap of the vector instead of one receive per
+/// record (the lock is held for a push or a swap, never while formatting); a request wakes the
+/// writer only when it sleeps waiting for work (a futex call, rarely: see [`LINGER`]); and the
+/// close at exit waits, with a timeout, on a condition the writer sets when it is done, which a
+/// channel cannot tell. The writer is a dedicated thread, not a task: it blocks on stderr
+/// without holding one of the runtime's workers, and never waits for a worker to run it.
 pub struct Queue {
     state: Mutex<State>,
     /// The writer waits here for records, or for the close.
@@ -318,13 +319,10 @@ impl Queue {
                 last_report = Some(Instant::now());
             }
             if closing {
-                let mut state = self.lock();
-                if state.records.is_empty() {
-                    state.finished = true;
-                    self.finished.notify_all();
-                    return;
-                }
-                continue;
+                // Nothing came after the swap: pushes are refused once closing.
+                self.lock().finished = true;
+                self.finished.notify_all();
+                return;
             }
             let state = self.lock();
             let _ = self
