@@ -3,6 +3,8 @@
 
 use std::io::IsTerminal;
 
+use tracing::Dispatch;
+use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::{fmt, EnvFilter};
 
 /// Log output format, chosen with `--log-format`.
@@ -29,22 +31,39 @@ impl std::fmt::Display for LogFormat {
     }
 }
 
+/// Whether log lines carry ANSI colours: only for a person at a terminal; log collectors and
+/// tests get plain text. Asked by [`init`] and by anything else that writes log lines to stderr
+/// in the same format (the sidecar's access-log writer), so both decide alike.
+pub fn ansi() -> bool {
+    std::io::stderr().is_terminal()
+}
+
+/// The subscriber [`init`] installs, writing to `writer`: kept apart so a test can capture
+/// exactly the lines a user gets.
+pub fn dispatch<W>(format: LogFormat, filter: EnvFilter, ansi: bool, writer: W) -> Dispatch
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    let builder = fmt()
+        .with_env_filter(filter)
+        .with_writer(writer)
+        .with_ansi(ansi);
+    match format {
+        LogFormat::Text => Dispatch::new(builder.finish()),
+        LogFormat::Json => Dispatch::new(
+            builder
+                .json()
+                .flatten_event(true)
+                .with_current_span(true)
+                .finish(),
+        ),
+    }
+}
+
 /// Installs the global subscriber. Calling it twice is harmless (the second call does nothing),
 /// which keeps in-process tests that start several servers simple.
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    // Colours only for a person at a terminal; log collectors and tests get plain text.
-    let ansi = std::io::stderr().is_terminal();
-    let builder = fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi);
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .try_init(),
-    };
+    let _ =
+        tracing::dispatcher::set_global_default(dispatch(format, filter, ansi(), std::io::stderr));
 }

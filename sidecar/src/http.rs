@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -28,8 +28,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
+use crate::access_log;
 use crate::activity::{tick_period, Activity, Tracked, Verdict};
 use crate::admission::{Phase, Ticket};
 use crate::config::Config;
@@ -37,7 +38,7 @@ use crate::grpc::{self, Guarded, Route};
 use crate::h2pool::{H2Error, H2Pool};
 use crate::metrics::{BackendError, Metrics, Refusal};
 use crate::mtls::ClientIdentity;
-use crate::throttle::{Escaped, Throttle, LOG_INTERVAL};
+use crate::throttle::{Throttle, LOG_INTERVAL};
 
 mod h1;
 
@@ -882,10 +883,6 @@ struct AccessLog {
     metrics: Arc<Metrics>,
 }
 
-/// Longest request path written to the access log; the rest is cut (`...`): a client must not
-/// make one line cost more than a few KiB.
-const ACCESS_LOG_PATH_MAX: usize = 2048;
-
 /// The status logged for a request the client cancelled before its response (nginx's "client
 /// closed request"), so cancellations are visible in the access log and told from answers.
 const STATUS_CLIENT_CLOSED: u16 = 499;
@@ -908,19 +905,20 @@ impl Drop for AccessLog {
         if let Some(code) = self.grpc_status {
             self.metrics.grpc_response(code);
         }
-        info!(
-            client = %self.peer,
-            method = %self.method,
-            path = %Escaped {
-                bytes: self.path.as_ref().map_or("/", |p| p.as_str()).as_bytes(),
-                max: ACCESS_LOG_PATH_MAX,
-            },
-            status = self.status,
-            grpc_status = self.grpc_status,
-            bytes = self.bytes,
-            duration_ms = self.start.elapsed().as_millis() as u64,
-            "request"
-        );
+        // Only the line moves off this thread ([`access_log`]); the counts above and the
+        // activity below stay here, exact and in order.
+        if access_log::enabled() {
+            access_log::write(access_log::Record {
+                peer: self.peer,
+                method: std::mem::take(&mut self.method),
+                path: self.path.take(),
+                status: self.status,
+                grpc_status: self.grpc_status,
+                bytes: self.bytes,
+                duration: self.start.elapsed(),
+                at: SystemTime::now(),
+            });
+        }
         self.activity.request_finished();
     }
 }

@@ -5,6 +5,7 @@
 //! [`tls::CertStore`] and swaps it on SIGHUP or file changes; [`mtls`] verifies client
 //! certificates; [`redirect`] is the plain-HTTP redirect listener beside the admin one.
 
+pub mod access_log;
 pub mod acme_alpn;
 pub mod activity;
 pub mod admin;

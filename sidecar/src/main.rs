@@ -5,7 +5,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use sidecar::config::{system_hostname, Cli, Config};
+use sidecar::config::{system_hostname, Cli, Config, Mode};
 use sidecar::error::Error;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -42,6 +42,9 @@ fn main() -> ExitCode {
     // Logging starts here so the self-signed certificate's fingerprint is logged; a file error
     // below is still the only line on stderr (nothing logs before it fails).
     shared::telemetry::init(config.log_format);
+    if config.mode == Mode::Http {
+        sidecar::access_log::start(config.log_format);
+    }
     let prepared = match sidecar::prepare(&config) {
         Ok(p) => p,
         Err(e) => return fail(EXIT_CONFIG, &anyhow::Error::from(e)),
@@ -61,7 +64,12 @@ fn main() -> ExitCode {
             )
         }
     };
-    match runtime.block_on(serve(config, prepared)) {
+    let served = runtime.block_on(serve(config, prepared));
+    // Connections still open after the grace period end here, and log their requests; then the
+    // access log's last lines are written before the process exits.
+    drop(runtime);
+    sidecar::access_log::flush(sidecar::access_log::FLUSH_TIMEOUT);
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(EXIT_RUNTIME, &e),
     }

@@ -323,6 +323,12 @@ impl Metrics {
             ],
         );
         metric(
+            "sidecar_access_log_dropped_total",
+            "counter",
+            "Access-log lines dropped because the log writer fell behind (stderr blocked).",
+            &[("", crate::access_log::dropped_total())],
+        );
+        metric(
             "sidecar_certificate_reloads_total",
             "counter",
             "Certificate reloads, by result (a failed reload keeps the previous certificate).",
@@ -389,5 +395,7 @@ mod tests {
         assert!(text.contains("sidecar_connections_active 0\n"));
         assert!(text.contains("sidecar_connections_total 1\n"));
         assert!(text.contains("# TYPE sidecar_connections_total counter\n"));
+        assert!(text.contains("# TYPE sidecar_access_log_dropped_total counter\n"));
+        assert!(text.contains("\nsidecar_access_log_dropped_total 0\n"));
     }
 }
