@@ -78,7 +78,7 @@ test:
 soak:
 	CHURN_OPS=$${CHURN_OPS:-500} $(CARGO) test -p tls-sidecar-tests --test integration -- churn::churn_soak --nocapture
 
-## bench: the full benchmark against nginx, HAProxy, stunnel, hitch (docs/benchmarks.md, ~10 min)
+## bench: the full benchmark against nginx, HAProxy, stunnel, hitch (docs/benchmarks.md, ~20 min: three interleaved rounds per row)
 bench:
 	bench/run
 
