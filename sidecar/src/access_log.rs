@@ -461,9 +461,9 @@ impl LineFormat {
     }
 }
 
-/// `n` in decimal, as `Display` writes it.
-fn push_u64(out: &mut String, mut n: u64) {
-    let mut digits = [0u8; 20];
+/// `n` in decimal, as `Display` writes it, in `digits` (the returned tail of it): numbers in
+/// hot output without the formatting machinery (here and in the HTTP/1.1 fast path's heads).
+pub(crate) fn decimal(mut n: u64, digits: &mut [u8; 20]) -> &[u8] {
     let mut at = digits.len();
     loop {
         at -= 1;
@@ -473,7 +473,12 @@ fn push_u64(out: &mut String, mut n: u64) {
             break;
         }
     }
-    out.push_str(std::str::from_utf8(&digits[at..]).unwrap_or_default());
+    &digits[at..]
+}
+
+/// `n` in decimal, as `Display` writes it.
+fn push_u64(out: &mut String, n: u64) {
+    out.push_str(std::str::from_utf8(decimal(n, &mut [0; 20])).unwrap_or_default());
 }
 
 /// `addr` as `Display` writes it: IPv4 by hand, the rarer IPv6 through `Display`.

@@ -1232,6 +1232,14 @@ const CLIENT_CERT_HEADERS: [&str; 3] = [
     "x-client-cert-fingerprint",
 ];
 
+/// A certificate field as a header value: certificates may hold control characters, a header
+/// value may not (each becomes `?`). Both request paths write client identities through it.
+fn header_safe(value: &str) -> impl Iterator<Item = u8> + '_ {
+    value
+        .bytes()
+        .map(|b| if b < 0x20 || b == 0x7f { b'?' } else { b })
+}
+
 /// Removes any client-certificate headers the client sent (always: they cannot be trusted) and
 /// sets them from the certificate the handshake verified, if any.
 pub fn set_client_identity(headers: &mut HeaderMap, identity: Option<&ClientIdentity>) {
@@ -1247,11 +1255,7 @@ pub fn set_client_identity(headers: &mut HeaderMap, identity: Option<&ClientIden
         if value.is_empty() {
             continue;
         }
-        // Certificates may hold control characters; a header value may not.
-        let clean: Vec<u8> = value
-            .bytes()
-            .map(|b| if b < 0x20 || b == 0x7f { b'?' } else { b })
-            .collect();
+        let clean: Vec<u8> = header_safe(value).collect();
         if let Ok(v) = HeaderValue::from_bytes(&clean) {
             headers.insert(HeaderName::from_static(name), v);
         }

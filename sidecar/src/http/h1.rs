@@ -215,12 +215,7 @@ pub fn classify(buf: &[u8], hop: &Hop<'_>, out: &mut Vec<u8>) -> Head {
             }
             out.extend_from_slice(name.as_bytes());
             out.extend_from_slice(b": ");
-            // Certificates may hold control characters; a header value may not.
-            out.extend(
-                value
-                    .bytes()
-                    .map(|b| if b < 0x20 || b == 0x7f { b'?' } else { b }),
-            );
+            out.extend(super::header_safe(value));
             out.extend_from_slice(b"\r\n");
         }
     }
@@ -450,18 +445,8 @@ pub fn reply(
 }
 
 /// Appends `n` in decimal (what `write!` does, without the formatting machinery).
-fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[i..]);
+fn push_decimal(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(crate::access_log::decimal(n, &mut [0; 20]));
 }
 
 /// A decimal `Content-Length` (digits only, no sign, no spaces inside; at most 19 digits).
