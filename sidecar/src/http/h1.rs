@@ -684,11 +684,6 @@ impl Pool {
     }
 }
 
-/// Why an exchange got no usable response head.
-enum Miss {
-    Backend(BackendError),
-}
-
 /// A backend connection with its response head read.
 struct Answered {
     stream: TcpStream,
@@ -795,7 +790,7 @@ impl Proxy {
         )
         .await
         {
-            Err(_) => Err(Miss::Backend(BackendError::Timeout)),
+            Err(_) => Err(BackendError::Timeout),
             Ok(r) => r,
         };
         let Answered {
@@ -804,7 +799,7 @@ impl Proxy {
             answer,
         } = match got {
             Ok(a) => a,
-            Err(Miss::Backend(kind)) => {
+            Err(kind) => {
                 self.metrics.backend_error(kind);
                 let (status, message) = match kind {
                     BackendError::Timeout => (504, "backend did not answer in time"),
@@ -828,12 +823,7 @@ impl Proxy {
             _ => 0,
         };
         let mut chunks = Chunks::default();
-        let mut done = match answer.framing {
-            Framing::Empty => true,
-            Framing::Length(_) => false,
-            Framing::Chunked => false,
-            Framing::UntilClose => false,
-        };
+        let mut done = answer.framing == Framing::Empty;
         let first = self.body_part(
             &mut rbuf,
             answer.framing,
@@ -947,7 +937,7 @@ impl Proxy {
         hsts: Option<&[u8]>,
         close: bool,
         reply_head: &mut Vec<u8>,
-    ) -> Result<Answered, Miss> {
+    ) -> Result<Answered, BackendError> {
         let mut pooled = self.fast_pool.take();
         loop {
             let reused = pooled.is_some();
@@ -962,7 +952,7 @@ impl Proxy {
                             if let Some(suppressed) = BACKEND_CONNECT_LOG.ready() {
                                 warn!(backend = %self.backend_authority, %error, suppressed, "backend connect failed");
                             }
-                            return Err(Miss::Backend(BackendError::Connect));
+                            return Err(BackendError::Connect);
                         }
                     }
                 }
@@ -1010,7 +1000,7 @@ impl Proxy {
                     if let Some(suppressed) = BACKEND_REQUEST_LOG.ready() {
                         warn!(backend = %self.backend_authority, error = why, suppressed, over = "HTTP/1.1", "backend request failed");
                     }
-                    return Err(Miss::Backend(BackendError::Protocol));
+                    return Err(BackendError::Protocol);
                 }
             }
         }
