@@ -1240,6 +1240,19 @@ fn header_safe(value: &str) -> impl Iterator<Item = u8> + '_ {
         .map(|b| if b < 0x20 || b == 0x7f { b'?' } else { b })
 }
 
+/// The client-certificate headers an identity sets: (name, raw value), empty fields left out.
+/// Both request paths write them from here.
+fn identity_headers(id: &ClientIdentity) -> impl Iterator<Item = (&'static str, &str)> {
+    CLIENT_CERT_HEADERS
+        .into_iter()
+        .zip([
+            id.subject.as_str(),
+            id.san.as_str(),
+            id.fingerprint.as_str(),
+        ])
+        .filter(|(_, v)| !v.is_empty())
+}
+
 /// Removes any client-certificate headers the client sent (always: they cannot be trusted) and
 /// sets them from the certificate the handshake verified, if any.
 pub fn set_client_identity(headers: &mut HeaderMap, identity: Option<&ClientIdentity>) {
@@ -1247,14 +1260,7 @@ pub fn set_client_identity(headers: &mut HeaderMap, identity: Option<&ClientIden
         headers.remove(name);
     }
     let Some(id) = identity else { return };
-    for (name, value) in
-        CLIENT_CERT_HEADERS
-            .into_iter()
-            .zip([&id.subject, &id.san, &id.fingerprint])
-    {
-        if value.is_empty() {
-            continue;
-        }
+    for (name, value) in identity_headers(id) {
         let clean: Vec<u8> = header_safe(value).collect();
         if let Ok(v) = HeaderValue::from_bytes(&clean) {
             headers.insert(HeaderName::from_static(name), v);

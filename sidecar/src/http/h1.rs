@@ -205,14 +205,7 @@ pub fn classify(buf: &[u8], hop: &Hop<'_>, out: &mut Vec<u8>) -> Head {
     out.extend_from_slice(hop.listen_port.as_bytes());
     out.extend_from_slice(b"\r\n");
     if let Some(id) = hop.client {
-        for (name, value) in
-            CLIENT_CERT_HEADERS
-                .into_iter()
-                .zip([&id.subject, &id.san, &id.fingerprint])
-        {
-            if value.is_empty() {
-                continue;
-            }
+        for (name, value) in super::identity_headers(id) {
             out.extend_from_slice(name.as_bytes());
             out.extend_from_slice(b": ");
             out.extend(super::header_safe(value));
