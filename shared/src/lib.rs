@@ -14,6 +14,7 @@ pub mod mode;
 pub mod parse;
 pub mod proto;
 pub mod schema;
+pub mod service_identity;
 pub mod shutdown;
 pub mod spec;
 pub mod telemetry;

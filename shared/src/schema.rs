@@ -50,6 +50,16 @@ pub mod env {
     pub const ALLOW_DNS_SAN: &str = "SIDECAR_ALLOW_DNS_SAN";
     pub const ALLOW_URI_SAN: &str = "SIDECAR_ALLOW_URI_SAN";
 
+    /// Service identity (spawner `--identity-domain`): this sidecar's identity certificate and
+    /// key (served to clients whose SNI names it, presented on every upstream call), the trust
+    /// bundle upstream servers are verified against, and the trust domain of their SPIFFE IDs.
+    pub const IDENTITY_CERT: &str = "SIDECAR_IDENTITY_CERT";
+    pub const IDENTITY_KEY: &str = "SIDECAR_IDENTITY_KEY";
+    pub const IDENTITY_CA: &str = "SIDECAR_IDENTITY_CA";
+    pub const IDENTITY_DOMAIN: &str = "SIDECAR_IDENTITY_DOMAIN";
+    /// Egress relays, a comma list of `LOCAL=[NAME@]HOST:PORT` (`--upstream`, repeatable).
+    pub const UPSTREAMS: &str = "SIDECAR_UPSTREAMS";
+
     /// gosslterm's names, accepted as aliases so its users can switch without changes.
     pub const GOSSLTERM_FRONTEND_ADDR: &str = "GOSSLTERM_FRONTEND_ADDR";
     pub const GOSSLTERM_BACKEND_ADDR: &str = "GOSSLTERM_BACKEND_ADDR";
@@ -57,6 +67,10 @@ pub mod env {
 
 /// Where the spawner mounts certificates inside a sidecar; labels name files under it.
 pub const CERTS_MOUNT: &str = "/certs";
+
+/// Where the spawner delivers a sidecar's identity (certificate, key, trust bundle): a volume of
+/// that sidecar alone.
+pub const IDENTITY_MOUNT: &str = "/identity";
 
 /// Value of the `managed-by` label on every sidecar the spawner creates.
 pub const MANAGED_BY_SPAWNER: &str = "spawner";
@@ -87,6 +101,14 @@ pub mod label {
     pub const ALLOW_CN: &str = "allow-cn";
     pub const ALLOW_DNS_SAN: &str = "allow-dns-san";
     pub const ALLOW_URI_SAN: &str = "allow-uri-san";
+    /// On a target (spawner `--identity-domain`): its service name, the `NAME` of its identity
+    /// `spiffe://<domain>/NAME` [default: the Compose service name, else the container name].
+    pub const IDENTITY: &str = "identity";
+    /// On a target: comma list of service names admitted as clients (`*`: any identity of the
+    /// domain); turns on mutual TLS against the identity CA.
+    pub const ALLOW_IDENTITIES: &str = "allow-identities";
+    /// On a target: comma list of egress relays `LOCAL=[NAME@]HOST:PORT` its app calls in plain.
+    pub const UPSTREAMS: &str = "upstreams";
     /// On a target: plain-HTTP listener in its namespace that redirects to HTTPS.
     pub const REDIRECT_LISTEN: &str = "redirect-listen";
     /// On a target: HSTS max-age (seconds or `<n>[smhdwy]`).

@@ -16,6 +16,7 @@ use crate::mode::{ClientAuthMode, Mode};
 use crate::parse::{render_duration, MaxAge};
 use crate::proto::{AlpnList, BackendProtocol, ProxyProtocol};
 use crate::schema::{env, CERTS_MOUNT};
+use crate::service_identity::{TrustDomain, Upstream};
 use crate::telemetry::LogFormat;
 
 /// Everything the spawner tells one sidecar. Settings the spawner never sets (limits, timeouts
@@ -42,6 +43,20 @@ pub struct SidecarSpec {
     pub acme_webroot: Option<PathBuf>,
     /// TLS-ALPN-01 challenge certificates, `DIR/<name>.pem`, answered on the TLS listener.
     pub acme_tls_alpn_dir: Option<PathBuf>,
+    /// Service identity: the sidecar's identity files (with `--identity-domain` on the spawner).
+    pub identity: Option<IdentityFiles>,
+    /// Egress relays to other services (need `identity`).
+    pub upstreams: Vec<Upstream>,
+}
+
+/// A sidecar's service identity: its certificate and key (reloaded when they change), the trust
+/// bundle of the identity CA (upstream servers are verified against it), and the trust domain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+    pub domain: TrustDomain,
 }
 
 /// The certificate a sidecar serves.
@@ -129,6 +144,18 @@ impl SidecarSpec {
         }
         if let Some(dir) = &self.acme_tls_alpn_dir {
             out.push((env::ACME_TLS_ALPN_DIR, dir.display().to_string()));
+        }
+        if let Some(id) = &self.identity {
+            out.push((env::IDENTITY_CERT, id.cert.display().to_string()));
+            out.push((env::IDENTITY_KEY, id.key.display().to_string()));
+            out.push((env::IDENTITY_CA, id.ca.display().to_string()));
+            out.push((env::IDENTITY_DOMAIN, id.domain.to_string()));
+        }
+        if !self.upstreams.is_empty() {
+            out.push((
+                env::UPSTREAMS,
+                crate::identity::List(self.upstreams.clone()).to_string(),
+            ));
         }
         out
     }
@@ -244,6 +271,8 @@ mod tests {
             exit_when_orphaned: false,
             acme_webroot: None,
             acme_tls_alpn_dir: None,
+            identity: None,
+            upstreams: Vec::new(),
         };
         assert_eq!(
             spec.to_env_strings(),

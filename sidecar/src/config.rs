@@ -634,6 +634,8 @@ impl Config {
             exit_when_orphaned: self.exit_when_orphaned,
             acme_webroot: self.redirect.as_ref().and_then(|r| r.acme_webroot.clone()),
             acme_tls_alpn_dir: self.acme_tls_alpn_dir.clone(),
+            identity: None,
+            upstreams: Vec::new(),
         }
     }
 }

@@ -130,6 +130,8 @@ pub fn sidecar_spec(cfg: &Config, target: &TargetSpec, use_certs: bool) -> Sidec
         exit_when_orphaned: target.exit_when_orphaned,
         acme_webroot: http01.then(acme_webroot),
         acme_tls_alpn_dir: tls_alpn01.then(acme_tls_alpn_dir),
+        identity: None,
+        upstreams: Vec::new(),
     }
 }
 

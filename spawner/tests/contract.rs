@@ -245,6 +245,8 @@ fn spec() -> impl Strategy<Value = SidecarSpec> {
                 // HTTP-01 answers are served on the redirect listener only.
                 acme_webroot: acme_webroot.filter(|_| redirect_listen.is_some()),
                 acme_tls_alpn_dir,
+                identity: None,
+                upstreams: Vec::new(),
             },
         )
 }
