@@ -55,6 +55,14 @@ pub fn acme_managed(cfg: &Config, target: &TargetSpec) -> bool {
     cfg.acme.is_some() && target.hostname_labelled
 }
 
+/// What this spawner gives its sidecars, which some labels need.
+pub fn offered(cfg: &Config) -> crate::labels::Offered {
+    crate::labels::Offered {
+        certs: cfg.certs.is_some(),
+        identity: false,
+    }
+}
+
 /// The names of a self-signed certificate for `target`: its names, `localhost` and `127.0.0.1`
 /// (so probes from inside the namespace verify too).
 fn self_signed_names(target: &TargetSpec) -> Vec<SanName> {
@@ -225,6 +233,7 @@ mod tests {
             hostname_labelled: false,
             acme_challenge: Default::default(),
             mtls: None,
+            identity: None,
             redirect_listen: None,
             hsts: None,
             backend_protocol: Default::default(),

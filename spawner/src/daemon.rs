@@ -342,7 +342,7 @@ impl Daemon {
                     &self.engine,
                     listing,
                     &self.cfg.label_prefix,
-                    self.cfg.certs.is_some(),
+                    container::offered(&self.cfg),
                     &down,
                     &mut self.facts,
                 )

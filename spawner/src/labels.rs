@@ -12,6 +12,7 @@ use shared::mode::{ClientAuthMode, Mode};
 use shared::parse::MaxAge;
 use shared::proto::{AlpnList, BackendProtocol, ProxyProtocol};
 use shared::schema::{label, label_name, BYFAHRER_PROXY_IMAGE_LABEL};
+use shared::service_identity::{check_unique, ServiceName, Upstream};
 use shared::spec::MountedPath;
 
 use crate::acme_plan::ChallengeKind;
@@ -54,6 +55,8 @@ pub struct TargetSpec {
     pub alpn: AlpnList,
     /// tcp mode: PROXY protocol header the sidecar sends to the backend.
     pub proxy_protocol: ProxyProtocol,
+    /// Service identity, when the spawner runs an identity CA (`--identity-domain`).
+    pub identity: Option<Identity>,
     /// The target has a network of its own, so its sidecar can tell from the namespace when the
     /// target is gone. Not a label: [`parse_target`] leaves it off, the observation sets it from
     /// the target's inspect data (`crate::observe::has_own_network`).
@@ -70,6 +73,49 @@ pub struct Mtls {
     pub allow: Identities,
 }
 
+/// A target's service identity and what it does with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// `identity`, else the Compose service name, else the container name.
+    pub name: ServiceName,
+    /// `allow-identities`: the clients admitted (mutual TLS against the identity CA); `None`:
+    /// client certificates are not asked for.
+    pub admit: Option<Admitted>,
+    /// `upstreams`: the egress relays its app calls in plain.
+    pub upstreams: Vec<Upstream>,
+}
+
+/// Who `allow-identities` admits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admitted {
+    /// `*`: any identity the CA issued.
+    Any,
+    /// These services, each once.
+    Only(Vec<ServiceName>),
+}
+
+/// The label Compose puts on a service's containers: the default identity name.
+pub const COMPOSE_SERVICE_LABEL: &str = "com.docker.compose.service";
+
+/// What the spawner gives sidecars, which some labels need.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Offered {
+    /// `--certs-from` is mounted at `/certs`, so labels naming files there can be honoured.
+    pub certs: bool,
+    /// `--identity-domain`: every sidecar gets an identity certificate.
+    pub identity: bool,
+}
+
+impl Offered {
+    /// Certificates as given, no identity.
+    pub fn certs(mounted: bool) -> Self {
+        Offered {
+            certs: mounted,
+            identity: false,
+        }
+    }
+}
+
 /// A label with a value the spawner cannot use; the target gets no sidecar.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid label {label}={value:?}: {reason}")]
@@ -80,14 +126,14 @@ pub struct LabelError {
 }
 
 /// Reads a target's labels. `None`: the container did not opt in. `exposed` holds the target's
-/// exposed ports as Docker writes them (`8080/tcp`). `certs_mounted`: the spawner mounts
-/// `--certs-from` at `/certs`, so labels naming files there can be honoured.
+/// exposed ports as Docker writes them (`8080/tcp`). `offered`: what the spawner gives sidecars
+/// (labels that need what it does not give are refused).
 pub fn parse_target(
     prefix: &str,
     container_name: &str,
     labels: &HashMap<String, String>,
     exposed: &[String],
-    certs_mounted: bool,
+    offered: Offered,
 ) -> Option<Result<TargetSpec, LabelError>> {
     let image_label = label_name(prefix, label::PROXY_IMAGE);
     let (image_key, image) = match labels.get(&image_label) {
@@ -102,7 +148,7 @@ pub fn parse_target(
         container_name,
         labels,
         exposed,
-        certs_mounted,
+        offered,
         &image_key,
         image,
     ))
@@ -113,7 +159,7 @@ fn parse_spec(
     container_name: &str,
     labels: &HashMap<String, String>,
     exposed: &[String],
-    certs_mounted: bool,
+    offered: Offered,
     image_key: &str,
     image: &str,
 ) -> Result<TargetSpec, LabelError> {
@@ -227,6 +273,22 @@ fn parse_spec(
         }
     };
 
+    let mtls = parse_mtls(prefix, labels, offered.certs)?;
+    let identity = parse_identity(prefix, container_name, labels, offered.identity)?;
+    if let (Some(id), Some(m)) = (&identity, &mtls) {
+        if id.admit.is_some() {
+            let key = label_name(prefix, label::CLIENT_CA);
+            return Err(refused(
+                &key,
+                m.ca.as_str(),
+                "allow-identities verifies clients against the identity CA: use one of the two",
+            ));
+        }
+    }
+    if let Some(id) = &identity {
+        check_relay_ports(prefix, labels, id, listen, redirect_listen, &backend)?;
+    }
+
     Ok(TargetSpec {
         image: image.to_string(),
         listen,
@@ -236,7 +298,8 @@ fn parse_spec(
         hostname,
         alt_names,
         acme_challenge,
-        mtls: parse_mtls(prefix, labels, certs_mounted)?,
+        mtls,
+        identity,
         redirect_listen,
         hsts,
         backend_protocol,
@@ -401,6 +464,134 @@ fn parse_mtls(
     }))
 }
 
+/// `identity`, `allow-identities` and `upstreams`: refused unless the spawner gives identities.
+fn parse_identity(
+    prefix: &str,
+    container_name: &str,
+    labels: &HashMap<String, String>,
+    offered: bool,
+) -> Result<Option<Identity>, LabelError> {
+    let get = |suffix: &str| {
+        let key = label_name(prefix, suffix);
+        labels.get(&key).map(|v| (key, v.as_str()))
+    };
+    let given = [label::IDENTITY, label::ALLOW_IDENTITIES, label::UPSTREAMS].map(get);
+    if !offered {
+        if let Some((key, value)) = given.iter().flatten().next() {
+            return Err(refused(
+                key,
+                value,
+                "needs --identity-domain on the spawner: it issues the identities",
+            ));
+        }
+        return Ok(None);
+    }
+    let [name, admit, upstreams] = given;
+    let name: ServiceName = match name {
+        Some((key, v)) => typed(&key, v)?,
+        None => {
+            let (what, default) = match labels.get(COMPOSE_SERVICE_LABEL) {
+                Some(service) => ("Compose service name", service.as_str()),
+                None => ("container name", container_name.trim_start_matches('/')),
+            };
+            default.parse().map_err(|reason: String| {
+                refused(
+                    &label_name(prefix, label::IDENTITY),
+                    default,
+                    format!("the {what} is not a service name ({reason}): set this label"),
+                )
+            })?
+        }
+    };
+    let admit = match admit {
+        None => None,
+        Some((key, v)) => Some(admitted(&key, v)?),
+    };
+    let upstreams = match upstreams {
+        None => Vec::new(),
+        Some((key, v)) => {
+            let List(list) = typed::<List<Upstream>>(&key, v)?;
+            check_unique(&list).map_err(|reason| refused(&key, v, reason))?;
+            if list.is_empty() {
+                return Err(refused(&key, v, "expected LOCAL=REMOTE entries"));
+            }
+            list
+        }
+    };
+    Ok(Some(Identity {
+        name,
+        admit,
+        upstreams,
+    }))
+}
+
+/// `allow-identities`: `*`, or service names (each once).
+fn admitted(key: &str, value: &str) -> Result<Admitted, LabelError> {
+    let entries: Vec<&str> = value
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .collect();
+    match entries.as_slice() {
+        [] => Err(refused(
+            key,
+            value,
+            "expected service names, or `*` for any",
+        )),
+        ["*"] => Ok(Admitted::Any),
+        _ if entries.contains(&"*") => Err(refused(
+            key,
+            value,
+            "`*` admits every identity: give it alone",
+        )),
+        _ => {
+            let mut names: Vec<ServiceName> = Vec::new();
+            for e in entries {
+                let n: ServiceName = typed(key, e)?;
+                if !names.contains(&n) {
+                    names.push(n);
+                }
+            }
+            Ok(Admitted::Only(names))
+        }
+    }
+}
+
+/// An egress relay cannot listen where the sidecar or the app already does: it would never
+/// bind, and the sidecar would fail to start.
+fn check_relay_ports(
+    prefix: &str,
+    labels: &HashMap<String, String>,
+    id: &Identity,
+    listen: ListenAddr,
+    redirect: Option<ListenAddr>,
+    backend: &BackendAddr,
+) -> Result<(), LabelError> {
+    let key = label_name(prefix, label::UPSTREAMS);
+    let value = labels.get(&key).map(String::as_str).unwrap_or_default();
+    let backend_local = match backend.host {
+        shared::addr::Host::Ip(ip) if ip.is_loopback() => Some(backend.port.get()),
+        _ => None,
+    };
+    for u in &id.upstreams {
+        let port = u.local.port();
+        let clash = if [Some(listen), redirect].into_iter().flatten().any(|a| {
+            let a = a.socket_addr();
+            a.port() == port && (a.ip().is_unspecified() || a.ip() == u.local.ip())
+        }) {
+            Some("the sidecar's own listener")
+        } else if backend_local == Some(port) {
+            Some("the app's port (the backend)")
+        } else {
+            None
+        };
+        if let Some(what) = clash {
+            return Err(refused(&key, value, format!("{} is {what}", u.local)));
+        }
+    }
+    Ok(())
+}
+
 /// The only exposed TCP port other than the sidecar's own, else the default.
 fn default_backend_port(exposed: &[String], listen_port: u16) -> NonZeroU16 {
     let mut ports = exposed.iter().filter_map(|e| {
@@ -478,7 +669,13 @@ mod tests {
 
     fn parse(pairs: &[(&str, &str)], exposed: &[&str]) -> Option<Result<TargetSpec, LabelError>> {
         let exposed: Vec<String> = exposed.iter().map(|s| s.to_string()).collect();
-        parse_target("tls-sidecar", "web", &labels(pairs), &exposed, true)
+        parse_target(
+            "tls-sidecar",
+            "web",
+            &labels(pairs),
+            &exposed,
+            Offered::certs(true),
+        )
     }
 
     #[test]
@@ -486,12 +683,12 @@ mod tests {
         let labels: HashMap<String, String> =
             [("tls-sidecar.proxy-image".to_string(), "img".to_string())].into();
         let long = format!("{}-web-1", "p".repeat(60));
-        let s = parse_target("tls-sidecar", &long, &labels, &[], false)
+        let s = parse_target("tls-sidecar", &long, &labels, &[], Offered::default())
             .expect("a target")
             .expect("valid");
         assert!(shared::dns::is_name(s.hostname.as_str()), "{}", s.hostname);
         assert_eq!(s.hostname.as_str().len(), 63);
-        let s = parse_target("tls-sidecar", "--", &labels, &[], false)
+        let s = parse_target("tls-sidecar", "--", &labels, &[], Offered::default())
             .expect("a target")
             .expect("valid");
         assert_eq!(s.hostname.as_str(), "localhost");
@@ -642,9 +839,15 @@ mod tests {
     fn refused(pairs: &[(&str, &str)], certs_mounted: bool, label: &str, reason: &str) {
         let mut l = vec![("tls-sidecar.proxy-image", "i")];
         l.extend_from_slice(pairs);
-        let e = parse_target("tls-sidecar", "web", &labels(&l), &[], certs_mounted)
-            .unwrap()
-            .unwrap_err();
+        let e = parse_target(
+            "tls-sidecar",
+            "web",
+            &labels(&l),
+            &[],
+            Offered::certs(certs_mounted),
+        )
+        .unwrap()
+        .unwrap_err();
         assert_eq!(e.label, label, "{pairs:?}: {e}");
         assert!(e.to_string().contains(reason), "{pairs:?}: {e}");
     }
@@ -653,6 +856,124 @@ mod tests {
         let mut l = vec![("tls-sidecar.proxy-image", "i")];
         l.extend_from_slice(pairs);
         parse(&l, &[]).unwrap().unwrap()
+    }
+
+    /// Parses on top of the opt-in label with identities offered, as container `name`.
+    fn with_identity(name: &str, pairs: &[(&str, &str)]) -> Result<TargetSpec, LabelError> {
+        let mut l = vec![("tls-sidecar.proxy-image", "i")];
+        l.extend_from_slice(pairs);
+        let offered = Offered {
+            certs: true,
+            identity: true,
+        };
+        parse_target("tls-sidecar", name, &labels(&l), &[], offered).unwrap()
+    }
+
+    #[test]
+    fn identity_defaults_to_the_compose_service_then_the_container_name() {
+        let id = |name: &str, pairs: &[(&str, &str)]| {
+            with_identity(name, pairs)
+                .unwrap()
+                .identity
+                .unwrap()
+                .name
+                .to_string()
+        };
+        assert_eq!(id("/Web", &[]), "web");
+        assert_eq!(
+            id("proj_api_1", &[("com.docker.compose.service", "api")]),
+            "api"
+        );
+        assert_eq!(
+            id(
+                "proj_api_1",
+                &[
+                    ("com.docker.compose.service", "api"),
+                    ("tls-sidecar.identity", "billing")
+                ]
+            ),
+            "billing"
+        );
+        let s = with_identity("web", &[]).unwrap().identity.unwrap();
+        assert_eq!((s.admit, s.upstreams), (None, Vec::new()));
+        // A legal container name that is not a service name: refused with the way out.
+        let e = with_identity("web.1", &[]).unwrap_err();
+        assert_eq!(e.label, "tls-sidecar.identity");
+        assert!(
+            e.reason.contains("container name") && e.reason.contains("set this label"),
+            "{e}"
+        );
+        let e = with_identity("web", &[("tls-sidecar.identity", "a b")]).unwrap_err();
+        assert!(e.reason.contains("service name"), "{e}");
+    }
+
+    #[test]
+    fn identity_labels_need_the_identity_ca() {
+        for l in ["identity", "allow-identities", "upstreams"] {
+            let key = format!("tls-sidecar.{l}");
+            refused(
+                &[(key.as_str(), "a")],
+                true,
+                &key,
+                "needs --identity-domain",
+            );
+        }
+        assert_eq!(accepted(&[]).identity, None);
+    }
+
+    #[test]
+    fn allow_identities_admits_names_or_anyone() {
+        let admit = |v: &str| with_identity("b", &[("tls-sidecar.allow-identities", v)]);
+        let names = |v: &str| match admit(v).unwrap().identity.unwrap().admit {
+            Some(Admitted::Only(n)) => n.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(names("a, c,A"), ["a", "c"]);
+        assert_eq!(
+            admit("*").unwrap().identity.unwrap().admit,
+            Some(Admitted::Any)
+        );
+        for bad in ["", " , ", "a,*", "a b", "web.1"] {
+            let e = admit(bad).unwrap_err();
+            assert_eq!(e.label, "tls-sidecar.allow-identities", "{bad:?}");
+        }
+        let e = with_identity(
+            "b",
+            &[
+                ("tls-sidecar.allow-identities", "a"),
+                ("tls-sidecar.client-ca", "ca.pem"),
+            ],
+        )
+        .unwrap_err();
+        assert_eq!(e.label, "tls-sidecar.client-ca");
+        assert!(e.reason.contains("identity CA"), "{e}");
+    }
+
+    #[test]
+    fn upstreams_are_loopback_relays_on_free_ports() {
+        let up = |v: &str| with_identity("a", &[("tls-sidecar.upstreams", v)]);
+        let list = up("9001=b:8443,127.0.0.1:9002=pay@10.0.0.5:8443")
+            .unwrap()
+            .identity
+            .unwrap()
+            .upstreams;
+        let shown: Vec<String> = list.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown,
+            ["127.0.0.1:9001=b:8443", "127.0.0.1:9002=pay@10.0.0.5:8443"]
+        );
+        for (bad, why) in [
+            ("0.0.0.0:9001=b:8443", "loopback"),
+            ("9001=b:8443,9001=c:8443", "two upstreams"),
+            ("8443=b:8443", "sidecar's own listener"),
+            ("8080=b:8443", "app's port"),
+            ("9001=10.0.0.5:8443", "NAME@"),
+            (",", "LOCAL=REMOTE"),
+        ] {
+            let e = up(bad).unwrap_err();
+            assert_eq!(e.label, "tls-sidecar.upstreams", "{bad:?}");
+            assert!(e.reason.contains(why), "{bad:?}: {e}");
+        }
     }
 
     #[test]
@@ -962,7 +1283,7 @@ mod tests {
         for (key, value, reason) in cases {
             let mut l = labels(&[("tls-sidecar.proxy-image", "i")]);
             l.insert(key.to_string(), value.to_string());
-            let e = parse_target("tls-sidecar", "web", &l, &[], true)
+            let e = parse_target("tls-sidecar", "web", &l, &[], Offered::certs(true))
                 .unwrap()
                 .unwrap_err();
             assert_eq!(
@@ -1033,7 +1354,7 @@ mod tests {
             ("com.example.note", "free\ntext"),
         ]);
         for _ in 0..10 {
-            let e = parse_target("tls-sidecar", "web", &l, &[], true)
+            let e = parse_target("tls-sidecar", "web", &l, &[], Offered::certs(true))
                 .unwrap()
                 .unwrap_err();
             assert_eq!(e.label, "tls-sidecar.hostname", "in name order, every time");
@@ -1043,14 +1364,16 @@ mod tests {
             ("com.example.note", "free\ntext\0"),
             ("tls-sidecarx.y", "a\nb"),
         ]);
-        assert!(parse_target("tls-sidecar", "web", &other, &[], true)
-            .unwrap()
-            .is_ok());
+        assert!(
+            parse_target("tls-sidecar", "web", &other, &[], Offered::certs(true))
+                .unwrap()
+                .is_ok()
+        );
         let weird_key = labels(&[
             ("tls-sidecar.proxy-image", "i"),
             ("tls-sidecar.a\nb", "c\nd"),
         ]);
-        let e = parse_target("tls-sidecar", "web", &weird_key, &[], true)
+        let e = parse_target("tls-sidecar", "web", &weird_key, &[], Offered::certs(true))
             .unwrap()
             .unwrap_err();
         assert_eq!(e.label, "tls-sidecar.a\\nb", "the key is escaped too");
@@ -1059,9 +1382,11 @@ mod tests {
     #[test]
     fn custom_prefix_ignores_default_labels() {
         let l = labels(&[("tls-sidecar.proxy-image", "i")]);
-        assert_eq!(parse_target("t1", "web", &l, &[], false), None);
+        assert_eq!(parse_target("t1", "web", &l, &[], Offered::default()), None);
         let l = labels(&[("t1.proxy-image", "i"), ("tls-sidecar.mode", "bogus")]);
-        assert!(parse_target("t1", "web", &l, &[], false).unwrap().is_ok());
+        assert!(parse_target("t1", "web", &l, &[], Offered::default())
+            .unwrap()
+            .is_ok());
     }
 
     #[test]

@@ -9,7 +9,7 @@ use shared::schema::{label, label_name};
 use crate::docker::Engine;
 use crate::error::Error;
 use crate::failure;
-use crate::labels::{parse_target, TargetSpec};
+use crate::labels::{parse_target, Offered, TargetSpec};
 use crate::reconcile::{Sidecar, SidecarState, Target};
 
 /// What the engine shows, as the reconcile decision needs it.
@@ -107,13 +107,13 @@ fn name_of(c: &ContainerSummary) -> String {
 
 /// The reconcile inputs from a listing (whose entries for `down` containers the caller has
 /// already corrected by inspecting them, see [`crate::seen`]), plus an inspect of each running
-/// target not in `cache` (for `StartedAt` and exposed ports). `certs_mounted`: sidecars get
-/// `/certs` (see [`parse_target`]).
+/// target not in `cache` (for `StartedAt` and exposed ports). `offered`: what sidecars are given
+/// (see [`parse_target`]).
 pub async fn observe(
     engine: &Engine,
     listing: impl IntoIterator<Item = ContainerSummary>,
     prefix: &str,
-    certs_mounted: bool,
+    offered: Offered,
     down: &HashSet<String>,
     cache: &mut FactsCache,
 ) -> Result<Observed, Error> {
@@ -151,7 +151,7 @@ pub async fn observe(
         let running = running || c.state == Some(ContainerSummaryStateEnum::PAUSED);
         let name = name_of(&c);
         // Cheap pre-check on the listing; the spec is parsed from the inspect below.
-        if parse_target(prefix, &name, labels, &[], certs_mounted).is_none() {
+        if parse_target(prefix, &name, labels, &[], offered).is_none() {
             continue;
         }
         let facts = match cache.map.get(&id) {
@@ -192,7 +192,7 @@ pub async fn observe(
             running,
             own_network,
         } = facts;
-        let Some(spec) = parse_target(prefix, &name, labels, &exposed, certs_mounted) else {
+        let Some(spec) = parse_target(prefix, &name, labels, &exposed, offered) else {
             continue;
         };
         let spec = spec.map(|spec| TargetSpec {

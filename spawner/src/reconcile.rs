@@ -279,6 +279,7 @@ mod tests {
             hostname_labelled: false,
             acme_challenge: Default::default(),
             mtls: None,
+            identity: None,
             redirect_listen: None,
             hsts: None,
             backend_protocol: Default::default(),

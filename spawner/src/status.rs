@@ -80,7 +80,7 @@ pub async fn rows(cfg: &Config) -> Result<Vec<Row>, Error> {
         &engine,
         listing,
         &cfg.label_prefix,
-        cfg.certs.is_some(),
+        crate::container::offered(cfg),
         &HashSet::new(),
         &mut crate::observe::FactsCache::default(),
     )

@@ -479,9 +479,13 @@ fn whatever_labels_the_spawner_accepts_the_sidecar_accepts() {
         .run(
             &inputs,
             |(labels, name, exposed, (mounted, use_certs, own_network), with_acme)| {
-                let Some(parsed) =
-                    spawner::labels::parse_target("tls-sidecar", &name, &labels, &exposed, mounted)
-                else {
+                let Some(parsed) = spawner::labels::parse_target(
+                    "tls-sidecar",
+                    &name,
+                    &labels,
+                    &exposed,
+                    spawner::labels::Offered::certs(mounted),
+                ) else {
                     return Err(TestCaseError::fail("the opt-in label is set"));
                 };
                 let Ok(mut target) = parsed else {
