@@ -9,13 +9,18 @@ use bollard::models::{
 };
 use shared::addr::ListenAddr;
 use shared::dns::{DnsName, SanName};
-use shared::schema::{label, label_name, CERTS_MOUNT, MANAGED_BY_SPAWNER};
-use shared::spec::{Certificate, ClientAuth, SidecarSpec};
+use shared::identity::{Identities, List, UriPattern};
+use shared::mode::ClientAuthMode;
+use shared::schema::{label, label_name, CERTS_MOUNT, IDENTITY_MOUNT, MANAGED_BY_SPAWNER};
+use shared::service_identity::TrustDomain;
+use shared::spec::{Certificate, ClientAuth, IdentityFiles, SidecarSpec};
 
 use crate::acme_plan::ChallengeKind;
 use crate::config::{CertsSource, Config};
-use crate::delivery::{CHAIN_FILE, KEY_FILE};
-use crate::labels::TargetSpec;
+use crate::delivery::{
+    CHAIN_FILE, IDENTITY_CA_FILE, IDENTITY_CERT_FILE, IDENTITY_KEY_FILE, KEY_FILE,
+};
+use crate::labels::{Admitted, TargetSpec};
 
 /// The unprivileged user the sidecar runs as (`nobody`).
 pub const SIDECAR_USER: &str = "65534:65534";
@@ -59,7 +64,45 @@ pub fn acme_managed(cfg: &Config, target: &TargetSpec) -> bool {
 pub fn offered(cfg: &Config) -> crate::labels::Offered {
     crate::labels::Offered {
         certs: cfg.certs.is_some(),
-        identity: false,
+        identity: identity_domain(cfg).is_some(),
+    }
+}
+
+/// The trust domain of the identities this spawner issues, when it issues them.
+pub fn identity_domain(_cfg: &Config) -> Option<&TrustDomain> {
+    None
+}
+
+/// Where a sidecar finds its identity files (delivered into its own volume).
+fn identity_files(domain: &TrustDomain) -> IdentityFiles {
+    let at = |file: &str| PathBuf::from(IDENTITY_MOUNT).join(file);
+    IdentityFiles {
+        cert: at(IDENTITY_CERT_FILE),
+        key: at(IDENTITY_KEY_FILE),
+        ca: at(IDENTITY_CA_FILE),
+        domain: domain.clone(),
+    }
+}
+
+/// `allow-identities` as the sidecar's mutual TLS: client certificates from the identity CA,
+/// required, with one of the admitted SPIFFE IDs.
+fn identity_client_auth(domain: &TrustDomain, admit: &Admitted) -> ClientAuth {
+    let pattern = |name: &str| {
+        format!("spiffe://{domain}/{name}")
+            .parse::<UriPattern>()
+            .unwrap_or_else(|e| unreachable!("a trust domain and a service name make a URI: {e}"))
+    };
+    let uri = match admit {
+        Admitted::Any => vec![pattern("*")],
+        Admitted::Only(names) => names.iter().map(|n| pattern(n.as_str())).collect(),
+    };
+    ClientAuth {
+        ca: PathBuf::from(IDENTITY_MOUNT).join(IDENTITY_CA_FILE),
+        mode: ClientAuthMode::Required,
+        allow: Identities {
+            uri: List(uri),
+            ..Identities::default()
+        },
     }
 }
 
@@ -117,16 +160,26 @@ pub fn sidecar_spec(cfg: &Config, target: &TargetSpec, use_certs: bool) -> Sidec
         None if http01 => Some(ListenAddr::any(HTTP01_PORT)),
         other => other,
     };
+    let identity = identity_domain(cfg).zip(target.identity.as_ref());
+    let identity_auth = identity.and_then(|(domain, id)| {
+        id.admit
+            .as_ref()
+            .map(|admit| identity_client_auth(domain, admit))
+    });
     SidecarSpec {
         listen: target.listen,
         backend: target.backend.clone(),
         mode: target.mode,
         certificate,
-        client_auth: target.mtls.as_ref().map(|m| ClientAuth {
-            ca: PathBuf::from(m.ca.as_str()),
-            mode: m.auth,
-            allow: m.allow.clone(),
-        }),
+        client_auth: target
+            .mtls
+            .as_ref()
+            .map(|m| ClientAuth {
+                ca: PathBuf::from(m.ca.as_str()),
+                mode: m.auth,
+                allow: m.allow.clone(),
+            })
+            .or(identity_auth),
         redirect_listen,
         hsts: target.hsts,
         backend_protocol: target.backend_protocol,
@@ -138,8 +191,10 @@ pub fn sidecar_spec(cfg: &Config, target: &TargetSpec, use_certs: bool) -> Sidec
         exit_when_orphaned: target.exit_when_orphaned,
         acme_webroot: http01.then(acme_webroot),
         acme_tls_alpn_dir: tls_alpn01.then(acme_tls_alpn_dir),
-        identity: None,
-        upstreams: Vec::new(),
+        identity: identity.map(|(domain, _)| identity_files(domain)),
+        upstreams: identity
+            .map(|(_, id)| id.upstreams.clone())
+            .unwrap_or_default(),
     }
 }
 
@@ -162,8 +217,10 @@ pub fn sidecar_body(cfg: &Config, target: &For<'_>, use_certs: bool) -> Containe
             target.started_at.to_string(),
         ),
     ]);
-    let mounts = cfg.certs.as_ref().map(|c| {
-        let mount = match c {
+    let mut mounts: Vec<Mount> = cfg
+        .certs
+        .iter()
+        .map(|c| match c {
             // A volume of this sidecar alone (removed with it), into which the spawner delivers
             // this target's files: never the store itself.
             CertsSource::HostDir(_) => Mount {
@@ -181,9 +238,19 @@ pub fn sidecar_body(cfg: &Config, target: &For<'_>, use_certs: bool) -> Containe
                 read_only: Some(true),
                 ..Default::default()
             },
-        };
-        vec![mount]
-    });
+        })
+        .collect();
+    if identity_domain(cfg).is_some() {
+        // This sidecar's identity, in a volume of its own (removed with it): its key is never
+        // in an environment variable, a label or another sidecar's volume.
+        mounts.push(Mount {
+            target: Some(IDENTITY_MOUNT.to_string()),
+            typ: Some(MountType::VOLUME),
+            read_only: Some(false),
+            ..Default::default()
+        });
+    }
+    let mounts = (!mounts.is_empty()).then_some(mounts);
     ContainerCreateBody {
         image: Some(spec.image.clone()),
         user: Some(SIDECAR_USER.to_string()),

@@ -18,6 +18,11 @@ use shared::spec::MountedPath;
 /// The chain and key as the sidecar finds them, directly under the certificate mount.
 pub const CHAIN_FILE: &str = "fullchain.pem";
 pub const KEY_FILE: &str = "privkey.pem";
+/// The identity files, directly under [`shared::schema::IDENTITY_MOUNT`]: this sidecar's leaf
+/// certificate and key, and the trust bundle of the identity CA.
+pub const IDENTITY_CERT_FILE: &str = "cert.pem";
+pub const IDENTITY_KEY_FILE: &str = "key.pem";
+pub const IDENTITY_CA_FILE: &str = "ca.pem";
 /// Largest file delivered: a chain of a dozen certificates or a CA bundle fits many times over;
 /// anything larger is not a certificate file, and would be copied into every sidecar.
 pub const MAX_FILE_BYTES: u64 = 1 << 20;
@@ -78,6 +83,35 @@ impl Bundle {
                     mode: 0o444,
                 })
                 .collect(),
+        }
+    }
+
+    /// A sidecar's identity: its key (first: a sidecar reloading between the two files sees a key
+    /// without its certificate, which it skips, never a new certificate beside the old key), its
+    /// certificate and the trust bundle, for the identity volume. Without a pair, the bundle
+    /// alone (a trust roll-over between two renewals).
+    pub fn identity(pair: Option<(&str, &str)>, trust: &str) -> Bundle {
+        let mut files = Vec::new();
+        if let Some((cert, key)) = pair {
+            files.push(File {
+                path: IDENTITY_KEY_FILE.to_string(),
+                bytes: key.as_bytes().to_vec(),
+                mode: 0o400,
+            });
+            files.push(File {
+                path: IDENTITY_CERT_FILE.to_string(),
+                bytes: cert.as_bytes().to_vec(),
+                mode: 0o444,
+            });
+        }
+        files.push(File {
+            path: IDENTITY_CA_FILE.to_string(),
+            bytes: trust.as_bytes().to_vec(),
+            mode: 0o444,
+        });
+        Bundle {
+            dirs: Vec::new(),
+            files,
         }
     }
 
@@ -300,6 +334,25 @@ mod tests {
         let empty = read(&dir, "web.example", false, None, Layout::Acme).unwrap();
         assert!(!empty.has_pair() && !empty.is_empty());
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn an_identity_is_the_sidecar_s_key_its_certificate_and_the_trust_bundle() {
+        let b = Bundle::identity(Some(("CERT", "KEY")), "TRUST");
+        assert!(!b.has_pair(), "not a certbot pair: the sidecar reads it by its own flags");
+        assert_eq!(
+            entries(&b.tar().unwrap()),
+            vec![
+                ("key.pem".into(), 0o400, 65534, b"KEY".to_vec()),
+                ("cert.pem".into(), 0o444, 65534, b"CERT".to_vec()),
+                ("ca.pem".into(), 0o444, 65534, b"TRUST".to_vec()),
+            ]
+        );
+        let trust_only = Bundle::identity(None, "TRUST2");
+        assert_eq!(
+            entries(&trust_only.tar().unwrap()),
+            vec![("ca.pem".into(), 0o444, 65534, b"TRUST2".to_vec())]
+        );
     }
 
     #[test]

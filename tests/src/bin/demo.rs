@@ -5,6 +5,9 @@
 //! the one port, HTTP/1.1 upgrades included). Listens on `DEMO_LISTEN` (default `0.0.0.0:8080`);
 //! exits 0 on SIGTERM or SIGINT at once (it holds no state worth draining).
 //!
+//! A request carrying `x-demo-delay-ms: N` is answered after N milliseconds (at most a minute):
+//! a long-running call, for tests that change something while one is in flight.
+//!
 //! `DEMO_MODE=raw-echo` makes it a plain TCP service instead: each connection is answered with
 //! the first line it sent (up to and including the first `\n`, at most 4 KiB), then closed, so a
 //! test can see the first bytes that reached the app (e.g. a PROXY protocol header).
@@ -26,6 +29,8 @@ use tokio::signal::unix::{signal, SignalKind};
 
 /// A client that sends no request head within this long is dropped.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest `x-demo-delay-ms` honoured.
+const MAX_DELAY_MS: u64 = 60_000;
 /// raw-echo mode: the longest first line echoed back.
 const RAW_LINE_MAX: usize = 4096;
 
@@ -39,6 +44,15 @@ enum Mode {
 }
 
 async fn echo(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let delay = req
+        .headers()
+        .get("x-demo-delay-ms")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map_or(0, |ms| ms.min(MAX_DELAY_MS));
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
     let mut body = format!("{} {} {:?}\n", req.method(), req.uri(), req.version());
     for (name, value) in req.headers() {
         body.push_str(&format!(

@@ -1,0 +1,108 @@
+//! Which sidecar needs an identity certificate or a trust bundle delivered, and when: the
+//! decisions of service identity, pure, over what was delivered to each sidecar ([`Issued`]).
+//! The CA itself is [`crate::identity_ca`]; the daemon delivers what [`due`] asks for into the
+//! sidecar's identity volume ([`crate::delivery::Bundle::identity`]).
+//!
+//! What was delivered is kept in memory only: a restarted spawner knows nothing of the sidecars
+//! it finds running, so it issues each one a fresh certificate at its first turn. That is the
+//! renewal a restart owes them (their last certificate may be past half its life), costs one
+//! signature per sidecar, and needs no state on disk beside the CA.
+
+use std::time::{Duration, SystemTime};
+
+use shared::service_identity::ServiceName;
+use tokio::time::Instant;
+
+/// What one sidecar was last given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issued {
+    /// The identity its certificate names.
+    pub name: ServiceName,
+    /// When to issue the next one: half its lifetime after it was issued.
+    pub renew_at: Instant,
+    /// Its certificate's notAfter (for the logs and the expiry gauge).
+    pub expires: SystemTime,
+    /// Digest of the CA that signed it: a new signing CA reissues every certificate.
+    pub ca: u64,
+    /// Digest of the trust bundle delivered beside it.
+    pub trust: u64,
+}
+
+/// What a sidecar needs now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Due {
+    /// Nothing: its certificate is fresh and its bundle current.
+    Nothing,
+    /// A new certificate (and the bundle with it): none delivered yet (a new sidecar, or one a
+    /// restarted spawner finds), half its lifetime is over, or the signing CA changed.
+    Issue,
+    /// Only the trust bundle changed (a root added or removed for a roll-over).
+    Trust,
+}
+
+/// What the sidecar whose last delivery was `last` needs at `now`, for identity `name`, with the
+/// signing CA `ca` and the trust bundle `trust` (digests).
+pub fn due(last: Option<&Issued>, name: &ServiceName, now: Instant, ca: u64, trust: u64) -> Due {
+    match last {
+        None => Due::Issue,
+        Some(l) if &l.name != name || l.ca != ca || now >= l.renew_at => Due::Issue,
+        Some(l) if l.trust != trust => Due::Trust,
+        Some(_) => Due::Nothing,
+    }
+}
+
+/// When a certificate issued at `at` for `ttl` is renewed: at half its lifetime, so a spawner
+/// that is down for less than that never lets one expire.
+pub fn renew_at(at: Instant, ttl: Duration) -> Instant {
+    at + ttl / 2
+}
+
+/// A stable digest of file contents, to notice a changed CA or bundle.
+pub fn digest(bytes: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut h);
+    h.finish()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn issued(name: &str, now: Instant) -> Issued {
+        Issued {
+            name: name.parse().unwrap(),
+            renew_at: renew_at(now, Duration::from_secs(10)),
+            expires: SystemTime::UNIX_EPOCH,
+            ca: 1,
+            trust: 2,
+        }
+    }
+
+    #[test]
+    fn a_certificate_is_issued_first_then_at_half_its_life_or_for_a_new_ca() {
+        let t0 = Instant::now();
+        let b: ServiceName = "b".parse().unwrap();
+        assert_eq!(due(None, &b, t0, 1, 2), Due::Issue, "first look");
+        let last = issued("b", t0);
+        let s = Duration::from_secs;
+        assert_eq!(due(Some(&last), &b, t0 + s(4), 1, 2), Due::Nothing);
+        assert_eq!(due(Some(&last), &b, t0 + s(5), 1, 2), Due::Issue, "half");
+        assert_eq!(due(Some(&last), &b, t0 + s(1), 9, 2), Due::Issue, "new CA");
+        assert_eq!(
+            due(Some(&last), &"c".parse().unwrap(), t0, 1, 2),
+            Due::Issue,
+            "another name"
+        );
+        assert_eq!(due(Some(&last), &b, t0 + s(1), 1, 3), Due::Trust, "roll-over");
+        // A renewal that is due carries the new bundle too.
+        assert_eq!(due(Some(&last), &b, t0 + s(6), 1, 3), Due::Issue);
+    }
+
+    #[test]
+    fn digests_follow_content() {
+        assert_eq!(digest(b"a"), digest(b"a"));
+        assert_ne!(digest(b"a"), digest(b"b"));
+    }
+}
