@@ -339,7 +339,10 @@ mod tests {
     #[test]
     fn an_identity_is_the_sidecar_s_key_its_certificate_and_the_trust_bundle() {
         let b = Bundle::identity(Some(("CERT", "KEY")), "TRUST");
-        assert!(!b.has_pair(), "not a certbot pair: the sidecar reads it by its own flags");
+        assert!(
+            !b.has_pair(),
+            "not a certbot pair: the sidecar reads it by its own flags"
+        );
         assert_eq!(
             entries(&b.tar().unwrap()),
             vec![

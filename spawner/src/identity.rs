@@ -95,7 +95,11 @@ mod tests {
             Due::Issue,
             "another name"
         );
-        assert_eq!(due(Some(&last), &b, t0 + s(1), 1, 3), Due::Trust, "roll-over");
+        assert_eq!(
+            due(Some(&last), &b, t0 + s(1), 1, 3),
+            Due::Trust,
+            "roll-over"
+        );
         // A renewal that is due carries the new bundle too.
         assert_eq!(due(Some(&last), &b, t0 + s(6), 1, 3), Due::Issue);
     }

@@ -29,4 +29,5 @@ mod spawner_acme;
 mod spawner_admin;
 mod spawner_certs;
 mod spawner_hygiene;
+mod spawner_identity;
 mod spawner_protocols;

@@ -1,0 +1,455 @@
+//! Service identity on the real engine (`spawner run --identity-domain`): three demo services
+//! on one user-defined network, each given an identity certificate by the spawner's CA. A calls
+//! B in plain HTTP on its own loopback (`upstreams`), its sidecar relays over mutual TLS, B's
+//! sidecar admits only A (`allow-identities`) and tells B's app who called; C and a client of
+//! another CA are refused in the handshake. Certificates with a lifetime of seconds renew under
+//! a keep-alive connection and a long call; after the spawner stops they serve until they
+//! expire, and a restarted spawner renews them. A sidecar's key is readable in its own mount
+//! namespace and nowhere else.
+//!
+//! Calls are made from inside a target's network namespace (`nsenter --net`, the way its app
+//! would), with curl.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use harness::docker::{
+    containers_with_label, docker, docker_ok, host_port, images, poll, unique_name, TestRun,
+    LIFECYCLE_DEADLINE,
+};
+use harness::issuer::{Spec, TestCa};
+use harness::spawner::Spawner;
+
+const DOMAIN: &str = "test.internal";
+/// The relay port every caller's app uses.
+const RELAY: u16 = 9001;
+
+/// A fresh identity store for one spawner (the CA is created in it at the first start).
+fn store() -> PathBuf {
+    let dir = std::env::temp_dir().join(unique_name("identity-store"));
+    std::fs::create_dir_all(&dir).expect("create the store's parent");
+    dir.join("identity")
+}
+
+/// A demo service on `net`, reachable there as `alias`, opted in under `prefix` with `labels`
+/// (suffixes), publishing 8443 on loopback.
+fn service(run: &TestRun, net: &str, prefix: &str, alias: &str, labels: &[(&str, &str)]) -> String {
+    let mut args: Vec<String> = vec![
+        "--network".into(),
+        net.into(),
+        "--network-alias".into(),
+        alias.into(),
+        "-p".into(),
+        "127.0.0.1::8443".into(),
+        "--label".into(),
+        format!("{prefix}.proxy-image={}", images().sidecar),
+    ];
+    for (k, v) in labels {
+        args.push("--label".into());
+        args.push(format!("{prefix}.{k}={v}"));
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    run.container(&unique_name(alias), &images().demo, &args, &[])
+}
+
+/// The running sidecar of a target.
+fn sidecar_of(prefix: &str, target: &str) -> String {
+    poll(LIFECYCLE_DEADLINE, "a running sidecar", || {
+        containers_with_label(&format!("{prefix}.sidecar-for={target}"))
+            .into_iter()
+            .find(|c| c.running)
+            .map(|c| c.id)
+    })
+    .0
+}
+
+fn pid_of(container: &str) -> String {
+    docker_ok(&["inspect", "-f", "{{.State.Pid}}", container])
+}
+
+/// curl run in `container`'s network namespace, as its app would call.
+fn curl_in(container: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new("nsenter");
+    cmd.args(["-t", &pid_of(container), "-n", "curl", "-s", "-m", "20"]);
+    cmd.args(args);
+    cmd
+}
+
+/// `GET http://127.0.0.1:9001/<path>` from inside `container`: the answer's body, if any.
+fn call(container: &str, path: &str) -> Option<String> {
+    let out = curl_in(container, &[&format!("http://127.0.0.1:{RELAY}/{path}")])
+        .output()
+        .expect("run nsenter curl");
+    let body = String::from_utf8_lossy(&out.stdout).to_string();
+    (out.status.success() && !body.is_empty()).then_some(body)
+}
+
+/// The value of header `name` in the demo's echo of a request.
+fn echoed<'a>(body: &'a str, name: &str) -> Option<&'a str> {
+    body.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+        .map(str::trim)
+}
+
+/// The fingerprint of the client certificate B's sidecar saw on one call.
+fn caller_fingerprint(body: &str) -> String {
+    echoed(body, "x-client-cert-fingerprint")
+        .unwrap_or_else(|| panic!("no client certificate header in {body}"))
+        .to_string()
+}
+
+fn logs_of(container: &str) -> String {
+    let out = docker(&["logs", container]);
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn identity_args(store: &Path, ttl: &str) -> Vec<String> {
+    vec![
+        "--identity-domain".into(),
+        DOMAIN.into(),
+        "--identity-store".into(),
+        store.display().to_string(),
+        "--identity-ttl".into(),
+        ttl.into(),
+    ]
+}
+
+#[test]
+fn services_call_each_other_through_their_sidecars_over_mutual_tls() {
+    let run = TestRun::new();
+    let prefix = run.label_prefix();
+    let net = run.network(&unique_name("idnet"));
+    let store = store();
+    let args = identity_args(&store, "1h");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let spawner = Spawner::start(&prefix, &args);
+    let upstream = format!("{RELAY}=b:8443");
+    let a = service(
+        &run,
+        &net,
+        &prefix,
+        "a",
+        &[("identity", "a"), ("upstreams", &upstream)],
+    );
+    let b = service(
+        &run,
+        &net,
+        &prefix,
+        "b",
+        &[("identity", "b"), ("allow-identities", "a")],
+    );
+    let c = service(
+        &run,
+        &net,
+        &prefix,
+        "c",
+        &[("identity", "c"), ("upstreams", &upstream)],
+    );
+    let sidecar_c = sidecar_of(&prefix, &c);
+    sidecar_of(&prefix, &a);
+    sidecar_of(&prefix, &b);
+
+    // A's app calls B in plain on its own loopback and gets B's app's answer, which saw A.
+    let (body, _) = poll(LIFECYCLE_DEADLINE, "A's call to B answered", || {
+        call(&a, "from-a")
+    });
+    assert!(body.starts_with("GET /from-a HTTP/1.1"), "B's echo: {body}");
+    let san = echoed(&body, "x-client-cert-san").unwrap_or_default();
+    assert!(
+        san.contains(&format!("URI:spiffe://{DOMAIN}/a")),
+        "B's app sees A's identity: {body}"
+    );
+    assert!(
+        !san.contains("spiffe://test.internal/c"),
+        "only A's identity: {body}"
+    );
+
+    // C is not in B's allow-identities: refused in the handshake, its app sees a closed
+    // connection, C's sidecar says why.
+    assert_eq!(call(&c, "from-c"), None, "C must not reach B's app");
+    poll(
+        LIFECYCLE_DEADLINE,
+        "C's sidecar logging the refusal",
+        || {
+            let log = logs_of(&sidecar_c);
+            (log.contains("upstream") && log.contains("127.0.0.1:9001=b:8443")).then_some(())
+        },
+    );
+
+    // A client with a certificate of another CA, claiming A's identity, is refused by B.
+    let dir = std::env::temp_dir().join(unique_name("other-ca"));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let other = TestCa::new("other").issue(
+        &Spec::client("a")
+            .uri(&format!("spiffe://{DOMAIN}/a"))
+            .dns("a"),
+    );
+    let (cert, key) = other.write_to(&dir, "a");
+    let b_port = host_port(&b, 8443);
+    let out = Command::new("curl")
+        .args(["-sk", "-m", "10", "--cert"])
+        .arg(&cert)
+        .arg("--key")
+        .arg(&key)
+        .arg(format!("https://127.0.0.1:{b_port}/"))
+        .output()
+        .expect("run curl");
+    assert!(
+        !out.status.success() && out.stdout.is_empty(),
+        "a certificate of another CA must be refused: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    // The trust bundle `spawner ca export` prints verifies a sidecar's identity from outside:
+    // A's sidecar serves its identity certificate to a client asking for `a`.
+    let bundle = export_bundle(&store);
+    let bundle_file = dir.join("bundle.pem");
+    std::fs::write(&bundle_file, &bundle).expect("write bundle");
+    let a_port = host_port(&a, 8443);
+    let out = Command::new("curl")
+        .args(["-s", "-m", "10", "--cacert"])
+        .arg(&bundle_file)
+        .args(["--resolve", &format!("a:{a_port}:127.0.0.1")])
+        .arg(format!("https://a:{a_port}/outside"))
+        .output()
+        .expect("run curl");
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).starts_with("GET /outside"),
+        "the exported bundle verifies A's identity: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(spawner);
+}
+
+/// `spawner ca export` against `store`.
+fn export_bundle(store: &Path) -> String {
+    let out = Command::new(harness::bins::bin_path("spawner"))
+        .args(["ca", "export", "--identity-store"])
+        .arg(store)
+        .output()
+        .expect("run spawner ca export");
+    assert!(
+        out.status.success(),
+        "spawner ca export: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pem = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(pem.contains("BEGIN CERTIFICATE"), "{pem}");
+    pem
+}
+
+/// Output of a background command.
+fn finish(child: std::process::Child) -> Output {
+    child
+        .wait_with_output()
+        .expect("wait for the background call")
+}
+
+#[test]
+fn identities_renew_under_live_connections_and_outlive_a_stopped_spawner() {
+    let run = TestRun::new();
+    let prefix = run.label_prefix();
+    let net = run.network(&unique_name("idnet"));
+    let store = store();
+    // Renewed every 3 s.
+    let args = identity_args(&store, "6s");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut spawner = Spawner::start(&prefix, &args);
+    let upstream = format!("{RELAY}=b:8443");
+    let a = service(
+        &run,
+        &net,
+        &prefix,
+        "a",
+        &[("identity", "a"), ("upstreams", &upstream)],
+    );
+    let _b = service(
+        &run,
+        &net,
+        &prefix,
+        "b",
+        &[("identity", "b"), ("allow-identities", "a")],
+    );
+    let (first, _) = poll(LIFECYCLE_DEADLINE, "A's call to B answered", || {
+        call(&a, "first")
+    });
+    let first = caller_fingerprint(&first);
+    let ca_before = std::fs::read(store.join("ca.pem")).expect("the CA in the store");
+
+    // One keep-alive connection, twelve requests a second apart (spanning several renewals),
+    // and one call that takes eight seconds, both started now.
+    let urls = format!("http://127.0.0.1:{RELAY}/keep-[1-12]");
+    let keep_alive = curl_in(&a, &["--rate", "1/s", &urls])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the keep-alive calls");
+    let long = curl_in(
+        &a,
+        &[
+            "-H",
+            "x-demo-delay-ms: 8000",
+            &format!("http://127.0.0.1:{RELAY}/long"),
+        ],
+    )
+    .stdout(Stdio::piped())
+    .spawn()
+    .expect("start the long call");
+
+    // New connections present a renewed certificate.
+    poll(
+        Duration::from_secs(20),
+        "a renewed client certificate",
+        || {
+            let body = call(&a, "renewed")?;
+            (caller_fingerprint(&body) != first).then_some(())
+        },
+    );
+
+    let keep_alive = finish(keep_alive);
+    let text = String::from_utf8_lossy(&keep_alive.stdout).to_string();
+    assert!(keep_alive.status.success(), "keep-alive calls: {text}");
+    let answers: Vec<&str> = text.split("GET /keep-").skip(1).collect();
+    assert_eq!(
+        answers.len(),
+        12,
+        "every keep-alive request answered: {text}"
+    );
+    let fingerprints: std::collections::HashSet<String> =
+        answers.iter().map(|a| caller_fingerprint(a)).collect();
+    assert_eq!(
+        fingerprints.len(),
+        1,
+        "one connection throughout, never re-made: {text}"
+    );
+    let long = finish(long);
+    let long_text = String::from_utf8_lossy(&long.stdout).to_string();
+    assert!(
+        long.status.success() && long_text.starts_with("GET /long"),
+        "the long call finished across renewals: {long_text}"
+    );
+
+    // The spawner stops: the last certificates keep serving...
+    spawner.kill();
+    let (body, _) = poll(LIFECYCLE_DEADLINE, "a call right after the stop", || {
+        call(&a, "after-stop")
+    });
+    let last = caller_fingerprint(&body);
+    // ... until they expire (6 s at most after the last renewal).
+    poll(
+        Duration::from_secs(30),
+        "calls failing once the certificates expired",
+        || call(&a, "expired").is_none().then_some(()),
+    );
+
+    // A restarted spawner (same store, same CA) renews them.
+    let _spawner = Spawner::start(&prefix, &args);
+    let (body, _) = poll(Duration::from_secs(20), "calls answered again", || {
+        call(&a, "renewed-after-restart")
+    });
+    assert_ne!(caller_fingerprint(&body), last, "a new certificate");
+    assert_eq!(
+        std::fs::read(store.join("ca.pem")).expect("the CA in the store"),
+        ca_before,
+        "the CA is reused after a restart"
+    );
+}
+
+/// Where a container's `/identity` volume is on the host.
+fn identity_volume(container: &str) -> PathBuf {
+    let format = "{{range .Mounts}}{{if eq .Destination \"/identity\"}}{{.Source}}{{end}}{{end}}";
+    let source = docker_ok(&["inspect", "-f", format, container]);
+    assert!(!source.is_empty(), "{container} has an /identity volume");
+    PathBuf::from(source)
+}
+
+/// Runs busybox `applet args` as the sidecar's user inside `sidecar`'s mount namespace: the
+/// sidecar's image holds nothing but its binary, so the test puts the host's static busybox into
+/// the sidecar's own volume first.
+fn busybox_in(sidecar: &str, applet_args: &[&str]) -> Output {
+    let mut args = vec!["exec", "-u", "65534:65534", sidecar, "/identity/busybox"];
+    args.extend_from_slice(applet_args);
+    docker(&args)
+}
+
+#[test]
+fn a_sidecar_reads_its_own_key_and_no_other_sidecar_s() {
+    let run = TestRun::new();
+    let prefix = run.label_prefix();
+    let net = run.network(&unique_name("idnet"));
+    let store = store();
+    let args = identity_args(&store, "1h");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let _spawner = Spawner::start(&prefix, &args);
+    let a = service(&run, &net, &prefix, "a", &[("identity", "a")]);
+    let b = service(&run, &net, &prefix, "b", &[("identity", "b")]);
+    let (sa, sb) = (sidecar_of(&prefix, &a), sidecar_of(&prefix, &b));
+    let (va, vb) = (identity_volume(&sa), identity_volume(&sb));
+    poll(LIFECYCLE_DEADLINE, "both identities delivered", || {
+        (va.join("key.pem").is_file() && vb.join("key.pem").is_file()).then_some(())
+    });
+    let busybox = which("busybox");
+    std::fs::copy(&busybox, va.join("busybox")).expect("copy busybox into A's volume");
+
+    // Its own key: readable by the sidecar's user, and nothing but its identity beside it.
+    let own = busybox_in(&sa, &["cat", "/identity/key.pem"]);
+    assert!(
+        own.status.success() && String::from_utf8_lossy(&own.stdout).contains("PRIVATE KEY"),
+        "A's sidecar reads its own key: {}",
+        String::from_utf8_lossy(&own.stderr)
+    );
+    let listing = busybox_in(&sa, &["ls", "/identity"]);
+    let mut files: Vec<String> = String::from_utf8_lossy(&listing.stdout)
+        .split_whitespace()
+        .map(String::from)
+        .collect();
+    files.sort();
+    assert_eq!(files, ["busybox", "ca.pem", "cert.pem", "key.pem"]);
+
+    // B's key: its volume is not in A's mount namespace, at its host path or anywhere.
+    let other = vb.join("key.pem");
+    let theirs = busybox_in(&sa, &["cat", &other.display().to_string()]);
+    assert!(
+        !theirs.status.success() && theirs.stdout.is_empty(),
+        "A's sidecar must not read B's key"
+    );
+    let mounts = busybox_in(&sa, &["cat", "/proc/self/mountinfo"]);
+    let mounts = String::from_utf8_lossy(&mounts.stdout).to_string();
+    let b_volume = vb
+        .parent()
+        .and_then(|p| p.file_name())
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    assert!(
+        !b_volume.is_empty() && !mounts.contains(&b_volume),
+        "B's volume {b_volume} is not mounted in A's sidecar: {mounts}"
+    );
+    let found = busybox_in(&sa, &["find", "/", "-xdev", "-name", "key.pem"]);
+    let found = String::from_utf8_lossy(&found.stdout).to_string();
+    assert_eq!(found.trim(), "", "no key on A's root file system: {found}");
+
+    // Never through the environment or labels.
+    let inspect = docker_ok(&["inspect", &sa]);
+    assert!(
+        !inspect.contains("PRIVATE KEY"),
+        "no key in A's sidecar's config"
+    );
+}
+
+fn which(program: &str) -> PathBuf {
+    let out = Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .output()
+        .expect("run sh");
+    let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(
+        !path.is_empty(),
+        "{program} is needed (Debian's busybox-static)"
+    );
+    PathBuf::from(path)
+}
