@@ -69,8 +69,8 @@ pub fn offered(cfg: &Config) -> crate::labels::Offered {
 }
 
 /// The trust domain of the identities this spawner issues, when it issues them.
-pub fn identity_domain(_cfg: &Config) -> Option<&TrustDomain> {
-    None
+pub fn identity_domain(cfg: &Config) -> Option<&TrustDomain> {
+    cfg.identity.as_ref().map(|i| &i.domain)
 }
 
 /// Where a sidecar finds its identity files (delivered into its own volume).

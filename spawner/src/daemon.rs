@@ -30,6 +30,7 @@ use crate::docker::Engine;
 use crate::error::Error;
 use crate::events;
 use crate::failure::{self, Failure, Verdict};
+use crate::identity::{self, Due, Issued, Signer};
 use crate::labels::{sidecar_name, TargetSpec};
 use crate::metrics::{ActionKind, Metrics, Outcome, States};
 use crate::observe::{observe, summary_of, FactsCache, Observed};
@@ -104,6 +105,8 @@ struct Daemon {
     event_since: Option<Instant>,
     /// ACME, with `--acme-email`.
     acme: Option<Arc<acme::Manager>>,
+    /// Service identity, with `--identity-domain`.
+    identity: Option<Identity>,
     /// Sidecars of ACME-managed targets whose log showed `listening`: every listener bound, so
     /// a challenge answer put in them is served.
     listening: HashSet<String>,
@@ -112,6 +115,21 @@ struct Daemon {
     /// A sidecar of an ACME-managed target runs but has not said `listening` yet: look again.
     listening_recheck: Option<Instant>,
 }
+
+/// Service identity's state: the signer, and what each sidecar was given.
+struct Identity {
+    cfg: crate::config::IdentityConfig,
+    signer: Mutex<Arc<Signer>>,
+    issued: Mutex<HashMap<String, Issued>>,
+    /// A delivery failed: try again then (not at once: the engine refused it).
+    retry: Mutex<Option<Instant>>,
+    /// The last reload or delivery failure logged, per sidecar ("" for the CA itself), so a
+    /// broken file costs one line, not one per turn.
+    errors: Mutex<HashMap<String, String>>,
+}
+
+/// How soon a failed identity delivery is tried again.
+const IDENTITY_RETRY: Duration = Duration::from_secs(5);
 
 /// The line a sidecar logs once every listener is bound (they are bound before it serves).
 const LISTENING: &str = "listening";
@@ -206,7 +224,24 @@ pub async fn run(
         }
         None => None,
     };
+    let identity = match cfg.identity.clone() {
+        Some(id_cfg) => {
+            let signer = Signer::load_async(&id_cfg)
+                .await
+                .map_err(Error::Identity)?;
+            tracing::info!(domain = %id_cfg.domain, ttl = ?id_cfg.ttl, "service identity on: issuing identity certificates");
+            Some(Identity {
+                cfg: id_cfg,
+                signer: Mutex::new(signer),
+                issued: Mutex::default(),
+                retry: Mutex::default(),
+                errors: Mutex::default(),
+            })
+        }
+        None => None,
+    };
     let mut d = Daemon {
+        identity,
         acme,
         listening: HashSet::new(),
         listening_since: HashMap::new(),
@@ -306,9 +341,14 @@ impl Daemon {
         let pulls = lock(&self.pulls);
         let pulls = pulls.values().filter_map(|p| p.next_attempt);
         let acme = self.acme.as_ref().and_then(|a| a.next_wake());
+        let identity = self.identity.as_ref().and_then(|id| {
+            let renewals = lock(&id.issued).values().map(|i| i.renew_at).min();
+            renewals.into_iter().chain(*lock(&id.retry)).min()
+        });
         holds
             .chain(pulls)
             .chain(acme)
+            .chain(identity)
             .filter(|u| *u > now)
             .chain(recheck)
             .chain(self.listening_recheck)
@@ -424,6 +464,7 @@ impl Daemon {
         if resync || issued {
             self.redeliver(&observed).await?;
         }
+        self.renew_identities(&observed, resync).await?;
         self.event_since = None;
         Ok(())
     }
@@ -813,6 +854,15 @@ impl Daemon {
             self.engine.remove(&id).await?;
             return Ok(());
         }
+        if let Err(e) = self.deliver_identity(&id, spec, None).await {
+            if e.is_transport() {
+                return Err(e);
+            }
+            self.refused(target_id, &name, "cannot deliver its identity", &e);
+            self.count(ActionKind::Create, Outcome::Refused);
+            self.engine.remove(&id).await?;
+            return Ok(());
+        }
         if let Err(e) = self.engine.start(&id).await {
             self.refused(target_id, &name, "cannot start sidecar", &e);
             self.count(ActionKind::Create, Outcome::Refused);
@@ -986,6 +1036,139 @@ impl Daemon {
         Ok(())
     }
 
+    /// Issues the sidecar a certificate for its target's identity (or, with `trust_only`, only
+    /// the current trust bundle) and writes it into the sidecar's identity volume. Nothing to do
+    /// without identities or for a target without one.
+    async fn deliver_identity(
+        &self,
+        sidecar_id: &str,
+        spec: &TargetSpec,
+        trust_only: Option<&Issued>,
+    ) -> Result<(), Error> {
+        let (Some(id), Some(target)) = (&self.identity, &spec.identity) else {
+            return Ok(());
+        };
+        let signer = lock(&id.signer).clone();
+        let (bundle, issued) = match trust_only {
+            Some(last) => (
+                delivery::Bundle::identity(None, &signer.trust_pem),
+                Issued {
+                    trust: signer.trust,
+                    ..last.clone()
+                },
+            ),
+            None => {
+                let now = std::time::SystemTime::now();
+                let leaf = signer
+                    .authority
+                    .issue(&id.cfg.domain, &target.name, id.cfg.ttl, now)
+                    .map_err(|e| Error::Identity(e.to_string()))?;
+                let bundle = delivery::Bundle::identity(
+                    Some((&leaf.cert_pem, &leaf.key_pem)),
+                    &signer.trust_pem,
+                );
+                let issued = Issued {
+                    name: target.name.clone(),
+                    renew_at: identity::renew_at(Instant::now(), id.cfg.ttl),
+                    expires: leaf.not_after,
+                    ca: signer.ca,
+                    trust: signer.trust,
+                };
+                (bundle, issued)
+            }
+        };
+        let archive = bundle.tar().map_err(|e| delivery::DeliveryError {
+            path: shared::schema::IDENTITY_MOUNT.into(),
+            reason: format!("cannot build the archive: {e}"),
+        })?;
+        self.engine
+            .upload(sidecar_id, shared::schema::IDENTITY_MOUNT, archive)
+            .await?;
+        lock(&id.issued).insert(sidecar_id.to_string(), issued);
+        lock(&id.errors).remove(sidecar_id);
+        Ok(())
+    }
+
+    /// Every turn: renews the identity certificates past half their life, and delivers a trust
+    /// bundle that changed; at a resync, reloads the CA and the extra roots first. A sidecar the
+    /// spawner has no record of (it restarted) gets a fresh certificate.
+    async fn renew_identities(&self, observed: &Observed, resync: bool) -> Result<(), Error> {
+        let Some(id) = &self.identity else {
+            return Ok(());
+        };
+        if resync {
+            match Signer::load_async(&id.cfg).await {
+                Ok(signer) => {
+                    let old = lock(&id.signer).clone();
+                    if signer.ca != old.ca || signer.trust != old.trust {
+                        tracing::info!(
+                            ca_changed = signer.ca != old.ca,
+                            trust_changed = signer.trust != old.trust,
+                            "identity CA or trust bundle changed; delivering it"
+                        );
+                    }
+                    *lock(&id.signer) = signer;
+                    lock(&id.errors).remove("");
+                }
+                Err(e) => self.identity_failed(id, "", "the identity CA", &e),
+            }
+        }
+        let targets: HashMap<&str, (&TargetSpec, &str)> = observed
+            .targets
+            .iter()
+            .filter(|t| t.running)
+            .filter_map(|t| Some((t.id.as_str(), (t.spec.as_ref().ok()?, t.started_at.as_str()))))
+            .collect();
+        let running: Vec<(&crate::reconcile::Sidecar, &TargetSpec)> = observed
+            .sidecars
+            .iter()
+            .filter(|s| s.state == SidecarState::Running)
+            .filter_map(|s| {
+                let (spec, started) = targets.get(s.target_id.as_str())?;
+                (s.target_started.as_deref() == Some(*started) && spec.identity.is_some())
+                    .then_some((s, *spec))
+            })
+            .collect();
+        {
+            let ids: HashSet<&str> = observed.sidecars.iter().map(|s| s.id.as_str()).collect();
+            lock(&id.issued).retain(|k, _| ids.contains(k.as_str()));
+            lock(&id.errors).retain(|k, _| k.is_empty() || ids.contains(k.as_str()));
+        }
+        let signer = lock(&id.signer).clone();
+        let now = Instant::now();
+        *lock(&id.retry) = None;
+        for (sidecar, spec) in running {
+            let Some(target) = &spec.identity else { continue };
+            let last = lock(&id.issued).get(&sidecar.id).cloned();
+            let r = match identity::due(last.as_ref(), &target.name, now, signer.ca, signer.trust)
+            {
+                Due::Nothing => continue,
+                Due::Issue => self.deliver_identity(&sidecar.id, spec, None).await,
+                Due::Trust => self.deliver_identity(&sidecar.id, spec, last.as_ref()).await,
+            };
+            match r {
+                Ok(()) => {
+                    tracing::debug!(sidecar = %sidecar.name, identity = %target.name, "identity delivered")
+                }
+                Err(e) if e.is_transport() => return Err(e),
+                Err(e) => {
+                    self.identity_failed(id, &sidecar.id, &sidecar.name, &e.to_string());
+                    *lock(&id.retry) = Some(now + IDENTITY_RETRY);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A failed identity reload or delivery, logged when its cause is new for `key`.
+    fn identity_failed(&self, id: &Identity, key: &str, what: &str, error: &str) {
+        let mut errors = lock(&id.errors);
+        if errors.get(key).map(String::as_str) != Some(error) {
+            tracing::warn!(sidecar = what, error, "cannot renew the identity; the sidecar keeps what it has");
+            errors.insert(key.to_string(), error.to_string());
+        }
+    }
+
     /// Starts a sidecar that was created and never started (a spawner stopped between the two, or
     /// another spawner is about to start it: starting a running container is a no-op).
     async fn adopt(
@@ -1008,6 +1191,15 @@ impl Daemon {
                 Err(e) if e.status_code() == Some(404) => return Ok(()),
                 Err(e) if !e.is_transport() => {
                     self.refused(target_id, sidecar_id, "cannot deliver certificates", &e);
+                    self.count(ActionKind::Start, Outcome::Refused);
+                    return self.engine.remove(sidecar_id).await;
+                }
+                r => r?,
+            }
+            match self.deliver_identity(sidecar_id, spec, None).await {
+                Err(e) if e.status_code() == Some(404) => return Ok(()),
+                Err(e) if !e.is_transport() => {
+                    self.refused(target_id, sidecar_id, "cannot deliver its identity", &e);
                     self.count(ActionKind::Start, Outcome::Refused);
                     return self.engine.remove(sidecar_id).await;
                 }

@@ -23,6 +23,9 @@ pub enum Error {
     WriteStatus(#[source] std::io::Error),
     #[error(transparent)]
     Deliver(#[from] crate::delivery::DeliveryError),
+    /// Service identity: the CA could not be loaded or made, or a certificate not issued.
+    #[error("{0}")]
+    Identity(String),
     #[error("cannot read --acme-ca-cert {}: {reason}", path.display())]
     AcmeCaCert {
         path: std::path::PathBuf,
@@ -52,7 +55,10 @@ impl Error {
                 bollard::errors::Error::DockerResponseServerError { .. }
                     | bollard::errors::Error::DockerStreamError { .. }
             ),
-            Error::WriteStatus(_) | Error::Deliver(_) | Error::AcmeCaCert { .. } => false,
+            Error::WriteStatus(_)
+            | Error::Deliver(_)
+            | Error::AcmeCaCert { .. }
+            | Error::Identity(_) => false,
         }
     }
 }

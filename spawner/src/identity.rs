@@ -8,10 +8,56 @@
 //! renewal a restart owes them (their last certificate may be past half its life), costs one
 //! signature per sidecar, and needs no state on disk beside the CA.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use shared::service_identity::ServiceName;
 use tokio::time::Instant;
+
+use crate::config::IdentityConfig;
+use crate::identity_ca::{Authority, ExtraRoots, IdentityError};
+
+/// What certificates are signed with, and the trust bundle delivered beside them: loaded at
+/// start (a CA that cannot be loaded or made stops the spawner) and again at every resync, so
+/// a roll-over (a new `--identity-trust`, a replaced CA) needs no restart.
+#[derive(Debug)]
+pub struct Signer {
+    pub authority: Authority,
+    /// Digest of the CA certificate.
+    pub ca: u64,
+    pub trust_pem: String,
+    /// Digest of the trust bundle.
+    pub trust: u64,
+}
+
+/// How long loading the CA and the extra roots may take (a hung network mount).
+const LOAD_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Signer {
+    /// Loads (or, in the store, creates) the CA and reads `--identity-trust`.
+    pub fn load(cfg: &IdentityConfig) -> Result<Signer, IdentityError> {
+        let authority = Authority::load(&cfg.ca, &cfg.domain)?;
+        let extra = cfg.trust.as_deref().map(ExtraRoots::read).transpose()?;
+        let trust_pem = authority.trust_bundle(extra.as_ref());
+        Ok(Signer {
+            ca: digest(authority.cert_pem().as_bytes()),
+            trust: digest(trust_pem.as_bytes()),
+            trust_pem,
+            authority,
+        })
+    }
+
+    /// [`Signer::load`] off the async threads, under a timeout.
+    pub async fn load_async(cfg: &IdentityConfig) -> Result<Arc<Signer>, String> {
+        let cfg = cfg.clone();
+        let load = tokio::task::spawn_blocking(move || Signer::load(&cfg));
+        match tokio::time::timeout(LOAD_TIMEOUT, load).await {
+            Err(_) => Err("loading the identity CA timed out".to_string()),
+            Ok(Err(_)) => Err("the task loading the identity CA failed".to_string()),
+            Ok(Ok(r)) => r.map(Arc::new).map_err(|e| e.to_string()),
+        }
+    }
+}
 
 /// What one sidecar was last given.
 #[derive(Debug, Clone, PartialEq, Eq)]
