@@ -19,6 +19,7 @@ pub mod docker;
 pub mod error;
 pub mod events;
 pub mod failure;
+pub mod identity_ca;
 pub mod labels;
 pub mod metrics;
 pub mod observe;
