@@ -21,6 +21,11 @@ pub enum Error {
     },
     #[error("failed to write the status table")]
     WriteStatus(#[source] std::io::Error),
+    #[error("failed to write the trust bundle")]
+    WriteBundle(#[source] std::io::Error),
+    /// The identity CA cannot be loaded, made or read.
+    #[error(transparent)]
+    Identity(#[from] crate::identity_ca::IdentityError),
     #[error(transparent)]
     Deliver(#[from] crate::delivery::DeliveryError),
     #[error("cannot read --acme-ca-cert {}: {reason}", path.display())]
@@ -52,7 +57,11 @@ impl Error {
                 bollard::errors::Error::DockerResponseServerError { .. }
                     | bollard::errors::Error::DockerStreamError { .. }
             ),
-            Error::WriteStatus(_) | Error::Deliver(_) | Error::AcmeCaCert { .. } => false,
+            Error::WriteStatus(_)
+            | Error::WriteBundle(_)
+            | Error::Identity(_)
+            | Error::Deliver(_)
+            | Error::AcmeCaCert { .. } => false,
         }
     }
 }
