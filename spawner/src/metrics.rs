@@ -119,7 +119,11 @@ impl EngineCause {
                 ..
             } => EngineCause::Api,
             Error::Docker { .. } => EngineCause::Io,
-            Error::WriteStatus(_) | Error::Deliver(_) | Error::AcmeCaCert { .. } => return None,
+            Error::WriteStatus(_)
+            | Error::WriteBundle(_)
+            | Error::Identity(_)
+            | Error::Deliver(_)
+            | Error::AcmeCaCert { .. } => return None,
         })
     }
 }

@@ -27,6 +27,7 @@ mod sidecar_tls;
 mod spawner;
 mod spawner_acme;
 mod spawner_admin;
+mod spawner_ca;
 mod spawner_certs;
 mod spawner_hygiene;
 mod spawner_identity;

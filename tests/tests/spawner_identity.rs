@@ -515,10 +515,15 @@ fn the_compose_example_gives_two_services_mutual_tls_with_one_label_each() {
     };
     let web = service("web");
     assert!(!web.is_empty(), "the web service runs");
-    let (body, _) = poll(Duration::from_secs(30), "web's call to api answered", || {
-        call(&web, "compose")
-    });
-    assert!(body.starts_with("GET /compose HTTP/1.1"), "api's echo: {body}");
+    let (body, _) = poll(
+        Duration::from_secs(30),
+        "web's call to api answered",
+        || call(&web, "compose"),
+    );
+    assert!(
+        body.starts_with("GET /compose HTTP/1.1"),
+        "api's echo: {body}"
+    );
     let san = echoed(&body, "x-client-cert-san").unwrap_or_default();
     assert!(
         san.contains("URI:spiffe://example.internal/web"),
