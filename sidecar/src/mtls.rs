@@ -761,6 +761,32 @@ mod tests {
     }
 
     #[test]
+    fn with_crls_a_ca_without_one_is_refused() {
+        // What the README tells an operator rolling CAs over with --client-crl: each CA of the
+        // bundle needs its CRL, or its certificates' revocation status is unknown, and refused.
+        let (old, new) = (Ca::new("old CA"), Ca::new("new CA"));
+        let auth = auth(true);
+        let only_old = TrustFiles {
+            crl: Some(old.crl(&[]).into_bytes()),
+            ..files(&[&old, &new])
+        };
+        let trust = ClientTrust::from_files(&auth, &only_old).expect("trust");
+        assert!(admits_cert(&trust, &old.client(1)).is_ok());
+        assert_eq!(
+            admits_cert(&trust, &new.client(2)),
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::UnknownRevocationStatus
+            ))
+        );
+        let both = TrustFiles {
+            crl: Some(format!("{}{}", old.crl(&[]), new.crl(&[])).into_bytes()),
+            ..files(&[&old, &new])
+        };
+        trust.replace(build_verifier(&auth, &both).expect("both CRLs"), &both);
+        assert!(admits_cert(&trust, &new.client(2)).is_ok());
+    }
+
+    #[test]
     fn a_replace_forgets_resumable_sessions() {
         use rustls::server::StoresServerSessions;
         let ca = Ca::new("clients");

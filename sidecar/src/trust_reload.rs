@@ -158,13 +158,16 @@ pub async fn watch(
             Attempt::Built { verifier, files } => {
                 let cas = verifier.root_hint_subjects().len();
                 trust.replace(verifier, &files);
-                info!(
-                    ca = %trust.auth().ca.display(),
-                    cas,
-                    crl = %trust.auth().crl.as_ref().map_or(String::new(), |p| p.display().to_string()),
-                    sha256 = %crate::tls::sha256_hex(&files.hash()),
-                    "client CAs loaded; new handshakes are verified with them"
-                );
+                let ca = trust.auth().ca.display();
+                let sha256 = crate::tls::sha256_hex(&files.hash());
+                match &trust.auth().crl {
+                    Some(crl) => {
+                        info!(%ca, cas, crl = %crl.display(), %sha256, "client CAs and CRLs loaded; new handshakes are verified with them")
+                    }
+                    None => {
+                        info!(%ca, cas, %sha256, "client CAs loaded; new handshakes are verified with them")
+                    }
+                }
                 metrics.reload_succeeded();
                 reported = None;
                 failed = None;
