@@ -2,6 +2,10 @@
 //! matched against the allow-lists (`--allow-cn`, `--allow-dns-san`, `--allow-uri-san`). A client
 //! that fails either is refused during the handshake, in both modes, so nothing it sends ever
 //! reaches the backend. The verified identity is handed to the HTTP layer as [`ClientIdentity`].
+//!
+//! The verifier is built from the files' bytes ([`build_verifier`]) and served through
+//! [`ClientTrust`], which the server configuration keeps for good and [`crate::trust_reload`]
+//! swaps the inner verifier of, so CAs and CRLs change without a restart.
 
 use std::fmt;
 use std::path::Path;
