@@ -91,12 +91,13 @@ pub struct Cli {
     #[arg(long, env = env::CERTS_DIR, value_name = "DIR")]
     pub certs_dir: Option<PathBuf>,
 
-    /// How often certificate files are re-read and compared by content, besides reloading on
-    /// SIGHUP and on file-change notifications
+    /// How often certificate files (and --client-ca, --client-crl) are re-read and compared by
+    /// content, besides reloading on SIGHUP and on file-change notifications
     #[arg(long, env = env::RELOAD_INTERVAL, value_parser = duration, default_value = "60s")]
     pub reload_interval: Duration,
 
-    /// PEM bundle of CAs that issue client certificates: enables mutual TLS [default: off]
+    /// PEM bundle of CAs that issue client certificates: enables mutual TLS; reloaded like the
+    /// certificates (a broken file keeps the previous CAs) [default: off]
     #[arg(long, env = env::CLIENT_CA, value_name = "FILE")]
     pub client_ca: Option<PathBuf>,
 
@@ -105,7 +106,8 @@ pub struct Cli {
     #[arg(long, env = env::CLIENT_AUTH, value_name = "MODE", value_parser = ClientAuthMode::from_str)]
     pub client_auth: Option<ClientAuthMode>,
 
-    /// PEM file of certificate revocation lists for --client-ca [default: none]
+    /// PEM file of certificate revocation lists for --client-ca; reloaded like the certificates
+    /// (a broken file keeps the previous CRLs) [default: none]
     #[arg(long, env = env::CLIENT_CRL, value_name = "FILE")]
     pub client_crl: Option<PathBuf>,
 

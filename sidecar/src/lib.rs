@@ -3,7 +3,7 @@
 //!
 //! Certificates: [`reload`] builds the [`certs::CertSet`] (SNI-indexed) served through
 //! [`tls::CertStore`] and swaps it on SIGHUP or file changes; [`mtls`] verifies client
-//! certificates; [`redirect`] is the plain-HTTP redirect listener beside the admin one.
+//! certificates against the CAs [`trust_reload`] keeps current; [`redirect`] is the plain-HTTP redirect listener beside the admin one.
 
 pub mod access_log;
 pub mod acme_alpn;
@@ -27,6 +27,7 @@ pub mod tcp;
 pub mod throttle;
 pub mod tls;
 pub mod trim;
+pub mod trust_reload;
 
 use std::sync::Arc;
 
@@ -44,7 +45,7 @@ use crate::tls::CertStore;
 pub struct Prepared {
     certs: certs::CertSet,
     self_signed: Option<Arc<certs::Entry>>,
-    client_verifier: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
+    client_trust: Option<Arc<mtls::ClientTrust>>,
     webroot: Option<redirect::Webroot>,
 }
 
@@ -59,15 +60,15 @@ pub fn prepare(config: &Config) -> Result<Prepared, ConfigError> {
         .map(redirect::Webroot::open)
         .transpose()?;
     let (certs, self_signed) = reload::load_initial(&config.certs)?;
-    let client_verifier = config
+    let client_trust = config
         .client_auth
         .as_ref()
-        .map(mtls::verifier)
+        .map(mtls::ClientTrust::load)
         .transpose()?;
     Ok(Prepared {
         certs,
         self_signed,
-        client_verifier,
+        client_trust,
         webroot,
     })
 }
@@ -95,12 +96,12 @@ pub async fn run(
         info!(count = entries.len(), "serving certificates");
     }
     let store = Arc::new(CertStore::new(prepared.certs));
-    let mtls = prepared.client_verifier.is_some();
+    let mtls = prepared.client_trust.is_some();
     let tls = tls::server_config(
         store.clone(),
         config.mode,
         &config.alpn,
-        prepared.client_verifier,
+        prepared.client_trust.as_ref().map(mtls::ClientTrust::tls),
     )?;
     if mtls {
         info!("client certificates verified (mutual TLS)");
@@ -112,6 +113,14 @@ pub async fn run(
         prepared.self_signed,
         shutdown.clone(),
     ));
+    let trust_task = prepared.client_trust.map(|trust| {
+        tokio::spawn(trust_reload::watch(
+            trust,
+            config.certs.reload_interval,
+            metrics.clone(),
+            shutdown.clone(),
+        ))
+    });
 
     // Ends by itself once `shutdown` is cancelled, by a signal or by the watcher itself.
     let orphan_task = config.exit_when_orphaned.then(|| {
@@ -146,6 +155,9 @@ pub async fn run(
     let _ = trim_task.await;
 
     let _ = reload_task.await;
+    if let Some(task) = trust_task {
+        let _ = task.await;
+    }
     if let Some(task) = orphan_task {
         let _ = task.await;
     }

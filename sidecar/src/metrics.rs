@@ -331,7 +331,7 @@ impl Metrics {
         metric(
             "sidecar_certificate_reloads_total",
             "counter",
-            "Certificate reloads, by result (a failed reload keeps the previous certificate).",
+            "Certificate and client CA/CRL reloads, by result (a failed reload keeps what was in force).",
             &[
                 ("{result=\"success\"}", get(&self.reloads_ok)),
                 ("{result=\"failure\"}", get(&self.reloads_failed)),

@@ -191,35 +191,12 @@ pub async fn watch(
     mut self_signed_cache: Option<Arc<Entry>>,
     shutdown: CancellationToken,
 ) {
-    let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        Ok(s) => Some(s),
-        Err(e) => {
-            warn!(error = %e, "cannot listen for SIGHUP; reloading on file changes only");
-            None
+    let mut triggers = Triggers::new(watched_dirs(&sources), sources.reload_interval).await;
+    while let Some(trigger) = triggers.next(&shutdown).await {
+        let forced = trigger == Trigger::Hangup;
+        if forced {
+            info!("SIGHUP: reloading certificates");
         }
-    };
-    let mut notify = Notifier::new(&sources);
-    let mut tick = tokio::time::interval(sources.reload_interval);
-    tick.tick().await; // the first tick is immediate; the initial load just happened
-    loop {
-        let forced = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            Some(()) = recv_hangup(&mut hangup) => {
-                info!("SIGHUP: reloading certificates");
-                true
-            }
-            () = notify.changed() => {
-                // Let the writer finish: a renewal touches several files.
-                loop {
-                    tokio::select! {
-                        () = notify.changed() => continue,
-                        _ = tokio::time::sleep(DEBOUNCE) => break,
-                    }
-                }
-                false
-            }
-            _ = tick.tick() => false,
-        };
         if !sources.has_files() {
             if forced {
                 info!("no certificate files configured (self-signed): nothing to reload");
@@ -255,13 +232,77 @@ pub async fn watch(
         } else if built.changed || forced {
             metrics.reload_succeeded();
         }
-        notify.rewatch(&sources);
+        triggers.rewatch(&watched_dirs(&sources));
+    }
+}
+
+/// Why a reload runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// SIGHUP: reload and report, even if nothing changed.
+    Hangup,
+    /// A change notification in a watched directory (debounced).
+    Changed,
+    /// The periodic content check.
+    Tick,
+}
+
+/// The three reasons to look at files again: SIGHUP, change notifications for `dirs`
+/// (debounced) and a periodic tick, each watcher with its own, so the certificate and the
+/// client-CA reloads never wait for each other.
+pub struct Triggers {
+    hangup: Option<tokio::signal::unix::Signal>,
+    notify: Notifier,
+    tick: tokio::time::Interval,
+}
+
+impl Triggers {
+    /// Starts listening; the first tick is one `every` from now (the initial load just happened).
+    pub async fn new(dirs: Vec<PathBuf>, every: Duration) -> Self {
+        let hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                warn!(error = %e, "cannot listen for SIGHUP; reloading on file changes only");
+                None
+            }
+        };
+        let mut tick = tokio::time::interval(every);
+        tick.tick().await; // the first tick is immediate
+        Self {
+            hangup,
+            notify: Notifier::new(&dirs),
+            tick,
+        }
+    }
+
+    /// The next reason to reload, or `None` once `shutdown` is cancelled.
+    pub async fn next(&mut self, shutdown: &CancellationToken) -> Option<Trigger> {
+        tokio::select! {
+            _ = shutdown.cancelled() => None,
+            Some(()) = recv_hangup(&mut self.hangup) => Some(Trigger::Hangup),
+            () = self.notify.changed() => {
+                // Let the writer finish: a renewal touches several files.
+                loop {
+                    tokio::select! {
+                        () = self.notify.changed() => continue,
+                        _ = tokio::time::sleep(DEBOUNCE) => break,
+                    }
+                }
+                Some(Trigger::Changed)
+            }
+            _ = self.tick.tick() => Some(Trigger::Tick),
+        }
+    }
+
+    /// (Re-)adds watches on `dirs` (see [`Notifier::rewatch`]).
+    pub fn rewatch(&mut self, dirs: &[PathBuf]) {
+        self.notify.rewatch(dirs);
     }
 }
 
 /// An error and its sources, `: `-separated (like `{:#}` in `main`), so a log line carries the
 /// reason (e.g. `No such file or directory`) and not only the file.
-fn chain(error: &dyn std::error::Error) -> String {
+pub fn chain(error: &dyn std::error::Error) -> String {
     let mut out = error.to_string();
     let mut source = error.source();
     while let Some(e) = source {
@@ -286,8 +327,8 @@ struct Notifier {
 }
 
 impl Notifier {
-    fn new(sources: &CertSources) -> Self {
-        if !sources.has_files() {
+    fn new(dirs: &[PathBuf]) -> Self {
+        if dirs.is_empty() {
             return Self { stream: None };
         }
         let stream = inotify::Inotify::init().and_then(|i| i.into_event_stream(vec![0u8; 4096]));
@@ -298,13 +339,13 @@ impl Notifier {
                 Self { stream: None }
             }
         };
-        me.rewatch(sources);
+        me.rewatch(dirs);
         me
     }
 
-    /// (Re-)adds watches on every directory a certificate may change in. Adding an existing
-    /// watch is a no-op, so this also picks up new `live/<name>` directories.
-    fn rewatch(&mut self, sources: &CertSources) {
+    /// (Re-)adds watches on `dirs`. Adding an existing watch is a no-op, so this picks up new
+    /// directories (certbot's `live/<name>`) and directories replaced since the last call.
+    fn rewatch(&mut self, dirs: &[PathBuf]) {
         let Some(stream) = &self.stream else { return };
         let mask = inotify::WatchMask::CREATE
             | inotify::WatchMask::CLOSE_WRITE
@@ -314,9 +355,9 @@ impl Notifier {
             | inotify::WatchMask::MODIFY
             | inotify::WatchMask::ATTRIB;
         let mut watches = stream.watches();
-        for dir in watched_dirs(sources) {
-            if let Err(e) = watches.add(&dir, mask) {
-                warn!(dir = %dir.display(), error = %e, "cannot watch certificate directory");
+        for dir in dirs {
+            if let Err(e) = watches.add(dir, mask) {
+                warn!(dir = %dir.display(), error = %e, "cannot watch directory for changes");
             }
         }
     }
@@ -341,18 +382,22 @@ impl Notifier {
     }
 }
 
+/// The directory a file's entry lives in (`.` for a bare file name): watched rather than the
+/// file, because tools replace files by rename or by re-pointing a symlink.
+pub fn parent_dir(p: &Path) -> Option<PathBuf> {
+    p.parent().map(|d| {
+        if d.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            d.to_path_buf()
+        }
+    })
+}
+
 /// The directories whose entries can change a served certificate.
 fn watched_dirs(sources: &CertSources) -> Vec<PathBuf> {
     let mut dirs: Vec<PathBuf> = Vec::new();
-    let parent = |p: &Path| {
-        p.parent().map(|d| {
-            if d.as_os_str().is_empty() {
-                PathBuf::from(".")
-            } else {
-                d.to_path_buf()
-            }
-        })
-    };
+    let parent = parent_dir;
     if let Some(pair) = &sources.pair {
         dirs.extend(parent(&pair.cert));
         dirs.extend(parent(&pair.key));
