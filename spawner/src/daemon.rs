@@ -1078,9 +1078,17 @@ impl Daemon {
             path: shared::schema::IDENTITY_MOUNT.into(),
             reason: format!("cannot build the archive: {e}"),
         })?;
-        self.engine
+        let uploaded = self
+            .engine
             .upload(sidecar_id, shared::schema::IDENTITY_MOUNT, archive)
-            .await?;
+            .await;
+        self.metrics.identity_delivery(
+            uploaded
+                .as_ref()
+                .map(|()| trust_only.is_none())
+                .map_err(|_| ()),
+        );
+        uploaded?;
         lock(&id.issued).insert(sidecar_id.to_string(), issued);
         lock(&id.errors).remove(sidecar_id);
         Ok(())
