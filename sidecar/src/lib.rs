@@ -23,6 +23,7 @@ pub mod proxy_protocol;
 pub mod redirect;
 pub mod reload;
 pub mod server;
+pub mod service_identity;
 pub mod tcp;
 pub mod throttle;
 pub mod tls;
@@ -46,6 +47,8 @@ pub struct Prepared {
     self_signed: Option<Arc<certs::Entry>>,
     client_verifier: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
     webroot: Option<redirect::Webroot>,
+    /// The identity trust bundle (`--identity-ca`).
+    trust: Option<Arc<service_identity::Trust>>,
 }
 
 /// Loads every certificate and the client CA the configuration names, and opens the webroot.
@@ -64,11 +67,18 @@ pub fn prepare(config: &Config) -> Result<Prepared, ConfigError> {
         .as_ref()
         .map(mtls::verifier)
         .transpose()?;
+    let trust = config
+        .certs
+        .identity
+        .as_ref()
+        .map(|id| service_identity::Trust::load(&id.ca).map(Arc::new))
+        .transpose()?;
     Ok(Prepared {
         certs,
         self_signed,
         client_verifier,
         webroot,
+        trust,
     })
 }
 
@@ -108,6 +118,7 @@ pub async fn run(
     let reload_task = tokio::spawn(reload::watch(
         config.certs.clone(),
         store,
+        prepared.trust,
         metrics.clone(),
         prepared.self_signed,
         shutdown.clone(),

@@ -62,7 +62,7 @@ impl ClientIdentity {
 
 /// Builds the client verifier from the configuration (reads the CA bundle and CRLs).
 pub fn verifier(auth: &ClientAuth) -> Result<Arc<dyn ClientCertVerifier>, ConfigError> {
-    let roots = load_roots(&auth.ca)?;
+    let roots = load_roots("--client-ca", &auth.ca)?;
     let mut builder =
         WebPkiClientVerifier::builder_with_provider(Arc::new(roots), crate::tls::provider());
     if let Some(crl_path) = &auth.crl {
@@ -82,14 +82,16 @@ pub fn verifier(auth: &ClientAuth) -> Result<Arc<dyn ClientCertVerifier>, Config
     }))
 }
 
-fn load_roots(path: &Path) -> Result<RootCertStore, ConfigError> {
+/// Reads a PEM bundle of CA certificates (`flag` names it in errors): at least one, each usable
+/// as a trust anchor.
+pub(crate) fn load_roots(flag: &'static str, path: &Path) -> Result<RootCertStore, ConfigError> {
     let bytes = std::fs::read(path).map_err(|source| ConfigError::ReadFile {
-        flag: "--client-ca",
+        flag,
         path: path.to_path_buf(),
         source,
     })?;
     let bad = |reason: String| ConfigError::BadPem {
-        flag: "--client-ca",
+        flag,
         path: path.to_path_buf(),
         reason,
     };
