@@ -4,6 +4,10 @@
 //! Certificates: [`reload`] builds the [`certs::CertSet`] (SNI-indexed) served through
 //! [`tls::CertStore`] and swaps it on SIGHUP or file changes; [`mtls`] verifies client
 //! certificates; [`redirect`] is the plain-HTTP redirect listener beside the admin one.
+//!
+//! Service identity: the identity pair is one of the set's entries, chosen by its names;
+//! [`upstream`] relays the app's plain calls to other services over mutual TLS, presenting it and
+//! verifying theirs ([`service_identity`]).
 
 pub mod access_log;
 pub mod acme_alpn;
@@ -28,6 +32,7 @@ pub mod tcp;
 pub mod throttle;
 pub mod tls;
 pub mod trim;
+pub mod upstream;
 
 use std::sync::Arc;
 
@@ -49,9 +54,11 @@ pub struct Prepared {
     webroot: Option<redirect::Webroot>,
     /// The identity trust bundle (`--identity-ca`).
     trust: Option<Arc<service_identity::Trust>>,
+    routes: Vec<upstream::Route>,
 }
 
-/// Loads every certificate and the client CA the configuration names, and opens the webroot.
+/// Loads every certificate, the client CA and the identity trust bundle the configuration names,
+/// and opens the webroot.
 pub fn prepare(config: &Config) -> Result<Prepared, ConfigError> {
     // First: loading certificates may log (a generated self-signed one), and a bad webroot
     // should be the only line on stderr.
@@ -73,23 +80,27 @@ pub fn prepare(config: &Config) -> Result<Prepared, ConfigError> {
         .as_ref()
         .map(|id| service_identity::Trust::load(&id.ca).map(Arc::new))
         .transpose()?;
+    let routes = upstream::Route::all(&config.upstreams)?;
     Ok(Prepared {
         certs,
         self_signed,
         client_verifier,
         webroot,
         trust,
+        routes,
     })
 }
 
 /// Entries listed one by one at start up to this many; more are summarised in one line.
 const LOG_CERTS_MAX: usize = 20;
 
-/// Serves until `shutdown` is cancelled and the drain is over.
+/// Serves until `shutdown` is cancelled and the drain is over. `upstreams` are the egress relays'
+/// listeners, one per `config.upstreams` entry, in order.
 pub async fn run(
     listener: TcpListener,
     admin: Option<TcpListener>,
     redirect: Option<TcpListener>,
+    upstreams: Vec<TcpListener>,
     config: Config,
     prepared: Prepared,
     shutdown: CancellationToken,
@@ -115,6 +126,20 @@ pub async fn run(
     if mtls {
         info!("client certificates verified (mutual TLS)");
     }
+    let relays = match (&prepared.trust, &config.certs.identity) {
+        (Some(trust), Some(id)) if !prepared.routes.is_empty() => {
+            info!(domain = %id.domain, roots = trust.roots(), "upstream servers verified against the identity trust bundle");
+            let verifier = Arc::new(service_identity::IdentityVerifier::new(
+                trust.clone(),
+                id.domain.clone(),
+            ));
+            service_identity::Clients::new(store.clone(), verifier)?
+                .map(|clients| upstream::Relays::new(prepared.routes, clients, &config, &metrics))
+        }
+        _ => None,
+    };
+    let upstream_task =
+        relays.map(|r| tokio::spawn(upstream::serve(upstreams, r, shutdown.clone())));
     let reload_task = tokio::spawn(reload::watch(
         config.certs.clone(),
         store,
@@ -156,6 +181,9 @@ pub async fn run(
     server::serve(listener, config, tls, metrics, shutdown).await;
     let _ = trim_task.await;
 
+    if let Some(task) = upstream_task {
+        let _ = task.await;
+    }
     let _ = reload_task.await;
     if let Some(task) = orphan_task {
         let _ = task.await;
