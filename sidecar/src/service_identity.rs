@@ -360,6 +360,49 @@ mod tests {
         assert!(check_spiffe_id(&uris(&[b, b]), b).is_err());
     }
 
+    fn ca_pem(name: &str) -> String {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+        params.self_signed(&key).expect("self-sign").pem()
+    }
+
+    #[test]
+    fn the_trust_bundle_is_replaced_whole_and_kept_when_broken() {
+        let dir = std::env::temp_dir().join(format!("sidecar-trust-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let path = dir.join("ca.pem");
+        let (old, new) = (ca_pem("old root"), ca_pem("new root"));
+        std::fs::write(&path, &old).expect("write");
+        let trust = Trust::load(&path).expect("load");
+        assert_eq!(trust.roots(), 1);
+        assert_eq!(trust.reload().ok(), Some(false), "unchanged");
+        // A roll-over: both roots, then the new one alone.
+        std::fs::write(&path, format!("{old}{new}")).expect("write");
+        assert_eq!(trust.reload().ok(), Some(true));
+        assert_eq!(trust.roots(), 2);
+        for broken in ["", "-----BEGIN CERTIFICATE-----\nnot base64"] {
+            std::fs::write(&path, broken).expect("write");
+            let err = trust.reload().expect_err("unusable");
+            assert!(err.to_string().contains("--identity-ca"), "{err}");
+            assert_eq!(trust.roots(), 2, "the previous bundle is kept");
+        }
+        std::fs::write(&path, &new).expect("write");
+        assert_eq!(trust.reload().ok(), Some(true));
+        assert_eq!(trust.roots(), 1);
+        std::fs::remove_file(&path).expect("rm");
+        assert!(
+            trust.reload().is_err(),
+            "a missing file keeps the roots too"
+        );
+        assert_eq!(trust.roots(), 1);
+        assert!(Trust::load(&path).is_err(), "but is refused at start");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn a_refusal_names_both_identities() {
         let facts = CertFacts {

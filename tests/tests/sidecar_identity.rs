@@ -351,6 +351,48 @@ async fn a_renewed_identity_is_presented_on_new_calls_while_open_ones_keep_worki
 }
 
 #[tokio::test]
+async fn relays_are_bounded_and_drained_on_shutdown() {
+    let fx = Fixture::new();
+    let app = Backend::echo().await;
+    let b = fx.server_b(&fx.identity("b"), &app).start().await;
+    let local = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mut relay = fx
+        .identity("a")
+        .flags(Sidecar::builder().admin())
+        .args(["--max-connections", "1", "--shutdown-grace", "60s"])
+        .arg("--upstream")
+        .arg(format!("{local}={}", named("b", &b)))
+        .start()
+        .await;
+    let mut open = Plain::connect(local).await;
+    assert_eq!(open.get("/first").await.status, StatusCode::OK);
+
+    refused_call(local).await;
+    relay
+        .wait_log("upstream relays at --max-connections", STEP)
+        .await;
+    let busy = format!(
+        "sidecar_upstream_connections_total{{upstream=\"{local}\",outcome=\"refused_busy\"}}"
+    );
+    wait_metric(&relay, &busy, |v| v >= 1.0).await;
+
+    relay.sigterm();
+    poll_until_async(STEP, "the relay to stop accepting", || async move {
+        TcpStream::connect(local).await.is_err().then_some(())
+    })
+    .await;
+    assert_eq!(
+        open.get("/during-the-drain").await.status,
+        StatusCode::OK,
+        "a relay in flight keeps working during the grace"
+    );
+    assert!(relay.is_running(), "the drain waits for the open relay");
+    drop(open);
+    let status = relay.wait_exit(STEP).await;
+    assert!(status.success(), "{status}");
+}
+
+#[tokio::test]
 async fn bad_identity_settings_refuse_to_start() {
     let fx = Fixture::new();
     let a = fx.identity("a");
