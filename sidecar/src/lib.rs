@@ -60,13 +60,20 @@ pub struct Prepared {
 /// Loads every certificate, the client CA and the identity trust bundle the configuration names,
 /// and opens the webroot.
 pub fn prepare(config: &Config) -> Result<Prepared, ConfigError> {
-    // First: loading certificates may log (a generated self-signed one), and a bad webroot
-    // should be the only line on stderr.
+    // First: loading certificates may log (a generated self-signed one), and a bad webroot,
+    // upstream or identity trust bundle should be the only line on stderr.
     let webroot = config
         .redirect
         .as_ref()
         .and_then(|r| r.acme_webroot.as_deref())
         .map(redirect::Webroot::open)
+        .transpose()?;
+    let routes = upstream::Route::all(&config.upstreams)?;
+    let trust = config
+        .certs
+        .identity
+        .as_ref()
+        .map(|id| service_identity::Trust::load(&id.ca).map(Arc::new))
         .transpose()?;
     let (certs, self_signed) = reload::load_initial(&config.certs)?;
     let client_verifier = config
@@ -74,13 +81,6 @@ pub fn prepare(config: &Config) -> Result<Prepared, ConfigError> {
         .as_ref()
         .map(mtls::verifier)
         .transpose()?;
-    let trust = config
-        .certs
-        .identity
-        .as_ref()
-        .map(|id| service_identity::Trust::load(&id.ca).map(Arc::new))
-        .transpose()?;
-    let routes = upstream::Route::all(&config.upstreams)?;
     Ok(Prepared {
         certs,
         self_signed,

@@ -415,10 +415,22 @@ async fn bad_identity_settings_refuse_to_start() {
 
     let missing = run(flags(&a.file("nope.pem")));
     assert_eq!(missing.code, Some(2), "{}", missing.stderr);
+    assert_eq!(missing.lines().len(), 1, "{}", missing.stderr);
     assert!(
         missing.stderr.contains("--identity-cert"),
         "{}",
         missing.stderr
+    );
+
+    let mut bad_ca = flags(&a.file("cert.pem"));
+    bad_ca[5] = a.file("key.pem").display().to_string();
+    let bad_ca = run(bad_ca);
+    assert_eq!(bad_ca.code, Some(2), "{}", bad_ca.stderr);
+    assert_eq!(bad_ca.lines().len(), 1, "{}", bad_ca.stderr);
+    assert!(
+        bad_ca.stderr.contains("--identity-ca") && bad_ca.stderr.contains("no PEM certificate"),
+        "{}",
+        bad_ca.stderr
     );
 
     let mut partial = flags(&a.file("cert.pem"));
