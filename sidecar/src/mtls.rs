@@ -133,7 +133,7 @@ pub fn build_verifier(
     auth: &ClientAuth,
     files: &TrustFiles,
 ) -> Result<Arc<dyn ClientCertVerifier>, ConfigError> {
-    let roots = parse_roots(&auth.ca, &files.ca)?;
+    let roots = parse_roots("--client-ca", &auth.ca, &files.ca)?;
     let mut builder =
         WebPkiClientVerifier::builder_with_provider(Arc::new(roots), crate::tls::provider());
     if let (Some(path), Some(bytes)) = (&auth.crl, &files.crl) {
@@ -160,9 +160,19 @@ pub fn build_verifier(
     }))
 }
 
-fn parse_roots(path: &Path, bytes: &[u8]) -> Result<RootCertStore, ConfigError> {
+/// Reads a PEM bundle of CA certificates (`flag` names it in errors, at most
+/// [`MAX_TRUST_FILE`] bytes): at least one, each usable as a trust anchor.
+pub(crate) fn load_roots(flag: &'static str, path: &Path) -> Result<RootCertStore, ConfigError> {
+    parse_roots(flag, path, &read_bounded(flag, path)?)
+}
+
+fn parse_roots(
+    flag: &'static str,
+    path: &Path,
+    bytes: &[u8],
+) -> Result<RootCertStore, ConfigError> {
     let bad = |reason: String| ConfigError::BadPem {
-        flag: "--client-ca",
+        flag,
         path: path.to_path_buf(),
         reason,
     };

@@ -4,6 +4,8 @@
 //! half-updated pair is never served. [`watch`] runs it on SIGHUP, on file-change
 //! notifications for the certificate directories (inotify; certbot and Kubernetes swap files by
 //! rename or symlink, so directories are watched, not files), and on a periodic content check.
+//! The service identity's pair is one of the sets' entries (`--identity-cert`), reloaded with the
+//! same rules; its trust bundle (`--identity-ca`) is re-read on the same occasions.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -16,7 +18,10 @@ use crate::certs::{scan_dir, CertSet, Entry, PairPaths};
 use crate::config::CertSources;
 use crate::error::ConfigError;
 use crate::metrics::Metrics;
-use crate::tls::{parse_pair, read_pair, self_signed, CertStore, Flags, DIR_FLAGS, PAIR_FLAGS};
+use crate::service_identity::Trust;
+use crate::tls::{
+    parse_pair, read_pair, self_signed, CertStore, Flags, DIR_FLAGS, IDENTITY_FLAGS, PAIR_FLAGS,
+};
 
 /// After a change notification, wait this long for more (a renewal writes several files) before
 /// reloading once.
@@ -74,6 +79,15 @@ pub fn build(
         .pair
         .as_ref()
         .and_then(|p| load(p, PAIR_FLAGS, &mut failures));
+    let identity = sources
+        .identity_pair()
+        .and_then(|p| load(&p, IDENTITY_FLAGS, &mut failures));
+    // Entries from the files named on the command line, as opposed to the directory's.
+    let named_origins: Vec<String> = [sources.pair.clone(), sources.identity_pair()]
+        .into_iter()
+        .flatten()
+        .map(|p| p.cert.display().to_string())
+        .collect();
     let mut dir_entries = Vec::new();
     if let Some(dir) = &sources.dir {
         match scan_dir(dir) {
@@ -92,12 +106,11 @@ pub fn build(
                 });
                 // Keep every previous directory entry: the directory may be mid-swap.
                 if let Some(prev) = previous {
-                    let pair_origin = sources.pair.as_ref().map(|p| p.cert.display().to_string());
                     dir_entries.extend(
                         prev.entries()
                             .iter()
                             .filter(|e| {
-                                e.name != "self-signed" && Some(&e.origin) != pair_origin.as_ref()
+                                e.name != "self-signed" && !named_origins.contains(&e.origin)
                             })
                             .cloned(),
                     );
@@ -113,11 +126,10 @@ pub fn build(
         // A flat certificate whose key file vanished is no longer listed by the scan (a lone
         // `.crt` may be a CA bundle); while its certificate file is still there, treat it as a
         // broken renewal: keep serving it and report the missing key.
-        let pair_origin = sources.pair.as_ref().map(|p| p.cert.display().to_string());
         for old in prev.entries() {
             let origin = Path::new(&old.origin);
             let listed = dir_entries.iter().any(|e| e.origin == old.origin)
-                || pair_origin.as_ref() == Some(&old.origin);
+                || named_origins.contains(&old.origin);
             if !listed && origin.parent() == Some(dir.as_path()) && origin.is_file() {
                 failures.push(ConfigError::BadPem {
                     flag: "--certs-dir",
@@ -131,19 +143,6 @@ pub fn build(
             }
         }
     }
-    if let Some(prev) = previous {
-        // A pair that disappeared from the directory is a change too.
-        let now: usize = usize::from(pair.is_some()) + dir_entries.len();
-        let before = prev
-            .entries()
-            .iter()
-            .filter(|e| e.name != "self-signed")
-            .count();
-        if now != before {
-            changed = true;
-        }
-    }
-
     let default = match pair.or_else(|| dir_entries.first().cloned()) {
         Some(d) => d,
         None => match self_signed_cache {
@@ -166,8 +165,25 @@ pub fn build(
             },
         },
     };
+    let set = CertSet::new(default, dir_entries);
+    let set = match identity {
+        Some(identity) => set.with_identity(identity),
+        None => set,
+    };
+    if let Some(prev) = previous {
+        // A pair that disappeared from the directory is a change too.
+        let files = |set: &CertSet| {
+            set.entries()
+                .iter()
+                .filter(|e| e.name != "self-signed")
+                .count()
+        };
+        if files(&set) != files(prev) {
+            changed = true;
+        }
+    }
     Ok(Built {
-        set: CertSet::new(default, dir_entries),
+        set,
         failures,
         changed,
     })
@@ -183,10 +199,12 @@ pub fn load_initial(sources: &CertSources) -> Result<(CertSet, Option<Arc<Entry>
     Ok((built.set, cache))
 }
 
-/// Reloads on SIGHUP, directory changes and every `--reload-interval`, until `shutdown`.
+/// Reloads on SIGHUP, directory changes and every `--reload-interval`, until `shutdown`: the
+/// served certificates into `store`, and the identity trust bundle into `trust`.
 pub async fn watch(
     sources: CertSources,
     store: Arc<CertStore>,
+    trust: Option<Arc<Trust>>,
     metrics: Arc<Metrics>,
     mut self_signed_cache: Option<Arc<Entry>>,
     shutdown: CancellationToken,
@@ -203,6 +221,18 @@ pub async fn watch(
             }
             continue;
         }
+        let (trust_changed, trust_failed) = match trust.as_deref().map(Trust::reload) {
+            None | Some(Ok(false)) => (false, false),
+            Some(Ok(true)) => {
+                let trust = trust.as_deref().map_or(0, Trust::roots);
+                info!(roots = trust, "identity trust bundle loaded");
+                (true, false)
+            }
+            Some(Err(e)) => {
+                error!(error = %chain(&e), "identity trust bundle reload failed; still verifying upstream servers with the previous one");
+                (false, true)
+            }
+        };
         let current = store.current();
         let built = match build(&sources, Some(&current), &mut self_signed_cache) {
             Ok(b) => b,
@@ -227,9 +257,9 @@ pub async fn watch(
             }
             store.replace(built.set);
         }
-        if !built.failures.is_empty() {
+        if !built.failures.is_empty() || trust_failed {
             metrics.reload_failed();
-        } else if built.changed || forced {
+        } else if built.changed || trust_changed || forced {
             metrics.reload_succeeded();
         }
         triggers.rewatch(&watched_dirs(&sources));
@@ -401,6 +431,13 @@ fn watched_dirs(sources: &CertSources) -> Vec<PathBuf> {
     if let Some(pair) = &sources.pair {
         dirs.extend(parent(&pair.cert));
         dirs.extend(parent(&pair.key));
+    }
+    if let Some(id) = &sources.identity {
+        dirs.extend(
+            [&id.cert, &id.key, &id.ca]
+                .into_iter()
+                .filter_map(|p| parent(p)),
+        );
     }
     if let Some(dir) = &sources.dir {
         dirs.push(dir.clone());

@@ -48,6 +48,12 @@ pub const DIR_FLAGS: Flags = Flags {
     key: "--certs-dir",
 };
 
+/// Flags of the service identity's pair.
+pub const IDENTITY_FLAGS: Flags = Flags {
+    cert: "--identity-cert",
+    key: "--identity-key",
+};
+
 /// SHA-256 over a pair's file contents, to notice changes without parsing.
 pub fn pair_hash(cert: &[u8], key: &[u8]) -> [u8; 32] {
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);

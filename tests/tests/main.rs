@@ -15,6 +15,7 @@ mod sidecar_grpc;
 mod sidecar_h2c;
 mod sidecar_hostile;
 mod sidecar_http;
+mod sidecar_identity;
 mod sidecar_limits;
 mod sidecar_memory;
 mod sidecar_mtls;
