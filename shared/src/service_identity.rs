@@ -169,8 +169,19 @@ impl fmt::Display for Upstream {
     }
 }
 
-/// Refuses two relays on one local address (the second could never listen).
+/// Most egress relays one sidecar runs: each is a listener and a task; a label (4 KiB) could
+/// otherwise ask for a couple of hundred.
+pub const MAX_UPSTREAMS: usize = 64;
+
+/// Refuses two relays on one local address (the second could never listen), and more than
+/// [`MAX_UPSTREAMS`].
 pub fn check_unique(upstreams: &[Upstream]) -> Result<(), String> {
+    if upstreams.len() > MAX_UPSTREAMS {
+        return Err(format!(
+            "{} upstreams; at most {MAX_UPSTREAMS}",
+            upstreams.len()
+        ));
+    }
     for (i, u) in upstreams.iter().enumerate() {
         if upstreams[..i].iter().any(|o| o.local == u.local) {
             return Err(format!("two upstreams listen on {}", u.local));
@@ -251,5 +262,12 @@ mod tests {
         assert!(check_unique(&list.0)
             .expect_err("dup")
             .contains("127.0.0.1:9001"));
+        let many: Vec<Upstream> = (0..=MAX_UPSTREAMS)
+            .map(|i| format!("{}=b:8443", 10_000 + i).parse().expect("upstream"))
+            .collect();
+        assert!(check_unique(&many[..MAX_UPSTREAMS]).is_ok());
+        assert!(check_unique(&many)
+            .expect_err("too many")
+            .contains("at most 64"));
     }
 }

@@ -1147,31 +1147,46 @@ impl Daemon {
         let signer = lock(&id.signer).clone();
         let now = Instant::now();
         *lock(&id.retry) = None;
-        for (sidecar, spec) in running {
-            let Some(target) = &spec.identity else {
-                continue;
-            };
-            let last = lock(&id.issued).get(&sidecar.id).cloned();
-            let r = match identity::due(last.as_ref(), &target.name, now, signer.ca, signer.trust) {
-                Due::Nothing => continue,
-                Due::Issue => self.deliver_identity(&sidecar.id, spec, None).await,
-                Due::Trust => {
-                    self.deliver_identity(&sidecar.id, spec, last.as_ref())
-                        .await
+        let due: Vec<_> = running
+            .into_iter()
+            .filter_map(|(sidecar, spec)| {
+                let target = spec.identity.as_ref()?;
+                let last = lock(&id.issued).get(&sidecar.id).cloned();
+                match identity::due(last.as_ref(), &target.name, now, signer.ca, signer.trust) {
+                    Due::Nothing => None,
+                    Due::Issue => Some((sidecar, spec, None)),
+                    Due::Trust => Some((sidecar, spec, last)),
                 }
-            };
-            match r {
-                Ok(()) => {
-                    tracing::debug!(sidecar = %sidecar.name, identity = %target.name, "identity delivered")
+            })
+            .collect();
+        // Concurrently, as a turn's actions: after a restart every sidecar is due at once.
+        let unreachable: Mutex<Option<Error>> = Mutex::new(None);
+        stream::iter(due)
+            .for_each_concurrent(self.cfg.max_parallel_actions, |(sidecar, spec, last)| {
+                let unreachable = &unreachable;
+                async move {
+                    if lock(unreachable).is_some() {
+                        return;
+                    }
+                    match self.deliver_identity(&sidecar.id, spec, last.as_ref()).await {
+                        Ok(()) => {
+                            tracing::debug!(sidecar = %sidecar.name, trust_only = last.is_some(), "identity delivered")
+                        }
+                        Err(e) if e.is_transport() => {
+                            lock(unreachable).get_or_insert(e);
+                        }
+                        Err(e) => {
+                            self.identity_failed(id, &sidecar.id, &sidecar.name, &e.to_string());
+                            *lock(&id.retry) = Some(now + IDENTITY_RETRY);
+                        }
+                    }
                 }
-                Err(e) if e.is_transport() => return Err(e),
-                Err(e) => {
-                    self.identity_failed(id, &sidecar.id, &sidecar.name, &e.to_string());
-                    *lock(&id.retry) = Some(now + IDENTITY_RETRY);
-                }
-            }
+            })
+            .await;
+        match unreachable.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            Some(e) => Err(e),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// A failed identity reload or delivery, logged when its cause is new for `key`.
