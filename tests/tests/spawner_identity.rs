@@ -541,6 +541,22 @@ fn replace_file(path: &Path, bytes: &[u8], mode: u32) {
     std::fs::rename(&tmp, path).expect("rename");
 }
 
+/// The leaf certificate served on 127.0.0.1:`port` for `sni`, as PEM (`openssl s_client`; the
+/// server's certificate comes before it asks for the client's).
+fn served_pem(port: u16, sni: &str) -> Option<String> {
+    let out = Command::new("timeout")
+        .args(["5", "openssl", "s_client", "-connect"])
+        .arg(format!("127.0.0.1:{port}"))
+        .args(["-servername", sni])
+        .stdin(Stdio::null())
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let start = text.find("-----BEGIN CERTIFICATE-----")?;
+    let end = text.find("-----END CERTIFICATE-----")? + "-----END CERTIFICATE-----".len();
+    Some(text[start..end].to_string())
+}
+
 /// How many certificates a PEM file holds.
 fn certificates_in(path: &Path) -> usize {
     std::fs::read_to_string(path)
@@ -622,9 +638,10 @@ fn a_ca_roll_over_needs_no_restart_and_drops_no_connection() {
     let first = caller_fingerprint(&first);
     assert!(issued_by(&va.join("cert.pem"), &ca_cert("old")));
 
-    // One keep-alive connection through the whole roll-over: 30 requests, 2 a second.
-    let urls = format!("http://127.0.0.1:{RELAY}/keep-[1-30]");
-    let keep_alive = curl_in(&a, &["--rate", "2/s", &urls])
+    // One keep-alive connection through the whole roll-over: 80 requests, 2 a second, still
+    // going when the old root is gone (checked below).
+    let urls = format!("http://127.0.0.1:{RELAY}/keep-[1-80]");
+    let mut keep_alive = curl_in(&a, &["--rate", "2/s", &urls])
         .stdout(Stdio::piped())
         .spawn()
         .expect("start the keep-alive calls");
@@ -649,16 +666,22 @@ fn a_ca_roll_over_needs_no_restart_and_drops_no_connection() {
             .then_some(())
         },
     );
-    let (body, _) = poll(
+    // Both sidecars have picked their new certificates up: A presents its own on new calls, B
+    // serves its own.
+    poll(
         LIFECYCLE_DEADLINE,
-        "a call with the new certificates",
-        || call(&a, "new-ca"),
+        "A presenting its new certificate",
+        || {
+            let body = call(&a, "new-ca")?;
+            (caller_fingerprint(&body) != first).then_some(())
+        },
     );
-    assert_ne!(
-        caller_fingerprint(&body),
-        first,
-        "A presents its new certificate"
-    );
+    let served = dir.join("served-b.pem");
+    let b_port = host_port(&b, 8443);
+    poll(LIFECYCLE_DEADLINE, "B serving its new certificate", || {
+        std::fs::write(&served, served_pem(b_port, "b")?).ok()?;
+        issued_by(&served, &ca_cert("new")).then_some(())
+    });
 
     // 3. The old CA is removed: only the new one is trusted, and calls go on.
     replace_file(&trust, b"", 0o644);
@@ -670,6 +693,10 @@ fn a_ca_roll_over_needs_no_restart_and_drops_no_connection() {
         "the new root"
     );
     assert!(call(&a, "old-removed").is_some(), "calls go on");
+    assert!(
+        keep_alive.try_wait().expect("poll curl").is_none(),
+        "the keep-alive connection spans the whole roll-over"
+    );
 
     // The connection made under the old CA was never dropped.
     let keep_alive = finish(keep_alive);
@@ -678,7 +705,7 @@ fn a_ca_roll_over_needs_no_restart_and_drops_no_connection() {
     let answers: Vec<&str> = text.split("GET /keep-").skip(1).collect();
     assert_eq!(
         answers.len(),
-        30,
+        80,
         "every keep-alive request answered: {text}"
     );
     let seen: std::collections::HashSet<String> =
