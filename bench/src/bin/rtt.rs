@@ -36,7 +36,7 @@ struct Cli {
     #[arg(long, default_value_t = 1000)]
     requests: u64,
     /// Requests sent before the timed ones and not counted (connection set-up, caches, a
-    /// relay's first TLS session).
+    /// relay's first connection to its callee).
     #[arg(long, default_value_t = 0)]
     warmup: u64,
     /// A new TCP connection per request (`Connection: close`) instead of one keep-alive
