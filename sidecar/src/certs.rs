@@ -97,6 +97,8 @@ pub struct CertSet {
     /// `example.com` -> the entry holding `*.example.com`.
     wildcard: HashMap<String, Arc<Entry>>,
     entries: Vec<Arc<Entry>>,
+    /// The service identity (`--identity-cert`), if any: also in `exact` and `entries`.
+    identity: Option<Arc<Entry>>,
 }
 
 impl CertSet {
@@ -132,7 +134,30 @@ impl CertSet {
             exact,
             wildcard,
             entries: all,
+            identity: None,
         }
+    }
+
+    /// Adds the service identity: chosen by each of its DNS names ahead of every other
+    /// certificate (a caller that names the service as SNI is another sidecar, which verifies the
+    /// identity and nothing else), its wildcards ignored; the default and all other names are
+    /// unchanged.
+    pub fn with_identity(mut self, identity: Arc<Entry>) -> Self {
+        for name in &identity.facts.dns_names {
+            if !name.starts_with("*.") {
+                self.exact.insert(name.clone(), identity.clone());
+            }
+        }
+        if !self.entries.iter().any(|e| Arc::ptr_eq(e, &identity)) {
+            self.entries.push(identity.clone());
+        }
+        self.identity = Some(identity);
+        self
+    }
+
+    /// The service identity, presented on upstream calls.
+    pub fn identity(&self) -> Option<&Arc<Entry>> {
+        self.identity.as_ref()
     }
 
     /// The certificate for a client's SNI: an exact name, else a wildcard covering exactly one
@@ -296,6 +321,33 @@ mod tests {
         let set = CertSet::new(first.clone(), vec![first, second]);
         assert_eq!(set.select(Some("same.example")).name, "first");
         assert_eq!(set.entries().len(), 2);
+    }
+
+    #[test]
+    fn the_identity_wins_its_exact_names_and_leaves_the_rest() {
+        let default = entry("default", &["default.example", "b"]);
+        let other = entry("other", &["b.example", "*.example", "shared"]);
+        let id = entry("identity", &["b", "shared", "*.internal"]);
+        let set = CertSet::new(default.clone(), vec![other.clone()]).with_identity(id.clone());
+        assert_eq!(set.select(Some("b")).name, "identity", "over the default");
+        assert_eq!(set.select(Some("B.")).name, "identity");
+        assert_eq!(
+            set.select(Some("shared")).name,
+            "identity",
+            "over a directory pair"
+        );
+        assert_eq!(set.select(Some("b.example")).name, "other");
+        assert_eq!(
+            set.select(Some("x.internal")).name,
+            "default",
+            "no wildcard"
+        );
+        assert_eq!(set.select(Some("unknown")).name, "default");
+        assert_eq!(set.select(None).name, "default");
+        assert_eq!(set.select(Some("default.example")).name, "default");
+        assert!(set.identity().is_some_and(|i| Arc::ptr_eq(i, &id)));
+        assert_eq!(set.entries().len(), 3);
+        assert!(CertSet::new(default, vec![other]).identity().is_none());
     }
 
     #[test]

@@ -17,7 +17,8 @@ pub use shared::mode::{ClientAuthMode, Mode};
 use shared::parse::{duration, MaxAge};
 pub use shared::proto::{AlpnList, BackendProtocol, ProxyProtocol};
 use shared::schema::env;
-use shared::spec::{self, Certificate, SidecarSpec};
+use shared::service_identity::{check_unique, TrustDomain, Upstream};
+use shared::spec::{self, Certificate, IdentityFiles, SidecarSpec};
 use shared::telemetry::LogFormat;
 
 use crate::certs::PairPaths;
@@ -91,12 +92,13 @@ pub struct Cli {
     #[arg(long, env = env::CERTS_DIR, value_name = "DIR")]
     pub certs_dir: Option<PathBuf>,
 
-    /// How often certificate files are re-read and compared by content, besides reloading on
-    /// SIGHUP and on file-change notifications
+    /// How often certificate files (and --client-ca, --client-crl) are re-read and compared by
+    /// content, besides reloading on SIGHUP and on file-change notifications
     #[arg(long, env = env::RELOAD_INTERVAL, value_parser = duration, default_value = "60s")]
     pub reload_interval: Duration,
 
-    /// PEM bundle of CAs that issue client certificates: enables mutual TLS [default: off]
+    /// PEM bundle of CAs that issue client certificates: enables mutual TLS; reloaded like the
+    /// certificates (a broken file keeps the previous CAs) [default: off]
     #[arg(long, env = env::CLIENT_CA, value_name = "FILE")]
     pub client_ca: Option<PathBuf>,
 
@@ -105,7 +107,8 @@ pub struct Cli {
     #[arg(long, env = env::CLIENT_AUTH, value_name = "MODE", value_parser = ClientAuthMode::from_str)]
     pub client_auth: Option<ClientAuthMode>,
 
-    /// PEM file of certificate revocation lists for --client-ca [default: none]
+    /// PEM file of certificate revocation lists for --client-ca; reloaded like the certificates
+    /// (a broken file keeps the previous CRLs) [default: none]
     #[arg(long, env = env::CLIENT_CRL, value_name = "FILE")]
     pub client_crl: Option<PathBuf>,
 
@@ -229,6 +232,35 @@ pub struct Cli {
     /// container's namespace (`--network container:...`); checked every second
     #[arg(long, env = env::EXIT_WHEN_ORPHANED)]
     pub exit_when_orphaned: bool,
+
+    /// Service identity: this sidecar's PEM certificate (`spiffe://DOMAIN/NAME` and DNS `NAME`),
+    /// served to clients whose SNI is one of its DNS names and presented on every --upstream
+    /// call; reloaded like --cert. Needs --identity-key, --identity-ca and --identity-domain
+    /// [default: none]
+    #[arg(long, env = env::IDENTITY_CERT, value_name = "FILE")]
+    pub identity_cert: Option<PathBuf>,
+
+    /// The private key of --identity-cert
+    #[arg(long, env = env::IDENTITY_KEY, value_name = "FILE")]
+    pub identity_key: Option<PathBuf>,
+
+    /// PEM trust bundle of the identity CA (one root, or several during a CA roll-over):
+    /// --upstream servers are verified against it; reloaded when it changes
+    #[arg(long, env = env::IDENTITY_CA, value_name = "FILE")]
+    pub identity_ca: Option<PathBuf>,
+
+    /// Trust domain of the identity: an --upstream server must present
+    /// `spiffe://DOMAIN/NAME` for its NAME
+    #[arg(long, env = env::IDENTITY_DOMAIN, value_name = "DOMAIN", value_parser = TrustDomain::from_str)]
+    pub identity_domain: Option<TrustDomain>,
+
+    /// Egress relay `LOCAL=[NAME@]HOST:PORT`: plain TCP accepted on the loopback address LOCAL
+    /// (`PORT` alone: 127.0.0.1:PORT) is relayed over mutual TLS to HOST:PORT, presenting this
+    /// sidecar's identity; the server must present `spiffe://DOMAIN/NAME` (NAME defaults to
+    /// HOST; required when HOST is an IP address). Needs the --identity-* flags (comma list;
+    /// repeatable) [default: none]
+    #[arg(long = "upstream", env = env::UPSTREAMS, value_name = "LOCAL=[NAME@]HOST:PORT", value_parser = List::<Upstream>::from_str)]
+    pub upstreams: Vec<List<Upstream>>,
 }
 
 /// Where the served certificates come from.
@@ -242,14 +274,29 @@ pub struct CertSources {
     pub self_signed_names: Vec<SanName>,
     /// Period of the content check that backs up file-change notifications.
     pub reload_interval: Duration,
+    /// `--identity-*`: the service identity, served by SNI beside the others, presented on
+    /// upstream calls, its trust bundle verifying upstream servers.
+    pub identity: Option<IdentityFiles>,
 }
 
 impl CertSources {
     /// Whether any certificate comes from files (and so can be reloaded).
     pub fn has_files(&self) -> bool {
-        self.pair.is_some() || self.dir.is_some()
+        self.pair.is_some() || self.dir.is_some() || self.identity.is_some()
+    }
+
+    /// Where the identity pair lives, named `identity` in logs and metrics.
+    pub fn identity_pair(&self) -> Option<PairPaths> {
+        self.identity.as_ref().map(|id| PairPaths {
+            name: IDENTITY_NAME.to_string(),
+            cert: id.cert.clone(),
+            key: id.key.clone(),
+        })
     }
 }
+
+/// The identity pair's name in logs and in `sidecar_certificate_expiry_seconds`.
+pub const IDENTITY_NAME: &str = "identity";
 
 /// Mutual TLS settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -298,6 +345,9 @@ pub struct Config {
     pub hsts: Option<Hsts>,
     /// Exit when the namespace's container is gone (see [`crate::orphan`]).
     pub exit_when_orphaned: bool,
+    /// Egress relays (`--upstream`), each on its own loopback address; only with an identity
+    /// (`certs.identity`).
+    pub upstreams: Vec<Upstream>,
 }
 
 /// The HTTP->HTTPS redirect listener.
@@ -432,11 +482,19 @@ impl Cli {
             (None, Some(_)) => return Err(ConfigError::KeyWithoutCert),
             (None, None) => None,
         };
+        let identity = identity_files(
+            self.identity_cert,
+            self.identity_key,
+            self.identity_ca,
+            self.identity_domain,
+        )?;
+        let upstreams = upstreams(self.upstreams, identity.is_some())?;
         let certs = CertSources {
             pair,
             dir: self.certs_dir,
             self_signed_names: self_signed_names(self.self_signed_names, hostname)?,
             reload_interval: self.reload_interval,
+            identity,
         };
 
         let allow = Identities {
@@ -505,8 +563,84 @@ impl Cli {
             redirect,
             hsts,
             exit_when_orphaned: self.exit_when_orphaned,
+            upstreams,
         })
     }
+}
+
+/// The `--identity-*` flags: all four or none.
+fn identity_files(
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    ca: Option<PathBuf>,
+    domain: Option<TrustDomain>,
+) -> Result<Option<IdentityFiles>, ConfigError> {
+    let given = [
+        (
+            "--identity-cert",
+            cert.as_ref().map(|p| p.display().to_string()),
+        ),
+        (
+            "--identity-key",
+            key.as_ref().map(|p| p.display().to_string()),
+        ),
+        (
+            "--identity-ca",
+            ca.as_ref().map(|p| p.display().to_string()),
+        ),
+        (
+            "--identity-domain",
+            domain.as_ref().map(ToString::to_string),
+        ),
+    ];
+    match (cert, key, ca, domain) {
+        (Some(cert), Some(key), Some(ca), Some(domain)) => Ok(Some(IdentityFiles {
+            cert,
+            key,
+            ca,
+            domain,
+        })),
+        (None, None, None, None) => Ok(None),
+        _ => {
+            let missing: Vec<&str> = given
+                .iter()
+                .filter(|(_, v)| v.is_none())
+                .map(|(f, _)| *f)
+                .collect();
+            let Some((flag, Some(value))) = given.into_iter().find(|(_, v)| v.is_some()) else {
+                return Ok(None);
+            };
+            Err(ConfigError::Invalid {
+                flag,
+                value,
+                reason: format!(
+                    "the service identity needs all four --identity-* flags; missing {}",
+                    missing.join(", ")
+                ),
+            })
+        }
+    }
+}
+
+/// `--upstream`: the relays, each on its own local address, and only with an identity to
+/// present.
+fn upstreams(given: Vec<List<Upstream>>, identity: bool) -> Result<Vec<Upstream>, ConfigError> {
+    let list = List::concat(given);
+    if let Err(reason) = check_unique(&list.0) {
+        return Err(ConfigError::Invalid {
+            flag: "--upstream",
+            value: list.to_string(),
+            reason,
+        });
+    }
+    if let (Some(first), false) = (list.0.first(), identity) {
+        return Err(ConfigError::Invalid {
+            flag: "--upstream",
+            value: first.to_string(),
+            reason: "needs the service identity (--identity-cert, --identity-key, --identity-ca, --identity-domain): the relay presents it to the server and verifies the server's against it".to_string(),
+        });
+    }
+    Ok(list.0)
 }
 
 /// `--allow-upgrade`: lowercase tokens, empty entries dropped; `h2c` refused.
@@ -634,8 +768,8 @@ impl Config {
             exit_when_orphaned: self.exit_when_orphaned,
             acme_webroot: self.redirect.as_ref().and_then(|r| r.acme_webroot.clone()),
             acme_tls_alpn_dir: self.acme_tls_alpn_dir.clone(),
-            identity: None,
-            upstreams: Vec::new(),
+            identity: self.certs.identity.clone(),
+            upstreams: self.upstreams.clone(),
         }
     }
 }
@@ -923,6 +1057,87 @@ mod tests {
         ] {
             let err = config(&args, &[]).expect_err("needs --client-ca");
             assert!(err.to_string().contains("needs --client-ca"), "{err}");
+        }
+    }
+
+    const IDENTITY: [&str; 8] = [
+        "--identity-cert",
+        "/identity/cert.pem",
+        "--identity-key",
+        "/identity/key.pem",
+        "--identity-ca",
+        "/identity/ca.pem",
+        "--identity-domain",
+        "Test.Internal",
+    ];
+
+    #[test]
+    fn identity_takes_all_four_flags_or_none() {
+        let c = config(&IDENTITY, &[]).expect("all four");
+        let id = c.certs.identity.clone().expect("identity on");
+        assert_eq!(id.domain.as_str(), "test.internal");
+        assert_eq!(id.ca, PathBuf::from("/identity/ca.pem"));
+        assert_eq!(
+            c.certs.identity_pair().map(|p| (p.name, p.cert, p.key)),
+            Some((
+                "identity".to_string(),
+                "/identity/cert.pem".into(),
+                "/identity/key.pem".into()
+            ))
+        );
+        assert!(c.certs.has_files(), "the identity pair is reloaded");
+        assert_eq!(config(&[], &[]).expect("none").certs.identity, None);
+        let err = config(&IDENTITY[..4], &[]).expect_err("two of four");
+        let text = err.to_string();
+        assert!(
+            text.contains("--identity-cert")
+                && text.contains("missing --identity-ca, --identity-domain"),
+            "{text}"
+        );
+        let err = config(&["--identity-domain", "d.example"], &[]).expect_err("one of four");
+        assert!(
+            err.to_string()
+                .contains("missing --identity-cert, --identity-key, --identity-ca"),
+            "{err}"
+        );
+        assert!(Cli::try_parse_from(["sidecar", "--identity-domain", "a b"]).is_err());
+    }
+
+    #[test]
+    fn upstreams_need_the_identity_and_distinct_local_addresses() {
+        let mut args = IDENTITY.to_vec();
+        args.extend([
+            "--upstream",
+            "9001=b:8443",
+            "--upstream",
+            "[::1]:9002=pay@10.0.0.5:8443",
+        ]);
+        let c = config(&args, &[]).expect("valid");
+        let shown: Vec<String> = c.upstreams.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown,
+            ["127.0.0.1:9001=b:8443", "[::1]:9002=pay@10.0.0.5:8443"]
+        );
+
+        let err = config(&["--upstream", "9001=b:8443"], &[]).expect_err("no identity");
+        assert!(
+            err.to_string().contains("--upstream")
+                && err.to_string().contains("needs the service identity"),
+            "{err}"
+        );
+        let mut args = IDENTITY.to_vec();
+        args.extend(["--upstream", "9001=b:8443,127.0.0.1:9001=c:8443"]);
+        let err = config(&args, &[]).expect_err("same local address");
+        assert!(
+            err.to_string()
+                .contains("two upstreams listen on 127.0.0.1:9001"),
+            "{err}"
+        );
+        for bad in ["0.0.0.0:9001=b:8443", "9001=10.0.0.5:8443", "b:8443"] {
+            assert!(
+                Cli::try_parse_from(["sidecar", "--upstream", bad]).is_err(),
+                "{bad} should be refused"
+            );
         }
     }
 

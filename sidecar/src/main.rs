@@ -108,9 +108,24 @@ async fn serve(config: Config, prepared: sidecar::Prepared) -> anyhow::Result<()
         ),
         None => None,
     };
+    let mut upstreams = Vec::with_capacity(config.upstreams.len());
+    for addr in config.upstreams.iter().map(|u| u.local) {
+        upstreams.push(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| Error::Bind {
+                    flag: "--upstream",
+                    addr,
+                    source,
+                })?,
+        );
+    }
     let shutdown = CancellationToken::new();
     shared::shutdown::cancel_on_signal(shutdown.clone()).map_err(Error::Signals)?;
-    sidecar::run(listener, admin, redirect, config, prepared, shutdown).await?;
+    sidecar::run(
+        listener, admin, redirect, upstreams, config, prepared, shutdown,
+    )
+    .await?;
     Ok(())
 }
 

@@ -74,6 +74,81 @@ impl Refusal {
     }
 }
 
+/// How an app connection to an egress relay (`--upstream`) ended up: the `outcome` label of
+/// `sidecar_upstream_connections_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamOutcome {
+    /// Relayed (counted when the relay ends: with TLS 1.3 the server's verdict on this sidecar's
+    /// certificate can arrive after the handshake, as a `handshake_failed`).
+    Ok,
+    /// The remote could not be resolved or connected to within `--connect-timeout`.
+    ConnectFailed,
+    /// The TLS handshake failed or timed out, or the server refused this sidecar's certificate.
+    HandshakeFailed,
+    /// The server's certificate is not the identity expected (untrusted, wrong name, wrong
+    /// SPIFFE ID).
+    VerifyFailed,
+    /// Closed at once: `--max-connections` relays were open.
+    RefusedBusy,
+}
+
+impl UpstreamOutcome {
+    const ALL: [UpstreamOutcome; 5] = [
+        UpstreamOutcome::Ok,
+        UpstreamOutcome::ConnectFailed,
+        UpstreamOutcome::HandshakeFailed,
+        UpstreamOutcome::VerifyFailed,
+        UpstreamOutcome::RefusedBusy,
+    ];
+
+    /// The `outcome` label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamOutcome::Ok => "ok",
+            UpstreamOutcome::ConnectFailed => "connect_failed",
+            UpstreamOutcome::HandshakeFailed => "handshake_failed",
+            UpstreamOutcome::VerifyFailed => "verify_failed",
+            UpstreamOutcome::RefusedBusy => "refused_busy",
+        }
+    }
+}
+
+/// One egress relay's counters; its label is its local address, fixed by the configuration (so
+/// the label set is bounded).
+#[derive(Debug)]
+pub struct UpstreamStats {
+    label: String,
+    outcomes: [AtomicU64; UpstreamOutcome::ALL.len()],
+    active: AtomicI64,
+}
+
+impl UpstreamStats {
+    pub fn count(&self, outcome: UpstreamOutcome) {
+        self.outcomes[outcome as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How many app connections ended up as `outcome`.
+    pub fn outcomes(&self, outcome: UpstreamOutcome) -> u64 {
+        self.outcomes[outcome as usize].load(Ordering::Relaxed)
+    }
+
+    /// Counts a relayed connection as active until the guard drops.
+    pub fn opened(&self) -> UpstreamGuard<'_> {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        UpstreamGuard(self)
+    }
+}
+
+/// Keeps `sidecar_upstream_connections_active` right however a relay ends.
+#[derive(Debug)]
+pub struct UpstreamGuard<'a>(&'a UpstreamStats);
+
+impl Drop for UpstreamGuard<'_> {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Metrics {
     refusals: [AtomicU64; Refusal::ALL.len()],
@@ -95,6 +170,8 @@ pub struct Metrics {
     reloads_failed: AtomicU64,
     /// (name, not_after) of every certificate served.
     certificates: RwLock<Vec<(String, i64)>>,
+    /// One per `--upstream`, registered at start.
+    upstreams: RwLock<Vec<Arc<UpstreamStats>>>,
 }
 
 /// Keeps `sidecar_connections_active` right however a connection task ends.
@@ -181,6 +258,20 @@ impl Metrics {
             Ok(mut g) => *g = list,
             Err(p) => *p.into_inner() = list,
         }
+    }
+
+    /// The counters of the egress relay listening on `local`, rendered from now on.
+    pub fn upstream(&self, local: std::net::SocketAddr) -> Arc<UpstreamStats> {
+        let stats = Arc::new(UpstreamStats {
+            label: local.to_string(),
+            outcomes: Default::default(),
+            active: AtomicI64::new(0),
+        });
+        match self.upstreams.write() {
+            Ok(mut g) => g.push(stats.clone()),
+            Err(p) => p.into_inner().push(stats.clone()),
+        }
+        stats
     }
 
     pub fn reload_succeeded(&self) {
@@ -322,6 +413,44 @@ impl Metrics {
                 ("{direction=\"to_client\"}", get(&self.tcp_bytes_to_client)),
             ],
         );
+        let upstreams = match self.upstreams.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        };
+        let labels: Vec<(String, u64)> = upstreams
+            .iter()
+            .flat_map(|u| {
+                UpstreamOutcome::ALL.iter().map(|o| {
+                    (
+                        format!("{{upstream=\"{}\",outcome=\"{}\"}}", u.label, o.as_str()),
+                        u.outcomes(*o),
+                    )
+                })
+            })
+            .collect();
+        let samples: Vec<(&str, u64)> = labels.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+        metric(
+            "sidecar_upstream_connections_total",
+            "counter",
+            "App connections to an egress relay (--upstream), by local address and outcome.",
+            &samples,
+        );
+        let labels: Vec<(String, u64)> = upstreams
+            .iter()
+            .map(|u| {
+                (
+                    format!("{{upstream=\"{}\"}}", u.label),
+                    u.active.load(Ordering::Relaxed).max(0) as u64,
+                )
+            })
+            .collect();
+        let samples: Vec<(&str, u64)> = labels.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+        metric(
+            "sidecar_upstream_connections_active",
+            "gauge",
+            "Connections relayed by an egress relay now.",
+            &samples,
+        );
         metric(
             "sidecar_access_log_dropped_total",
             "counter",
@@ -331,7 +460,7 @@ impl Metrics {
         metric(
             "sidecar_certificate_reloads_total",
             "counter",
-            "Certificate reloads, by result (a failed reload keeps the previous certificate).",
+            "Certificate and client CA/CRL reloads, by result (a failed reload keeps what was in force).",
             &[
                 ("{result=\"success\"}", get(&self.reloads_ok)),
                 ("{result=\"failure\"}", get(&self.reloads_failed)),
@@ -397,5 +526,25 @@ mod tests {
         assert!(text.contains("# TYPE sidecar_connections_total counter\n"));
         assert!(text.contains("# TYPE sidecar_access_log_dropped_total counter\n"));
         assert!(text.contains("\nsidecar_access_log_dropped_total 0\n"));
+        assert!(text.contains("# TYPE sidecar_upstream_connections_total counter\n"));
+    }
+
+    #[test]
+    fn upstream_counters_carry_their_local_address() {
+        let m = Metrics::default();
+        let relay = m.upstream("127.0.0.1:9001".parse().expect("addr"));
+        relay.count(UpstreamOutcome::Ok);
+        relay.count(UpstreamOutcome::VerifyFailed);
+        relay.count(UpstreamOutcome::VerifyFailed);
+        let _open = relay.opened();
+        let text = m.render();
+        for line in [
+            "sidecar_upstream_connections_total{upstream=\"127.0.0.1:9001\",outcome=\"ok\"} 1\n",
+            "sidecar_upstream_connections_total{upstream=\"127.0.0.1:9001\",outcome=\"verify_failed\"} 2\n",
+            "sidecar_upstream_connections_total{upstream=\"127.0.0.1:9001\",outcome=\"refused_busy\"} 0\n",
+            "sidecar_upstream_connections_active{upstream=\"127.0.0.1:9001\"} 1\n",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
     }
 }

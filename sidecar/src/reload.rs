@@ -4,6 +4,8 @@
 //! half-updated pair is never served. [`watch`] runs it on SIGHUP, on file-change
 //! notifications for the certificate directories (inotify; certbot and Kubernetes swap files by
 //! rename or symlink, so directories are watched, not files), and on a periodic content check.
+//! The service identity's pair is one of the sets' entries (`--identity-cert`), reloaded with the
+//! same rules; its trust bundle (`--identity-ca`) is re-read on the same occasions.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -16,7 +18,10 @@ use crate::certs::{scan_dir, CertSet, Entry, PairPaths};
 use crate::config::CertSources;
 use crate::error::ConfigError;
 use crate::metrics::Metrics;
-use crate::tls::{parse_pair, read_pair, self_signed, CertStore, Flags, DIR_FLAGS, PAIR_FLAGS};
+use crate::service_identity::Trust;
+use crate::tls::{
+    parse_pair, read_pair, self_signed, CertStore, Flags, DIR_FLAGS, IDENTITY_FLAGS, PAIR_FLAGS,
+};
 
 /// After a change notification, wait this long for more (a renewal writes several files) before
 /// reloading once.
@@ -74,6 +79,15 @@ pub fn build(
         .pair
         .as_ref()
         .and_then(|p| load(p, PAIR_FLAGS, &mut failures));
+    let identity = sources
+        .identity_pair()
+        .and_then(|p| load(&p, IDENTITY_FLAGS, &mut failures));
+    // Entries from the files named on the command line, as opposed to the directory's.
+    let named_origins: Vec<String> = [sources.pair.clone(), sources.identity_pair()]
+        .into_iter()
+        .flatten()
+        .map(|p| p.cert.display().to_string())
+        .collect();
     let mut dir_entries = Vec::new();
     if let Some(dir) = &sources.dir {
         match scan_dir(dir) {
@@ -92,12 +106,11 @@ pub fn build(
                 });
                 // Keep every previous directory entry: the directory may be mid-swap.
                 if let Some(prev) = previous {
-                    let pair_origin = sources.pair.as_ref().map(|p| p.cert.display().to_string());
                     dir_entries.extend(
                         prev.entries()
                             .iter()
                             .filter(|e| {
-                                e.name != "self-signed" && Some(&e.origin) != pair_origin.as_ref()
+                                e.name != "self-signed" && !named_origins.contains(&e.origin)
                             })
                             .cloned(),
                     );
@@ -113,11 +126,10 @@ pub fn build(
         // A flat certificate whose key file vanished is no longer listed by the scan (a lone
         // `.crt` may be a CA bundle); while its certificate file is still there, treat it as a
         // broken renewal: keep serving it and report the missing key.
-        let pair_origin = sources.pair.as_ref().map(|p| p.cert.display().to_string());
         for old in prev.entries() {
             let origin = Path::new(&old.origin);
             let listed = dir_entries.iter().any(|e| e.origin == old.origin)
-                || pair_origin.as_ref() == Some(&old.origin);
+                || named_origins.contains(&old.origin);
             if !listed && origin.parent() == Some(dir.as_path()) && origin.is_file() {
                 failures.push(ConfigError::BadPem {
                     flag: "--certs-dir",
@@ -131,19 +143,6 @@ pub fn build(
             }
         }
     }
-    if let Some(prev) = previous {
-        // A pair that disappeared from the directory is a change too.
-        let now: usize = usize::from(pair.is_some()) + dir_entries.len();
-        let before = prev
-            .entries()
-            .iter()
-            .filter(|e| e.name != "self-signed")
-            .count();
-        if now != before {
-            changed = true;
-        }
-    }
-
     let default = match pair.or_else(|| dir_entries.first().cloned()) {
         Some(d) => d,
         None => match self_signed_cache {
@@ -166,8 +165,25 @@ pub fn build(
             },
         },
     };
+    let set = CertSet::new(default, dir_entries);
+    let set = match identity {
+        Some(identity) => set.with_identity(identity),
+        None => set,
+    };
+    if let Some(prev) = previous {
+        // A pair that disappeared from the directory is a change too.
+        let files = |set: &CertSet| {
+            set.entries()
+                .iter()
+                .filter(|e| e.name != "self-signed")
+                .count()
+        };
+        if files(&set) != files(prev) {
+            changed = true;
+        }
+    }
     Ok(Built {
-        set: CertSet::new(default, dir_entries),
+        set,
         failures,
         changed,
     })
@@ -183,49 +199,40 @@ pub fn load_initial(sources: &CertSources) -> Result<(CertSet, Option<Arc<Entry>
     Ok((built.set, cache))
 }
 
-/// Reloads on SIGHUP, directory changes and every `--reload-interval`, until `shutdown`.
+/// Reloads on SIGHUP, directory changes and every `--reload-interval`, until `shutdown`: the
+/// served certificates into `store`, and the identity trust bundle into `trust`.
 pub async fn watch(
     sources: CertSources,
     store: Arc<CertStore>,
+    trust: Option<Arc<Trust>>,
     metrics: Arc<Metrics>,
     mut self_signed_cache: Option<Arc<Entry>>,
     shutdown: CancellationToken,
 ) {
-    let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        Ok(s) => Some(s),
-        Err(e) => {
-            warn!(error = %e, "cannot listen for SIGHUP; reloading on file changes only");
-            None
+    let mut triggers = Triggers::new(watched_dirs(&sources), sources.reload_interval).await;
+    while let Some(trigger) = triggers.next(&shutdown).await {
+        let forced = trigger == Trigger::Hangup;
+        if forced {
+            info!("SIGHUP: reloading certificates");
         }
-    };
-    let mut notify = Notifier::new(&sources);
-    let mut tick = tokio::time::interval(sources.reload_interval);
-    tick.tick().await; // the first tick is immediate; the initial load just happened
-    loop {
-        let forced = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            Some(()) = recv_hangup(&mut hangup) => {
-                info!("SIGHUP: reloading certificates");
-                true
-            }
-            () = notify.changed() => {
-                // Let the writer finish: a renewal touches several files.
-                loop {
-                    tokio::select! {
-                        () = notify.changed() => continue,
-                        _ = tokio::time::sleep(DEBOUNCE) => break,
-                    }
-                }
-                false
-            }
-            _ = tick.tick() => false,
-        };
         if !sources.has_files() {
             if forced {
                 info!("no certificate files configured (self-signed): nothing to reload");
             }
             continue;
         }
+        let (trust_changed, trust_failed) = match trust.as_deref().map(Trust::reload) {
+            None | Some(Ok(false)) => (false, false),
+            Some(Ok(true)) => {
+                let trust = trust.as_deref().map_or(0, Trust::roots);
+                info!(roots = trust, "identity trust bundle loaded");
+                (true, false)
+            }
+            Some(Err(e)) => {
+                error!(error = %chain(&e), "identity trust bundle reload failed; still verifying upstream servers with the previous one");
+                (false, true)
+            }
+        };
         let current = store.current();
         let built = match build(&sources, Some(&current), &mut self_signed_cache) {
             Ok(b) => b,
@@ -250,18 +257,82 @@ pub async fn watch(
             }
             store.replace(built.set);
         }
-        if !built.failures.is_empty() {
+        if !built.failures.is_empty() || trust_failed {
             metrics.reload_failed();
-        } else if built.changed || forced {
+        } else if built.changed || trust_changed || forced {
             metrics.reload_succeeded();
         }
-        notify.rewatch(&sources);
+        triggers.rewatch(&watched_dirs(&sources));
+    }
+}
+
+/// Why a reload runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// SIGHUP: reload and report, even if nothing changed.
+    Hangup,
+    /// A change notification in a watched directory (debounced).
+    Changed,
+    /// The periodic content check.
+    Tick,
+}
+
+/// The three reasons to look at files again: SIGHUP, change notifications for `dirs`
+/// (debounced) and a periodic tick, each watcher with its own, so the certificate and the
+/// client-CA reloads never wait for each other.
+pub struct Triggers {
+    hangup: Option<tokio::signal::unix::Signal>,
+    notify: Notifier,
+    tick: tokio::time::Interval,
+}
+
+impl Triggers {
+    /// Starts listening; the first tick is one `every` from now (the initial load just happened).
+    pub async fn new(dirs: Vec<PathBuf>, every: Duration) -> Self {
+        let hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                warn!(error = %e, "cannot listen for SIGHUP; reloading on file changes only");
+                None
+            }
+        };
+        let mut tick = tokio::time::interval(every);
+        tick.tick().await; // the first tick is immediate
+        Self {
+            hangup,
+            notify: Notifier::new(&dirs),
+            tick,
+        }
+    }
+
+    /// The next reason to reload, or `None` once `shutdown` is cancelled.
+    pub async fn next(&mut self, shutdown: &CancellationToken) -> Option<Trigger> {
+        tokio::select! {
+            _ = shutdown.cancelled() => None,
+            Some(()) = recv_hangup(&mut self.hangup) => Some(Trigger::Hangup),
+            () = self.notify.changed() => {
+                // Let the writer finish: a renewal touches several files.
+                loop {
+                    tokio::select! {
+                        () = self.notify.changed() => continue,
+                        _ = tokio::time::sleep(DEBOUNCE) => break,
+                    }
+                }
+                Some(Trigger::Changed)
+            }
+            _ = self.tick.tick() => Some(Trigger::Tick),
+        }
+    }
+
+    /// (Re-)adds watches on `dirs` (see [`Notifier::rewatch`]).
+    pub fn rewatch(&mut self, dirs: &[PathBuf]) {
+        self.notify.rewatch(dirs);
     }
 }
 
 /// An error and its sources, `: `-separated (like `{:#}` in `main`), so a log line carries the
 /// reason (e.g. `No such file or directory`) and not only the file.
-fn chain(error: &dyn std::error::Error) -> String {
+pub fn chain(error: &dyn std::error::Error) -> String {
     let mut out = error.to_string();
     let mut source = error.source();
     while let Some(e) = source {
@@ -286,8 +357,8 @@ struct Notifier {
 }
 
 impl Notifier {
-    fn new(sources: &CertSources) -> Self {
-        if !sources.has_files() {
+    fn new(dirs: &[PathBuf]) -> Self {
+        if dirs.is_empty() {
             return Self { stream: None };
         }
         let stream = inotify::Inotify::init().and_then(|i| i.into_event_stream(vec![0u8; 4096]));
@@ -298,13 +369,13 @@ impl Notifier {
                 Self { stream: None }
             }
         };
-        me.rewatch(sources);
+        me.rewatch(dirs);
         me
     }
 
-    /// (Re-)adds watches on every directory a certificate may change in. Adding an existing
-    /// watch is a no-op, so this also picks up new `live/<name>` directories.
-    fn rewatch(&mut self, sources: &CertSources) {
+    /// (Re-)adds watches on `dirs`. Adding an existing watch is a no-op, so this picks up new
+    /// directories (certbot's `live/<name>`) and directories replaced since the last call.
+    fn rewatch(&mut self, dirs: &[PathBuf]) {
         let Some(stream) = &self.stream else { return };
         let mask = inotify::WatchMask::CREATE
             | inotify::WatchMask::CLOSE_WRITE
@@ -314,9 +385,9 @@ impl Notifier {
             | inotify::WatchMask::MODIFY
             | inotify::WatchMask::ATTRIB;
         let mut watches = stream.watches();
-        for dir in watched_dirs(sources) {
-            if let Err(e) = watches.add(&dir, mask) {
-                warn!(dir = %dir.display(), error = %e, "cannot watch certificate directory");
+        for dir in dirs {
+            if let Err(e) = watches.add(dir, mask) {
+                warn!(dir = %dir.display(), error = %e, "cannot watch directory for changes");
             }
         }
     }
@@ -341,21 +412,32 @@ impl Notifier {
     }
 }
 
+/// The directory a file's entry lives in (`.` for a bare file name): watched rather than the
+/// file, because tools replace files by rename or by re-pointing a symlink.
+pub fn parent_dir(p: &Path) -> Option<PathBuf> {
+    p.parent().map(|d| {
+        if d.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            d.to_path_buf()
+        }
+    })
+}
+
 /// The directories whose entries can change a served certificate.
 fn watched_dirs(sources: &CertSources) -> Vec<PathBuf> {
     let mut dirs: Vec<PathBuf> = Vec::new();
-    let parent = |p: &Path| {
-        p.parent().map(|d| {
-            if d.as_os_str().is_empty() {
-                PathBuf::from(".")
-            } else {
-                d.to_path_buf()
-            }
-        })
-    };
+    let parent = parent_dir;
     if let Some(pair) = &sources.pair {
         dirs.extend(parent(&pair.cert));
         dirs.extend(parent(&pair.key));
+    }
+    if let Some(id) = &sources.identity {
+        dirs.extend(
+            [&id.cert, &id.key, &id.ca]
+                .into_iter()
+                .filter_map(|p| parent(p)),
+        );
     }
     if let Some(dir) = &sources.dir {
         dirs.push(dir.clone());

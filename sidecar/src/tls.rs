@@ -10,7 +10,9 @@ use std::sync::{Arc, RwLock};
 
 use rustls::crypto::CryptoProvider;
 use rustls::server::danger::ClientCertVerifier;
-use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::server::{
+    ClientHello, ResolvesServerCert, ServerSessionMemoryCache, StoresServerSessions,
+};
 use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
@@ -44,6 +46,12 @@ pub const PAIR_FLAGS: Flags = Flags {
 pub const DIR_FLAGS: Flags = Flags {
     cert: "--certs-dir",
     key: "--certs-dir",
+};
+
+/// Flags of the service identity's pair.
+pub const IDENTITY_FLAGS: Flags = Flags {
+    cert: "--identity-cert",
+    key: "--identity-key",
 };
 
 /// SHA-256 over a pair's file contents, to notice changes without parsing.
@@ -293,6 +301,75 @@ impl ResolvesServerCert for CertStore {
     }
 }
 
+/// Sessions a client may resume, as rustls' default cache keeps them (this many, the oldest
+/// evicted first), but emptied at once by [`SessionCache::flush`]. A resumed handshake skips
+/// client-certificate verification, so when the trusted client CAs or CRLs change, every session
+/// established under the old ones must go: a client whose CA was removed, or whose certificate
+/// was revoked, then has to do a full handshake, which the new trust refuses.
+#[derive(Debug)]
+pub struct SessionCache {
+    current: RwLock<Arc<ServerSessionMemoryCache>>,
+}
+
+/// rustls' default: enough for the clients of one sidecar to resume, a few hundred KiB at most.
+const SESSIONS: usize = 256;
+
+impl SessionCache {
+    pub fn new() -> Self {
+        Self {
+            current: RwLock::new(ServerSessionMemoryCache::new(SESSIONS)),
+        }
+    }
+
+    /// Forgets every stored session: the next handshake of each client is a full one.
+    pub fn flush(&self) {
+        let fresh = ServerSessionMemoryCache::new(SESSIONS);
+        match self.current.write() {
+            Ok(mut guard) => *guard = fresh,
+            Err(poisoned) => *poisoned.into_inner() = fresh,
+        }
+    }
+
+    fn current(&self) -> Arc<ServerSessionMemoryCache> {
+        match self.current.read() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+}
+
+impl Default for SessionCache {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl StoresServerSessions for SessionCache {
+    fn put(&self, key: Vec<u8>, value: Vec<u8>) -> bool {
+        self.current().put(key, value)
+    }
+
+    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.current().get(key)
+    }
+
+    fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.current().take(key)
+    }
+
+    fn can_cache(&self) -> bool {
+        true
+    }
+}
+
+/// Mutual TLS as the server configuration sees it: the verifier every full handshake asks,
+/// and the session cache resumed handshakes come from, which the verifier's owner flushes
+/// when the trust changes.
+pub struct ClientAuthTls {
+    pub verifier: Arc<dyn ClientCertVerifier>,
+    pub sessions: Arc<SessionCache>,
+}
+
 /// ALPN protocols offered per mode: HTTP mode negotiates h2 or http/1.1; TCP mode offers
 /// `--alpn` (none by default, so any client ALPN is ignored rather than refused). With a list,
 /// a client offering none of it is refused (`no_application_protocol`, RFC 7301).
@@ -304,20 +381,29 @@ fn alpn(mode: Mode, tcp_alpn: &AlpnList) -> Vec<Vec<u8>> {
 }
 
 /// Builds the server configuration: TLS 1.2 and 1.3 only, rustls defaults otherwise, client
-/// certificates verified by `client_auth` when given (mutual TLS).
+/// certificates verified by `client_auth` when given (mutual TLS), whose session cache then
+/// replaces rustls' own.
 pub fn server_config(
     store: Arc<CertStore>,
     mode: Mode,
     tcp_alpn: &AlpnList,
-    client_auth: Option<Arc<dyn ClientCertVerifier>>,
+    client_auth: Option<ClientAuthTls>,
 ) -> Result<Arc<ServerConfig>, ConfigError> {
     let builder = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
-    let builder = match client_auth {
-        Some(verifier) => builder.with_client_cert_verifier(verifier),
-        None => builder.with_no_client_auth(),
+    let (builder, sessions) = match client_auth {
+        Some(auth) => (
+            builder.with_client_cert_verifier(auth.verifier),
+            Some(auth.sessions),
+        ),
+        None => (builder.with_no_client_auth(), None),
     };
     let mut config = builder.with_cert_resolver(store);
+    // rustls' default ticketer makes no tickets, so every resumable session lives in this
+    // cache: flushing it is enough to make every client verify again.
+    if let Some(sessions) = sessions {
+        config.session_storage = sessions;
+    }
     config.alpn_protocols = alpn(mode, tcp_alpn);
     Ok(Arc::new(config))
 }

@@ -2,12 +2,15 @@
 //! `Config` before any socket or container is touched.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use shared::schema::DEFAULT_LABEL_PREFIX;
+use shared::service_identity::TrustDomain;
 use shared::telemetry::LogFormat;
 
+use crate::identity_ca::CaSource;
 use crate::labels::AllowList;
 
 /// Let's Encrypt's production directory, the default `--acme-directory`.
@@ -15,6 +18,16 @@ pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
 /// Longest wait between two ACME attempts for a failing name set: a CA outage of a day costs
 /// four orders, well inside any CA's limits, and a fixed problem is noticed within hours.
 pub const ACME_RETRY_MAX: Duration = Duration::from_secs(6 * 3600);
+/// Where the spawner keeps the identity CA it makes, the default `--identity-store`.
+pub const IDENTITY_STORE: &str = "/var/lib/tls-sidecar/identity";
+/// Default `--identity-ttl`: a stolen identity key is worth a day at most, and renewing at half
+/// of it leaves twelve hours to notice a spawner that cannot.
+pub const IDENTITY_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Shortest `--identity-ttl`: renewed at half, a shorter one would be reissued every second.
+pub const IDENTITY_TTL_MIN: Duration = Duration::from_secs(2);
+/// Longest `--identity-ttl`: past a year a leaf is no longer short-lived, and a key that leaked
+/// stays good for longer than anyone would wait.
+pub const IDENTITY_TTL_MAX: Duration = Duration::from_secs(365 * 86_400);
 
 /// Launches a TLS sidecar next to every container that opts in with a label, and removes it when
 /// the container goes away.
@@ -39,6 +52,19 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The service identity CA (`--identity-*`).
+    Ca {
+        #[command(subcommand)]
+        action: CaAction,
+    },
+}
+
+/// `spawner ca ...`
+#[derive(Debug, Clone, Copy, Subcommand, PartialEq, Eq)]
+pub enum CaAction {
+    /// Print the identity trust bundle (PEM: the signing CA, then the --identity-trust roots) for
+    /// clients outside the spawner's reach, then exit. Reads the CA, never creates one.
+    Export,
 }
 
 /// Flags shared by every subcommand.
@@ -176,6 +202,69 @@ pub struct Opts {
     /// loopback or a private network.
     #[arg(long, env = "SPAWNER_ADMIN_LISTEN", global = true)]
     pub admin_listen: Option<String>,
+
+    /// Turn service identity on: every sidecar gets a short-lived certificate for
+    /// `spiffe://DOMAIN/<identity>` from the spawner's CA. DOMAIN is a DNS name such as
+    /// example.internal [default: off; empty = off]
+    #[arg(
+        long,
+        env = "SPAWNER_IDENTITY_DOMAIN",
+        value_name = "DOMAIN",
+        global = true
+    )]
+    pub identity_domain: Option<String>,
+
+    /// The identity CA's certificate (PEM), when the operator gives the CA; needs
+    /// --identity-ca-key [default: the CA in --identity-store, made on first start]
+    #[arg(
+        long,
+        env = "SPAWNER_IDENTITY_CA_CERT",
+        value_name = "FILE",
+        global = true
+    )]
+    pub identity_ca_cert: Option<PathBuf>,
+
+    /// The identity CA's private key (PKCS#8 PEM, mode 0600 or stricter); needs
+    /// --identity-ca-cert
+    #[arg(
+        long,
+        env = "SPAWNER_IDENTITY_CA_KEY",
+        value_name = "FILE",
+        global = true
+    )]
+    pub identity_ca_key: Option<PathBuf>,
+
+    /// Lifetime of each identity certificate; renewed at half of it. From 2s to 365d
+    /// [default: 24h]
+    #[arg(
+        long,
+        env = "SPAWNER_IDENTITY_TTL",
+        value_name = "DURATION",
+        global = true
+    )]
+    pub identity_ttl: Option<String>,
+
+    /// Directory (absolute) where the spawner makes its identity CA on first start and finds it
+    /// after (`ca.pem`, `ca-key.pem`); in a container, keep it on a volume, or each new container
+    /// makes a new CA
+    /// [default: /var/lib/tls-sidecar/identity]
+    #[arg(
+        long,
+        env = "SPAWNER_IDENTITY_STORE",
+        value_name = "DIR",
+        global = true
+    )]
+    pub identity_store: Option<PathBuf>,
+
+    /// PEM file of roots trusted beside the signing CA, for a CA roll-over: list the old root
+    /// here while moving to a new CA, then remove it [default: none]
+    #[arg(
+        long,
+        env = "SPAWNER_IDENTITY_TRUST",
+        value_name = "FILE",
+        global = true
+    )]
+    pub identity_trust: Option<PathBuf>,
 }
 
 /// Where sidecar certificates come from.
@@ -199,6 +288,18 @@ pub struct AcmeConfig {
     pub policy: crate::acme_plan::Policy,
 }
 
+/// Service identity settings (`--identity-*`), present when `--identity-domain` turns it on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityConfig {
+    pub domain: TrustDomain,
+    /// Lifetime of each leaf, within [`IDENTITY_TTL_MIN`] and [`IDENTITY_TTL_MAX`].
+    pub ttl: Duration,
+    /// The signing CA.
+    pub ca: CaSource,
+    /// Extra roots for the trust bundle (`--identity-trust`).
+    pub trust: Option<PathBuf>,
+}
+
 /// Validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -220,6 +321,13 @@ pub struct Config {
     /// At least 1.
     pub max_parallel_actions: usize,
     pub admin_listen: Option<SocketAddr>,
+    /// Service identity, with `--identity-domain`.
+    pub identity: Option<IdentityConfig>,
+    /// Where the identity CA is, also without `--identity-domain`: what `spawner ca export`
+    /// reads (the same as `identity.ca` when identity is on).
+    pub identity_ca: CaSource,
+    /// `--identity-trust`, likewise.
+    pub identity_trust: Option<PathBuf>,
 }
 
 /// A flag with an invalid value.
@@ -339,8 +447,10 @@ impl Cli {
                 Some(parse_listen(text).map_err(|reason| bad("admin-listen", text, reason))?)
             }
         };
+        let command = self.command.unwrap_or(Command::Run);
+        let (identity, identity_ca, identity_trust) = identity_config(&o, command)?;
         Ok(Config {
-            command: self.command.unwrap_or(Command::Run),
+            command,
             docker_socket,
             docker_host: o.docker_host,
             label_prefix: o.label_prefix,
@@ -356,8 +466,121 @@ impl Cli {
             docker_timeout: o.docker_timeout,
             max_parallel_actions: o.max_parallel_actions,
             admin_listen,
+            identity,
+            identity_ca,
+            identity_trust,
         })
     }
+}
+
+/// The `--identity-*` flags, validated: the identity settings (`None` without
+/// `--identity-domain`), and where the CA and extra roots are (for `ca export`, which needs no
+/// domain). Any other `--identity-*` flag without the domain is refused, except with `ca`: given
+/// alone it would do nothing.
+fn identity_config(
+    o: &Opts,
+    command: Command,
+) -> Result<(Option<IdentityConfig>, CaSource, Option<PathBuf>), ConfigError> {
+    // Empty is not given, as for --acme-email: a compose file can pass `${VAR:-}` through.
+    let text = |v: &Option<String>| {
+        v.as_deref()
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(str::to_string)
+    };
+    let path = |v: &Option<PathBuf>| v.clone().filter(|p| !p.as_os_str().is_empty());
+    let (cert, key, store, trust) = (
+        path(&o.identity_ca_cert),
+        path(&o.identity_ca_key),
+        path(&o.identity_store),
+        path(&o.identity_trust),
+    );
+    let ttl_text = text(&o.identity_ttl);
+    let show = |p: &PathBuf| p.display().to_string();
+    let domain = match text(&o.identity_domain) {
+        Some(d) => Some(
+            d.parse::<TrustDomain>()
+                .map_err(|r| bad("identity-domain", &d, r))?,
+        ),
+        None => None,
+    };
+    if domain.is_none() && !matches!(command, Command::Ca { .. }) {
+        let given = [
+            ("identity-ca-cert", cert.as_ref().map(show)),
+            ("identity-ca-key", key.as_ref().map(show)),
+            ("identity-ttl", ttl_text.clone()),
+            ("identity-store", store.as_ref().map(show)),
+            ("identity-trust", trust.as_ref().map(show)),
+        ];
+        if let Some((flag, Some(value))) = given.into_iter().find(|(_, v)| v.is_some()) {
+            return Err(bad(flag, &value, "needs --identity-domain"));
+        }
+    }
+    let ca = match (cert, key) {
+        (Some(cert), Some(key)) => {
+            if let Some(store) = &store {
+                return Err(bad(
+                    "identity-store",
+                    &show(store),
+                    "not used with --identity-ca-cert: the CA is the one given",
+                ));
+            }
+            CaSource::Files { cert, key }
+        }
+        (Some(cert), None) => {
+            return Err(bad(
+                "identity-ca-cert",
+                &show(&cert),
+                "needs --identity-ca-key: the CA's key",
+            ))
+        }
+        (None, Some(key)) => {
+            return Err(bad(
+                "identity-ca-key",
+                &show(&key),
+                "needs --identity-ca-cert: the CA's certificate",
+            ))
+        }
+        (None, None) => {
+            let store = store.unwrap_or_else(|| PathBuf::from(IDENTITY_STORE));
+            if !store.is_absolute() {
+                return Err(bad(
+                    "identity-store",
+                    &show(&store),
+                    "expected an absolute path",
+                ));
+            }
+            CaSource::Store(store)
+        }
+    };
+    let ttl = match &ttl_text {
+        None => IDENTITY_TTL,
+        Some(t) => {
+            let ttl = shared::parse::duration(t).map_err(|r| bad("identity-ttl", t, r))?;
+            if ttl < IDENTITY_TTL_MIN {
+                return Err(bad(
+                    "identity-ttl",
+                    t,
+                    "must be at least 2s: certificates are renewed at half their lifetime",
+                ));
+            }
+            if ttl > IDENTITY_TTL_MAX {
+                return Err(bad(
+                    "identity-ttl",
+                    t,
+                    "must be at most 365d: identity certificates are meant to be short-lived",
+                ));
+            }
+            ttl
+        }
+    };
+    let identity = domain.map(|domain| IdentityConfig {
+        domain,
+        ttl,
+        ca: ca.clone(),
+        trust: trust.clone(),
+    });
+    Ok((identity, ca, trust))
 }
 
 /// The `--acme-*` flags, validated: `None` without `--acme-email`.
@@ -615,6 +838,158 @@ mod tests {
             "a volume the spawner cannot see"
         );
         assert!(Cli::try_parse_from(["spawner", "--acme-retry-min", "0s"]).is_err());
+    }
+
+    #[test]
+    fn identity_is_off_by_default_and_typed() {
+        let c = cfg(&[]).expect("defaults");
+        assert_eq!(c.identity, None);
+        assert_eq!(c.identity_ca, CaSource::Store(IDENTITY_STORE.into()));
+        assert!(cfg(&["--identity-domain", " "])
+            .expect("empty is off")
+            .identity
+            .is_none());
+        let c = cfg(&["--identity-domain", "Example.Internal"]).expect("on");
+        let id = c.identity.expect("identity");
+        assert_eq!(id.domain.as_str(), "example.internal");
+        assert_eq!(id.ttl, Duration::from_secs(24 * 3600));
+        assert_eq!(id.ca, CaSource::Store(IDENTITY_STORE.into()));
+        assert_eq!(id.trust, None);
+
+        let c = cfg(&[
+            "--identity-domain",
+            "example.internal",
+            "--identity-ca-cert",
+            "ca.pem",
+            "--identity-ca-key",
+            "/secrets/ca-key.pem",
+            "--identity-ttl",
+            "1h 30m",
+            "--identity-trust",
+            "/etc/old-root.pem",
+        ])
+        .expect("operator CA");
+        let id = c.identity.expect("identity");
+        assert_eq!(
+            id.ca,
+            CaSource::Files {
+                cert: "ca.pem".into(),
+                key: "/secrets/ca-key.pem".into()
+            }
+        );
+        assert_eq!(id.ttl, Duration::from_secs(5400));
+        assert_eq!(id.trust, Some("/etc/old-root.pem".into()));
+        assert_eq!(c.identity_ca, id.ca);
+        assert_eq!(c.identity_trust, id.trust);
+        let c = cfg(&[
+            "--identity-domain",
+            "d.example",
+            "--identity-store",
+            "/srv/id",
+        ])
+        .expect("store");
+        assert_eq!(
+            c.identity.expect("identity").ca,
+            CaSource::Store("/srv/id".into())
+        );
+    }
+
+    #[test]
+    fn identity_flags_are_refused_with_their_reason() {
+        let refused = |args: &[&str]| {
+            let mut v = vec!["--identity-domain", "example.internal"];
+            v.extend_from_slice(args);
+            cfg(&v).expect_err("refused")
+        };
+        let e = cfg(&["--identity-domain", "not a domain"]).expect_err("domain");
+        assert_eq!(e.flag, "identity-domain");
+        for (ttl, why) in [
+            ("1s", "at least 2s"),
+            ("366d", "at most 365d"),
+            ("0s", "greater than zero"),
+            ("soon", "expected a duration"),
+        ] {
+            let e = refused(&["--identity-ttl", ttl]);
+            assert_eq!(e.flag, "identity-ttl", "{ttl}");
+            assert!(e.reason.contains(why), "{ttl}: {e}");
+        }
+        assert!(cfg(&["--identity-domain", "d.example", "--identity-ttl", "2s"]).is_ok());
+        assert!(cfg(&["--identity-domain", "d.example", "--identity-ttl", "365d"]).is_ok());
+        let e = refused(&["--identity-ca-cert", "/ca.pem"]);
+        assert_eq!(e.flag, "identity-ca-cert");
+        assert!(e.reason.contains("--identity-ca-key"), "{e}");
+        let e = refused(&["--identity-ca-key", "/ca-key.pem"]);
+        assert_eq!(e.flag, "identity-ca-key");
+        assert!(e.reason.contains("--identity-ca-cert"), "{e}");
+        let e = refused(&[
+            "--identity-ca-cert",
+            "/ca.pem",
+            "--identity-ca-key",
+            "/k.pem",
+            "--identity-store",
+            "/srv",
+        ]);
+        assert_eq!(e.flag, "identity-store");
+        let e = refused(&["--identity-store", "identity"]);
+        assert_eq!(e.flag, "identity-store");
+        assert!(e.reason.contains("absolute"), "{e}");
+    }
+
+    #[test]
+    fn identity_flags_need_the_domain_except_for_ca_export() {
+        for (flag, value) in [
+            ("--identity-ca-cert", "/ca.pem"),
+            ("--identity-ca-key", "/ca-key.pem"),
+            ("--identity-ttl", "1h"),
+            ("--identity-store", "/srv/id"),
+            ("--identity-trust", "/old.pem"),
+        ] {
+            let e = cfg(&[flag, value]).expect_err(flag);
+            assert_eq!(format!("--{}", e.flag), flag);
+            assert_eq!(e.reason, "needs --identity-domain");
+            let e = cfg(&["status", flag, value]).expect_err(flag);
+            assert_eq!(format!("--{}", e.flag), flag);
+        }
+        let c = cfg(&["ca", "export"]).expect("export");
+        assert_eq!(
+            c.command,
+            Command::Ca {
+                action: CaAction::Export
+            }
+        );
+        assert_eq!(c.identity, None);
+        assert_eq!(c.identity_ca, CaSource::Store(IDENTITY_STORE.into()));
+        let c = cfg(&[
+            "ca",
+            "export",
+            "--identity-store",
+            "/srv/id",
+            "--identity-trust",
+            "/old.pem",
+        ])
+        .expect("export from a store");
+        assert_eq!(c.identity_ca, CaSource::Store("/srv/id".into()));
+        assert_eq!(c.identity_trust, Some("/old.pem".into()));
+        let c = cfg(&[
+            "--identity-ca-cert",
+            "/ca.pem",
+            "--identity-ca-key",
+            "/k.pem",
+            "ca",
+            "export",
+        ])
+        .expect("export given files");
+        assert!(matches!(c.identity_ca, CaSource::Files { .. }));
+        assert_eq!(
+            cfg(&["ca", "export", "--identity-store", "rel"])
+                .expect_err("still validated")
+                .flag,
+            "identity-store"
+        );
+        assert!(
+            Cli::try_parse_from(["spawner", "ca"]).is_err(),
+            "an action is required"
+        );
     }
 
     #[test]

@@ -226,9 +226,7 @@ pub async fn run(
     };
     let identity = match cfg.identity.clone() {
         Some(id_cfg) => {
-            let signer = Signer::load_async(&id_cfg)
-                .await
-                .map_err(Error::Identity)?;
+            let signer = Signer::load_async(&id_cfg).await?;
             tracing::info!(domain = %id_cfg.domain, ttl = ?id_cfg.ttl, "service identity on: issuing identity certificates");
             Some(Identity {
                 cfg: id_cfg,
@@ -1061,8 +1059,7 @@ impl Daemon {
                 let now = std::time::SystemTime::now();
                 let leaf = signer
                     .authority
-                    .issue(&id.cfg.domain, &target.name, id.cfg.ttl, now)
-                    .map_err(|e| Error::Identity(e.to_string()))?;
+                    .issue(&id.cfg.domain, &target.name, id.cfg.ttl, now)?;
                 let bundle = delivery::Bundle::identity(
                     Some((&leaf.cert_pem, &leaf.key_pem)),
                     &signer.trust_pem,
@@ -1081,9 +1078,17 @@ impl Daemon {
             path: shared::schema::IDENTITY_MOUNT.into(),
             reason: format!("cannot build the archive: {e}"),
         })?;
-        self.engine
+        let uploaded = self
+            .engine
             .upload(sidecar_id, shared::schema::IDENTITY_MOUNT, archive)
-            .await?;
+            .await;
+        self.metrics.identity_delivery(
+            uploaded
+                .as_ref()
+                .map(|()| trust_only.is_none())
+                .map_err(|_| ()),
+        );
+        uploaded?;
         lock(&id.issued).insert(sidecar_id.to_string(), issued);
         lock(&id.errors).remove(sidecar_id);
         Ok(())
@@ -1110,14 +1115,19 @@ impl Daemon {
                     *lock(&id.signer) = signer;
                     lock(&id.errors).remove("");
                 }
-                Err(e) => self.identity_failed(id, "", "the identity CA", &e),
+                Err(e) => self.identity_failed(id, "", "the identity CA", &e.to_string()),
             }
         }
         let targets: HashMap<&str, (&TargetSpec, &str)> = observed
             .targets
             .iter()
             .filter(|t| t.running)
-            .filter_map(|t| Some((t.id.as_str(), (t.spec.as_ref().ok()?, t.started_at.as_str()))))
+            .filter_map(|t| {
+                Some((
+                    t.id.as_str(),
+                    (t.spec.as_ref().ok()?, t.started_at.as_str()),
+                ))
+            })
             .collect();
         let running: Vec<(&crate::reconcile::Sidecar, &TargetSpec)> = observed
             .sidecars
@@ -1138,13 +1148,17 @@ impl Daemon {
         let now = Instant::now();
         *lock(&id.retry) = None;
         for (sidecar, spec) in running {
-            let Some(target) = &spec.identity else { continue };
+            let Some(target) = &spec.identity else {
+                continue;
+            };
             let last = lock(&id.issued).get(&sidecar.id).cloned();
-            let r = match identity::due(last.as_ref(), &target.name, now, signer.ca, signer.trust)
-            {
+            let r = match identity::due(last.as_ref(), &target.name, now, signer.ca, signer.trust) {
                 Due::Nothing => continue,
                 Due::Issue => self.deliver_identity(&sidecar.id, spec, None).await,
-                Due::Trust => self.deliver_identity(&sidecar.id, spec, last.as_ref()).await,
+                Due::Trust => {
+                    self.deliver_identity(&sidecar.id, spec, last.as_ref())
+                        .await
+                }
             };
             match r {
                 Ok(()) => {
@@ -1164,7 +1178,11 @@ impl Daemon {
     fn identity_failed(&self, id: &Identity, key: &str, what: &str, error: &str) {
         let mut errors = lock(&id.errors);
         if errors.get(key).map(String::as_str) != Some(error) {
-            tracing::warn!(sidecar = what, error, "cannot renew the identity; the sidecar keeps what it has");
+            tracing::warn!(
+                sidecar = what,
+                error,
+                "cannot renew the identity; the sidecar keeps what it has"
+            );
             errors.insert(key.to_string(), error.to_string());
         }
     }

@@ -21,11 +21,13 @@ pub enum Error {
     },
     #[error("failed to write the status table")]
     WriteStatus(#[source] std::io::Error),
+    #[error("failed to write the trust bundle")]
+    WriteBundle(#[source] std::io::Error),
+    /// The identity CA cannot be loaded, made or read.
+    #[error(transparent)]
+    Identity(#[from] crate::identity_ca::IdentityError),
     #[error(transparent)]
     Deliver(#[from] crate::delivery::DeliveryError),
-    /// Service identity: the CA could not be loaded or made, or a certificate not issued.
-    #[error("{0}")]
-    Identity(String),
     #[error("cannot read --acme-ca-cert {}: {reason}", path.display())]
     AcmeCaCert {
         path: std::path::PathBuf,
@@ -56,9 +58,10 @@ impl Error {
                     | bollard::errors::Error::DockerStreamError { .. }
             ),
             Error::WriteStatus(_)
+            | Error::WriteBundle(_)
+            | Error::Identity(_)
             | Error::Deliver(_)
-            | Error::AcmeCaCert { .. }
-            | Error::Identity(_) => false,
+            | Error::AcmeCaCert { .. } => false,
         }
     }
 }

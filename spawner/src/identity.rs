@@ -48,13 +48,20 @@ impl Signer {
     }
 
     /// [`Signer::load`] off the async threads, under a timeout.
-    pub async fn load_async(cfg: &IdentityConfig) -> Result<Arc<Signer>, String> {
-        let cfg = cfg.clone();
-        let load = tokio::task::spawn_blocking(move || Signer::load(&cfg));
+    pub async fn load_async(cfg: &IdentityConfig) -> Result<Arc<Signer>, IdentityError> {
+        let failed = |reason: &str| IdentityError::Load {
+            path: match &cfg.ca {
+                crate::identity_ca::CaSource::Store(dir) => dir.clone(),
+                crate::identity_ca::CaSource::Files { cert, .. } => cert.clone(),
+            },
+            reason: reason.to_string(),
+        };
+        let owned = cfg.clone();
+        let load = tokio::task::spawn_blocking(move || Signer::load(&owned));
         match tokio::time::timeout(LOAD_TIMEOUT, load).await {
-            Err(_) => Err("loading the identity CA timed out".to_string()),
-            Ok(Err(_)) => Err("the task loading the identity CA failed".to_string()),
-            Ok(Ok(r)) => r.map(Arc::new).map_err(|e| e.to_string()),
+            Err(_) => Err(failed("reading the CA timed out")),
+            Ok(Err(_)) => Err(failed("the task reading the CA failed")),
+            Ok(Ok(r)) => r.map(Arc::new),
         }
     }
 }

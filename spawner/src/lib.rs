@@ -20,6 +20,7 @@ pub mod error;
 pub mod events;
 pub mod failure;
 pub mod identity;
+pub mod identity_ca;
 pub mod labels;
 pub mod metrics;
 pub mod observe;
@@ -27,9 +28,10 @@ pub mod reconcile;
 pub mod seen;
 pub mod status;
 
-pub use config::{Cli, Command, Config};
+pub use config::{CaAction, Cli, Command, Config};
 pub use error::Error;
 
+use std::io::Write as _;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
@@ -51,5 +53,15 @@ pub async fn run(
             daemon::run(config, metrics, shutdown).await
         }
         Command::Status { json } => status::run(&config, json).await,
+        Command::Ca {
+            action: CaAction::Export,
+        } => {
+            let bundle =
+                identity_ca::export(&config.identity_ca, config.identity_trust.as_deref())?;
+            let mut out = std::io::stdout().lock();
+            out.write_all(bundle.as_bytes())
+                .and_then(|()| out.flush())
+                .map_err(Error::WriteBundle)
+        }
     }
 }

@@ -119,7 +119,11 @@ impl EngineCause {
                 ..
             } => EngineCause::Api,
             Error::Docker { .. } => EngineCause::Io,
-            Error::WriteStatus(_) | Error::Deliver(_) | Error::AcmeCaCert { .. } => return None,
+            Error::WriteStatus(_)
+            | Error::WriteBundle(_)
+            | Error::Identity(_)
+            | Error::Deliver(_)
+            | Error::AcmeCaCert { .. } => return None,
         })
     }
 }
@@ -217,6 +221,8 @@ pub struct Metrics {
     engine_calls: AtomicU64,
     /// ACME orders that ended: issued, failed (retried), failed for good (not retried).
     acme_orders: [AtomicU64; 3],
+    /// Identity deliveries: certificates issued, trust bundles alone, failures.
+    identity: [AtomicU64; 3],
     states: Mutex<States>,
     /// The certificate source of each target's sidecar, for the certificate gauges.
     pub certs: Tracker,
@@ -266,6 +272,17 @@ impl Metrics {
             Err(true) => 2,
         };
         self.acme_orders[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An identity delivery ended: a certificate (`Ok(true)`), a trust bundle alone
+    /// (`Ok(false)`), or a failure.
+    pub fn identity_delivery(&self, outcome: Result<bool, ()>) {
+        let i = match outcome {
+            Ok(true) => 0,
+            Ok(false) => 1,
+            Err(()) => 2,
+        };
+        self.identity[i].fetch_add(1, Ordering::Relaxed);
     }
 
     /// An engine call failed (counted by cause).
@@ -361,6 +378,17 @@ impl Metrics {
             "counter",
             "ACME orders that ended, by result: issued; failed (retried with backoff); refused (the CA refused for good, not retried).",
             orders,
+        );
+        let identity = ["certificate", "trust-bundle", "failed"]
+            .iter()
+            .zip(&self.identity)
+            .map(|(r, n)| (format!("{{result=\"{r}\"}}"), get(n)));
+        metric(
+            out,
+            "spawner_identity_deliveries_total",
+            "counter",
+            "Service identity deliveries into sidecars, by result: certificate (a new one, with the trust bundle); trust-bundle (the bundle alone, after a roll-over); failed (retried in 5 s).",
+            identity,
         );
         metric(
             out,

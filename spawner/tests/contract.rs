@@ -24,7 +24,8 @@ use shared::identity::{CommonName, DnsPattern, Identities, List, UriPattern};
 use shared::mode::{ClientAuthMode, Mode};
 use shared::parse::MaxAge;
 use shared::proto::{AlpnId, AlpnList, BackendProtocol, ProxyProtocol};
-use shared::spec::{Certificate, ClientAuth, SidecarSpec};
+use shared::service_identity::{TrustDomain, Upstream};
+use shared::spec::{Certificate, ClientAuth, IdentityFiles, SidecarSpec};
 use shared::telemetry::LogFormat;
 
 /// Serialises the tests of this binary: both set the process environment.
@@ -156,6 +157,40 @@ fn client_auth() -> impl Strategy<Value = ClientAuth> {
     (path(), mode, identities()).prop_map(|(ca, mode, allow)| ClientAuth { ca, mode, allow })
 }
 
+/// A service identity: any paths, a trust domain through its parser.
+fn identity_files() -> impl Strategy<Value = IdentityFiles> {
+    let domain = parsed::<TrustDomain>(
+        prop::collection::vec(LABEL, 1..4).prop_map(|labels| labels.join(".")),
+    );
+    (path(), path(), path(), domain).prop_map(|(cert, key, ca, domain)| IdentityFiles {
+        cert,
+        key,
+        ca,
+        domain,
+    })
+}
+
+/// Egress relays through their parser: loopback locals in every form the grammar takes (a bare
+/// port, 127.0.0.0/8, `[::1]`), remotes named or `NAME@`-qualified; one relay per local address,
+/// as the sidecar requires.
+fn upstreams() -> impl Strategy<Value = Vec<Upstream>> {
+    let local = prop_oneof![
+        port().prop_map(|p| p.to_string()),
+        (any::<[u8; 3]>(), port()).prop_map(|(o, p)| format!("127.{}.{}.{}:{p}", o[0], o[1], o[2])),
+        port().prop_map(|p| format!("[::1]:{p}")),
+    ];
+    let remote = prop_oneof![
+        backend().prop_map(|b| b.to_string()),
+        (dns_name(), backend()).prop_map(|(name, b)| format!("{name}@{b}")),
+    ];
+    let one = parsed::<Upstream>((local, remote).prop_map(|(l, r)| format!("{l}={r}")));
+    prop::collection::vec(one, 0..4).prop_map(|mut list| {
+        let mut seen = std::collections::HashSet::new();
+        list.retain(|u| seen.insert(u.local));
+        list
+    })
+}
+
 /// ALPN protocol ids: registered ones, and any printable text the grammar admits (up to the
 /// 255-byte limit).
 fn alpn_id() -> impl Strategy<Value = AlpnId> {
@@ -193,7 +228,7 @@ fn backend_protocol() -> impl Strategy<Value = BackendProtocol> {
 
 /// Every spec a spawner can send: any value of each type, with the cross-setting rules the
 /// spawner enforces on labels too (HSTS only in http mode; ALPN and PROXY protocol only in tcp
-/// mode).
+/// mode; upstreams only with an identity).
 fn spec() -> impl Strategy<Value = SidecarSpec> {
     let mode = prop_oneof![Just(Mode::Http), Just(Mode::Tcp)];
     let log_format = prop_oneof![Just(LogFormat::Text), Just(LogFormat::Json)];
@@ -208,6 +243,7 @@ fn spec() -> impl Strategy<Value = SidecarSpec> {
         (grace, log_format, any::<bool>()),
         (alpn_list(), proxy_protocol(), backend_protocol()),
         (prop::option::of(path()), prop::option::of(path())),
+        (prop::option::of(identity_files()), upstreams()),
     )
         .prop_map(
             |(
@@ -216,6 +252,7 @@ fn spec() -> impl Strategy<Value = SidecarSpec> {
                 (shutdown_grace, log_format, exit_when_orphaned),
                 (alpn, proxy_protocol, backend_protocol),
                 (acme_webroot, acme_tls_alpn_dir),
+                (identity, upstreams),
             )| SidecarSpec {
                 listen,
                 backend,
@@ -245,8 +282,13 @@ fn spec() -> impl Strategy<Value = SidecarSpec> {
                 // HTTP-01 answers are served on the redirect listener only.
                 acme_webroot: acme_webroot.filter(|_| redirect_listen.is_some()),
                 acme_tls_alpn_dir,
-                identity: None,
-                upstreams: Vec::new(),
+                // Relays present the identity: none without one.
+                upstreams: if identity.is_some() {
+                    upstreams
+                } else {
+                    Vec::new()
+                },
+                identity,
             },
         )
 }

@@ -3,7 +3,8 @@
 //! server certificate with a known expiry) and serial number, plus CRLs revoking chosen serials.
 //!
 //! [`crate::certs::Pki`] covers key formats and broken files; this one covers identities, time
-//! and revocation, which mutual TLS and the expiry metric are about.
+//! and revocation, which mutual TLS and the expiry metric are about, and service identities
+//! ([`Spec::identity`]) as the spawner's identity CA issues them.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -24,6 +25,8 @@ pub enum Usage {
     Server,
     /// `clientAuth`: presented by a client to a sidecar with `--client-ca`.
     Client,
+    /// Both: a service identity, served to its callers and presented to the services it calls.
+    Identity,
 }
 
 /// A calendar day, `(year, month, day)`, UTC midnight.
@@ -61,6 +64,19 @@ impl Spec {
             cn: Some(cn.to_string()),
             dns: Vec::new(),
             uris: Vec::new(),
+            ips: Vec::new(),
+            validity: None,
+        }
+    }
+
+    /// A service identity as the spawner's CA issues it: URI SAN `spiffe://<domain>/<name>`, DNS
+    /// SAN `<name>`, subject `CN=<name>`, both `serverAuth` and `clientAuth`.
+    pub fn identity(domain: &str, name: &str) -> Spec {
+        Spec {
+            usage: Usage::Identity,
+            cn: Some(name.to_string()),
+            dns: vec![name.to_string()],
+            uris: vec![format!("spiffe://{domain}/{name}")],
             ips: Vec::new(),
             validity: None,
         }
@@ -193,10 +209,14 @@ impl TestCa {
         for ip in &spec.ips {
             params.subject_alt_names.push(SanType::IpAddress(*ip));
         }
-        params.extended_key_usages = vec![match spec.usage {
-            Usage::Server => ExtendedKeyUsagePurpose::ServerAuth,
-            Usage::Client => ExtendedKeyUsagePurpose::ClientAuth,
-        }];
+        params.extended_key_usages = match spec.usage {
+            Usage::Server => vec![ExtendedKeyUsagePurpose::ServerAuth],
+            Usage::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
+            Usage::Identity => vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+        };
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.serial_number = Some(SerialNumber::from(serial));
         if let Some(((by, bm, bd), (ay, am, ad))) = spec.validity {

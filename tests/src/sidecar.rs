@@ -365,6 +365,13 @@ pub fn run_expect_fail(args: &[&str], env: &[(&str, &str)]) -> Exited {
     }
 }
 
+/// A loopback port nothing listens on now (bound, then released), for addresses a flag cannot
+/// take as port 0 (an `--upstream` the app must know in advance).
+pub fn free_port() -> u16 {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a probe port");
+    probe.local_addr().expect("probe port address").port()
+}
+
 /// The value of field `name` in a log line, text (`name=value`, `name="value"`) or JSON (a
 /// top-level key or one under `fields`).
 pub fn log_field(line: &str, name: &str) -> Option<String> {

@@ -1,7 +1,9 @@
 //! Mutual TLS: a client certificate verified against `--client-ca` (and `--client-crl`), then
 //! matched against the allow-lists; refused clients get nothing (the refusal happens in the
 //! handshake, in http and tcp mode), admitted ones reach the backend with their identity in
-//! `X-Client-Cert-*` headers, which a client can never forge. Clients: rustls and curl.
+//! `X-Client-Cert-*` headers, which a client can never forge. The CA bundle and CRLs are reloaded
+//! without a restart: a CA roll-over, a broken bundle that keeps the previous one, a CRL update.
+//! Clients: rustls and curl.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -532,4 +534,229 @@ async fn mtls_flags_without_client_ca_refuse_to_start() {
             out.stderr
         );
     }
+}
+
+/// A periodic check that never fires during a test: a reload seen came from inotify or SIGHUP.
+const NO_PERIODIC: &str = "1h";
+
+/// One request on a connection that closes after it, for [`status_now`].
+const REQUEST_CLOSE: &[u8] = b"GET /now HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+
+const RELOAD_FAILED: &str = "sidecar_certificate_reloads_total{result=\"failure\"}";
+
+/// The status `config`'s client gets for one request on a new connection, or `None` if the
+/// sidecar refused it in the handshake (an alert where the response would be).
+async fn status_now(addr: std::net::SocketAddr, config: Arc<ClientConfig>) -> Option<u16> {
+    let tls = within(
+        STEP,
+        "TLS connect",
+        harness::client::try_tls_connect(addr, "localhost", config),
+    )
+    .await
+    .ok()?;
+    harness::client::raw_exchange(tls, REQUEST_CLOSE)
+        .await
+        .map(|r| r.status)
+}
+
+/// Polls, each time with a fresh client config (no session to resume), until `identity` is
+/// admitted (`admit`) or refused (`!admit`) by new handshakes.
+async fn wait_until(sc: &Sidecar, fx: &Fixture, identity: &Issued, admit: bool, what: &str) {
+    let addr = sc.addr();
+    harness::wait::poll_until_async(STEP, what, || {
+        let config = fx.client(Some(identity), ALPN_H1);
+        async move {
+            let status = status_now(addr, config).await;
+            assert!(
+                status.is_none() || status == Some(200),
+                "{what}: unexpected status {status:?}"
+            );
+            (status.is_some() == admit).then_some(())
+        }
+    })
+    .await;
+}
+
+/// The bundle a deployment swaps in: written beside the file, then renamed over it.
+fn deploy_bundle(fx: &Fixture, cas: &[&TestCa]) {
+    let pem: String = cas.iter().map(|ca| ca.pem()).collect();
+    harness::certdir::replace_atomic(&fx.client_ca, pem);
+}
+
+#[tokio::test]
+async fn a_client_ca_roll_over_needs_no_restart_and_keeps_open_connections() {
+    let fx = Fixture::new();
+    let old_ca = &fx.clients;
+    let new_ca = TestCa::new("next client CA");
+    let app = Backend::echo().await;
+    let sc = fx
+        .sidecar(app.addr())
+        .arg("--reload-interval")
+        .arg(NO_PERIODIC)
+        .start()
+        .await;
+    let old_client = fx.issue(Spec::client("web"));
+    let new_client = new_ca.issue(&Spec::client("web"));
+
+    // A keep-alive connection with the old CA's certificate, used once, and a second client of
+    // the old CA that resumes its session (the premise of the resumption check at the end).
+    let old_config = fx.client(Some(&old_client), ALPN_H1);
+    let mut kept = HttpConn::connect(sc.addr(), "localhost", old_config.clone()).await;
+    assert_eq!(kept.get("/before").await.status, StatusCode::OK);
+    let resumed = harness::client::tls_connect(sc.addr(), "localhost", old_config.clone()).await;
+    assert_eq!(
+        resumed.get_ref().1.handshake_kind(),
+        Some(rustls::HandshakeKind::Resumed),
+        "the old-CA client resumes its session while its CA is trusted"
+    );
+    drop(resumed);
+    let how = refused(&sc, &app, &fx, Some(&new_client), "new CA, not yet trusted").await;
+    assert!(how.is_alert("UnknownCA"), "{how:?}");
+
+    // Step 1: old and new side by side. Both are admitted.
+    deploy_bundle(&fx, &[old_ca, &new_ca]);
+    wait_until(&sc, &fx, &new_client, true, "a new-CA client admitted").await;
+    admitted(
+        &sc,
+        &fx,
+        Some(&old_client),
+        "an old-CA client, both CAs trusted",
+    )
+    .await;
+    sc.wait_log_all(&["client CAs loaded", "cas=2"], STEP).await;
+
+    // Step 2: new only. New handshakes of old-CA clients are refused...
+    deploy_bundle(&fx, &[&new_ca]);
+    wait_until(&sc, &fx, &old_client, false, "an old-CA client refused").await;
+    let how = refused(&sc, &app, &fx, Some(&old_client), "old CA, removed").await;
+    assert!(how.is_alert("UnknownCA"), "{how:?}");
+    admitted(&sc, &fx, Some(&new_client), "a new-CA client, new CA only").await;
+    // ...also one holding a session ticket from before: a resumption would skip verification.
+    let before = app.requests().len();
+    let how = expect_refused(sc.addr(), "localhost", old_config, REQUEST).await;
+    assert!(
+        how.is_alert("UnknownCA"),
+        "resuming after the roll-over: {how:?}"
+    );
+    assert_eq!(app.requests().len(), before, "nothing reached the backend");
+
+    // The connection made before the roll-over still answers.
+    assert_eq!(kept.get("/after").await.status, StatusCode::OK);
+    assert!(
+        app.requests().iter().any(|r| r.path == "/after"),
+        "the kept connection's request reached the backend"
+    );
+}
+
+#[tokio::test]
+async fn a_broken_client_ca_bundle_keeps_the_previous_one() {
+    let fx = Fixture::new();
+    let app = Backend::echo().await;
+    let sc = fx
+        .sidecar(app.addr())
+        .arg("--reload-interval")
+        .arg(NO_PERIODIC)
+        .admin()
+        .start()
+        .await;
+    let client = fx.issue(Spec::client("web"));
+    let stranger = TestCa::new("unknown CA").issue(&Spec::client("web"));
+    let ca = fx.client_ca.display().to_string();
+    let mut kept =
+        HttpConn::connect(sc.addr(), "localhost", fx.client(Some(&client), ALPN_H1)).await;
+    assert_eq!(kept.get("/before").await.status, StatusCode::OK);
+
+    // Garbage: one error naming the flag, the file and the reason; the old CA still verifies.
+    harness::certdir::replace_atomic(&fx.client_ca, "this is not a PEM bundle\n");
+    let line = sc
+        .wait_log_all(&["client CA reload failed", &ca], STEP)
+        .await;
+    assert!(
+        line.contains(&format!("--client-ca file {ca}: no PEM certificate found")),
+        "{line}"
+    );
+    harness::metrics::wait_metric(&sc, RELOAD_FAILED, |v| v == 1.0).await;
+    admitted(&sc, &fx, Some(&client), "an old-CA client, bundle broken").await;
+    let how = refused(&sc, &app, &fx, Some(&stranger), "unknown CA, bundle broken").await;
+    assert!(how.is_alert("UnknownCA"), "{how:?}");
+
+    // SIGHUP retries and reports again (a tick or another change would not repeat it).
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &sc.pid().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success());
+    harness::metrics::wait_metric(&sc, RELOAD_FAILED, |v| v == 2.0).await;
+    harness::wait::poll_until(STEP, "the error logged again after SIGHUP", || {
+        let lines = sc.logs();
+        let errors = lines
+            .iter()
+            .filter(|l| l.contains("client CA reload failed"))
+            .count();
+        (errors == 2).then_some(())
+    })
+    .await;
+
+    // Missing: a new error, and still the old CA.
+    std::fs::remove_file(&fx.client_ca).expect("remove the bundle");
+    harness::metrics::wait_metric(&sc, RELOAD_FAILED, |v| v == 3.0).await;
+    let line = sc
+        .wait_log_all(
+            &["client CA reload failed", "failed to read --client-ca file"],
+            STEP,
+        )
+        .await;
+    assert!(
+        line.contains(&ca) && line.contains("No such file"),
+        "{line}"
+    );
+    admitted(&sc, &fx, Some(&client), "an old-CA client, bundle missing").await;
+
+    // Fixed: the next good bundle is loaded.
+    let next = TestCa::new("next client CA");
+    deploy_bundle(&fx, &[&fx.clients, &next]);
+    wait_until(
+        &sc,
+        &fx,
+        &next.issue(&Spec::client("web")),
+        true,
+        "a client of the CA added by the fixed bundle",
+    )
+    .await;
+    assert_eq!(kept.get("/after").await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_crl_update_refuses_the_revoked_certificate_without_restart() {
+    let fx = Fixture::new();
+    let app = Backend::echo().await;
+    let crl = fx.files.path().join("clients.crl.pem");
+    write(&crl, fx.clients.crl_pem(&[]));
+    let sc = fx
+        .sidecar(app.addr())
+        .arg("--client-crl")
+        .arg(crl.display().to_string())
+        .arg("--reload-interval")
+        .arg(NO_PERIODIC)
+        .start()
+        .await;
+    let doomed = fx.issue(Spec::client("web"));
+    let fine = fx.issue(Spec::client("web"));
+    let mut kept =
+        HttpConn::connect(sc.addr(), "localhost", fx.client(Some(&doomed), ALPN_H1)).await;
+    assert_eq!(kept.get("/before").await.status, StatusCode::OK);
+
+    harness::certdir::replace_atomic(&crl, fx.clients.crl_pem(&[doomed.serial]));
+    wait_until(&sc, &fx, &doomed, false, "the revoked client refused").await;
+    let how = refused(&sc, &app, &fx, Some(&doomed), "revoked by the new CRL").await;
+    assert!(how.is_alert("CertificateRevoked"), "{how:?}");
+    admitted(
+        &sc,
+        &fx,
+        Some(&fine),
+        "a certificate the new CRL does not list",
+    )
+    .await;
+    // Revocation judges new handshakes; the connection made before keeps working.
+    assert_eq!(kept.get("/after").await.status, StatusCode::OK);
 }

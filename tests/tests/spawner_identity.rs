@@ -515,13 +515,174 @@ fn the_compose_example_gives_two_services_mutual_tls_with_one_label_each() {
     };
     let web = service("web");
     assert!(!web.is_empty(), "the web service runs");
-    let (body, _) = poll(Duration::from_secs(30), "web's call to api answered", || {
-        call(&web, "compose")
-    });
-    assert!(body.starts_with("GET /compose HTTP/1.1"), "api's echo: {body}");
+    let (body, _) = poll(
+        Duration::from_secs(30),
+        "web's call to api answered",
+        || call(&web, "compose"),
+    );
+    assert!(
+        body.starts_with("GET /compose HTTP/1.1"),
+        "api's echo: {body}"
+    );
     let san = echoed(&body, "x-client-cert-san").unwrap_or_default();
     assert!(
         san.contains("URI:spiffe://example.internal/web"),
         "api's app sees web's identity: {body}"
     );
+}
+
+/// Writes `bytes` to `path` the way a deployment replaces a file: a temporary file beside it,
+/// renamed over it (with `mode`).
+fn replace_file(path: &Path, bytes: &[u8], mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).expect("write");
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    std::fs::rename(&tmp, path).expect("rename");
+}
+
+/// How many certificates a PEM file holds.
+fn certificates_in(path: &Path) -> usize {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .matches("BEGIN CERTIFICATE")
+        .count()
+}
+
+/// Whether the leaf in `cert` verifies against the roots in `ca` alone (openssl).
+fn issued_by(cert: &Path, ca: &Path) -> bool {
+    Command::new("openssl")
+        .args(["verify", "-CAfile"])
+        .arg(ca)
+        .arg(cert)
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+#[test]
+fn a_ca_roll_over_needs_no_restart_and_drops_no_connection() {
+    use spawner::identity_ca::{Authority, CA_CERT_FILE, CA_KEY_FILE};
+    let run = TestRun::new();
+    let prefix = run.label_prefix();
+    let net = run.network(&unique_name("idnet"));
+    // Two CAs, made as the spawner makes its own; the operator gives the signing one as files.
+    let dir = std::env::temp_dir().join(unique_name("rollover"));
+    let domain = DOMAIN.parse().expect("domain");
+    for ca in ["old", "new"] {
+        Authority::load_or_create(&dir.join(ca), &domain).expect("make a CA");
+    }
+    let ca_cert = |ca: &str| dir.join(ca).join(CA_CERT_FILE);
+    let ca_key = |ca: &str| dir.join(ca).join(CA_KEY_FILE);
+    let read = |p: PathBuf| std::fs::read(p).expect("read");
+    let (signing_cert, signing_key, trust) = (
+        dir.join("signing.pem"),
+        dir.join("signing-key.pem"),
+        dir.join("trust.pem"),
+    );
+    replace_file(&signing_key, &read(ca_key("old")), 0o600);
+    replace_file(&signing_cert, &read(ca_cert("old")), 0o644);
+    replace_file(&trust, b"", 0o644);
+    let args = [
+        "--identity-domain",
+        DOMAIN,
+        "--identity-ca-cert",
+        &signing_cert.display().to_string(),
+        "--identity-ca-key",
+        &signing_key.display().to_string(),
+        "--identity-trust",
+        &trust.display().to_string(),
+        "--resync-interval",
+        "1s",
+    ]
+    .map(String::from);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let _spawner = Spawner::start(&prefix, &args);
+    let upstream = format!("{RELAY}=b:8443");
+    let a = service(
+        &run,
+        &net,
+        &prefix,
+        "a",
+        &[("identity", "a"), ("upstreams", &upstream)],
+    );
+    let b = service(
+        &run,
+        &net,
+        &prefix,
+        "b",
+        &[("identity", "b"), ("allow-identities", "a")],
+    );
+    let (va, vb) = (
+        identity_volume(&sidecar_of(&prefix, &a)),
+        identity_volume(&sidecar_of(&prefix, &b)),
+    );
+    let (first, _) = poll(LIFECYCLE_DEADLINE, "A's call to B answered", || {
+        call(&a, "first")
+    });
+    let first = caller_fingerprint(&first);
+    assert!(issued_by(&va.join("cert.pem"), &ca_cert("old")));
+
+    // One keep-alive connection through the whole roll-over: 30 requests, 2 a second.
+    let urls = format!("http://127.0.0.1:{RELAY}/keep-[1-30]");
+    let keep_alive = curl_in(&a, &["--rate", "2/s", &urls])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the keep-alive calls");
+
+    // 1. The new CA is trusted beside the old one.
+    replace_file(&trust, &read(ca_cert("new")), 0o644);
+    poll(Duration::from_secs(20), "both roots in B's bundle", || {
+        (certificates_in(&vb.join("ca.pem")) == 2).then_some(())
+    });
+    assert!(call(&a, "both-trusted").is_some(), "calls go on");
+
+    // 2. The new CA signs; the old one stays trusted: every certificate is reissued by the new.
+    replace_file(&signing_key, &read(ca_key("new")), 0o600);
+    replace_file(&signing_cert, &read(ca_cert("new")), 0o644);
+    replace_file(&trust, &read(ca_cert("old")), 0o644);
+    poll(
+        Duration::from_secs(20),
+        "certificates of the new CA",
+        || {
+            (issued_by(&va.join("cert.pem"), &ca_cert("new"))
+                && issued_by(&vb.join("cert.pem"), &ca_cert("new")))
+            .then_some(())
+        },
+    );
+    let (body, _) = poll(
+        LIFECYCLE_DEADLINE,
+        "a call with the new certificates",
+        || call(&a, "new-ca"),
+    );
+    assert_ne!(
+        caller_fingerprint(&body),
+        first,
+        "A presents its new certificate"
+    );
+
+    // 3. The old CA is removed: only the new one is trusted, and calls go on.
+    replace_file(&trust, b"", 0o644);
+    poll(Duration::from_secs(20), "one root in B's bundle", || {
+        (certificates_in(&vb.join("ca.pem")) == 1).then_some(())
+    });
+    assert!(
+        issued_by(&vb.join("ca.pem"), &ca_cert("new")),
+        "the new root"
+    );
+    assert!(call(&a, "old-removed").is_some(), "calls go on");
+
+    // The connection made under the old CA was never dropped.
+    let keep_alive = finish(keep_alive);
+    let text = String::from_utf8_lossy(&keep_alive.stdout).to_string();
+    assert!(keep_alive.status.success(), "keep-alive calls: {text}");
+    let answers: Vec<&str> = text.split("GET /keep-").skip(1).collect();
+    assert_eq!(
+        answers.len(),
+        30,
+        "every keep-alive request answered: {text}"
+    );
+    let seen: std::collections::HashSet<String> =
+        answers.iter().map(|a| caller_fingerprint(a)).collect();
+    assert_eq!(seen.len(), 1, "one connection throughout: {text}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

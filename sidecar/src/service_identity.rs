@@ -1,0 +1,433 @@
+//! Service identity, the calling side: what an egress relay ([`crate::upstream`]) presents to the
+//! server it calls, and how it decides that the server is the service it means.
+//!
+//! - [`Trust`]: the identity trust bundle (`--identity-ca`; several roots during a CA roll-over),
+//!   replaced whole when the file changes, the previous one kept while the file is unusable.
+//! - [`IdentityVerifier`]: WebPKI chain verification against the current bundle for the DNS name
+//!   the relay sent as SNI (the service's name), *then* the identity rule
+//!   ([`check_spiffe_id`]): the leaf's one URI SAN is exactly `spiffe://<domain>/<name>`. The DNS
+//!   name only picks the certificate; the SPIFFE ID is what a service is.
+//! - [`Clients`]: the `ClientConfig` every relay connects with, presenting the identity served
+//!   now (rebuilt when the identity certificate changes). TLS session resumption is off: a
+//!   resumed session skips certificate verification on both sides and carries the certificates
+//!   of its first full handshake, so it would let a caller's old identity, and trust in a
+//!   server's, outlive a renewal, a root removed from the bundle, or the certificates' expiry
+//!   (a stopped spawner renews nothing). A full ECDSA P-256 handshake per relayed connection is
+//!   the price; the app's keep-alive connections make it once.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{ResolvesClientCert, WebPkiServerVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::sign::CertifiedKey;
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, OtherError, RootCertStore,
+    SignatureScheme,
+};
+
+use crate::certs::{CertFacts, Entry};
+use crate::error::ConfigError;
+use crate::throttle::escape;
+use crate::tls::{provider, CertStore};
+use shared::service_identity::TrustDomain;
+
+/// The flag naming the trust bundle in errors.
+const CA_FLAG: &str = "--identity-ca";
+
+/// How much of a server's certificate names a log line shows.
+const PRESENTED_MAX: usize = 200;
+
+/// The identity trust bundle, reloadable.
+#[derive(Debug)]
+pub struct Trust {
+    path: PathBuf,
+    current: RwLock<Roots>,
+}
+
+#[derive(Debug, Clone)]
+struct Roots {
+    anchors: Arc<RootCertStore>,
+    verifier: Arc<WebPkiServerVerifier>,
+}
+
+impl Roots {
+    fn read(path: &Path) -> Result<Roots, ConfigError> {
+        let anchors = Arc::new(crate::mtls::load_roots(CA_FLAG, path)?);
+        let verifier = WebPkiServerVerifier::builder_with_provider(anchors.clone(), provider())
+            .build()
+            .map_err(|e| ConfigError::BadPem {
+                flag: CA_FLAG,
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })?;
+        Ok(Roots { anchors, verifier })
+    }
+}
+
+impl Trust {
+    /// Reads the bundle at start: an unusable file is a configuration error.
+    pub fn load(path: &Path) -> Result<Trust, ConfigError> {
+        Ok(Trust {
+            path: path.to_path_buf(),
+            current: RwLock::new(Roots::read(path)?),
+        })
+    }
+
+    /// Re-reads the bundle; `Ok(true)` when it holds other roots than before (then verifying
+    /// with them from the next handshake on). An unusable file leaves the current roots in place.
+    pub fn reload(&self) -> Result<bool, ConfigError> {
+        let new = Roots::read(&self.path)?;
+        let mut current = match self.current.write() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if current.anchors.roots == new.anchors.roots {
+            return Ok(false);
+        }
+        *current = new;
+        Ok(true)
+    }
+
+    /// How many roots the bundle holds now.
+    pub fn roots(&self) -> usize {
+        self.roots_now().anchors.roots.len()
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn roots_now(&self) -> Roots {
+        match self.current.read() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+}
+
+/// The identity rule for an upstream's server, after its chain and DNS name were verified: its
+/// certificate has exactly one URI SAN (an X.509 SVID does), and it is `expected`. `Err` says
+/// what is wrong, for the log line.
+pub fn check_spiffe_id(uris: &[String], expected: &str) -> Result<(), &'static str> {
+    match uris {
+        [one] if one == expected => Ok(()),
+        [_] => Err("another identity"),
+        [] => Err("its certificate has no URI SAN, so no identity"),
+        _ => Err("its certificate has several URI SANs, an identity has exactly one"),
+    }
+}
+
+/// A server refused by [`IdentityVerifier`]: what it presented, what was expected, and why not.
+#[derive(Debug, thiserror::Error)]
+#[error("the server presented {presented}, expected {expected}: {reason}")]
+pub struct Refused {
+    pub presented: String,
+    pub expected: String,
+    pub reason: String,
+}
+
+/// What a certificate claims to be, for a log line: its URI SANs, else its DNS names, else its
+/// subject (escaped: the server chose this text).
+fn presented(facts: Option<&CertFacts>) -> String {
+    let text = match facts {
+        None => "an unparsable certificate".to_string(),
+        Some(f) if !f.uris.is_empty() => f.uris.join(", "),
+        Some(f) if !f.dns_names.is_empty() => {
+            format!("no SPIFFE ID (DNS names {})", f.dns_names.join(", "))
+        }
+        Some(f) => format!("no SPIFFE ID (subject {})", f.subject),
+    };
+    escape(text.as_bytes(), PRESENTED_MAX)
+}
+
+/// Verifies an upstream's server: WebPKI against the current [`Trust`] for the SNI name, then
+/// [`check_spiffe_id`] with the SPIFFE ID of that name in `domain`.
+#[derive(Debug)]
+pub struct IdentityVerifier {
+    trust: Arc<Trust>,
+    domain: TrustDomain,
+}
+
+impl IdentityVerifier {
+    pub fn new(trust: Arc<Trust>, domain: TrustDomain) -> Self {
+        Self { trust, domain }
+    }
+}
+
+impl ServerCertVerifier for IdentityVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let ServerName::DnsName(name) = server_name else {
+            // The relay always sends the service name; anything else is a bug, not a server.
+            return Err(rustls::Error::General(
+                "an identity is verified for a service name".to_string(),
+            ));
+        };
+        let name = name.as_ref();
+        let facts = CertFacts::from_der(end_entity.as_ref()).ok();
+        let refuse = |reason: String| {
+            let refused = Refused {
+                presented: presented(facts.as_ref()),
+                expected: format!("spiffe://{}/{name}", self.domain),
+                reason,
+            };
+            rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(
+                refused,
+            ))))
+        };
+        let verified = self.trust.roots_now().verifier.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        );
+        match verified {
+            Ok(_) => {}
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => {
+                return Err(refuse(format!(
+                    "its certificate is not for the DNS name {name}"
+                )))
+            }
+            Err(rustls::Error::InvalidCertificate(e)) => {
+                return Err(refuse(format!(
+                    "not verified against the identity trust bundle ({}): {e}",
+                    self.trust.path().display()
+                )))
+            }
+            Err(e) => return Err(e),
+        }
+        let expected = format!("spiffe://{}/{name}", self.domain);
+        let uris = facts.as_ref().map_or(&[][..], |f| &f.uris[..]);
+        match check_spiffe_id(uris, &expected) {
+            Ok(()) => Ok(ServerCertVerified::assertion()),
+            Err(reason) => Err(refuse(reason.to_string())),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.trust
+            .roots_now()
+            .verifier
+            .verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.trust
+            .roots_now()
+            .verifier
+            .verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.trust.roots_now().verifier.supported_verify_schemes()
+    }
+}
+
+/// Presents one identity certificate: the one a [`ClientConfig`] of [`Clients`] was built for.
+#[derive(Debug)]
+struct Presents(Arc<CertifiedKey>);
+
+impl ResolvesClientCert for Presents {
+    fn resolve(&self, _: &[&[u8]], _: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// The relays' client configuration for the identity served now (see the module docs for why
+/// it is rebuilt when, and only when, that identity changes).
+pub struct Clients {
+    store: Arc<CertStore>,
+    verifier: Arc<IdentityVerifier>,
+    current: Mutex<(Arc<Entry>, Arc<ClientConfig>)>,
+}
+
+impl fmt::Debug for Clients {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Clients").finish_non_exhaustive()
+    }
+}
+
+impl Clients {
+    /// Builds the first configuration. `None` when the store serves no identity.
+    pub fn new(
+        store: Arc<CertStore>,
+        verifier: Arc<IdentityVerifier>,
+    ) -> Result<Option<Clients>, ConfigError> {
+        let Some(identity) = store.current().identity().cloned() else {
+            return Ok(None);
+        };
+        let config = client_config(&identity, verifier.clone())?;
+        Ok(Some(Clients {
+            store,
+            verifier,
+            current: Mutex::new((identity, config)),
+        }))
+    }
+
+    /// The configuration presenting the identity served now.
+    pub fn config(&self) -> Result<Arc<ClientConfig>, ConfigError> {
+        let mut current = match self.current.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let Some(identity) = self.store.current().identity().cloned() else {
+            // Never: a reload keeps the identity (the previous one when the new fails).
+            return Ok(current.1.clone());
+        };
+        if current.0.content_hash != identity.content_hash {
+            let config = client_config(&identity, self.verifier.clone())?;
+            *current = (identity, config);
+        }
+        Ok(current.1.clone())
+    }
+}
+
+/// TLS 1.3 and 1.2, the identity presented, servers checked by `verifier`, no resumption (see
+/// the module docs), no ALPN (the relay moves bytes; the server's default protocol applies).
+fn client_config(
+    identity: &Entry,
+    verifier: Arc<IdentityVerifier>,
+) -> Result<Arc<ClientConfig>, ConfigError> {
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_cert_resolver(Arc::new(Presents(identity.key.clone())));
+    config.resumption = rustls::client::Resumption::disabled();
+    Ok(Arc::new(config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn uris(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_server_is_the_service_whose_one_uri_san_is_its_spiffe_id() {
+        let b = "spiffe://test.internal/b";
+        assert_eq!(check_spiffe_id(&uris(&[b]), b), Ok(()));
+        assert_eq!(
+            check_spiffe_id(&uris(&["spiffe://test.internal/c"]), b),
+            Err("another identity")
+        );
+        for near in [
+            "spiffe://test.internal/b/",
+            "spiffe://test.internal/B",
+            "spiffe://other.internal/b",
+            "spiffe://test.internal/b/x",
+            "https://test.internal/b",
+        ] {
+            assert!(check_spiffe_id(&uris(&[near]), b).is_err(), "{near}");
+        }
+        assert!(check_spiffe_id(&[], b)
+            .expect_err("none")
+            .contains("no URI SAN"));
+        assert!(check_spiffe_id(&uris(&[b, "spiffe://test.internal/c"]), b)
+            .expect_err("two")
+            .contains("several"));
+        assert!(check_spiffe_id(&uris(&[b, b]), b).is_err());
+    }
+
+    fn ca_pem(name: &str) -> String {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+        params.self_signed(&key).expect("self-sign").pem()
+    }
+
+    #[test]
+    fn the_trust_bundle_is_replaced_whole_and_kept_when_broken() {
+        let dir = std::env::temp_dir().join(format!("sidecar-trust-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let path = dir.join("ca.pem");
+        let (old, new) = (ca_pem("old root"), ca_pem("new root"));
+        std::fs::write(&path, &old).expect("write");
+        let trust = Trust::load(&path).expect("load");
+        assert_eq!(trust.roots(), 1);
+        assert_eq!(trust.reload().ok(), Some(false), "unchanged");
+        // A roll-over: both roots, then the new one alone.
+        std::fs::write(&path, format!("{old}{new}")).expect("write");
+        assert_eq!(trust.reload().ok(), Some(true));
+        assert_eq!(trust.roots(), 2);
+        for broken in ["", "-----BEGIN CERTIFICATE-----\nnot base64"] {
+            std::fs::write(&path, broken).expect("write");
+            let err = trust.reload().expect_err("unusable");
+            assert!(err.to_string().contains("--identity-ca"), "{err}");
+            assert_eq!(trust.roots(), 2, "the previous bundle is kept");
+        }
+        std::fs::write(&path, &new).expect("write");
+        assert_eq!(trust.reload().ok(), Some(true));
+        assert_eq!(trust.roots(), 1);
+        std::fs::remove_file(&path).expect("rm");
+        assert!(
+            trust.reload().is_err(),
+            "a missing file keeps the roots too"
+        );
+        assert_eq!(trust.roots(), 1);
+        assert!(Trust::load(&path).is_err(), "but is refused at start");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_refusal_names_both_identities() {
+        let facts = CertFacts {
+            uris: uris(&["spiffe://test.internal/b"]),
+            ..Default::default()
+        };
+        let refused = Refused {
+            presented: presented(Some(&facts)),
+            expected: "spiffe://test.internal/x".to_string(),
+            reason: "another identity".to_string(),
+        };
+        assert_eq!(
+            refused.to_string(),
+            "the server presented spiffe://test.internal/b, expected spiffe://test.internal/x: another identity"
+        );
+        let facts = CertFacts {
+            dns_names: uris(&["localhost"]),
+            ..Default::default()
+        };
+        assert_eq!(
+            presented(Some(&facts)),
+            "no SPIFFE ID (DNS names localhost)"
+        );
+        let facts = CertFacts {
+            uris: uris(&["spiffe://x/\n\u{1b}[31m"]),
+            ..Default::default()
+        };
+        assert_eq!(presented(Some(&facts)), "spiffe://x/\\x0a\\x1b[31m");
+    }
+}
