@@ -483,6 +483,9 @@ fn the_compose_example_gives_two_services_mutual_tls_with_one_label_each() {
     struct Down<'a>(&'a dyn Fn(&[&str]) -> Output, String);
     impl Drop for Down<'_> {
         fn drop(&mut self) {
+            // The spawner goes down with the services, so the sidecars it made are left for
+            // this guard to remove (with their identity volumes) once it is gone.
+            let _ = (self.0)(&["down", "-v", "-t", "1"]);
             let left = docker(&[
                 "ps",
                 "-aq",
@@ -492,7 +495,6 @@ fn the_compose_example_gives_two_services_mutual_tls_with_one_label_each() {
             for id in String::from_utf8_lossy(&left.stdout).split_whitespace() {
                 let _ = docker(&["rm", "-f", "-v", id]);
             }
-            let _ = (self.0)(&["down", "-v", "-t", "1"]);
         }
     }
     let _down = Down(&run_compose, prefix.clone());
