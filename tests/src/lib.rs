@@ -6,6 +6,7 @@ pub mod bins;
 pub mod certdir;
 pub mod certs;
 pub mod client;
+pub mod compose;
 pub mod docker;
 pub mod dockerd;
 pub mod forward;

@@ -643,54 +643,11 @@ fn broken_event_stream_reconnects_and_catches_up() {
 
 #[test]
 fn compose_demo_serves_https_and_killing_the_demo_removes_the_sidecar() {
-    let imgs = images();
-    let tag = imgs
-        .demo
-        .rsplit_once(':')
-        .map(|(_, t)| t.to_string())
-        .expect("the demo image has a tag");
-    let compose: Vec<&str> = if docker(&["compose", "version"]).status.success() {
-        vec!["docker", "compose"]
-    } else {
-        vec!["docker-compose"]
-    };
-    let project = unique_name("tlsdemo").replace('-', "");
-    let prefix = unique_name("t");
     let port = free_port();
-    let root = harness::docker::repo_root();
-    let run_compose = |args: &[&str]| {
-        let mut cmd = Command::new(compose[0]);
-        cmd.args(&compose[1..])
-            .args(["-p", &project, "-f"])
-            .arg(root.join("docker-compose.yml"))
-            .args(args)
-            .env("TLS_SIDECAR_TAG", &tag)
-            .env("TLS_SIDECAR_LABEL_PREFIX", &prefix)
-            .env("DEMO_PORT", port.to_string());
-        cmd.output().expect("run compose")
-    };
-    struct Down<'a>(&'a dyn Fn(&[&str]) -> std::process::Output, String);
-    impl Drop for Down<'_> {
-        fn drop(&mut self) {
-            let _ = (self.0)(&["down", "-v", "-t", "1"]);
-            let left = docker(&[
-                "ps",
-                "-aq",
-                "--filter",
-                &format!("label={}.managed-by", self.1),
-            ]);
-            for id in String::from_utf8_lossy(&left.stdout).split_whitespace() {
-                let _ = docker(&["rm", "-f", id]);
-            }
-        }
-    }
-    let _down = Down(&run_compose, prefix.clone());
-    let up = run_compose(&["up", "-d"]);
-    assert!(
-        up.status.success(),
-        "compose up failed: {}",
-        String::from_utf8_lossy(&up.stderr)
-    );
+    let project =
+        harness::compose::Compose::new("docker-compose.yml", &[("DEMO_PORT", port.to_string())]);
+    let prefix = project.prefix.clone();
+    project.up();
 
     let (body, took) = poll(
         Duration::from_secs(20),
@@ -699,15 +656,7 @@ fn compose_demo_serves_https_and_killing_the_demo_removes_the_sidecar() {
     );
     eprintln!("observed latency compose up->https: {took:?}");
     assert!(body.starts_with("GET / "), "{body}");
-    let demo = docker_ok(&[
-        "ps",
-        "-q",
-        "--no-trunc",
-        "--filter",
-        &format!("label=com.docker.compose.project={project}"),
-        "--filter",
-        "label=com.docker.compose.service=demo",
-    ]);
+    let demo = project.container("demo");
     assert!(!demo.is_empty(), "demo container found");
     assert_eq!(sidecars_for(&prefix, &demo).len(), 1);
     docker_ok(&["kill", &demo]);

@@ -456,66 +456,9 @@ fn which(program: &str) -> PathBuf {
 
 #[test]
 fn the_compose_example_gives_two_services_mutual_tls_with_one_label_each() {
-    let imgs = images();
-    let tag = imgs
-        .demo
-        .rsplit_once(':')
-        .map(|(_, t)| t.to_string())
-        .expect("the demo image has a tag");
-    let compose: Vec<&str> = if docker(&["compose", "version"]).status.success() {
-        vec!["docker", "compose"]
-    } else {
-        vec!["docker-compose"]
-    };
-    let project = unique_name("tlsid").replace('-', "");
-    let prefix = unique_name("t");
-    let file = harness::docker::repo_root().join("docs/identity/docker-compose.yml");
-    let run_compose = |args: &[&str]| {
-        let mut cmd = Command::new(compose[0]);
-        cmd.args(&compose[1..])
-            .args(["-p", &project, "-f"])
-            .arg(&file)
-            .args(args)
-            .env("TLS_SIDECAR_TAG", &tag)
-            .env("TLS_SIDECAR_LABEL_PREFIX", &prefix);
-        cmd.output().expect("run compose")
-    };
-    struct Down<'a>(&'a dyn Fn(&[&str]) -> Output, String);
-    impl Drop for Down<'_> {
-        fn drop(&mut self) {
-            // The spawner goes down with the services, so the sidecars it made are left for
-            // this guard to remove (with their identity volumes) once it is gone.
-            let _ = (self.0)(&["down", "-v", "-t", "1"]);
-            let left = docker(&[
-                "ps",
-                "-aq",
-                "--filter",
-                &format!("label={}.managed-by", self.1),
-            ]);
-            for id in String::from_utf8_lossy(&left.stdout).split_whitespace() {
-                let _ = docker(&["rm", "-f", "-v", id]);
-            }
-        }
-    }
-    let _down = Down(&run_compose, prefix.clone());
-    let up = run_compose(&["up", "-d"]);
-    assert!(
-        up.status.success(),
-        "compose up failed: {}",
-        String::from_utf8_lossy(&up.stderr)
-    );
-    let service = |name: &str| {
-        docker_ok(&[
-            "ps",
-            "-q",
-            "--no-trunc",
-            "--filter",
-            &format!("label=com.docker.compose.project={project}"),
-            "--filter",
-            &format!("label=com.docker.compose.service={name}"),
-        ])
-    };
-    let web = service("web");
+    let project = harness::compose::Compose::new("docs/identity/docker-compose.yml", &[]);
+    project.up();
+    let web = project.container("web");
     assert!(!web.is_empty(), "the web service runs");
     let (body, _) = poll(
         Duration::from_secs(30),
