@@ -53,6 +53,26 @@ fn service(run: &TestRun, net: &str, prefix: &str, alias: &str, labels: &[(&str,
     run.container(&unique_name(alias), &images().demo, &args, &[])
 }
 
+/// A (identity `a`, relaying 127.0.0.1:9001 to `b:8443`) and B (identity `b`, admitting `a`).
+fn caller_and_callee(run: &TestRun, net: &str, prefix: &str) -> (String, String) {
+    let upstream = format!("{RELAY}=b:8443");
+    let a = service(
+        run,
+        net,
+        prefix,
+        "a",
+        &[("identity", "a"), ("upstreams", &upstream)],
+    );
+    let b = service(
+        run,
+        net,
+        prefix,
+        "b",
+        &[("identity", "b"), ("allow-identities", "a")],
+    );
+    (a, b)
+}
+
 /// The running sidecar of a target.
 fn sidecar_of(prefix: &str, target: &str) -> String {
     poll(LIFECYCLE_DEADLINE, "a running sidecar", || {
@@ -128,21 +148,8 @@ fn services_call_each_other_through_their_sidecars_over_mutual_tls() {
     let args = identity_args(&store, "1h");
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let spawner = Spawner::start(&prefix, &args);
+    let (a, b) = caller_and_callee(&run, &net, &prefix);
     let upstream = format!("{RELAY}=b:8443");
-    let a = service(
-        &run,
-        &net,
-        &prefix,
-        "a",
-        &[("identity", "a"), ("upstreams", &upstream)],
-    );
-    let b = service(
-        &run,
-        &net,
-        &prefix,
-        "b",
-        &[("identity", "b"), ("allow-identities", "a")],
-    );
     let c = service(
         &run,
         &net,
@@ -261,21 +268,7 @@ fn identities_renew_under_live_connections_and_outlive_a_stopped_spawner() {
     let args = identity_args(&store, "6s");
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut spawner = Spawner::start(&prefix, &args);
-    let upstream = format!("{RELAY}=b:8443");
-    let a = service(
-        &run,
-        &net,
-        &prefix,
-        "a",
-        &[("identity", "a"), ("upstreams", &upstream)],
-    );
-    let _b = service(
-        &run,
-        &net,
-        &prefix,
-        "b",
-        &[("identity", "b"), ("allow-identities", "a")],
-    );
+    let (a, _b) = caller_and_callee(&run, &net, &prefix);
     let (first, _) = poll(LIFECYCLE_DEADLINE, "A's call to B answered", || {
         call(&a, "first")
     });
@@ -558,21 +551,7 @@ fn a_ca_roll_over_needs_no_restart_and_drops_no_connection() {
     .map(String::from);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let _spawner = Spawner::start(&prefix, &args);
-    let upstream = format!("{RELAY}=b:8443");
-    let a = service(
-        &run,
-        &net,
-        &prefix,
-        "a",
-        &[("identity", "a"), ("upstreams", &upstream)],
-    );
-    let b = service(
-        &run,
-        &net,
-        &prefix,
-        "b",
-        &[("identity", "b"), ("allow-identities", "a")],
-    );
+    let (a, b) = caller_and_callee(&run, &net, &prefix);
     let (va, vb) = (
         identity_volume(&sidecar_of(&prefix, &a)),
         identity_volume(&sidecar_of(&prefix, &b)),
