@@ -35,6 +35,8 @@ pub struct Row {
     pub cert: Option<Source>,
     /// With ACME on, for a target with a `hostname` label: how its certificate stands.
     pub acme: Option<AcmeRow>,
+    /// With `--identity-domain`: the target's SPIFFE ID.
+    pub identity: Option<String>,
 }
 
 /// A target's ACME standing, from the store and the daemon's state file.
@@ -180,6 +182,10 @@ pub async fn rows(cfg: &Config) -> Result<Vec<Row>, Error> {
             last_failure,
             cert,
             acme,
+            identity: crate::container::identity_domain(cfg).and_then(|domain| {
+                let id = t.spec.as_ref().ok()?.identity.as_ref()?;
+                Some(id.name.spiffe_id(domain))
+            }),
         });
     }
     Ok(rows)
@@ -246,6 +252,10 @@ pub fn render(rows: &[Row], now: i64) -> String {
     if acme {
         header.push("ACME");
     }
+    let identity = rows.iter().any(|r| r.identity.is_some());
+    if identity {
+        header.push("IDENTITY");
+    }
     let header: Vec<String> = header.into_iter().map(String::from).collect();
     let dash = |v: String| if v.is_empty() { "-".to_string() } else { v };
     let cells: Vec<Vec<String>> = rows
@@ -270,6 +280,9 @@ pub fn render(rows: &[Row], now: i64) -> String {
             ];
             if acme {
                 cells.push(dash(r.acme.as_ref().map(AcmeRow::cell).unwrap_or_default()));
+            }
+            if identity {
+                cells.push(dash(r.identity.clone().unwrap_or_default()));
             }
             cells
         })
@@ -341,6 +354,7 @@ pub fn to_json(rows: &[Row]) -> serde_json::Value {
             "acme_state": r.acme.as_ref().map(|a| a.state.as_str()),
             "acme_error": r.acme.as_ref().and_then(|a| a.error.clone()),
             "acme_names": r.acme.as_ref().map(|a| a.names.clone()),
+            "identity": r.identity,
         })
     });
     Value::Array(rows.collect())
@@ -387,7 +401,25 @@ mod tests {
                 expiry: Expiry::At(1_925_078_400),
             }),
             acme: None,
+            identity: None,
         }
+    }
+
+    #[test]
+    fn an_identity_column_appears_with_identities() {
+        let with = Row {
+            identity: Some("spiffe://example.internal/web".into()),
+            ..row()
+        };
+        let t = render(&[with.clone(), row()], 0);
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[0].ends_with("LAST FAILURE           IDENTITY"), "{t}");
+        assert!(lines[1].ends_with("spiffe://example.internal/web"), "{t}");
+        assert!(lines[2].ends_with(" -"), "{t}");
+        assert_eq!(
+            to_json(&[with])[0]["identity"],
+            "spiffe://example.internal/web"
+        );
     }
 
     #[test]
@@ -436,6 +468,7 @@ mod tests {
                 "acme_state": null,
                 "acme_error": null,
                 "acme_names": null,
+                "identity": null,
             }])
         );
         let failing = Row {

@@ -176,6 +176,22 @@ fn services_call_each_other_through_their_sidecars_over_mutual_tls() {
         "only A's identity: {body}"
     );
 
+    // `spawner status` names each target's identity.
+    let rows = harness::spawner::status_json(&prefix, &args);
+    let identity_of = |id: &str| {
+        rows.iter()
+            .find(|r| r["target_id"] == id)
+            .map(|r| r["identity"].clone())
+    };
+    assert_eq!(
+        identity_of(&a),
+        Some(serde_json::json!("spiffe://test.internal/a"))
+    );
+    assert_eq!(
+        identity_of(&c),
+        Some(serde_json::json!("spiffe://test.internal/c"))
+    );
+
     // C is not in B's allow-identities: refused in the handshake, its app sees a closed
     // connection, C's sidecar says why.
     assert_eq!(call(&c, "from-c"), None, "C must not reach B's app");
