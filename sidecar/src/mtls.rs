@@ -24,7 +24,7 @@ use tracing::{debug, warn};
 use crate::certs::CertFacts;
 use crate::config::ClientAuth;
 use crate::error::ConfigError;
-use crate::tls::{sha256_hex, ClientAuthTls, SessionCache};
+use crate::tls::sha256_hex;
 use shared::identity::Identities;
 use shared::mode::ClientAuthMode;
 
@@ -217,7 +217,6 @@ pub struct ClientTrust {
     auth: ClientAuth,
     current: RwLock<Arc<Generation>>,
     hints: HintSlots,
-    sessions: Arc<SessionCache>,
 }
 
 /// One verifier in force, with what it was built from.
@@ -247,7 +246,6 @@ impl ClientTrust {
             auth: auth.clone(),
             current: RwLock::new(Arc::new(generation)),
             hints,
-            sessions: Arc::new(SessionCache::new()),
         }))
     }
 
@@ -261,9 +259,9 @@ impl ClientTrust {
         self.generation().hash
     }
 
-    /// Judges every handshake from now on with `verifier` (built from `files`), and forgets the
-    /// sessions resumable so far: a resumption skips verification, so each client's next
-    /// handshake must be a full one under the new trust.
+    /// Judges every handshake from now on with `verifier` (built from `files`). No session is
+    /// resumable under the old trust: a mutual-TLS listener resumes none (see
+    /// `tls::server_config`).
     pub fn replace(&self, verifier: Arc<dyn ClientCertVerifier>, files: &TrustFiles) {
         let hints = self.hints.intern(verifier.root_hint_subjects());
         if hints.is_none() && !verifier.root_hint_subjects().is_empty() {
@@ -281,17 +279,11 @@ impl ClientTrust {
             Ok(mut guard) => *guard = generation,
             Err(poisoned) => *poisoned.into_inner() = generation,
         }
-        // Only a handshake verified in the instant between the swap and this flush can store a
-        // session judged by the old trust.
-        self.sessions.flush();
     }
 
-    /// The verifier and session cache the server configuration is built with.
-    pub fn tls(self: &Arc<Self>) -> ClientAuthTls {
-        ClientAuthTls {
-            verifier: self.clone(),
-            sessions: self.sessions.clone(),
-        }
+    /// The verifier the server configuration is built with.
+    pub fn tls(self: &Arc<Self>) -> Arc<dyn ClientCertVerifier> {
+        self.clone()
     }
 
     fn generation(&self) -> Arc<Generation> {
@@ -798,24 +790,6 @@ mod tests {
         };
         trust.replace(build_verifier(&auth, &both).expect("both CRLs"), &both);
         assert!(admits_cert(&trust, &new.client(2)).is_ok());
-    }
-
-    #[test]
-    fn a_replace_forgets_resumable_sessions() {
-        use rustls::server::StoresServerSessions;
-        let ca = Ca::new("clients");
-        let auth = auth(false);
-        let bundle = files(&[&ca]);
-        let trust = ClientTrust::from_files(&auth, &bundle).expect("trust");
-        let tls = trust.tls();
-        assert!(tls.sessions.put(b"id".to_vec(), b"secret".to_vec()));
-        assert_eq!(tls.sessions.get(b"id"), Some(b"secret".to_vec()));
-        trust.replace(build_verifier(&auth, &bundle).expect("bundle"), &bundle);
-        assert_eq!(
-            tls.sessions.get(b"id"),
-            None,
-            "resumption would skip verification"
-        );
     }
 
     #[test]

@@ -10,9 +10,7 @@ use std::sync::{Arc, RwLock};
 
 use rustls::crypto::CryptoProvider;
 use rustls::server::danger::ClientCertVerifier;
-use rustls::server::{
-    ClientHello, ResolvesServerCert, ServerSessionMemoryCache, StoresServerSessions,
-};
+use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
@@ -301,75 +299,6 @@ impl ResolvesServerCert for CertStore {
     }
 }
 
-/// Sessions a client may resume, as rustls' default cache keeps them (this many, the oldest
-/// evicted first), but emptied at once by [`SessionCache::flush`]. A resumed handshake skips
-/// client-certificate verification, so when the trusted client CAs or CRLs change, every session
-/// established under the old ones must go: a client whose CA was removed, or whose certificate
-/// was revoked, then has to do a full handshake, which the new trust refuses.
-#[derive(Debug)]
-pub struct SessionCache {
-    current: RwLock<Arc<ServerSessionMemoryCache>>,
-}
-
-/// rustls' default: enough for the clients of one sidecar to resume, a few hundred KiB at most.
-const SESSIONS: usize = 256;
-
-impl SessionCache {
-    pub fn new() -> Self {
-        Self {
-            current: RwLock::new(ServerSessionMemoryCache::new(SESSIONS)),
-        }
-    }
-
-    /// Forgets every stored session: the next handshake of each client is a full one.
-    pub fn flush(&self) {
-        let fresh = ServerSessionMemoryCache::new(SESSIONS);
-        match self.current.write() {
-            Ok(mut guard) => *guard = fresh,
-            Err(poisoned) => *poisoned.into_inner() = fresh,
-        }
-    }
-
-    fn current(&self) -> Arc<ServerSessionMemoryCache> {
-        match self.current.read() {
-            Ok(guard) => guard.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
-    }
-}
-
-impl Default for SessionCache {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl StoresServerSessions for SessionCache {
-    fn put(&self, key: Vec<u8>, value: Vec<u8>) -> bool {
-        self.current().put(key, value)
-    }
-
-    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
-        self.current().get(key)
-    }
-
-    fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
-        self.current().take(key)
-    }
-
-    fn can_cache(&self) -> bool {
-        true
-    }
-}
-
-/// Mutual TLS as the server configuration sees it: the verifier every full handshake asks,
-/// and the session cache resumed handshakes come from, which the verifier's owner flushes
-/// when the trust changes.
-pub struct ClientAuthTls {
-    pub verifier: Arc<dyn ClientCertVerifier>,
-    pub sessions: Arc<SessionCache>,
-}
-
 /// ALPN protocols offered per mode: HTTP mode negotiates h2 or http/1.1; TCP mode offers
 /// `--alpn` (none by default, so any client ALPN is ignored rather than refused). With a list,
 /// a client offering none of it is refused (`no_application_protocol`, RFC 7301).
@@ -381,28 +310,29 @@ fn alpn(mode: Mode, tcp_alpn: &AlpnList) -> Vec<Vec<u8>> {
 }
 
 /// Builds the server configuration: TLS 1.2 and 1.3 only, rustls defaults otherwise, client
-/// certificates verified by `client_auth` when given (mutual TLS), whose session cache then
-/// replaces rustls' own.
+/// certificates verified by `client_auth` when given (mutual TLS).
+///
+/// With client certificates, no session is ever resumed: a resumed handshake skips client
+/// verification and carries the certificate of its first handshake, so it would admit a client
+/// whose certificate has since expired (service identities live for hours), whose CA was removed
+/// or which was revoked. Every handshake is a full one, judged by the trust in force.
 pub fn server_config(
     store: Arc<CertStore>,
     mode: Mode,
     tcp_alpn: &AlpnList,
-    client_auth: Option<ClientAuthTls>,
+    client_auth: Option<Arc<dyn ClientCertVerifier>>,
 ) -> Result<Arc<ServerConfig>, ConfigError> {
     let builder = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
-    let (builder, sessions) = match client_auth {
-        Some(auth) => (
-            builder.with_client_cert_verifier(auth.verifier),
-            Some(auth.sessions),
-        ),
-        None => (builder.with_no_client_auth(), None),
+    let mtls = client_auth.is_some();
+    let builder = match client_auth {
+        Some(verifier) => builder.with_client_cert_verifier(verifier),
+        None => builder.with_no_client_auth(),
     };
     let mut config = builder.with_cert_resolver(store);
-    // rustls' default ticketer makes no tickets, so every resumable session lives in this
-    // cache: flushing it is enough to make every client verify again.
-    if let Some(sessions) = sessions {
-        config.session_storage = sessions;
+    if mtls {
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
     }
     config.alpn_protocols = alpn(mode, tcp_alpn);
     Ok(Arc::new(config))
@@ -469,10 +399,29 @@ mod tests {
         let tcp = server_config(store.clone(), Mode::Tcp, &none, None).expect("tcp config");
         assert!(tcp.alpn_protocols.is_empty());
         let list: AlpnList = "h2,http/1.1".parse().expect("list");
-        let tcp = server_config(store, Mode::Tcp, &list, None).expect("tcp config");
+        let tcp = server_config(store.clone(), Mode::Tcp, &list, None).expect("tcp config");
         assert_eq!(
             tcp.alpn_protocols,
             vec![b"h2".to_vec(), b"http/1.1".to_vec()]
         );
+        assert!(http.session_storage.can_cache(), "resumption without mTLS");
+    }
+
+    #[test]
+    fn mutual_tls_never_resumes_a_session() {
+        let loaded = Arc::new(self_signed(&sans(&["localhost"])).expect("generate"));
+        let store = Arc::new(CertStore::new(CertSet::new(loaded.clone(), Vec::new())));
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(loaded.key.cert[0].clone()).expect("a root");
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider(),
+        )
+        .build()
+        .expect("verifier");
+        let config = server_config(store, Mode::Http, &AlpnList::default(), Some(verifier))
+            .expect("mtls config");
+        assert!(!config.session_storage.can_cache(), "no session stored");
+        assert_eq!(config.send_tls13_tickets, 0, "no ticket sent");
     }
 }

@@ -598,18 +598,20 @@ async fn a_client_ca_roll_over_needs_no_restart_and_keeps_open_connections() {
     let old_client = fx.issue(Spec::client("web"));
     let new_client = new_ca.issue(&Spec::client("web"));
 
-    // A keep-alive connection with the old CA's certificate, used once, and a second client of
-    // the old CA that resumes its session (the premise of the resumption check at the end).
+    // A keep-alive connection with the old CA's certificate, used once. The same client's next
+    // connection makes a full handshake: a mutual-TLS listener resumes no session, since a
+    // resumption would skip verification (and so outlive a removed CA, a revocation or the
+    // certificate's expiry).
     let old_config = fx.client(Some(&old_client), ALPN_H1);
     let mut kept = HttpConn::connect(sc.addr(), "localhost", old_config.clone()).await;
     assert_eq!(kept.get("/before").await.status, StatusCode::OK);
-    let resumed = harness::client::tls_connect(sc.addr(), "localhost", old_config.clone()).await;
+    let again = harness::client::tls_connect(sc.addr(), "localhost", old_config.clone()).await;
     assert_eq!(
-        resumed.get_ref().1.handshake_kind(),
-        Some(rustls::HandshakeKind::Resumed),
-        "the old-CA client resumes its session while its CA is trusted"
+        again.get_ref().1.handshake_kind(),
+        Some(rustls::HandshakeKind::Full),
+        "no session resumed with client certificates"
     );
-    drop(resumed);
+    drop(again);
     let how = refused(&sc, &app, &fx, Some(&new_client), "new CA, not yet trusted").await;
     assert!(how.is_alert("UnknownCA"), "{how:?}");
 
@@ -631,7 +633,8 @@ async fn a_client_ca_roll_over_needs_no_restart_and_keeps_open_connections() {
     let how = refused(&sc, &app, &fx, Some(&old_client), "old CA, removed").await;
     assert!(how.is_alert("UnknownCA"), "{how:?}");
     admitted(&sc, &fx, Some(&new_client), "a new-CA client, new CA only").await;
-    // ...also one holding a session ticket from before: a resumption would skip verification.
+    // ...also the client that connected before, with the same configuration (had it resumed a
+    // session, its certificate would not be verified again).
     let before = app.requests().len();
     let how = expect_refused(sc.addr(), "localhost", old_config, REQUEST).await;
     assert!(
