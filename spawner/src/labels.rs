@@ -96,6 +96,31 @@ pub enum Admitted {
 
 /// The label Compose puts on a service's containers: the default identity name.
 pub const COMPOSE_SERVICE_LABEL: &str = "com.docker.compose.service";
+/// The labels Swarm puts on a task's containers: its service's name (`<stack>_<service>` for a
+/// stack) and the stack's name.
+pub const SWARM_SERVICE_LABEL: &str = "com.docker.swarm.service.name";
+pub const STACK_NAMESPACE_LABEL: &str = "com.docker.stack.namespace";
+
+/// The name a target's identity defaults to, and what it is: the Compose service name; else the
+/// Swarm service's, without its stack's `<stack>_` prefix (what the stack file calls it, and its
+/// DNS alias on the stack's networks); else the container name. Replicas share it.
+fn default_identity<'a>(
+    container_name: &'a str,
+    labels: &'a HashMap<String, String>,
+) -> (&'static str, &'a str) {
+    if let Some(service) = labels.get(COMPOSE_SERVICE_LABEL) {
+        return ("Compose service name", service);
+    }
+    if let Some(service) = labels.get(SWARM_SERVICE_LABEL) {
+        let short = labels
+            .get(STACK_NAMESPACE_LABEL)
+            .and_then(|stack| service.strip_prefix(stack.as_str()))
+            .and_then(|rest| rest.strip_prefix('_'))
+            .filter(|rest| !rest.is_empty());
+        return ("Swarm service name", short.unwrap_or(service));
+    }
+    ("container name", container_name.trim_start_matches('/'))
+}
 
 /// What the spawner gives sidecars, which some labels need.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -490,10 +515,7 @@ fn parse_identity(
     let name: ServiceName = match name {
         Some((key, v)) => typed(&key, v)?,
         None => {
-            let (what, default) = match labels.get(COMPOSE_SERVICE_LABEL) {
-                Some(service) => ("Compose service name", service.as_str()),
-                None => ("container name", container_name.trim_start_matches('/')),
-            };
+            let (what, default) = default_identity(container_name, labels);
             default.parse().map_err(|reason: String| {
                 refused(
                     &label_name(prefix, label::IDENTITY),
@@ -893,6 +915,16 @@ mod tests {
                 ]
             ),
             "billing"
+        );
+        let swarm = [
+            ("com.docker.swarm.service.name", "shop_api"),
+            ("com.docker.stack.namespace", "shop"),
+        ];
+        assert_eq!(id("shop_api.1.x7k2m9", &swarm), "api", "a stack's service");
+        assert_eq!(
+            id("pay.2.q1w2e3", &[("com.docker.swarm.service.name", "pay")]),
+            "pay",
+            "a service outside a stack"
         );
         let s = with_identity("web", &[]).unwrap().identity.unwrap();
         assert_eq!((s.admit, s.upstreams), (None, Vec::new()));
