@@ -14,6 +14,7 @@ use std::str::FromStr;
 
 use crate::addr::{BackendAddr, Host};
 use crate::dns::is_name;
+use crate::proto::AlpnId;
 
 /// Whether the last label of `name` is all digits (or a `0x` hex number): such a name reads as an
 /// IPv4 address, and TLS libraries refuse it as a DNS name (rustls does).
@@ -94,10 +95,13 @@ impl fmt::Display for ServiceName {
     }
 }
 
-/// One egress relay, `LOCAL=[NAME@]HOST:PORT`: a plain listener on `local` (a loopback address of
-/// the app's namespace; `PORT` alone is `127.0.0.1:PORT`) whose connections are relayed over
-/// mutual TLS to `remote`, whose certificate must carry `identity` (by default the remote's host
-/// name; required when the host is an IP address).
+/// One egress relay, `LOCAL=[NAME@]HOST:PORT[/PROTOCOL]`: a plain listener on `local` (a
+/// loopback address of the app's namespace; `PORT` alone is `127.0.0.1:PORT`) whose connections
+/// are relayed over mutual TLS to `remote`, whose certificate must carry `identity` (by default
+/// the remote's host name; required when the host is an IP address). `PROTOCOL`, an ALPN id,
+/// is offered in the handshake: `h2` for an app speaking HTTP/2 or gRPC (in cleartext, to the
+/// relay), so the server's sidecar speaks HTTP/2 to it; without one, none is offered and an
+/// http-mode server speaks HTTP/1.1.
 ///
 /// Loopback only: the relay lends the sidecar's identity to whoever connects, which must be the
 /// app in its own namespace, never another host.
@@ -106,6 +110,8 @@ pub struct Upstream {
     pub local: SocketAddr,
     pub remote: BackendAddr,
     pub identity: ServiceName,
+    /// The ALPN protocol offered to the server, if any.
+    pub alpn: Option<AlpnId>,
 }
 
 impl FromStr for Upstream {
@@ -137,6 +143,11 @@ impl FromStr for Upstream {
             Some((name, address)) => (Some(name), address),
             None => (None, remote),
         };
+        // An ALPN id may hold a `/` itself (`http/1.1`): the first one ends the address.
+        let (address, alpn) = match address.split_once('/') {
+            Some((address, alpn)) => (address, Some(alpn.parse::<AlpnId>()?)),
+            None => (address, None),
+        };
         let address: BackendAddr = address.parse()?;
         let identity = match (name, &address.host) {
             (Some(name), _) => name.parse()?,
@@ -153,6 +164,7 @@ impl FromStr for Upstream {
             local,
             remote: address,
             identity,
+            alpn,
         })
     }
 }
@@ -162,9 +174,13 @@ impl fmt::Display for Upstream {
         let implied =
             matches!(&self.remote.host, Host::Name(h) if h.as_str() == self.identity.as_str());
         if implied {
-            write!(f, "{}={}", self.local, self.remote)
+            write!(f, "{}={}", self.local, self.remote)?;
         } else {
-            write!(f, "{}={}@{}", self.local, self.identity, self.remote)
+            write!(f, "{}={}@{}", self.local, self.identity, self.remote)?;
+        }
+        match &self.alpn {
+            Some(alpn) => write!(f, "/{alpn}"),
+            None => Ok(()),
         }
     }
 }
@@ -236,7 +252,16 @@ mod tests {
         assert_eq!(u(&named.to_string()), Ok(named));
         let renamed = u("9003=billing@b:8443").expect("other name");
         assert_eq!(renamed.to_string(), "127.0.0.1:9003=billing@b:8443");
+        let grpc = u("9004=b:8443/h2").expect("with ALPN");
+        assert_eq!(grpc.alpn.as_ref().map(AlpnId::as_str), Some("h2"));
+        assert_eq!(grpc.to_string(), "127.0.0.1:9004=b:8443/h2");
+        let h1 = u("9005=pay@10.0.0.5:8443/http/1.1").expect("ALPN with a slash");
+        assert_eq!(h1.alpn.as_ref().map(AlpnId::as_str), Some("http/1.1"));
+        assert_eq!(u(&h1.to_string()), Ok(h1));
+        assert_eq!(a.alpn, None);
         for (bad, why) in [
+            ("9001=b:8443/", "ALPN protocol id"),
+            ("9001=b:8443/h 2", "ALPN protocol id"),
             ("b:8443", "LOCAL=REMOTE"),
             ("0.0.0.0:9001=b:8443", "not a loopback"),
             ("10.1.2.3:9001=b:8443", "not a loopback"),

@@ -32,6 +32,7 @@ use crate::certs::{CertFacts, Entry};
 use crate::error::ConfigError;
 use crate::throttle::escape;
 use crate::tls::{provider, CertStore};
+use shared::proto::AlpnId;
 use shared::service_identity::TrustDomain;
 
 /// The flag naming the trust bundle in errors.
@@ -261,11 +262,19 @@ impl ResolvesClientCert for Presents {
 }
 
 /// The relays' client configuration for the identity served now (see the module docs for why
-/// it is rebuilt when, and only when, that identity changes).
+/// it is rebuilt when, and only when, that identity changes), one per ALPN protocol offered.
 pub struct Clients {
     store: Arc<CertStore>,
     verifier: Arc<IdentityVerifier>,
-    current: Mutex<(Arc<Entry>, Arc<ClientConfig>)>,
+    current: Mutex<Current>,
+}
+
+/// The configurations for one identity: without ALPN, and with each protocol an upstream
+/// offers (as many as there are distinct `/PROTOCOL`s among the upstreams, at most).
+struct Current {
+    identity: Arc<Entry>,
+    plain: Arc<ClientConfig>,
+    with_alpn: Vec<(AlpnId, Arc<ClientConfig>)>,
 }
 
 impl fmt::Debug for Clients {
@@ -283,34 +292,52 @@ impl Clients {
         let Some(identity) = store.current().identity().cloned() else {
             return Ok(None);
         };
-        let config = client_config(&identity, verifier.clone())?;
+        let plain = client_config(&identity, verifier.clone())?;
         Ok(Some(Clients {
             store,
             verifier,
-            current: Mutex::new((identity, config)),
+            current: Mutex::new(Current {
+                identity,
+                plain,
+                with_alpn: Vec::new(),
+            }),
         }))
     }
 
-    /// The configuration presenting the identity served now.
-    pub fn config(&self) -> Result<Arc<ClientConfig>, ConfigError> {
+    /// The configuration presenting the identity served now, offering `alpn` if given.
+    pub fn config(&self, alpn: Option<&AlpnId>) -> Result<Arc<ClientConfig>, ConfigError> {
         let mut current = match self.current.lock() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
         };
-        let Some(identity) = self.store.current().identity().cloned() else {
-            // Never: a reload keeps the identity (the previous one when the new fails).
-            return Ok(current.1.clone());
-        };
-        if current.0.content_hash != identity.content_hash {
-            let config = client_config(&identity, self.verifier.clone())?;
-            *current = (identity, config);
+        // Never `None`: a reload keeps the identity (the previous one when the new fails).
+        if let Some(identity) = self.store.current().identity().cloned() {
+            if current.identity.content_hash != identity.content_hash {
+                let plain = client_config(&identity, self.verifier.clone())?;
+                *current = Current {
+                    identity,
+                    plain,
+                    with_alpn: Vec::new(),
+                };
+            }
         }
-        Ok(current.1.clone())
+        let Some(alpn) = alpn else {
+            return Ok(current.plain.clone());
+        };
+        if let Some((_, config)) = current.with_alpn.iter().find(|(a, _)| a == alpn) {
+            return Ok(config.clone());
+        }
+        let mut config = (*current.plain).clone();
+        config.alpn_protocols = vec![alpn.as_bytes().to_vec()];
+        let config = Arc::new(config);
+        current.with_alpn.push((alpn.clone(), config.clone()));
+        Ok(config)
     }
 }
 
 /// TLS 1.3 and 1.2, the identity presented, servers checked by `verifier`, no resumption (see
-/// the module docs), no ALPN (the relay moves bytes; the server's default protocol applies).
+/// the module docs), no ALPN (the relay moves bytes; the server's default protocol applies,
+/// unless the upstream names one: [`Clients::config`]).
 fn client_config(
     identity: &Entry,
     verifier: Arc<IdentityVerifier>,

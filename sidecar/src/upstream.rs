@@ -333,7 +333,7 @@ async fn relay(app: TcpStream, lane: &Lane, relays: &Relays, _slot: OwnedSemapho
             })
         }
     };
-    let config = match relays.clients.config() {
+    let config = match relays.clients.config(lane.route.upstream.alpn.as_ref()) {
         Ok(c) => c,
         Err(error) => {
             return lane.failed(&Failure {

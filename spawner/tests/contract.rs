@@ -183,7 +183,13 @@ fn upstreams() -> impl Strategy<Value = Vec<Upstream>> {
         backend().prop_map(|b| b.to_string()),
         (dns_name(), backend()).prop_map(|(name, b)| format!("{name}@{b}")),
     ];
-    let one = parsed::<Upstream>((local, remote).prop_map(|(l, r)| format!("{l}={r}")));
+    let protocol = prop_oneof![
+        2 => Just(String::new()),
+        1 => Just("/h2".to_string()),
+        1 => Just("/http/1.1".to_string()),
+    ];
+    let one =
+        parsed::<Upstream>((local, remote, protocol).prop_map(|(l, r, p)| format!("{l}={r}{p}")));
     prop::collection::vec(one, 0..4).prop_map(|mut list| {
         let mut seen = std::collections::HashSet::new();
         list.retain(|u| seen.insert(u.local));

@@ -219,6 +219,49 @@ async fn a_call_through_the_relay_reaches_the_service_as_the_callers_identity() 
 }
 
 #[tokio::test]
+async fn grpc_goes_through_a_relay_that_offers_h2() {
+    use harness::grpc::{GrpcBackend, GrpcClient};
+    let fx = Fixture::new();
+    let grpc = GrpcBackend::start().await;
+    // B: http mode, gRPC to its backend over h2c (`auto`), admitting a.
+    let b = fx
+        .identity("b")
+        .flags(Sidecar::builder().backend(grpc.addr()))
+        .arg("--client-ca")
+        .arg(fx.bundle())
+        .arg("--allow-uri-san")
+        .arg(format!("spiffe://{DOMAIN}/a"))
+        .start()
+        .await;
+    let a = fx.identity("a");
+    // The app speaks gRPC in cleartext (h2c, prior knowledge) to its relay, which offers `h2`.
+    let (_relay, local) = caller(&a, &format!("{}/h2", named("b", &b))).await;
+    let mut client = GrpcClient::connect_h2c(local).await;
+    let answer = within(STEP, "a unary call through the relay", client.echo("ping"))
+        .await
+        .expect("the call succeeds");
+    assert_eq!(answer.as_ref(), b"ping");
+    for i in 0..3u8 {
+        let payload = vec![i; 1000];
+        let got = within(
+            STEP,
+            "more calls on the channel",
+            client.echo(payload.clone()),
+        )
+        .await
+        .expect("the call succeeds");
+        assert_eq!(got.as_ref(), payload.as_slice());
+    }
+
+    // Without `/h2` the relay offers no ALPN and B speaks HTTP/1.1: the same client fails
+    // (why the suffix exists), and nothing hangs.
+    let (_plain, local) = caller(&a, &named("b", &b)).await;
+    let mut client = GrpcClient::connect_h2c(local).await;
+    let failed = within(STEP, "a unary call without h2", client.echo("ping")).await;
+    assert!(failed.is_err(), "gRPC needs the h2 relay: {failed:?}");
+}
+
+#[tokio::test]
 async fn a_caller_the_service_does_not_admit_gets_a_closed_connection() {
     let fx = Fixture::new();
     let app = Backend::echo().await;
