@@ -340,14 +340,15 @@ impl Daemon {
         let pulls = pulls.values().filter_map(|p| p.next_attempt);
         let acme = self.acme.as_ref().and_then(|a| a.next_wake());
         let identity = self.identity.as_ref().and_then(|id| {
-            let renewals = lock(&id.issued).values().map(|i| i.renew_at).min();
-            renewals.into_iter().chain(*lock(&id.retry)).min()
+            let renewals: Vec<Instant> = lock(&id.issued).values().map(|i| i.renew_at).collect();
+            identity::next_wake(renewals, *lock(&id.retry), now)
         });
         holds
             .chain(pulls)
             .chain(acme)
-            .chain(identity)
             .filter(|u| *u > now)
+            // Past the filter: a renewal that fell due while the turn ran wakes the loop at once.
+            .chain(identity)
             .chain(recheck)
             .chain(self.listening_recheck)
             .fold(now + self.cfg.resync_interval, Instant::min)
@@ -357,6 +358,7 @@ impl Daemon {
     /// creates, each step concurrently. On shutdown, actions not started yet are skipped; those
     /// in flight finish (each under its own timeouts), so no half-made sidecar is left behind.
     async fn turn(&mut self, shutdown: &CancellationToken) -> Result<(), Error> {
+        let turn_began = Instant::now();
         let calls_before = self.engine.calls();
         if let Some(at) = self.metrics.clock.take() {
             self.event_since.get_or_insert(at);
@@ -462,7 +464,7 @@ impl Daemon {
         if resync || issued {
             self.redeliver(&observed).await?;
         }
-        self.renew_identities(&observed, resync).await?;
+        self.renew_identities(&observed, resync, turn_began).await?;
         self.event_since = None;
         Ok(())
     }
@@ -1052,6 +1054,7 @@ impl Daemon {
                 delivery::Bundle::identity(None, &signer.trust_pem),
                 Issued {
                     trust: signer.trust,
+                    at: Instant::now(),
                     ..last.clone()
                 },
             ),
@@ -1066,6 +1069,7 @@ impl Daemon {
                 );
                 let issued = Issued {
                     name: target.name.clone(),
+                    at: Instant::now(),
                     renew_at: identity::renew_at(Instant::now(), id.cfg.ttl),
                     expires: leaf.not_after,
                     ca: signer.ca,
@@ -1097,7 +1101,12 @@ impl Daemon {
     /// Every turn: renews the identity certificates past half their life, and delivers a trust
     /// bundle that changed; at a resync, reloads the CA and the extra roots first. A sidecar the
     /// spawner has no record of (it restarted) gets a fresh certificate.
-    async fn renew_identities(&self, observed: &Observed, resync: bool) -> Result<(), Error> {
+    async fn renew_identities(
+        &self,
+        observed: &Observed,
+        resync: bool,
+        turn_began: Instant,
+    ) -> Result<(), Error> {
         let Some(id) = &self.identity else {
             return Ok(());
         };
@@ -1140,8 +1149,10 @@ impl Daemon {
             })
             .collect();
         {
+            let looked_at: HashSet<&str> = running.iter().map(|(s, _)| s.id.as_str()).collect();
+            lock(&id.issued)
+                .retain(|k, v| identity::keep(v, looked_at.contains(k.as_str()), turn_began));
             let ids: HashSet<&str> = observed.sidecars.iter().map(|s| s.id.as_str()).collect();
-            lock(&id.issued).retain(|k, _| ids.contains(k.as_str()));
             lock(&id.errors).retain(|k, _| k.is_empty() || ids.contains(k.as_str()));
         }
         let signer = lock(&id.signer).clone();

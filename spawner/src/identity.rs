@@ -71,6 +71,8 @@ impl Signer {
 pub struct Issued {
     /// The identity its certificate names.
     pub name: ServiceName,
+    /// When it was delivered.
+    pub at: Instant,
     /// When to issue the next one: half its lifetime after it was issued.
     pub renew_at: Instant,
     /// Its certificate's notAfter (for the logs and the expiry gauge).
@@ -110,6 +112,31 @@ pub fn renew_at(at: Instant, ttl: Duration) -> Instant {
     at + ttl / 2
 }
 
+/// When the loop must wake for the renewals `renew_at` (of the sidecars it keeps a record of):
+/// at the soonest; at once when that moment has passed (it fell due while the last pass ran),
+/// unless a delivery failed, then at `retry` (a failed renewal keeps its past moment, and must
+/// not make the loop spin).
+pub fn next_wake(
+    renew_at: impl IntoIterator<Item = Instant>,
+    retry: Option<Instant>,
+    now: Instant,
+) -> Option<Instant> {
+    let soonest = renew_at.into_iter().min()?;
+    Some(if soonest > now {
+        soonest
+    } else {
+        retry.unwrap_or(now)
+    })
+}
+
+/// Whether to keep the record of a sidecar after a pass: one the pass looked at (running, in
+/// its target's namespace), or one delivered since the turn began (created or adopted by this
+/// turn, after the observation). Records of sidecars that ended, were removed or wait to be
+/// replaced go: their renewal moments must not wake the loop.
+pub fn keep(record: &Issued, looked_at: bool, turn_began: Instant) -> bool {
+    looked_at || record.at >= turn_began
+}
+
 /// A stable digest of file contents, to notice a changed CA or bundle.
 pub fn digest(bytes: &[u8]) -> u64 {
     use std::hash::{Hash, Hasher};
@@ -126,6 +153,7 @@ mod tests {
     fn issued(name: &str, now: Instant) -> Issued {
         Issued {
             name: name.parse().unwrap(),
+            at: now,
             renew_at: renew_at(now, Duration::from_secs(10)),
             expires: SystemTime::UNIX_EPOCH,
             ca: 1,
@@ -155,6 +183,32 @@ mod tests {
         );
         // A renewal that is due carries the new bundle too.
         assert_eq!(due(Some(&last), &b, t0 + s(6), 1, 3), Due::Issue);
+    }
+
+    #[test]
+    fn the_loop_wakes_for_the_soonest_renewal_at_once_when_past_and_at_the_retry_after_a_failure() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        assert_eq!(next_wake([], None, t0), None, "nothing to renew");
+        assert_eq!(next_wake([t0 + s(5), t0 + s(3)], None, t0), Some(t0 + s(3)));
+        // Fell due while the last pass ran (the bug a lucky interleaving hid): now, not never.
+        assert_eq!(next_wake([t0 + s(3)], None, t0 + s(4)), Some(t0 + s(4)));
+        // A failed delivery keeps its past moment: the retry, not a spin.
+        assert_eq!(
+            next_wake([t0 + s(3)], Some(t0 + s(9)), t0 + s(4)),
+            Some(t0 + s(9))
+        );
+    }
+
+    #[test]
+    fn records_are_kept_for_sidecars_looked_at_or_delivered_this_turn() {
+        let t0 = Instant::now();
+        let turn = t0 + Duration::from_secs(10);
+        let old = issued("b", t0);
+        let fresh = issued("b", turn + Duration::from_millis(5));
+        assert!(keep(&old, true, turn));
+        assert!(!keep(&old, false, turn), "ended or removed");
+        assert!(keep(&fresh, false, turn), "created by this turn");
     }
 
     #[test]
