@@ -200,7 +200,13 @@ fn services_call_each_other_through_their_sidecars_over_mutual_tls() {
         "C's sidecar logging the refusal",
         || {
             let log = logs_of(&sidecar_c);
-            (log.contains("upstream") && log.contains("127.0.0.1:9001=b:8443")).then_some(())
+            log.lines()
+                .any(|l| {
+                    l.contains("upstream call failed")
+                        && l.contains("127.0.0.1:9001=b:8443")
+                        && l.contains("step=handshake")
+                })
+                .then_some(())
         },
     );
 
