@@ -61,8 +61,25 @@ impl Pebble {
     }
 
     /// Starts challtestsrv and Pebble (no random validation sleeps, no nonce rejections, no
-    /// authorization reuse) and waits until the directory answers and the root is known.
+    /// authorization reuse) and waits until the directory answers and the root is known. The
+    /// daemons take their ports by number, so another test can bind one between the pick and
+    /// the daemon's own bind: a start that fails with "address already in use" is made again on
+    /// fresh ports (three attempts), any other failure panics with both logs.
     pub async fn start_with(options: Options) -> Pebble {
+        const ATTEMPTS: usize = 3;
+        for attempt in 1..=ATTEMPTS {
+            match Pebble::try_start(&options).await {
+                Ok(pebble) => return pebble,
+                Err(e) if attempt < ATTEMPTS && e.contains("address already in use") => {
+                    eprintln!("pebble: a port was taken meanwhile, starting again: {e}");
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        unreachable!("the last attempt returns or panics")
+    }
+
+    async fn try_start(options: &Options) -> Result<Pebble, String> {
         for bin in ["pebble", "pebble-challtestsrv"] {
             // `-h` exits 2 after printing the usage; only a failure to run it matters.
             if let Err(e) = Command::new(bin).arg("-h").output() {
@@ -150,14 +167,18 @@ impl Pebble {
             challtestsrv_log,
             _dir: dir,
         };
-        pebble.wait_ready(listen, management).await;
-        pebble
+        pebble.wait_ready(listen, management).await?;
+        Ok(pebble)
     }
 
     /// Polls until challtestsrv's DNS (TCP) accepts and Pebble's directory answers 200 over
     /// HTTPS, then fetches the issuing root; panics with both logs if either daemon exits or
     /// [`START`] passes.
-    async fn wait_ready(&mut self, listen: SocketAddr, management: SocketAddr) {
+    async fn wait_ready(
+        &mut self,
+        listen: SocketAddr,
+        management: SocketAddr,
+    ) -> Result<(), String> {
         let deadline = tokio::time::Instant::now() + START;
         let tls = client::config(Trust::Ca(self.directory_ca_der()), ALPN_H1);
         loop {
@@ -167,7 +188,7 @@ impl Pebble {
             ];
             for (name, status) in exited {
                 if let Ok(Some(status)) = status {
-                    panic!("{name} exited at start: {status}\n{}", self.logs());
+                    return Err(format!("{name} exited at start: {status}\n{}", self.logs()));
                 }
             }
             if tokio::time::Instant::now() >= deadline {
@@ -207,6 +228,7 @@ impl Pebble {
             "Pebble's /roots/0 is not PEM: {}",
             self.issuer_root_pem
         );
+        Ok(())
     }
 
     /// The ACME directory, `https://127.0.0.1:<port>/dir`.
