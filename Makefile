@@ -15,8 +15,8 @@ BINDIR  ?= $(PREFIX)/bin
 # The tag of the images `make test` builds (tests/src/docker.rs reads the same variable).
 TEST_TAG ?= $(or $(TLS_SIDECAR_TEST_TAG),test)
 
-.PHONY: all build images demo demo-down test soak lint deny bench bench-quick bench-spawner \
-	install uninstall clean-images
+.PHONY: all build images demo demo-down tools test soak lint deny docs bench bench-quick \
+	bench-spawner install uninstall clean-images
 
 all: build
 
@@ -61,9 +61,15 @@ export TEST_TOTALS := \
     if (!runs && status) print "note: no test binary ran (did the build fail? see above)"; \
     printf "tests: %d passed, %d failed\n", p, f + crashed }
 
+## tools: the host tools the tests start (tests/tools.sh --list): checked, and as root installed
+## from Debian's archive when missing; otherwise it stops naming the command that installs them
+tools:
+	@tests/tools.sh
+
 ## test: every test, Docker ones included (they need a running engine); ends with one total line.
-## The Docker tests leave their images, tls-sidecar/*:$(TEST_TAG), for the next run: make clean-images
-test:
+## Checks the test tools first (make tools), before anything compiles. The Docker tests leave
+## their images, tls-sidecar/*:$(TEST_TAG), for the next run: make clean-images
+test: tools
 	@mkdir -p target
 	@# --no-fail-fast: every test binary runs, so the totals cover all of them. The totals line
 	@# comes last whether the tests pass or not, and the exit status is cargo's. A test binary
@@ -91,19 +97,11 @@ bench-spawner: images
 bench-quick:
 	bench/run --quick
 
-## deny: cargo deny check (advisories, licenses, bans, sources; deny.toml). The advisories need
-## the RustSec database from github.com: where it cannot be fetched, they are skipped with a note
-## and the other three still checked (`cargo deny check` with network checks all four)
+## deny: cargo deny check (advisories, licenses, bans, sources; deny.toml), the advisories against
+## the newer of the fetched RustSec database and the dated snapshot in ../shared/rustsec
+## (RUSTSEC_SNAPSHOT names another); the run prints which it used and its date (.ci/deny)
 deny:
-	@command -v cargo-deny >/dev/null || { echo "cargo-deny missing: cargo install --locked cargo-deny"; exit 1; }
-	@if timeout 120 $(CARGO) deny fetch db >/dev/null 2>&1; then \
-	  echo "$(CARGO) deny check (advisory database fetched)"; \
-	  $(CARGO) deny check --hide-inclusion-graph; \
-	else \
-	  echo "note: the RustSec advisory database (github.com/RustSec/advisory-db) cannot be fetched from here:"; \
-	  echo "      advisories NOT checked; run 'cargo deny check' where github.com is reachable"; \
-	  $(CARGO) deny check --hide-inclusion-graph licenses bans sources; \
-	fi
+	@.ci/deny
 
 ## install: the sidecar and spawner release binaries (static) to $(DESTDIR)$(BINDIR), building
 ## them first only if they are missing: run `make build` after a change, then `sudo make install`
