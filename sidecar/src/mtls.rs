@@ -768,7 +768,7 @@ mod tests {
 
     #[test]
     fn with_crls_a_ca_without_one_is_refused() {
-        // What the README tells an operator rolling CAs over with --client-crl: each CA of the
+        // What docs/sidecar.md tells an operator rolling CAs over with --client-crl: each CA of the
         // bundle needs its CRL, or its certificates' revocation status is unknown, and refused.
         let (old, new) = (Ca::new("old CA"), Ca::new("new CA"));
         let auth = auth(true);
