@@ -103,6 +103,11 @@ bench-quick:
 deny:
 	@.ci/deny
 
+## docs: the flag tables of docs/sidecar.md and docs/spawner.md, from the binaries' clap
+## definitions (tests/src/bin/flag_docs.rs); a test fails when the committed ones are stale
+docs:
+	$(CARGO) run -q -p tls-sidecar-tests --bin flag-docs
+
 ## install: the sidecar and spawner release binaries (static) to $(DESTDIR)$(BINDIR), building
 ## them first only if they are missing: run `make build` after a change, then `sudo make install`
 install: $(RELEASE)/sidecar $(RELEASE)/spawner

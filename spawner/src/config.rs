@@ -125,7 +125,8 @@ pub struct Opts {
     pub acme_directory: String,
 
     /// PEM file of extra roots trusted for the ACME directory's own HTTPS (a private CA; Pebble
-    /// in tests) [default: the system roots only]
+    /// in tests), beside the system's roots (or, where the system has none, as in the FROM-scratch
+    /// image, the Mozilla roots built in) [default: none]
     #[arg(long, env = "SPAWNER_ACME_CA_CERT", value_name = "FILE", global = true)]
     pub acme_ca_cert: Option<std::path::PathBuf>,
 

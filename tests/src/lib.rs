@@ -9,6 +9,7 @@ pub mod client;
 pub mod compose;
 pub mod docker;
 pub mod dockerd;
+pub mod docs;
 pub mod forward;
 pub mod grpc;
 pub mod haproxy;
