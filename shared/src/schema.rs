@@ -60,9 +60,17 @@ pub mod env {
     /// Egress relays, a comma list of `LOCAL=[NAME@]HOST:PORT` (`--upstream`, repeatable).
     pub const UPSTREAMS: &str = "SIDECAR_UPSTREAMS";
 
-    /// gosslterm's names, accepted as aliases so its users can switch without changes.
+    /// gosslterm's names, accepted as aliases so its users can switch without changes: each is
+    /// read only when the `SIDECAR_*` variable (or flag) it stands for is not given.
     pub const GOSSLTERM_FRONTEND_ADDR: &str = "GOSSLTERM_FRONTEND_ADDR";
     pub const GOSSLTERM_BACKEND_ADDR: &str = "GOSSLTERM_BACKEND_ADDR";
+    /// Alias of [`CERT`].
+    pub const GOSSLTERM_CERT: &str = "GOSSLTERM_CERT";
+    /// Alias of [`KEY`].
+    pub const GOSSLTERM_KEY: &str = "GOSSLTERM_KEY";
+    /// gosslterm's log level (`trace`, `debug`, `info`, `warn`, `error`): the sidecar's level
+    /// when `RUST_LOG` is unset. The sidecar's alone: the spawner does not read it.
+    pub const LOG_LEVEL: &str = "LOG_LEVEL";
 }
 
 /// Where the spawner mounts certificates inside a sidecar; labels name files under it.

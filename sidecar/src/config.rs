@@ -1,8 +1,11 @@
 //! Command line and environment -> a validated [`Config`], before any socket is opened.
 //!
 //! Every flag can also be set from its `SIDECAR_*` environment variable (the names live in
-//! `shared::schema::env`, the contract with the spawner). gosslterm's two variables are accepted
-//! as aliases so its users can switch without touching their deployment.
+//! `shared::schema::env`, the contract with the spawner). gosslterm's variables are accepted as
+//! aliases so its users can switch without touching their deployment: `GOSSLTERM_FRONTEND_ADDR`,
+//! `GOSSLTERM_BACKEND_ADDR`, `GOSSLTERM_CERT` and `GOSSLTERM_KEY` each stand for one flag and are
+//! read only when that flag (or its `SIDECAR_*` variable) is not given; `LOG_LEVEL` sets the log
+//! level when `RUST_LOG` is unset.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -19,10 +22,11 @@ pub use shared::proto::{AlpnList, BackendProtocol, ProxyProtocol};
 use shared::schema::env;
 use shared::service_identity::{check_unique, TrustDomain, Upstream};
 use shared::spec::{self, Certificate, IdentityFiles, SidecarSpec};
-use shared::telemetry::LogFormat;
+use shared::telemetry::{LogFormat, LogLevel, RUST_LOG};
 
 use crate::certs::PairPaths;
 use crate::error::ConfigError;
+use crate::tls::{Flags, PAIR_FLAGS};
 
 use shared::addr::{DEFAULT_BACKEND_PORT, DEFAULT_LISTEN_PORT};
 
@@ -79,11 +83,12 @@ pub struct Cli {
     pub proxy_protocol: ProxyProtocol,
 
     /// PEM certificate chain (leaf first); needs --key. Without both, a self-signed certificate
-    /// is generated at start
+    /// is generated at start (alias env: GOSSLTERM_CERT)
     #[arg(long, env = env::CERT, value_name = "FILE")]
     pub cert: Option<PathBuf>,
 
-    /// PEM private key (PKCS#8, PKCS#1 RSA or SEC1 EC) matching --cert
+    /// PEM private key (PKCS#8, PKCS#1 RSA or SEC1 EC) matching --cert (alias env:
+    /// GOSSLTERM_KEY)
     #[arg(long, env = env::KEY, value_name = "FILE")]
     pub key: Option<PathBuf>,
 
@@ -181,7 +186,8 @@ pub struct Cli {
     #[arg(long, env = env::ADMIN_LISTEN, value_name = "ADDR")]
     pub admin_listen: Option<String>,
 
-    /// Log output format on stderr
+    /// Log output format on stderr. The level comes from RUST_LOG (default info), or while
+    /// RUST_LOG is unset from gosslterm's LOG_LEVEL (trace, debug, info, warn or error)
     #[arg(long, env = env::LOG_FORMAT, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
@@ -268,6 +274,9 @@ pub struct Cli {
 pub struct CertSources {
     /// `--cert`/`--key`: the default certificate.
     pub pair: Option<PairPaths>,
+    /// What the default pair's files were named by, for error messages: `--cert`/`--key`, or
+    /// gosslterm's `GOSSLTERM_CERT`/`GOSSLTERM_KEY`.
+    pub pair_flags: Flags,
     /// `--certs-dir`: certificates chosen by SNI.
     pub dir: Option<PathBuf>,
     /// Names for the self-signed certificate used when neither gives a default.
@@ -341,6 +350,9 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub admin_listen: Option<SocketAddr>,
     pub log_format: LogFormat,
+    /// The log level `LOG_LEVEL` gave, used in place of `RUST_LOG` (which was unset); `None`:
+    /// `RUST_LOG` or its default decide.
+    pub log_level: Option<LogLevel>,
     pub redirect: Option<Redirect>,
     pub hsts: Option<Hsts>,
     /// Exit when the namespace's container is gone (see [`crate::orphan`]).
@@ -472,16 +484,19 @@ impl Cli {
             }
         }
 
-        let pair = match (self.cert, self.key) {
-            (Some(cert), Some(key)) => Some(PairPaths {
-                name: "default".to_string(),
-                cert,
-                key,
+        let pair = default_pair(
+            self.cert.map(Given::Ours).or_else(|| {
+                getenv(env::GOSSLTERM_CERT)
+                    .filter(|v| !v.is_empty())
+                    .map(|v| Given::Alias(PathBuf::from(v)))
             }),
-            (Some(_), None) => return Err(ConfigError::CertWithoutKey),
-            (None, Some(_)) => return Err(ConfigError::KeyWithoutCert),
-            (None, None) => None,
-        };
+            self.key.map(Given::Ours).or_else(|| {
+                getenv(env::GOSSLTERM_KEY)
+                    .filter(|v| !v.is_empty())
+                    .map(|v| Given::Alias(PathBuf::from(v)))
+            }),
+        )?;
+        let log_level = log_level(getenv(RUST_LOG), getenv(env::LOG_LEVEL))?;
         let identity = identity_files(
             self.identity_cert,
             self.identity_key,
@@ -489,8 +504,13 @@ impl Cli {
             self.identity_domain,
         )?;
         let upstreams = upstreams(self.upstreams, identity.is_some())?;
+        let (pair, pair_flags) = match pair {
+            Some((pair, flags)) => (Some(pair), flags),
+            None => (None, PAIR_FLAGS),
+        };
         let certs = CertSources {
             pair,
+            pair_flags,
             dir: self.certs_dir,
             self_signed_names: self_signed_names(self.self_signed_names, hostname)?,
             reload_interval: self.reload_interval,
@@ -560,6 +580,7 @@ impl Cli {
             shutdown_grace: self.shutdown_grace,
             admin_listen,
             log_format: self.log_format,
+            log_level,
             redirect,
             hsts,
             exit_when_orphaned: self.exit_when_orphaned,
@@ -687,6 +708,78 @@ fn optional_listen(
                 value: text,
                 reason,
             }),
+        _ => Ok(None),
+    }
+}
+
+/// Where one file of the default pair was named: `--cert`/`--key` (or `SIDECAR_CERT`/
+/// `SIDECAR_KEY`), or gosslterm's alias variable.
+#[derive(Debug)]
+enum Given {
+    Ours(PathBuf),
+    Alias(PathBuf),
+}
+
+/// `--cert` and `--key`, each possibly from its gosslterm alias: both or neither. Half a pair is
+/// refused naming what was given, so a gosslterm user reads the variable they set.
+/// With the pair, the names its two files were given by, for the errors of later loads.
+fn default_pair(
+    cert: Option<Given>,
+    key: Option<Given>,
+) -> Result<Option<(PairPaths, Flags)>, ConfigError> {
+    let path = |g: Given, ours: &'static str, alias: &'static str| match g {
+        Given::Ours(p) => (p, ours),
+        Given::Alias(p) => (p, alias),
+    };
+    match (cert, key) {
+        (Some(cert), Some(key)) => {
+            let (cert, cert_flag) = path(cert, PAIR_FLAGS.cert, env::GOSSLTERM_CERT);
+            let (key, key_flag) = path(key, PAIR_FLAGS.key, env::GOSSLTERM_KEY);
+            let pair = PairPaths {
+                name: "default".to_string(),
+                cert,
+                key,
+            };
+            let flags = Flags {
+                cert: cert_flag,
+                key: key_flag,
+            };
+            Ok(Some((pair, flags)))
+        }
+        (Some(Given::Ours(_)), None) => Err(ConfigError::CertWithoutKey),
+        (None, Some(Given::Ours(_))) => Err(ConfigError::KeyWithoutCert),
+        (Some(Given::Alias(cert)), None) => Err(ConfigError::Invalid {
+            flag: env::GOSSLTERM_CERT,
+            value: cert.display().to_string(),
+            reason: format!(
+                "given without {} (or --key): both or neither are needed",
+                env::GOSSLTERM_KEY
+            ),
+        }),
+        (None, Some(Given::Alias(key))) => Err(ConfigError::Invalid {
+            flag: env::GOSSLTERM_KEY,
+            value: key.display().to_string(),
+            reason: format!(
+                "given without {} (or --cert): both or neither are needed",
+                env::GOSSLTERM_CERT
+            ),
+        }),
+        (None, None) => Ok(None),
+    }
+}
+
+/// gosslterm's `LOG_LEVEL`, honoured only when `RUST_LOG` is unset (or empty): the level to log
+/// at, or `None` for `RUST_LOG` and its default. An empty `LOG_LEVEL` counts as unset, as for
+/// the other variables a deployment may leave blank; anything else must be a level.
+fn log_level(
+    rust_log: Option<String>,
+    log_level: Option<String>,
+) -> Result<Option<LogLevel>, ConfigError> {
+    if rust_log.is_some_and(|v| !v.trim().is_empty()) {
+        return Ok(None);
+    }
+    match log_level {
+        Some(text) if !text.trim().is_empty() => alias(env::LOG_LEVEL, &text).map(Some),
         _ => Ok(None),
     }
 }
@@ -880,6 +973,101 @@ mod tests {
             c.certs.pair.map(|p| (p.cert, p.key)),
             Some(("c.pem".into(), "k.pem".into()))
         );
+    }
+
+    fn pair_of(c: &Config) -> Option<(PathBuf, PathBuf)> {
+        c.certs.pair.clone().map(|p| (p.cert, p.key))
+    }
+
+    #[test]
+    fn gosslterm_cert_and_key_name_the_default_pair() {
+        let gosslterm = [
+            ("GOSSLTERM_CERT", "/opt/qnib/ssl/cert.pem"),
+            ("GOSSLTERM_KEY", "/opt/qnib/ssl/key.pem"),
+        ];
+        let c = config(&[], &gosslterm).expect("aliases valid");
+        assert_eq!(
+            pair_of(&c),
+            Some((
+                "/opt/qnib/ssl/cert.pem".into(),
+                "/opt/qnib/ssl/key.pem".into()
+            ))
+        );
+        assert!(c.certs.has_files(), "reloaded like --cert/--key");
+        assert!(
+            matches!(c.spec().certificate, Certificate::Files { .. }),
+            "served as given, not self-signed"
+        );
+        // Empty, as gosslterm read it: not given.
+        let c = config(&[], &[("GOSSLTERM_CERT", ""), ("GOSSLTERM_KEY", "")]).expect("valid");
+        assert_eq!(pair_of(&c), None);
+    }
+
+    #[test]
+    fn cert_and_key_flags_win_over_gosslterms_one_by_one() {
+        let gosslterm = [("GOSSLTERM_CERT", "g.crt"), ("GOSSLTERM_KEY", "g.key")];
+        let c = config(&["--cert", "c.pem", "--key", "k.pem"], &gosslterm).expect("valid");
+        assert_eq!(pair_of(&c), Some(("c.pem".into(), "k.pem".into())));
+        // Each alias stands for its flag alone, as GOSSLTERM_FRONTEND_ADDR does for --listen.
+        let c = config(&["--cert", "c.pem"], &gosslterm).expect("valid");
+        assert_eq!(pair_of(&c), Some(("c.pem".into(), "g.key".into())));
+        let c = config(&["--key", "k.pem"], &gosslterm).expect("valid");
+        assert_eq!(pair_of(&c), Some(("g.crt".into(), "k.pem".into())));
+        let c = config(&["--cert", "c.pem"], &[("GOSSLTERM_KEY", "g.key")]).expect("valid");
+        assert_eq!(pair_of(&c), Some(("c.pem".into(), "g.key".into())));
+    }
+
+    #[test]
+    fn half_a_gosslterm_pair_is_refused_naming_the_variable() {
+        let err = config(&[], &[("GOSSLTERM_CERT", "/ssl/cert.pem")]).expect_err("no key");
+        assert_eq!(
+            err.to_string(),
+            "invalid GOSSLTERM_CERT \"/ssl/cert.pem\": given without GOSSLTERM_KEY (or --key): both or neither are needed"
+        );
+        let err = config(&[], &[("GOSSLTERM_KEY", "/ssl/key.pem")]).expect_err("no cert");
+        assert_eq!(
+            err.to_string(),
+            "invalid GOSSLTERM_KEY \"/ssl/key.pem\": given without GOSSLTERM_CERT (or --cert): both or neither are needed"
+        );
+        // The flag's own half still gets the flag's message.
+        assert!(matches!(
+            config(&["--cert", "c.pem"], &[("GOSSLTERM_CERT", "g.crt")]),
+            Err(ConfigError::CertWithoutKey)
+        ));
+    }
+
+    #[test]
+    fn log_level_applies_when_rust_log_is_unset() {
+        let level = |env: &[(&str, &str)]| config(&[], env).map(|c| c.log_level);
+        assert_eq!(level(&[]).expect("valid"), None, "RUST_LOG's default");
+        assert_eq!(
+            level(&[("LOG_LEVEL", "WARN")]).expect("valid"),
+            Some(LogLevel::Warn)
+        );
+        assert_eq!(
+            level(&[("LOG_LEVEL", "debug"), ("RUST_LOG", "")]).expect("valid"),
+            Some(LogLevel::Debug),
+            "an empty RUST_LOG is unset"
+        );
+        assert_eq!(
+            level(&[("LOG_LEVEL", "debug"), ("RUST_LOG", "warn")]).expect("valid"),
+            None,
+            "RUST_LOG wins"
+        );
+        assert_eq!(level(&[("LOG_LEVEL", " ")]).expect("valid"), None);
+    }
+
+    #[test]
+    fn a_bad_log_level_is_refused_naming_the_variable_and_the_levels() {
+        let err = config(&[], &[("LOG_LEVEL", "verbose")]).expect_err("not a level");
+        assert_eq!(
+            err.to_string(),
+            "invalid LOG_LEVEL \"verbose\": expected one of trace, debug, info, warn, error"
+        );
+        // Ignored, so not judged, while RUST_LOG decides: an unrelated LOG_LEVEL in a
+        // deployment's environment cannot stop a sidecar configured the usual way.
+        let c = config(&[], &[("LOG_LEVEL", "verbose"), ("RUST_LOG", "info")]).expect("valid");
+        assert_eq!(c.log_level, None);
     }
 
     #[test]

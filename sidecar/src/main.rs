@@ -41,7 +41,8 @@ fn main() -> ExitCode {
     };
     // Logging starts here so the self-signed certificate's fingerprint is logged; a file error
     // below is still the only line on stderr (nothing logs before it fails).
-    shared::telemetry::init(config.log_format);
+    // RUST_LOG, or when it is unset gosslterm's LOG_LEVEL (checked with the configuration).
+    shared::telemetry::init_at(config.log_format, config.log_level);
     if config.mode == Mode::Http {
         sidecar::access_log::start(config.log_format);
     }

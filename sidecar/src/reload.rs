@@ -19,9 +19,7 @@ use crate::config::CertSources;
 use crate::error::ConfigError;
 use crate::metrics::Metrics;
 use crate::service_identity::Trust;
-use crate::tls::{
-    parse_pair, read_pair, self_signed, CertStore, Flags, DIR_FLAGS, IDENTITY_FLAGS, PAIR_FLAGS,
-};
+use crate::tls::{parse_pair, read_pair, self_signed, CertStore, Flags, DIR_FLAGS, IDENTITY_FLAGS};
 
 /// After a change notification, wait this long for more (a renewal writes several files) before
 /// reloading once.
@@ -78,7 +76,7 @@ pub fn build(
     let pair = sources
         .pair
         .as_ref()
-        .and_then(|p| load(p, PAIR_FLAGS, &mut failures));
+        .and_then(|p| load(p, sources.pair_flags, &mut failures));
     let identity = sources
         .identity_pair()
         .and_then(|p| load(&p, IDENTITY_FLAGS, &mut failures));

@@ -29,7 +29,7 @@ pub fn provider() -> Arc<CryptoProvider> {
 
 /// Flag names to put in error messages for a pair: `--cert`/`--key` for the default pair,
 /// `--certs-dir` for pairs found in the directory.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Flags {
     pub cert: &'static str,
     pub key: &'static str,

@@ -150,6 +150,41 @@ pub struct LabelError {
     pub reason: String,
 }
 
+/// Which label opted a container in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OptIn {
+    /// `<prefix>.proxy-image`.
+    Prefix,
+    /// byfahrer's `org.qnib.byfahrer.proxy-image` (without ours): it stands for byfahrer's
+    /// whole setup, its proxy image's addresses included (see [`default_listen`]).
+    Byfahrer,
+}
+
+/// Where a byfahrer target's sidecar listens: the port of gosslterm's image
+/// (`GOSSLTERM_FRONTEND_ADDR=:8081`), the proxy byfahrer ran, so its users' `-p 8081:8081` keeps
+/// reaching TLS.
+pub const BYFAHRER_LISTEN_PORT: u16 = 8081;
+
+/// Where a sidecar listens when no `listen` label says: 8443, or for byfahrer's opt-in
+/// gosslterm's 8081.
+pub fn default_listen(opt_in: OptIn) -> ListenAddr {
+    match opt_in {
+        OptIn::Prefix => ListenAddr::any(DEFAULT_LISTEN_PORT),
+        OptIn::Byfahrer => ListenAddr::any(BYFAHRER_LISTEN_PORT),
+    }
+}
+
+/// Where a sidecar forwards when no `backend` label says. Ours: the target's only exposed TCP
+/// port other than the listen port, else 8080. byfahrer's: always 127.0.0.1:8080, the
+/// `GOSSLTERM_BACKEND_ADDR` of gosslterm's image, where byfahrer's apps serve whatever their
+/// image exposes (one built on an image that exposes 80, say).
+pub fn default_backend(opt_in: OptIn, exposed: &[String], listen_port: u16) -> BackendAddr {
+    match opt_in {
+        OptIn::Prefix => BackendAddr::local(default_backend_port(exposed, listen_port)),
+        OptIn::Byfahrer => BackendAddr::local(DEFAULT_BACKEND_PORT),
+    }
+}
+
 /// Reads a target's labels. `None`: the container did not opt in. `exposed` holds the target's
 /// exposed ports as Docker writes them (`8080/tcp`). `offered`: what the spawner gives sidecars
 /// (labels that need what it does not give are refused).
@@ -161,12 +196,17 @@ pub fn parse_target(
     offered: Offered,
 ) -> Option<Result<TargetSpec, LabelError>> {
     let image_label = label_name(prefix, label::PROXY_IMAGE);
-    let (image_key, image) = match labels.get(&image_label) {
-        Some(v) => (image_label, v),
-        None => (
-            BYFAHRER_PROXY_IMAGE_LABEL.to_string(),
-            labels.get(BYFAHRER_PROXY_IMAGE_LABEL)?,
-        ),
+    let opt_in = match labels.get(&image_label) {
+        Some(image) => Request {
+            by: OptIn::Prefix,
+            label: &image_label,
+            image,
+        },
+        None => Request {
+            by: OptIn::Byfahrer,
+            label: BYFAHRER_PROXY_IMAGE_LABEL,
+            image: labels.get(BYFAHRER_PROXY_IMAGE_LABEL)?,
+        },
     };
     Some(parse_spec(
         prefix,
@@ -174,9 +214,15 @@ pub fn parse_target(
         labels,
         exposed,
         offered,
-        &image_key,
-        image,
+        opt_in,
     ))
+}
+
+/// The opt-in label a target carries and the image it asks for.
+struct Request<'a> {
+    by: OptIn,
+    label: &'a str,
+    image: &'a str,
 }
 
 fn parse_spec(
@@ -185,13 +231,12 @@ fn parse_spec(
     labels: &HashMap<String, String>,
     exposed: &[String],
     offered: Offered,
-    image_key: &str,
-    image: &str,
+    opt_in: Request<'_>,
 ) -> Result<TargetSpec, LabelError> {
     check_values(prefix, labels)?;
-    let image = image.trim();
+    let image = opt_in.image.trim();
     if image.is_empty() || image.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(refused(image_key, image, "expected an image reference"));
+        return Err(refused(opt_in.label, image, "expected an image reference"));
     }
     let get = |suffix: &str| {
         let key = label_name(prefix, suffix);
@@ -199,12 +244,12 @@ fn parse_spec(
     };
 
     let listen = match get(label::LISTEN) {
-        None => ListenAddr::any(DEFAULT_LISTEN_PORT),
+        None => default_listen(opt_in.by),
         Some((key, v)) => fixed_port(&key, v)?,
     };
     let backend = match get(label::BACKEND) {
         Some((key, v)) => typed(&key, v)?,
-        None => BackendAddr::local(default_backend_port(exposed, listen.port())),
+        None => default_backend(opt_in.by, exposed, listen.port()),
     };
     let mode: Mode = match get(label::MODE) {
         Some((key, v)) => typed(&key, v)?,
@@ -739,6 +784,104 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(s.image, "img");
+    }
+
+    #[test]
+    fn defaults_by_opt_in_label() {
+        let exposed = |e: &[&str]| e.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(default_listen(OptIn::Prefix).to_string(), "0.0.0.0:8443");
+        assert_eq!(default_listen(OptIn::Byfahrer).to_string(), "0.0.0.0:8081");
+        for ports in [
+            &[][..],
+            &["3000/tcp"],
+            &["80/tcp"],
+            &["8081/tcp", "9090/tcp"],
+        ] {
+            assert_eq!(
+                default_backend(OptIn::Byfahrer, &exposed(ports), 8081).to_string(),
+                "127.0.0.1:8080",
+                "gosslterm's backend whatever the image exposes: {ports:?}"
+            );
+        }
+        assert_eq!(
+            default_backend(OptIn::Prefix, &exposed(&["3000/tcp"]), 8443).to_string(),
+            "127.0.0.1:3000"
+        );
+        assert_eq!(
+            default_backend(OptIn::Prefix, &[], 8443).to_string(),
+            "127.0.0.1:8080"
+        );
+    }
+
+    #[test]
+    fn byfahrer_alone_gets_gosslterms_image_addresses() {
+        // byfahrer's README: `-p 8081:8081 --label org.qnib.byfahrer.proxy-image=...` on an app
+        // serving 8080 (docker adds the published 8081 to the exposed ports).
+        let byfahrer = [("org.qnib.byfahrer.proxy-image", "tls-sidecar/sidecar:1")];
+        let s = parse(&byfahrer, &["8080/tcp", "8081/tcp"])
+            .unwrap()
+            .unwrap();
+        assert_eq!(s.listen.to_string(), "0.0.0.0:8081");
+        assert_eq!(s.backend.to_string(), "127.0.0.1:8080");
+        let s = parse(&byfahrer, &["8081/tcp"]).unwrap().unwrap();
+        assert_eq!(
+            (s.listen.to_string(), s.backend.to_string()),
+            ("0.0.0.0:8081".to_string(), "127.0.0.1:8080".to_string())
+        );
+    }
+
+    #[test]
+    fn byfahrer_defaults_give_way_to_the_prefixs_labels() {
+        let s = parse(
+            &[
+                ("org.qnib.byfahrer.proxy-image", "img"),
+                ("tls-sidecar.listen", "9443"),
+            ],
+            &["3000/tcp"],
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(s.listen.to_string(), "0.0.0.0:9443");
+        assert_eq!(s.backend.to_string(), "127.0.0.1:8080", "still gosslterm's");
+        let s = parse(
+            &[
+                ("org.qnib.byfahrer.proxy-image", "img"),
+                ("tls-sidecar.backend", "3000"),
+            ],
+            &[],
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            (s.listen.to_string(), s.backend.to_string()),
+            ("0.0.0.0:8081".to_string(), "127.0.0.1:3000".to_string())
+        );
+        // With the prefix's own opt-in beside it, the target is ours: our defaults.
+        let s = parse(
+            &[
+                ("org.qnib.byfahrer.proxy-image", "img"),
+                ("tls-sidecar.proxy-image", "ours"),
+            ],
+            &[],
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(s.image, "ours");
+        assert_eq!(s.listen.to_string(), "0.0.0.0:8443");
+        // A label prefix of another spawner names nothing here.
+        let s = parse_target(
+            "other",
+            "web",
+            &labels(&[
+                ("org.qnib.byfahrer.proxy-image", "img"),
+                ("tls-sidecar.listen", "9443"),
+            ]),
+            &[],
+            Offered::default(),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(s.listen.to_string(), "0.0.0.0:8081");
     }
 
     #[test]

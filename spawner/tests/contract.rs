@@ -38,7 +38,11 @@ const CASES: u32 = 512;
 /// What the sidecar understands from exactly `vars` in its environment.
 fn sidecar_reads(vars: &[(&'static str, String)]) -> Result<SidecarSpec, String> {
     for (name, _) in std::env::vars() {
-        if name.starts_with("SIDECAR_") || name.starts_with("GOSSLTERM_") {
+        if name.starts_with("SIDECAR_")
+            || name.starts_with("GOSSLTERM_")
+            || name == "LOG_LEVEL"
+            || name == "RUST_LOG"
+        {
             std::env::remove_var(name);
         }
     }

@@ -20,7 +20,10 @@ const FAIL_WAIT: Duration = Duration::from_secs(5);
 
 /// Environment variables the sidecar reads; cleared so the developer's shell cannot leak into a test.
 fn is_sidecar_env(name: &str) -> bool {
-    name.starts_with("SIDECAR_") || name.starts_with("GOSSLTERM_") || name == "RUST_LOG"
+    name.starts_with("SIDECAR_")
+        || name.starts_with("GOSSLTERM_")
+        || name == "RUST_LOG"
+        || name == "LOG_LEVEL"
 }
 
 /// Options for starting a sidecar; see [`Sidecar::builder`].

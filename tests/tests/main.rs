@@ -1,10 +1,12 @@
 //! All integration tests compile into this one binary and share the harness.
 mod acme_pebble;
 mod churn;
+mod docs;
 mod engine;
 mod install;
 mod isolation;
 mod layout;
+mod migrating;
 mod sidecar_acme_alpn;
 mod sidecar_admin;
 mod sidecar_certs;
