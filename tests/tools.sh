@@ -96,9 +96,13 @@ else
   if [ "$mode" = install ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "tools: installing ${missing_pkgs[*]} from Debian's archive (apt-get)"
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    # shellcheck disable=SC2086
-    apt-get install -y -qq --no-install-recommends "${missing_pkgs[@]}" >/dev/null
+    apt_log=$(mktemp)
+    trap 'rm -f "$apt_log"' EXIT
+    if ! { apt-get update -qq && apt-get install -y -qq --no-install-recommends "${missing_pkgs[@]}"; } >"$apt_log" 2>&1; then
+      cat "$apt_log" >&2
+      echo "tools: apt-get could not install ${missing_pkgs[*]} (its output above)" >&2
+      exit 1
+    fi
     still=()
     while read -r cmd pkg why; do
       [ -n "$cmd" ] || continue
