@@ -35,3 +35,4 @@ mod spawner_certs;
 mod spawner_hygiene;
 mod spawner_identity;
 mod spawner_protocols;
+mod tools;
