@@ -1,50 +1,151 @@
-//! The architecture as a test: inside each crate, module dependencies point one way (no module
-//! reaches, directly or through others, a module that reaches it), so a reader can tell which
-//! module is the foundation. Read from the sources, tests and doc comments left out.
+//! The architecture as a test: inside each crate, dependencies point one way at every level of
+//! the module tree. Among the modules of one folder (a subsystem's parts, or the subsystems at
+//! the top of `src/`), none reaches, directly or through others, a module that reaches it; a
+//! dependency between two modules of different folders counts as one between the folders
+//! holding them. A module may use what its ancestors declare (a folder's root file holds the
+//! subsystem's shared items and its `Error`), so edges between a module and its ancestors do not
+//! count. Read from every `.rs` file under `src/`, tests and comments left out.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-/// Module name -> the sibling modules it names as `crate::<module>`.
-fn graph(src: &Path) -> BTreeMap<String, BTreeSet<String>> {
-    let mut sources = BTreeMap::new();
-    for entry in std::fs::read_dir(src).expect("read src") {
-        let path = entry.expect("dir entry").path();
-        let name = path
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .unwrap_or_default();
-        if path.extension().is_some_and(|e| e == "rs") && name != "lib" && name != "main" {
+/// A module's path inside its crate, e.g. `["http", "h1"]`.
+type ModPath = Vec<String>;
+
+/// Every module file under `src` (not `lib.rs`/`main.rs`): its path and its code without tests
+/// and comment lines.
+fn modules(src: &Path) -> BTreeMap<ModPath, String> {
+    let mut out = BTreeMap::new();
+    let mut dirs = vec![src.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read a source folder") {
+            let path = entry.expect("dir entry").path();
+            if path.is_dir() {
+                dirs.push(path);
+                continue;
+            }
+            if path.extension().is_none_or(|e| e != "rs") {
+                continue;
+            }
+            let rel = path.strip_prefix(src).expect("under src");
+            let mut segments: ModPath = rel
+                .iter()
+                .map(|s| s.to_string_lossy().trim_end_matches(".rs").to_string())
+                .collect();
+            if segments.last().is_some_and(|s| s == "mod") {
+                segments.pop();
+            }
+            if segments == ["lib"] || segments == ["main"] || segments.is_empty() {
+                continue;
+            }
             let text = std::fs::read_to_string(&path).expect("read module");
             let code = text.split("#[cfg(test)]").next().unwrap_or_default();
             let code: Vec<&str> = code
                 .lines()
                 .filter(|l| !l.trim_start().starts_with("//"))
                 .collect();
-            sources.insert(name.to_string(), code.join("\n"));
+            out.insert(segments, code.join("\n"));
         }
     }
-    let names: BTreeSet<String> = sources.keys().cloned().collect();
-    sources
-        .iter()
-        .map(|(module, code)| {
-            let uses = code
-                .split("crate::")
-                .skip(1)
-                .map(|rest| {
-                    rest.chars()
-                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                        .collect::<String>()
-                })
-                .filter(|m| names.contains(m) && m != module)
-                .collect();
-            (module.clone(), uses)
+    out
+}
+
+/// The `a::b::c` paths written in `code` after `prefix` (`crate::`, `super::`, ...).
+fn paths_after(code: &str, prefix: &str) -> Vec<Vec<String>> {
+    code.split(prefix)
+        .skip(1)
+        .map(|rest| {
+            let mut segments = Vec::new();
+            let mut rest = rest;
+            loop {
+                let ident: String = rest
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                if ident.is_empty() {
+                    break;
+                }
+                rest = &rest[ident.len()..];
+                segments.push(ident);
+                match rest.strip_prefix("::") {
+                    Some(r) => rest = r,
+                    None => break,
+                }
+            }
+            segments
         })
         .collect()
 }
 
+/// The longest known module that `path` starts with.
+fn resolve(known: &BTreeSet<ModPath>, path: &[String]) -> Option<ModPath> {
+    (1..=path.len())
+        .rev()
+        .map(|n| path[..n].to_vec())
+        .find(|p| known.contains(p))
+}
+
+/// Module -> the modules it names: `crate::x::y`, `super::x` (also `super::super::x`),
+/// `self::x`, and a child module by its bare name (`h1::Pool` in `http`).
+fn graph(src: &Path) -> BTreeMap<ModPath, BTreeSet<ModPath>> {
+    let sources = modules(src);
+    let known: BTreeSet<ModPath> = sources.keys().cloned().collect();
+    let mut out = BTreeMap::new();
+    for (module, code) in &sources {
+        let mut uses = BTreeSet::new();
+        for path in paths_after(code, "crate::") {
+            uses.extend(resolve(&known, &path));
+        }
+        for path in paths_after(code, "super::") {
+            // `super::super::x` arrives as ["super", "x"] after the first `super::`.
+            let ups = 1 + path.iter().take_while(|s| *s == "super").count();
+            let base = &module[..module.len().saturating_sub(ups)];
+            let rest: Vec<String> = path.iter().skip(ups - 1).cloned().collect();
+            let full: ModPath = base.iter().cloned().chain(rest).collect();
+            uses.extend(resolve(&known, &full));
+        }
+        for path in paths_after(code, "self::") {
+            let full: ModPath = module.iter().cloned().chain(path).collect();
+            uses.extend(resolve(&known, &full));
+        }
+        for child in known
+            .iter()
+            .filter(|k| k.len() == module.len() + 1 && k.starts_with(module))
+        {
+            let name = child.last().expect("a child has a name");
+            if code.contains(&format!("{name}::")) {
+                uses.insert(child.clone());
+            }
+        }
+        uses.retain(|u| !u.starts_with(module) && !module.starts_with(u));
+        out.insert(module.clone(), uses);
+    }
+    out
+}
+
+/// The edges among the children of every folder: `a::x -> b::y` is `a -> b` among the top
+/// modules, and `a::x -> a::z::w` is `x -> z` inside `a`.
+fn levels(graph: &BTreeMap<ModPath, BTreeSet<ModPath>>) -> BTreeMap<ModPath, Edges> {
+    let mut out: BTreeMap<ModPath, Edges> = BTreeMap::new();
+    for (from, uses) in graph {
+        for to in uses {
+            let common = from.iter().zip(to).take_while(|(a, b)| a == b).count();
+            let folder = from[..common].to_vec();
+            let (a, b) = (from[common].clone(), to[common].clone());
+            out.entry(folder)
+                .or_default()
+                .entry(a)
+                .or_default()
+                .insert(b);
+        }
+    }
+    out
+}
+
+type Edges = BTreeMap<String, BTreeSet<String>>;
+
 /// A cycle through `start`, if there is one.
-fn cycle_from(graph: &BTreeMap<String, BTreeSet<String>>, start: &str) -> Option<Vec<String>> {
+fn cycle_from(graph: &Edges, start: &str) -> Option<Vec<String>> {
     let mut stack = vec![(start.to_string(), vec![start.to_string()])];
     let mut seen = BTreeSet::new();
     while let Some((node, path)) = stack.pop() {
@@ -64,16 +165,90 @@ fn cycle_from(graph: &BTreeMap<String, BTreeSet<String>>, start: &str) -> Option
     None
 }
 
+fn root() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
 #[test]
-fn module_dependencies_point_one_way_in_every_crate() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+fn module_dependencies_point_one_way_at_every_level_of_every_crate() {
     for krate in ["shared", "sidecar", "spawner"] {
-        let graph = graph(&root.join(krate).join("src"));
+        let graph = graph(&root().join(krate).join("src"));
         assert!(graph.len() > 3, "{krate}: modules found");
-        for module in graph.keys() {
-            if let Some(cycle) = cycle_from(&graph, module) {
-                panic!("{krate}: modules import each other: {}", cycle.join(" -> "));
+        for (folder, edges) in levels(&graph) {
+            for module in edges.keys() {
+                if let Some(cycle) = cycle_from(&edges, module) {
+                    let at = if folder.is_empty() {
+                        "src/".to_string()
+                    } else {
+                        format!("src/{}/", folder.join("/"))
+                    };
+                    panic!(
+                        "{krate} {at}: modules import each other: {}",
+                        cycle.join(" -> ")
+                    );
+                }
             }
         }
     }
+}
+
+#[test]
+fn every_module_file_in_every_folder_is_read() {
+    // A module moved into a folder must stay under the check: count the files independently.
+    for krate in ["shared", "sidecar", "spawner"] {
+        let src = root().join(krate).join("src");
+        let mut files = 0;
+        let mut dirs = vec![src.clone()];
+        while let Some(dir) = dirs.pop() {
+            for e in std::fs::read_dir(&dir).expect("read folder").flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    dirs.push(p);
+                } else if p.extension().is_some_and(|x| x == "rs")
+                    && !(dir == src && (p.ends_with("lib.rs") || p.ends_with("main.rs")))
+                {
+                    files += 1;
+                }
+            }
+        }
+        assert_eq!(
+            modules(&src).len(),
+            files,
+            "{krate}: every module file is read"
+        );
+    }
+}
+
+#[test]
+fn the_walk_sees_nested_modules_and_their_edges() {
+    let dir = harness::tmp::TempDir::new("layout");
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(src.join("http/fast")).expect("mkdir");
+    let files = [
+        ("lib.rs", "mod http; mod tls;"),
+        ("tls.rs", "use crate::http::fast::chunked::Scan;"),
+        ("http.rs", "mod fast; pub struct Shared; use fast::Pool;"),
+        (
+            "http/fast.rs",
+            "mod chunked; use super::Shared; pub struct Pool;",
+        ),
+        (
+            "http/fast/chunked.rs",
+            "use super::super::Shared; use crate::tls::Config;",
+        ),
+    ];
+    for (name, code) in files {
+        std::fs::write(src.join(name), code).expect("write");
+    }
+    let graph = graph(&src);
+    let http = vec!["http".to_string()];
+    let tls = vec!["tls".to_string()];
+    let chunked: ModPath = ["http", "fast", "chunked"].map(String::from).to_vec();
+    // Ancestors and descendants do not count; across folders they do.
+    assert_eq!(graph[&http], BTreeSet::new());
+    assert_eq!(graph[&tls], BTreeSet::from([chunked.clone()]));
+    assert_eq!(graph[&chunked], BTreeSet::from([tls.clone()]));
+    // Lifted to the top: http <-> tls, a cycle the test reports.
+    let top = &levels(&graph)[&Vec::new()];
+    assert!(cycle_from(top, "tls").is_some(), "{top:?}");
 }
