@@ -1,11 +1,13 @@
 //! Command line: clap `Cli` (every flag also readable from its env var) turned into a validated
 //! `Config` before any socket or container is touched.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::str::FromStr;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use shared::addr::ListenAddr;
 use shared::schema::DEFAULT_LABEL_PREFIX;
 use shared::service_identity::TrustDomain;
 use shared::telemetry::LogFormat;
@@ -198,10 +200,10 @@ pub struct Opts {
     )]
     pub max_parallel_actions: usize,
 
-    /// Plain-HTTP admin listener (`IP:PORT`, `[IPv6]:PORT` or `:PORT` for every IPv4 interface)
-    /// with `/healthz`, `/readyz` and `/metrics`; off by default. Unauthenticated: bind it to
-    /// loopback or a private network.
-    #[arg(long, env = "SPAWNER_ADMIN_LISTEN", global = true)]
+    /// Plain-HTTP admin listener (`IP:PORT`, `[IPv6]:PORT`, or `PORT` / `:PORT` for every IPv4
+    /// interface: the sidecar's listen grammar) with `/healthz`, `/readyz` and `/metrics`; off by
+    /// default. Unauthenticated: bind it to loopback or a private network
+    #[arg(long, env = "SPAWNER_ADMIN_LISTEN", value_name = "ADDR", global = true)]
     pub admin_listen: Option<String>,
 
     /// Turn service identity on: every sidecar gets a short-lived certificate for
@@ -444,9 +446,11 @@ impl Cli {
         }
         let admin_listen = match o.admin_listen.as_deref().map(str::trim) {
             None | Some("") => None,
-            Some(text) => {
-                Some(parse_listen(text).map_err(|reason| bad("admin-listen", text, reason))?)
-            }
+            Some(text) => Some(
+                ListenAddr::from_str(text)
+                    .map_err(|reason| bad("admin-listen", text, reason))?
+                    .socket_addr(),
+            ),
         };
         let command = self.command.unwrap_or(Command::Run);
         let (identity, identity_ca, identity_trust) = identity_config(&o, command)?;
@@ -669,18 +673,6 @@ fn valid_email(email: &str) -> Result<(), &'static str> {
     }
 }
 
-/// `IP:PORT`, `[IPv6]:PORT`, or `:PORT` (every IPv4 interface), as the sidecar's listen flags.
-fn parse_listen(text: &str) -> Result<SocketAddr, &'static str> {
-    const EXPECTED: &str = "expected IP:PORT, [IPv6]:PORT or :PORT";
-    match text.strip_prefix(':') {
-        Some(port) => port
-            .parse::<u16>()
-            .map(|p| SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), p))
-            .map_err(|_| EXPECTED),
-        None => text.parse().map_err(|_| EXPECTED),
-    }
-}
-
 fn valid_volume_name(v: &str) -> bool {
     let mut chars = v.chars();
     chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
@@ -749,7 +741,10 @@ mod tests {
         assert_eq!(c.admin_listen, Some("0.0.0.0:9090".parse().expect("addr")));
         let c = cfg(&["--admin-listen", "[::1]:9090"]).expect("[v6]:port");
         assert_eq!(c.admin_listen, Some("[::1]:9090".parse().expect("addr")));
-        for bad in ["9090", "localhost:9090", ":99999", "1.2.3.4"] {
+        // One listen grammar everywhere (shared::addr::ListenAddr): a bare port too.
+        let c = cfg(&["--admin-listen", "9090"]).expect("port");
+        assert_eq!(c.admin_listen, Some("0.0.0.0:9090".parse().expect("addr")));
+        for bad in ["localhost:9090", ":99999", "1.2.3.4", "[::1]"] {
             let e = cfg(&["--admin-listen", bad]).expect_err(bad);
             assert_eq!(e.flag, "admin-listen");
         }
