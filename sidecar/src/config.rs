@@ -17,6 +17,7 @@ use shared::addr::{BackendAddr, ListenAddr};
 use shared::dns::SanName;
 use shared::identity::{CommonName, DnsPattern, Identities, List, UriPattern};
 pub use shared::mode::{ClientAuthMode, Mode};
+use shared::mode::{check_mode, ModeSetting, ModeSettings};
 use shared::parse::{duration, MaxAge};
 pub use shared::proto::{AlpnList, BackendProtocol, ProxyProtocol};
 use shared::schema::env;
@@ -450,38 +451,29 @@ impl Cli {
             }
             (None, false) => None,
         };
-        if hsts.is_some() && self.mode == Mode::Tcp {
-            return Err(ConfigError::Invalid {
-                flag: "--hsts",
-                value: self.hsts.map(|m| m.to_string()).unwrap_or_default(),
-                reason: "needs --mode http: tcp mode does not see HTTP responses".to_string(),
-            });
-        }
-
         let alpn = self.alpn.unwrap_or_default();
-        if self.mode == Mode::Tcp && self.backend_protocol != BackendProtocol::Auto {
+        let settings = ModeSettings {
+            hsts: hsts.is_some(),
+            backend_protocol: self.backend_protocol,
+            alpn: &alpn,
+            proxy_protocol: self.proxy_protocol,
+        };
+        if let Err(conflict) = check_mode(self.mode, &settings) {
+            let (flag, value) = match conflict.setting {
+                ModeSetting::Hsts => ("--hsts", self.hsts.map(|m| m.to_string())),
+                ModeSetting::BackendProtocol => {
+                    ("--backend-protocol", Some(self.backend_protocol.to_string()))
+                }
+                ModeSetting::Alpn => ("--alpn", Some(alpn.to_string())),
+                ModeSetting::ProxyProtocol => {
+                    ("--proxy-protocol", Some(self.proxy_protocol.to_string()))
+                }
+            };
             return Err(ConfigError::Invalid {
-                flag: "--backend-protocol",
-                value: self.backend_protocol.to_string(),
-                reason: "needs --mode http: tcp mode relays bytes and speaks no HTTP".to_string(),
+                flag,
+                value: value.unwrap_or_default(),
+                reason: format!("needs --mode {}: {}", conflict.needs, conflict.why),
             });
-        }
-        if self.mode == Mode::Http {
-            if !alpn.is_empty() {
-                return Err(ConfigError::Invalid {
-                    flag: "--alpn",
-                    value: alpn.to_string(),
-                    reason: "needs --mode tcp: http mode chooses its own ALPN (h2, http/1.1)"
-                        .to_string(),
-                });
-            }
-            if self.proxy_protocol != ProxyProtocol::Off {
-                return Err(ConfigError::Invalid {
-                    flag: "--proxy-protocol",
-                    value: self.proxy_protocol.to_string(),
-                    reason: "needs --mode tcp: http mode tells the backend the client's address in X-Forwarded-For".to_string(),
-                });
-            }
         }
 
         let pair = default_pair(

@@ -8,7 +8,7 @@ use std::str::FromStr;
 use shared::addr::{BackendAddr, ListenAddr, DEFAULT_BACKEND_PORT, DEFAULT_LISTEN_PORT};
 use shared::dns::DnsName;
 use shared::identity::{CommonName, DnsPattern, Identities, List, UriPattern};
-use shared::mode::{ClientAuthMode, Mode};
+use shared::mode::{check_mode, ClientAuthMode, Mode, ModeSetting, ModeSettings};
 use shared::parse::MaxAge;
 use shared::proto::{AlpnList, BackendProtocol, ProxyProtocol};
 use shared::schema::{label, label_name, BYFAHRER_PROXY_IMAGE_LABEL};
@@ -280,68 +280,41 @@ fn parse_spec(
             Some(addr)
         }
     };
-    let hsts = match get(label::HSTS) {
-        None => None,
-        Some((key, v)) => {
-            let max_age: MaxAge = typed(&key, v)?;
-            if mode == Mode::Tcp {
-                return Err(refused(
-                    &key,
-                    v,
-                    "needs mode http: tcp mode sees no HTTP responses",
-                ));
-            }
-            Some(max_age)
-        }
+    let hsts: Option<MaxAge> = get(label::HSTS)
+        .map(|(key, v)| typed(&key, v))
+        .transpose()?;
+    let backend_protocol: BackendProtocol = get(label::BACKEND_PROTOCOL)
+        .map(|(key, v)| typed(&key, v))
+        .transpose()?
+        .unwrap_or_default();
+    let alpn: AlpnList = get(label::ALPN)
+        .map(|(key, v)| typed(&key, v))
+        .transpose()?
+        .unwrap_or_default();
+    let proxy_protocol: ProxyProtocol = get(label::PROXY_PROTOCOL)
+        .map(|(key, v)| typed(&key, v))
+        .transpose()?
+        .unwrap_or_default();
+    // Which settings go with which mode: the sidecar's own rule, so a label is refused exactly
+    // when the flag it becomes would be.
+    let settings = ModeSettings {
+        hsts: hsts.is_some(),
+        backend_protocol,
+        alpn: &alpn,
+        proxy_protocol,
     };
-
-    // http-mode setting: refused with mode tcp, as the sidecar refuses the flag; its default
-    // (`auto`) passes, as for the tcp-mode settings below.
-    let backend_protocol: BackendProtocol = match get(label::BACKEND_PROTOCOL) {
-        None => BackendProtocol::Auto,
-        Some((key, v)) => {
-            let protocol: BackendProtocol = typed(&key, v)?;
-            if mode == Mode::Tcp && protocol != BackendProtocol::Auto {
-                return Err(refused(
-                    &key,
-                    v,
-                    "needs mode http: tcp mode relays bytes and speaks no HTTP",
-                ));
-            }
-            protocol
-        }
-    };
-
-    // tcp-mode settings: refused with mode http, as the sidecar refuses the flags (http mode
-    // chooses its own ALPN and tells the backend the client in X-Forwarded-For). Their
-    // defaults (empty, `off`) are what http mode does anyway, so those pass.
-    let http_refuses = |key: &str, v: &str| {
-        refused(
-            key,
-            v,
-            "needs mode tcp: http mode chooses its own ALPN and forwards the client address in headers",
-        )
-    };
-    let alpn: AlpnList = match get(label::ALPN) {
-        None => AlpnList::default(),
-        Some((key, v)) => {
-            let list: AlpnList = typed(&key, v)?;
-            if mode == Mode::Http && !list.is_empty() {
-                return Err(http_refuses(&key, v));
-            }
-            list
-        }
-    };
-    let proxy_protocol: ProxyProtocol = match get(label::PROXY_PROTOCOL) {
-        None => ProxyProtocol::Off,
-        Some((key, v)) => {
-            let version: ProxyProtocol = typed(&key, v)?;
-            if mode == Mode::Http && version != ProxyProtocol::Off {
-                return Err(http_refuses(&key, v));
-            }
-            version
-        }
-    };
+    if let Err(conflict) = check_mode(mode, &settings) {
+        let name = match conflict.setting {
+            ModeSetting::Hsts => label::HSTS,
+            ModeSetting::BackendProtocol => label::BACKEND_PROTOCOL,
+            ModeSetting::Alpn => label::ALPN,
+            ModeSetting::ProxyProtocol => label::PROXY_PROTOCOL,
+        };
+        // Only a given label conflicts (defaults never do); its value is in the message.
+        let (key, v) = get(name).unwrap_or_else(|| (label_name(prefix, name), ""));
+        let reason = format!("needs mode {}: {}", conflict.needs, conflict.why);
+        return Err(refused(&key, v, reason));
+    }
 
     let mtls = parse_mtls(prefix, labels, offered.certs)?;
     let identity = parse_identity(prefix, container_name, labels, offered.identity)?;
