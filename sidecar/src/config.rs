@@ -16,8 +16,8 @@ use clap::Parser;
 use shared::addr::{BackendAddr, ListenAddr};
 use shared::dns::SanName;
 use shared::identity::{CommonName, DnsPattern, Identities, List, UriPattern};
-pub use shared::mode::{ClientAuthMode, Mode};
 use shared::mode::{check_mode, ModeSetting, ModeSettings};
+pub use shared::mode::{ClientAuthMode, Mode};
 use shared::parse::{duration, MaxAge};
 pub use shared::proto::{AlpnList, BackendProtocol, ProxyProtocol};
 use shared::schema::env;
@@ -412,81 +412,24 @@ impl Cli {
         };
 
         let admin_listen = optional_listen("--admin-listen", self.admin_listen)?;
-        let redirect = match optional_listen("--redirect-listen", self.redirect_listen)? {
-            Some(listen) => Some(Redirect {
-                listen,
-                port: self.redirect_port,
-                acme_webroot: self.acme_webroot,
-            }),
-            None => {
-                if let Some(dir) = self.acme_webroot {
-                    return Err(ConfigError::Invalid {
-                        flag: "--acme-webroot",
-                        value: dir.display().to_string(),
-                        reason: "needs --redirect-listen: challenges are served on the redirect listener".to_string(),
-                    });
-                }
-                if let Some(port) = self.redirect_port {
-                    return Err(ConfigError::Invalid {
-                        flag: "--redirect-port",
-                        value: port.to_string(),
-                        reason: "needs --redirect-listen".to_string(),
-                    });
-                }
-                None
-            }
-        };
-
-        let hsts = match (self.hsts, self.hsts_include_subdomains) {
-            (Some(max_age), include_subdomains) => Some(Hsts {
-                max_age: max_age.0,
-                include_subdomains,
-            }),
-            (None, true) => {
-                return Err(ConfigError::Invalid {
-                    flag: "--hsts-include-subdomains",
-                    value: "true".to_string(),
-                    reason: "needs --hsts".to_string(),
-                })
-            }
-            (None, false) => None,
-        };
+        let redirect = redirect(
+            optional_listen("--redirect-listen", self.redirect_listen)?,
+            self.redirect_port,
+            self.acme_webroot,
+        )?;
+        let hsts = hsts(self.hsts, self.hsts_include_subdomains)?;
         let alpn = self.alpn.unwrap_or_default();
-        let settings = ModeSettings {
-            hsts: hsts.is_some(),
-            backend_protocol: self.backend_protocol,
-            alpn: &alpn,
-            proxy_protocol: self.proxy_protocol,
-        };
-        if let Err(conflict) = check_mode(self.mode, &settings) {
-            let (flag, value) = match conflict.setting {
-                ModeSetting::Hsts => ("--hsts", self.hsts.map(|m| m.to_string())),
-                ModeSetting::BackendProtocol => {
-                    ("--backend-protocol", Some(self.backend_protocol.to_string()))
-                }
-                ModeSetting::Alpn => ("--alpn", Some(alpn.to_string())),
-                ModeSetting::ProxyProtocol => {
-                    ("--proxy-protocol", Some(self.proxy_protocol.to_string()))
-                }
-            };
-            return Err(ConfigError::Invalid {
-                flag,
-                value: value.unwrap_or_default(),
-                reason: format!("needs --mode {}: {}", conflict.needs, conflict.why),
-            });
-        }
+        mode_rules(
+            self.mode,
+            self.hsts,
+            self.backend_protocol,
+            &alpn,
+            self.proxy_protocol,
+        )?;
 
         let pair = default_pair(
-            self.cert.map(Given::Ours).or_else(|| {
-                getenv(env::GOSSLTERM_CERT)
-                    .filter(|v| !v.is_empty())
-                    .map(|v| Given::Alias(PathBuf::from(v)))
-            }),
-            self.key.map(Given::Ours).or_else(|| {
-                getenv(env::GOSSLTERM_KEY)
-                    .filter(|v| !v.is_empty())
-                    .map(|v| Given::Alias(PathBuf::from(v)))
-            }),
+            given(self.cert, &getenv, env::GOSSLTERM_CERT),
+            given(self.key, &getenv, env::GOSSLTERM_KEY),
         )?;
         let log_level = log_level(getenv(RUST_LOG), getenv(env::LOG_LEVEL))?;
         let identity = identity_files(
@@ -514,34 +457,7 @@ impl Cli {
             dns: List::concat(self.allow_dns_san),
             uri: List::concat(self.allow_uri_san),
         };
-        let client_auth = match self.client_ca {
-            Some(ca) => Some(ClientAuth {
-                ca,
-                crl: self.client_crl,
-                mode: self.client_auth.unwrap_or_default(),
-                allow,
-            }),
-            None => {
-                let needs_ca = |flag: &'static str, value: String| ConfigError::Invalid {
-                    flag,
-                    value,
-                    reason: "needs --client-ca".to_string(),
-                };
-                if let Some(mode) = self.client_auth {
-                    return Err(needs_ca("--client-auth", mode.to_string()));
-                }
-                if let Some(crl) = self.client_crl {
-                    return Err(needs_ca("--client-crl", crl.display().to_string()));
-                }
-                if !allow.is_empty() {
-                    return Err(needs_ca(
-                        "--allow-cn/--allow-dns-san/--allow-uri-san",
-                        allow.describe(),
-                    ));
-                }
-                None
-            }
-        };
+        let client_auth = client_auth(self.client_ca, self.client_crl, self.client_auth, allow)?;
 
         let allow_upgrade = upgrade_protocols(self.allow_upgrade)?;
 
@@ -564,10 +480,7 @@ impl Cli {
             max_connections_per_ip: self.max_connections_per_ip as usize,
             max_handshakes: self.max_handshakes as usize,
             listen_backlog: self.listen_backlog,
-            workers: match self.workers {
-                0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-                n => n as usize,
-            },
+            workers: workers(self.workers),
             allow_upgrade,
             shutdown_grace: self.shutdown_grace,
             admin_listen,
@@ -579,6 +492,144 @@ impl Cli {
             upstreams,
         })
     }
+}
+
+/// `--workers`: 0 is one per CPU the process may use (its cgroup quota counts).
+fn workers(asked: u32) -> usize {
+    match asked {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n as usize,
+    }
+}
+
+/// `--redirect-listen` with what only it makes meaningful: `--redirect-port`, `--acme-webroot`.
+fn redirect(
+    listen: Option<SocketAddr>,
+    port: Option<u16>,
+    acme_webroot: Option<PathBuf>,
+) -> Result<Option<Redirect>, ConfigError> {
+    match listen {
+        Some(listen) => Ok(Some(Redirect {
+            listen,
+            port,
+            acme_webroot,
+        })),
+        None => {
+            if let Some(dir) = acme_webroot {
+                return Err(ConfigError::Invalid {
+                    flag: "--acme-webroot",
+                    value: dir.display().to_string(),
+                    reason:
+                        "needs --redirect-listen: challenges are served on the redirect listener"
+                            .to_string(),
+                });
+            }
+            if let Some(port) = port {
+                return Err(ConfigError::Invalid {
+                    flag: "--redirect-port",
+                    value: port.to_string(),
+                    reason: "needs --redirect-listen".to_string(),
+                });
+            }
+            Ok(None)
+        }
+    }
+}
+
+/// `--hsts` and `--hsts-include-subdomains`, which needs it.
+fn hsts(max_age: Option<MaxAge>, include_subdomains: bool) -> Result<Option<Hsts>, ConfigError> {
+    match (max_age, include_subdomains) {
+        (Some(max_age), include_subdomains) => Ok(Some(Hsts {
+            max_age: max_age.0,
+            include_subdomains,
+        })),
+        (None, true) => Err(ConfigError::Invalid {
+            flag: "--hsts-include-subdomains",
+            value: "true".to_string(),
+            reason: "needs --hsts".to_string(),
+        }),
+        (None, false) => Ok(None),
+    }
+}
+
+/// [`check_mode`], the rule the spawner's labels follow too, named in flags.
+fn mode_rules(
+    mode: Mode,
+    hsts: Option<MaxAge>,
+    backend_protocol: BackendProtocol,
+    alpn: &AlpnList,
+    proxy_protocol: ProxyProtocol,
+) -> Result<(), ConfigError> {
+    let settings = ModeSettings {
+        hsts: hsts.is_some(),
+        backend_protocol,
+        alpn,
+        proxy_protocol,
+    };
+    let Err(conflict) = check_mode(mode, &settings) else {
+        return Ok(());
+    };
+    let (flag, value) = match conflict.setting {
+        ModeSetting::Hsts => ("--hsts", hsts.map(|m| m.to_string()).unwrap_or_default()),
+        ModeSetting::BackendProtocol => ("--backend-protocol", backend_protocol.to_string()),
+        ModeSetting::Alpn => ("--alpn", alpn.to_string()),
+        ModeSetting::ProxyProtocol => ("--proxy-protocol", proxy_protocol.to_string()),
+    };
+    Err(ConfigError::Invalid {
+        flag,
+        value,
+        reason: format!("needs --mode {}: {}", conflict.needs, conflict.why),
+    })
+}
+
+/// `--client-ca` with what only it makes meaningful: `--client-crl`, `--client-auth` and the
+/// allow-lists.
+fn client_auth(
+    ca: Option<PathBuf>,
+    crl: Option<PathBuf>,
+    mode: Option<ClientAuthMode>,
+    allow: Identities,
+) -> Result<Option<ClientAuth>, ConfigError> {
+    if let Some(ca) = ca {
+        return Ok(Some(ClientAuth {
+            ca,
+            crl,
+            mode: mode.unwrap_or_default(),
+            allow,
+        }));
+    }
+    let needs_ca = |flag: &'static str, value: String| ConfigError::Invalid {
+        flag,
+        value,
+        reason: "needs --client-ca".to_string(),
+    };
+    if let Some(mode) = mode {
+        return Err(needs_ca("--client-auth", mode.to_string()));
+    }
+    if let Some(crl) = crl {
+        return Err(needs_ca("--client-crl", crl.display().to_string()));
+    }
+    if !allow.is_empty() {
+        return Err(needs_ca(
+            "--allow-cn/--allow-dns-san/--allow-uri-san",
+            allow.describe(),
+        ));
+    }
+    Ok(None)
+}
+
+/// A file of the default pair: its flag (or `SIDECAR_*` variable), else gosslterm's alias
+/// variable (an empty one counts as unset).
+fn given(
+    ours: Option<PathBuf>,
+    getenv: &impl Fn(&str) -> Option<String>,
+    alias: &str,
+) -> Option<Given> {
+    ours.map(Given::Ours).or_else(|| {
+        getenv(alias)
+            .filter(|v| !v.is_empty())
+            .map(|v| Given::Alias(PathBuf::from(v)))
+    })
 }
 
 /// The `--identity-*` flags: all four or none.

@@ -354,96 +354,12 @@ impl Cli {
     /// Validates every flag; no I/O.
     pub fn into_config(self) -> Result<Config, ConfigError> {
         let o = self.opts;
-        let docker_socket = match o.docker_host.strip_prefix("unix://") {
-            Some(p) if p.starts_with('/') => p.to_string(),
-            _ => {
-                return Err(bad(
-                    "docker-host",
-                    &o.docker_host,
-                    "expected unix:///absolute/path",
-                ))
-            }
-        };
-        let prefix_ok = !o.label_prefix.is_empty()
-            && o.label_prefix
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-._/".contains(c))
-            && !o.label_prefix.ends_with('.');
-        if !prefix_ok {
-            return Err(bad(
-                "label-prefix",
-                &o.label_prefix,
-                "expected letters, digits, '-', '.', '_'",
-            ));
-        }
-        let patterns: Vec<String> = o
-            .allow_images
-            .iter()
-            .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty())
-            .collect();
-        if patterns.is_empty() {
-            return Err(bad(
-                "allow-image",
-                "",
-                "at least one image pattern is required",
-            ));
-        }
-        if let Some(p) = patterns.iter().find(|p| p.chars().any(char::is_whitespace)) {
-            return Err(bad("allow-image", p, "patterns contain no whitespace"));
-        }
-        let certs_path = match o.certs_path.as_deref().map(str::trim) {
-            None | Some("") => None,
-            Some(p) if p.starts_with('/') => Some(p.to_string()),
-            Some(p) => return Err(bad("certs-path", p, "expected an absolute path")),
-        };
-        let certs = match (o.certs_from.as_deref().map(str::trim), certs_path) {
-            (None | Some(""), None) => None,
-            (None | Some(""), Some(p)) => {
-                return Err(bad(
-                    "certs-path",
-                    &p,
-                    "needs --certs-from: the store's source",
-                ))
-            }
-            (Some(p), path) if p.starts_with('/') => {
-                Some(CertsSource::HostDir(path.unwrap_or_else(|| p.to_string())))
-            }
-            (Some(v), Some(path)) if valid_volume_name(v) => Some(CertsSource::HostDir(path)),
-            (Some(v), None) if valid_volume_name(v) => Some(CertsSource::Volume(v.to_string())),
-            (Some(v), _) => {
-                return Err(bad(
-                    "certs-from",
-                    v,
-                    "expected an absolute path or a volume name",
-                ))
-            }
-        };
+        let docker_socket = docker_socket(&o.docker_host)?;
+        check_label_prefix(&o.label_prefix)?;
+        let patterns = allow_patterns(&o.allow_images)?;
+        let certs = certs_source(o.certs_from.as_deref(), o.certs_path.as_deref())?;
         let acme = acme_config(&o, certs.as_ref())?;
-        let sidecar_memory = parse_bytes(&o.sidecar_memory)
-            .map_err(|r| bad("sidecar-memory", &o.sidecar_memory, r))?;
-        // Docker refuses memory limits under 6 MiB.
-        if sidecar_memory < 6 * 1024 * 1024 {
-            return Err(bad(
-                "sidecar-memory",
-                &o.sidecar_memory,
-                "must be at least 6MiB",
-            ));
-        }
-        if o.sidecar_pids_limit < 1 {
-            return Err(bad(
-                "sidecar-pids-limit",
-                &o.sidecar_pids_limit.to_string(),
-                "must be positive",
-            ));
-        }
-        if o.max_parallel_actions < 1 {
-            return Err(bad(
-                "max-parallel-actions",
-                &o.max_parallel_actions.to_string(),
-                "must be at least 1",
-            ));
-        }
+        let sidecar_memory = sidecar_limits(&o)?;
         let admin_listen = match o.admin_listen.as_deref().map(str::trim) {
             None | Some("") => None,
             Some(text) => Some(
@@ -476,6 +392,182 @@ impl Cli {
             identity_trust,
         })
     }
+}
+
+/// `--docker-host`: the socket path of a `unix://` address.
+fn docker_socket(host: &str) -> Result<String, ConfigError> {
+    match host.strip_prefix("unix://") {
+        Some(p) if p.starts_with('/') => Ok(p.to_string()),
+        _ => Err(bad("docker-host", host, "expected unix:///absolute/path")),
+    }
+}
+
+/// `--label-prefix`: what a Docker label key may hold, not ending in a dot.
+fn check_label_prefix(prefix: &str) -> Result<(), ConfigError> {
+    let ok = !prefix.is_empty()
+        && prefix
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-._/".contains(c))
+        && !prefix.ends_with('.');
+    if ok {
+        Ok(())
+    } else {
+        Err(bad(
+            "label-prefix",
+            prefix,
+            "expected letters, digits, '-', '.', '_'",
+        ))
+    }
+}
+
+/// `--allow-image`: at least one pattern, none with white space.
+fn allow_patterns(given: &[String]) -> Result<Vec<String>, ConfigError> {
+    let patterns: Vec<String> = given
+        .iter()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    if patterns.is_empty() {
+        return Err(bad(
+            "allow-image",
+            "",
+            "at least one image pattern is required",
+        ));
+    }
+    if let Some(p) = patterns.iter().find(|p| p.chars().any(char::is_whitespace)) {
+        return Err(bad("allow-image", p, "patterns contain no whitespace"));
+    }
+    Ok(patterns)
+}
+
+/// `--certs-from` and `--certs-path`: a host directory (where this process sees it) or a
+/// named volume.
+fn certs_source(
+    from: Option<&str>,
+    path: Option<&str>,
+) -> Result<Option<CertsSource>, ConfigError> {
+    let certs_path = match path.map(str::trim) {
+        None | Some("") => None,
+        Some(p) if p.starts_with('/') => Some(p.to_string()),
+        Some(p) => return Err(bad("certs-path", p, "expected an absolute path")),
+    };
+    Ok(match (from.map(str::trim), certs_path) {
+        (None | Some(""), None) => None,
+        (None | Some(""), Some(p)) => {
+            return Err(bad(
+                "certs-path",
+                &p,
+                "needs --certs-from: the store's source",
+            ))
+        }
+        (Some(p), path) if p.starts_with('/') => {
+            Some(CertsSource::HostDir(path.unwrap_or_else(|| p.to_string())))
+        }
+        (Some(v), Some(path)) if valid_volume_name(v) => Some(CertsSource::HostDir(path)),
+        (Some(v), None) if valid_volume_name(v) => Some(CertsSource::Volume(v.to_string())),
+        (Some(v), _) => {
+            return Err(bad(
+                "certs-from",
+                v,
+                "expected an absolute path or a volume name",
+            ))
+        }
+    })
+}
+
+/// `--sidecar-memory` (returned, in bytes), `--sidecar-pids-limit` and
+/// `--max-parallel-actions`: limits within what the engine and the loop accept.
+fn sidecar_limits(o: &Opts) -> Result<i64, ConfigError> {
+    let sidecar_memory =
+        parse_bytes(&o.sidecar_memory).map_err(|r| bad("sidecar-memory", &o.sidecar_memory, r))?;
+    // Docker refuses memory limits under 6 MiB.
+    if sidecar_memory < 6 * 1024 * 1024 {
+        return Err(bad(
+            "sidecar-memory",
+            &o.sidecar_memory,
+            "must be at least 6MiB",
+        ));
+    }
+    if o.sidecar_pids_limit < 1 {
+        return Err(bad(
+            "sidecar-pids-limit",
+            &o.sidecar_pids_limit.to_string(),
+            "must be positive",
+        ));
+    }
+    if o.max_parallel_actions < 1 {
+        return Err(bad(
+            "max-parallel-actions",
+            &o.max_parallel_actions.to_string(),
+            "must be at least 1",
+        ));
+    }
+    Ok(sidecar_memory)
+}
+
+/// `--identity-ca-cert`/`--identity-ca-key` (both or neither) or the `--identity-store`.
+fn ca_source(
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    store: Option<PathBuf>,
+) -> Result<CaSource, ConfigError> {
+    let show = |p: &PathBuf| p.display().to_string();
+    match (cert, key) {
+        (Some(cert), Some(key)) => {
+            if let Some(store) = &store {
+                return Err(bad(
+                    "identity-store",
+                    &show(store),
+                    "not used with --identity-ca-cert: the CA is the one given",
+                ));
+            }
+            Ok(CaSource::Files { cert, key })
+        }
+        (Some(cert), None) => Err(bad(
+            "identity-ca-cert",
+            &show(&cert),
+            "needs --identity-ca-key: the CA's key",
+        )),
+        (None, Some(key)) => Err(bad(
+            "identity-ca-key",
+            &show(&key),
+            "needs --identity-ca-cert: the CA's certificate",
+        )),
+        (None, None) => {
+            let store = store.unwrap_or_else(|| PathBuf::from(IDENTITY_STORE));
+            if !store.is_absolute() {
+                return Err(bad(
+                    "identity-store",
+                    &show(&store),
+                    "expected an absolute path",
+                ));
+            }
+            Ok(CaSource::Store(store))
+        }
+    }
+}
+
+/// `--identity-ttl`: between [`IDENTITY_TTL_MIN`] and [`IDENTITY_TTL_MAX`].
+fn identity_ttl(text: Option<&str>) -> Result<Duration, ConfigError> {
+    let Some(t) = text else {
+        return Ok(IDENTITY_TTL);
+    };
+    let ttl = shared::parse::duration(t).map_err(|r| bad("identity-ttl", t, r))?;
+    if ttl < IDENTITY_TTL_MIN {
+        return Err(bad(
+            "identity-ttl",
+            t,
+            "must be at least 2s: certificates are renewed at half their lifetime",
+        ));
+    }
+    if ttl > IDENTITY_TTL_MAX {
+        return Err(bad(
+            "identity-ttl",
+            t,
+            "must be at most 365d: identity certificates are meant to be short-lived",
+        ));
+    }
+    Ok(ttl)
 }
 
 /// The `--identity-*` flags, validated: the identity settings (`None` without
@@ -521,64 +613,8 @@ fn identity_config(
             return Err(bad(flag, &value, "needs --identity-domain"));
         }
     }
-    let ca = match (cert, key) {
-        (Some(cert), Some(key)) => {
-            if let Some(store) = &store {
-                return Err(bad(
-                    "identity-store",
-                    &show(store),
-                    "not used with --identity-ca-cert: the CA is the one given",
-                ));
-            }
-            CaSource::Files { cert, key }
-        }
-        (Some(cert), None) => {
-            return Err(bad(
-                "identity-ca-cert",
-                &show(&cert),
-                "needs --identity-ca-key: the CA's key",
-            ))
-        }
-        (None, Some(key)) => {
-            return Err(bad(
-                "identity-ca-key",
-                &show(&key),
-                "needs --identity-ca-cert: the CA's certificate",
-            ))
-        }
-        (None, None) => {
-            let store = store.unwrap_or_else(|| PathBuf::from(IDENTITY_STORE));
-            if !store.is_absolute() {
-                return Err(bad(
-                    "identity-store",
-                    &show(&store),
-                    "expected an absolute path",
-                ));
-            }
-            CaSource::Store(store)
-        }
-    };
-    let ttl = match &ttl_text {
-        None => IDENTITY_TTL,
-        Some(t) => {
-            let ttl = shared::parse::duration(t).map_err(|r| bad("identity-ttl", t, r))?;
-            if ttl < IDENTITY_TTL_MIN {
-                return Err(bad(
-                    "identity-ttl",
-                    t,
-                    "must be at least 2s: certificates are renewed at half their lifetime",
-                ));
-            }
-            if ttl > IDENTITY_TTL_MAX {
-                return Err(bad(
-                    "identity-ttl",
-                    t,
-                    "must be at most 365d: identity certificates are meant to be short-lived",
-                ));
-            }
-            ttl
-        }
-    };
+    let ca = ca_source(cert, key, store)?;
+    let ttl = identity_ttl(ttl_text.as_deref())?;
     let identity = domain.map(|domain| IdentityConfig {
         domain,
         ttl,
