@@ -242,6 +242,12 @@ fn parse_spec(
         let key = label_name(prefix, suffix);
         labels.get(&key).map(|v| (key, v.as_str()))
     };
+    // A typed label, or `None` when it is not given.
+    fn optional<T: FromStr<Err = String>>(
+        given: Option<(String, &str)>,
+    ) -> Result<Option<T>, LabelError> {
+        given.map(|(key, v)| typed(&key, v)).transpose()
+    }
 
     let listen = match get(label::LISTEN) {
         None => default_listen(opt_in.by),
@@ -251,10 +257,7 @@ fn parse_spec(
         Some((key, v)) => typed(&key, v)?,
         None => default_backend(opt_in.by, exposed, listen.port()),
     };
-    let mode: Mode = match get(label::MODE) {
-        Some((key, v)) => typed(&key, v)?,
-        None => Mode::default(),
-    };
+    let mode: Mode = optional(get(label::MODE))?.unwrap_or_default();
     let (hostname, alt_names) = match get(label::HOSTNAME) {
         Some((key, v)) => hostnames(&key, v)?,
         // Docker allows names a certificate cannot carry (over 63 characters, say): a valid
@@ -266,10 +269,7 @@ fn parse_spec(
             Vec::new(),
         ),
     };
-    let acme_challenge: ChallengeKind = match get(label::ACME_CHALLENGE) {
-        None => ChallengeKind::default(),
-        Some((key, v)) => typed(&key, v)?,
-    };
+    let acme_challenge: ChallengeKind = optional(get(label::ACME_CHALLENGE))?.unwrap_or_default();
     let redirect_listen = match get(label::REDIRECT_LISTEN) {
         None => None,
         Some((key, v)) => {
@@ -280,54 +280,20 @@ fn parse_spec(
             Some(addr)
         }
     };
-    let hsts: Option<MaxAge> = get(label::HSTS)
-        .map(|(key, v)| typed(&key, v))
-        .transpose()?;
-    let backend_protocol: BackendProtocol = get(label::BACKEND_PROTOCOL)
-        .map(|(key, v)| typed(&key, v))
-        .transpose()?
-        .unwrap_or_default();
-    let alpn: AlpnList = get(label::ALPN)
-        .map(|(key, v)| typed(&key, v))
-        .transpose()?
-        .unwrap_or_default();
-    let proxy_protocol: ProxyProtocol = get(label::PROXY_PROTOCOL)
-        .map(|(key, v)| typed(&key, v))
-        .transpose()?
-        .unwrap_or_default();
-    // Which settings go with which mode: the sidecar's own rule, so a label is refused exactly
-    // when the flag it becomes would be.
+    let hsts: Option<MaxAge> = optional(get(label::HSTS))?;
+    let backend_protocol: BackendProtocol =
+        optional(get(label::BACKEND_PROTOCOL))?.unwrap_or_default();
+    let alpn: AlpnList = optional(get(label::ALPN))?.unwrap_or_default();
+    let proxy_protocol: ProxyProtocol = optional(get(label::PROXY_PROTOCOL))?.unwrap_or_default();
     let settings = ModeSettings {
         hsts: hsts.is_some(),
         backend_protocol,
         alpn: &alpn,
         proxy_protocol,
     };
-    if let Err(conflict) = check_mode(mode, &settings) {
-        let name = match conflict.setting {
-            ModeSetting::Hsts => label::HSTS,
-            ModeSetting::BackendProtocol => label::BACKEND_PROTOCOL,
-            ModeSetting::Alpn => label::ALPN,
-            ModeSetting::ProxyProtocol => label::PROXY_PROTOCOL,
-        };
-        // Only a given label conflicts (defaults never do); its value is in the message.
-        let (key, v) = get(name).unwrap_or_else(|| (label_name(prefix, name), ""));
-        let reason = format!("needs mode {}: {}", conflict.needs, conflict.why);
-        return Err(refused(&key, v, reason));
-    }
+    mode_rules(mode, &settings, &get)?;
 
-    let mtls = parse_mtls(prefix, labels, offered.certs)?;
-    let identity = parse_identity(prefix, container_name, labels, offered.identity)?;
-    if let (Some(id), Some(m)) = (&identity, &mtls) {
-        if id.admit.is_some() {
-            let key = label_name(prefix, label::CLIENT_CA);
-            return Err(refused(
-                &key,
-                m.ca.as_str(),
-                "allow-identities verifies clients against the identity CA: use one of the two",
-            ));
-        }
-    }
+    let (mtls, identity) = client_checks(prefix, container_name, labels, offered)?;
     if let Some(id) = &identity {
         check_relay_ports(prefix, labels, id, listen, redirect_listen, &backend)?;
     }
@@ -350,6 +316,51 @@ fn parse_spec(
         proxy_protocol,
         exit_when_orphaned: false,
     })
+}
+
+/// Who may call the target: mutual TLS by `client-ca`, or service identity by
+/// `allow-identities`, never both (each names the CA that verifies clients).
+fn client_checks(
+    prefix: &str,
+    container_name: &str,
+    labels: &HashMap<String, String>,
+    offered: Offered,
+) -> Result<(Option<Mtls>, Option<Identity>), LabelError> {
+    let mtls = parse_mtls(prefix, labels, offered.certs)?;
+    let identity = parse_identity(prefix, container_name, labels, offered.identity)?;
+    if let (Some(id), Some(m)) = (&identity, &mtls) {
+        if id.admit.is_some() {
+            let key = label_name(prefix, label::CLIENT_CA);
+            return Err(refused(
+                &key,
+                m.ca.as_str(),
+                "allow-identities verifies clients against the identity CA: use one of the two",
+            ));
+        }
+    }
+    Ok((mtls, identity))
+}
+
+/// Which settings go with which mode: the sidecar's own rule ([`check_mode`]), so a label is
+/// refused exactly when the flag it becomes would be. `get` reads a label by its suffix.
+fn mode_rules<'a>(
+    mode: Mode,
+    settings: &ModeSettings<'_>,
+    get: &impl Fn(&str) -> Option<(String, &'a str)>,
+) -> Result<(), LabelError> {
+    let Err(conflict) = check_mode(mode, settings) else {
+        return Ok(());
+    };
+    let name = match conflict.setting {
+        ModeSetting::Hsts => label::HSTS,
+        ModeSetting::BackendProtocol => label::BACKEND_PROTOCOL,
+        ModeSetting::Alpn => label::ALPN,
+        ModeSetting::ProxyProtocol => label::PROXY_PROTOCOL,
+    };
+    // Only a given label conflicts (defaults never do); its value is in the message.
+    let (key, v) = get(name).unwrap_or_default();
+    let reason = format!("needs mode {}: {}", conflict.needs, conflict.why);
+    Err(refused(&key, v, reason))
 }
 
 /// Most names one `hostname` label may list: Let's Encrypt's limit of names per certificate.
