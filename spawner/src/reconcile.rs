@@ -145,12 +145,6 @@ pub fn plan(
     }
     let mut removes = Vec::new();
     let mut rest = Vec::new();
-    let remove = |s: &Sidecar, reason| Action::Remove {
-        sidecar_id: s.id.clone(),
-        sidecar_name: s.name.clone(),
-        target_id: s.target_id.clone(),
-        reason,
-    };
 
     let mut targets: Vec<&Target> = targets.iter().collect();
     targets.sort_by(|a, b| a.id.cmp(&b.id));
@@ -180,50 +174,7 @@ pub fn plan(
             });
             continue;
         }
-        let held = held.contains(&t.id);
-        let mut keeper = None;
-        let mut never_started = Vec::new();
-        for s in mine {
-            let current = s.target_started.as_deref() == Some(t.started_at.as_str());
-            let reason = match (current, s.state) {
-                (false, _) => RemoveReason::StaleNamespace,
-                (true, SidecarState::Exited) if held => continue,
-                (true, SidecarState::Exited) => RemoveReason::Exited,
-                (true, SidecarState::Created) => {
-                    never_started.push(s);
-                    continue;
-                }
-                (true, SidecarState::Running) if keeper.is_some() => RemoveReason::Duplicate,
-                (true, SidecarState::Running) => {
-                    keeper = Some(s);
-                    continue;
-                }
-            };
-            removes.push(remove(s, reason));
-        }
-        for s in never_started {
-            if keeper.is_some() {
-                removes.push(remove(s, RemoveReason::NeverStarted));
-            } else {
-                keeper = Some(s);
-                rest.push(Action::Start {
-                    sidecar_id: s.id.clone(),
-                    sidecar_name: s.name.clone(),
-                    target_id: t.id.clone(),
-                    spec: t.spec.clone().ok().map(Box::new),
-                });
-            }
-        }
-        if keeper.is_none() && !held {
-            if let Ok(spec) = &t.spec {
-                rest.push(Action::Create {
-                    target_id: t.id.clone(),
-                    target_name: t.name.clone(),
-                    started_at: t.started_at.clone(),
-                    spec: Box::new(spec.clone()),
-                });
-            }
-        }
+        plan_serving(t, mine, held.contains(&t.id), &mut removes, &mut rest);
     }
     let mut orphans: Vec<&Sidecar> = by_target.into_values().flatten().collect();
     orphans.sort_by(|a, b| a.id.cmp(&b.id));
@@ -234,6 +185,70 @@ pub fn plan(
     );
     removes.extend(rest);
     removes
+}
+
+fn remove(s: &Sidecar, reason: RemoveReason) -> Action {
+    Action::Remove {
+        sidecar_id: s.id.clone(),
+        sidecar_name: s.name.clone(),
+        target_id: s.target_id.clone(),
+        reason,
+    }
+}
+
+/// The actions for a running target the spawner serves, given its sidecars (oldest first): keep
+/// one running sidecar of its current namespace (or start one created there), remove the rest,
+/// and create one when none is kept and the target is not `held` back.
+fn plan_serving(
+    t: &Target,
+    mine: Vec<&Sidecar>,
+    held: bool,
+    removes: &mut Vec<Action>,
+    rest: &mut Vec<Action>,
+) {
+    let mut keeper = None;
+    let mut never_started = Vec::new();
+    for s in mine {
+        let current = s.target_started.as_deref() == Some(t.started_at.as_str());
+        let reason = match (current, s.state) {
+            (false, _) => RemoveReason::StaleNamespace,
+            (true, SidecarState::Exited) if held => continue,
+            (true, SidecarState::Exited) => RemoveReason::Exited,
+            (true, SidecarState::Created) => {
+                never_started.push(s);
+                continue;
+            }
+            (true, SidecarState::Running) if keeper.is_some() => RemoveReason::Duplicate,
+            (true, SidecarState::Running) => {
+                keeper = Some(s);
+                continue;
+            }
+        };
+        removes.push(remove(s, reason));
+    }
+    for s in never_started {
+        if keeper.is_some() {
+            removes.push(remove(s, RemoveReason::NeverStarted));
+        } else {
+            keeper = Some(s);
+            rest.push(Action::Start {
+                sidecar_id: s.id.clone(),
+                sidecar_name: s.name.clone(),
+                target_id: t.id.clone(),
+                spec: t.spec.clone().ok().map(Box::new),
+            });
+        }
+    }
+    if keeper.is_none() && !held {
+        if let Ok(spec) = &t.spec {
+            rest.push(Action::Create {
+                target_id: t.id.clone(),
+                target_name: t.name.clone(),
+                started_at: t.started_at.clone(),
+                spec: Box::new(spec.clone()),
+            });
+        }
+    }
 }
 
 /// A plan cut into what the daemon runs one after the other. Inside `removes` every action names
