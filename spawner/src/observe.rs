@@ -157,19 +157,8 @@ pub async fn observe(
         let facts = match cache.map.get(&id) {
             Some(f) if running && !down.contains(&id) => f.clone(),
             _ if running => {
-                let Some(info) = engine.inspect(&id).await? else {
+                let Some(facts) = inspect_target(engine, &id).await? else {
                     continue;
-                };
-                let own_network = has_own_network(&info);
-                let state = info.state.unwrap_or_default();
-                let facts = Facts {
-                    started_at: state.started_at.unwrap_or_default(),
-                    exposed: info
-                        .config
-                        .and_then(|c| c.exposed_ports)
-                        .unwrap_or_default(),
-                    running: state.running.unwrap_or(false),
-                    own_network,
                 };
                 if facts.running {
                     cache.map.insert(id.clone(), facts.clone());
@@ -210,6 +199,24 @@ pub async fn observe(
     // Only what is running now stays: a target seen stopped is inspected again when it runs.
     cache.map.retain(|id, _| running_targets.contains(id));
     Ok(out)
+}
+
+/// What an inspect tells of a target that the listing does not; `None` when it is gone.
+async fn inspect_target(engine: &Engine, id: &str) -> Result<Option<Facts>, Error> {
+    let Some(info) = engine.inspect(id).await? else {
+        return Ok(None);
+    };
+    let own_network = has_own_network(&info);
+    let state = info.state.unwrap_or_default();
+    Ok(Some(Facts {
+        started_at: state.started_at.unwrap_or_default(),
+        exposed: info
+            .config
+            .and_then(|c| c.exposed_ports)
+            .unwrap_or_default(),
+        running: state.running.unwrap_or(false),
+        own_network,
+    }))
 }
 
 /// Whether a target has a network namespace of its own with an interface the engine deletes when
