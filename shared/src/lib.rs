@@ -3,15 +3,20 @@
 //! sidecar, each with one parser and one rendering, in [`addr`], [`dns`], [`identity`], [`mode`],
 //! [`parse`] and [`proto`]; what one sidecar is told, [`spec::SidecarSpec`]), logging setup, the capped
 //! backoff both use for retries, the
-//! one accept loop of every listener, log throttling, and the shutdown signal.
+//! one accept loop of every listener, the one reader of operator-named files ([`fs`]: bounded,
+//! and never blocked by a FIFO), the admin listener ([`admin`]) and the Prometheus text it serves
+//! ([`prometheus`]), log throttling, and the shutdown signal.
 
 pub mod accept;
 pub mod addr;
+pub mod admin;
 pub mod backoff;
 pub mod dns;
+pub mod fs;
 pub mod identity;
 pub mod mode;
 pub mod parse;
+pub mod prometheus;
 pub mod proto;
 pub mod schema;
 pub mod service_identity;

@@ -177,22 +177,50 @@ mod tests {
         assert_eq!(check_mode(Mode::Http, &defaults), Ok(()));
         assert_eq!(check_mode(Mode::Tcp, &defaults), Ok(()));
         let cases = [
-            (ModeSettings { hsts: true, ..defaults }, ModeSetting::Hsts, Mode::Http),
             (
-                ModeSettings { backend_protocol: BackendProtocol::H2c, ..defaults },
+                ModeSettings {
+                    hsts: true,
+                    ..defaults
+                },
+                ModeSetting::Hsts,
+                Mode::Http,
+            ),
+            (
+                ModeSettings {
+                    backend_protocol: BackendProtocol::H2c,
+                    ..defaults
+                },
                 ModeSetting::BackendProtocol,
                 Mode::Http,
             ),
-            (ModeSettings { alpn: &h2, ..defaults }, ModeSetting::Alpn, Mode::Tcp),
             (
-                ModeSettings { proxy_protocol: ProxyProtocol::V2, ..defaults },
+                ModeSettings {
+                    alpn: &h2,
+                    ..defaults
+                },
+                ModeSetting::Alpn,
+                Mode::Tcp,
+            ),
+            (
+                ModeSettings {
+                    proxy_protocol: ProxyProtocol::V2,
+                    ..defaults
+                },
                 ModeSetting::ProxyProtocol,
                 Mode::Tcp,
             ),
         ];
         for (settings, setting, needs) in cases {
-            assert_eq!(check_mode(needs, &settings), Ok(()), "{setting:?} in {needs}");
-            let other = if needs == Mode::Http { Mode::Tcp } else { Mode::Http };
+            assert_eq!(
+                check_mode(needs, &settings),
+                Ok(()),
+                "{setting:?} in {needs}"
+            );
+            let other = if needs == Mode::Http {
+                Mode::Tcp
+            } else {
+                Mode::Http
+            };
             let e = check_mode(other, &settings).expect_err("refused in the other mode");
             assert_eq!((e.setting, e.needs), (setting, needs));
             assert!(e.why.starts_with(other.as_str()), "{}", e.why);
