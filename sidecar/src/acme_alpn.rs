@@ -9,7 +9,7 @@
 //! closed after it; every other ClientHello gets the normal configuration, so normal traffic is
 //! unchanged while a challenge is pending.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
 
@@ -19,7 +19,6 @@ use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use shared::dns::DnsName;
-use tokio::io::AsyncReadExt;
 
 /// The ALPN protocol id of TLS-ALPN-01.
 pub const ACME_TLS_1: &[u8] = b"acme-tls/1";
@@ -46,9 +45,9 @@ impl Challenges {
     /// `Err` names what is wrong with a file that is there but unusable.
     pub async fn config_for(&self, name: &DnsName) -> Result<Option<Arc<ServerConfig>>, String> {
         let path = self.path(name);
-        let pem = match read_bounded(&path).await {
+        let pem = match shared::fs::read_async(&path, MAX_FILE_BYTES).await {
             Ok(pem) => pem,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) if e.is_not_found() => return Ok(None),
             Err(e) => return Err(format!("{}: {e}", path.display())),
         };
         challenge_config(&pem)
@@ -67,19 +66,6 @@ pub fn wanted<'a>(
         return None;
     }
     DnsName::from_str(&server_name?.to_ascii_lowercase()).ok()
-}
-
-async fn read_bounded(path: &Path) -> std::io::Result<Vec<u8>> {
-    let file = tokio::fs::File::open(path).await?;
-    let mut pem = Vec::new();
-    file.take(MAX_FILE_BYTES + 1).read_to_end(&mut pem).await?;
-    if pem.len() as u64 > MAX_FILE_BYTES {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("larger than {MAX_FILE_BYTES} bytes"),
-        ));
-    }
-    Ok(pem)
 }
 
 /// A server configuration that answers a TLS-ALPN-01 challenge with the certificate and key in
@@ -195,7 +181,30 @@ mod tests {
             .is_some());
         std::fs::write(challenges.path(&name), vec![b'x'; 70 * 1024]).expect("write");
         let err = challenges.config_for(&name).await.expect_err("too large");
-        assert!(err.contains("larger than"), "{err}");
+        assert!(err.contains("larger than 64 KiB"), "{err}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_fifo_challenge_file_is_refused_not_waited_on() {
+        use crate::tls::fifo_testing::{mkfifo, within};
+        let dir = std::env::temp_dir().join(format!("acme-alpn-fifo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let challenges = Challenges::new(dir.clone());
+        let name: DnsName = "a.example".parse().expect("name");
+        let fifo = challenges.path(&name);
+        mkfifo(&fifo);
+        let err = within("a FIFO challenge file", move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .expect("runtime");
+            rt.block_on(challenges.config_for(&name)).map(|_| ())
+        })
+        .expect_err("a FIFO is refused");
+        assert_eq!(
+            err,
+            format!("{}: is a FIFO, not a regular file", fifo.display())
+        );
         let _ = std::fs::remove_dir_all(dir);
     }
 }

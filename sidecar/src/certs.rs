@@ -9,6 +9,11 @@ use std::sync::Arc;
 
 use rustls::sign::CertifiedKey;
 
+/// The largest certificate or key file read (`--cert`, `--key`, `--certs-dir`, the identity
+/// pair): a chain of a dozen certificates is tens of KiB; the spawner delivers nothing larger
+/// either. A bound on what each of thousands of pairs may hold in memory during a reload.
+pub const MAX_PAIR_FILE: u64 = 1 << 20;
+
 /// What the sidecar needs to know about a certificate, read from its DER.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CertFacts {
@@ -267,9 +272,7 @@ pub fn scan_dir(dir: &Path) -> std::io::Result<Vec<PairPaths>> {
 }
 
 fn pem_has_key(path: &Path) -> bool {
-    std::fs::read(path)
-        .map(|b| b.windows(11).any(|w| w == b"PRIVATE KEY"))
-        .unwrap_or(false)
+    shared::fs::read(path, MAX_PAIR_FILE).is_ok_and(|b| b.windows(11).any(|w| w == b"PRIVATE KEY"))
 }
 
 #[cfg(test)]

@@ -21,12 +21,13 @@ pub enum ConfigError {
     #[error("--key was given without --cert: both or neither are needed")]
     KeyWithoutCert,
 
+    /// The file could not be read, or is no regular file of a sane size (`shared::fs`).
     #[error("failed to read {flag} file {}", path.display())]
     ReadFile {
         flag: &'static str,
         path: PathBuf,
         #[source]
-        source: std::io::Error,
+        source: shared::fs::ReadError,
     },
 
     #[error("{flag} file {}: {reason}", path.display())]

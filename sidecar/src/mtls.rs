@@ -24,7 +24,7 @@ use tracing::{debug, warn};
 use crate::certs::CertFacts;
 use crate::config::ClientAuth;
 use crate::error::ConfigError;
-use crate::tls::sha256_hex;
+use crate::tls::{read_file, sha256_hex};
 use shared::identity::Identities;
 use shared::mode::ClientAuthMode;
 
@@ -81,11 +81,11 @@ impl TrustFiles {
     /// Reads the files `auth` names (each at most [`MAX_TRUST_FILE`] bytes).
     pub fn read(auth: &ClientAuth) -> Result<Self, ConfigError> {
         Ok(Self {
-            ca: read_bounded("--client-ca", &auth.ca)?,
+            ca: read_file("--client-ca", &auth.ca, MAX_TRUST_FILE)?,
             crl: auth
                 .crl
                 .as_deref()
-                .map(|path| read_bounded("--client-crl", path))
+                .map(|path| read_file("--client-crl", path, MAX_TRUST_FILE))
                 .transpose()?,
         })
     }
@@ -103,28 +103,6 @@ impl TrustFiles {
         out.copy_from_slice(ctx.finish().as_ref());
         out
     }
-}
-
-fn read_bounded(flag: &'static str, path: &Path) -> Result<Vec<u8>, ConfigError> {
-    use std::io::Read;
-    let failed = |source| ConfigError::ReadFile {
-        flag,
-        path: path.to_path_buf(),
-        source,
-    };
-    let file = std::fs::File::open(path).map_err(failed)?;
-    let mut bytes = Vec::new();
-    file.take(MAX_TRUST_FILE + 1)
-        .read_to_end(&mut bytes)
-        .map_err(failed)?;
-    if bytes.len() as u64 > MAX_TRUST_FILE {
-        return Err(ConfigError::BadPem {
-            flag,
-            path: path.to_path_buf(),
-            reason: format!("larger than {} MiB", MAX_TRUST_FILE / (1024 * 1024)),
-        });
-    }
-    Ok(bytes)
 }
 
 /// Builds the client verifier (WebPKI against the CAs and CRLs in `files`, then `auth`'s
@@ -163,7 +141,7 @@ pub fn build_verifier(
 /// Reads a PEM bundle of CA certificates (`flag` names it in errors, at most
 /// [`MAX_TRUST_FILE`] bytes): at least one, each usable as a trust anchor.
 pub(crate) fn load_roots(flag: &'static str, path: &Path) -> Result<RootCertStore, ConfigError> {
-    parse_roots(flag, path, &read_bounded(flag, path)?)
+    parse_roots(flag, path, &read_file(flag, path, MAX_TRUST_FILE)?)
 }
 
 fn parse_roots(
@@ -680,7 +658,50 @@ mod tests {
             ..auth(false)
         })
         .expect_err("too large");
-        assert!(e.to_string().contains("larger than 64 MiB"), "{e}");
+        let e = crate::reload::chain(&e);
+        assert!(
+            e.starts_with("failed to read --client-ca file ")
+                && e.ends_with(": larger than 64 MiB"),
+            "{e}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_fifo_as_ca_or_crl_is_refused_not_waited_on() {
+        use crate::tls::fifo_testing::{mkfifo, within};
+        let dir = std::env::temp_dir().join(format!("sidecar-mtls-fifo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let (fifo, ca) = (dir.join("fifo.pem"), dir.join("ca.pem"));
+        mkfifo(&fifo);
+        std::fs::write(&ca, Ca::new("clients").pem()).expect("write CA");
+        for (flag, auth) in [
+            (
+                "--client-ca",
+                ClientAuth {
+                    ca: fifo.clone(),
+                    ..auth(false)
+                },
+            ),
+            (
+                "--client-crl",
+                ClientAuth {
+                    ca: ca.clone(),
+                    crl: Some(fifo.clone()),
+                    ..auth(false)
+                },
+            ),
+        ] {
+            let e = within(flag, move || TrustFiles::read(&auth).map(|_| ()))
+                .expect_err("a FIFO is refused");
+            assert_eq!(
+                crate::reload::chain(&e),
+                format!(
+                    "failed to read {flag} file {}: is a FIFO, not a regular file",
+                    fifo.display()
+                )
+            );
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -14,7 +14,6 @@
 
 use std::convert::Infallible;
 use std::fs::File;
-use std::io::Read;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
@@ -36,6 +35,7 @@ use tracing::{debug, info, warn};
 
 use crate::error::ConfigError;
 use shared::accept::{self, Accepted};
+use shared::fs::{ReadError, RegularFile};
 
 /// The directories from the webroot down to challenge files (certbot's `--webroot` layout),
 /// opened one at a time so none of them can be a symlink.
@@ -251,31 +251,21 @@ async fn read_challenge(webroot: Webroot, token: String) -> Option<Bytes> {
             }
         };
         // Checked on what was opened, not on the path, which may name something else by now.
-        match file.metadata() {
-            Ok(meta) if !meta.is_file() => {
-                warn!(path = %path.display(), "acme challenge path is not a regular file, refused");
+        let body = match RegularFile::from_opened(file).and_then(|f| f.read(MAX_CHALLENGE_BYTES)) {
+            Ok(body) => body,
+            Err(ReadError::NotRegular { kind }) => {
+                warn!(path = %path.display(), %kind, "acme challenge path is not a regular file, refused");
                 return None;
             }
-            Ok(meta) if meta.len() > MAX_CHALLENGE_BYTES => {
-                warn!(path = %path.display(), limit = MAX_CHALLENGE_BYTES, "acme challenge file too large, refused");
+            Err(ReadError::TooLarge { limit }) => {
+                warn!(path = %path.display(), limit, "acme challenge file too large, refused");
                 return None;
             }
-            Ok(_) => {}
             Err(error) => {
-                warn!(path = %path.display(), %error, "cannot inspect acme challenge file");
+                warn!(path = %path.display(), %error, "cannot read acme challenge file");
                 return None;
             }
-        }
-        let mut body = Vec::new();
-        if let Err(error) = file.take(MAX_CHALLENGE_BYTES + 1).read_to_end(&mut body) {
-            warn!(path = %path.display(), %error, "cannot read acme challenge file");
-            return None;
-        }
-        // It may have grown since the check.
-        if body.len() as u64 > MAX_CHALLENGE_BYTES {
-            warn!(path = %path.display(), limit = MAX_CHALLENGE_BYTES, "acme challenge file too large, refused");
-            return None;
-        }
+        };
         // An emptied file is a withdrawn answer: the spawner cannot delete files in a sidecar's
         // volume, only overwrite them, so it empties an answer once its order is over.
         if body.is_empty() {

@@ -100,7 +100,7 @@ pub fn build(
                 failures.push(ConfigError::ReadFile {
                     flag: "--certs-dir",
                     path: dir.clone(),
-                    source,
+                    source: source.into(),
                 });
                 // Keep every previous directory entry: the directory may be mid-swap.
                 if let Some(prev) = previous {

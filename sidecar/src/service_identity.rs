@@ -457,4 +457,24 @@ mod tests {
         };
         assert_eq!(presented(Some(&facts)), "spiffe://x/\\x0a\\x1b[31m");
     }
+
+    #[test]
+    fn a_fifo_as_the_trust_bundle_is_refused_not_waited_on() {
+        use crate::tls::fifo_testing::{mkfifo, within};
+        let dir = std::env::temp_dir().join(format!("sidecar-trust-fifo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let fifo = dir.join("ca.pem");
+        mkfifo(&fifo);
+        let path = fifo.clone();
+        let e = within("--identity-ca", move || Trust::load(&path).map(|_| ()))
+            .expect_err("a FIFO is refused");
+        assert_eq!(
+            crate::reload::chain(&e),
+            format!(
+                "failed to read --identity-ca file {}: is a FIFO, not a regular file",
+                fifo.display()
+            )
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

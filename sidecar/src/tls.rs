@@ -16,7 +16,7 @@ use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::certs::{CertFacts, CertSet, Entry, PairPaths};
+use crate::certs::{CertFacts, CertSet, Entry, PairPaths, MAX_PAIR_FILE};
 use crate::error::ConfigError;
 use shared::dns::SanName;
 use shared::mode::Mode;
@@ -65,11 +65,11 @@ pub fn pair_hash(cert: &[u8], key: &[u8]) -> [u8; 32] {
 
 /// Reads both files of a pair.
 pub fn read_pair(paths: &PairPaths, flags: Flags) -> Result<(Vec<u8>, Vec<u8>), ConfigError> {
-    let cert = read_file(flags.cert, &paths.cert)?;
+    let cert = read_file(flags.cert, &paths.cert, MAX_PAIR_FILE)?;
     let key = if paths.key == paths.cert {
         cert.clone()
     } else {
-        read_file(flags.key, &paths.key)?
+        read_file(flags.key, &paths.key, MAX_PAIR_FILE)?
     };
     Ok((cert, key))
 }
@@ -134,8 +134,14 @@ pub fn parse_pair(
     })
 }
 
-fn read_file(flag: &'static str, path: &Path) -> Result<Vec<u8>, ConfigError> {
-    std::fs::read(path).map_err(|source| ConfigError::ReadFile {
+/// Reads a file an operator named with `flag` (see `shared::fs`: a regular file of at most
+/// `limit` bytes, never waited on if it is a FIFO); errors name the flag and the file.
+pub(crate) fn read_file(
+    flag: &'static str,
+    path: &Path,
+    limit: u64,
+) -> Result<Vec<u8>, ConfigError> {
+    shared::fs::read(path, limit).map_err(|source| ConfigError::ReadFile {
         flag,
         path: path.to_path_buf(),
         source,
@@ -346,6 +352,40 @@ pub(crate) fn sans(names: &[&str]) -> Vec<SanName> {
         .collect()
 }
 
+/// For the tests of every reader of a certificate, key, CA or CRL file: a FIFO in a file's place
+/// must be refused, and a test must fail, not hang, if it is waited on.
+#[cfg(test)]
+pub(crate) mod fifo_testing {
+    use std::path::Path;
+    use std::time::Duration;
+
+    /// Longer than reading a small file could take, short enough that a hang fails quickly.
+    const HANG: Duration = Duration::from_secs(5);
+
+    /// A FIFO made with mkfifo(1) at `path`.
+    pub(crate) fn mkfifo(path: &Path) {
+        let made = std::process::Command::new("mkfifo")
+            .arg(path)
+            .status()
+            .expect("run mkfifo");
+        assert!(made.success(), "mkfifo {}", path.display());
+    }
+
+    /// `f()` on a thread of its own (with a runtime for async readers), failing the test if it
+    /// has not returned within [`HANG`]: a reader blocked on a FIFO is left behind, not joined.
+    pub(crate) fn within<T: Send + 'static>(
+        what: &str,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> T {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(f());
+        });
+        rx.recv_timeout(HANG)
+            .unwrap_or_else(|e| panic!("{what}: no answer within {HANG:?} ({e})"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -384,6 +424,46 @@ mod tests {
     fn pair_hash_changes_with_either_file() {
         assert_ne!(pair_hash(b"a", b"b"), pair_hash(b"a", b"c"));
         assert_ne!(pair_hash(b"ab", b""), pair_hash(b"a", b"b"));
+    }
+
+    #[test]
+    fn a_fifo_as_cert_or_key_is_refused_not_waited_on() {
+        use fifo_testing::{mkfifo, within};
+        let dir = std::env::temp_dir().join(format!("sidecar-tls-fifo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::new(vec!["a.example".to_string()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("certificate");
+        let (cert_path, key_path, fifo) =
+            (dir.join("a.crt"), dir.join("a.key"), dir.join("fifo.pem"));
+        std::fs::write(&cert_path, cert.pem()).expect("write cert");
+        std::fs::write(&key_path, key.serialize_pem()).expect("write key");
+        mkfifo(&fifo);
+        let pair = |cert: &Path, key: &Path| PairPaths {
+            name: "a".to_string(),
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+        };
+        assert!(load_pair(&pair(&cert_path, &key_path), PAIR_FLAGS).is_ok());
+        for (paths, flags, flag) in [
+            (pair(&fifo, &key_path), PAIR_FLAGS, "--cert"),
+            (pair(&cert_path, &fifo), PAIR_FLAGS, "--key"),
+            (pair(&fifo, &fifo), DIR_FLAGS, "--certs-dir"),
+            (pair(&cert_path, &fifo), IDENTITY_FLAGS, "--identity-key"),
+        ] {
+            let e = within(flag, move || load_pair(&paths, flags).map(|_| ()))
+                .expect_err("a FIFO is refused");
+            assert_eq!(
+                crate::reload::chain(&e),
+                format!(
+                    "failed to read {flag} file {}: is a FIFO, not a regular file",
+                    fifo.display()
+                )
+            );
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

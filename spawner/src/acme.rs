@@ -594,7 +594,7 @@ impl Manager {
             let store = self.store.clone();
             let chain = tokio::task::spawn_blocking(move || {
                 let first = first?;
-                std::fs::read(store.live_dir(&first).join("fullchain.pem")).ok()
+                store.read_chain(&first).ok()
             })
             .await
             .ok()
@@ -760,6 +760,10 @@ impl Answers for ToSidecars<'_> {
     }
 }
 
+/// Largest `--acme-ca-cert` read: a bundle of every public root is a few hundred KiB; anything
+/// larger is not a CA file.
+const MAX_CA_CERT_BYTES: u64 = 1 << 20;
+
 /// The roots trusted for the directory's HTTPS: the system's, or the Mozilla roots built in
 /// where the system has none (a `FROM scratch` image), plus `--acme-ca-cert`.
 fn roots(ca_cert: Option<&std::path::Path>) -> Result<rustls::RootCertStore, Error> {
@@ -774,7 +778,7 @@ fn roots(ca_cert: Option<&std::path::Path>) -> Result<rustls::RootCertStore, Err
             path: path.to_path_buf(),
             reason,
         };
-        let pem = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
+        let pem = shared::fs::read(path, MAX_CA_CERT_BYTES).map_err(|e| fail(e.to_string()))?;
         use rustls_pki_types::pem::PemObject;
         let certs: Vec<_> = rustls_pki_types::CertificateDer::pem_slice_iter(&pem)
             .collect::<Result<_, _>>()
@@ -991,5 +995,24 @@ mod tests {
         assert!(e.to_string().contains("no PEM certificate"), "{e}");
         std::fs::remove_file(&dir).expect("remove");
         assert!(!roots(None).expect("system or built-in roots").is_empty());
+    }
+
+    #[test]
+    fn a_fifo_as_the_ca_file_is_refused_not_waited_on() {
+        use crate::delivery::fifo_testing::{mkfifo, within};
+        let fifo = std::env::temp_dir().join(format!("acme-roots-fifo-{}", std::process::id()));
+        let _ = std::fs::remove_file(&fifo);
+        mkfifo(&fifo);
+        let path = fifo.clone();
+        let e = within("--acme-ca-cert", move || roots(Some(&path)).map(|_| ()))
+            .expect_err("a FIFO is refused");
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "cannot read --acme-ca-cert {}: is a FIFO, not a regular file",
+                fifo.display()
+            )
+        );
+        std::fs::remove_file(&fifo).expect("remove");
     }
 }

@@ -33,6 +33,10 @@ const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long an order may take from its challenges being ready to the certificate.
 const ORDER_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// Largest account file read back: the spawner's own, whose credentials (a key and two URLs)
+/// are under 1 KiB.
+const MAX_ACCOUNT_BYTES: u64 = 64 * 1024;
+
 /// Why an ACME step failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AcmeError {
@@ -125,9 +129,9 @@ impl Client {
         let path = store.account_path();
         // Only a missing file means "no account yet": any other read error must not make a
         // second account (and overwrite the first one's credentials).
-        let stored = match std::fs::read(&path) {
+        let stored = match shared::fs::read(&path, MAX_ACCOUNT_BYTES) {
             Ok(json) => Some(json),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) if e.is_not_found() => None,
             Err(e) => return Err(transient(format!("{}: {e}", path.display()))),
         };
         // An account is an account at one CA: credentials for another directory (staging,
@@ -533,6 +537,35 @@ async fn send(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fifo_as_the_account_file_is_refused_not_waited_on() {
+        use crate::delivery::fifo_testing::{mkfifo, within_async};
+        let dir = std::env::temp_dir().join(format!("acme-account-fifo-{}", std::process::id()));
+        let store = Store::new(&dir);
+        let path = store.account_path();
+        std::fs::create_dir_all(path.parent().expect("acme dir")).expect("create the store");
+        let _ = std::fs::remove_file(&path);
+        mkfifo(&path);
+        // Nothing listens on the directory's address: the account file is read before any call.
+        let opened = within_async("the account file", move || async move {
+            Client::open(
+                "https://127.0.0.1:9/directory",
+                RootCertStore::empty(),
+                "ops@example.org",
+                store,
+            )
+            .await
+            .map(|_| ())
+        });
+        let e = opened.expect_err("a FIFO is refused");
+        assert_eq!(
+            e.message,
+            format!("{}: is a FIFO, not a regular file", path.display())
+        );
+        assert!(!e.permanent);
+        let _ = std::fs::remove_dir_all(dir);
+    }
 
     #[test]
     fn challenge_kinds_parse_and_render() {

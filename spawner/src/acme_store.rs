@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use shared::dns::DnsName;
+use shared::fs::ReadError;
 
 use crate::acme_plan::{Held, NameSet};
 
@@ -88,10 +89,10 @@ impl Store {
     }
 
     /// The state file's content; `None` when there is none yet.
-    pub fn read_state(&self) -> io::Result<Option<Vec<u8>>> {
-        match read_bounded(&self.state_path(), MAX_STATE_BYTES) {
+    pub fn read_state(&self) -> Result<Option<Vec<u8>>, ReadError> {
+        match shared::fs::read(&self.state_path(), MAX_STATE_BYTES) {
             Ok(bytes) => Ok(Some(bytes)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) if e.is_not_found() => Ok(None),
             Err(e) => Err(e),
         }
     }
@@ -125,9 +126,13 @@ impl Store {
     /// What the certificate in `live/<name>/fullchain.pem` says about itself: `None` when there
     /// is none or it cannot be read (then a new one is due).
     pub fn held(&self, name: &DnsName) -> Option<Held> {
+        leaf_facts(&self.read_chain(name).ok()?)
+    }
+
+    /// The certificate chain in `live/<name>/fullchain.pem` (at most [`MAX_CHAIN_BYTES`]).
+    pub fn read_chain(&self, name: &DnsName) -> Result<Vec<u8>, ReadError> {
         let path = self.live_dir(name).join("fullchain.pem");
-        let pem = read_bounded(&path, MAX_CHAIN_BYTES).ok()?;
-        leaf_facts(&pem)
+        shared::fs::read(&path, MAX_CHAIN_BYTES)
     }
 
     /// Publishes an HTTP-01 key authorization for `token`.
@@ -279,19 +284,6 @@ fn remove_if_there(path: &Path) -> io::Result<()> {
     }
 }
 
-fn read_bounded(path: &Path, max: u64) -> io::Result<Vec<u8>> {
-    use std::io::Read;
-    let mut data = Vec::new();
-    File::open(path)?.take(max + 1).read_to_end(&mut data)?;
-    if data.len() as u64 > max {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("{} is larger than {max} bytes", path.display()),
-        ));
-    }
-    Ok(data)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -428,6 +420,30 @@ mod tests {
         assert_eq!(path, dir.join("acme/tls-alpn-01/a.example.pem"));
         store.remove_tls_alpn01(&name).expect("remove");
         assert!(!path.exists());
+        let _ = fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_fifo_as_state_or_chain_is_refused_not_waited_on() {
+        use crate::delivery::fifo_testing::{mkfifo, within};
+        let (store, dir) = store();
+        let name = DnsName::from_str("a.example").expect("name");
+        assert!(store.read_state().expect("no state yet").is_none());
+        fs::create_dir_all(dir.join("acme")).expect("acme dir");
+        mkfifo(&store.state_path());
+        fs::create_dir_all(store.live_dir(&name)).expect("live dir");
+        mkfifo(&store.live_dir(&name).join("fullchain.pem"));
+        let (s, n) = (store.clone(), name.clone());
+        let (state, chain, held) = within("the store's files", move || {
+            (s.read_state(), s.read_chain(&n), s.held(&n))
+        });
+        let state = state.expect_err("a FIFO state file is refused");
+        assert_eq!(state.to_string(), "is a FIFO, not a regular file");
+        assert!(
+            matches!(chain, Err(ReadError::NotRegular { .. })),
+            "{chain:?}"
+        );
+        assert!(held.is_none(), "no certificate held");
         let _ = fs::remove_dir_all(dir);
     }
 }

@@ -203,38 +203,80 @@ pub fn read(
         // which it skips, never a new chain beside the old key.
         files.push(File {
             path: at(KEY_FILE),
-            bytes: read_bounded(&live.join(KEY_FILE))?,
+            bytes: read_file(&live.join(KEY_FILE))?,
             mode: 0o400,
         });
         files.push(File {
             path: at(CHAIN_FILE),
-            bytes: read_bounded(&live.join(CHAIN_FILE))?,
+            bytes: read_file(&live.join(CHAIN_FILE))?,
             mode: 0o444,
         });
     }
     if let Some(ca) = client_ca {
         files.push(File {
             path: ca.relative().to_string(),
-            bytes: read_bounded(&store.join(ca.relative()))?,
+            bytes: read_file(&store.join(ca.relative()))?,
             mode: 0o444,
         });
     }
     Ok(Bundle { dirs, files })
 }
 
-fn read_bounded(path: &Path) -> Result<Vec<u8>, DeliveryError> {
-    let fail = |reason: String| DeliveryError {
+/// A file of the store, at most [`MAX_FILE_BYTES`] (never waited on if it is a FIFO).
+fn read_file(path: &Path) -> Result<Vec<u8>, DeliveryError> {
+    shared::fs::read(path, MAX_FILE_BYTES).map_err(|e| DeliveryError {
         path: path.to_path_buf(),
-        reason,
-    };
-    let meta = std::fs::metadata(path).map_err(|e| fail(e.to_string()))?;
-    if !meta.is_file() {
-        return Err(fail("not a regular file".to_string()));
+        reason: e.to_string(),
+    })
+}
+
+/// For the tests of every reader of a certificate, key, CA or state file: a FIFO in a file's place
+/// must be refused, and a test must fail, not hang, if it is waited on.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+pub(crate) mod fifo_testing {
+    use std::path::Path;
+    use std::time::Duration;
+
+    /// Longer than reading a small file could take, short enough that a hang fails quickly.
+    const HANG: Duration = Duration::from_secs(5);
+
+    /// A FIFO made with mkfifo(1) at `path`.
+    pub(crate) fn mkfifo(path: &Path) {
+        let made = std::process::Command::new("mkfifo")
+            .arg(path)
+            .status()
+            .unwrap();
+        assert!(made.success(), "mkfifo {}", path.display());
     }
-    if meta.len() > MAX_FILE_BYTES {
-        return Err(fail(format!("larger than {MAX_FILE_BYTES} bytes")));
+
+    /// `f()` on a thread of its own (with a runtime for async readers), failing the test if it
+    /// has not returned within [`HANG`]: a reader blocked on a FIFO is left behind, not joined.
+    pub(crate) fn within<T: Send + 'static>(
+        what: &str,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> T {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(f());
+        });
+        rx.recv_timeout(HANG)
+            .unwrap_or_else(|e| panic!("{what}: no answer within {HANG:?} ({e})"))
     }
-    std::fs::read(path).map_err(|e| fail(e.to_string()))
+
+    /// `f()`'s future on a runtime of its own, [`within`] the same bound.
+    pub(crate) fn within_async<T: Send + 'static, F: std::future::Future<Output = T>>(
+        what: &str,
+        f: impl FnOnce() -> F + Send + 'static,
+    ) -> T {
+        within(what, move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(f())
+        })
+    }
 }
 
 #[cfg(test)]
@@ -428,7 +470,36 @@ mod tests {
         std::fs::write(&big, vec![b'x'; MAX_FILE_BYTES as usize + 1]).unwrap();
         let ca: MountedPath = "ca/big.pem".parse().unwrap();
         let e = read(&dir, "web.example", false, Some(&ca), Layout::Flat).unwrap_err();
-        assert!(e.to_string().contains("larger than"), "{e}");
+        assert!(e.to_string().contains("larger than 1 MiB"), "{e}");
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_fifo_in_the_store_is_refused_not_waited_on() {
+        use super::fifo_testing::{mkfifo, within};
+        for file in [KEY_FILE, CHAIN_FILE, "ca/clients.pem"] {
+            let dir = store();
+            let path = if file.starts_with("ca/") {
+                dir.join(file)
+            } else {
+                dir.join("live/web.example").join(file)
+            };
+            std::fs::remove_file(&path).unwrap();
+            mkfifo(&path);
+            let at = dir.clone();
+            let e = within(file, move || {
+                let ca: MountedPath = "ca/clients.pem".parse().unwrap();
+                read(&at, "web.example", true, Some(&ca), Layout::Flat).map(|_| ())
+            })
+            .unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                format!(
+                    "cannot deliver {}: is a FIFO, not a regular file",
+                    path.display()
+                )
+            );
+            std::fs::remove_dir_all(dir).unwrap();
+        }
     }
 }

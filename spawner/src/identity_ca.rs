@@ -17,7 +17,7 @@
 //! randomness of keys and serial numbers.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -27,6 +27,7 @@ use rcgen::{
     Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SanType, SerialNumber,
 };
 use rustls_pki_types::CertificateDer;
+use shared::fs::{Links, RegularFile};
 use shared::service_identity::{ServiceName, TrustDomain};
 use x509_parser::certificate::X509Certificate;
 
@@ -172,7 +173,8 @@ impl Authority {
     /// rcgen can sign with (ECDSA P-256 or P-384, Ed25519, RSA) matching it, readable by its
     /// owner only.
     pub fn from_files(cert: &Path, key: &Path) -> Result<Self, IdentityError> {
-        let cert_pem = read_bounded(cert).map_err(|e| load_error(cert, e.to_string()))?;
+        let cert_pem =
+            shared::fs::read(cert, MAX_PEM_BYTES).map_err(|e| load_error(cert, e.to_string()))?;
         let key_pem = read_key(key)?;
         Self::from_pem(cert, &cert_pem, key, &key_pem, SystemTime::now())
     }
@@ -346,7 +348,7 @@ pub struct ExtraRoots {
 impl ExtraRoots {
     /// Reads and checks the file (at most [`MAX_PEM_BYTES`]).
     pub fn read(path: &Path) -> Result<Self, IdentityError> {
-        let pem = read_bounded(path).map_err(|e| IdentityError::Trust {
+        let pem = shared::fs::read(path, MAX_PEM_BYTES).map_err(|e| IdentityError::Trust {
             path: path.to_path_buf(),
             reason: e.to_string(),
         })?;
@@ -404,7 +406,8 @@ pub fn export(source: &CaSource, trust: Option<&Path>) -> Result<String, Identit
         }
         CaSource::Files { cert, .. } => cert.clone(),
     };
-    let pem = read_bounded(&path).map_err(|e| load_error(&path, e.to_string()))?;
+    let pem =
+        shared::fs::read(&path, MAX_PEM_BYTES).map_err(|e| load_error(&path, e.to_string()))?;
     let cert = one_certificate(&pem).map_err(|r| load_error(&path, r))?;
     let (_, parsed) = x509_parser::parse_x509_certificate(&cert)
         .map_err(|e| load_error(&path, format!("not an X.509 certificate: {e}")))?;
@@ -556,51 +559,13 @@ fn exists(path: &Path) -> Result<bool, IdentityError> {
     }
 }
 
-/// A regular file of at most [`MAX_PEM_BYTES`].
-fn read_bounded(path: &Path) -> io::Result<Vec<u8>> {
-    bounded(open_regular(path)?)
-}
-
-/// Opens `path` when it is a regular file (checked first: opening a FIFO would block).
-fn open_regular(path: &Path) -> io::Result<File> {
-    if !fs::metadata(path)?.is_file() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "not a regular file",
-        ));
-    }
-    File::open(path)
-}
-
-fn bounded(file: File) -> io::Result<Vec<u8>> {
-    let meta = file.metadata()?;
-    if !meta.is_file() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "not a regular file",
-        ));
-    }
-    let mut data = Vec::new();
-    file.take(MAX_PEM_BYTES + 1).read_to_end(&mut data)?;
-    if data.len() as u64 > MAX_PEM_BYTES {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("larger than {MAX_PEM_BYTES} bytes"),
-        ));
-    }
-    Ok(data)
-}
-
 /// A private key file, refused when its mode lets anyone but its owner read or change it (as
-/// ssh refuses such keys): whoever reads this key can mint any service's identity.
+/// ssh refuses such keys): whoever reads this key can mint any service's identity. The mode is
+/// that of the file then read, not of whatever the path names a moment later.
 fn read_key(path: &Path) -> Result<Vec<u8>, IdentityError> {
-    let file = open_regular(path).map_err(|e| load_error(path, e.to_string()))?;
-    let mode = file
-        .metadata()
-        .map_err(|e| load_error(path, e.to_string()))?
-        .permissions()
-        .mode()
-        & 0o777;
+    let fail = |e: shared::fs::ReadError| load_error(path, e.to_string());
+    let file = RegularFile::open(path, Links::Follow).map_err(fail)?;
+    let mode = file.metadata().permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         return Err(load_error(
             path,
@@ -610,7 +575,7 @@ fn read_key(path: &Path) -> Result<Vec<u8>, IdentityError> {
             ),
         ));
     }
-    bounded(file).map_err(|e| load_error(path, e.to_string()))
+    file.read(MAX_PEM_BYTES).map_err(fail)
 }
 
 /// The store directory, made 0700 when missing (an existing one is left as it is).
@@ -1142,6 +1107,64 @@ mod tests {
             key: dir.join("no-key-needed"),
         };
         assert_eq!(export(&files, None).unwrap(), a.cert_pem());
+        let _ = fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_fifo_as_any_ca_file_is_refused_not_waited_on() {
+        use crate::delivery::fifo_testing::{mkfifo, within};
+        let dir = temp_dir("fifo");
+        let store = dir.join("identity");
+        Authority::load_or_create(&store, &domain()).unwrap();
+        let (cert, key) = (store.join(CA_CERT_FILE), store.join(CA_KEY_FILE));
+        let fifo = dir.join("fifo.pem");
+        mkfifo(&fifo);
+        let is_fifo = |what: &str, e: IdentityError, prefix: &str| {
+            assert_eq!(
+                e.to_string(),
+                format!("{prefix} {}: is a FIFO, not a regular file", fifo.display()),
+                "{what}"
+            );
+        };
+        let load = "cannot load identity CA";
+        let (c, f) = (cert.clone(), fifo.clone());
+        let e = within("--identity-ca-cert", move || {
+            Authority::from_files(&f, &key)
+        });
+        is_fifo("--identity-ca-cert", e.unwrap_err(), load);
+        let f = fifo.clone();
+        let e = within("--identity-ca-key", move || Authority::from_files(&c, &f));
+        is_fifo("--identity-ca-key", e.unwrap_err(), load);
+        let f = fifo.clone();
+        let e = within("--identity-trust", move || ExtraRoots::read(&f));
+        is_fifo(
+            "--identity-trust",
+            e.unwrap_err(),
+            "cannot use --identity-trust",
+        );
+        let files = CaSource::Files {
+            cert: fifo.clone(),
+            key: fifo.clone(),
+        };
+        let e = within("ca export", move || export(&files, None));
+        is_fifo("ca export", e.unwrap_err(), load);
+
+        // The store's own key replaced by a FIFO.
+        fs::remove_file(store.join(CA_KEY_FILE)).unwrap();
+        fs::rename(&fifo, store.join(CA_KEY_FILE)).unwrap();
+        let s = store.clone();
+        let e = within("the store", move || {
+            Authority::load_or_create(&s, &domain())
+        })
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            e,
+            format!(
+                "{load} {}: is a FIFO, not a regular file",
+                store.join(CA_KEY_FILE).display()
+            )
+        );
         let _ = fs::remove_dir_all(dir);
     }
 }

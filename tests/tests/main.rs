@@ -3,6 +3,7 @@ mod acme_pebble;
 mod churn;
 mod docs;
 mod engine;
+mod fifo;
 mod install;
 mod isolation;
 mod layout;
