@@ -1,10 +1,12 @@
-//! Counters and gauges, rendered in the Prometheus text format by the admin listener. Plain
-//! atomics: a handful of numbers does not justify a metrics framework on the hot path.
+//! Counters and gauges, rendered in the Prometheus text format (through
+//! [`shared::prometheus`]) by the admin listener. Plain atomics: a handful of numbers does not
+//! justify a metrics framework on the hot path, and they are read only when scraped.
 
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use shared::prometheus::{Exposition, Kind};
 
 use crate::certs::Entry;
 
@@ -293,179 +295,152 @@ impl Metrics {
 
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
-        let mut out = String::with_capacity(2048);
+        let mut exp = Exposition::with_capacity(4096);
+        self.render_connections(&mut exp);
+        self.render_traffic(&mut exp);
+        self.render_upstreams(&mut exp);
+        self.render_certificates(&mut exp);
+        exp.finish()
+    }
+
+    /// Whether it runs, its connections, and what it refused.
+    fn render_connections(&self, exp: &mut Exposition) {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for (labels, value) in samples {
-                let _ = writeln!(out, "{name}{labels} {value}");
-            }
-        };
-        metric(
+        exp.family(
             "sidecar_up",
-            "gauge",
+            Kind::Gauge,
             "1 while the sidecar runs, 0 while it drains.",
-            &[("", u64::from(!self.is_draining()))],
-        );
-        metric(
+        )
+        .sample(&[], u64::from(!self.is_draining()));
+        exp.family(
             "sidecar_connections_total",
-            "counter",
+            Kind::Counter,
             "TCP connections accepted.",
-            &[("", get(&self.connections_total))],
-        );
-        metric(
+        )
+        .sample(&[], get(&self.connections_total));
+        exp.family(
             "sidecar_connections_active",
-            "gauge",
+            Kind::Gauge,
             "Connections open now.",
-            &[(
-                "",
-                self.connections_active.load(Ordering::Relaxed).max(0) as u64,
-            )],
-        );
-        metric(
+        )
+        .sample(&[], self.connections_active());
+        exp.family(
             "sidecar_handshake_failures_total",
-            "counter",
+            Kind::Counter,
             "TLS handshakes that failed (bad client, garbage, unsupported version).",
-            &[("", get(&self.handshake_failures_total))],
-        );
-        metric(
+        )
+        .sample(&[], get(&self.handshake_failures_total));
+        exp.family(
             "sidecar_handshake_timeouts_total",
-            "counter",
+            Kind::Counter,
             "TLS handshakes not finished within --handshake-timeout.",
-            &[("", get(&self.handshake_timeouts_total))],
-        );
-        let labels: Vec<String> = Refusal::ALL
-            .iter()
-            .map(|c| format!("{{cause=\"{}\"}}", c.as_str()))
-            .collect();
-        let refusals: Vec<(&str, u64)> = Refusal::ALL
-            .iter()
-            .zip(&labels)
-            .map(|(c, l)| (l.as_str(), self.refusals(*c)))
-            .collect();
-        metric(
+        )
+        .sample(&[], get(&self.handshake_timeouts_total));
+        let mut refusals = exp.family(
             "sidecar_refusals_total",
-            "counter",
+            Kind::Counter,
             "Connections and requests refused or cut short to protect the sidecar, by cause.",
-            &refusals,
         );
-        let classes = [
-            "{code=\"1xx\"}",
-            "{code=\"2xx\"}",
-            "{code=\"3xx\"}",
-            "{code=\"4xx\"}",
-            "{code=\"5xx\"}",
-        ];
-        let by_class: Vec<(&str, u64)> = classes
-            .iter()
-            .zip(&self.http_requests_total)
-            .map(|(l, a)| (*l, get(a)))
-            .collect();
-        metric(
+        for cause in Refusal::ALL {
+            refusals.sample(&[("cause", cause.as_str())], self.refusals(cause));
+        }
+    }
+
+    /// HTTP responses, gRPC statuses, backend errors and relayed bytes.
+    fn render_traffic(&self, exp: &mut Exposition) {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let mut by_class = exp.family(
             "sidecar_http_requests_total",
-            "counter",
+            Kind::Counter,
             "HTTP responses sent, by status class.",
-            &by_class,
         );
-        let grpc_labels: Vec<String> = (0..GRPC_CODES)
-            .map(|c| format!("{{code=\"{c}\"}}"))
-            .chain(std::iter::once("{code=\"other\"}".to_string()))
-            .collect();
-        let by_grpc: Vec<(&str, u64)> = grpc_labels
-            .iter()
-            .zip(&self.grpc_responses_total)
-            .map(|(l, a)| (l.as_str(), get(a)))
-            .collect();
-        metric(
+        let classes = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+        for (class, n) in classes.into_iter().zip(&self.http_requests_total) {
+            by_class.sample(&[("code", class)], get(n));
+        }
+        let mut by_grpc = exp.family(
             "sidecar_grpc_responses_total",
-            "counter",
+            Kind::Counter,
             "gRPC calls answered, by grpc-status (from the backend's trailers, or the sidecar's own 4 and 14).",
-            &by_grpc,
         );
-        metric(
+        for (code, n) in self.grpc_responses_total.iter().enumerate() {
+            let code = match code {
+                GRPC_CODES => "other".to_string(),
+                c => c.to_string(),
+            };
+            by_grpc.sample(&[("code", code.as_str())], get(n));
+        }
+        let mut backend = exp.family(
             "sidecar_backend_errors_total",
-            "counter",
+            Kind::Counter,
             "Backend exchanges that failed, by kind.",
-            &[
-                (
-                    "{kind=\"connect\"}",
-                    get(&self.backend_errors[BackendError::Connect as usize]),
-                ),
-                (
-                    "{kind=\"timeout\"}",
-                    get(&self.backend_errors[BackendError::Timeout as usize]),
-                ),
-                (
-                    "{kind=\"protocol\"}",
-                    get(&self.backend_errors[BackendError::Protocol as usize]),
-                ),
-            ],
         );
-        metric(
+        for (kind, label) in [
+            (BackendError::Connect, "connect"),
+            (BackendError::Timeout, "timeout"),
+            (BackendError::Protocol, "protocol"),
+        ] {
+            backend.sample(&[("kind", label)], get(&self.backend_errors[kind as usize]));
+        }
+        exp.family(
             "sidecar_tcp_bytes_total",
-            "counter",
+            Kind::Counter,
             "Bytes relayed in tcp mode and through upgraded connections.",
-            &[
-                (
-                    "{direction=\"from_client\"}",
-                    get(&self.tcp_bytes_from_client),
-                ),
-                ("{direction=\"to_client\"}", get(&self.tcp_bytes_to_client)),
-            ],
+        )
+        .sample(
+            &[("direction", "from_client")],
+            get(&self.tcp_bytes_from_client),
+        )
+        .sample(
+            &[("direction", "to_client")],
+            get(&self.tcp_bytes_to_client),
         );
+    }
+
+    /// The egress relays' connections, by local address.
+    fn render_upstreams(&self, exp: &mut Exposition) {
         let upstreams = match self.upstreams.read() {
             Ok(g) => g.clone(),
             Err(p) => p.into_inner().clone(),
         };
-        let labels: Vec<(String, u64)> = upstreams
-            .iter()
-            .flat_map(|u| {
-                UpstreamOutcome::ALL.iter().map(|o| {
-                    (
-                        format!("{{upstream=\"{}\",outcome=\"{}\"}}", u.label, o.as_str()),
-                        u.outcomes(*o),
-                    )
-                })
-            })
-            .collect();
-        let samples: Vec<(&str, u64)> = labels.iter().map(|(l, v)| (l.as_str(), *v)).collect();
-        metric(
+        let mut outcomes = exp.family(
             "sidecar_upstream_connections_total",
-            "counter",
+            Kind::Counter,
             "App connections to an egress relay (--upstream), by local address and outcome.",
-            &samples,
         );
-        let labels: Vec<(String, u64)> = upstreams
-            .iter()
-            .map(|u| {
-                (
-                    format!("{{upstream=\"{}\"}}", u.label),
-                    u.active.load(Ordering::Relaxed).max(0) as u64,
-                )
-            })
-            .collect();
-        let samples: Vec<(&str, u64)> = labels.iter().map(|(l, v)| (l.as_str(), *v)).collect();
-        metric(
+        for u in &upstreams {
+            for o in UpstreamOutcome::ALL {
+                let labels = [("upstream", u.label.as_str()), ("outcome", o.as_str())];
+                outcomes.sample(&labels, u.outcomes(o));
+            }
+        }
+        let mut active = exp.family(
             "sidecar_upstream_connections_active",
-            "gauge",
+            Kind::Gauge,
             "Connections relayed by an egress relay now.",
-            &samples,
         );
-        metric(
+        for u in &upstreams {
+            let n = u.active.load(Ordering::Relaxed).max(0) as u64;
+            active.sample(&[("upstream", u.label.as_str())], n);
+        }
+    }
+
+    /// The access log's drops, certificate reloads, and the served certificates' expiry.
+    fn render_certificates(&self, exp: &mut Exposition) {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        exp.family(
             "sidecar_access_log_dropped_total",
-            "counter",
+            Kind::Counter,
             "Access-log lines dropped because the log writer fell behind (stderr blocked).",
-            &[("", crate::access_log::dropped_total())],
-        );
-        metric(
+        )
+        .sample(&[], crate::access_log::dropped_total());
+        exp.family(
             "sidecar_certificate_reloads_total",
-            "counter",
+            Kind::Counter,
             "Certificate and client CA/CRL reloads, by result (a failed reload keeps what was in force).",
-            &[
-                ("{result=\"success\"}", get(&self.reloads_ok)),
-                ("{result=\"failure\"}", get(&self.reloads_failed)),
-            ],
-        );
+        )
+        .sample(&[("result", "success")], get(&self.reloads_ok))
+        .sample(&[("result", "failure")], get(&self.reloads_failed));
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
@@ -473,22 +448,14 @@ impl Metrics {
             Ok(g) => g.clone(),
             Err(p) => p.into_inner().clone(),
         };
-        let _ = writeln!(
-            out,
-            "# HELP sidecar_certificate_expiry_seconds Seconds until a served certificate expires (negative: expired).\n# TYPE sidecar_certificate_expiry_seconds gauge"
+        let mut expiry = exp.family(
+            "sidecar_certificate_expiry_seconds",
+            Kind::Gauge,
+            "Seconds until a served certificate expires (negative: expired).",
         );
-        for (name, not_after) in certs {
-            let name = name
-                .replace('\\', "\\\\")
-                .replace('"', "\\\"")
-                .replace('\n', "\\n");
-            let _ = writeln!(
-                out,
-                "sidecar_certificate_expiry_seconds{{name=\"{name}\"}} {}",
-                not_after - now
-            );
+        for (name, not_after) in &certs {
+            expiry.sample(&[("name", name.as_str())], not_after - now);
         }
-        out
     }
 }
 

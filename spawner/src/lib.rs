@@ -47,10 +47,18 @@ pub async fn run(
     match config.command {
         Command::Run => {
             let metrics = Arc::new(metrics::Metrics::default());
-            if let Some(listener) = admin {
-                tokio::spawn(admin::serve(listener, metrics.clone(), shutdown.clone()));
+            // Stops with `shutdown`, or when the daemon ends on an error of its own.
+            let admin_stop = shutdown.child_token();
+            let admin_task = admin.map(|listener| {
+                tokio::spawn(admin::serve(listener, metrics.clone(), admin_stop.clone()))
+            });
+            let result = daemon::run(config, metrics, shutdown).await;
+            admin_stop.cancel();
+            if let Some(task) = admin_task {
+                // Answers in flight finish (within the admin listener's grace).
+                let _ = task.await;
             }
-            daemon::run(config, metrics, shutdown).await
+            result
         }
         Command::Status { json } => status::run(&config, json).await,
         Command::Ca {

@@ -1,12 +1,12 @@
-//! What the daemon counts, and its Prometheus text exposition for the admin listener. Plain
-//! atomics and fixed label sets: every label value comes from a closed list, except the target
+//! What the daemon counts, and its Prometheus text exposition for the admin listener (written
+//! through [`shared::prometheus`]). Plain atomics and fixed label sets: every label value comes from a closed list, except the target
 //! name of the certificate gauges, which exists only as long as that container does.
 
 use std::collections::HashSet;
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use shared::prometheus::{Exposition, Kind};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -310,166 +310,131 @@ impl Metrics {
 
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
-        let mut out = String::with_capacity(4096);
-        self.render_loop(&mut out);
-        self.render_latency(&mut out);
-        self.render_states(&mut out);
-        self.render_certs(&mut out);
-        out
+        let mut exp = Exposition::with_capacity(4096);
+        self.render_loop(&mut exp);
+        self.render_latency(&mut exp);
+        self.render_states(&mut exp);
+        self.render_certs(&mut exp);
+        exp.finish()
     }
 
-    fn render_loop(&self, out: &mut String) {
+    fn render_loop(&self, exp: &mut Exposition) {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        metric(
-            out,
+        exp.family(
             "spawner_ready",
-            "gauge",
+            Kind::Gauge,
             "1 once a reconcile turn finished and while the last one did (/readyz answers 200).",
-            [(
-                String::new(),
-                u64::from(self.readiness() == Readiness::Ready),
-            )],
-        );
-        metric(
-            out,
+        )
+        .sample(&[], u64::from(self.readiness() == Readiness::Ready));
+        exp.family(
             "spawner_reconcile_turns_total",
-            "counter",
+            Kind::Counter,
             "Reconcile turns (observe, plan, act), by result; a failed turn is retried with backoff.",
-            [
-                ("{result=\"ok\"}".to_string(), get(&self.turns_ok)),
-                ("{result=\"error\"}".to_string(), get(&self.turns_failed)),
-            ],
-        );
-        let actions = ActionKind::ALL.iter().flat_map(|k| {
-            Outcome::ALL.iter().map(move |o| {
-                (
-                    format!("{{kind=\"{}\",result=\"{}\"}}", k.as_str(), o.as_str()),
-                    get(&self.actions[*k as usize][*o as usize]),
-                )
-            })
-        });
-        metric(
-            out,
+        )
+        .sample(&[("result", "ok")], get(&self.turns_ok))
+        .sample(&[("result", "error")], get(&self.turns_failed));
+        let mut actions = exp.family(
             "spawner_actions_total",
-            "counter",
+            Kind::Counter,
             "Sidecar actions, by kind and result.",
-            actions,
         );
-        let causes = EngineCause::ALL.iter().map(|c| {
-            (
-                format!("{{cause=\"{}\"}}", c.as_str()),
-                get(&self.engine_errors[*c as usize]),
-            )
-        });
-        metric(
-            out,
+        for k in ActionKind::ALL {
+            for o in Outcome::ALL {
+                let labels = [("kind", k.as_str()), ("result", o.as_str())];
+                actions.sample(&labels, get(&self.actions[k as usize][o as usize]));
+            }
+        }
+        let mut causes = exp.family(
             "spawner_engine_errors_total",
-            "counter",
+            Kind::Counter,
             "Docker engine calls that failed, by cause.",
-            causes,
         );
-        let orders = ["issued", "failed", "refused"]
-            .iter()
-            .zip(&self.acme_orders)
-            .map(|(r, n)| (format!("{{result=\"{r}\"}}"), get(n)));
-        metric(
-            out,
+        for c in EngineCause::ALL {
+            causes.sample(
+                &[("cause", c.as_str())],
+                get(&self.engine_errors[c as usize]),
+            );
+        }
+        let mut orders = exp.family(
             "spawner_acme_orders_total",
-            "counter",
+            Kind::Counter,
             "ACME orders that ended, by result: issued; failed (retried with backoff); refused (the CA refused for good, not retried).",
-            orders,
         );
-        let identity = ["certificate", "trust-bundle", "failed"]
-            .iter()
-            .zip(&self.identity)
-            .map(|(r, n)| (format!("{{result=\"{r}\"}}"), get(n)));
-        metric(
-            out,
+        for (r, n) in ["issued", "failed", "refused"]
+            .into_iter()
+            .zip(&self.acme_orders)
+        {
+            orders.sample(&[("result", r)], get(n));
+        }
+        let mut identity = exp.family(
             "spawner_identity_deliveries_total",
-            "counter",
+            Kind::Counter,
             "Service identity deliveries into sidecars, by result: certificate (a new one, with the trust bundle); trust-bundle (the bundle alone, after a roll-over); failed (retried in 5 s).",
-            identity,
         );
-        metric(
-            out,
+        for (r, n) in ["certificate", "trust-bundle", "failed"]
+            .into_iter()
+            .zip(&self.identity)
+        {
+            identity.sample(&[("result", r)], get(n));
+        }
+        exp.family(
             "spawner_engine_calls_total",
-            "counter",
+            Kind::Counter,
             "Docker engine API calls made (as of the last reconcile turn).",
-            [(String::new(), get(&self.engine_calls))],
-        );
+        )
+        .sample(&[], get(&self.engine_calls));
     }
 
-    fn render_latency(&self, out: &mut String) {
-        let name = "spawner_event_to_action_seconds";
-        let _ = writeln!(
-            out,
-            "# HELP {name} From a Docker event's arrival to the sidecar action it caused being done, by kind.\n# TYPE {name} histogram"
+    fn render_latency(&self, exp: &mut Exposition) {
+        let mut latency = exp.family(
+            "spawner_event_to_action_seconds",
+            Kind::Histogram,
+            "From a Docker event's arrival to the sidecar action it caused being done, by kind.",
         );
         for kind in ActionKind::ALL {
             let h = &self.latency[kind as usize];
-            let k = kind.as_str();
-            let mut cumulative = 0;
-            for (i, bucket) in h.buckets.iter().enumerate() {
-                cumulative += bucket.load(Ordering::Relaxed);
-                let le = LATENCY_BOUNDS
-                    .get(i)
-                    .map_or_else(|| "+Inf".to_string(), f64::to_string);
-                let _ = writeln!(
-                    out,
-                    "{name}_bucket{{kind=\"{k}\",le=\"{le}\"}} {cumulative}"
-                );
-            }
+            let counts = h.buckets.each_ref().map(|b| b.load(Ordering::Relaxed));
             let sum = h.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-            let _ = writeln!(out, "{name}_sum{{kind=\"{k}\"}} {sum}");
-            let _ = writeln!(out, "{name}_count{{kind=\"{k}\"}} {cumulative}");
+            latency.histogram(&[("kind", kind.as_str())], &LATENCY_BOUNDS, &counts, sum);
         }
     }
 
-    fn render_states(&self, out: &mut String) {
+    fn render_states(&self, exp: &mut Exposition) {
         let s = *lock(&self.states);
-        let row = |state: &str, n| (format!("{{state=\"{state}\"}}"), n);
-        metric(
-            out,
+        exp.family(
             "spawner_targets",
-            "gauge",
+            Kind::Gauge,
             "Opted-in containers by state, as of the last reconcile turn.",
-            [
-                row("served", s.served),
-                row("pending", s.pending),
-                row("refused", s.refused),
-                row("stopped", s.stopped),
-            ],
-        );
-        metric(
-            out,
+        )
+        .sample(&[("state", "served")], s.served)
+        .sample(&[("state", "pending")], s.pending)
+        .sample(&[("state", "refused")], s.refused)
+        .sample(&[("state", "stopped")], s.stopped);
+        exp.family(
             "spawner_sidecars",
-            "gauge",
+            Kind::Gauge,
             "Sidecars of this spawner's label prefix by state, as of the last reconcile turn.",
-            [
-                row("running", s.sidecars_running),
-                row("created", s.sidecars_created),
-                row("exited", s.sidecars_exited),
-            ],
-        );
+        )
+        .sample(&[("state", "running")], s.sidecars_running)
+        .sample(&[("state", "created")], s.sidecars_created)
+        .sample(&[("state", "exited")], s.sidecars_exited);
     }
 
-    fn render_certs(&self, out: &mut String) {
+    fn render_certs(&self, exp: &mut Exposition) {
         let certs = self.certs.current();
-        let _ = writeln!(
-            out,
-            "# HELP spawner_certificate_source Certificate each running target's sidecar was given (1 per target).\n# TYPE spawner_certificate_source gauge"
+        let mut sources = exp.family(
+            "spawner_certificate_source",
+            Kind::Gauge,
+            "Certificate each running target's sidecar was given (1 per target).",
         );
         for (name, source) in &certs {
-            let _ = writeln!(
-                out,
-                "spawner_certificate_source{{target=\"{}\",source=\"{}\"}} 1",
-                escape(name),
-                source.kind()
-            );
+            let labels = [("target", name.as_str()), ("source", source.kind())];
+            sources.sample(&labels, 1u64);
         }
-        let _ = writeln!(
-            out,
-            "# HELP spawner_certificate_not_after_seconds notAfter (unix seconds) of the certificate file each target's sidecar serves, as the spawner reads it.\n# TYPE spawner_certificate_not_after_seconds gauge"
+        let mut not_after = exp.family(
+            "spawner_certificate_not_after_seconds",
+            Kind::Gauge,
+            "notAfter (unix seconds) of the certificate file each target's sidecar serves, as the spawner reads it.",
         );
         for (name, source) in &certs {
             if let Source::File {
@@ -477,35 +442,10 @@ impl Metrics {
                 ..
             } = source
             {
-                let _ = writeln!(
-                    out,
-                    "spawner_certificate_not_after_seconds{{target=\"{}\"}} {t}",
-                    escape(name)
-                );
+                not_after.sample(&[("target", name.as_str())], *t);
             }
         }
     }
-}
-
-/// One metric: its HELP and TYPE lines and its samples (`(labels, value)`).
-fn metric(
-    out: &mut String,
-    name: &str,
-    kind: &str,
-    help: &str,
-    samples: impl IntoIterator<Item = (String, u64)>,
-) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-    for (labels, value) in samples {
-        let _ = writeln!(out, "{name}{labels} {value}");
-    }
-}
-
-/// A label value as the text format wants it.
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
