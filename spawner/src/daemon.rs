@@ -451,8 +451,13 @@ impl Daemon {
             });
             tracker.set_acme(managed.map(|t| t.id.clone()).collect());
         }
+        let listing = self.listing.as_ref();
+        let recorded =
+            cert_source::newest_recorded(&self.cfg.label_prefix, &observed.sidecars, |id| {
+                listing?.get(id)?.labels.as_ref()
+            });
         tracker
-            .sync(certs, &observed.targets, &reported_now, resync)
+            .sync(certs, &observed.targets, &recorded, &reported_now, resync)
             .await;
         self.execute(steps.removes, shutdown).await?;
         self.execute(steps.creates, shutdown).await?;
@@ -803,11 +808,19 @@ impl Daemon {
             return Ok(());
         }
         let name = sidecar_name(target_name);
-        let source = cert_source::probe(self.cfg.certs.as_ref(), spec.hostname.as_str()).await;
+        let hostname = spec.hostname.as_str();
+        let store = cert_source::look(self.cfg.certs.as_ref(), hostname).await;
+        let facts = cert_source::judge(&cert_source::Inputs {
+            recorded: None,
+            acme: container::acme_managed(&self.cfg, spec),
+            hostname,
+            store: &store,
+            served: None,
+        });
         self.metrics
             .certs
-            .record(target_id, target_name, spec.hostname.as_str(), &source);
-        let use_certs = source.is_file();
+            .record(target_id, target_name, hostname, &facts.source);
+        let use_certs = facts.source.is_file();
         let mut body = sidecar_body(
             &self.cfg,
             &For {
@@ -824,7 +837,7 @@ impl Daemon {
         }
         body.labels
             .get_or_insert_with(HashMap::new)
-            .extend([cert_source::label(&self.cfg.label_prefix, &source)]);
+            .extend([cert_source::label(&self.cfg.label_prefix, &facts.given)]);
         let created = match self.engine.create(&name, body.clone()).await {
             Ok(id) => Ok(id),
             Err(e) if e.status_code() == Some(409) => {
@@ -975,15 +988,17 @@ impl Daemon {
         let gone = |id: &String| !running.iter().any(|(s, _)| &s.id == id);
         lock(&self.delivered).retain(|id, _| !gone(id));
         lock(&self.redelivery_errors).retain(|id, _| !gone(id));
-        let source_key = shared::schema::label_name(&self.cfg.label_prefix, cert_source::LABEL);
         for (sidecar, spec) in running {
-            let given_files = self
+            let labels = self
                 .listing
                 .as_ref()
                 .and_then(|l| l.get(&sidecar.id))
-                .and_then(|c| c.labels.as_ref())
-                .and_then(|l| l.get(&source_key))
-                .is_some_and(|v| v == "file");
+                .and_then(|c| c.labels.as_ref());
+            let recorded = cert_source::recorded(&self.cfg.label_prefix, labels);
+            let given_files = matches!(
+                recorded,
+                Some(cert_source::Recorded::File | cert_source::Recorded::Acme)
+            );
             let has_files = cert_source::probe(self.cfg.certs.as_ref(), spec.hostname.as_str())
                 .await
                 .is_file();
@@ -1012,10 +1027,18 @@ impl Daemon {
                 Ok(()) => {
                     lock(&self.redelivery_errors).remove(&sidecar.id);
                     if layout == delivery::Layout::Acme && has_files {
-                        // The gauges and `status` follow the certificate it now serves.
-                        let source =
-                            cert_source::probe(self.cfg.certs.as_ref(), spec.hostname.as_str())
-                                .await;
+                        // The gauges follow the certificate it now serves.
+                        let hostname = spec.hostname.as_str();
+                        let store = cert_source::look(self.cfg.certs.as_ref(), hostname).await;
+                        let facts = cert_source::judge(&cert_source::Inputs {
+                            recorded: Some(
+                                recorded.as_ref().unwrap_or(&cert_source::Recorded::Acme),
+                            ),
+                            acme: true,
+                            hostname,
+                            store: &store,
+                            served: None,
+                        });
                         let name = names
                             .get(sidecar.target_id.as_str())
                             .copied()
@@ -1023,8 +1046,8 @@ impl Daemon {
                         self.metrics.certs.record(
                             &sidecar.target_id,
                             name,
-                            spec.hostname.as_str(),
-                            &source,
+                            hostname,
+                            &facts.source,
                         );
                     }
                     tracing::info!(sidecar = %sidecar.name, "certificates delivered (changed since last delivery, or first look since start)")

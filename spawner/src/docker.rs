@@ -159,6 +159,36 @@ impl Engine {
         .await
     }
 
+    /// The tar archive of `path` inside a container (created, running or exited: a volume
+    /// mounted there is read), through the engine's archive API; `None` when nothing is at
+    /// `path`. A symbolic link comes back as a link, not followed. Reading stops once the archive
+    /// is longer than `max_bytes`: a result longer than that is too large, and was cut.
+    pub async fn download(
+        &self,
+        id: &str,
+        path: &str,
+        max_bytes: usize,
+    ) -> Result<Option<Vec<u8>>, Error> {
+        let opts = bollard::query_parameters::DownloadFromContainerOptions {
+            path: path.to_string(),
+        };
+        let r = self.call("download from container", self.timeout, |d| async move {
+            let mut out = Vec::new();
+            let mut archive = d.download_from_container(id, Some(opts));
+            while let Some(chunk) = archive.next().await {
+                out.extend_from_slice(chunk?.as_ref());
+                if out.len() > max_bytes {
+                    break;
+                }
+            }
+            Ok(out)
+        });
+        match r.await {
+            Err(e) if e.status_code() == Some(404) => Ok(None),
+            r => r.map(Some),
+        }
+    }
+
     pub async fn start(&self, id: &str) -> Result<(), Error> {
         self.call("start container", self.timeout, |d| async move {
             d.start_container(id, None).await

@@ -2,20 +2,23 @@
 //! and the last sidecar failure, computed with the same observation, plan and failure rules as the
 //! daemon so the two never disagree. Read from the engine only (no state file, no daemon to ask):
 //! an exited sidecar the daemon keeps during its backoff is inspected and its log read here; once
-//! replaced, its failure is read from the labels of the sidecar that replaced it.
+//! replaced, its failure is read from the labels of the sidecar that replaced it. A sidecar's
+//! certificate is judged by the daemon's own rule ([`cert_source::judge`]) from its label and the
+//! chain in its certificate volume, read through the engine: what it serves, with or without the
+//! daemon's ACME flags, wherever the store is.
 
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
 
 use crate::acme::{self, Standing};
 use crate::acme_store::Store;
-use crate::cert_source::{self, Expiry, Fallback, Recorded, Source};
+use crate::cert_source::{self, Expiry, Facts, Inputs, Recorded, Source};
 use crate::config::Config;
 use crate::docker::Engine;
 use crate::error::Error;
 use crate::failure::{self, Failure, Verdict};
 use crate::observe::observe;
-use crate::reconcile::{plan, Action, SidecarState, Target};
+use crate::reconcile::{plan, Action, SidecarState};
 
 /// One row of the table: one opted-in container.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,9 +33,11 @@ pub struct Row {
     pub problem: Option<String>,
     /// The target's last failed sidecar.
     pub last_failure: Option<Failure>,
-    /// The certificate its sidecar was given (or, running without one yet, would be); `None`
-    /// for a target refused a sidecar, or stopped without one.
+    /// The certificate its sidecar serves (or, running without one yet, would be given);
+    /// `None` for a target refused a sidecar, or stopped without one.
     pub cert: Option<Source>,
+    /// Who issued that certificate, when its chain was read.
+    pub cert_issuer: Option<String>,
     /// With ACME on, for a target with a `hostname` label: how its certificate stands.
     pub acme: Option<AcmeRow>,
     /// With `--identity-domain`: the target's SPIFFE ID.
@@ -70,12 +75,11 @@ pub struct SidecarRow {
 pub async fn rows(cfg: &Config) -> Result<Vec<Row>, Error> {
     let engine = Engine::new(&cfg.docker_host, &cfg.docker_socket, cfg.docker_timeout);
     let listing = engine.list_containers().await?;
-    let source_key = shared::schema::label_name(&cfg.label_prefix, cert_source::LABEL);
     let recorded: HashMap<String, Recorded> = listing
         .iter()
         .filter_map(|c| {
-            let value = c.labels.as_ref()?.get(&source_key)?;
-            Some((c.id.clone()?, cert_source::parse_label(value)?))
+            let given = cert_source::recorded(&cfg.label_prefix, c.labels.as_ref())?;
+            Some((c.id.clone()?, given))
         })
         .collect();
     let observed = observe(
@@ -142,18 +146,17 @@ pub async fn rows(cfg: &Config) -> Result<Vec<Row>, Error> {
             };
         }
         // A certificate for a target with a sidecar, or about to get one; none for the others.
-        let newest = mine.last().and_then(|s| recorded.get(&s.id));
+        let newest = mine.last().and_then(|s| Some((*s, recorded.get(&s.id)?)));
         let managed = t
             .spec
             .as_ref()
             .ok()
             .filter(|spec| crate::container::acme_managed(cfg, spec));
-        let cert = if newest.is_some() || (t.running && refused.is_none()) {
-            // An ACME-managed sidecar picks its certificate up when it lands: what the store
-            // holds now is what it serves.
-            cert_of(cfg, t, newest.filter(|_| managed.is_none())).await
-        } else {
-            None
+        let cert = match &t.spec {
+            Ok(spec) if newest.is_some() || (t.running && refused.is_none()) => {
+                Some(certificate(cfg, &engine, spec, newest, managed.is_some()).await)
+            }
+            _ => None,
         };
         let acme = match (managed, &acme_state) {
             (Some(spec), Some((state, store))) => {
@@ -180,7 +183,8 @@ pub async fn rows(cfg: &Config) -> Result<Vec<Row>, Error> {
                 .collect(),
             problem: (!problem.is_empty()).then_some(problem),
             last_failure,
-            cert,
+            cert_issuer: cert.as_ref().and_then(|c| c.issuer.clone()),
+            cert: cert.map(|c| c.source),
             acme,
             identity: crate::container::identity_domain(cfg).and_then(|domain| {
                 let id = t.spec.as_ref().ok()?.identity.as_ref()?;
@@ -214,26 +218,42 @@ fn acme_row(
     }
 }
 
-/// The certificate a target's sidecar was given, as its label recorded it (what the spawner
-/// that made it could see, which may not be what this process sees), with the expiry read now.
-/// Without such a sidecar: what the daemon would give it now.
-async fn cert_of(cfg: &Config, t: &Target, recorded: Option<&Recorded>) -> Option<Source> {
-    let spec = t.spec.as_ref().ok()?;
-    let seen = cert_source::probe(cfg.certs.as_ref(), spec.hostname.as_str()).await;
-    Some(match (recorded, seen) {
-        (Some(Recorded::SelfSigned(f)), _) => Source::SelfSigned(f.clone()),
-        (Some(Recorded::File), Source::SelfSigned(f)) if f != Fallback::NoCertsFrom => {
-            let dir = match &cfg.certs {
-                Some(crate::config::CertsSource::HostDir(d)) => d.as_str(),
-                _ => "",
-            };
-            Source::File {
-                path: format!("{dir}/live/{}/fullchain.pem", spec.hostname),
-                expiry: Expiry::Unknown(format!("not readable by this process: {}", f.detail())),
-            }
+/// The certificate of a target: with a sidecar, what it serves (its label, the chain in its
+/// certificate volume, what the store holds now); without one, what the daemon would give it.
+/// `acme`: this process's flags make the target ACME-managed (needed only for a sidecar labelled
+/// by a spawner older than the `acme` label).
+async fn certificate(
+    cfg: &Config,
+    engine: &Engine,
+    spec: &crate::labels::TargetSpec,
+    sidecar: Option<(&crate::reconcile::Sidecar, &Recorded)>,
+    acme: bool,
+) -> Facts {
+    let hostname = spec.hostname.as_str();
+    let store = cert_source::look(cfg.certs.as_ref(), hostname).await;
+    let served = match sidecar {
+        Some((s, given)) => {
+            let paths = cert_source::served_paths(given, acme, cfg.certs.as_ref(), hostname);
+            cert_source::read_served(engine, &s.id, &s.name, &paths).await
         }
-        (_, seen) => seen,
+        None => None,
+    };
+    cert_source::judge(&Inputs {
+        recorded: sidecar.map(|(_, given)| given),
+        acme,
+        hostname,
+        store: &store,
+        served: served.as_ref(),
     })
+}
+
+/// The `CERTIFICATE` cell: the source, and the issuer of a chain that was read.
+fn cert_cell(r: &Row, now: i64) -> String {
+    match (&r.cert, &r.cert_issuer) {
+        (None, _) => String::new(),
+        (Some(c), Some(issuer)) if c.is_file() => format!("{}, issuer {issuer}", c.cell(now)),
+        (Some(c), _) => c.cell(now),
+    }
 }
 
 /// Renders rows as an aligned table with a header; `now` (unix seconds) marks expired
@@ -269,7 +289,7 @@ pub fn render(rows: &[Row], now: i64) -> String {
                 r.state.to_string(),
                 sidecars(|s| &s.name),
                 sidecars(|s| s.state),
-                dash(r.cert.as_ref().map(|c| c.cell(now)).unwrap_or_default()),
+                dash(cert_cell(r, now)),
                 dash(r.problem.clone().unwrap_or_default()),
                 dash(
                     r.last_failure
@@ -331,6 +351,7 @@ pub fn to_json(rows: &[Row]) -> serde_json::Value {
                 json!(f.detail()),
                 Value::Null,
             ),
+            Some(Source::Unknown(why)) => (json!("unknown"), Value::Null, json!(why), Value::Null),
         };
         json!({
             "target": r.target,
@@ -351,6 +372,7 @@ pub fn to_json(rows: &[Row]) -> serde_json::Value {
             "cert_reason": reason,
             "cert_detail": detail,
             "cert_not_after": not_after,
+            "cert_issuer": r.cert_issuer,
             "acme_state": r.acme.as_ref().map(|a| a.state.as_str()),
             "acme_error": r.acme.as_ref().and_then(|a| a.error.clone()),
             "acme_names": r.acme.as_ref().map(|a| a.names.clone()),
@@ -380,6 +402,7 @@ pub async fn run(cfg: &Config, json: bool) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cert_source::Fallback;
 
     fn row() -> Row {
         Row {
@@ -400,6 +423,7 @@ mod tests {
                 path: "/etc/le/live/web/fullchain.pem".into(),
                 expiry: Expiry::At(1_925_078_400),
             }),
+            cert_issuer: None,
             acme: None,
             identity: None,
         }
@@ -465,6 +489,7 @@ mod tests {
                 "cert_reason": null,
                 "cert_detail": "/etc/le/live/web/fullchain.pem",
                 "cert_not_after": 1_925_078_400,
+                "cert_issuer": null,
                 "acme_state": null,
                 "acme_error": null,
                 "acme_names": null,
@@ -505,6 +530,49 @@ mod tests {
         assert_eq!(v[0]["cert_source"], "self-signed");
         assert_eq!(v[0]["cert_reason"], "certs-dir-not-visible");
         assert_eq!(v[0]["cert_detail"], "certs dir not visible to the spawner");
+        assert_eq!(v[0]["cert_not_after"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn the_served_certificate_shows_its_issuer_and_what_cannot_be_seen_says_why() {
+        let acme = Row {
+            cert: Some(Source::File {
+                path: "/store/live/a.example/fullchain.pem".into(),
+                expiry: Expiry::At(1_925_078_400),
+            }),
+            cert_issuer: Some("Pebble Intermediate CA 1a2b3c".into()),
+            ..row()
+        };
+        let table = render(std::slice::from_ref(&acme), 0);
+        assert!(
+            table.lines().nth(1).is_some_and(|l| l.contains(
+                "file, expires 2031-01-02T00:00:00Z, issuer Pebble Intermediate CA 1a2b3c"
+            )),
+            "{table}"
+        );
+        let v = to_json(&[acme]);
+        assert_eq!(v[0]["cert_source"], "file");
+        assert_eq!(v[0]["cert_not_after"], 1_925_078_400);
+        assert_eq!(v[0]["cert_issuer"], "Pebble Intermediate CA 1a2b3c");
+        let unseen = Row {
+            cert: Some(Source::Unknown(
+                "cannot see it: the store: no --certs-from".into(),
+            )),
+            cert_issuer: None,
+            ..row()
+        };
+        let table = render(std::slice::from_ref(&unseen), 0);
+        assert!(
+            table.contains("unknown: cannot see it: the store: no --certs-from"),
+            "{table}"
+        );
+        let v = to_json(&[unseen]);
+        assert_eq!(v[0]["cert_source"], "unknown");
+        assert_eq!(v[0]["cert_reason"], serde_json::Value::Null);
+        assert_eq!(
+            v[0]["cert_detail"],
+            "cannot see it: the store: no --certs-from"
+        );
         assert_eq!(v[0]["cert_not_after"], serde_json::Value::Null);
     }
 }

@@ -4,7 +4,8 @@
 //! 8443), stored in certbot's layout and served without restarting the sidecar; renewed at two
 //! thirds of its lifetime; retried with backoff after a failure, never more than three orders an
 //! hour; kept across a spawner restart; shared by replicas; refused names stop for good; bad
-//! flags exit 2 naming the flag.
+//! flags exit 2 naming the flag; `spawner status` shows the issued certificate the sidecar serves
+//! (issuer, expiry) with or without the ACME flags.
 //!
 //! Each test has its own Pebble (so every test may use `a.test`), store, spawner and label
 //! prefix; Pebble validates at 127.0.0.1 on its own ports, where a test publishes the target's
@@ -613,6 +614,128 @@ fn the_sidecar_switches_from_self_signed_to_the_issued_certificate_without_a_res
     assert_demo_answers(&rt, &mut old, "the connection opened before the switch");
     let mut new = open_conn(&rt, port, "a.test");
     assert_demo_answers(&rt, &mut new, "a connection after the switch");
+}
+
+/// The common name of `cert`'s issuer (`who = "issuer"`) or subject.
+fn common_name(cert: &CertificateDer<'_>, who: &str) -> String {
+    let (_, x509) = X509Certificate::from_der(cert).expect("parse certificate");
+    let name = if who == "issuer" {
+        x509.issuer()
+    } else {
+        x509.subject()
+    };
+    let cn = name
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .map(str::to_string);
+    cn.unwrap_or_else(|| panic!("no {who} common name in {name}"))
+}
+
+/// Unix seconds as the status table writes them: `2027-01-02T03:04:05Z`.
+fn rfc3339(unix: i64) -> String {
+    let t = x509_parser::time::ASN1Time::from_timestamp(unix)
+        .expect("a time")
+        .to_datetime();
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
+}
+
+#[test]
+fn status_shows_the_issued_certificate_its_sidecar_serves_with_or_without_the_acme_flags() {
+    let rt = runtime();
+    let acme = Acme::start(&rt, Options::default());
+    let run = TestRun::new();
+    let prefix = run.label_prefix();
+    let spawner = acme.spawner(&prefix, &[]);
+    let (name, id) = target(
+        &run,
+        &prefix,
+        &["hostname=a.test"],
+        &[&acme.http01_port(), "127.0.0.1::8443"],
+    );
+    let port = host_port(&id, 8443);
+    // The normal ACME path: the sidecar is made while the store is empty, recorded as
+    // ACME-managed, and the certificate is delivered into it once issued.
+    let sidecar = wait_sidecar(&prefix, &id);
+    let inspected = harness::docker::inspect(&sidecar).expect("inspect the sidecar");
+    assert_eq!(
+        inspected.raw["Config"]["Labels"][format!("{prefix}.cert-source")],
+        "acme",
+        "the sidecar records that ACME manages its certificate"
+    );
+    let chain = acme.wait_issued(&rt, port, &["a.test"]);
+    assert_same_sidecar(&prefix, &id, &sidecar, "after the certificate arrived");
+    let logs = spawner.logs();
+    let started = logs
+        .find("sidecar started")
+        .expect("\"sidecar started\" logged");
+    let issued = lines_with(&logs, ISSUED);
+    let issued_at = logs.find(issued.first().expect("\"certificate issued\" logged"));
+    assert!(
+        issued_at.is_some_and(|at| at > started),
+        "the certificate was issued after the sidecar started:\n{logs}"
+    );
+
+    let expires = not_after(&chain[0]);
+    let issuer = common_name(&chain[0], "issuer");
+    assert_eq!(
+        issuer,
+        common_name(&chain[1], "subject"),
+        "the leaf is issued by the intermediate served with it"
+    );
+    assert!(
+        issuer.starts_with("Pebble Intermediate CA"),
+        "issued by Pebble's intermediate: {issuer}"
+    );
+    let sidecar_name = inspected.name.trim_start_matches('/').to_string();
+    let store = acme.store.path().display().to_string();
+    let in_store = format!("{store}/live/a.test/fullchain.pem");
+    let in_sidecar = format!("{sidecar_name}:/certs/live/a.test/fullchain.pem");
+    let cases: [(&str, Vec<&str>, &str); 3] = [
+        ("--certs-from only", vec!["--certs-from", &store], &in_store),
+        ("the daemon's ACME flags", acme.flags(), &in_store),
+        ("no flags at all", Vec::new(), &in_sidecar),
+    ];
+    let cell = format!("file, expires {}, issuer {issuer}", rfc3339(expires));
+    for (flags_are, flags, detail) in &cases {
+        let rows = spawner::status_json(&prefix, flags);
+        let row = spawner::row(&rows, &name);
+        let what = format!("spawner status --json with {flags_are}: {row:#}");
+        assert_eq!(row["cert_source"], "file", "{what}");
+        assert_eq!(row["cert_reason"], serde_json::Value::Null, "{what}");
+        assert_eq!(row["cert_not_after"].as_i64(), Some(expires), "{what}");
+        assert_eq!(row["cert_issuer"], issuer.as_str(), "{what}");
+        assert_eq!(row["cert_detail"], *detail, "{what}");
+        let table = spawner::status(&prefix, flags);
+        let line = table
+            .lines()
+            .find(|l| l.starts_with(name.as_str()))
+            .unwrap_or_else(|| panic!("no line for {name} in status with {flags_are}:\n{table}"));
+        assert!(
+            line.contains(&cell),
+            "spawner status with {flags_are} shows {cell:?}:\n{table}"
+        );
+    }
+    let row = acme.wait_state(&prefix, &name, "valid");
+    assert_eq!(row["acme_names"], serde_json::json!(["a.test"]), "{row:#}");
+    let without = spawner::row(
+        &spawner::status_json(&prefix, &["--certs-from", &store]),
+        &name,
+    )
+    .clone();
+    assert_eq!(
+        without["acme_state"],
+        serde_json::Value::Null,
+        "the ACME column needs the ACME flags (it reads acme/state.json): {without:#}"
+    );
 }
 
 #[test]
