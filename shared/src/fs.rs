@@ -199,6 +199,55 @@ impl RegularFile {
     }
 }
 
+/// For the tests of every reader of an operator-named file, in this crate and the binaries
+/// (feature `testing`): a FIFO in a file's place must be refused, and a test must fail, not
+/// hang, if it is waited on.
+#[cfg(any(test, feature = "testing"))]
+pub mod testing {
+    use std::path::Path;
+    use std::time::Duration;
+
+    /// Longer than reading a small file could take, short enough that a hang fails quickly.
+    const HANG: Duration = Duration::from_secs(5);
+
+    /// A FIFO at `path`.
+    pub fn mkfifo(path: &Path) {
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            path,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap_or_else(|e| panic!("mkfifo {}: {e}", path.display()));
+    }
+
+    /// `f()` on a thread of its own, failing the test if it has not returned within [`HANG`]: a
+    /// reader blocked on a FIFO is left behind, not joined.
+    pub fn within<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(f());
+        });
+        rx.recv_timeout(HANG)
+            .unwrap_or_else(|e| panic!("{what}: no answer within {HANG:?} ({e})"))
+    }
+
+    /// `f()`'s future on a runtime of its own, [`within`] the same bound.
+    pub fn within_async<T: Send + 'static, F: std::future::Future<Output = T>>(
+        what: &str,
+        f: impl FnOnce() -> F + Send + 'static,
+    ) -> T {
+        within(what, move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap_or_else(|e| panic!("a runtime for a bounded read: {e}"))
+                .block_on(f())
+        })
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

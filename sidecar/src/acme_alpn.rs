@@ -187,7 +187,7 @@ mod tests {
 
     #[test]
     fn a_fifo_challenge_file_is_refused_not_waited_on() {
-        use crate::tls::fifo_testing::{mkfifo, within};
+        use shared::fs::testing::{mkfifo, within};
         let dir = std::env::temp_dir().join(format!("acme-alpn-fifo-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
         let challenges = Challenges::new(dir.clone());

@@ -460,7 +460,7 @@ mod tests {
 
     #[test]
     fn a_fifo_as_the_trust_bundle_is_refused_not_waited_on() {
-        use crate::tls::fifo_testing::{mkfifo, within};
+        use shared::fs::testing::{mkfifo, within};
         let dir = std::env::temp_dir().join(format!("sidecar-trust-fifo-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let fifo = dir.join("ca.pem");

@@ -352,40 +352,6 @@ pub(crate) fn sans(names: &[&str]) -> Vec<SanName> {
         .collect()
 }
 
-/// For the tests of every reader of a certificate, key, CA or CRL file: a FIFO in a file's place
-/// must be refused, and a test must fail, not hang, if it is waited on.
-#[cfg(test)]
-pub(crate) mod fifo_testing {
-    use std::path::Path;
-    use std::time::Duration;
-
-    /// Longer than reading a small file could take, short enough that a hang fails quickly.
-    const HANG: Duration = Duration::from_secs(5);
-
-    /// A FIFO made with mkfifo(1) at `path`.
-    pub(crate) fn mkfifo(path: &Path) {
-        let made = std::process::Command::new("mkfifo")
-            .arg(path)
-            .status()
-            .expect("run mkfifo");
-        assert!(made.success(), "mkfifo {}", path.display());
-    }
-
-    /// `f()` on a thread of its own (with a runtime for async readers), failing the test if it
-    /// has not returned within [`HANG`]: a reader blocked on a FIFO is left behind, not joined.
-    pub(crate) fn within<T: Send + 'static>(
-        what: &str,
-        f: impl FnOnce() -> T + Send + 'static,
-    ) -> T {
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let _ = tx.send(f());
-        });
-        rx.recv_timeout(HANG)
-            .unwrap_or_else(|e| panic!("{what}: no answer within {HANG:?} ({e})"))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -428,7 +394,7 @@ mod tests {
 
     #[test]
     fn a_fifo_as_cert_or_key_is_refused_not_waited_on() {
-        use fifo_testing::{mkfifo, within};
+        use shared::fs::testing::{mkfifo, within};
         let dir = std::env::temp_dir().join(format!("sidecar-tls-fifo-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let key = rcgen::KeyPair::generate().expect("key");

@@ -999,7 +999,7 @@ mod tests {
 
     #[test]
     fn a_fifo_as_the_ca_file_is_refused_not_waited_on() {
-        use crate::delivery::fifo_testing::{mkfifo, within};
+        use shared::fs::testing::{mkfifo, within};
         let fifo = std::env::temp_dir().join(format!("acme-roots-fifo-{}", std::process::id()));
         let _ = std::fs::remove_file(&fifo);
         mkfifo(&fifo);

@@ -540,7 +540,7 @@ mod tests {
 
     #[test]
     fn a_fifo_as_the_account_file_is_refused_not_waited_on() {
-        use crate::delivery::fifo_testing::{mkfifo, within_async};
+        use shared::fs::testing::{mkfifo, within_async};
         let dir = std::env::temp_dir().join(format!("acme-account-fifo-{}", std::process::id()));
         let store = Store::new(&dir);
         let path = store.account_path();

@@ -425,7 +425,7 @@ mod tests {
 
     #[test]
     fn a_fifo_as_state_or_chain_is_refused_not_waited_on() {
-        use crate::delivery::fifo_testing::{mkfifo, within};
+        use shared::fs::testing::{mkfifo, within};
         let (store, dir) = store();
         let name = DnsName::from_str("a.example").expect("name");
         assert!(store.read_state().expect("no state yet").is_none());

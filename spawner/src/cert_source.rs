@@ -860,7 +860,7 @@ mod tests {
 
     #[test]
     fn a_fifo_chain_has_an_unknown_expiry_at_once() {
-        use crate::delivery::fifo_testing::{mkfifo, within_async};
+        use shared::fs::testing::{mkfifo, within_async};
         let fifo = std::env::temp_dir().join(format!("cert-source-fifo-{}", std::process::id()));
         let _ = std::fs::remove_file(&fifo);
         mkfifo(&fifo);

@@ -230,55 +230,6 @@ fn read_file(path: &Path) -> Result<Vec<u8>, DeliveryError> {
     })
 }
 
-/// For the tests of every reader of a certificate, key, CA or state file: a FIFO in a file's place
-/// must be refused, and a test must fail, not hang, if it is waited on.
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-pub(crate) mod fifo_testing {
-    use std::path::Path;
-    use std::time::Duration;
-
-    /// Longer than reading a small file could take, short enough that a hang fails quickly.
-    const HANG: Duration = Duration::from_secs(5);
-
-    /// A FIFO made with mkfifo(1) at `path`.
-    pub(crate) fn mkfifo(path: &Path) {
-        let made = std::process::Command::new("mkfifo")
-            .arg(path)
-            .status()
-            .unwrap();
-        assert!(made.success(), "mkfifo {}", path.display());
-    }
-
-    /// `f()` on a thread of its own (with a runtime for async readers), failing the test if it
-    /// has not returned within [`HANG`]: a reader blocked on a FIFO is left behind, not joined.
-    pub(crate) fn within<T: Send + 'static>(
-        what: &str,
-        f: impl FnOnce() -> T + Send + 'static,
-    ) -> T {
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let _ = tx.send(f());
-        });
-        rx.recv_timeout(HANG)
-            .unwrap_or_else(|e| panic!("{what}: no answer within {HANG:?} ({e})"))
-    }
-
-    /// `f()`'s future on a runtime of its own, [`within`] the same bound.
-    pub(crate) fn within_async<T: Send + 'static, F: std::future::Future<Output = T>>(
-        what: &str,
-        f: impl FnOnce() -> F + Send + 'static,
-    ) -> T {
-        within(what, move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap()
-                .block_on(f())
-        })
-    }
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -476,7 +427,7 @@ mod tests {
 
     #[test]
     fn a_fifo_in_the_store_is_refused_not_waited_on() {
-        use super::fifo_testing::{mkfifo, within};
+        use shared::fs::testing::{mkfifo, within};
         for file in [KEY_FILE, CHAIN_FILE, "ca/clients.pem"] {
             let dir = store();
             let path = if file.starts_with("ca/") {

@@ -1112,7 +1112,7 @@ mod tests {
 
     #[test]
     fn a_fifo_as_any_ca_file_is_refused_not_waited_on() {
-        use crate::delivery::fifo_testing::{mkfifo, within};
+        use shared::fs::testing::{mkfifo, within};
         let dir = temp_dir("fifo");
         let store = dir.join("identity");
         Authority::load_or_create(&store, &domain()).unwrap();
