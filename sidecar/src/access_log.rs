@@ -1,24 +1,25 @@
 //! The access log: one line per HTTP request, formatted and written off the request path.
 //!
-//! A request hands an unformatted [`Record`] to a bounded [`Queue`]; one writer thread formats
+//! A request hands an unformatted `Record` to a bounded `Queue`; one writer thread formats
 //! what has queued up into one buffer and writes it to stderr with one `write_all`. Formatting
 //! and writing each line through the `tracing` subscriber on the request's own thread cost about
 //! 15% of HTTP/1.1 keep-alive throughput; handing over a record costs a lock and a push.
 //!
 //! The lines are byte for byte what the subscriber of [`shared::telemetry`] writes for the
 //! `request` event of target `sidecar::http` (text, with or without colours, or JSON), and
-//! `RUST_LOG` decides as before whether they are written: [`enabled`] asks the subscriber. The
+//! `RUST_LOG` decides as before whether they are written: `enabled` asks the subscriber. The
 //! queue is used only where the subscriber would write the event without a span: an event
 //! inside an enabled span (HTTP/1.1 requests at debug level, within `conn{peer=..}`) and every
 //! event of a process that did not [`start`] the writer (the library in tests) go through
 //! `tracing` on the caller's thread as they always did.
 //!
-//! When the writer falls behind by [`CAPACITY`] lines (stderr blocked by a slow log collector),
+//! When the writer falls behind by `CAPACITY` lines (stderr blocked by a slow log collector),
 //! a request never waits: its line is dropped and counted (`sidecar_access_log_dropped_total`),
 //! and the writer says at warn, at most once per [`LOG_INTERVAL`], how many it dropped.
 //!
 //! The writer is one per process, like stderr and the global subscriber it stands in for:
-//! `main` starts it beside the subscriber and flushes it ([`flush`]) before the process exits.
+//! `main` starts it beside the subscriber and flushes it ([`flush`]) before the process exits,
+//! and `/metrics` reports its drops; the HTTP service only hands it records.
 
 use std::fmt::{self, Write as _};
 use std::io::Write;
@@ -34,14 +35,14 @@ use crate::throttle::{Escaped, LOG_INTERVAL};
 
 /// The target of the access-log event, what `RUST_LOG` directives name (`sidecar::http=warn`).
 /// It is the module the event was logged from before it had a writer of its own.
-pub const TARGET: &str = "sidecar::http";
+pub(crate) const TARGET: &str = "sidecar::http";
 
 /// Lines queued at most before new ones are dropped. The writer drains the queue every
 /// [`LINGER`], so this is room for ~800k lines a second, far above what the sidecar serves;
 /// it fills only when stderr itself stops taking lines, and then holds ~1.2 MiB of records
 /// (152 bytes each, plus the request paths they share), a bounded cost for riding out a stall
 /// of a log collector.
-pub const CAPACITY: usize = 8192;
+pub(crate) const CAPACITY: usize = 8192;
 
 /// How long the writer waits after writing a batch before it takes the next one. Requests do
 /// not wake a writer that is lingering, so under load the writer wakes at most this often and
@@ -59,11 +60,11 @@ const WRITE_CHUNK: usize = 64 * 1024;
 
 /// Longest request path written to the access log; the rest is cut (`...`): a client must not
 /// make one line cost more than a few KiB.
-pub const PATH_MAX: usize = 2048;
+pub(crate) const PATH_MAX: usize = 2048;
 
 /// One finished request, as the access log writes it.
 #[derive(Debug, Clone)]
-pub struct Record {
+pub(crate) struct Record {
     pub peer: SocketAddr,
     pub method: http::Method,
     /// `None` is written as `/`.
@@ -92,14 +93,14 @@ impl Record {
 
 /// Whether the access log is written at all, as `RUST_LOG` says. Cheap: a level comparison,
 /// then the callsite's cached interest.
-pub fn enabled() -> bool {
+pub(crate) fn enabled() -> bool {
     tracing::enabled!(target: TARGET, Level::INFO)
 }
 
 /// Writes the line of a finished request: through the background writer when it is running and
 /// the line would carry no span, otherwise through `tracing` here and now. Call it only when
 /// [`enabled`].
-pub fn write(record: Record) {
+pub(crate) fn write(record: Record) {
     if let Some(queue) = WRITER.get() {
         if !in_span() {
             queue.push(record);
@@ -161,13 +162,13 @@ pub fn flush(timeout: Duration) -> bool {
 }
 
 /// Lines the process's writer dropped so far, for `sidecar_access_log_dropped_total`.
-pub fn dropped_total() -> u64 {
+pub(crate) fn dropped_total() -> u64 {
     WRITER.get().map_or(0, |q| q.dropped_total())
 }
 
 /// How lines are formatted: the two shapes of [`shared::telemetry`]'s subscriber.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Style {
+pub(crate) enum Style {
     /// tracing-subscriber's default (`Full`) format, coloured when `ansi`.
     Text { ansi: bool },
     /// tracing-subscriber's JSON format with `flatten_event(true)`.
@@ -183,7 +184,7 @@ pub enum Style {
 /// close at exit waits, with a timeout, on a condition the writer sets when it is done, which a
 /// channel cannot tell. The writer is a dedicated thread, not a task: it blocks on stderr
 /// without holding one of the runtime's workers, and never waits for a worker to run it.
-pub struct Queue {
+pub(crate) struct Queue {
     state: Mutex<State>,
     /// The writer waits here for records, or for the close.
     work: Condvar,
@@ -206,7 +207,7 @@ struct State {
 
 impl Queue {
     /// A queue of at most `capacity` records and its writer thread, writing into `sink`.
-    pub fn start<W: Write + Send + 'static>(
+    pub(crate) fn start<W: Write + Send + 'static>(
         capacity: usize,
         style: Style,
         sink: W,
@@ -232,7 +233,7 @@ impl Queue {
 
     /// Queues a record for the writer; never waits for it. `false` when the record was dropped
     /// (and counted): the queue is full, or closed.
-    pub fn push(&self, record: Record) -> bool {
+    pub(crate) fn push(&self, record: Record) -> bool {
         let mut state = self.lock();
         if state.records.len() >= self.capacity || state.closing {
             drop(state);
@@ -250,13 +251,13 @@ impl Queue {
     }
 
     /// Records dropped so far.
-    pub fn dropped_total(&self) -> u64 {
+    pub(crate) fn dropped_total(&self) -> u64 {
         self.dropped_total.load(Ordering::Relaxed)
     }
 
     /// Refuses new records, lets the writer write the queued ones and waits at most `timeout`
     /// for it to finish; `true` when it did.
-    pub fn close(&self, timeout: Duration) -> bool {
+    pub(crate) fn close(&self, timeout: Duration) -> bool {
         let mut state = self.lock();
         state.closing = true;
         self.work.notify_one();
@@ -339,7 +340,7 @@ impl Queue {
 /// pushed as they are, numbers written by hand and the date and time of day kept from the last
 /// line until the second changes, so a line costs a small fraction of `core::fmt` per field
 /// (the writer has a core's worth of competition on a busy two-core host).
-pub struct LineFormat {
+pub(crate) struct LineFormat {
     style: Style,
     /// The second of `date_time`, in seconds since the epoch.
     second: Option<i64>,
@@ -348,7 +349,7 @@ pub struct LineFormat {
 }
 
 impl LineFormat {
-    pub fn new(style: Style) -> Self {
+    pub(crate) fn new(style: Style) -> Self {
         Self {
             style,
             second: None,
@@ -357,7 +358,7 @@ impl LineFormat {
     }
 
     /// Appends the line of `r` to `out`, newline included.
-    pub fn line(&mut self, r: &Record, out: &mut String) {
+    pub(crate) fn line(&mut self, r: &Record, out: &mut String) {
         match self.style {
             Style::Text { ansi } => self.text(ansi, r, out),
             Style::Json => self.json(r, out),

@@ -19,7 +19,7 @@ use crate::metrics::Metrics;
 const MAX_CONNECTIONS: usize = 64;
 
 /// Serves the admin endpoints until `stop` is cancelled and the answers in flight are done.
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, stop: CancellationToken) {
+pub(crate) async fn serve(listener: TcpListener, metrics: Arc<Metrics>, stop: CancellationToken) {
     let limits = Limits::new(MAX_CONNECTIONS);
     shared::admin::serve(listener, Endpoints(metrics), limits, stop).await;
 }

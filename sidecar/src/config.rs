@@ -16,33 +16,33 @@ use clap::Parser;
 use shared::addr::{BackendAddr, ListenAddr};
 use shared::dns::SanName;
 use shared::identity::{CommonName, DnsPattern, Identities, List, UriPattern};
+use shared::mode::ClientAuthMode;
+pub use shared::mode::Mode;
 use shared::mode::{check_mode, ModeSetting, ModeSettings};
-pub use shared::mode::{ClientAuthMode, Mode};
 use shared::parse::{duration, MaxAge};
-pub use shared::proto::{AlpnList, BackendProtocol, ProxyProtocol};
+pub(crate) use shared::proto::ProxyProtocol;
+use shared::proto::{AlpnList, BackendProtocol};
 use shared::schema::env;
 use shared::service_identity::{check_unique, TrustDomain, Upstream};
 use shared::spec::{self, Certificate, IdentityFiles, SidecarSpec};
 use shared::telemetry::{LogFormat, LogLevel, RUST_LOG};
 
-use crate::certs::PairPaths;
 use crate::error::ConfigError;
-use crate::tls::{Flags, PAIR_FLAGS};
 
 use shared::addr::{DEFAULT_BACKEND_PORT, DEFAULT_LISTEN_PORT};
 
 /// Default cap per client address: far above what one real client holds (a browser opens at
 /// most 6 connections per origin, an HTTP/2 client one, a service its pool), far below the
 /// connection limit, so one address cannot take the sidecar's slots.
-pub const DEFAULT_MAX_CONNECTIONS_PER_IP: u32 = 256;
+const DEFAULT_MAX_CONNECTIONS_PER_IP: u32 = 256;
 /// Default handshake budget: a tenth of the default connection limit, several times what two
 /// cores can complete in a second, so real bursts fit and stalls cannot take every slot.
-pub const DEFAULT_MAX_HANDSHAKES: u32 = 1024;
+const DEFAULT_MAX_HANDSHAKES: u32 = 1024;
 /// Default listen backlog: the kernel's default cap (net.core.somaxconn since Linux 5.4), well
 /// above the 128 that would drop SYNs in a burst.
-pub const DEFAULT_LISTEN_BACKLOG: u32 = 4096;
+const DEFAULT_LISTEN_BACKLOG: u32 = 4096;
 /// Most serving threads (`--workers`).
-pub const MAX_WORKERS: u32 = 256;
+const MAX_WORKERS: u32 = 256;
 
 /// TLS terminator for one local service: TLS in on `--listen`, plain HTTP or TCP out to
 /// `--backend`.
@@ -52,214 +52,214 @@ pub struct Cli {
     /// Address to accept TLS on: IP:PORT, [IPv6]:PORT, or PORT / :PORT for all IPv4 interfaces
     /// [default: 0.0.0.0:8443] (alias env: GOSSLTERM_FRONTEND_ADDR)
     #[arg(long, env = env::LISTEN, value_name = "ADDR", value_parser = ListenAddr::from_str)]
-    pub listen: Option<ListenAddr>,
+    listen: Option<ListenAddr>,
 
     /// Address of the service to proxy to: HOST:PORT, IP:PORT, [IPv6]:PORT, or PORT / :PORT for
     /// 127.0.0.1 [default: 127.0.0.1:8080] (alias env: GOSSLTERM_BACKEND_ADDR)
     #[arg(long, env = env::BACKEND, value_name = "ADDR", value_parser = BackendAddr::from_str)]
-    pub backend: Option<BackendAddr>,
+    backend: Option<BackendAddr>,
 
     /// What to proxy: `http` (HTTP/1.1 and HTTP/2 in front; to the backend as
     /// --backend-protocol says) or `tcp` (raw bytes)
     #[arg(long, env = env::MODE, value_name = "MODE", value_parser = Mode::from_str, default_value_t = Mode::Http)]
-    pub mode: Mode,
+    mode: Mode,
 
     /// http mode: the HTTP version spoken to the backend: `auto` sends gRPC requests
     /// (`content-type: application/grpc...`) over HTTP/2 cleartext (h2c, prior knowledge) and
     /// everything else over HTTP/1.1; `http1` sends everything over HTTP/1.1; `h2c` everything
     /// over HTTP/2. Refused in tcp mode
     #[arg(long, env = env::BACKEND_PROTOCOL, value_name = "PROTOCOL", value_parser = BackendProtocol::from_str, default_value_t = BackendProtocol::Auto)]
-    pub backend_protocol: BackendProtocol,
+    backend_protocol: BackendProtocol,
 
     /// tcp mode: ALPN protocols offered to clients, in preference order (comma list, e.g.
     /// `h2,http/1.1`; gRPC clients need `h2`). Refused in http mode, which chooses its own
     /// [default: none]
     #[arg(long, env = env::ALPN, value_name = "PROTOCOLS", value_parser = AlpnList::from_str)]
-    pub alpn: Option<AlpnList>,
+    alpn: Option<AlpnList>,
 
     /// tcp mode: send a PROXY protocol header (`v1` text, `v2` binary with ALPN, SNI and TLS
     /// TLVs) to the backend before relaying, so it sees the client's address; `off` sends none.
     /// Refused in http mode
     #[arg(long, env = env::PROXY_PROTOCOL, value_name = "VERSION", value_parser = ProxyProtocol::from_str, default_value_t = ProxyProtocol::Off)]
-    pub proxy_protocol: ProxyProtocol,
+    proxy_protocol: ProxyProtocol,
 
     /// PEM certificate chain (leaf first); needs --key. Without both, a self-signed certificate
     /// is generated at start (alias env: GOSSLTERM_CERT)
     #[arg(long, env = env::CERT, value_name = "FILE")]
-    pub cert: Option<PathBuf>,
+    cert: Option<PathBuf>,
 
     /// PEM private key (PKCS#8, PKCS#1 RSA or SEC1 EC) matching --cert (alias env:
     /// GOSSLTERM_KEY)
     #[arg(long, env = env::KEY, value_name = "FILE")]
-    pub key: Option<PathBuf>,
+    key: Option<PathBuf>,
 
     /// Directory of certificate pairs chosen by SNI: certbot's `live/<name>/fullchain.pem` +
     /// `privkey.pem`, or flat `<name>.crt`/`<name>.pem` + `<name>.key` [default: none]
     #[arg(long, env = env::CERTS_DIR, value_name = "DIR")]
-    pub certs_dir: Option<PathBuf>,
+    certs_dir: Option<PathBuf>,
 
     /// How often certificate files (and --client-ca, --client-crl) are re-read and compared by
     /// content, besides reloading on SIGHUP and on file-change notifications
     #[arg(long, env = env::RELOAD_INTERVAL, value_parser = duration, default_value = "60s")]
-    pub reload_interval: Duration,
+    reload_interval: Duration,
 
     /// PEM bundle of CAs that issue client certificates: enables mutual TLS; reloaded like the
     /// certificates (a broken file keeps the previous CAs) [default: off]
     #[arg(long, env = env::CLIENT_CA, value_name = "FILE")]
-    pub client_ca: Option<PathBuf>,
+    client_ca: Option<PathBuf>,
 
     /// With --client-ca: `required` refuses clients without a valid certificate, `optional`
     /// asks for one but also admits clients without [default: required]
     #[arg(long, env = env::CLIENT_AUTH, value_name = "MODE", value_parser = ClientAuthMode::from_str)]
-    pub client_auth: Option<ClientAuthMode>,
+    client_auth: Option<ClientAuthMode>,
 
     /// PEM file of certificate revocation lists for --client-ca; reloaded like the certificates
     /// (a broken file keeps the previous CRLs) [default: none]
     #[arg(long, env = env::CLIENT_CRL, value_name = "FILE")]
-    pub client_crl: Option<PathBuf>,
+    client_crl: Option<PathBuf>,
 
     /// Admit client certificates with this subject common name (comma list; repeatable)
     #[arg(long, env = env::ALLOW_CN, value_name = "CN", value_parser = List::<CommonName>::from_str)]
-    pub allow_cn: Vec<List<CommonName>>,
+    allow_cn: Vec<List<CommonName>>,
 
     /// Admit client certificates with this DNS SAN; `*` matches one label (comma list;
     /// repeatable)
     #[arg(long, env = env::ALLOW_DNS_SAN, value_name = "NAME", value_parser = List::<DnsPattern>::from_str)]
-    pub allow_dns_san: Vec<List<DnsPattern>>,
+    allow_dns_san: Vec<List<DnsPattern>>,
 
     /// Admit client certificates with this URI SAN (e.g. a SPIFFE ID); `*` matches one path
     /// segment (comma list; repeatable)
     #[arg(long, env = env::ALLOW_URI_SAN, value_name = "URI", value_parser = List::<UriPattern>::from_str)]
-    pub allow_uri_san: Vec<List<UriPattern>>,
+    allow_uri_san: Vec<List<UriPattern>>,
 
     /// Comma-separated DNS names (`*.name` wildcards too) and IP addresses for the self-signed
     /// certificate [default: this host's name, localhost, 127.0.0.1, ::1]
     #[arg(long, env = env::SELF_SIGNED_NAMES, value_name = "NAMES", value_parser = List::<SanName>::from_str)]
-    pub self_signed_names: Vec<List<SanName>>,
+    self_signed_names: Vec<List<SanName>>,
 
     /// Close connections that have not completed the TLS handshake within this time
     #[arg(long, env = env::HANDSHAKE_TIMEOUT, value_parser = duration, default_value = "10s")]
-    pub handshake_timeout: Duration,
+    handshake_timeout: Duration,
 
     /// Close connections with no request in flight (http) or no bytes moving (tcp) for this long
     #[arg(long, env = env::IDLE_TIMEOUT, value_parser = duration, default_value = "60s")]
-    pub idle_timeout: Duration,
+    idle_timeout: Duration,
 
     /// Most connections served at once. When all are taken, the connection idle for longest
     /// (a keep-alive connection with no request in flight, or a stalled handshake) is closed to
     /// admit the new one; when none is idle, new connections wait in the listen backlog
     #[arg(long, env = env::MAX_CONNECTIONS, value_parser = clap::value_parser!(u32).range(1..), default_value_t = 10_000)]
-    pub max_connections: u32,
+    max_connections: u32,
 
     /// Most connections one client address holds (an IPv4 address, an IPv6 /64); more are
     /// closed at accept. 0 = no cap. Behind a load balancer or Docker's userland proxy all
     /// clients share one address: raise it or set 0 there
     #[arg(long, env = env::MAX_CONNECTIONS_PER_IP, value_name = "N", default_value_t = DEFAULT_MAX_CONNECTIONS_PER_IP)]
-    pub max_connections_per_ip: u32,
+    max_connections_per_ip: u32,
 
     /// Most connections in the TLS handshake at once; one more closes the handshake that has
     /// waited longest, so stalled handshakes cannot hold the connection slots
     #[arg(long, env = env::MAX_HANDSHAKES, value_name = "N", value_parser = clap::value_parser!(u32).range(1..), default_value_t = DEFAULT_MAX_HANDSHAKES)]
-    pub max_handshakes: u32,
+    max_handshakes: u32,
 
     /// Length of the kernel's queue of connections not yet accepted (capped by the kernel's
     /// net.core.somaxconn)
     #[arg(long, env = env::LISTEN_BACKLOG, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=65535), default_value_t = DEFAULT_LISTEN_BACKLOG)]
-    pub listen_backlog: u32,
+    listen_backlog: u32,
 
     /// Serving threads, each with its own event loop, accepting from the shared listener and
     /// keeping its connections (and their backend connections) to itself; 0 = one per CPU the
     /// process may use (its cgroup quota counts)
     #[arg(long, env = env::WORKERS, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=MAX_WORKERS as i64), default_value_t = 0)]
-    pub workers: u32,
+    workers: u32,
 
     /// HTTP/1.1 `Upgrade` protocols passed to the backend (comma list; empty = none). Other
     /// upgrade requests are forwarded as plain requests without their `Upgrade` header. `h2c`
     /// cannot be allowed: its tunnel would bypass the forwarding headers and the access log
     #[arg(long, env = env::ALLOW_UPGRADE, value_name = "PROTOCOLS", value_delimiter = ',', default_value = "websocket")]
-    pub allow_upgrade: Vec<String>,
+    allow_upgrade: Vec<String>,
 
     /// On SIGTERM/SIGINT, how long in-flight requests may take to finish before the process exits
     #[arg(long, env = env::SHUTDOWN_GRACE, value_parser = duration, default_value = "10s")]
-    pub shutdown_grace: Duration,
+    shutdown_grace: Duration,
 
     /// Plain-HTTP address for /healthz, /readyz and /metrics [default: off]
     #[arg(long, env = env::ADMIN_LISTEN, value_name = "ADDR")]
-    pub admin_listen: Option<String>,
+    admin_listen: Option<String>,
 
     /// Log output format on stderr. The level comes from RUST_LOG (default info), or while
     /// RUST_LOG is unset from gosslterm's LOG_LEVEL (trace, debug, info, warn or error)
     #[arg(long, env = env::LOG_FORMAT, value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
+    log_format: LogFormat,
 
     /// How long to wait for a TCP connection to the backend (then 502 in http mode)
     #[arg(long, env = env::CONNECT_TIMEOUT, value_parser = duration, default_value = "5s")]
-    pub connect_timeout: Duration,
+    connect_timeout: Duration,
 
     /// How long to wait for the backend's response headers (then 504)
     #[arg(long, env = env::BACKEND_TIMEOUT, value_parser = duration, default_value = "60s")]
-    pub backend_timeout: Duration,
+    backend_timeout: Duration,
 
     /// How long a client may take to send a complete request head once it started one
     #[arg(long, env = env::HEADER_READ_TIMEOUT, value_parser = duration, default_value = "10s")]
-    pub header_read_timeout: Duration,
+    header_read_timeout: Duration,
 
     /// Plain-HTTP address that answers every request with a 308 redirect to https on the TLS
     /// port (and serves ACME challenges with --acme-webroot) [default: off]
     #[arg(long, env = env::REDIRECT_LISTEN, value_name = "ADDR")]
-    pub redirect_listen: Option<String>,
+    redirect_listen: Option<String>,
 
     /// Port put in redirect Locations, when clients reach the TLS listener on another port than
     /// --listen's (e.g. a published port mapping) [default: the --listen port]
     #[arg(long, env = env::REDIRECT_PORT, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
-    pub redirect_port: Option<u16>,
+    redirect_port: Option<u16>,
 
     /// Serve `/.well-known/acme-challenge/<token>` on the redirect listener from
     /// `DIR/.well-known/acme-challenge/<token>` (certbot's webroot layout) [default: off]
     #[arg(long, env = env::ACME_WEBROOT, value_name = "DIR")]
-    pub acme_webroot: Option<PathBuf>,
+    acme_webroot: Option<PathBuf>,
 
     /// Answer ACME TLS-ALPN-01 challenges (RFC 8737) on the TLS listener: a handshake offering
     /// ALPN `acme-tls/1` for a name with a file `DIR/<name>.pem` (the challenge certificate and
     /// its key) is answered with it and closed; all other traffic is unchanged [default: off]
     #[arg(long, env = env::ACME_TLS_ALPN_DIR, value_name = "DIR")]
-    pub acme_tls_alpn_dir: Option<PathBuf>,
+    acme_tls_alpn_dir: Option<PathBuf>,
 
     /// Add `Strict-Transport-Security: max-age=<seconds>` to http-mode responses that lack it,
     /// e.g. `365d`, `1y` or `31536000` [default: off]
     #[arg(long, env = env::HSTS, value_name = "MAX_AGE", value_parser = MaxAge::from_str)]
-    pub hsts: Option<MaxAge>,
+    hsts: Option<MaxAge>,
 
     /// Append `; includeSubDomains` to the HSTS header (needs --hsts)
     #[arg(long, env = env::HSTS_INCLUDE_SUBDOMAINS)]
-    pub hsts_include_subdomains: bool,
+    hsts_include_subdomains: bool,
 
     /// Shut down gracefully (exit 0) once this network namespace has lost every interface but
     /// `lo` after having had one: the container it belongs to is gone. For a sidecar in another
     /// container's namespace (`--network container:...`); checked every second
     #[arg(long, env = env::EXIT_WHEN_ORPHANED)]
-    pub exit_when_orphaned: bool,
+    exit_when_orphaned: bool,
 
     /// Service identity: this sidecar's PEM certificate (`spiffe://DOMAIN/NAME` and DNS `NAME`),
     /// served to clients whose SNI is one of its DNS names and presented on every --upstream
     /// call; reloaded like --cert. Needs --identity-key, --identity-ca and --identity-domain
     /// [default: none]
     #[arg(long, env = env::IDENTITY_CERT, value_name = "FILE")]
-    pub identity_cert: Option<PathBuf>,
+    identity_cert: Option<PathBuf>,
 
     /// The private key of --identity-cert
     #[arg(long, env = env::IDENTITY_KEY, value_name = "FILE")]
-    pub identity_key: Option<PathBuf>,
+    identity_key: Option<PathBuf>,
 
     /// PEM trust bundle of the identity CA (one root, or several during a CA roll-over):
     /// --upstream servers are verified against it; reloaded when it changes
     #[arg(long, env = env::IDENTITY_CA, value_name = "FILE")]
-    pub identity_ca: Option<PathBuf>,
+    identity_ca: Option<PathBuf>,
 
     /// Trust domain of the identity: an --upstream server must present
     /// `spiffe://DOMAIN/NAME` for its NAME
     #[arg(long, env = env::IDENTITY_DOMAIN, value_name = "DOMAIN", value_parser = TrustDomain::from_str)]
-    pub identity_domain: Option<TrustDomain>,
+    identity_domain: Option<TrustDomain>,
 
     /// Egress relay `LOCAL=[NAME@]HOST:PORT`: plain TCP accepted on the loopback address LOCAL
     /// (`PORT` alone: 127.0.0.1:PORT) is relayed over mutual TLS to HOST:PORT, presenting this
@@ -267,12 +267,12 @@ pub struct Cli {
     /// HOST; required when HOST is an IP address). Needs the --identity-* flags (comma list;
     /// repeatable) [default: none]
     #[arg(long = "upstream", env = env::UPSTREAMS, value_name = "LOCAL=[NAME@]HOST:PORT", value_parser = List::<Upstream>::from_str)]
-    pub upstreams: Vec<List<Upstream>>,
+    upstreams: Vec<List<Upstream>>,
 }
 
 /// Where the served certificates come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CertSources {
+pub(crate) struct CertSources {
     /// `--cert`/`--key`: the default certificate.
     pub pair: Option<PairPaths>,
     /// What the default pair's files were named by, for error messages: `--cert`/`--key`, or
@@ -291,12 +291,12 @@ pub struct CertSources {
 
 impl CertSources {
     /// Whether any certificate comes from files (and so can be reloaded).
-    pub fn has_files(&self) -> bool {
+    pub(crate) fn has_files(&self) -> bool {
         self.pair.is_some() || self.dir.is_some() || self.identity.is_some()
     }
 
     /// Where the identity pair lives, named `identity` in logs and metrics.
-    pub fn identity_pair(&self) -> Option<PairPaths> {
+    pub(crate) fn identity_pair(&self) -> Option<PairPaths> {
         self.identity.as_ref().map(|id| PairPaths {
             name: IDENTITY_NAME.to_string(),
             cert: id.cert.clone(),
@@ -306,11 +306,45 @@ impl CertSources {
 }
 
 /// The identity pair's name in logs and in `sidecar_certificate_expiry_seconds`.
-pub const IDENTITY_NAME: &str = "identity";
+const IDENTITY_NAME: &str = "identity";
+
+/// Where one certificate/key pair lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PairPaths {
+    pub name: String,
+    pub cert: PathBuf,
+    /// The key file; may be the certificate file itself (a combined PEM).
+    pub key: PathBuf,
+}
+
+/// Flag names to put in error messages for a pair: `--cert`/`--key` for the default pair,
+/// `--certs-dir` for pairs found in the directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Flags {
+    pub cert: &'static str,
+    pub key: &'static str,
+}
+
+/// The default pair's flags.
+pub(crate) const PAIR_FLAGS: Flags = Flags {
+    cert: "--cert",
+    key: "--key",
+};
+/// Flags for pairs found in `--certs-dir`.
+pub(crate) const DIR_FLAGS: Flags = Flags {
+    cert: "--certs-dir",
+    key: "--certs-dir",
+};
+
+/// Flags of the service identity's pair.
+pub(crate) const IDENTITY_FLAGS: Flags = Flags {
+    cert: "--identity-cert",
+    key: "--identity-key",
+};
 
 /// Mutual TLS settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClientAuth {
+pub(crate) struct ClientAuth {
     pub ca: PathBuf,
     pub crl: Option<PathBuf>,
     pub mode: ClientAuthMode,
@@ -322,42 +356,42 @@ pub struct ClientAuth {
 pub struct Config {
     pub listen: SocketAddr,
     /// Resolved at connect time when it is a name.
-    pub backend: BackendAddr,
+    pub(crate) backend: BackendAddr,
     pub mode: Mode,
     /// HTTP version to the backend (http mode).
-    pub backend_protocol: BackendProtocol,
+    pub(crate) backend_protocol: BackendProtocol,
     /// Where TLS-ALPN-01 challenge certificates are read from.
-    pub acme_tls_alpn_dir: Option<PathBuf>,
+    pub(crate) acme_tls_alpn_dir: Option<PathBuf>,
     /// ALPN protocols offered in tcp mode (empty: none); http mode always offers h2, http/1.1.
-    pub alpn: AlpnList,
+    pub(crate) alpn: AlpnList,
     /// PROXY protocol header sent to the backend in tcp mode.
-    pub proxy_protocol: ProxyProtocol,
-    pub certs: CertSources,
-    pub client_auth: Option<ClientAuth>,
-    pub handshake_timeout: Duration,
-    pub idle_timeout: Duration,
-    pub header_read_timeout: Duration,
-    pub connect_timeout: Duration,
-    pub backend_timeout: Duration,
-    pub max_connections: usize,
+    pub(crate) proxy_protocol: ProxyProtocol,
+    pub(crate) certs: CertSources,
+    pub(crate) client_auth: Option<ClientAuth>,
+    pub(crate) handshake_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
+    pub(crate) header_read_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) backend_timeout: Duration,
+    pub(crate) max_connections: usize,
     /// 0 = no cap.
-    pub max_connections_per_ip: usize,
-    pub max_handshakes: usize,
+    pub(crate) max_connections_per_ip: usize,
+    pub(crate) max_handshakes: usize,
     pub listen_backlog: u32,
     /// Serving threads (`--workers`, 0 resolved to the CPUs available).
-    pub workers: usize,
+    pub(crate) workers: usize,
     /// Lowercase protocol names an `Upgrade` may name.
-    pub allow_upgrade: Vec<String>,
-    pub shutdown_grace: Duration,
+    pub(crate) allow_upgrade: Vec<String>,
+    pub(crate) shutdown_grace: Duration,
     pub admin_listen: Option<SocketAddr>,
     pub log_format: LogFormat,
     /// The log level `LOG_LEVEL` gave, used in place of `RUST_LOG` (which was unset); `None`:
     /// `RUST_LOG` or its default decide.
     pub log_level: Option<LogLevel>,
     pub redirect: Option<Redirect>,
-    pub hsts: Option<Hsts>,
-    /// Exit when the namespace's container is gone (see [`crate::orphan`]).
-    pub exit_when_orphaned: bool,
+    pub(crate) hsts: Option<Hsts>,
+    /// Exit when the namespace's container is gone (see [`crate::server::orphan`]).
+    pub(crate) exit_when_orphaned: bool,
     /// Egress relays (`--upstream`), each on its own loopback address; only with an identity
     /// (`certs.identity`).
     pub upstreams: Vec<Upstream>,
@@ -368,21 +402,21 @@ pub struct Config {
 pub struct Redirect {
     pub listen: SocketAddr,
     /// Port in the Locations; `None` means the TLS listener's own port.
-    pub port: Option<u16>,
+    pub(crate) port: Option<u16>,
     /// Where ACME http-01 challenge files are read from.
-    pub acme_webroot: Option<PathBuf>,
+    pub(crate) acme_webroot: Option<PathBuf>,
 }
 
 /// The `Strict-Transport-Security` policy added to http-mode responses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Hsts {
+pub(crate) struct Hsts {
     pub max_age: u64,
     pub include_subdomains: bool,
 }
 
 impl Hsts {
     /// The header value, e.g. `max-age=31536000; includeSubDomains`.
-    pub fn header_value(&self) -> String {
+    pub(crate) fn header_value(&self) -> String {
         if self.include_subdomains {
             format!("max-age={}; includeSubDomains", self.max_age)
         } else {

@@ -73,3 +73,16 @@ pub enum Error {
     #[error("failed to install signal handlers")]
     Signals(#[source] std::io::Error),
 }
+
+/// An error and its sources, `: `-separated (like `{:#}` in `main`), so a log line carries the
+/// reason (e.g. `No such file or directory`) and not only the file.
+pub(crate) fn chain(error: &dyn std::error::Error) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        out.push_str(": ");
+        out.push_str(&e.to_string());
+        source = e.source();
+    }
+    out
+}

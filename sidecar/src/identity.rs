@@ -1,8 +1,9 @@
-//! Service identity, the calling side: what an egress relay ([`crate::upstream`]) presents to the
-//! server it calls, and how it decides that the server is the service it means.
+//! Service identity, the calling side: the app calls other services in plain through egress
+//! relays ([`egress`]), and each relay calls over mutual TLS, presenting this sidecar's identity
+//! and deciding that the server is the service it means. The identity certificate is one of the
+//! certificates served (reloaded with them), and its trust bundle is TLS material too
+//! ([`crate::tls::identity_trust`]); what is the calling side's alone is here:
 //!
-//! - [`Trust`]: the identity trust bundle (`--identity-ca`; several roots during a CA roll-over),
-//!   replaced whole when the file changes, the previous one kept while the file is unusable.
 //! - [`IdentityVerifier`]: WebPKI chain verification against the current bundle for the DNS name
 //!   the relay sent as SNI (the service's name), *then* the identity rule
 //!   ([`check_spiffe_id`]): the leaf's one URI SAN is exactly `spiffe://<domain>/<name>`. The DNS
@@ -15,105 +16,32 @@
 //!   (a stopped spawner renews nothing). A full ECDSA P-256 handshake per relayed connection is
 //!   the price; the app's keep-alive connections make it once.
 
+pub(crate) mod egress;
+
 use std::fmt;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::client::{ResolvesClientCert, WebPkiServerVerifier};
+use rustls::client::ResolvesClientCert;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::sign::CertifiedKey;
-use rustls::{
-    CertificateError, ClientConfig, DigitallySignedStruct, OtherError, RootCertStore,
-    SignatureScheme,
-};
+use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, OtherError, SignatureScheme};
 
-use crate::certs::{CertFacts, Entry};
 use crate::error::ConfigError;
 use crate::throttle::escape;
+use crate::tls::certs::{CertFacts, Entry};
+use crate::tls::identity_trust::IdentityTrust;
 use crate::tls::{provider, CertStore};
 use shared::proto::AlpnId;
 use shared::service_identity::TrustDomain;
 
-/// The flag naming the trust bundle in errors.
-const CA_FLAG: &str = "--identity-ca";
-
 /// How much of a server's certificate names a log line shows.
 const PRESENTED_MAX: usize = 200;
-
-/// The identity trust bundle, reloadable.
-#[derive(Debug)]
-pub struct Trust {
-    path: PathBuf,
-    current: RwLock<Roots>,
-}
-
-#[derive(Debug, Clone)]
-struct Roots {
-    anchors: Arc<RootCertStore>,
-    verifier: Arc<WebPkiServerVerifier>,
-}
-
-impl Roots {
-    fn read(path: &Path) -> Result<Roots, ConfigError> {
-        let anchors = Arc::new(crate::mtls::load_roots(CA_FLAG, path)?);
-        let verifier = WebPkiServerVerifier::builder_with_provider(anchors.clone(), provider())
-            .build()
-            .map_err(|e| ConfigError::BadPem {
-                flag: CA_FLAG,
-                path: path.to_path_buf(),
-                reason: e.to_string(),
-            })?;
-        Ok(Roots { anchors, verifier })
-    }
-}
-
-impl Trust {
-    /// Reads the bundle at start: an unusable file is a configuration error.
-    pub fn load(path: &Path) -> Result<Trust, ConfigError> {
-        Ok(Trust {
-            path: path.to_path_buf(),
-            current: RwLock::new(Roots::read(path)?),
-        })
-    }
-
-    /// Re-reads the bundle; `Ok(true)` when it holds other roots than before (then verifying
-    /// with them from the next handshake on). An unusable file leaves the current roots in place.
-    pub fn reload(&self) -> Result<bool, ConfigError> {
-        let new = Roots::read(&self.path)?;
-        let mut current = match self.current.write() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        if current.anchors.roots == new.anchors.roots {
-            return Ok(false);
-        }
-        *current = new;
-        Ok(true)
-    }
-
-    /// How many roots the bundle holds now.
-    pub fn roots(&self) -> usize {
-        self.roots_now().anchors.roots.len()
-    }
-
-    /// The file.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    fn roots_now(&self) -> Roots {
-        match self.current.read() {
-            Ok(g) => g.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
-    }
-}
 
 /// The identity rule for an upstream's server, after its chain and DNS name were verified: its
 /// certificate has exactly one URI SAN (an X.509 SVID does), and it is `expected`. `Err` says
 /// what is wrong, for the log line.
-pub fn check_spiffe_id(uris: &[String], expected: &str) -> Result<(), &'static str> {
+pub(crate) fn check_spiffe_id(uris: &[String], expected: &str) -> Result<(), &'static str> {
     match uris {
         [one] if one == expected => Ok(()),
         [_] => Err("another identity"),
@@ -125,7 +53,7 @@ pub fn check_spiffe_id(uris: &[String], expected: &str) -> Result<(), &'static s
 /// A server refused by [`IdentityVerifier`]: what it presented, what was expected, and why not.
 #[derive(Debug, thiserror::Error)]
 #[error("the server presented {presented}, expected {expected}: {reason}")]
-pub struct Refused {
+pub(crate) struct Refused {
     pub presented: String,
     pub expected: String,
     pub reason: String,
@@ -145,16 +73,16 @@ fn presented(facts: Option<&CertFacts>) -> String {
     escape(text.as_bytes(), PRESENTED_MAX)
 }
 
-/// Verifies an upstream's server: WebPKI against the current [`Trust`] for the SNI name, then
-/// [`check_spiffe_id`] with the SPIFFE ID of that name in `domain`.
+/// Verifies an upstream's server: WebPKI against the current [`IdentityTrust`] for the SNI name,
+/// then [`check_spiffe_id`] with the SPIFFE ID of that name in `domain`.
 #[derive(Debug)]
-pub struct IdentityVerifier {
-    trust: Arc<Trust>,
+pub(crate) struct IdentityVerifier {
+    trust: Arc<IdentityTrust>,
     domain: TrustDomain,
 }
 
 impl IdentityVerifier {
-    pub fn new(trust: Arc<Trust>, domain: TrustDomain) -> Self {
+    pub(crate) fn new(trust: Arc<IdentityTrust>, domain: TrustDomain) -> Self {
         Self { trust, domain }
     }
 }
@@ -186,7 +114,7 @@ impl ServerCertVerifier for IdentityVerifier {
                 refused,
             ))))
         };
-        let verified = self.trust.roots_now().verifier.verify_server_cert(
+        let verified = self.trust.verifier().verify_server_cert(
             end_entity,
             intermediates,
             server_name,
@@ -225,8 +153,7 @@ impl ServerCertVerifier for IdentityVerifier {
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
         self.trust
-            .roots_now()
-            .verifier
+            .verifier()
             .verify_tls12_signature(message, cert, dss)
     }
 
@@ -237,13 +164,12 @@ impl ServerCertVerifier for IdentityVerifier {
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
         self.trust
-            .roots_now()
-            .verifier
+            .verifier()
             .verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.trust.roots_now().verifier.supported_verify_schemes()
+        self.trust.verifier().supported_verify_schemes()
     }
 }
 
@@ -263,7 +189,7 @@ impl ResolvesClientCert for Presents {
 
 /// The relays' client configuration for the identity served now (see the module docs for why
 /// it is rebuilt when, and only when, that identity changes), one per ALPN protocol offered.
-pub struct Clients {
+pub(crate) struct Clients {
     store: Arc<CertStore>,
     verifier: Arc<IdentityVerifier>,
     current: Mutex<Current>,
@@ -285,7 +211,7 @@ impl fmt::Debug for Clients {
 
 impl Clients {
     /// Builds the first configuration. `None` when the store serves no identity.
-    pub fn new(
+    pub(crate) fn new(
         store: Arc<CertStore>,
         verifier: Arc<IdentityVerifier>,
     ) -> Result<Option<Clients>, ConfigError> {
@@ -305,7 +231,7 @@ impl Clients {
     }
 
     /// The configuration presenting the identity served now, offering `alpn` if given.
-    pub fn config(&self, alpn: Option<&AlpnId>) -> Result<Arc<ClientConfig>, ConfigError> {
+    pub(crate) fn config(&self, alpn: Option<&AlpnId>) -> Result<Arc<ClientConfig>, ConfigError> {
         let mut current = match self.current.lock() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
@@ -385,49 +311,6 @@ mod tests {
         assert!(check_spiffe_id(&uris(&[b, b]), b).is_err());
     }
 
-    fn ca_pem(name: &str) -> String {
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
-        params.self_signed(&key).expect("self-sign").pem()
-    }
-
-    #[test]
-    fn the_trust_bundle_is_replaced_whole_and_kept_when_broken() {
-        let dir = std::env::temp_dir().join(format!("sidecar-trust-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("mkdir");
-        let path = dir.join("ca.pem");
-        let (old, new) = (ca_pem("old root"), ca_pem("new root"));
-        std::fs::write(&path, &old).expect("write");
-        let trust = Trust::load(&path).expect("load");
-        assert_eq!(trust.roots(), 1);
-        assert_eq!(trust.reload().ok(), Some(false), "unchanged");
-        // A roll-over: both roots, then the new one alone.
-        std::fs::write(&path, format!("{old}{new}")).expect("write");
-        assert_eq!(trust.reload().ok(), Some(true));
-        assert_eq!(trust.roots(), 2);
-        for broken in ["", "-----BEGIN CERTIFICATE-----\nnot base64"] {
-            std::fs::write(&path, broken).expect("write");
-            let err = trust.reload().expect_err("unusable");
-            assert!(err.to_string().contains("--identity-ca"), "{err}");
-            assert_eq!(trust.roots(), 2, "the previous bundle is kept");
-        }
-        std::fs::write(&path, &new).expect("write");
-        assert_eq!(trust.reload().ok(), Some(true));
-        assert_eq!(trust.roots(), 1);
-        std::fs::remove_file(&path).expect("rm");
-        assert!(
-            trust.reload().is_err(),
-            "a missing file keeps the roots too"
-        );
-        assert_eq!(trust.roots(), 1);
-        assert!(Trust::load(&path).is_err(), "but is refused at start");
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
     #[test]
     fn a_refusal_names_both_identities() {
         let facts = CertFacts {
@@ -456,25 +339,5 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(presented(Some(&facts)), "spiffe://x/\\x0a\\x1b[31m");
-    }
-
-    #[test]
-    fn a_fifo_as_the_trust_bundle_is_refused_not_waited_on() {
-        use shared::fs::testing::{mkfifo, within};
-        let dir = std::env::temp_dir().join(format!("sidecar-trust-fifo-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let fifo = dir.join("ca.pem");
-        mkfifo(&fifo);
-        let path = fifo.clone();
-        let e = within("--identity-ca", move || Trust::load(&path).map(|_| ()))
-            .expect_err("a FIFO is refused");
-        assert_eq!(
-            crate::reload::chain(&e),
-            format!(
-                "failed to read --identity-ca file {}: is a FIFO, not a regular file",
-                fifo.display()
-            )
-        );
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -1,39 +1,39 @@
 //! The sidecar as a library: `main` parses and validates, then calls [`run`] with what a test
 //! would want to control (bound listeners, a shutdown token).
 //!
-//! Certificates: [`reload`] builds the [`certs::CertSet`] (SNI-indexed) served through
-//! [`tls::CertStore`] and swaps it on SIGHUP or file changes; [`mtls`] verifies client
-//! certificates against the CAs [`trust_reload`] keeps current; [`redirect`] is the plain-HTTP redirect listener beside the admin one.
-//!
-//! Service identity: the identity pair is one of the set's entries, chosen by its names;
-//! [`upstream`] relays the app's plain calls to other services over mutual TLS, presenting it and
-//! verifying theirs ([`service_identity`]).
+//! A folder per subsystem, each depending only on those below it:
+//! - `server`: the TLS listener (accept, admit, handshake, dispatch, drain), and what runs beside
+//!   it for the life of the process (the orphan watcher, the memory trim).
+//! - `http` and `tcp`: the two modes, each serving one TLS connection; `identity`: the egress
+//!   relays that call other services over mutual TLS.
+//! - `tls`: the certificates served (chosen by SNI, reloaded on SIGHUP or file changes), client
+//!   authentication and its reloads, the identity trust bundle, ACME TLS-ALPN-01 answers.
+//! - `connection`: what the listener and the modes share about each connection, its admission
+//!   slot and its activity.
+//! - Around them: [`config`] (command line -> a validated [`config::Config`]), `error`,
+//!   `metrics` and the `admin` listener that serves them, the plain-HTTP `redirect` listener,
+//!   the [`access_log`] writer, and `throttle` for log lines a client can cause.
+
+// Private by default: an item of a private module is `pub(crate)` at most, so what the library
+// offers `main` and the tests is exactly what this file makes `pub`.
+#![warn(unreachable_pub)]
 
 pub mod access_log;
-pub mod acme_alpn;
-pub mod activity;
-pub mod admin;
-pub mod admission;
-pub mod certs;
+mod admin;
 pub mod config;
-pub mod error;
-pub mod grpc;
-pub mod h2pool;
-pub mod http;
-pub mod metrics;
-pub mod mtls;
-pub mod orphan;
-pub mod proxy_protocol;
-pub mod redirect;
-pub mod reload;
-pub mod server;
-pub mod service_identity;
-pub mod tcp;
-pub mod throttle;
-pub mod tls;
-pub mod trim;
-pub mod trust_reload;
-pub mod upstream;
+mod connection;
+mod error;
+mod http;
+mod identity;
+mod metrics;
+mod redirect;
+mod server;
+mod tcp;
+mod throttle;
+mod tls;
+
+pub use error::{ConfigError, Error};
+pub use server::bind;
 
 use std::sync::Arc;
 
@@ -42,20 +42,24 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::config::Config;
-use crate::error::ConfigError;
+use crate::identity::egress;
 use crate::metrics::Metrics;
-use crate::tls::CertStore;
+use crate::server::{memory, orphan};
+use crate::tls::certs::{CertSet, Entry};
+use crate::tls::client_auth::ClientTrust;
+use crate::tls::identity_trust::IdentityTrust;
+use crate::tls::{client_trust_reload, reload, CertStore};
 
 /// Start-up work that reads files: certificates, the client CA and the ACME webroot. Done before
 /// binding so a bad file is a configuration error (exit 2) with nothing else started.
 pub struct Prepared {
-    certs: certs::CertSet,
-    self_signed: Option<Arc<certs::Entry>>,
-    client_trust: Option<Arc<mtls::ClientTrust>>,
+    certs: CertSet,
+    self_signed: Option<Arc<Entry>>,
+    client_trust: Option<Arc<ClientTrust>>,
     webroot: Option<redirect::Webroot>,
     /// The identity trust bundle (`--identity-ca`).
-    trust: Option<Arc<service_identity::Trust>>,
-    routes: Vec<upstream::Route>,
+    trust: Option<Arc<IdentityTrust>>,
+    routes: Vec<egress::Route>,
 }
 
 /// Loads every certificate, the client CA and the identity trust bundle the configuration names,
@@ -69,18 +73,18 @@ pub fn prepare(config: &Config) -> Result<Prepared, ConfigError> {
         .and_then(|r| r.acme_webroot.as_deref())
         .map(redirect::Webroot::open)
         .transpose()?;
-    let routes = upstream::Route::all(&config.upstreams)?;
+    let routes = egress::Route::all(&config.upstreams)?;
     let trust = config
         .certs
         .identity
         .as_ref()
-        .map(|id| service_identity::Trust::load(&id.ca).map(Arc::new))
+        .map(|id| IdentityTrust::load(&id.ca).map(Arc::new))
         .transpose()?;
     let (certs, self_signed) = reload::load_initial(&config.certs)?;
     let client_trust = config
         .client_auth
         .as_ref()
-        .map(mtls::ClientTrust::load)
+        .map(ClientTrust::load)
         .transpose()?;
     Ok(Prepared {
         certs,
@@ -108,7 +112,7 @@ pub async fn run(
 ) -> Result<(), ConfigError> {
     let config = Arc::new(config);
     let metrics = Arc::new(Metrics::default());
-    metrics.set_certificates(prepared.certs.entries());
+    metrics.set_certificates(prepared.certs.expiries());
     let entries = prepared.certs.entries();
     for e in entries.iter().take(LOG_CERTS_MAX) {
         info!(name = %e.name, origin = %e.origin, sha256 = %e.fingerprint, "serving certificate");
@@ -122,7 +126,7 @@ pub async fn run(
         store.clone(),
         config.mode,
         &config.alpn,
-        prepared.client_trust.as_ref().map(mtls::ClientTrust::tls),
+        prepared.client_trust.as_ref().map(ClientTrust::tls),
     )?;
     if mtls {
         info!("client certificates verified (mutual TLS)");
@@ -130,17 +134,16 @@ pub async fn run(
     let relays = match (&prepared.trust, &config.certs.identity) {
         (Some(trust), Some(id)) if !prepared.routes.is_empty() => {
             info!(domain = %id.domain, roots = trust.roots(), "upstream servers verified against the identity trust bundle");
-            let verifier = Arc::new(service_identity::IdentityVerifier::new(
+            let verifier = Arc::new(identity::IdentityVerifier::new(
                 trust.clone(),
                 id.domain.clone(),
             ));
-            service_identity::Clients::new(store.clone(), verifier)?
-                .map(|clients| upstream::Relays::new(prepared.routes, clients, &config, &metrics))
+            identity::Clients::new(store.clone(), verifier)?
+                .map(|clients| egress::Relays::new(prepared.routes, clients, &config, &metrics))
         }
         _ => None,
     };
-    let upstream_task =
-        relays.map(|r| tokio::spawn(upstream::serve(upstreams, r, shutdown.clone())));
+    let upstream_task = relays.map(|r| tokio::spawn(egress::serve(upstreams, r, shutdown.clone())));
     let reload_task = tokio::spawn(reload::watch(
         config.certs.clone(),
         store,
@@ -150,7 +153,7 @@ pub async fn run(
         shutdown.clone(),
     ));
     let trust_task = prepared.client_trust.map(|trust| {
-        tokio::spawn(trust_reload::watch(
+        tokio::spawn(client_trust_reload::watch(
             trust,
             config.certs.reload_interval,
             metrics.clone(),
@@ -186,7 +189,7 @@ pub async fn run(
         _ => None,
     };
 
-    let trim_task = tokio::spawn(trim::run(metrics.clone(), shutdown.clone()));
+    let trim_task = tokio::spawn(memory::run(metrics.clone(), shutdown.clone()));
     server::serve(listener, config, tls, metrics, shutdown).await;
     let _ = trim_task.await;
 

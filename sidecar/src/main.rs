@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use sidecar::config::{system_hostname, Cli, Config, Mode};
-use sidecar::error::Error;
+use sidecar::Error;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -78,12 +78,10 @@ fn main() -> ExitCode {
 
 async fn serve(config: Config, prepared: sidecar::Prepared) -> anyhow::Result<()> {
     let listener =
-        sidecar::server::bind(config.listen, config.listen_backlog).map_err(|source| {
-            Error::Bind {
-                flag: "--listen",
-                addr: config.listen,
-                source,
-            }
+        sidecar::bind(config.listen, config.listen_backlog).map_err(|source| Error::Bind {
+            flag: "--listen",
+            addr: config.listen,
+            source,
         })?;
     let admin = match config.admin_listen {
         Some(addr) => Some(

@@ -8,14 +8,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use shared::prometheus::{Exposition, Kind};
 
-use crate::certs::Entry;
+/// gRPC status codes the protocol defines (0 OK to 16 UNAUTHENTICATED).
+pub(crate) const GRPC_CODES: usize = 17;
 
 /// Why a backend exchange failed.
-/// gRPC status codes the protocol defines (0 OK to 16 UNAUTHENTICATED).
-pub const GRPC_CODES: usize = 17;
-
 #[derive(Debug, Clone, Copy)]
-pub enum BackendError {
+pub(crate) enum BackendError {
     /// Could not connect (refused, unreachable, connect timeout): 502.
     Connect,
     /// No response headers within `--backend-timeout`: 504.
@@ -27,7 +25,7 @@ pub enum BackendError {
 /// Why the sidecar refused or cut short what a client asked for. Each cause is a label value of
 /// `sidecar_refusals_total`, so an operator can tell an attack from a limit sized too small.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     /// A connection closed at accept: its client address already holds
     /// `--max-connections-per-ip` connections.
     PerIp,
@@ -62,7 +60,7 @@ impl Refusal {
     ];
 
     /// The `cause` label value.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Refusal::PerIp => "per_ip_limit",
             Refusal::HandshakeEvicted => "handshake_evicted",
@@ -79,7 +77,7 @@ impl Refusal {
 /// How an app connection to an egress relay (`--upstream`) ended up: the `outcome` label of
 /// `sidecar_upstream_connections_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UpstreamOutcome {
+pub(crate) enum UpstreamOutcome {
     /// Relayed (counted when the relay ends: with TLS 1.3 the server's verdict on this sidecar's
     /// certificate can arrive after the handshake, as a `handshake_failed`).
     Ok,
@@ -104,7 +102,7 @@ impl UpstreamOutcome {
     ];
 
     /// The `outcome` label value.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             UpstreamOutcome::Ok => "ok",
             UpstreamOutcome::ConnectFailed => "connect_failed",
@@ -118,24 +116,24 @@ impl UpstreamOutcome {
 /// One egress relay's counters; its label is its local address, fixed by the configuration (so
 /// the label set is bounded).
 #[derive(Debug)]
-pub struct UpstreamStats {
+pub(crate) struct UpstreamStats {
     label: String,
     outcomes: [AtomicU64; UpstreamOutcome::ALL.len()],
     active: AtomicI64,
 }
 
 impl UpstreamStats {
-    pub fn count(&self, outcome: UpstreamOutcome) {
+    pub(crate) fn count(&self, outcome: UpstreamOutcome) {
         self.outcomes[outcome as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     /// How many app connections ended up as `outcome`.
-    pub fn outcomes(&self, outcome: UpstreamOutcome) -> u64 {
+    pub(crate) fn outcomes(&self, outcome: UpstreamOutcome) -> u64 {
         self.outcomes[outcome as usize].load(Ordering::Relaxed)
     }
 
     /// Counts a relayed connection as active until the guard drops.
-    pub fn opened(&self) -> UpstreamGuard<'_> {
+    pub(crate) fn opened(&self) -> UpstreamGuard<'_> {
         self.active.fetch_add(1, Ordering::Relaxed);
         UpstreamGuard(self)
     }
@@ -143,7 +141,7 @@ impl UpstreamStats {
 
 /// Keeps `sidecar_upstream_connections_active` right however a relay ends.
 #[derive(Debug)]
-pub struct UpstreamGuard<'a>(&'a UpstreamStats);
+pub(crate) struct UpstreamGuard<'a>(&'a UpstreamStats);
 
 impl Drop for UpstreamGuard<'_> {
     fn drop(&mut self) {
@@ -152,7 +150,7 @@ impl Drop for UpstreamGuard<'_> {
 }
 
 #[derive(Debug, Default)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     refusals: [AtomicU64; Refusal::ALL.len()],
     connections_total: AtomicU64,
     connections_active: AtomicI64,
@@ -178,7 +176,7 @@ pub struct Metrics {
 
 /// Keeps `sidecar_connections_active` right however a connection task ends.
 #[derive(Debug)]
-pub struct ConnectionGuard<'a>(&'a Metrics);
+pub(crate) struct ConnectionGuard<'a>(&'a Metrics);
 
 impl Drop for ConnectionGuard<'_> {
     fn drop(&mut self) {
@@ -187,7 +185,7 @@ impl Drop for ConnectionGuard<'_> {
 }
 
 impl Metrics {
-    pub fn connection_opened(&self) -> ConnectionGuard<'_> {
+    pub(crate) fn connection_opened(&self) -> ConnectionGuard<'_> {
         self.connections_total.fetch_add(1, Ordering::Relaxed);
         let now = self.connections_active.fetch_add(1, Ordering::Relaxed) + 1;
         self.connections_peak.fetch_max(now, Ordering::Relaxed);
@@ -195,12 +193,12 @@ impl Metrics {
     }
 
     /// Connections open now.
-    pub fn connections_active(&self) -> u64 {
+    pub(crate) fn connections_active(&self) -> u64 {
         self.connections_active.load(Ordering::Relaxed).max(0) as u64
     }
 
     /// The most connections open at once since the last call (at least those open now).
-    pub fn take_peak(&self) -> u64 {
+    pub(crate) fn take_peak(&self) -> u64 {
         let now = self.connections_active.load(Ordering::Relaxed);
         self.connections_peak
             .swap(now, Ordering::Relaxed)
@@ -208,54 +206,50 @@ impl Metrics {
             .max(0) as u64
     }
 
-    pub fn handshake_failed(&self) {
+    pub(crate) fn handshake_failed(&self) {
         self.handshake_failures_total
             .fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn handshake_timed_out(&self) {
+    pub(crate) fn handshake_timed_out(&self) {
         self.handshake_timeouts_total
             .fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn refused(&self, cause: Refusal) {
+    pub(crate) fn refused(&self, cause: Refusal) {
         self.refusals[cause as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     /// How many refusals of `cause` so far.
-    pub fn refusals(&self, cause: Refusal) -> u64 {
+    pub(crate) fn refusals(&self, cause: Refusal) -> u64 {
         self.refusals[cause as usize].load(Ordering::Relaxed)
     }
 
-    pub fn response(&self, status: u16) {
+    pub(crate) fn response(&self, status: u16) {
         let class = (status / 100).clamp(1, 5) as usize - 1;
         self.http_requests_total[class].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts one gRPC call's status (the `grpc-status` it ended with); codes past the 17 the
     /// protocol defines are counted together as `other`.
-    pub fn grpc_response(&self, code: u32) {
+    pub(crate) fn grpc_response(&self, code: u32) {
         let slot = (code as usize).min(GRPC_CODES);
         self.grpc_responses_total[slot].fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn backend_error(&self, kind: BackendError) {
+    pub(crate) fn backend_error(&self, kind: BackendError) {
         self.backend_errors[kind as usize].fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn tcp_bytes(&self, from_client: u64, to_client: u64) {
+    pub(crate) fn tcp_bytes(&self, from_client: u64, to_client: u64) {
         self.tcp_bytes_from_client
             .fetch_add(from_client, Ordering::Relaxed);
         self.tcp_bytes_to_client
             .fetch_add(to_client, Ordering::Relaxed);
     }
 
-    /// Records the certificates served now, for the expiry gauge.
-    pub fn set_certificates(&self, entries: &[Arc<Entry>]) {
-        let list = entries
-            .iter()
-            .map(|e| (e.name.clone(), e.facts.not_after))
-            .collect();
+    /// Records the certificates served now, (name, notAfter) each, for the expiry gauge.
+    pub(crate) fn set_certificates(&self, list: Vec<(String, i64)>) {
         match self.certificates.write() {
             Ok(mut g) => *g = list,
             Err(p) => *p.into_inner() = list,
@@ -263,7 +257,7 @@ impl Metrics {
     }
 
     /// The counters of the egress relay listening on `local`, rendered from now on.
-    pub fn upstream(&self, local: std::net::SocketAddr) -> Arc<UpstreamStats> {
+    pub(crate) fn upstream(&self, local: std::net::SocketAddr) -> Arc<UpstreamStats> {
         let stats = Arc::new(UpstreamStats {
             label: local.to_string(),
             outcomes: Default::default(),
@@ -276,25 +270,25 @@ impl Metrics {
         stats
     }
 
-    pub fn reload_succeeded(&self) {
+    pub(crate) fn reload_succeeded(&self) {
         self.reloads_ok.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn reload_failed(&self) {
+    pub(crate) fn reload_failed(&self) {
         self.reloads_failed.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Marks the sidecar as shutting down: `/readyz` answers 503 from now on.
-    pub fn set_draining(&self) {
+    pub(crate) fn set_draining(&self) {
         self.draining.store(true, Ordering::Relaxed);
     }
 
-    pub fn is_draining(&self) -> bool {
+    pub(crate) fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
     }
 
     /// The Prometheus text exposition.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut exp = Exposition::with_capacity(4096);
         self.render_connections(&mut exp);
         self.render_traffic(&mut exp);

@@ -73,7 +73,7 @@ const CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
 /// handle, so renaming or replacing the directory's path later changes nothing (replacing the
 /// directory itself, rather than its contents, needs a restart).
 #[derive(Debug, Clone)]
-pub struct Webroot {
+pub(crate) struct Webroot {
     /// The canonical path, for logs.
     path: PathBuf,
     dir: Arc<OwnedFd>,
@@ -81,7 +81,7 @@ pub struct Webroot {
 
 impl Webroot {
     /// Resolves `dir` (links in the operator's own path are followed, once, here) and opens it.
-    pub fn open(dir: &Path) -> Result<Webroot, ConfigError> {
+    pub(crate) fn open(dir: &Path) -> Result<Webroot, ConfigError> {
         let invalid = |reason: String| ConfigError::Invalid {
             flag: "--acme-webroot",
             value: dir.display().to_string(),
@@ -98,16 +98,11 @@ impl Webroot {
             dir: Arc::new(fd),
         })
     }
-
-    /// The canonical path of the directory.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
 }
 
 /// What the redirect listener needs.
 #[derive(Debug, Clone)]
-pub struct Redirect {
+pub(crate) struct Redirect {
     /// The https port put in Locations.
     pub port: u16,
     /// The webroot, if challenges are served.
@@ -117,7 +112,7 @@ pub struct Redirect {
 }
 
 /// Serves redirects (and challenges) on `listener` until `stop` is cancelled.
-pub async fn serve(listener: TcpListener, redirect: Redirect, stop: CancellationToken) {
+pub(crate) async fn serve(listener: TcpListener, redirect: Redirect, stop: CancellationToken) {
     if let Ok(addr) = listener.local_addr() {
         info!(redirect = %addr, port = redirect.port, acme = redirect.webroot.is_some(), "redirect listening");
     }
@@ -290,7 +285,7 @@ fn open_challenge(webroot: &OwnedFd, token: &str) -> Result<File, Errno> {
 
 /// Whether `token` can be a challenge file name: 1 to [`MAX_TOKEN_LEN`] characters of the
 /// base64url alphabet, which has no `.`, `/`, `%` or `\` to climb out of the directory with.
-pub fn is_valid_token(token: &str) -> bool {
+pub(crate) fn is_valid_token(token: &str) -> bool {
     (1..=MAX_TOKEN_LEN).contains(&token.len())
         && token
             .bytes()
@@ -299,7 +294,7 @@ pub fn is_valid_token(token: &str) -> bool {
 
 /// The host to redirect to, from the request's single `Host` header, without its port; IPv6
 /// addresses in brackets. `None` when missing, repeated or not a DNS name or IP address.
-pub fn request_host(headers: &HeaderMap) -> Option<String> {
+pub(crate) fn request_host(headers: &HeaderMap) -> Option<String> {
     let mut values = headers.get_all(header::HOST).iter();
     let value = values.next()?;
     if values.next().is_some() {
@@ -309,11 +304,11 @@ pub fn request_host(headers: &HeaderMap) -> Option<String> {
 }
 
 /// Splits `host[:port]` and validates the host (the one rule, in `shared::addr`).
-pub use shared::addr::authority_host as parse_host;
+pub(crate) use shared::addr::authority_host as parse_host;
 
 /// The redirect target: `https://host[:port]target`, the port left out when it is 443. A target
 /// that is not a path (`*` of `OPTIONS *`) becomes `/`.
-pub fn location(host: &str, port: u16, target: &str) -> String {
+pub(crate) fn location(host: &str, port: u16, target: &str) -> String {
     let target = if target.starts_with('/') { target } else { "/" };
     if port == 443 {
         format!("https://{host}{target}")
@@ -325,6 +320,13 @@ pub fn location(host: &str, port: u16, target: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl Webroot {
+        /// The canonical path of the directory.
+        fn path(&self) -> &Path {
+            &self.path
+        }
+    }
 
     #[test]
     fn tokens_are_base64url_only() {

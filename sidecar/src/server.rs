@@ -1,7 +1,15 @@
 //! The TLS listener: every connection taken from the shared accept loop ([`accept::Listener`]),
 //! admitted through [`Admission`] (connection limit, per-address cap, handshake budget), TLS
-//! handshakes under a timeout inside each connection's task, dispatch to the mode's handler, and
-//! graceful shutdown (stop accepting, drain within the grace period).
+//! handshakes under a timeout inside each connection's task, dispatch to the mode's handler
+//! ([`crate::http`] or [`crate::tcp`]), and graceful shutdown (stop accepting, drain within the
+//! grace period).
+//!
+//! Beside it, for the life of the process: [`orphan`] ends the sidecar once the container whose
+//! network namespace it shares is gone, and [`memory`] gives the memory of closed connections
+//! back to the system after load.
+
+pub(crate) mod memory;
+pub(crate) mod orphan;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,15 +21,15 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 
-use crate::acme_alpn::{self, Challenges};
-use crate::activity::Activity;
-use crate::admission::{Admission, Limits, Phase, Ticket};
 use crate::config::{Config, Mode, ProxyProtocol};
-use crate::h2pool::H2Pool;
+use crate::connection::activity::Activity;
+use crate::connection::admission::{Admission, Limits, Phase, Ticket};
+use crate::http::h2pool::H2Pool;
 use crate::http::Proxy;
 use crate::metrics::Metrics;
-use crate::mtls::ClientIdentity;
-use crate::proxy_protocol;
+use crate::tcp::proxy_protocol;
+use crate::tls::acme_alpn::{self, Challenges};
+use crate::tls::client_auth::ClientIdentity;
 use shared::accept::{self, Accepted};
 
 /// Binds a listening socket with a listen backlog of `backlog` (`--listen-backlog`; the kernel
@@ -40,7 +48,7 @@ pub fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
 
 /// The backlog the kernel grants for a requested one: capped by net.core.somaxconn of this
 /// network namespace (when readable).
-pub fn effective_backlog(requested: u32) -> u32 {
+pub(crate) fn effective_backlog(requested: u32) -> u32 {
     std::fs::read_to_string("/proc/sys/net/core/somaxconn")
         .ok()
         .and_then(|t| t.trim().parse::<u32>().ok())
@@ -99,7 +107,7 @@ impl Shared {
 /// takes the next connection); a connection, its requests and its backend connections then
 /// stay on that thread: no work stealing, no cross-thread wake-ups, no shared pool lock. The
 /// limits (`--max-connections` and the rest) are shared by all of them.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     config: Arc<Config>,
     tls: Arc<rustls::ServerConfig>,

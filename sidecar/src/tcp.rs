@@ -1,8 +1,12 @@
-//! TCP mode: one TLS connection relayed byte for byte to the backend. Also used for upgraded
-//! HTTP connections (WebSocket), which are raw bytes once the `101` has been sent.
+//! TCP: connections to the backend, and one TLS connection relayed byte for byte to it (tcp
+//! mode), preceded by a PROXY protocol header when asked ([`proxy_protocol`]). The relay also
+//! serves upgraded HTTP connections (WebSocket), which are raw bytes once the `101` has been
+//! sent, and the egress relays ([`crate::identity::egress`]).
 //!
 //! Each direction is copied until its reader ends, then the writer is shut down (half-close),
 //! so protocols where one side finishes sending first keep working.
+
+pub(crate) mod proxy_protocol;
 
 use std::io;
 use std::net::SocketAddr;
@@ -13,7 +17,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::debug;
 
-use crate::activity::{tick_period, Activity, Tracked, Verdict};
+use crate::connection::activity::{tick_period, Activity, Tracked, Verdict};
 use crate::metrics::Metrics;
 use shared::addr::BackendAddr as Backend;
 
@@ -24,7 +28,7 @@ static CONNECT_LOG: crate::throttle::Throttle =
 const COPY_BUF: usize = 16 * 1024;
 
 /// Connects to the backend under `timeout`.
-pub async fn connect(backend: &Backend, timeout: Duration) -> io::Result<TcpStream> {
+pub(crate) async fn connect(backend: &Backend, timeout: Duration) -> io::Result<TcpStream> {
     let stream = tokio::time::timeout(timeout, TcpStream::connect(backend.authority()))
         .await
         .map_err(|_| {
@@ -40,7 +44,7 @@ pub async fn connect(backend: &Backend, timeout: Duration) -> io::Result<TcpStre
 /// Connects to the backend and writes `preamble` (a PROXY protocol header), both under
 /// `timeout`: a backend that accepts but does not read cannot hold the connection longer than
 /// one that does not accept.
-pub async fn connect_with(
+pub(crate) async fn connect_with(
     backend: &Backend,
     timeout: Duration,
     preamble: &[u8],
@@ -64,7 +68,7 @@ pub async fn connect_with(
 
 /// Relays a TLS client connection to the backend until both directions end, or nothing moves
 /// for `idle`. `preamble` is sent to the backend first (the PROXY protocol header, or empty).
-pub async fn serve<C>(
+pub(crate) async fn serve<C>(
     client: C,
     peer: SocketAddr,
     backend: &Backend,
@@ -96,7 +100,7 @@ pub async fn serve<C>(
 
 /// Relays bytes between `client` and `upstream` in both directions with half-close. Returns the
 /// bytes moved (from client, to client).
-pub async fn relay<C, U>(client: C, upstream: U, idle: Duration) -> io::Result<(u64, u64)>
+pub(crate) async fn relay<C, U>(client: C, upstream: U, idle: Duration) -> io::Result<(u64, u64)>
 where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
@@ -153,8 +157,12 @@ where
 }
 
 /// Runs `relay` and records the bytes it moved; for upgraded HTTP connections.
-pub async fn relay_upgraded<C, U>(client: C, upstream: U, idle: Duration, metrics: Arc<Metrics>)
-where
+pub(crate) async fn relay_upgraded<C, U>(
+    client: C,
+    upstream: U,
+    idle: Duration,
+    metrics: Arc<Metrics>,
+) where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {

@@ -7,13 +7,13 @@
 //! event of an interval is logged with the number of events suppressed since the last line; the
 //! metrics carry the exact totals.
 
-pub use shared::throttle::{Throttle, LOG_INTERVAL};
+pub(crate) use shared::throttle::{Throttle, LOG_INTERVAL};
 
 /// Text a client chose (a path, a name), made safe for a log line when displayed: control
 /// characters (C1 ones included, which terminals obey too), quotes, backslashes and every
 /// non-ASCII byte are written as escapes, and it is cut at `max` bytes. Printable ASCII, the
 /// usual case, is written as is without allocating.
-pub struct Escaped<'a> {
+pub(crate) struct Escaped<'a> {
     pub bytes: &'a [u8],
     pub max: usize,
 }
@@ -46,7 +46,7 @@ impl std::fmt::Display for Escaped<'_> {
 }
 
 /// [`Escaped`] as a string.
-pub fn escape(bytes: &[u8], max: usize) -> String {
+pub(crate) fn escape(bytes: &[u8], max: usize) -> String {
     Escaped { bytes, max }.to_string()
 }
 

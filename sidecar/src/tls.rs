@@ -1,9 +1,26 @@
-//! TLS material loading and the one `rustls::ServerConfig` the sidecar serves with.
+//! TLS: the certificates the sidecar serves, the client certificates it accepts, and the one
+//! `rustls::ServerConfig` every handshake of the TLS listener uses.
 //!
-//! Certificates are served through [`CertStore`], a resolver holding the current [`CertSet`]:
-//! each handshake picks a certificate by SNI, and a reload swaps the whole set atomically
-//! without touching the accept loop. The crypto provider is named explicitly (ring) so the build
+//! Certificates are served through [`CertStore`], a resolver holding the current
+//! [`CertSet`]: each handshake picks a certificate by SNI, and a reload ([`reload`]) swaps the
+//! whole set atomically without touching the accept loop, so a renewal never drops a connection.
+//! Client certificates are verified by [`client_auth`] against CAs that [`client_trust_reload`]
+//! keeps current; the trust bundle the egress relays verify servers with ([`identity_trust`]) is
+//! reloaded with the certificates. ACME TLS-ALPN-01 challenges get a configuration of their own
+//! ([`acme_alpn`]). The crypto provider is named once, here ([`provider`]: ring), so the build
 //! can never end up with two providers.
+//!
+//! This file holds what the modules share (the provider, reading and parsing a certificate/key
+//! pair, the digests that tell contents apart, the [`CertStore`]) and builds the server
+//! configuration ([`server_config`]).
+
+pub(crate) mod acme_alpn;
+pub(crate) mod certs;
+pub(crate) mod client_auth;
+pub(crate) mod client_trust_reload;
+pub(crate) mod identity_trust;
+pub(crate) mod reload;
+mod reload_triggers;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -16,44 +33,20 @@ use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::certs::{CertFacts, CertSet, Entry, PairPaths, MAX_PAIR_FILE};
+use crate::config::{Flags, PairPaths};
 use crate::error::ConfigError;
+use certs::{CertFacts, CertSet, Entry, MAX_PAIR_FILE};
 use shared::dns::SanName;
 use shared::mode::Mode;
 use shared::proto::AlpnList;
 
 /// The one crypto provider of the workspace.
-pub fn provider() -> Arc<CryptoProvider> {
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// Flag names to put in error messages for a pair: `--cert`/`--key` for the default pair,
-/// `--certs-dir` for pairs found in the directory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Flags {
-    pub cert: &'static str,
-    pub key: &'static str,
-}
-
-/// The default pair's flags.
-pub const PAIR_FLAGS: Flags = Flags {
-    cert: "--cert",
-    key: "--key",
-};
-/// Flags for pairs found in `--certs-dir`.
-pub const DIR_FLAGS: Flags = Flags {
-    cert: "--certs-dir",
-    key: "--certs-dir",
-};
-
-/// Flags of the service identity's pair.
-pub const IDENTITY_FLAGS: Flags = Flags {
-    cert: "--identity-cert",
-    key: "--identity-key",
-};
-
 /// SHA-256 over a pair's file contents, to notice changes without parsing.
-pub fn pair_hash(cert: &[u8], key: &[u8]) -> [u8; 32] {
+pub(crate) fn pair_hash(cert: &[u8], key: &[u8]) -> [u8; 32] {
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
     ctx.update(&(cert.len() as u64).to_be_bytes());
     ctx.update(cert);
@@ -64,7 +57,10 @@ pub fn pair_hash(cert: &[u8], key: &[u8]) -> [u8; 32] {
 }
 
 /// Reads both files of a pair.
-pub fn read_pair(paths: &PairPaths, flags: Flags) -> Result<(Vec<u8>, Vec<u8>), ConfigError> {
+pub(crate) fn read_pair(
+    paths: &PairPaths,
+    flags: Flags,
+) -> Result<(Vec<u8>, Vec<u8>), ConfigError> {
     let cert = read_file(flags.cert, &paths.cert, MAX_PAIR_FILE)?;
     let key = if paths.key == paths.cert {
         cert.clone()
@@ -74,14 +70,8 @@ pub fn read_pair(paths: &PairPaths, flags: Flags) -> Result<(Vec<u8>, Vec<u8>), 
     Ok((cert, key))
 }
 
-/// Reads a PEM certificate chain and private key and checks that they belong together.
-pub fn load_pair(paths: &PairPaths, flags: Flags) -> Result<Entry, ConfigError> {
-    let (cert_bytes, key_bytes) = read_pair(paths, flags)?;
-    parse_pair(paths, flags, &cert_bytes, &key_bytes)
-}
-
 /// Builds an entry from a pair's file contents.
-pub fn parse_pair(
+pub(crate) fn parse_pair(
     paths: &PairPaths,
     flags: Flags,
     cert_bytes: &[u8],
@@ -217,7 +207,7 @@ fn parse_key(
 }
 
 /// Generates an ECDSA P-256 certificate for `names` (DNS names and IP addresses).
-pub fn self_signed(names: &[SanName]) -> Result<Entry, ConfigError> {
+pub(crate) fn self_signed(names: &[SanName]) -> Result<Entry, ConfigError> {
     let names: Vec<String> = names.iter().map(ToString::to_string).collect();
     let key_pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
         .map_err(|e| ConfigError::SelfSigned(e.to_string()))?;
@@ -253,7 +243,7 @@ pub fn self_signed(names: &[SanName]) -> Result<Entry, ConfigError> {
 }
 
 /// Lowercase hex SHA-256 of `bytes`.
-pub fn sha256_hex(bytes: &[u8]) -> String {
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
     digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -261,7 +251,7 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 /// SHA-256 of a certificate's DER as `openssl x509 -fingerprint -sha256` prints it (uppercase
 /// hex pairs joined by colons), so an operator can compare a logged fingerprint with openssl's
 /// output, or a browser's, character for character.
-pub fn sha256_fingerprint(der: &[u8]) -> String {
+pub(crate) fn sha256_fingerprint(der: &[u8]) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, der);
     let pairs: Vec<String> = digest.as_ref().iter().map(|b| format!("{b:02X}")).collect();
     pairs.join(":")
@@ -270,19 +260,19 @@ pub fn sha256_fingerprint(der: &[u8]) -> String {
 /// The certificate resolver every handshake asks. Holds the [`CertSet`] currently served;
 /// `replace` swaps it for all new handshakes while established connections keep theirs.
 #[derive(Debug)]
-pub struct CertStore {
+pub(crate) struct CertStore {
     current: RwLock<Arc<CertSet>>,
 }
 
 impl CertStore {
-    pub fn new(set: CertSet) -> Self {
+    pub(crate) fn new(set: CertSet) -> Self {
         Self {
             current: RwLock::new(Arc::new(set)),
         }
     }
 
     /// Serves `set` to every handshake from now on.
-    pub fn replace(&self, set: CertSet) {
+    pub(crate) fn replace(&self, set: CertSet) {
         let set = Arc::new(set);
         match self.current.write() {
             Ok(mut guard) => *guard = set,
@@ -291,7 +281,7 @@ impl CertStore {
     }
 
     /// The set served now.
-    pub fn current(&self) -> Arc<CertSet> {
+    pub(crate) fn current(&self) -> Arc<CertSet> {
         match self.current.read() {
             Ok(guard) => guard.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
@@ -322,7 +312,7 @@ fn alpn(mode: Mode, tcp_alpn: &AlpnList) -> Vec<Vec<u8>> {
 /// verification and carries the certificate of its first handshake, so it would admit a client
 /// whose certificate has since expired (service identities live for hours), whose CA was removed
 /// or which was revoked. Every handshake is a full one, judged by the trust in force.
-pub fn server_config(
+pub(crate) fn server_config(
     store: Arc<CertStore>,
     mode: Mode,
     tcp_alpn: &AlpnList,
@@ -355,6 +345,13 @@ pub(crate) fn sans(names: &[&str]) -> Vec<SanName> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{DIR_FLAGS, IDENTITY_FLAGS, PAIR_FLAGS};
+
+    /// Reads a PEM certificate chain and private key and checks that they belong together.
+    fn load_pair(paths: &PairPaths, flags: Flags) -> Result<Entry, ConfigError> {
+        let (cert_bytes, key_bytes) = read_pair(paths, flags)?;
+        parse_pair(paths, flags, &cert_bytes, &key_bytes)
+    }
 
     #[test]
     fn self_signed_has_fingerprint_of_its_leaf() {
@@ -422,7 +419,7 @@ mod tests {
             let e = within(flag, move || load_pair(&paths, flags).map(|_| ()))
                 .expect_err("a FIFO is refused");
             assert_eq!(
-                crate::reload::chain(&e),
+                crate::error::chain(&e),
                 format!(
                     "failed to read {flag} file {}: is a FIFO, not a regular file",
                     fifo.display()

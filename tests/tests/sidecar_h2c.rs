@@ -10,7 +10,8 @@ use harness::client::{self, HttpConn, Trust, ALPN_H1, ALPN_H2_H1};
 use harness::sidecar::Sidecar;
 use http::{Method, StatusCode};
 
-/// HTTP/2 connections a sidecar keeps to its backend at most (`sidecar::h2pool::CONNECTIONS`).
+/// HTTP/2 connections a sidecar keeps to its backend at most
+/// (`sidecar::http::h2pool::CONNECTIONS`).
 const POOL: usize = 4;
 
 async fn connect(sc: &Sidecar, alpn: &[&str]) -> HttpConn {

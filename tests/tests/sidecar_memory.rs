@@ -38,7 +38,7 @@ const OPEN_WITHIN: Duration = Duration::from_secs(120);
 const MAX_RETAINED_KIB: u64 = 16 * 1024;
 
 /// How long the memory may take to come back: the sidecar looks at its connection count every
-/// 5 s and trims then (sidecar/src/trim.rs).
+/// 5 s and trims then (sidecar/src/server/memory.rs).
 const RETURN_WITHIN: Duration = Duration::from_secs(30);
 
 /// How often the resident size is sampled while waiting.

@@ -20,7 +20,7 @@ const NONE: u64 = u64::MAX;
 
 /// What the watchdog should do with a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// Leave it alone.
     Active,
     /// Nothing happened for the idle timeout: close it gracefully.
@@ -31,7 +31,7 @@ pub enum Verdict {
 
 /// Shared activity record of one connection. Times are milliseconds since `start`.
 #[derive(Debug)]
-pub struct Activity {
+pub(crate) struct Activity {
     start: Instant,
     last_io: AtomicU64,
     in_flight: AtomicUsize,
@@ -54,14 +54,14 @@ pub struct Activity {
 /// Cancelled requests a connection may make in a burst: browsers cancel a few streams when a
 /// user navigates away, gRPC clients cancel on deadlines; a hundred in a row is an attack
 /// (HTTP/2 rapid reset), each of which costs a backend exchange.
-pub const RESET_BURST: u64 = 100;
+pub(crate) const RESET_BURST: u64 = 100;
 /// Cancelled requests per second a connection may keep making after its burst.
-pub const RESET_RATE: u64 = 10;
+pub(crate) const RESET_RATE: u64 = 10;
 
 /// A token bucket of cancelled requests: [`RESET_BURST`] deep, refilled at [`RESET_RATE`] per
 /// second. Times in milliseconds, tokens in thousandths.
 #[derive(Debug)]
-pub struct ResetBudget {
+pub(crate) struct ResetBudget {
     tokens_milli: u64,
     last_ms: u64,
 }
@@ -77,7 +77,7 @@ impl Default for ResetBudget {
 
 impl ResetBudget {
     /// Spends one token at `now_ms`; `false` when the budget is spent.
-    pub fn spend(&mut self, now_ms: u64) -> bool {
+    pub(crate) fn spend(&mut self, now_ms: u64) -> bool {
         let refill = now_ms.saturating_sub(self.last_ms) * RESET_RATE;
         self.tokens_milli = (self.tokens_milli + refill).min(RESET_BURST * 1000);
         self.last_ms = now_ms.max(self.last_ms);
@@ -99,14 +99,14 @@ struct HeadScan {
 }
 
 impl Activity {
-    pub fn new() -> Arc<Self> {
+    pub(crate) fn new() -> Arc<Self> {
         Arc::new(Self::with_scan(None))
     }
 
     /// For HTTP/1 connections: also scans each request head for ambiguous framing (both
     /// `Content-Length` and `Transfer-Encoding`), which hyper would silently resolve; the proxy
     /// refuses such requests instead ([`Activity::take_ambiguous`]).
-    pub fn new_http1() -> Arc<Self> {
+    pub(crate) fn new_http1() -> Arc<Self> {
         Arc::new(Self::with_scan(Some(Mutex::new(HeadScan::default()))))
     }
 
@@ -128,7 +128,7 @@ impl Activity {
 
     /// A request was cancelled by the client before its response: spends the reset budget and,
     /// when it is spent, asks the connection to end ([`Activity::aborted`]).
-    pub fn request_cancelled(&self) {
+    pub(crate) fn request_cancelled(&self) {
         let now = self.now_ms();
         let ok = match self.resets.lock() {
             Ok(mut b) => b.spend(now),
@@ -140,23 +140,23 @@ impl Activity {
     }
 
     /// Completes when the connection must end at once.
-    pub fn aborted(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
+    pub(crate) fn aborted(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
         self.abort.cancelled()
     }
 
     /// Whether the request just started had ambiguous framing (clears the mark).
-    pub fn take_ambiguous(&self) -> bool {
+    pub(crate) fn take_ambiguous(&self) -> bool {
         self.ambiguous.swap(false, Ordering::Relaxed)
     }
 
     /// Turns the head scan off: the HTTP/1.1 fast path reads the heads.
-    pub fn pause_scan(&self) {
+    pub(crate) fn pause_scan(&self) {
         self.scan_paused.store(true, Ordering::Relaxed);
     }
 
     /// The fast path hands the connection to hyper with `buf` read but not consumed: the scan
     /// judges the head at its start as it would have while reading it, and goes on from there.
-    pub fn scan_handed_over(&self, buf: &[u8]) {
+    pub(crate) fn scan_handed_over(&self, buf: &[u8]) {
         let Some(scan) = &self.scan else { return };
         let mut scan = match scan.lock() {
             Ok(g) => g,
@@ -216,13 +216,13 @@ impl Activity {
     }
 
     /// A request head was parsed and handed to the service.
-    pub fn request_started(&self) {
+    pub(crate) fn request_started(&self) {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         self.head_started.store(NONE, Ordering::Relaxed);
     }
 
     /// A response finished (or was abandoned).
-    pub fn request_finished(&self) {
+    pub(crate) fn request_finished(&self) {
         if self.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
             self.idle_since.store(self.now_ms(), Ordering::Relaxed);
             self.head_started.store(NONE, Ordering::Relaxed);
@@ -241,7 +241,7 @@ impl Activity {
     /// Since when the connection has had no request in flight (and, for HTTP/1, no request
     /// head arriving); `None` while it is busy. Decides which connection makes room when every
     /// slot is taken.
-    pub fn quiet_since(&self) -> Option<Instant> {
+    pub(crate) fn quiet_since(&self) -> Option<Instant> {
         if self.in_flight.load(Ordering::Relaxed) > 0
             || (self.scan.is_some() && self.head_started.load(Ordering::Relaxed) != NONE)
         {
@@ -251,14 +251,14 @@ impl Activity {
     }
 
     /// Whether a request is in flight.
-    pub fn busy(&self) -> bool {
+    pub(crate) fn busy(&self) -> bool {
         self.in_flight.load(Ordering::Relaxed) > 0
     }
 
     /// Request-based verdict (HTTP): idle means no request in flight for `idle`; a head counts
     /// from its first byte and must complete within `head` (`None` for HTTP/2, which has no
     /// request head in that sense).
-    pub fn verdict(&self, idle: Duration, head: Option<Duration>) -> Verdict {
+    pub(crate) fn verdict(&self, idle: Duration, head: Option<Duration>) -> Verdict {
         let now = self.now_ms();
         if self.in_flight.load(Ordering::Relaxed) > 0 {
             return Verdict::Active;
@@ -283,7 +283,7 @@ impl Activity {
 
     /// Byte-based verdict (TCP relays, upgraded connections): idle means no byte moved either
     /// way for `idle`.
-    pub fn io_verdict(&self, idle: Duration) -> Verdict {
+    pub(crate) fn io_verdict(&self, idle: Duration) -> Verdict {
         let last = self.last_io.load(Ordering::Relaxed);
         if self.now_ms().saturating_sub(last) >= idle.as_millis() as u64 {
             Verdict::Idle
@@ -295,24 +295,20 @@ impl Activity {
 
 /// How often a watchdog looks: often enough to honour short timeouts within a quarter of their
 /// length, rarely enough (at most once a second) to cost nothing with thousands of connections.
-pub fn tick_period(shortest: Duration) -> Duration {
+pub(crate) fn tick_period(shortest: Duration) -> Duration {
     (shortest / 4).clamp(Duration::from_millis(20), Duration::from_secs(1))
 }
 
 /// I/O wrapper that records activity on every successful read and write.
 #[derive(Debug)]
-pub struct Tracked<T> {
+pub(crate) struct Tracked<T> {
     inner: T,
     activity: Arc<Activity>,
 }
 
 impl<T> Tracked<T> {
-    pub fn new(inner: T, activity: Arc<Activity>) -> Self {
+    pub(crate) fn new(inner: T, activity: Arc<Activity>) -> Self {
         Self { inner, activity }
-    }
-
-    pub fn get_ref(&self) -> &T {
-        &self.inner
     }
 }
 
@@ -387,7 +383,7 @@ fn starts_like_request(buf: &[u8]) -> bool {
 
 /// Whether a request head carries both `Content-Length` and `Transfer-Encoding` (RFC 9112
 /// section 6.3: a request smuggling vector when two parsers disagree on which wins).
-pub fn ambiguous_framing(head: &[u8]) -> bool {
+pub(crate) fn ambiguous_framing(head: &[u8]) -> bool {
     let (mut cl, mut te) = (false, false);
     for line in head.split(|b| *b == b'\n').skip(1) {
         let Some(colon) = line.iter().position(|b| *b == b':') else {

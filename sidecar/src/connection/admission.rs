@@ -27,13 +27,13 @@ use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use tracing::warn;
 
-use crate::activity::Activity;
+use super::activity::Activity;
 use crate::metrics::{Metrics, Refusal};
 use crate::throttle::{escape, Throttle, LOG_INTERVAL};
 
 /// The limits, validated by the configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
+pub(crate) struct Limits {
     pub max_connections: usize,
     /// 0 turns the per-address cap off.
     pub max_per_ip: usize,
@@ -43,10 +43,10 @@ pub struct Limits {
 /// The unit a per-client cap counts: an IPv4 address (IPv4-mapped IPv6 included) or the /64 an
 /// IPv6 address is in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct ClientKey(u128);
+pub(crate) struct ClientKey(u128);
 
 impl ClientKey {
-    pub fn of(ip: IpAddr) -> Self {
+    pub(crate) fn of(ip: IpAddr) -> Self {
         match ip.to_canonical() {
             IpAddr::V4(v4) => ClientKey(u128::from(u32::from(v4))),
             IpAddr::V6(v6) => ClientKey((u128::from(v6) >> 64 << 64) | 1),
@@ -56,7 +56,7 @@ impl ClientKey {
 
 /// What a slot's connection is doing, which decides whether it may be closed to make room.
 #[derive(Debug, Clone)]
-pub enum Phase {
+pub(crate) enum Phase {
     /// Accepted, TLS handshake not finished: quiet since it was accepted.
     Handshake,
     /// Serving HTTP: quiet while no request is in flight.
@@ -91,7 +91,7 @@ impl Slot {
 
 /// The outcome of one admission attempt.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Decision {
+pub(crate) enum Decision {
     /// Admitted under this slot id.
     Admit(u64),
     /// Its address is at the per-address cap.
@@ -102,7 +102,7 @@ pub enum Decision {
 
 /// A connection asked to close to make room, and why.
 #[derive(Debug)]
-pub struct Eviction {
+pub(crate) struct Eviction {
     pub token: CancellationToken,
     pub cause: Refusal,
 }
@@ -110,7 +110,7 @@ pub struct Eviction {
 /// The slot table. Admitting a connection is O(1) but for the handshake budget (O(log n)); only
 /// a full table is scanned, for the connection quiet for longest.
 #[derive(Debug)]
-pub struct Slots {
+pub(crate) struct Slots {
     limits: Limits,
     slots: HashMap<u64, Slot>,
     per_key: HashMap<ClientKey, usize>,
@@ -123,7 +123,7 @@ pub struct Slots {
 }
 
 impl Slots {
-    pub fn new(limits: Limits) -> Self {
+    pub(crate) fn new(limits: Limits) -> Self {
         Self {
             limits,
             slots: HashMap::new(),
@@ -136,7 +136,7 @@ impl Slots {
 
     /// Decides about a connection from `key` accepted at `now`; closes (through `evictions`)
     /// what must make room.
-    pub fn admit(
+    pub(crate) fn admit(
         &mut self,
         key: ClientKey,
         now: Instant,
@@ -205,12 +205,12 @@ impl Slots {
     }
 
     /// The token that asks slot `id` to close.
-    pub fn token(&self, id: u64) -> Option<CancellationToken> {
+    pub(crate) fn token(&self, id: u64) -> Option<CancellationToken> {
         self.slots.get(&id).map(|s| s.evict.clone())
     }
 
     /// Records what slot `id`'s connection does now (past its handshake).
-    pub fn set_phase(&mut self, id: u64, phase: Phase) {
+    pub(crate) fn set_phase(&mut self, id: u64, phase: Phase) {
         if let Some(slot) = self.slots.get_mut(&id) {
             slot.phase = phase;
             self.handshaking.remove(&id);
@@ -218,7 +218,7 @@ impl Slots {
     }
 
     /// Gives slot `id` back.
-    pub fn release(&mut self, id: u64) {
+    pub(crate) fn release(&mut self, id: u64) {
         self.handshaking.remove(&id);
         if let Some(slot) = self.slots.remove(&id) {
             if slot.evicting {
@@ -232,14 +232,6 @@ impl Slots {
             }
         }
     }
-
-    pub fn len(&self) -> usize {
-        self.slots.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.slots.is_empty()
-    }
 }
 
 /// While every slot is busy, how often the waiting accept loop looks again for a connection
@@ -252,7 +244,7 @@ static EVICTED_LOG: Throttle = Throttle::new(LOG_INTERVAL);
 
 /// The slot table shared by the accept loop and the connection tasks.
 #[derive(Debug)]
-pub struct Admission {
+pub(crate) struct Admission {
     slots: Mutex<Slots>,
     /// Signalled whenever a slot is given back.
     freed: Notify,
@@ -260,7 +252,7 @@ pub struct Admission {
 }
 
 impl Admission {
-    pub fn new(limits: Limits, metrics: Arc<Metrics>) -> Arc<Self> {
+    pub(crate) fn new(limits: Limits, metrics: Arc<Metrics>) -> Arc<Self> {
         Arc::new(Self {
             slots: Mutex::new(Slots::new(limits)),
             freed: Notify::new(),
@@ -277,7 +269,7 @@ impl Admission {
 
     /// Admits a connection from `peer`, waiting while every slot is taken (and none can be
     /// freed). `None` when it is refused or `stop` is cancelled while it waits.
-    pub async fn admit(
+    pub(crate) async fn admit(
         self: &Arc<Self>,
         peer: SocketAddr,
         stop: &CancellationToken,
@@ -330,20 +322,11 @@ impl Admission {
             }
         }
     }
-
-    /// Connections holding a slot now.
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.lock().is_empty()
-    }
 }
 
 /// One admitted connection's slot, given back when dropped.
 #[derive(Debug)]
-pub struct Ticket {
+pub(crate) struct Ticket {
     admission: Arc<Admission>,
     id: u64,
     evict: CancellationToken,
@@ -351,17 +334,17 @@ pub struct Ticket {
 
 impl Ticket {
     /// Records what the connection does now (after its handshake).
-    pub fn set_phase(&self, phase: Phase) {
+    pub(crate) fn set_phase(&self, phase: Phase) {
         self.admission.lock().set_phase(self.id, phase);
     }
 
     /// Completes when the connection is asked to close to make room for another.
-    pub fn evicted(&self) -> WaitForCancellationFuture<'_> {
+    pub(crate) fn evicted(&self) -> WaitForCancellationFuture<'_> {
         self.evict.cancelled()
     }
 
     /// The token [`Ticket::evicted`] waits on, for a handler that outlives a borrow.
-    pub fn evict_token(&self) -> CancellationToken {
+    pub(crate) fn evict_token(&self) -> CancellationToken {
         self.evict.clone()
     }
 }
@@ -379,6 +362,13 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    impl Slots {
+        /// Slots taken now.
+        fn len(&self) -> usize {
+            self.slots.len()
+        }
+    }
 
     fn key(last: u8) -> ClientKey {
         ClientKey::of(IpAddr::V4(Ipv4Addr::new(192, 0, 2, last)))

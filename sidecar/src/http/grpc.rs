@@ -16,31 +16,31 @@ use http_body::{Body, Frame, SizeHint};
 use shared::proto::BackendProtocol;
 use tokio::time::{Instant, Sleep};
 
-pub const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
-pub const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
-pub const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+pub(crate) const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+pub(crate) const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
+pub(crate) const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 
 /// `DEADLINE_EXCEEDED`: the client's deadline passed before the call ended.
-pub const DEADLINE_EXCEEDED: u32 = 4;
+pub(crate) const DEADLINE_EXCEEDED: u32 = 4;
 /// `UNAVAILABLE`: the backend could not be reached or did not answer (gRPC's mapping of HTTP
 /// 502, 503 and 504).
-pub const UNAVAILABLE: u32 = 14;
+pub(crate) const UNAVAILABLE: u32 = 14;
 
 /// The trailers gRPC responses end with, announced in a `Trailer` header for HTTP/1.1 clients
 /// (hyper sends an HTTP/1.1 trailer only when announced and asked for with `TE: trailers`).
-pub const TRAILER_NAMES: &str = "grpc-status, grpc-message, grpc-status-details-bin";
+pub(crate) const TRAILER_NAMES: &str = "grpc-status, grpc-message, grpc-status-details-bin";
 
 /// Whether a request is a gRPC call: `content-type` is `application/grpc`, optionally with a
 /// `+format` suffix (`application/grpc+proto`) or parameters. `application/grpc-web` is not:
 /// it is HTTP/1.1-compatible framing that the backend's gRPC-Web layer translates.
-pub fn is_grpc(headers: &HeaderMap) -> bool {
+pub(crate) fn is_grpc(headers: &HeaderMap) -> bool {
     headers
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| is_grpc_content_type(v.as_bytes()))
 }
 
 /// Whether a `Content-Type` value is gRPC's (`application/grpc`, `+proto` and the like).
-pub fn is_grpc_content_type(bytes: &[u8]) -> bool {
+pub(crate) fn is_grpc_content_type(bytes: &[u8]) -> bool {
     const PREFIX: &[u8] = b"application/grpc";
     if bytes.len() < PREFIX.len() || !bytes[..PREFIX.len()].eq_ignore_ascii_case(PREFIX) {
         return false;
@@ -50,14 +50,14 @@ pub fn is_grpc_content_type(bytes: &[u8]) -> bool {
 
 /// Which HTTP version a request goes to the backend in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Route {
+pub(crate) enum Route {
     Http1,
     H2c,
 }
 
 /// `--backend-protocol` applied to one request: `auto` sends gRPC over h2c, the rest over
 /// HTTP/1.1. Upgrades (WebSocket) always take HTTP/1.1; the caller handles them before this.
-pub fn route(protocol: BackendProtocol, grpc: bool) -> Route {
+pub(crate) fn route(protocol: BackendProtocol, grpc: bool) -> Route {
     match protocol {
         BackendProtocol::Http1 => Route::Http1,
         BackendProtocol::H2c => Route::H2c,
@@ -70,7 +70,7 @@ pub fn route(protocol: BackendProtocol, grpc: bool) -> Route {
 /// minutes, `S` seconds, `m` milliseconds, `u` microseconds, `n` nanoseconds). Anything else is
 /// `None`: an unreadable deadline is ignored, as gRPC servers do, and the header still reaches
 /// the backend unchanged.
-pub fn parse_timeout(value: &HeaderValue) -> Option<Duration> {
+pub(crate) fn parse_timeout(value: &HeaderValue) -> Option<Duration> {
     let bytes = value.as_bytes();
     let (unit, digits) = bytes.split_last()?;
     if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
@@ -89,14 +89,14 @@ pub fn parse_timeout(value: &HeaderValue) -> Option<Duration> {
 }
 
 /// The gRPC status a response carries in its headers (a trailers-only response) or trailers.
-pub fn status_of(headers: &HeaderMap) -> Option<u32> {
+pub(crate) fn status_of(headers: &HeaderMap) -> Option<u32> {
     headers.get(GRPC_STATUS)?.to_str().ok()?.trim().parse().ok()
 }
 
 /// The headers of the sidecar's own gRPC answer: a trailers-only response (HTTP 200, no body)
 /// with `grpc-status` and `grpc-message`. `message` is plain ASCII without `%`, so it needs no
 /// percent-encoding.
-pub fn failure_headers(code: u32, message: &'static str) -> HeaderMap {
+pub(crate) fn failure_headers(code: u32, message: &'static str) -> HeaderMap {
     let mut h = HeaderMap::with_capacity(3);
     h.insert(
         header::CONTENT_TYPE,
@@ -110,14 +110,14 @@ pub fn failure_headers(code: u32, message: &'static str) -> HeaderMap {
 /// A backend response body with, for gRPC calls with a deadline, a timer: once the deadline
 /// passes the body ends with `grpc-status: 4` trailers (the backend's stream is dropped, which
 /// resets it), so a backend that ignores the deadline cannot hold the call open past it.
-pub struct Guarded<B> {
+pub(crate) struct Guarded<B> {
     inner: B,
     deadline: Option<Pin<Box<Sleep>>>,
     expired: bool,
 }
 
 impl<B> Guarded<B> {
-    pub fn new(inner: B, deadline: Option<Instant>) -> Self {
+    pub(crate) fn new(inner: B, deadline: Option<Instant>) -> Self {
         Self {
             inner,
             deadline: deadline.map(|at| Box::pin(tokio::time::sleep_until(at))),

@@ -27,13 +27,13 @@ use shared::addr::BackendAddr;
 use tracing::debug;
 
 /// Connections kept to the backend at most.
-pub const CONNECTIONS: usize = 4;
+pub(crate) const CONNECTIONS: usize = 4;
 /// Largest header list accepted from the backend (the same bound as for clients' heads).
 const MAX_HEADER_LIST: u32 = 64 * 1024;
 
 /// Why an h2c exchange failed.
 #[derive(Debug)]
-pub enum H2Error {
+pub(crate) enum H2Error {
     /// No connection: refused, unreachable, or not accepted within the connect timeout.
     Connect(std::io::Error),
     /// The HTTP/2 handshake or the exchange failed.
@@ -69,7 +69,7 @@ impl Slot {
     }
 }
 
-pub struct H2Pool {
+pub(crate) struct H2Pool {
     backend: BackendAddr,
     connect_timeout: Duration,
     slots: Vec<Slot>,
@@ -77,7 +77,7 @@ pub struct H2Pool {
 }
 
 impl H2Pool {
-    pub fn new(backend: BackendAddr, connect_timeout: Duration) -> Self {
+    pub(crate) fn new(backend: BackendAddr, connect_timeout: Duration) -> Self {
         Self {
             backend,
             connect_timeout,
@@ -93,7 +93,7 @@ impl H2Pool {
 
     /// Sends `req` on a pooled connection (the next slot in turn) and waits for the response
     /// head. The caller bounds the wait; dropping the future resets the stream only.
-    pub async fn send(&self, req: Request<Incoming>) -> Result<Response<Incoming>, H2Error> {
+    pub(crate) async fn send(&self, req: Request<Incoming>) -> Result<Response<Incoming>, H2Error> {
         let slot = &self.slots[self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len()];
         let replay = replayable(&req);
         let mut sender = self.sender(slot).await?;

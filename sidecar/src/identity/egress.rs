@@ -1,7 +1,7 @@
 //! Egress relays (`--upstream LOCAL=[NAME@]HOST:PORT`): the app calls `LOCAL`, a loopback
 //! address of its own namespace, in plain; each connection is relayed over mutual TLS to
 //! `HOST:PORT`, presenting this sidecar's identity, to a server that must prove it is `NAME`
-//! ([`crate::service_identity`] decides that).
+//! ([`super::IdentityVerifier`] decides that).
 //!
 //! One connection, in its own task: a relay slot (at most `--max-connections` relays at once,
 //! over all upstreams; beyond, the app connection is closed at once), then the connect (the name
@@ -27,17 +27,17 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 
+use super::{Clients, Refused};
 use crate::config::Config;
 use crate::error::ConfigError;
 use crate::metrics::{Metrics, UpstreamOutcome, UpstreamStats};
-use crate::service_identity::{Clients, Refused};
 use crate::throttle::{Throttle, LOG_INTERVAL};
 use shared::accept::{self, Accepted};
 use shared::service_identity::Upstream;
 
 /// One `--upstream`, validated for TLS: its SNI.
 #[derive(Debug, Clone)]
-pub struct Route {
+pub(crate) struct Route {
     pub upstream: Upstream,
     /// The identity's name as SNI: it picks the server's identity certificate, and is the DNS
     /// name that certificate is verified for.
@@ -47,7 +47,7 @@ pub struct Route {
 impl Route {
     /// Every configured upstream, before anything is bound: a name rustls cannot send as SNI is a
     /// configuration error.
-    pub fn all(upstreams: &[Upstream]) -> Result<Vec<Route>, ConfigError> {
+    pub(crate) fn all(upstreams: &[Upstream]) -> Result<Vec<Route>, ConfigError> {
         upstreams
             .iter()
             .map(|u| {
@@ -199,7 +199,7 @@ impl Lane {
 }
 
 /// Everything the relays share.
-pub struct Relays {
+pub(crate) struct Relays {
     lanes: Vec<Arc<Lane>>,
     clients: Clients,
     slots: Arc<Semaphore>,
@@ -209,7 +209,12 @@ pub struct Relays {
 }
 
 impl Relays {
-    pub fn new(routes: Vec<Route>, clients: Clients, config: &Config, metrics: &Metrics) -> Self {
+    pub(crate) fn new(
+        routes: Vec<Route>,
+        clients: Clients,
+        config: &Config,
+        metrics: &Metrics,
+    ) -> Self {
         let lanes = routes
             .into_iter()
             .map(|route| {
@@ -238,7 +243,11 @@ impl Relays {
 
 /// Serves `listeners` (one per route, in order) until `shutdown`, then drains for up to the
 /// shutdown grace.
-pub async fn serve(listeners: Vec<TcpListener>, relays: Relays, shutdown: CancellationToken) {
+pub(crate) async fn serve(
+    listeners: Vec<TcpListener>,
+    relays: Relays,
+    shutdown: CancellationToken,
+) {
     let relays = Arc::new(relays);
     let tracker = TaskTracker::new();
     // Closes the relays the drain did not see end within the grace period.

@@ -28,12 +28,12 @@ const MIN_DROP: u64 = 64;
 
 /// Whether to trim: the open connections fell by at least [`MIN_DROP`] and to at most half of
 /// their peak since the last trim.
-pub fn should_trim(peak: u64, now: u64) -> bool {
+pub(crate) fn should_trim(peak: u64, now: u64) -> bool {
     peak >= now + MIN_DROP && now <= peak / 2
 }
 
 /// Trims whenever [`should_trim`] says so, until `stop`.
-pub async fn run(metrics: Arc<Metrics>, stop: CancellationToken) {
+pub(crate) async fn run(metrics: Arc<Metrics>, stop: CancellationToken) {
     let mut tick = tokio::time::interval(CHECK_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut peak = 0;

@@ -17,11 +17,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 /// Where the interfaces of the process's own network namespace are listed.
-pub const NET_DEV: &str = "/proc/self/net/dev";
+pub(crate) const NET_DEV: &str = "/proc/self/net/dev";
 
 /// How often the interfaces are read: the target's removal is noticed within about two periods.
 /// One small procfs read a second costs nothing measurable.
-pub const CHECK_INTERVAL: Duration = Duration::from_secs(1);
+pub(crate) const CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Readings with nothing but `lo` in a row before the target counts as gone: a single reading
 /// could fall between a network disconnect and a connect; interfaces torn down with the target
@@ -39,7 +39,7 @@ const KERNEL_FALLBACK_DEVICES: &[&str] = &[
 ];
 
 /// The interface names in the text of `/proc/net/dev` (two header lines, then `name: counters`).
-pub fn interfaces(net_dev: &str) -> Vec<&str> {
+pub(crate) fn interfaces(net_dev: &str) -> Vec<&str> {
     net_dev
         .lines()
         .filter_map(|l| l.split_once(':'))
@@ -56,7 +56,7 @@ fn is_targets(name: &str) -> bool {
 
 /// What one reading says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// No interface of a target seen yet: nothing to lose, nothing to watch for.
     Unattached,
     /// The target's interfaces are there (or were, and their absence is not confirmed yet).
@@ -67,13 +67,13 @@ pub enum Verdict {
 
 /// The decision, fed one reading at a time. Pure: the tests drive it with lists of names.
 #[derive(Debug, Default)]
-pub struct Watch {
+pub(crate) struct Watch {
     attached: bool,
     lo_only: u32,
 }
 
 impl Watch {
-    pub fn observe<'a>(&mut self, names: impl IntoIterator<Item = &'a str>) -> Verdict {
+    pub(crate) fn observe<'a>(&mut self, names: impl IntoIterator<Item = &'a str>) -> Verdict {
         if names.into_iter().any(is_targets) {
             self.attached = true;
             self.lo_only = 0;
@@ -94,7 +94,7 @@ impl Watch {
 /// Reads `path` (a `/proc/net/dev` listing) every `every` until `shutdown` is cancelled, and
 /// cancels it when the target is gone. Read errors are logged and the reading skipped: the
 /// watcher never ends the sidecar for a reason it cannot see.
-pub async fn watch(path: PathBuf, every: Duration, shutdown: CancellationToken) {
+pub(crate) async fn watch(path: PathBuf, every: Duration, shutdown: CancellationToken) {
     let mut watch = Watch::default();
     let mut last = None;
     let mut read_failed = false;

@@ -10,10 +10,10 @@ use std::net::{IpAddr, SocketAddr};
 use rustls::ServerConnection;
 use shared::proto::ProxyProtocol;
 
-use crate::certs::CertFacts;
+use crate::tls::certs::CertFacts;
 
 /// Version 2 signature: the 12 bytes every v2 header starts with.
-pub const V2_SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
+pub(crate) const V2_SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
 /// Version 2, command PROXY (the connection was relayed on behalf of another peer).
 const V2_VERSION_PROXY: u8 = 0x21;
 /// Address family and transport: AF_INET + STREAM, AF_INET6 + STREAM.
@@ -34,11 +34,11 @@ const PP2_CLIENT_CERT_SESS: u8 = 0x04;
 
 /// Longest client CN carried in a TLV. X.509 bounds a CN at 64 characters (RFC 5280
 /// ub-common-name); a longer one is left out rather than growing every header without bound.
-pub const MAX_CN_BYTES: usize = 1024;
+pub(crate) const MAX_CN_BYTES: usize = 1024;
 
 /// What the backend is told about one connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Origin {
+pub(crate) struct Origin {
     /// The client's address: the TCP peer of the sidecar.
     pub client: SocketAddr,
     /// The address the client connected to (the sidecar's listener).
@@ -48,7 +48,7 @@ pub struct Origin {
 
 /// What the TLS handshake established (carried in v2 TLVs only).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TlsFacts {
+pub(crate) struct TlsFacts {
     /// The negotiated ALPN protocol.
     pub alpn: Option<Vec<u8>>,
     /// The SNI name the client sent.
@@ -61,7 +61,7 @@ pub struct TlsFacts {
 
 /// A client certificate the handshake verified.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClientCert {
+pub(crate) struct ClientCert {
     /// Its subject's first common name.
     pub cn: Option<String>,
     /// Presented in this handshake (false: carried over by session resumption).
@@ -69,7 +69,7 @@ pub struct ClientCert {
 }
 
 /// The header to send first, or `None` when `version` is off.
-pub fn header(version: ProxyProtocol, origin: &Origin) -> Option<Vec<u8>> {
+pub(crate) fn header(version: ProxyProtocol, origin: &Origin) -> Option<Vec<u8>> {
     match version {
         ProxyProtocol::Off => None,
         ProxyProtocol::V1 => Some(v1(origin.client, origin.local)),
@@ -178,7 +178,7 @@ fn tlv(out: &mut Vec<u8>, kind: u8, value: &[u8]) {
 }
 
 /// The facts of a finished server handshake.
-pub fn tls_facts(conn: &ServerConnection) -> TlsFacts {
+pub(crate) fn tls_facts(conn: &ServerConnection) -> TlsFacts {
     let version = conn.protocol_version().and_then(|v| match v {
         rustls::ProtocolVersion::TLSv1_3 => Some("TLSv1.3"),
         rustls::ProtocolVersion::TLSv1_2 => Some("TLSv1.2"),

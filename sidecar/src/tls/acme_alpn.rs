@@ -21,29 +21,32 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use shared::dns::DnsName;
 
 /// The ALPN protocol id of TLS-ALPN-01.
-pub const ACME_TLS_1: &[u8] = b"acme-tls/1";
+pub(crate) const ACME_TLS_1: &[u8] = b"acme-tls/1";
 /// Largest challenge file read: a certificate and a key are a few KiB.
 const MAX_FILE_BYTES: u64 = 64 * 1024;
 
 /// Where challenge certificates are looked up.
 #[derive(Debug, Clone)]
-pub struct Challenges {
+pub(crate) struct Challenges {
     dir: PathBuf,
 }
 
 impl Challenges {
-    pub fn new(dir: PathBuf) -> Self {
+    pub(crate) fn new(dir: PathBuf) -> Self {
         Self { dir }
     }
 
     /// The file holding the challenge certificate for `name`.
-    pub fn path(&self, name: &DnsName) -> PathBuf {
+    pub(crate) fn path(&self, name: &DnsName) -> PathBuf {
         self.dir.join(format!("{name}.pem"))
     }
 
     /// The configuration answering the challenge for `name`, if a challenge file is there.
     /// `Err` names what is wrong with a file that is there but unusable.
-    pub async fn config_for(&self, name: &DnsName) -> Result<Option<Arc<ServerConfig>>, String> {
+    pub(crate) async fn config_for(
+        &self,
+        name: &DnsName,
+    ) -> Result<Option<Arc<ServerConfig>>, String> {
         let path = self.path(name);
         let pem = match shared::fs::read_async(&path, MAX_FILE_BYTES).await {
             Ok(pem) => pem,
@@ -58,7 +61,7 @@ impl Challenges {
 
 /// The name a ClientHello asks a challenge for: it offers `acme-tls/1` and sends an SNI DNS
 /// name (lowercased; anything else, e.g. an IP or no SNI, is no challenge).
-pub fn wanted<'a>(
+pub(crate) fn wanted<'a>(
     mut alpn: impl Iterator<Item = &'a [u8]>,
     server_name: Option<&str>,
 ) -> Option<DnsName> {
@@ -70,7 +73,7 @@ pub fn wanted<'a>(
 
 /// A server configuration that answers a TLS-ALPN-01 challenge with the certificate and key in
 /// `pem`: ALPN `acme-tls/1` only, TLS 1.2 or 1.3, no client certificates.
-pub fn challenge_config(pem: &[u8]) -> Result<Arc<ServerConfig>, String> {
+pub(crate) fn challenge_config(pem: &[u8]) -> Result<Arc<ServerConfig>, String> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<_, _>>()
         .map_err(|e| format!("unreadable certificate: {e}"))?;
@@ -78,7 +81,7 @@ pub fn challenge_config(pem: &[u8]) -> Result<Arc<ServerConfig>, String> {
         return Err("no certificate".to_string());
     }
     let key = PrivateKeyDer::from_pem_slice(pem).map_err(|e| format!("no usable key: {e}"))?;
-    let provider = crate::tls::provider();
+    let provider = super::provider();
     let signing = provider
         .key_provider
         .load_private_key(key)

@@ -9,14 +9,16 @@ use std::sync::Arc;
 
 use rustls::sign::CertifiedKey;
 
+use crate::config::PairPaths;
+
 /// The largest certificate or key file read (`--cert`, `--key`, `--certs-dir`, the identity
 /// pair): a chain of a dozen certificates is tens of KiB; the spawner delivers nothing larger
 /// either. A bound on what each of thousands of pairs may hold in memory during a reload.
-pub const MAX_PAIR_FILE: u64 = 1 << 20;
+pub(crate) const MAX_PAIR_FILE: u64 = 1 << 20;
 
 /// What the sidecar needs to know about a certificate, read from its DER.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct CertFacts {
+pub(crate) struct CertFacts {
     /// Subject in RFC 4514 form, e.g. `CN=web, O=Example`.
     pub subject: String,
     pub common_names: Vec<String>,
@@ -29,7 +31,7 @@ pub struct CertFacts {
 
 impl CertFacts {
     /// Parses a DER certificate.
-    pub fn from_der(der: &[u8]) -> Result<Self, String> {
+    pub(crate) fn from_der(der: &[u8]) -> Result<Self, String> {
         use x509_parser::extensions::GeneralName;
         let (_, cert) = x509_parser::parse_x509_certificate(der)
             .map_err(|e| format!("not an X.509 certificate: {e}"))?;
@@ -66,7 +68,7 @@ impl CertFacts {
 
     /// The names SNI can select this certificate by: DNS SANs, or the common name when there
     /// are none (legacy certificates).
-    pub fn sni_names(&self) -> Vec<String> {
+    pub(crate) fn sni_names(&self) -> Vec<String> {
         if self.dns_names.is_empty() {
             self.common_names
                 .iter()
@@ -80,7 +82,7 @@ impl CertFacts {
 
 /// One certificate ready to serve.
 #[derive(Debug)]
-pub struct Entry {
+pub(crate) struct Entry {
     /// Name used in logs and metrics: the certbot directory name, the flat file stem,
     /// `default` for `--cert`, `self-signed` for a generated one.
     pub name: String,
@@ -96,7 +98,7 @@ pub struct Entry {
 
 /// The certificates served, indexed for SNI.
 #[derive(Debug)]
-pub struct CertSet {
+pub(crate) struct CertSet {
     default: Arc<Entry>,
     exact: HashMap<String, Arc<Entry>>,
     /// `example.com` -> the entry holding `*.example.com`.
@@ -110,7 +112,7 @@ impl CertSet {
     /// Builds the set. `entries` are in priority order: when two certificates claim one name,
     /// the earlier wins. `default` serves clients without SNI or with an unknown name; it is
     /// also selectable by its own names.
-    pub fn new(default: Arc<Entry>, entries: Vec<Arc<Entry>>) -> Self {
+    pub(crate) fn new(default: Arc<Entry>, entries: Vec<Arc<Entry>>) -> Self {
         let mut exact = HashMap::new();
         let mut wildcard = HashMap::new();
         let mut all = vec![default.clone()];
@@ -147,7 +149,7 @@ impl CertSet {
     /// certificate (a caller that names the service as SNI is another sidecar, which verifies the
     /// identity and nothing else), its wildcards ignored; the default and all other names are
     /// unchanged.
-    pub fn with_identity(mut self, identity: Arc<Entry>) -> Self {
+    pub(crate) fn with_identity(mut self, identity: Arc<Entry>) -> Self {
         for name in &identity.facts.dns_names {
             if !name.starts_with("*.") {
                 self.exact.insert(name.clone(), identity.clone());
@@ -161,13 +163,13 @@ impl CertSet {
     }
 
     /// The service identity, presented on upstream calls.
-    pub fn identity(&self) -> Option<&Arc<Entry>> {
+    pub(crate) fn identity(&self) -> Option<&Arc<Entry>> {
         self.identity.as_ref()
     }
 
     /// The certificate for a client's SNI: an exact name, else a wildcard covering exactly one
     /// more label, else the default.
-    pub fn select(&self, sni: Option<&str>) -> &Arc<Entry> {
+    pub(crate) fn select(&self, sni: Option<&str>) -> &Arc<Entry> {
         let Some(sni) = sni else { return &self.default };
         let sni = sni.trim_end_matches('.').to_ascii_lowercase();
         if let Some(e) = self.exact.get(&sni) {
@@ -181,28 +183,23 @@ impl CertSet {
         &self.default
     }
 
-    pub fn default_entry(&self) -> &Arc<Entry> {
+    pub(crate) fn default_entry(&self) -> &Arc<Entry> {
         &self.default
     }
 
     /// Every certificate, default first.
-    pub fn entries(&self) -> &[Arc<Entry>] {
+    pub(crate) fn entries(&self) -> &[Arc<Entry>] {
         &self.entries
     }
 
-    /// The entry with this name, if any (for keeping the old one when a reload fails).
-    pub fn by_name(&self, name: &str) -> Option<&Arc<Entry>> {
-        self.entries.iter().find(|e| e.name == name)
+    /// The name and expiry (notAfter, seconds since the Unix epoch) of every certificate, default
+    /// first: what the expiry gauge shows.
+    pub(crate) fn expiries(&self) -> Vec<(String, i64)> {
+        self.entries
+            .iter()
+            .map(|e| (e.name.clone(), e.facts.not_after))
+            .collect()
     }
-}
-
-/// Where one certificate/key pair lives.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PairPaths {
-    pub name: String,
-    pub cert: PathBuf,
-    /// The key file; may be the certificate file itself (a combined PEM).
-    pub key: PathBuf,
 }
 
 /// Finds the pairs in a certificates directory, sorted by name:
@@ -212,7 +209,7 @@ pub struct PairPaths {
 ///
 /// A certbot directory without its files is still listed (so a reload notices the missing file
 /// and keeps the old certificate); a flat certificate without any key is skipped.
-pub fn scan_dir(dir: &Path) -> std::io::Result<Vec<PairPaths>> {
+pub(crate) fn scan_dir(dir: &Path) -> std::io::Result<Vec<PairPaths>> {
     let mut pairs = Vec::new();
     let live = dir.join("live");
     if live.is_dir() {

@@ -4,8 +4,9 @@
 //! reaches the backend. The verified identity is handed to the HTTP layer as [`ClientIdentity`].
 //!
 //! The verifier is built from the files' bytes ([`build_verifier`]) and served through
-//! [`ClientTrust`], which the server configuration keeps for good and [`crate::trust_reload`]
-//! swaps the inner verifier of, so CAs and CRLs change without a restart.
+//! [`ClientTrust`], which the server configuration keeps for good and
+//! [`super::client_trust_reload`] swaps the inner verifier of, so CAs and CRLs change without a
+//! restart.
 
 use std::fmt;
 use std::path::Path;
@@ -21,10 +22,10 @@ use rustls::{
 use rustls_pki_types::pem::PemObject;
 use tracing::{debug, warn};
 
-use crate::certs::CertFacts;
+use super::certs::CertFacts;
+use super::{read_file, sha256_hex};
 use crate::config::ClientAuth;
 use crate::error::ConfigError;
-use crate::tls::{read_file, sha256_hex};
 use shared::identity::Identities;
 use shared::mode::ClientAuthMode;
 
@@ -40,7 +41,7 @@ fn admits(allow: &Identities, facts: &CertFacts) -> bool {
 
 /// The verified client identity, for the backend's headers.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClientIdentity {
+pub(crate) struct ClientIdentity {
     /// `X-Client-Cert-Subject`: RFC 4514 subject.
     pub subject: String,
     /// `X-Client-Cert-SAN`: `DNS:a.example, URI:spiffe://..., IP:10.0.0.1`.
@@ -51,7 +52,7 @@ pub struct ClientIdentity {
 
 impl ClientIdentity {
     /// From the leaf certificate a client presented (already verified by the handshake).
-    pub fn from_leaf(der: &CertificateDer<'_>) -> Option<Self> {
+    pub(crate) fn from_leaf(der: &CertificateDer<'_>) -> Option<Self> {
         let facts = CertFacts::from_der(der.as_ref()).ok()?;
         let mut san: Vec<String> = facts.dns_names.iter().map(|d| format!("DNS:{d}")).collect();
         san.extend(facts.uris.iter().map(|u| format!("URI:{u}")));
@@ -66,20 +67,20 @@ impl ClientIdentity {
 
 /// The largest `--client-ca` or `--client-crl` file read: above the CRLs of large public CAs
 /// (tens of MiB), and a bound on what a reload holds in memory if a flag names the wrong file.
-pub const MAX_TRUST_FILE: u64 = 64 * 1024 * 1024;
+pub(crate) const MAX_TRUST_FILE: u64 = 64 * 1024 * 1024;
 
 /// The contents of `--client-ca` and `--client-crl`, as read; a verifier is built from these
 /// bytes alone, so building is testable without files and a reload can tell from the hash
 /// whether anything changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TrustFiles {
+pub(crate) struct TrustFiles {
     pub ca: Vec<u8>,
     pub crl: Option<Vec<u8>>,
 }
 
 impl TrustFiles {
     /// Reads the files `auth` names (each at most [`MAX_TRUST_FILE`] bytes).
-    pub fn read(auth: &ClientAuth) -> Result<Self, ConfigError> {
+    pub(crate) fn read(auth: &ClientAuth) -> Result<Self, ConfigError> {
         Ok(Self {
             ca: read_file("--client-ca", &auth.ca, MAX_TRUST_FILE)?,
             crl: auth
@@ -91,7 +92,7 @@ impl TrustFiles {
     }
 
     /// SHA-256 over both contents: the same hash means the same verifier, nothing to rebuild.
-    pub fn hash(&self) -> [u8; 32] {
+    pub(crate) fn hash(&self) -> [u8; 32] {
         let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
         ctx.update(&(self.ca.len() as u64).to_be_bytes());
         ctx.update(&self.ca);
@@ -107,13 +108,13 @@ impl TrustFiles {
 
 /// Builds the client verifier (WebPKI against the CAs and CRLs in `files`, then `auth`'s
 /// allow-lists) from the files' contents; errors name the flag and file `auth` gives.
-pub fn build_verifier(
+pub(crate) fn build_verifier(
     auth: &ClientAuth,
     files: &TrustFiles,
 ) -> Result<Arc<dyn ClientCertVerifier>, ConfigError> {
     let roots = parse_roots("--client-ca", &auth.ca, &files.ca)?;
     let mut builder =
-        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), crate::tls::provider());
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), super::provider());
     if let (Some(path), Some(bytes)) = (&auth.crl, &files.crl) {
         builder = builder.with_crls(parse_crls(path, bytes)?);
     }
@@ -191,7 +192,7 @@ fn parse_crls(
 /// the verifier built from the `--client-ca`/`--client-crl` contents in force, which
 /// [`ClientTrust::replace`] swaps: handshakes already done keep their verdict (established
 /// connections are never touched), the next ones are judged by the new CAs and CRLs.
-pub struct ClientTrust {
+pub(crate) struct ClientTrust {
     auth: ClientAuth,
     current: RwLock<Arc<Generation>>,
     hints: HintSlots,
@@ -207,12 +208,15 @@ struct Generation {
 
 impl ClientTrust {
     /// Reads and builds the trust `auth` names (at start: a bad file is a configuration error).
-    pub fn load(auth: &ClientAuth) -> Result<Arc<Self>, ConfigError> {
+    pub(crate) fn load(auth: &ClientAuth) -> Result<Arc<Self>, ConfigError> {
         Self::from_files(auth, &TrustFiles::read(auth)?)
     }
 
     /// Builds the trust from file contents already read.
-    pub fn from_files(auth: &ClientAuth, files: &TrustFiles) -> Result<Arc<Self>, ConfigError> {
+    pub(crate) fn from_files(
+        auth: &ClientAuth,
+        files: &TrustFiles,
+    ) -> Result<Arc<Self>, ConfigError> {
         let verifier = build_verifier(auth, files)?;
         let hints = HintSlots::default();
         let generation = Generation {
@@ -228,19 +232,19 @@ impl ClientTrust {
     }
 
     /// What the trust is read from.
-    pub fn auth(&self) -> &ClientAuth {
+    pub(crate) fn auth(&self) -> &ClientAuth {
         &self.auth
     }
 
     /// The [`TrustFiles::hash`] of the contents the verifier in force was built from.
-    pub fn hash(&self) -> [u8; 32] {
+    pub(crate) fn hash(&self) -> [u8; 32] {
         self.generation().hash
     }
 
     /// Judges every handshake from now on with `verifier` (built from `files`). No session is
     /// resumable under the old trust: a mutual-TLS listener resumes none (see
     /// `tls::server_config`).
-    pub fn replace(&self, verifier: Arc<dyn ClientCertVerifier>, files: &TrustFiles) {
+    pub(crate) fn replace(&self, verifier: Arc<dyn ClientCertVerifier>, files: &TrustFiles) {
         let hints = self.hints.intern(verifier.root_hint_subjects());
         if hints.is_none() && !verifier.root_hint_subjects().is_empty() {
             warn!(
@@ -260,7 +264,7 @@ impl ClientTrust {
     }
 
     /// The verifier the server configuration is built with.
-    pub fn tls(self: &Arc<Self>) -> Arc<dyn ClientCertVerifier> {
+    pub(crate) fn tls(self: &Arc<Self>) -> Arc<dyn ClientCertVerifier> {
         self.clone()
     }
 
@@ -658,7 +662,7 @@ mod tests {
             ..auth(false)
         })
         .expect_err("too large");
-        let e = crate::reload::chain(&e);
+        let e = crate::error::chain(&e);
         assert!(
             e.starts_with("failed to read --client-ca file ")
                 && e.ends_with(": larger than 64 MiB"),
@@ -695,7 +699,7 @@ mod tests {
             let e = within(flag, move || TrustFiles::read(&auth).map(|_| ()))
                 .expect_err("a FIFO is refused");
             assert_eq!(
-                crate::reload::chain(&e),
+                crate::error::chain(&e),
                 format!(
                     "failed to read {flag} file {}: is a FIFO, not a regular file",
                     fifo.display()

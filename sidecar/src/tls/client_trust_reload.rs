@@ -1,7 +1,7 @@
 //! Client-trust reloading: `--client-ca` and `--client-crl` are read again on SIGHUP, on
 //! change notifications for their directories (Kubernetes, certbot and archive extraction swap
 //! files by rename, so directories are watched) and every `--reload-interval`, as the
-//! certificates are ([`crate::reload`]). Contents with the hash of those in force cost nothing;
+//! certificates are ([`super::reload`]). Contents with the hash of those in force cost nothing;
 //! contents that cannot be read or parsed leave the verifier in force untouched, with one error
 //! naming the flag and the file (again only when the error changes, or on SIGHUP) and a failed
 //! reload counted; good new contents are swapped into [`ClientTrust`] for the next handshakes.
@@ -15,11 +15,12 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
+use super::client_auth::{build_verifier, ClientTrust, TrustFiles};
+use super::reload_triggers::{parent_dir, Trigger, Triggers};
+use super::sha256_hex;
 use crate::config::ClientAuth;
-use crate::error::ConfigError;
+use crate::error::{chain, ConfigError};
 use crate::metrics::Metrics;
-use crate::mtls::{build_verifier, ClientTrust, TrustFiles};
-use crate::reload::{chain, parent_dir, Trigger, Triggers};
 
 /// How long one reload may take to read and parse the files. It runs on a blocking thread (a
 /// stalled network file system blocks in `read`, a large CRL takes a moment to parse); past
@@ -84,7 +85,7 @@ fn attempt(trust: &ClientTrust, failed: Option<[u8; 32]>, forced: bool) -> Attem
 }
 
 /// Reloads `trust` on SIGHUP, directory changes and every `every`, until `shutdown`.
-pub async fn watch(
+pub(crate) async fn watch(
     trust: Arc<ClientTrust>,
     every: Duration,
     metrics: Arc<Metrics>,
@@ -159,7 +160,7 @@ pub async fn watch(
                 let cas = verifier.root_hint_subjects().len();
                 trust.replace(verifier, &files);
                 let ca = trust.auth().ca.display();
-                let sha256 = crate::tls::sha256_hex(&files.hash());
+                let sha256 = sha256_hex(&files.hash());
                 match &trust.auth().crl {
                     Some(crl) => {
                         info!(%ca, cas, crl = %crl.display(), %sha256, "client CAs and CRLs loaded; new handshakes are verified with them")

@@ -2,31 +2,27 @@
 //! the previous set's entries where the files did not change and keeping the previous entry of
 //! any pair that fails to load, so a broken renewal never replaces a working certificate and a
 //! half-updated pair is never served. [`watch`] runs it on SIGHUP, on file-change
-//! notifications for the certificate directories (inotify; certbot and Kubernetes swap files by
-//! rename or symlink, so directories are watched, not files), and on a periodic content check.
-//! The service identity's pair is one of the sets' entries (`--identity-cert`), reloaded with the
-//! same rules; its trust bundle (`--identity-ca`) is re-read on the same occasions.
+//! notifications for the certificate directories and on a periodic content check
+//! ([`super::reload_triggers`]). The service identity's pair is one of the sets' entries
+//! (`--identity-cert`), reloaded with the same rules; its trust bundle (`--identity-ca`) is
+//! re-read on the same occasions.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{error, info};
 
-use crate::certs::{scan_dir, CertSet, Entry, PairPaths};
-use crate::config::CertSources;
-use crate::error::ConfigError;
+use super::certs::{scan_dir, CertSet, Entry};
+use super::identity_trust::IdentityTrust;
+use super::reload_triggers::{parent_dir, Trigger, Triggers};
+use super::{pair_hash, parse_pair, read_pair, self_signed, CertStore};
+use crate::config::{CertSources, Flags, PairPaths, DIR_FLAGS, IDENTITY_FLAGS};
+use crate::error::{chain, ConfigError};
 use crate::metrics::Metrics;
-use crate::service_identity::Trust;
-use crate::tls::{parse_pair, read_pair, self_signed, CertStore, Flags, DIR_FLAGS, IDENTITY_FLAGS};
-
-/// After a change notification, wait this long for more (a renewal writes several files) before
-/// reloading once.
-const DEBOUNCE: Duration = Duration::from_millis(250);
 
 /// Outcome of one [`build`].
-pub struct Built {
+pub(crate) struct Built {
     pub set: CertSet,
     /// Pairs that could not be loaded (their previous entry, if any, is kept).
     pub failures: Vec<ConfigError>,
@@ -38,40 +34,38 @@ pub struct Built {
 /// files) or keep (broken files); `self_signed_cache` holds the generated fallback certificate.
 /// Fails only when there is nothing at all to serve (no previous set and no certificate could be
 /// loaded or generated).
-pub fn build(
+pub(crate) fn build(
     sources: &CertSources,
     previous: Option<&CertSet>,
     self_signed_cache: &mut Option<Arc<Entry>>,
 ) -> Result<Built, ConfigError> {
     let mut failures = Vec::new();
     let mut changed = previous.is_none();
-    let mut load = |paths: &PairPaths,
-                    flags: Flags,
-                    failures: &mut Vec<ConfigError>|
-     -> Option<Arc<Entry>> {
-        let old = previous.and_then(|p| {
-            p.entries()
-                .iter()
-                .find(|e| e.origin == paths.cert.display().to_string())
-        });
-        let bytes = read_pair(paths, flags);
-        let result = bytes.and_then(|(cert, key)| match old {
-            Some(old) if old.content_hash == crate::tls::pair_hash(&cert, &key) => Ok(old.clone()),
-            _ => parse_pair(paths, flags, &cert, &key).map(Arc::new),
-        });
-        match result {
-            Ok(entry) => {
-                if !old.is_some_and(|o| Arc::ptr_eq(o, &entry)) {
-                    changed = true;
+    let mut load =
+        |paths: &PairPaths, flags: Flags, failures: &mut Vec<ConfigError>| -> Option<Arc<Entry>> {
+            let old = previous.and_then(|p| {
+                p.entries()
+                    .iter()
+                    .find(|e| e.origin == paths.cert.display().to_string())
+            });
+            let bytes = read_pair(paths, flags);
+            let result = bytes.and_then(|(cert, key)| match old {
+                Some(old) if old.content_hash == pair_hash(&cert, &key) => Ok(old.clone()),
+                _ => parse_pair(paths, flags, &cert, &key).map(Arc::new),
+            });
+            match result {
+                Ok(entry) => {
+                    if !old.is_some_and(|o| Arc::ptr_eq(o, &entry)) {
+                        changed = true;
+                    }
+                    Some(entry)
                 }
-                Some(entry)
+                Err(e) => {
+                    failures.push(e);
+                    old.cloned()
+                }
             }
-            Err(e) => {
-                failures.push(e);
-                old.cloned()
-            }
-        }
-    };
+        };
 
     let pair = sources
         .pair
@@ -188,7 +182,9 @@ pub fn build(
 }
 
 /// The first load, at start: every configured file must load, or the sidecar refuses to start.
-pub fn load_initial(sources: &CertSources) -> Result<(CertSet, Option<Arc<Entry>>), ConfigError> {
+pub(crate) fn load_initial(
+    sources: &CertSources,
+) -> Result<(CertSet, Option<Arc<Entry>>), ConfigError> {
     let mut cache = None;
     let built = build(sources, None, &mut cache)?;
     if let Some(first) = built.failures.into_iter().next() {
@@ -199,10 +195,10 @@ pub fn load_initial(sources: &CertSources) -> Result<(CertSet, Option<Arc<Entry>
 
 /// Reloads on SIGHUP, directory changes and every `--reload-interval`, until `shutdown`: the
 /// served certificates into `store`, and the identity trust bundle into `trust`.
-pub async fn watch(
+pub(crate) async fn watch(
     sources: CertSources,
     store: Arc<CertStore>,
-    trust: Option<Arc<Trust>>,
+    trust: Option<Arc<IdentityTrust>>,
     metrics: Arc<Metrics>,
     mut self_signed_cache: Option<Arc<Entry>>,
     shutdown: CancellationToken,
@@ -219,10 +215,10 @@ pub async fn watch(
             }
             continue;
         }
-        let (trust_changed, trust_failed) = match trust.as_deref().map(Trust::reload) {
+        let (trust_changed, trust_failed) = match trust.as_deref().map(IdentityTrust::reload) {
             None | Some(Ok(false)) => (false, false),
             Some(Ok(true)) => {
-                let trust = trust.as_deref().map_or(0, Trust::roots);
+                let trust = trust.as_deref().map_or(0, IdentityTrust::roots);
                 info!(roots = trust, "identity trust bundle loaded");
                 (true, false)
             }
@@ -244,7 +240,7 @@ pub async fn watch(
             error!(error = %chain(failure), "certificate reload failed; still serving the previous certificate");
         }
         if built.changed {
-            metrics.set_certificates(built.set.entries());
+            metrics.set_certificates(built.set.expiries());
             for e in built
                 .set
                 .entries()
@@ -262,164 +258,6 @@ pub async fn watch(
         }
         triggers.rewatch(&watched_dirs(&sources));
     }
-}
-
-/// Why a reload runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Trigger {
-    /// SIGHUP: reload and report, even if nothing changed.
-    Hangup,
-    /// A change notification in a watched directory (debounced).
-    Changed,
-    /// The periodic content check.
-    Tick,
-}
-
-/// The three reasons to look at files again: SIGHUP, change notifications for `dirs`
-/// (debounced) and a periodic tick, each watcher with its own, so the certificate and the
-/// client-CA reloads never wait for each other.
-pub struct Triggers {
-    hangup: Option<tokio::signal::unix::Signal>,
-    notify: Notifier,
-    tick: tokio::time::Interval,
-}
-
-impl Triggers {
-    /// Starts listening; the first tick is one `every` from now (the initial load just happened).
-    pub async fn new(dirs: Vec<PathBuf>, every: Duration) -> Self {
-        let hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                warn!(error = %e, "cannot listen for SIGHUP; reloading on file changes only");
-                None
-            }
-        };
-        let mut tick = tokio::time::interval(every);
-        tick.tick().await; // the first tick is immediate
-        Self {
-            hangup,
-            notify: Notifier::new(&dirs),
-            tick,
-        }
-    }
-
-    /// The next reason to reload, or `None` once `shutdown` is cancelled.
-    pub async fn next(&mut self, shutdown: &CancellationToken) -> Option<Trigger> {
-        tokio::select! {
-            _ = shutdown.cancelled() => None,
-            Some(()) = recv_hangup(&mut self.hangup) => Some(Trigger::Hangup),
-            () = self.notify.changed() => {
-                // Let the writer finish: a renewal touches several files.
-                loop {
-                    tokio::select! {
-                        () = self.notify.changed() => continue,
-                        _ = tokio::time::sleep(DEBOUNCE) => break,
-                    }
-                }
-                Some(Trigger::Changed)
-            }
-            _ = self.tick.tick() => Some(Trigger::Tick),
-        }
-    }
-
-    /// (Re-)adds watches on `dirs` (see [`Notifier::rewatch`]).
-    pub fn rewatch(&mut self, dirs: &[PathBuf]) {
-        self.notify.rewatch(dirs);
-    }
-}
-
-/// An error and its sources, `: `-separated (like `{:#}` in `main`), so a log line carries the
-/// reason (e.g. `No such file or directory`) and not only the file.
-pub fn chain(error: &dyn std::error::Error) -> String {
-    let mut out = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        out.push_str(": ");
-        out.push_str(&e.to_string());
-        source = e.source();
-    }
-    out
-}
-
-async fn recv_hangup(s: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
-    match s {
-        Some(s) => s.recv().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Directory-change notifications (inotify). Falls back to nothing (the periodic check still
-/// runs) when inotify is unavailable.
-struct Notifier {
-    stream: Option<inotify::EventStream<Vec<u8>>>,
-}
-
-impl Notifier {
-    fn new(dirs: &[PathBuf]) -> Self {
-        if dirs.is_empty() {
-            return Self { stream: None };
-        }
-        let stream = inotify::Inotify::init().and_then(|i| i.into_event_stream(vec![0u8; 4096]));
-        let mut me = match stream {
-            Ok(s) => Self { stream: Some(s) },
-            Err(e) => {
-                warn!(error = %e, "file-change notifications unavailable; relying on the periodic check");
-                Self { stream: None }
-            }
-        };
-        me.rewatch(dirs);
-        me
-    }
-
-    /// (Re-)adds watches on `dirs`. Adding an existing watch is a no-op, so this picks up new
-    /// directories (certbot's `live/<name>`) and directories replaced since the last call.
-    fn rewatch(&mut self, dirs: &[PathBuf]) {
-        let Some(stream) = &self.stream else { return };
-        let mask = inotify::WatchMask::CREATE
-            | inotify::WatchMask::CLOSE_WRITE
-            | inotify::WatchMask::MOVED_TO
-            | inotify::WatchMask::MOVED_FROM
-            | inotify::WatchMask::DELETE
-            | inotify::WatchMask::MODIFY
-            | inotify::WatchMask::ATTRIB;
-        let mut watches = stream.watches();
-        for dir in dirs {
-            if let Err(e) = watches.add(dir, mask) {
-                warn!(dir = %dir.display(), error = %e, "cannot watch directory for changes");
-            }
-        }
-    }
-
-    async fn changed(&mut self) {
-        use futures_util::StreamExt;
-        match &mut self.stream {
-            Some(stream) => match stream.next().await {
-                Some(Ok(_)) => {}
-                Some(Err(e)) => {
-                    warn!(error = %e, "file-change notifications failed; relying on the periodic check");
-                    self.stream = None;
-                    std::future::pending::<()>().await;
-                }
-                None => {
-                    self.stream = None;
-                    std::future::pending::<()>().await;
-                }
-            },
-            None => std::future::pending().await,
-        }
-    }
-}
-
-/// The directory a file's entry lives in (`.` for a bare file name): watched rather than the
-/// file, because tools replace files by rename or by re-pointing a symlink.
-pub fn parent_dir(p: &Path) -> Option<PathBuf> {
-    p.parent().map(|d| {
-        if d.as_os_str().is_empty() {
-            PathBuf::from(".")
-        } else {
-            d.to_path_buf()
-        }
-    })
 }
 
 /// The directories whose entries can change a served certificate.

@@ -1,0 +1,646 @@
+//! The request head on the fast path: parsed once with `httparse` (no allocation per header),
+//! taken only when it is the common request (HTTP/1.1, origin-form, one valid `Host`, no body,
+//! no upgrade, not gRPC), and the backend's head written from it mostly as the bytes it arrived
+//! in: hop-by-hop, spoofable forwarding and client-certificate headers left out, this hop's
+//! added ([`classify`]). Anything else, and anything this parser is not sure of, is hyper's
+//! ([`Head::Fallback`]). The differential test below checks that every head taken is one hyper
+//! parses to the same method, target and end of head, and that the headers forwarded are the
+//! ones the hyper path's rewrite ([`forward_headers`](crate::http::headers::forward_headers))
+//! forwards.
+
+use http::uri::PathAndQuery;
+use http::Method;
+
+use super::CONNECTION_TOKENS_MAX;
+use crate::http::grpc::is_grpc_content_type;
+use crate::http::headers::{header_safe, identity_headers, CLIENT_CERT_HEADERS, HOP_BY_HOP};
+use crate::http::{MAX_HEADERS, MAX_HEAD_BYTES};
+use crate::tls::client_auth::ClientIdentity;
+
+/// What the fast path makes of the bytes at the start of the read buffer.
+#[derive(Debug)]
+pub(super) enum Head {
+    /// Not a whole head yet (and under [`MAX_HEAD_BYTES`]).
+    Partial,
+    /// hyper's to serve, from these bytes on.
+    Fallback,
+    /// A request the fast path serves; its backend head is in the output buffer.
+    Fast(Plan),
+}
+
+/// A request the fast path serves.
+#[derive(Debug)]
+pub(super) struct Plan {
+    /// Bytes of the read buffer the head took.
+    pub head_len: usize,
+    pub method: Method,
+    pub path: PathAndQuery,
+    /// The client asked to close after this request (`Connection: close`).
+    pub close: bool,
+    /// Repeatable on a fresh backend connection if a pooled one turns out closed (RFC 9110
+    /// section 9.2.2: idempotent, and no body).
+    pub idempotent: bool,
+}
+
+/// This hop's facts for the forwarding headers.
+pub(super) struct Hop<'a> {
+    /// The client's address as `X-Forwarded-For` names it, and this listener's port: written
+    /// into every head, so formatted once per connection.
+    pub client_ip: String,
+    pub listen_port: String,
+    pub client: Option<&'a ClientIdentity>,
+    /// Requests go to the backend over HTTP/1.1 (not all of them over h2c).
+    pub http1_backend: bool,
+}
+
+/// Parses the head at the start of `buf` and, when the fast path takes it, writes the backend's
+/// head into `out` (cleared first).
+pub(super) fn classify(buf: &[u8], hop: &Hop<'_>, out: &mut Vec<u8>) -> Head {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let head_len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD_BYTES => return Head::Partial,
+        _ => return Head::Fallback,
+    };
+    if head_len > MAX_HEAD_BYTES || req.version != Some(1) || !hop.http1_backend {
+        return Head::Fallback;
+    }
+    let (Some(method), Some(target)) = (req.method, req.path) else {
+        return Head::Fallback;
+    };
+    if method == "CONNECT" || method == "PRI" || !target.starts_with('/') {
+        return Head::Fallback;
+    }
+    let Ok(method) = Method::from_bytes(method.as_bytes()) else {
+        return Head::Fallback;
+    };
+    let Ok(path) = PathAndQuery::try_from(target) else {
+        return Head::Fallback;
+    };
+
+    // First pass: what decides the request's fate.
+    let mut host: Option<&[u8]> = None;
+    let mut tokens: [&[u8]; CONNECTION_TOKENS_MAX] = [&[]; CONNECTION_TOKENS_MAX];
+    let mut n_tokens = 0;
+    let mut close = false;
+    let mut trailers = false;
+    let mut length_seen = false;
+    for h in req.headers.iter() {
+        let name = h.name.as_bytes();
+        let value = h.value;
+        if name.eq_ignore_ascii_case(b"host") {
+            if host.is_some() {
+                return Head::Fallback;
+            }
+            host = Some(value);
+        } else if name.eq_ignore_ascii_case(b"content-length") {
+            // Only an explicit empty body; any other length is hyper's.
+            if length_seen || value != b"0" {
+                return Head::Fallback;
+            }
+            length_seen = true;
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding")
+            || name.eq_ignore_ascii_case(b"upgrade")
+            || name.eq_ignore_ascii_case(b"expect")
+            || name.eq_ignore_ascii_case(b"http2-settings")
+        {
+            return Head::Fallback;
+        } else if name.eq_ignore_ascii_case(b"content-type") {
+            if is_grpc_content_type(value) {
+                return Head::Fallback;
+            }
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            let Some(text) = visible(value) else { continue };
+            for token in text.split(|b| *b == b',') {
+                let token = token.trim_ascii();
+                if token.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                }
+                if token.eq_ignore_ascii_case(b"upgrade") {
+                    return Head::Fallback;
+                }
+                if token.is_empty() {
+                    continue;
+                }
+                if n_tokens == CONNECTION_TOKENS_MAX {
+                    return Head::Fallback;
+                }
+                tokens[n_tokens] = token;
+                n_tokens += 1;
+            }
+        } else if name.eq_ignore_ascii_case(b"te") {
+            let Some(text) = visible(value) else { continue };
+            trailers |= text.split(|b| *b == b',').any(|t| {
+                t.split(|b| *b == b';')
+                    .next()
+                    .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"))
+            });
+        }
+    }
+    let Some(host) = host else {
+        return Head::Fallback;
+    };
+    if std::str::from_utf8(host)
+        .ok()
+        .and_then(shared::addr::authority_host)
+        .is_none()
+    {
+        return Head::Fallback;
+    }
+    let tokens = &tokens[..n_tokens];
+
+    // Second pass: the backend's head.
+    out.clear();
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(path.as_str().as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+    out.extend_from_slice(host);
+    out.extend_from_slice(b"\r\n");
+    let mut xff_prior = false;
+    for h in req.headers.iter() {
+        let name = h.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"x-forwarded-for") {
+            xff_prior |= visible(h.value).is_some();
+            continue;
+        }
+        if dropped(name) || tokens.iter().any(|t| t.eq_ignore_ascii_case(name)) {
+            continue;
+        }
+        out.extend_from_slice(name);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(h.value);
+        out.extend_from_slice(b"\r\n");
+    }
+    if trailers {
+        out.extend_from_slice(b"te: trailers\r\n");
+    }
+    // `X-Forwarded-For` appended to (the hyper path's `set_forwarded`): prior values that are
+    // visible ASCII, in order, then this client.
+    out.extend_from_slice(b"x-forwarded-for: ");
+    if xff_prior {
+        for h in req.headers.iter() {
+            if h.name.eq_ignore_ascii_case("x-forwarded-for") {
+                if let Some(v) = visible(h.value) {
+                    out.extend_from_slice(v);
+                    out.extend_from_slice(b", ");
+                }
+            }
+        }
+    }
+    out.extend_from_slice(hop.client_ip.as_bytes());
+    out.extend_from_slice(b"\r\nx-forwarded-proto: https\r\nx-forwarded-host: ");
+    out.extend_from_slice(host);
+    out.extend_from_slice(b"\r\nx-forwarded-port: ");
+    out.extend_from_slice(hop.listen_port.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    if let Some(id) = hop.client {
+        for (name, value) in identity_headers(id) {
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend(header_safe(value));
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+    let idempotent = matches!(
+        method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    );
+    Head::Fast(Plan {
+        head_len,
+        method,
+        path,
+        close,
+        idempotent,
+    })
+}
+
+/// Request headers never forwarded as they came: hop-by-hop ones, the ones this hop sets.
+fn dropped(name: &[u8]) -> bool {
+    HOP_BY_HOP
+        .iter()
+        .any(|h| h.as_bytes().eq_ignore_ascii_case(name))
+        || CLIENT_CERT_HEADERS
+            .iter()
+            .any(|h| h.as_bytes().eq_ignore_ascii_case(name))
+        || name.eq_ignore_ascii_case(b"host")
+        || name.eq_ignore_ascii_case(b"x-forwarded-proto")
+        || name.eq_ignore_ascii_case(b"x-forwarded-host")
+        || name.eq_ignore_ascii_case(b"x-forwarded-port")
+}
+
+/// The value, if it is what `HeaderValue::to_str` accepts (visible ASCII, space, tab): the
+/// values the hyper path reads as text.
+fn visible(value: &[u8]) -> Option<&[u8]> {
+    value
+        .iter()
+        .all(|b| *b == b'\t' || (0x20..0x7f).contains(b))
+        .then_some(value)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    use bytes::Bytes;
+    use http::header::{HeaderMap, HeaderValue};
+    use http_body_util::BodyExt;
+
+    use crate::http::headers::{accepts_trailers, forward_headers, Forward};
+
+    const PEER: &str = "192.0.2.7:5555";
+
+    fn hop(client: Option<&ClientIdentity>) -> Hop<'_> {
+        Hop {
+            client_ip: "192.0.2.7".into(),
+            listen_port: "8443".into(),
+            client,
+            http1_backend: true,
+        }
+    }
+
+    fn fast(head: &[u8]) -> Option<(Plan, Vec<u8>)> {
+        let mut out = Vec::new();
+        match classify(head, &hop(None), &mut out) {
+            Head::Fast(p) => Some((p, out)),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn the_common_request_is_taken_and_forwarded_with_this_hops_headers() {
+        let head = b"GET /a?b=c HTTP/1.1\r\nHost: example.com\r\nAccept: */*\r\nConnection: keep-alive, X-Secret\r\nX-Secret: 1\r\nX-Forwarded-For: 10.0.0.1\r\nX-Forwarded-Proto: http\r\nX-Client-Cert-Subject: CN=admin\r\n\r\nGET /next";
+        let (plan, out) = fast(head).expect("fast");
+        assert_eq!(plan.head_len, head.len() - b"GET /next".len());
+        assert_eq!(plan.path.as_str(), "/a?b=c");
+        assert!(!plan.close && plan.idempotent);
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(
+            text,
+            "GET /a?b=c HTTP/1.1\r\nhost: example.com\r\nAccept: */*\r\nx-forwarded-for: 10.0.0.1, 192.0.2.7\r\nx-forwarded-proto: https\r\nx-forwarded-host: example.com\r\nx-forwarded-port: 8443\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn anything_unusual_goes_to_hyper() {
+        for head in [
+            &b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc"[..],
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n\r\n",
+            b"GET / HTTP/1.0\r\nHost: a\r\n\r\n",
+            b"GET http://a/ HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET / HTTP/1.1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nContent-Type: application/grpc\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nX: a\r\n b\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nX: a\x00b\r\n\r\n",
+            b"CONNECT a:443 HTTP/1.1\r\nHost: a\r\n\r\n",
+        ] {
+            let mut out = Vec::new();
+            assert!(
+                matches!(classify(head, &hop(None), &mut out), Head::Fallback),
+                "{:?}",
+                String::from_utf8_lossy(head)
+            );
+        }
+        let mut out = Vec::new();
+        assert!(matches!(
+            classify(b"GET / HTTP/1.1\r\nHost: a\r\n", &hop(None), &mut out),
+            Head::Partial
+        ));
+        // A head that never ends is hyper's (it answers 431) once it passes the limit.
+        let mut long = b"GET / HTTP/1.1\r\nHost: a\r\nX: ".to_vec();
+        long.resize(MAX_HEAD_BYTES + 1, b'a');
+        assert!(matches!(
+            classify(&long, &hop(None), &mut out),
+            Head::Fallback
+        ));
+        // gRPC backends over h2c: everything is hyper's.
+        let no_h1 = Hop {
+            http1_backend: false,
+            ..hop(None)
+        };
+        assert!(matches!(
+            classify(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", &no_h1, &mut out),
+            Head::Fallback
+        ));
+    }
+
+    // ---- the differential test ----
+
+    /// A small deterministic generator (xorshift), so a failure names a reproducible case.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn chance(&mut self, percent: u64) -> bool {
+            self.next() % 100 < percent
+        }
+    }
+
+    const METHODS: &[&str] = &[
+        "GET", "GET", "GET", "HEAD", "POST", "DELETE", "OPTIONS", "PUT", "PATCH", "BREW",
+        "CONNECT", "PRI", "get", "G\0T", "G T",
+    ];
+    const TARGETS: &[&str] = &[
+        "/",
+        "/",
+        "/a?b=c",
+        "/%2e%2e/x",
+        "//double",
+        "/?",
+        "/a b",
+        "*",
+        "http://example.com/",
+        "/\x7f",
+        "/caf\u{e9}",
+        "/a#frag",
+        "/\"q\"",
+        "/{x}",
+    ];
+    const VERSIONS: &[&str] = &[
+        "HTTP/1.1",
+        "HTTP/1.1",
+        "HTTP/1.1",
+        "HTTP/1.0",
+        "HTTP/2.0",
+        "HTTP/1.2",
+        "http/1.1",
+        "HTTP/1.1 ",
+        "HTTP/1.10",
+    ];
+    const HEADERS: &[&str] = &[
+        "Accept: */*",
+        "User-Agent: gen/1",
+        "Host: example.com",
+        "Host: example.com:8443",
+        "Host: [::1]:8443",
+        "Host: ",
+        "Host: a b",
+        "Host: ex@mple.com",
+        "Host : example.com",
+        "Host:\texample.com\t",
+        "host:EXAMPLE.com",
+        "Content-Length: 0",
+        "Content-Length: 00",
+        "Content-Length: +0",
+        "Content-Length:  0 ",
+        "Content-Length: 0, 0",
+        "Content-Length: 5",
+        "Content-Length: -1",
+        "Content-Length: 99999999999999999999999",
+        "Transfer-Encoding: chunked",
+        "Transfer-Encoding: chunked, identity",
+        "Transfer-Encoding: identity",
+        "Transfer-Encoding : chunked",
+        "X-Fold: a\r\n b",
+        "X-Fold: a\n\tb",
+        "X-Nul: a\0b",
+        "X-Ctl: a\x01b",
+        "X-Del: a\x7fb",
+        "X-Empty:",
+        "X-Space:    padded   ",
+        "Connection: close",
+        "Connection: keep-alive",
+        "Connection: x-forwarded-for",
+        "Connection: content-length",
+        "Connection: upgrade",
+        "Connection: Close, X-Secret",
+        "Connection: te, host",
+        "Connection: ,,",
+        "X-Secret: 1",
+        "Upgrade: websocket",
+        "Expect: 100-continue",
+        "TE: trailers",
+        "TE: gzip;q=1, trailers;q=0.5",
+        "TE: chunked",
+        "Trailer: x-checksum",
+        "X-Forwarded-For: 10.0.0.1",
+        "X-Forwarded-For: 10.0.0.2, 10.0.0.3",
+        "x-forwarded-for: caf\u{e9}",
+        "X-Forwarded-Proto: http",
+        "X-Forwarded-Host: evil.example",
+        "X-Forwarded-Port: 1",
+        "X-Client-Cert-Subject: CN=admin",
+        "x-client-cert-san: URI:spiffe://evil",
+        "Forwarded: for=1.2.3.4",
+        "Content-Type: application/grpc",
+        "Content-Type: application/grpc+proto",
+        "Content-Type: text/plain",
+        "Proxy-Authorization: Basic eA==",
+        "Proxy-Connection: keep-alive",
+        "HTTP2-Settings: AAMAAABkAAQAAP__",
+        "Keep-Alive: timeout=5",
+        "\0Bad: x",
+        ": novalue",
+        "X Bad: x",
+        "X-Bad\t: x",
+        "X-Long: LONG",
+        "Cookie: a=b; c=d",
+    ];
+    const ENDINGS: &[&str] = &["\r\n", "\r\n", "\r\n", "\r\n", "\r\n", "\n", "\r", "\r\r\n"];
+
+    fn generate(rng: &mut Rng) -> Vec<u8> {
+        let mut head = String::new();
+        if rng.chance(3) {
+            head.push_str("\r\n");
+        }
+        // Each part is the clean common one more often than not, so that enough heads are
+        // ones the fast path takes and the hostile parts are tried one or two at a time.
+        let part = |rng: &mut Rng, items: &[&'static str]| -> &'static str {
+            if rng.chance(60) {
+                items[0]
+            } else {
+                items[(rng.next() % items.len() as u64) as usize]
+            }
+        };
+        head.push_str(part(rng, METHODS));
+        head.push(' ');
+        head.push_str(part(rng, TARGETS));
+        head.push(' ');
+        head.push_str(part(rng, VERSIONS));
+        head.push_str(part(rng, ENDINGS));
+        if rng.chance(75) {
+            head.push_str("Host: example.com\r\n");
+        }
+        for _ in 0..(rng.next() % 6) {
+            let line = part(rng, HEADERS).replace("LONG", &"a".repeat(9000));
+            head.push_str(&line);
+            head.push_str(part(rng, ENDINGS));
+        }
+        head.push_str(if rng.chance(95) { "\r\n" } else { "\n" });
+        head.into_bytes()
+    }
+
+    /// What hyper's server made of a connection's bytes: each request's method, target,
+    /// headers and body.
+    async fn hyper_reads(bytes: Vec<u8>) -> Vec<(Method, String, HeaderMap, Vec<u8>)> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut client, server) = tokio::io::duplex(1 << 20);
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let record = seen.clone();
+        let service =
+            hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                let record = record.clone();
+                async move {
+                    let (parts, body) = req.into_parts();
+                    let body = body
+                        .collect()
+                        .await
+                        .map(|b| b.to_bytes().to_vec())
+                        .unwrap_or_default();
+                    let target = parts
+                        .uri
+                        .path_and_query()
+                        .map_or(String::new(), |p| p.to_string());
+                    record
+                        .lock()
+                        .unwrap()
+                        .push((parts.method, target, parts.headers, body));
+                    Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Empty::<
+                        Bytes,
+                    >::new(
+                    )))
+                }
+            });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .max_headers(MAX_HEADERS)
+            .max_buf_size(MAX_HEAD_BYTES.max(8192) * 2)
+            .max_header_size(MAX_HEAD_BYTES)
+            .serve_connection(hyper_util::rt::TokioIo::new(server), service);
+        let task = tokio::spawn(conn);
+        client.write_all(&bytes).await.unwrap();
+        // Read answers until both came or hyper closed the connection (it refused the head);
+        // the bound only keeps a hung parser from hanging the test.
+        let mut sink = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            while sink.windows(8).filter(|w| w == b"HTTP/1.1").count() < 2 {
+                match client.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => sink.extend_from_slice(&chunk[..n]),
+                }
+            }
+        })
+        .await;
+        drop(client);
+        let _ = task.await;
+        let out = std::mem::take(&mut *seen.lock().unwrap());
+        out
+    }
+
+    /// The headers of a head as (lowercase name, value), sorted: order is not meaning.
+    fn header_set(headers: &HeaderMap) -> Vec<(String, Vec<u8>)> {
+        let mut v: Vec<_> = headers
+            .iter()
+            .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn parsed_set(head: &[u8]) -> Vec<(String, Vec<u8>)> {
+        let mut headers = [httparse::EMPTY_HEADER; 128];
+        let mut req = httparse::Request::new(&mut headers);
+        assert!(matches!(req.parse(head), Ok(httparse::Status::Complete(_))));
+        let mut v: Vec<_> = req
+            .headers
+            .iter()
+            .map(|h| (h.name.to_ascii_lowercase(), h.value.to_vec()))
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[tokio::test]
+    async fn fast_heads_frame_as_hyper_frames_them() {
+        let identity = ClientIdentity {
+            subject: "CN=svc\u{1}a".into(),
+            san: "URI:spiffe://d/a".into(),
+            fingerprint: String::new(),
+        };
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let (mut taken, mut handed) = (0, 0);
+        for case in 0..4000 {
+            let head = generate(&mut rng);
+            let client = (case % 3 == 0).then_some(&identity);
+            let mut out = Vec::new();
+            let plan = match classify(&head, &hop(client), &mut out) {
+                Head::Fast(plan) => plan,
+                Head::Fallback => {
+                    handed += 1;
+                    continue;
+                }
+                // The generator's line endings can leave a head unfinished: hyper would wait too.
+                Head::Partial => continue,
+            };
+            taken += 1;
+            let show = String::from_utf8_lossy(&head).into_owned();
+            assert_eq!(plan.head_len, head.len(), "case {case}: {show:?}");
+            // hyper, given the same bytes and a second request after them, must read the same
+            // request, with no body, and then the second one: the same framing.
+            let mut bytes = head.clone();
+            bytes.extend_from_slice(b"GET /second HTTP/1.1\r\nHost: b\r\n\r\n");
+            let seen = hyper_reads(bytes).await;
+            // ... unless the client asked to close: then hyper closes after the first, as the
+            // fast path does.
+            let expect = if plan.close { 1 } else { 2 };
+            assert_eq!(
+                seen.len(),
+                expect,
+                "case {case}: hyper read {:?} from {show:?}",
+                seen.iter().map(|s| (&s.0, &s.1)).collect::<Vec<_>>()
+            );
+            let (method, target, headers, body) = &seen[0];
+            assert_eq!(
+                (method, target.as_str()),
+                (&plan.method, plan.path.as_str()),
+                "case {case}: {show:?}"
+            );
+            assert!(
+                body.is_empty(),
+                "case {case}: hyper read a body from {show:?}"
+            );
+            if !plan.close {
+                assert_eq!(seen[1].1, "/second", "case {case}: {show:?}");
+            }
+            // The headers the backend gets: the hyper path's rules on hyper's reading.
+            let mut expected = headers.clone();
+            let host = headers.get(http::header::HOST).cloned().unwrap();
+            let trailers = accepts_trailers(headers);
+            forward_headers(
+                &mut expected,
+                &Forward {
+                    peer: PEER.parse().unwrap(),
+                    host: &host,
+                    listen_port: 8443,
+                    client,
+                    trailers,
+                    upgrade: None,
+                },
+            );
+            expected.insert(http::header::HOST, host);
+            assert_eq!(
+                parsed_set(&out),
+                header_set(&expected),
+                "case {case}: {show:?}"
+            );
+        }
+        // The generator must exercise both sides.
+        assert!(
+            taken > 500 && handed > 500,
+            "taken {taken}, handed over {handed}"
+        );
+        let _ = HeaderValue::from_static("x");
+    }
+}

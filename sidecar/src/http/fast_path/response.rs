@@ -1,0 +1,376 @@
+//! The backend's response on the fast path: its head parsed and its framing checked, the
+//! client's head written from it as the hyper path would send it (hop-by-hop headers dropped,
+//! framing re-stated, `Strict-Transport-Security` and `Date` added when absent), the body's
+//! bytes left untouched; and the sidecar's own short answers ([`local_response`]).
+
+use std::time::SystemTime;
+
+use super::CONNECTION_TOKENS_MAX;
+use crate::http::headers::HOP_BY_HOP;
+use crate::http::MAX_HEADERS;
+
+/// How a response body is delimited (RFC 9112 section 6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Framing {
+    /// No body (HEAD, 204, 304).
+    Empty,
+    Length(u64),
+    Chunked,
+    /// Until the backend closes; the client connection closes after it too.
+    UntilClose,
+}
+
+/// What the bytes at the start of the backend's read buffer are.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Reply {
+    Partial,
+    /// An interim (1xx) response of this many bytes, skipped as hyper's client skips them.
+    Interim(usize),
+    /// Not a response this proxy forwards: the reason, for the log; the client gets a 502.
+    Bad(&'static str),
+    Final(Answer),
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct Answer {
+    pub head_len: usize,
+    pub status: u16,
+    pub framing: Framing,
+    /// The backend connection can take another request after this response.
+    pub reusable: bool,
+}
+
+/// Largest response head taken from the backend.
+const MAX_REPLY_HEAD: usize = 64 * 1024;
+
+/// Parses the backend's response head and, for a final one, writes the client's head into
+/// `out` (cleared first): hop-by-hop headers dropped, framing re-stated, `Strict-Transport-
+/// Security` added when configured and absent, `Date` added when absent (as hyper does), and
+/// `Connection: close` when this response is the connection's last.
+pub(super) fn reply(
+    buf: &[u8],
+    head_request: bool,
+    hsts: Option<&[u8]>,
+    close: bool,
+    out: &mut Vec<u8>,
+) -> Reply {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    let head_len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() < MAX_REPLY_HEAD => return Reply::Partial,
+        Ok(httparse::Status::Partial) => return Reply::Bad("response head too large"),
+        Err(_) => return Reply::Bad("invalid response head"),
+    };
+    let Some(status) = resp.code else {
+        return Reply::Bad("invalid response head");
+    };
+    if status == 101 {
+        return Reply::Bad("101 without an upgrade");
+    }
+    if (100..200).contains(&status) {
+        return Reply::Interim(head_len);
+    }
+    let http11 = resp.version == Some(1);
+    let mut length: Option<u64> = None;
+    let mut chunked = false;
+    let mut keep_alive = http11;
+    let mut tokens: [&[u8]; CONNECTION_TOKENS_MAX] = [&[]; CONNECTION_TOKENS_MAX];
+    let mut n_tokens = 0;
+    let mut has_hsts = false;
+    let mut has_date = false;
+    for h in resp.headers.iter() {
+        let name = h.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"content-length") {
+            let Some(n) = digits(h.value) else {
+                return Reply::Bad("invalid Content-Length");
+            };
+            if length.is_some_and(|l| l != n) {
+                return Reply::Bad("conflicting Content-Length");
+            }
+            length = Some(n);
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            if chunked || !h.value.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+                return Reply::Bad("unsupported Transfer-Encoding");
+            }
+            chunked = true;
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            for token in h.value.split(|b| *b == b',') {
+                let token = token.trim_ascii();
+                if token.eq_ignore_ascii_case(b"close") {
+                    keep_alive = false;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                    keep_alive = true;
+                }
+                if !token.is_empty() && n_tokens < CONNECTION_TOKENS_MAX {
+                    tokens[n_tokens] = token;
+                    n_tokens += 1;
+                }
+            }
+        } else if name.eq_ignore_ascii_case(b"strict-transport-security") {
+            has_hsts = true;
+        } else if name.eq_ignore_ascii_case(b"date") {
+            has_date = true;
+        }
+    }
+    if chunked && length.is_some() {
+        return Reply::Bad("both Content-Length and Transfer-Encoding");
+    }
+    let framing = if head_request || status == 204 || status == 304 {
+        Framing::Empty
+    } else if chunked {
+        Framing::Chunked
+    } else if let Some(n) = length {
+        Framing::Length(n)
+    } else {
+        Framing::UntilClose
+    };
+    let tokens = &tokens[..n_tokens];
+    let last = close || framing == Framing::UntilClose;
+
+    out.clear();
+    let reason = resp
+        .reason
+        .filter(|r| !r.is_empty())
+        .or_else(|| http::StatusCode::from_u16(status).ok()?.canonical_reason())
+        .unwrap_or("");
+    out.extend_from_slice(b"HTTP/1.1 ");
+    push_decimal(out, u64::from(status));
+    out.push(b' ');
+    out.extend_from_slice(reason.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for h in resp.headers.iter() {
+        let name = h.name.as_bytes();
+        if HOP_BY_HOP
+            .iter()
+            .any(|x| x.as_bytes().eq_ignore_ascii_case(name))
+            || name.eq_ignore_ascii_case(b"content-length")
+            || tokens.iter().any(|t| t.eq_ignore_ascii_case(name))
+        {
+            continue;
+        }
+        out.extend_from_slice(name);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(h.value);
+        out.extend_from_slice(b"\r\n");
+    }
+    match framing {
+        Framing::Length(n) => {
+            out.extend_from_slice(b"content-length: ");
+            push_decimal(out, n);
+            out.extend_from_slice(b"\r\n");
+        }
+        // A HEAD answer states the length a GET would get, as the backend said it.
+        Framing::Empty if head_request => {
+            if let Some(n) = length {
+                out.extend_from_slice(b"content-length: ");
+                push_decimal(out, n);
+                out.extend_from_slice(b"\r\n");
+            } else if chunked {
+                out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+            }
+        }
+        Framing::Empty | Framing::UntilClose => {}
+        Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+    }
+    if let (Some(value), false) = (hsts, has_hsts) {
+        out.extend_from_slice(b"strict-transport-security: ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    }
+    if !has_date {
+        out.extend_from_slice(b"date: ");
+        out.extend_from_slice(httpdate::fmt_http_date(SystemTime::now()).as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if last {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    Reply::Final(Answer {
+        head_len,
+        status,
+        framing,
+        reusable: keep_alive && framing != Framing::UntilClose,
+    })
+}
+
+/// Appends `n` in decimal (what `write!` does, without the formatting machinery).
+fn push_decimal(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(crate::access_log::decimal(n, &mut [0; 20]));
+}
+
+/// A decimal `Content-Length` (digits only, no sign, no spaces inside; at most 19 digits).
+fn digits(value: &[u8]) -> Option<u64> {
+    let v = value.trim_ascii();
+    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(v).ok()?.parse().ok()
+}
+
+/// The sidecar's own short answer, as the hyper path's `local` makes it.
+pub(super) fn local_response(
+    status: u16,
+    message: &str,
+    hsts: Option<&[u8]>,
+    close: bool,
+    out: &mut Vec<u8>,
+) {
+    use std::io::Write;
+    let reason = http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("");
+    let body = format!("{status} {reason}: {message}\n");
+    out.clear();
+    let _ = write!(
+        out,
+        "HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\ndate: {}\r\n{}\r\n{body}",
+        body.len(),
+        httpdate::fmt_http_date(SystemTime::now()),
+        if close { "connection: close\r\n" } else { "" },
+    );
+    if let Some(value) = hsts {
+        // Before the blank line that ends the head.
+        let at = out.len() - body.len() - 2;
+        let line = [&b"strict-transport-security: "[..], value, b"\r\n"].concat();
+        out.splice(at..at, line);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn answer(buf: &[u8], head_request: bool, close: bool) -> (Reply, String) {
+        let mut out = Vec::new();
+        let r = reply(buf, head_request, Some(b"max-age=60"), close, &mut out);
+        (r, String::from_utf8(out).unwrap())
+    }
+
+    #[test]
+    fn response_framing_is_checked_and_restated() {
+        let (r, out) = answer(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\nDate: x\r\n\r\nhello",
+            false,
+            false,
+        );
+        let Reply::Final(a) = r else { panic!("{r:?}") };
+        assert_eq!(
+            (a.status, a.framing, a.reusable),
+            (200, Framing::Length(5), true)
+        );
+        assert_eq!(
+            out,
+            "HTTP/1.1 200 OK\r\nDate: x\r\ncontent-length: 5\r\nstrict-transport-security: max-age=60\r\n\r\n"
+        );
+        let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nDate: x\r\nStrict-Transport-Security: max-age=1\r\n\r\n";
+        let (r, out) = answer(chunked, false, true);
+        let Reply::Final(a) = r else { panic!() };
+        assert_eq!(a.framing, Framing::Chunked);
+        assert!(
+            out.ends_with("transfer-encoding: chunked\r\nconnection: close\r\n\r\n"),
+            "{out}"
+        );
+        assert!(!out.contains("max-age=60"));
+        for (bad, why) in [
+            (
+                &b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
+                "both Content-Length and Transfer-Encoding",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+                "conflicting Content-Length",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: +1\r\n\r\n",
+                "invalid Content-Length",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+                "unsupported Transfer-Encoding",
+            ),
+            (
+                b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
+                "101 without an upgrade",
+            ),
+            (b"HTTP/1.1 2000 OK\r\n\r\n", "invalid response head"),
+        ] {
+            assert_eq!(answer(bad, false, false).0, Reply::Bad(why));
+        }
+        assert_eq!(
+            answer(
+                b"HTTP/1.1 103 Early Hints\r\nLink: x\r\n\r\nHTTP/1.1 200",
+                false,
+                false
+            )
+            .0,
+            Reply::Interim(37)
+        );
+        // No body: HEAD, 204, 304, whatever the length says; HEAD keeps the length.
+        let (r, out) = answer(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\nDate: x\r\n\r\n",
+            true,
+            false,
+        );
+        assert!(matches!(
+            r,
+            Reply::Final(Answer {
+                framing: Framing::Empty,
+                reusable: true,
+                ..
+            })
+        ));
+        assert!(out.contains("content-length: 9\r\n"));
+        let (r, _) = answer(
+            b"HTTP/1.1 304 Not Modified\r\nDate: x\r\n\r\n",
+            false,
+            false,
+        );
+        assert!(matches!(
+            r,
+            Reply::Final(Answer {
+                framing: Framing::Empty,
+                ..
+            })
+        ));
+        // Until close: the client connection closes after it; the backend's is not reused.
+        let (r, out) = answer(b"HTTP/1.0 200 OK\r\nDate: x\r\n\r\n", false, false);
+        assert!(matches!(
+            r,
+            Reply::Final(Answer {
+                framing: Framing::UntilClose,
+                reusable: false,
+                ..
+            })
+        ));
+        assert!(out.ends_with("connection: close\r\n\r\n"));
+        let (r, _) = answer(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            false,
+            false,
+        );
+        assert!(matches!(
+            r,
+            Reply::Final(Answer {
+                reusable: false,
+                ..
+            })
+        ));
+        assert_eq!(
+            answer(b"HTTP/1.1 200 OK\r\nContent-Le", false, false).0,
+            Reply::Partial
+        );
+    }
+
+    #[test]
+    fn local_answers_are_the_hyper_paths() {
+        let mut out = Vec::new();
+        local_response(502, "backend unreachable", None, true, &mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("HTTP/1.1 502 Bad Gateway\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 37\r\n"), "{text}");
+        assert!(text.ends_with("connection: close\r\n\r\n502 Bad Gateway: backend unreachable\n"));
+    }
+}
