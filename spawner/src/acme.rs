@@ -1,20 +1,25 @@
-//! ACME in the daemon (issue 13): every running target with a `hostname` label gets a
-//! certificate for its names, obtained and renewed here, stored in the certificate store in
-//! certbot's layout, and delivered to its sidecar like a certbot-made one.
+//! ACME in the daemon: every running target with a `hostname` label gets a certificate for its
+//! names, obtained and renewed here, stored in the certificate store in certbot's layout
+//! ([`store`]), and delivered to its sidecar like a certbot-made one.
 //!
 //! Each reconcile turn hands [`Manager::sync`] what is wanted: the name sets of the running
 //! ACME-managed targets and the sidecars serving each. Per name set, the pure
-//! [`acme_plan::decide`] says keep, wait, stop or order, from the store's certificate, the
-//! history and the time; an order runs in a task of its own (at most [`MAX_ORDERS`] at once,
-//! one per name set, the whole of it under [`ORDER_DEADLINE`]) so a slow CA never holds up a
-//! turn. Its challenge answers are uploaded into the serving sidecars' own volumes before the CA
-//! is told to look, and emptied after. The history (orders of the last hour, failures in a row,
-//! the last error) is written to `acme/state.json` in the store at every change: a restarted
-//! spawner keeps its backoffs and hourly caps, and `spawner status` reads the last error there.
+//! [`plan::decide`] says keep, wait, stop or order, from the store's certificate, the
+//! history and the time; an order ([`client`], the protocol) runs in a task of its own (at most
+//! [`MAX_ORDERS`] at once, one per name set, the whole of it under [`ORDER_DEADLINE`]) so a slow
+//! CA never holds up a turn. Its challenge answers are uploaded into the serving sidecars' own
+//! volumes before the CA is told to look, and emptied after. The history (orders of the last
+//! hour, failures in a row, the last error) is written to `acme/state.json` in the store at every
+//! change: a restarted spawner keeps its backoffs and hourly caps, and `spawner status` reads the
+//! last error there.
 //!
 //! A name set is keyed by its first name (the certificate's directory, `live/<first>/`) and
 //! the others sorted: targets listing the same names first-name-alike share one certificate and
 //! one order (replicas).
+
+pub(crate) mod client;
+mod plan;
+pub(crate) mod store;
 
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
@@ -26,19 +31,21 @@ use shared::dns::DnsName;
 use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
 
-use crate::acme_client::{AcmeError, AnswerFile, Answers, ChallengeKind, Client};
-use crate::acme_plan::{self, Decision, Failure, Held, History, NameSet};
-use crate::acme_store::Store;
+use crate::certs::delivery::{AnswerFile, Bundle};
 use crate::config::AcmeConfig;
-use crate::delivery::Bundle;
-use crate::docker::Engine;
+use crate::engine::Engine;
 use crate::error::Error;
+use crate::metrics::Metrics;
+use crate::plan::labels::ChallengeKind;
+use client::{AcmeError, Answers, Client};
+use plan::{Decision, Failure, Held, History, NameSet};
+use store::Store;
 
 /// Orders in flight at once, over all name sets: the CA's limits are per account too, and each
 /// order holds a few connections and a task.
 const MAX_ORDERS: usize = 4;
 /// Longest one order may take end to end (account, order, challenges, finalize, download);
-/// each HTTP exchange has its own shorter timeout in [`crate::acme_client`].
+/// each HTTP exchange has its own shorter timeout in [`crate::acme::client`].
 const ORDER_DEADLINE: Duration = Duration::from_secs(300);
 /// Longest the store's files may take to read in one turn (a hung network mount).
 const STORE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -48,14 +55,14 @@ const HOUR: Duration = Duration::from_secs(3600);
 /// What one target needs: a certificate for `names` (the first names its directory), proved
 /// by `challenge`, and the running sidecars that serve it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Want {
-    pub names: Vec<DnsName>,
-    pub challenge: ChallengeKind,
-    pub sidecars: Vec<String>,
+pub(crate) struct Want {
+    pub(crate) names: Vec<DnsName>,
+    pub(crate) challenge: ChallengeKind,
+    pub(crate) sidecars: Vec<String>,
 }
 
 /// The key of a name set: the first name, then the others sorted, comma separated, lowercase.
-pub fn key(names: &[DnsName]) -> String {
+pub(crate) fn key(names: &[DnsName]) -> String {
     let lower = |n: &DnsName| n.as_str().to_ascii_lowercase();
     let mut rest: Vec<String> = names.iter().skip(1).map(lower).collect();
     rest.sort();
@@ -70,19 +77,19 @@ pub fn key(names: &[DnsName]) -> String {
 
 /// What is kept per name set, in memory and in `acme/state.json`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Entry {
+pub(crate) struct Entry {
     /// Unix seconds of the orders of the last hour.
-    pub orders: Vec<u64>,
+    pub(crate) orders: Vec<u64>,
     /// Failed orders in a row since the last success.
-    pub failures: u32,
+    pub(crate) failures: u32,
     /// When the last failure happened, and whether it was permanent.
-    pub last_failure: Option<(u64, bool)>,
+    pub(crate) last_failure: Option<(u64, bool)>,
     /// The last error, as logged.
-    pub last_error: Option<String>,
+    pub(crate) last_error: Option<String>,
     /// The ACME directory the store's certificate was obtained from. A certificate from another
     /// directory (staging, before a switch to production) is replaced; one ACME did not make
     /// (certbot's) has none and is kept while valid.
-    pub directory: Option<String>,
+    pub(crate) directory: Option<String>,
 }
 
 /// How long a permanent refusal is remembered for a name set no target wants any more: one
@@ -93,7 +100,7 @@ const FORGET_REFUSED: Duration = Duration::from_secs(7 * 86_400);
 impl Entry {
     /// Whether the entry of a name set no target wants can still change a decision: an order
     /// within the hour (the cap) or a recent permanent refusal. Otherwise it is dropped.
-    pub fn still_matters(&self, now: SystemTime) -> bool {
+    pub(crate) fn still_matters(&self, now: SystemTime) -> bool {
         let now = unix(now);
         let recent_order = self
             .orders
@@ -124,7 +131,7 @@ impl Entry {
 
 /// The state file: `{"<key>": {"orders": [..], "failures": n, "last_failure": t|null,
 /// "permanent": bool, "last_error": "..."|null}}`.
-pub fn state_to_json(state: &HashMap<String, Entry>) -> serde_json::Value {
+pub(crate) fn state_to_json(state: &HashMap<String, Entry>) -> serde_json::Value {
     use serde_json::json;
     let mut keys: Vec<&String> = state.keys().collect();
     keys.sort();
@@ -147,7 +154,7 @@ pub fn state_to_json(state: &HashMap<String, Entry>) -> serde_json::Value {
 }
 
 /// Reads [`state_to_json`]'s output back; entries that do not parse are left out.
-pub fn state_from_json(bytes: &[u8]) -> Result<HashMap<String, Entry>, String> {
+pub(crate) fn state_from_json(bytes: &[u8]) -> Result<HashMap<String, Entry>, String> {
     let value: serde_json::Value =
         serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
     let map = value.as_object().ok_or("not a JSON object")?;
@@ -178,7 +185,7 @@ pub fn state_from_json(bytes: &[u8]) -> Result<HashMap<String, Entry>, String> {
 }
 
 /// Reads the state file of `store` (for `spawner status`); empty when there is none.
-pub fn read_state(store: &Store) -> Result<HashMap<String, Entry>, String> {
+pub(crate) fn read_state(store: &Store) -> Result<HashMap<String, Entry>, String> {
     match store.read_state() {
         Ok(None) => Ok(HashMap::new()),
         Ok(Some(bytes)) => {
@@ -190,7 +197,7 @@ pub fn read_state(store: &Store) -> Result<HashMap<String, Entry>, String> {
 
 /// How a name set stands, for `spawner status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Standing {
+pub(crate) enum Standing {
     /// The store has a certificate for exactly these names that has not expired.
     Valid,
     /// Nothing yet, and no failure: an order is coming or under way.
@@ -202,7 +209,7 @@ pub enum Standing {
 }
 
 impl Standing {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Standing::Valid => "valid",
             Standing::Pending => "pending",
@@ -214,7 +221,7 @@ impl Standing {
 
 /// The standing of a name set from what the store holds and its entry, ACME being at
 /// `directory`.
-pub fn standing(
+pub(crate) fn standing(
     now: SystemTime,
     wanted: &NameSet,
     held: Option<&Held>,
@@ -236,13 +243,13 @@ pub fn standing(
 
 /// What the CA said about a held certificate's renewal (ARI, RFC 9773).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Ari {
+pub(crate) struct Ari {
     /// The certificate it is about (its validity): a new certificate is asked about afresh.
-    pub cert: (SystemTime, SystemTime),
+    pub(crate) cert: (SystemTime, SystemTime),
     /// The start of the suggested renewal window; `None` until the CA said.
-    pub start: Option<SystemTime>,
+    pub(crate) start: Option<SystemTime>,
     /// When to ask again.
-    pub ask_at: SystemTime,
+    pub(crate) ask_at: SystemTime,
 }
 
 /// Asking again: the CA's hint, kept between these, so a hint of zero is no loop and one of a
@@ -254,7 +261,7 @@ const ARI_RETRY: Duration = Duration::from_secs(3600);
 
 /// Whether to ask the CA about `held` now: when nothing is known of this certificate yet or
 /// the time to ask again has come.
-pub fn ari_due(now: SystemTime, held: &Held, known: Option<&Ari>) -> bool {
+pub(crate) fn ari_due(now: SystemTime, held: &Held, known: Option<&Ari>) -> bool {
     match known {
         None => true,
         Some(a) => a.cert != (held.not_before, held.not_after) || now >= a.ask_at,
@@ -262,7 +269,7 @@ pub fn ari_due(now: SystemTime, held: &Held, known: Option<&Ari>) -> bool {
 }
 
 /// `held` with the renewal window the CA suggested for it, if it is about this certificate.
-pub fn with_ari(mut held: Held, known: Option<&Ari>) -> Held {
+pub(crate) fn with_ari(mut held: Held, known: Option<&Ari>) -> Held {
     if let Some(a) = known.filter(|a| a.cert == (held.not_before, held.not_after)) {
         held.suggested_renewal = a.start;
     }
@@ -270,7 +277,7 @@ pub fn with_ari(mut held: Held, known: Option<&Ari>) -> Held {
 }
 
 /// The names as a set, as a certificate lists them.
-pub fn name_set(names: &[DnsName]) -> NameSet {
+pub(crate) fn name_set(names: &[DnsName]) -> NameSet {
     names
         .iter()
         .map(|n| n.to_string().to_ascii_lowercase())
@@ -303,12 +310,12 @@ struct Inner {
 }
 
 /// ACME for the daemon. Cheap to share: the orders' tasks hold it.
-pub struct Manager {
+pub(crate) struct Manager {
     cfg: AcmeConfig,
     store: Store,
     engine: Arc<Engine>,
     wake: Arc<Notify>,
-    metrics: Arc<crate::metrics::Metrics>,
+    metrics: Arc<Metrics>,
     roots: rustls::RootCertStore,
     /// The account, opened by the first order (a tokio lock: two first orders open one).
     client: tokio::sync::Mutex<Option<Arc<Client>>>,
@@ -322,11 +329,11 @@ impl Manager {
     /// Reads `--acme-ca-cert` (and the system roots) and the state file. An unreadable CA file
     /// is an error; an unreadable state file is logged and started afresh (the hourly cap then
     /// starts over, the CA's own limits still hold).
-    pub async fn new(
+    pub(crate) async fn new(
         cfg: AcmeConfig,
         engine: Arc<Engine>,
         wake: Arc<Notify>,
-        metrics: Arc<crate::metrics::Metrics>,
+        metrics: Arc<Metrics>,
     ) -> Result<Arc<Manager>, Error> {
         let roots = roots(cfg.ca_cert.as_deref())?;
         let store = Store::new(cfg.store.clone());
@@ -373,18 +380,18 @@ impl Manager {
     }
 
     /// Whether a certificate landed since the last call (then the daemon delivers).
-    pub fn take_issued(&self) -> bool {
+    pub(crate) fn take_issued(&self) -> bool {
         std::mem::take(&mut lock(&self.inner).issued)
     }
 
     /// When a name set must be looked at again (a renewal due, a backoff over).
-    pub fn next_wake(&self) -> Option<Instant> {
+    pub(crate) fn next_wake(&self) -> Option<Instant> {
         lock(&self.inner).next
     }
 
     /// One turn: decides for every wanted name set and starts the orders that are due.
     /// `reread`: read every name set's certificate from the store again.
-    pub async fn sync(self: &Arc<Self>, wants: Vec<Want>, reread: bool) {
+    pub(crate) async fn sync(self: &Arc<Self>, wants: Vec<Want>, reread: bool) {
         let mut sets: HashMap<String, Want> = HashMap::new();
         for w in wants {
             let k = key(&w.names);
@@ -456,27 +463,22 @@ impl Manager {
                     }
                 }
                 let held = held.map(|h| with_ari(h, inner.ari.get(k)));
-                let next = match acme_plan::decide(
-                    now,
-                    &wanted,
-                    held.as_ref(),
-                    &history,
-                    &self.cfg.policy,
-                ) {
-                    Decision::Keep { renew_at } => Some(renew_at),
-                    Decision::Wait { until, .. } => until,
-                    Decision::Stop => None,
-                    Decision::Order { reason } => {
-                        inner.in_flight.insert(k.clone());
-                        let e = inner.entries.entry(k.clone()).or_default();
-                        e.orders.push(unix(now));
-                        e.orders
-                            .retain(|t| unix(now).saturating_sub(*t) < HOUR.as_secs());
-                        inner.version += 1;
-                        due.push((k.clone(), want.clone(), reason));
-                        None
-                    }
-                };
+                let next =
+                    match plan::decide(now, &wanted, held.as_ref(), &history, &self.cfg.policy) {
+                        Decision::Keep { renew_at } => Some(renew_at),
+                        Decision::Wait { until, .. } => until,
+                        Decision::Stop => None,
+                        Decision::Order { reason } => {
+                            inner.in_flight.insert(k.clone());
+                            let e = inner.entries.entry(k.clone()).or_default();
+                            e.orders.push(unix(now));
+                            e.orders
+                                .retain(|t| unix(now).saturating_sub(*t) < HOUR.as_secs());
+                            inner.version += 1;
+                            due.push((k.clone(), want.clone(), reason));
+                            None
+                        }
+                    };
                 if let Some(t) = next {
                     let at = Instant::now() + t.duration_since(now).unwrap_or_default();
                     inner.next = Some(inner.next.map_or(at, |n| n.min(at)));
@@ -945,11 +947,11 @@ mod tests {
             ..held.clone()
         };
         assert!(ari_due(at(10), &renewed, Some(&known)), "a new certificate");
-        let policy = acme_plan::Policy::default();
+        let policy = crate::config::AcmePolicy::default();
         let suggested = with_ari(held.clone(), Some(&known));
-        assert_eq!(acme_plan::renew_at(&suggested, &policy), at(30 * 86_400));
+        assert_eq!(plan::renew_at(&suggested, &policy), at(30 * 86_400));
         assert_eq!(
-            acme_plan::renew_at(&with_ari(renewed.clone(), Some(&known)), &policy),
+            plan::renew_at(&with_ari(renewed.clone(), Some(&known)), &policy),
             at(100 + 60 * 86_400),
             "a window about another certificate is not used"
         );

@@ -19,7 +19,7 @@ use crate::metrics::{Metrics, Readiness};
 const MAX_CONNECTIONS: usize = 16;
 
 /// Serves the admin endpoints until `stop` is cancelled and the answers in flight are done.
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, stop: CancellationToken) {
+pub(crate) async fn serve(listener: TcpListener, metrics: Arc<Metrics>, stop: CancellationToken) {
     let limits = Limits::new(MAX_CONNECTIONS);
     shared::admin::serve(listener, Endpoints(metrics), limits, stop).await;
 }
@@ -57,6 +57,7 @@ mod tests {
     use http::{header, Method};
 
     use super::*;
+    use crate::engine;
     use crate::error::Error;
 
     fn status(metrics: &Arc<Metrics>, method: Method, path: &str) -> StatusCode {
@@ -74,10 +75,10 @@ mod tests {
         );
         m.turn(&Ok(()));
         assert_eq!(status(&m, Method::GET, "/readyz"), StatusCode::OK);
-        m.turn(&Err(Error::Timeout {
+        m.turn(&Err(Error::Engine(engine::Error::Timeout {
             op: "list containers",
             timeout: Duration::from_secs(1),
-        }));
+        })));
         assert_eq!(
             status(&m, Method::HEAD, "/readyz"),
             StatusCode::SERVICE_UNAVAILABLE,

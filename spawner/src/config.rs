@@ -8,28 +8,26 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use shared::addr::ListenAddr;
+use shared::backoff::Backoff;
 use shared::schema::DEFAULT_LABEL_PREFIX;
 use shared::service_identity::TrustDomain;
 use shared::telemetry::LogFormat;
 
-use crate::identity_ca::CaSource;
-use crate::labels::AllowList;
-
 /// Let's Encrypt's production directory, the default `--acme-directory`.
-pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
+pub(crate) const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
 /// Longest wait between two ACME attempts for a failing name set: a CA outage of a day costs
 /// four orders, well inside any CA's limits, and a fixed problem is noticed within hours.
-pub const ACME_RETRY_MAX: Duration = Duration::from_secs(6 * 3600);
+pub(crate) const ACME_RETRY_MAX: Duration = Duration::from_secs(6 * 3600);
 /// Where the spawner keeps the identity CA it makes, the default `--identity-store`.
-pub const IDENTITY_STORE: &str = "/var/lib/tls-sidecar/identity";
+pub(crate) const IDENTITY_STORE: &str = "/var/lib/tls-sidecar/identity";
 /// Default `--identity-ttl`: a stolen identity key is worth a day at most, and renewing at half
 /// of it leaves twelve hours to notice a spawner that cannot.
-pub const IDENTITY_TTL: Duration = Duration::from_secs(24 * 3600);
+pub(crate) const IDENTITY_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Shortest `--identity-ttl`: renewed at half, a shorter one would be reissued every second.
-pub const IDENTITY_TTL_MIN: Duration = Duration::from_secs(2);
+pub(crate) const IDENTITY_TTL_MIN: Duration = Duration::from_secs(2);
 /// Longest `--identity-ttl`: past a year a leaf is no longer short-lived, and a key that leaked
 /// stays good for longer than anyone would wait.
-pub const IDENTITY_TTL_MAX: Duration = Duration::from_secs(365 * 86_400);
+pub(crate) const IDENTITY_TTL_MAX: Duration = Duration::from_secs(365 * 86_400);
 
 /// Launches a TLS sidecar next to every container that opts in with a label, and removes it when
 /// the container goes away.
@@ -37,9 +35,9 @@ pub const IDENTITY_TTL_MAX: Duration = Duration::from_secs(365 * 86_400);
 #[command(name = "spawner", version, about)]
 pub struct Cli {
     #[command(subcommand)]
-    pub command: Option<Command>,
+    pub(crate) command: Option<Command>,
     #[command(flatten)]
-    pub opts: Opts,
+    pub(crate) opts: Opts,
 }
 
 /// What to do; a bare `spawner` is `spawner run`.
@@ -71,7 +69,7 @@ pub enum CaAction {
 
 /// Flags shared by every subcommand.
 #[derive(Debug, Clone, Args)]
-pub struct Opts {
+pub(crate) struct Opts {
     /// Docker engine address; only `unix://` sockets are supported.
     #[arg(
         long,
@@ -79,12 +77,12 @@ pub struct Opts {
         default_value = "unix:///var/run/docker.sock",
         global = true
     )]
-    pub docker_host: String,
+    pub(crate) docker_host: String,
 
     /// Label prefix: targets opt in with `<prefix>.proxy-image`, sidecars are marked with
     /// `<prefix>.sidecar-for` and `<prefix>.managed-by`.
     #[arg(long, env = "SPAWNER_LABEL_PREFIX", default_value = DEFAULT_LABEL_PREFIX, global = true)]
-    pub label_prefix: String,
+    pub(crate) label_prefix: String,
 
     /// Glob (`*`, `?`) of a sidecar image a target may ask for; repeatable. Anything else is
     /// refused, because a label is all it takes to make the spawner run an image.
@@ -95,52 +93,52 @@ pub struct Opts {
         default_value = "tls-sidecar/sidecar:*",
         global = true
     )]
-    pub allow_images: Vec<String>,
+    pub(crate) allow_images: Vec<String>,
 
     /// Certificate store in certbot's layout (`live/<hostname>/fullchain.pem` and `privkey.pem`):
     /// an absolute directory the spawner reads, giving each sidecar only its own files; or a
     /// named volume, mounted whole and read-only into every sidecar at `/certs`
     #[arg(long, env = "SPAWNER_CERTS_FROM", global = true)]
-    pub certs_from: Option<String>,
+    pub(crate) certs_from: Option<String>,
 
     /// Where this process sees the `--certs-from` store, when that is not the same path: a
     /// containerised spawner with the store's volume or directory mounted into it. With it the
     /// spawner reads the store (and, with ACME, writes it) and delivers each sidecar its own
     /// files [default: --certs-from when that is an absolute path]
     #[arg(long, env = "SPAWNER_CERTS_PATH", value_name = "PATH", global = true)]
-    pub certs_path: Option<String>,
+    pub(crate) certs_path: Option<String>,
 
     /// Obtain certificates by ACME for every target with a `hostname` label, registering the
     /// account with this contact address; needs --acme-agree-tos and a store the spawner can
     /// write (--certs-from, --certs-path) [default: off]
     #[arg(long, env = "SPAWNER_ACME_EMAIL", value_name = "EMAIL", global = true)]
-    pub acme_email: Option<String>,
+    pub(crate) acme_email: Option<String>,
 
     /// Agree to the ACME CA's terms of service (required with --acme-email, as certbot asks).
     #[arg(long, env = "SPAWNER_ACME_AGREE_TOS", global = true)]
-    pub acme_agree_tos: bool,
+    pub(crate) acme_agree_tos: bool,
 
     /// The ACME directory URL. Let's Encrypt's staging directory, for trying things out without
     /// its production rate limits: https://acme-staging-v02.api.letsencrypt.org/directory
     #[arg(long, env = "SPAWNER_ACME_DIRECTORY", value_name = "URL",
           default_value = LETS_ENCRYPT, global = true)]
-    pub acme_directory: String,
+    pub(crate) acme_directory: String,
 
     /// PEM file of extra roots trusted for the ACME directory's own HTTPS (a private CA; Pebble
     /// in tests), beside the system's roots (or, where the system has none, as in the FROM-scratch
     /// image, the Mozilla roots built in) [default: none]
     #[arg(long, env = "SPAWNER_ACME_CA_CERT", value_name = "FILE", global = true)]
-    pub acme_ca_cert: Option<std::path::PathBuf>,
+    pub(crate) acme_ca_cert: Option<std::path::PathBuf>,
 
     /// First wait before retrying a failed order for a name set; doubled per failure up to 6h.
     /// Whatever it is, at most 3 orders per name set are placed in any hour.
     #[arg(long, env = "SPAWNER_ACME_RETRY_MIN", default_value = "1m",
           value_parser = shared::parse::duration, global = true)]
-    pub acme_retry_min: Duration,
+    pub(crate) acme_retry_min: Duration,
 
     /// Log what would be done and change nothing.
     #[arg(long, global = true)]
-    pub dry_run: bool,
+    pub(crate) dry_run: bool,
 
     /// Log format.
     #[arg(
@@ -150,7 +148,7 @@ pub struct Opts {
         default_value = "text",
         global = true
     )]
-    pub log_format: LogFormat,
+    pub(crate) log_format: LogFormat,
 
     /// Memory limit of each sidecar (bytes, or with a unit: 64MiB, 128m, 1g). A TLS terminator
     /// needs little; the limit stops a runaway sidecar from hurting its target.
@@ -160,7 +158,7 @@ pub struct Opts {
         default_value = "64MiB",
         global = true
     )]
-    pub sidecar_memory: String,
+    pub(crate) sidecar_memory: String,
 
     /// Maximum number of processes/threads in each sidecar; bounds a fork/thread leak.
     #[arg(
@@ -169,24 +167,24 @@ pub struct Opts {
         default_value_t = 128,
         global = true
     )]
-    pub sidecar_pids_limit: i64,
+    pub(crate) sidecar_pids_limit: i64,
 
     /// Shutdown grace given to each sidecar (`SIDECAR_SHUTDOWN_GRACE`); the container's stop
     /// timeout is this plus 2 s so Docker never kills a draining sidecar early.
     #[arg(long, env = "SPAWNER_SIDECAR_SHUTDOWN_GRACE", default_value = "10s",
           value_parser = shared::parse::duration, global = true)]
-    pub sidecar_shutdown_grace: Duration,
+    pub(crate) sidecar_shutdown_grace: Duration,
 
     /// Full reconcile at least this often, even without events (belt and braces against a
     /// missed event).
     #[arg(long, env = "SPAWNER_RESYNC_INTERVAL", default_value = "30s",
           value_parser = shared::parse::duration, global = true)]
-    pub resync_interval: Duration,
+    pub(crate) resync_interval: Duration,
 
     /// Timeout of each Docker API call (pulls get ten times this).
     #[arg(long, env = "SPAWNER_DOCKER_TIMEOUT", default_value = "10s",
           value_parser = shared::parse::duration, global = true)]
-    pub docker_timeout: Duration,
+    pub(crate) docker_timeout: Duration,
 
     /// How many actions of one reconcile turn (sidecar creates, removes) run at the same time.
     /// The default is 8: the engine serialises much of container creation (its store, network
@@ -198,13 +196,13 @@ pub struct Opts {
         default_value_t = 8,
         global = true
     )]
-    pub max_parallel_actions: usize,
+    pub(crate) max_parallel_actions: usize,
 
     /// Plain-HTTP admin listener (`IP:PORT`, `[IPv6]:PORT`, or `PORT` / `:PORT` for every IPv4
     /// interface: the sidecar's listen grammar) with `/healthz`, `/readyz` and `/metrics`; off by
     /// default. Unauthenticated: bind it to loopback or a private network
     #[arg(long, env = "SPAWNER_ADMIN_LISTEN", value_name = "ADDR", global = true)]
-    pub admin_listen: Option<String>,
+    pub(crate) admin_listen: Option<String>,
 
     /// Turn service identity on: every sidecar gets a short-lived certificate for
     /// `spiffe://DOMAIN/<identity>` from the spawner's CA. DOMAIN is a DNS name such as
@@ -215,7 +213,7 @@ pub struct Opts {
         value_name = "DOMAIN",
         global = true
     )]
-    pub identity_domain: Option<String>,
+    pub(crate) identity_domain: Option<String>,
 
     /// The identity CA's certificate (PEM), when the operator gives the CA; needs
     /// --identity-ca-key [default: the CA in --identity-store, made on first start]
@@ -225,7 +223,7 @@ pub struct Opts {
         value_name = "FILE",
         global = true
     )]
-    pub identity_ca_cert: Option<PathBuf>,
+    pub(crate) identity_ca_cert: Option<PathBuf>,
 
     /// The identity CA's private key (PKCS#8 PEM, mode 0600 or stricter); needs
     /// --identity-ca-cert
@@ -235,7 +233,7 @@ pub struct Opts {
         value_name = "FILE",
         global = true
     )]
-    pub identity_ca_key: Option<PathBuf>,
+    pub(crate) identity_ca_key: Option<PathBuf>,
 
     /// Lifetime of each identity certificate; renewed at half of it. From 2s to 365d
     /// [default: 24h]
@@ -245,7 +243,7 @@ pub struct Opts {
         value_name = "DURATION",
         global = true
     )]
-    pub identity_ttl: Option<String>,
+    pub(crate) identity_ttl: Option<String>,
 
     /// Directory (absolute) where the spawner makes its identity CA on first start and finds it
     /// after (`ca.pem`, `ca-key.pem`); in a container, keep it on a volume, or each new container
@@ -257,7 +255,7 @@ pub struct Opts {
         value_name = "DIR",
         global = true
     )]
-    pub identity_store: Option<PathBuf>,
+    pub(crate) identity_store: Option<PathBuf>,
 
     /// PEM file of roots trusted beside the signing CA, for a CA roll-over: list the old root
     /// here while moving to a new CA, then remove it [default: none]
@@ -267,40 +265,110 @@ pub struct Opts {
         value_name = "FILE",
         global = true
     )]
-    pub identity_trust: Option<PathBuf>,
+    pub(crate) identity_trust: Option<PathBuf>,
+}
+
+/// Sidecar images a target may ask for (`--allow-image`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct AllowList {
+    patterns: Vec<String>,
+}
+
+impl AllowList {
+    pub(crate) fn new(patterns: Vec<String>) -> Self {
+        AllowList { patterns }
+    }
+
+    pub(crate) fn allows(&self, image: &str) -> bool {
+        self.patterns
+            .iter()
+            .any(|p| glob_match(p.as_bytes(), image.as_bytes()))
+    }
+}
+
+/// `*` matches any run (including `/` and `:`), `?` one character; everything else literally.
+fn glob_match(pat: &[u8], s: &[u8]) -> bool {
+    let (mut p, mut i) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while i < s.len() {
+        if p < pat.len() && (pat[p] == b'?' || pat[p] == s[i]) {
+            p += 1;
+            i += 1;
+        } else if p < pat.len() && pat[p] == b'*' {
+            star = Some((p, i));
+            p += 1;
+        } else if let Some((sp, si)) = star {
+            p = sp + 1;
+            i = si + 1;
+            star = Some((sp, si + 1));
+        } else {
+            return false;
+        }
+    }
+    pat[p..].iter().all(|c| *c == b'*')
 }
 
 /// Where sidecar certificates come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CertsSource {
+pub(crate) enum CertsSource {
     /// A store this process reads at this path (`--certs-from DIR`, or `--certs-path`): each
-    /// sidecar is delivered its own files into a volume of its own ([`crate::delivery`]).
+    /// sidecar is delivered its own files into a volume of its own ([`crate::certs::delivery`]).
     HostDir(String),
     /// A named volume this process cannot see: mounted whole, read-only, into every sidecar.
     Volume(String),
 }
 
+/// When ACME orders (see `acme::plan::decide`): renewal at two thirds of a certificate's
+/// lifetime, a failed order retried from a minute up to six hours, at most three orders per name
+/// set in an hour (the CA's own limits are weekly, and a loop must never burn them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct AcmePolicy {
+    /// Renew once this fraction of the lifetime has passed (numerator, denominator).
+    pub(crate) renew_after: (u32, u32),
+    pub(crate) retry: Backoff,
+    pub(crate) max_orders_per_hour: usize,
+}
+
+impl Default for AcmePolicy {
+    fn default() -> Self {
+        AcmePolicy {
+            renew_after: (2, 3),
+            retry: Backoff::new(Duration::from_secs(60), Duration::from_secs(6 * 3600)),
+            max_orders_per_hour: 3,
+        }
+    }
+}
+
 /// ACME settings (`--acme-*`), present when `--acme-email` turns ACME on.
 #[derive(Debug, Clone)]
-pub struct AcmeConfig {
-    pub email: String,
-    pub directory: String,
-    pub ca_cert: Option<std::path::PathBuf>,
+pub(crate) struct AcmeConfig {
+    pub(crate) email: String,
+    pub(crate) directory: String,
+    pub(crate) ca_cert: Option<std::path::PathBuf>,
     /// Where the store is, as this process sees it (written by ACME).
-    pub store: std::path::PathBuf,
-    pub policy: crate::acme_plan::Policy,
+    pub(crate) store: std::path::PathBuf,
+    pub(crate) policy: AcmePolicy,
+}
+
+/// Where the identity CA is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum CaSource {
+    /// The spawner's own, made on first start in this directory (`--identity-store`).
+    Store(PathBuf),
+    /// One the operator gave (`--identity-ca-cert`, `--identity-ca-key`).
+    Files { cert: PathBuf, key: PathBuf },
 }
 
 /// Service identity settings (`--identity-*`), present when `--identity-domain` turns it on.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IdentityConfig {
-    pub domain: TrustDomain,
+pub(crate) struct IdentityConfig {
+    pub(crate) domain: TrustDomain,
     /// Lifetime of each leaf, within [`IDENTITY_TTL_MIN`] and [`IDENTITY_TTL_MAX`].
-    pub ttl: Duration,
+    pub(crate) ttl: Duration,
     /// The signing CA.
-    pub ca: CaSource,
+    pub(crate) ca: CaSource,
     /// Extra roots for the trust bundle (`--identity-trust`).
-    pub trust: Option<PathBuf>,
+    pub(crate) trust: Option<PathBuf>,
 }
 
 /// Validated configuration.
@@ -308,38 +376,38 @@ pub struct IdentityConfig {
 pub struct Config {
     pub command: Command,
     /// Path of the engine's unix socket.
-    pub docker_socket: String,
-    pub docker_host: String,
-    pub label_prefix: String,
-    pub allow: AllowList,
-    pub certs: Option<CertsSource>,
-    pub acme: Option<AcmeConfig>,
-    pub dry_run: bool,
+    pub(crate) docker_socket: String,
+    pub(crate) docker_host: String,
+    pub(crate) label_prefix: String,
+    pub(crate) allow: AllowList,
+    pub(crate) certs: Option<CertsSource>,
+    pub(crate) acme: Option<AcmeConfig>,
+    pub(crate) dry_run: bool,
     pub log_format: LogFormat,
-    pub sidecar_memory: i64,
-    pub sidecar_pids_limit: i64,
-    pub sidecar_shutdown_grace: Duration,
-    pub resync_interval: Duration,
-    pub docker_timeout: Duration,
+    pub(crate) sidecar_memory: i64,
+    pub(crate) sidecar_pids_limit: i64,
+    pub(crate) sidecar_shutdown_grace: Duration,
+    pub(crate) resync_interval: Duration,
+    pub(crate) docker_timeout: Duration,
     /// At least 1.
-    pub max_parallel_actions: usize,
+    pub(crate) max_parallel_actions: usize,
     pub admin_listen: Option<SocketAddr>,
     /// Service identity, with `--identity-domain`.
-    pub identity: Option<IdentityConfig>,
+    pub(crate) identity: Option<IdentityConfig>,
     /// Where the identity CA is, also without `--identity-domain`: what `spawner ca export`
     /// reads (the same as `identity.ca` when identity is on).
-    pub identity_ca: CaSource,
+    pub(crate) identity_ca: CaSource,
     /// `--identity-trust`, likewise.
-    pub identity_trust: Option<PathBuf>,
+    pub(crate) identity_trust: Option<PathBuf>,
 }
 
 /// A flag with an invalid value.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid --{flag} {value:?}: {reason}")]
 pub struct ConfigError {
-    pub flag: &'static str,
-    pub value: String,
-    pub reason: String,
+    pub(crate) flag: &'static str,
+    pub(crate) value: String,
+    pub(crate) reason: String,
 }
 
 fn bad(flag: &'static str, value: &str, reason: impl Into<String>) -> ConfigError {
@@ -675,11 +743,8 @@ fn acme_config(o: &Opts, certs: Option<&CertsSource>) -> Result<Option<AcmeConfi
                 "ACME needs a store it can write: --certs-from DIR (or a volume and --certs-path)",
             )),
         };
-    let policy = crate::acme_plan::Policy {
-        retry: shared::backoff::Backoff::new(
-            o.acme_retry_min,
-            o.acme_retry_min.max(ACME_RETRY_MAX),
-        ),
+    let policy = AcmePolicy {
+        retry: Backoff::new(o.acme_retry_min, o.acme_retry_min.max(ACME_RETRY_MAX)),
         ..Default::default()
     };
     Ok(Some(AcmeConfig {
@@ -717,7 +782,7 @@ fn valid_volume_name(v: &str) -> bool {
 
 /// Parses a byte size: plain bytes, or a number with `k`/`m`/`g` (also `KiB`, `MiB`, `GiB`, `kb`...),
 /// all binary multiples as Docker uses them.
-pub fn parse_bytes(s: &str) -> Result<i64, String> {
+pub(crate) fn parse_bytes(s: &str) -> Result<i64, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
@@ -1031,5 +1096,20 @@ mod tests {
         assert_eq!(parse_bytes("1g"), Ok(1 << 30));
         assert_eq!(parse_bytes("1000"), Ok(1000));
         assert!(parse_bytes("1x").is_err());
+    }
+
+    #[test]
+    fn allow_list_globs() {
+        let a = AllowList::new(vec![
+            "tls-sidecar/sidecar:*".into(),
+            "reg.example/tls?:1.*".into(),
+        ]);
+        assert!(a.allows("tls-sidecar/sidecar:latest"));
+        assert!(a.allows("tls-sidecar/sidecar:"));
+        assert!(!a.allows("tls-sidecar/sidecar"));
+        assert!(!a.allows("evil/tls-sidecar/sidecar:latest"));
+        assert!(a.allows("reg.example/tls1:1.2"));
+        assert!(!a.allows("reg.example/tls12:1.2"));
+        assert!(AllowList::new(vec!["*".into()]).allows("anything/at:all"));
     }
 }

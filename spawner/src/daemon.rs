@@ -4,11 +4,11 @@
 //! every resync interval. A turn runs its actions concurrently (bounded), but waits for all of them
 //! before it ends, so the next turn always observes their effects. Containers an event reported
 //! down are inspected instead of trusted from the listing, and looked at again shortly until the
-//! listing agrees ([`crate::seen`]), so no `die` is lost to the engine updating its listing late.
-//! A sidecar that ended is judged before it is removed ([`crate::failure`]): killed from outside
-//! means replaced at once; failed by itself means replaced with backoff, kept until then (its state
-//! and log stay readable), its cause logged once per distinct cause and carried on the next
-//! sidecar's labels for `spawner status`.
+//! listing agrees ([`crate::engine::event_reports`]), so no `die` is lost to the engine updating
+//! its listing late. A sidecar that ended is judged before it is removed
+//! ([`crate::plan::failure`]): killed from outside means replaced at once; failed by itself means
+//! replaced with backoff, kept until then (its state and log stay readable), its cause logged
+//! once per distinct cause and carried on the next sidecar's labels for `spawner status`.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -22,20 +22,20 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::acme;
-use crate::cert_source;
+use crate::certs::delivery;
+use crate::certs::source;
 use crate::config::{CertsSource, Config};
-use crate::container::{self, sidecar_body, For};
-use crate::delivery;
-use crate::docker::Engine;
+use crate::engine::event_reports::EventReports;
+use crate::engine::events;
+use crate::engine::observe::{examine, observe, summary_of, FactsCache, Observed};
+use crate::engine::Engine;
 use crate::error::Error;
-use crate::events;
-use crate::failure::{self, Failure, Verdict};
-use crate::identity::{self, Due, Issued, Signer};
-use crate::labels::{sidecar_name, TargetSpec};
+use crate::identity::renewal::{self, Due, Issued, Signer};
 use crate::metrics::{ActionKind, Metrics, Outcome, States};
-use crate::observe::{observe, summary_of, FactsCache, Observed};
-use crate::reconcile::{plan, steps, Action, RemoveReason, SidecarState};
-use crate::seen::Seen;
+use crate::plan::container::{self, sidecar_body, For};
+use crate::plan::failure::{self, Failure, Verdict};
+use crate::plan::labels::{sidecar_name, TargetSpec};
+use crate::plan::reconcile::{plan, steps, Action, RemoveReason, SidecarState};
 use shared::schema::MANAGED_BY_SPAWNER;
 
 /// Re-creating a sidecar that exited (or failed to create): 500 ms after the first failure, so a
@@ -77,14 +77,14 @@ struct Daemon {
     /// target's entry.
     holds: Mutex<HashMap<String, Hold>>,
     /// Per sidecar: the digest of the certificate bundle last delivered into it
-    /// ([`crate::delivery`]), so a resync delivers again only what changed.
+    /// ([`crate::certs::delivery`]), so a resync delivers again only what changed.
     delivered: Mutex<HashMap<String, u64>>,
     /// Per sidecar: the last re-delivery failure logged (see `redelivery_failed`).
     redelivery_errors: Mutex<HashMap<String, String>>,
     pulls: Arc<Mutex<HashMap<String, Pull>>>,
     reported: HashMap<String, String>,
     /// Containers the event stream reported down (shared with the watcher).
-    seen: Arc<Mutex<Seen>>,
+    event_reports: Arc<Mutex<EventReports>>,
     /// Verdicts on ended sidecars by sidecar ID, so each is inspected and its log read once.
     verdicts: HashMap<String, Verdict>,
     /// Per target: the last failure of one of its sidecars (put on the next one's labels), and the
@@ -190,7 +190,7 @@ async fn read_bundle(
 
 /// Runs the daemon until `shutdown`. Sidecars are left running on exit: the data plane must not
 /// depend on the control plane.
-pub async fn run(
+pub(crate) async fn run(
     cfg: Config,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
@@ -201,7 +201,7 @@ pub async fn run(
         cfg.docker_timeout,
     ));
     let wake = Arc::new(Notify::new());
-    let seen = Arc::new(Mutex::new(Seen::default()));
+    let event_reports = Arc::new(Mutex::new(EventReports::default()));
     tracing::info!(
         docker_host = %cfg.docker_host,
         label_prefix = %cfg.label_prefix,
@@ -214,7 +214,7 @@ pub async fn run(
     let watcher = tokio::spawn(events::watch(
         engine.clone(),
         cfg.label_prefix.clone(),
-        seen.clone(),
+        event_reports.clone(),
         events_wake,
         shutdown.clone(),
     ));
@@ -252,7 +252,7 @@ pub async fn run(
         redelivery_errors: Mutex::default(),
         pulls: Arc::default(),
         reported: HashMap::new(),
-        seen,
+        event_reports,
         verdicts: HashMap::new(),
         failures: Mutex::default(),
         logged_causes: Mutex::default(),
@@ -297,7 +297,7 @@ impl Daemon {
     /// Brings the listing up to date: everything when `touched` is `None` (or nothing is known
     /// yet), else one inspect per container an event named. Containers an event reported down
     /// are inspected either way: a full listing can still show them running (see
-    /// [`crate::seen`]), an inspect reads the container itself.
+    /// [`crate::engine::event_reports`]), an inspect reads the container itself.
     async fn refresh_listing(
         &mut self,
         touched: Option<&HashSet<String>>,
@@ -333,7 +333,7 @@ impl Daemon {
     /// a re-check while the listing lags behind an event.
     fn next_deadline(&self) -> Instant {
         let now = Instant::now();
-        let recheck = lock(&self.seen).recheck_at(now);
+        let recheck = lock(&self.event_reports).recheck_at(now);
         let holds = lock(&self.holds);
         let holds = holds.values().map(|h| h.until);
         let pulls = lock(&self.pulls);
@@ -341,7 +341,7 @@ impl Daemon {
         let acme = self.acme.as_ref().and_then(|a| a.next_wake());
         let identity = self.identity.as_ref().and_then(|id| {
             let renewals: Vec<Instant> = lock(&id.issued).values().map(|i| i.renew_at).collect();
-            identity::next_wake(renewals, *lock(&id.retry), now)
+            renewal::next_wake(renewals, *lock(&id.retry), now)
         });
         holds
             .chain(pulls)
@@ -364,9 +364,9 @@ impl Daemon {
             self.event_since.get_or_insert(at);
         }
         let (down, touched) = {
-            let mut seen = lock(&self.seen);
-            let down: HashSet<String> = seen.down().map(String::from).collect();
-            (down, seen.take_touched())
+            let mut reports = lock(&self.event_reports);
+            let down: HashSet<String> = reports.down().map(String::from).collect();
+            (down, reports.take_touched())
         };
         // The periodic resync trusts nothing cached.
         let resync = self.facts_since.elapsed() >= self.cfg.resync_interval;
@@ -387,6 +387,7 @@ impl Daemon {
                     &mut self.facts,
                 )
                 .await
+                .map_err(Error::from)
             }
             Err(e) => Err(e),
         };
@@ -401,7 +402,7 @@ impl Daemon {
             cached_targets = self.facts.len(),
             "observed"
         );
-        lock(&self.seen).settle(Instant::now(), |id| observed.listed.get(id).copied());
+        lock(&self.event_reports).settle(Instant::now(), |id| observed.listed.get(id).copied());
         self.judge_ended(&mut observed).await?;
         let now = Instant::now();
         let known: HashSet<&str> = observed.targets.iter().map(|t| t.id.as_str()).collect();
@@ -452,10 +453,9 @@ impl Daemon {
             tracker.set_acme(managed.map(|t| t.id.clone()).collect());
         }
         let listing = self.listing.as_ref();
-        let recorded =
-            cert_source::newest_recorded(&self.cfg.label_prefix, &observed.sidecars, |id| {
-                listing?.get(id)?.labels.as_ref()
-            });
+        let recorded = source::newest_recorded(&self.cfg.label_prefix, &observed.sidecars, |id| {
+            listing?.get(id)?.labels.as_ref()
+        });
         tracker
             .sync(certs, &observed.targets, &recorded, &reported_now, resync)
             .await;
@@ -493,7 +493,7 @@ impl Daemon {
         self.listening_since
             .retain(|id, _| running.contains(id.as_str()));
         self.listening_recheck = None;
-        let mut by_target: HashMap<&str, Vec<&crate::reconcile::Sidecar>> = HashMap::new();
+        let mut by_target: HashMap<&str, Vec<&crate::plan::reconcile::Sidecar>> = HashMap::new();
         for s in observed
             .sidecars
             .iter()
@@ -519,7 +519,7 @@ impl Daemon {
                         .await
                     {
                         Ok(said) => Ok(said),
-                        Err(e) if e.is_transport() => return Err(e),
+                        Err(e) if e.is_transport() => return Err(e.into()),
                         // A log driver the engine cannot read back (`none`, some remote ones).
                         Err(e) => Err(e),
                     };
@@ -597,7 +597,7 @@ impl Daemon {
             let verdict = match self.verdicts.get(&s.id) {
                 Some(v) => v.clone(),
                 None => {
-                    let Some(v) = failure::examine(&self.engine, &s.id).await? else {
+                    let Some(v) = examine(&self.engine, &s.id).await? else {
                         gone.insert(s.id.clone());
                         continue;
                     };
@@ -809,8 +809,8 @@ impl Daemon {
         }
         let name = sidecar_name(target_name);
         let hostname = spec.hostname.as_str();
-        let store = cert_source::look(self.cfg.certs.as_ref(), hostname).await;
-        let facts = cert_source::judge(&cert_source::Inputs {
+        let store = source::look(self.cfg.certs.as_ref(), hostname).await;
+        let facts = source::judge(&source::Inputs {
             recorded: None,
             acme: container::acme_managed(&self.cfg, spec),
             hostname,
@@ -837,7 +837,7 @@ impl Daemon {
         }
         body.labels
             .get_or_insert_with(HashMap::new)
-            .extend([cert_source::label(&self.cfg.label_prefix, &facts.given)]);
+            .extend([source::label(&self.cfg.label_prefix, &facts.given)]);
         let created = match self.engine.create(&name, body.clone()).await {
             Ok(id) => Ok(id),
             Err(e) if e.status_code() == Some(409) => {
@@ -852,11 +852,11 @@ impl Daemon {
         let id = match created {
             Ok(id) => id,
             Err(e) if e.status_code().is_some() => {
-                self.refused(target_id, &name, "cannot create sidecar", &e);
+                self.refused(target_id, &name, "cannot create sidecar", &e.into());
                 self.count(ActionKind::Create, Outcome::Refused);
                 return Ok(());
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         };
         if let Err(e) = self.deliver(&id, spec, use_certs).await {
             if e.is_transport() {
@@ -877,7 +877,7 @@ impl Daemon {
             return Ok(());
         }
         if let Err(e) = self.engine.start(&id).await {
-            self.refused(target_id, &name, "cannot start sidecar", &e);
+            self.refused(target_id, &name, "cannot start sidecar", &e.into());
             self.count(ActionKind::Create, Outcome::Refused);
             self.engine.remove(&id).await?;
             return Ok(());
@@ -905,7 +905,7 @@ impl Daemon {
         });
     }
 
-    /// Writes this target's certificate bundle ([`crate::delivery`]) into the sidecar's own
+    /// Writes this target's certificate bundle ([`crate::certs::delivery`]) into the sidecar's own
     /// volume: its chain and key when `with_pair`, its client CA with mutual TLS. Nothing to do
     /// without a `--certs-from` directory. Records the digest of what was delivered.
     async fn deliver(
@@ -994,12 +994,12 @@ impl Daemon {
                 .as_ref()
                 .and_then(|l| l.get(&sidecar.id))
                 .and_then(|c| c.labels.as_ref());
-            let recorded = cert_source::recorded(&self.cfg.label_prefix, labels);
+            let recorded = source::recorded(&self.cfg.label_prefix, labels);
             let given_files = matches!(
                 recorded,
-                Some(cert_source::Recorded::File | cert_source::Recorded::Acme)
+                Some(source::Recorded::File | source::Recorded::Acme)
             );
-            let has_files = cert_source::probe(self.cfg.certs.as_ref(), spec.hostname.as_str())
+            let has_files = source::probe(self.cfg.certs.as_ref(), spec.hostname.as_str())
                 .await
                 .is_file();
             let layout = self.layout(spec);
@@ -1029,11 +1029,9 @@ impl Daemon {
                     if layout == delivery::Layout::Acme && has_files {
                         // The gauges follow the certificate it now serves.
                         let hostname = spec.hostname.as_str();
-                        let store = cert_source::look(self.cfg.certs.as_ref(), hostname).await;
-                        let facts = cert_source::judge(&cert_source::Inputs {
-                            recorded: Some(
-                                recorded.as_ref().unwrap_or(&cert_source::Recorded::Acme),
-                            ),
+                        let store = source::look(self.cfg.certs.as_ref(), hostname).await;
+                        let facts = source::judge(&source::Inputs {
+                            recorded: Some(recorded.as_ref().unwrap_or(&source::Recorded::Acme)),
                             acme: true,
                             hostname,
                             store: &store,
@@ -1093,7 +1091,7 @@ impl Daemon {
                 let issued = Issued {
                     name: target.name.clone(),
                     at: Instant::now(),
-                    renew_at: identity::renew_at(Instant::now(), id.cfg.ttl),
+                    renew_at: renewal::renew_at(Instant::now(), id.cfg.ttl),
                     expires: leaf.not_after,
                     ca: signer.ca,
                     trust: signer.trust,
@@ -1161,7 +1159,7 @@ impl Daemon {
                 ))
             })
             .collect();
-        let running: Vec<(&crate::reconcile::Sidecar, &TargetSpec)> = observed
+        let running: Vec<(&crate::plan::reconcile::Sidecar, &TargetSpec)> = observed
             .sidecars
             .iter()
             .filter(|s| s.state == SidecarState::Running)
@@ -1174,7 +1172,7 @@ impl Daemon {
         {
             let looked_at: HashSet<&str> = running.iter().map(|(s, _)| s.id.as_str()).collect();
             lock(&id.issued)
-                .retain(|k, v| identity::keep(v, looked_at.contains(k.as_str()), turn_began));
+                .retain(|k, v| renewal::keep(v, looked_at.contains(k.as_str()), turn_began));
             let ids: HashSet<&str> = observed.sidecars.iter().map(|s| s.id.as_str()).collect();
             lock(&id.errors).retain(|k, _| k.is_empty() || ids.contains(k.as_str()));
         }
@@ -1186,7 +1184,7 @@ impl Daemon {
             .filter_map(|(sidecar, spec)| {
                 let target = spec.identity.as_ref()?;
                 let last = lock(&id.issued).get(&sidecar.id).cloned();
-                match identity::due(last.as_ref(), &target.name, now, signer.ca, signer.trust) {
+                match renewal::due(last.as_ref(), &target.name, now, signer.ca, signer.trust) {
                     Due::Nothing => None,
                     Due::Issue => Some((sidecar, spec, None)),
                     Due::Trust => Some((sidecar, spec, last)),
@@ -1251,7 +1249,7 @@ impl Daemon {
         }
         // Its creator may have stopped before delivering: deliver (again; it is idempotent).
         if let Some(spec) = spec {
-            let with_pair = cert_source::probe(self.cfg.certs.as_ref(), spec.hostname.as_str())
+            let with_pair = source::probe(self.cfg.certs.as_ref(), spec.hostname.as_str())
                 .await
                 .is_file();
             match self.deliver(sidecar_id, spec, with_pair).await {
@@ -1259,7 +1257,7 @@ impl Daemon {
                 Err(e) if !e.is_transport() => {
                     self.refused(target_id, sidecar_id, "cannot deliver certificates", &e);
                     self.count(ActionKind::Start, Outcome::Refused);
-                    return self.engine.remove(sidecar_id).await;
+                    return self.engine.remove(sidecar_id).await.map_err(Error::from);
                 }
                 r => r?,
             }
@@ -1268,7 +1266,7 @@ impl Daemon {
                 Err(e) if !e.is_transport() => {
                     self.refused(target_id, sidecar_id, "cannot deliver its identity", &e);
                     self.count(ActionKind::Start, Outcome::Refused);
-                    return self.engine.remove(sidecar_id).await;
+                    return self.engine.remove(sidecar_id).await.map_err(Error::from);
                 }
                 r => r?,
             }
@@ -1281,11 +1279,11 @@ impl Daemon {
             }
             Err(e) if e.status_code() == Some(404) => Ok(()),
             Err(e) if e.status_code().is_some() => {
-                self.refused(target_id, sidecar_id, "cannot start sidecar", &e);
+                self.refused(target_id, sidecar_id, "cannot start sidecar", &e.into());
                 self.count(ActionKind::Start, Outcome::Refused);
-                self.engine.remove(sidecar_id).await
+                self.engine.remove(sidecar_id).await.map_err(Error::from)
             }
-            Err(e) => Err(e),
+            Err(e) => Err(e.into()),
         }
     }
 

@@ -1,5 +1,13 @@
-//! Thin wrapper over bollard: one lazily (re)established connection with the API version
-//! negotiated down to the engine's, and every call under a timeout. No policy here.
+//! The Docker engine as the spawner sees it: [`Engine`], a thin wrapper over bollard (one lazily
+//! (re)established connection with the API version negotiated down to the engine's, every call
+//! under a timeout, no policy); the event subscription that tells the loop *when* to look
+//! ([`events`], with what it reported kept in [`event_reports`]); and the observation that reads
+//! what is true into the reconcile inputs ([`observe`]). Everything that talks to the engine is
+//! here, so every call has a timeout and every failure says whether the engine answered.
+
+pub(crate) mod event_reports;
+pub(crate) mod events;
+pub(crate) mod observe;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -17,13 +25,56 @@ use bollard::{Docker, API_DEFAULT_VERSION};
 use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 
-use crate::error::Error;
+/// A call to the engine that failed: one variant per way it can fail, each keeping its source.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("failed to connect to the docker engine at {host}")]
+    Connect {
+        host: String,
+        #[source]
+        source: bollard::errors::Error,
+    },
+    #[error("docker call {op} timed out after {timeout:?}")]
+    Timeout { op: &'static str, timeout: Duration },
+    #[error("docker call {op} failed")]
+    Docker {
+        op: &'static str,
+        #[source]
+        source: bollard::errors::Error,
+    },
+}
+
+impl Error {
+    /// The HTTP status the engine answered with, when it answered at all.
+    pub(crate) fn status_code(&self) -> Option<u16> {
+        match self {
+            Error::Docker {
+                source: bollard::errors::Error::DockerResponseServerError { status_code, .. },
+                ..
+            } => Some(*status_code),
+            _ => None,
+        }
+    }
+
+    /// True when the engine could not be reached (as opposed to answering with an error), so the
+    /// cached connection should be dropped and re-established.
+    pub(crate) fn is_transport(&self) -> bool {
+        match self {
+            Error::Connect { .. } | Error::Timeout { .. } => true,
+            Error::Docker { source, .. } => !matches!(
+                source,
+                bollard::errors::Error::DockerResponseServerError { .. }
+                    | bollard::errors::Error::DockerStreamError { .. }
+            ),
+        }
+    }
+}
 
 /// Pulls transfer image layers, so they get this many times the per-call timeout.
 const PULL_TIMEOUT_FACTOR: u32 = 10;
 
 /// A handle on the engine. Cheap to share behind an `Arc`.
-pub struct Engine {
+pub(crate) struct Engine {
     host: String,
     socket: String,
     timeout: Duration,
@@ -33,7 +84,7 @@ pub struct Engine {
 }
 
 impl Engine {
-    pub fn new(host: &str, socket: &str, timeout: Duration) -> Self {
+    pub(crate) fn new(host: &str, socket: &str, timeout: Duration) -> Self {
         Engine {
             host: host.to_string(),
             socket: socket.to_string(),
@@ -98,20 +149,12 @@ impl Engine {
     }
 
     /// Engine API calls made so far.
-    pub fn calls(&self) -> u64 {
+    pub(crate) fn calls(&self) -> u64 {
         self.calls.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Checks the engine answers.
-    pub async fn ping(&self) -> Result<(), Error> {
-        self.call("ping", self.timeout, |d| async move {
-            d.ping().await.map(|_| ())
-        })
-        .await
-    }
-
     /// Every container, running or not.
-    pub async fn list_containers(&self) -> Result<Vec<ContainerSummary>, Error> {
+    pub(crate) async fn list_containers(&self) -> Result<Vec<ContainerSummary>, Error> {
         let opts = ListContainersOptions {
             all: true,
             ..Default::default()
@@ -123,7 +166,10 @@ impl Engine {
     }
 
     /// `None` when the container does not exist (any more).
-    pub async fn inspect(&self, id: &str) -> Result<Option<ContainerInspectResponse>, Error> {
+    pub(crate) async fn inspect(
+        &self,
+        id: &str,
+    ) -> Result<Option<ContainerInspectResponse>, Error> {
         let r = self.call("inspect container", self.timeout, |d| async move {
             d.inspect_container(id, None).await
         });
@@ -134,7 +180,11 @@ impl Engine {
     }
 
     /// Creates a container and returns its ID.
-    pub async fn create(&self, name: &str, body: ContainerCreateBody) -> Result<String, Error> {
+    pub(crate) async fn create(
+        &self,
+        name: &str,
+        body: ContainerCreateBody,
+    ) -> Result<String, Error> {
         let opts = CreateContainerOptions {
             name: Some(name.to_string()),
             ..Default::default()
@@ -147,7 +197,7 @@ impl Engine {
 
     /// Extracts a tar archive at `path` inside a container (created or running); with volumes
     /// mounted there, the files land in the volume. Ownership and modes come from the archive.
-    pub async fn upload(&self, id: &str, path: &str, archive: Vec<u8>) -> Result<(), Error> {
+    pub(crate) async fn upload(&self, id: &str, path: &str, archive: Vec<u8>) -> Result<(), Error> {
         let opts = bollard::query_parameters::UploadToContainerOptions {
             path: path.to_string(),
             ..Default::default()
@@ -163,7 +213,7 @@ impl Engine {
     /// mounted there is read), through the engine's archive API; `None` when nothing is at
     /// `path`. A symbolic link comes back as a link, not followed. Reading stops once the archive
     /// is longer than `max_bytes`: a result longer than that is too large, and was cut.
-    pub async fn download(
+    pub(crate) async fn download(
         &self,
         id: &str,
         path: &str,
@@ -189,7 +239,7 @@ impl Engine {
         }
     }
 
-    pub async fn start(&self, id: &str) -> Result<(), Error> {
+    pub(crate) async fn start(&self, id: &str) -> Result<(), Error> {
         self.call("start container", self.timeout, |d| async move {
             d.start_container(id, None).await
         })
@@ -197,7 +247,7 @@ impl Engine {
     }
 
     /// Force-removes a container (with its anonymous volumes); a container already gone is fine.
-    pub async fn remove(&self, id: &str) -> Result<(), Error> {
+    pub(crate) async fn remove(&self, id: &str) -> Result<(), Error> {
         let opts = RemoveContainerOptions {
             force: true,
             v: true,
@@ -214,7 +264,7 @@ impl Engine {
 
     /// The last `lines` lines a container wrote to stderr (its fatal error, for a sidecar that
     /// exited), as the engine's log driver kept them.
-    pub async fn stderr_tail(&self, id: &str, lines: &str) -> Result<Vec<u8>, Error> {
+    pub(crate) async fn stderr_tail(&self, id: &str, lines: &str) -> Result<Vec<u8>, Error> {
         let opts = LogsOptions {
             stderr: true,
             tail: lines.to_string(),
@@ -234,7 +284,7 @@ impl Engine {
     /// Whether the first `max_bytes` of a container's log (stdout and stderr, from its start)
     /// contain `needle`: read from the beginning and stopped at the first match or the limit,
     /// so a long-running container's log costs no more than that.
-    pub async fn log_head_contains(
+    pub(crate) async fn log_head_contains(
         &self,
         id: &str,
         needle: &str,
@@ -264,7 +314,7 @@ impl Engine {
     }
 
     /// True when the image is present locally.
-    pub async fn image_exists(&self, image: &str) -> Result<bool, Error> {
+    pub(crate) async fn image_exists(&self, image: &str) -> Result<bool, Error> {
         let r = self.call("inspect image", self.timeout, |d| async move {
             d.inspect_image(image).await
         });
@@ -276,7 +326,7 @@ impl Engine {
     }
 
     /// Pulls an image, following the progress stream to its end.
-    pub async fn pull(&self, image: &str) -> Result<(), Error> {
+    pub(crate) async fn pull(&self, image: &str) -> Result<(), Error> {
         let opts = CreateImageOptions {
             from_image: Some(image.to_string()),
             ..Default::default()
@@ -297,7 +347,7 @@ impl Engine {
 
     /// Subscribes to container lifecycle events since `since` (unix seconds). The stream connects
     /// when first polled; it ends or yields an error when the connection breaks.
-    pub async fn events(
+    pub(crate) async fn events(
         &self,
         since: Option<i64>,
     ) -> Result<BoxStream<'static, Result<EventMessage, bollard::errors::Error>>, Error> {
@@ -322,7 +372,7 @@ impl Engine {
     }
 
     /// Drops the cached connection, so the next call reconnects (used after a broken stream).
-    pub fn reconnect(&self) {
+    pub(crate) fn reconnect(&self) {
         self.forget_client();
     }
 }

@@ -5,31 +5,29 @@
 //! `run` takes what a test must control (config, the admin listener, shutdown token); `main`
 //! adds signals, binding and exit codes.
 
-pub mod acme;
-pub mod acme_client;
-pub mod acme_plan;
-pub mod acme_store;
-pub mod admin;
-pub mod cert_source;
-pub mod config;
-pub mod container;
-pub mod daemon;
-pub mod delivery;
-pub mod docker;
-pub mod error;
-pub mod events;
-pub mod failure;
-pub mod identity;
-pub mod identity_ca;
-pub mod labels;
-pub mod metrics;
-pub mod observe;
-pub mod reconcile;
-pub mod seen;
-pub mod status;
+mod acme;
+mod admin;
+mod certs;
+mod config;
+mod daemon;
+mod engine;
+mod error;
+mod identity;
+mod layout;
+mod metrics;
+mod plan;
+mod status;
 
 pub use config::{CaAction, Cli, Command, Config};
 pub use error::Error;
+
+// Used by the tests outside this crate: the ACME client and its store against a real CA, the
+// identity CA's files, and the contract test's labels -> spec -> sidecar round trip.
+pub use acme::client::{Client as AcmeClient, Http as AcmeHttp};
+pub use acme::store::Store as AcmeStore;
+pub use identity::ca::{Authority as IdentityCa, CA_CERT_FILE, CA_KEY_FILE};
+pub use plan::container::sidecar_spec;
+pub use plan::labels::{parse_target, ChallengeKind, Offered};
 
 use std::io::Write as _;
 use std::sync::Arc;
@@ -65,7 +63,7 @@ pub async fn run(
             action: CaAction::Export,
         } => {
             let bundle =
-                identity_ca::export(&config.identity_ca, config.identity_trust.as_deref())?;
+                identity::ca::export(&config.identity_ca, config.identity_trust.as_deref())?;
             let mut out = std::io::stdout().lock();
             out.write_all(bundle.as_bytes())
                 .and_then(|()| out.flush())

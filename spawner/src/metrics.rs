@@ -10,13 +10,14 @@ use shared::prometheus::{Exposition, Kind};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::cert_source::{Expiry, Source, Tracker};
+use crate::certs::source::{Expiry, Source, Tracker};
+use crate::engine;
 use crate::error::Error;
-use crate::reconcile::{Sidecar, SidecarState, Target};
+use crate::plan::reconcile::{Sidecar, SidecarState, Target};
 
 /// A change the daemon makes to a sidecar.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ActionKind {
+pub(crate) enum ActionKind {
     Create,
     Remove,
     /// Start a sidecar that was created and never started (adopt it).
@@ -37,7 +38,7 @@ impl ActionKind {
 
 /// How an action ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// Done: the sidecar runs (create, start) or is gone (remove).
     Ok,
     /// The engine answered with an error (the create is retried with backoff).
@@ -70,7 +71,7 @@ impl Outcome {
     }
 
     /// The outcome of an engine call that failed.
-    pub fn of(e: &Error) -> Outcome {
+    pub(crate) fn of(e: &Error) -> Outcome {
         if e.is_transport() {
             Outcome::Unreachable
         } else {
@@ -111,14 +112,15 @@ impl EngineCause {
 
     fn of(e: &Error) -> Option<EngineCause> {
         use bollard::errors::Error as B;
+        use engine::Error as E;
         Some(match e {
-            Error::Connect { .. } => EngineCause::Connect,
-            Error::Timeout { .. } => EngineCause::Timeout,
-            Error::Docker {
+            Error::Engine(E::Connect { .. }) => EngineCause::Connect,
+            Error::Engine(E::Timeout { .. }) => EngineCause::Timeout,
+            Error::Engine(E::Docker {
                 source: B::DockerResponseServerError { .. } | B::DockerStreamError { .. },
                 ..
-            } => EngineCause::Api,
-            Error::Docker { .. } => EngineCause::Io,
+            }) => EngineCause::Api,
+            Error::Engine(E::Docker { .. }) => EngineCause::Io,
             Error::WriteStatus(_)
             | Error::WriteBundle(_)
             | Error::Identity(_)
@@ -153,22 +155,26 @@ impl Histogram {
 
 /// Targets by what they get, and sidecars by engine state, as of the last turn.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct States {
+pub(crate) struct States {
     /// Running, with a running sidecar in its current namespace.
-    pub served: u64,
+    pub(crate) served: u64,
     /// Running, no running sidecar yet (being made, failing and backing off, image missing).
-    pub pending: u64,
+    pub(crate) pending: u64,
     /// Running, and refused a sidecar (invalid label, image not allowed).
-    pub refused: u64,
-    pub stopped: u64,
-    pub sidecars_running: u64,
-    pub sidecars_created: u64,
-    pub sidecars_exited: u64,
+    pub(crate) refused: u64,
+    pub(crate) stopped: u64,
+    pub(crate) sidecars_running: u64,
+    pub(crate) sidecars_created: u64,
+    pub(crate) sidecars_exited: u64,
 }
 
 impl States {
     /// Counts a turn's observation; `refused`: the targets its plan refused.
-    pub fn of(targets: &[Target], sidecars: &[Sidecar], refused: &HashSet<String>) -> States {
+    pub(crate) fn of(
+        targets: &[Target],
+        sidecars: &[Sidecar],
+        refused: &HashSet<String>,
+    ) -> States {
         let mut s = States::default();
         let serving: HashSet<(&str, &str)> = sidecars
             .iter()
@@ -200,7 +206,7 @@ impl States {
 
 /// Whether the daemon is ready (for `/readyz`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Readiness {
+pub(crate) enum Readiness {
     /// No reconcile turn has finished yet.
     Starting = 0,
     /// The last turn finished.
@@ -211,7 +217,7 @@ pub enum Readiness {
 
 /// Everything the admin listener shows. Shared by the daemon (writes) and the listener (reads).
 #[derive(Debug, Default)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     readiness: AtomicU8,
     turns_ok: AtomicU64,
     turns_failed: AtomicU64,
@@ -225,13 +231,13 @@ pub struct Metrics {
     identity: [AtomicU64; 3],
     states: Mutex<States>,
     /// The certificate source of each target's sidecar, for the certificate gauges.
-    pub certs: Tracker,
+    pub(crate) certs: Tracker,
     /// When events arrived that no turn has acted on yet.
-    pub clock: EventClock,
+    pub(crate) clock: EventClock,
 }
 
 impl Metrics {
-    pub fn readiness(&self) -> Readiness {
+    pub(crate) fn readiness(&self) -> Readiness {
         match self.readiness.load(Ordering::Relaxed) {
             1 => Readiness::Ready,
             2 => Readiness::EngineUnreachable,
@@ -240,7 +246,7 @@ impl Metrics {
     }
 
     /// A reconcile turn finished (`Ok`) or failed; a failure is an engine error.
-    pub fn turn(&self, result: &Result<(), Error>) {
+    pub(crate) fn turn(&self, result: &Result<(), Error>) {
         match result {
             Ok(()) => {
                 self.turns_ok.fetch_add(1, Ordering::Relaxed);
@@ -257,7 +263,7 @@ impl Metrics {
     }
 
     /// An action ended. Done ones (`Ok`) whose turn an event started are timed from the event.
-    pub fn action(&self, kind: ActionKind, outcome: Outcome, event_since: Option<Instant>) {
+    pub(crate) fn action(&self, kind: ActionKind, outcome: Outcome, event_since: Option<Instant>) {
         self.actions[kind as usize][outcome as usize].fetch_add(1, Ordering::Relaxed);
         if let (Outcome::Ok, Some(at)) = (outcome, event_since) {
             self.latency[kind as usize].observe(at.elapsed().as_secs_f64());
@@ -265,7 +271,7 @@ impl Metrics {
     }
 
     /// An ACME order ended: `Ok`, or failed, permanently or not.
-    pub fn acme_order(&self, outcome: Result<(), bool>) {
+    pub(crate) fn acme_order(&self, outcome: Result<(), bool>) {
         let i = match outcome {
             Ok(()) => 0,
             Err(false) => 1,
@@ -276,7 +282,7 @@ impl Metrics {
 
     /// An identity delivery ended: a certificate (`Ok(true)`), a trust bundle alone
     /// (`Ok(false)`), or a failure.
-    pub fn identity_delivery(&self, outcome: Result<bool, ()>) {
+    pub(crate) fn identity_delivery(&self, outcome: Result<bool, ()>) {
         let i = match outcome {
             Ok(true) => 0,
             Ok(false) => 1,
@@ -286,21 +292,21 @@ impl Metrics {
     }
 
     /// An engine call failed (counted by cause).
-    pub fn engine_error(&self, e: &Error) {
+    pub(crate) fn engine_error(&self, e: &Error) {
         if let Some(cause) = EngineCause::of(e) {
             self.engine_errors[cause as usize].fetch_add(1, Ordering::Relaxed);
         }
     }
 
     /// What the last turn observed, and the engine calls made so far.
-    pub fn observed(&self, states: States, engine_calls: u64) {
+    pub(crate) fn observed(&self, states: States, engine_calls: u64) {
         *lock(&self.states) = states;
         self.engine_calls.store(engine_calls, Ordering::Relaxed);
     }
 
     /// Stamps every wake-up from `events` on the [`EventClock`], then passes it on to `wake`.
     /// Runs until aborted.
-    pub async fn relay(self: Arc<Self>, events: Arc<Notify>, wake: Arc<Notify>) {
+    pub(crate) async fn relay(self: Arc<Self>, events: Arc<Notify>, wake: Arc<Notify>) {
         loop {
             events.notified().await;
             self.clock.stamp();
@@ -309,7 +315,7 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut exp = Exposition::with_capacity(4096);
         self.render_loop(&mut exp);
         self.render_latency(&mut exp);
@@ -456,7 +462,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// the loop through [`Metrics::relay`], which notes the time before passing the wake-up on: a
 /// wake-up that arrives while a turn runs is stamped then, not when the loop gets to it.
 #[derive(Debug, Default)]
-pub struct EventClock {
+pub(crate) struct EventClock {
     pending: Mutex<Option<Instant>>,
 }
 
@@ -467,7 +473,7 @@ impl EventClock {
     }
 
     /// The arrival of the oldest event not taken yet, and forgets it.
-    pub fn take(&self) -> Option<Instant> {
+    pub(crate) fn take(&self) -> Option<Instant> {
         lock(&self.pending).take()
     }
 }
@@ -475,7 +481,7 @@ impl EventClock {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::labels::LabelError;
+    use crate::plan::labels::LabelError;
 
     fn target(id: &str, running: bool) -> Target {
         Target {
@@ -540,10 +546,10 @@ mod tests {
         m.turn(&Ok(()));
         m.action(ActionKind::Create, Outcome::Ok, Some(Instant::now()));
         m.action(ActionKind::Remove, Outcome::Refused, None);
-        m.engine_error(&Error::Timeout {
+        m.engine_error(&Error::Engine(engine::Error::Timeout {
             op: "list containers",
             timeout: std::time::Duration::from_secs(1),
-        });
+        }));
         m.acme_order(Ok(()));
         m.acme_order(Err(false));
         m.acme_order(Err(false));
@@ -578,10 +584,10 @@ mod tests {
         ] {
             assert!(text.contains(want), "{want:?} missing from:\n{text}");
         }
-        m.turn(&Err(Error::Timeout {
+        m.turn(&Err(Error::Engine(engine::Error::Timeout {
             op: "list containers",
             timeout: std::time::Duration::from_secs(1),
-        }));
+        })));
         assert_eq!(m.readiness(), Readiness::EngineUnreachable);
         assert!(m.render().contains("spawner_ready 0\n"));
     }

@@ -3,54 +3,54 @@
 //! daemon so the two never disagree. Read from the engine only (no state file, no daemon to ask):
 //! an exited sidecar the daemon keeps during its backoff is inspected and its log read here; once
 //! replaced, its failure is read from the labels of the sidecar that replaced it. A sidecar's
-//! certificate is judged by the daemon's own rule ([`cert_source::judge`]) from its label and the
+//! certificate is judged by the daemon's own rule ([`source::judge`]) from its label and the
 //! chain in its certificate volume, read through the engine: what it serves, with or without the
 //! daemon's ACME flags, wherever the store is.
 
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
 
+use crate::acme::store::Store;
 use crate::acme::{self, Standing};
-use crate::acme_store::Store;
-use crate::cert_source::{self, Expiry, Facts, Inputs, Recorded, Source};
+use crate::certs::source::{self, Expiry, Facts, Inputs, Recorded, Source};
 use crate::config::Config;
-use crate::docker::Engine;
+use crate::engine::observe::{examine, observe};
+use crate::engine::Engine;
 use crate::error::Error;
-use crate::failure::{self, Failure, Verdict};
-use crate::observe::observe;
-use crate::reconcile::{plan, Action, SidecarState};
+use crate::plan::failure::{Failure, Verdict};
+use crate::plan::reconcile::{plan, Action, SidecarState};
 
 /// One row of the table: one opted-in container.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Row {
-    pub target: String,
-    pub target_id: String,
+pub(crate) struct Row {
+    pub(crate) target: String,
+    pub(crate) target_id: String,
     /// `running` or `stopped`.
-    pub state: &'static str,
+    pub(crate) state: &'static str,
     /// Its sidecars, oldest first (normally one).
-    pub sidecars: Vec<SidecarRow>,
+    pub(crate) sidecars: Vec<SidecarRow>,
     /// Why it is not served, if it is not.
-    pub problem: Option<String>,
+    pub(crate) problem: Option<String>,
     /// The target's last failed sidecar.
-    pub last_failure: Option<Failure>,
+    pub(crate) last_failure: Option<Failure>,
     /// The certificate its sidecar serves (or, running without one yet, would be given);
     /// `None` for a target refused a sidecar, or stopped without one.
-    pub cert: Option<Source>,
+    pub(crate) cert: Option<Source>,
     /// Who issued that certificate, when its chain was read.
-    pub cert_issuer: Option<String>,
+    pub(crate) cert_issuer: Option<String>,
     /// With ACME on, for a target with a `hostname` label: how its certificate stands.
-    pub acme: Option<AcmeRow>,
+    pub(crate) acme: Option<AcmeRow>,
     /// With `--identity-domain`: the target's SPIFFE ID.
-    pub identity: Option<String>,
+    pub(crate) identity: Option<String>,
 }
 
 /// A target's ACME standing, from the store and the daemon's state file.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AcmeRow {
-    pub names: Vec<String>,
-    pub state: Standing,
+pub(crate) struct AcmeRow {
+    pub(crate) names: Vec<String>,
+    pub(crate) state: Standing,
     /// The last order's error (also while a certificate still serves: a failing renewal).
-    pub error: Option<String>,
+    pub(crate) error: Option<String>,
 }
 
 impl AcmeRow {
@@ -64,21 +64,21 @@ impl AcmeRow {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SidecarRow {
-    pub name: String,
-    pub id: String,
+pub(crate) struct SidecarRow {
+    pub(crate) name: String,
+    pub(crate) id: String,
     /// `running`, `created` or `exited`.
-    pub state: &'static str,
+    pub(crate) state: &'static str,
 }
 
 /// Observes the engine and builds the rows.
-pub async fn rows(cfg: &Config) -> Result<Vec<Row>, Error> {
+pub(crate) async fn rows(cfg: &Config) -> Result<Vec<Row>, Error> {
     let engine = Engine::new(&cfg.docker_host, &cfg.docker_socket, cfg.docker_timeout);
     let listing = engine.list_containers().await?;
     let recorded: HashMap<String, Recorded> = listing
         .iter()
         .filter_map(|c| {
-            let given = cert_source::recorded(&cfg.label_prefix, c.labels.as_ref())?;
+            let given = source::recorded(&cfg.label_prefix, c.labels.as_ref())?;
             Some((c.id.clone()?, given))
         })
         .collect();
@@ -86,9 +86,9 @@ pub async fn rows(cfg: &Config) -> Result<Vec<Row>, Error> {
         &engine,
         listing,
         &cfg.label_prefix,
-        crate::container::offered(cfg),
+        crate::plan::container::offered(cfg),
         &HashSet::new(),
-        &mut crate::observe::FactsCache::default(),
+        &mut crate::engine::observe::FactsCache::default(),
     )
     .await?;
     let actions = plan(
@@ -120,7 +120,7 @@ pub async fn rows(cfg: &Config) -> Result<Vec<Row>, Error> {
             if !t.running || s.state != SidecarState::Exited {
                 continue;
             }
-            if let Some(Verdict::Failed(f)) = failure::examine(&engine, &s.id).await? {
+            if let Some(Verdict::Failed(f)) = examine(&engine, &s.id).await? {
                 if s.target_started.as_deref() == Some(t.started_at.as_str()) {
                     failing = true;
                 }
@@ -151,7 +151,7 @@ pub async fn rows(cfg: &Config) -> Result<Vec<Row>, Error> {
             .spec
             .as_ref()
             .ok()
-            .filter(|spec| crate::container::acme_managed(cfg, spec));
+            .filter(|spec| crate::plan::container::acme_managed(cfg, spec));
         let cert = match &t.spec {
             Ok(spec) if newest.is_some() || (t.running && refused.is_none()) => {
                 Some(certificate(cfg, &engine, spec, newest, managed.is_some()).await)
@@ -186,7 +186,7 @@ pub async fn rows(cfg: &Config) -> Result<Vec<Row>, Error> {
             cert_issuer: cert.as_ref().and_then(|c| c.issuer.clone()),
             cert: cert.map(|c| c.source),
             acme,
-            identity: crate::container::identity_domain(cfg).and_then(|domain| {
+            identity: crate::plan::container::identity_domain(cfg).and_then(|domain| {
                 let id = t.spec.as_ref().ok()?.identity.as_ref()?;
                 Some(id.name.spiffe_id(domain))
             }),
@@ -197,7 +197,7 @@ pub async fn rows(cfg: &Config) -> Result<Vec<Row>, Error> {
 
 /// How the certificate of `spec`'s names stands.
 fn acme_row(
-    spec: &crate::labels::TargetSpec,
+    spec: &crate::plan::labels::TargetSpec,
     state: &Result<HashMap<String, acme::Entry>, String>,
     store: &Store,
     directory: &str,
@@ -225,20 +225,20 @@ fn acme_row(
 async fn certificate(
     cfg: &Config,
     engine: &Engine,
-    spec: &crate::labels::TargetSpec,
-    sidecar: Option<(&crate::reconcile::Sidecar, &Recorded)>,
+    spec: &crate::plan::labels::TargetSpec,
+    sidecar: Option<(&crate::plan::reconcile::Sidecar, &Recorded)>,
     acme: bool,
 ) -> Facts {
     let hostname = spec.hostname.as_str();
-    let store = cert_source::look(cfg.certs.as_ref(), hostname).await;
+    let store = source::look(cfg.certs.as_ref(), hostname).await;
     let served = match sidecar {
         Some((s, given)) => {
-            let paths = cert_source::served_paths(given, acme, cfg.certs.as_ref(), hostname);
-            cert_source::read_served(engine, &s.id, &s.name, &paths).await
+            let paths = source::served_paths(given, acme, cfg.certs.as_ref(), hostname);
+            source::read_served(engine, &s.id, &s.name, &paths).await
         }
         None => None,
     };
-    cert_source::judge(&Inputs {
+    source::judge(&Inputs {
         recorded: sidecar.map(|(_, given)| given),
         acme,
         hostname,
@@ -258,7 +258,7 @@ fn cert_cell(r: &Row, now: i64) -> String {
 
 /// Renders rows as an aligned table with a header; `now` (unix seconds) marks expired
 /// certificates.
-pub fn render(rows: &[Row], now: i64) -> String {
+pub(crate) fn render(rows: &[Row], now: i64) -> String {
     let acme = rows.iter().any(|r| r.acme.is_some());
     let mut header = vec![
         "TARGET",
@@ -328,7 +328,7 @@ pub fn render(rows: &[Row], now: i64) -> String {
 
 /// The rows as a JSON array, one object per row; the fields are documented in docs/spawner.md
 /// and only ever added to.
-pub fn to_json(rows: &[Row]) -> serde_json::Value {
+pub(crate) fn to_json(rows: &[Row]) -> serde_json::Value {
     use serde_json::{json, Value};
     let rows = rows.iter().map(|r| {
         let (source, reason, detail, not_after) = match &r.cert {
@@ -383,7 +383,7 @@ pub fn to_json(rows: &[Row]) -> serde_json::Value {
 }
 
 /// `spawner status`: prints the table (or, with `json`, the JSON array) to stdout.
-pub async fn run(cfg: &Config, json: bool) -> Result<(), Error> {
+pub(crate) async fn run(cfg: &Config, json: bool) -> Result<(), Error> {
     let rows = rows(cfg).await?;
     let out = if json {
         format!("{:#}\n", to_json(&rows))
@@ -402,7 +402,7 @@ pub async fn run(cfg: &Config, json: bool) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cert_source::Fallback;
+    use crate::certs::source::Fallback;
 
     fn row() -> Row {
         Row {

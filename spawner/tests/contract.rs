@@ -500,13 +500,13 @@ fn labels() -> impl Strategy<Value = HashMap<String, String>> {
 #[test]
 fn whatever_labels_the_spawner_accepts_the_sidecar_accepts() {
     let _env = ENVIRONMENT.lock().unwrap_or_else(|e| e.into_inner());
-    let cfg = spawner::config::Cli::try_parse_from(["spawner"])
+    let cfg = spawner::Cli::try_parse_from(["spawner"])
         .expect("default spawner flags")
         .into_config()
         .expect("valid defaults");
     // With ACME on, a target with a hostname label gets a sidecar that reads a directory and
     // answers challenges: those specs must round-trip too.
-    let acme = spawner::config::Cli::try_parse_from([
+    let acme = spawner::Cli::try_parse_from([
         "spawner",
         "--certs-from",
         "/store",
@@ -531,12 +531,12 @@ fn whatever_labels_the_spawner_accepts_the_sidecar_accepts() {
         .run(
             &inputs,
             |(labels, name, exposed, (mounted, use_certs, own_network), with_acme)| {
-                let Some(parsed) = spawner::labels::parse_target(
+                let Some(parsed) = spawner::parse_target(
                     "tls-sidecar",
                     &name,
                     &labels,
                     &exposed,
-                    spawner::labels::Offered::certs(mounted),
+                    spawner::Offered::certs(mounted),
                 ) else {
                     return Err(TestCaseError::fail("the opt-in label is set"));
                 };
@@ -546,7 +546,7 @@ fn whatever_labels_the_spawner_accepts_the_sidecar_accepts() {
                 accepted.set(accepted.get() + 1);
                 target.exit_when_orphaned = own_network;
                 let cfg = if with_acme { &acme } else { &cfg };
-                let spec = spawner::container::sidecar_spec(cfg, &target, use_certs);
+                let spec = spawner::sidecar_spec(cfg, &target, use_certs);
                 let env = spec.to_env();
                 let read = sidecar_reads(&env).map_err(|e| {
                     TestCaseError::fail(format!(

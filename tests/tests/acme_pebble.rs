@@ -47,20 +47,19 @@ fn directory_roots(pebble: &Pebble) -> RootCertStore {
 }
 
 async fn account(pebble: &Pebble) -> Account {
-    let (account, _credentials) = Account::builder_with_http(Box::new(
-        spawner::acme_client::Http::new(directory_roots(pebble)),
-    ))
-    .create(
-        &NewAccount {
-            contact: &["mailto:test@example.com"],
-            terms_of_service_agreed: true,
-            only_return_existing: false,
-        },
-        pebble.directory_url().to_string(),
-        None,
-    )
-    .await
-    .unwrap_or_else(|e| panic!("create an ACME account: {e}\n{}", pebble.logs()));
+    let (account, _credentials) =
+        Account::builder_with_http(Box::new(spawner::AcmeHttp::new(directory_roots(pebble))))
+            .create(
+                &NewAccount {
+                    contact: &["mailto:test@example.com"],
+                    terms_of_service_agreed: true,
+                    only_return_existing: false,
+                },
+                pebble.directory_url().to_string(),
+                None,
+            )
+            .await
+            .unwrap_or_else(|e| panic!("create an ACME account: {e}\n{}", pebble.logs()));
     account
 }
 
@@ -433,7 +432,7 @@ async fn an_unreachable_directory_fails_with_the_address_and_the_cause() {
     let err = match within(
         STEP * 2,
         "account creation against nothing",
-        Account::builder_with_http(Box::new(spawner::acme_client::Http::new({
+        Account::builder_with_http(Box::new(spawner::AcmeHttp::new({
             let mut roots = RootCertStore::empty();
             roots.add(ca.der()).expect("test CA");
             roots
@@ -598,14 +597,13 @@ async fn the_sidecar_answers_http01_for_pebble_on_its_redirect_listener() {
     assert_issued_for(&pebble, &chain, "d.test");
 }
 
-/// The spawner's own ACME client (`spawner::acme_client`), its store and the sidecar together:
+/// The spawner's own ACME client (`spawner::AcmeClient`), its store and the sidecar together:
 /// the challenge answers go into the store, the sidecar serves them from there, Pebble
 /// validates, the pair lands in certbot's layout, and the account is kept for the next start.
 mod spawner_client {
     use super::*;
     use shared::dns::DnsName;
-    use spawner::acme_client::{ChallengeKind, Client};
-    use spawner::acme_store::Store;
+    use spawner::{AcmeClient as Client, AcmeStore as Store, ChallengeKind};
     use std::os::unix::fs::PermissionsExt;
     use std::str::FromStr;
 

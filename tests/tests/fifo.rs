@@ -16,7 +16,7 @@ use harness::issuer::{Spec, TestCa};
 use harness::sidecar::{run_expect_fail, Sidecar};
 use harness::tmp::TempDir;
 use harness::wait::{poll_until_async, within};
-use spawner::identity_ca::{Authority, CA_CERT_FILE, CA_KEY_FILE};
+use spawner::{IdentityCa as Authority, CA_CERT_FILE, CA_KEY_FILE};
 
 /// Exit code of the sidecar for an invalid configuration.
 const CONFIG_ERROR: i32 = 2;

@@ -13,7 +13,7 @@ use harness::tmp::TempDir;
 use harness::wait::within;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
-use spawner::identity_ca::{Authority, CA_CERT_FILE};
+use spawner::{IdentityCa as Authority, CA_CERT_FILE};
 
 /// Budget for one run of the command: it reads a file or two.
 const RUN: Duration = Duration::from_secs(30);

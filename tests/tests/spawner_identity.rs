@@ -559,7 +559,7 @@ fn issued_by(cert: &Path, ca: &Path) -> bool {
 
 #[test]
 fn a_ca_roll_over_needs_no_restart_and_drops_no_connection() {
-    use spawner::identity_ca::{Authority, CA_CERT_FILE, CA_KEY_FILE};
+    use spawner::{IdentityCa as Authority, CA_CERT_FILE, CA_KEY_FILE};
     let run = TestRun::new();
     let prefix = run.label_prefix();
     let net = run.network(&unique_name("idnet"));

@@ -1,8 +1,9 @@
-//! The ACME protocol (RFC 8555) for issue 13, through `instant-acme`: an account kept in the
+//! The ACME protocol (RFC 8555), through `instant-acme`: an account kept in the
 //! store (`acme/account.json`, mode 0600, reused after restarts) and one certificate obtained
 //! for a name set by HTTP-01 or TLS-ALPN-01, the challenge answers published in the store
 //! ([`Store`]) and handed to [`Answers`] (the daemon uploads them into the serving sidecars),
-//! and the CA's renewal window for a held certificate (ARI). Driven by [`crate::acme`].
+//! and the CA's renewal window for a held certificate (ARI). Driven by the manager
+//! ([`crate::acme`]).
 //!
 //! Every network step is under a timeout, every error says whether retrying can help
 //! ([`AcmeError::permanent`]) and what the CA said.
@@ -25,8 +26,9 @@ use rustls_pki_types::ServerName;
 use shared::dns::DnsName;
 use tokio::net::TcpStream;
 
-pub use crate::acme_plan::ChallengeKind;
-use crate::acme_store::Store;
+use crate::acme::store::Store;
+use crate::certs::delivery::AnswerFile;
+use crate::plan::labels::ChallengeKind;
 
 /// Longest one HTTP exchange with the CA may take.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -45,12 +47,12 @@ pub struct AcmeError {
     pub message: String,
     /// What failed, without what changes from one order to the next (the challenge URL and
     /// token in the CA's detail): the step and the CA's problem type. `None`: the message.
-    pub cause: Option<String>,
+    pub(crate) cause: Option<String>,
 }
 
 impl AcmeError {
     /// What a repeated failure has in common with the last one (see [`AcmeError::cause`]).
-    pub fn cause(&self) -> &str {
+    pub(crate) fn cause(&self) -> &str {
         self.cause.as_deref().unwrap_or(&self.message)
     }
 }
@@ -190,7 +192,7 @@ impl Client {
     /// The CA's suggested renewal window for the leaf of `chain_pem` (ACME Renewal Information,
     /// RFC 9773): the window's start, and how long until the CA wants to be asked again. `None`
     /// when the CA offers no renewal information (the directory names no `renewalInfo`).
-    pub async fn renewal_window(
+    pub(crate) async fn renewal_window(
         &self,
         chain_pem: &[u8],
     ) -> Result<Option<(std::time::SystemTime, Duration)>, AcmeError> {
@@ -226,7 +228,7 @@ impl Client {
     /// [`Client::obtain`], with each answer also handed to `answers` after it is written to the
     /// store and before the CA is told to check it (the daemon uploads it into the sidecars
     /// that serve the names), and handed again emptied once the order is over.
-    pub async fn obtain_with(
+    pub(crate) async fn obtain_with(
         &self,
         names: &[DnsName],
         kind: ChallengeKind,
@@ -344,23 +346,15 @@ impl Client {
     }
 }
 
-/// One challenge answer as a file: its path relative to the store (the same relative path
-/// under a sidecar's `/certs`) and its content; empty when withdrawn.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AnswerFile {
-    pub path: String,
-    pub bytes: Vec<u8>,
-}
-
 /// Where challenge answers go besides the store.
-pub trait Answers: Send + Sync {
+pub(crate) trait Answers: Send + Sync {
     /// Makes `files` visible to whoever answers the CA; failures are the implementor's to log
     /// (an answer that did not arrive fails the challenge, which is reported).
     fn publish(&self, files: Vec<AnswerFile>) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
 }
 
 /// Answers served from the store alone (a sidecar mounting it, or a test).
-pub struct StoreOnly;
+pub(crate) struct StoreOnly;
 
 impl Answers for StoreOnly {
     fn publish(&self, _files: Vec<AnswerFile>) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
@@ -438,12 +432,12 @@ impl<'a> Published<'a> {
 }
 
 fn http01_path(token: &str) -> String {
-    use crate::acme_store::{HTTP01_DIR, HTTP01_TOKENS};
+    use crate::layout::{HTTP01_DIR, HTTP01_TOKENS};
     format!("{HTTP01_DIR}/{HTTP01_TOKENS}/{token}")
 }
 
 fn tls_alpn01_path(name: &DnsName) -> String {
-    format!("{}/{name}.pem", crate::acme_store::TLS_ALPN01_DIR)
+    format!("{}/{name}.pem", crate::layout::TLS_ALPN01_DIR)
 }
 
 /// instant-acme's HTTP client: one HTTP/1.1 connection per exchange over rustls, trusting only

@@ -1,6 +1,6 @@
-//! When to order a certificate (issue 13, ACME in the spawner): a pure decision per name set,
-//! from what the store holds, what was tried before and the time. The I/O (the ACME protocol,
-//! the store, the engine) lives elsewhere and only carries out [`Decision`]s.
+//! When to order a certificate: a pure decision per name set, from what the store holds, what
+//! was tried before and the time. The I/O (the ACME protocol, the store, the engine) lives
+//! elsewhere and only carries out [`Decision`]s.
 //!
 //! The rules:
 //! - A certificate that covers exactly the wanted names and is not due is kept: due at two
@@ -8,62 +8,31 @@
 //! - An order is placed only when none is in flight for the same names (replicas share one).
 //! - After a failure the next attempt waits a capped exponential backoff; a permanent error (the
 //!   CA refuses the name) is not retried until the wanted names change or an operator clears it.
-//! - Whatever happens, at most [`Policy::max_orders_per_hour`] orders per name set in any hour:
-//!   the CA's own limits are weekly, and a loop must never burn them.
+//! - Whatever happens, at most [`AcmePolicy::max_orders_per_hour`] orders per name set in any
+//!   hour: the CA's own limits are weekly, and a loop must never burn them.
 
 use std::collections::BTreeSet;
-use std::str::FromStr;
 use std::time::{Duration, SystemTime};
 
-use shared::backoff::Backoff;
+use crate::config::AcmePolicy;
 
 /// The names one certificate is for (sorted, lowercase, each once): targets wanting the same set
 /// share one certificate and one order.
 pub type NameSet = BTreeSet<String>;
 
-/// Which challenge proves control of the names (`<prefix>.acme-challenge`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum ChallengeKind {
-    /// A file on port 80, served by the sidecar's redirect listener.
-    #[default]
-    Http01,
-    /// A certificate in a handshake on port 443, served by the sidecar's TLS listener.
-    TlsAlpn01,
-}
-
-impl FromStr for ChallengeKind {
-    type Err = String;
-    fn from_str(text: &str) -> Result<Self, String> {
-        match text.trim() {
-            "http-01" => Ok(ChallengeKind::Http01),
-            "tls-alpn-01" => Ok(ChallengeKind::TlsAlpn01),
-            other => Err(format!("expected http-01 or tls-alpn-01, got {other:?}")),
-        }
-    }
-}
-
-impl std::fmt::Display for ChallengeKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            ChallengeKind::Http01 => "http-01",
-            ChallengeKind::TlsAlpn01 => "tls-alpn-01",
-        })
-    }
-}
-
 /// What the store's certificate for a name set says about itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Held {
     pub names: NameSet,
-    pub not_before: SystemTime,
-    pub not_after: SystemTime,
+    pub(crate) not_before: SystemTime,
+    pub(crate) not_after: SystemTime,
     /// The start of the renewal window the CA suggested (ARI), when it offered one.
-    pub suggested_renewal: Option<SystemTime>,
+    pub(crate) suggested_renewal: Option<SystemTime>,
 }
 
 /// How an earlier attempt ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Failure {
+pub(crate) enum Failure {
     /// Worth retrying: the CA or the challenge was unreachable, a timeout, a rate limit.
     Transient,
     /// Not worth retrying by itself: the CA refused the names or the account.
@@ -72,38 +41,19 @@ pub enum Failure {
 
 /// What was tried for a name set (persisted in the store, so a restart keeps it).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct History {
+pub(crate) struct History {
     /// When each recent order was placed (older than an hour may be forgotten).
-    pub orders: Vec<SystemTime>,
+    pub(crate) orders: Vec<SystemTime>,
     /// Failures in a row since the last success, and how the last one ended.
-    pub failures: u32,
-    pub last_failure: Option<(SystemTime, Failure)>,
+    pub(crate) failures: u32,
+    pub(crate) last_failure: Option<(SystemTime, Failure)>,
     /// An order for this name set is in flight now.
-    pub in_flight: bool,
-}
-
-/// The knobs, with the defaults the issue asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Policy {
-    /// Renew once this fraction of the lifetime has passed (numerator, denominator).
-    pub renew_after: (u32, u32),
-    pub retry: Backoff,
-    pub max_orders_per_hour: usize,
-}
-
-impl Default for Policy {
-    fn default() -> Self {
-        Policy {
-            renew_after: (2, 3),
-            retry: Backoff::new(Duration::from_secs(60), Duration::from_secs(6 * 3600)),
-            max_orders_per_hour: 3,
-        }
-    }
+    pub(crate) in_flight: bool,
 }
 
 /// What to do for a name set now.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decision {
+pub(crate) enum Decision {
     /// The held certificate serves; look again at `renew_at`.
     Keep { renew_at: SystemTime },
     /// Place an order now.
@@ -118,7 +68,7 @@ pub enum Decision {
 }
 
 /// When a certificate is due for renewal under `policy`.
-pub fn renew_at(held: &Held, policy: &Policy) -> SystemTime {
+pub(crate) fn renew_at(held: &Held, policy: &AcmePolicy) -> SystemTime {
     let lifetime = held
         .not_after
         .duration_since(held.not_before)
@@ -132,12 +82,12 @@ pub fn renew_at(held: &Held, policy: &Policy) -> SystemTime {
 }
 
 /// The decision for one name set at `now`.
-pub fn decide(
+pub(crate) fn decide(
     now: SystemTime,
     wanted: &NameSet,
     held: Option<&Held>,
     history: &History,
-    policy: &Policy,
+    policy: &AcmePolicy,
 ) -> Decision {
     if let Some(held) = held.filter(|h| &h.names == wanted && now < h.not_after) {
         let at = renew_at(held, policy);
@@ -218,7 +168,7 @@ mod tests {
 
     #[test]
     fn a_valid_certificate_is_kept_until_two_thirds_of_its_life() {
-        let p = Policy::default();
+        let p = AcmePolicy::default();
         let want = names(&["a.example"]);
         let h = held(&["a.example"], 0, 90);
         assert_eq!(
@@ -243,7 +193,7 @@ mod tests {
 
     #[test]
     fn the_cas_renewal_window_only_brings_renewal_forward() {
-        let p = Policy::default();
+        let p = AcmePolicy::default();
         let mut h = held(&["a.example"], 0, 90);
         h.suggested_renewal = Some(t(10 * DAY));
         assert_eq!(renew_at(&h, &p), t(10 * DAY));
@@ -253,7 +203,7 @@ mod tests {
 
     #[test]
     fn other_names_need_a_new_certificate() {
-        let p = Policy::default();
+        let p = AcmePolicy::default();
         let h = held(&["a.example"], 0, 90);
         assert_eq!(
             decide(
@@ -282,14 +232,14 @@ mod tests {
             ..History::default()
         };
         assert!(matches!(
-            decide(t(0), &names(&["a"]), None, &history, &Policy::default()),
+            decide(t(0), &names(&["a"]), None, &history, &AcmePolicy::default()),
             Decision::Wait { until: None, .. }
         ));
     }
 
     #[test]
     fn failures_back_off_and_permanent_ones_stop() {
-        let p = Policy::default();
+        let p = AcmePolicy::default();
         let want = names(&["a"]);
         let history = History {
             orders: vec![t(0)],
@@ -321,7 +271,7 @@ mod tests {
 
     #[test]
     fn never_more_than_the_hourly_cap_whatever_happens() {
-        let p = Policy::default();
+        let p = AcmePolicy::default();
         let want = names(&["a"]);
         // Three orders in the last hour, none failed (e.g. each certificate lost right away).
         let history = History {
@@ -339,7 +289,7 @@ mod tests {
             decide(t(3600), &want, None, &history, &p),
             Decision::Order { .. }
         ));
-        let off = Policy {
+        let off = AcmePolicy {
             max_orders_per_hour: 0,
             ..p
         };

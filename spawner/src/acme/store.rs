@@ -1,5 +1,6 @@
-//! The certificate store as ACME writes it (issue 13), in certbot's layout, so a pair the spawner
-//! obtained and one certbot made are read the same way ([`crate::delivery::read`]):
+//! The certificate store as ACME writes it, in certbot's layout, so a pair the spawner obtained
+//! and one certbot made are read the same way ([`crate::certs::delivery::read`]); the names it
+//! shares with the sidecars' volumes are in [`crate::layout`]:
 //! - `archive/<name>/fullchainN.pem` and `privkeyN.pem`, one pair per issuance (N = 1, 2, ...),
 //!   never rewritten; the key `0600`, the chain `0644`, the directory `0700`, as certbot does;
 //! - `live/<name>/fullchain.pem` and `privkey.pem`: relative symbolic links to the newest pair;
@@ -22,14 +23,8 @@ use std::time::SystemTime;
 use shared::dns::DnsName;
 use shared::fs::ReadError;
 
-use crate::acme_plan::{Held, NameSet};
-
-/// The HTTP-01 webroot, relative to the store (and, delivered, to a sidecar's `/certs`).
-pub const HTTP01_DIR: &str = "acme/http-01";
-/// The TLS-ALPN-01 challenge certificates, likewise.
-pub const TLS_ALPN01_DIR: &str = "acme/tls-alpn-01";
-/// Where an HTTP-01 answer lies under the webroot.
-pub const HTTP01_TOKENS: &str = ".well-known/acme-challenge";
+use crate::acme::plan::{Held, NameSet};
+use crate::layout::{HTTP01_DIR, HTTP01_TOKENS, TLS_ALPN01_DIR};
 
 /// Largest state file read back: a few hundred bytes per name set, for thousands of them.
 const MAX_STATE_BYTES: u64 = 8 << 20;
@@ -48,12 +43,12 @@ impl Store {
         Self { root: root.into() }
     }
 
-    pub fn root(&self) -> &Path {
+    pub(crate) fn root(&self) -> &Path {
         &self.root
     }
 
     /// `live/<name>`.
-    pub fn live_dir(&self, name: &DnsName) -> PathBuf {
+    pub(crate) fn live_dir(&self, name: &DnsName) -> PathBuf {
         self.root.join("live").join(name.to_string())
     }
 
@@ -74,13 +69,13 @@ impl Store {
 
     /// The ACME order history per name set (`acme/state.json`), so a restarted spawner keeps
     /// its backoffs and hourly caps, and `spawner status` can show the last error.
-    pub fn state_path(&self) -> PathBuf {
+    pub(crate) fn state_path(&self) -> PathBuf {
         self.root.join("acme").join("state.json")
     }
 
     /// Replaces the state file whole (0600: it names the sites, nothing secret, but it is the
     /// spawner's).
-    pub fn write_state(&self, json: &[u8]) -> io::Result<()> {
+    pub(crate) fn write_state(&self, json: &[u8]) -> io::Result<()> {
         let path = self.state_path();
         if let Some(dir) = path.parent() {
             create_dir(dir, 0o700)?;
@@ -89,7 +84,7 @@ impl Store {
     }
 
     /// The state file's content; `None` when there is none yet.
-    pub fn read_state(&self) -> Result<Option<Vec<u8>>, ReadError> {
+    pub(crate) fn read_state(&self) -> Result<Option<Vec<u8>>, ReadError> {
         match shared::fs::read(&self.state_path(), MAX_STATE_BYTES) {
             Ok(bytes) => Ok(Some(bytes)),
             Err(e) if e.is_not_found() => Ok(None),
@@ -98,7 +93,7 @@ impl Store {
     }
 
     /// Stores the account's credentials, readable by the spawner's user only (0600).
-    pub fn write_account(&self, json: &[u8]) -> io::Result<()> {
+    pub(crate) fn write_account(&self, json: &[u8]) -> io::Result<()> {
         let path = self.account_path();
         if let Some(dir) = path.parent() {
             create_dir(dir, 0o700)?;
@@ -130,13 +125,13 @@ impl Store {
     }
 
     /// The certificate chain in `live/<name>/fullchain.pem` (at most [`MAX_CHAIN_BYTES`]).
-    pub fn read_chain(&self, name: &DnsName) -> Result<Vec<u8>, ReadError> {
+    pub(crate) fn read_chain(&self, name: &DnsName) -> Result<Vec<u8>, ReadError> {
         let path = self.live_dir(name).join("fullchain.pem");
         shared::fs::read(&path, MAX_CHAIN_BYTES)
     }
 
     /// Publishes an HTTP-01 key authorization for `token`.
-    pub fn write_http01(&self, token: &str, key_authorization: &str) -> io::Result<PathBuf> {
+    pub(crate) fn write_http01(&self, token: &str, key_authorization: &str) -> io::Result<PathBuf> {
         let path = self.http01_path(token)?;
         if let Some(dir) = path.parent() {
             create_dir(dir, 0o755)?;
@@ -146,7 +141,7 @@ impl Store {
     }
 
     /// Removes an HTTP-01 challenge file (gone already is fine).
-    pub fn remove_http01(&self, token: &str) -> io::Result<()> {
+    pub(crate) fn remove_http01(&self, token: &str) -> io::Result<()> {
         remove_if_there(&self.http01_path(token)?)
     }
 
@@ -161,7 +156,7 @@ impl Store {
     }
 
     /// Publishes a TLS-ALPN-01 challenge certificate and key (PEM) for `name`.
-    pub fn write_tls_alpn01(&self, name: &DnsName, pem: &[u8]) -> io::Result<PathBuf> {
+    pub(crate) fn write_tls_alpn01(&self, name: &DnsName, pem: &[u8]) -> io::Result<PathBuf> {
         let dir = self.tls_alpn01_dir();
         create_dir(&dir, 0o755)?;
         let path = dir.join(format!("{name}.pem"));
@@ -169,14 +164,14 @@ impl Store {
         Ok(path)
     }
 
-    pub fn remove_tls_alpn01(&self, name: &DnsName) -> io::Result<()> {
+    pub(crate) fn remove_tls_alpn01(&self, name: &DnsName) -> io::Result<()> {
         remove_if_there(&self.tls_alpn01_dir().join(format!("{name}.pem")))
     }
 }
 
 /// An ACME token as RFC 8555 makes them (base64url): 1 to 256 of `[A-Za-z0-9_-]`, the rule the
 /// sidecar's webroot applies too.
-pub fn is_token(token: &str) -> bool {
+pub(crate) fn is_token(token: &str) -> bool {
     (1..=256).contains(&token.len())
         && token
             .bytes()
@@ -184,7 +179,7 @@ pub fn is_token(token: &str) -> bool {
 }
 
 /// The names (DNS SANs, lowercase) and validity of the first certificate in `pem`.
-pub fn leaf_facts(pem: &[u8]) -> Option<Held> {
+pub(crate) fn leaf_facts(pem: &[u8]) -> Option<Held> {
     let (_, block) = x509_parser::pem::parse_x509_pem(pem).ok()?;
     let cert = block.parse_x509().ok()?;
     let mut names = NameSet::new();

@@ -15,24 +15,21 @@ use std::path::{Path, PathBuf};
 
 use shared::spec::MountedPath;
 
-/// The chain and key as the sidecar finds them, directly under the certificate mount.
-pub const CHAIN_FILE: &str = "fullchain.pem";
-pub const KEY_FILE: &str = "privkey.pem";
-/// The identity files, directly under [`shared::schema::IDENTITY_MOUNT`]: this sidecar's leaf
-/// certificate and key, and the trust bundle of the identity CA.
-pub const IDENTITY_CERT_FILE: &str = "cert.pem";
-pub const IDENTITY_KEY_FILE: &str = "key.pem";
-pub const IDENTITY_CA_FILE: &str = "ca.pem";
+use crate::layout::{
+    CHAIN_FILE, HTTP01_DIR, HTTP01_TOKENS, IDENTITY_CA_FILE, IDENTITY_CERT_FILE, IDENTITY_KEY_FILE,
+    KEY_FILE, TLS_ALPN01_DIR,
+};
+
 /// Largest file delivered: a chain of a dozen certificates or a CA bundle fits many times over;
 /// anything larger is not a certificate file, and would be copied into every sidecar.
-pub const MAX_FILE_BYTES: u64 = 1 << 20;
+pub(crate) const MAX_FILE_BYTES: u64 = 1 << 20;
 /// The sidecar's user owns the files (it runs as `nobody`): the key `0400`, the rest `0444`.
 /// Directories stay root's, so the sidecar cannot add files to its volume.
 const SIDECAR_UID: u64 = 65534;
 
 /// What one sidecar is given.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Bundle {
+pub(crate) struct Bundle {
     /// Directories made even when empty (the ACME answer directories a sidecar opens at start).
     dirs: Vec<String>,
     files: Vec<File>,
@@ -40,7 +37,7 @@ pub struct Bundle {
 
 /// Where a bundle puts the target's pair.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Layout {
+pub(crate) enum Layout {
     /// `fullchain.pem` and `privkey.pem` directly under the mount (the sidecar is told the two
     /// paths).
     Flat,
@@ -59,20 +56,13 @@ struct File {
 }
 
 impl Bundle {
-    /// Whether the bundle holds a chain and key (else the sidecar makes a self-signed one).
-    pub fn has_pair(&self) -> bool {
-        self.files
-            .iter()
-            .any(|f| f.path == KEY_FILE || f.path.ends_with(&format!("/{KEY_FILE}")))
-    }
-
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.files.is_empty() && self.dirs.is_empty()
     }
 
     /// Challenge answers (or their emptied, withdrawn form) for the sidecars that serve them:
     /// readable by the sidecar, in root's directories.
-    pub fn answers(files: &[crate::acme_client::AnswerFile]) -> Bundle {
+    pub(crate) fn answers(files: &[AnswerFile]) -> Bundle {
         Bundle {
             dirs: Vec::new(),
             files: files
@@ -90,7 +80,7 @@ impl Bundle {
     /// without its certificate, which it skips, never a new certificate beside the old key), its
     /// certificate and the trust bundle, for the identity volume. Without a pair, the bundle
     /// alone (a trust roll-over between two renewals).
-    pub fn identity(pair: Option<(&str, &str)>, trust: &str) -> Bundle {
+    pub(crate) fn identity(pair: Option<(&str, &str)>, trust: &str) -> Bundle {
         let mut files = Vec::new();
         if let Some((cert, key)) = pair {
             files.push(File {
@@ -116,14 +106,14 @@ impl Bundle {
     }
 
     /// Changes whenever a delivered file's path, content or mode changes.
-    pub fn digest(&self) -> u64 {
+    pub(crate) fn digest(&self) -> u64 {
         let mut h = DefaultHasher::new();
         self.files.hash(&mut h);
         h.finish()
     }
 
     /// The files as a tar archive, for the engine's archive API (extracted at the mount).
-    pub fn tar(&self) -> io::Result<Vec<u8>> {
+    pub(crate) fn tar(&self) -> io::Result<Vec<u8>> {
         let mut out = tar::Builder::new(Vec::new());
         let mut dirs: Vec<String> = Vec::new();
         let explicit = self.dirs.iter().map(|d| (d.as_str(), true));
@@ -167,19 +157,27 @@ impl Bundle {
     }
 }
 
+/// One ACME challenge answer as a file: its path relative to the store (the same relative path
+/// under a sidecar's `/certs`) and its content; empty when withdrawn.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct AnswerFile {
+    pub(crate) path: String,
+    pub(crate) bytes: Vec<u8>,
+}
+
 /// Why a bundle could not be read; the target's sidecar is not started, and the reason shows in
 /// the log and `spawner status`.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot deliver {path}: {reason}")]
 pub struct DeliveryError {
-    pub path: PathBuf,
-    pub reason: String,
+    pub(crate) path: PathBuf,
+    pub(crate) reason: String,
 }
 
 /// Reads what the sidecar for `hostname` gets from the store at `store`: the certbot pair
 /// `live/<hostname>/fullchain.pem` and `privkey.pem` when `with_pair` (placed as `layout`
 /// says), and the client CA file.
-pub fn read(
+pub(crate) fn read(
     store: &Path,
     hostname: &str,
     with_pair: bool,
@@ -189,7 +187,6 @@ pub fn read(
     let mut files = Vec::new();
     let mut dirs = Vec::new();
     if layout == Layout::Acme {
-        use crate::acme_store::{HTTP01_DIR, HTTP01_TOKENS, TLS_ALPN01_DIR};
         dirs.push(format!("{HTTP01_DIR}/{HTTP01_TOKENS}"));
         dirs.push(TLS_ALPN01_DIR.to_string());
     }
@@ -236,6 +233,15 @@ mod tests {
     use super::*;
     use std::io::Read;
     use std::os::unix::fs::PermissionsExt;
+
+    impl Bundle {
+        /// Whether the bundle holds a chain and key (else the sidecar makes a self-signed one).
+        fn has_pair(&self) -> bool {
+            self.files
+                .iter()
+                .any(|f| f.path == KEY_FILE || f.path.ends_with(&format!("/{KEY_FILE}")))
+        }
+    }
 
     fn store() -> PathBuf {
         let dir = std::env::temp_dir().join(format!(
@@ -353,7 +359,6 @@ mod tests {
 
     #[test]
     fn answers_are_readable_files_and_withdrawn_ones_empty() {
-        use crate::acme_client::AnswerFile;
         let b = Bundle::answers(&[
             AnswerFile {
                 path: "acme/http-01/.well-known/acme-challenge/tok".into(),

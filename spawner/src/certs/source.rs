@@ -19,12 +19,12 @@ use std::time::Duration;
 use shared::schema::{label_name, CERTS_MOUNT};
 
 use crate::config::CertsSource;
-use crate::docker::Engine;
-use crate::reconcile::{Sidecar, Target};
+use crate::engine::Engine;
+use crate::plan::reconcile::{Sidecar, Target};
 
 /// Label suffix on a sidecar: how its certificate was given (see [`Recorded::label_value`]).
 /// Spawner-only: the sidecar never reads it.
-pub const LABEL: &str = "cert-source";
+pub(crate) const LABEL: &str = "cert-source";
 /// A certificate chain larger than this is not read for its expiry: certbot's are a few KiB, and
 /// the spawner must not be made to read an arbitrary file whole.
 const MAX_CHAIN_BYTES: u64 = 1 << 20;
@@ -38,7 +38,7 @@ const ARCHIVE_OVERHEAD: usize = 16 << 10;
 
 /// Why a sidecar runs self-signed.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Fallback {
+pub(crate) enum Fallback {
     /// The spawner has no `--certs-from`: self-signed is what was asked for.
     NoCertsFrom,
     /// The `--certs-from` directory does not exist for the spawner (a containerised spawner
@@ -54,7 +54,7 @@ pub enum Fallback {
 
 impl Fallback {
     /// Stable name, for `--json` and the sidecar label.
-    pub fn code(&self) -> &'static str {
+    pub(crate) fn code(&self) -> &'static str {
         match self {
             Fallback::NoCertsFrom => "no-certs-from",
             Fallback::DirNotVisible => "certs-dir-not-visible",
@@ -64,7 +64,7 @@ impl Fallback {
     }
 
     /// What a person reads.
-    pub fn detail(&self) -> String {
+    pub(crate) fn detail(&self) -> String {
         match self {
             Fallback::NoCertsFrom => "no --certs-from".to_string(),
             Fallback::DirNotVisible => "certs dir not visible to the spawner".to_string(),
@@ -78,7 +78,7 @@ impl Fallback {
 
 /// When a served certificate expires, as far as the spawner can tell.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Expiry {
+pub(crate) enum Expiry {
     /// notAfter of the first certificate of the chain, unix seconds.
     At(i64),
     /// Not known, and why (a volume the spawner cannot look into, an unreadable file).
@@ -87,7 +87,7 @@ pub enum Expiry {
 
 /// The certificate a sidecar is (or would be) given.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Source {
+pub(crate) enum Source {
     /// The certificate files: `path` is the chain as the spawner names it (a host path, or
     /// `volume:<name>/live/...`; without either, `<sidecar>:/certs/...` inside the sidecar).
     File {
@@ -101,12 +101,12 @@ pub enum Source {
 }
 
 impl Source {
-    pub fn is_file(&self) -> bool {
+    pub(crate) fn is_file(&self) -> bool {
         matches!(self, Source::File { .. })
     }
 
     /// `file`, `self-signed` or `unknown`.
-    pub fn kind(&self) -> &'static str {
+    pub(crate) fn kind(&self) -> &'static str {
         match self {
             Source::File { .. } => "file",
             Source::SelfSigned(_) => "self-signed",
@@ -115,7 +115,7 @@ impl Source {
     }
 
     /// One table cell: `file, expires <rfc3339>`, `self-signed: <why>` or `unknown: <why>`.
-    pub fn cell(&self, now: i64) -> String {
+    pub(crate) fn cell(&self, now: i64) -> String {
         match self {
             Source::File {
                 expiry: Expiry::At(t),
@@ -137,7 +137,7 @@ impl Source {
 /// How a sidecar's certificate was given, as its [`LABEL`] records it (written when the sidecar
 /// is made, never changed).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Recorded {
+pub(crate) enum Recorded {
     /// The certificate files (in its own volume, or the named volume mounted whole).
     File,
     SelfSigned(Fallback),
@@ -150,7 +150,7 @@ pub enum Recorded {
 impl Recorded {
     /// The value of the sidecar's [`LABEL`]: `file`, `acme`, or `self-signed/<code>` with
     /// `:<what>` for a missing file. No expiry: a renewal changes it while the sidecar runs.
-    pub fn label_value(&self) -> String {
+    pub(crate) fn label_value(&self) -> String {
         match self {
             Recorded::File => "file".to_string(),
             Recorded::Acme => "acme".to_string(),
@@ -164,7 +164,7 @@ impl Recorded {
 
 /// Reads a [`Recorded::label_value`] back (those of every earlier version too); `None` for
 /// anything else.
-pub fn parse_label(value: &str) -> Option<Recorded> {
+pub(crate) fn parse_label(value: &str) -> Option<Recorded> {
     match value {
         "file" => return Some(Recorded::File),
         "acme" => return Some(Recorded::Acme),
@@ -183,19 +183,19 @@ pub fn parse_label(value: &str) -> Option<Recorded> {
 }
 
 /// The sidecar label recording `given`.
-pub fn label(prefix: &str, given: &Recorded) -> (String, String) {
+pub(crate) fn label(prefix: &str, given: &Recorded) -> (String, String) {
     (label_name(prefix, LABEL), given.label_value())
 }
 
 /// What a container's labels record (under `prefix`), if they record anything this version
 /// reads.
-pub fn recorded(prefix: &str, labels: Option<&HashMap<String, String>>) -> Option<Recorded> {
+pub(crate) fn recorded(prefix: &str, labels: Option<&HashMap<String, String>>) -> Option<Recorded> {
     parse_label(labels?.get(&label_name(prefix, LABEL))?)
 }
 
 /// Per target ID, what the label of its newest sidecar records (`labels_of` a sidecar's ID:
 /// its labels, from the engine's listing).
-pub fn newest_recorded<'a>(
+pub(crate) fn newest_recorded<'a>(
     prefix: &str,
     sidecars: &[Sidecar],
     labels_of: impl Fn(&str) -> Option<&'a HashMap<String, String>>,
@@ -215,29 +215,29 @@ pub fn newest_recorded<'a>(
 
 /// The first certificate of a chain, as far as the status and the gauges need it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Chain {
+pub(crate) struct Chain {
     /// notAfter, unix seconds.
-    pub not_after: i64,
+    pub(crate) not_after: i64,
     /// Who issued it: its issuer's common name, else the whole name (control characters
     /// escaped).
-    pub issuer: String,
+    pub(crate) issuer: String,
 }
 
 /// What the store holds for a hostname, as one process sees it ([`look`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Stored {
+pub(crate) struct Stored {
     /// The certificate the daemon would give a new sidecar now.
-    pub source: Source,
+    pub(crate) source: Source,
     /// The issuer of that chain, when it was read.
-    pub issuer: Option<String>,
+    pub(crate) issuer: Option<String>,
     /// The chain's path as the spawner names it ([`chain_path`]); `None` without `--certs-from`.
-    pub path: Option<String>,
+    pub(crate) path: Option<String>,
 }
 
 /// What a sidecar's certificate volume holds where the sidecar reads its chain, read through
 /// the engine ([`read_served`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Served {
+pub(crate) enum Served {
     /// A chain, read at `path` (`<sidecar>:/certs/...`).
     Chain { path: String, chain: Chain },
     /// Nothing there: no pair was delivered (an ACME-managed sidecar then serves self-signed).
@@ -249,33 +249,33 @@ pub enum Served {
 /// Everything one process knows about a target's certificate at one moment: the input of
 /// [`judge`].
 #[derive(Debug, Clone, Copy)]
-pub struct Inputs<'a> {
+pub(crate) struct Inputs<'a> {
     /// What its newest sidecar's [`LABEL`] records; `None` without a sidecar (the facts are
     /// then what the daemon would give one now).
-    pub recorded: Option<&'a Recorded>,
+    pub(crate) recorded: Option<&'a Recorded>,
     /// Whether this process's configuration has ACME obtain the target's certificate. Decides
     /// for a target without a sidecar; for a sidecar it matters only when its label predates
     /// [`Recorded::Acme`] (a self-signed label then means "until ACME delivers").
-    pub acme: bool,
+    pub(crate) acme: bool,
     /// The target's hostname (the first name of its certificate).
-    pub hostname: &'a str,
+    pub(crate) hostname: &'a str,
     /// What the store holds now, as this process sees it.
-    pub store: &'a Stored,
+    pub(crate) store: &'a Stored,
     /// What the sidecar's own volume holds; `None` when not read (no sidecar, or the daemon,
     /// which knows what it delivered).
-    pub served: Option<&'a Served>,
+    pub(crate) served: Option<&'a Served>,
 }
 
 /// The facts of a target's certificate: how its sidecar is (or would be) made, and what it
 /// serves.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Facts {
+pub(crate) struct Facts {
     /// What the sidecar's label records (for a sidecar yet to be made: what it will).
-    pub given: Recorded,
+    pub(crate) given: Recorded,
     /// What it serves.
-    pub source: Source,
+    pub(crate) source: Source,
     /// The served chain's issuer, when known.
-    pub issuer: Option<String>,
+    pub(crate) issuer: Option<String>,
 }
 
 /// The one decision about a target's certificate, for the daemon (what a new sidecar is given
@@ -288,7 +288,7 @@ pub struct Facts {
 /// is replaced. An ACME-managed one with nothing in its volume serves self-signed; one whose
 /// volume was not read serves what the store holds, which the daemon delivers. What neither
 /// shows is said to be unknown, and why, never guessed.
-pub fn judge(i: &Inputs<'_>) -> Facts {
+pub(crate) fn judge(i: &Inputs<'_>) -> Facts {
     let store = i.store;
     let given = match i.recorded {
         Some(r) => r.clone(),
@@ -390,14 +390,14 @@ pub fn judge(i: &Inputs<'_>) -> Facts {
 /// own volume has the flat `fullchain.pem`, or for an ACME-managed sidecar `live/<hostname>/`;
 /// a named volume mounted whole has certbot's layout. Not knowing which (no `--certs-from`
 /// given to this process, or an older ACME-managed sidecar), both are tried.
-pub fn served_paths(
+pub(crate) fn served_paths(
     given: &Recorded,
     acme: bool,
     certs: Option<&CertsSource>,
     hostname: &str,
 ) -> Vec<String> {
     let live = format!("{CERTS_MOUNT}/live/{hostname}/fullchain.pem");
-    let flat = format!("{CERTS_MOUNT}/{}", crate::delivery::CHAIN_FILE);
+    let flat = format!("{CERTS_MOUNT}/{}", crate::layout::CHAIN_FILE);
     match (given, certs) {
         (Recorded::Acme, _) => vec![live],
         (Recorded::SelfSigned(_), _) if acme => vec![live],
@@ -412,7 +412,7 @@ pub fn served_paths(
 /// engine is reachable, whoever can read the store): the first of `paths` that exists, links
 /// followed within the certificate mount. `None` without paths to look at. Every call is under
 /// the engine's timeout.
-pub async fn read_served(
+pub(crate) async fn read_served(
     engine: &Engine,
     sidecar_id: &str,
     sidecar_name: &str,
@@ -534,12 +534,12 @@ fn follow(from: &str, to: &str) -> Result<String, String> {
 
 /// Looks at what `--certs-from` holds for `hostname`, as this process sees it. Never fails: what
 /// cannot be seen is a [`Fallback`], what cannot be read an [`Expiry::Unknown`].
-pub async fn probe(certs: Option<&CertsSource>, hostname: &str) -> Source {
+pub(crate) async fn probe(certs: Option<&CertsSource>, hostname: &str) -> Source {
     look(certs, hostname).await.source
 }
 
 /// [`probe`], with the chain's issuer and path.
-pub async fn look(certs: Option<&CertsSource>, hostname: &str) -> Stored {
+pub(crate) async fn look(certs: Option<&CertsSource>, hostname: &str) -> Stored {
     let path = chain_path(certs, hostname);
     let (source, issuer) = match certs {
         None => (Source::SelfSigned(Fallback::NoCertsFrom), None),
@@ -566,7 +566,7 @@ pub async fn look(certs: Option<&CertsSource>, hostname: &str) -> Stored {
 
 /// The chain of `hostname` as the spawner names it: a path under `--certs-from`, or
 /// `volume:<name>/live/...`.
-pub fn chain_path(certs: Option<&CertsSource>, hostname: &str) -> Option<String> {
+pub(crate) fn chain_path(certs: Option<&CertsSource>, hostname: &str) -> Option<String> {
     let (cert, _) = live_paths(hostname);
     match certs? {
         CertsSource::HostDir(dir) => Some(format!("{dir}{cert}")),
@@ -614,7 +614,7 @@ async fn probe_dir(dir: &str, hostname: &str) -> (Source, Option<String>) {
 }
 
 /// notAfter of the first certificate in the PEM file at `path`.
-pub async fn read_expiry(path: &str) -> Expiry {
+pub(crate) async fn read_expiry(path: &str) -> Expiry {
     match read_chain_file(path).await {
         Ok(chain) => Expiry::At(chain.not_after),
         Err(why) => Expiry::Unknown(why),
@@ -632,13 +632,8 @@ async fn read_chain_file(path: &str) -> Result<Chain, String> {
     }
 }
 
-/// notAfter (unix seconds) of the first certificate of a PEM chain.
-pub fn not_after(pem: &[u8]) -> Result<i64, String> {
-    read_chain(pem).map(|c| c.not_after)
-}
-
 /// The first certificate of a PEM chain: its notAfter and issuer.
-pub fn read_chain(pem: &[u8]) -> Result<Chain, String> {
+pub(crate) fn read_chain(pem: &[u8]) -> Result<Chain, String> {
     let (_, block) = x509_parser::pem::parse_x509_pem(pem)
         .map_err(|e| format!("no PEM certificate in it: {e}"))?;
     let cert = block
@@ -651,7 +646,7 @@ pub fn read_chain(pem: &[u8]) -> Result<Chain, String> {
         .unwrap_or_else(|| issuer.to_string());
     Ok(Chain {
         not_after: cert.validity().not_after.timestamp(),
-        issuer: crate::failure::escape(&name),
+        issuer: crate::plan::failure::escape(&name),
     })
 }
 
@@ -664,7 +659,7 @@ fn live_paths(hostname: &str) -> (String, String) {
 }
 
 /// `2027-01-02T03:04:05Z`.
-pub fn rfc3339(unix: i64) -> String {
+pub(crate) fn rfc3339(unix: i64) -> String {
     let t = std::time::UNIX_EPOCH + Duration::from_secs(unix.max(0) as u64);
     humantime::format_rfc3339_seconds(t).to_string()
 }
@@ -672,7 +667,7 @@ pub fn rfc3339(unix: i64) -> String {
 /// Per target: the source its current sidecar was given (for the gauges) and the fallback last
 /// logged (so a crash loop or a restart does not repeat the warning).
 #[derive(Debug, Default)]
-pub struct Tracker {
+pub(crate) struct Tracker {
     targets: Mutex<HashMap<String, Entry>>,
     /// Targets whose certificate ACME obtains: a missing one is expected until it lands.
     acme: Mutex<HashSet<String>>,
@@ -690,7 +685,7 @@ impl Tracker {
     /// Records the source a new sidecar of the target gets, and logs a fallback the first time
     /// it happens to this target for this cause. No `--certs-from` is not a fallback worth a
     /// warning: self-signed is what was configured. True when it logged.
-    pub fn record(
+    pub(crate) fn record(
         &self,
         target_id: &str,
         target_name: &str,
@@ -744,7 +739,7 @@ impl Tracker {
     }
 
     /// The targets whose certificates ACME obtains (replaces the previous set).
-    pub fn set_acme(&self, targets: HashSet<String>) {
+    pub(crate) fn set_acme(&self, targets: HashSet<String>) {
         *lock(&self.acme) = targets;
     }
 
@@ -752,7 +747,7 @@ impl Tracker {
     /// `refused` a sidecar, and judges running ones it has no record of (a restarted spawner
     /// adopting running sidecars) from their sidecar's label (`recorded`, by target ID) and the
     /// store. With `reread`, reads every recorded chain's expiry again (certbot renews in place).
-    pub async fn sync(
+    pub(crate) async fn sync(
         &self,
         certs: Option<&CertsSource>,
         targets: &[Target],
@@ -820,7 +815,7 @@ impl Tracker {
     }
 
     /// (target name, source) of every running target with a record, by name.
-    pub fn current(&self) -> Vec<(String, Source)> {
+    pub(crate) fn current(&self) -> Vec<(String, Source)> {
         let mut v: Vec<(String, Source)> = lock(&self.targets)
             .values()
             .filter_map(|e| Some((e.name.clone(), e.current.clone()?)))
@@ -838,6 +833,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    /// notAfter (unix seconds) of the first certificate of a PEM chain.
+    fn not_after(pem: &[u8]) -> Result<i64, String> {
+        read_chain(pem).map(|c| c.not_after)
+    }
 
     fn pem_valid_until(year: i32) -> String {
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();

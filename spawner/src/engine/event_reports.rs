@@ -1,4 +1,6 @@
-//! What the event stream said went down, until the engine's listing agrees.
+//! What the event stream reported since the loop last looked: the containers it said went down,
+//! until the engine's listing agrees, and every container it named (what is cached about them may
+//! be out of date).
 //!
 //! At the moment the engine emits `die`, its container listing can still show that container
 //! `running` (the listing is a snapshot the engine updates after it emits the event; measured on
@@ -8,7 +10,8 @@
 //! the observation inspects those (inspect reads the container itself, not the snapshot), and the
 //! loop re-checks every [`RECHECK`] while any of them is still listed as running. `kill` is not a
 //! down event: a signal the process survives (`docker kill -s HUP`) stops nothing; the `die` that
-//! follows a fatal one is (and `stop` comes after `die`). A later `start` of the same container cancels the record.
+//! follows a fatal one is (and `stop` comes after `die`). A later `start` of the same container
+//! cancels the record.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -17,7 +20,7 @@ use tokio::time::Instant;
 
 /// How often the loop looks again while the listing still shows a container running that an event
 /// said went down. Short: a dead sidecar means a target without TLS.
-pub const RECHECK: Duration = Duration::from_millis(200);
+pub(crate) const RECHECK: Duration = Duration::from_millis(200);
 /// A record the listing never confirms (an engine bug, a clock jump) is dropped after this long;
 /// the periodic resync is the backstop beyond it.
 const TTL: Duration = Duration::from_secs(10);
@@ -27,7 +30,7 @@ const MAX_RECORDS: usize = 4096;
 
 /// Container IDs reported down, with when the event arrived and whether the listing agreed yet.
 #[derive(Debug, Default)]
-pub struct Seen {
+pub(crate) struct EventReports {
     down: HashMap<String, Record>,
     /// Containers any event named since the last turn: what the observation knew of them
     /// (cached inspect facts) may be out of date.
@@ -46,14 +49,14 @@ struct Record {
 
 /// What an event means for the record of its container.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Effect {
+pub(crate) enum Effect {
     Down,
     Up,
     Nothing,
 }
 
 /// The meaning of a container event action (`start`, `die`, `health_status: healthy`, ...).
-pub fn effect(action: &str) -> Effect {
+pub(crate) fn effect(action: &str) -> Effect {
     match action {
         "die" | "stop" | "destroy" => Effect::Down,
         "start" | "restart" => Effect::Up,
@@ -61,9 +64,9 @@ pub fn effect(action: &str) -> Effect {
     }
 }
 
-impl Seen {
+impl EventReports {
     /// Records one event for container `id`.
-    pub fn record(&mut self, id: &str, action: &str, now: Instant) {
+    pub(crate) fn record(&mut self, id: &str, action: &str, now: Instant) {
         if !self.all_touched {
             self.touched.insert(id.to_string());
             if self.touched.len() > MAX_RECORDS {
@@ -99,14 +102,14 @@ impl Seen {
     }
 
     /// The event stream was (re)subscribed: events in between may be lost.
-    pub fn resubscribed(&mut self) {
+    pub(crate) fn resubscribed(&mut self) {
         self.touched.clear();
         self.all_touched = true;
     }
 
     /// Takes what events said since the last call: `None` when everything must be looked at
     /// again, else the containers events named.
-    pub fn take_touched(&mut self) -> Option<HashSet<String>> {
+    pub(crate) fn take_touched(&mut self) -> Option<HashSet<String>> {
         let touched = std::mem::take(&mut self.touched);
         if std::mem::take(&mut self.all_touched) {
             None
@@ -116,7 +119,7 @@ impl Seen {
     }
 
     /// The containers to inspect instead of trusting the listing.
-    pub fn down(&self) -> impl Iterator<Item = &str> {
+    pub(crate) fn down(&self) -> impl Iterator<Item = &str> {
         self.down.keys().map(String::as_str)
     }
 
@@ -124,7 +127,7 @@ impl Seen {
     /// container running, `Some(false)` once it shows it stopped, `None` when it is gone. Records
     /// the listing agrees with are confirmed (and dropped once the container is gone); stale ones
     /// expire.
-    pub fn settle(&mut self, now: Instant, listed_running: impl Fn(&str) -> Option<bool>) {
+    pub(crate) fn settle(&mut self, now: Instant, listed_running: impl Fn(&str) -> Option<bool>) {
         self.down.retain(|id, r| {
             if now.duration_since(r.at) > TTL {
                 return false;
@@ -144,7 +147,7 @@ impl Seen {
     }
 
     /// When the loop must look again: soon while a record is unconfirmed, else never.
-    pub fn recheck_at(&self, now: Instant) -> Option<Instant> {
+    pub(crate) fn recheck_at(&self, now: Instant) -> Option<Instant> {
         self.down
             .values()
             .any(|r| !r.confirmed)
@@ -159,7 +162,7 @@ mod tests {
     #[test]
     fn every_event_touches_its_container_and_a_resubscription_touches_all() {
         let now = Instant::now();
-        let mut s = Seen::default();
+        let mut s = EventReports::default();
         s.record("a", "start", now);
         s.record("b", "health_status: healthy", now);
         let mut touched: Vec<String> = s.take_touched().expect("some").into_iter().collect();
@@ -179,7 +182,7 @@ mod tests {
     #[test]
     fn die_is_recorded_and_start_cancels_it() {
         let now = Instant::now();
-        let mut s = Seen::default();
+        let mut s = EventReports::default();
         s.record("a", "die", now);
         s.record("b", "kill", now);
         s.record("c", "destroy", now);
@@ -193,7 +196,7 @@ mod tests {
     #[test]
     fn rechecks_until_the_listing_agrees() {
         let now = Instant::now();
-        let mut s = Seen::default();
+        let mut s = EventReports::default();
         assert_eq!(s.recheck_at(now), None);
         s.record("a", "die", now);
         assert_eq!(s.recheck_at(now), Some(now + RECHECK));
@@ -212,7 +215,7 @@ mod tests {
     #[test]
     fn records_expire_and_are_bounded() {
         let now = Instant::now();
-        let mut s = Seen::default();
+        let mut s = EventReports::default();
         s.record("a", "die", now);
         s.settle(now + TTL + Duration::from_millis(1), |_| Some(true));
         assert_eq!(s.down().count(), 0, "expired");

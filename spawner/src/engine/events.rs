@@ -1,7 +1,7 @@
 //! The event subscription: subscribe once, and when the stream breaks resubscribe with capped
 //! backoff from the last event's time. Every event and every (re)subscription wakes the reconcile
 //! loop, which then re-lists everything: the stream says *when* to look, and which containers the
-//! listing may still show wrongly (recorded in [`Seen`]), never by itself *what* is true.
+//! listing may still show wrongly (recorded in [`EventReports`]), never by itself *what* is true.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -11,8 +11,8 @@ use shared::backoff::Backoff;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::docker::Engine;
-use crate::seen::Seen;
+use crate::engine::event_reports::EventReports;
+use crate::engine::Engine;
 
 /// Resubscribing after the stream breaks: 250 ms, doubled per failure up to 5 s, so a restarting
 /// engine is picked up within 5 s. Reset by every event received.
@@ -29,7 +29,7 @@ fn unix_now() -> i64 {
 /// byfahrer's) or a sidecar (our labels). The engine puts a container's labels in its events'
 /// attributes; an event without attributes counts as ours. Events of other containers neither
 /// wake the loop nor cost an inspect, so a busy engine does not make the spawner busy.
-pub fn concerns_us(
+pub(crate) fn concerns_us(
     prefix: &str,
     attributes: Option<&std::collections::HashMap<String, String>>,
 ) -> bool {
@@ -44,10 +44,10 @@ pub fn concerns_us(
 }
 
 /// Runs until `shutdown`.
-pub async fn watch(
+pub(crate) async fn watch(
     engine: Arc<Engine>,
     prefix: String,
-    seen: Arc<Mutex<Seen>>,
+    reports: Arc<Mutex<EventReports>>,
     wake: Arc<Notify>,
     shutdown: CancellationToken,
 ) {
@@ -62,7 +62,8 @@ pub async fn watch(
             }
             Ok(mut stream) => {
                 tracing::debug!(since, "subscribed to docker events");
-                seen.lock()
+                reports
+                    .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .resubscribed();
                 // A full listing after every (re)subscription catches whatever happened unseen.
@@ -90,7 +91,7 @@ pub async fn watch(
                             }
                             tracing::debug!(action, container = id, "docker event");
                             if !id.is_empty() {
-                                seen.lock().unwrap_or_else(|p| p.into_inner()).record(
+                                reports.lock().unwrap_or_else(|p| p.into_inner()).record(
                                     id,
                                     action,
                                     tokio::time::Instant::now(),

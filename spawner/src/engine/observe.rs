@@ -1,25 +1,28 @@
 //! Reads the engine's state into the reconcile inputs: opted-in targets (with their current
-//! network namespace, `StartedAt`) and the sidecars carrying our labels.
+//! network namespace, `StartedAt`) and the sidecars carrying our labels; and what a sidecar that
+//! ended says of itself, for the failure rules ([`examine`]).
 
 use std::collections::{HashMap, HashSet};
 
 use bollard::models::{ContainerInspectResponse, ContainerSummary, ContainerSummaryStateEnum};
 use shared::schema::{label, label_name};
 
-use crate::docker::Engine;
-use crate::error::Error;
-use crate::failure;
-use crate::labels::{parse_target, Offered, TargetSpec};
-use crate::reconcile::{Sidecar, SidecarState, Target};
+use crate::engine::{Engine, Error};
+use crate::plan::failure::{self, State, Verdict};
+use crate::plan::labels::{parse_target, Offered, TargetSpec};
+use crate::plan::reconcile::{Sidecar, SidecarState, Target};
+
+/// How many of the last stderr lines of an ended sidecar are fetched to find its error line.
+const LOG_TAIL_LINES: &str = "5";
 
 /// What the engine shows, as the reconcile decision needs it.
 #[derive(Debug, Default)]
-pub struct Observed {
-    pub targets: Vec<Target>,
-    pub sidecars: Vec<Sidecar>,
+pub(crate) struct Observed {
+    pub(crate) targets: Vec<Target>,
+    pub(crate) sidecars: Vec<Sidecar>,
     /// For each container of `down` passed to [`observe`]: whether the listing showed it running
     /// (absent: not listed at all).
-    pub listed: HashMap<String, bool>,
+    pub(crate) listed: HashMap<String, bool>,
 }
 
 /// What an inspect of a running target says that the listing does not.
@@ -37,13 +40,13 @@ struct Facts {
 /// Forgotten per container when an event names it, wholly when the event stream was
 /// re-subscribed (events may be lost) and at every periodic resync.
 #[derive(Debug, Default)]
-pub struct FactsCache {
+pub(crate) struct FactsCache {
     map: HashMap<String, Facts>,
 }
 
 impl FactsCache {
     /// Forgets what `touched` names (`None`: everything).
-    pub fn forget(&mut self, touched: Option<HashSet<String>>) {
+    pub(crate) fn forget(&mut self, touched: Option<HashSet<String>>) {
         match touched {
             None => self.map.clear(),
             Some(ids) => {
@@ -54,18 +57,14 @@ impl FactsCache {
         }
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.map.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
     }
 }
 
 /// What a full listing would show for a container, from a fresh inspect of it: how a turn keeps
 /// its listing current without listing everything again.
-pub fn summary_of(info: &ContainerInspectResponse) -> ContainerSummary {
+pub(crate) fn summary_of(info: &ContainerInspectResponse) -> ContainerSummary {
     ContainerSummary {
         id: info.id.clone(),
         names: info.name.clone().map(|n| vec![n]),
@@ -106,10 +105,10 @@ fn name_of(c: &ContainerSummary) -> String {
 }
 
 /// The reconcile inputs from a listing (whose entries for `down` containers the caller has
-/// already corrected by inspecting them, see [`crate::seen`]), plus an inspect of each running
-/// target not in `cache` (for `StartedAt` and exposed ports). `offered`: what sidecars are given
-/// (see [`parse_target`]).
-pub async fn observe(
+/// already corrected by inspecting them, see [`crate::engine::event_reports`]), plus an inspect
+/// of each running target not in `cache` (for `StartedAt` and exposed ports). `offered`: what
+/// sidecars are given (see [`parse_target`]).
+pub(crate) async fn observe(
     engine: &Engine,
     listing: impl IntoIterator<Item = ContainerSummary>,
     prefix: &str,
@@ -224,7 +223,7 @@ async fn inspect_target(engine: &Engine, id: &str) -> Result<Option<Facts>, Erro
 /// the namespace is left with only `lo`, even while no spawner runs. Not for `none` (nothing to
 /// lose, ever), `host` (the host's interfaces never go) or `container:<other>` (the namespace
 /// and its interfaces belong to the other container and outlive this target).
-pub fn has_own_network(target: &ContainerInspectResponse) -> bool {
+pub(crate) fn has_own_network(target: &ContainerInspectResponse) -> bool {
     let mode = target
         .host_config
         .as_ref()
@@ -238,6 +237,29 @@ pub fn has_own_network(target: &ContainerInspectResponse) -> bool {
         .as_ref()
         .and_then(|n| n.networks.as_ref())
         .is_some_and(|nets| nets.keys().any(|n| n != "none" && n != "host"))
+}
+
+/// Inspects a sidecar the listing shows not running and judges it; its log is read only when it
+/// ended by itself. `None` when it is gone.
+pub(crate) async fn examine(engine: &Engine, id: &str) -> Result<Option<Verdict>, Error> {
+    let Some(info) = engine.inspect(id).await? else {
+        return Ok(None);
+    };
+    let state = State::of(&info);
+    let mut verdict = failure::judge(&state, "");
+    if let Verdict::Failed(f) = &mut verdict {
+        if f.error.is_empty() {
+            // A log driver that cannot be read back (syslog, none) leaves only the exit code.
+            f.error = match engine.stderr_tail(id, LOG_TAIL_LINES).await {
+                Ok(bytes) => failure::last_line(&bytes),
+                Err(e) => {
+                    tracing::debug!(error = %format!("{e:#}"), "cannot read the sidecar's log");
+                    String::new()
+                }
+            };
+        }
+    }
+    Ok(Some(verdict))
 }
 
 #[cfg(test)]

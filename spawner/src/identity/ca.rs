@@ -1,4 +1,4 @@
-//! The identity CA (issue 15, `spawner run --identity-domain`): the authority that signs each
+//! The identity CA (`spawner run --identity-domain`): the authority that signs each
 //! sidecar's short-lived certificate for its service identity, and the trust bundle clients and
 //! servers check those certificates against.
 //!
@@ -19,7 +19,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rcgen::{
@@ -31,6 +31,9 @@ use shared::fs::{Links, RegularFile};
 use shared::service_identity::{ServiceName, TrustDomain};
 use x509_parser::certificate::X509Certificate;
 
+use crate::config::CaSource;
+use crate::identity::IdentityError;
+
 /// The CA certificate in the store.
 pub const CA_CERT_FILE: &str = "ca.pem";
 /// The CA's private key in the store (0600).
@@ -38,42 +41,15 @@ pub const CA_KEY_FILE: &str = "ca-key.pem";
 
 /// Lifetime of a CA the spawner makes: long enough that nobody rolls it over by surprise (its
 /// leaves live a day), short enough that a forgotten key does not sign forever.
-pub const CA_VALIDITY: Duration = Duration::from_secs(3652 * 86_400);
+pub(crate) const CA_VALIDITY: Duration = Duration::from_secs(3652 * 86_400);
 
 /// How far before "now" a certificate's notBefore is set, so a peer whose clock is a little
 /// behind the spawner's does not see a certificate from the future.
-pub const CLOCK_SKEW: Duration = Duration::from_secs(60);
+pub(crate) const CLOCK_SKEW: Duration = Duration::from_secs(60);
 
 /// Largest PEM file read (CA certificate, CA key, `--identity-trust`): a bundle of hundreds of
 /// roots is far smaller; anything bigger is a mistake, not a trust store.
-pub const MAX_PEM_BYTES: u64 = 1 << 20;
-
-/// Where the signing CA is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CaSource {
-    /// The spawner's own, made on first start in this directory (`--identity-store`).
-    Store(PathBuf),
-    /// One the operator gave (`--identity-ca-cert`, `--identity-ca-key`).
-    Files { cert: PathBuf, key: PathBuf },
-}
-
-/// What went wrong with the identity CA, naming the file.
-#[derive(Debug, thiserror::Error)]
-pub enum IdentityError {
-    #[error("cannot load identity CA {}: {reason}", path.display())]
-    Load { path: PathBuf, reason: String },
-    #[error("cannot create identity CA {}: {reason}", path.display())]
-    Create { path: PathBuf, reason: String },
-    #[error(
-        "no identity CA in {} yet: start `spawner run --identity-domain DOMAIN` once, or give --identity-ca-cert",
-        store.display()
-    )]
-    NoCa { store: PathBuf },
-    #[error("cannot use --identity-trust {}: {reason}", path.display())]
-    Trust { path: PathBuf, reason: String },
-    #[error("failed to issue an identity certificate for {id}: {reason}")]
-    Issue { id: String, reason: String },
-}
+pub(crate) const MAX_PEM_BYTES: u64 = 1 << 20;
 
 fn load_error(path: &Path, reason: impl Into<String>) -> IdentityError {
     IdentityError::Load {
@@ -91,13 +67,13 @@ fn create_error(path: &Path) -> impl Fn(io::Error) -> IdentityError + '_ {
 
 /// A service's certificate and key, as the sidecar is given them.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Leaf {
+pub(crate) struct Leaf {
     /// The leaf certificate alone (the CA is in the trust bundle).
-    pub cert_pem: String,
+    pub(crate) cert_pem: String,
     /// Its ECDSA P-256 key, PKCS#8.
-    pub key_pem: String,
+    pub(crate) key_pem: String,
     /// The certificate's notAfter (whole seconds, as in the certificate).
-    pub not_after: SystemTime,
+    pub(crate) not_after: SystemTime,
 }
 
 impl std::fmt::Debug for Leaf {
@@ -172,7 +148,7 @@ impl Authority {
     /// store's): the certificate must be one CA certificate valid now, the key a PKCS#8 key
     /// rcgen can sign with (ECDSA P-256 or P-384, Ed25519, RSA) matching it, readable by its
     /// owner only.
-    pub fn from_files(cert: &Path, key: &Path) -> Result<Self, IdentityError> {
+    pub(crate) fn from_files(cert: &Path, key: &Path) -> Result<Self, IdentityError> {
         let cert_pem =
             shared::fs::read(cert, MAX_PEM_BYTES).map_err(|e| load_error(cert, e.to_string()))?;
         let key_pem = read_key(key)?;
@@ -180,7 +156,7 @@ impl Authority {
     }
 
     /// The CA of `source`: [`Self::load_or_create`] or [`Self::from_files`].
-    pub fn load(source: &CaSource, domain: &TrustDomain) -> Result<Self, IdentityError> {
+    pub(crate) fn load(source: &CaSource, domain: &TrustDomain) -> Result<Self, IdentityError> {
         match source {
             CaSource::Store(dir) => Self::load_or_create(dir, domain),
             CaSource::Files { cert, key } => Self::from_files(cert, key),
@@ -189,7 +165,7 @@ impl Authority {
 
     /// Checks a certificate and key (PEM) and makes the authority; the paths name the files in
     /// errors.
-    pub fn from_pem(
+    pub(crate) fn from_pem(
         cert_path: &Path,
         cert_pem: &[u8],
         key_path: &Path,
@@ -259,16 +235,11 @@ impl Authority {
         pem_of(&self.cert)
     }
 
-    /// The CA certificate's notAfter: no leaf outlives it.
-    pub fn not_after(&self) -> SystemTime {
-        self.not_after
-    }
-
     /// A certificate for service `name` of `domain`, valid from `now` (less [`CLOCK_SKEW`]) for
     /// `ttl` (cut at the CA's own notAfter), with a fresh ECDSA P-256 key: SANs
     /// `spiffe://<domain>/<name>` (URI; what servers admit) and `<name>` (DNS; what clients send
     /// as SNI and check), CN `<name>`, for both TLS server and client authentication.
-    pub fn issue(
+    pub(crate) fn issue(
         &self,
         domain: &TrustDomain,
         name: &ServiceName,
@@ -332,7 +303,7 @@ impl Authority {
     }
 
     /// The trust bundle (PEM): this CA, then the `extra` roots that are not already in it.
-    pub fn trust_bundle(&self, extra: Option<&ExtraRoots>) -> String {
+    pub(crate) fn trust_bundle(&self, extra: Option<&ExtraRoots>) -> String {
         bundle(&self.cert, extra)
     }
 }
@@ -341,13 +312,13 @@ impl Authority {
 /// being replaced (or the one coming), so certificates of both verify until every sidecar has a
 /// new one. Each is a CA certificate.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ExtraRoots {
+pub(crate) struct ExtraRoots {
     certs: Vec<CertificateDer<'static>>,
 }
 
 impl ExtraRoots {
     /// Reads and checks the file (at most [`MAX_PEM_BYTES`]).
-    pub fn read(path: &Path) -> Result<Self, IdentityError> {
+    pub(crate) fn read(path: &Path) -> Result<Self, IdentityError> {
         let pem = shared::fs::read(path, MAX_PEM_BYTES).map_err(|e| IdentityError::Trust {
             path: path.to_path_buf(),
             reason: e.to_string(),
@@ -358,7 +329,7 @@ impl ExtraRoots {
     /// Checks PEM text: certificates only, each a CA. An empty file is no extra roots (what is
     /// left once an old root has been removed); text without any PEM block is refused. `path`
     /// names the file in errors.
-    pub fn parse(path: &Path, pem: &[u8]) -> Result<Self, IdentityError> {
+    pub(crate) fn parse(path: &Path, pem: &[u8]) -> Result<Self, IdentityError> {
         let fail = |reason: String| IdentityError::Trust {
             path: path.to_path_buf(),
             reason,
@@ -387,15 +358,11 @@ impl ExtraRoots {
         }
         Ok(ExtraRoots { certs })
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.certs.is_empty()
-    }
 }
 
 /// `spawner ca export`: the trust bundle of the CA of `source` and the roots of `trust`, read
 /// and never created; needs only the CA's certificate, not its key.
-pub fn export(source: &CaSource, trust: Option<&Path>) -> Result<String, IdentityError> {
+pub(crate) fn export(source: &CaSource, trust: Option<&Path>) -> Result<String, IdentityError> {
     let path = match source {
         CaSource::Store(dir) => {
             let path = dir.join(CA_CERT_FILE);
@@ -630,7 +597,21 @@ fn write_new(path: &Path, data: &[u8], mode: u32) -> Result<(), IdentityError> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
     use std::sync::Arc;
+
+    impl Authority {
+        /// The CA certificate's notAfter: no leaf outlives it.
+        fn not_after(&self) -> SystemTime {
+            self.not_after
+        }
+    }
+
+    impl ExtraRoots {
+        fn is_empty(&self) -> bool {
+            self.certs.is_empty()
+        }
+    }
 
     use rustls::client::danger::ServerCertVerifier;
     use rustls_pki_types::{ServerName, UnixTime};

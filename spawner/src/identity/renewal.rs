@@ -1,7 +1,8 @@
 //! Which sidecar needs an identity certificate or a trust bundle delivered, and when: the
-//! decisions of service identity, pure, over what was delivered to each sidecar ([`Issued`]).
-//! The CA itself is [`crate::identity_ca`]; the daemon delivers what [`due`] asks for into the
-//! sidecar's identity volume ([`crate::delivery::Bundle::identity`]).
+//! decisions of service identity, pure, over what was delivered to each sidecar ([`Issued`]),
+//! and the [`Signer`] they are made with. The CA itself is [`crate::identity::ca`]; the daemon
+//! delivers what [`due`] asks for into the sidecar's identity volume
+//! ([`crate::certs::delivery::Bundle::identity`]).
 //!
 //! What was delivered is kept in memory only: a restarted spawner knows nothing of the sidecars
 //! it finds running, so it issues each one a fresh certificate at its first turn. That is the
@@ -14,20 +15,21 @@ use std::time::{Duration, SystemTime};
 use shared::service_identity::ServiceName;
 use tokio::time::Instant;
 
-use crate::config::IdentityConfig;
-use crate::identity_ca::{Authority, ExtraRoots, IdentityError};
+use crate::config::{CaSource, IdentityConfig};
+use crate::identity::ca::{Authority, ExtraRoots};
+use crate::identity::IdentityError;
 
 /// What certificates are signed with, and the trust bundle delivered beside them: loaded at
 /// start (a CA that cannot be loaded or made stops the spawner) and again at every resync, so
 /// a roll-over (a new `--identity-trust`, a replaced CA) needs no restart.
 #[derive(Debug)]
-pub struct Signer {
-    pub authority: Authority,
+pub(crate) struct Signer {
+    pub(crate) authority: Authority,
     /// Digest of the CA certificate.
-    pub ca: u64,
-    pub trust_pem: String,
+    pub(crate) ca: u64,
+    pub(crate) trust_pem: String,
     /// Digest of the trust bundle.
-    pub trust: u64,
+    pub(crate) trust: u64,
 }
 
 /// How long loading the CA and the extra roots may take (a hung network mount).
@@ -35,7 +37,7 @@ const LOAD_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Signer {
     /// Loads (or, in the store, creates) the CA and reads `--identity-trust`.
-    pub fn load(cfg: &IdentityConfig) -> Result<Signer, IdentityError> {
+    pub(crate) fn load(cfg: &IdentityConfig) -> Result<Signer, IdentityError> {
         let authority = Authority::load(&cfg.ca, &cfg.domain)?;
         let extra = cfg.trust.as_deref().map(ExtraRoots::read).transpose()?;
         let trust_pem = authority.trust_bundle(extra.as_ref());
@@ -48,11 +50,11 @@ impl Signer {
     }
 
     /// [`Signer::load`] off the async threads, under a timeout.
-    pub async fn load_async(cfg: &IdentityConfig) -> Result<Arc<Signer>, IdentityError> {
+    pub(crate) async fn load_async(cfg: &IdentityConfig) -> Result<Arc<Signer>, IdentityError> {
         let failed = |reason: &str| IdentityError::Load {
             path: match &cfg.ca {
-                crate::identity_ca::CaSource::Store(dir) => dir.clone(),
-                crate::identity_ca::CaSource::Files { cert, .. } => cert.clone(),
+                CaSource::Store(dir) => dir.clone(),
+                CaSource::Files { cert, .. } => cert.clone(),
             },
             reason: reason.to_string(),
         };
@@ -68,24 +70,24 @@ impl Signer {
 
 /// What one sidecar was last given.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Issued {
+pub(crate) struct Issued {
     /// The identity its certificate names.
-    pub name: ServiceName,
+    pub(crate) name: ServiceName,
     /// When it was delivered.
-    pub at: Instant,
+    pub(crate) at: Instant,
     /// When to issue the next one: half its lifetime after it was issued.
-    pub renew_at: Instant,
+    pub(crate) renew_at: Instant,
     /// Its certificate's notAfter (for the logs and the expiry gauge).
-    pub expires: SystemTime,
+    pub(crate) expires: SystemTime,
     /// Digest of the CA that signed it: a new signing CA reissues every certificate.
-    pub ca: u64,
+    pub(crate) ca: u64,
     /// Digest of the trust bundle delivered beside it.
-    pub trust: u64,
+    pub(crate) trust: u64,
 }
 
 /// What a sidecar needs now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Due {
+pub(crate) enum Due {
     /// Nothing: its certificate is fresh and its bundle current.
     Nothing,
     /// A new certificate (and the bundle with it): none delivered yet (a new sidecar, or one a
@@ -97,7 +99,13 @@ pub enum Due {
 
 /// What the sidecar whose last delivery was `last` needs at `now`, for identity `name`, with the
 /// signing CA `ca` and the trust bundle `trust` (digests).
-pub fn due(last: Option<&Issued>, name: &ServiceName, now: Instant, ca: u64, trust: u64) -> Due {
+pub(crate) fn due(
+    last: Option<&Issued>,
+    name: &ServiceName,
+    now: Instant,
+    ca: u64,
+    trust: u64,
+) -> Due {
     match last {
         None => Due::Issue,
         Some(l) if &l.name != name || l.ca != ca || now >= l.renew_at => Due::Issue,
@@ -108,7 +116,7 @@ pub fn due(last: Option<&Issued>, name: &ServiceName, now: Instant, ca: u64, tru
 
 /// When a certificate issued at `at` for `ttl` is renewed: at half its lifetime, so a spawner
 /// that is down for less than that never lets one expire.
-pub fn renew_at(at: Instant, ttl: Duration) -> Instant {
+pub(crate) fn renew_at(at: Instant, ttl: Duration) -> Instant {
     at + ttl / 2
 }
 
@@ -116,7 +124,7 @@ pub fn renew_at(at: Instant, ttl: Duration) -> Instant {
 /// at the soonest; at once when that moment has passed (it fell due while the last pass ran),
 /// unless a delivery failed, then at `retry` (a failed renewal keeps its past moment, and must
 /// not make the loop spin).
-pub fn next_wake(
+pub(crate) fn next_wake(
     renew_at: impl IntoIterator<Item = Instant>,
     retry: Option<Instant>,
     now: Instant,
@@ -133,12 +141,12 @@ pub fn next_wake(
 /// its target's namespace), or one delivered since the turn began (created or adopted by this
 /// turn, after the observation). Records of sidecars that ended, were removed or wait to be
 /// replaced go: their renewal moments must not wake the loop.
-pub fn keep(record: &Issued, looked_at: bool, turn_began: Instant) -> bool {
+pub(crate) fn keep(record: &Issued, looked_at: bool, turn_began: Instant) -> bool {
     looked_at || record.at >= turn_began
 }
 
 /// A stable digest of file contents, to notice a changed CA or bundle.
-pub fn digest(bytes: &[u8]) -> u64 {
+pub(crate) fn digest(bytes: &[u8]) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     bytes.hash(&mut h);

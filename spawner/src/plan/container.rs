@@ -15,40 +15,40 @@ use shared::schema::{label, label_name, CERTS_MOUNT, IDENTITY_MOUNT, MANAGED_BY_
 use shared::service_identity::TrustDomain;
 use shared::spec::{Certificate, ClientAuth, IdentityFiles, SidecarSpec};
 
-use crate::acme_plan::ChallengeKind;
 use crate::config::{CertsSource, Config};
-use crate::delivery::{
-    CHAIN_FILE, IDENTITY_CA_FILE, IDENTITY_CERT_FILE, IDENTITY_KEY_FILE, KEY_FILE,
+use crate::layout::{
+    CHAIN_FILE, HTTP01_DIR, IDENTITY_CA_FILE, IDENTITY_CERT_FILE, IDENTITY_KEY_FILE, KEY_FILE,
+    TLS_ALPN01_DIR,
 };
-use crate::labels::{Admitted, TargetSpec};
+use crate::plan::labels::{Admitted, ChallengeKind, TargetSpec};
 
 /// The unprivileged user the sidecar runs as (`nobody`).
-pub const SIDECAR_USER: &str = "65534:65534";
+pub(crate) const SIDECAR_USER: &str = "65534:65534";
 /// Extra stop timeout on top of the sidecar's shutdown grace, so Docker's SIGKILL never cuts a drain.
 const STOP_TIMEOUT_MARGIN_SECS: i64 = 2;
 
 /// The target a sidecar is for.
-pub struct For<'a> {
-    pub id: &'a str,
-    pub started_at: &'a str,
-    pub spec: &'a TargetSpec,
+pub(crate) struct For<'a> {
+    pub(crate) id: &'a str,
+    pub(crate) started_at: &'a str,
+    pub(crate) spec: &'a TargetSpec,
 }
 
 /// Certificate paths inside the sidecar for a hostname (certbot layout).
-pub fn cert_paths(hostname: &DnsName) -> (PathBuf, PathBuf) {
+pub(crate) fn cert_paths(hostname: &DnsName) -> (PathBuf, PathBuf) {
     let dir = PathBuf::from(format!("{CERTS_MOUNT}/live/{hostname}"));
     (dir.join("fullchain.pem"), dir.join("privkey.pem"))
 }
 
 /// Where an ACME-managed sidecar finds the challenge answers the spawner delivers: the store's
-/// own layout ([`crate::acme_store`]) under the certificate mount.
-pub fn acme_webroot() -> PathBuf {
-    PathBuf::from(CERTS_MOUNT).join(crate::acme_store::HTTP01_DIR)
+/// own layout ([`crate::acme::store`]) under the certificate mount.
+pub(crate) fn acme_webroot() -> PathBuf {
+    PathBuf::from(CERTS_MOUNT).join(HTTP01_DIR)
 }
 
 /// See [`acme_webroot`]: TLS-ALPN-01 challenge certificates.
-pub fn acme_tls_alpn_dir() -> PathBuf {
-    PathBuf::from(CERTS_MOUNT).join(crate::acme_store::TLS_ALPN01_DIR)
+pub(crate) fn acme_tls_alpn_dir() -> PathBuf {
+    PathBuf::from(CERTS_MOUNT).join(TLS_ALPN01_DIR)
 }
 
 /// The plain-HTTP port HTTP-01 is validated on: the CA always asks port 80 of the name.
@@ -56,20 +56,20 @@ const HTTP01_PORT: u16 = 80;
 
 /// Whether the spawner obtains this target's certificate by ACME: ACME is on and the target
 /// named its certificate's names in a `hostname` label.
-pub fn acme_managed(cfg: &Config, target: &TargetSpec) -> bool {
+pub(crate) fn acme_managed(cfg: &Config, target: &TargetSpec) -> bool {
     cfg.acme.is_some() && target.hostname_labelled
 }
 
 /// What this spawner gives its sidecars, which some labels need.
-pub fn offered(cfg: &Config) -> crate::labels::Offered {
-    crate::labels::Offered {
+pub(crate) fn offered(cfg: &Config) -> crate::plan::labels::Offered {
+    crate::plan::labels::Offered {
         certs: cfg.certs.is_some(),
         identity: identity_domain(cfg).is_some(),
     }
 }
 
 /// The trust domain of the identities this spawner issues, when it issues them.
-pub fn identity_domain(cfg: &Config) -> Option<&TrustDomain> {
+pub(crate) fn identity_domain(cfg: &Config) -> Option<&TrustDomain> {
     cfg.identity.as_ref().map(|i| &i.domain)
 }
 
@@ -129,7 +129,7 @@ fn self_signed_names(target: &TargetSpec) -> Vec<SanName> {
 }
 
 /// What the sidecar for `target` is told. `use_certs`: the certificate files for the hostname
-/// exist under the mount; otherwise a self-signed certificate ([`self_signed_names`]). An
+/// exist under the mount; otherwise a self-signed certificate (`self_signed_names`). An
 /// ACME-managed target's sidecar reads its certificate directory instead, so the obtained pair
 /// is served the moment it is delivered, and answers the challenges its kind needs.
 pub fn sidecar_spec(cfg: &Config, target: &TargetSpec, use_certs: bool) -> SidecarSpec {
@@ -141,7 +141,7 @@ pub fn sidecar_spec(cfg: &Config, target: &TargetSpec, use_certs: bool) -> Sidec
         }
     } else if use_certs {
         let (cert, key) = match &cfg.certs {
-            // Delivered into the sidecar's own volume (crate::delivery).
+            // Delivered into the sidecar's own volume (crate::certs::delivery).
             Some(CertsSource::HostDir(_)) => {
                 let mount = PathBuf::from(CERTS_MOUNT);
                 (mount.join(CHAIN_FILE), mount.join(KEY_FILE))
@@ -199,7 +199,7 @@ pub fn sidecar_spec(cfg: &Config, target: &TargetSpec, use_certs: bool) -> Sidec
 }
 
 /// The create request. `use_certs`: the certificate files for the hostname exist under the mount.
-pub fn sidecar_body(cfg: &Config, target: &For<'_>, use_certs: bool) -> ContainerCreateBody {
+pub(crate) fn sidecar_body(cfg: &Config, target: &For<'_>, use_certs: bool) -> ContainerCreateBody {
     let spec = target.spec;
     let grace = cfg.sidecar_shutdown_grace;
     let envs = sidecar_spec(cfg, spec, use_certs).to_env_strings();
@@ -425,7 +425,7 @@ mod tests {
     fn mtls_redirect_and_hsts_become_sidecar_env() {
         let spec = TargetSpec {
             mode: Mode::Http,
-            mtls: Some(crate::labels::Mtls {
+            mtls: Some(crate::plan::labels::Mtls {
                 ca: "/certs/ca/clients.pem".parse().unwrap(),
                 auth: shared::mode::ClientAuthMode::Optional,
                 allow: shared::identity::Identities {

@@ -1,6 +1,7 @@
-//! Why a sidecar is not running: read from the engine (its state and the last line it wrote to
-//! stderr) before the spawner removes it, judged by pure rules, and carried on the next sidecar's
-//! labels so `spawner status` can show it after the failed container is gone.
+//! Why a sidecar is not running: judged by pure rules from what the engine says of it (its state
+//! and the last line it wrote to stderr, read by [`crate::engine::observe::examine`]) before the
+//! spawner removes it, and carried on the next sidecar's labels so `spawner status` can show it
+//! after the failed container is gone.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -8,24 +9,19 @@ use std::fmt;
 use bollard::models::ContainerInspectResponse;
 use shared::schema::{label, label_name};
 
-use crate::docker::Engine;
-use crate::error::Error;
-
 /// How much of a sidecar's error is kept: a label value, a status cell and a log field, so it
 /// must stay short; the sidecar's errors are one line naming the flag or file.
-pub const MAX_ERROR_BYTES: usize = 300;
-/// How many of the last stderr lines are fetched to find the error line.
-const LOG_TAIL_LINES: &str = "5";
+pub(crate) const MAX_ERROR_BYTES: usize = 300;
 /// `State.StartedAt` of a container that was never started.
 const NEVER: &str = "0001-01-01T00:00:00Z";
 
 /// A sidecar that failed by itself: what its target's status row shows.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Failure {
+pub(crate) struct Failure {
     /// The container's exit code; `None` when the engine refused to create or start it.
-    pub exit_code: Option<i64>,
+    pub(crate) exit_code: Option<i64>,
     /// Its last stderr line (or the engine's error), escaped and bounded; may be empty.
-    pub error: String,
+    pub(crate) error: String,
 }
 
 impl fmt::Display for Failure {
@@ -40,7 +36,7 @@ impl fmt::Display for Failure {
 
 /// What the engine says about a sidecar the listing shows not running.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// It is running after all (the listing was older than the inspect).
     Running,
     /// Created and never started, no error: a spawner stopped between create and start. Adopt it
@@ -55,18 +51,18 @@ pub enum Verdict {
 
 /// The state fields [`judge`] reads, as inspect reports them.
 #[derive(Debug, Clone, Default)]
-pub struct State {
-    pub running: bool,
-    pub status: String,
-    pub exit_code: i64,
-    pub oom_killed: bool,
-    pub started_at: String,
+pub(crate) struct State {
+    pub(crate) running: bool,
+    pub(crate) status: String,
+    pub(crate) exit_code: i64,
+    pub(crate) oom_killed: bool,
+    pub(crate) started_at: String,
     /// The engine's error (a failed start).
-    pub error: String,
+    pub(crate) error: String,
 }
 
 impl State {
-    pub fn of(info: &ContainerInspectResponse) -> State {
+    pub(crate) fn of(info: &ContainerInspectResponse) -> State {
         let s = info.state.clone().unwrap_or_default();
         State {
             running: s.running.unwrap_or(false),
@@ -80,7 +76,7 @@ impl State {
 }
 
 /// The rules. `stderr_line`: the last line the sidecar wrote to stderr (already escaped).
-pub fn judge(s: &State, stderr_line: &str) -> Verdict {
+pub(crate) fn judge(s: &State, stderr_line: &str) -> Verdict {
     if s.running {
         return Verdict::Running;
     }
@@ -108,7 +104,7 @@ pub fn judge(s: &State, stderr_line: &str) -> Verdict {
 
 /// The last non-empty line of a log tail, control characters escaped, at most
 /// [`MAX_ERROR_BYTES`].
-pub fn last_line(logs: &[u8]) -> String {
+pub(crate) fn last_line(logs: &[u8]) -> String {
     let text = String::from_utf8_lossy(logs);
     let line = text
         .lines()
@@ -120,7 +116,7 @@ pub fn last_line(logs: &[u8]) -> String {
 
 /// Control characters as `\n`, `\u{1b}` ...; cut at [`MAX_ERROR_BYTES`] on a character boundary
 /// (with `...` marking the cut), so a hostile or broken log cannot reach a terminal or a label raw.
-pub fn escape(s: &str) -> String {
+pub(crate) fn escape(s: &str) -> String {
     let mut out = String::new();
     for c in s.chars() {
         let piece: String = if c.is_control() {
@@ -138,7 +134,7 @@ pub fn escape(s: &str) -> String {
 }
 
 /// The labels a new sidecar carries about its predecessor's failure.
-pub fn to_labels(prefix: &str, f: &Failure) -> Vec<(String, String)> {
+pub(crate) fn to_labels(prefix: &str, f: &Failure) -> Vec<(String, String)> {
     let code = f.exit_code.map(|c| c.to_string()).unwrap_or_default();
     vec![
         (label_name(prefix, label::LAST_EXIT_CODE), code),
@@ -147,7 +143,7 @@ pub fn to_labels(prefix: &str, f: &Failure) -> Vec<(String, String)> {
 }
 
 /// The predecessor's failure a sidecar carries, if any.
-pub fn from_labels(prefix: &str, labels: &HashMap<String, String>) -> Option<Failure> {
+pub(crate) fn from_labels(prefix: &str, labels: &HashMap<String, String>) -> Option<Failure> {
     let code = labels.get(&label_name(prefix, label::LAST_EXIT_CODE))?;
     let error = labels
         .get(&label_name(prefix, label::LAST_ERROR))
@@ -157,29 +153,6 @@ pub fn from_labels(prefix: &str, labels: &HashMap<String, String>) -> Option<Fai
         exit_code: code.parse().ok(),
         error,
     })
-}
-
-/// Inspects a sidecar the listing shows not running and judges it; its log is read only when it
-/// ended by itself. `None` when it is gone.
-pub async fn examine(engine: &Engine, id: &str) -> Result<Option<Verdict>, Error> {
-    let Some(info) = engine.inspect(id).await? else {
-        return Ok(None);
-    };
-    let state = State::of(&info);
-    let mut verdict = judge(&state, "");
-    if let Verdict::Failed(f) = &mut verdict {
-        if f.error.is_empty() {
-            // A log driver that cannot be read back (syslog, none) leaves only the exit code.
-            f.error = match engine.stderr_tail(id, LOG_TAIL_LINES).await {
-                Ok(bytes) => last_line(&bytes),
-                Err(e) => {
-                    tracing::debug!(error = %format!("{e:#}"), "cannot read the sidecar's log");
-                    String::new()
-                }
-            };
-        }
-    }
-    Ok(Some(verdict))
 }
 
 #[cfg(test)]

@@ -15,79 +15,107 @@ use shared::schema::{label, label_name, BYFAHRER_PROXY_IMAGE_LABEL};
 use shared::service_identity::{check_unique, ServiceName, Upstream};
 use shared::spec::MountedPath;
 
-use crate::acme_plan::ChallengeKind;
-
 /// Longest label value the spawner reads, in bytes. Far above any address, name, path or
 /// allow-list a target needs; a longer value is a mistake or an attack on what it feeds (the
 /// sidecar's environment, the spawner's log and `spawner status`).
-pub const MAX_LABEL_VALUE_BYTES: usize = 4096;
+pub(crate) const MAX_LABEL_VALUE_BYTES: usize = 4096;
 /// How much of a refused oversized value an error repeats: enough to recognise it.
 const SHOWN_VALUE_CHARS: usize = 64;
+
+/// Which challenge proves control of the names (`<prefix>.acme-challenge`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ChallengeKind {
+    /// A file on port 80, served by the sidecar's redirect listener.
+    #[default]
+    Http01,
+    /// A certificate in a handshake on port 443, served by the sidecar's TLS listener.
+    TlsAlpn01,
+}
+
+impl FromStr for ChallengeKind {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text.trim() {
+            "http-01" => Ok(ChallengeKind::Http01),
+            "tls-alpn-01" => Ok(ChallengeKind::TlsAlpn01),
+            other => Err(format!("expected http-01 or tls-alpn-01, got {other:?}")),
+        }
+    }
+}
+
+impl std::fmt::Display for ChallengeKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ChallengeKind::Http01 => "http-01",
+            ChallengeKind::TlsAlpn01 => "tls-alpn-01",
+        })
+    }
+}
 
 /// What a target's labels ask for, validated: each value has its type from `shared`, the same
 /// the sidecar parses its flags into, so what is accepted here the sidecar accepts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TargetSpec {
     /// Sidecar image requested by the opt-in label.
-    pub image: String,
+    pub(crate) image: String,
     /// Where the sidecar listens in the target's namespace (never port 0).
-    pub listen: ListenAddr,
-    pub backend: BackendAddr,
-    pub mode: Mode,
+    pub(crate) listen: ListenAddr,
+    pub(crate) backend: BackendAddr,
+    pub(crate) mode: Mode,
     /// Name the certificate is for (and its certbot directory, `live/<hostname>/`): the first
     /// of the `hostname` label's names, or one made of the container name.
-    pub hostname: DnsName,
+    pub(crate) hostname: DnsName,
     /// The `hostname` label's other names: one certificate carries them all.
-    pub alt_names: Vec<DnsName>,
+    pub(crate) alt_names: Vec<DnsName>,
     /// The names came from the `hostname` label (not the container name): with ACME on, this
     /// target gets a certificate obtained for them.
-    pub hostname_labelled: bool,
+    pub(crate) hostname_labelled: bool,
     /// How ACME proves control of the names (`acme-challenge`).
-    pub acme_challenge: ChallengeKind,
+    pub(crate) acme_challenge: ChallengeKind,
     /// Mutual TLS, from `client-ca` and the labels that need it.
-    pub mtls: Option<Mtls>,
+    pub(crate) mtls: Option<Mtls>,
     /// Plain-HTTP redirect listener in the target's namespace.
-    pub redirect_listen: Option<ListenAddr>,
-    pub hsts: Option<MaxAge>,
+    pub(crate) redirect_listen: Option<ListenAddr>,
+    pub(crate) hsts: Option<MaxAge>,
     /// http mode: the HTTP version the sidecar speaks to the backend.
-    pub backend_protocol: BackendProtocol,
+    pub(crate) backend_protocol: BackendProtocol,
     /// tcp mode: ALPN protocols the sidecar offers (empty: none).
-    pub alpn: AlpnList,
+    pub(crate) alpn: AlpnList,
     /// tcp mode: PROXY protocol header the sidecar sends to the backend.
-    pub proxy_protocol: ProxyProtocol,
+    pub(crate) proxy_protocol: ProxyProtocol,
     /// Service identity, when the spawner runs an identity CA (`--identity-domain`).
-    pub identity: Option<Identity>,
+    pub(crate) identity: Option<Identity>,
     /// The target has a network of its own, so its sidecar can tell from the namespace when the
     /// target is gone. Not a label: [`parse_target`] leaves it off, the observation sets it from
-    /// the target's inspect data (`crate::observe::has_own_network`).
+    /// the target's inspect data (`crate::engine::observe::has_own_network`).
     pub exit_when_orphaned: bool,
 }
 
 /// Mutual TLS settings a target asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Mtls {
+pub(crate) struct Mtls {
     /// The client CA bundle, a file under the certificate mount.
-    pub ca: MountedPath,
+    pub(crate) ca: MountedPath,
     /// `client-auth`; the sidecar's default (`required`) when the label is absent.
-    pub auth: ClientAuthMode,
-    pub allow: Identities,
+    pub(crate) auth: ClientAuthMode,
+    pub(crate) allow: Identities,
 }
 
 /// A target's service identity and what it does with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Identity {
+pub(crate) struct Identity {
     /// `identity`, else the Compose service name, else the container name.
-    pub name: ServiceName,
+    pub(crate) name: ServiceName,
     /// `allow-identities`: the clients admitted (mutual TLS against the identity CA); `None`:
     /// client certificates are not asked for.
-    pub admit: Option<Admitted>,
+    pub(crate) admit: Option<Admitted>,
     /// `upstreams`: the egress relays its app calls in plain.
-    pub upstreams: Vec<Upstream>,
+    pub(crate) upstreams: Vec<Upstream>,
 }
 
 /// Who `allow-identities` admits.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Admitted {
+pub(crate) enum Admitted {
     /// `*`: any identity the CA issued.
     Any,
     /// These services, each once.
@@ -95,11 +123,11 @@ pub enum Admitted {
 }
 
 /// The label Compose puts on a service's containers: the default identity name.
-pub const COMPOSE_SERVICE_LABEL: &str = "com.docker.compose.service";
+pub(crate) const COMPOSE_SERVICE_LABEL: &str = "com.docker.compose.service";
 /// The labels Swarm puts on a task's containers: its service's name (`<stack>_<service>` for a
 /// stack) and the stack's name.
-pub const SWARM_SERVICE_LABEL: &str = "com.docker.swarm.service.name";
-pub const STACK_NAMESPACE_LABEL: &str = "com.docker.stack.namespace";
+pub(crate) const SWARM_SERVICE_LABEL: &str = "com.docker.swarm.service.name";
+pub(crate) const STACK_NAMESPACE_LABEL: &str = "com.docker.stack.namespace";
 
 /// The name a target's identity defaults to, and what it is: the Compose service name; else the
 /// Swarm service's, without its stack's `<stack>_` prefix (what the stack file calls it, and its
@@ -126,9 +154,9 @@ fn default_identity<'a>(
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Offered {
     /// `--certs-from` is mounted at `/certs`, so labels naming files there can be honoured.
-    pub certs: bool,
+    pub(crate) certs: bool,
     /// `--identity-domain`: every sidecar gets an identity certificate.
-    pub identity: bool,
+    pub(crate) identity: bool,
 }
 
 impl Offered {
@@ -145,14 +173,14 @@ impl Offered {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid label {label}={value:?}: {reason}")]
 pub struct LabelError {
-    pub label: String,
-    pub value: String,
-    pub reason: String,
+    pub(crate) label: String,
+    pub(crate) value: String,
+    pub(crate) reason: String,
 }
 
 /// Which label opted a container in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OptIn {
+pub(crate) enum OptIn {
     /// `<prefix>.proxy-image`.
     Prefix,
     /// byfahrer's `org.qnib.byfahrer.proxy-image` (without ours): it stands for byfahrer's
@@ -163,11 +191,11 @@ pub enum OptIn {
 /// Where a byfahrer target's sidecar listens: the port of gosslterm's image
 /// (`GOSSLTERM_FRONTEND_ADDR=:8081`), the proxy byfahrer ran, so its users' `-p 8081:8081` keeps
 /// reaching TLS.
-pub const BYFAHRER_LISTEN_PORT: u16 = 8081;
+pub(crate) const BYFAHRER_LISTEN_PORT: u16 = 8081;
 
 /// Where a sidecar listens when no `listen` label says: 8443, or for byfahrer's opt-in
 /// gosslterm's 8081.
-pub fn default_listen(opt_in: OptIn) -> ListenAddr {
+pub(crate) fn default_listen(opt_in: OptIn) -> ListenAddr {
     match opt_in {
         OptIn::Prefix => ListenAddr::any(DEFAULT_LISTEN_PORT),
         OptIn::Byfahrer => ListenAddr::any(BYFAHRER_LISTEN_PORT),
@@ -178,7 +206,7 @@ pub fn default_listen(opt_in: OptIn) -> ListenAddr {
 /// port other than the listen port, else 8080. byfahrer's: always 127.0.0.1:8080, the
 /// `GOSSLTERM_BACKEND_ADDR` of gosslterm's image, where byfahrer's apps serve whatever their
 /// image exposes (one built on an image that exposes 80, say).
-pub fn default_backend(opt_in: OptIn, exposed: &[String], listen_port: u16) -> BackendAddr {
+pub(crate) fn default_backend(opt_in: OptIn, exposed: &[String], listen_port: u16) -> BackendAddr {
     match opt_in {
         OptIn::Prefix => BackendAddr::local(default_backend_port(exposed, listen_port)),
         OptIn::Byfahrer => BackendAddr::local(DEFAULT_BACKEND_PORT),
@@ -364,7 +392,7 @@ fn mode_rules<'a>(
 }
 
 /// Most names one `hostname` label may list: Let's Encrypt's limit of names per certificate.
-pub const MAX_HOSTNAMES: usize = 100;
+pub(crate) const MAX_HOSTNAMES: usize = 100;
 
 /// The `hostname` label: one or more DNS names, comma separated, each once; the first names
 /// the certificate's directory.
@@ -389,7 +417,7 @@ fn hostnames(key: &str, value: &str) -> Result<(DnsName, Vec<DnsName>), LabelErr
 
 impl TargetSpec {
     /// Every name of the target's certificate, the first one first.
-    pub fn names(&self) -> impl Iterator<Item = &DnsName> {
+    pub(crate) fn names(&self) -> impl Iterator<Item = &DnsName> {
         std::iter::once(&self.hostname).chain(&self.alt_names)
     }
 }
@@ -660,49 +688,9 @@ fn default_backend_port(exposed: &[String], listen_port: u16) -> NonZeroU16 {
     }
 }
 
-/// Sidecar images a target may ask for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AllowList {
-    patterns: Vec<String>,
-}
-
-impl AllowList {
-    pub fn new(patterns: Vec<String>) -> Self {
-        AllowList { patterns }
-    }
-
-    pub fn allows(&self, image: &str) -> bool {
-        self.patterns
-            .iter()
-            .any(|p| glob_match(p.as_bytes(), image.as_bytes()))
-    }
-}
-
-/// `*` matches any run (including `/` and `:`), `?` one character; everything else literally.
-fn glob_match(pat: &[u8], s: &[u8]) -> bool {
-    let (mut p, mut i) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while i < s.len() {
-        if p < pat.len() && (pat[p] == b'?' || pat[p] == s[i]) {
-            p += 1;
-            i += 1;
-        } else if p < pat.len() && pat[p] == b'*' {
-            star = Some((p, i));
-            p += 1;
-        } else if let Some((sp, si)) = star {
-            p = sp + 1;
-            i = si + 1;
-            star = Some((sp, si + 1));
-        } else {
-            return false;
-        }
-    }
-    pat[p..].iter().all(|c| *c == b'*')
-}
-
 /// Sidecar container name for a target: Docker names allow `[a-zA-Z0-9][a-zA-Z0-9_.-]*`, which
 /// target names already satisfy.
-pub fn sidecar_name(target_name: &str) -> String {
+pub(crate) fn sidecar_name(target_name: &str) -> String {
     format!("{}-tls-sidecar", target_name.trim_start_matches('/'))
 }
 
@@ -1546,21 +1534,6 @@ mod tests {
         assert!(parse_target("t1", "web", &l, &[], Offered::default())
             .unwrap()
             .is_ok());
-    }
-
-    #[test]
-    fn allow_list_globs() {
-        let a = AllowList::new(vec![
-            "tls-sidecar/sidecar:*".into(),
-            "reg.example/tls?:1.*".into(),
-        ]);
-        assert!(a.allows("tls-sidecar/sidecar:latest"));
-        assert!(a.allows("tls-sidecar/sidecar:"));
-        assert!(!a.allows("tls-sidecar/sidecar"));
-        assert!(!a.allows("evil/tls-sidecar/sidecar:latest"));
-        assert!(a.allows("reg.example/tls1:1.2"));
-        assert!(!a.allows("reg.example/tls12:1.2"));
-        assert!(AllowList::new(vec!["*".into()]).allows("anything/at:all"));
     }
 
     #[test]

@@ -4,41 +4,42 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::failure::Failure;
-use crate::labels::{AllowList, LabelError, TargetSpec};
+use crate::config::AllowList;
+use crate::plan::failure::Failure;
+use crate::plan::labels::{LabelError, TargetSpec};
 
 /// An opted-in container as observed.
 #[derive(Debug, Clone)]
-pub struct Target {
+pub(crate) struct Target {
     /// Full container ID.
-    pub id: String,
-    pub name: String,
-    pub running: bool,
+    pub(crate) id: String,
+    pub(crate) name: String,
+    pub(crate) running: bool,
     /// `State.StartedAt`: changes on every start, i.e. with every new network namespace.
-    pub started_at: String,
-    pub spec: Result<TargetSpec, LabelError>,
+    pub(crate) started_at: String,
+    pub(crate) spec: Result<TargetSpec, LabelError>,
 }
 
 /// A container carrying our `managed-by` label, as observed.
 #[derive(Debug, Clone)]
-pub struct Sidecar {
-    pub id: String,
-    pub name: String,
+pub(crate) struct Sidecar {
+    pub(crate) id: String,
+    pub(crate) name: String,
     /// The `sidecar-for` label: full ID of the target it was created for.
-    pub target_id: String,
+    pub(crate) target_id: String,
     /// The `target-started` label: the target's `StartedAt` when the sidecar was created, i.e.
     /// which network namespace it joined.
-    pub target_started: Option<String>,
-    pub state: SidecarState,
+    pub(crate) target_started: Option<String>,
+    pub(crate) state: SidecarState,
     /// Creation time (unix seconds), to keep the oldest of duplicates deterministically.
-    pub created: i64,
+    pub(crate) created: i64,
     /// Its predecessor's failure, carried on its labels.
-    pub last_failure: Option<Failure>,
+    pub(crate) last_failure: Option<Failure>,
 }
 
 /// A sidecar's state, as far as the decision needs it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SidecarState {
+pub(crate) enum SidecarState {
     Running,
     /// Created and never started: a spawner stopped (or another one is) between its create and
     /// its start. Started ("adopted") instead of making another.
@@ -49,7 +50,7 @@ pub enum SidecarState {
 
 /// Why a sidecar is removed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RemoveReason {
+pub(crate) enum RemoveReason {
     /// Its target no longer exists.
     TargetGone,
     /// Its target is not running.
@@ -67,7 +68,7 @@ pub enum RemoveReason {
 }
 
 impl RemoveReason {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             RemoveReason::TargetGone => "target gone",
             RemoveReason::TargetNotRunning => "target not running",
@@ -82,7 +83,7 @@ impl RemoveReason {
 
 /// Why a running target gets no sidecar.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Problem {
+pub(crate) enum Problem {
     InvalidLabel(LabelError),
     ImageNotAllowed(String),
 }
@@ -98,7 +99,7 @@ impl std::fmt::Display for Problem {
 
 /// One step of a plan.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Action {
+pub(crate) enum Action {
     Remove {
         sidecar_id: String,
         sidecar_name: String,
@@ -133,7 +134,7 @@ pub enum Action {
 /// no `Create` this round, and their exited sidecar is kept until then (the engine still has its
 /// state and log, for `spawner status`). A sidecar created and never started in the target's
 /// current namespace is started rather than replaced.
-pub fn plan(
+pub(crate) fn plan(
     targets: &[Target],
     sidecars: &[Sidecar],
     allow: &AllowList,
@@ -257,15 +258,15 @@ fn plan_serving(
 /// runs to its end before `creates` starts, so a create never collides with the stale sidecar
 /// (of its own target, or of a gone target with the same name) that still holds its name.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct Steps {
+pub(crate) struct Steps {
     /// No I/O: handled before the others.
-    pub reports: Vec<Action>,
-    pub removes: Vec<Action>,
-    pub creates: Vec<Action>,
+    pub(crate) reports: Vec<Action>,
+    pub(crate) removes: Vec<Action>,
+    pub(crate) creates: Vec<Action>,
 }
 
 /// Sorts the actions of a plan into [`Steps`], keeping their order inside each step.
-pub fn steps(actions: Vec<Action>) -> Steps {
+pub(crate) fn steps(actions: Vec<Action>) -> Steps {
     let mut s = Steps::default();
     for a in actions {
         match a {
