@@ -1,4 +1,4 @@
-//! gRPC for the tests of issue 12, with real tonic on both ends and no protoc: messages are raw
+//! gRPC for the tests, with real tonic on both ends and no protoc: messages are raw
 //! bytes ([`RawCodec`]), so the test service needs no generated code.
 //!
 //! [`GrpcBackend`] is the test service `test.Echo`, served as h2c (prior knowledge) by hyper
