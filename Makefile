@@ -82,7 +82,7 @@ test: tools
 ## soak: the spawner's churn soak at full size (500 random operations on 20 targets, a few
 ## minutes; make test runs 100); CHURN_OPS, CHURN_TARGETS, CHURN_SEED override
 soak:
-	CHURN_OPS=$${CHURN_OPS:-500} $(CARGO) test -p tls-sidecar-tests --test integration -- churn::churn_soak --nocapture
+	CHURN_OPS=$${CHURN_OPS:-500} $(CARGO) test -p tls-sidecar-tests --test integration -- spawner::churn::churn_soak --nocapture
 
 ## bench: the full benchmark against nginx, HAProxy, stunnel, hitch (docs/benchmarks.md, ~20 min: three interleaved rounds per row)
 bench:

@@ -27,7 +27,7 @@ const RUNTIME_ERROR: i32 = 1;
 /// A refused file ends the process at once: the contract for every invalid configuration.
 const PROMPTLY: Duration = Duration::from_secs(1);
 
-/// Budget for one spawner run: it reads a file or two (as in `spawner_ca`).
+/// Budget for one spawner run: it reads a file or two (as in `spawner::ca`).
 const SPAWNER_RUN: Duration = Duration::from_secs(30);
 
 /// Reloads come from inotify plus a 250 ms debounce; this bounds a hang on a loaded machine.

@@ -1,39 +1,11 @@
-//! All integration tests compile into this one binary and share the harness.
-mod acme_pebble;
-mod churn;
+//! All integration tests compile into this one binary and share the harness. Each binary's tests
+//! are in its folder (`sidecar/`, `spawner/`); the rest cover both binaries or the project.
 mod docs;
-mod engine;
 mod fifo;
 mod install;
 mod isolation;
 mod layout;
 mod migrating;
-mod sidecar_acme_alpn;
-mod sidecar_admin;
-mod sidecar_certs;
-mod sidecar_config;
-mod sidecar_docker;
-mod sidecar_fast_path;
-mod sidecar_grpc;
-mod sidecar_h2c;
-mod sidecar_hostile;
-mod sidecar_http;
-mod sidecar_identity;
-mod sidecar_limits;
-mod sidecar_memory;
-mod sidecar_mtls;
-mod sidecar_redirect;
-mod sidecar_shutdown;
-mod sidecar_smuggling;
-mod sidecar_tcp;
-mod sidecar_tcp_proto;
-mod sidecar_tls;
+mod sidecar;
 mod spawner;
-mod spawner_acme;
-mod spawner_admin;
-mod spawner_ca;
-mod spawner_certs;
-mod spawner_hygiene;
-mod spawner_identity;
-mod spawner_protocols;
 mod tools;

@@ -1,6 +1,6 @@
 //! Sidecar, http mode, HTTP/2 cleartext to the backend (`--backend-protocol`): which requests
 //! take it, that streams share a few connections whatever clients do, and that a backend restart
-//! costs no failed request. gRPC itself (tonic client and server) is in `sidecar_grpc`.
+//! costs no failed request. gRPC itself (tonic client and server) is in `sidecar::grpc`.
 
 use std::time::Duration;
 
@@ -193,7 +193,7 @@ async fn an_unreachable_h2c_backend_is_a_502_for_plain_requests() {
     let mut conn = connect(&sc, ALPN_H2_H1).await;
     let reply = conn.get("/").await;
     assert_eq!(reply.status, StatusCode::BAD_GATEWAY, "{}", reply.text());
-    // gRPC callers get a gRPC status instead (sidecar_grpc checks it with a real client).
+    // gRPC callers get a gRPC status instead (sidecar::grpc checks it with a real client).
     let req = grpc_post(&conn, "/pkg.Service/Method");
     let reply = conn.fetch(req).await;
     assert_eq!(reply.status, StatusCode::OK);

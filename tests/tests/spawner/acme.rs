@@ -10,46 +10,33 @@
 //! Each test has its own Pebble (so every test may use `a.test`), store, spawner and label
 //! prefix; Pebble validates at 127.0.0.1 on its own ports, where a test publishes the target's
 //! port 80 or 8443, or (to make a challenge reachable only later) a [`Forward`] joins them.
+//! That setup is one [`Acme`] (`fixture`). `pebble` holds the pieces underneath, in process:
+//! ACME clients against Pebble and the sidecar answering its challenges, without the engine.
+
+mod fixture;
+mod pebble;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use harness::bins::bin_path;
 use harness::certs::dns_sans;
-use harness::client::{self, HttpConn, Trust, ALPN_H1};
 use harness::docker::{
     containers_with_label, docker, docker_ok, host_port, https_get, images, logs_of, unique_name,
     Container, TestRun, LIFECYCLE_DEADLINE,
 };
 use harness::forward::Forward;
-use harness::pebble::{Options, Pebble};
+use harness::pebble::Options;
 use harness::spawner::{self, Spawner};
 use harness::tmp::TempDir;
-use harness::wait::{within, STEP};
-use rustls::client::danger::ServerCertVerifier;
-use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::RootCertStore;
-use tokio::runtime::Runtime;
+use rustls::pki_types::CertificateDer;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-/// How long an issuance may take end to end (sidecar up, order, validation, delivery). Pebble
-/// without its random sleeps validates in milliseconds; the rest is the spawner's turns and a
-/// retry or two on a loaded CI machine.
-const ISSUANCE: Duration = Duration::from_secs(60);
-/// How long the status may take to show an ACME outcome the log or the CA already shows.
-const STATE: Duration = Duration::from_secs(30);
-/// The first retry delay the tests run with (`--acme-retry-min`): long enough to tell a backoff
-/// from a tight loop in the log, short enough to keep the tests quick.
-const RETRY_MIN: Duration = Duration::from_secs(2);
-/// How often the tests re-check a condition that costs a process (`spawner status`) or a TLS
-/// handshake.
-const POLL: Duration = Duration::from_millis(200);
+use fixture::{acme_flags, eventually, holds_for, target, Acme, ISSUANCE, RETRY_MIN, STATE};
 
 /// A line the spawner logs: its level and message.
 #[derive(Debug, Clone, Copy)]
@@ -65,338 +52,10 @@ const ORDER_FAILED: Event = Event("WARN", "certificate order failed");
 /// What Pebble logs when a challenge fails validation (one authorization per name).
 const PEBBLE_INVALID: &str = "set INVALID by completed challenge";
 
-/// A runtime for the async parts (TLS clients, Pebble's start) of these otherwise blocking
-/// tests; its workers drive open connections while the test thread polls.
-fn runtime() -> Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-}
-
-/// Re-evaluates `check` every [`POLL`] until it returns `Ok`, or panics after `limit` naming
-/// `what` and the last thing `check` saw.
-fn eventually<T>(limit: Duration, what: &str, mut check: impl FnMut() -> Result<T, String>) -> T {
-    let start = Instant::now();
-    loop {
-        match check() {
-            Ok(v) => return v,
-            Err(last) if start.elapsed() >= limit => {
-                panic!("gave up after {limit:?} waiting for {what}; last seen: {last}")
-            }
-            Err(_) => std::thread::sleep(POLL),
-        }
-    }
-}
-
-/// Asserts `check` holds (returns `Ok`) at every look over `window`.
-fn holds_for(window: Duration, what: &str, mut check: impl FnMut() -> Result<(), String>) {
-    let end = Instant::now() + window;
-    loop {
-        if let Err(e) = check() {
-            panic!("{what}: {e}");
-        }
-        if Instant::now() >= end {
-            return;
-        }
-        std::thread::sleep(POLL);
-    }
-}
-
-/// The daemon's ACME and store flags (what `spawner status` must be given too).
-fn acme_flags(store: &Path, directory: &str, ca_cert: Option<&Path>) -> Vec<String> {
-    let mut flags = vec![
-        "--certs-from".to_string(),
-        store.display().to_string(),
-        "--acme-email".to_string(),
-        "ops@example.com".to_string(),
-        "--acme-agree-tos".to_string(),
-        "--acme-directory".to_string(),
-        directory.to_string(),
-        "--acme-retry-min".to_string(),
-        format!("{}s", RETRY_MIN.as_secs()),
-    ];
-    if let Some(ca) = ca_cert {
-        flags.push("--acme-ca-cert".to_string());
-        flags.push(ca.display().to_string());
-    }
-    flags
-}
-
-/// One test's CA and store: a Pebble, an empty store directory, the spawner's flags for both.
-struct Acme {
-    pebble: Pebble,
-    store: TempDir,
-    flags: Vec<String>,
-    _files: TempDir,
-}
-
-impl Acme {
-    fn start(rt: &Runtime, options: Options) -> Acme {
-        let pebble = rt.block_on(Pebble::start_with(options));
-        let store = TempDir::new("acme-store");
-        let files = TempDir::new("acme-files");
-        let ca = files.write("directory-ca.pem", pebble.directory_ca_pem());
-        let flags = acme_flags(store.path(), pebble.directory_url(), Some(&ca));
-        Acme {
-            pebble,
-            store,
-            flags,
-            _files: files,
-        }
-    }
-
-    /// The flags `spawner status` gets: the daemon's store and ACME flags.
-    fn flags(&self) -> Vec<&str> {
-        self.flags.iter().map(String::as_str).collect()
-    }
-
-    /// A spawner on `prefix` with this CA and store, reconciling every second (so a restart's
-    /// first turns come quickly), plus `extra`.
-    fn spawner(&self, prefix: &str, extra: &[&str]) -> Spawner {
-        let mut flags = self.flags();
-        flags.extend_from_slice(&["--resync-interval", "1s"]);
-        flags.extend_from_slice(extra);
-        Spawner::start(prefix, &flags)
-    }
-
-    /// `-p` publishing the target's port 80 where Pebble validates HTTP-01.
-    fn http01_port(&self) -> String {
-        format!("127.0.0.1:{}:80", self.pebble.http_port())
-    }
-
-    /// `-p` publishing the target's 8443 where Pebble validates TLS-ALPN-01.
-    fn tls_alpn01_port(&self) -> String {
-        format!("127.0.0.1:{}:8443", self.pebble.tls_port())
-    }
-
-    /// The status row of `target` (its name).
-    fn row(&self, prefix: &str, target: &str) -> serde_json::Value {
-        spawner::row(&spawner::status_json(prefix, &self.flags()), target).clone()
-    }
-
-    /// Waits for the status row of `target` to show `acme_state` `state`; returns the row.
-    fn wait_state(&self, prefix: &str, target: &str, state: &str) -> serde_json::Value {
-        eventually(
-            STATE,
-            &format!("acme_state {state:?} in {target}'s status row"),
-            || {
-                let row = self.row(prefix, target);
-                if row["acme_state"] == state {
-                    Ok(row)
-                } else {
-                    Err(format!("{row:#}"))
-                }
-            },
-        )
-    }
-
-    /// Ok when `chain` verifies, as a TLS server certificate for `name` now, up to Pebble's root.
-    fn verify(&self, chain: &[CertificateDer<'static>], name: &str) -> Result<(), String> {
-        let (leaf, intermediates) = chain.split_first().ok_or("no certificate")?;
-        let mut roots = RootCertStore::empty();
-        roots
-            .add(
-                CertificateDer::from_pem_slice(self.pebble.issuer_root_pem().as_bytes())
-                    .expect("Pebble root PEM"),
-            )
-            .expect("add Pebble's root");
-        let verifier =
-            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), client::provider())
-                .build()
-                .expect("verifier");
-        let server_name = ServerName::try_from(name.to_string()).expect("server name");
-        verifier
-            .verify_server_cert(leaf, intermediates, &server_name, &[], UnixTime::now())
-            .map(|_| ())
-            .map_err(|e| format!("does not verify for {name} to Pebble's root: {e}"))
-    }
-
-    /// Waits until 127.0.0.1:`port` serves, for SNI each of `names`, a chain from Pebble that
-    /// verifies for that name (and for all of them); returns the chain served for the first.
-    fn wait_issued(&self, rt: &Runtime, port: u16, names: &[&str]) -> Vec<CertificateDer<'static>> {
-        eventually(
-            ISSUANCE,
-            &format!("a Pebble certificate for {names:?} served on {port}"),
-            || {
-                let mut first = None;
-                for sni in names {
-                    let chain = served_chain(rt, port, sni).ok_or("no TLS handshake")?;
-                    for name in names {
-                        self.verify(&chain, name)?;
-                    }
-                    first.get_or_insert(chain);
-                }
-                first.ok_or_else(|| "no names".to_string())
-            },
-        )
-    }
-
-    /// Asserts that 127.0.0.1:`port` serves, for SNI `name`, a self-signed certificate for
-    /// `name`: not one from Pebble. Returns the leaf.
-    fn assert_self_signed(&self, rt: &Runtime, port: u16, name: &str) -> CertificateDer<'static> {
-        let chain = eventually(
-            LIFECYCLE_DEADLINE,
-            "a TLS handshake with the sidecar",
-            || served_chain(rt, port, name).ok_or_else(|| "no TLS handshake".to_string()),
-        );
-        assert!(
-            self.verify(&chain, name).is_err(),
-            "a certificate from Pebble already, expected the self-signed one"
-        );
-        assert!(
-            dns_sans(&chain[0]).iter().any(|n| n == name),
-            "the self-signed certificate is for {name}: {:?}",
-            dns_sans(&chain[0])
-        );
-        chain[0].clone()
-    }
-
-    /// `archive/<first>/<stem>N.pem` files, sorted.
-    fn archive(&self, first: &str, stem: &str) -> Vec<String> {
-        let dir = self.store.path().join("archive").join(first);
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            return Vec::new();
-        };
-        let mut names: Vec<String> = entries
-            .filter_map(|e| e.ok()?.file_name().into_string().ok())
-            .filter(|n| {
-                n.strip_prefix(stem)
-                    .and_then(|rest| rest.strip_suffix(".pem"))
-                    .is_some_and(|num| !num.is_empty() && num.bytes().all(|b| b.is_ascii_digit()))
-            })
-            .collect();
-        names.sort();
-        names
-    }
-
-    /// How many issuances the store holds for `first`: archive pairs (chain and key each).
-    fn issuances(&self, first: &str) -> usize {
-        let chains = self.archive(first, "fullchain");
-        let keys = self.archive(first, "privkey");
-        assert_eq!(
-            chains.len(),
-            keys.len(),
-            "one key per chain in archive/{first}: {chains:?} {keys:?}"
-        );
-        chains.len()
-    }
-
-    /// Asserts `live/<first>/` links to archive pair `n` and returns that chain's leaf.
-    fn assert_live_is(&self, first: &str, n: usize) -> CertificateDer<'static> {
-        let root = self.store.path();
-        for stem in ["fullchain", "privkey"] {
-            let live = root.join(format!("live/{first}/{stem}.pem"));
-            let meta = std::fs::symlink_metadata(&live)
-                .unwrap_or_else(|e| panic!("{}: {e}", live.display()));
-            assert!(
-                meta.file_type().is_symlink(),
-                "{} is a link",
-                live.display()
-            );
-            let to = std::fs::canonicalize(&live).expect("resolve the live link");
-            let want = std::fs::canonicalize(root.join(format!("archive/{first}/{stem}{n}.pem")))
-                .expect("archive file");
-            assert_eq!(to, want, "{} points at pair {n}", live.display());
-        }
-        let pem = std::fs::read(root.join(format!("live/{first}/fullchain.pem"))).expect("chain");
-        CertificateDer::pem_slice_iter(&pem)
-            .next()
-            .expect("a certificate in the stored chain")
-            .expect("PEM certificate")
-    }
-
-    fn account_path(&self) -> PathBuf {
-        self.store.path().join("acme/account.json")
-    }
-}
-
-impl Drop for Acme {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            let logs = self.pebble.logs();
-            let mut from = logs.len().saturating_sub(6000);
-            while !logs.is_char_boundary(from) {
-                from += 1;
-            }
-            eprintln!("---- Pebble (the end of its logs) ----\n{}", &logs[from..]);
-        }
-    }
-}
-
-/// The chain 127.0.0.1:`port` presents for SNI `sni` (any certificate accepted); `None` when
-/// nothing completes a handshake within a few seconds.
-fn served_chain(rt: &Runtime, port: u16, sni: &str) -> Option<Vec<CertificateDer<'static>>> {
-    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    let config = client::config(Trust::AnyCert, ALPN_H1);
-    rt.block_on(async {
-        let tls = tokio::time::timeout(
-            Duration::from_secs(3),
-            client::try_tls_connect(addr, sni, config),
-        )
-        .await
-        .ok()?
-        .ok()?;
-        let chain = tls.get_ref().1.peer_certificates()?;
-        Some(chain.iter().map(|c| c.clone().into_owned()).collect())
-    })
-}
-
-/// An HTTP/1.1 connection to 127.0.0.1:`port` as `sni` accepting any certificate, its first
-/// `GET /` answered by the demo app; kept open by the caller.
-fn open_conn(rt: &Runtime, port: u16, sni: &str) -> HttpConn {
-    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    let mut conn = rt.block_on(HttpConn::connect(
-        addr,
-        sni,
-        client::config(Trust::AnyCert, ALPN_H1),
-    ));
-    assert_demo_answers(rt, &mut conn, "a new connection");
-    conn
-}
-
-/// `GET /` on `conn` is answered by the demo app (its echo of the request).
-fn assert_demo_answers(rt: &Runtime, conn: &mut HttpConn, what: &str) {
-    let reply = rt.block_on(within(STEP, what, conn.get("/")));
-    assert_eq!(
-        reply.status,
-        http::StatusCode::OK,
-        "{what}: {}",
-        reply.text()
-    );
-    assert!(
-        reply.text().starts_with("GET / "),
-        "{what}: the demo's echo expected, got {:?}",
-        reply.text()
-    );
-}
-
 /// `cert`'s notAfter, in unix seconds.
 fn not_after(cert: &CertificateDer<'_>) -> i64 {
     let (_, x509) = X509Certificate::from_der(cert).expect("parse certificate");
     x509.validity().not_after.timestamp()
-}
-
-/// A demo container opted in under `prefix` with `labels` (each `key=value` under the prefix,
-/// e.g. `hostname=a.test`) and `-p` for each of `publish`. Returns its name and ID.
-fn target(run: &TestRun, prefix: &str, labels: &[&str], publish: &[&str]) -> (String, String) {
-    let name = unique_name("app");
-    let mut args = vec![
-        "--label".to_string(),
-        format!("{prefix}.proxy-image={}", images().sidecar),
-    ];
-    for l in labels {
-        args.push("--label".into());
-        args.push(format!("{prefix}.{l}"));
-    }
-    for p in publish {
-        args.push("-p".into());
-        args.push((*p).to_string());
-    }
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let id = run.container(&name, &images().demo, &args, &[]);
-    (name, id)
 }
 
 /// The sidecars of a target (running or not).
@@ -483,20 +142,12 @@ fn log_time(line: &str) -> f64 {
 
 #[test]
 fn http01_certificate_is_obtained_stored_in_certbot_layout_and_served() {
-    let rt = runtime();
-    let acme = Acme::start(&rt, Options::default());
-    let run = TestRun::new();
-    let prefix = run.label_prefix();
-    let spawner = acme.spawner(&prefix, &[]);
-    let (name, id) = target(
-        &run,
-        &prefix,
-        &["hostname=a.test"],
-        &[&acme.http01_port(), "127.0.0.1::8443"],
-    );
+    let acme = Acme::start();
+    let spawner = acme.spawner();
+    let (name, id) = acme.http01_target("a.test");
     let port = host_port(&id, 8443);
     let started = Instant::now();
-    let chain = acme.wait_issued(&rt, port, &["a.test"]);
+    let chain = acme.wait_issued(port, &["a.test"]);
     eprintln!(
         "HTTP-01: Pebble's certificate served after {:?}",
         started.elapsed()
@@ -520,10 +171,10 @@ fn http01_certificate_is_obtained_stored_in_certbot_layout_and_served() {
         0o600,
         "acme/account.json is the spawner's alone"
     );
-    let state = std::fs::read(acme.store.path().join("acme/state.json")).expect("acme/state.json");
+    let state = std::fs::read(acme.store().join("acme/state.json")).expect("acme/state.json");
     serde_json::from_slice::<serde_json::Value>(&state).expect("acme/state.json is JSON");
 
-    let row = acme.wait_state(&prefix, &name, "valid");
+    let row = acme.wait_state(&name, "valid");
     assert_eq!(row["acme_names"], serde_json::json!(["a.test"]), "{row:#}");
     assert_eq!(
         row["cert_not_after"].as_i64(),
@@ -542,35 +193,32 @@ fn http01_certificate_is_obtained_stored_in_certbot_layout_and_served() {
 
 #[test]
 fn tls_alpn01_gets_one_certificate_for_two_names() {
-    let rt = runtime();
-    let acme = Acme::start(&rt, Options::default());
-    let run = TestRun::new();
-    let prefix = run.label_prefix();
-    let _spawner = acme.spawner(&prefix, &[]);
-    let (name, _) = target(
-        &run,
-        &prefix,
+    let acme = Acme::start();
+    let _spawner = acme.spawner();
+    let (name, _) = acme.target(
         &["hostname=a.test,b.test", "acme-challenge=tls-alpn-01"],
         &[&acme.tls_alpn01_port()],
     );
-    let chain = acme.wait_issued(&rt, acme.pebble.tls_port(), &["a.test", "b.test"]);
+    let chain = acme.wait_issued(acme.pebble.tls_port(), &["a.test", "b.test"]);
     assert_eq!(
         dns_sans(&chain[0]),
         ["a.test", "b.test"],
         "one certificate for both"
     );
-    let for_b = served_chain(&rt, acme.pebble.tls_port(), "b.test").expect("handshake as b.test");
+    let for_b = acme
+        .served_chain(acme.pebble.tls_port(), "b.test")
+        .expect("handshake as b.test");
     assert_eq!(for_b[0], chain[0], "the same certificate for either name");
 
     assert_eq!(acme.issuances("a.test"), 1, "one order, one archive pair");
     assert_eq!(acme.assert_live_is("a.test", 1), chain[0]);
     for other in ["live/b.test", "archive/b.test"] {
         assert!(
-            !acme.store.path().join(other).exists(),
+            !acme.store().join(other).exists(),
             "the pair is stored under the first name only, not {other}"
         );
     }
-    let row = acme.wait_state(&prefix, &name, "valid");
+    let row = acme.wait_state(&name, "valid");
     assert_eq!(
         row["acme_names"],
         serde_json::json!(["a.test", "b.test"]),
@@ -580,40 +228,32 @@ fn tls_alpn01_gets_one_certificate_for_two_names() {
 
 #[test]
 fn the_sidecar_switches_from_self_signed_to_the_issued_certificate_without_a_restart() {
-    let rt = runtime();
-    let acme = Acme::start(&rt, Options::default());
-    let run = TestRun::new();
-    let prefix = run.label_prefix();
-    let spawner = acme.spawner(&prefix, &[]);
+    let acme = Acme::start();
+    let spawner = acme.spawner();
     // Port 80 is published, but not where Pebble looks: the challenge is unreachable until the
     // forwarder joins the two.
-    let (_, id) = target(
-        &run,
-        &prefix,
-        &["hostname=a.test"],
-        &["127.0.0.1::80", "127.0.0.1::8443"],
-    );
+    let (_, id) = acme.target(&["hostname=a.test"], &["127.0.0.1::80", "127.0.0.1::8443"]);
     let (port, port80) = (host_port(&id, 8443), host_port(&id, 80));
-    let sidecar = wait_sidecar(&prefix, &id);
+    let sidecar = wait_sidecar(&acme.prefix, &id);
     wait_event(&spawner, ORDER_FAILED, 1);
 
-    let self_signed = acme.assert_self_signed(&rt, port, "a.test");
-    let mut old = open_conn(&rt, port, "a.test");
+    let self_signed = acme.assert_self_signed(port, "a.test");
+    let mut old = acme.open_conn(port, "a.test");
     let forward = Forward::start(
         SocketAddr::from((Ipv4Addr::LOCALHOST, acme.pebble.http_port())),
         SocketAddr::from((Ipv4Addr::LOCALHOST, port80)),
     );
 
-    let chain = acme.wait_issued(&rt, port, &["a.test"]);
+    let chain = acme.wait_issued(port, &["a.test"]);
     assert_ne!(chain[0], self_signed);
     assert!(
         forward.accepted() > 0,
         "Pebble validated through the forwarder"
     );
-    assert_same_sidecar(&prefix, &id, &sidecar, "after the certificate arrived");
-    assert_demo_answers(&rt, &mut old, "the connection opened before the switch");
-    let mut new = open_conn(&rt, port, "a.test");
-    assert_demo_answers(&rt, &mut new, "a connection after the switch");
+    assert_same_sidecar(&acme.prefix, &id, &sidecar, "after the certificate arrived");
+    acme.assert_demo_answers(&mut old, "the connection opened before the switch");
+    let mut new = acme.open_conn(port, "a.test");
+    acme.assert_demo_answers(&mut new, "a connection after the switch");
 }
 
 /// The common name of `cert`'s issuer (`who = "issuer"`) or subject.
@@ -650,29 +290,21 @@ fn rfc3339(unix: i64) -> String {
 
 #[test]
 fn status_shows_the_issued_certificate_its_sidecar_serves_with_or_without_the_acme_flags() {
-    let rt = runtime();
-    let acme = Acme::start(&rt, Options::default());
-    let run = TestRun::new();
-    let prefix = run.label_prefix();
-    let spawner = acme.spawner(&prefix, &[]);
-    let (name, id) = target(
-        &run,
-        &prefix,
-        &["hostname=a.test"],
-        &[&acme.http01_port(), "127.0.0.1::8443"],
-    );
+    let acme = Acme::start();
+    let spawner = acme.spawner();
+    let (name, id) = acme.http01_target("a.test");
     let port = host_port(&id, 8443);
     // The normal ACME path: the sidecar is made while the store is empty, recorded as
     // ACME-managed, and the certificate is delivered into it once issued.
-    let sidecar = wait_sidecar(&prefix, &id);
+    let sidecar = wait_sidecar(&acme.prefix, &id);
     let inspected = harness::docker::inspect(&sidecar).expect("inspect the sidecar");
     assert_eq!(
-        inspected.raw["Config"]["Labels"][format!("{prefix}.cert-source")],
+        inspected.raw["Config"]["Labels"][format!("{}.cert-source", acme.prefix)],
         "acme",
         "the sidecar records that ACME manages its certificate"
     );
-    let chain = acme.wait_issued(&rt, port, &["a.test"]);
-    assert_same_sidecar(&prefix, &id, &sidecar, "after the certificate arrived");
+    let chain = acme.wait_issued(port, &["a.test"]);
+    assert_same_sidecar(&acme.prefix, &id, &sidecar, "after the certificate arrived");
     let logs = spawner.logs();
     let started = logs
         .find("sidecar started")
@@ -696,7 +328,7 @@ fn status_shows_the_issued_certificate_its_sidecar_serves_with_or_without_the_ac
         "issued by Pebble's intermediate: {issuer}"
     );
     let sidecar_name = inspected.name.trim_start_matches('/').to_string();
-    let store = acme.store.path().display().to_string();
+    let store = acme.store().display().to_string();
     let in_store = format!("{store}/live/a.test/fullchain.pem");
     let in_sidecar = format!("{sidecar_name}:/certs/live/a.test/fullchain.pem");
     let cases: [(&str, Vec<&str>, &str); 3] = [
@@ -706,7 +338,7 @@ fn status_shows_the_issued_certificate_its_sidecar_serves_with_or_without_the_ac
     ];
     let cell = format!("file, expires {}, issuer {issuer}", rfc3339(expires));
     for (flags_are, flags, detail) in &cases {
-        let rows = spawner::status_json(&prefix, flags);
+        let rows = spawner::status_json(&acme.prefix, flags);
         let row = spawner::row(&rows, &name);
         let what = format!("spawner status --json with {flags_are}: {row:#}");
         assert_eq!(row["cert_source"], "file", "{what}");
@@ -714,7 +346,7 @@ fn status_shows_the_issued_certificate_its_sidecar_serves_with_or_without_the_ac
         assert_eq!(row["cert_not_after"].as_i64(), Some(expires), "{what}");
         assert_eq!(row["cert_issuer"], issuer.as_str(), "{what}");
         assert_eq!(row["cert_detail"], *detail, "{what}");
-        let table = spawner::status(&prefix, flags);
+        let table = spawner::status(&acme.prefix, flags);
         let line = table
             .lines()
             .find(|l| l.starts_with(name.as_str()))
@@ -724,10 +356,10 @@ fn status_shows_the_issued_certificate_its_sidecar_serves_with_or_without_the_ac
             "spawner status with {flags_are} shows {cell:?}:\n{table}"
         );
     }
-    let row = acme.wait_state(&prefix, &name, "valid");
+    let row = acme.wait_state(&name, "valid");
     assert_eq!(row["acme_names"], serde_json::json!(["a.test"]), "{row:#}");
     let without = spawner::row(
-        &spawner::status_json(&prefix, &["--certs-from", &store]),
+        &spawner::status_json(&acme.prefix, &["--certs-from", &store]),
         &name,
     )
     .clone();
@@ -740,50 +372,41 @@ fn status_shows_the_issued_certificate_its_sidecar_serves_with_or_without_the_ac
 
 #[test]
 fn the_certificate_is_renewed_at_two_thirds_of_its_lifetime_while_connections_keep_working() {
-    let rt = runtime();
-    let acme = Acme::start(
-        &rt,
-        Options {
-            certificate_validity: Some(Duration::from_secs(30)),
-        },
-    );
-    let run = TestRun::new();
-    let prefix = run.label_prefix();
-    let spawner = acme.spawner(&prefix, &[]);
-    let (name, id) = target(
-        &run,
-        &prefix,
-        &["hostname=a.test"],
-        &[&acme.http01_port(), "127.0.0.1::8443"],
-    );
+    let acme = Acme::start_with(Options {
+        certificate_validity: Some(Duration::from_secs(30)),
+    });
+    let spawner = acme.spawner();
+    let (name, id) = acme.http01_target("a.test");
     let port = host_port(&id, 8443);
-    let first = acme.wait_issued(&rt, port, &["a.test"]);
-    let sidecar = wait_sidecar(&prefix, &id);
-    let mut old = open_conn(&rt, port, "a.test");
+    let first = acme.wait_issued(port, &["a.test"]);
+    let sidecar = wait_sidecar(&acme.prefix, &id);
+    let mut old = acme.open_conn(port, "a.test");
 
     // Renewal is due 20 s after issuance; until the renewed certificate is served, the
     // connection opened before it answers every half second or so.
     let renewed = eventually(ISSUANCE, "a renewed certificate served", || {
-        assert_demo_answers(&rt, &mut old, "the connection opened before the renewal");
+        acme.assert_demo_answers(&mut old, "the connection opened before the renewal");
         if acme.issuances("a.test") < 2 {
             return Err("one archive pair".to_string());
         }
-        let chain = served_chain(&rt, port, "a.test").ok_or("no TLS handshake")?;
+        let chain = acme
+            .served_chain(port, "a.test")
+            .ok_or("no TLS handshake")?;
         if chain[0] == first[0] {
             return Err("the first certificate still served".to_string());
         }
         acme.verify(&chain, "a.test")?;
         Ok(chain)
     });
-    assert_demo_answers(&rt, &mut old, "the connection opened before the renewal");
-    assert_same_sidecar(&prefix, &id, &sidecar, "after the renewal");
+    acme.assert_demo_answers(&mut old, "the connection opened before the renewal");
+    assert_same_sidecar(&acme.prefix, &id, &sidecar, "after the renewal");
     let n = acme.issuances("a.test");
     assert_eq!(
         acme.assert_live_is("a.test", n),
         renewed[0],
         "the newest pair is live and served"
     );
-    let row = acme.wait_state(&prefix, &name, "valid");
+    let row = acme.wait_state(&name, "valid");
     assert_eq!(
         row["cert_not_after"].as_i64(),
         Some(not_after(&renewed[0])),
@@ -795,17 +418,9 @@ fn the_certificate_is_renewed_at_two_thirds_of_its_lifetime_while_connections_ke
 
 #[test]
 fn an_unreachable_challenge_fails_visibly_is_retried_with_backoff_and_recovers() {
-    let rt = runtime();
-    let acme = Acme::start(&rt, Options::default());
-    let run = TestRun::new();
-    let prefix = run.label_prefix();
-    let spawner = acme.spawner(&prefix, &[]);
-    let (name, id) = target(
-        &run,
-        &prefix,
-        &["hostname=a.test"],
-        &["127.0.0.1::80", "127.0.0.1::8443"],
-    );
+    let acme = Acme::start();
+    let spawner = acme.spawner();
+    let (name, id) = acme.target(&["hostname=a.test"], &["127.0.0.1::80", "127.0.0.1::8443"]);
     let (port, port80) = (host_port(&id, 8443), host_port(&id, 80));
     assert_ne!(
         port80,
@@ -813,13 +428,13 @@ fn an_unreachable_challenge_fails_visibly_is_retried_with_backoff_and_recovers()
         "port 80 is not where Pebble looks"
     );
 
-    let row = acme.wait_state(&prefix, &name, "failing");
+    let row = acme.wait_state(&name, "failing");
     let error = row["acme_error"].as_str().unwrap_or_default();
     assert!(
         error.contains("a.test"),
         "the error names the name: {row:#}"
     );
-    acme.assert_self_signed(&rt, port, "a.test");
+    acme.assert_self_signed(port, "a.test");
     assert!(https_get(port).is_some(), "the app is served meanwhile");
 
     // A second order, after the backoff, fails the same way (Pebble says so) before the
@@ -835,8 +450,8 @@ fn an_unreachable_challenge_fails_visibly_is_retried_with_backoff_and_recovers()
         SocketAddr::from((Ipv4Addr::LOCALHOST, acme.pebble.http_port())),
         SocketAddr::from((Ipv4Addr::LOCALHOST, port80)),
     );
-    acme.wait_issued(&rt, port, &["a.test"]);
-    acme.wait_state(&prefix, &name, "valid");
+    acme.wait_issued(port, &["a.test"]);
+    acme.wait_state(&name, "valid");
     assert_eq!(acme.issuances("a.test"), 1);
     let logs = spawner.logs();
     let orders = lines_with(&logs, ORDERING);
@@ -861,12 +476,9 @@ fn an_unreachable_challenge_fails_visibly_is_retried_with_backoff_and_recovers()
 
 #[test]
 fn a_challenge_that_never_works_gets_at_most_three_orders_an_hour() {
-    let rt = runtime();
-    let acme = Acme::start(&rt, Options::default());
-    let run = TestRun::new();
-    let prefix = run.label_prefix();
-    let spawner = acme.spawner(&prefix, &[]);
-    let (name, _) = target(&run, &prefix, &["hostname=a.test"], &["127.0.0.1::8443"]);
+    let acme = Acme::start();
+    let spawner = acme.spawner();
+    let (name, _) = acme.target(&["hostname=a.test"], &["127.0.0.1::8443"]);
     // Backoff 2 s, then 4 s: the third order comes about 6 s after the first.
     wait_event(&spawner, ORDERING, 3);
     eventually(STATE, "Pebble to fail the third order's challenge", || {
@@ -886,7 +498,7 @@ fn a_challenge_that_never_works_gets_at_most_three_orders_an_hour() {
                 .ok_or(format!("{orders} orders"))
         },
     );
-    let row = acme.wait_state(&prefix, &name, "failing");
+    let row = acme.wait_state(&name, "failing");
     assert!(
         row["acme_error"].as_str().is_some_and(|e| !e.is_empty()),
         "{row:#}"
@@ -908,24 +520,16 @@ fn a_challenge_that_never_works_gets_at_most_three_orders_an_hour() {
 
 #[test]
 fn a_restarted_spawner_keeps_the_certificate_and_orders_nothing() {
-    let rt = runtime();
-    let acme = Acme::start(&rt, Options::default());
-    let run = TestRun::new();
-    let prefix = run.label_prefix();
-    let mut first = acme.spawner(&prefix, &[]);
-    let (name, id) = target(
-        &run,
-        &prefix,
-        &["hostname=a.test"],
-        &[&acme.http01_port(), "127.0.0.1::8443"],
-    );
+    let acme = Acme::start();
+    let mut first = acme.spawner();
+    let (name, id) = acme.http01_target("a.test");
     let port = host_port(&id, 8443);
-    let chain = acme.wait_issued(&rt, port, &["a.test"]);
-    let sidecar = wait_sidecar(&prefix, &id);
+    let chain = acme.wait_issued(port, &["a.test"]);
+    let sidecar = wait_sidecar(&acme.prefix, &id);
     let account = std::fs::read(acme.account_path()).expect("acme/account.json");
     first.kill();
 
-    let second = acme.spawner(&prefix, &[]);
+    let second = acme.spawner();
     second.wait_log("spawner started", 1, LIFECYCLE_DEADLINE);
     // Several reconcile turns (one a second) with the store's certificate valid and not due.
     holds_for(
@@ -936,45 +540,39 @@ fn a_restarted_spawner_keeps_the_certificate_and_orders_nothing() {
             if !lines_with(&logs, ORDERING).is_empty() {
                 return Err(format!("it ordered again:\n{logs}"));
             }
-            let served = served_chain(&rt, port, "a.test").ok_or("no TLS handshake")?;
+            let served = acme
+                .served_chain(port, "a.test")
+                .ok_or("no TLS handshake")?;
             (served[0] == chain[0])
                 .then_some(())
                 .ok_or_else(|| "a different certificate served".to_string())
         },
     );
-    assert_same_sidecar(&prefix, &id, &sidecar, "across the spawner's restart");
+    assert_same_sidecar(&acme.prefix, &id, &sidecar, "across the spawner's restart");
     assert_eq!(acme.issuances("a.test"), 1, "still one archive pair");
     assert_eq!(
         std::fs::read(acme.account_path()).expect("acme/account.json"),
         account,
         "the account is kept"
     );
-    acme.wait_state(&prefix, &name, "valid");
+    acme.wait_state(&name, "valid");
 }
 
 #[test]
 fn replicas_with_one_hostname_share_one_order_and_one_certificate() {
-    let rt = runtime();
-    let acme = Acme::start(&rt, Options::default());
-    let run = TestRun::new();
-    let prefix = run.label_prefix();
-    let spawner = acme.spawner(&prefix, &[]);
+    let acme = Acme::start();
+    let spawner = acme.spawner();
     // Only the first replica's port 80 is where Pebble looks; both start at once.
-    let (name_a, a) = target(
-        &run,
-        &prefix,
-        &["hostname=a.test"],
-        &[&acme.http01_port(), "127.0.0.1::8443"],
-    );
-    let (name_b, b) = target(&run, &prefix, &["hostname=a.test"], &["127.0.0.1::8443"]);
-    let chain_a = acme.wait_issued(&rt, host_port(&a, 8443), &["a.test"]);
-    let chain_b = acme.wait_issued(&rt, host_port(&b, 8443), &["a.test"]);
+    let (name_a, a) = acme.http01_target("a.test");
+    let (name_b, b) = acme.target(&["hostname=a.test"], &["127.0.0.1::8443"]);
+    let chain_a = acme.wait_issued(host_port(&a, 8443), &["a.test"]);
+    let chain_b = acme.wait_issued(host_port(&b, 8443), &["a.test"]);
     assert_eq!(
         chain_a[0], chain_b[0],
         "both replicas serve the one certificate"
     );
     for name in [&name_a, &name_b] {
-        acme.wait_state(&prefix, name, "valid");
+        acme.wait_state(name, "valid");
     }
     let logs = spawner.logs();
     assert_eq!(
@@ -1141,18 +739,10 @@ fn an_unreachable_directory_fails_visibly_while_every_target_is_served() {
 
 #[test]
 fn a_name_the_ca_refuses_stops_ordering_for_good() {
-    let rt = runtime();
-    let acme = Acme::start(&rt, Options::default());
-    let run = TestRun::new();
-    let prefix = run.label_prefix();
-    let spawner = acme.spawner(&prefix, &[]);
-    let (name, _) = target(
-        &run,
-        &prefix,
-        &["hostname=bad_name.test"],
-        &[&acme.http01_port(), "127.0.0.1::8443"],
-    );
-    let row = acme.wait_state(&prefix, &name, "stopped");
+    let acme = Acme::start();
+    let spawner = acme.spawner();
+    let (name, _) = acme.http01_target("bad_name.test");
+    let row = acme.wait_state(&name, "stopped");
     assert!(
         row["acme_error"]
             .as_str()
@@ -1170,7 +760,7 @@ fn a_name_the_ca_refuses_stops_ordering_for_good() {
                 .ok_or(format!("{orders} orders"))
         },
     );
-    acme.wait_state(&prefix, &name, "stopped");
+    acme.wait_state(&name, "stopped");
 }
 
 /// Prints the logs of the spawner container `0` and of the sidecars under prefix `1` when the
@@ -1232,18 +822,13 @@ fn leaf_of(file: &Path) -> CertificateDer<'static> {
 
 #[test]
 fn a_spawner_container_with_the_store_in_a_named_volume_issues_and_delivers_per_sidecar() {
-    let rt = runtime();
-    let acme = Acme::start(&rt, Options::default());
-    let run = TestRun::new();
-    let prefix = run.label_prefix();
-    let files = TempDir::new("acme-ca");
-    let ca = files.write("acme-ca.pem", acme.pebble.directory_ca_pem());
+    let acme = Acme::start();
     let volume = unique_name("acme-store");
-    run.volume(&volume);
+    acme.run.volume(&volume);
     let spawner = unique_name("spawner");
-    let _logs = LogsOnFailure(spawner.clone(), prefix.clone());
+    let _logs = LogsOnFailure(spawner.clone(), acme.prefix.clone());
     let env = [
-        format!("SPAWNER_LABEL_PREFIX={prefix}"),
+        format!("SPAWNER_LABEL_PREFIX={}", acme.prefix),
         "SPAWNER_ALLOW_IMAGES=tls-sidecar/sidecar:*".to_string(),
         format!("SPAWNER_CERTS_FROM={volume}"),
         "SPAWNER_CERTS_PATH=/store".to_string(),
@@ -1255,7 +840,7 @@ fn a_spawner_container_with_the_store_in_a_named_volume_issues_and_delivers_per_
     ];
     let socket = format!("{}:/var/run/docker.sock", harness::spawner::DOCKER_SOCKET);
     let store_mount = format!("{volume}:/store");
-    let ca_mount = format!("{}:/acme-ca.pem:ro", ca.display());
+    let ca_mount = format!("{}:/acme-ca.pem:ro", acme.ca().display());
     let mut args = vec![
         "--network",
         "host",
@@ -1269,14 +854,10 @@ fn a_spawner_container_with_the_store_in_a_named_volume_issues_and_delivers_per_
     for e in &env {
         args.extend_from_slice(&["-e", e]);
     }
-    run.container(&spawner, &images().spawner, &args, &["run"]);
+    acme.run
+        .container(&spawner, &images().spawner, &args, &["run"]);
 
-    let (name, id) = target(
-        &run,
-        &prefix,
-        &["hostname=a.test"],
-        &[&acme.http01_port(), "127.0.0.1::8443"],
-    );
+    let (name, id) = acme.http01_target("a.test");
     let port = host_port(&id, 8443);
     let started = Instant::now();
     let chain = eventually(
@@ -1285,7 +866,9 @@ fn a_spawner_container_with_the_store_in_a_named_volume_issues_and_delivers_per_
         || {
             let running = harness::docker::inspect(&spawner).is_some_and(|c| c.running);
             assert!(running, "the spawner container {spawner} is not running");
-            let chain = served_chain(&rt, port, "a.test").ok_or("no TLS handshake")?;
+            let chain = acme
+                .served_chain(port, "a.test")
+                .ok_or("no TLS handshake")?;
             acme.verify(&chain, "a.test")?;
             Ok(chain)
         },
@@ -1316,7 +899,7 @@ fn a_spawner_container_with_the_store_in_a_named_volume_issues_and_delivers_per_
     );
 
     // The sidecar has a volume of its own at /certs, never the store.
-    let sidecar = wait_sidecar(&prefix, &id);
+    let sidecar = wait_sidecar(&acme.prefix, &id);
     let inspected = harness::docker::inspect(&sidecar).expect("inspect the sidecar");
     let mounts = inspected.raw["Mounts"]
         .as_array()

@@ -1,6 +1,6 @@
 //! The spawner's hygiene against the real Docker engine: label values that must never reach a
 //! sidecar's environment, and sidecars that end themselves when their target goes while no
-//! spawner runs. Like `spawner.rs`, each test runs its own spawner (a host process)
+//! spawner runs. Like `lifecycle.rs`, each test runs its own spawner (a host process)
 //! under its own label prefix, and a `TestRun` guard removes everything the test made.
 
 use std::process::Command;

@@ -1,0 +1,23 @@
+//! The sidecar binary: each module starts it as a process on loopback (or its image on the real
+//! engine, `docker`) and tests one of its concerns from the outside, with real clients and
+//! backends.
+mod acme_alpn;
+mod admin;
+mod certs;
+mod config;
+mod docker;
+mod fast_path;
+mod grpc;
+mod h2c;
+mod hostile;
+mod http;
+mod identity;
+mod limits;
+mod memory;
+mod mtls;
+mod redirect;
+mod shutdown;
+mod smuggling;
+mod tcp;
+mod tcp_proto;
+mod tls;
