@@ -38,6 +38,7 @@ pub use server::bind;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
@@ -113,38 +114,18 @@ pub async fn run(
     let config = Arc::new(config);
     let metrics = Arc::new(Metrics::default());
     metrics.set_certificates(prepared.certs.expiries());
-    let entries = prepared.certs.entries();
-    for e in entries.iter().take(LOG_CERTS_MAX) {
-        info!(name = %e.name, origin = %e.origin, sha256 = %e.fingerprint, "serving certificate");
-    }
-    if entries.len() > LOG_CERTS_MAX {
-        info!(count = entries.len(), "serving certificates");
-    }
+    log_certificates(&prepared.certs);
     let store = Arc::new(CertStore::new(prepared.certs));
-    let mtls = prepared.client_trust.is_some();
-    let tls = tls::server_config(
-        store.clone(),
-        config.mode,
-        &config.alpn,
-        prepared.client_trust.as_ref().map(ClientTrust::tls),
+    let tls = server_tls(&store, &config, prepared.client_trust.as_ref())?;
+    let relays = relays(
+        prepared.trust.as_ref(),
+        prepared.routes,
+        &config,
+        &store,
+        &metrics,
     )?;
-    if mtls {
-        info!("client certificates verified (mutual TLS)");
-    }
-    let relays = match (&prepared.trust, &config.certs.identity) {
-        (Some(trust), Some(id)) if !prepared.routes.is_empty() => {
-            info!(domain = %id.domain, roots = trust.roots(), "upstream servers verified against the identity trust bundle");
-            let verifier = Arc::new(identity::IdentityVerifier::new(
-                trust.clone(),
-                id.domain.clone(),
-            ));
-            identity::Clients::new(store.clone(), verifier)?
-                .map(|clients| egress::Relays::new(prepared.routes, clients, &config, &metrics))
-        }
-        _ => None,
-    };
-    let upstream_task = relays.map(|r| tokio::spawn(egress::serve(upstreams, r, shutdown.clone())));
-    let reload_task = tokio::spawn(reload::watch(
+    let upstream = relays.map(|r| tokio::spawn(egress::serve(upstreams, r, shutdown.clone())));
+    let reload = tokio::spawn(reload::watch(
         config.certs.clone(),
         store,
         prepared.trust,
@@ -152,7 +133,7 @@ pub async fn run(
         prepared.self_signed,
         shutdown.clone(),
     ));
-    let trust_task = prepared.client_trust.map(|trust| {
+    let client_trust = prepared.client_trust.map(|trust| {
         tokio::spawn(client_trust_reload::watch(
             trust,
             config.certs.reload_interval,
@@ -162,7 +143,7 @@ pub async fn run(
     });
 
     // Ends by itself once `shutdown` is cancelled, by a signal or by the watcher itself.
-    let orphan_task = config.exit_when_orphaned.then(|| {
+    let orphan = config.exit_when_orphaned.then(|| {
         tokio::spawn(orphan::watch(
             orphan::NET_DEV.into(),
             orphan::CHECK_INTERVAL,
@@ -171,44 +152,136 @@ pub async fn run(
     });
 
     let admin_stop = CancellationToken::new();
-    let admin_task =
-        admin.map(|l| tokio::spawn(admin::serve(l, metrics.clone(), admin_stop.clone())));
-    let redirect_task = match (redirect, &config.redirect) {
-        (Some(l), Some(r)) => {
-            let https_port = listener
-                .local_addr()
-                .map_or(config.listen.port(), |a| a.port());
-            let redirect = redirect::Redirect {
-                port: r.port.unwrap_or(https_port),
-                webroot: prepared.webroot,
-                header_read_timeout: config.header_read_timeout,
-            };
-            // Stops with the TLS listener: during the drain there is nothing to redirect to.
-            Some(tokio::spawn(redirect::serve(l, redirect, shutdown.clone())))
-        }
-        _ => None,
+    let admin = admin.map(|l| tokio::spawn(admin::serve(l, metrics.clone(), admin_stop.clone())));
+    let redirect = spawn_redirect(redirect, &listener, &config, prepared.webroot, &shutdown);
+    let beside = Beside {
+        upstream,
+        reload,
+        client_trust,
+        orphan,
+        admin,
+        admin_stop,
+        redirect,
     };
 
-    let trim_task = tokio::spawn(memory::run(metrics.clone(), shutdown.clone()));
+    let trim = tokio::spawn(memory::run(metrics.clone(), shutdown.clone()));
     server::serve(listener, config, tls, metrics, shutdown).await;
-    let _ = trim_task.await;
-
-    if let Some(task) = upstream_task {
-        let _ = task.await;
-    }
-    let _ = reload_task.await;
-    if let Some(task) = trust_task {
-        let _ = task.await;
-    }
-    if let Some(task) = orphan_task {
-        let _ = task.await;
-    }
-    admin_stop.cancel();
-    if let Some(task) = admin_task {
-        let _ = task.await;
-    }
-    if let Some(task) = redirect_task {
-        let _ = task.await;
-    }
+    let _ = trim.await;
+    beside.join().await;
     Ok(())
+}
+
+/// Logs the certificates served at start: one line each, up to [`LOG_CERTS_MAX`].
+fn log_certificates(certs: &CertSet) {
+    let entries = certs.entries();
+    for e in entries.iter().take(LOG_CERTS_MAX) {
+        info!(name = %e.name, origin = %e.origin, sha256 = %e.fingerprint, "serving certificate");
+    }
+    if entries.len() > LOG_CERTS_MAX {
+        info!(count = entries.len(), "serving certificates");
+    }
+}
+
+/// The TLS configuration of the listener, with client certificates verified against
+/// `client_trust` when there is one.
+fn server_tls(
+    store: &Arc<CertStore>,
+    config: &Config,
+    client_trust: Option<&Arc<ClientTrust>>,
+) -> Result<Arc<rustls::ServerConfig>, ConfigError> {
+    let tls = tls::server_config(
+        store.clone(),
+        config.mode,
+        &config.alpn,
+        client_trust.map(ClientTrust::tls),
+    )?;
+    if client_trust.is_some() {
+        info!("client certificates verified (mutual TLS)");
+    }
+    Ok(tls)
+}
+
+/// The plain-HTTP redirect listener, when it is configured, sending clients to the port of
+/// `https` (the TLS listener) unless the configuration names another.
+fn spawn_redirect(
+    listener: Option<TcpListener>,
+    https: &TcpListener,
+    config: &Config,
+    webroot: Option<redirect::Webroot>,
+    shutdown: &CancellationToken,
+) -> Option<JoinHandle<()>> {
+    let (Some(l), Some(r)) = (listener, &config.redirect) else {
+        return None;
+    };
+    let https_port = https
+        .local_addr()
+        .map_or(config.listen.port(), |a| a.port());
+    let redirect = redirect::Redirect {
+        port: r.port.unwrap_or(https_port),
+        webroot,
+        header_read_timeout: config.header_read_timeout,
+    };
+    // Stops with the TLS listener: during the drain there is nothing to redirect to.
+    Some(tokio::spawn(redirect::serve(l, redirect, shutdown.clone())))
+}
+
+/// The egress relays, when there are routes and an identity to call them with: upstream
+/// servers are verified against the identity trust bundle, and the sidecar presents its
+/// identity certificate from `store`.
+fn relays(
+    trust: Option<&Arc<IdentityTrust>>,
+    routes: Vec<egress::Route>,
+    config: &Arc<Config>,
+    store: &Arc<CertStore>,
+    metrics: &Arc<Metrics>,
+) -> Result<Option<egress::Relays>, ConfigError> {
+    let (Some(trust), Some(id)) = (trust, &config.certs.identity) else {
+        return Ok(None);
+    };
+    if routes.is_empty() {
+        return Ok(None);
+    }
+    info!(domain = %id.domain, roots = trust.roots(), "upstream servers verified against the identity trust bundle");
+    let verifier = Arc::new(identity::IdentityVerifier::new(
+        trust.clone(),
+        id.domain.clone(),
+    ));
+    Ok(identity::Clients::new(store.clone(), verifier)?
+        .map(|clients| egress::Relays::new(routes, clients, config, metrics)))
+}
+
+/// The tasks that run beside the TLS listener: all end with `shutdown` but the admin
+/// listener, which has a stop of its own.
+struct Beside {
+    upstream: Option<JoinHandle<()>>,
+    reload: JoinHandle<()>,
+    client_trust: Option<JoinHandle<()>>,
+    orphan: Option<JoinHandle<()>>,
+    admin: Option<JoinHandle<()>>,
+    /// Stops the admin listener, which `shutdown` does not: metrics stay readable through the
+    /// drain.
+    admin_stop: CancellationToken,
+    redirect: Option<JoinHandle<()>>,
+}
+
+impl Beside {
+    /// Waits for every task once the TLS listener has drained; the admin listener is stopped
+    /// last of all.
+    async fn join(self) {
+        for task in [
+            self.upstream,
+            Some(self.reload),
+            self.client_trust,
+            self.orphan,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let _ = task.await;
+        }
+        self.admin_stop.cancel();
+        for task in [self.admin, self.redirect].into_iter().flatten() {
+            let _ = task.await;
+        }
+    }
 }

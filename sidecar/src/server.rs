@@ -15,11 +15,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::oneshot;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::{LazyConfigAcceptor, TlsAcceptor};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info, warn, Instrument};
+use tracing::{debug, error, info, warn, Instrument};
 
 use crate::config::{Config, Mode, ProxyProtocol};
 use crate::connection::activity::Activity;
@@ -124,89 +125,20 @@ pub(crate) async fn serve(
             "listen backlog capped by net.core.somaxconn"
         );
     }
-    let admission = Admission::new(
-        Limits {
-            max_connections: config.max_connections,
-            max_per_ip: config.max_connections_per_ip,
-            max_handshakes: config.max_handshakes,
-        },
-        metrics.clone(),
-    );
     let workers = config.workers.max(1);
-    let h2 = match config.mode {
-        Mode::Http => Proxy::h2_pool(&config),
-        Mode::Tcp => None,
-    };
+    let serving = Serving::new(config, tls, metrics, listen_port, shutdown);
     let trackers: Vec<TaskTracker> = (0..workers).map(|_| TaskTracker::new()).collect();
-    // Closes the connections a drain did not finish within the grace period.
-    let hard_stop = CancellationToken::new();
-    let mut threads = Vec::new();
-    let mut inline = None;
-    if workers == 1 {
-        inline = Some(listener);
+    let (inline, threads) = if workers == 1 {
+        (Some(listener), Vec::new())
     } else {
-        let std_listener = match listener.into_std() {
-            Ok(l) => l,
-            Err(error) => {
-                warn!(%error, "cannot share the listener between threads; serving on one");
-                return;
-            }
-        };
-        for (i, tracker) in trackers.iter().enumerate() {
-            let listener = match std_listener.try_clone() {
-                Ok(l) => l,
-                Err(error) => {
-                    warn!(%error, worker = i, "cannot share the listener with a serving thread");
-                    continue;
-                }
-            };
-            let (config, tls, metrics) = (config.clone(), tls.clone(), metrics.clone());
-            let (admission, tracker, h2) = (admission.clone(), tracker.clone(), h2.clone());
-            let (shutdown, hard_stop) = (shutdown.clone(), hard_stop.clone());
-            let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
-            let spawned = std::thread::Builder::new()
-                .name(format!("sidecar-worker-{i}"))
-                .spawn(move || {
-                    let runtime = match tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                    {
-                        Ok(rt) => rt,
-                        Err(error) => {
-                            warn!(%error, worker = i, "serving thread could not start its event loop");
-                            return;
-                        }
-                    };
-                    runtime.block_on(async move {
-                        let listener = match TcpListener::from_std(listener) {
-                            Ok(l) => l,
-                            Err(error) => {
-                                warn!(%error, worker = i, "serving thread could not take the listener");
-                                return;
-                            }
-                        };
-                        let shared =
-                            Shared::new(&config, &tls, &metrics, listen_port, &tracker, &h2);
-                        accept_loop(listener, shared, &admission, &tracker, &shutdown).await;
-                        tokio::select! {
-                            () = tracker.wait() => {}
-                            () = hard_stop.cancelled() => {}
-                        }
-                    });
-                    // Dropping the runtime drops whatever the grace period left open.
-                    drop(done_tx);
-                });
-            match spawned {
-                Ok(_) => threads.push(done_rx),
-                Err(error) => warn!(%error, worker = i, "could not start a serving thread"),
-            }
-        }
-        drop(std_listener);
-        if threads.is_empty() {
-            warn!("no serving thread started");
+        let Some(threads) = serving.spawn_workers(listener, &trackers) else {
+            // Nothing serves: end the process rather than run on without a listener.
+            serving.shutdown.cancel();
             return;
-        }
-    }
+        };
+        (None, threads)
+    };
+    let config = &serving.config;
     info!(
         listen = %local.map_or_else(|| config.listen.to_string(), |a| a.to_string()),
         mode = %config.mode,
@@ -216,41 +148,186 @@ pub(crate) async fn serve(
         "listening"
     );
     match inline {
-        Some(listener) => {
-            let shared = Shared::new(&config, &tls, &metrics, listen_port, &trackers[0], &h2);
-            accept_loop(listener, shared, &admission, &trackers[0], &shutdown).await;
-        }
-        None => shutdown.cancelled().await,
+        Some(listener) => serving.accept(listener, &trackers[0]).await,
+        None => serving.shutdown.cancelled().await,
     }
-
-    // Stop accepting: new connections are refused once every thread let go of the listener.
-    metrics.set_draining();
-    for t in &trackers {
-        t.close();
-    }
-    let open: usize = trackers.iter().map(TaskTracker::len).sum();
-    info!(
-        connections = open,
-        grace_ms = config.shutdown_grace.as_millis() as u64,
-        "draining"
-    );
-    let drained = tokio::time::timeout(config.shutdown_grace, async {
-        for t in &trackers {
-            t.wait().await;
-        }
-    })
-    .await;
-    if drained.is_err() {
-        warn!(
-            connections = trackers.iter().map(TaskTracker::len).sum::<usize>(),
-            "shutdown grace period over, closing remaining connections"
-        );
-    } else {
-        info!("drained");
-    }
-    hard_stop.cancel();
+    serving.drain(&trackers).await;
+    serving.hard_stop.cancel();
     for done in threads {
         let _ = done.await;
+    }
+}
+
+/// What the listener's threads share, each holding a clone: the configuration, the
+/// admission counts and the HTTP/2 backend pool, and the two stops.
+#[derive(Clone)]
+struct Serving {
+    config: Arc<Config>,
+    tls: Arc<rustls::ServerConfig>,
+    metrics: Arc<Metrics>,
+    listen_port: u16,
+    admission: Arc<Admission>,
+    h2: Option<Arc<H2Pool>>,
+    /// Stops accepting and starts the drain.
+    shutdown: CancellationToken,
+    /// Closes the connections a drain did not finish within the grace period.
+    hard_stop: CancellationToken,
+}
+
+impl Serving {
+    fn new(
+        config: Arc<Config>,
+        tls: Arc<rustls::ServerConfig>,
+        metrics: Arc<Metrics>,
+        listen_port: u16,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let admission = Admission::new(
+            Limits {
+                max_connections: config.max_connections,
+                max_per_ip: config.max_connections_per_ip,
+                max_handshakes: config.max_handshakes,
+            },
+            metrics.clone(),
+        );
+        let h2 = match config.mode {
+            Mode::Http => Proxy::h2_pool(&config),
+            Mode::Tcp => None,
+        };
+        Self {
+            config,
+            tls,
+            metrics,
+            listen_port,
+            admission,
+            h2,
+            shutdown,
+            hard_stop: CancellationToken::new(),
+        }
+    }
+
+    /// Serves `listener` on this thread until `shutdown`, its connections tracked by `tracker`.
+    async fn accept(&self, listener: TcpListener, tracker: &TaskTracker) {
+        let shared = Shared::new(
+            &self.config,
+            &self.tls,
+            &self.metrics,
+            self.listen_port,
+            tracker,
+            &self.h2,
+        );
+        accept_loop(listener, shared, &self.admission, tracker, &self.shutdown).await;
+    }
+
+    /// Starts a serving thread per tracker, each accepting from `listener`. Returns what ends
+    /// as each thread does, or `None` when none could start (the listener cannot be shared, or
+    /// every thread failed): then nothing serves.
+    fn spawn_workers(
+        &self,
+        listener: TcpListener,
+        trackers: &[TaskTracker],
+    ) -> Option<Vec<oneshot::Receiver<()>>> {
+        let std_listener = match listener.into_std() {
+            Ok(l) => l,
+            Err(error) => {
+                error!(%error, "cannot share the listener between serving threads; stopping");
+                return None;
+            }
+        };
+        let mut threads = Vec::new();
+        for (i, tracker) in trackers.iter().enumerate() {
+            let listener = match std_listener.try_clone() {
+                Ok(l) => l,
+                Err(error) => {
+                    warn!(%error, worker = i, "cannot share the listener with a serving thread");
+                    continue;
+                }
+            };
+            match self.clone().spawn_worker(i, listener, tracker.clone()) {
+                Ok(done) => threads.push(done),
+                Err(error) => warn!(%error, worker = i, "could not start a serving thread"),
+            }
+        }
+        drop(std_listener);
+        if threads.is_empty() {
+            warn!("no serving thread started");
+            return None;
+        }
+        Some(threads)
+    }
+
+    /// Starts serving thread `i`: its own single-threaded event loop accepting from `listener`
+    /// until `shutdown`, then waiting for its connections until they end or `hard_stop`.
+    /// The receiver ends with the thread.
+    fn spawn_worker(
+        self,
+        i: usize,
+        listener: std::net::TcpListener,
+        tracker: TaskTracker,
+    ) -> std::io::Result<oneshot::Receiver<()>> {
+        let (done_tx, done_rx) = oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name(format!("sidecar-worker-{i}"))
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(error) => {
+                        warn!(%error, worker = i, "serving thread could not start its event loop");
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    let listener = match TcpListener::from_std(listener) {
+                        Ok(l) => l,
+                        Err(error) => {
+                            warn!(%error, worker = i, "serving thread could not take the listener");
+                            return;
+                        }
+                    };
+                    self.accept(listener, &tracker).await;
+                    tokio::select! {
+                        () = tracker.wait() => {}
+                        () = self.hard_stop.cancelled() => {}
+                    }
+                });
+                // Dropping the runtime drops whatever the grace period left open.
+                drop(done_tx);
+            })?;
+        Ok(done_rx)
+    }
+
+    /// Stops accepting on every thread and waits for their connections to end, for up to
+    /// the grace period.
+    async fn drain(&self, trackers: &[TaskTracker]) {
+        // New connections are refused once every thread let go of the listener.
+        self.metrics.set_draining();
+        for t in trackers {
+            t.close();
+        }
+        let open: usize = trackers.iter().map(TaskTracker::len).sum();
+        let grace = self.config.shutdown_grace;
+        info!(
+            connections = open,
+            grace_ms = grace.as_millis() as u64,
+            "draining"
+        );
+        let drained = tokio::time::timeout(grace, async {
+            for t in trackers {
+                t.wait().await;
+            }
+        })
+        .await;
+        if drained.is_err() {
+            warn!(
+                connections = trackers.iter().map(TaskTracker::len).sum::<usize>(),
+                "shutdown grace period over, closing remaining connections"
+            );
+        } else {
+            info!("drained");
+        }
     }
 }
 

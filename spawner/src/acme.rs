@@ -32,7 +32,7 @@ use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
 
 use crate::certs::delivery::{AnswerFile, Bundle};
-use crate::config::AcmeConfig;
+use crate::config::{AcmeConfig, AcmePolicy};
 use crate::engine::Engine;
 use crate::error::Error;
 use crate::metrics::Metrics;
@@ -309,6 +309,129 @@ struct Inner {
     version: u64,
 }
 
+/// What a turn starts once the lock is let go.
+#[derive(Debug, Default)]
+struct Turn {
+    /// Name sets to ask the CA about (ARI), with their certificate's validity.
+    ask: Vec<(String, Want, (SystemTime, SystemTime))>,
+    /// Name sets to order, with the reason.
+    due: Vec<(String, Want, &'static str)>,
+}
+
+impl Inner {
+    fn new(entries: HashMap<String, Entry>) -> Inner {
+        Inner {
+            entries,
+            in_flight: BTreeSet::new(),
+            sidecars: HashMap::new(),
+            issued: false,
+            next: None,
+            held: HashMap::new(),
+            logged: HashMap::new(),
+            ari: HashMap::new(),
+            ari_in_flight: BTreeSet::new(),
+            ari_unsupported: false,
+            version: 0,
+        }
+    }
+
+    /// Drops what is kept for name sets no longer in `sets` (an entry only once it no longer
+    /// matters, see [`Entry::still_matters`]) and records the sidecars serving each.
+    fn forget_unwanted(&mut self, sets: &HashMap<String, Want>, now: SystemTime) {
+        self.ari.retain(|k, _| sets.contains_key(k));
+        self.logged.retain(|k, _| sets.contains_key(k));
+        let before = self.entries.len();
+        let in_flight = &self.in_flight;
+        self.entries
+            .retain(|k, e| sets.contains_key(k) || in_flight.contains(k) || e.still_matters(now));
+        if self.entries.len() != before {
+            self.version += 1;
+        }
+        self.sidecars = sets
+            .iter()
+            .map(|(k, w)| (k.clone(), w.sidecars.clone()))
+            .collect();
+    }
+
+    /// Decides for every name set of `sets` ([`plan::decide`]): records the orders it starts
+    /// (in flight, in the hourly history) and the earliest time to look again, and returns what
+    /// to start. ACME is at `directory`: a certificate from another one is not kept.
+    fn decide(
+        &mut self,
+        sets: &HashMap<String, Want>,
+        now: SystemTime,
+        directory: &str,
+        policy: &AcmePolicy,
+    ) -> Turn {
+        let mut turn = Turn::default();
+        self.next = None;
+        for (k, want) in sets {
+            let entry = self.entries.get(k).cloned().unwrap_or_default();
+            let history = entry.history(self.in_flight.contains(k));
+            let wanted = name_set(&want.names);
+            let from_elsewhere = entry.directory.as_ref().is_some_and(|d| d != directory);
+            let held = self
+                .held
+                .get(k)
+                .cloned()
+                .flatten()
+                .filter(|h| h.names == wanted && now < h.not_after && !from_elsewhere);
+            if let Some(h) = &held {
+                if !self.ari_unsupported
+                    && !self.ari_in_flight.contains(k)
+                    && ari_due(now, h, self.ari.get(k))
+                {
+                    self.ari_in_flight.insert(k.clone());
+                    turn.ask
+                        .push((k.clone(), want.clone(), (h.not_before, h.not_after)));
+                }
+            }
+            let held = held.map(|h| with_ari(h, self.ari.get(k)));
+            let next = match plan::decide(now, &wanted, held.as_ref(), &history, policy) {
+                Decision::Keep { renew_at } => Some(renew_at),
+                Decision::Wait { until, .. } => until,
+                Decision::Stop => None,
+                Decision::Order { reason } => {
+                    self.start_order(k, now);
+                    turn.due.push((k.clone(), want.clone(), reason));
+                    None
+                }
+            };
+            if let Some(t) = next {
+                let at = Instant::now() + t.duration_since(now).unwrap_or_default();
+                self.next = Some(self.next.map_or(at, |n| n.min(at)));
+            }
+        }
+        turn
+    }
+
+    /// Records an order for `k` started at `now`: in flight, and in the last hour's orders.
+    fn start_order(&mut self, k: &str, now: SystemTime) {
+        self.in_flight.insert(k.to_string());
+        let e = self.entries.entry(k.to_string()).or_default();
+        e.orders.push(unix(now));
+        e.orders
+            .retain(|t| unix(now).saturating_sub(*t) < HOUR.as_secs());
+        self.version += 1;
+    }
+}
+
+/// The wants of one turn by name set ([`key`]): targets sharing a name set (replicas) share
+/// its order, and its challenge answers go to all of their sidecars.
+fn by_name_set(wants: Vec<Want>) -> HashMap<String, Want> {
+    let mut sets: HashMap<String, Want> = HashMap::new();
+    for w in wants {
+        let k = key(&w.names);
+        match sets.get_mut(&k) {
+            Some(set) => set.sidecars.extend(w.sidecars),
+            None => {
+                sets.insert(k, w);
+            }
+        }
+    }
+    sets
+}
+
 /// ACME for the daemon. Cheap to share: the orders' tasks hold it.
 pub(crate) struct Manager {
     cfg: AcmeConfig,
@@ -362,19 +485,7 @@ impl Manager {
             roots,
             client: tokio::sync::Mutex::new(None),
             orders: Arc::new(Semaphore::new(MAX_ORDERS)),
-            inner: Mutex::new(Inner {
-                entries,
-                in_flight: BTreeSet::new(),
-                sidecars: HashMap::new(),
-                issued: false,
-                next: None,
-                held: HashMap::new(),
-                logged: HashMap::new(),
-                ari: HashMap::new(),
-                ari_in_flight: BTreeSet::new(),
-                ari_unsupported: false,
-                version: 0,
-            }),
+            inner: Mutex::new(Inner::new(entries)),
             written: tokio::sync::Mutex::new(0),
         }))
     }
@@ -392,16 +503,33 @@ impl Manager {
     /// One turn: decides for every wanted name set and starts the orders that are due.
     /// `reread`: read every name set's certificate from the store again.
     pub(crate) async fn sync(self: &Arc<Self>, wants: Vec<Want>, reread: bool) {
-        let mut sets: HashMap<String, Want> = HashMap::new();
-        for w in wants {
-            let k = key(&w.names);
-            match sets.get_mut(&k) {
-                Some(set) => set.sidecars.extend(w.sidecars),
-                None => {
-                    sets.insert(k, w);
-                }
-            }
+        let sets = by_name_set(wants);
+        if !self.read_held(&sets, reread).await {
+            return;
         }
+        let now = SystemTime::now();
+        let turn = {
+            let mut inner = lock(&self.inner);
+            inner.forget_unwanted(&sets, now);
+            inner.decide(&sets, now, &self.cfg.directory, &self.cfg.policy)
+        };
+        for (k, want, cert) in turn.ask {
+            let me = self.clone();
+            tokio::spawn(async move { me.ask_renewal(k, want, cert).await });
+        }
+        self.persist().await;
+        for (k, want, reason) in turn.due {
+            let names = key(&want.names);
+            tracing::info!(names = %names, challenge = %want.challenge, reason, "ordering certificate");
+            let me = self.clone();
+            tokio::spawn(async move { me.order(k, want).await });
+        }
+    }
+
+    /// Reads the store's certificate of every name set of `sets` not read yet (of all of them
+    /// with `reread`); forgets those of the others. `false` when the store did not answer in
+    /// time: nothing can be decided this turn.
+    async fn read_held(&self, sets: &HashMap<String, Want>, reread: bool) -> bool {
         let unread: HashMap<String, Want> = {
             let mut inner = lock(&self.inner);
             if reread {
@@ -415,90 +543,11 @@ impl Manager {
         };
         if !unread.is_empty() {
             let Some(read) = self.held(&unread).await else {
-                return;
+                return false;
             };
             lock(&self.inner).held.extend(read);
         }
-        let now = SystemTime::now();
-        let mut due = Vec::new();
-        let mut ask = Vec::new();
-        {
-            let mut inner = lock(&self.inner);
-            inner.ari.retain(|k, _| sets.contains_key(k));
-            inner.logged.retain(|k, _| sets.contains_key(k));
-            let before = inner.entries.len();
-            let in_flight = inner.in_flight.clone();
-            inner.entries.retain(|k, e| {
-                sets.contains_key(k) || in_flight.contains(k) || e.still_matters(now)
-            });
-            if inner.entries.len() != before {
-                inner.version += 1;
-            }
-            inner.sidecars = sets
-                .iter()
-                .map(|(k, w)| (k.clone(), w.sidecars.clone()))
-                .collect();
-            inner.next = None;
-            let held = inner.held.clone();
-            for (k, want) in &sets {
-                let entry = inner.entries.get(k).cloned().unwrap_or_default();
-                let history = entry.history(inner.in_flight.contains(k));
-                let wanted = name_set(&want.names);
-                let from_elsewhere = entry
-                    .directory
-                    .as_ref()
-                    .is_some_and(|d| *d != self.cfg.directory);
-                let held = held
-                    .get(k)
-                    .cloned()
-                    .flatten()
-                    .filter(|h| h.names == wanted && now < h.not_after && !from_elsewhere);
-                if let Some(h) = &held {
-                    if !inner.ari_unsupported
-                        && !inner.ari_in_flight.contains(k)
-                        && ari_due(now, h, inner.ari.get(k))
-                    {
-                        inner.ari_in_flight.insert(k.clone());
-                        ask.push((k.clone(), want.clone(), (h.not_before, h.not_after)));
-                    }
-                }
-                let held = held.map(|h| with_ari(h, inner.ari.get(k)));
-                let next =
-                    match plan::decide(now, &wanted, held.as_ref(), &history, &self.cfg.policy) {
-                        Decision::Keep { renew_at } => Some(renew_at),
-                        Decision::Wait { until, .. } => until,
-                        Decision::Stop => None,
-                        Decision::Order { reason } => {
-                            inner.in_flight.insert(k.clone());
-                            let e = inner.entries.entry(k.clone()).or_default();
-                            e.orders.push(unix(now));
-                            e.orders
-                                .retain(|t| unix(now).saturating_sub(*t) < HOUR.as_secs());
-                            inner.version += 1;
-                            due.push((k.clone(), want.clone(), reason));
-                            None
-                        }
-                    };
-                if let Some(t) = next {
-                    let at = Instant::now() + t.duration_since(now).unwrap_or_default();
-                    inner.next = Some(inner.next.map_or(at, |n| n.min(at)));
-                }
-            }
-        }
-        for (k, want, cert) in ask {
-            let me = self.clone();
-            tokio::spawn(async move { me.ask_renewal(k, want, cert).await });
-        }
-        self.persist().await;
-        if due.is_empty() {
-            return;
-        }
-        for (k, want, reason) in due {
-            let names = key(&want.names);
-            tracing::info!(names = %names, challenge = %want.challenge, reason, "ordering certificate");
-            let me = self.clone();
-            tokio::spawn(async move { me.order(k, want).await });
-        }
+        true
     }
 
     /// The store's certificate of each name set, read off the async threads under a timeout;
@@ -977,6 +1026,125 @@ mod tests {
             !e(vec![], Some((t - 60, false))).still_matters(now),
             "transient"
         );
+    }
+
+    fn want(list: &[&str], sidecars: &[&str]) -> Want {
+        Want {
+            names: names(list),
+            challenge: ChallengeKind::Http01,
+            sidecars: sidecars.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn replicas_wanting_one_name_set_share_it_and_its_sidecars() {
+        let sets = by_name_set(vec![
+            want(&["a.example", "b.example"], &["s1"]),
+            want(&["A.example", "b.example", "b.example"], &["s2"]),
+            want(&["b.example", "a.example"], &["s3"]),
+        ]);
+        assert_eq!(sets.len(), 2, "the first name is the directory");
+        assert_eq!(sets["a.example,b.example"].sidecars, ["s1", "s2"]);
+        assert_eq!(
+            sets["a.example,b.example"].names,
+            names(&["a.example", "b.example"]),
+            "the first want names the set"
+        );
+        assert_eq!(sets["b.example,a.example"].sidecars, ["s3"]);
+    }
+
+    #[test]
+    fn a_turn_forgets_unwanted_name_sets_unless_they_still_matter() {
+        let now = at(10 * 86_400);
+        let t = unix(now);
+        let mut inner = Inner::new(HashMap::from([
+            ("gone.example".to_string(), Entry::default()),
+            (
+                "capped.example".to_string(),
+                Entry {
+                    orders: vec![t - 60],
+                    ..Entry::default()
+                },
+            ),
+            ("flying.example".to_string(), Entry::default()),
+            ("a.example".to_string(), Entry::default()),
+        ]));
+        inner.in_flight.insert("flying.example".to_string());
+        inner.logged.insert("gone.example".to_string(), "e".into());
+        let sets = by_name_set(vec![want(&["a.example"], &["s1"])]);
+        inner.forget_unwanted(&sets, now);
+        let mut kept: Vec<&str> = inner.entries.keys().map(String::as_str).collect();
+        kept.sort_unstable();
+        assert_eq!(kept, ["a.example", "capped.example", "flying.example"]);
+        assert_eq!(inner.version, 1, "the state file is written again");
+        assert!(inner.logged.is_empty());
+        assert_eq!(
+            inner.sidecars,
+            HashMap::from([("a.example".to_string(), vec!["s1".to_string()])])
+        );
+        inner.forget_unwanted(&sets, now);
+        assert_eq!(inner.version, 1, "nothing changed");
+    }
+
+    #[test]
+    fn a_turn_orders_what_is_missing_and_keeps_and_asks_about_what_is_held() {
+        let now = at(10 * 86_400);
+        let policy = crate::config::AcmePolicy::default();
+        let dir = "https://ca.example/dir";
+        let held = Held {
+            names: name_set(&names(&["held.example"])),
+            not_before: at(9 * 86_400),
+            not_after: at(99 * 86_400),
+            suggested_renewal: None,
+        };
+        let mut inner = Inner::new(HashMap::new());
+        inner
+            .held
+            .insert("held.example".to_string(), Some(held.clone()));
+        let sets = by_name_set(vec![
+            want(&["held.example"], &[]),
+            want(&["new.example"], &[]),
+        ]);
+        let turn = inner.decide(&sets, now, dir, &policy);
+        let due: Vec<(&str, &str)> = turn.due.iter().map(|(k, _, r)| (k.as_str(), *r)).collect();
+        assert_eq!(due, [("new.example", "no certificate for these names")]);
+        assert!(inner.in_flight.contains("new.example"));
+        assert_eq!(inner.entries["new.example"].orders, [unix(now)]);
+        assert_eq!(inner.version, 1);
+        let ask: Vec<&str> = turn.ask.iter().map(|(k, _, _)| k.as_str()).collect();
+        assert_eq!(
+            ask,
+            ["held.example"],
+            "renewal information for what is held"
+        );
+        assert!(
+            inner.next.is_some(),
+            "looked at again when the renewal is due"
+        );
+
+        let again = inner.decide(&sets, now, dir, &policy);
+        assert!(
+            again.due.is_empty(),
+            "an order in flight is not placed twice"
+        );
+        assert!(again.ask.is_empty(), "nor is the CA asked twice at once");
+
+        let mut other = Inner::new(HashMap::from([(
+            "held.example".to_string(),
+            Entry {
+                directory: Some("https://staging.example/dir".into()),
+                ..Entry::default()
+            },
+        )]));
+        other.held.insert("held.example".to_string(), Some(held));
+        let sets = by_name_set(vec![want(&["held.example"], &[])]);
+        let turn = other.decide(&sets, now, dir, &policy);
+        assert_eq!(
+            turn.due.len(),
+            1,
+            "a certificate from another directory is replaced"
+        );
+        assert!(turn.ask.is_empty());
     }
 
     #[test]

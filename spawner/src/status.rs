@@ -14,11 +14,11 @@ use crate::acme::store::Store;
 use crate::acme::{self, Standing};
 use crate::certs::source::{self, Expiry, Facts, Inputs, Recorded, Source};
 use crate::config::Config;
-use crate::engine::observe::{examine, observe};
+use crate::engine::observe::{examine, observe, Observed};
 use crate::engine::Engine;
 use crate::error::Error;
 use crate::plan::failure::{Failure, Verdict};
-use crate::plan::reconcile::{plan, Action, SidecarState};
+use crate::plan::reconcile::{plan, Action, Sidecar, SidecarState, Target};
 
 /// One row of the table: one opted-in container.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,82 +71,104 @@ pub(crate) struct SidecarRow {
     pub(crate) state: &'static str,
 }
 
-/// Observes the engine and builds the rows.
+/// Observes the engine and builds the rows, one per opted-in container, sorted by name.
 pub(crate) async fn rows(cfg: &Config) -> Result<Vec<Row>, Error> {
-    let engine = Engine::new(&cfg.docker_host, &cfg.docker_socket, cfg.docker_timeout);
-    let listing = engine.list_containers().await?;
-    let recorded: HashMap<String, Recorded> = listing
-        .iter()
-        .filter_map(|c| {
-            let given = source::recorded(&cfg.label_prefix, c.labels.as_ref())?;
-            Some((c.id.clone()?, given))
-        })
-        .collect();
-    let observed = observe(
-        &engine,
-        listing,
-        &cfg.label_prefix,
-        crate::plan::container::offered(cfg),
-        &HashSet::new(),
-        &mut crate::engine::observe::FactsCache::default(),
-    )
-    .await?;
-    let actions = plan(
-        &observed.targets,
-        &observed.sidecars,
-        &cfg.allow,
-        &HashSet::new(),
-    );
-    let acme_state = match &cfg.acme {
-        Some(a) => {
-            let store = Store::new(a.store.clone());
-            Some((acme::read_state(&store), store))
-        }
-        None => None,
-    };
-    let mut rows = Vec::new();
-    let mut targets: Vec<_> = observed.targets.iter().collect();
+    let survey = Survey::take(cfg).await?;
+    let mut targets: Vec<_> = survey.observed.targets.iter().collect();
     targets.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut rows = Vec::new();
     for t in targets {
-        let mut mine: Vec<_> = observed
+        rows.push(survey.row(t).await?);
+    }
+    Ok(rows)
+}
+
+/// The ACME state file as read (or why it could not be), and the store it was read from.
+type AcmeState = (Result<HashMap<String, acme::Entry>, String>, Store);
+
+/// One look at the engine (and the ACME store), judged by the daemon's rules: every row is
+/// built from it.
+struct Survey<'a> {
+    cfg: &'a Config,
+    engine: Engine,
+    /// What each sidecar's labels say it was given, by sidecar ID.
+    recorded: HashMap<String, Recorded>,
+    observed: Observed,
+    /// The daemon's plan for what was observed: its refusals are the rows' problems.
+    actions: Vec<Action>,
+    /// With ACME on.
+    acme: Option<AcmeState>,
+}
+
+impl<'a> Survey<'a> {
+    /// Lists the containers, observes and plans them as the daemon would, and reads the ACME
+    /// state.
+    async fn take(cfg: &'a Config) -> Result<Survey<'a>, Error> {
+        let engine = Engine::new(&cfg.docker_host, &cfg.docker_socket, cfg.docker_timeout);
+        let listing = engine.list_containers().await?;
+        let recorded: HashMap<String, Recorded> = listing
+            .iter()
+            .filter_map(|c| {
+                let given = source::recorded(&cfg.label_prefix, c.labels.as_ref())?;
+                Some((c.id.clone()?, given))
+            })
+            .collect();
+        let observed = observe(
+            &engine,
+            listing,
+            &cfg.label_prefix,
+            crate::plan::container::offered(cfg),
+            &HashSet::new(),
+            &mut crate::engine::observe::FactsCache::default(),
+        )
+        .await?;
+        let actions = plan(
+            &observed.targets,
+            &observed.sidecars,
+            &cfg.allow,
+            &HashSet::new(),
+        );
+        let acme = cfg.acme.as_ref().map(|a| {
+            let store = Store::new(a.store.clone());
+            (acme::read_state(&store), store)
+        });
+        Ok(Survey {
+            cfg,
+            engine,
+            recorded,
+            observed,
+            actions,
+            acme,
+        })
+    }
+
+    /// The row of target `t`.
+    async fn row(&self, t: &Target) -> Result<Row, Error> {
+        let cfg = self.cfg;
+        let mut mine: Vec<&Sidecar> = self
+            .observed
             .sidecars
             .iter()
             .filter(|s| s.target_id == t.id)
             .collect();
         mine.sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
-        let mut last_failure = mine.iter().rev().find_map(|s| s.last_failure.clone());
-        let mut failing = false;
-        for s in &mine {
-            if !t.running || s.state != SidecarState::Exited {
-                continue;
-            }
-            if let Some(Verdict::Failed(f)) = examine(&engine, &s.id).await? {
-                if s.target_started.as_deref() == Some(t.started_at.as_str()) {
-                    failing = true;
-                }
-                last_failure = Some(f);
-            }
-        }
-        let refused = actions.iter().find_map(|a| match a {
+        let (last_failure, failing) = self.failures(t, &mine).await?;
+        let refused = self.actions.iter().find_map(|a| match a {
             Action::Report {
                 target_id, problem, ..
             } if *target_id == t.id => Some(problem.to_string()),
             _ => None,
         });
-        let mut problem = refused.clone().unwrap_or_default();
         let serving = mine.iter().any(|s| s.state == SidecarState::Running);
-        if problem.is_empty() && t.running && failing && !serving {
-            problem = "sidecar failing, retried with backoff".to_string();
-        } else if problem.is_empty() && t.running && !serving {
-            problem = match &t.spec {
-                Ok(spec) if !engine.image_exists(&spec.image).await? => {
-                    format!("image {} missing locally", spec.image)
-                }
-                _ => "sidecar pending".to_string(),
-            };
-        }
+        let problem = match unserved(refused.as_deref(), t.running, failing, serving) {
+            None => None,
+            Some(Unserved::Pending) => Some(self.pending(t).await?),
+            Some(u) => Some(u.to_string()),
+        };
         // A certificate for a target with a sidecar, or about to get one; none for the others.
-        let newest = mine.last().and_then(|s| Some((*s, recorded.get(&s.id)?)));
+        let newest = mine
+            .last()
+            .and_then(|s| Some((*s, self.recorded.get(&s.id)?)));
         let managed = t
             .spec
             .as_ref()
@@ -154,34 +176,23 @@ pub(crate) async fn rows(cfg: &Config) -> Result<Vec<Row>, Error> {
             .filter(|spec| crate::plan::container::acme_managed(cfg, spec));
         let cert = match &t.spec {
             Ok(spec) if newest.is_some() || (t.running && refused.is_none()) => {
-                Some(certificate(cfg, &engine, spec, newest, managed.is_some()).await)
+                Some(certificate(cfg, &self.engine, spec, newest, managed.is_some()).await)
             }
             _ => None,
         };
-        let acme = match (managed, &acme_state) {
+        let acme = match (managed, &self.acme) {
             (Some(spec), Some((state, store))) => {
                 let directory = cfg.acme.as_ref().map_or("", |a| a.directory.as_str());
                 Some(acme_row(spec, state, store, directory))
             }
             _ => None,
         };
-        rows.push(Row {
+        Ok(Row {
             target: t.name.clone(),
             target_id: t.id.clone(),
             state: if t.running { "running" } else { "stopped" },
-            sidecars: mine
-                .iter()
-                .map(|s| SidecarRow {
-                    name: s.name.clone(),
-                    id: s.id.clone(),
-                    state: match s.state {
-                        SidecarState::Running => "running",
-                        SidecarState::Created => "created",
-                        SidecarState::Exited => "exited",
-                    },
-                })
-                .collect(),
-            problem: (!problem.is_empty()).then_some(problem),
+            sidecars: mine.iter().map(|s| sidecar_row(s)).collect(),
+            problem,
             last_failure,
             cert_issuer: cert.as_ref().and_then(|c| c.issuer.clone()),
             cert: cert.map(|c| c.source),
@@ -190,9 +201,96 @@ pub(crate) async fn rows(cfg: &Config) -> Result<Vec<Row>, Error> {
                 let id = t.spec.as_ref().ok()?.identity.as_ref()?;
                 Some(id.name.spiffe_id(domain))
             }),
-        });
+        })
     }
-    Ok(rows)
+
+    /// The last failure among `mine` (`t`'s sidecars, oldest first), and whether `t` is
+    /// failing: a sidecar made for its current start exited with a failure. While `t` runs,
+    /// an exited sidecar is inspected (its exit and log), which is newer than what the labels
+    /// carry.
+    async fn failures(
+        &self,
+        t: &Target,
+        mine: &[&Sidecar],
+    ) -> Result<(Option<Failure>, bool), Error> {
+        let mut last_failure = mine.iter().rev().find_map(|s| s.last_failure.clone());
+        let mut failing = false;
+        for s in mine {
+            if !t.running || s.state != SidecarState::Exited {
+                continue;
+            }
+            if let Some(Verdict::Failed(f)) = examine(&self.engine, &s.id).await? {
+                if s.target_started.as_deref() == Some(t.started_at.as_str()) {
+                    failing = true;
+                }
+                last_failure = Some(f);
+            }
+        }
+        Ok((last_failure, failing))
+    }
+
+    /// Why a running target has no sidecar yet: its image missing from the engine, or nothing
+    /// to say but that one is coming.
+    async fn pending(&self, t: &Target) -> Result<String, Error> {
+        Ok(match &t.spec {
+            Ok(spec) if !self.engine.image_exists(&spec.image).await? => {
+                format!("image {} missing locally", spec.image)
+            }
+            _ => Unserved::Pending.to_string(),
+        })
+    }
+}
+
+/// Why a target is not served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Unserved {
+    /// The daemon refuses it a sidecar (a bad label, an image not allowed): its words.
+    Refused(String),
+    /// Its sidecar for this start exits with a failure; the daemon retries with backoff.
+    Failing,
+    /// Running and nothing serves it yet, nor failed: its image may be missing
+    /// ([`Survey::pending`] looks).
+    Pending,
+}
+
+impl std::fmt::Display for Unserved {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unserved::Refused(problem) => f.write_str(problem),
+            Unserved::Failing => f.write_str("sidecar failing, retried with backoff"),
+            Unserved::Pending => f.write_str("sidecar pending"),
+        }
+    }
+}
+
+/// Why a target is not served, if it is not: the daemon's refusal first; otherwise, while it
+/// runs with no sidecar running, a failing sidecar or a pending one. A stopped target is not
+/// expected to be served.
+fn unserved(
+    refused: Option<&str>,
+    running: bool,
+    failing: bool,
+    serving: bool,
+) -> Option<Unserved> {
+    match refused {
+        Some(problem) => Some(Unserved::Refused(problem.to_string())),
+        None if !running || serving => None,
+        None if failing => Some(Unserved::Failing),
+        None => Some(Unserved::Pending),
+    }
+}
+
+/// A sidecar's cells.
+fn sidecar_row(s: &Sidecar) -> SidecarRow {
+    SidecarRow {
+        name: s.name.clone(),
+        id: s.id.clone(),
+        state: match s.state {
+            SidecarState::Running => "running",
+            SidecarState::Created => "created",
+            SidecarState::Exited => "exited",
+        },
+    }
 }
 
 /// How the certificate of `spec`'s names stands.
@@ -226,7 +324,7 @@ async fn certificate(
     cfg: &Config,
     engine: &Engine,
     spec: &crate::plan::labels::TargetSpec,
-    sidecar: Option<(&crate::plan::reconcile::Sidecar, &Recorded)>,
+    sidecar: Option<(&Sidecar, &Recorded)>,
     acme: bool,
 ) -> Facts {
     let hostname = spec.hostname.as_str();
@@ -426,6 +524,60 @@ mod tests {
             cert_issuer: None,
             acme: None,
             identity: None,
+        }
+    }
+
+    #[test]
+    fn a_refusal_comes_first_then_a_failing_or_pending_sidecar_of_a_running_target() {
+        let refused = Some("image evil is not in the allow-list");
+        for (running, failing, serving) in [(true, true, false), (false, false, false)] {
+            assert_eq!(
+                unserved(refused, running, failing, serving),
+                Some(Unserved::Refused(
+                    "image evil is not in the allow-list".into()
+                ))
+            );
+        }
+        assert_eq!(unserved(None, true, true, false), Some(Unserved::Failing));
+        assert_eq!(unserved(None, true, false, false), Some(Unserved::Pending));
+        assert_eq!(
+            unserved(None, true, true, true),
+            None,
+            "a running sidecar serves it"
+        );
+        assert_eq!(unserved(None, false, true, false), None, "stopped");
+        assert_eq!(
+            Unserved::Failing.to_string(),
+            "sidecar failing, retried with backoff"
+        );
+        assert_eq!(Unserved::Pending.to_string(), "sidecar pending");
+    }
+
+    #[test]
+    fn a_sidecar_row_names_its_state() {
+        let sidecar = |state| Sidecar {
+            id: "def".into(),
+            name: "web-tls-sidecar".into(),
+            target_id: "abc".into(),
+            target_started: None,
+            state,
+            created: 0,
+            last_failure: None,
+        };
+        let states = [
+            (SidecarState::Running, "running"),
+            (SidecarState::Created, "created"),
+            (SidecarState::Exited, "exited"),
+        ];
+        for (state, cell) in states {
+            assert_eq!(
+                sidecar_row(&sidecar(state)),
+                SidecarRow {
+                    name: "web-tls-sidecar".into(),
+                    id: "def".into(),
+                    state: cell,
+                }
+            );
         }
     }
 

@@ -18,8 +18,8 @@ use bytes::Bytes;
 use http::{Request, Response};
 use hyper_util::rt::TokioIo;
 use instant_acme::{
-    Account, AccountCredentials, BodyWrapper, BytesResponse, ChallengeType, HttpClient, Identifier,
-    NewAccount, NewOrder, OrderStatus, RetryPolicy,
+    Account, AccountCredentials, AuthorizationHandle, BodyWrapper, BytesResponse, ChallengeType,
+    HttpClient, Identifier, NewAccount, NewOrder, OrderStatus, RetryPolicy,
 };
 use rustls::RootCertStore;
 use rustls_pki_types::ServerName;
@@ -243,6 +243,7 @@ impl Client {
         result
     }
 
+    /// Places the order, answers its challenges and downloads the certificate.
     async fn order(
         &self,
         names: &[DnsName],
@@ -266,47 +267,10 @@ impl Client {
             .map_err(|e| classify(&format!("ordering a certificate for {list}"), e))?;
         let mut authorizations = order.authorizations();
         while let Some(authz) = authorizations.next().await {
-            let mut authz = authz.map_err(|e| classify(&format!("authorization for {list}"), e))?;
-            if authz.status == instant_acme::AuthorizationStatus::Valid {
-                continue;
+            let authz = authz.map_err(|e| classify(&format!("authorization for {list}"), e))?;
+            if authz.status != instant_acme::AuthorizationStatus::Valid {
+                authorize(authz, kind, published, answers).await?;
             }
-            let name = match authz.identifier().identifier {
-                Identifier::Dns(name) => DnsName::from_str(name).map_err(|e| AcmeError {
-                    cause: None,
-                    permanent: true,
-                    message: format!("the CA asked about {name:?}: {e}"),
-                })?,
-                other => {
-                    return Err(AcmeError {
-                        cause: None,
-                        permanent: true,
-                        message: format!("the CA asked about {other:?}, not a DNS name"),
-                    })
-                }
-            };
-            let wanted = match kind {
-                ChallengeKind::Http01 => ChallengeType::Http01,
-                ChallengeKind::TlsAlpn01 => ChallengeType::TlsAlpn01,
-            };
-            let mut challenge = authz.challenge(wanted).ok_or_else(|| AcmeError {
-                cause: None,
-                permanent: true,
-                message: format!("the CA offers no {kind} challenge for {name}"),
-            })?;
-            let key_authorization = challenge.key_authorization();
-            let answer = match kind {
-                ChallengeKind::Http01 => {
-                    published.http01(&challenge.token, key_authorization.as_str())?
-                }
-                ChallengeKind::TlsAlpn01 => {
-                    published.tls_alpn01(&name, key_authorization.digest().as_ref())?
-                }
-            };
-            answers.publish(vec![answer]).await;
-            challenge
-                .set_ready()
-                .await
-                .map_err(|e| classify(&format!("{kind} challenge for {name}"), e))?;
         }
         let retries = RetryPolicy::new()
             .initial_delay(Duration::from_millis(250))
@@ -321,16 +285,7 @@ impl Client {
                 "validating {list} by {kind}: the order is {status:?}"
             )));
         }
-        let key =
-            rcgen::KeyPair::generate().map_err(|e| transient(format!("generating a key: {e}")))?;
-        let mut params = rcgen::CertificateParams::new(
-            names.iter().map(ToString::to_string).collect::<Vec<_>>(),
-        )
-        .map_err(|e| transient(format!("certificate request for {list}: {e}")))?;
-        params.distinguished_name = rcgen::DistinguishedName::new();
-        let csr = params
-            .serialize_request(&key)
-            .map_err(|e| transient(format!("certificate request for {list}: {e}")))?;
+        let (key, csr) = certificate_request(names, &list)?;
         order
             .finalize_csr(csr.der())
             .await
@@ -344,6 +299,79 @@ impl Client {
             key_pem: key.serialize_pem(),
         })
     }
+}
+
+/// Proves control of one pending authorization's name by `kind`: the answer published (the
+/// store, then `answers`), then the CA told to check it.
+async fn authorize(
+    mut authz: AuthorizationHandle<'_>,
+    kind: ChallengeKind,
+    published: &mut Published<'_>,
+    answers: &dyn Answers,
+) -> Result<(), AcmeError> {
+    let name = dns_name(authz.identifier().identifier)?;
+    let mut challenge = authz
+        .challenge(challenge_type(kind))
+        .ok_or_else(|| AcmeError {
+            cause: None,
+            permanent: true,
+            message: format!("the CA offers no {kind} challenge for {name}"),
+        })?;
+    let key_authorization = challenge.key_authorization();
+    let answer = match kind {
+        ChallengeKind::Http01 => published.http01(&challenge.token, key_authorization.as_str())?,
+        ChallengeKind::TlsAlpn01 => {
+            published.tls_alpn01(&name, key_authorization.digest().as_ref())?
+        }
+    };
+    answers.publish(vec![answer]).await;
+    challenge
+        .set_ready()
+        .await
+        .map_err(|e| classify(&format!("{kind} challenge for {name}"), e))
+}
+
+/// The name an authorization is about: only DNS names are ordered, so anything else the CA
+/// asks about is an error no retry fixes.
+fn dns_name(identifier: &Identifier) -> Result<DnsName, AcmeError> {
+    match identifier {
+        Identifier::Dns(name) => DnsName::from_str(name).map_err(|e| AcmeError {
+            cause: None,
+            permanent: true,
+            message: format!("the CA asked about {name:?}: {e}"),
+        }),
+        other => Err(AcmeError {
+            cause: None,
+            permanent: true,
+            message: format!("the CA asked about {other:?}, not a DNS name"),
+        }),
+    }
+}
+
+/// The ACME challenge type of a `challenge` label value.
+fn challenge_type(kind: ChallengeKind) -> ChallengeType {
+    match kind {
+        ChallengeKind::Http01 => ChallengeType::Http01,
+        ChallengeKind::TlsAlpn01 => ChallengeType::TlsAlpn01,
+    }
+}
+
+/// A new key and the certificate request for `names` signed with it (no subject: the names
+/// are in its subject alternative names). `list`: the names as errors show them.
+fn certificate_request(
+    names: &[DnsName],
+    list: &str,
+) -> Result<(rcgen::KeyPair, rcgen::CertificateSigningRequest), AcmeError> {
+    let key =
+        rcgen::KeyPair::generate().map_err(|e| transient(format!("generating a key: {e}")))?;
+    let mut params =
+        rcgen::CertificateParams::new(names.iter().map(ToString::to_string).collect::<Vec<_>>())
+            .map_err(|e| transient(format!("certificate request for {list}: {e}")))?;
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    let csr = params
+        .serialize_request(&key)
+        .map_err(|e| transient(format!("certificate request for {list}: {e}")))?;
+    Ok((key, csr))
 }
 
 /// Where challenge answers go besides the store.
@@ -568,6 +596,60 @@ mod tests {
         }
         assert_eq!(ChallengeKind::default(), ChallengeKind::Http01);
         assert!("dns-01".parse::<ChallengeKind>().is_err());
+    }
+
+    #[test]
+    fn only_dns_names_are_authorized_and_anything_else_is_permanent() {
+        let name = dns_name(&Identifier::Dns("a.example".into())).expect("a DNS name");
+        assert_eq!(name.as_str(), "a.example");
+        let e = dns_name(&Identifier::Dns("a..example".into())).expect_err("not a name");
+        assert!(
+            e.permanent && e.message.starts_with("the CA asked about \"a..example\": "),
+            "{e}"
+        );
+        let ip = Identifier::Ip(std::net::Ipv4Addr::LOCALHOST.into());
+        let e = dns_name(&ip).expect_err("an IP address");
+        assert!(
+            e.permanent && e.message.ends_with(", not a DNS name"),
+            "{e}"
+        );
+        assert_eq!(challenge_type(ChallengeKind::Http01), ChallengeType::Http01);
+        assert_eq!(
+            challenge_type(ChallengeKind::TlsAlpn01),
+            ChallengeType::TlsAlpn01
+        );
+    }
+
+    #[test]
+    fn the_certificate_request_names_every_name_and_nothing_else() {
+        use x509_parser::prelude::FromDer;
+        let names: Vec<DnsName> = ["a.example", "b.example"]
+            .iter()
+            .map(|n| n.parse().expect("name"))
+            .collect();
+        let (key, csr) = certificate_request(&names, "a.example,b.example").expect("csr");
+        let (_, req) =
+            x509_parser::certification_request::X509CertificationRequest::from_der(csr.der())
+                .expect("a DER request");
+        req.verify_signature().expect("signed with its key");
+        assert_eq!(
+            &*req
+                .certification_request_info
+                .subject_pki
+                .subject_public_key
+                .data,
+            key.public_key_raw()
+        );
+        assert_eq!(req.certification_request_info.subject.iter().count(), 0);
+        let mut sans = Vec::new();
+        for ext in req.requested_extensions().into_iter().flatten() {
+            if let x509_parser::extensions::ParsedExtension::SubjectAlternativeName(san) = ext {
+                for n in &san.general_names {
+                    sans.push(n.to_string());
+                }
+            }
+        }
+        assert_eq!(sans, ["DNSName(a.example)", "DNSName(b.example)"]);
     }
 
     #[test]
