@@ -8,6 +8,51 @@ use crate::config::AllowList;
 use crate::plan::failure::Failure;
 use crate::plan::labels::{LabelError, TargetSpec};
 
+macro_rules! container_id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub(crate) struct $name(String);
+
+        impl $name {
+            pub(crate) fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl From<String> for $name {
+            fn from(id: String) -> Self {
+                Self(id)
+            }
+        }
+
+        impl From<&str> for $name {
+            fn from(id: &str) -> Self {
+                Self(id.to_string())
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+container_id! {
+    /// A container's full ID as the engine reports it: a target's, or any container's in the
+    /// engine's listing. Typed apart from [`SidecarId`] so state kept per target can never be
+    /// looked up by a sidecar's ID; [`Target`] and [`Sidecar`] still carry plain strings, turned
+    /// into these where state is keyed by them.
+    ContainerId
+}
+
+container_id! {
+    /// The full ID of one of the spawner's sidecars.
+    SidecarId
+}
+
 /// An opted-in container as observed.
 #[derive(Debug, Clone)]
 pub(crate) struct Target {
