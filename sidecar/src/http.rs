@@ -279,32 +279,69 @@ impl Proxy {
             metrics: self.metrics.clone(),
         };
 
+        let host = match self.admit(&req, &info) {
+            Ok(host) => host,
+            Err(reason) => return local(StatusCode::BAD_REQUEST, reason, log),
+        };
+        let Prepared {
+            req,
+            upgrading,
+            route,
+            deadline,
+        } = match self.backend_request(req, &info, host, grpc, log.start) {
+            Ok(prepared) => prepared,
+            Err(reason) => return local(StatusCode::BAD_REQUEST, reason, log),
+        };
+        if upgrading {
+            return self.upgrade(req, &info, log).await;
+        }
+        let head_by = log.start + self.config.backend_timeout;
+        let (head_by, late) = match deadline {
+            Some(at) if at <= head_by => (at, Failure::Deadline),
+            _ => (head_by, Failure::Backend(BackendError::Timeout)),
+        };
+        let resp = match route {
+            Route::H2c => self.exchange_h2(req, &info, head_by, late).await,
+            Route::Http1 => self.exchange_http1(req, &info, head_by, late).await,
+        };
+        self.answer(resp, &info, deadline, log)
+    }
+
+    /// The local refusals before anything is forwarded (ambiguous framing, a bad `Host`): the
+    /// reason for a `400`, or the authority the backend request names.
+    fn admit(&self, req: &Request<Incoming>, info: &ConnInfo) -> Result<HeaderValue, &'static str> {
         if info.activity.take_ambiguous() {
             debug!(peer = %info.peer, "refused request with both Content-Length and Transfer-Encoding");
             self.metrics.refused(Refusal::Framing);
-            return local(
-                StatusCode::BAD_REQUEST,
-                "both Content-Length and Transfer-Encoding",
-                log,
-            );
+            return Err("both Content-Length and Transfer-Encoding");
         }
         if let Err(reason) = check_framing(req.headers()) {
             debug!(peer = %info.peer, reason, "refused ambiguous request");
             self.metrics.refused(Refusal::Framing);
-            return local(StatusCode::BAD_REQUEST, reason, log);
+            return Err(reason);
         }
-        let host = match request_host(req.version(), req.uri(), req.headers()) {
-            Ok(Some(host)) => host,
-            Ok(None) => match HeaderValue::from_str(&self.backend_authority) {
-                Ok(h) => h,
-                Err(_) => return local(StatusCode::BAD_REQUEST, "invalid backend address", log),
-            },
+        match request_host(req.version(), req.uri(), req.headers()) {
+            Ok(Some(host)) => Ok(host),
+            Ok(None) => HeaderValue::from_str(&self.backend_authority)
+                .map_err(|_| "invalid backend address"),
             Err(reason) => {
                 debug!(peer = %info.peer, reason, "refused request for its host");
                 self.metrics.refused(Refusal::Host);
-                return local(StatusCode::BAD_REQUEST, reason, log);
+                Err(reason)
             }
-        };
+        }
+    }
+
+    /// The backend's request ([`Proxy::rewrite`]), whether it is an allowed upgrade, its route,
+    /// and the client's gRPC deadline; or the reason for a `400`.
+    fn backend_request(
+        &self,
+        req: Request<Incoming>,
+        info: &ConnInfo,
+        host: HeaderValue,
+        grpc: bool,
+        start: Instant,
+    ) -> Result<Prepared, &'static str> {
         let upgrade = match upgrade_request(info.h2, req.headers(), &self.config.allow_upgrade) {
             UpgradeAsk::None => None,
             UpgradeAsk::Allowed(value) => Some(value),
@@ -321,33 +358,36 @@ impl Proxy {
             req.headers()
                 .get(grpc::GRPC_TIMEOUT)
                 .and_then(grpc::parse_timeout)
-                .and_then(|d| log.start.checked_add(d))
+                .and_then(|d| start.checked_add(d))
         } else {
             None
         };
-        let route = if upgrade.is_some() {
+        let upgrading = upgrade.is_some();
+        let route = if upgrading {
             Route::Http1
         } else {
             grpc::route(self.config.backend_protocol, grpc)
         };
         // HTTP/2 clients always take trailers; HTTP/1.1 ones when they say `TE: trailers`.
         let trailers = info.h2 || accepts_trailers(req.headers());
-        let req = match self.rewrite(req, &info, host, upgrade.clone(), route, trailers) {
-            Ok(req) => req,
-            Err(reason) => return local(StatusCode::BAD_REQUEST, reason, log),
-        };
-        if upgrade.is_some() {
-            return self.upgrade(req, &info, log).await;
-        }
-        let head_by = log.start + self.config.backend_timeout;
-        let (head_by, late) = match deadline {
-            Some(at) if at <= head_by => (at, Failure::Deadline),
-            _ => (head_by, Failure::Backend(BackendError::Timeout)),
-        };
-        let resp = match route {
-            Route::H2c => self.exchange_h2(req, &info, head_by, late).await,
-            Route::Http1 => self.exchange_http1(req, &info, head_by, late).await,
-        };
+        let req = self.rewrite(req, info, host, upgrade, route, trailers)?;
+        Ok(Prepared {
+            req,
+            upgrading,
+            route,
+            deadline,
+        })
+    }
+
+    /// The client's response from the backend's (hop-by-hop headers dropped, gRPC trailers
+    /// announced to HTTP/1.1 clients), or the sidecar's own answer to a failed exchange.
+    fn answer(
+        &self,
+        resp: Result<Response<Incoming>, Failure>,
+        info: &ConnInfo,
+        deadline: Option<Instant>,
+        log: AccessLog,
+    ) -> Response<ProxyBody> {
         let resp = match resp {
             Ok(resp) => resp,
             Err(failure) => return self.failed(failure, log),
@@ -605,6 +645,16 @@ impl Proxy {
         }
         local(status, message, log)
     }
+}
+
+/// A request made ready for the backend ([`Proxy::backend_request`]).
+struct Prepared {
+    req: Request<Incoming>,
+    /// An allowed upgrade: forwarded on a dedicated connection.
+    upgrading: bool,
+    route: Route,
+    /// The client's gRPC deadline.
+    deadline: Option<Instant>,
 }
 
 /// Why a request got no answer from the backend.

@@ -175,43 +175,91 @@ impl Proxy {
             answer,
         } = match got {
             Ok(a) => a,
-            Err(kind) => {
-                self.metrics.backend_error(kind);
-                let (status, message) = match kind {
-                    BackendError::Timeout => (504, "backend did not answer in time"),
-                    BackendError::Connect => (502, "backend unreachable"),
-                    BackendError::Protocol => (502, "backend request failed"),
-                };
-                local_response(status, message, hsts, close, out);
-                log.status = status;
-                let ok = io.write_all(out).await.is_ok() && io.flush().await.is_ok();
-                log.finished = ok;
-                return ok && !close;
-            }
+            Err(kind) => return self.fast_failed(io, kind, hsts, close, out, &mut log).await,
         };
         log.status = answer.status;
         rbuf.advance(answer.head_len);
         let last = close || answer.framing == Framing::UntilClose;
-        let mut reusable = answer.reusable;
+        if !self
+            .relay_response(
+                io,
+                &mut backend,
+                &mut rbuf,
+                answer.framing,
+                reply_head,
+                &mut log,
+            )
+            .await
+        {
+            return false;
+        }
+        log.finished = true;
+        // Bytes past the response's end: the backend is confused; do not reuse it.
+        let reusable = answer.reusable && rbuf.is_empty() && answer.framing != Framing::UntilClose;
+        if reusable {
+            self.fast_pool.put(backend, rbuf);
+        } else {
+            let _ = backend.shutdown().await;
+        }
+        drop(log);
+        !last
+    }
+
+    /// The sidecar's own answer (502 or 504) to a request the backend did not answer. Whether
+    /// the client connection stays open.
+    async fn fast_failed<S>(
+        &self,
+        io: &mut Tracked<S>,
+        kind: BackendError,
+        hsts: Option<&[u8]>,
+        close: bool,
+        out: &mut Vec<u8>,
+        log: &mut AccessLog,
+    ) -> bool
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        self.metrics.backend_error(kind);
+        let (status, message) = match kind {
+            BackendError::Timeout => (504, "backend did not answer in time"),
+            BackendError::Connect => (502, "backend unreachable"),
+            BackendError::Protocol => (502, "backend request failed"),
+        };
+        local_response(status, message, hsts, close, out);
+        log.status = status;
+        let ok = io.write_all(out).await.is_ok() && io.flush().await.is_ok();
+        log.finished = ok;
+        ok && !close
+    }
+
+    /// Relays a response whose head is in `reply_head` and whose body starts in `rbuf`: the head
+    /// and what body came with it in one write, then the rest of the body as it arrives, then a
+    /// flush. Whether it all reached the client (a broken body is logged by [`Self::body_broke`]).
+    async fn relay_response<S>(
+        &self,
+        io: &mut Tracked<S>,
+        backend: &mut TcpStream,
+        rbuf: &mut BytesMut,
+        framing: Framing,
+        reply_head: &mut Vec<u8>,
+        log: &mut AccessLog,
+    ) -> bool
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
         // The head and what body came with it, in one write.
-        let mut remaining = match answer.framing {
+        let mut remaining = match framing {
             Framing::Length(n) => n,
             _ => 0,
         };
         let mut chunks = Chunks::default();
-        let mut done = answer.framing == Framing::Empty;
-        let first = self.body_part(
-            &mut rbuf,
-            answer.framing,
-            &mut remaining,
-            &mut chunks,
-            &mut done,
-        );
+        let mut done = framing == Framing::Empty;
+        let first = self.body_part(rbuf, framing, &mut remaining, &mut chunks, &mut done);
         let Ok(first) = first else {
-            return self.body_broke(&mut log);
+            return self.body_broke(log);
         };
         reply_head.extend_from_slice(&rbuf[..first]);
-        log.bytes += body_bytes(answer.framing, first, &chunks);
+        log.bytes += body_bytes(framing, first, &chunks);
         rbuf.advance(first);
         if io.write_all(reply_head).await.is_err() {
             return false;
@@ -220,25 +268,20 @@ impl Proxy {
             rbuf.clear();
             rbuf.reserve(BODY_READ);
             // A read error ends the body as an early close does.
-            let n: usize = backend.read_buf(&mut rbuf).await.unwrap_or_default();
+            let n: usize = backend.read_buf(rbuf).await.unwrap_or_default();
             if n == 0 {
-                if answer.framing == Framing::UntilClose {
+                if framing == Framing::UntilClose {
                     break;
                 }
                 // Cut short: the client must see a broken response, not a complete one.
-                return self.body_broke(&mut log);
+                return self.body_broke(log);
             }
             let before = chunks.data;
-            let Ok(part) = self.body_part(
-                &mut rbuf,
-                answer.framing,
-                &mut remaining,
-                &mut chunks,
-                &mut done,
-            ) else {
-                return self.body_broke(&mut log);
+            let Ok(part) = self.body_part(rbuf, framing, &mut remaining, &mut chunks, &mut done)
+            else {
+                return self.body_broke(log);
             };
-            log.bytes += match answer.framing {
+            log.bytes += match framing {
                 Framing::Chunked => chunks.data - before,
                 _ => part as u64,
             };
@@ -247,19 +290,7 @@ impl Proxy {
             }
             rbuf.advance(part);
         }
-        if io.flush().await.is_err() {
-            return false;
-        }
-        log.finished = true;
-        // Bytes past the response's end: the backend is confused; do not reuse it.
-        reusable &= rbuf.is_empty() && answer.framing != Framing::UntilClose;
-        if reusable {
-            self.fast_pool.put(backend, rbuf);
-        } else {
-            let _ = backend.shutdown().await;
-        }
-        drop(log);
-        !last
+        io.flush().await.is_ok()
     }
 
     /// How many bytes at the start of `rbuf` belong to the body; updates the framing's state

@@ -80,65 +80,10 @@ pub(super) fn classify(buf: &[u8], hop: &Hop<'_>, out: &mut Vec<u8>) -> Head {
     };
 
     // First pass: what decides the request's fate.
-    let mut host: Option<&[u8]> = None;
-    let mut tokens: [&[u8]; CONNECTION_TOKENS_MAX] = [&[]; CONNECTION_TOKENS_MAX];
-    let mut n_tokens = 0;
-    let mut close = false;
-    let mut trailers = false;
-    let mut length_seen = false;
-    for h in req.headers.iter() {
-        let name = h.name.as_bytes();
-        let value = h.value;
-        if name.eq_ignore_ascii_case(b"host") {
-            if host.is_some() {
-                return Head::Fallback;
-            }
-            host = Some(value);
-        } else if name.eq_ignore_ascii_case(b"content-length") {
-            // Only an explicit empty body; any other length is hyper's.
-            if length_seen || value != b"0" {
-                return Head::Fallback;
-            }
-            length_seen = true;
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding")
-            || name.eq_ignore_ascii_case(b"upgrade")
-            || name.eq_ignore_ascii_case(b"expect")
-            || name.eq_ignore_ascii_case(b"http2-settings")
-        {
-            return Head::Fallback;
-        } else if name.eq_ignore_ascii_case(b"content-type") {
-            if is_grpc_content_type(value) {
-                return Head::Fallback;
-            }
-        } else if name.eq_ignore_ascii_case(b"connection") {
-            let Some(text) = visible(value) else { continue };
-            for token in text.split(|b| *b == b',') {
-                let token = token.trim_ascii();
-                if token.eq_ignore_ascii_case(b"close") {
-                    close = true;
-                }
-                if token.eq_ignore_ascii_case(b"upgrade") {
-                    return Head::Fallback;
-                }
-                if token.is_empty() {
-                    continue;
-                }
-                if n_tokens == CONNECTION_TOKENS_MAX {
-                    return Head::Fallback;
-                }
-                tokens[n_tokens] = token;
-                n_tokens += 1;
-            }
-        } else if name.eq_ignore_ascii_case(b"te") {
-            let Some(text) = visible(value) else { continue };
-            trailers |= text.split(|b| *b == b',').any(|t| {
-                t.split(|b| *b == b';')
-                    .next()
-                    .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"))
-            });
-        }
-    }
-    let Some(host) = host else {
+    let Some(facts) = scan(req.headers) else {
+        return Head::Fallback;
+    };
+    let Some(host) = facts.host else {
         return Head::Fallback;
     };
     if std::str::from_utf8(host)
@@ -148,18 +93,145 @@ pub(super) fn classify(buf: &[u8], hop: &Hop<'_>, out: &mut Vec<u8>) -> Head {
     {
         return Head::Fallback;
     }
-    let tokens = &tokens[..n_tokens];
 
     // Second pass: the backend's head.
     out.clear();
+    write_head(out, &method, &path, host, &facts, req.headers, hop);
+    let idempotent = matches!(
+        method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    );
+    Head::Fast(Plan {
+        head_len,
+        method,
+        path,
+        close: facts.close,
+        idempotent,
+    })
+}
+
+/// What the first pass over the request's headers found.
+struct Facts<'b> {
+    host: Option<&'b [u8]>,
+    /// The `Connection` header's tokens: the headers it names are not forwarded.
+    tokens: [&'b [u8]; CONNECTION_TOKENS_MAX],
+    n_tokens: usize,
+    close: bool,
+    /// The client accepts trailers (`TE: trailers`).
+    trailers: bool,
+}
+
+impl<'b> Facts<'b> {
+    fn tokens(&self) -> &[&'b [u8]] {
+        &self.tokens[..self.n_tokens]
+    }
+}
+
+/// The first pass: `None` when a header makes the request hyper's.
+#[inline]
+fn scan<'b>(headers: &[httparse::Header<'b>]) -> Option<Facts<'b>> {
+    let mut facts = Facts {
+        host: None,
+        tokens: [&[]; CONNECTION_TOKENS_MAX],
+        n_tokens: 0,
+        close: false,
+        trailers: false,
+    };
+    let mut length_seen = false;
+    for h in headers {
+        let name = h.name.as_bytes();
+        let value = h.value;
+        if name.eq_ignore_ascii_case(b"host") {
+            if facts.host.is_some() {
+                return None;
+            }
+            facts.host = Some(value);
+        } else if name.eq_ignore_ascii_case(b"content-length") {
+            // Only an explicit empty body; any other length is hyper's.
+            if length_seen || value != b"0" {
+                return None;
+            }
+            length_seen = true;
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding")
+            || name.eq_ignore_ascii_case(b"upgrade")
+            || name.eq_ignore_ascii_case(b"expect")
+            || name.eq_ignore_ascii_case(b"http2-settings")
+        {
+            return None;
+        } else if name.eq_ignore_ascii_case(b"content-type") {
+            if is_grpc_content_type(value) {
+                return None;
+            }
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            if !connection_tokens(value, &mut facts) {
+                return None;
+            }
+        } else if name.eq_ignore_ascii_case(b"te") {
+            facts.trailers |= asks_trailers(value);
+        }
+    }
+    Some(facts)
+}
+
+/// Notes a `Connection` value's tokens; `false` when they make the request hyper's (an
+/// upgrade, or more tokens than are kept).
+#[inline]
+fn connection_tokens<'b>(value: &'b [u8], facts: &mut Facts<'b>) -> bool {
+    let Some(text) = visible(value) else {
+        return true;
+    };
+    for token in text.split(|b| *b == b',') {
+        let token = token.trim_ascii();
+        if token.eq_ignore_ascii_case(b"close") {
+            facts.close = true;
+        }
+        if token.eq_ignore_ascii_case(b"upgrade") {
+            return false;
+        }
+        if token.is_empty() {
+            continue;
+        }
+        if facts.n_tokens == CONNECTION_TOKENS_MAX {
+            return false;
+        }
+        facts.tokens[facts.n_tokens] = token;
+        facts.n_tokens += 1;
+    }
+    true
+}
+
+/// A `TE` value that names `trailers`.
+#[inline]
+fn asks_trailers(value: &[u8]) -> bool {
+    visible(value).is_some_and(|text| {
+        text.split(|b| *b == b',').any(|t| {
+            t.split(|b| *b == b';')
+                .next()
+                .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"))
+        })
+    })
+}
+
+/// The second pass: the backend's head, the request's headers forwarded in order and this
+/// hop's added.
+fn write_head(
+    out: &mut Vec<u8>,
+    method: &Method,
+    path: &PathAndQuery,
+    host: &[u8],
+    facts: &Facts<'_>,
+    headers: &[httparse::Header<'_>],
+    hop: &Hop<'_>,
+) {
     out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(path.as_str().as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
     out.extend_from_slice(host);
     out.extend_from_slice(b"\r\n");
+    let tokens = facts.tokens();
     let mut xff_prior = false;
-    for h in req.headers.iter() {
+    for h in headers {
         let name = h.name.as_bytes();
         if name.eq_ignore_ascii_case(b"x-forwarded-for") {
             xff_prior |= visible(h.value).is_some();
@@ -173,14 +245,26 @@ pub(super) fn classify(buf: &[u8], hop: &Hop<'_>, out: &mut Vec<u8>) -> Head {
         out.extend_from_slice(h.value);
         out.extend_from_slice(b"\r\n");
     }
-    if trailers {
+    if facts.trailers {
         out.extend_from_slice(b"te: trailers\r\n");
     }
+    write_forwarded(out, headers, xff_prior, host, hop);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// This hop's headers: `X-Forwarded-*` and, for a client with a certificate, its identity.
+fn write_forwarded(
+    out: &mut Vec<u8>,
+    headers: &[httparse::Header<'_>],
+    xff_prior: bool,
+    host: &[u8],
+    hop: &Hop<'_>,
+) {
     // `X-Forwarded-For` appended to (the hyper path's `set_forwarded`): prior values that are
     // visible ASCII, in order, then this client.
     out.extend_from_slice(b"x-forwarded-for: ");
     if xff_prior {
-        for h in req.headers.iter() {
+        for h in headers {
             if h.name.eq_ignore_ascii_case("x-forwarded-for") {
                 if let Some(v) = visible(h.value) {
                     out.extend_from_slice(v);
@@ -203,18 +287,6 @@ pub(super) fn classify(buf: &[u8], hop: &Hop<'_>, out: &mut Vec<u8>) -> Head {
             out.extend_from_slice(b"\r\n");
         }
     }
-    out.extend_from_slice(b"\r\n");
-    let idempotent = matches!(
-        method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
-    );
-    Head::Fast(Plan {
-        head_len,
-        method,
-        path,
-        close,
-        idempotent,
-    })
 }
 
 /// Request headers never forwarded as they came: hop-by-hop ones, the ones this hop sets.

@@ -71,66 +71,115 @@ pub(super) fn reply(
     if (100..200).contains(&status) {
         return Reply::Interim(head_len);
     }
-    let http11 = resp.version == Some(1);
-    let mut length: Option<u64> = None;
-    let mut chunked = false;
-    let mut keep_alive = http11;
-    let mut tokens: [&[u8]; CONNECTION_TOKENS_MAX] = [&[]; CONNECTION_TOKENS_MAX];
-    let mut n_tokens = 0;
-    let mut has_hsts = false;
-    let mut has_date = false;
-    for h in resp.headers.iter() {
-        let name = h.name.as_bytes();
-        if name.eq_ignore_ascii_case(b"content-length") {
-            let Some(n) = digits(h.value) else {
-                return Reply::Bad("invalid Content-Length");
-            };
-            if length.is_some_and(|l| l != n) {
-                return Reply::Bad("conflicting Content-Length");
-            }
-            length = Some(n);
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            if chunked || !h.value.trim_ascii().eq_ignore_ascii_case(b"chunked") {
-                return Reply::Bad("unsupported Transfer-Encoding");
-            }
-            chunked = true;
-        } else if name.eq_ignore_ascii_case(b"connection") {
-            for token in h.value.split(|b| *b == b',') {
-                let token = token.trim_ascii();
-                if token.eq_ignore_ascii_case(b"close") {
-                    keep_alive = false;
-                } else if token.eq_ignore_ascii_case(b"keep-alive") {
-                    keep_alive = true;
-                }
-                if !token.is_empty() && n_tokens < CONNECTION_TOKENS_MAX {
-                    tokens[n_tokens] = token;
-                    n_tokens += 1;
-                }
-            }
-        } else if name.eq_ignore_ascii_case(b"strict-transport-security") {
-            has_hsts = true;
-        } else if name.eq_ignore_ascii_case(b"date") {
-            has_date = true;
-        }
-    }
-    if chunked && length.is_some() {
+    let facts = match scan(resp.headers, resp.version == Some(1)) {
+        Ok(facts) => facts,
+        Err(why) => return Reply::Bad(why),
+    };
+    if facts.chunked && facts.length.is_some() {
         return Reply::Bad("both Content-Length and Transfer-Encoding");
     }
     let framing = if head_request || status == 204 || status == 304 {
         Framing::Empty
-    } else if chunked {
+    } else if facts.chunked {
         Framing::Chunked
-    } else if let Some(n) = length {
+    } else if let Some(n) = facts.length {
         Framing::Length(n)
     } else {
         Framing::UntilClose
     };
-    let tokens = &tokens[..n_tokens];
     let last = close || framing == Framing::UntilClose;
 
     out.clear();
-    let reason = resp
-        .reason
+    write_status_line(out, status, resp.reason);
+    write_headers(out, resp.headers, facts.tokens());
+    write_framing(out, framing, head_request, &facts);
+    write_added(out, hsts, &facts, last);
+    out.extend_from_slice(b"\r\n");
+    Reply::Final(Answer {
+        head_len,
+        status,
+        framing,
+        reusable: facts.keep_alive && framing != Framing::UntilClose,
+    })
+}
+
+/// What a pass over the response's headers found.
+struct Facts<'b> {
+    length: Option<u64>,
+    chunked: bool,
+    keep_alive: bool,
+    /// The `Connection` header's tokens: the headers it names are not forwarded.
+    tokens: [&'b [u8]; CONNECTION_TOKENS_MAX],
+    n_tokens: usize,
+    has_hsts: bool,
+    has_date: bool,
+}
+
+impl<'b> Facts<'b> {
+    fn tokens(&self) -> &[&'b [u8]] {
+        &self.tokens[..self.n_tokens]
+    }
+}
+
+/// The pass over the response's headers: the reason, for the log, when its framing is not
+/// one this proxy forwards.
+#[inline]
+fn scan<'b>(headers: &[httparse::Header<'b>], http11: bool) -> Result<Facts<'b>, &'static str> {
+    let mut facts = Facts {
+        length: None,
+        chunked: false,
+        keep_alive: http11,
+        tokens: [&[]; CONNECTION_TOKENS_MAX],
+        n_tokens: 0,
+        has_hsts: false,
+        has_date: false,
+    };
+    for h in headers {
+        let name = h.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"content-length") {
+            let Some(n) = digits(h.value) else {
+                return Err("invalid Content-Length");
+            };
+            if facts.length.is_some_and(|l| l != n) {
+                return Err("conflicting Content-Length");
+            }
+            facts.length = Some(n);
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            if facts.chunked || !h.value.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+                return Err("unsupported Transfer-Encoding");
+            }
+            facts.chunked = true;
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            connection_tokens(h.value, &mut facts);
+        } else if name.eq_ignore_ascii_case(b"strict-transport-security") {
+            facts.has_hsts = true;
+        } else if name.eq_ignore_ascii_case(b"date") {
+            facts.has_date = true;
+        }
+    }
+    Ok(facts)
+}
+
+/// Notes a `Connection` value: `close` and `keep-alive`, and its tokens (as many as are kept).
+#[inline]
+fn connection_tokens<'b>(value: &'b [u8], facts: &mut Facts<'b>) {
+    for token in value.split(|b| *b == b',') {
+        let token = token.trim_ascii();
+        if token.eq_ignore_ascii_case(b"close") {
+            facts.keep_alive = false;
+        } else if token.eq_ignore_ascii_case(b"keep-alive") {
+            facts.keep_alive = true;
+        }
+        if !token.is_empty() && facts.n_tokens < CONNECTION_TOKENS_MAX {
+            facts.tokens[facts.n_tokens] = token;
+            facts.n_tokens += 1;
+        }
+    }
+}
+
+/// `HTTP/1.1`, the status and the backend's reason (the canonical one when it sent none).
+fn write_status_line(out: &mut Vec<u8>, status: u16, reason: Option<&str>) {
+    let reason = reason
         .filter(|r| !r.is_empty())
         .or_else(|| http::StatusCode::from_u16(status).ok()?.canonical_reason())
         .unwrap_or("");
@@ -139,7 +188,12 @@ pub(super) fn reply(
     out.push(b' ');
     out.extend_from_slice(reason.as_bytes());
     out.extend_from_slice(b"\r\n");
-    for h in resp.headers.iter() {
+}
+
+/// The backend's headers, in order, but for hop-by-hop ones, the ones its `Connection` names
+/// and `Content-Length` (re-stated from the framing).
+fn write_headers(out: &mut Vec<u8>, headers: &[httparse::Header<'_>], tokens: &[&[u8]]) {
+    for h in headers {
         let name = h.name.as_bytes();
         if HOP_BY_HOP
             .iter()
@@ -154,6 +208,10 @@ pub(super) fn reply(
         out.extend_from_slice(h.value);
         out.extend_from_slice(b"\r\n");
     }
+}
+
+/// The framing, re-stated.
+fn write_framing(out: &mut Vec<u8>, framing: Framing, head_request: bool, facts: &Facts<'_>) {
     match framing {
         Framing::Length(n) => {
             out.extend_from_slice(b"content-length: ");
@@ -162,23 +220,28 @@ pub(super) fn reply(
         }
         // A HEAD answer states the length a GET would get, as the backend said it.
         Framing::Empty if head_request => {
-            if let Some(n) = length {
+            if let Some(n) = facts.length {
                 out.extend_from_slice(b"content-length: ");
                 push_decimal(out, n);
                 out.extend_from_slice(b"\r\n");
-            } else if chunked {
+            } else if facts.chunked {
                 out.extend_from_slice(b"transfer-encoding: chunked\r\n");
             }
         }
         Framing::Empty | Framing::UntilClose => {}
         Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
     }
-    if let (Some(value), false) = (hsts, has_hsts) {
+}
+
+/// What this hop adds: `Strict-Transport-Security` when configured and absent, `Date` when
+/// absent, `Connection: close` when this response is the connection's last.
+fn write_added(out: &mut Vec<u8>, hsts: Option<&[u8]>, facts: &Facts<'_>, last: bool) {
+    if let (Some(value), false) = (hsts, facts.has_hsts) {
         out.extend_from_slice(b"strict-transport-security: ");
         out.extend_from_slice(value);
         out.extend_from_slice(b"\r\n");
     }
-    if !has_date {
+    if !facts.has_date {
         out.extend_from_slice(b"date: ");
         out.extend_from_slice(httpdate::fmt_http_date(SystemTime::now()).as_bytes());
         out.extend_from_slice(b"\r\n");
@@ -186,13 +249,6 @@ pub(super) fn reply(
     if last {
         out.extend_from_slice(b"connection: close\r\n");
     }
-    out.extend_from_slice(b"\r\n");
-    Reply::Final(Answer {
-        head_len,
-        status,
-        framing,
-        reusable: keep_alive && framing != Framing::UntilClose,
-    })
 }
 
 /// Appends `n` in decimal (what `write!` does, without the formatting machinery).
