@@ -143,6 +143,19 @@ pub fn init_at(format: LogFormat, level: Option<LogLevel>) {
         tracing::dispatcher::set_global_default(dispatch(format, filter, ansi(), std::io::stderr));
 }
 
+/// An error and its sources, `: `-separated (like `{:#}` in a `main`), so a log line or a status
+/// cell carries the reason (e.g. `No such file or directory`) and not only the operation.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        out.push_str(": ");
+        out.push_str(&e.to_string());
+        source = e.source();
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

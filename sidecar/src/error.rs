@@ -74,15 +74,4 @@ pub enum Error {
     Signals(#[source] std::io::Error),
 }
 
-/// An error and its sources, `: `-separated (like `{:#}` in `main`), so a log line carries the
-/// reason (e.g. `No such file or directory`) and not only the file.
-pub(crate) fn chain(error: &dyn std::error::Error) -> String {
-    let mut out = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        out.push_str(": ");
-        out.push_str(&e.to_string());
-        source = e.source();
-    }
-    out
-}
+pub(crate) use shared::telemetry::error_chain as chain;

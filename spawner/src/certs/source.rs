@@ -17,6 +17,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use shared::schema::{label_name, CERTS_MOUNT};
+use shared::telemetry::error_chain;
 
 use crate::config::CertsSource;
 use crate::engine::Engine;
@@ -457,17 +458,6 @@ async fn read_in(engine: &Engine, id: &str, path: &str) -> Result<Option<Vec<u8>
         }
     }
     Err(format!("more than {MAX_LINKS} symbolic links"))
-}
-
-/// An error and its sources, `: `-joined.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text = format!("{text}: {s}");
-        source = s.source();
-    }
-    text
 }
 
 /// The one entry of the archive the engine gives for a file.
