@@ -14,6 +14,18 @@ pub fn duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// Parses a pause between two steps, such as `0s` (none) or `5s`: [`duration`]'s syntax, zero
+/// allowed.
+pub fn pause(s: &str) -> Result<Duration, String> {
+    match duration(s) {
+        Err(e) if humantime::parse_duration(s.trim()).is_ok_and(|d| d.is_zero()) => {
+            let _ = e;
+            Ok(Duration::ZERO)
+        }
+        r => r,
+    }
+}
+
 /// Renders a duration so that [`duration`] parses it back to the same value (`1m 30s`, `250ms`).
 pub fn render_duration(d: Duration) -> String {
     humantime::format_duration(d).to_string()

@@ -59,6 +59,10 @@ pub mod env {
     pub const IDENTITY_DOMAIN: &str = "SIDECAR_IDENTITY_DOMAIN";
     /// Egress relays, a comma list of `LOCAL=[NAME@]HOST:PORT` (`--upstream`, repeatable).
     pub const UPSTREAMS: &str = "SIDECAR_UPSTREAMS";
+    /// Take the listeners over from the sidecar running on the same listen address.
+    pub const TAKE_OVER: &str = "SIDECAR_TAKE_OVER";
+    /// Bound on the whole take-over.
+    pub const TAKE_OVER_TIMEOUT: &str = "SIDECAR_TAKE_OVER_TIMEOUT";
 
     /// gosslterm's names, accepted as aliases so its users can switch without changes: each is
     /// read only when the `SIDECAR_*` variable (or flag) it stands for is not given.
@@ -127,6 +131,9 @@ pub mod label {
     pub const PROXY_PROTOCOL: &str = "proxy-protocol";
     /// On a target (mode http): `auto`, `http1` or `h2c`: HTTP version to the backend.
     pub const BACKEND_PROTOCOL: &str = "backend-protocol";
+    /// On a target: `auto` or `manual`, overriding the spawner's `--rollout` for this target
+    /// (`manual` opts it out of automatic roll-outs: only `spawner rollout` replaces its sidecar).
+    pub const ROLLOUT: &str = "rollout";
     /// On a sidecar: the full ID of the target it serves.
     pub const SIDECAR_FOR: &str = "sidecar-for";
     /// On a sidecar: who created it (always `spawner`).
@@ -140,6 +147,11 @@ pub mod label {
     pub const LAST_EXIT_CODE: &str = "last-exit-code";
     /// On a sidecar: the last stderr line of that failed predecessor (escaped, bounded).
     pub const LAST_ERROR: &str = "last-error";
+    /// On a sidecar: the digest of the container the spawner rendered for it (everything but
+    /// its image and labels), so a later spawner sees whether it would render another one.
+    pub const SPEC_DIGEST: &str = "spec-digest";
+    /// On a sidecar made by a roll-out: the full ID of the sidecar it takes over from.
+    pub const REPLACES: &str = "replaces";
 }
 
 /// Full label name for a suffix under a prefix: `label_name("tls-sidecar", "mode")` is `tls-sidecar.mode`.

@@ -41,7 +41,7 @@ pub struct Cli {
 }
 
 /// What to do; a bare `spawner` is `spawner run`.
-#[derive(Debug, Clone, Copy, Subcommand, PartialEq, Eq)]
+#[derive(Debug, Clone, Subcommand, PartialEq, Eq)]
 pub enum Command {
     /// Run the daemon: watch the engine and keep exactly one sidecar per opted-in container.
     Run,
@@ -56,6 +56,23 @@ pub enum Command {
     Ca {
         #[command(subcommand)]
         action: CaAction,
+    },
+    /// Ask the running daemon (`spawner run`, in this network namespace: e.g. `docker exec
+    /// <spawner> spawner rollout --all`) to replace outdated sidecars now, handing each over in
+    /// place; with `--rollout manual` the only way they are replaced. Also resumes a paused
+    /// roll-out. Prints what was queued, then exits.
+    Rollout {
+        /// The target container (its name) whose sidecar to replace.
+        #[arg(
+            long,
+            value_name = "NAME",
+            conflicts_with = "all",
+            required_unless_present = "all"
+        )]
+        target: Option<String>,
+        /// Every target whose sidecar is outdated.
+        #[arg(long)]
+        all: bool,
     },
 }
 
@@ -266,6 +283,108 @@ pub(crate) struct Opts {
         global = true
     )]
     pub(crate) identity_trust: Option<PathBuf>,
+
+    /// When outdated sidecars (their image reference now names another image, or this spawner
+    /// would render them differently) are replaced: `auto`, as soon as seen; `manual`, only on
+    /// `spawner rollout`. A target's `rollout` label overrides it
+    #[arg(long, env = "SPAWNER_ROLLOUT", value_name = "POLICY", default_value = "auto",
+          value_parser = RolloutPolicy::from_str, global = true)]
+    pub(crate) rollout: RolloutPolicy,
+
+    /// How many sidecars are replaced at the same time, 1 to 64
+    #[arg(long, env = "SPAWNER_ROLLOUT_PARALLELISM", value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=64), global = true)]
+    pub(crate) rollout_parallelism: u32,
+
+    /// Pause between starting one replacement and the next
+    #[arg(long, env = "SPAWNER_ROLLOUT_DELAY", value_name = "DURATION", default_value = "0s",
+          value_parser = shared::parse::pause, global = true)]
+    pub(crate) rollout_delay: Duration,
+
+    /// How long a replacement has to take over (load its certificates, receive the listeners
+    /// and start accepting); past it, it is removed and the old sidecar keeps serving. 1s to 10m
+    #[arg(long, env = "SPAWNER_ROLLOUT_TIMEOUT", value_name = "DURATION", default_value = "60s",
+          value_parser = shared::parse::duration, global = true)]
+    pub(crate) rollout_timeout: Duration,
+
+    /// Failed targets in a row after which the roll-out pauses for every target, until an
+    /// image changes again or `spawner rollout` resumes it, 1 to 1000
+    #[arg(long, env = "SPAWNER_ROLLOUT_MAX_FAILURES", value_name = "N", default_value_t = 3,
+          value_parser = clap::value_parser!(u32).range(1..=1000), global = true)]
+    pub(crate) rollout_max_failures: u32,
+}
+
+/// When outdated sidecars are replaced (`--rollout`, and a target's `rollout` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RolloutPolicy {
+    /// As soon as seen.
+    Auto,
+    /// Only when asked (`spawner rollout`).
+    Manual,
+}
+
+impl FromStr for RolloutPolicy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "auto" => Ok(RolloutPolicy::Auto),
+            "manual" => Ok(RolloutPolicy::Manual),
+            other => Err(format!("{other:?}: expected auto or manual")),
+        }
+    }
+}
+
+impl std::fmt::Display for RolloutPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RolloutPolicy::Auto => "auto",
+            RolloutPolicy::Manual => "manual",
+        })
+    }
+}
+
+/// Roll-outs (`--rollout*`): when outdated sidecars are replaced, and how fast.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RolloutConfig {
+    pub(crate) policy: RolloutPolicy,
+    /// At least 1.
+    pub(crate) parallelism: usize,
+    pub(crate) delay: Duration,
+    /// Within [`ROLLOUT_TIMEOUT_MIN`] and [`ROLLOUT_TIMEOUT_MAX`]; what the replacement is told
+    /// as its `--take-over-timeout`.
+    pub(crate) timeout: Duration,
+    pub(crate) max_failures: u32,
+}
+
+/// Shortest `--rollout-timeout`, as the sidecar's `--take-over-timeout` allows.
+pub(crate) const ROLLOUT_TIMEOUT_MIN: Duration = Duration::from_secs(1);
+/// Longest `--rollout-timeout`.
+pub(crate) const ROLLOUT_TIMEOUT_MAX: Duration = Duration::from_secs(600);
+
+/// `--rollout-*`, checked.
+fn rollout_config(o: &Opts) -> Result<RolloutConfig, ConfigError> {
+    if !(ROLLOUT_TIMEOUT_MIN..=ROLLOUT_TIMEOUT_MAX).contains(&o.rollout_timeout) {
+        return Err(bad(
+            "rollout-timeout",
+            &humantime::format_duration(o.rollout_timeout).to_string(),
+            "must be from 1s to 10m",
+        ));
+    }
+    if o.rollout_timeout.subsec_nanos() != 0 {
+        return Err(bad(
+            "rollout-timeout",
+            &humantime::format_duration(o.rollout_timeout).to_string(),
+            "must be whole seconds",
+        ));
+    }
+    Ok(RolloutConfig {
+        policy: o.rollout,
+        parallelism: o.rollout_parallelism as usize,
+        delay: o.rollout_delay,
+        timeout: o.rollout_timeout,
+        max_failures: o.rollout_max_failures,
+    })
 }
 
 /// Sidecar images a target may ask for (`--allow-image`).
@@ -399,6 +518,7 @@ pub struct Config {
     pub(crate) identity_ca: CaSource,
     /// `--identity-trust`, likewise.
     pub(crate) identity_trust: Option<PathBuf>,
+    pub(crate) rollout: RolloutConfig,
 }
 
 /// A flag with an invalid value.
@@ -437,7 +557,8 @@ impl Cli {
             ),
         };
         let command = self.command.unwrap_or(Command::Run);
-        let (identity, identity_ca, identity_trust) = identity_config(&o, command)?;
+        let (identity, identity_ca, identity_trust) = identity_config(&o, &command)?;
+        let rollout = rollout_config(&o)?;
         Ok(Config {
             command,
             docker_socket,
@@ -458,6 +579,7 @@ impl Cli {
             identity,
             identity_ca,
             identity_trust,
+            rollout,
         })
     }
 }
@@ -644,7 +766,7 @@ fn identity_ttl(text: Option<&str>) -> Result<Duration, ConfigError> {
 /// alone it would do nothing.
 fn identity_config(
     o: &Opts,
-    command: Command,
+    command: &Command,
 ) -> Result<(Option<IdentityConfig>, CaSource, Option<PathBuf>), ConfigError> {
     // Empty is not given, as for --acme-email: a compose file can pass `${VAR:-}` through.
     let text = |v: &Option<String>| {

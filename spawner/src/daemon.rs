@@ -23,7 +23,10 @@ mod identities;
 mod listening;
 mod listing;
 mod pulls;
+mod rollouts;
 mod state;
+
+pub(crate) use rollouts::short_image;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -36,6 +39,7 @@ use tokio_util::sync::CancellationToken;
 use crate::acme;
 use crate::certs::source;
 use crate::config::Config;
+use crate::control;
 use crate::engine::event_reports::EventReports;
 use crate::engine::events;
 use crate::engine::observe::Observed;
@@ -49,6 +53,7 @@ use crate::plan::reconcile::{plan, steps, Action, Steps};
 use self::identities::Identity;
 use self::listing::{Listing, Look};
 use self::pulls::Pulls;
+use self::rollouts::Rollouts;
 use self::state::{Seen, State};
 
 /// Retrying a reconcile turn that failed (engine unreachable): 250 ms, doubled up to 5 s, so a
@@ -80,6 +85,8 @@ struct Daemon {
     listening_recheck: Option<Instant>,
     /// Service identity, with `--identity-domain`.
     identity: Option<Identity>,
+    /// Roll-outs: images resolved, failures, the pause, `spawner rollout` requests.
+    rollouts: Mutex<Rollouts>,
 }
 
 /// Runs the daemon until `shutdown`. Sidecars are left running on exit: the data plane must not
@@ -112,8 +119,18 @@ pub(crate) async fn run(
         events_wake,
         shutdown.clone(),
     ));
-    let mut d = Daemon::new(cfg, engine, metrics, wake, event_reports).await?;
+    let (requests, inbox) = tokio::sync::mpsc::channel(control::QUEUE);
+    let prefix = cfg.label_prefix.clone();
+    let mut d = Daemon::new(cfg, engine, metrics, wake.clone(), event_reports, inbox).await?;
+    let control = tokio::spawn(control::serve(
+        prefix,
+        requests,
+        lock(&d.rollouts).view.clone(),
+        wake,
+        shutdown.clone(),
+    ));
     d.run(&shutdown).await;
+    control.abort();
     watcher.abort();
     relay.abort();
     tracing::info!("spawner stopped; sidecars left running");
@@ -128,6 +145,7 @@ impl Daemon {
         metrics: Arc<Metrics>,
         wake: Arc<Notify>,
         event_reports: Arc<Mutex<EventReports>>,
+        inbox: tokio::sync::mpsc::Receiver<control::Request>,
     ) -> Result<Daemon, Error> {
         let acme = match cfg.acme.clone() {
             Some(acme_cfg) => Some(
@@ -151,6 +169,7 @@ impl Daemon {
             acme,
             listening_recheck: None,
             identity,
+            rollouts: Mutex::new(Rollouts::new(inbox)),
         })
     }
 
@@ -195,8 +214,12 @@ impl Daemon {
             .identity
             .as_ref()
             .and_then(|id| renewal::next_wake(state.renewals(), *lock(&id.retry), now));
+        let rollouts: Vec<Instant> = lock(&self.rollouts)
+            .next_wake(self.cfg.rollout.delay)
+            .collect();
         state
             .holds_until()
+            .chain(rollouts)
             .chain(self.pulls.next_attempts())
             .chain(acme)
             .filter(|u| *u > now)
@@ -219,10 +242,12 @@ impl Daemon {
             mut observed,
             resync,
         } = self.listing.look(&self.engine, &self.cfg).await?;
+        self.resolve_images(&observed, resync).await?;
         self.judge_ended(&mut observed).await?;
         let (steps, refused) = self.decide(&observed, turn_began);
         self.publish(&observed, &refused, resync).await;
         self.execute(steps.removes, shutdown).await?;
+        self.rename_replacements(&observed).await?;
         self.execute(steps.creates, shutdown).await?;
         self.follow_up(&observed, &refused, resync).await?;
         self.event_since = None;
@@ -233,14 +258,24 @@ impl Daemon {
     /// turn showed is over ([`State::forget`]). Returns the steps and the IDs of the targets
     /// refused a sidecar.
     fn decide(&self, observed: &Observed, turn_began: Instant) -> (Steps, HashSet<String>) {
+        let late = self.late_replacements(observed);
         let mut state = lock(&self.state);
         let held = state.held(Instant::now());
-        let steps = steps(plan(
+        let mut actions = plan(
             &observed.targets,
             &observed.sidecars,
             &self.cfg.allow,
             &held,
-        ));
+            &late,
+        );
+        let busy: HashSet<String> = actions.iter().map(|a| a.target_id().to_string()).collect();
+        let refused: HashSet<String> = actions
+            .iter()
+            .filter(|a| matches!(a, Action::Report { .. }))
+            .map(|a| a.target_id().to_string())
+            .collect();
+        actions.extend(self.pick_rollouts(observed, &refused, &busy));
+        let steps = steps(actions);
         let mut refused = HashSet::new();
         for report in &steps.reports {
             let Action::Report {

@@ -325,6 +325,30 @@ impl Engine {
         }
     }
 
+    /// The ID (`sha256:...`) the image reference resolves to now; `None` when the engine does
+    /// not have it.
+    pub(crate) async fn image_id(&self, image: &str) -> Result<Option<String>, Error> {
+        let r = self.call("inspect image", self.timeout, |d| async move {
+            d.inspect_image(image).await
+        });
+        match r.await {
+            Ok(info) => Ok(info.id),
+            Err(e) if e.status_code() == Some(404) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Renames a container.
+    pub(crate) async fn rename(&self, id: &str, name: &str) -> Result<(), Error> {
+        let opts = bollard::query_parameters::RenameContainerOptions {
+            name: name.to_string(),
+        };
+        self.call("rename container", self.timeout, |d| async move {
+            d.rename_container(id, opts).await
+        })
+        .await
+    }
+
     /// Pulls an image, following the progress stream to its end.
     pub(crate) async fn pull(&self, image: &str) -> Result<(), Error> {
         let opts = CreateImageOptions {
@@ -353,14 +377,21 @@ impl Engine {
     ) -> Result<BoxStream<'static, Result<EventMessage, bollard::errors::Error>>, Error> {
         let d = self.client().await?;
         let filters = HashMap::from([
-            ("type".to_string(), vec!["container".to_string()]),
+            (
+                "type".to_string(),
+                vec!["container".to_string(), "image".to_string()],
+            ),
             (
                 "event".to_string(),
                 // `create` too: the listing is kept current from events (a sidecar created
-                // but never started must be seen).
-                ["create", "start", "die", "destroy"]
-                    .map(String::from)
-                    .to_vec(),
+                // but never started must be seen); `rename`, a roll-out renames its sidecar.
+                // Images: a tag moved, an image arrived or went (roll-outs).
+                [
+                    "create", "start", "die", "destroy", "rename", "tag", "untag", "pull", "load",
+                    "import", "delete",
+                ]
+                .map(String::from)
+                .to_vec(),
             ),
         ]);
         let opts = EventsOptions {

@@ -16,6 +16,12 @@ pub enum Error {
     Identity(#[from] crate::identity::IdentityError),
     #[error(transparent)]
     Deliver(#[from] crate::certs::delivery::DeliveryError),
+    /// `spawner rollout` or `spawner status` could not ask the daemon.
+    #[error(transparent)]
+    Control(#[from] crate::control::Unreachable),
+    /// The daemon refused a `spawner rollout` request.
+    #[error("{0}")]
+    RolloutRefused(String),
     #[error("cannot read --acme-ca-cert {}: {reason}", path.display())]
     AcmeCaCert {
         path: std::path::PathBuf,
@@ -41,6 +47,8 @@ impl Error {
             | Error::WriteBundle(_)
             | Error::Identity(_)
             | Error::Deliver(_)
+            | Error::Control(_)
+            | Error::RolloutRefused(_)
             | Error::AcmeCaCert { .. } => false,
         }
     }

@@ -9,6 +9,7 @@ mod acme;
 mod admin;
 mod certs;
 mod config;
+mod control;
 mod daemon;
 mod engine;
 mod error;
@@ -59,6 +60,19 @@ pub async fn run(
             result
         }
         Command::Status { json } => status::run(&config, json).await,
+        Command::Rollout { target, all } => {
+            let ask = match (target, all) {
+                (Some(name), _) => control::Ask::Target(name),
+                (None, _) => control::Ask::All,
+            };
+            match control::rollout(&config.label_prefix, &ask).await? {
+                Ok(answer) => {
+                    println!("{answer}");
+                    Ok(())
+                }
+                Err(refused) => Err(Error::RolloutRefused(refused)),
+            }
+        }
         Command::Ca {
             action: CaAction::Export,
         } => {

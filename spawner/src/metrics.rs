@@ -22,18 +22,36 @@ pub(crate) enum ActionKind {
     Remove,
     /// Start a sidecar that was created and never started (adopt it).
     Start,
+    /// Start a replacement that takes an outdated sidecar's listeners over (a roll-out).
+    Replace,
 }
 
 impl ActionKind {
-    const ALL: [ActionKind; 3] = [ActionKind::Create, ActionKind::Remove, ActionKind::Start];
+    const ALL: [ActionKind; 4] = [
+        ActionKind::Create,
+        ActionKind::Remove,
+        ActionKind::Start,
+        ActionKind::Replace,
+    ];
 
     fn as_str(self) -> &'static str {
         match self {
             ActionKind::Create => "create",
             ActionKind::Remove => "remove",
             ActionKind::Start => "start",
+            ActionKind::Replace => "replace",
         }
     }
+}
+
+/// Roll-outs as of the last turn (gauges).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Rollouts {
+    /// Targets whose serving sidecar is outdated.
+    pub(crate) outdated: u64,
+    /// Replacements started and not yet settled.
+    pub(crate) in_progress: u64,
+    pub(crate) paused: bool,
 }
 
 /// How an action ended.
@@ -125,6 +143,8 @@ impl EngineCause {
             | Error::WriteBundle(_)
             | Error::Identity(_)
             | Error::Deliver(_)
+            | Error::Control(_)
+            | Error::RolloutRefused(_)
             | Error::AcmeCaCert { .. } => return None,
         })
     }
@@ -230,6 +250,9 @@ pub(crate) struct Metrics {
     /// Identity deliveries: certificates issued, trust bundles alone, failures.
     identity: [AtomicU64; 3],
     states: Mutex<States>,
+    rollouts: Mutex<Rollouts>,
+    /// Roll-outs that ended: the replacement took over; it failed.
+    rollouts_ended: [AtomicU64; 2],
     /// The certificate source of each target's sidecar, for the certificate gauges.
     pub(crate) certs: Tracker,
     /// When events arrived that no turn has acted on yet.
@@ -291,6 +314,16 @@ impl Metrics {
         self.identity[i].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// The roll-out gauges of the last turn.
+    pub(crate) fn rollouts(&self, r: Rollouts) {
+        *lock(&self.rollouts) = r;
+    }
+
+    /// A roll-out ended for one target: its replacement took over (`true`), or it failed.
+    pub(crate) fn rollout_ended(&self, ok: bool) {
+        self.rollouts_ended[usize::from(!ok)].fetch_add(1, Ordering::Relaxed);
+    }
+
     /// An engine call failed (counted by cause).
     pub(crate) fn engine_error(&self, e: &Error) {
         if let Some(cause) = EngineCause::of(e) {
@@ -320,6 +353,7 @@ impl Metrics {
         self.render_loop(&mut exp);
         self.render_latency(&mut exp);
         self.render_states(&mut exp);
+        self.render_rollouts(&mut exp);
         self.render_certs(&mut exp);
         exp.finish()
     }
@@ -403,6 +437,36 @@ impl Metrics {
             let sum = h.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
             latency.histogram(&[("kind", kind.as_str())], &LATENCY_BOUNDS, &counts, sum);
         }
+    }
+
+    fn render_rollouts(&self, exp: &mut Exposition) {
+        let r = *lock(&self.rollouts);
+        exp.family(
+            "spawner_sidecars_outdated",
+            Kind::Gauge,
+            "Targets whose sidecar is outdated (its image reference names another image now, or the spawner renders it differently), as of the last reconcile turn.",
+        )
+        .sample(&[], r.outdated);
+        exp.family(
+            "spawner_rollouts_in_progress",
+            Kind::Gauge,
+            "Replacements started that have not taken over or failed yet.",
+        )
+        .sample(&[], r.in_progress);
+        exp.family(
+            "spawner_rollout_paused",
+            Kind::Gauge,
+            "1 while the roll-out is paused after --rollout-max-failures failed targets in a row.",
+        )
+        .sample(&[], u64::from(r.paused));
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        exp.family(
+            "spawner_rollouts_total",
+            Kind::Counter,
+            "Roll-outs that ended, by result: ok (the replacement took over), failed (the old sidecar kept serving).",
+        )
+        .sample(&[("result", "ok")], get(&self.rollouts_ended[0]))
+        .sample(&[("result", "failed")], get(&self.rollouts_ended[1]));
     }
 
     fn render_states(&self, exp: &mut Exposition) {
@@ -506,6 +570,7 @@ mod tests {
             state,
             created: 0,
             last_failure: None,
+            made: Default::default(),
         }
     }
 

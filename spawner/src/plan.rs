@@ -8,3 +8,4 @@ pub(crate) mod container;
 pub(crate) mod failure;
 pub(crate) mod labels;
 pub(crate) mod reconcile;
+pub(crate) mod rollout;

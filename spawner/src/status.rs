@@ -42,7 +42,41 @@ pub(crate) struct Row {
     pub(crate) acme: Option<AcmeRow>,
     /// With `--identity-domain`: the target's SPIFFE ID.
     pub(crate) identity: Option<String>,
+    /// The image its sidecar runs, and roll-outs; `None` without a running sidecar.
+    pub(crate) image: Option<ImageRow>,
 }
+
+/// A served target's image and roll-out: the daemon's view (asked over its control socket), or
+/// without a daemon to ask, what the engine shows alone (the image; not the spec, failures or
+/// the pause, which only the daemon knows).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ImageRow {
+    /// The ID of the image the serving sidecar runs.
+    pub(crate) running: String,
+    /// The ID its image reference resolves to now.
+    pub(crate) wanted: Option<String>,
+    /// Why it is outdated (`new image`, `new spec`, ...), if it is.
+    pub(crate) outdated: Option<String>,
+    /// The roll-out's state (empty: nothing to do); `None`: unknown, no daemon answered.
+    pub(crate) rollout: Option<String>,
+}
+
+impl ImageRow {
+    fn cell(&self) -> String {
+        let running = crate::daemon::short_image(&self.running);
+        match (&self.outdated, &self.wanted) {
+            (Some(why), Some(w)) if crate::daemon::short_image(w) != running => format!(
+                "{running} (outdated: {why}, wants {})",
+                crate::daemon::short_image(w)
+            ),
+            (Some(why), _) => format!("{running} (outdated: {why})"),
+            (None, _) => running.to_string(),
+        }
+    }
+}
+
+/// What the daemon said of roll-outs (its view, JSON), or why it could not be asked.
+type DaemonView = Result<serde_json::Value, String>;
 
 /// A target's ACME standing, from the store and the daemon's state file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,7 +106,8 @@ pub(crate) struct SidecarRow {
 }
 
 /// Observes the engine and builds the rows, one per opted-in container, sorted by name.
-pub(crate) async fn rows(cfg: &Config) -> Result<Vec<Row>, Error> {
+/// Also what the daemon said of roll-outs, or why it could not be asked.
+pub(crate) async fn rows(cfg: &Config) -> Result<(Vec<Row>, DaemonView), Error> {
     let survey = Survey::take(cfg).await?;
     let mut targets: Vec<_> = survey.observed.targets.iter().collect();
     targets.sort_by(|a, b| a.name.cmp(&b.name));
@@ -80,7 +115,7 @@ pub(crate) async fn rows(cfg: &Config) -> Result<Vec<Row>, Error> {
     for t in targets {
         rows.push(survey.row(t).await?);
     }
-    Ok(rows)
+    Ok((rows, survey.daemon))
 }
 
 /// The ACME state file as read (or why it could not be), and the store it was read from.
@@ -98,6 +133,8 @@ struct Survey<'a> {
     actions: Vec<Action>,
     /// With ACME on.
     acme: Option<AcmeState>,
+    /// The daemon's roll-out view.
+    daemon: DaemonView,
 }
 
 impl<'a> Survey<'a> {
@@ -127,6 +164,7 @@ impl<'a> Survey<'a> {
             &observed.sidecars,
             &cfg.allow,
             &HashSet::new(),
+            &HashSet::new(),
         );
         let acme = cfg.acme.as_ref().map(|a| {
             let store = Store::new(a.store.clone());
@@ -139,7 +177,42 @@ impl<'a> Survey<'a> {
             observed,
             actions,
             acme,
+            daemon: daemon_view(cfg).await,
         })
+    }
+
+    /// The image row of target `t` served by `serving`.
+    async fn image(
+        &self,
+        t: &Target,
+        serving: Option<&Sidecar>,
+    ) -> Result<Option<ImageRow>, Error> {
+        let Some(s) = serving else { return Ok(None) };
+        let running = s.made.image_id.clone();
+        if let Ok(view) = &self.daemon {
+            let entry = &view["targets"][&t.id];
+            let text = |k: &str| entry[k].as_str().map(String::from);
+            return Ok(Some(ImageRow {
+                running,
+                wanted: text("wanted_image_id"),
+                outdated: text("outdated"),
+                rollout: Some(text("rollout").unwrap_or_default()),
+            }));
+        }
+        let wanted = match &t.spec {
+            Ok(spec) => self.engine.image_id(&spec.image).await?,
+            Err(_) => None,
+        };
+        let outdated = wanted
+            .as_ref()
+            .filter(|w| !running.is_empty() && **w != running)
+            .map(|_| "new image".to_string());
+        Ok(Some(ImageRow {
+            running,
+            wanted,
+            outdated,
+            rollout: None,
+        }))
     }
 
     /// The row of target `t`.
@@ -187,7 +260,14 @@ impl<'a> Survey<'a> {
             }
             _ => None,
         };
+        let current = mine
+            .iter()
+            .copied()
+            .filter(|s| s.state == SidecarState::Running)
+            .find(|s| s.target_started.as_deref() == Some(t.started_at.as_str()));
+        let image = self.image(t, current).await?;
         Ok(Row {
+            image,
             target: t.name.clone(),
             target_id: t.id.clone(),
             state: if t.running { "running" } else { "stopped" },
@@ -293,6 +373,14 @@ fn sidecar_row(s: &Sidecar) -> SidecarRow {
     }
 }
 
+/// The daemon's roll-out view, asked over its control socket.
+async fn daemon_view(cfg: &Config) -> DaemonView {
+    let text = crate::control::status(&cfg.label_prefix)
+        .await
+        .map_err(|e| e.to_string())?;
+    serde_json::from_str(&text).map_err(|e| format!("the daemon's answer is not JSON: {e}"))
+}
+
 /// How the certificate of `spec`'s names stands.
 fn acme_row(
     spec: &crate::plan::labels::TargetSpec,
@@ -374,6 +462,14 @@ pub(crate) fn render(rows: &[Row], now: i64) -> String {
     if identity {
         header.push("IDENTITY");
     }
+    header.push("IMAGE");
+    let rollout = rows
+        .iter()
+        .filter_map(|r| r.image.as_ref())
+        .any(|i| i.rollout.as_deref() != Some(""));
+    if rollout {
+        header.push("ROLLOUT");
+    }
     let header: Vec<String> = header.into_iter().map(String::from).collect();
     let dash = |v: String| if v.is_empty() { "-".to_string() } else { v };
     let cells: Vec<Vec<String>> = rows
@@ -401,6 +497,17 @@ pub(crate) fn render(rows: &[Row], now: i64) -> String {
             }
             if identity {
                 cells.push(dash(r.identity.clone().unwrap_or_default()));
+            }
+            cells.push(dash(
+                r.image.as_ref().map(ImageRow::cell).unwrap_or_default(),
+            ));
+            if rollout {
+                let cell = match r.image.as_ref().map(|i| i.rollout.as_deref()) {
+                    None => String::new(),
+                    Some(None) => "?".to_string(),
+                    Some(Some(state)) => state.to_string(),
+                };
+                cells.push(dash(cell));
             }
             cells
         })
@@ -475,6 +582,10 @@ pub(crate) fn to_json(rows: &[Row]) -> serde_json::Value {
             "acme_error": r.acme.as_ref().and_then(|a| a.error.clone()),
             "acme_names": r.acme.as_ref().map(|a| a.names.clone()),
             "identity": r.identity,
+            "image_id": r.image.as_ref().map(|i| i.running.clone()),
+            "wanted_image_id": r.image.as_ref().and_then(|i| i.wanted.clone()),
+            "outdated": r.image.as_ref().and_then(|i| i.outdated.clone()),
+            "rollout": r.image.as_ref().and_then(|i| i.rollout.clone()),
         })
     });
     Value::Array(rows.collect())
@@ -482,7 +593,17 @@ pub(crate) fn to_json(rows: &[Row]) -> serde_json::Value {
 
 /// `spawner status`: prints the table (or, with `json`, the JSON array) to stdout.
 pub(crate) async fn run(cfg: &Config, json: bool) -> Result<(), Error> {
-    let rows = rows(cfg).await?;
+    let (rows, daemon) = rows(cfg).await?;
+    match &daemon {
+        Ok(view) => {
+            if let Some(paused) = view["paused"].as_str() {
+                eprintln!("note: the roll-out is paused: {paused}");
+            }
+        }
+        Err(why) => eprintln!(
+            "note: roll-out state unknown (outdated by image only; failures and the pause are the daemon's): {why}"
+        ),
+    }
     let out = if json {
         format!("{:#}\n", to_json(&rows))
     } else {
@@ -524,6 +645,12 @@ mod tests {
             cert_issuer: None,
             acme: None,
             identity: None,
+            image: Some(ImageRow {
+                running: "sha256:0123456789abcdef".into(),
+                wanted: Some("sha256:0123456789abcdef".into()),
+                outdated: None,
+                rollout: Some(String::new()),
+            }),
         }
     }
 
@@ -563,6 +690,7 @@ mod tests {
             state,
             created: 0,
             last_failure: None,
+            made: Default::default(),
         };
         let states = [
             (SidecarState::Running, "running"),
@@ -589,13 +717,57 @@ mod tests {
         };
         let t = render(&[with.clone(), row()], 0);
         let lines: Vec<&str> = t.lines().collect();
-        assert!(lines[0].ends_with("LAST FAILURE           IDENTITY"), "{t}");
-        assert!(lines[1].ends_with("spiffe://example.internal/web"), "{t}");
-        assert!(lines[2].ends_with(" -"), "{t}");
+        assert!(lines[0].contains("LAST FAILURE           IDENTITY"), "{t}");
+        assert!(lines[1].contains("spiffe://example.internal/web"), "{t}");
+        assert!(lines[2].contains(" -  "), "{t}");
         assert_eq!(
             to_json(&[with])[0]["identity"],
             "spiffe://example.internal/web"
         );
+    }
+
+    #[test]
+    fn outdated_sidecars_show_both_images_and_their_roll_out() {
+        let outdated = Row {
+            image: Some(ImageRow {
+                running: "sha256:0123456789abcdef".into(),
+                wanted: Some("sha256:fedcba9876543210".into()),
+                outdated: Some("new image".into()),
+                rollout: Some("rollout failed: exit 2: error: unknown flag".into()),
+            }),
+            ..row()
+        };
+        let t = render(&[outdated.clone(), row()], 0);
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(
+            lines[0].ends_with("IMAGE                                                   ROLLOUT"),
+            "{t}"
+        );
+        assert!(
+            lines[1].ends_with("0123456789ab (outdated: new image, wants fedcba987654)  rollout failed: exit 2: error: unknown flag"),
+            "{t}"
+        );
+        assert!(
+            lines[2].ends_with("0123456789ab                                            -"),
+            "{t}"
+        );
+        let v = to_json(&[outdated]);
+        assert_eq!(v[0]["wanted_image_id"], "sha256:fedcba9876543210");
+        assert_eq!(v[0]["outdated"], "new image");
+        // Without a daemon to ask: the image alone, the roll-out unknown.
+        let unknown = Row {
+            image: Some(ImageRow {
+                rollout: None,
+                ..row().image.unwrap()
+            }),
+            ..row()
+        };
+        let t = render(&[unknown.clone()], 0);
+        assert!(
+            t.lines().nth(1).unwrap().ends_with("0123456789ab  ?"),
+            "{t}"
+        );
+        assert_eq!(to_json(&[unknown])[0]["rollout"], serde_json::Value::Null);
     }
 
     #[test]
@@ -606,6 +778,7 @@ mod tests {
             last_failure: None,
             problem: Some("sidecar pending".into()),
             cert: Some(Source::SelfSigned(Fallback::Missing("live/api/".into()))),
+            image: None,
             ..row()
         };
         let t = render(&[row(), api], 0);
@@ -613,15 +786,15 @@ mod tests {
         assert_eq!(lines.len(), 3);
         assert_eq!(
             lines[0],
-            "TARGET  STATE    SIDECAR          SIDECAR STATE  CERTIFICATE                         PROBLEM          LAST FAILURE"
+            "TARGET  STATE    SIDECAR          SIDECAR STATE  CERTIFICATE                         PROBLEM          LAST FAILURE           IMAGE"
         );
         assert_eq!(
             lines[1],
-            "web     running  web-tls-sidecar  running        file, expires 2031-01-02T00:00:00Z  -                exit 2: error: no key"
+            "web     running  web-tls-sidecar  running        file, expires 2031-01-02T00:00:00Z  -                exit 2: error: no key  0123456789ab"
         );
         assert_eq!(
             lines[2],
-            "api     running  -                -              self-signed: live/api/ missing      sidecar pending  -"
+            "api     running  -                -              self-signed: live/api/ missing      sidecar pending  -                      -"
         );
     }
 
@@ -646,6 +819,10 @@ mod tests {
                 "acme_error": null,
                 "acme_names": null,
                 "identity": null,
+                "image_id": "sha256:0123456789abcdef",
+                "wanted_image_id": "sha256:0123456789abcdef",
+                "outdated": null,
+                "rollout": "",
             }])
         );
         let failing = Row {
@@ -668,12 +845,12 @@ mod tests {
         );
         let table = render(&[failing, row()], 0);
         let lines: Vec<&str> = table.lines().collect();
-        assert!(lines[0].ends_with("  ACME"), "{table}");
+        assert!(lines[0].contains("  ACME "), "{table}");
         assert!(
-            lines[1].ends_with("failing: validating web.example by http-01: connection refused"),
+            lines[1].contains("failing: validating web.example by http-01: connection refused  "),
             "{table}"
         );
-        assert!(lines[2].ends_with("  -"), "{table}");
+        assert!(lines[2].contains("  -   "), "{table}");
         let hidden = Row {
             cert: Some(Source::SelfSigned(Fallback::DirNotVisible)),
             ..row()

@@ -121,6 +121,24 @@ impl Daemon {
                 self.failed(ActionKind::Start, &r);
                 tolerate(r, &sidecar_name)
             }
+            Action::Replace {
+                target_id,
+                target_name,
+                started_at,
+                spec,
+                old_id,
+                old_name,
+            } => {
+                let span =
+                    tracing::info_span!("target", target = %target_name, id = %short(&target_id));
+                let old = (old_id.as_str(), old_name.as_str());
+                let r = self
+                    .replace(&target_id.into(), &target_name, &started_at, &spec, old)
+                    .instrument(span)
+                    .await;
+                self.failed(ActionKind::Replace, &r);
+                tolerate(r, &target_name)
+            }
             Action::Report { .. } => Ok(()),
         }
     }
@@ -180,7 +198,9 @@ impl Daemon {
             return Ok(());
         }
         let name = sidecar_name(target_name);
-        let (body, use_certs) = self.request(target, target_name, started_at, spec).await;
+        let (body, use_certs) = self
+            .request(target, target_name, started_at, spec, None)
+            .await;
         let Some(id) = self
             .create_container(&name, body, target, started_at, spec)
             .await?
@@ -235,14 +255,69 @@ impl Daemon {
             .map_err(|e| ("cannot deliver its identity", e))
     }
 
+    /// Starts a replacement for `old` (its ID and name), the outdated sidecar of `target`,
+    /// which takes its listeners over in place (a roll-out). Whatever goes wrong before the
+    /// replacement starts, it is removed again and the roll-out counts as failed: the old
+    /// sidecar serves on. Its outcome is settled in later turns
+    /// ([`Daemon::settle_rollouts`]).
+    async fn replace(
+        &self,
+        target: &ContainerId,
+        target_name: &str,
+        started_at: &str,
+        spec: &TargetSpec,
+        (old_id, old_name): (&str, &str),
+    ) -> Result<(), Error> {
+        if self.cfg.dry_run {
+            tracing::info!(image = %spec.image, sidecar = old_name, "dry run: would roll out a replacement");
+            self.count(ActionKind::Replace, Outcome::DryRun);
+            return Ok(());
+        }
+        let name = super::rollouts::replacement_name(target_name, old_name);
+        let (body, use_certs) = self
+            .request(target, target_name, started_at, spec, Some(old_id))
+            .await;
+        let made = super::rollouts::made_of(&body, &self.rollout_image(&spec.image));
+        let id = match self.engine.create(&name, body).await {
+            Ok(id) => SidecarId::from(id),
+            Err(e) if e.status_code().is_some() => {
+                let reason = format!(
+                    "cannot create the replacement: {}",
+                    crate::plan::failure::escape(&format!("{e:#}"))
+                );
+                self.rollout_refused(target, target_name, &name, &made, reason);
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let refusal = match self.provision(target, &id, spec, use_certs).await {
+            Err((_, e)) if e.is_transport() => return Err(e),
+            Err((what, e)) => Some(format!("{what}: {e:#}")),
+            Ok(()) => match self.engine.start(id.as_str()).await {
+                Ok(()) => None,
+                Err(e) if e.is_transport() => return Err(e.into()),
+                Err(e) => Some(format!("cannot start the replacement: {e:#}")),
+            },
+        };
+        if let Some(reason) = refusal {
+            self.rollout_refused(target, target_name, &name, &made, reason);
+            return self.engine.remove(id.as_str()).await.map_err(Error::from);
+        }
+        tracing::info!(sidecar = %name, replaces = old_name, image = %spec.image, "roll-out: replacement started, taking over");
+        self.count(ActionKind::Replace, Outcome::Ok);
+        Ok(())
+    }
+
     /// The container request for a new sidecar of `target`: labelled with where its certificate
-    /// comes from, and with its predecessor's failure. True when it is given certificate files.
+    /// comes from, and with its predecessor's failure; with `replaces`, a replacement for that
+    /// sidecar ([`container::replacement_body`]). True when it is given certificate files.
     async fn request(
         &self,
         target: &ContainerId,
         target_name: &str,
         started_at: &str,
         spec: &TargetSpec,
+        replaces: Option<&str>,
     ) -> (ContainerCreateBody, bool) {
         let hostname = spec.hostname.as_str();
         let store = source::look(self.cfg.certs.as_ref(), hostname).await;
@@ -257,15 +332,15 @@ impl Daemon {
             .certs
             .record(target.as_str(), target_name, hostname, &facts.source);
         let use_certs = facts.source.is_file();
-        let mut body = sidecar_body(
-            &self.cfg,
-            &For {
-                id: target.as_str(),
-                started_at,
-                spec,
-            },
-            use_certs,
-        );
+        let at = For {
+            id: target.as_str(),
+            started_at,
+            spec,
+        };
+        let mut body = match replaces {
+            None => sidecar_body(&self.cfg, &at, use_certs),
+            Some(old) => container::replacement_body(&self.cfg, &at, use_certs, old),
+        };
         let labels = body.labels.get_or_insert_with(HashMap::new);
         if let Some(f) = lock(&self.state)
             .get(target)

@@ -36,9 +36,10 @@ impl Daemon {
                 }
             }
         }
+        let settled = self.settle_rollouts(observed).await?;
         let mut gone = HashSet::new();
         for s in &mut observed.sidecars {
-            if s.state == SidecarState::Running {
+            if s.state == SidecarState::Running || settled.contains(&s.id) {
                 continue;
             }
             let Some((target_name, started_at)) = targets.get(s.target_id.as_str()) else {

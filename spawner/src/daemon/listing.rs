@@ -54,6 +54,11 @@ impl Listing {
         lock(&self.reports).recheck_at(now)
     }
 
+    /// Whether an image event arrived (or events may have been missed) since the last call.
+    pub(super) fn take_images_changed(&self) -> bool {
+        lock(&self.reports).take_images_changed()
+    }
+
     /// A container's labels, as last listed.
     pub(super) fn labels(&self, id: &str) -> Option<&HashMap<String, String>> {
         self.containers

@@ -542,6 +542,7 @@ mod tests {
             alpn: Default::default(),
             proxy_protocol: Default::default(),
             exit_when_orphaned: false,
+            rollout: None,
         };
         let mut spec = plain.clone();
         spec.identity = Some(Identity {
@@ -564,6 +565,7 @@ mod tests {
             state,
             created: 0,
             last_failure: None,
+            made: Default::default(),
         };
         let targets = [target("a", &spec), target("b", &plain)];
         let sidecars = [

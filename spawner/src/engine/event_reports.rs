@@ -38,6 +38,9 @@ pub(crate) struct EventReports {
     /// Events may have been missed (the stream was re-subscribed) or too many came to remember
     /// one by one: nothing cached can be trusted.
     all_touched: bool,
+    /// An image was tagged, pulled, loaded or removed (or events may have been missed): the IDs
+    /// image references resolve to may have changed (roll-outs, `crate::daemon::rollouts`).
+    images: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -105,6 +108,17 @@ impl EventReports {
     pub(crate) fn resubscribed(&mut self) {
         self.touched.clear();
         self.all_touched = true;
+        self.images = true;
+    }
+
+    /// An image event arrived.
+    pub(crate) fn image_changed(&mut self) {
+        self.images = true;
+    }
+
+    /// Whether images changed since the last call.
+    pub(crate) fn take_images_changed(&mut self) -> bool {
+        std::mem::take(&mut self.images)
     }
 
     /// Takes what events said since the last call: `None` when everything must be looked at

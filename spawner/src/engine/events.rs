@@ -6,6 +6,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use bollard::models::EventMessageTypeEnum;
 use futures_util::StreamExt;
 use shared::backoff::Backoff;
 use tokio::sync::Notify;
@@ -86,6 +87,15 @@ pub(crate) async fn watch(
                                 .and_then(|a| a.id.as_deref())
                                 .unwrap_or("");
                             let attributes = ev.actor.as_ref().and_then(|a| a.attributes.as_ref());
+                            if ev.typ == Some(EventMessageTypeEnum::IMAGE) {
+                                tracing::debug!(action, image = id, "docker image event");
+                                reports
+                                    .lock()
+                                    .unwrap_or_else(|p| p.into_inner())
+                                    .image_changed();
+                                wake.notify_one();
+                                continue;
+                            }
                             if !concerns_us(&prefix, attributes) {
                                 continue;
                             }

@@ -10,7 +10,7 @@ use shared::schema::{label, label_name};
 use crate::engine::{Engine, Error};
 use crate::plan::failure::{self, State, Verdict};
 use crate::plan::labels::{parse_target, Offered, TargetSpec};
-use crate::plan::reconcile::{Sidecar, SidecarState, Target};
+use crate::plan::reconcile::{Made, Sidecar, SidecarState, Target};
 
 /// How many of the last stderr lines of an ended sidecar are fetched to find its error line.
 const LOG_TAIL_LINES: &str = "5";
@@ -69,6 +69,7 @@ pub(crate) fn summary_of(info: &ContainerInspectResponse) -> ContainerSummary {
         id: info.id.clone(),
         names: info.name.clone().map(|n| vec![n]),
         labels: info.config.as_ref().and_then(|c| c.labels.clone()),
+        image_id: info.image.clone(),
         state: info
             .state
             .as_ref()
@@ -120,6 +121,8 @@ pub(crate) async fn observe(
     let managed_key = label_name(prefix, label::MANAGED_BY);
     let for_key = label_name(prefix, label::SIDECAR_FOR);
     let started_key = label_name(prefix, label::TARGET_STARTED);
+    let digest_key = label_name(prefix, label::SPEC_DIGEST);
+    let replaces_key = label_name(prefix, label::REPLACES);
     let mut out = Observed::default();
     for c in listing {
         let (Some(id), Some(labels)) = (c.id.clone(), c.labels.as_ref()) else {
@@ -141,6 +144,11 @@ pub(crate) async fn observe(
                     state,
                     created: c.created.unwrap_or_default(),
                     last_failure: failure::from_labels(prefix, labels),
+                    made: Made {
+                        image_id: c.image_id.clone().unwrap_or_default(),
+                        spec_digest: labels.get(&digest_key).cloned(),
+                        replaces: labels.get(&replaces_key).cloned(),
+                    },
                 });
             }
             continue;

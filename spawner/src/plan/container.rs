@@ -11,7 +11,7 @@ use shared::addr::ListenAddr;
 use shared::dns::{DnsName, SanName};
 use shared::identity::{Identities, List, UriPattern};
 use shared::mode::ClientAuthMode;
-use shared::schema::{label, label_name, CERTS_MOUNT, IDENTITY_MOUNT, MANAGED_BY_SPAWNER};
+use shared::schema::{env, label, label_name, CERTS_MOUNT, IDENTITY_MOUNT, MANAGED_BY_SPAWNER};
 use shared::service_identity::TrustDomain;
 use shared::spec::{Certificate, ClientAuth, IdentityFiles, SidecarSpec};
 
@@ -251,7 +251,7 @@ pub(crate) fn sidecar_body(cfg: &Config, target: &For<'_>, use_certs: bool) -> C
         });
     }
     let mounts = (!mounts.is_empty()).then_some(mounts);
-    ContainerCreateBody {
+    let mut body = ContainerCreateBody {
         image: Some(spec.image.clone()),
         user: Some(SIDECAR_USER.to_string()),
         env: Some(envs),
@@ -272,7 +272,55 @@ pub(crate) fn sidecar_body(cfg: &Config, target: &For<'_>, use_certs: bool) -> C
             ..Default::default()
         }),
         ..Default::default()
+    };
+    let digest = spec_digest(&body);
+    if let Some(labels) = body.labels.as_mut() {
+        labels.insert(label_name(&cfg.label_prefix, label::SPEC_DIGEST), digest);
     }
+    body
+}
+
+/// The digest of a sidecar's container as rendered (its `spec-digest` label): everything but its
+/// image, compared by ID instead, and its labels, which say where things came from rather than
+/// what the sidecar does. A spawner that would render a running sidecar differently (another
+/// version, a changed flag) sees it outdated. The rendering is deterministic: the environment is
+/// a list in a fixed order, and the request holds no map once the labels are out.
+pub(crate) fn spec_digest(body: &ContainerCreateBody) -> String {
+    let mut rendered = body.clone();
+    rendered.image = None;
+    rendered.labels = None;
+    // Serialising plain data cannot fail; an empty rendering would only make every sidecar
+    // look outdated, never hide a change.
+    let bytes = serde_json::to_vec(&rendered).unwrap_or_default();
+    let digest = ring::digest::digest(&ring::digest::SHA256, &bytes);
+    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
+/// The create request of a replacement for sidecar `old` (a roll-out): the sidecar `target`
+/// gets today, told to take the listeners over from `old` within `timeout`, and labelled with
+/// the sidecar it replaces. Its `spec-digest` is the plain sidecar's: the take-over is how it
+/// starts, not what it is.
+pub(crate) fn replacement_body(
+    cfg: &Config,
+    target: &For<'_>,
+    use_certs: bool,
+    old: &str,
+) -> ContainerCreateBody {
+    let mut body = sidecar_body(cfg, target, use_certs);
+    body.env.get_or_insert_with(Vec::new).extend([
+        format!("{}=true", env::TAKE_OVER),
+        format!(
+            "{}={}s",
+            env::TAKE_OVER_TIMEOUT,
+            cfg.rollout.timeout.as_secs().max(1)
+        ),
+    ]);
+    body.labels.get_or_insert_with(HashMap::new).insert(
+        label_name(&cfg.label_prefix, label::REPLACES),
+        old.to_string(),
+    );
+    body
 }
 
 #[cfg(test)]
@@ -307,6 +355,7 @@ mod tests {
             alpn: Default::default(),
             proxy_protocol: Default::default(),
             exit_when_orphaned: false,
+            rollout: None,
         }
     }
 
@@ -353,6 +402,72 @@ mod tests {
         ] {
             assert!(env.iter().any(|e| e == want), "{want} missing from {env:?}");
         }
+    }
+
+    #[test]
+    fn the_spec_digest_follows_what_the_sidecar_is_told_not_where_it_runs_or_its_image() {
+        let spec = spec();
+        let at = |id, started_at, spec| For {
+            id,
+            started_at,
+            spec,
+        };
+        let digest = |cfg: &Config, t: &For<'_>| {
+            sidecar_body(cfg, t, false).labels.unwrap()["tls-sidecar.spec-digest"].clone()
+        };
+        let base = digest(&cfg(&[]), &at("abc", "t1", &spec));
+        assert!(base.starts_with("sha256:") && base.len() == 71, "{base}");
+        assert_eq!(
+            base,
+            digest(&cfg(&[]), &at("abc", "t1", &spec)),
+            "deterministic"
+        );
+        // Another namespace of the same target (labels) and another image: the same digest.
+        let mut other_image = spec.clone();
+        other_image.image = "tls-sidecar/sidecar:2".into();
+        assert_eq!(base, digest(&cfg(&[]), &at("abc", "t2", &other_image)));
+        // A flag that changes what the sidecar is told, or its container: another digest.
+        let graced = digest(
+            &cfg(&["--sidecar-shutdown-grace", "20s"]),
+            &at("abc", "t1", &spec),
+        );
+        let roomier = digest(
+            &cfg(&["--sidecar-memory", "128MiB"]),
+            &at("abc", "t1", &spec),
+        );
+        assert_ne!(base, graced);
+        assert_ne!(base, roomier);
+        // Roll-out settings are not part of the sidecar.
+        let rollout = cfg(&["--rollout", "manual", "--rollout-parallelism", "4"]);
+        assert_eq!(base, digest(&rollout, &at("abc", "t1", &spec)));
+    }
+
+    #[test]
+    fn a_replacement_takes_over_from_the_sidecar_it_replaces_with_the_same_digest() {
+        let spec = spec();
+        let t = For {
+            id: "abc123",
+            started_at: "2024-01-01T00:00:00Z",
+            spec: &spec,
+        };
+        let cfg = cfg(&["--rollout-timeout", "7s"]);
+        let plain = sidecar_body(&cfg, &t, false);
+        let b = replacement_body(&cfg, &t, false, "old-id");
+        let env = b.env.clone().unwrap();
+        assert!(
+            env.contains(&"SIDECAR_TAKE_OVER=true".to_string()),
+            "{env:?}"
+        );
+        assert!(
+            env.contains(&"SIDECAR_TAKE_OVER_TIMEOUT=7s".to_string()),
+            "{env:?}"
+        );
+        let labels = b.labels.unwrap();
+        assert_eq!(labels["tls-sidecar.replaces"], "old-id");
+        assert_eq!(
+            labels["tls-sidecar.spec-digest"],
+            plain.labels.unwrap()["tls-sidecar.spec-digest"]
+        );
     }
 
     #[test]

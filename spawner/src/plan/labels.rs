@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::num::NonZeroU16;
 use std::str::FromStr;
 
+use crate::config::RolloutPolicy;
 use shared::addr::{BackendAddr, ListenAddr, DEFAULT_BACKEND_PORT, DEFAULT_LISTEN_PORT};
 use shared::dns::DnsName;
 use shared::identity::{CommonName, DnsPattern, Identities, List, UriPattern};
@@ -89,6 +90,9 @@ pub struct TargetSpec {
     /// target is gone. Not a label: [`parse_target`] leaves it off, the observation sets it from
     /// the target's inspect data (`crate::engine::observe::has_own_network`).
     pub exit_when_orphaned: bool,
+    /// The `rollout` label: overrides `--rollout` for this target. Not part of what the
+    /// sidecar is told.
+    pub(crate) rollout: Option<RolloutPolicy>,
 }
 
 /// Mutual TLS settings a target asks for.
@@ -313,6 +317,7 @@ fn parse_spec(
         optional(get(label::BACKEND_PROTOCOL))?.unwrap_or_default();
     let alpn: AlpnList = optional(get(label::ALPN))?.unwrap_or_default();
     let proxy_protocol: ProxyProtocol = optional(get(label::PROXY_PROTOCOL))?.unwrap_or_default();
+    let rollout: Option<RolloutPolicy> = optional(get(label::ROLLOUT))?;
     let settings = ModeSettings {
         hsts: hsts.is_some(),
         backend_protocol,
@@ -343,6 +348,7 @@ fn parse_spec(
         alpn,
         proxy_protocol,
         exit_when_orphaned: false,
+        rollout,
     })
 }
 

@@ -80,6 +80,21 @@ pub(crate) struct Sidecar {
     pub(crate) created: i64,
     /// Its predecessor's failure, carried on its labels.
     pub(crate) last_failure: Option<Failure>,
+    /// What it was made from, for roll-outs.
+    pub(crate) made: Made,
+}
+
+/// What a sidecar was made from: its image and rendered spec (to see it outdated), and the
+/// sidecar it replaces when a roll-out made it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Made {
+    /// The ID of the image it runs (`sha256:...`); empty when the engine did not say.
+    pub(crate) image_id: String,
+    /// Its `spec-digest` label; `None` for a sidecar made before the label existed (compared
+    /// by image alone).
+    pub(crate) spec_digest: Option<String>,
+    /// Its `replaces` label: the full ID of the sidecar it takes over from.
+    pub(crate) replaces: Option<String>,
 }
 
 /// A sidecar's state, as far as the decision needs it.
@@ -110,6 +125,11 @@ pub(crate) enum RemoveReason {
     Duplicate,
     /// Created and never started, while another sidecar serves (or is adopted for) the target.
     NeverStarted,
+    /// It handed its listeners over to its replacement and drained (a roll-out that worked).
+    HandedOver,
+    /// A replacement that ended, or did not take over in time, while the sidecar it was to
+    /// replace still serves (a roll-out that failed).
+    RolloutFailed,
 }
 
 impl RemoveReason {
@@ -122,6 +142,8 @@ impl RemoveReason {
             RemoveReason::Exited => "sidecar exited",
             RemoveReason::Duplicate => "duplicate",
             RemoveReason::NeverStarted => "never started",
+            RemoveReason::HandedOver => "handed over to its replacement",
+            RemoveReason::RolloutFailed => "roll-out failed",
         }
     }
 }
@@ -172,6 +194,29 @@ pub(crate) enum Action {
         target_name: String,
         problem: Problem,
     },
+    /// Start a replacement for the running sidecar `old` of the target, which takes its
+    /// listeners over in place (a roll-out, decided by [`crate::plan::rollout`]).
+    Replace {
+        target_id: String,
+        target_name: String,
+        started_at: String,
+        spec: Box<TargetSpec>,
+        old_id: String,
+        old_name: String,
+    },
+}
+
+impl Action {
+    /// The target the action is for.
+    pub(crate) fn target_id(&self) -> &str {
+        match self {
+            Action::Remove { target_id, .. }
+            | Action::Start { target_id, .. }
+            | Action::Create { target_id, .. }
+            | Action::Report { target_id, .. }
+            | Action::Replace { target_id, .. } => target_id,
+        }
+    }
 }
 
 /// Computes the actions. Removals come first, so a create never collides with the stale sidecar
@@ -179,11 +224,18 @@ pub(crate) enum Action {
 /// no `Create` this round, and their exited sidecar is kept until then (the engine still has its
 /// state and log, for `spawner status`). A sidecar created and never started in the target's
 /// current namespace is started rather than replaced.
+///
+/// A roll-out in progress is two running sidecars of one namespace, the second `replaces` the
+/// first: both are kept. Once the first has ended (it handed over and drained) it is removed as
+/// [`RemoveReason::HandedOver`]; a replacement that ended while the first runs, or is in `aborted`
+/// (it did not take over in time), is removed as [`RemoveReason::RolloutFailed`]. Neither counts
+/// as a failure of the target: the first keeps serving, or the second serves.
 pub(crate) fn plan(
     targets: &[Target],
     sidecars: &[Sidecar],
     allow: &AllowList,
     held: &HashSet<String>,
+    aborted: &HashSet<String>,
 ) -> Vec<Action> {
     let mut by_target: HashMap<&str, Vec<&Sidecar>> = HashMap::new();
     for s in sidecars {
@@ -220,6 +272,7 @@ pub(crate) fn plan(
             });
             continue;
         }
+        let mine = roll_outs(t, mine, aborted, &mut removes);
         plan_serving(t, mine, held.contains(&t.id), &mut removes, &mut rest);
     }
     let mut orphans: Vec<&Sidecar> = by_target.into_values().flatten().collect();
@@ -240,6 +293,51 @@ fn remove(s: &Sidecar, reason: RemoveReason) -> Action {
         target_id: s.target_id.clone(),
         reason,
     }
+}
+
+/// Settles the roll-outs among a running target's sidecars (oldest first) of its current
+/// namespace: removes the sidecars that handed over and the replacements that failed or are
+/// `aborted`, and returns the rest without the replacements still in progress (kept, and not
+/// counted as duplicates by [`plan_serving`]).
+fn roll_outs<'a>(
+    t: &Target,
+    mine: Vec<&'a Sidecar>,
+    aborted: &HashSet<String>,
+    removes: &mut Vec<Action>,
+) -> Vec<&'a Sidecar> {
+    let current = |s: &Sidecar| s.target_started.as_deref() == Some(t.started_at.as_str());
+    let running = |s: &Sidecar| current(s) && s.state == SidecarState::Running;
+    let running_ids: HashSet<&'a str> = mine
+        .iter()
+        .filter(|s| running(s))
+        .map(|s| s.id.as_str())
+        .collect();
+    let is_running = |id: &str| running_ids.contains(id);
+    // A running replacement whose predecessor (still listed) is not running took over.
+    let took_over: HashSet<&str> = mine
+        .iter()
+        .filter(|s| running(s) && !aborted.contains(&s.id))
+        .filter_map(|s| s.made.replaces.as_deref())
+        .filter(|old| !is_running(old))
+        .collect();
+    let mut rest = Vec::new();
+    for s in mine {
+        let replacing = s.made.replaces.as_deref().filter(|old| is_running(old));
+        if current(s) && took_over.contains(s.id.as_str()) && s.state == SidecarState::Exited {
+            removes.push(remove(s, RemoveReason::HandedOver));
+        } else if current(s) && replacing.is_some() {
+            if s.state == SidecarState::Exited || aborted.contains(&s.id) {
+                removes.push(remove(s, RemoveReason::RolloutFailed));
+            } else if s.state == SidecarState::Running {
+                // In progress: kept beside its predecessor.
+            } else {
+                rest.push(s);
+            }
+        } else {
+            rest.push(s);
+        }
+    }
+    rest
 }
 
 /// The actions for a running target the spawner serves, given its sidecars (oldest first): keep
@@ -317,7 +415,9 @@ pub(crate) fn steps(actions: Vec<Action>) -> Steps {
         match a {
             Action::Report { .. } => s.reports.push(a),
             Action::Remove { .. } => s.removes.push(a),
-            Action::Create { .. } | Action::Start { .. } => s.creates.push(a),
+            Action::Create { .. } | Action::Start { .. } | Action::Replace { .. } => {
+                s.creates.push(a)
+            }
         }
     }
     s
@@ -347,6 +447,7 @@ mod tests {
             alpn: Default::default(),
             proxy_protocol: Default::default(),
             exit_when_orphaned: false,
+            rollout: None,
         }
     }
 
@@ -373,6 +474,7 @@ mod tests {
             },
             created,
             last_failure: None,
+            made: Made::default(),
         }
     }
 
@@ -398,7 +500,13 @@ mod tests {
     }
 
     fn run(targets: &[Target], sidecars: &[Sidecar]) -> Vec<Action> {
-        plan(targets, sidecars, &allow(), &HashSet::new())
+        plan(
+            targets,
+            sidecars,
+            &allow(),
+            &HashSet::new(),
+            &HashSet::new(),
+        )
     }
 
     fn removed(actions: &[Action]) -> Vec<(String, RemoveReason)> {
@@ -503,6 +611,99 @@ mod tests {
         assert_eq!(created(&a), vec!["a"]);
     }
 
+    fn replacement(id: &str, of: &str, running: bool, created: i64) -> Sidecar {
+        let mut s = sidecar(id, "a", "t1", running, created);
+        s.made.replaces = Some(of.into());
+        s
+    }
+
+    #[test]
+    fn a_roll_out_in_progress_keeps_both_sidecars_and_creates_nothing() {
+        let s = [
+            sidecar("old", "a", "t1", true, 1),
+            replacement("new", "old", true, 2),
+        ];
+        let a = run(&[target("a", true)], &s);
+        assert!(a.is_empty(), "both kept, nothing made: {a:?}");
+        // Held (a backoff of the target) changes nothing either.
+        let held: HashSet<String> = ["a".to_string()].into();
+        let a = plan(&[target("a", true)], &s, &allow(), &held, &HashSet::new());
+        assert!(a.is_empty(), "{a:?}");
+    }
+
+    #[test]
+    fn the_sidecar_that_handed_over_is_removed_and_its_replacement_serves() {
+        let s = [
+            sidecar("old", "a", "t1", false, 1),
+            replacement("new", "old", true, 2),
+        ];
+        let a = run(&[target("a", true)], &s);
+        assert_eq!(
+            removed(&a),
+            vec![("old".to_string(), RemoveReason::HandedOver)]
+        );
+        assert!(created(&a).is_empty(), "{a:?}");
+        // Held or not: a hand-over is no failure, nothing is kept as evidence.
+        let held: HashSet<String> = ["a".to_string()].into();
+        let a = plan(&[target("a", true)], &s, &allow(), &held, &HashSet::new());
+        assert_eq!(
+            removed(&a),
+            vec![("old".to_string(), RemoveReason::HandedOver)]
+        );
+        // Once it is gone, the replacement is the target's only sidecar.
+        let a = run(&[target("a", true)], &s[1..]);
+        assert!(a.is_empty(), "{a:?}");
+    }
+
+    #[test]
+    fn a_failed_or_late_replacement_is_removed_and_the_old_sidecar_keeps_serving() {
+        let exited = [
+            sidecar("old", "a", "t1", true, 1),
+            replacement("new", "old", false, 2),
+        ];
+        let a = run(&[target("a", true)], &exited);
+        assert_eq!(
+            removed(&a),
+            vec![("new".to_string(), RemoveReason::RolloutFailed)]
+        );
+        assert!(created(&a).is_empty(), "{a:?}");
+        let late = [
+            sidecar("old", "a", "t1", true, 1),
+            replacement("new", "old", true, 2),
+        ];
+        let aborted: HashSet<String> = ["new".to_string()].into();
+        let a = plan(
+            &[target("a", true)],
+            &late,
+            &allow(),
+            &HashSet::new(),
+            &aborted,
+        );
+        assert_eq!(
+            removed(&a),
+            vec![("new".to_string(), RemoveReason::RolloutFailed)]
+        );
+    }
+
+    #[test]
+    fn a_replacement_of_a_restarted_target_is_stale_like_any_other() {
+        let mut t = target("a", true);
+        t.started_at = "t2".into();
+        let s = [
+            sidecar("old", "a", "t1", true, 1),
+            replacement("new", "old", true, 2),
+        ];
+        let mut removed_ids: Vec<String> = removed(&run(&[t], &s))
+            .into_iter()
+            .map(|(id, reason)| {
+                assert_eq!(reason, RemoveReason::StaleNamespace);
+                id
+            })
+            .collect();
+        removed_ids.sort();
+        assert_eq!(removed_ids, ["new", "old"]);
+    }
+
     #[test]
     fn exited_sidecar_is_replaced_unless_held() {
         let s = [sidecar("s1", "a", "t1", false, 1)];
@@ -510,7 +711,7 @@ mod tests {
         assert_eq!(removed(&a), vec![("s1".to_string(), RemoveReason::Exited)]);
         assert_eq!(created(&a), vec!["a"]);
         let held: HashSet<String> = ["a".to_string()].into();
-        let a = plan(&[target("a", true)], &s, &allow(), &held);
+        let a = plan(&[target("a", true)], &s, &allow(), &held, &HashSet::new());
         assert!(
             a.is_empty(),
             "held: not recreated yet, and the exited one is kept as evidence: {a:?}"
@@ -530,6 +731,7 @@ mod tests {
             &[never_started("s1", "a", 1)],
             &allow(),
             &held,
+            &HashSet::new(),
         );
         assert_eq!(started(&a), vec!["s1"]);
         // Next to a running one it is a duplicate; of two, the oldest is adopted.
