@@ -185,8 +185,9 @@ fn server() -> tonic::server::Grpc<RawCodec> {
 
 type ResponseStream = BoxStream<'static, Result<Bytes, Status>>;
 
-/// Dispatches one HTTP/2 request to its method.
-async fn route(
+/// Dispatches one HTTP/2 request to its method of the test service (also what the demo app
+/// answers gRPC requests with).
+pub async fn route(
     req: http::Request<Incoming>,
 ) -> Result<http::Response<tonic::body::Body>, Infallible> {
     let method = req

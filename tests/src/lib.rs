@@ -15,6 +15,7 @@ pub mod grpc;
 pub mod haproxy;
 pub mod issuer;
 pub mod limits;
+pub mod load;
 pub mod metrics;
 pub mod mtls;
 pub mod pebble;

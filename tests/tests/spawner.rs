@@ -11,3 +11,4 @@ mod hygiene;
 mod identity;
 mod lifecycle;
 mod protocols;
+mod rollout;

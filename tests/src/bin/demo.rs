@@ -8,6 +8,12 @@
 //! A request carrying `x-demo-delay-ms: N` is answered after N milliseconds (at most a minute):
 //! a long-running call, for tests that change something while one is in flight.
 //!
+//! gRPC requests (`content-type: application/grpc...`, over h2c) are answered by the tests'
+//! gRPC service `test.Echo` (`harness::grpc`), so one target serves HTTP and gRPC alike. An
+//! HTTP/1.1 request asking to upgrade to `websocket` gets `101 Switching Protocols`, and the
+//! connection then echoes every byte it receives (a WebSocket echo, frames left to the client):
+//! what a proxy in front must relay as it is.
+//!
 //! `DEMO_MODE=raw-echo` makes it a plain TCP service instead: each connection is answered with
 //! the first line it sent (up to and including the first `\n`, at most 4 KiB), then closed, so a
 //! test can see the first bytes that reached the app (e.g. a PROXY protocol header).
@@ -17,7 +23,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
@@ -41,6 +47,49 @@ enum Mode {
     Http,
     /// Each TCP connection gets its first line back.
     RawEcho,
+}
+
+/// The body of every answer: the echo's text, or the gRPC service's.
+type Body = Either<Full<Bytes>, tonic::body::Body>;
+
+/// One request: gRPC to the test service, a WebSocket upgrade to the byte echo, anything else
+/// to the HTTP echo.
+async fn serve(req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let grpc = req
+        .headers()
+        .get(hyper::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    if grpc {
+        let resp = harness::grpc::route(req).await?;
+        return Ok(resp.map(Either::Right));
+    }
+    let websocket = req
+        .headers()
+        .get(hyper::header::UPGRADE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+    if websocket && req.version() == hyper::Version::HTTP_11 {
+        return Ok(upgrade(req).map(Either::Left));
+    }
+    Ok(echo(req).await?.map(Either::Left))
+}
+
+/// Answers a WebSocket upgrade with 101, then echoes the connection's bytes until the client
+/// closes it.
+fn upgrade(req: Request<Incoming>) -> Response<Full<Bytes>> {
+    tokio::spawn(async move {
+        let Ok(upgraded) = hyper::upgrade::on(req).await else {
+            return;
+        };
+        let (mut read, mut write) = tokio::io::split(TokioIo::new(upgraded));
+        let _ = tokio::io::copy(&mut read, &mut write).await;
+        let _ = write.shutdown().await;
+    });
+    Response::builder()
+        .status(hyper::StatusCode::SWITCHING_PROTOCOLS)
+        .header(hyper::header::CONNECTION, "upgrade")
+        .header(hyper::header::UPGRADE, "websocket")
+        .body(Full::new(Bytes::new()))
+        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
 }
 
 async fn echo(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
@@ -84,7 +133,7 @@ async fn serve_http(stream: TcpStream) {
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT);
     let _ = builder
-        .serve_connection_with_upgrades(TokioIo::new(stream), service_fn(echo))
+        .serve_connection_with_upgrades(TokioIo::new(stream), service_fn(serve))
         .await;
 }
 
