@@ -5,14 +5,17 @@
 //! backoff both use for retries, the
 //! one accept loop of every listener, the one reader of operator-named files ([`fs`]: bounded,
 //! and never blocked by a FIFO), the admin listener ([`admin`]) and the Prometheus text it serves
-//! ([`prometheus`]), log throttling, and the shutdown signal.
+//! ([`prometheus`]), log throttling, the shutdown signal, and the name of the socket a sidecar
+//! hands its listeners over on ([`handover`]).
 
+pub mod abstract_socket;
 pub mod accept;
 pub mod addr;
 pub mod admin;
 pub mod backoff;
 pub mod dns;
 pub mod fs;
+pub mod handover;
 pub mod identity;
 pub mod mode;
 pub mod parse;

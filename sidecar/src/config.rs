@@ -183,6 +183,18 @@ pub struct Cli {
     #[arg(long, env = env::SHUTDOWN_GRACE, value_parser = duration, default_value = "10s")]
     shutdown_grace: Duration,
 
+    /// Upgrade in place: take the listening sockets over from the sidecar running on the same
+    /// --listen address (same user, same network namespace), which drains and exits 0 once this
+    /// one is ready to accept; without one running, bind as usual
+    #[arg(long, env = env::TAKE_OVER)]
+    take_over: bool,
+
+    /// Bound on a whole take-over, from asking the running sidecar to being ready to accept; the
+    /// running one gives up on a successor that is not ready within it or its own, the shorter
+    /// (1s to 10m)
+    #[arg(long, env = env::TAKE_OVER_TIMEOUT, value_parser = duration, default_value = "30s")]
+    take_over_timeout: Duration,
+
     /// Plain-HTTP address for /healthz, /readyz and /metrics [default: off]
     #[arg(long, env = env::ADMIN_LISTEN, value_name = "ADDR")]
     admin_listen: Option<String>,
@@ -383,6 +395,11 @@ pub struct Config {
     /// Lowercase protocol names an `Upgrade` may name.
     pub(crate) allow_upgrade: Vec<String>,
     pub(crate) shutdown_grace: Duration,
+    /// `--take-over`: ask the sidecar running on `listen` for its listeners first.
+    pub(crate) take_over: bool,
+    /// Bound on a take-over, taking or handing (within [`TAKE_OVER_TIMEOUT_MIN`] and
+    /// [`TAKE_OVER_TIMEOUT_MAX`]).
+    pub(crate) take_over_timeout: Duration,
     pub admin_listen: Option<SocketAddr>,
     pub log_format: LogFormat,
     /// The log level `LOG_LEVEL` gave, used in place of `RUST_LOG` (which was unset); `None`:
@@ -517,6 +534,8 @@ impl Cli {
             workers: workers(self.workers),
             allow_upgrade,
             shutdown_grace: self.shutdown_grace,
+            take_over: self.take_over,
+            take_over_timeout: take_over_timeout(self.take_over_timeout)?,
             admin_listen,
             log_format: self.log_format,
             log_level,
@@ -526,6 +545,24 @@ impl Cli {
             upstreams,
         })
     }
+}
+
+/// Shortest `--take-over-timeout`: loading certificates and binding take milliseconds, but a
+/// loaded machine may need a second.
+pub(crate) const TAKE_OVER_TIMEOUT_MIN: Duration = Duration::from_secs(1);
+/// Longest `--take-over-timeout`: a successor that is not ready in ten minutes will not be.
+pub(crate) const TAKE_OVER_TIMEOUT_MAX: Duration = Duration::from_secs(600);
+
+/// `--take-over-timeout`, within its range.
+fn take_over_timeout(given: Duration) -> Result<Duration, ConfigError> {
+    if (TAKE_OVER_TIMEOUT_MIN..=TAKE_OVER_TIMEOUT_MAX).contains(&given) {
+        return Ok(given);
+    }
+    Err(ConfigError::Invalid {
+        flag: "--take-over-timeout",
+        value: shared::parse::render_duration(given),
+        reason: "must be from 1s to 10m".to_string(),
+    })
 }
 
 /// `--workers`: 0 is one per CPU the process may use (its cgroup quota counts).
@@ -974,6 +1011,21 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         cli(args).into_config(|k| env.get(k).cloned(), Some("app-host".to_string()))
+    }
+
+    #[test]
+    fn take_over_is_a_switch_with_a_bounded_timeout() {
+        let c = config(&[], &[]).expect("defaults");
+        assert!(!c.take_over, "off unless asked for");
+        assert_eq!(c.take_over_timeout, Duration::from_secs(30));
+        let c = config(&["--take-over", "--take-over-timeout", "1s"], &[]).expect("valid");
+        assert!(c.take_over);
+        assert_eq!(c.take_over_timeout, Duration::from_secs(1));
+        assert!(config(&["--take-over-timeout", "10m"], &[]).is_ok());
+        for bad in ["999ms", "601s", "1h"] {
+            let err = config(&["--take-over-timeout", bad], &[]).expect_err(bad);
+            assert!(err.to_string().contains("--take-over-timeout"), "{err}");
+        }
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// Invalid configuration: a flag, environment variable or file the operator supplied.
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +73,65 @@ pub enum Error {
 
     #[error("failed to install signal handlers")]
     Signals(#[source] std::io::Error),
+
+    /// Taking the listeners over from the running sidecar failed before this one accepted
+    /// anything (`--take-over`).
+    #[error("take-over failed")]
+    TakeOver(#[from] TakeOverError),
+
+    /// What the configuration could not be made into once serving started (the TLS
+    /// configuration).
+    #[error(transparent)]
+    Setup(#[from] ConfigError),
+}
+
+/// Why the sidecar could not take the listeners over from the one running (`--take-over`);
+/// the running one keeps serving.
+#[derive(Debug, thiserror::Error)]
+pub enum TakeOverError {
+    #[error("cannot reach the running sidecar on the hand-over socket @{name}")]
+    Connect {
+        name: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error(
+        "the process on the hand-over socket runs as uid {peer}, not as this sidecar's uid {own}"
+    )]
+    OtherUser { peer: u32, own: u32 },
+
+    #[error("no answer from the running sidecar within {} while {waiting}", shared::parse::render_duration(*.after))]
+    TimedOut {
+        waiting: &'static str,
+        after: Duration,
+    },
+
+    #[error("the running sidecar closed the hand-over while {waiting}")]
+    Closed { waiting: &'static str },
+
+    #[error("the running sidecar refused: {0}")]
+    Refused(String),
+
+    #[error("the hand-over connection failed while {waiting}")]
+    Io {
+        waiting: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("the running sidecar sent {0}")]
+    Protocol(String),
+
+    #[error("the {role} listener handed over as {addr} is unusable: {reason}")]
+    BadListener {
+        role: &'static str,
+        addr: SocketAddr,
+        reason: String,
+    },
+
+    #[error("this sidecar took longer than {} to get ready", shared::parse::render_duration(*.0))]
+    NotReady(Duration),
 }
 
 pub(crate) use shared::telemetry::error_chain as chain;

@@ -33,7 +33,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::{Client, ResponseFuture};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::time::Instant;
+use tokio::time::{sleep_until, Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
@@ -71,6 +71,12 @@ pub(crate) const POOL_MAX_IDLE: usize = 256;
 /// before the connection is closed hard. One round trip is enough for a real client; never
 /// more than the idle timeout itself.
 const GOODBYE_MAX: Duration = Duration::from_secs(5);
+/// While the sidecar drains, an HTTP/1.1 connection with nothing in flight is closed only once
+/// its client has been quiet this long (never longer than the idle timeout): a client that sends
+/// its next request just as the drain begins gets an answer with `Connection: close`, not a
+/// connection closed under its request. A request follows its previous response within a round
+/// trip or it is not coming soon.
+const DRAIN_LINGER: Duration = Duration::from_secs(1);
 /// What a response the client no longer wants may cost to drain, so its backend connection
 /// goes back to the pool instead of being closed (and re-opened by the next request).
 const DRAIN_MAX_BYTES: usize = 256 * 1024;
@@ -180,6 +186,7 @@ impl Proxy {
             activity: &activity,
             idle: self.config.idle_timeout,
             head: None,
+            linger: None,
             shutdown: &shutdown,
             evict: &evict,
             metrics: &self.metrics,
@@ -210,10 +217,28 @@ impl Proxy {
             tokio::pin!(fast);
             drive(fast.as_mut(), watch, |_| closing.cancel()).await
         };
-        if !matches!(end, Some(fast_path::End::Fallback)) || closing.is_cancelled() {
+        // A request for hyper is answered even when the connection is closing (its answer then
+        // says `Connection: close`).
+        if !matches!(end, Some(fast_path::End::Fallback)) {
             return;
         }
         activity.scan_handed_over(&buf);
+        self.serve_http1(tracked, buf, conn_info, watch).await;
+    }
+
+    /// The rest of an HTTP/1.1 connection, served by hyper from the request the fast path
+    /// handed over (its bytes in `buf`). While draining, it is closed only once its client has
+    /// been quiet for [`DRAIN_LINGER`].
+    async fn serve_http1<S>(
+        self: &Arc<Self>,
+        tracked: Tracked<S>,
+        buf: bytes::BytesMut,
+        conn_info: Arc<ConnInfo>,
+        watch: Watch<'_>,
+    ) where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let peer = conn_info.peer;
         let service = self.service(conn_info);
         let io = TokioIo::new(fast_path::Prefixed::new(buf.freeze(), tracked));
         let conn = hyper::server::conn::http1::Builder::new()
@@ -227,6 +252,10 @@ impl Proxy {
             .serve_connection(io, service)
             .with_upgrades();
         tokio::pin!(conn);
+        let watch = Watch {
+            linger: Some(DRAIN_LINGER.min(self.config.idle_timeout)),
+            ..watch
+        };
         let result = drive(conn.as_mut(), watch, |c| c.graceful_shutdown()).await;
         log_conn_end(peer, result.unwrap_or(Ok(())));
     }
@@ -247,20 +276,19 @@ impl Proxy {
             let info = conn_info.clone();
             async move {
                 let hsts = proxy.hsts.clone();
-                let mut resp = proxy.handle(req, info).await;
+                let mut resp = proxy.handle(req, &info).await;
                 if let Some(value) = hsts {
                     add_hsts(resp.headers_mut(), value);
+                }
+                if !info.h2 && proxy.metrics.is_draining() {
+                    last_response(&mut resp);
                 }
                 Ok::<_, Infallible>(resp)
             }
         })
     }
 
-    async fn handle(
-        self: Arc<Self>,
-        req: Request<Incoming>,
-        info: Arc<ConnInfo>,
-    ) -> Response<ProxyBody> {
+    async fn handle(&self, req: Request<Incoming>, info: &ConnInfo) -> Response<ProxyBody> {
         info.activity.request_started();
         let grpc = grpc::is_grpc(req.headers());
         let log = AccessLog {
@@ -279,7 +307,7 @@ impl Proxy {
             metrics: self.metrics.clone(),
         };
 
-        let host = match self.admit(&req, &info) {
+        let host = match self.admit(&req, info) {
             Ok(host) => host,
             Err(reason) => return local(StatusCode::BAD_REQUEST, reason, log),
         };
@@ -288,12 +316,12 @@ impl Proxy {
             upgrading,
             route,
             deadline,
-        } = match self.backend_request(req, &info, host, grpc, log.start) {
+        } = match self.backend_request(req, info, host, grpc, log.start) {
             Ok(prepared) => prepared,
             Err(reason) => return local(StatusCode::BAD_REQUEST, reason, log),
         };
         if upgrading {
-            return self.upgrade(req, &info, log).await;
+            return self.upgrade(req, info, log).await;
         }
         let head_by = log.start + self.config.backend_timeout;
         let (head_by, late) = match deadline {
@@ -301,10 +329,10 @@ impl Proxy {
             _ => (head_by, Failure::Backend(BackendError::Timeout)),
         };
         let resp = match route {
-            Route::H2c => self.exchange_h2(req, &info, head_by, late).await,
-            Route::Http1 => self.exchange_http1(req, &info, head_by, late).await,
+            Route::H2c => self.exchange_h2(req, info, head_by, late).await,
+            Route::Http1 => self.exchange_http1(req, info, head_by, late).await,
         };
-        self.answer(resp, &info, deadline, log)
+        self.answer(resp, info, deadline, log)
     }
 
     /// The local refusals before anything is forwarded (ambiguous framing, a bad `Host`): the
@@ -685,6 +713,10 @@ struct Watch<'a> {
     idle: Duration,
     /// The request-head timeout (HTTP/1 only).
     head: Option<Duration>,
+    /// HTTP/1.1 served by hyper: on shutdown, close only once the client was quiet this long
+    /// ([`DRAIN_LINGER`]); `None` closes at once (HTTP/2's GOAWAY lets streams finish; the fast
+    /// path lingers by itself).
+    linger: Option<Duration>,
     shutdown: &'a CancellationToken,
     /// Cancelled when the connection must make room for a new one.
     evict: &'a CancellationToken,
@@ -707,6 +739,8 @@ where
     let shortest = w.head.map_or(w.idle, |h| h.min(w.idle)).min(goodbye);
     let mut tick = tokio::time::interval(tick_period(shortest));
     let mut closing: Option<Instant> = None;
+    // Draining with a linger: when to look again whether the client is quiet.
+    let mut lingering: Option<Pin<Box<Sleep>>> = None;
     // Created once: a fresh `cancelled()` per wake-up would re-register with the token each time.
     let cancelled = w.shutdown.cancelled();
     let evicted = w.evict.cancelled();
@@ -721,7 +755,18 @@ where
     loop {
         tokio::select! {
             res = conn.as_mut() => return Some(res),
-            () = &mut cancelled, if closing.is_none() => close(conn.as_mut(), &mut closing),
+            () = &mut cancelled, if closing.is_none() && lingering.is_none() => {
+                lingering = w.linger.map(|l| Box::pin(sleep_until(w.activity.last_io() + l)));
+                if lingering.is_none() {
+                    close(conn.as_mut(), &mut closing);
+                }
+            }
+            () = lingered(&mut lingering), if closing.is_none() && lingering.is_some() => {
+                match (quiet_for(w), lingering.as_mut()) {
+                    (Some(at), Some(timer)) => timer.as_mut().reset(at),
+                    _ => close(conn.as_mut(), &mut closing),
+                }
+            }
             () = &mut evicted, if closing.is_none() => {
                 if !w.activity.busy() {
                     debug!("closing idle connection to make room");
@@ -737,28 +782,63 @@ where
                 return None;
             }
             _ = tick.tick() => {
-                match w.activity.verdict(w.idle, w.head) {
-                    Verdict::Active => {}
-                    Verdict::Idle => {
-                        if closing.is_none() {
-                            debug!("closing idle connection");
-                        }
-                        close(conn.as_mut(), &mut closing);
-                    }
-                    Verdict::HeadTimeout => {
-                        debug!("request head not received in time, closing");
-                        return None;
-                    }
-                }
-                if let (Some(since), Some(quiet)) = (closing, w.activity.quiet_since()) {
-                    if Instant::now() >= since.max(quiet) + goodbye {
-                        w.metrics.refused(Refusal::CloseDeadline);
-                        debug!("client did not finish closing in time, closing hard");
-                        return None;
-                    }
+                if watch_tick(w, &mut closing, goodbye, |c| close(conn.as_mut(), c)) {
+                    return None;
                 }
             }
         }
+    }
+}
+
+/// One look of the watchdog: closes an idle connection gracefully; `true` when the connection
+/// must be dropped now (a request head too slow, or a goodbye the client does not finish).
+fn watch_tick(
+    w: Watch<'_>,
+    closing: &mut Option<Instant>,
+    goodbye: Duration,
+    mut close: impl FnMut(&mut Option<Instant>),
+) -> bool {
+    match w.activity.verdict(w.idle, w.head) {
+        Verdict::Active => {}
+        Verdict::Idle => {
+            if closing.is_none() {
+                debug!("closing idle connection");
+            }
+            close(closing);
+        }
+        Verdict::HeadTimeout => {
+            debug!("request head not received in time, closing");
+            return true;
+        }
+    }
+    if let (Some(since), Some(quiet)) = (*closing, w.activity.quiet_since()) {
+        if Instant::now() >= since.max(quiet) + goodbye {
+            w.metrics.refused(Refusal::CloseDeadline);
+            debug!("client did not finish closing in time, closing hard");
+            return true;
+        }
+    }
+    false
+}
+
+/// While draining with a linger: `None` once the connection has nothing in flight and its client
+/// has been quiet for the linger (time to close), else when to look again.
+fn quiet_for(w: Watch<'_>) -> Option<Instant> {
+    let linger = w.linger.unwrap_or_default();
+    let until = w.activity.last_io() + linger;
+    let now = Instant::now();
+    let idle = !w.activity.busy() && w.activity.quiet_since().is_some();
+    if idle && now >= until {
+        return None;
+    }
+    Some(if until > now { until } else { now + linger })
+}
+
+/// Completes when the linger timer does; never without one.
+async fn lingered(timer: &mut Option<Pin<Box<Sleep>>>) {
+    match timer {
+        Some(timer) => timer.as_mut().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -859,6 +939,15 @@ fn is_reset(error: &hyper::Error) -> bool {
         source = e.source();
     }
     false
+}
+
+/// Makes `resp` the connection's last (HTTP/1.1, while draining): `Connection: close`, which
+/// hyper honours by closing once it is sent. Not on a `101`: that connection goes on upgraded.
+fn last_response<B>(resp: &mut Response<B>) {
+    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
 }
 
 /// A short plain-text response made by the sidecar itself.

@@ -10,6 +10,8 @@
 //!   authentication and its reloads, the identity trust bundle, ACME TLS-ALPN-01 answers.
 //! - `connection`: what the listener and the modes share about each connection, its admission
 //!   slot and its activity.
+//! - `listeners`: the listening sockets, bound or taken over; `handover`: giving them to a new
+//!   sidecar process and taking them from the running one (`--take-over`), for upgrades in place.
 //! - Around them: [`config`] (command line -> a validated [`config::Config`]), `error`,
 //!   `metrics` and the `admin` listener that serves them, the plain-HTTP `redirect` listener,
 //!   the [`access_log`] writer, and `throttle` for log lines a client can cause.
@@ -23,8 +25,10 @@ mod admin;
 pub mod config;
 mod connection;
 mod error;
+mod handover;
 mod http;
 mod identity;
+mod listeners;
 mod metrics;
 mod redirect;
 mod server;
@@ -32,8 +36,9 @@ mod tcp;
 mod throttle;
 mod tls;
 
-pub use error::{ConfigError, Error};
-pub use server::bind;
+pub use error::{ConfigError, Error, TakeOverError};
+pub use handover::TakeOver;
+pub use listeners::{bind, Listeners};
 
 use std::sync::Arc;
 
@@ -43,6 +48,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::config::Config;
+use crate::handover::offer::Offer;
 use crate::identity::egress;
 use crate::metrics::Metrics;
 use crate::server::{memory, orphan};
@@ -100,75 +106,130 @@ pub fn prepare(config: &Config) -> Result<Prepared, ConfigError> {
 /// Entries listed one by one at start up to this many; more are summarised in one line.
 const LOG_CERTS_MAX: usize = 20;
 
-/// Serves until `shutdown` is cancelled and the drain is over. `upstreams` are the egress relays'
-/// listeners, one per `config.upstreams` entry, in order.
+/// With `--take-over`, asks the sidecar running on the same listen address for its listening
+/// sockets (`None` without the flag, or when none runs: then everything is bound as usual).
+/// Called before [`prepare`]: the running sidecar serves on while this one loads.
+pub async fn take_over(config: &Config) -> Result<Option<TakeOver>, Error> {
+    Ok(handover::start(config).await?)
+}
+
+/// Opens every listener the configuration names: the socket handed over by the sidecar taken
+/// over from when it had one of that role and address, else bound as usual.
+pub async fn listen(config: &Config, take_over: Option<&mut TakeOver>) -> Result<Listeners, Error> {
+    let Some(take_over) = take_over else {
+        return Ok(listeners::open(config, Vec::new()).await?.0);
+    };
+    let (listeners, used) = listeners::open(config, take_over.take_handed()).await?;
+    take_over.set_used(used);
+    Ok(listeners)
+}
+
+/// Serves `listeners` until `shutdown` is cancelled (by a signal, or by a successor taking the
+/// listeners over) and the drain is over. After a take-over, the sidecar taken over from stops
+/// accepting only once everything here is ready to accept.
 pub async fn run(
-    listener: TcpListener,
-    admin: Option<TcpListener>,
-    redirect: Option<TcpListener>,
-    upstreams: Vec<TcpListener>,
+    listeners: Listeners,
     config: Config,
     prepared: Prepared,
+    take_over: Option<TakeOver>,
     shutdown: CancellationToken,
-) -> Result<(), ConfigError> {
+) -> Result<(), Error> {
+    let Prepared {
+        certs,
+        self_signed,
+        client_trust,
+        webroot,
+        trust,
+        routes,
+    } = prepared;
     let config = Arc::new(config);
     let metrics = Arc::new(Metrics::default());
-    metrics.set_certificates(prepared.certs.expiries());
-    log_certificates(&prepared.certs);
-    let store = Arc::new(CertStore::new(prepared.certs));
-    let tls = server_tls(&store, &config, prepared.client_trust.as_ref())?;
-    let relays = relays(
-        prepared.trust.as_ref(),
-        prepared.routes,
-        &config,
-        &store,
-        &metrics,
-    )?;
-    let upstream = relays.map(|r| tokio::spawn(egress::serve(upstreams, r, shutdown.clone())));
-    let reload = tokio::spawn(reload::watch(
+    metrics.set_certificates(certs.expiries());
+    log_certificates(&certs);
+    let store = Arc::new(CertStore::new(certs));
+    let tls = server_tls(&store, &config, client_trust.as_ref())?;
+    let relays = relays(trust.as_ref(), routes, &config, &store, &metrics)?;
+    let admin_stop = CancellationToken::new();
+    let offer = Offer::new(
+        &listeners,
+        config.take_over_timeout,
+        metrics.clone(),
+        shutdown.clone(),
+        admin_stop.clone(),
+    );
+    // Everything that can fail is done: the sidecar taken over from may stop accepting now.
+    let predecessor = match take_over {
+        None => None,
+        Some(t) => match t.ready(&shutdown).await? {
+            Some(p) => Some(p),
+            None => return Ok(()),
+        },
+    };
+    let Listeners {
+        tls: listener,
+        admin,
+        redirect,
+        upstreams,
+    } = listeners;
+    let beside = Beside {
+        upstream: relays.map(|r| tokio::spawn(egress::serve(upstreams, r, shutdown.clone()))),
+        watchers: spawn_watchers(&config, &metrics, store, trust, self_signed, &shutdown),
+        client_trust: spawn_client_trust(client_trust, &config, &metrics, &shutdown),
+        offer: tokio::spawn(handover::offer::serve(offer, predecessor)),
+        admin: admin.map(|l| tokio::spawn(admin::serve(l, metrics.clone(), admin_stop.clone()))),
+        admin_stop,
+        redirect: spawn_redirect(redirect, &listener, &config, webroot, &shutdown),
+    };
+    let trim = tokio::spawn(memory::run(metrics.clone(), shutdown.clone()));
+    server::serve(listener, config, tls, metrics, shutdown).await;
+    let _ = trim.await;
+    beside.join().await;
+    Ok(())
+}
+
+/// The certificate reloads and, with `--exit-when-orphaned`, the orphan watcher.
+fn spawn_watchers(
+    config: &Arc<Config>,
+    metrics: &Arc<Metrics>,
+    store: Arc<CertStore>,
+    trust: Option<Arc<IdentityTrust>>,
+    self_signed: Option<Arc<Entry>>,
+    shutdown: &CancellationToken,
+) -> Vec<JoinHandle<()>> {
+    let mut tasks = vec![tokio::spawn(reload::watch(
         config.certs.clone(),
         store,
-        prepared.trust,
+        trust,
         metrics.clone(),
-        prepared.self_signed,
+        self_signed,
         shutdown.clone(),
-    ));
-    let client_trust = prepared.client_trust.map(|trust| {
+    ))];
+    // Ends by itself once `shutdown` is cancelled, by a signal or by the watcher itself.
+    if config.exit_when_orphaned {
+        tasks.push(tokio::spawn(orphan::watch(
+            orphan::NET_DEV.into(),
+            orphan::CHECK_INTERVAL,
+            shutdown.clone(),
+        )));
+    }
+    tasks
+}
+
+/// The reloads of `--client-ca` and `--client-crl`, with mutual TLS.
+fn spawn_client_trust(
+    trust: Option<Arc<ClientTrust>>,
+    config: &Config,
+    metrics: &Arc<Metrics>,
+    shutdown: &CancellationToken,
+) -> Option<JoinHandle<()>> {
+    trust.map(|trust| {
         tokio::spawn(client_trust_reload::watch(
             trust,
             config.certs.reload_interval,
             metrics.clone(),
             shutdown.clone(),
         ))
-    });
-
-    // Ends by itself once `shutdown` is cancelled, by a signal or by the watcher itself.
-    let orphan = config.exit_when_orphaned.then(|| {
-        tokio::spawn(orphan::watch(
-            orphan::NET_DEV.into(),
-            orphan::CHECK_INTERVAL,
-            shutdown.clone(),
-        ))
-    });
-
-    let admin_stop = CancellationToken::new();
-    let admin = admin.map(|l| tokio::spawn(admin::serve(l, metrics.clone(), admin_stop.clone())));
-    let redirect = spawn_redirect(redirect, &listener, &config, prepared.webroot, &shutdown);
-    let beside = Beside {
-        upstream,
-        reload,
-        client_trust,
-        orphan,
-        admin,
-        admin_stop,
-        redirect,
-    };
-
-    let trim = tokio::spawn(memory::run(metrics.clone(), shutdown.clone()));
-    server::serve(listener, config, tls, metrics, shutdown).await;
-    let _ = trim.await;
-    beside.join().await;
-    Ok(())
+    })
 }
 
 /// Logs the certificates served at start: one line each, up to [`LOG_CERTS_MAX`].
@@ -254,12 +315,14 @@ fn relays(
 /// listener, which has a stop of its own.
 struct Beside {
     upstream: Option<JoinHandle<()>>,
-    reload: JoinHandle<()>,
+    /// Certificate reloads, the orphan watcher.
+    watchers: Vec<JoinHandle<()>>,
     client_trust: Option<JoinHandle<()>>,
-    orphan: Option<JoinHandle<()>>,
+    /// The listeners offered for a take-over.
+    offer: JoinHandle<()>,
     admin: Option<JoinHandle<()>>,
     /// Stops the admin listener, which `shutdown` does not: metrics stay readable through the
-    /// drain.
+    /// drain (unless the listeners were handed over: then the successor answers them).
     admin_stop: CancellationToken,
     redirect: Option<JoinHandle<()>>,
 }
@@ -268,14 +331,11 @@ impl Beside {
     /// Waits for every task once the TLS listener has drained; the admin listener is stopped
     /// last of all.
     async fn join(self) {
-        for task in [
-            self.upstream,
-            Some(self.reload),
-            self.client_trust,
-            self.orphan,
-        ]
-        .into_iter()
-        .flatten()
+        let tasks = self.watchers.into_iter().map(Some);
+        for task in [self.upstream, self.client_trust, Some(self.offer)]
+            .into_iter()
+            .chain(tasks)
+            .flatten()
         {
             let _ = task.await;
         }

@@ -1,4 +1,5 @@
-//! `sidecar`: parse and validate the configuration, load the certificate, bind, serve.
+//! `sidecar`: parse and validate the configuration, take the listeners over from the running
+//! sidecar (`--take-over`), load the certificates, bind, serve.
 //! Exit codes: 0 after a clean shutdown, 1 when serving could not start (e.g. the port is
 //! taken), 2 when the configuration is invalid. Errors are one line on stderr.
 
@@ -7,7 +8,6 @@ use std::process::ExitCode;
 use clap::Parser;
 use sidecar::config::{system_hostname, Cli, Config, Mode};
 use sidecar::Error;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 const EXIT_RUNTIME: u8 = 1;
@@ -40,16 +40,13 @@ fn main() -> ExitCode {
         Err(e) => return fail(EXIT_CONFIG, &anyhow::Error::from(e)),
     };
     // Logging starts here so the self-signed certificate's fingerprint is logged; a file error
-    // below is still the only line on stderr (nothing logs before it fails).
+    // below is still the only line on stderr (without --take-over, nothing logs before it
+    // fails).
     // RUST_LOG, or when it is unset gosslterm's LOG_LEVEL (checked with the configuration).
     shared::telemetry::init_at(config.log_format, config.log_level);
     if config.mode == Mode::Http {
         sidecar::access_log::start(config.log_format);
     }
-    let prepared = match sidecar::prepare(&config) {
-        Ok(p) => p,
-        Err(e) => return fail(EXIT_CONFIG, &anyhow::Error::from(e)),
-    };
 
     // The control plane (signals, certificate reloads, the admin and redirect listeners) runs
     // here; connections are served by `--workers` threads of their own (`server::serve`).
@@ -65,67 +62,33 @@ fn main() -> ExitCode {
             )
         }
     };
-    let served = runtime.block_on(serve(config, prepared));
+    let served = runtime.block_on(serve(config));
     // Connections still open after the grace period end here, and log their requests; then the
     // access log's last lines are written before the process exits.
     drop(runtime);
     sidecar::access_log::flush(sidecar::access_log::FLUSH_TIMEOUT);
     match served {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail(EXIT_RUNTIME, &e),
+        Err((code, e)) => fail(code, &e),
     }
 }
 
-async fn serve(config: Config, prepared: sidecar::Prepared) -> anyhow::Result<()> {
-    let listener =
-        sidecar::bind(config.listen, config.listen_backlog).map_err(|source| Error::Bind {
-            flag: "--listen",
-            addr: config.listen,
-            source,
-        })?;
-    let admin = match config.admin_listen {
-        Some(addr) => Some(
-            TcpListener::bind(addr)
-                .await
-                .map_err(|source| Error::Bind {
-                    flag: "--admin-listen",
-                    addr,
-                    source,
-                })?,
-        ),
-        None => None,
-    };
-    let redirect = match config.redirect.as_ref().map(|r| r.listen) {
-        Some(addr) => Some(
-            TcpListener::bind(addr)
-                .await
-                .map_err(|source| Error::Bind {
-                    flag: "--redirect-listen",
-                    addr,
-                    source,
-                })?,
-        ),
-        None => None,
-    };
-    let mut upstreams = Vec::with_capacity(config.upstreams.len());
-    for addr in config.upstreams.iter().map(|u| u.local) {
-        upstreams.push(
-            TcpListener::bind(addr)
-                .await
-                .map_err(|source| Error::Bind {
-                    flag: "--upstream",
-                    addr,
-                    source,
-                })?,
-        );
-    }
+/// Takes the listeners over (with `--take-over`), loads every file, opens the listeners and
+/// serves until the drain is over; an error comes with its exit code.
+async fn serve(config: Config) -> Result<(), (u8, anyhow::Error)> {
+    let runtime = |e: Error| (EXIT_RUNTIME, anyhow::Error::from(e));
+    // First, so the running sidecar serves on while this one loads.
+    let mut take_over = sidecar::take_over(&config).await.map_err(runtime)?;
+    // Before anything is bound: a bad file is a configuration error with nothing started.
+    let prepared = sidecar::prepare(&config).map_err(|e| (EXIT_CONFIG, anyhow::Error::from(e)))?;
+    let listeners = sidecar::listen(&config, take_over.as_mut())
+        .await
+        .map_err(runtime)?;
     let shutdown = CancellationToken::new();
-    shared::shutdown::cancel_on_signal(shutdown.clone()).map_err(Error::Signals)?;
-    sidecar::run(
-        listener, admin, redirect, upstreams, config, prepared, shutdown,
-    )
-    .await?;
-    Ok(())
+    shared::shutdown::cancel_on_signal(shutdown.clone()).map_err(|e| runtime(Error::Signals(e)))?;
+    sidecar::run(listeners, config, prepared, take_over, shutdown)
+        .await
+        .map_err(runtime)
 }
 
 fn fail(code: u8, error: &anyhow::Error) -> ExitCode {

@@ -74,6 +74,37 @@ impl Refusal {
     }
 }
 
+/// How a request on the hand-over socket ended, in the sidecar asked: the `result` label of
+/// `sidecar_handovers_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HandoverResult {
+    /// The listeners went to the successor; this sidecar drains.
+    Ok,
+    /// A successor got the listeners but did not get ready (it failed, went away or took too
+    /// long): this sidecar serves on.
+    Aborted,
+    /// Not answered: another user, garbage, an oversized message, another protocol version, a
+    /// peer that said nothing in time, or a second asker during a hand-over.
+    Refused,
+}
+
+impl HandoverResult {
+    const ALL: [HandoverResult; 3] = [
+        HandoverResult::Ok,
+        HandoverResult::Aborted,
+        HandoverResult::Refused,
+    ];
+
+    /// The `result` label value.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            HandoverResult::Ok => "ok",
+            HandoverResult::Aborted => "aborted",
+            HandoverResult::Refused => "refused",
+        }
+    }
+}
+
 /// How an app connection to an egress relay (`--upstream`) ended up: the `outcome` label of
 /// `sidecar_upstream_connections_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -172,6 +203,8 @@ pub(crate) struct Metrics {
     certificates: RwLock<Vec<(String, i64)>>,
     /// One per `--upstream`, registered at start.
     upstreams: RwLock<Vec<Arc<UpstreamStats>>>,
+    /// Requests on the hand-over socket, by [`HandoverResult`].
+    handovers: [AtomicU64; HandoverResult::ALL.len()],
 }
 
 /// Keeps `sidecar_connections_active` right however a connection task ends.
@@ -270,6 +303,11 @@ impl Metrics {
         stats
     }
 
+    /// Counts one request on the hand-over socket.
+    pub(crate) fn handover(&self, result: HandoverResult) {
+        self.handovers[result as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
     pub(crate) fn reload_succeeded(&self) {
         self.reloads_ok.fetch_add(1, Ordering::Relaxed);
     }
@@ -337,6 +375,17 @@ impl Metrics {
         );
         for cause in Refusal::ALL {
             refusals.sample(&[("cause", cause.as_str())], self.refusals(cause));
+        }
+        let mut handovers = exp.family(
+            "sidecar_handovers_total",
+            Kind::Counter,
+            "Requests for this sidecar's listeners (--take-over), by result.",
+        );
+        for result in HandoverResult::ALL {
+            handovers.sample(
+                &[("result", result.as_str())],
+                get(&self.handovers[result as usize]),
+            );
         }
     }
 
@@ -488,6 +537,16 @@ mod tests {
         assert!(text.contains("# TYPE sidecar_access_log_dropped_total counter\n"));
         assert!(text.contains("\nsidecar_access_log_dropped_total 0\n"));
         assert!(text.contains("# TYPE sidecar_upstream_connections_total counter\n"));
+        m.handover(HandoverResult::Refused);
+        m.handover(HandoverResult::Refused);
+        m.handover(HandoverResult::Ok);
+        let text = m.render();
+        assert!(
+            text.contains("sidecar_handovers_total{result=\"ok\"} 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("sidecar_handovers_total{result=\"aborted\"} 0\n"));
+        assert!(text.contains("sidecar_handovers_total{result=\"refused\"} 2\n"));
     }
 
     #[test]

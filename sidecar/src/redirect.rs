@@ -141,13 +141,22 @@ pub(crate) async fn serve(listener: TcpListener, redirect: Redirect, stop: Cance
                 .header_read_timeout(header_read_timeout)
                 .keep_alive(false)
                 .serve_connection(TokioIo::new(stream), service);
-            tokio::select! {
-                res = tokio::time::timeout(CONNECTION_LIFETIME, conn) => match res {
-                    Ok(Err(error)) => debug!(%peer, %error, "redirect connection error"),
-                    Err(_) => debug!(%peer, "redirect connection too slow, closed"),
-                    Ok(Ok(())) => {}
-                },
-                _ = stop.cancelled() => {}
+            tokio::pin!(conn);
+            // At the stop (a shutdown, or the listener handed over), the answer under way is
+            // finished; an idle connection closes at once.
+            let served = async {
+                tokio::select! {
+                    res = conn.as_mut() => res,
+                    () = stop.cancelled() => {
+                        conn.as_mut().graceful_shutdown();
+                        conn.as_mut().await
+                    }
+                }
+            };
+            match tokio::time::timeout(CONNECTION_LIFETIME, served).await {
+                Ok(Err(error)) => debug!(%peer, %error, "redirect connection error"),
+                Err(_) => debug!(%peer, "redirect connection too slow, closed"),
+                Ok(Ok(())) => {}
             }
         });
     }

@@ -13,8 +13,9 @@ pub(crate) mod orphan;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::{LazyConfigAcceptor, TlsAcceptor};
@@ -32,20 +33,6 @@ use crate::tcp::proxy_protocol;
 use crate::tls::acme_alpn::{self, Challenges};
 use crate::tls::client_auth::ClientIdentity;
 use shared::accept::{self, Accepted};
-
-/// Binds a listening socket with a listen backlog of `backlog` (`--listen-backlog`; the kernel
-/// caps it at net.core.somaxconn). `SO_REUSEADDR` as usual for servers, so a restart does not
-/// wait out old connections in TIME_WAIT.
-pub fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(backlog)
-}
 
 /// The backlog the kernel grants for a requested one: capped by net.core.somaxconn of this
 /// network namespace (when readable).
@@ -376,7 +363,7 @@ async fn connection(
     let handshake =
         tokio::time::timeout(shared.config.handshake_timeout, handshake(stream, shared));
     let tls = tokio::select! {
-        _ = shutdown.cancelled() => return,
+        () = drain_cut(&shutdown) => return,
         // Closed to make room: the handshake budget or the connection limit is reached.
         _ = ticket.evicted() => return,
         res = handshake => match res {
@@ -444,6 +431,17 @@ async fn connection(
             .await;
         }
     }
+}
+
+/// A TLS handshake under way when the drain begins gets this long to finish: a real client's
+/// takes a round trip or two, and its connection, accepted just before the listener stopped
+/// (or was handed over), is then served and closed like the others instead of being reset.
+const HANDSHAKE_DRAIN: Duration = Duration::from_secs(1);
+
+/// Completes [`HANDSHAKE_DRAIN`] after the drain began.
+async fn drain_cut(shutdown: &CancellationToken) {
+    shutdown.cancelled().await;
+    tokio::time::sleep(HANDSHAKE_DRAIN).await;
 }
 
 /// How a handshake ended. Returned by value once per connection and matched at once: boxing

@@ -23,8 +23,10 @@ use http::{Method, Request};
 use http_body_util::BodyExt;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio_rustls::client::TlsStream;
 
 use crate::client::{self, empty, Body, Trust, ALPN_H1};
 use crate::grpc::GrpcClient;
@@ -209,7 +211,9 @@ impl Sender {
     }
 
     /// `GET /` and its whole body: whether the server will close the connection after it.
-    async fn get(&mut self, addr: SocketAddr) -> Result<bool, String> {
+    /// `Err(None)`: the request was never processed (an HTTP/2 GOAWAY came first), so it may be
+    /// sent again on a new connection (RFC 9113, section 8.7), as pooling clients do.
+    async fn get(&mut self, addr: SocketAddr) -> Result<bool, Option<String>> {
         let req = match self {
             Sender::H1(_) => Request::builder()
                 .method(Method::GET)
@@ -221,13 +225,25 @@ impl Sender {
                 .version(http::Version::HTTP_2),
         }
         .body(empty())
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| Some(e.to_string()))?;
         let exchange = async {
             let resp = match self {
-                Sender::H1(s) => s.send_request(req).await,
-                Sender::H2(s) => s.send_request(req).await,
-            }
-            .map_err(|e| format!("request: {e}"))?;
+                Sender::H1(s) => s
+                    .send_request(req)
+                    .await
+                    .map_err(|e| Some(format!("request: {e}")))?,
+                Sender::H2(s) => match s.try_send_request(req).await {
+                    Ok(resp) => resp,
+                    Err(mut e) => {
+                        let unsent = e.take_message().is_some();
+                        let error = e.into_error();
+                        if unsent || refused_by_goaway(&error) {
+                            return Err(None);
+                        }
+                        return Err(Some(format!("request: {error}")));
+                    }
+                },
+            };
             let close = resp
                 .headers()
                 .get(http::header::CONNECTION)
@@ -236,16 +252,29 @@ impl Sender {
             resp.into_body()
                 .collect()
                 .await
-                .map_err(|e| format!("response body: {e}"))?;
+                .map_err(|e| Some(format!("response body: {e}")))?;
             if !status.is_success() {
-                return Err(format!("status {status}"));
+                return Err(Some(format!("status {status}")));
             }
             Ok(close)
         };
         tokio::time::timeout(STEP, exchange)
             .await
-            .map_err(|_| "no response in time".to_string())?
+            .map_err(|_| Some("no response in time".to_string()))?
     }
+}
+
+/// Whether a request failed only because the server's graceful GOAWAY came first: its stream is
+/// past the last one the server processed.
+fn refused_by_goaway(error: &hyper::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if let Some(h2) = e.downcast_ref::<h2::Error>() {
+            return h2.is_go_away() && h2.is_remote() && h2.reason() == Some(h2::Reason::NO_ERROR);
+        }
+        source = e.source();
+    }
+    false
 }
 
 /// HTTP/1.1 requests one after the other on one connection, a new one when the server closes it.
@@ -293,7 +322,9 @@ async fn requests(addr: SocketAddr, name: String, alpn: &[&str], stop: Arc<Atomi
                     conn = Some(sender);
                 }
             }
-            Err(e) => t.fail(e),
+            // Never processed: sent again on a new connection.
+            Err(None) => t.reconnects += 1,
+            Err(Some(e)) => t.fail(e),
         }
     }
     t
@@ -306,7 +337,7 @@ async fn fresh(addr: SocketAddr, i: usize, stop: Arc<AtomicBool>) -> Tally {
         match Sender::connect(addr, ALPN_H1).await {
             Ok(mut s) => match s.get(addr).await {
                 Ok(_) => t.ok += 1,
-                Err(e) => t.fail(e),
+                Err(e) => t.fail(e.unwrap_or_else(|| "request not processed".into())),
             },
             Err(e) => t.fail(e),
         }
@@ -376,37 +407,13 @@ async fn grpc_stream(addr: SocketAddr, i: usize, mut finish: watch::Receiver<boo
 /// [`STREAM_EVERY`] until `finish`, every echo expected, then a close.
 async fn websocket(addr: SocketAddr, i: usize, mut finish: watch::Receiver<bool>) -> Tally {
     let mut t = Tally::new(&format!("websocket #{i}"));
-    let config = client::config(Trust::AnyCert, ALPN_H1);
-    let mut tls = match client::try_tls_connect(addr, "localhost", config).await {
+    let mut tls = match websocket_connect(addr).await {
         Ok(s) => s,
         Err(e) => {
-            t.fail(format!("TLS connect: {e}"));
+            t.fail(e);
             return t;
         }
     };
-    let upgrade = format!(
-        "GET /ws HTTP/1.1\r\nHost: localhost:{}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-        addr.port()
-    );
-    if let Err(e) = tls.write_all(upgrade.as_bytes()).await {
-        t.fail(format!("upgrade request: {e}"));
-        return t;
-    }
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") && head.len() < 4096 {
-        match tokio::time::timeout(STEP, tls.read(&mut byte)).await {
-            Ok(Ok(1)) => head.push(byte[0]),
-            other => {
-                t.fail(format!("upgrade response: {other:?}"));
-                return t;
-            }
-        }
-    }
-    if !head.starts_with(b"HTTP/1.1 101") {
-        t.fail(format!("not upgraded: {}", String::from_utf8_lossy(&head)));
-        return t;
-    }
     let mut n = 0u64;
     loop {
         let msg = format!("frame {n:08}\n");
@@ -438,4 +445,34 @@ async fn websocket(addr: SocketAddr, i: usize, mut finish: watch::Receiver<bool>
     }
     let _ = tls.shutdown().await;
     t
+}
+
+/// A WebSocket through the TLS front at `addr` to the demo's byte echo: the upgrade request,
+/// and its `101` read; the error as text.
+pub async fn websocket_connect(addr: SocketAddr) -> Result<TlsStream<TcpStream>, String> {
+    let config = client::config(Trust::AnyCert, ALPN_H1);
+    let mut tls = tokio::time::timeout(STEP, client::try_tls_connect(addr, "localhost", config))
+        .await
+        .map_err(|_| "TLS connect timed out".to_string())?
+        .map_err(|e| format!("TLS connect: {e}"))?;
+    let upgrade = format!(
+        "GET /ws HTTP/1.1\r\nHost: localhost:{}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        addr.port()
+    );
+    tls.write_all(upgrade.as_bytes())
+        .await
+        .map_err(|e| format!("upgrade request: {e}"))?;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && head.len() < 4096 {
+        match tokio::time::timeout(STEP, tls.read(&mut byte)).await {
+            Ok(Ok(1)) => head.push(byte[0]),
+            other => return Err(format!("upgrade response: {other:?}")),
+        }
+    }
+    if !head.starts_with(b"HTTP/1.1 101") {
+        return Err(format!("not upgraded: {}", String::from_utf8_lossy(&head)));
+    }
+    Ok(tls)
 }

@@ -60,6 +60,13 @@ impl SidecarBuilder {
         self.arg("--admin-listen").arg("127.0.0.1:0")
     }
 
+    /// Enables the admin listener on `addr` (a fixed port, e.g. one a take-over hands on) and
+    /// waits for it too.
+    pub fn admin_on(mut self, addr: SocketAddr) -> Self {
+        self.admin = true;
+        self.arg("--admin-listen").arg(addr.to_string())
+    }
+
     /// More command-line arguments.
     pub fn args<I, S>(mut self, args: I) -> Self
     where

@@ -18,6 +18,7 @@ mod mtls;
 mod redirect;
 mod shutdown;
 mod smuggling;
+mod takeover;
 mod tcp;
 mod tcp_proto;
 mod tls;

@@ -250,6 +250,11 @@ impl Activity {
         Some(self.start + Duration::from_millis(self.idle_since.load(Ordering::Relaxed)))
     }
 
+    /// When a byte last moved either way (the start, before any did).
+    pub(crate) fn last_io(&self) -> Instant {
+        self.start + Duration::from_millis(self.last_io.load(Ordering::Relaxed))
+    }
+
     /// Whether a request is in flight.
     pub(crate) fn busy(&self) -> bool {
         self.in_flight.load(Ordering::Relaxed) > 0
@@ -435,6 +440,19 @@ mod tests {
         assert_eq!(a.verdict(IDLE, HEAD), Verdict::Active);
         tokio::time::advance(Duration::from_secs(2)).await;
         assert_eq!(a.verdict(IDLE, HEAD), Verdict::Idle);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn last_io_is_the_last_byte_either_way() {
+        let a = Activity::new_http1();
+        let t0 = Instant::now();
+        assert_eq!(a.last_io(), t0);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        a.on_read(b"GET / HTTP/1.1\r\n\r\n");
+        assert_eq!(a.last_io(), t0 + Duration::from_secs(2));
+        tokio::time::advance(Duration::from_secs(3)).await;
+        a.on_write();
+        assert_eq!(a.last_io(), t0 + Duration::from_secs(5));
     }
 
     #[tokio::test(start_paused = true)]

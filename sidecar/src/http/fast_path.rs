@@ -26,6 +26,7 @@ mod response;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::Method;
@@ -36,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::{AccessLog, ConnInfo, Proxy, BACKEND_CONNECT_LOG, BACKEND_REQUEST_LOG};
-use crate::connection::activity::Tracked;
+use crate::connection::activity::{Activity, Tracked};
 use crate::metrics::BackendError;
 use chunked::Chunks;
 pub(super) use pool::Pool;
@@ -70,7 +71,9 @@ struct Answered {
 impl Proxy {
     /// Serves requests of one HTTP/1.1 connection on the fast path until the connection ends,
     /// or a request needs hyper ([`End::Fallback`]: `buf` then starts with its head). `closing`
-    /// is the watchdog's graceful close: no new request is read once it is cancelled.
+    /// is the watchdog's graceful close: once it is cancelled, the next request is read only
+    /// if it comes before the client has been quiet for the drain linger ([`read_idle`]), and
+    /// is answered with `Connection: close`.
     pub(super) async fn serve_fast<S>(
         &self,
         io: &mut Tracked<S>,
@@ -90,6 +93,7 @@ impl Proxy {
         };
         let mut out = Vec::with_capacity(1024);
         let mut reply_head = Vec::with_capacity(1024);
+        let linger = super::DRAIN_LINGER.min(self.config.idle_timeout);
         loop {
             let plan = loop {
                 if !buf.is_empty() {
@@ -101,10 +105,10 @@ impl Proxy {
                 }
                 buf.reserve(HEAD_READ);
                 let read = if buf.is_empty() {
-                    tokio::select! {
-                        r = io.read_buf(buf) => r,
-                        () = closing.cancelled() => {
-                            // Idle and asked to close: say goodbye (TLS close_notify).
+                    match read_idle(io, buf, &info.activity, closing, linger).await {
+                        Some(read) => read,
+                        None => {
+                            // Asked to close, and quiet: say goodbye (TLS close_notify).
                             let _ = tokio::time::timeout(super::GOODBYE_MAX, io.shutdown()).await;
                             return End::Closed;
                         }
@@ -412,6 +416,31 @@ impl Proxy {
             }
         }
     }
+}
+
+/// Reads the first bytes of the next request. Once the connection is asked to close (the
+/// drain, making room, idle), it waits for them only until the client has been quiet for
+/// `linger`: a request sent just as the close began is still read, and answered with
+/// `Connection: close`, instead of meeting a closed connection. `None` when it is time to close.
+async fn read_idle<S>(
+    io: &mut Tracked<S>,
+    buf: &mut BytesMut,
+    activity: &Activity,
+    closing: &CancellationToken,
+    linger: Duration,
+) -> Option<io::Result<usize>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    if !closing.is_cancelled() {
+        tokio::select! {
+            read = io.read_buf(buf) => return Some(read),
+            () = closing.cancelled() => {}
+        }
+    }
+    tokio::time::timeout_at(activity.last_io() + linger, io.read_buf(buf))
+        .await
+        .ok()
 }
 
 /// Body bytes (for the access log) in the first `first` bytes after the head.
