@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{UnixListener, UnixStream};
+use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
@@ -25,6 +25,8 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
 const MAX_REQUEST: u64 = 1024;
 /// Longest answer a client reads (the status view of every target).
 const MAX_ANSWER: u64 = 16 << 20;
+/// Connections the kernel queues on the socket.
+const BACKLOG: i32 = 16;
 /// Requests queued for the daemon at most; more are answered "busy".
 pub(crate) const QUEUE: usize = 8;
 
@@ -92,7 +94,7 @@ pub(crate) async fn serve(
     shutdown: CancellationToken,
 ) {
     let name = socket_name(&prefix);
-    let listener = match bind(&name) {
+    let listener = match shared::abstract_socket::bind(&name, BACKLOG) {
         Ok(l) => l,
         Err(error) => {
             tracing::warn!(socket = %name, %error, "no control socket: `spawner rollout` cannot reach this daemon");
@@ -100,7 +102,7 @@ pub(crate) async fn serve(
         }
     };
     tracing::debug!(socket = %name, "control socket listening");
-    let own_uid = rustix::process::geteuid().as_raw();
+    let own_uid = shared::abstract_socket::own_uid();
     loop {
         let stream = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -122,14 +124,6 @@ pub(crate) async fn serve(
             tracing::debug!(%why, "control request refused");
         }
     }
-}
-
-fn bind(name: &str) -> std::io::Result<UnixListener> {
-    use std::os::linux::net::SocketAddrExt;
-    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
-    let std = std::os::unix::net::UnixListener::bind_addr(&addr)?;
-    std.set_nonblocking(true)?;
-    UnixListener::from_std(std)
 }
 
 /// Whether a peer of user `peer` may use the socket of a daemon running as `own`.
@@ -197,7 +191,7 @@ async fn request(prefix: &str, line: &str) -> Result<String, Unreachable> {
         socket: socket.clone(),
         reason,
     };
-    let stream = connect(&socket).map_err(|e| fail(e.to_string()))?;
+    let stream = shared::abstract_socket::connect(&socket).map_err(|e| fail(e.to_string()))?;
     let (read, mut write) = stream.into_split();
     let mut out = format!("{line}\n").into_bytes();
     out.truncate(MAX_REQUEST as usize);
@@ -218,14 +212,6 @@ async fn request(prefix: &str, line: &str) -> Result<String, Unreachable> {
         return Err(fail("it closed the connection without an answer".into()));
     }
     Ok(answer.trim_end().to_string())
-}
-
-fn connect(name: &str) -> std::io::Result<UnixStream> {
-    use std::os::linux::net::SocketAddrExt;
-    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
-    let std = std::os::unix::net::UnixStream::connect_addr(&addr)?;
-    std.set_nonblocking(true)?;
-    UnixStream::from_std(std)
 }
 
 /// `spawner rollout`: the daemon's answer; `Err` with the answer when it refused.

@@ -758,13 +758,16 @@ mod tests {
         let unknown = Row {
             image: Some(ImageRow {
                 rollout: None,
-                ..row().image.unwrap()
+                ..row().image.expect("an image row")
             }),
             ..row()
         };
-        let t = render(&[unknown.clone()], 0);
+        let t = render(std::slice::from_ref(&unknown), 0);
         assert!(
-            t.lines().nth(1).unwrap().ends_with("0123456789ab  ?"),
+            t.lines()
+                .nth(1)
+                .expect("a row")
+                .ends_with("0123456789ab  ?"),
             "{t}"
         );
         assert_eq!(to_json(&[unknown])[0]["rollout"], serde_json::Value::Null);

@@ -499,7 +499,8 @@ mod tests {
         );
         let other = candidate("z", RolloutPolicy::Auto);
         assert!(
-            book.pick(&[other.clone()], 0, &c, now).is_empty(),
+            book.pick(std::slice::from_ref(&other), 0, &c, now)
+                .is_empty(),
             "paused for all"
         );
         // Nothing changed: still paused.
