@@ -23,10 +23,10 @@ use harness::spawner::Spawner;
 
 const DOMAIN: &str = "test.internal";
 /// The relay port every caller's app uses.
-const RELAY: u16 = 9001;
+pub(super) const RELAY: u16 = 9001;
 
 /// A fresh identity store for one spawner (the CA is created in it at the first start).
-fn store() -> PathBuf {
+pub(super) fn store() -> PathBuf {
     let dir = std::env::temp_dir().join(unique_name("identity-store"));
     std::fs::create_dir_all(&dir).expect("create the store's parent");
     dir.join("identity")
@@ -34,7 +34,25 @@ fn store() -> PathBuf {
 
 /// A demo service on `net`, reachable there as `alias`, opted in under `prefix` with `labels`
 /// (suffixes), publishing 8443 on loopback.
-fn service(run: &TestRun, net: &str, prefix: &str, alias: &str, labels: &[(&str, &str)]) -> String {
+pub(super) fn service(
+    run: &TestRun,
+    net: &str,
+    prefix: &str,
+    alias: &str,
+    labels: &[(&str, &str)],
+) -> String {
+    service_on(run, net, prefix, alias, &images().sidecar, labels)
+}
+
+/// [`service`] asking for sidecar image `image`.
+pub(super) fn service_on(
+    run: &TestRun,
+    net: &str,
+    prefix: &str,
+    alias: &str,
+    image: &str,
+    labels: &[(&str, &str)],
+) -> String {
     let mut args: Vec<String> = vec![
         "--network".into(),
         net.into(),
@@ -43,7 +61,7 @@ fn service(run: &TestRun, net: &str, prefix: &str, alias: &str, labels: &[(&str,
         "-p".into(),
         "127.0.0.1::8443".into(),
         "--label".into(),
-        format!("{prefix}.proxy-image={}", images().sidecar),
+        format!("{prefix}.proxy-image={image}"),
     ];
     for (k, v) in labels {
         args.push("--label".into());
@@ -54,20 +72,32 @@ fn service(run: &TestRun, net: &str, prefix: &str, alias: &str, labels: &[(&str,
 }
 
 /// A (identity `a`, relaying 127.0.0.1:9001 to `b:8443`) and B (identity `b`, admitting `a`).
-fn caller_and_callee(run: &TestRun, net: &str, prefix: &str) -> (String, String) {
+pub(super) fn caller_and_callee(run: &TestRun, net: &str, prefix: &str) -> (String, String) {
+    caller_and_callee_on(run, net, prefix, &images().sidecar)
+}
+
+/// [`caller_and_callee`] asking for sidecar image `image`.
+pub(super) fn caller_and_callee_on(
+    run: &TestRun,
+    net: &str,
+    prefix: &str,
+    image: &str,
+) -> (String, String) {
     let upstream = format!("{RELAY}=b:8443");
-    let a = service(
+    let a = service_on(
         run,
         net,
         prefix,
         "a",
+        image,
         &[("identity", "a"), ("upstreams", &upstream)],
     );
-    let b = service(
+    let b = service_on(
         run,
         net,
         prefix,
         "b",
+        image,
         &[("identity", "b"), ("allow-identities", "a")],
     );
     (a, b)
@@ -97,7 +127,7 @@ fn curl_in(container: &str, args: &[&str]) -> Command {
 }
 
 /// `GET http://127.0.0.1:9001/<path>` from inside `container`: the answer's body, if any.
-fn call(container: &str, path: &str) -> Option<String> {
+pub(super) fn call(container: &str, path: &str) -> Option<String> {
     let out = curl_in(container, &[&format!("http://127.0.0.1:{RELAY}/{path}")])
         .output()
         .expect("run nsenter curl");
@@ -128,7 +158,7 @@ fn logs_of(container: &str) -> String {
     )
 }
 
-fn identity_args(store: &Path, ttl: &str) -> Vec<String> {
+pub(super) fn identity_args(store: &Path, ttl: &str) -> Vec<String> {
     vec![
         "--identity-domain".into(),
         DOMAIN.into(),

@@ -11,10 +11,12 @@
 use std::io::Write;
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use harness::docker::{
-    containers_with_label, docker, docker_ok, host_port, https_get, images, logs_of, poll,
+    containers_with_label, docker, docker_ok, host_port, https_get, images, inspect, logs_of, poll,
     unique_name, Container, TestRun, LIFECYCLE_DEADLINE,
 };
 use harness::load::{assert_clean, Load, Mix};
@@ -129,6 +131,16 @@ fn image_of(c: &Container) -> String {
 
 /// Waits until the target's only sidecar runs image `image_id` and TLS answers through it.
 fn wait_on_image(prefix: &str, target_id: &str, image_id: &str, limit: Duration) -> Container {
+    let sidecar = wait_sidecar_on(prefix, target_id, image_id, limit);
+    let port = host_port(target_id, 8443);
+    poll(LIFECYCLE_DEADLINE, "https through the sidecar", || {
+        https_get(port)
+    });
+    sidecar
+}
+
+/// Waits until the target's only sidecar runs image `image_id`.
+fn wait_sidecar_on(prefix: &str, target_id: &str, image_id: &str, limit: Duration) -> Container {
     let (sidecar, _) = poll(
         limit,
         &format!("the only sidecar of {target_id} to run image {image_id}"),
@@ -137,10 +149,6 @@ fn wait_on_image(prefix: &str, target_id: &str, image_id: &str, limit: Duration)
             _ => None,
         },
     );
-    let port = host_port(target_id, 8443);
-    poll(LIFECYCLE_DEADLINE, "https through the sidecar", || {
-        https_get(port)
-    });
     sidecar
 }
 
@@ -215,7 +223,11 @@ fn a_new_image_under_the_same_tag_is_rolled_out_under_load_without_a_failed_requ
         changed.elapsed()
     );
     assert_eq!(served.id, new.id);
-    assert_eq!(served.name, format!("{name}-tls-sidecar"), "renamed back");
+    poll(LIFECYCLE_DEADLINE, "the replacement renamed back", || {
+        inspect(&new.id)
+            .filter(|c| c.name == format!("{name}-tls-sidecar"))
+            .map(|_| ())
+    });
     std::thread::sleep(Duration::from_secs(1));
     let tallies = rt.block_on(load.finish());
     assert_clean(&tallies);
@@ -336,8 +348,9 @@ fn a_spawner_that_renders_sidecars_differently_replaces_them_and_an_unchanged_on
     let old = wait_on_image(&prefix, &id, &image, LIFECYCLE_DEADLINE);
     first.terminate();
     // The same flags: nothing to replace, however long it runs.
+    // Its first turns (at start, and once subscribed to events) see the sidecar up to date.
     let second = Spawner::start(&prefix, &flags);
-    second.wait_log("observed", 3, LIFECYCLE_DEADLINE);
+    second.wait_log("observed", 2, Duration::from_secs(30));
     std::thread::sleep(Duration::from_secs(2));
     let now = sidecars_for(&prefix, &id);
     assert!(
@@ -519,4 +532,127 @@ fn fifty_targets_roll_out_with_parallelism_two() {
     let done = spawner.logs().matches("roll-out done").count();
     assert_eq!(done, n, "one hand-over per target");
     let _ = started;
+}
+
+/// Calls from the app of `caller` through its egress relay, one after the other until `stop`:
+/// how many were answered, and the failures.
+fn relay_calls(
+    caller: String,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<(u64, Vec<String>)> {
+    std::thread::spawn(move || {
+        let (mut ok, mut failed) = (0, Vec::new());
+        let mut n = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            n += 1;
+            match super::identity::call(&caller, &format!("call-{n}")) {
+                Some(body) if body.starts_with(&format!("GET /call-{n} ")) => ok += 1,
+                other => failed.push(format!("call {n}: {other:?}")),
+            }
+        }
+        (ok, failed)
+    })
+}
+
+#[test]
+fn a_roll_out_hands_the_egress_relays_over_too_and_no_call_between_services_fails() {
+    let mut tags = Tags::new();
+    let tag = tags.sidecar();
+    let run = TestRun::new();
+    let prefix = run.label_prefix();
+    let net = run.network(&unique_name("ronet"));
+    let first = good(&tag, "1");
+    let store = super::identity::store();
+    let mut args = super::identity::identity_args(&store, "1h");
+    args.extend(["--sidecar-shutdown-grace".to_string(), "3s".to_string()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let spawner = Spawner::start(&prefix, &args);
+    let (a, b) = super::identity::caller_and_callee_on(&run, &net, &prefix, &tag);
+    // B admits A's identity only: no plain https check through it.
+    wait_sidecar_on(&prefix, &a, &first, LIFECYCLE_DEADLINE);
+    wait_sidecar_on(&prefix, &b, &first, LIFECYCLE_DEADLINE);
+    poll(LIFECYCLE_DEADLINE, "A's first call to B answered", || {
+        super::identity::call(&a, "first")
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let calls = relay_calls(a.clone(), stop.clone());
+    std::thread::sleep(Duration::from_secs(1));
+    // Both sidecars are replaced: A's relay listener and B's TLS listener change hands.
+    let second = good(&tag, "2");
+    wait_sidecar_on(&prefix, &a, &second, ROLLOUT_DEADLINE);
+    wait_sidecar_on(&prefix, &b, &second, ROLLOUT_DEADLINE);
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failed) = calls.join().expect("the calling thread");
+    eprintln!(
+        "observed: {ok} calls through the egress relay, {} failed",
+        failed.len()
+    );
+    assert!(failed.is_empty(), "calls failed: {failed:?}");
+    assert!(ok > 0, "no call went through");
+    assert_eq!(spawner.logs().matches("roll-out done").count(), 2);
+}
+
+/// A spawner killed at the worst moments of a roll-out: with a replacement that never takes
+/// over, and with one that took over while no spawner ran. The next spawner settles both from
+/// what the containers say: the late one is removed (the old sidecar serves on), the old one
+/// that handed over is removed and its replacement takes the usual name.
+#[test]
+fn a_spawner_killed_mid_roll_out_leaves_nothing_for_the_next_one_to_get_wrong() {
+    let mut tags = Tags::new();
+    let tag = tags.sidecar();
+    let run = TestRun::new();
+    let prefix = run.label_prefix();
+    let first = good(&tag, "1");
+    let flags = ["--sidecar-shutdown-grace", "2s", "--rollout-timeout", "3s"];
+    let mut spawner = Spawner::start(&prefix, &flags);
+    let (name, id) = target(&run, &prefix, &tag, &[]);
+    let old = wait_on_image(&prefix, &id, &first, LIFECYCLE_DEADLINE);
+    let rt = runtime();
+    let load = {
+        let _in = rt.enter();
+        Load::start(addr(&id), Mix::REQUESTS)
+    };
+    // A replacement that never takes over; the spawner dies while it runs.
+    bad(&tag, "never", &["--listen", "0.0.0.0:9999"]);
+    let (late, _) = poll(ROLLOUT_DEADLINE, "the replacement running", || {
+        sidecars_for(&prefix, &id)
+            .into_iter()
+            .find(|s| s.running && s.id != old.id)
+    });
+    spawner.kill();
+    let mut spawner = Spawner::start(&prefix, &flags);
+    poll(ROLLOUT_DEADLINE, "the late replacement removed", || {
+        inspect(&late.id).is_none().then_some(())
+    });
+    let s = sidecars_for(&prefix, &id);
+    assert!(
+        s.len() == 1 && s[0].id == old.id,
+        "the old sidecar serves on"
+    );
+    spawner.wait_log("did not take over within 3s", 1, LIFECYCLE_DEADLINE);
+    // A good replacement; the spawner dies as soon as it runs, and the hand-over happens
+    // without it.
+    let fixed = good(&tag, "fixed");
+    let (new, _) = poll(ROLLOUT_DEADLINE, "the replacement running", || {
+        sidecars_for(&prefix, &id)
+            .into_iter()
+            .find(|s| s.running && image_of(s) == fixed)
+    });
+    spawner.kill();
+    poll(
+        ROLLOUT_DEADLINE,
+        "the old sidecar to drain and exit",
+        || inspect(&old.id).is_some_and(|c| !c.running).then_some(()),
+    );
+    let _next = Spawner::start(&prefix, &flags);
+    let served = wait_on_image(&prefix, &id, &fixed, ROLLOUT_DEADLINE);
+    assert_eq!(served.id, new.id);
+    poll(LIFECYCLE_DEADLINE, "the replacement renamed", || {
+        inspect(&new.id)
+            .filter(|c| c.name == format!("{name}-tls-sidecar"))
+            .map(|_| ())
+    });
+    let tallies = rt.block_on(load.finish());
+    assert_clean(&tallies);
 }
