@@ -440,6 +440,8 @@ pub(crate) struct Manager {
     wake: Arc<Notify>,
     metrics: Arc<Metrics>,
     roots: rustls::RootCertStore,
+    /// External Account Binding: the key ID and the HMAC key, read at start.
+    eab: Option<(String, Vec<u8>)>,
     /// The account, opened by the first order (a tokio lock: two first orders open one).
     client: tokio::sync::Mutex<Option<Arc<Client>>>,
     orders: Arc<Semaphore>,
@@ -459,6 +461,11 @@ impl Manager {
         metrics: Arc<Metrics>,
     ) -> Result<Arc<Manager>, Error> {
         let roots = roots(cfg.ca_cert.as_deref())?;
+        let eab = cfg
+            .eab
+            .as_ref()
+            .map(|(kid, file)| eab_key(file).map(|key| (kid.clone(), key)))
+            .transpose()?;
         let store = Store::new(cfg.store.clone());
         let read = {
             let store = store.clone();
@@ -483,6 +490,7 @@ impl Manager {
             wake,
             metrics,
             roots,
+            eab,
             client: tokio::sync::Mutex::new(None),
             orders: Arc::new(Semaphore::new(MAX_ORDERS)),
             inner: Mutex::new(Inner::new(entries)),
@@ -732,11 +740,16 @@ impl Manager {
         if let Some(c) = client.as_ref() {
             return Ok(c.clone());
         }
-        let opened = Client::open(
+        let eab = self
+            .eab
+            .as_ref()
+            .map(|(kid, key)| (kid.as_str(), key.as_slice()));
+        let opened = Client::open_bound(
             &self.cfg.directory,
             self.roots.clone(),
             &self.cfg.email,
             self.store.clone(),
+            eab,
         )
         .await?;
         tracing::info!(account = %opened.account_id(), "acme account ready");
@@ -847,6 +860,36 @@ fn roots(ca_cert: Option<&std::path::Path>) -> Result<rustls::RootCertStore, Err
     Ok(roots)
 }
 
+/// An External Account Binding key file is a line of base64; anything this large is not one.
+const MAX_EAB_KEY_BYTES: u64 = 4096;
+
+/// The HMAC key in `--acme-eab-hmac-key-file`: base64url as CAs print it (padded or not; the
+/// standard alphabet is taken too), surrounding whitespace ignored.
+fn eab_key(path: &std::path::Path) -> Result<Vec<u8>, Error> {
+    let fail = |reason: String| Error::AcmeEabKey {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let bytes = shared::fs::read(path, MAX_EAB_KEY_BYTES).map_err(|e| fail(e.to_string()))?;
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|_| fail("not text: expected the base64url key the CA gave".into()))?;
+    decode_eab_key(text).map_err(fail)
+}
+
+/// [`eab_key`]'s decoding, pure.
+fn decode_eab_key(text: &str) -> Result<Vec<u8>, String> {
+    use base64::Engine as _;
+    let text = text.trim().trim_end_matches('=');
+    if text.is_empty() {
+        return Err("empty: expected the base64url key the CA gave".into());
+    }
+    let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let normal = text.replace('+', "-").replace('/', "_");
+    engine
+        .decode(normal)
+        .map_err(|e| format!("not base64url: {e}"))
+}
+
 fn at(unix: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(unix)
 }
@@ -868,6 +911,22 @@ mod tests {
 
     fn names(list: &[&str]) -> Vec<DnsName> {
         list.iter().map(|n| n.parse().expect("name")).collect()
+    }
+
+    #[test]
+    fn eab_keys_are_base64url_as_cas_print_them() {
+        assert_eq!(
+            decode_eab_key("AAEC-_8").expect("url-safe"),
+            [0, 1, 2, 251, 255]
+        );
+        assert_eq!(
+            decode_eab_key(" AAEC+/8=\n").expect("standard, padded"),
+            [0, 1, 2, 251, 255]
+        );
+        assert!(decode_eab_key("").expect_err("empty").contains("empty"));
+        assert!(decode_eab_key("not base64!")
+            .expect_err("bad")
+            .contains("not base64url"));
     }
 
     #[test]

@@ -147,6 +147,22 @@ pub(crate) struct Opts {
     #[arg(long, env = "SPAWNER_ACME_CA_CERT", value_name = "FILE", global = true)]
     pub(crate) acme_ca_cert: Option<std::path::PathBuf>,
 
+    /// External Account Binding (ZeroSSL, Google Trust Services, most commercial CAs): the key
+    /// ID the CA gave; needs --acme-eab-hmac-key-file [default: none]
+    #[arg(long, env = "SPAWNER_ACME_EAB_KID", value_name = "KID", global = true)]
+    pub(crate) acme_eab_kid: Option<String>,
+
+    /// External Account Binding: a file holding the HMAC key the CA gave (base64url, as CAs
+    /// print it), readable by the spawner alone; the key itself is never a flag value, which
+    /// `ps` would show. Needs --acme-eab-kid [default: none]
+    #[arg(
+        long,
+        env = "SPAWNER_ACME_EAB_HMAC_KEY_FILE",
+        value_name = "FILE",
+        global = true
+    )]
+    pub(crate) acme_eab_hmac_key_file: Option<std::path::PathBuf>,
+
     /// First wait before retrying a failed order for a name set; doubled per failure up to 6h.
     /// Whatever it is, at most 3 orders per name set are placed in any hour.
     #[arg(long, env = "SPAWNER_ACME_RETRY_MIN", default_value = "1m",
@@ -467,6 +483,8 @@ pub(crate) struct AcmeConfig {
     /// Where the store is, as this process sees it (written by ACME).
     pub(crate) store: std::path::PathBuf,
     pub(crate) policy: AcmePolicy,
+    /// External Account Binding: the key ID and the file holding the HMAC key (read at start).
+    pub(crate) eab: Option<(String, std::path::PathBuf)>,
 }
 
 /// Where the identity CA is.
@@ -875,7 +893,44 @@ fn acme_config(o: &Opts, certs: Option<&CertsSource>) -> Result<Option<AcmeConfi
         ca_cert: o.acme_ca_cert.clone(),
         store,
         policy,
+        eab: eab_config(o)?,
     }))
+}
+
+/// `--acme-eab-kid` and `--acme-eab-hmac-key-file`: both or neither.
+fn eab_config(o: &Opts) -> Result<Option<(String, std::path::PathBuf)>, ConfigError> {
+    let kid = o
+        .acme_eab_kid
+        .as_deref()
+        .map(str::trim)
+        .filter(|k| !k.is_empty());
+    let file = o
+        .acme_eab_hmac_key_file
+        .clone()
+        .filter(|p| !p.as_os_str().is_empty());
+    match (kid, file) {
+        (None, None) => Ok(None),
+        (Some(kid), Some(file)) => {
+            if kid.len() > 256 || kid.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(bad(
+                    "acme-eab-kid",
+                    kid,
+                    "expected the key ID the CA gave (printable, at most 256 bytes)",
+                ));
+            }
+            Ok(Some((kid.to_string(), file)))
+        }
+        (Some(kid), None) => Err(bad(
+            "acme-eab-kid",
+            kid,
+            "needs --acme-eab-hmac-key-file: the file holding the CA's HMAC key",
+        )),
+        (None, Some(file)) => Err(bad(
+            "acme-eab-hmac-key-file",
+            &file.display().to_string(),
+            "needs --acme-eab-kid: the key ID the CA gave",
+        )),
+    }
 }
 
 /// An address the CA will take as `mailto:`: one `@`, a local part of printable characters
@@ -1010,6 +1065,42 @@ mod tests {
         ] {
             assert_eq!(cfg(args).expect_err("refused").flag, flag, "{args:?}");
         }
+    }
+
+    #[test]
+    fn external_account_binding_needs_both_its_flags() {
+        let on = [
+            "--certs-from",
+            "/le",
+            "--acme-email",
+            "a@example.com",
+            "--acme-agree-tos",
+        ];
+        let with = |extra: &[&str]| {
+            let mut args = on.to_vec();
+            args.extend_from_slice(extra);
+            cfg(&args)
+        };
+        assert_eq!(with(&[]).expect("acme").acme.expect("on").eab, None);
+        let both = with(&[
+            "--acme-eab-kid",
+            "kid-1",
+            "--acme-eab-hmac-key-file",
+            "/run/secrets/eab",
+        ])
+        .expect("both");
+        assert_eq!(
+            both.acme.expect("on").eab,
+            Some(("kid-1".into(), "/run/secrets/eab".into()))
+        );
+        let refused = |extra: &[&str]| with(extra).expect_err("refused");
+        let e = refused(&["--acme-eab-kid", "kid-1"]);
+        assert_eq!(e.flag, "acme-eab-kid");
+        assert!(e.to_string().contains("--acme-eab-hmac-key-file"), "{e}");
+        let e = refused(&["--acme-eab-hmac-key-file", "/run/secrets/eab"]);
+        assert_eq!(e.flag, "acme-eab-hmac-key-file");
+        let e = refused(&["--acme-eab-kid", "a b", "--acme-eab-hmac-key-file", "/k"]);
+        assert_eq!(e.flag, "acme-eab-kid");
     }
 
     #[test]

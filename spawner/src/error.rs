@@ -22,6 +22,11 @@ pub enum Error {
     /// The daemon refused a `spawner rollout` request.
     #[error("{0}")]
     RolloutRefused(String),
+    #[error("cannot read --acme-eab-hmac-key-file {}: {reason}", path.display())]
+    AcmeEabKey {
+        path: std::path::PathBuf,
+        reason: String,
+    },
     #[error("cannot read --acme-ca-cert {}: {reason}", path.display())]
     AcmeCaCert {
         path: std::path::PathBuf,
@@ -49,6 +54,7 @@ impl Error {
             | Error::Deliver(_)
             | Error::Control(_)
             | Error::RolloutRefused(_)
+            | Error::AcmeEabKey { .. }
             | Error::AcmeCaCert { .. } => false,
         }
     }

@@ -145,6 +145,7 @@ impl EngineCause {
             | Error::Deliver(_)
             | Error::Control(_)
             | Error::RolloutRefused(_)
+            | Error::AcmeEabKey { .. }
             | Error::AcmeCaCert { .. } => return None,
         })
     }

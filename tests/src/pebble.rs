@@ -36,6 +36,9 @@ pub struct Options {
     /// Lifetime of issued certificates (`certificateValidityPeriod`, whole seconds; Pebble's
     /// default is 5 years). Short lifetimes are what renewal tests need.
     pub certificate_validity: Option<Duration>,
+    /// External Account Binding required, with these key IDs and their base64url HMAC keys
+    /// (`externalAccountBindingRequired`, `externalAccountMACKeys`).
+    pub eab_keys: Vec<(String, String)>,
 }
 
 /// A running Pebble and its DNS server.
@@ -114,8 +117,16 @@ impl Pebble {
             "httpPort": http_port,
             "tlsPort": tls_port,
             "ocspResponderURL": "",
-            "externalAccountBindingRequired": false,
+            "externalAccountBindingRequired": !options.eab_keys.is_empty(),
         });
+        if !options.eab_keys.is_empty() {
+            let keys: serde_json::Map<String, serde_json::Value> = options
+                .eab_keys
+                .iter()
+                .map(|(kid, key)| (kid.clone(), key.clone().into()))
+                .collect();
+            pebble_config["externalAccountMACKeys"] = keys.into();
+        }
         if let Some(validity) = options.certificate_validity {
             pebble_config["certificateValidityPeriod"] = validity.as_secs().max(1).into();
         }

@@ -19,7 +19,7 @@ use http::{Request, Response};
 use hyper_util::rt::TokioIo;
 use instant_acme::{
     Account, AccountCredentials, AuthorizationHandle, BodyWrapper, BytesResponse, ChallengeType,
-    HttpClient, Identifier, NewAccount, NewOrder, OrderStatus, RetryPolicy,
+    ExternalAccountKey, HttpClient, Identifier, NewAccount, NewOrder, OrderStatus, RetryPolicy,
 };
 use rustls::RootCertStore;
 use rustls_pki_types::ServerName;
@@ -127,6 +127,18 @@ impl Client {
         email: &str,
         store: Store,
     ) -> Result<Client, AcmeError> {
+        Self::open_bound(directory, roots, email, store, None).await
+    }
+
+    /// [`Client::open`], a new account bound to an external account (`--acme-eab-*`, RFC 8555
+    /// section 7.3.4) when `eab` is given: the key ID and the raw HMAC key.
+    pub async fn open_bound(
+        directory: &str,
+        roots: RootCertStore,
+        email: &str,
+        store: Store,
+        eab: Option<(&str, &[u8])>,
+    ) -> Result<Client, AcmeError> {
         let http = || -> Box<dyn HttpClient> { Box::new(Http::new(roots.clone())) };
         let path = store.account_path();
         // Only a missing file means "no account yet": any other read error must not make a
@@ -164,6 +176,13 @@ impl Client {
             return Ok(Client { account, store });
         }
         let contact = format!("mailto:{email}");
+        let binding = eab.map(|(kid, key)| ExternalAccountKey::new(kid.to_string(), key));
+        let what = match eab {
+            Some((kid, _)) => format!(
+                "creating an ACME account at {directory} with External Account Binding (key ID {kid})"
+            ),
+            None => format!("creating an ACME account at {directory}"),
+        };
         let (account, credentials) = Account::builder_with_http(http())
             .create(
                 &NewAccount {
@@ -172,10 +191,10 @@ impl Client {
                     only_return_existing: false,
                 },
                 directory.to_string(),
-                None,
+                binding.as_ref(),
             )
             .await
-            .map_err(|e| classify(&format!("creating an ACME account at {directory}"), e))?;
+            .map_err(|e| classify(&what, e))?;
         let json = serde_json::to_vec(&credentials)
             .map_err(|e| transient(format!("serialising the account: {e}")))?;
         store

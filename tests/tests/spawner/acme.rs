@@ -191,6 +191,63 @@ fn http01_certificate_is_obtained_stored_in_certbot_layout_and_served() {
     assert!(!lines_with(&logs, ISSUED).is_empty(), "{ISSUED:?} logged");
 }
 
+/// A CA that requires External Account Binding (Pebble, as ZeroSSL or Google Trust Services do):
+/// the account is bound with the key ID and the key from its file, and the certificate issued;
+/// with the wrong key, the order fails naming the binding, and status says so.
+#[test]
+fn external_account_binding_registers_with_the_right_key_and_names_a_wrong_one() {
+    let kid = "kid-tls-sidecar";
+    let key = "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W";
+    let acme = Acme::start_with(Options {
+        eab_keys: vec![(kid.to_string(), key.to_string())],
+        ..Options::default()
+    });
+    let secrets = TempDir::new("eab");
+    let right = secrets.write("right", format!("{key}\n"));
+    let wrong = secrets.write("wrong", "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8");
+    // The wrong key first: the account is refused, nothing is stored, status names the binding.
+    let mut flags = acme.flags();
+    let wrong_flags = [
+        "--acme-eab-kid",
+        kid,
+        "--acme-eab-hmac-key-file",
+        wrong.to_str().expect("utf-8 path"),
+    ];
+    flags.extend_from_slice(&wrong_flags);
+    flags.extend_from_slice(&["--resync-interval", "1s"]);
+    let spawner = Spawner::start(&acme.prefix, &flags);
+    let (name, id) = acme.http01_target("eab.test");
+    let row = acme.wait_state(&name, "failing");
+    let error = row["acme_error"].as_str().unwrap_or_default().to_string();
+    assert!(
+        error.contains("External Account Binding") && error.contains(kid),
+        "the failure names the binding: {row:#}"
+    );
+    assert!(!acme.account_path().exists(), "no account stored");
+    drop(spawner);
+    // That name set's orders are capped and backed off now: the next names are another target's.
+    docker_ok(&["rm", "-f", &id]);
+    // The right key: bound, and the certificate issued and served.
+    let mut flags = acme.flags();
+    let right_flags = [
+        "--acme-eab-kid",
+        kid,
+        "--acme-eab-hmac-key-file",
+        right.to_str().expect("utf-8 path"),
+    ];
+    flags.extend_from_slice(&right_flags);
+    flags.extend_from_slice(&["--resync-interval", "1s"]);
+    let _spawner = Spawner::start(&acme.prefix, &flags);
+    let (_, id) = acme.http01_target("bound.test");
+    let chain = acme.wait_issued(host_port(&id, 8443), &["bound.test"]);
+    assert_eq!(dns_sans(&chain[0]), ["bound.test"]);
+    assert!(acme.account_path().exists(), "the bound account is stored");
+    // The key is the spawner's alone: not in the sidecar's environment nor its labels.
+    let sidecar = wait_sidecar(&acme.prefix, &id);
+    let seen = docker_ok(&["inspect", &sidecar]);
+    assert!(!seen.contains(key) && !seen.contains("eab"), "{seen}");
+}
+
 #[test]
 fn tls_alpn01_gets_one_certificate_for_two_names() {
     let acme = Acme::start();
@@ -374,6 +431,7 @@ fn status_shows_the_issued_certificate_its_sidecar_serves_with_or_without_the_ac
 fn the_certificate_is_renewed_at_two_thirds_of_its_lifetime_while_connections_keep_working() {
     let acme = Acme::start_with(Options {
         certificate_validity: Some(Duration::from_secs(30)),
+        ..Options::default()
     });
     let spawner = acme.spawner();
     let (name, id) = acme.http01_target("a.test");

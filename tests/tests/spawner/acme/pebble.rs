@@ -364,6 +364,7 @@ async fn tls_alpn01_issues_a_certificate_that_chains_to_pebbles_root() {
 async fn certificate_validity_period_sets_the_lifetime_of_issued_certificates() {
     let pebble = Pebble::start_with(Options {
         certificate_validity: Some(Duration::from_secs(120)),
+        ..Options::default()
     })
     .await;
     let account = account(&pebble).await;
