@@ -267,6 +267,46 @@ mod tests {
         assert!(!allowed(65534, 0));
     }
 
+    /// Sends raw `bytes` on the control socket of `prefix`; the answer line, if any.
+    async fn raw(prefix: &str, bytes: &[u8]) -> String {
+        let stream = shared::abstract_socket::connect(&socket_name(prefix)).expect("connect");
+        let (read, mut write) = stream.into_split();
+        let _ = write.write_all(bytes).await;
+        let mut answer = String::new();
+        let mut read = BufReader::new(read);
+        let _ = tokio::time::timeout(Duration::from_secs(10), read.read_line(&mut answer)).await;
+        answer
+    }
+
+    #[tokio::test]
+    async fn garbage_and_oversized_requests_get_an_error_and_the_next_one_is_answered() {
+        let prefix = format!("control-hostile-{}", std::process::id());
+        let (tx, _rx) = mpsc::channel(QUEUE);
+        let view = Arc::new(Mutex::new("{}".to_string()));
+        let stop = CancellationToken::new();
+        let server = tokio::spawn(serve(
+            prefix.clone(),
+            tx,
+            view,
+            Arc::new(Notify::new()),
+            stop.clone(),
+        ));
+        let mut garbage = String::new();
+        for _ in 0..100 {
+            if shared::abstract_socket::connect(&socket_name(&prefix)).is_ok() {
+                garbage = raw(&prefix, b"\x00\x01 DROP TABLE\n").await;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(garbage.starts_with("error: expected"), "{garbage:?}");
+        let oversized = raw(&prefix, &vec![b'a'; 64 * 1024]).await;
+        assert!(oversized.starts_with("error: expected"), "{oversized:?}");
+        assert_eq!(status(&prefix).await.expect("answered"), "{}");
+        stop.cancel();
+        server.await.expect("server");
+    }
+
     #[tokio::test]
     async fn a_request_reaches_the_loop_and_its_answer_the_client() {
         let prefix = format!("control-test-{}", std::process::id());
