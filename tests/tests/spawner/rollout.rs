@@ -51,6 +51,34 @@ impl Tags {
     }
 }
 
+/// What every test here starts with: its engine resources, a label prefix, and a sidecar tag
+/// of its own at generation 1. Dropped in field order: the containers before the image tags.
+struct Setup {
+    run: TestRun,
+    prefix: String,
+    tag: String,
+    /// The image ID of generation 1.
+    first: String,
+    _tags: Tags,
+}
+
+impl Setup {
+    fn new() -> Setup {
+        let mut tags = Tags::new();
+        let tag = tags.sidecar();
+        let run = TestRun::new();
+        let prefix = run.label_prefix();
+        let first = good(&tag, "1");
+        Setup {
+            run,
+            prefix,
+            tag,
+            first,
+            _tags: tags,
+        }
+    }
+}
+
 /// Builds `tag` from `dockerfile` (its text, on stdin, no context); returns the image ID.
 fn build(tag: &str, dockerfile: &str) -> String {
     let mut child = Command::new("docker")
@@ -171,16 +199,18 @@ fn runtime() -> tokio::runtime::Runtime {
 
 #[test]
 fn a_new_image_under_the_same_tag_is_rolled_out_under_load_without_a_failed_request() {
-    let mut tags = Tags::new();
-    let tag = tags.sidecar();
-    let run = TestRun::new();
-    let prefix = run.label_prefix();
-    let first = good(&tag, "1");
-    let spawner = Spawner::start(&prefix, &["--sidecar-shutdown-grace", "10s"]);
-    let (name, id) = target(&run, &prefix, &tag, &[]);
-    let old = wait_on_image(&prefix, &id, &first, LIFECYCLE_DEADLINE);
+    let Setup {
+        run,
+        prefix,
+        tag,
+        first,
+        ..
+    } = &Setup::new();
+    let spawner = Spawner::start(prefix, &["--sidecar-shutdown-grace", "10s"]);
+    let (name, id) = target(run, prefix, tag, &[]);
+    let old = wait_on_image(prefix, &id, first, LIFECYCLE_DEADLINE);
     assert_eq!(
-        row_field(&prefix, &name, "outdated"),
+        row_field(prefix, &name, "outdated"),
         serde_json::Value::Null
     );
 
@@ -191,14 +221,14 @@ fn a_new_image_under_the_same_tag_is_rolled_out_under_load_without_a_failed_requ
     };
     std::thread::sleep(Duration::from_secs(1));
     let changed = Instant::now();
-    let second = good(&tag, "2");
-    assert_ne!(first, second);
+    let second = good(tag, "2");
+    assert_ne!(*first, second);
     // The replacement runs the new image beside the old one, which drains its open streams.
     let (new, took) = poll(
         ROLLOUT_DEADLINE,
         "a running replacement on the new image",
         || {
-            sidecars_for(&prefix, &id)
+            sidecars_for(prefix, &id)
                 .into_iter()
                 .find(|s| s.running && image_of(s) == second && s.id != old.id)
         },
@@ -217,7 +247,7 @@ fn a_new_image_under_the_same_tag_is_rolled_out_under_load_without_a_failed_requ
     eprintln!("observed: handed over {took:?} later");
     std::thread::sleep(Duration::from_secs(1));
     load.finish_streams();
-    let served = wait_on_image(&prefix, &id, &second, ROLLOUT_DEADLINE);
+    let served = wait_on_image(prefix, &id, &second, ROLLOUT_DEADLINE);
     eprintln!(
         "observed: the new image serves alone {:?} after the image change",
         changed.elapsed()
@@ -232,11 +262,11 @@ fn a_new_image_under_the_same_tag_is_rolled_out_under_load_without_a_failed_requ
     let tallies = rt.block_on(load.finish());
     assert_clean(&tallies);
     assert_eq!(
-        row_field(&prefix, &name, "image_id").as_str(),
+        row_field(prefix, &name, "image_id").as_str(),
         Some(second.as_str())
     );
     assert_eq!(
-        row_field(&prefix, &name, "outdated"),
+        row_field(prefix, &name, "outdated"),
         serde_json::Value::Null
     );
     let logs = spawner.logs();
@@ -253,13 +283,15 @@ fn rollout_state(prefix: &str, name: &str) -> String {
 
 #[test]
 fn a_bad_image_never_takes_a_service_down_and_pauses_the_roll_out_until_it_is_fixed() {
-    let mut tags = Tags::new();
-    let tag = tags.sidecar();
-    let run = TestRun::new();
-    let prefix = run.label_prefix();
-    let first = good(&tag, "1");
+    let Setup {
+        run,
+        prefix,
+        tag,
+        first,
+        ..
+    } = &Setup::new();
     let spawner = Spawner::start(
-        &prefix,
+        prefix,
         &[
             "--sidecar-shutdown-grace",
             "2s",
@@ -269,9 +301,9 @@ fn a_bad_image_never_takes_a_service_down_and_pauses_the_roll_out_until_it_is_fi
             "2",
         ],
     );
-    let targets: Vec<(String, String)> = (0..3).map(|_| target(&run, &prefix, &tag, &[])).collect();
+    let targets: Vec<(String, String)> = (0..3).map(|_| target(run, prefix, tag, &[])).collect();
     for (_, id) in &targets {
-        wait_on_image(&prefix, id, &first, LIFECYCLE_DEADLINE);
+        wait_on_image(prefix, id, first, LIFECYCLE_DEADLINE);
     }
     let rt = runtime();
     let load = {
@@ -290,7 +322,7 @@ fn a_bad_image_never_takes_a_service_down_and_pauses_the_roll_out_until_it_is_fi
     ];
     for (i, (kind, args, why)) in kinds.iter().enumerate() {
         let pauses = spawner.logs().matches("roll-out paused").count();
-        let bad_id = bad(&tag, &format!("bad{i}"), args);
+        let bad_id = bad(tag, &format!("bad{i}"), args);
         eprintln!("bad image: {kind} ({bad_id})");
         spawner.wait_log("roll-out paused", pauses + 1, ROLLOUT_DEADLINE);
         // Two failed, naming why, the third paused: as the daemon's next turn shows it.
@@ -300,7 +332,7 @@ fn a_bad_image_never_takes_a_service_down_and_pauses_the_roll_out_until_it_is_fi
             || {
                 let states: Vec<String> = targets
                     .iter()
-                    .map(|(name, _)| rollout_state(&prefix, name))
+                    .map(|(name, _)| rollout_state(prefix, name))
                     .collect();
                 let failed: Vec<&String> = states
                     .iter()
@@ -317,17 +349,17 @@ fn a_bad_image_never_takes_a_service_down_and_pauses_the_roll_out_until_it_is_fi
             poll(
                 LIFECYCLE_DEADLINE,
                 &format!("{kind}: {name} served by the first image alone"),
-                || match sidecars_for(&prefix, id).as_slice() {
-                    [one] if one.running && image_of(one) == first => Some(()),
+                || match sidecars_for(prefix, id).as_slice() {
+                    [one] if one.running && image_of(one) == *first => Some(()),
                     _ => None,
                 },
             );
         }
     }
     // A fixed image resumes the roll-out: every target moves to it.
-    let fixed = good(&tag, "fixed");
+    let fixed = good(tag, "fixed");
     for (_, id) in &targets {
-        wait_on_image(&prefix, id, &fixed, ROLLOUT_DEADLINE);
+        wait_on_image(prefix, id, &fixed, ROLLOUT_DEADLINE);
     }
     let tallies = rt.block_on(load.finish());
     assert_clean(&tallies);
@@ -337,22 +369,24 @@ fn a_bad_image_never_takes_a_service_down_and_pauses_the_roll_out_until_it_is_fi
 
 #[test]
 fn a_spawner_that_renders_sidecars_differently_replaces_them_and_an_unchanged_one_nothing() {
-    let mut tags = Tags::new();
-    let tag = tags.sidecar();
-    let run = TestRun::new();
-    let prefix = run.label_prefix();
-    let image = good(&tag, "1");
+    let Setup {
+        run,
+        prefix,
+        tag,
+        first: image,
+        ..
+    } = &Setup::new();
     let flags = ["--sidecar-shutdown-grace", "5s"];
-    let mut first = Spawner::start(&prefix, &flags);
-    let (_, id) = target(&run, &prefix, &tag, &[]);
-    let old = wait_on_image(&prefix, &id, &image, LIFECYCLE_DEADLINE);
+    let mut first = Spawner::start(prefix, &flags);
+    let (_, id) = target(run, prefix, tag, &[]);
+    let old = wait_on_image(prefix, &id, image, LIFECYCLE_DEADLINE);
     first.terminate();
     // The same flags: nothing to replace, however long it runs.
     // Its first turns (at start, and once subscribed to events) see the sidecar up to date.
-    let second = Spawner::start(&prefix, &flags);
+    let second = Spawner::start(prefix, &flags);
     second.wait_log("observed", 2, Duration::from_secs(30));
     std::thread::sleep(Duration::from_secs(2));
-    let now = sidecars_for(&prefix, &id);
+    let now = sidecars_for(prefix, &id);
     assert!(
         now.len() == 1 && now[0].id == old.id,
         "no churn on a restart: {:?}",
@@ -365,11 +399,11 @@ fn a_spawner_that_renders_sidecars_differently_replaces_them_and_an_unchanged_on
         let _in = rt.enter();
         Load::start(addr(&id), Mix::REQUESTS)
     };
-    let _third = Spawner::start(&prefix, &["--sidecar-shutdown-grace", "7s"]);
+    let _third = Spawner::start(prefix, &["--sidecar-shutdown-grace", "7s"]);
     let (new, took) = poll(
         ROLLOUT_DEADLINE,
         "the sidecar replaced",
-        || match sidecars_for(&prefix, &id).as_slice() {
+        || match sidecars_for(prefix, &id).as_slice() {
             [one] if one.running && one.id != old.id => Some(one.clone()),
             _ => None,
         },
@@ -382,13 +416,15 @@ fn a_spawner_that_renders_sidecars_differently_replaces_them_and_an_unchanged_on
 
 #[test]
 fn manual_targets_wait_for_spawner_rollout_and_status_shows_them_outdated() {
-    let mut tags = Tags::new();
-    let tag = tags.sidecar();
-    let run = TestRun::new();
-    let prefix = run.label_prefix();
-    let first = good(&tag, "1");
+    let Setup {
+        run,
+        prefix,
+        tag,
+        first,
+        ..
+    } = &Setup::new();
     let spawner = Spawner::start(
-        &prefix,
+        prefix,
         &[
             "--sidecar-shutdown-grace",
             "2s",
@@ -398,14 +434,14 @@ fn manual_targets_wait_for_spawner_rollout_and_status_shows_them_outdated() {
     );
     let admin = spawner.admin_addr();
     let manual_label = vec![format!("{prefix}.rollout=manual")];
-    let (manual, manual_id) = target(&run, &prefix, &tag, &manual_label);
-    let (auto, auto_id) = target(&run, &prefix, &tag, &[]);
-    wait_on_image(&prefix, &manual_id, &first, LIFECYCLE_DEADLINE);
-    wait_on_image(&prefix, &auto_id, &first, LIFECYCLE_DEADLINE);
-    let second = good(&tag, "2");
+    let (manual, manual_id) = target(run, prefix, tag, &manual_label);
+    let (auto, auto_id) = target(run, prefix, tag, &[]);
+    wait_on_image(prefix, &manual_id, first, LIFECYCLE_DEADLINE);
+    wait_on_image(prefix, &auto_id, first, LIFECYCLE_DEADLINE);
+    let second = good(tag, "2");
     // The automatic target follows its image; the manual one is only shown outdated.
-    wait_on_image(&prefix, &auto_id, &second, ROLLOUT_DEADLINE);
-    let rows = spawner::status_json(&prefix, &[]);
+    wait_on_image(prefix, &auto_id, &second, ROLLOUT_DEADLINE);
+    let rows = spawner::status_json(prefix, &[]);
     let row = spawner::row(&rows, &manual);
     assert_eq!(row["image_id"], first.as_str(), "{row:#}");
     assert_eq!(row["wanted_image_id"], second.as_str(), "{row:#}");
@@ -417,12 +453,12 @@ fn manual_targets_wait_for_spawner_rollout_and_status_shows_them_outdated() {
             .starts_with("outdated"),
         "{row:#}"
     );
-    let table = spawner::status(&prefix, &[]);
+    let table = spawner::status(prefix, &[]);
     let short = |id: &str| id.trim_start_matches("sha256:")[..12].to_string();
     assert!(
         table.contains(&format!(
             "{} (outdated: new image, wants {})",
-            short(&first),
+            short(first),
             short(&second)
         )),
         "{table}"
@@ -437,14 +473,14 @@ fn manual_targets_wait_for_spawner_rollout_and_status_shows_them_outdated() {
     metric("spawner_rollouts_total{result=\"ok\"} 1");
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(
-        image_of(&sidecars_for(&prefix, &manual_id)[0]),
-        first,
+        image_of(&sidecars_for(prefix, &manual_id)[0]),
+        *first,
         "manual: not replaced without asking"
     );
     // Asking: an unknown target is refused with exit 1, the manual one is replaced.
     let ask = |target: &str| {
         Command::new(harness::bins::bin_path("spawner"))
-            .args(["rollout", "--label-prefix", &prefix, "--target", target])
+            .args(["rollout", "--label-prefix", prefix, "--target", target])
             .output()
             .expect("spawner rollout")
     };
@@ -461,7 +497,7 @@ fn manual_targets_wait_for_spawner_rollout_and_status_shows_them_outdated() {
             .contains(&format!("rolling out 1 target(s): {manual}")),
         "{out:?}"
     );
-    wait_on_image(&prefix, &manual_id, &second, ROLLOUT_DEADLINE);
+    wait_on_image(prefix, &manual_id, &second, ROLLOUT_DEADLINE);
     metric("spawner_sidecars_outdated 0");
     metric("spawner_rollouts_total{result=\"ok\"} 2");
     let out = ask(&auto);
@@ -472,7 +508,7 @@ fn manual_targets_wait_for_spawner_rollout_and_status_shows_them_outdated() {
     drop(spawner);
     // Without the daemon, status says what it cannot know.
     let out = Command::new(harness::bins::bin_path("spawner"))
-        .args(["status", "--label-prefix", &prefix])
+        .args(["status", "--label-prefix", prefix])
         .output()
         .expect("spawner status");
     assert!(
@@ -488,13 +524,15 @@ fn fifty_targets_roll_out_with_parallelism_two() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(50);
-    let mut tags = Tags::new();
-    let tag = tags.sidecar();
-    let run = TestRun::new();
-    let prefix = run.label_prefix();
-    let first = good(&tag, "1");
+    let Setup {
+        run,
+        prefix,
+        tag,
+        first,
+        ..
+    } = &Setup::new();
     let spawner = Spawner::start(
-        &prefix,
+        prefix,
         &[
             "--sidecar-shutdown-grace",
             "3s",
@@ -502,9 +540,9 @@ fn fifty_targets_roll_out_with_parallelism_two() {
             "2",
         ],
     );
-    let targets: Vec<(String, String)> = (0..n).map(|_| target(&run, &prefix, &tag, &[])).collect();
+    let targets: Vec<(String, String)> = (0..n).map(|_| target(run, prefix, tag, &[])).collect();
     for (_, id) in &targets {
-        wait_on_image(&prefix, id, &first, Duration::from_secs(120));
+        wait_on_image(prefix, id, first, Duration::from_secs(120));
     }
     let rt = runtime();
     let load = {
@@ -512,13 +550,13 @@ fn fifty_targets_roll_out_with_parallelism_two() {
         Load::start(addr(&targets[0].1), Mix::REQUESTS)
     };
     let started = Instant::now();
-    let second = good(&tag, "2");
+    let second = good(tag, "2");
     let limit = Duration::from_secs(30 + 10 * n as u64);
     let (_, took) = poll(limit, "every target on the new image", || {
         targets
             .iter()
             .all(|(_, id)| {
-                let s = sidecars_for(&prefix, id);
+                let s = sidecars_for(prefix, id);
                 s.len() == 1 && s[0].running && image_of(&s[0]) == second
             })
             .then_some(())
@@ -556,21 +594,23 @@ fn relay_calls(
 
 #[test]
 fn a_roll_out_hands_the_egress_relays_over_too_and_no_call_between_services_fails() {
-    let mut tags = Tags::new();
-    let tag = tags.sidecar();
-    let run = TestRun::new();
-    let prefix = run.label_prefix();
+    let Setup {
+        run,
+        prefix,
+        tag,
+        first,
+        ..
+    } = &Setup::new();
     let net = run.network(&unique_name("ronet"));
-    let first = good(&tag, "1");
     let store = super::identity::store();
     let mut args = super::identity::identity_args(&store, "1h");
     args.extend(["--sidecar-shutdown-grace".to_string(), "3s".to_string()]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let spawner = Spawner::start(&prefix, &args);
-    let (a, b) = super::identity::caller_and_callee_on(&run, &net, &prefix, &tag);
+    let spawner = Spawner::start(prefix, &args);
+    let (a, b) = super::identity::caller_and_callee_on(run, &net, prefix, tag);
     // B admits A's identity only: no plain https check through it.
-    wait_sidecar_on(&prefix, &a, &first, LIFECYCLE_DEADLINE);
-    wait_sidecar_on(&prefix, &b, &first, LIFECYCLE_DEADLINE);
+    wait_sidecar_on(prefix, &a, first, LIFECYCLE_DEADLINE);
+    wait_sidecar_on(prefix, &b, first, LIFECYCLE_DEADLINE);
     poll(LIFECYCLE_DEADLINE, "A's first call to B answered", || {
         super::identity::call(&a, "first")
     });
@@ -578,9 +618,9 @@ fn a_roll_out_hands_the_egress_relays_over_too_and_no_call_between_services_fail
     let calls = relay_calls(a.clone(), stop.clone());
     std::thread::sleep(Duration::from_secs(1));
     // Both sidecars are replaced: A's relay listener and B's TLS listener change hands.
-    let second = good(&tag, "2");
-    wait_sidecar_on(&prefix, &a, &second, ROLLOUT_DEADLINE);
-    wait_sidecar_on(&prefix, &b, &second, ROLLOUT_DEADLINE);
+    let second = good(tag, "2");
+    wait_sidecar_on(prefix, &a, &second, ROLLOUT_DEADLINE);
+    wait_sidecar_on(prefix, &b, &second, ROLLOUT_DEADLINE);
     std::thread::sleep(Duration::from_secs(1));
     stop.store(true, Ordering::Relaxed);
     let (ok, failed) = calls.join().expect("the calling thread");
@@ -599,33 +639,35 @@ fn a_roll_out_hands_the_egress_relays_over_too_and_no_call_between_services_fail
 /// that handed over is removed and its replacement takes the usual name.
 #[test]
 fn a_spawner_killed_mid_roll_out_leaves_nothing_for_the_next_one_to_get_wrong() {
-    let mut tags = Tags::new();
-    let tag = tags.sidecar();
-    let run = TestRun::new();
-    let prefix = run.label_prefix();
-    let first = good(&tag, "1");
+    let Setup {
+        run,
+        prefix,
+        tag,
+        first,
+        ..
+    } = &Setup::new();
     let flags = ["--sidecar-shutdown-grace", "2s", "--rollout-timeout", "3s"];
-    let mut spawner = Spawner::start(&prefix, &flags);
-    let (name, id) = target(&run, &prefix, &tag, &[]);
-    let old = wait_on_image(&prefix, &id, &first, LIFECYCLE_DEADLINE);
+    let mut spawner = Spawner::start(prefix, &flags);
+    let (name, id) = target(run, prefix, tag, &[]);
+    let old = wait_on_image(prefix, &id, first, LIFECYCLE_DEADLINE);
     let rt = runtime();
     let load = {
         let _in = rt.enter();
         Load::start(addr(&id), Mix::REQUESTS)
     };
     // A replacement that never takes over; the spawner dies while it runs.
-    bad(&tag, "never", &["--listen", "0.0.0.0:9999"]);
+    bad(tag, "never", &["--listen", "0.0.0.0:9999"]);
     let (late, _) = poll(ROLLOUT_DEADLINE, "the replacement running", || {
-        sidecars_for(&prefix, &id)
+        sidecars_for(prefix, &id)
             .into_iter()
             .find(|s| s.running && s.id != old.id)
     });
     spawner.kill();
-    let mut spawner = Spawner::start(&prefix, &flags);
+    let mut spawner = Spawner::start(prefix, &flags);
     poll(ROLLOUT_DEADLINE, "the late replacement removed", || {
         inspect(&late.id).is_none().then_some(())
     });
-    let s = sidecars_for(&prefix, &id);
+    let s = sidecars_for(prefix, &id);
     assert!(
         s.len() == 1 && s[0].id == old.id,
         "the old sidecar serves on"
@@ -633,9 +675,9 @@ fn a_spawner_killed_mid_roll_out_leaves_nothing_for_the_next_one_to_get_wrong() 
     spawner.wait_log("did not take over within 3s", 1, LIFECYCLE_DEADLINE);
     // A good replacement; the spawner dies as soon as it runs, and the hand-over happens
     // without it.
-    let fixed = good(&tag, "fixed");
+    let fixed = good(tag, "fixed");
     let (new, _) = poll(ROLLOUT_DEADLINE, "the replacement running", || {
-        sidecars_for(&prefix, &id)
+        sidecars_for(prefix, &id)
             .into_iter()
             .find(|s| s.running && image_of(s) == fixed)
     });
@@ -645,8 +687,8 @@ fn a_spawner_killed_mid_roll_out_leaves_nothing_for_the_next_one_to_get_wrong() 
         "the old sidecar to drain and exit",
         || inspect(&old.id).is_some_and(|c| !c.running).then_some(()),
     );
-    let _next = Spawner::start(&prefix, &flags);
-    let served = wait_on_image(&prefix, &id, &fixed, ROLLOUT_DEADLINE);
+    let _next = Spawner::start(prefix, &flags);
+    let served = wait_on_image(prefix, &id, &fixed, ROLLOUT_DEADLINE);
     assert_eq!(served.id, new.id);
     poll(LIFECYCLE_DEADLINE, "the replacement renamed", || {
         inspect(&new.id)
