@@ -27,6 +27,10 @@ timeout             coreutils       bounded helper commands
 haproxy             haproxy         the real PROXY protocol consumer of the tcp-mode tests
 pebble              pebble          Let's Encrypt's test ACME server (ACME tests)
 pebble-challtestsrv pebble          Pebble's DNS mock (ACME tests)
+named               bind9           BIND, the tests' own DNS server with TSIG-signed updates (DNS-01)
+tsig-keygen         bind9           the TSIG keys of that server's dynamic zones
+dig                 bind9-dnsutils  queries to that server
+nsupdate            bind9-dnsutils  signed dynamic updates (RFC 2136) to that server
 busybox             busybox-static  a static shell put into a sidecar's volume (identity tests)
 docker-compose      docker-compose  the compose demo and examples (unless 'docker compose' works)
 "
@@ -54,6 +58,11 @@ present() {
     # Compose v2 (the docker plugin) serves as well as v1.
     docker-compose)
       docker compose version >/dev/null 2>&1 || command -v docker-compose >/dev/null
+      ;;
+    # Debian installs these in /usr/sbin, which is not on a normal user's PATH; the harness
+    # (tests/src/bind.rs) looks there too.
+    named|tsig-keygen)
+      command -v "$1" >/dev/null || [ -x "/usr/sbin/$1" ]
       ;;
     *) command -v "$1" >/dev/null ;;
   esac

@@ -2,6 +2,7 @@
 //! Docker engine, behind helpers that read like the spec (`Backend::echo()`, `Sidecar::start()`).
 
 pub mod backend;
+pub mod bind;
 pub mod bins;
 pub mod certdir;
 pub mod certs;

@@ -1,6 +1,8 @@
 //! A real ACME CA for the ACME tests: Debian's `pebble` (Let's Encrypt's test server, 2.4.0 on
 //! bookworm) with `pebble-challtestsrv` as its DNS server, answering every A query with
 //! 127.0.0.1 (and no AAAA), so Pebble validates `<anything>.test` against this machine.
+//! [`Options::dns_server`] points Pebble at another DNS server instead, such as the test's own
+//! BIND ([`crate::bind::Bind`]) for DNS-01, and then no challtestsrv is started.
 //!
 //! Pebble validates HTTP-01 on [`Pebble::http_port`] and TLS-ALPN-01 on [`Pebble::tls_port`],
 //! free loopback ports chosen here: a test publishes its challenge answer there. Every other
@@ -39,12 +41,18 @@ pub struct Options {
     /// External Account Binding required, with these key IDs and their base64url HMAC keys
     /// (`externalAccountBindingRequired`, `externalAccountMACKeys`).
     pub eab_keys: Vec<(String, String)>,
+    /// The DNS server Pebble resolves names with (`-dnsserver`, UDP and TCP), instead of a
+    /// challtestsrv of its own: e.g. [`crate::bind::Bind::addr`], whose zones then decide what
+    /// Pebble finds (A records for HTTP-01 and TLS-ALPN-01, TXT records for DNS-01). With it,
+    /// no challtestsrv is started and [`Pebble::challtestsrv_management`] has nothing to manage.
+    pub dns_server: Option<SocketAddr>,
 }
 
 /// A running Pebble and its DNS server.
 pub struct Pebble {
     pebble: Child,
-    challtestsrv: Child,
+    /// None when [`Options::dns_server`] named another DNS server.
+    challtestsrv: Option<Child>,
     directory_url: String,
     directory_ca: TestCa,
     issuer_root_pem: String,
@@ -83,7 +91,11 @@ impl Pebble {
     }
 
     async fn try_start(options: &Options) -> Result<Pebble, String> {
-        for bin in ["pebble", "pebble-challtestsrv"] {
+        let bins: &[&str] = match options.dns_server {
+            None => &["pebble", "pebble-challtestsrv"],
+            Some(_) => &["pebble"],
+        };
+        for &bin in bins {
             // `-h` exits 2 after printing the usage; only a failure to run it matters.
             if let Err(e) = Command::new(bin).arg("-h").output() {
                 panic!(
@@ -93,7 +105,7 @@ impl Pebble {
             }
         }
         let dir = TempDir::new("pebble");
-        let dns = free_udp_and_tcp_port();
+        let dns = options.dns_server.unwrap_or_else(free_udp_and_tcp_port);
         // All bound at once so they differ from each other, then released for the daemons.
         let listeners: Vec<TcpListener> = (0..5)
             .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a free port"))
@@ -136,18 +148,20 @@ impl Pebble {
         );
 
         let challtestsrv_log = dir.path().join("challtestsrv.log");
-        let challtestsrv = Command::new("pebble-challtestsrv")
-            .args(["-defaultIPv4", "127.0.0.1"])
-            // No AAAA answers: Pebble would try ::1 first, where no test listens.
-            .args(["-defaultIPv6", ""])
-            .args(["-dns01", &dns.to_string()])
-            .args(["-http01", "", "-https01", "", "-tlsalpn01", ""])
-            .args(["-management", &challtestsrv_management.to_string()])
-            .stdin(Stdio::null())
-            .stdout(log_file(&challtestsrv_log))
-            .stderr(log_file(&challtestsrv_log))
-            .spawn()
-            .expect("spawn pebble-challtestsrv");
+        let challtestsrv = options.dns_server.is_none().then(|| {
+            Command::new("pebble-challtestsrv")
+                .args(["-defaultIPv4", "127.0.0.1"])
+                // No AAAA answers: Pebble would try ::1 first, where no test listens.
+                .args(["-defaultIPv6", ""])
+                .args(["-dns01", &dns.to_string()])
+                .args(["-http01", "", "-https01", "", "-tlsalpn01", ""])
+                .args(["-management", &challtestsrv_management.to_string()])
+                .stdin(Stdio::null())
+                .stdout(log_file(&challtestsrv_log))
+                .stderr(log_file(&challtestsrv_log))
+                .spawn()
+                .expect("spawn pebble-challtestsrv")
+        });
 
         let pebble_log = dir.path().join("pebble.log");
         let pebble = Command::new("pebble")
@@ -182,9 +196,9 @@ impl Pebble {
         Ok(pebble)
     }
 
-    /// Polls until challtestsrv's DNS (TCP) accepts and Pebble's directory answers 200 over
-    /// HTTPS, then fetches the issuing root; panics with both logs if either daemon exits or
-    /// [`START`] passes.
+    /// Polls until the DNS server (challtestsrv's, or [`Options::dns_server`]) accepts on TCP
+    /// and Pebble's directory answers 200 over HTTPS, then fetches the issuing root; panics
+    /// with both logs if either daemon exits or [`START`] passes.
     async fn wait_ready(
         &mut self,
         listen: SocketAddr,
@@ -194,11 +208,14 @@ impl Pebble {
         let tls = client::config(Trust::Ca(self.directory_ca_der()), ALPN_H1);
         loop {
             let exited = [
-                ("pebble", self.pebble.try_wait()),
-                ("pebble-challtestsrv", self.challtestsrv.try_wait()),
+                ("pebble", Some(self.pebble.try_wait())),
+                (
+                    "pebble-challtestsrv",
+                    self.challtestsrv.as_mut().map(Child::try_wait),
+                ),
             ];
             for (name, status) in exited {
-                if let Ok(Some(status)) = status {
+                if let Some(Ok(Some(status))) = status {
                     return Err(format!("{name} exited at start: {status}\n{}", self.logs()));
                 }
             }
@@ -273,7 +290,8 @@ impl Pebble {
         self.tls_port
     }
 
-    /// challtestsrv's DNS server (UDP and TCP), Pebble's `-dnsserver`.
+    /// Pebble's `-dnsserver` (UDP and TCP): challtestsrv's DNS server, or
+    /// [`Options::dns_server`].
     pub fn dns_addr(&self) -> SocketAddr {
         self.dns
     }
@@ -281,24 +299,34 @@ impl Pebble {
     /// challtestsrv's management API (plain HTTP): `POST /add-a` `{"host":"x.test.",
     /// "addresses":["172.17.0.2"]}` points a name elsewhere than 127.0.0.1, `POST
     /// /set-default-ipv4` `{"ip":"..."}` moves every name (e.g. to a Docker bridge gateway).
+    /// Panics when Pebble was started with [`Options::dns_server`]: there is no challtestsrv.
     pub fn challtestsrv_management(&self) -> SocketAddr {
+        assert!(
+            self.challtestsrv.is_some(),
+            "this Pebble resolves with Options::dns_server ({}), not challtestsrv: change records \
+             in that DNS server",
+            self.dns
+        );
         self.challtestsrv_management
     }
 
-    /// Both daemons' output so far, for failure messages.
+    /// Both daemons' output so far (Pebble's alone without challtestsrv), for failure messages.
     pub fn logs(&self) -> String {
         let read = |path: &PathBuf| std::fs::read_to_string(path).unwrap_or_default();
-        format!(
-            "--- pebble log ---\n{}--- pebble-challtestsrv log ---\n{}",
-            read(&self.pebble_log),
-            read(&self.challtestsrv_log)
-        )
+        let mut logs = format!("--- pebble log ---\n{}", read(&self.pebble_log));
+        if self.challtestsrv.is_some() {
+            logs += &format!(
+                "--- pebble-challtestsrv log ---\n{}",
+                read(&self.challtestsrv_log)
+            );
+        }
+        logs
     }
 }
 
 impl Drop for Pebble {
     fn drop(&mut self) {
-        for child in [&mut self.pebble, &mut self.challtestsrv] {
+        for child in std::iter::once(&mut self.pebble).chain(self.challtestsrv.as_mut()) {
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -306,7 +334,7 @@ impl Drop for Pebble {
 }
 
 /// An append handle on `path` for a child's stdout or stderr.
-fn log_file(path: &PathBuf) -> File {
+pub(crate) fn log_file(path: &PathBuf) -> File {
     File::options()
         .create(true)
         .append(true)
@@ -314,8 +342,9 @@ fn log_file(path: &PathBuf) -> File {
         .unwrap_or_else(|e| panic!("open {}: {e}", path.display()))
 }
 
-/// A loopback port free for both UDP and TCP (challtestsrv's DNS listens on both).
-fn free_udp_and_tcp_port() -> SocketAddr {
+/// A loopback port free for both UDP and TCP (a DNS server listens on both: challtestsrv's,
+/// BIND's).
+pub(crate) fn free_udp_and_tcp_port() -> SocketAddr {
     for _ in 0..100 {
         let tcp = TcpListener::bind("127.0.0.1:0").expect("bind a free TCP port");
         let addr = tcp.local_addr().expect("free port address");
