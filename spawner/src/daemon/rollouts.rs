@@ -44,6 +44,8 @@ pub(super) struct Rollouts {
     pub(super) view: Arc<Mutex<String>>,
     /// When a replacement in progress becomes late.
     late_at: Option<Instant>,
+    /// With `--dry-run`: the roll-outs (target, what it wants) already logged as "would".
+    dry_run_said: HashSet<(String, Wanted)>,
 }
 
 impl Rollouts {
@@ -55,6 +57,7 @@ impl Rollouts {
             requests,
             view: Arc::new(Mutex::new(String::from("{}"))),
             late_at: None,
+            dry_run_said: HashSet::new(),
         }
     }
 
@@ -343,9 +346,16 @@ impl Daemon {
             .collect();
         let in_flight = pairs.iter().filter(|p| p.incoming.is_some()).count();
         let now = Instant::now();
-        let picked: Vec<Action> = r
-            .book
-            .pick(&outdated, in_flight, &self.cfg.rollout, now)
+        let mut picked: Vec<&Candidate> = r.book.pick(&outdated, in_flight, &self.cfg.rollout, now);
+        if self.cfg.dry_run {
+            // Nothing is replaced, so the same targets come up every turn: say it once each.
+            r.dry_run_said.retain(|(t, _)| wanted.contains_key(t));
+            picked.retain(|c| {
+                r.dry_run_said
+                    .insert((c.target_id.clone(), c.wanted.clone()))
+            });
+        }
+        let picked: Vec<Action> = picked
             .into_iter()
             .filter_map(|c| pairs.iter().find(|p| p.target.id == c.target_id))
             .map(|p| replace_action(p))

@@ -698,3 +698,29 @@ fn a_spawner_killed_mid_roll_out_leaves_nothing_for_the_next_one_to_get_wrong() 
     let tallies = rt.block_on(load.finish());
     assert_clean(&tallies);
 }
+
+/// `--dry-run` replaces nothing and says what it would roll out once per target and image, not
+/// once per turn.
+#[test]
+fn a_dry_run_says_once_what_it_would_roll_out_and_replaces_nothing() {
+    let Setup {
+        run,
+        prefix,
+        tag,
+        first,
+        ..
+    } = &Setup::new();
+    let mut spawner = Spawner::start(prefix, &[]);
+    let (_, id) = target(run, prefix, tag, &[]);
+    let old = wait_on_image(prefix, &id, first, LIFECYCLE_DEADLINE);
+    spawner.terminate();
+    let dry = Spawner::start(prefix, &["--dry-run", "--resync-interval", "1s"]);
+    good(tag, "2");
+    dry.wait_log("dry run: would roll out", 1, ROLLOUT_DEADLINE);
+    // Several turns later (one a second): still said once, and the old sidecar alone serves.
+    let turns = dry.logs().matches("observed").count();
+    dry.wait_log("observed", turns + 3, LIFECYCLE_DEADLINE);
+    assert_eq!(dry.logs().matches("dry run: would roll out").count(), 1);
+    let s = sidecars_for(prefix, &id);
+    assert!(s.len() == 1 && s[0].id == old.id, "nothing replaced");
+}
