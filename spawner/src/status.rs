@@ -82,17 +82,20 @@ type DaemonView = Result<serde_json::Value, String>;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct AcmeRow {
     pub(crate) names: Vec<String>,
+    /// How the CA checks the names: `http-01` or `tls-alpn-01` (the `acme-challenge` label).
+    pub(crate) challenge: String,
     pub(crate) state: Standing,
     /// The last order's error (also while a certificate still serves: a failing renewal).
     pub(crate) error: Option<String>,
 }
 
 impl AcmeRow {
-    /// One table cell: `valid`, or the standing and the error.
+    /// One table cell: `valid (http-01)`, or the standing, the challenge and the error.
     fn cell(&self) -> String {
+        let (state, challenge) = (self.state.as_str(), &self.challenge);
         match &self.error {
-            None => self.state.as_str().to_string(),
-            Some(e) => format!("{}: {e}", self.state.as_str()),
+            None => format!("{state} ({challenge})"),
+            Some(e) => format!("{state} ({challenge}): {e}"),
         }
     }
 }
@@ -399,6 +402,7 @@ fn acme_row(
     let state = acme::standing(now, &wanted, held.as_ref(), entry, directory);
     AcmeRow {
         names: names.iter().map(ToString::to_string).collect(),
+        challenge: spec.acme_challenge.to_string(),
         state,
         error: entry.and_then(|e| e.last_error.clone()).or(unreadable),
     }
@@ -581,6 +585,7 @@ pub(crate) fn to_json(rows: &[Row]) -> serde_json::Value {
             "acme_state": r.acme.as_ref().map(|a| a.state.as_str()),
             "acme_error": r.acme.as_ref().and_then(|a| a.error.clone()),
             "acme_names": r.acme.as_ref().map(|a| a.names.clone()),
+            "acme_challenge": r.acme.as_ref().map(|a| a.challenge.clone()),
             "identity": r.identity,
             "image_id": r.image.as_ref().map(|i| i.running.clone()),
             "wanted_image_id": r.image.as_ref().and_then(|i| i.wanted.clone()),
@@ -821,6 +826,7 @@ mod tests {
                 "acme_state": null,
                 "acme_error": null,
                 "acme_names": null,
+                "acme_challenge": null,
                 "identity": null,
                 "image_id": "sha256:0123456789abcdef",
                 "wanted_image_id": "sha256:0123456789abcdef",
@@ -831,6 +837,7 @@ mod tests {
         let failing = Row {
             acme: Some(AcmeRow {
                 names: vec!["web.example".into(), "www.example".into()],
+                challenge: "http-01".into(),
                 state: Standing::Failing,
                 error: Some("validating web.example by http-01: connection refused".into()),
             }),
@@ -838,6 +845,7 @@ mod tests {
         };
         let v = to_json(std::slice::from_ref(&failing));
         assert_eq!(v[0]["acme_state"], "failing");
+        assert_eq!(v[0]["acme_challenge"], "http-01");
         assert_eq!(
             v[0]["acme_names"],
             serde_json::json!(["web.example", "www.example"])
@@ -850,7 +858,9 @@ mod tests {
         let lines: Vec<&str> = table.lines().collect();
         assert!(lines[0].contains("  ACME "), "{table}");
         assert!(
-            lines[1].contains("failing: validating web.example by http-01: connection refused  "),
+            lines[1].contains(
+                "failing (http-01): validating web.example by http-01: connection refused  "
+            ),
             "{table}"
         );
         assert!(lines[2].contains("  -   "), "{table}");

@@ -176,6 +176,7 @@ fn http01_certificate_is_obtained_stored_in_certbot_layout_and_served() {
 
     let row = acme.wait_state(&name, "valid");
     assert_eq!(row["acme_names"], serde_json::json!(["a.test"]), "{row:#}");
+    assert_eq!(row["acme_challenge"], "http-01", "{row:#}");
     assert_eq!(
         row["cert_not_after"].as_i64(),
         Some(not_after(&chain[0])),
@@ -245,7 +246,11 @@ fn external_account_binding_registers_with_the_right_key_and_names_a_wrong_one()
     // The key is the spawner's alone: not in the sidecar's environment nor its labels.
     let sidecar = wait_sidecar(&acme.prefix, &id);
     let seen = docker_ok(&["inspect", &sidecar]);
-    assert!(!seen.contains(key) && !seen.contains("eab"), "{seen}");
+    // (Not the bare letters "eab": hex IDs and digests contain them by chance.)
+    assert!(
+        !seen.contains(key) && !seen.contains(kid) && !seen.contains("acme-eab"),
+        "{seen}"
+    );
 }
 
 #[test]
@@ -281,6 +286,9 @@ fn tls_alpn01_gets_one_certificate_for_two_names() {
         serde_json::json!(["a.test", "b.test"]),
         "{row:#}"
     );
+    assert_eq!(row["acme_challenge"], "tls-alpn-01", "{row:#}");
+    let table = spawner::status(&acme.prefix, &acme.flags());
+    assert!(table.contains("valid (tls-alpn-01)"), "{table}");
 }
 
 #[test]
