@@ -154,26 +154,12 @@ impl Daemon {
         made: &Made,
         reason: String,
     ) {
-        let new = Sidecar {
-            id: String::new(),
-            name: name.to_string(),
-            target_id: target.to_string(),
-            target_started: None,
-            state: SidecarState::Exited,
-            created: 0,
-            last_failure: None,
-            made: made.clone(),
-        };
-        self.count_refused_rollout();
-        self.rollout_failed(target.as_str(), target_name, &new, reason);
-    }
-
-    fn count_refused_rollout(&self) {
         self.metrics.action(
             metrics::ActionKind::Replace,
             metrics::Outcome::Refused,
             None,
         );
+        self.rollout_failed(target.as_str(), target_name, (name, made), reason);
     }
 
     /// What `pair`'s target would be made from now.
@@ -230,7 +216,7 @@ impl Daemon {
                             Some(Verdict::Killed) => "killed".to_string(),
                             _ => "it ended".to_string(),
                         };
-                        self.rollout_failed(&s.target_id, name, s, reason);
+                        self.rollout_failed(&s.target_id, name, (&s.name, &s.made), reason);
                     }
                 }
                 _ => {}
@@ -255,17 +241,24 @@ impl Daemon {
     }
 
     /// A target's roll-out failed: the old sidecar serves on.
-    fn rollout_failed(&self, target_id: &str, target_name: &str, new: &Sidecar, reason: String) {
+    /// `new`: the replacement's name and what it was made from.
+    fn rollout_failed(
+        &self,
+        target_id: &str,
+        target_name: &str,
+        (name, made): (&str, &Made),
+        reason: String,
+    ) {
         let max = self.cfg.rollout.max_failures;
         let paused = lock(&self.rollouts).book.failed(
             target_id,
             target_name,
-            made_wanted(&new.made),
+            made_wanted(made),
             reason.clone(),
             max,
         );
         self.metrics.rollout_ended(false);
-        tracing::warn!(target = %target_name, sidecar = %new.name, image = %short_image(&new.made.image_id), %reason, "roll-out failed: the old sidecar keeps serving; not retried until the image or spec changes");
+        tracing::warn!(target = %target_name, sidecar = %name, image = %short_image(&made.image_id), %reason, "roll-out failed: the old sidecar keeps serving; not retried until the image or spec changes");
         if paused {
             let why = lock(&self.rollouts)
                 .book
@@ -298,7 +291,7 @@ impl Daemon {
                     "did not take over within {}",
                     humantime::format_duration(self.cfg.rollout.timeout)
                 );
-                self.rollout_failed(&p.target.id, &p.target.name, new, reason);
+                self.rollout_failed(&p.target.id, &p.target.name, (&new.name, &new.made), reason);
             }
         }
         lock(&self.rollouts).late_at = next;
