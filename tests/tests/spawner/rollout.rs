@@ -189,12 +189,28 @@ fn row_field(prefix: &str, target: &str, field: &str) -> serde_json::Value {
     spawner::row(&rows, target)[field].clone()
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
+/// `mix` through the TLS front at `addr`, on a runtime of its own (the test thread polls the
+/// engine meanwhile); finish it with `rt.block_on(load.finish())`.
+fn load_on(addr: SocketAddr, mix: Mix) -> (tokio::runtime::Runtime, Load) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .expect("tokio runtime")
+        .expect("tokio runtime");
+    let load = {
+        let _in = rt.enter();
+        Load::start(addr, mix)
+    };
+    (rt, load)
+}
+
+/// Waits until the sidecar `id` bears the usual name of `target`'s sidecar again.
+fn wait_renamed(id: &str, target: &str) {
+    poll(LIFECYCLE_DEADLINE, "the replacement renamed back", || {
+        inspect(id)
+            .filter(|c| c.name == format!("{target}-tls-sidecar"))
+            .map(|_| ())
+    });
 }
 
 #[test]
@@ -214,11 +230,7 @@ fn a_new_image_under_the_same_tag_is_rolled_out_under_load_without_a_failed_requ
         serde_json::Value::Null
     );
 
-    let rt = runtime();
-    let load = {
-        let _in = rt.enter();
-        Load::start(addr(&id), Mix::ALL)
-    };
+    let (rt, load) = load_on(addr(&id), Mix::ALL);
     std::thread::sleep(Duration::from_secs(1));
     let changed = Instant::now();
     let second = good(tag, "2");
@@ -253,11 +265,7 @@ fn a_new_image_under_the_same_tag_is_rolled_out_under_load_without_a_failed_requ
         changed.elapsed()
     );
     assert_eq!(served.id, new.id);
-    poll(LIFECYCLE_DEADLINE, "the replacement renamed back", || {
-        inspect(&new.id)
-            .filter(|c| c.name == format!("{name}-tls-sidecar"))
-            .map(|_| ())
-    });
+    wait_renamed(&new.id, &name);
     std::thread::sleep(Duration::from_secs(1));
     let tallies = rt.block_on(load.finish());
     assert_clean(&tallies);
@@ -305,11 +313,7 @@ fn a_bad_image_never_takes_a_service_down_and_pauses_the_roll_out_until_it_is_fi
     for (_, id) in &targets {
         wait_on_image(prefix, id, first, LIFECYCLE_DEADLINE);
     }
-    let rt = runtime();
-    let load = {
-        let _in = rt.enter();
-        Load::start(addr(&targets[0].1), Mix::REQUESTS)
-    };
+    let (rt, load) = load_on(addr(&targets[0].1), Mix::REQUESTS);
     // Three kinds of bad image, each failing two targets and pausing; each new one resumes.
     let kinds: [(&str, &[&str], &str); 3] = [
         ("refuses a flag", &["--no-such-flag"], "exit 2"),
@@ -394,11 +398,7 @@ fn a_spawner_that_renders_sidecars_differently_replaces_them_and_an_unchanged_on
     );
     drop(second);
     // Another grace: every sidecar is rendered differently, and replaced in place under load.
-    let rt = runtime();
-    let load = {
-        let _in = rt.enter();
-        Load::start(addr(&id), Mix::REQUESTS)
-    };
+    let (rt, load) = load_on(addr(&id), Mix::REQUESTS);
     let _third = Spawner::start(prefix, &["--sidecar-shutdown-grace", "7s"]);
     let (new, took) = poll(
         ROLLOUT_DEADLINE,
@@ -544,11 +544,7 @@ fn fifty_targets_roll_out_with_parallelism_two() {
     for (_, id) in &targets {
         wait_on_image(prefix, id, first, Duration::from_secs(120));
     }
-    let rt = runtime();
-    let load = {
-        let _in = rt.enter();
-        Load::start(addr(&targets[0].1), Mix::REQUESTS)
-    };
+    let (rt, load) = load_on(addr(&targets[0].1), Mix::REQUESTS);
     let started = Instant::now();
     let second = good(tag, "2");
     let limit = Duration::from_secs(30 + 10 * n as u64);
@@ -650,11 +646,7 @@ fn a_spawner_killed_mid_roll_out_leaves_nothing_for_the_next_one_to_get_wrong() 
     let mut spawner = Spawner::start(prefix, &flags);
     let (name, id) = target(run, prefix, tag, &[]);
     let old = wait_on_image(prefix, &id, first, LIFECYCLE_DEADLINE);
-    let rt = runtime();
-    let load = {
-        let _in = rt.enter();
-        Load::start(addr(&id), Mix::REQUESTS)
-    };
+    let (rt, load) = load_on(addr(&id), Mix::REQUESTS);
     // A replacement that never takes over; the spawner dies while it runs.
     bad(tag, "never", &["--listen", "0.0.0.0:9999"]);
     let (late, _) = poll(ROLLOUT_DEADLINE, "the replacement running", || {
@@ -690,11 +682,7 @@ fn a_spawner_killed_mid_roll_out_leaves_nothing_for_the_next_one_to_get_wrong() 
     let _next = Spawner::start(prefix, &flags);
     let served = wait_on_image(prefix, &id, &fixed, ROLLOUT_DEADLINE);
     assert_eq!(served.id, new.id);
-    poll(LIFECYCLE_DEADLINE, "the replacement renamed", || {
-        inspect(&new.id)
-            .filter(|c| c.name == format!("{name}-tls-sidecar"))
-            .map(|_| ())
-    });
+    wait_renamed(&new.id, &name);
     let tallies = rt.block_on(load.finish());
     assert_clean(&tallies);
 }
