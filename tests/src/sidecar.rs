@@ -377,9 +377,27 @@ pub fn run_expect_fail(args: &[&str], env: &[(&str, &str)]) -> Exited {
 
 /// A loopback port nothing listens on now (bound, then released), for addresses a flag cannot
 /// take as port 0 (an `--upstream` the app must know in advance).
+///
+/// Handed out in turn from below the kernel's ephemeral range (32768 and up on Linux): a port
+/// the kernel picked for `bind(0)` is the kernel's to pick again, for the next test's listener,
+/// an outgoing connection or a port Docker publishes, between the probe and the real bind. Here
+/// nothing else draws from the range, and a counter keeps this process from handing a port out
+/// twice.
 pub fn free_port() -> u16 {
-    let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a probe port");
-    probe.local_addr().expect("probe port address").port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const COUNT: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    // Another checkout's test process on this machine starts elsewhere in the range.
+    let start = std::process::id().wrapping_mul(7919) % COUNT;
+    for _ in 0..COUNT {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (FIRST + (start + n) % COUNT) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {FIRST}..{}", FIRST + COUNT)
 }
 
 /// The value of field `name` in a log line, text (`name=value`, `name="value"`) or JSON (a

@@ -643,7 +643,7 @@ fn broken_event_stream_reconnects_and_catches_up() {
 
 #[test]
 fn compose_demo_serves_https_and_killing_the_demo_removes_the_sidecar() {
-    let port = free_port();
+    let port = harness::sidecar::free_port();
     let project =
         harness::compose::Compose::new("docker-compose.yml", &[("DEMO_PORT", port.to_string())]);
     let prefix = project.prefix.clone();
@@ -662,11 +662,6 @@ fn compose_demo_serves_https_and_killing_the_demo_removes_the_sidecar() {
     docker_ok(&["kill", &demo]);
     let took = wait_no_sidecar(&prefix, &demo);
     eprintln!("observed latency compose demo killed->sidecar removed: {took:?}");
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    l.local_addr().expect("local addr").port()
 }
 
 /// A demo target like [`target`], also publishing each of `ports` on a free loopback port.
