@@ -127,6 +127,75 @@ impl std::fmt::Display for SanName {
     }
 }
 
+/// A name of a site's certificate, as the spawner's `hostname` label lists them: a DNS name or a
+/// wildcard `*.<DNS name>` (one label in front of it). Its [`CertName::base`] names the
+/// certificate's directory when it comes first (`live/<base>/`, as certbot names a wildcard's
+/// lineage) and, for ACME, the name whose `_acme-challenge` record proves it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CertName {
+    base: DnsName,
+    wildcard: bool,
+}
+
+impl CertName {
+    /// The name without any `*.`.
+    pub fn base(&self) -> &DnsName {
+        &self.base
+    }
+
+    /// `*.<base>`.
+    pub fn is_wildcard(&self) -> bool {
+        self.wildcard
+    }
+
+    /// The name as a subject alternative name.
+    pub fn san(&self) -> SanName {
+        if self.wildcard {
+            SanName::Wildcard(self.base.clone())
+        } else {
+            SanName::Dns(self.base.clone())
+        }
+    }
+}
+
+impl From<DnsName> for CertName {
+    fn from(base: DnsName) -> Self {
+        CertName {
+            base,
+            wildcard: false,
+        }
+    }
+}
+
+impl std::str::FromStr for CertName {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        let (rest, wildcard) = match text.strip_prefix("*.") {
+            Some(rest) => (rest, true),
+            None => (text, false),
+        };
+        match rest.parse::<DnsName>() {
+            // `*.` plus the name must still fit in a DNS name.
+            Ok(base) if !wildcard || base.as_str().len() + 2 <= MAX_NAME => {
+                Ok(CertName { base, wildcard })
+            }
+            _ => Err(format!(
+                "expected a DNS name or a wildcard `*.<DNS name>` (labels of letters, digits, `-` or `_`, at most 63 bytes each, 253 in all), got {text:?}"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for CertName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.wildcard {
+            f.write_str("*.")?;
+        }
+        f.write_str(self.base.as_str())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -203,6 +272,42 @@ mod tests {
         }
         for bad in ["*", "*.", "a.*.example", "not a name", "*.*.example"] {
             assert!(bad.parse::<SanName>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn certificate_names_are_names_or_one_leading_wildcard() {
+        let n: CertName = " *.example.com ".parse().expect("wildcard");
+        assert!(n.is_wildcard());
+        assert_eq!(n.base().as_str(), "example.com");
+        assert_eq!(n.to_string(), "*.example.com");
+        assert_eq!(
+            n.san(),
+            SanName::Wildcard("example.com".parse().expect("a name"))
+        );
+        let n: CertName = "example.com".parse().expect("name");
+        assert!(!n.is_wildcard());
+        assert_eq!(n.to_string(), "example.com");
+        assert_eq!(n, CertName::from(n.base().clone()));
+        let long = format!("{}.{}", "a".repeat(61), vec!["b".repeat(63); 3].join("."));
+        assert_eq!(long.len(), MAX_NAME);
+        assert!(long.parse::<CertName>().is_ok());
+        assert!(
+            format!("*.{long}").parse::<CertName>().is_err(),
+            "255 bytes with the star"
+        );
+        assert!(format!("*.{}", &long[2..]).parse::<CertName>().is_ok());
+        for bad in [
+            "*",
+            "*.",
+            "a.*.example",
+            "*.*.example",
+            "**.example",
+            "*example",
+            "bad name",
+        ] {
+            let e = bad.parse::<CertName>().expect_err(bad);
+            assert!(e.contains("wildcard"), "{e}");
         }
     }
 }

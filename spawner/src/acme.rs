@@ -18,6 +18,8 @@
 //! one order (replicas).
 
 pub(crate) mod client;
+pub mod dns;
+mod dns01;
 mod plan;
 pub(crate) mod store;
 
@@ -27,7 +29,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use shared::dns::DnsName;
+use shared::dns::{CertName, DnsName};
 use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
 
@@ -56,14 +58,14 @@ const HOUR: Duration = Duration::from_secs(3600);
 /// by `challenge`, and the running sidecars that serve it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Want {
-    pub(crate) names: Vec<DnsName>,
+    pub(crate) names: Vec<CertName>,
     pub(crate) challenge: ChallengeKind,
     pub(crate) sidecars: Vec<String>,
 }
 
 /// The key of a name set: the first name, then the others sorted, comma separated, lowercase.
-pub(crate) fn key(names: &[DnsName]) -> String {
-    let lower = |n: &DnsName| n.as_str().to_ascii_lowercase();
+pub(crate) fn key(names: &[CertName]) -> String {
+    let lower = |n: &CertName| n.to_string().to_ascii_lowercase();
     let mut rest: Vec<String> = names.iter().skip(1).map(lower).collect();
     rest.sort();
     rest.dedup();
@@ -86,6 +88,8 @@ pub(crate) struct Entry {
     pub(crate) last_failure: Option<(u64, bool)>,
     /// The last error, as logged.
     pub(crate) last_error: Option<String>,
+    /// The step of the last error (`ca`, `dns update`...; see [`client::AcmeError::step`]).
+    pub(crate) last_step: Option<String>,
     /// The ACME directory the store's certificate was obtained from. A certificate from another
     /// directory (staging, before a switch to production) is replaced; one ACME did not make
     /// (certbot's) has none and is kept while valid.
@@ -145,6 +149,7 @@ pub(crate) fn state_to_json(state: &HashMap<String, Entry>) -> serde_json::Value
                 "last_failure": e.last_failure.map(|(t, _)| t),
                 "permanent": e.last_failure.is_some_and(|(_, p)| p),
                 "last_error": e.last_error,
+                "last_step": e.last_step,
                 "directory": e.directory,
             });
             (k.clone(), v)
@@ -169,6 +174,7 @@ pub(crate) fn state_from_json(bytes: &[u8]) -> Result<HashMap<String, Entry>, St
             .as_u64()
             .map(|t| (t, v["permanent"].as_bool().unwrap_or(false)));
         let last_error = v["last_error"].as_str().map(String::from);
+        let last_step = v["last_step"].as_str().map(String::from);
         let directory = v["directory"].as_str().map(String::from);
         out.insert(
             k.clone(),
@@ -177,6 +183,7 @@ pub(crate) fn state_from_json(bytes: &[u8]) -> Result<HashMap<String, Entry>, St
                 failures,
                 last_failure,
                 last_error,
+                last_step,
                 directory,
             },
         );
@@ -277,7 +284,7 @@ pub(crate) fn with_ari(mut held: Held, known: Option<&Ari>) -> Held {
 }
 
 /// The names as a set, as a certificate lists them.
-pub(crate) fn name_set(names: &[DnsName]) -> NameSet {
+pub(crate) fn name_set(names: &[CertName]) -> NameSet {
     names
         .iter()
         .map(|n| n.to_string().to_ascii_lowercase())
@@ -442,6 +449,10 @@ pub(crate) struct Manager {
     roots: rustls::RootCertStore,
     /// External Account Binding: the key ID and the HMAC key, read at start.
     eab: Option<(String, Vec<u8>)>,
+    /// dns-01's provider and the journal of its records, when a provider is configured.
+    dns: Option<(Arc<dns::Dns>, Arc<dns01::Journal>)>,
+    /// Longest one order may take: [`ORDER_DEADLINE`], plus dns-01's waits.
+    order_deadline: Duration,
     /// The account, opened by the first order (a tokio lock: two first orders open one).
     client: tokio::sync::Mutex<Option<Arc<Client>>>,
     orders: Arc<Semaphore>,
@@ -467,6 +478,24 @@ impl Manager {
             .map(|(kid, file)| eab_key(file).map(|key| (kid.clone(), key)))
             .transpose()?;
         let store = Store::new(cfg.store.clone());
+        let dns = match &cfg.dns {
+            Some(d) => {
+                let settings = Arc::new(dns_settings(d).await?);
+                let journal = Arc::new(dns01::Journal::open(store.clone()).await);
+                Some((settings, journal))
+            }
+            None => None,
+        };
+        let order_deadline = match &cfg.dns {
+            Some(d) => {
+                let hook = match &d.provider {
+                    crate::config::DnsProvider::Hook { timeout, .. } => *timeout * 4,
+                    crate::config::DnsProvider::Rfc2136 { .. } => Duration::ZERO,
+                };
+                ORDER_DEADLINE + d.propagation_timeout + hook
+            }
+            None => ORDER_DEADLINE,
+        };
         let read = {
             let store = store.clone();
             tokio::task::spawn_blocking(move || read_state(&store))
@@ -491,6 +520,8 @@ impl Manager {
             metrics,
             roots,
             eab,
+            dns,
+            order_deadline,
             client: tokio::sync::Mutex::new(None),
             orders: Arc::new(Semaphore::new(MAX_ORDERS)),
             inner: Mutex::new(Inner::new(entries)),
@@ -564,7 +595,7 @@ impl Manager {
         let store = self.store.clone();
         let firsts: Vec<(String, DnsName)> = sets
             .iter()
-            .filter_map(|(k, w)| Some((k.clone(), w.names.first()?.clone())))
+            .filter_map(|(k, w)| Some((k.clone(), w.names.first()?.base().clone())))
             .collect();
         let read = tokio::task::spawn_blocking(move || {
             firsts
@@ -588,12 +619,14 @@ impl Manager {
         let outcome = match self.orders.clone().acquire_owned().await {
             Ok(_permit) => {
                 let run = self.obtain(&k, &want);
-                match tokio::time::timeout(ORDER_DEADLINE, run).await {
+                let deadline = self.order_deadline;
+                match tokio::time::timeout(deadline, run).await {
                     Ok(r) => r,
                     Err(_) => Err(AcmeError {
                         cause: None,
+                        step: None,
                         permanent: false,
-                        message: format!("the order for {k} took longer than {ORDER_DEADLINE:?}"),
+                        message: format!("the order for {k} took longer than {deadline:?}"),
                     }),
                 }
             }
@@ -611,6 +644,7 @@ impl Manager {
                     e.failures = 0;
                     e.last_failure = None;
                     e.last_error = None;
+                    e.last_step = None;
                     e.directory = Some(self.cfg.directory.clone());
                     inner.issued = true;
                     inner.logged.remove(&k);
@@ -619,6 +653,7 @@ impl Manager {
                     e.failures = e.failures.saturating_add(1);
                     e.last_failure = Some((now, err.permanent));
                     e.last_error = Some(err.message.clone());
+                    e.last_step = err.step.map(String::from);
                     let failures = e.failures;
                     let delay = if err.permanent {
                         None
@@ -649,7 +684,7 @@ impl Manager {
     async fn ask_renewal(self: Arc<Self>, k: String, want: Want, cert: (SystemTime, SystemTime)) {
         let asked = tokio::time::timeout(ORDER_DEADLINE, async {
             let client = self.client().await?;
-            let first = want.names.first().cloned();
+            let first = want.names.first().map(|n| n.base().clone());
             let store = self.store.clone();
             let chain = tokio::task::spawn_blocking(move || {
                 let first = first?;
@@ -660,6 +695,7 @@ impl Manager {
             .flatten()
             .ok_or_else(|| AcmeError {
                 cause: None,
+                step: None,
                 permanent: false,
                 message: format!("renewal information for {k}: cannot read the certificate"),
             })?;
@@ -708,15 +744,32 @@ impl Manager {
             manager: self,
             key: k.to_string(),
         };
+        let records = match (&self.dns, want.challenge) {
+            (Some((dns, journal)), ChallengeKind::Dns01) => {
+                journal.clean_left_over(dns).await;
+                Some(dns01::OrderRecords::new(dns.clone(), journal.clone(), k))
+            }
+            _ => None,
+        };
         let got = client
-            .obtain_with(&want.names, want.challenge, &answers)
+            .obtain_with(
+                &want.names,
+                want.challenge,
+                &answers,
+                records.as_ref().map(|r| r as &dyn client::Dns01),
+            )
             .await?;
         let store = self.store.clone();
-        let first = want.names.first().cloned().ok_or_else(|| AcmeError {
-            cause: None,
-            permanent: true,
-            message: "no names".to_string(),
-        })?;
+        let first = want
+            .names
+            .first()
+            .map(|n| n.base().clone())
+            .ok_or_else(|| AcmeError {
+                cause: None,
+                step: None,
+                permanent: true,
+                message: "no names".to_string(),
+            })?;
         let write = tokio::task::spawn_blocking(move || {
             store.write_pair(&first, got.chain_pem.as_bytes(), got.key_pem.as_bytes())
         });
@@ -724,11 +777,13 @@ impl Manager {
             Ok(Ok(Ok(_))) => Ok(()),
             Ok(Ok(Err(e))) => Err(AcmeError {
                 cause: None,
+                step: None,
                 permanent: false,
                 message: format!("storing the certificate for {k}: {e}"),
             }),
             _ => Err(AcmeError {
                 cause: None,
+                step: None,
                 permanent: false,
                 message: format!("storing the certificate for {k} timed out"),
             }),
@@ -860,6 +915,87 @@ fn roots(ca_cert: Option<&std::path::Path>) -> Result<rustls::RootCertStore, Err
     Ok(roots)
 }
 
+/// How long resolving a `--acme-dns-*` server's name may take at start.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The dns-01 settings as the DNS code takes them: the TSIG key read, the servers' names
+/// resolved, the hook checked to be an executable file.
+async fn dns_settings(cfg: &crate::config::DnsConfig) -> Result<dns::Dns, Error> {
+    use crate::config::DnsProvider;
+    let provider = match &cfg.provider {
+        DnsProvider::Rfc2136 { server, tsig_key } => {
+            let key = dns::TsigKey::read(tsig_key).map_err(|reason| Error::AcmeDnsTsigKey {
+                path: tsig_key.clone(),
+                reason,
+            })?;
+            let server = resolve("acme-dns-rfc2136-server", server).await?;
+            dns::Provider::Rfc2136 { server, key }
+        }
+        DnsProvider::Hook { path, timeout } => {
+            executable(path)?;
+            dns::Provider::Hook {
+                path: path.clone(),
+                timeout: *timeout,
+            }
+        }
+    };
+    let resolver = match &cfg.resolver {
+        Some(r) => Some(resolve("acme-dns-resolver", r).await?),
+        None => None,
+    };
+    Ok(dns::Dns {
+        provider,
+        resolver,
+        propagation_timeout: cfg.propagation_timeout,
+    })
+}
+
+/// The address of `addr`: its IP, or the first address its name resolves to.
+async fn resolve(
+    flag: &'static str,
+    addr: &shared::addr::BackendAddr,
+) -> Result<std::net::SocketAddr, Error> {
+    let fail = |reason: String| Error::AcmeDns {
+        flag,
+        value: addr.to_string(),
+        reason,
+    };
+    let port = addr.port.get();
+    match &addr.host {
+        shared::addr::Host::Ip(ip) => Ok(std::net::SocketAddr::new(*ip, port)),
+        shared::addr::Host::Name(name) => {
+            let lookup = tokio::net::lookup_host((name.as_str(), port));
+            match tokio::time::timeout(RESOLVE_TIMEOUT, lookup).await {
+                Ok(Ok(mut addrs)) => addrs
+                    .next()
+                    .ok_or_else(|| fail("the name has no address".to_string())),
+                Ok(Err(e)) => Err(fail(format!("cannot resolve the name: {e}"))),
+                Err(_) => Err(fail(format!(
+                    "resolving the name took longer than {RESOLVE_TIMEOUT:?}"
+                ))),
+            }
+        }
+    }
+}
+
+/// `path` is a regular file someone may execute.
+fn executable(path: &std::path::Path) -> Result<(), Error> {
+    use std::os::unix::fs::PermissionsExt;
+    let fail = |reason: String| Error::AcmeDns {
+        flag: "acme-dns-hook",
+        value: path.display().to_string(),
+        reason,
+    };
+    let meta = std::fs::metadata(path).map_err(|e| fail(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(fail("not a regular file".to_string()));
+    }
+    if meta.permissions().mode() & 0o111 == 0 {
+        return Err(fail("not executable (chmod +x)".to_string()));
+    }
+    Ok(())
+}
+
 /// An External Account Binding key file is a line of base64; anything this large is not one.
 const MAX_EAB_KEY_BYTES: u64 = 4096;
 
@@ -909,7 +1045,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 mod tests {
     use super::*;
 
-    fn names(list: &[&str]) -> Vec<DnsName> {
+    fn names(list: &[&str]) -> Vec<CertName> {
         list.iter().map(|n| n.parse().expect("name")).collect()
     }
 
@@ -962,6 +1098,7 @@ mod tests {
                 failures: 2,
                 last_failure: Some((20, false)),
                 last_error: Some("validating a.example by http-01: connection refused".into()),
+                last_step: Some("ca".into()),
                 directory: Some("https://ca.example/dir".into()),
             },
         );
@@ -972,6 +1109,7 @@ mod tests {
                 failures: 1,
                 last_failure: Some((5, true)),
                 last_error: Some("refused".into()),
+                last_step: None,
                 directory: None,
             },
         );

@@ -7,7 +7,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use shared::addr::ListenAddr;
+
+use crate::plan::labels::ChallengeKind;
+use shared::addr::{BackendAddr, ListenAddr};
 use shared::backoff::Backoff;
 use shared::schema::DEFAULT_LABEL_PREFIX;
 use shared::service_identity::TrustDomain;
@@ -162,6 +164,81 @@ pub(crate) struct Opts {
         global = true
     )]
     pub(crate) acme_eab_hmac_key_file: Option<std::path::PathBuf>,
+
+    /// The challenge of a target without an `acme-challenge` label: http-01, tls-alpn-01 or
+    /// dns-01 (which needs a DNS provider: --acme-dns-rfc2136-server or --acme-dns-hook)
+    #[arg(
+        long,
+        env = "SPAWNER_ACME_CHALLENGE",
+        value_name = "CHALLENGE",
+        default_value = "http-01",
+        global = true
+    )]
+    pub(crate) acme_challenge: String,
+
+    /// dns-01 by RFC 2136 dynamic update: the DNS server that takes the updates (the zone's
+    /// primary), as IP:PORT or HOST:PORT (resolved at start); needs --acme-dns-tsig-key
+    /// [default: none]
+    #[arg(
+        long,
+        env = "SPAWNER_ACME_DNS_RFC2136_SERVER",
+        value_name = "HOST:PORT",
+        global = true
+    )]
+    pub(crate) acme_dns_rfc2136_server: Option<String>,
+
+    /// dns-01 by RFC 2136: the file holding the TSIG key the updates are signed with, as BIND's
+    /// `tsig-keygen` writes it (`key "NAME" { algorithm hmac-sha256; secret "..."; };`;
+    /// hmac-sha256, hmac-sha384 or hmac-sha512), readable by the spawner alone [default: none]
+    #[arg(
+        long,
+        env = "SPAWNER_ACME_DNS_TSIG_KEY",
+        value_name = "FILE",
+        global = true
+    )]
+    pub(crate) acme_dns_tsig_key: Option<std::path::PathBuf>,
+
+    /// dns-01 by a program of yours, for any other DNS provider: run as `PATH present FQDN VALUE`
+    /// and `PATH cleanup FQDN VALUE` (FQDN with its trailing dot), with an empty environment
+    /// but PATH; exit 0 is success (see docs/certificates.md) [default: none]
+    #[arg(
+        long,
+        env = "SPAWNER_ACME_DNS_HOOK",
+        value_name = "PATH",
+        global = true
+    )]
+    pub(crate) acme_dns_hook: Option<std::path::PathBuf>,
+
+    /// Longest one run of --acme-dns-hook may take; it is then killed and the order fails
+    /// (1s..10m) [default: 1m]
+    #[arg(
+        long,
+        env = "SPAWNER_ACME_DNS_HOOK_TIMEOUT",
+        value_name = "DURATION",
+        global = true
+    )]
+    pub(crate) acme_dns_hook_timeout: Option<String>,
+
+    /// dns-01: the DNS server asked to find a name's zone and to see the record (a recursive
+    /// resolver, or the zone's own server), as IP:PORT or HOST:PORT [default: the system's
+    /// resolvers for the zone, the zone's name servers for the record]
+    #[arg(
+        long,
+        env = "SPAWNER_ACME_DNS_RESOLVER",
+        value_name = "HOST:PORT",
+        global = true
+    )]
+    pub(crate) acme_dns_resolver: Option<String>,
+
+    /// dns-01: how long a record may take to show on every server checked before the order
+    /// fails; the CA is asked to look only once it shows (1s..1h) [default: 2m]
+    #[arg(
+        long,
+        env = "SPAWNER_ACME_DNS_PROPAGATION_TIMEOUT",
+        value_name = "DURATION",
+        global = true
+    )]
+    pub(crate) acme_dns_propagation_timeout: Option<String>,
 
     /// First wait before retrying a failed order for a name set; doubled per failure up to 6h.
     /// Whatever it is, at most 3 orders per name set are placed in any hour.
@@ -485,7 +562,40 @@ pub(crate) struct AcmeConfig {
     pub(crate) policy: AcmePolicy,
     /// External Account Binding: the key ID and the file holding the HMAC key (read at start).
     pub(crate) eab: Option<(String, std::path::PathBuf)>,
+    /// `--acme-challenge`: the challenge of a target without an `acme-challenge` label.
+    pub(crate) challenge: ChallengeKind,
+    /// dns-01's provider and checks, when a provider is given.
+    pub(crate) dns: Option<DnsConfig>,
 }
+
+/// Where dns-01 records are written (`--acme-dns-*`); the key file is read and the server's
+/// name resolved at start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum DnsProvider {
+    Rfc2136 {
+        server: BackendAddr,
+        tsig_key: std::path::PathBuf,
+    },
+    Hook {
+        path: std::path::PathBuf,
+        timeout: Duration,
+    },
+}
+
+/// The dns-01 settings, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct DnsConfig {
+    pub(crate) provider: DnsProvider,
+    pub(crate) resolver: Option<BackendAddr>,
+    pub(crate) propagation_timeout: Duration,
+}
+
+/// `--acme-dns-propagation-timeout`'s default and bounds.
+pub(crate) const DNS_PROPAGATION_DEFAULT: Duration = Duration::from_secs(120);
+const DNS_PROPAGATION_MAX: Duration = Duration::from_secs(3600);
+/// `--acme-dns-hook-timeout`'s default and bounds.
+pub(crate) const DNS_HOOK_TIMEOUT_DEFAULT: Duration = Duration::from_secs(60);
+const DNS_HOOK_TIMEOUT_MAX: Duration = Duration::from_secs(600);
 
 /// Where the identity CA is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -841,9 +951,11 @@ fn acme_config(o: &Opts, certs: Option<&CertsSource>) -> Result<Option<AcmeConfi
         .map(str::trim)
         .filter(|e| !e.is_empty())
     else {
+        no_dns_flags(o)?;
         return Ok(None);
     };
     valid_email(email).map_err(|r| bad("acme-email", email, r))?;
+    let (challenge, dns) = dns_config(o)?;
     if !o.acme_agree_tos {
         return Err(bad(
             "acme-agree-tos",
@@ -894,7 +1006,165 @@ fn acme_config(o: &Opts, certs: Option<&CertsSource>) -> Result<Option<AcmeConfi
         store,
         policy,
         eab: eab_config(o)?,
+        challenge,
+        dns,
     }))
+}
+
+/// The `--acme-dns-*` flags with ACME off: each given one is refused (it would do nothing).
+fn no_dns_flags(o: &Opts) -> Result<(), ConfigError> {
+    let text = |v: &Option<String>| {
+        v.as_deref()
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(str::to_string)
+    };
+    let path = |v: &Option<PathBuf>| {
+        v.as_ref()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map(|p| p.display().to_string())
+    };
+    let challenge = Some(o.acme_challenge.trim().to_string()).filter(|c| c != "http-01");
+    let given = [
+        ("acme-challenge", challenge),
+        ("acme-dns-rfc2136-server", text(&o.acme_dns_rfc2136_server)),
+        ("acme-dns-tsig-key", path(&o.acme_dns_tsig_key)),
+        ("acme-dns-hook", path(&o.acme_dns_hook)),
+        ("acme-dns-hook-timeout", text(&o.acme_dns_hook_timeout)),
+        ("acme-dns-resolver", text(&o.acme_dns_resolver)),
+        (
+            "acme-dns-propagation-timeout",
+            text(&o.acme_dns_propagation_timeout),
+        ),
+    ];
+    match given.into_iter().find(|(_, v)| v.is_some()) {
+        Some((flag, Some(value))) => Err(bad(flag, &value, "needs --acme-email: ACME is off")),
+        _ => Ok(()),
+    }
+}
+
+/// `--acme-challenge` and the `--acme-dns-*` flags: at most one provider, each with what it
+/// needs; dns-01 as the default only with one; the checks' settings only with one.
+fn dns_config(o: &Opts) -> Result<(ChallengeKind, Option<DnsConfig>), ConfigError> {
+    let text = |v: &Option<String>| {
+        v.as_deref()
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(str::to_string)
+    };
+    let path = |v: &Option<PathBuf>| v.clone().filter(|p| !p.as_os_str().is_empty());
+    let challenge: ChallengeKind = o
+        .acme_challenge
+        .parse()
+        .map_err(|r| bad("acme-challenge", &o.acme_challenge, r))?;
+    let address = |flag: &'static str, value: Option<String>| {
+        value
+            .map(|v| {
+                v.parse::<BackendAddr>()
+                    .map_err(|r| bad(flag, &v, format!("expected HOST:PORT or IP:PORT: {r}")))
+            })
+            .transpose()
+    };
+    let server = address("acme-dns-rfc2136-server", text(&o.acme_dns_rfc2136_server))?;
+    let resolver = address("acme-dns-resolver", text(&o.acme_dns_resolver))?;
+    let key = path(&o.acme_dns_tsig_key);
+    let hook = path(&o.acme_dns_hook);
+    let bounded = |flag: &'static str, value: Option<String>, max: Duration| {
+        let Some(v) = value else { return Ok(None) };
+        let d = shared::parse::duration(&v).map_err(|r| bad(flag, &v, r))?;
+        if d < Duration::from_secs(1) || d > max {
+            let max = shared::parse::render_duration(max);
+            return Err(bad(flag, &v, format!("expected 1s to {max}")));
+        }
+        Ok(Some(d))
+    };
+    let hook_timeout = bounded(
+        "acme-dns-hook-timeout",
+        text(&o.acme_dns_hook_timeout),
+        DNS_HOOK_TIMEOUT_MAX,
+    )?;
+    let propagation = bounded(
+        "acme-dns-propagation-timeout",
+        text(&o.acme_dns_propagation_timeout),
+        DNS_PROPAGATION_MAX,
+    )?;
+    let provider =
+        match (server, key, hook) {
+            (Some(_), _, Some(hook)) => {
+                return Err(bad(
+                    "acme-dns-hook",
+                    &hook.display().to_string(),
+                    "give one DNS provider: --acme-dns-rfc2136-server or --acme-dns-hook, not both",
+                ))
+            }
+            (Some(server), Some(tsig_key), None) => Some(DnsProvider::Rfc2136 { server, tsig_key }),
+            (Some(server), None, None) => return Err(bad(
+                "acme-dns-rfc2136-server",
+                &server.to_string(),
+                "needs --acme-dns-tsig-key: the file of the TSIG key the updates are signed with",
+            )),
+            (None, Some(key), _) => {
+                return Err(bad(
+                    "acme-dns-tsig-key",
+                    &key.display().to_string(),
+                    "needs --acme-dns-rfc2136-server: the DNS server that takes the updates",
+                ))
+            }
+            (None, None, Some(path)) => {
+                if !path.is_absolute() {
+                    return Err(bad(
+                        "acme-dns-hook",
+                        &path.display().to_string(),
+                        "expected an absolute path: the hook runs with an empty environment",
+                    ));
+                }
+                Some(DnsProvider::Hook {
+                    path,
+                    timeout: hook_timeout.unwrap_or(DNS_HOOK_TIMEOUT_DEFAULT),
+                })
+            }
+            (None, None, None) => None,
+        };
+    if hook_timeout.is_some() && !matches!(provider, Some(DnsProvider::Hook { .. })) {
+        return Err(bad(
+            "acme-dns-hook-timeout",
+            &text(&o.acme_dns_hook_timeout).unwrap_or_default(),
+            "needs --acme-dns-hook",
+        ));
+    }
+    let Some(provider) = provider else {
+        if challenge == ChallengeKind::Dns01 {
+            return Err(bad(
+                "acme-challenge",
+                "dns-01",
+                "needs a DNS provider: --acme-dns-rfc2136-server with --acme-dns-tsig-key, or --acme-dns-hook",
+            ));
+        }
+        for (flag, value) in [
+            ("acme-dns-resolver", text(&o.acme_dns_resolver)),
+            (
+                "acme-dns-propagation-timeout",
+                text(&o.acme_dns_propagation_timeout),
+            ),
+        ] {
+            if let Some(v) = value {
+                return Err(bad(
+                    flag,
+                    &v,
+                    "needs a DNS provider: --acme-dns-rfc2136-server or --acme-dns-hook",
+                ));
+            }
+        }
+        return Ok((challenge, None));
+    };
+    Ok((
+        challenge,
+        Some(DnsConfig {
+            provider,
+            resolver,
+            propagation_timeout: propagation.unwrap_or(DNS_PROPAGATION_DEFAULT),
+        }),
+    ))
 }
 
 /// `--acme-eab-kid` and `--acme-eab-hmac-key-file`: both or neither.
@@ -1064,6 +1334,173 @@ mod tests {
             ),
         ] {
             assert_eq!(cfg(args).expect_err("refused").flag, flag, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn dns_01_needs_one_provider_with_what_it_needs() {
+        let on = [
+            "--certs-from",
+            "/le",
+            "--acme-email",
+            "a@example.com",
+            "--acme-agree-tos",
+        ];
+        let with = |extra: &[&str]| {
+            let mut args = on.to_vec();
+            args.extend_from_slice(extra);
+            cfg(&args)
+        };
+        let acme = with(&[]).expect("acme").acme.expect("on");
+        assert_eq!(acme.challenge, ChallengeKind::Http01);
+        assert_eq!(acme.dns, None);
+
+        let rfc = with(&[
+            "--acme-challenge",
+            "dns-01",
+            "--acme-dns-rfc2136-server",
+            "192.0.2.53:5353",
+            "--acme-dns-tsig-key",
+            "/run/secrets/tsig.key",
+            "--acme-dns-resolver",
+            "ns1.example.net:53",
+            "--acme-dns-propagation-timeout",
+            "30s",
+        ])
+        .expect("rfc 2136")
+        .acme
+        .expect("on");
+        assert_eq!(rfc.challenge, ChallengeKind::Dns01);
+        let dns = rfc.dns.expect("a provider");
+        assert_eq!(
+            dns.provider,
+            DnsProvider::Rfc2136 {
+                server: "192.0.2.53:5353".parse().expect("an address"),
+                tsig_key: "/run/secrets/tsig.key".into(),
+            }
+        );
+        assert_eq!(
+            dns.resolver,
+            Some("ns1.example.net:53".parse().expect("an address"))
+        );
+        assert_eq!(dns.propagation_timeout, Duration::from_secs(30));
+
+        let hook = with(&["--acme-dns-hook", "/usr/local/bin/dns-hook"])
+            .expect("hook")
+            .acme
+            .expect("on");
+        assert_eq!(hook.challenge, ChallengeKind::Http01, "dns-01 per label");
+        let dns = hook.dns.expect("a provider");
+        assert_eq!(
+            dns.provider,
+            DnsProvider::Hook {
+                path: "/usr/local/bin/dns-hook".into(),
+                timeout: DNS_HOOK_TIMEOUT_DEFAULT,
+            }
+        );
+        assert_eq!(dns.propagation_timeout, DNS_PROPAGATION_DEFAULT);
+
+        let refused = |extra: &[&str]| with(extra).expect_err("refused");
+        for (args, flag, says) in [
+            (
+                &["--acme-challenge", "dns-01"][..],
+                "acme-challenge",
+                "needs a DNS provider",
+            ),
+            (
+                &["--acme-challenge", "dns-02"],
+                "acme-challenge",
+                "expected http-01",
+            ),
+            (
+                &["--acme-dns-rfc2136-server", "192.0.2.53:53"],
+                "acme-dns-rfc2136-server",
+                "--acme-dns-tsig-key",
+            ),
+            (
+                &["--acme-dns-tsig-key", "/k"],
+                "acme-dns-tsig-key",
+                "--acme-dns-rfc2136-server",
+            ),
+            (
+                &[
+                    "--acme-dns-rfc2136-server",
+                    "192.0.2.53:53",
+                    "--acme-dns-tsig-key",
+                    "/k",
+                    "--acme-dns-hook",
+                    "/h",
+                ],
+                "acme-dns-hook",
+                "not both",
+            ),
+            (
+                &["--acme-dns-hook", "dns-hook"],
+                "acme-dns-hook",
+                "absolute path",
+            ),
+            (
+                &["--acme-dns-hook-timeout", "5s"],
+                "acme-dns-hook-timeout",
+                "needs --acme-dns-hook",
+            ),
+            (
+                &["--acme-dns-hook", "/h", "--acme-dns-hook-timeout", "500ms"],
+                "acme-dns-hook-timeout",
+                "1s to 10m",
+            ),
+            (
+                &[
+                    "--acme-dns-hook",
+                    "/h",
+                    "--acme-dns-propagation-timeout",
+                    "2h",
+                ],
+                "acme-dns-propagation-timeout",
+                "1s to 1h",
+            ),
+            (
+                &["--acme-dns-resolver", "192.0.2.1:53"],
+                "acme-dns-resolver",
+                "needs a DNS provider",
+            ),
+            (
+                &["--acme-dns-hook", "/h", "--acme-dns-resolver", "no port"],
+                "acme-dns-resolver",
+                "expected HOST:PORT",
+            ),
+            (
+                &[
+                    "--acme-dns-rfc2136-server",
+                    "a b:53",
+                    "--acme-dns-tsig-key",
+                    "/k",
+                ],
+                "acme-dns-rfc2136-server",
+                "expected HOST:PORT",
+            ),
+        ] {
+            let e = refused(args);
+            assert_eq!(e.flag, flag, "{args:?}: {e}");
+            assert!(e.to_string().contains(says), "{args:?}: {e}");
+        }
+        // Empty is not given (a compose file passing `${VAR:-}` through).
+        assert_eq!(
+            with(&["--acme-dns-resolver", "", "--acme-dns-rfc2136-server", ""])
+                .expect("empty")
+                .acme
+                .expect("on")
+                .dns,
+            None
+        );
+        // With ACME off, each of them would do nothing: refused.
+        for args in [
+            &["--acme-challenge", "dns-01"][..],
+            &["--acme-dns-hook", "/h"],
+            &["--acme-dns-rfc2136-server", "192.0.2.53:53"],
+        ] {
+            let e = cfg(args).expect_err("ACME off");
+            assert!(e.to_string().contains("needs --acme-email"), "{e}");
         }
     }
 

@@ -27,6 +27,19 @@ pub enum Error {
         path: std::path::PathBuf,
         reason: String,
     },
+    #[error("cannot read --acme-dns-tsig-key {}: {reason}", path.display())]
+    AcmeDnsTsigKey {
+        path: std::path::PathBuf,
+        reason: String,
+    },
+    /// A `--acme-dns-*` value that cannot be used (a server name that does not resolve, a hook
+    /// that is not an executable file).
+    #[error("cannot use --{flag} {value}: {reason}")]
+    AcmeDns {
+        flag: &'static str,
+        value: String,
+        reason: String,
+    },
     #[error("cannot read --acme-ca-cert {}: {reason}", path.display())]
     AcmeCaCert {
         path: std::path::PathBuf,
@@ -55,6 +68,8 @@ impl Error {
             | Error::Control(_)
             | Error::RolloutRefused(_)
             | Error::AcmeEabKey { .. }
+            | Error::AcmeDnsTsigKey { .. }
+            | Error::AcmeDns { .. }
             | Error::AcmeCaCert { .. } => false,
         }
     }

@@ -25,6 +25,7 @@ pub use error::Error;
 // Used by the tests outside this crate: the ACME client and its store against a real CA, the
 // identity CA's files, and the contract test's labels -> spec -> sidecar round trip.
 pub use acme::client::{Client as AcmeClient, Http as AcmeHttp};
+pub use acme::dns::{Dns, DnsError, Location, Provider, Step, TsigAlgorithm, TsigKey};
 pub use acme::store::Store as AcmeStore;
 pub use identity::ca::{Authority as IdentityCa, CA_CERT_FILE, CA_KEY_FILE};
 pub use plan::container::sidecar_spec;

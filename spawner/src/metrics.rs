@@ -146,6 +146,8 @@ impl EngineCause {
             | Error::Control(_)
             | Error::RolloutRefused(_)
             | Error::AcmeEabKey { .. }
+            | Error::AcmeDnsTsigKey { .. }
+            | Error::AcmeDns { .. }
             | Error::AcmeCaCert { .. } => return None,
         })
     }

@@ -87,15 +87,20 @@ pub(crate) struct AcmeRow {
     pub(crate) state: Standing,
     /// The last order's error (also while a certificate still serves: a failing renewal).
     pub(crate) error: Option<String>,
+    /// The step that failed: `ca`, `dns zone lookup`, `dns update`, `dns hook`, `dns not
+    /// visible`; `None` without an error or when the spawner itself failed (its store).
+    pub(crate) step: Option<String>,
 }
 
 impl AcmeRow {
-    /// One table cell: `valid (http-01)`, or the standing, the challenge and the error.
+    /// One table cell: `valid (http-01)`, or the standing, the challenge, the step that
+    /// failed and the error: `failing (dns-01, dns update): ...`.
     fn cell(&self) -> String {
         let (state, challenge) = (self.state.as_str(), &self.challenge);
-        match &self.error {
-            None => format!("{state} ({challenge})"),
-            Some(e) => format!("{state} ({challenge}): {e}"),
+        match (&self.error, &self.step) {
+            (None, _) => format!("{state} ({challenge})"),
+            (Some(e), None) => format!("{state} ({challenge}): {e}"),
+            (Some(e), Some(step)) => format!("{state} ({challenge}, {step}): {e}"),
         }
     }
 }
@@ -391,7 +396,7 @@ fn acme_row(
     store: &Store,
     directory: &str,
 ) -> AcmeRow {
-    let names: Vec<shared::dns::DnsName> = spec.names().cloned().collect();
+    let names: Vec<shared::dns::CertName> = spec.names().collect();
     let held = store.held(&spec.hostname);
     let wanted = acme::name_set(&names);
     let (entry, unreadable) = match state {
@@ -405,6 +410,7 @@ fn acme_row(
         challenge: spec.acme_challenge.to_string(),
         state,
         error: entry.and_then(|e| e.last_error.clone()).or(unreadable),
+        step: entry.and_then(|e| e.last_step.clone()),
     }
 }
 
@@ -586,6 +592,7 @@ pub(crate) fn to_json(rows: &[Row]) -> serde_json::Value {
             "acme_error": r.acme.as_ref().and_then(|a| a.error.clone()),
             "acme_names": r.acme.as_ref().map(|a| a.names.clone()),
             "acme_challenge": r.acme.as_ref().map(|a| a.challenge.clone()),
+            "acme_step": r.acme.as_ref().and_then(|a| a.step.clone()),
             "identity": r.identity,
             "image_id": r.image.as_ref().map(|i| i.running.clone()),
             "wanted_image_id": r.image.as_ref().and_then(|i| i.wanted.clone()),
@@ -827,6 +834,7 @@ mod tests {
                 "acme_error": null,
                 "acme_names": null,
                 "acme_challenge": null,
+                "acme_step": null,
                 "identity": null,
                 "image_id": "sha256:0123456789abcdef",
                 "wanted_image_id": "sha256:0123456789abcdef",
@@ -840,12 +848,14 @@ mod tests {
                 challenge: "http-01".into(),
                 state: Standing::Failing,
                 error: Some("validating web.example by http-01: connection refused".into()),
+                step: Some("ca".into()),
             }),
             ..row()
         };
         let v = to_json(std::slice::from_ref(&failing));
         assert_eq!(v[0]["acme_state"], "failing");
         assert_eq!(v[0]["acme_challenge"], "http-01");
+        assert_eq!(v[0]["acme_step"], "ca");
         assert_eq!(
             v[0]["acme_names"],
             serde_json::json!(["web.example", "www.example"])
@@ -859,7 +869,7 @@ mod tests {
         assert!(lines[0].contains("  ACME "), "{table}");
         assert!(
             lines[1].contains(
-                "failing (http-01): validating web.example by http-01: connection refused  "
+                "failing (http-01, ca): validating web.example by http-01: connection refused  "
             ),
             "{table}"
         );

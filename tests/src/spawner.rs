@@ -27,8 +27,18 @@ impl Spawner {
         Spawner::start_on(&format!("unix://{DOCKER_SOCKET}"), prefix, extra)
     }
 
+    /// [`Spawner::start`] with `env` added to the spawner's environment.
+    pub fn start_with_env(prefix: &str, extra: &[&str], env: &[(&str, &str)]) -> Spawner {
+        images();
+        Spawner::launch(&format!("unix://{DOCKER_SOCKET}"), prefix, extra, env)
+    }
+
     /// A spawner on the engine at `docker_host`.
     pub fn start_on(docker_host: &str, prefix: &str, extra: &[&str]) -> Spawner {
+        Spawner::launch(docker_host, prefix, extra, &[])
+    }
+
+    fn launch(docker_host: &str, prefix: &str, extra: &[&str], env: &[(&str, &str)]) -> Spawner {
         let log = std::env::temp_dir().join(format!("{}.log", unique_name("spawner")));
         let file = File::create(&log).expect("create spawner log file");
         let mut args = vec![
@@ -43,6 +53,7 @@ impl Spawner {
         let child = Command::new(bin_path("spawner"))
             .args(&args)
             .env("RUST_LOG", "info,spawner=debug")
+            .envs(env.iter().copied())
             .env_remove("DOCKER_HOST")
             .stdout(Stdio::null())
             .stderr(file)

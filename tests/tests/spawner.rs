@@ -2,6 +2,7 @@
 //! private `dockerd` in `engine`), each test with its own label prefix, and assert on the
 //! containers, sidecars and certificates users see; `acme` adds a real ACME CA (Pebble).
 mod acme;
+mod acme_dns;
 mod admin;
 mod ca;
 mod certs;

@@ -23,7 +23,7 @@ use instant_acme::{
 };
 use rustls::RootCertStore;
 use rustls_pki_types::ServerName;
-use shared::dns::DnsName;
+use shared::dns::{CertName, DnsName};
 use tokio::net::TcpStream;
 
 use crate::acme::store::Store;
@@ -48,6 +48,10 @@ pub struct AcmeError {
     /// What failed, without what changes from one order to the next (the challenge URL and
     /// token in the CA's detail): the step and the CA's problem type. `None`: the message.
     pub(crate) cause: Option<String>,
+    /// The step that failed, as `spawner status` names it: `ca` (the CA answered with an
+    /// error), `dns zone lookup`, `dns update`, `dns hook`, `dns not visible`; `None`: the
+    /// spawner's own (the store, a key).
+    pub(crate) step: Option<&'static str>,
 }
 
 impl AcmeError {
@@ -91,6 +95,7 @@ fn classify(what: &str, error: instant_acme::Error) -> AcmeError {
     });
     AcmeError {
         cause: problem.map(|t| format!("{what}: {t}")),
+        step: Some("ca"),
         permanent,
         message: format!("{what}: {error}"),
     }
@@ -99,6 +104,7 @@ fn classify(what: &str, error: instant_acme::Error) -> AcmeError {
 fn transient(message: String) -> AcmeError {
     AcmeError {
         cause: None,
+        step: None,
         permanent: false,
         message,
     }
@@ -166,6 +172,7 @@ impl Client {
             let credentials: AccountCredentials =
                 serde_json::from_slice(&json).map_err(|e| AcmeError {
                     cause: None,
+                    step: None,
                     permanent: true,
                     message: format!("{}: not ACME account credentials: {e}", path.display()),
                 })?;
@@ -233,28 +240,58 @@ impl Client {
         }
     }
 
-    /// Orders one certificate for `names` (the first is the certificate's directory name),
-    /// proves control of each by `kind`, and returns it. The challenge files are removed again
+    /// Orders one certificate for `names` (the first base name is the certificate's directory
+    /// name), proves control of each by `kind` (http-01 or tls-alpn-01; dns-01 needs
+    /// [`Client::obtain_by_dns`]), and returns it. The challenge files are removed again
     /// whatever happens.
     pub async fn obtain(
         &self,
-        names: &[DnsName],
+        names: &[CertName],
         kind: ChallengeKind,
     ) -> Result<Obtained, AcmeError> {
-        self.obtain_with(names, kind, &StoreOnly).await
+        self.obtain_with(names, kind, &StoreOnly, None).await
+    }
+
+    /// [`Client::obtain`] by dns-01, the records written and removed by `records`.
+    pub async fn obtain_by_dns(
+        &self,
+        names: &[CertName],
+        records: &dyn Dns01,
+    ) -> Result<Obtained, AcmeError> {
+        self.obtain_with(names, ChallengeKind::Dns01, &StoreOnly, Some(records))
+            .await
     }
 
     /// [`Client::obtain`], with each answer also handed to `answers` after it is written to the
     /// store and before the CA is told to check it (the daemon uploads it into the sidecars
-    /// that serve the names), and handed again emptied once the order is over.
+    /// that serve the names), and handed again emptied once the order is over. dns-01 answers
+    /// go to `records` instead, removed again once the order is over.
     pub(crate) async fn obtain_with(
         &self,
-        names: &[DnsName],
+        names: &[CertName],
         kind: ChallengeKind,
         answers: &dyn Answers,
+        records: Option<&dyn Dns01>,
     ) -> Result<Obtained, AcmeError> {
         let mut published = Published::new(&self.store);
-        let result = self.order(names, kind, &mut published, answers).await;
+        let result = match (kind, records) {
+            (ChallengeKind::Dns01, None) => Err(AcmeError {
+                cause: None,
+                step: None,
+                permanent: true,
+                message:
+                    "dns-01 needs a DNS provider (--acme-dns-rfc2136-server or --acme-dns-hook)"
+                        .to_string(),
+            }),
+            (ChallengeKind::Dns01, Some(records)) => {
+                let result = self
+                    .order(names, kind, &mut published, answers, Some(records))
+                    .await;
+                records.cleanup().await;
+                result
+            }
+            _ => self.order(names, kind, &mut published, answers, None).await,
+        };
         let withdrawn = published.clear();
         if !withdrawn.is_empty() {
             answers.publish(withdrawn).await;
@@ -265,10 +302,11 @@ impl Client {
     /// Places the order, answers its challenges and downloads the certificate.
     async fn order(
         &self,
-        names: &[DnsName],
+        names: &[CertName],
         kind: ChallengeKind,
         published: &mut Published<'_>,
         answers: &dyn Answers,
+        records: Option<&dyn Dns01>,
     ) -> Result<Obtained, AcmeError> {
         let list = names
             .iter()
@@ -284,11 +322,17 @@ impl Client {
             .new_order(&NewOrder::new(&identifiers))
             .await
             .map_err(|e| classify(&format!("ordering a certificate for {list}"), e))?;
-        let mut authorizations = order.authorizations();
-        while let Some(authz) = authorizations.next().await {
-            let authz = authz.map_err(|e| classify(&format!("authorization for {list}"), e))?;
-            if authz.status != instant_acme::AuthorizationStatus::Valid {
-                authorize(authz, kind, published, answers).await?;
+        match records {
+            Some(records) => authorize_by_dns(&mut order, &list, records).await?,
+            None => {
+                let mut authorizations = order.authorizations();
+                while let Some(authz) = authorizations.next().await {
+                    let authz =
+                        authz.map_err(|e| classify(&format!("authorization for {list}"), e))?;
+                    if authz.status != instant_acme::AuthorizationStatus::Valid {
+                        authorize(authz, kind, published, answers).await?;
+                    }
+                }
             }
         }
         let retries = RetryPolicy::new()
@@ -320,6 +364,73 @@ impl Client {
     }
 }
 
+/// Proves control of every pending authorization's name by dns-01: every TXT value written
+/// (`example.com` and `*.example.com` put two values side by side at one name) and seen where
+/// `records` checks, and only then the CA told to look, each challenge in turn.
+async fn authorize_by_dns(
+    order: &mut instant_acme::Order,
+    list: &str,
+    records: &dyn Dns01,
+) -> Result<(), AcmeError> {
+    let fail = |e| classify(&format!("authorization for {list}"), e);
+    let mut wanted = Vec::new();
+    let mut authorizations = order.authorizations();
+    while let Some(authz) = authorizations.next().await {
+        let mut authz = authz.map_err(fail)?;
+        if authz.status != instant_acme::AuthorizationStatus::Pending {
+            continue;
+        }
+        let name = dns_name(authz.identifier().identifier)?;
+        let challenge = authz
+            .challenge(ChallengeType::Dns01)
+            .ok_or_else(|| no_challenge(ChallengeKind::Dns01, &name))?;
+        wanted.push((name, challenge.key_authorization().dns_value()));
+    }
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    records.present(wanted).await?;
+    let mut authorizations = order.authorizations();
+    while let Some(authz) = authorizations.next().await {
+        let mut authz = authz.map_err(fail)?;
+        if authz.status != instant_acme::AuthorizationStatus::Pending {
+            continue;
+        }
+        let name = dns_name(authz.identifier().identifier)?;
+        let mut challenge = authz
+            .challenge(ChallengeType::Dns01)
+            .ok_or_else(|| no_challenge(ChallengeKind::Dns01, &name))?;
+        challenge
+            .set_ready()
+            .await
+            .map_err(|e| classify(&format!("dns-01 challenge for {name}"), e))?;
+    }
+    Ok(())
+}
+
+fn no_challenge(kind: ChallengeKind, name: &DnsName) -> AcmeError {
+    AcmeError {
+        cause: None,
+        step: Some("ca"),
+        permanent: true,
+        message: format!("the CA offers no {kind} challenge for {name}"),
+    }
+}
+
+/// Where dns-01 records go: the daemon's DNS provider ([`crate::acme::dns01`]).
+pub trait Dns01: Send + Sync {
+    /// Writes a TXT record `_acme-challenge.<name>` (or where its CNAME points) with each value
+    /// and waits until every one can be seen; what was written is remembered for
+    /// [`Dns01::cleanup`], also when a later one fails.
+    fn present(
+        &self,
+        records: Vec<(DnsName, String)>,
+    ) -> Pin<Box<dyn Future<Output = Result<(), AcmeError>> + Send + '_>>;
+
+    /// Removes what [`Dns01::present`] wrote; failures are the implementor's to log.
+    fn cleanup(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
+}
+
 /// Proves control of one pending authorization's name by `kind`: the answer published (the
 /// store, then `answers`), then the CA told to check it.
 async fn authorize(
@@ -331,17 +442,14 @@ async fn authorize(
     let name = dns_name(authz.identifier().identifier)?;
     let mut challenge = authz
         .challenge(challenge_type(kind))
-        .ok_or_else(|| AcmeError {
-            cause: None,
-            permanent: true,
-            message: format!("the CA offers no {kind} challenge for {name}"),
-        })?;
+        .ok_or_else(|| no_challenge(kind, &name))?;
     let key_authorization = challenge.key_authorization();
     let answer = match kind {
         ChallengeKind::Http01 => published.http01(&challenge.token, key_authorization.as_str())?,
         ChallengeKind::TlsAlpn01 => {
             published.tls_alpn01(&name, key_authorization.digest().as_ref())?
         }
+        ChallengeKind::Dns01 => return Err(no_challenge(kind, &name)),
     };
     answers.publish(vec![answer]).await;
     challenge
@@ -356,11 +464,13 @@ fn dns_name(identifier: &Identifier) -> Result<DnsName, AcmeError> {
     match identifier {
         Identifier::Dns(name) => DnsName::from_str(name).map_err(|e| AcmeError {
             cause: None,
+            step: None,
             permanent: true,
             message: format!("the CA asked about {name:?}: {e}"),
         }),
         other => Err(AcmeError {
             cause: None,
+            step: None,
             permanent: true,
             message: format!("the CA asked about {other:?}, not a DNS name"),
         }),
@@ -372,13 +482,14 @@ fn challenge_type(kind: ChallengeKind) -> ChallengeType {
     match kind {
         ChallengeKind::Http01 => ChallengeType::Http01,
         ChallengeKind::TlsAlpn01 => ChallengeType::TlsAlpn01,
+        ChallengeKind::Dns01 => ChallengeType::Dns01,
     }
 }
 
 /// A new key and the certificate request for `names` signed with it (no subject: the names
 /// are in its subject alternative names). `list`: the names as errors show them.
 fn certificate_request(
-    names: &[DnsName],
+    names: &[CertName],
     list: &str,
 ) -> Result<(rcgen::KeyPair, rcgen::CertificateSigningRequest), AcmeError> {
     let key =
@@ -610,11 +721,15 @@ mod tests {
 
     #[test]
     fn challenge_kinds_parse_and_render() {
-        for k in [ChallengeKind::Http01, ChallengeKind::TlsAlpn01] {
+        for k in [
+            ChallengeKind::Http01,
+            ChallengeKind::TlsAlpn01,
+            ChallengeKind::Dns01,
+        ] {
             assert_eq!(k.to_string().parse::<ChallengeKind>(), Ok(k));
         }
         assert_eq!(ChallengeKind::default(), ChallengeKind::Http01);
-        assert!("dns-01".parse::<ChallengeKind>().is_err());
+        assert!("dns-02".parse::<ChallengeKind>().is_err());
     }
 
     #[test]
@@ -642,11 +757,11 @@ mod tests {
     #[test]
     fn the_certificate_request_names_every_name_and_nothing_else() {
         use x509_parser::prelude::FromDer;
-        let names: Vec<DnsName> = ["a.example", "b.example"]
+        let names: Vec<CertName> = ["a.example", "*.b.example"]
             .iter()
             .map(|n| n.parse().expect("name"))
             .collect();
-        let (key, csr) = certificate_request(&names, "a.example,b.example").expect("csr");
+        let (key, csr) = certificate_request(&names, "a.example,*.b.example").expect("csr");
         let (_, req) =
             x509_parser::certification_request::X509CertificationRequest::from_der(csr.der())
                 .expect("a DER request");
@@ -668,7 +783,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(sans, ["DNSName(a.example)", "DNSName(b.example)"]);
+        assert_eq!(sans, ["DNSName(a.example)", "DNSName(*.b.example)"]);
     }
 
     #[test]

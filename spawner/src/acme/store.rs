@@ -92,6 +92,30 @@ impl Store {
         }
     }
 
+    /// The DNS-01 records written and not yet removed (`acme/dns-01.json`): what an interrupted
+    /// order left behind is removed by the next one.
+    pub(crate) fn dns_records_path(&self) -> PathBuf {
+        self.root.join("acme").join("dns-01.json")
+    }
+
+    /// Replaces the DNS-01 records file whole (0600).
+    pub(crate) fn write_dns_records(&self, json: &[u8]) -> io::Result<()> {
+        let path = self.dns_records_path();
+        if let Some(dir) = path.parent() {
+            create_dir(dir, 0o700)?;
+        }
+        write_atomic(&path, json, 0o600)
+    }
+
+    /// The DNS-01 records file's content; `None` when there is none.
+    pub(crate) fn read_dns_records(&self) -> Result<Option<Vec<u8>>, ReadError> {
+        match shared::fs::read(&self.dns_records_path(), MAX_STATE_BYTES) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Stores the account's credentials, readable by the spawner's user only (0600).
     pub(crate) fn write_account(&self, json: &[u8]) -> io::Result<()> {
         let path = self.account_path();

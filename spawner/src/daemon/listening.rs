@@ -97,7 +97,7 @@ impl Daemon {
                 continue;
             }
             wants.push(acme::Want {
-                names: spec.names().cloned().collect(),
+                names: spec.names().collect(),
                 challenge: spec.acme_challenge,
                 sidecars,
             });

@@ -531,6 +531,7 @@ mod tests {
             backend: "127.0.0.1:8080".parse().unwrap(),
             mode: shared::mode::Mode::Http,
             hostname: "web".parse().unwrap(),
+            hostname_wildcard: false,
             alt_names: Vec::new(),
             hostname_labelled: false,
             acme_challenge: Default::default(),

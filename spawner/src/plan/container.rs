@@ -65,6 +65,10 @@ pub(crate) fn offered(cfg: &Config) -> crate::plan::labels::Offered {
     crate::plan::labels::Offered {
         certs: cfg.certs.is_some(),
         identity: identity_domain(cfg).is_some(),
+        acme: cfg.acme.as_ref().map(|a| crate::plan::labels::AcmeOffer {
+            default_challenge: a.challenge,
+            dns: a.dns.is_some(),
+        }),
     }
 }
 
@@ -115,11 +119,9 @@ fn self_signed_names(target: &TargetSpec) -> Vec<SanName> {
         .filter_map(|n| n.parse().ok());
     // As the sidecar reads it back: a hostname that is an IPv4 literal (`10.0.0.1`, a valid DNS
     // name) is an IP address SAN.
-    let own = target.names().map(|n| {
-        n.as_str()
-            .parse::<SanName>()
-            .unwrap_or_else(|_| SanName::Dns(n.clone()))
-    });
+    let own = target
+        .names()
+        .map(|n| n.to_string().parse::<SanName>().unwrap_or_else(|_| n.san()));
     for name in own.chain(extra) {
         if !names.contains(&name) {
             names.push(name);
@@ -344,6 +346,7 @@ mod tests {
             backend: "127.0.0.1:3000".parse().unwrap(),
             mode: Mode::Tcp,
             hostname: "web.example".parse().unwrap(),
+            hostname_wildcard: false,
             alt_names: Vec::new(),
             hostname_labelled: false,
             acme_challenge: Default::default(),
@@ -481,6 +484,7 @@ mod tests {
         ]);
         let spec = TargetSpec {
             mode: Mode::Http,
+            hostname_wildcard: false,
             alt_names: vec!["www.example".parse().unwrap()],
             hostname_labelled: true,
             ..spec()

@@ -7,7 +7,7 @@ use std::str::FromStr;
 
 use crate::config::RolloutPolicy;
 use shared::addr::{BackendAddr, ListenAddr, DEFAULT_BACKEND_PORT, DEFAULT_LISTEN_PORT};
-use shared::dns::DnsName;
+use shared::dns::{CertName, DnsName};
 use shared::identity::{CommonName, DnsPattern, Identities, List, UriPattern};
 use shared::mode::{check_mode, ClientAuthMode, Mode, ModeSetting, ModeSettings};
 use shared::parse::MaxAge;
@@ -31,6 +31,9 @@ pub enum ChallengeKind {
     Http01,
     /// A certificate in a handshake on port 443, served by the sidecar's TLS listener.
     TlsAlpn01,
+    /// A TXT record in DNS, written by the spawner through its DNS provider (the sidecar takes
+    /// no part): for names the CA cannot reach, and the one challenge for wildcards.
+    Dns01,
 }
 
 impl FromStr for ChallengeKind {
@@ -39,7 +42,10 @@ impl FromStr for ChallengeKind {
         match text.trim() {
             "http-01" => Ok(ChallengeKind::Http01),
             "tls-alpn-01" => Ok(ChallengeKind::TlsAlpn01),
-            other => Err(format!("expected http-01 or tls-alpn-01, got {other:?}")),
+            "dns-01" => Ok(ChallengeKind::Dns01),
+            other => Err(format!(
+                "expected http-01, tls-alpn-01 or dns-01, got {other:?}"
+            )),
         }
     }
 }
@@ -49,6 +55,7 @@ impl std::fmt::Display for ChallengeKind {
         f.write_str(match self {
             ChallengeKind::Http01 => "http-01",
             ChallengeKind::TlsAlpn01 => "tls-alpn-01",
+            ChallengeKind::Dns01 => "dns-01",
         })
     }
 }
@@ -64,10 +71,13 @@ pub struct TargetSpec {
     pub(crate) backend: BackendAddr,
     pub(crate) mode: Mode,
     /// Name the certificate is for (and its certbot directory, `live/<hostname>/`): the first
-    /// of the `hostname` label's names, or one made of the container name.
+    /// of the `hostname` label's names (without its `*.` when it is a wildcard, as certbot
+    /// names a wildcard's lineage), or one made of the container name.
     pub(crate) hostname: DnsName,
+    /// The first name is `*.<hostname>`.
+    pub(crate) hostname_wildcard: bool,
     /// The `hostname` label's other names: one certificate carries them all.
-    pub(crate) alt_names: Vec<DnsName>,
+    pub(crate) alt_names: Vec<CertName>,
     /// The names came from the `hostname` label (not the container name): with ACME on, this
     /// target gets a certificate obtained for them.
     pub(crate) hostname_labelled: bool,
@@ -161,14 +171,27 @@ pub struct Offered {
     pub(crate) certs: bool,
     /// `--identity-domain`: every sidecar gets an identity certificate.
     pub(crate) identity: bool,
+    /// ACME is on (`--acme-email`): what it offers a target with a `hostname` label.
+    pub(crate) acme: Option<AcmeOffer>,
+}
+
+/// What ACME offers a target, which the `acme-challenge` and `hostname` labels must fit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AcmeOffer {
+    /// `--acme-challenge`: the challenge of a target without an `acme-challenge` label.
+    pub(crate) default_challenge: ChallengeKind,
+    /// A DNS provider is configured (`--acme-dns-rfc2136-server` or `--acme-dns-hook`), so
+    /// dns-01 can be answered.
+    pub(crate) dns: bool,
 }
 
 impl Offered {
-    /// Certificates as given, no identity.
+    /// Certificates as given, no identity, no ACME.
     pub fn certs(mounted: bool) -> Self {
         Offered {
             certs: mounted,
             identity: false,
+            acme: None,
         }
     }
 }
@@ -290,18 +313,34 @@ fn parse_spec(
         None => default_backend(opt_in.by, exposed, listen.port()),
     };
     let mode: Mode = optional(get(label::MODE))?.unwrap_or_default();
-    let (hostname, alt_names) = match get(label::HOSTNAME) {
+    let (first, alt_names) = match get(label::HOSTNAME) {
         Some((key, v)) => hostnames(&key, v)?,
         // Docker allows names a certificate cannot carry (over 63 characters, say): a valid
         // form of it, or `localhost` when nothing of it is left.
         None => (
             shared::dns::from_container_name(container_name)
-                .and_then(|n| n.parse().ok())
-                .unwrap_or_else(localhost),
+                .and_then(|n| n.parse::<DnsName>().ok())
+                .map_or_else(|| CertName::from(localhost()), CertName::from),
             Vec::new(),
         ),
     };
-    let acme_challenge: ChallengeKind = optional(get(label::ACME_CHALLENGE))?.unwrap_or_default();
+    let hostname = first.base().clone();
+    let hostname_wildcard = first.is_wildcard();
+    let challenge_label = get(label::ACME_CHALLENGE);
+    let acme_challenge: ChallengeKind = optional(challenge_label.clone())?
+        .or(offered.acme.map(|a| a.default_challenge))
+        .unwrap_or_default();
+    if let (Some(acme), Some((key, v))) = (offered.acme, get(label::HOSTNAME)) {
+        acme_fits(
+            acme,
+            acme_challenge,
+            challenge_label,
+            &key,
+            v,
+            &first,
+            &alt_names,
+        )?;
+    }
     let redirect_listen = match get(label::REDIRECT_LISTEN) {
         None => None,
         Some((key, v)) => {
@@ -338,6 +377,7 @@ fn parse_spec(
         mode,
         hostname_labelled: get(label::HOSTNAME).is_some(),
         hostname,
+        hostname_wildcard,
         alt_names,
         acme_challenge,
         mtls,
@@ -400,13 +440,13 @@ fn mode_rules<'a>(
 /// Most names one `hostname` label may list: Let's Encrypt's limit of names per certificate.
 pub(crate) const MAX_HOSTNAMES: usize = 100;
 
-/// The `hostname` label: one or more DNS names, comma separated, each once; the first names
-/// the certificate's directory.
-fn hostnames(key: &str, value: &str) -> Result<(DnsName, Vec<DnsName>), LabelError> {
-    let List(mut names) = typed::<List<DnsName>>(key, value)?;
+/// The `hostname` label: one or more DNS names or wildcards (`*.example.com`), comma separated,
+/// each once; the first names the certificate's directory.
+fn hostnames(key: &str, value: &str) -> Result<(CertName, Vec<CertName>), LabelError> {
+    let List(mut names) = typed::<List<CertName>>(key, value)?;
     // DNS names compare without case: `A.example` and `a.example` are one name.
     let mut seen = std::collections::HashSet::new();
-    names.retain(|n| seen.insert(n.as_str().to_ascii_lowercase()));
+    names.retain(|n| seen.insert(n.to_string().to_ascii_lowercase()));
     if names.len() > MAX_HOSTNAMES {
         return Err(refused(
             key,
@@ -421,10 +461,62 @@ fn hostnames(key: &str, value: &str) -> Result<(DnsName, Vec<DnsName>), LabelErr
     Ok((first, names.collect()))
 }
 
+/// With ACME on, whether the names of the `hostname` label (`key`=`value`) can be proved by
+/// `challenge`: a wildcard only by dns-01 (the CA checks http-01 and tls-alpn-01 at one name
+/// and a wildcard stands for all of them), and dns-01 only with a DNS provider on the spawner.
+fn acme_fits(
+    acme: AcmeOffer,
+    challenge: ChallengeKind,
+    challenge_label: Option<(String, &str)>,
+    key: &str,
+    value: &str,
+    first: &CertName,
+    others: &[CertName],
+) -> Result<(), LabelError> {
+    let by_label = |reason: String| match &challenge_label {
+        Some((k, v)) => refused(k, v, reason),
+        None => refused(key, value, reason),
+    };
+    if challenge == ChallengeKind::Dns01 && !acme.dns {
+        return Err(by_label(
+            "dns-01 needs a DNS provider on the spawner: --acme-dns-rfc2136-server with --acme-dns-tsig-key, or --acme-dns-hook".to_string(),
+        ));
+    }
+    let wildcard = std::iter::once(first)
+        .chain(others)
+        .find(|n| n.is_wildcard());
+    if let (Some(w), false) = (wildcard, challenge == ChallengeKind::Dns01) {
+        let how = match &challenge_label {
+            Some((k, _)) => format!("{k}=dns-01"),
+            None => {
+                format!("the acme-challenge label dns-01 (the spawner's default is {challenge})")
+            }
+        };
+        return Err(refused(
+            key,
+            value,
+            format!(
+                "the wildcard {w} can only be proved by dns-01, not {challenge} (the CA checks those at one name): set {how}"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 impl TargetSpec {
     /// Every name of the target's certificate, the first one first.
-    pub(crate) fn names(&self) -> impl Iterator<Item = &DnsName> {
-        std::iter::once(&self.hostname).chain(&self.alt_names)
+    pub(crate) fn names(&self) -> impl Iterator<Item = CertName> + '_ {
+        std::iter::once(self.first_name()).chain(self.alt_names.iter().cloned())
+    }
+
+    /// The first name: the hostname, or `*.<hostname>`.
+    pub(crate) fn first_name(&self) -> CertName {
+        let first = CertName::from(self.hostname.clone());
+        if self.hostname_wildcard {
+            format!("*.{first}").parse().unwrap_or(first)
+        } else {
+            first
+        }
     }
 }
 
@@ -894,7 +986,7 @@ mod tests {
         .unwrap()
         .unwrap();
         assert_eq!(s.hostname.as_str(), "a.example");
-        let names: Vec<&str> = s.names().map(DnsName::as_str).collect();
+        let names: Vec<String> = s.names().map(|n| n.to_string()).collect();
         assert_eq!(names, ["a.example", "B.example", "c.example"], "each once");
         assert!(s.hostname_labelled);
         assert_eq!(s.acme_challenge, ChallengeKind::TlsAlpn01);
@@ -902,10 +994,10 @@ mod tests {
         assert!(!d.hostname_labelled, "a name made of the container name");
         assert_eq!(d.acme_challenge, ChallengeKind::Http01);
         let refused = |pairs: &[(&str, &str)]| parse(pairs, &[]).unwrap().unwrap_err();
-        let e = refused(&[opt, ("tls-sidecar.acme-challenge", "dns-01")]);
+        let e = refused(&[opt, ("tls-sidecar.acme-challenge", "dns-02")]);
         assert_eq!(e.label, "tls-sidecar.acme-challenge");
-        assert!(e.reason.contains("http-01 or tls-alpn-01"), "{e}");
-        for bad in ["", ",", "a.example,*.b.example", "a.example,bad name"] {
+        assert!(e.reason.contains("http-01, tls-alpn-01 or dns-01"), "{e}");
+        for bad in ["", ",", "a.example,*.*.b.example", "a.example,bad name"] {
             let e = refused(&[opt, ("tls-sidecar.hostname", bad)]);
             assert_eq!(e.label, "tls-sidecar.hostname", "{bad:?}");
         }
@@ -915,6 +1007,87 @@ mod tests {
         let many = many.join(",");
         let e = refused(&[opt, ("tls-sidecar.hostname", &many)]);
         assert!(e.reason.contains("more than 100 names"), "{e}");
+    }
+
+    /// Parses on top of the opt-in label with ACME on: `default` challenge, a DNS provider or not.
+    fn with_acme(
+        pairs: &[(&str, &str)],
+        default: ChallengeKind,
+        dns: bool,
+    ) -> Result<TargetSpec, LabelError> {
+        let mut l = vec![("tls-sidecar.proxy-image", "i")];
+        l.extend_from_slice(pairs);
+        let offered = Offered {
+            certs: true,
+            identity: false,
+            acme: Some(AcmeOffer {
+                default_challenge: default,
+                dns,
+            }),
+        };
+        parse_target("tls-sidecar", "web", &labels(&l), &[], offered).unwrap()
+    }
+
+    #[test]
+    fn wildcards_are_proved_by_dns_01_alone_and_name_their_directory_without_the_star() {
+        use ChallengeKind::{Dns01, Http01, TlsAlpn01};
+        let both = ("tls-sidecar.hostname", "*.example.test,example.test");
+        let dns = ("tls-sidecar.acme-challenge", "dns-01");
+        let s = with_acme(&[both, dns], Http01, true).expect("dns-01 proves a wildcard");
+        assert_eq!(
+            s.hostname.as_str(),
+            "example.test",
+            "certbot's lineage name"
+        );
+        assert!(s.hostname_wildcard);
+        let names: Vec<String> = s.names().map(|n| n.to_string()).collect();
+        assert_eq!(names, ["*.example.test", "example.test"]);
+        assert_eq!(s.acme_challenge, Dns01);
+        let s = with_acme(&[both], Dns01, true).expect("dns-01 by default");
+        assert_eq!(s.acme_challenge, Dns01);
+
+        for (challenge, default) in [("http-01", Dns01), ("tls-alpn-01", Dns01)] {
+            let e = with_acme(
+                &[both, ("tls-sidecar.acme-challenge", challenge)],
+                default,
+                true,
+            )
+            .expect_err("another challenge cannot prove a wildcard");
+            assert_eq!(e.label, "tls-sidecar.hostname");
+            assert!(
+                e.reason
+                    .contains("the wildcard *.example.test can only be proved by dns-01")
+                    && e.reason.contains("set tls-sidecar.acme-challenge=dns-01"),
+                "{e}"
+            );
+        }
+        let e = with_acme(
+            &[("tls-sidecar.hostname", "a.test,*.b.test")],
+            TlsAlpn01,
+            true,
+        )
+        .expect_err("the spawner's default");
+        assert!(
+            e.reason.contains("not tls-alpn-01") && e.reason.contains("default is tls-alpn-01"),
+            "{e}"
+        );
+
+        let e = with_acme(&[both, dns], Http01, false).expect_err("no DNS provider");
+        assert_eq!(e.label, "tls-sidecar.acme-challenge");
+        assert!(
+            e.reason
+                .contains("dns-01 needs a DNS provider on the spawner"),
+            "{e}"
+        );
+
+        // Without ACME a wildcard names a certificate of files or a self-signed one.
+        let s = parse(&[("tls-sidecar.proxy-image", "i"), both], &[])
+            .unwrap()
+            .expect("no ACME: accepted");
+        assert_eq!(s.hostname.as_str(), "example.test");
+        assert_eq!(s.first_name().to_string(), "*.example.test");
+        // Without a hostname label nothing is ordered: the challenge is not checked.
+        assert!(with_acme(&[dns], Http01, false).is_ok());
     }
 
     #[test]
@@ -962,7 +1135,7 @@ mod tests {
             ("tls-sidecar.backend", "no port"),
             ("tls-sidecar.backend", "host:0"),
             ("tls-sidecar.backend", "-host:80"),
-            ("tls-sidecar.hostname", "*.example.com"),
+            ("tls-sidecar.hostname", "a.*.example.com"),
             ("tls-sidecar.mode", "udp"),
             ("tls-sidecar.hostname", "bad name!"),
             ("tls-sidecar.proxy-image", " "),
@@ -1008,6 +1181,7 @@ mod tests {
         let offered = Offered {
             certs: true,
             identity: true,
+            acme: None,
         };
         parse_target("tls-sidecar", name, &labels(&l), &[], offered).unwrap()
     }

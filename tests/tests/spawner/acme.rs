@@ -13,6 +13,7 @@
 //! That setup is one [`Acme`] (`fixture`). `pebble` holds the pieces underneath, in process:
 //! ACME clients against Pebble and the sidecar answering its challenges, without the engine.
 
+mod dns01;
 mod fixture;
 mod pebble;
 

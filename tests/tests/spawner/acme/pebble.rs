@@ -603,7 +603,7 @@ async fn the_sidecar_answers_http01_for_pebble_on_its_redirect_listener() {
 /// validates, the pair lands in certbot's layout, and the account is kept for the next start.
 mod spawner_client {
     use super::*;
-    use shared::dns::DnsName;
+    use shared::dns::CertName;
     use spawner::{AcmeClient as Client, AcmeStore as Store, ChallengeKind};
     use std::os::unix::fs::PermissionsExt;
     use std::str::FromStr;
@@ -628,8 +628,8 @@ mod spawner_client {
         .unwrap_or_else(|e| panic!("{e}\n{}", pebble.logs()))
     }
 
-    fn name(n: &str) -> DnsName {
-        DnsName::from_str(n).expect("a DNS name")
+    fn name(n: &str) -> CertName {
+        CertName::from_str(n).expect("a DNS name")
     }
 
     #[tokio::test]
@@ -658,9 +658,13 @@ mod spawner_client {
         .unwrap_or_else(|e| panic!("{e}\n{}", pebble.logs()));
         assert_issued_for_all(&pebble, &got.chain_pem, &["e.test", "www.e.test"]);
         store
-            .write_pair(&names[0], got.chain_pem.as_bytes(), got.key_pem.as_bytes())
+            .write_pair(
+                names[0].base(),
+                got.chain_pem.as_bytes(),
+                got.key_pem.as_bytes(),
+            )
             .expect("store the pair");
-        let held = store.held(&names[0]).expect("the stored certificate");
+        let held = store.held(names[0].base()).expect("the stored certificate");
         assert_eq!(held.names.len(), 2);
         // The challenge files are gone; the account is kept, readable by the spawner only.
         let left: Vec<_> = std::fs::read_dir(store.tls_alpn01_dir())
