@@ -334,7 +334,7 @@ fn a_record_left_by_a_killed_spawner_is_removed_by_the_next_order() {
         .args(["-f", &hook.display().to_string()])
         .status();
     std::fs::remove_file(&hang).expect("stop hanging");
-    assert_eq!(world.txt(name), [left.clone()], "left behind");
+    assert_eq!(world.txt(name), std::slice::from_ref(&left), "left behind");
 
     let _spawner = world.spawner(&flags);
     let chain = acme.wait_issued(host_port(&id, 8443), &["left.example.test"]);
