@@ -7,8 +7,6 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-
-use crate::plan::labels::ChallengeKind;
 use shared::addr::{BackendAddr, ListenAddr};
 use shared::backoff::Backoff;
 use shared::schema::DEFAULT_LABEL_PREFIX;
@@ -616,6 +614,43 @@ pub(crate) struct IdentityConfig {
     pub(crate) ca: CaSource,
     /// Extra roots for the trust bundle (`--identity-trust`).
     pub(crate) trust: Option<PathBuf>,
+}
+
+/// Which challenge proves control of the names (`<prefix>.acme-challenge`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ChallengeKind {
+    /// A file on port 80, served by the sidecar's redirect listener.
+    #[default]
+    Http01,
+    /// A certificate in a handshake on port 443, served by the sidecar's TLS listener.
+    TlsAlpn01,
+    /// A TXT record in DNS, written by the spawner through its DNS provider (the sidecar takes
+    /// no part): for names the CA cannot reach, and the one challenge for wildcards.
+    Dns01,
+}
+
+impl FromStr for ChallengeKind {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text.trim() {
+            "http-01" => Ok(ChallengeKind::Http01),
+            "tls-alpn-01" => Ok(ChallengeKind::TlsAlpn01),
+            "dns-01" => Ok(ChallengeKind::Dns01),
+            other => Err(format!(
+                "expected http-01, tls-alpn-01 or dns-01, got {other:?}"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for ChallengeKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ChallengeKind::Http01 => "http-01",
+            ChallengeKind::TlsAlpn01 => "tls-alpn-01",
+            ChallengeKind::Dns01 => "dns-01",
+        })
+    }
 }
 
 /// Validated configuration.
