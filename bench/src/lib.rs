@@ -1,4 +1,4 @@
-//! Shared pieces of the load tools: the TLS client configuration (ring, the bench certificate
+//! Shared pieces of the load tools: the TLS client configuration (aws-lc-rs, the bench certificate
 //! as the only root), connecting with a deadline, and the one-line JSON result they print.
 //!
 //! The tools print exactly one JSON object on stdout so `bench/run` can parse it without a
@@ -33,7 +33,7 @@ pub enum Versions {
     Any,
 }
 
-/// The client side of the bench: trusts only the bench certificate, ring as the provider.
+/// The client side of the bench: trusts only the bench certificate, aws-lc-rs as the provider.
 ///
 /// `resume = false` turns session resumption off, so every connection is a full handshake
 /// (the reason the bench has its own handshake tool: wrk resumes sessions on reconnect).
@@ -55,7 +55,7 @@ pub fn client_config(
     if roots.is_empty() {
         bail!("no certificate in {}", ca.display());
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let builder = ClientConfig::builder_with_provider(provider);
     let builder = match versions {
         Versions::Tls13 => builder.with_protocol_versions(&[&rustls::version::TLS13]),

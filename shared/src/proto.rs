@@ -92,6 +92,126 @@ impl fmt::Display for AlpnList {
     }
 }
 
+/// A TLS key-exchange group a sidecar may agree (`--tls-groups`, the `tls-groups` label), named
+/// as IANA's TLS Supported Groups registry spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TlsGroup {
+    /// The hybrid of X25519 and ML-KEM-768 (post-quantum), what current browsers offer first.
+    X25519MlKem768,
+    X25519,
+    /// P-256.
+    Secp256r1,
+    /// P-384.
+    Secp384r1,
+}
+
+impl TlsGroup {
+    /// Every group, in the default preference order.
+    pub const ALL: [TlsGroup; 4] = [
+        TlsGroup::X25519MlKem768,
+        TlsGroup::X25519,
+        TlsGroup::Secp256r1,
+        TlsGroup::Secp384r1,
+    ];
+
+    /// IANA's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            TlsGroup::X25519MlKem768 => "X25519MLKEM768",
+            TlsGroup::X25519 => "X25519",
+            TlsGroup::Secp256r1 => "secp256r1",
+            TlsGroup::Secp384r1 => "secp384r1",
+        }
+    }
+
+    /// The group's code point in the registry.
+    pub fn code(self) -> u16 {
+        match self {
+            TlsGroup::X25519MlKem768 => 0x11ec,
+            TlsGroup::X25519 => 0x001d,
+            TlsGroup::Secp256r1 => 0x0017,
+            TlsGroup::Secp384r1 => 0x0018,
+        }
+    }
+}
+
+impl FromStr for TlsGroup {
+    type Err = String;
+    /// IANA's names, any case; `P-256` and `P-384` too (as OpenSSL and Go also write them).
+    fn from_str(text: &str) -> Result<Self, String> {
+        let t = text.trim();
+        let found = TlsGroup::ALL
+            .into_iter()
+            .find(|g| g.name().eq_ignore_ascii_case(t));
+        match (found, t.to_ascii_uppercase().as_str()) {
+            (Some(g), _) => Ok(g),
+            (None, "P-256" | "PRIME256V1") => Ok(TlsGroup::Secp256r1),
+            (None, "P-384") => Ok(TlsGroup::Secp384r1),
+            _ => Err(format!(
+                "expected a TLS group: X25519MLKEM768, X25519, secp256r1 or secp384r1, got {t:?}"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for TlsGroup {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The key-exchange groups a sidecar may agree, in its order of preference; empty: all of
+/// [`TlsGroup::ALL`] in that order.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct TlsGroups(pub Vec<TlsGroup>);
+
+impl TlsGroups {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The groups to offer or accept, in order: the list, or every group.
+    pub fn effective(&self) -> Vec<TlsGroup> {
+        if self.0.is_empty() {
+            TlsGroup::ALL.to_vec()
+        } else {
+            self.0.clone()
+        }
+    }
+}
+
+impl FromStr for TlsGroups {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        let mut out: Vec<TlsGroup> = Vec::new();
+        for part in text.split(',').filter(|p| !p.trim().is_empty()) {
+            let group: TlsGroup = part.parse()?;
+            if out.contains(&group) {
+                return Err(format!("TLS group {group} is listed twice"));
+            }
+            out.push(group);
+        }
+        if out.is_empty() {
+            return Err(format!(
+                "expected one or more TLS groups (X25519MLKEM768, X25519, secp256r1, secp384r1), comma separated, got {text:?}"
+            ));
+        }
+        Ok(TlsGroups(out))
+    }
+}
+
+impl fmt::Display for TlsGroups {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, g) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            f.write_str(g.name())?;
+        }
+        Ok(())
+    }
+}
+
 /// Whether a tcp-mode sidecar opens each backend connection with a PROXY protocol header
 /// (haproxy's proxy-protocol.txt), and which version. Off unless asked for: a backend that does
 /// not expect the header would read it as the start of its own protocol.
@@ -176,6 +296,28 @@ impl fmt::Display for BackendProtocol {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn tls_groups_parse_by_iana_name_in_order_each_once() {
+        use super::{TlsGroup, TlsGroups};
+        let g: TlsGroups = "X25519MLKEM768, x25519,P-256".parse().expect("groups");
+        assert_eq!(
+            g.0,
+            [
+                TlsGroup::X25519MlKem768,
+                TlsGroup::X25519,
+                TlsGroup::Secp256r1
+            ]
+        );
+        assert_eq!(g.to_string(), "X25519MLKEM768,X25519,secp256r1");
+        assert_eq!(g.to_string().parse::<TlsGroups>(), Ok(g));
+        assert_eq!(TlsGroups::default().effective(), TlsGroup::ALL);
+        assert_eq!(TlsGroup::X25519MlKem768.code(), 4588);
+        for bad in ["", ",", "X448", "X25519,X25519", "ffdhe2048"] {
+            let e = bad.parse::<TlsGroups>().expect_err(bad);
+            assert!(e.contains("TLS group"), "{bad:?}: {e}");
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -33,6 +33,8 @@ pub mod env {
     pub const HSTS_INCLUDE_SUBDOMAINS: &str = "SIDECAR_HSTS_INCLUDE_SUBDOMAINS";
     /// tcp mode: ALPN protocols offered, in preference order.
     pub const ALPN: &str = "SIDECAR_ALPN";
+    /// The TLS key-exchange groups agreed, in preference order (IANA names).
+    pub const TLS_GROUPS: &str = "SIDECAR_TLS_GROUPS";
     /// tcp mode: `off`, `v1` or `v2`: the PROXY protocol header sent to the backend.
     pub const PROXY_PROTOCOL: &str = "SIDECAR_PROXY_PROTOCOL";
     /// http mode: `auto`, `http1` or `h2c`: the HTTP version spoken to the backend.
@@ -127,6 +129,9 @@ pub mod label {
     pub const HSTS: &str = "hsts";
     /// On a target (mode tcp): ALPN protocols the sidecar offers, e.g. `h2,http/1.1`.
     pub const ALPN: &str = "alpn";
+    /// On a target: the TLS key-exchange groups its sidecar agrees, in preference order, e.g.
+    /// `X25519MLKEM768` to refuse clients without post-quantum key exchange.
+    pub const TLS_GROUPS: &str = "tls-groups";
     /// On a target (mode tcp): `off`, `v1` or `v2`: PROXY protocol header to the backend.
     pub const PROXY_PROTOCOL: &str = "proxy-protocol";
     /// On a target (mode http): `auto`, `http1` or `h2c`: HTTP version to the backend.

@@ -14,7 +14,7 @@ use crate::dns::SanName;
 use crate::identity::Identities;
 use crate::mode::{ClientAuthMode, Mode};
 use crate::parse::{render_duration, MaxAge};
-use crate::proto::{AlpnList, BackendProtocol, ProxyProtocol};
+use crate::proto::{AlpnList, BackendProtocol, ProxyProtocol, TlsGroups};
 use crate::schema::{env, CERTS_MOUNT};
 use crate::service_identity::{TrustDomain, Upstream};
 use crate::telemetry::LogFormat;
@@ -36,6 +36,9 @@ pub struct SidecarSpec {
     pub alpn: AlpnList,
     /// tcp mode: PROXY protocol header to the backend.
     pub proxy_protocol: ProxyProtocol,
+    /// The TLS key-exchange groups agreed, in order (empty: the sidecar's default, every group
+    /// with X25519MLKEM768 first).
+    pub tls_groups: TlsGroups,
     pub shutdown_grace: Duration,
     pub log_format: LogFormat,
     pub exit_when_orphaned: bool,
@@ -135,6 +138,9 @@ impl SidecarSpec {
         }
         if self.proxy_protocol != ProxyProtocol::Off {
             out.push((env::PROXY_PROTOCOL, self.proxy_protocol.to_string()));
+        }
+        if !self.tls_groups.is_empty() {
+            out.push((env::TLS_GROUPS, self.tls_groups.to_string()));
         }
         if self.exit_when_orphaned {
             out.push((env::EXIT_WHEN_ORPHANED, "true".to_string()));
@@ -266,6 +272,7 @@ mod tests {
             backend_protocol: BackendProtocol::Auto,
             alpn: AlpnList::default(),
             proxy_protocol: ProxyProtocol::Off,
+            tls_groups: TlsGroups::default(),
             shutdown_grace: Duration::from_secs(10),
             log_format: LogFormat::Text,
             exit_when_orphaned: false,
@@ -289,10 +296,12 @@ mod tests {
             alpn: "h2,http/1.1".parse().expect("alpn"),
             proxy_protocol: ProxyProtocol::V2,
             backend_protocol: BackendProtocol::H2c,
+            tls_groups: "X25519MLKEM768".parse().expect("groups"),
             ..spec
         };
         let env = spec.to_env_strings();
         for want in [
+            "SIDECAR_TLS_GROUPS=X25519MLKEM768",
             "SIDECAR_ALPN=h2,http/1.1",
             "SIDECAR_PROXY_PROTOCOL=v2",
             "SIDECAR_BACKEND_PROTOCOL=h2c",

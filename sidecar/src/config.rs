@@ -21,7 +21,7 @@ pub use shared::mode::Mode;
 use shared::mode::{check_mode, ModeSetting, ModeSettings};
 use shared::parse::{duration, MaxAge};
 pub(crate) use shared::proto::ProxyProtocol;
-use shared::proto::{AlpnList, BackendProtocol};
+use shared::proto::{AlpnList, BackendProtocol, TlsGroups};
 use shared::schema::env;
 use shared::service_identity::{check_unique, TrustDomain, Upstream};
 use shared::spec::{self, Certificate, IdentityFiles, SidecarSpec};
@@ -82,6 +82,13 @@ pub struct Cli {
     /// Refused in http mode
     #[arg(long, env = env::PROXY_PROTOCOL, value_name = "VERSION", value_parser = ProxyProtocol::from_str, default_value_t = ProxyProtocol::Off)]
     proxy_protocol: ProxyProtocol,
+
+    /// TLS key-exchange groups agreed with clients and upstreams, in preference order (comma
+    /// list of IANA names: X25519MLKEM768, X25519, secp256r1, secp384r1). `X25519MLKEM768` alone
+    /// refuses clients without post-quantum key exchange [default:
+    /// X25519MLKEM768,X25519,secp256r1,secp384r1]
+    #[arg(long, env = env::TLS_GROUPS, value_name = "GROUPS", value_parser = TlsGroups::from_str)]
+    tls_groups: Option<TlsGroups>,
 
     /// PEM certificate chain (leaf first); needs --key. Without both, a self-signed certificate
     /// is generated at start (alias env: GOSSLTERM_CERT)
@@ -378,6 +385,8 @@ pub struct Config {
     pub(crate) alpn: AlpnList,
     /// PROXY protocol header sent to the backend in tcp mode.
     pub(crate) proxy_protocol: ProxyProtocol,
+    /// Key-exchange groups as given (empty: the default, every group, X25519MLKEM768 first).
+    pub(crate) tls_groups: TlsGroups,
     pub(crate) certs: CertSources,
     pub(crate) client_auth: Option<ClientAuth>,
     pub(crate) handshake_timeout: Duration,
@@ -520,6 +529,7 @@ impl Cli {
             acme_tls_alpn_dir: self.acme_tls_alpn_dir,
             alpn,
             proxy_protocol: self.proxy_protocol,
+            tls_groups: self.tls_groups.unwrap_or_default(),
             certs,
             client_auth,
             handshake_timeout: self.handshake_timeout,
@@ -970,6 +980,7 @@ impl Config {
             backend_protocol: self.backend_protocol,
             alpn: self.alpn.clone(),
             proxy_protocol: self.proxy_protocol,
+            tls_groups: self.tls_groups.clone(),
             shutdown_grace: self.shutdown_grace,
             log_format: self.log_format,
             exit_when_orphaned: self.exit_when_orphaned,

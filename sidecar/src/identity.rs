@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::ResolvesClientCert;
+use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::sign::CertifiedKey;
 use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, OtherError, SignatureScheme};
@@ -31,7 +32,7 @@ use crate::error::ConfigError;
 use crate::throttle::escape;
 use crate::tls::certs::{CertFacts, Entry};
 use crate::tls::identity_trust::IdentityTrust;
-use crate::tls::{provider, CertStore};
+use crate::tls::CertStore;
 use shared::proto::AlpnId;
 use shared::service_identity::TrustDomain;
 
@@ -192,6 +193,8 @@ impl ResolvesClientCert for Presents {
 pub(crate) struct Clients {
     store: Arc<CertStore>,
     verifier: Arc<IdentityVerifier>,
+    /// The provider with the `--tls-groups` the relays offer.
+    provider: Arc<rustls::crypto::CryptoProvider>,
     current: Mutex<Current>,
 }
 
@@ -214,14 +217,16 @@ impl Clients {
     pub(crate) fn new(
         store: Arc<CertStore>,
         verifier: Arc<IdentityVerifier>,
+        provider: Arc<CryptoProvider>,
     ) -> Result<Option<Clients>, ConfigError> {
         let Some(identity) = store.current().identity().cloned() else {
             return Ok(None);
         };
-        let plain = client_config(&identity, verifier.clone())?;
+        let plain = client_config(&identity, verifier.clone(), &provider)?;
         Ok(Some(Clients {
             store,
             verifier,
+            provider,
             current: Mutex::new(Current {
                 identity,
                 plain,
@@ -239,7 +244,7 @@ impl Clients {
         // Never `None`: a reload keeps the identity (the previous one when the new fails).
         if let Some(identity) = self.store.current().identity().cloned() {
             if current.identity.content_hash != identity.content_hash {
-                let plain = client_config(&identity, self.verifier.clone())?;
+                let plain = client_config(&identity, self.verifier.clone(), &self.provider)?;
                 *current = Current {
                     identity,
                     plain,
@@ -267,8 +272,9 @@ impl Clients {
 fn client_config(
     identity: &Entry,
     verifier: Arc<IdentityVerifier>,
+    provider: &Arc<CryptoProvider>,
 ) -> Result<Arc<ClientConfig>, ConfigError> {
-    let mut config = ClientConfig::builder_with_provider(provider())
+    let mut config = ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .dangerous()
         .with_custom_certificate_verifier(verifier)

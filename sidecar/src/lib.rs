@@ -254,6 +254,7 @@ fn server_tls(
         store.clone(),
         config.mode,
         &config.alpn,
+        &config.tls_groups,
         client_trust.map(ClientTrust::tls),
     )?;
     if client_trust.is_some() {
@@ -307,7 +308,8 @@ fn relays(
         trust.clone(),
         id.domain.clone(),
     ));
-    Ok(identity::Clients::new(store.clone(), verifier)?
+    let provider = tls::provider_for(&config.tls_groups);
+    Ok(identity::Clients::new(store.clone(), verifier, provider)?
         .map(|clients| egress::Relays::new(routes, clients, config, metrics)))
 }
 

@@ -7,6 +7,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use shared::prometheus::{Exposition, Kind};
+use shared::proto::TlsGroup;
 
 /// gRPC status codes the protocol defines (0 OK to 16 UNAUTHENTICATED).
 pub(crate) const GRPC_CODES: usize = 17;
@@ -189,6 +190,9 @@ pub(crate) struct Metrics {
     connections_peak: AtomicI64,
     handshake_failures_total: AtomicU64,
     handshake_timeouts_total: AtomicU64,
+    /// Handshakes completed, by the key-exchange group agreed ([`TlsGroup::ALL`]'s order),
+    /// and last those without one of ours (a resumed TLS 1.2 session).
+    handshakes: [AtomicU64; TlsGroup::ALL.len() + 1],
     /// Responses by status class, 1xx..5xx.
     http_requests_total: [AtomicU64; 5],
     /// gRPC statuses 0..=16 and, last, any other value.
@@ -242,6 +246,14 @@ impl Metrics {
     pub(crate) fn handshake_failed(&self) {
         self.handshake_failures_total
             .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A handshake completed, agreeing `group`.
+    pub(crate) fn handshake_done(&self, group: Option<TlsGroup>) {
+        let i = group
+            .and_then(|g| TlsGroup::ALL.iter().position(|a| *a == g))
+            .unwrap_or(TlsGroup::ALL.len());
+        self.handshakes[i].fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn handshake_timed_out(&self) {
@@ -368,6 +380,15 @@ impl Metrics {
             "TLS handshakes not finished within --handshake-timeout.",
         )
         .sample(&[], get(&self.handshake_timeouts_total));
+        let mut handshakes = exp.family(
+            "sidecar_tls_handshakes_total",
+            Kind::Counter,
+            "TLS handshakes completed on the listener, by the key-exchange group agreed (none: a resumed TLS 1.2 session).",
+        );
+        let names = TlsGroup::ALL.iter().map(|g| g.name()).chain(["none"]);
+        for (name, count) in names.zip(&self.handshakes) {
+            handshakes.sample(&[("group", name)], get(count));
+        }
         let mut refusals = exp.family(
             "sidecar_refusals_total",
             Kind::Counter,

@@ -381,6 +381,10 @@ async fn connection(
             Ok(Ok(Handshake::Done(tls))) => tls,
         },
     };
+    let group = tls.get_ref().1.negotiated_key_exchange_group();
+    shared
+        .metrics
+        .handshake_done(crate::tls::agreed_group(group));
     match &shared.proxy {
         Some(proxy) => {
             let session = tls.get_ref().1;

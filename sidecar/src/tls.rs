@@ -38,16 +38,47 @@ use crate::error::ConfigError;
 use certs::{CertFacts, CertSet, Entry, MAX_PAIR_FILE};
 use shared::dns::SanName;
 use shared::mode::Mode;
-use shared::proto::AlpnList;
+use shared::proto::{AlpnList, TlsGroup, TlsGroups};
 
-/// The one crypto provider of the workspace.
+/// The one crypto provider of the workspace (aws-lc-rs), with its default key-exchange groups:
+/// X25519MLKEM768 first, then X25519, secp256r1, secp384r1.
 pub(crate) fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// [`provider`] agreeing only `groups` (`--tls-groups`), in that order of preference; the
+/// default groups when the list is empty.
+pub(crate) fn provider_for(groups: &TlsGroups) -> Arc<CryptoProvider> {
+    use rustls::crypto::aws_lc_rs::kx_group;
+    if groups.is_empty() {
+        return provider();
+    }
+    let mut p = rustls::crypto::aws_lc_rs::default_provider();
+    p.kx_groups = groups
+        .0
+        .iter()
+        .map(|g| match g {
+            TlsGroup::X25519MlKem768 => kx_group::X25519MLKEM768,
+            TlsGroup::X25519 => kx_group::X25519,
+            TlsGroup::Secp256r1 => kx_group::SECP256R1,
+            TlsGroup::Secp384r1 => kx_group::SECP384R1,
+        })
+        .collect();
+    Arc::new(p)
+}
+
+/// The group a handshake agreed, for `sidecar_tls_handshakes_total{group}`; `None` when none
+/// was (a resumed TLS 1.2 session) or it is not one of ours.
+pub(crate) fn agreed_group(
+    group: Option<&'static dyn rustls::crypto::SupportedKxGroup>,
+) -> Option<TlsGroup> {
+    let code = u16::from(group?.name());
+    TlsGroup::ALL.into_iter().find(|g| g.code() == code)
 }
 
 /// SHA-256 over a pair's file contents, to notice changes without parsing.
 pub(crate) fn pair_hash(cert: &[u8], key: &[u8]) -> [u8; 32] {
-    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
     ctx.update(&(cert.len() as u64).to_be_bytes());
     ctx.update(cert);
     ctx.update(key);
@@ -244,7 +275,7 @@ pub(crate) fn self_signed(names: &[SanName]) -> Result<Entry, ConfigError> {
 
 /// Lowercase hex SHA-256 of `bytes`.
 pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
-    let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes);
     digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -252,7 +283,7 @@ pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
 /// hex pairs joined by colons), so an operator can compare a logged fingerprint with openssl's
 /// output, or a browser's, character for character.
 pub(crate) fn sha256_fingerprint(der: &[u8]) -> String {
-    let digest = ring::digest::digest(&ring::digest::SHA256, der);
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der);
     let pairs: Vec<String> = digest.as_ref().iter().map(|b| format!("{b:02X}")).collect();
     pairs.join(":")
 }
@@ -316,9 +347,10 @@ pub(crate) fn server_config(
     store: Arc<CertStore>,
     mode: Mode,
     tcp_alpn: &AlpnList,
+    groups: &TlsGroups,
     client_auth: Option<Arc<dyn ClientCertVerifier>>,
 ) -> Result<Arc<ServerConfig>, ConfigError> {
-    let builder = ServerConfig::builder_with_provider(provider())
+    let builder = ServerConfig::builder_with_provider(provider_for(groups))
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
     let mtls = client_auth.is_some();
     let builder = match client_auth {
@@ -434,15 +466,24 @@ mod tests {
         let loaded = Arc::new(self_signed(&sans(&["localhost"])).expect("generate"));
         let store = Arc::new(CertStore::new(CertSet::new(loaded, Vec::new())));
         let none = AlpnList::default();
-        let http = server_config(store.clone(), Mode::Http, &none, None).expect("http config");
+        let http = server_config(
+            store.clone(),
+            Mode::Http,
+            &none,
+            &TlsGroups::default(),
+            None,
+        )
+        .expect("http config");
         assert_eq!(
             http.alpn_protocols,
             vec![b"h2".to_vec(), b"http/1.1".to_vec()]
         );
-        let tcp = server_config(store.clone(), Mode::Tcp, &none, None).expect("tcp config");
+        let tcp = server_config(store.clone(), Mode::Tcp, &none, &TlsGroups::default(), None)
+            .expect("tcp config");
         assert!(tcp.alpn_protocols.is_empty());
         let list: AlpnList = "h2,http/1.1".parse().expect("list");
-        let tcp = server_config(store.clone(), Mode::Tcp, &list, None).expect("tcp config");
+        let tcp = server_config(store.clone(), Mode::Tcp, &list, &TlsGroups::default(), None)
+            .expect("tcp config");
         assert_eq!(
             tcp.alpn_protocols,
             vec![b"h2".to_vec(), b"http/1.1".to_vec()]
@@ -462,8 +503,14 @@ mod tests {
         )
         .build()
         .expect("verifier");
-        let config = server_config(store, Mode::Http, &AlpnList::default(), Some(verifier))
-            .expect("mtls config");
+        let config = server_config(
+            store,
+            Mode::Http,
+            &AlpnList::default(),
+            &TlsGroups::default(),
+            Some(verifier),
+        )
+        .expect("mtls config");
         assert!(!config.session_storage.can_cache(), "no session stored");
         assert_eq!(config.send_tls13_tickets, 0, "no ticket sent");
     }

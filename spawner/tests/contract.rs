@@ -23,7 +23,7 @@ use shared::dns::{DnsName, SanName};
 use shared::identity::{CommonName, DnsPattern, Identities, List, UriPattern};
 use shared::mode::{ClientAuthMode, Mode};
 use shared::parse::MaxAge;
-use shared::proto::{AlpnId, AlpnList, BackendProtocol, ProxyProtocol};
+use shared::proto::{AlpnId, AlpnList, BackendProtocol, ProxyProtocol, TlsGroup, TlsGroups};
 use shared::service_identity::{TrustDomain, Upstream};
 use shared::spec::{Certificate, ClientAuth, IdentityFiles, SidecarSpec};
 use shared::telemetry::LogFormat;
@@ -228,6 +228,13 @@ fn proxy_protocol() -> impl Strategy<Value = ProxyProtocol> {
     ]
 }
 
+/// Any order of any subset of the groups (empty: the default).
+fn tls_groups() -> impl Strategy<Value = TlsGroups> {
+    Just(TlsGroup::ALL.to_vec())
+        .prop_shuffle()
+        .prop_flat_map(|all| (0..=all.len()).prop_map(move |n| TlsGroups(all[..n].to_vec())))
+}
+
 fn backend_protocol() -> impl Strategy<Value = BackendProtocol> {
     prop_oneof![
         Just(BackendProtocol::Auto),
@@ -250,7 +257,7 @@ fn spec() -> impl Strategy<Value = SidecarSpec> {
             prop::option::of(listen()),
             prop::option::of(any::<u64>().prop_map(MaxAge)),
         ),
-        (grace, log_format, any::<bool>()),
+        (grace, log_format, any::<bool>(), tls_groups()),
         (alpn_list(), proxy_protocol(), backend_protocol()),
         (prop::option::of(path()), prop::option::of(path())),
         (prop::option::of(identity_files()), upstreams()),
@@ -259,7 +266,7 @@ fn spec() -> impl Strategy<Value = SidecarSpec> {
             |(
                 (listen, backend, mode, certificate),
                 (client_auth, redirect_listen, hsts),
-                (shutdown_grace, log_format, exit_when_orphaned),
+                (shutdown_grace, log_format, exit_when_orphaned, tls_groups),
                 (alpn, proxy_protocol, backend_protocol),
                 (acme_webroot, acme_tls_alpn_dir),
                 (identity, upstreams),
@@ -286,6 +293,7 @@ fn spec() -> impl Strategy<Value = SidecarSpec> {
                 } else {
                     ProxyProtocol::Off
                 },
+                tls_groups,
                 shutdown_grace,
                 log_format,
                 exit_when_orphaned,
@@ -377,6 +385,15 @@ fn labels() -> impl Strategy<Value = HashMap<String, String>> {
                 any::<u32>().prop_map(|n| n.to_string()),
                 Just("1y".to_string()),
                 Just("365d".to_string())
+            ]
+            .boxed(),
+        ),
+        (
+            "tls-groups",
+            prop_oneof![
+                4 => tls_groups().prop_map(|g| g.to_string()),
+                1 => Just(" x25519mlkem768 , P-256".to_string()),
+                1 => Just("X448".to_string()),
             ]
             .boxed(),
         ),

@@ -126,7 +126,7 @@ pub fn pattern(offset: u64, len: usize) -> Vec<u8> {
 
 /// Lowercase hex SHA-256 of `data`.
 pub fn sha256_hex(data: &[u8]) -> String {
-    hex(ring::digest::digest(&ring::digest::SHA256, data).as_ref())
+    hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data).as_ref())
 }
 
 /// SHA-256 of a certificate's DER as `openssl x509 -fingerprint -sha256` prints it
@@ -143,7 +143,7 @@ pub fn sha256_fingerprint(der: &[u8]) -> String {
 
 /// SHA-256 of `total` bytes of [`pattern`], computed chunk by chunk.
 pub fn pattern_sha256(total: u64) -> String {
-    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
     let mut off = 0;
     while off < total {
         let n = (total - off).min(CHUNK as u64) as usize;
@@ -396,7 +396,7 @@ async fn handle(
     // The echo: stream the request body through a hash without holding it.
     let mut body = req.into_body();
     let mut len = 0u64;
-    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
     while let Some(frame) = body.frame().await {
         match frame {
             Ok(frame) => {

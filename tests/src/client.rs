@@ -38,7 +38,7 @@ pub const ALPN_H1: &[&str] = &["http/1.1"];
 
 /// The one crypto provider of this workspace, named explicitly.
 pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
 /// Which server certificates a client accepts.
@@ -61,9 +61,29 @@ pub fn config_with_versions(
     alpn: &[&str],
     versions: &[&'static SupportedProtocolVersion],
 ) -> Arc<ClientConfig> {
-    let builder = ClientConfig::builder_with_provider(provider())
+    config_with(trust, alpn, versions, provider())
+}
+
+/// A TLS 1.3 and 1.2 client config offering only the key-exchange `groups`, in that order.
+pub fn config_with_groups(
+    trust: Trust,
+    alpn: &[&str],
+    groups: &[&'static dyn rustls::crypto::SupportedKxGroup],
+) -> Arc<ClientConfig> {
+    let mut p = rustls::crypto::aws_lc_rs::default_provider();
+    p.kx_groups = groups.to_vec();
+    config_with(trust, alpn, rustls::ALL_VERSIONS, Arc::new(p))
+}
+
+fn config_with(
+    trust: Trust,
+    alpn: &[&str],
+    versions: &[&'static SupportedProtocolVersion],
+    offered: Arc<CryptoProvider>,
+) -> Arc<ClientConfig> {
+    let builder = ClientConfig::builder_with_provider(offered)
         .with_protocol_versions(versions)
-        .expect("ring supports these TLS versions");
+        .expect("the provider supports these TLS versions");
     let mut config = match trust {
         Trust::Ca(ca) => {
             let mut roots = RootCertStore::empty();

@@ -27,7 +27,7 @@ pub fn client_config(
     roots.add(server_ca).expect("add server CA to roots");
     let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .expect("ring supports the default versions")
+        .expect("the provider supports the default versions")
         .with_root_certificates(roots);
     let mut config = match identity {
         Some(id) => builder

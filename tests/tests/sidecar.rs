@@ -7,6 +7,7 @@ mod certs;
 mod config;
 mod docker;
 mod fast_path;
+mod groups;
 mod grpc;
 mod h2c;
 mod hostile;

@@ -93,7 +93,7 @@ impl TrustFiles {
 
     /// SHA-256 over both contents: the same hash means the same verifier, nothing to rebuild.
     pub(crate) fn hash(&self) -> [u8; 32] {
-        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
         ctx.update(&(self.ca.len() as u64).to_be_bytes());
         ctx.update(&self.ca);
         if let Some(crl) = &self.crl {

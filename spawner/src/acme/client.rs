@@ -607,10 +607,10 @@ pub struct Http {
 
 impl Http {
     pub fn new(roots: RootCertStore) -> Self {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let mut config = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
-            .unwrap_or_else(|_| unreachable!("ring supports the default TLS versions"))
+            .unwrap_or_else(|_| unreachable!("the provider supports the default TLS versions"))
             .with_root_certificates(roots)
             .with_no_client_auth();
         config.alpn_protocols = vec![b"http/1.1".to_vec()];

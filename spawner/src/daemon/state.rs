@@ -542,6 +542,7 @@ mod tests {
             backend_protocol: Default::default(),
             alpn: Default::default(),
             proxy_protocol: Default::default(),
+            tls_groups: Default::default(),
             exit_when_orphaned: false,
             rollout: None,
         };

@@ -486,7 +486,7 @@ fn new_ca(domain: &TrustDomain, now: SystemTime) -> Result<(String, String), Str
 /// became unpredictable (CA/B Forum: at least 64 random bits).
 fn random_serial() -> Result<SerialNumber, String> {
     let mut bytes = [0u8; 16];
-    rustls::crypto::ring::default_provider()
+    rustls::crypto::aws_lc_rs::default_provider()
         .secure_random
         .fill(&mut bytes)
         .map_err(|_| "no randomness for a serial number".to_string())?;
@@ -566,7 +566,7 @@ fn write_new(path: &Path, data: &[u8], mode: u32) -> Result<(), IdentityError> {
     let fail = create_error(path);
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut suffix = [0u8; 8];
-    rustls::crypto::ring::default_provider()
+    rustls::crypto::aws_lc_rs::default_provider()
         .secure_random
         .fill(&mut suffix)
         .map_err(|_| fail(io::Error::other("no randomness for a temporary name")))?;
@@ -652,7 +652,7 @@ mod tests {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(ca.clone()).unwrap();
         let roots = Arc::new(roots);
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let leaf = der_of(leaf);
         let server = rustls::client::WebPkiServerVerifier::builder_with_provider(
             roots.clone(),

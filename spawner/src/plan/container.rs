@@ -187,6 +187,7 @@ pub fn sidecar_spec(cfg: &Config, target: &TargetSpec, use_certs: bool) -> Sidec
         backend_protocol: target.backend_protocol,
         alpn: target.alpn.clone(),
         proxy_protocol: target.proxy_protocol,
+        tls_groups: target.tls_groups.clone(),
         // Whole seconds, at least one: the engine's stop timeout is in seconds.
         shutdown_grace: std::time::Duration::from_secs(cfg.sidecar_shutdown_grace.as_secs().max(1)),
         log_format: cfg.log_format,
@@ -294,7 +295,7 @@ pub(crate) fn spec_digest(body: &ContainerCreateBody) -> String {
     // Serialising plain data cannot fail; an empty rendering would only make every sidecar
     // look outdated, never hide a change.
     let bytes = serde_json::to_vec(&rendered).unwrap_or_default();
-    let digest = ring::digest::digest(&ring::digest::SHA256, &bytes);
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &bytes);
     let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
     format!("sha256:{hex}")
 }
@@ -357,6 +358,7 @@ mod tests {
             backend_protocol: Default::default(),
             alpn: Default::default(),
             proxy_protocol: Default::default(),
+            tls_groups: Default::default(),
             exit_when_orphaned: false,
             rollout: None,
         }

@@ -11,7 +11,7 @@ use shared::dns::{CertName, DnsName};
 use shared::identity::{CommonName, DnsPattern, Identities, List, UriPattern};
 use shared::mode::{check_mode, ClientAuthMode, Mode, ModeSetting, ModeSettings};
 use shared::parse::MaxAge;
-use shared::proto::{AlpnList, BackendProtocol, ProxyProtocol};
+use shared::proto::{AlpnList, BackendProtocol, ProxyProtocol, TlsGroups};
 use shared::schema::{label, label_name, BYFAHRER_PROXY_IMAGE_LABEL};
 use shared::service_identity::{check_unique, ServiceName, Upstream};
 use shared::spec::MountedPath;
@@ -23,42 +23,7 @@ pub(crate) const MAX_LABEL_VALUE_BYTES: usize = 4096;
 /// How much of a refused oversized value an error repeats: enough to recognise it.
 const SHOWN_VALUE_CHARS: usize = 64;
 
-/// Which challenge proves control of the names (`<prefix>.acme-challenge`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum ChallengeKind {
-    /// A file on port 80, served by the sidecar's redirect listener.
-    #[default]
-    Http01,
-    /// A certificate in a handshake on port 443, served by the sidecar's TLS listener.
-    TlsAlpn01,
-    /// A TXT record in DNS, written by the spawner through its DNS provider (the sidecar takes
-    /// no part): for names the CA cannot reach, and the one challenge for wildcards.
-    Dns01,
-}
-
-impl FromStr for ChallengeKind {
-    type Err = String;
-    fn from_str(text: &str) -> Result<Self, String> {
-        match text.trim() {
-            "http-01" => Ok(ChallengeKind::Http01),
-            "tls-alpn-01" => Ok(ChallengeKind::TlsAlpn01),
-            "dns-01" => Ok(ChallengeKind::Dns01),
-            other => Err(format!(
-                "expected http-01, tls-alpn-01 or dns-01, got {other:?}"
-            )),
-        }
-    }
-}
-
-impl std::fmt::Display for ChallengeKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            ChallengeKind::Http01 => "http-01",
-            ChallengeKind::TlsAlpn01 => "tls-alpn-01",
-            ChallengeKind::Dns01 => "dns-01",
-        })
-    }
-}
+pub use crate::config::ChallengeKind;
 
 /// What a target's labels ask for, validated: each value has its type from `shared`, the same
 /// the sidecar parses its flags into, so what is accepted here the sidecar accepts.
@@ -94,6 +59,8 @@ pub struct TargetSpec {
     pub(crate) alpn: AlpnList,
     /// tcp mode: PROXY protocol header the sidecar sends to the backend.
     pub(crate) proxy_protocol: ProxyProtocol,
+    /// The TLS key-exchange groups its sidecar agrees (`tls-groups`; empty: the default).
+    pub(crate) tls_groups: TlsGroups,
     /// Service identity, when the spawner runs an identity CA (`--identity-domain`).
     pub(crate) identity: Option<Identity>,
     /// The target has a network of its own, so its sidecar can tell from the namespace when the
@@ -356,6 +323,7 @@ fn parse_spec(
         optional(get(label::BACKEND_PROTOCOL))?.unwrap_or_default();
     let alpn: AlpnList = optional(get(label::ALPN))?.unwrap_or_default();
     let proxy_protocol: ProxyProtocol = optional(get(label::PROXY_PROTOCOL))?.unwrap_or_default();
+    let tls_groups: TlsGroups = optional(get(label::TLS_GROUPS))?.unwrap_or_default();
     let rollout: Option<RolloutPolicy> = optional(get(label::ROLLOUT))?;
     let settings = ModeSettings {
         hsts: hsts.is_some(),
@@ -387,6 +355,7 @@ fn parse_spec(
         backend_protocol,
         alpn,
         proxy_protocol,
+        tls_groups,
         exit_when_orphaned: false,
         rollout,
     })

@@ -279,7 +279,7 @@ async fn large_download_is_streamed_intact(alpn: &[&str]) {
         .await;
     assert_eq!(resp.status(), StatusCode::OK);
     let mut body = resp.into_body();
-    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
     let mut len = 0u64;
     within(LARGE_TRANSFER, "32 MiB download", async {
         while let Some(frame) = body.frame().await {

@@ -218,6 +218,40 @@ async fn a_call_through_the_relay_reaches_the_service_as_the_callers_identity() 
     wait_metric(&relay, &ok, |v| v >= 1.0).await;
 }
 
+/// Between two sidecars the relay agrees the post-quantum hybrid group by default, and the
+/// caller's `--tls-groups` is what it offers.
+#[tokio::test]
+async fn the_relay_agrees_post_quantum_key_exchange_with_the_service() {
+    let fx = Fixture::new();
+    let app = Backend::echo().await;
+    let b = fx.server_b(&fx.identity("b"), &app).admin().start().await;
+    let a = fx.identity("a");
+    let (_relay, local) = caller(&a, &named("b", &b)).await;
+    call(local, "/pq").await;
+    let pq = "sidecar_tls_handshakes_total{group=\"X25519MLKEM768\"}";
+    wait_metric(&b, pq, |v| v >= 1.0).await;
+
+    let l2 = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let classical = a
+        .flags(Sidecar::builder())
+        .arg("--upstream")
+        .arg(format!("{l2}={}", named("b", &b)))
+        .args(["--tls-groups", "X25519"])
+        .start()
+        .await;
+    classical.wait_log("relaying upstream calls", STEP).await;
+    call(l2, "/classical").await;
+    wait_metric(&b, "sidecar_tls_handshakes_total{group=\"X25519\"}", |v| {
+        v >= 1.0
+    })
+    .await;
+    assert_eq!(
+        harness::metrics::metric(&harness::metrics::metrics(&b).await, pq),
+        1.0,
+        "the second relay offered X25519 alone"
+    );
+}
+
 #[tokio::test]
 async fn grpc_goes_through_a_relay_that_offers_h2() {
     use harness::grpc::{GrpcBackend, GrpcClient};

@@ -70,9 +70,9 @@ pub(crate) struct Reply {
 
 /// A random message ID (RFC 5452: the ID is half of what makes a forged answer hard to land).
 pub(crate) fn random_id() -> u16 {
-    use ring::rand::SecureRandom as _;
+    use aws_lc_rs::rand::SecureRandom as _;
     let mut id = [0u8; 2];
-    if ring::rand::SystemRandom::new().fill(&mut id).is_err() {
+    if aws_lc_rs::rand::SystemRandom::new().fill(&mut id).is_err() {
         // The system's randomness failing is not a reason to give up a lookup; the clock's
         // nanoseconds are the fallback.
         let nanos = std::time::SystemTime::now()

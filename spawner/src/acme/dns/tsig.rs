@@ -8,7 +8,7 @@
 //! length) first, then the answer without its TSIG record (its additional count one less and
 //! its original ID in place), then its own TSIG variables.
 
-use ring::hmac;
+use aws_lc_rs::hmac;
 
 use super::wire::{self, Message, RData, WireError, CLASS_ANY, TYPE_TSIG};
 use super::{TsigAlgorithm, TsigKey};
