@@ -1,5 +1,5 @@
-//! The HTTP/1.1 fast path: the common request (HTTP/1.1, origin-form, one valid `Host`, no body,
-//! no upgrade, not gRPC) parsed once with `httparse` (no allocation per header), its head
+//! The HTTP/1.1 fast path: the common request (HTTP/1.1, origin-form, one valid `Host`, no body
+//! or a small one framed by `Content-Length`, no upgrade, not gRPC) parsed once with `httparse` (no allocation per header), its head
 //! written to the backend mostly as the bytes it arrived in (hop-by-hop, spoofable forwarding and
 //! client-certificate headers left out, this hop's added), and the response relayed with its
 //! framing checked but its bytes untouched. One pooled backend connection per exchange, driven
@@ -122,6 +122,18 @@ impl Proxy {
                 }
             };
             buf.advance(plan.head_len);
+            // The body, whole, after the backend's head: a client that stops sending it is
+            // dropped before anything reaches the backend. The request has not started for the
+            // watchdog yet, so `--header-read-timeout` bounds the head and this body together.
+            while buf.len() < plan.body_len {
+                buf.reserve(plan.body_len - buf.len());
+                match io.read_buf(buf).await {
+                    Ok(0) | Err(_) => return End::Closed,
+                    Ok(_) => {}
+                }
+            }
+            out.extend_from_slice(&buf[..plan.body_len]);
+            buf.advance(plan.body_len);
             if !self
                 .exchange_fast(io, plan, &mut out, &mut reply_head, info, closing)
                 .await

@@ -1,6 +1,7 @@
 //! The request head on the fast path: parsed once with `httparse` (no allocation per header),
-//! taken only when it is the common request (HTTP/1.1, origin-form, one valid `Host`, no body,
-//! no upgrade, not gRPC), and the backend's head written from it mostly as the bytes it arrived
+//! taken only when it is the common request (HTTP/1.1, origin-form, one valid `Host`, no body
+//! or one of at most [`FAST_BODY_MAX`] bytes framed by one plain `Content-Length`, no upgrade,
+//! not gRPC), and the backend's head written from it mostly as the bytes it arrived
 //! in: hop-by-hop, spoofable forwarding and client-certificate headers left out, this hop's
 //! added ([`classify`]). Anything else, and anything this parser is not sure of, is hyper's
 //! ([`Head::Fallback`]). The differential test below checks that every head taken is one hyper
@@ -16,6 +17,11 @@ use crate::http::grpc::is_grpc_content_type;
 use crate::http::headers::{header_safe, identity_headers, CLIENT_CERT_HEADERS, HOP_BY_HOP};
 use crate::http::{MAX_HEADERS, MAX_HEAD_BYTES};
 use crate::tls::client_auth::ClientIdentity;
+
+/// Largest request body the fast path relays (framed by `Content-Length`, read whole before the
+/// request goes to the backend, so a body that ends early never reaches it): one TLS record. A
+/// larger one, or a chunked one, is hyper's, which streams it.
+pub(super) const FAST_BODY_MAX: u64 = 16 * 1024;
 
 /// What the fast path makes of the bytes at the start of the read buffer.
 #[derive(Debug)]
@@ -40,6 +46,9 @@ pub(super) struct Plan {
     /// Repeatable on a fresh backend connection if a pooled one turns out closed (RFC 9110
     /// section 9.2.2: idempotent, and no body).
     pub idempotent: bool,
+    /// The body's length (`Content-Length`; 0 without one), at most [`FAST_BODY_MAX`]: the
+    /// bytes after the head, forwarded as they are.
+    pub body_len: usize,
 }
 
 /// This hop's facts for the forwarding headers.
@@ -86,6 +95,15 @@ pub(super) fn classify(buf: &[u8], hop: &Hop<'_>, out: &mut Vec<u8>) -> Head {
     let Some(host) = facts.host else {
         return Head::Fallback;
     };
+    // A body's framing header must reach the backend: not when `Connection` names it.
+    if facts.body_len > 0
+        && facts
+            .tokens()
+            .iter()
+            .any(|t| t.eq_ignore_ascii_case(b"content-length"))
+    {
+        return Head::Fallback;
+    }
     if std::str::from_utf8(host)
         .ok()
         .and_then(shared::addr::authority_host)
@@ -97,16 +115,23 @@ pub(super) fn classify(buf: &[u8], hop: &Hop<'_>, out: &mut Vec<u8>) -> Head {
     // Second pass: the backend's head.
     out.clear();
     write_head(out, &method, &path, host, &facts, req.headers, hop);
-    let idempotent = matches!(
-        method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
-    );
+    let idempotent = facts.body_len == 0
+        && matches!(
+            method,
+            Method::GET
+                | Method::HEAD
+                | Method::OPTIONS
+                | Method::TRACE
+                | Method::PUT
+                | Method::DELETE
+        );
     Head::Fast(Plan {
         head_len,
         method,
         path,
         close: facts.close,
         idempotent,
+        body_len: facts.body_len,
     })
 }
 
@@ -119,6 +144,8 @@ struct Facts<'b> {
     close: bool,
     /// The client accepts trailers (`TE: trailers`).
     trailers: bool,
+    /// `Content-Length`, when there is one.
+    body_len: usize,
 }
 
 impl<'b> Facts<'b> {
@@ -136,6 +163,7 @@ fn scan<'b>(headers: &[httparse::Header<'b>]) -> Option<Facts<'b>> {
         n_tokens: 0,
         close: false,
         trailers: false,
+        body_len: 0,
     };
     let mut length_seen = false;
     for h in headers {
@@ -147,10 +175,12 @@ fn scan<'b>(headers: &[httparse::Header<'b>]) -> Option<Facts<'b>> {
             }
             facts.host = Some(value);
         } else if name.eq_ignore_ascii_case(b"content-length") {
-            // Only an explicit empty body; any other length is hyper's.
-            if length_seen || value != b"0" {
+            // One plain decimal length up to FAST_BODY_MAX; lists, signs, spaces, repeats and
+            // larger bodies are hyper's.
+            if length_seen {
                 return None;
             }
+            facts.body_len = body_length(value)?;
             length_seen = true;
         } else if name.eq_ignore_ascii_case(b"transfer-encoding")
             || name.eq_ignore_ascii_case(b"upgrade")
@@ -171,6 +201,17 @@ fn scan<'b>(headers: &[httparse::Header<'b>]) -> Option<Facts<'b>> {
         }
     }
     Some(facts)
+}
+
+/// A `Content-Length` value the fast path takes: 1 to 5 ASCII digits, at most
+/// [`FAST_BODY_MAX`].
+#[inline]
+fn body_length(value: &[u8]) -> Option<usize> {
+    if value.is_empty() || value.len() > 5 || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n = value.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+    (n <= FAST_BODY_MAX).then_some(n as usize)
 }
 
 /// Notes a `Connection` value's tokens; `false` when they make the request hyper's (an
@@ -230,11 +271,16 @@ fn write_head(
     out.extend_from_slice(host);
     out.extend_from_slice(b"\r\n");
     let tokens = facts.tokens();
+    // A `Connection` naming `X-Forwarded-For` makes the client's values hop-by-hop: dropped, as
+    // the hyper path drops them before appending this client.
+    let xff_named = tokens
+        .iter()
+        .any(|t| t.eq_ignore_ascii_case(b"x-forwarded-for"));
     let mut xff_prior = false;
     for h in headers {
         let name = h.name.as_bytes();
         if name.eq_ignore_ascii_case(b"x-forwarded-for") {
-            xff_prior |= visible(h.value).is_some();
+            xff_prior |= !xff_named && visible(h.value).is_some();
             continue;
         }
         if dropped(name) || tokens.iter().any(|t| t.eq_ignore_ascii_case(name)) {
@@ -358,9 +404,44 @@ mod tests {
     }
 
     #[test]
+    fn a_small_body_framed_by_content_length_is_taken_and_its_request_is_not_retried() {
+        let head = b"POST /form HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc";
+        let (plan, out) = fast(head).expect("fast");
+        assert_eq!(plan.head_len, head.len() - 3);
+        assert_eq!(plan.body_len, 3);
+        assert!(!plan.idempotent, "a body is never sent twice");
+        assert!(String::from_utf8(out)
+            .unwrap()
+            .contains("Content-Length: 3\r\n"));
+        let put = b"PUT /x HTTP/1.1\r\nHost: a\r\nContent-Length: 16384\r\n\r\n";
+        let (plan, _) = fast(put).expect("fast");
+        assert_eq!((plan.body_len, plan.idempotent), (16384, false));
+        let (plan, _) =
+            fast(b"PUT /x HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n").expect("fast");
+        assert_eq!((plan.body_len, plan.idempotent), (0, true));
+        assert_eq!(body_length(b"007"), Some(7));
+        for bad in [
+            &b""[..],
+            b"+1",
+            b"-1",
+            b"1 ",
+            b"0x10",
+            b"16385",
+            b"123456",
+            b"1,1",
+        ] {
+            assert_eq!(body_length(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
     fn anything_unusual_goes_to_hyper() {
         for head in [
-            &b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc"[..],
+            &b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 16385\r\n\r\n"[..],
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3, 3\r\n\r\nabc",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nConnection: content-length\r\n\r\nabc",
             b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n\r\n",
@@ -471,6 +552,10 @@ mod tests {
         "Content-Length: 5",
         "Content-Length: -1",
         "Content-Length: 99999999999999999999999",
+        "Content-Length: 16",
+        "Content-Length: 007",
+        "Content-Length: 16384",
+        "Content-Length: 16385",
         "Transfer-Encoding: chunked",
         "Transfer-Encoding: chunked, identity",
         "Transfer-Encoding: identity",
@@ -642,7 +727,7 @@ mod tests {
             fingerprint: String::new(),
         };
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-        let (mut taken, mut handed) = (0, 0);
+        let (mut taken, mut handed, mut bodies) = (0, 0, 0);
         for case in 0..4000 {
             let head = generate(&mut rng);
             let client = (case % 3 == 0).then_some(&identity);
@@ -659,9 +744,13 @@ mod tests {
             taken += 1;
             let show = String::from_utf8_lossy(&head).into_owned();
             assert_eq!(plan.head_len, head.len(), "case {case}: {show:?}");
-            // hyper, given the same bytes and a second request after them, must read the same
-            // request, with no body, and then the second one: the same framing.
+            // hyper, given the same bytes, the body the head announces and a second request
+            // after them, must read the same request, with that body, and then the second one:
+            // the same framing.
+            let body: Vec<u8> = (0..plan.body_len).map(|i| b'a' + (i % 26) as u8).collect();
+            bodies += usize::from(!body.is_empty());
             let mut bytes = head.clone();
+            bytes.extend_from_slice(&body);
             bytes.extend_from_slice(b"GET /second HTTP/1.1\r\nHost: b\r\n\r\n");
             let seen = hyper_reads(bytes).await;
             // ... unless the client asked to close: then hyper closes after the first, as the
@@ -673,15 +762,15 @@ mod tests {
                 "case {case}: hyper read {:?} from {show:?}",
                 seen.iter().map(|s| (&s.0, &s.1)).collect::<Vec<_>>()
             );
-            let (method, target, headers, body) = &seen[0];
+            let (method, target, headers, hyper_body) = &seen[0];
             assert_eq!(
                 (method, target.as_str()),
                 (&plan.method, plan.path.as_str()),
                 "case {case}: {show:?}"
             );
-            assert!(
-                body.is_empty(),
-                "case {case}: hyper read a body from {show:?}"
+            assert_eq!(
+                hyper_body, &body,
+                "case {case}: hyper read another body from {show:?}"
             );
             if !plan.close {
                 assert_eq!(seen[1].1, "/second", "case {case}: {show:?}");
@@ -710,8 +799,8 @@ mod tests {
         }
         // The generator must exercise both sides.
         assert!(
-            taken > 500 && handed > 500,
-            "taken {taken}, handed over {handed}"
+            taken > 500 && handed > 500 && bodies > 20,
+            "taken {taken} ({bodies} with a body), handed over {handed}"
         );
         let _ = HeaderValue::from_static("x");
     }
