@@ -48,6 +48,10 @@ use response::{local_response, reply, Answer, Framing, Reply};
 /// naming more goes to hyper.
 const CONNECTION_TOKENS_MAX: usize = 16;
 
+/// What a client sending `Expect: 100-continue` waits for before its body (RFC 9110 section
+/// 10.1.1), sent when the body has not arrived with the head.
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
 /// Read size for request heads: most heads fit in one read.
 const HEAD_READ: usize = 4 * 1024;
 /// Read size for response bytes: one full TLS record's worth per write to the client.
@@ -125,6 +129,13 @@ impl Proxy {
             // The body, whole, after the backend's head: a client that stops sending it is
             // dropped before anything reaches the backend. The request has not started for the
             // watchdog yet, so `--header-read-timeout` bounds the head and this body together.
+            if plan.expect_continue && buf.len() < plan.body_len {
+                // The client may be waiting for this before it sends the body.
+                let go = io.write_all(CONTINUE).await.is_ok() && io.flush().await.is_ok();
+                if !go {
+                    return End::Closed;
+                }
+            }
             while buf.len() < plan.body_len {
                 buf.reserve(plan.body_len - buf.len());
                 match io.read_buf(buf).await {

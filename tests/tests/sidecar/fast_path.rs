@@ -291,6 +291,80 @@ async fn small_bodies_are_relayed_whole_between_pipelined_requests() {
     }
 }
 
+/// A client that waits for `100 Continue` before its body (`Expect: 100-continue`, as curl
+/// sends for larger uploads) gets it from the fast path, then its answer; so does curl itself.
+#[tokio::test]
+async fn expect_100_continue_is_answered_before_the_body() {
+    let backend = Backend::echo().await;
+    let sc = Sidecar::start(backend.addr()).await;
+    let mut tls = client::tls_connect(
+        sc.addr(),
+        "localhost",
+        client::config(Trust::AnyCert, ALPN_H1),
+    )
+    .await;
+    tls.write_all(
+        b"PUT /wait HTTP/1.1\r\nHost: localhost\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n",
+    )
+    .await
+    .expect("write the head");
+    tls.flush().await.expect("flush");
+    let continue_line = b"HTTP/1.1 100 Continue\r\n\r\n";
+    let mut got = vec![0u8; continue_line.len()];
+    within(
+        STEP,
+        "100 Continue before the body",
+        tls.read_exact(&mut got),
+    )
+    .await
+    .expect("read 100 Continue");
+    assert_eq!(got, continue_line);
+    tls.write_all(b"hello").await.expect("write the body");
+    tls.write_all(b"GET /next HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write the next request");
+    let mut all = Vec::new();
+    within(STEP, "both answers", tls.read_to_end(&mut all))
+        .await
+        .expect("read");
+    let text = String::from_utf8_lossy(&all);
+    assert_eq!(text.matches("HTTP/1.1 200 OK").count(), 2, "{text}");
+    assert!(text.contains("\"body_len\":5"), "{text}");
+    assert_eq!(backend.requests().len(), 2);
+
+    // curl, sending a 4 KiB upload with the expectation: answered at once, not after its
+    // one-second wait for a 100 that never comes.
+    let dir = harness::tmp::TempDir::new("expect");
+    let file = dir.write("body", "b".repeat(4096));
+    let out = tokio::process::Command::new("curl")
+        .args([
+            "-sS",
+            "-k",
+            "--http1.1",
+            "-H",
+            "Expect: 100-continue",
+            "--expect100-timeout",
+            "30",
+        ])
+        .arg("--data-binary")
+        .arg(format!("@{}", file.display()))
+        .arg(format!("https://localhost:{}/curl", sc.addr().port()))
+        .args([
+            "--resolve",
+            &format!("localhost:{}:127.0.0.1", sc.addr().port()),
+        ])
+        .output();
+    let out = within(STEP, "curl with Expect: 100-continue", out)
+        .await
+        .expect("run curl");
+    let body = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && body.contains("\"body_len\":4096"),
+        "{body} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A client that stalls in the middle of a small body is cut off by `--header-read-timeout`
 /// (the head and its body must arrive within it), and the backend never sees the request.
 #[tokio::test]
