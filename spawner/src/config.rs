@@ -932,13 +932,7 @@ fn identity_config(
     command: &Command,
 ) -> Result<(Option<IdentityConfig>, CaSource, Option<PathBuf>), ConfigError> {
     // Empty is not given, as for --acme-email: a compose file can pass `${VAR:-}` through.
-    let text = |v: &Option<String>| {
-        v.as_deref()
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .map(str::to_string)
-    };
-    let path = |v: &Option<PathBuf>| v.clone().filter(|p| !p.as_os_str().is_empty());
+    let (text, path) = (given_text, given_path);
     let (cert, key, store, trust) = (
         path(&o.identity_ca_cert),
         path(&o.identity_ca_key),
@@ -1046,19 +1040,24 @@ fn acme_config(o: &Opts, certs: Option<&CertsSource>) -> Result<Option<AcmeConfi
     }))
 }
 
+/// A text flag's value, trimmed; empty is not given (a compose file can pass `${VAR:-}`
+/// through).
+fn given_text(v: &Option<String>) -> Option<String> {
+    v.as_deref()
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_string)
+}
+
+/// A path flag's value; empty is not given.
+fn given_path(v: &Option<PathBuf>) -> Option<PathBuf> {
+    v.clone().filter(|p| !p.as_os_str().is_empty())
+}
+
 /// The `--acme-dns-*` flags with ACME off: each given one is refused (it would do nothing).
 fn no_dns_flags(o: &Opts) -> Result<(), ConfigError> {
-    let text = |v: &Option<String>| {
-        v.as_deref()
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .map(str::to_string)
-    };
-    let path = |v: &Option<PathBuf>| {
-        v.as_ref()
-            .filter(|p| !p.as_os_str().is_empty())
-            .map(|p| p.display().to_string())
-    };
+    let text = given_text;
+    let path = |v: &Option<PathBuf>| given_path(v).map(|p| p.display().to_string());
     let challenge = Some(o.acme_challenge.trim().to_string()).filter(|c| c != "http-01");
     let given = [
         ("acme-challenge", challenge),
@@ -1081,13 +1080,7 @@ fn no_dns_flags(o: &Opts) -> Result<(), ConfigError> {
 /// `--acme-challenge` and the `--acme-dns-*` flags: at most one provider, each with what it
 /// needs; dns-01 as the default only with one; the checks' settings only with one.
 fn dns_config(o: &Opts) -> Result<(ChallengeKind, Option<DnsConfig>), ConfigError> {
-    let text = |v: &Option<String>| {
-        v.as_deref()
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .map(str::to_string)
-    };
-    let path = |v: &Option<PathBuf>| v.clone().filter(|p| !p.as_os_str().is_empty());
+    let (text, path) = (given_text, given_path);
     let challenge: ChallengeKind = o
         .acme_challenge
         .parse()
