@@ -1,5 +1,6 @@
 //! The HTTP/1.1 fast path: the common request (HTTP/1.1, origin-form, one valid `Host`, no body
-//! or a small one framed by `Content-Length`, no upgrade, not gRPC) parsed once with `httparse` (no allocation per header), its head
+//! or a small one framed by `Content-Length` or strict chunking, no upgrade, not gRPC) parsed
+//! once with `httparse` (no allocation per header), its head
 //! written to the backend mostly as the bytes it arrived in (hop-by-hop, spoofable forwarding and
 //! client-certificate headers left out, this hop's added), and the response relayed with its
 //! framing checked but its bytes untouched. One pooled backend connection per exchange, driven
@@ -125,32 +126,68 @@ impl Proxy {
                     Ok(_) => {}
                 }
             };
-            buf.advance(plan.head_len);
             // The body, whole, after the backend's head: a client that stops sending it is
             // dropped before anything reaches the backend. The request has not started for the
             // watchdog yet, so `--header-read-timeout` bounds the head and this body together.
-            if plan.expect_continue && buf.len() < plan.body_len {
-                // The client may be waiting for this before it sends the body.
-                let go = io.write_all(CONTINUE).await.is_ok() && io.flush().await.is_ok();
-                if !go {
-                    return End::Closed;
-                }
-            }
-            while buf.len() < plan.body_len {
-                buf.reserve(plan.body_len - buf.len());
-                match io.read_buf(buf).await {
-                    Ok(0) | Err(_) => return End::Closed,
-                    Ok(_) => {}
-                }
-            }
-            out.extend_from_slice(&buf[..plan.body_len]);
-            buf.advance(plan.body_len);
+            let Some(body_len) = self.read_body(io, buf, &plan).await else {
+                return End::Closed;
+            };
+            let Some(body_len) = body_len else {
+                // A chunked body the fast path does not read: hyper's, from its head on.
+                return End::Fallback;
+            };
+            out.extend_from_slice(&buf[plan.head_len..plan.head_len + body_len]);
+            buf.advance(plan.head_len + body_len);
             if !self
                 .exchange_fast(io, plan, &mut out, &mut reply_head, info, closing)
                 .await
             {
                 let _ = tokio::time::timeout(super::GOODBYE_MAX, io.shutdown()).await;
                 return End::Closed;
+            }
+        }
+    }
+
+    /// Reads the body of the request whose head starts `buf` until all of it is there, sending
+    /// `100 Continue` first if the client asked and the body has not come with the head.
+    /// `None`: the client went away; `Some(None)`: a chunked body the fast path does not take
+    /// (not strictly framed, or longer than [`request_head::FAST_BODY_MAX`]), `buf` untouched;
+    /// `Some(Some(n))`: the body is the `n` bytes after the head.
+    async fn read_body<S>(
+        &self,
+        io: &mut Tracked<S>,
+        buf: &mut BytesMut,
+        plan: &Plan,
+    ) -> Option<Option<usize>>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let mut asked = !plan.expect_continue;
+        loop {
+            let body = &buf[plan.head_len..];
+            let complete = if plan.chunked {
+                match request_head::chunked_end(body) {
+                    Ok(Some(n)) => Some(n),
+                    Ok(None) if (body.len() as u64) < request_head::FAST_BODY_MAX => None,
+                    _ => return Some(None),
+                }
+            } else {
+                (body.len() >= plan.body_len).then_some(plan.body_len)
+            };
+            if let Some(n) = complete {
+                return Some(Some(n));
+            }
+            if !asked {
+                // The client may be waiting for this before it sends the body.
+                asked = true;
+                if io.write_all(CONTINUE).await.is_err() || io.flush().await.is_err() {
+                    return None;
+                }
+            }
+            buf.reserve(HEAD_READ);
+            match io.read_buf(buf).await {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
             }
         }
     }

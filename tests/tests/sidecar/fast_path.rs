@@ -291,6 +291,72 @@ async fn small_bodies_are_relayed_whole_between_pipelined_requests() {
     }
 }
 
+/// Chunked request bodies: strictly framed ones up to 16 KiB on the fast path, the rest (an
+/// extension, trailers, a larger body) handed to hyper with the bytes read; each arrives whole,
+/// pipelined with the requests around it, and one cut short never reaches the backend.
+#[tokio::test]
+async fn chunked_bodies_arrive_whole_on_either_path() {
+    let backend = Backend::echo().await;
+    let sc = Sidecar::start(backend.addr()).await;
+    let big = "c".repeat(20_000);
+    let mut burst = String::new();
+    burst += "POST /plain HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n";
+    burst += "POST /ext HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n5;a=b\r\nhello\r\n0\r\n\r\n";
+    burst += &format!(
+        "POST /big HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{big}\r\n0\r\n\r\n",
+        big.len()
+    );
+    burst += "POST /last HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n3\r\nend\r\n0\r\n\r\n";
+    let mut tls = client::tls_connect(
+        sc.addr(),
+        "localhost",
+        client::config(Trust::AnyCert, ALPN_H1),
+    )
+    .await;
+    for piece in burst.as_bytes().chunks(700) {
+        tls.write_all(piece).await.expect("write");
+        tls.flush().await.expect("flush");
+    }
+    let mut all = Vec::new();
+    within(STEP, "four answers", tls.read_to_end(&mut all))
+        .await
+        .expect("read to the end");
+    let text = String::from_utf8_lossy(&all);
+    assert_eq!(text.matches("HTTP/1.1 200 OK").count(), 4, "{text}");
+    let sha = |s: &str| harness::backend::sha256_hex(s.as_bytes());
+    for (path, data) in [
+        ("/plain", "hello world"),
+        ("/ext", "hello"),
+        ("/big", big.as_str()),
+        ("/last", "end"),
+    ] {
+        assert!(text.contains(&sha(data)), "{path} arrived whole: {text}");
+    }
+    let paths: Vec<String> = backend.requests().into_iter().map(|r| r.path).collect();
+    assert_eq!(paths, ["/plain", "/ext", "/big", "/last"]);
+
+    // Cut short: the client goes away in the middle of the body.
+    let mut tls = client::tls_connect(
+        sc.addr(),
+        "localhost",
+        client::config(Trust::AnyCert, ALPN_H1),
+    )
+    .await;
+    tls.write_all(
+        b"POST /cut HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel",
+    )
+    .await
+    .expect("write");
+    let _ = tls.shutdown().await;
+    let mut rest = Vec::new();
+    let _ = within(STEP, "the connection's end", tls.read_to_end(&mut rest)).await;
+    let mut conn = h1(&sc).await;
+    assert_eq!(conn.get("/after").await.status, StatusCode::OK);
+    let paths: Vec<String> = backend.requests().into_iter().map(|r| r.path).collect();
+    assert_eq!(paths.last().map(String::as_str), Some("/after"));
+    assert!(!paths.iter().any(|p| p == "/cut"), "{paths:?}");
+}
+
 /// A client that waits for `100 Continue` before its body (`Expect: 100-continue`, as curl
 /// sends for larger uploads) gets it from the fast path, then its answer; so does curl itself.
 #[tokio::test]

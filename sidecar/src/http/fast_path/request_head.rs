@@ -1,7 +1,7 @@
 //! The request head on the fast path: parsed once with `httparse` (no allocation per header),
 //! taken only when it is the common request (HTTP/1.1, origin-form, one valid `Host`, no body
-//! or one of at most [`FAST_BODY_MAX`] bytes framed by one plain `Content-Length`, no upgrade,
-//! not gRPC), and the backend's head written from it mostly as the bytes it arrived
+//! or one of at most [`FAST_BODY_MAX`] bytes framed by one plain `Content-Length` or by strict
+//! chunking ([`chunked_end`]), no upgrade, not gRPC), and the backend's head written from it mostly as the bytes it arrived
 //! in: hop-by-hop, spoofable forwarding and client-certificate headers left out, this hop's
 //! added ([`classify`]). Anything else, and anything this parser is not sure of, is hyper's
 //! ([`Head::Fallback`]). The differential test below checks that every head taken is one hyper
@@ -18,9 +18,9 @@ use crate::http::headers::{header_safe, identity_headers, CLIENT_CERT_HEADERS, H
 use crate::http::{MAX_HEADERS, MAX_HEAD_BYTES};
 use crate::tls::client_auth::ClientIdentity;
 
-/// Largest request body the fast path relays (framed by `Content-Length`, read whole before the
-/// request goes to the backend, so a body that ends early never reaches it): one TLS record. A
-/// larger one, or a chunked one, is hyper's, which streams it.
+/// Largest request body the fast path relays (read whole before the request goes to the
+/// backend, so a body that ends early never reaches it): one TLS record. A larger one is
+/// hyper's, which streams it.
 pub(super) const FAST_BODY_MAX: u64 = 16 * 1024;
 
 /// What the fast path makes of the bytes at the start of the read buffer.
@@ -51,6 +51,9 @@ pub(super) struct Plan {
     pub body_len: usize,
     /// `Expect: 100-continue`: the client may wait for a `100 Continue` before its body.
     pub expect_continue: bool,
+    /// `Transfer-Encoding: chunked`: the body is taken if [`chunked_end`] finds its end within
+    /// [`FAST_BODY_MAX`] bytes, and forwarded as it came.
+    pub chunked: bool,
 }
 
 /// This hop's facts for the forwarding headers.
@@ -118,6 +121,7 @@ pub(super) fn classify(buf: &[u8], hop: &Hop<'_>, out: &mut Vec<u8>) -> Head {
     out.clear();
     write_head(out, &method, &path, host, &facts, req.headers, hop);
     let idempotent = facts.body_len == 0
+        && !facts.chunked
         && matches!(
             method,
             Method::GET
@@ -135,6 +139,7 @@ pub(super) fn classify(buf: &[u8], hop: &Hop<'_>, out: &mut Vec<u8>) -> Head {
         idempotent,
         body_len: facts.body_len,
         expect_continue: facts.expect_continue,
+        chunked: facts.chunked,
     })
 }
 
@@ -151,6 +156,8 @@ struct Facts<'b> {
     body_len: usize,
     /// `Expect: 100-continue` (the one expectation defined; any other is hyper's).
     expect_continue: bool,
+    /// `Transfer-Encoding: chunked`, alone.
+    chunked: bool,
 }
 
 impl<'b> Facts<'b> {
@@ -170,6 +177,7 @@ fn scan<'b>(headers: &[httparse::Header<'b>]) -> Option<Facts<'b>> {
         trailers: false,
         body_len: 0,
         expect_continue: false,
+        chunked: false,
     };
     let mut length_seen = false;
     for h in headers {
@@ -193,8 +201,13 @@ fn scan<'b>(headers: &[httparse::Header<'b>]) -> Option<Facts<'b>> {
                 return None;
             }
             facts.expect_continue = true;
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding")
-            || name.eq_ignore_ascii_case(b"upgrade")
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            // `chunked` alone, once; any other coding, a list or a repeat is hyper's.
+            if facts.chunked || !value.eq_ignore_ascii_case(b"chunked") {
+                return None;
+            }
+            facts.chunked = true;
+        } else if name.eq_ignore_ascii_case(b"upgrade")
             || name.eq_ignore_ascii_case(b"http2-settings")
         {
             return None;
@@ -210,7 +223,63 @@ fn scan<'b>(headers: &[httparse::Header<'b>]) -> Option<Facts<'b>> {
             facts.trailers |= asks_trailers(value);
         }
     }
+    // Both framings: a smuggling attempt, hyper's to refuse.
+    if facts.chunked && length_seen {
+        return None;
+    }
     Some(facts)
+}
+
+/// The end of a chunked request body at the start of `body`, read strictly (RFC 9112 section
+/// 7.1 at its plainest): each size 1 to 4 hex digits then CRLF, its data then CRLF, the last
+/// chunk `0` then CRLF and no trailer fields. `Ok(Some(n))`: the body is `body[..n]`;
+/// `Ok(None)`: not all here yet; `Err`: anything else (extensions, trailers, whitespace, a bare
+/// LF, a longer size), which is hyper's to read or refuse.
+pub(super) fn chunked_end(body: &[u8]) -> Result<Option<usize>, ()> {
+    let mut at = 0;
+    loop {
+        let line = &body[at..];
+        let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+        if digits == line.len() {
+            return if digits > 4 { Err(()) } else { Ok(None) };
+        }
+        if digits == 0 || digits > 4 {
+            return Err(());
+        }
+        let size = line[..digits].iter().fold(0usize, |n, d| {
+            n * 16 + (*d as char).to_digit(16).unwrap_or(0) as usize
+        });
+        // The size line's CRLF, the data and its CRLF (or, for the last chunk, the final CRLF).
+        let data_at = digits + 2;
+        let need = if size == 0 {
+            data_at + 2
+        } else {
+            data_at + size + 2
+        };
+        let have = line.len().min(need);
+        let expected_crlf = |i: usize| if i % 2 == 0 { b'\r' } else { b'\n' };
+        for (i, b) in line[digits..have.max(digits).min(data_at)]
+            .iter()
+            .enumerate()
+        {
+            if *b != expected_crlf(i) {
+                return Err(());
+            }
+        }
+        let tail_at = need - 2;
+        for (i, b) in line[tail_at.min(have)..have].iter().enumerate() {
+            if *b != expected_crlf(i) {
+                return Err(());
+            }
+        }
+        if line.len() < need {
+            return Ok(None);
+        }
+        at += need;
+        if size == 0 {
+            return Ok(Some(at));
+        }
+    }
 }
 
 /// A `Content-Length` value the fast path takes: 1 to 5 ASCII digits, at most
@@ -303,6 +372,10 @@ fn write_head(
     }
     if facts.trailers {
         out.extend_from_slice(b"te: trailers\r\n");
+    }
+    // Hop-by-hop, so not copied above; the body is forwarded as it came, chunked.
+    if facts.chunked {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
     }
     write_forwarded(out, headers, xff_prior, host, hop);
     out.extend_from_slice(b"\r\n");
@@ -456,6 +529,51 @@ mod tests {
     }
 
     #[test]
+    fn a_strictly_chunked_body_is_found_and_anything_looser_is_hyper_s() {
+        assert_eq!(chunked_end(b"5\r\nhello\r\n0\r\n\r\nGET"), Ok(Some(15)));
+        assert_eq!(chunked_end(b"0\r\n\r\n"), Ok(Some(5)));
+        assert_eq!(
+            chunked_end(b"3\r\nabc\r\nA\r\n0123456789\r\n0\r\n\r\n"),
+            Ok(Some(28))
+        );
+        assert_eq!(chunked_end(b"0005\r\nhello\r\n0\r\n\r\n"), Ok(Some(18)));
+        // Every prefix of a good body is "not yet".
+        let good = b"5\r\nhello\r\n10\r\n0123456789abcdef\r\n0\r\n\r\n";
+        for n in 0..good.len() {
+            assert_eq!(chunked_end(&good[..n]), Ok(None), "{n}");
+        }
+        assert_eq!(chunked_end(good), Ok(Some(good.len())));
+        for bad in [
+            &b"5;ext=1\r\nhello\r\n0\r\n\r\n"[..],
+            b"5 \r\nhello\r\n0\r\n\r\n",
+            b"5\nhello\r\n0\r\n\r\n",
+            b"5\r\nhelloX\r\n0\r\n\r\n",
+            b"5\r\nhello\n0\r\n\r\n",
+            b"0\r\nX-Trailer: 1\r\n\r\n",
+            b"0\r\n\n",
+            b"00005\r\nhello\r\n0\r\n\r\n",
+            b"-5\r\n",
+            b"g\r\n",
+            b"\r\n",
+            b"12345",
+        ] {
+            assert_eq!(
+                chunked_end(bad),
+                Err(()),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let (plan, out) =
+            fast(b"POST /c HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
+                .expect("fast");
+        assert!(plan.chunked && !plan.idempotent && plan.body_len == 0);
+        assert!(String::from_utf8(out)
+            .unwrap()
+            .contains("transfer-encoding: chunked\r\n"));
+    }
+
+    #[test]
     fn anything_unusual_goes_to_hyper() {
         for head in [
             &b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 16385\r\n\r\n"[..],
@@ -463,7 +581,9 @@ mod tests {
             b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3, 3\r\n\r\nabc",
             b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
             b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nConnection: content-length\r\n\r\nabc",
-            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: a\r\nExpect: 200-ok\r\n\r\n",
             b"POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n",
@@ -631,6 +751,19 @@ mod tests {
         "Cookie: a=b; c=d",
     ];
     const ENDINGS: &[&str] = &["\r\n", "\r\n", "\r\n", "\r\n", "\r\n", "\n", "\r", "\r\r\n"];
+    /// Chunked bodies, as sent, and the data each carries: plain ones and the ones a lax parser
+    /// might read otherwise (the fast path must refuse those, or read what hyper reads).
+    const CHUNKED: &[(&str, &str)] = &[
+        ("5\r\nhello\r\n0\r\n\r\n", "hello"),
+        ("3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n", "abcde"),
+        ("0\r\n\r\n", ""),
+        ("A\r\n0123456789\r\n0\r\n\r\n", "0123456789"),
+        ("00a\r\n0123456789\r\n0\r\n\r\n", "0123456789"),
+        ("5;ext=1\r\nhello\r\n0\r\n\r\n", "hello"),
+        ("5\r\nhello\r\n0\r\nX-T: 1\r\n\r\n", "hello"),
+        ("5\nhello\n0\n\n", "hello"),
+        ("5 \r\nhello\r\n0\r\n\r\n", "hello"),
+    ];
 
     fn generate(rng: &mut Rng) -> Vec<u8> {
         let mut head = String::new();
@@ -776,10 +909,27 @@ mod tests {
             // hyper, given the same bytes, the body the head announces and a second request
             // after them, must read the same request, with that body, and then the second one:
             // the same framing.
-            let body: Vec<u8> = (0..plan.body_len).map(|i| b'a' + (i % 26) as u8).collect();
-            bodies += usize::from(!body.is_empty());
+            let (wire, body): (Vec<u8>, Vec<u8>) = if plan.chunked {
+                let (wire, data) = CHUNKED[case % CHUNKED.len()];
+                match chunked_end(wire.as_bytes()) {
+                    // The fast path reads exactly this body: hyper must read the same.
+                    Ok(Some(n)) => {
+                        assert_eq!(n, wire.len(), "case {case}: {wire:?}");
+                        (wire.as_bytes().to_vec(), data.as_bytes().to_vec())
+                    }
+                    // Not the fast path's: hyper takes it from the head on.
+                    _ => {
+                        handed += 1;
+                        continue;
+                    }
+                }
+            } else {
+                let body: Vec<u8> = (0..plan.body_len).map(|i| b'a' + (i % 26) as u8).collect();
+                (body.clone(), body)
+            };
+            bodies += usize::from(!wire.is_empty());
             let mut bytes = head.clone();
-            bytes.extend_from_slice(&body);
+            bytes.extend_from_slice(&wire);
             bytes.extend_from_slice(b"GET /second HTTP/1.1\r\nHost: b\r\n\r\n");
             let seen = hyper_reads(bytes).await;
             // ... unless the client asked to close: then hyper closes after the first, as the
@@ -804,7 +954,8 @@ mod tests {
             if !plan.close {
                 assert_eq!(seen[1].1, "/second", "case {case}: {show:?}");
             }
-            // The headers the backend gets: the hyper path's rules on hyper's reading.
+            // The headers the backend gets: the hyper path's rules on hyper's reading (where
+            // hyper's client then frames a streamed body as chunked itself).
             let mut expected = headers.clone();
             let host = headers.get(http::header::HOST).cloned().unwrap();
             let trailers = accepts_trailers(headers);
@@ -820,6 +971,12 @@ mod tests {
                 },
             );
             expected.insert(http::header::HOST, host);
+            if plan.chunked {
+                expected.insert(
+                    http::header::TRANSFER_ENCODING,
+                    HeaderValue::from_static("chunked"),
+                );
+            }
             assert_eq!(
                 parsed_set(&out),
                 header_set(&expected),
