@@ -24,6 +24,9 @@ use super::store::Store;
 
 /// Most records the journal keeps (a few per order are written at once).
 const MAX_ENTRIES: usize = 256;
+/// Left-over records removed at the start of one order, at most: the order's own deadline
+/// must not go to cleaning up after others.
+const CLEAN_PER_ORDER: usize = 16;
 /// Longest the journal's file may take to read or write.
 const FILE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -212,17 +215,19 @@ impl Journal {
         }
     }
 
-    /// Removes from DNS what orders no longer running left there; what cannot be removed now
-    /// stays for the next order.
+    /// Removes from DNS what orders no longer running left there, at most
+    /// [`CLEAN_PER_ORDER`] records and up to the first that cannot be removed (the provider is
+    /// failing: every removal would wait its timeout); the rest stays for the next order.
     pub(crate) async fn clean_left_over(&self, dns: &Dns) {
-        for entry in self.left_over().await {
+        for entry in self.left_over().await.into_iter().take(CLEAN_PER_ORDER) {
             match dns.cleanup(&entry.location(), &entry.value).await {
                 Ok(()) => {
                     tracing::info!(fqdn = %entry.fqdn, names = %entry.names, "removed a dns-01 record an interrupted order left");
                     self.remove(&entry).await;
                 }
                 Err(e) => {
-                    tracing::debug!(fqdn = %entry.fqdn, error = %e, "cannot remove a dns-01 record an interrupted order left; trying again at the next order")
+                    tracing::debug!(fqdn = %entry.fqdn, error = %e, "cannot remove a dns-01 record an interrupted order left; trying again at the next order");
+                    return;
                 }
             }
         }
