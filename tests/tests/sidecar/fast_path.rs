@@ -71,6 +71,16 @@ async fn raw(answer: fn(usize) -> (Vec<u8>, bool)) -> Raw {
     }
 }
 
+/// A TLS connection to the sidecar, HTTP/1.1 by ALPN, spoken by hand.
+async fn connect_tls(sc: &Sidecar) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    client::tls_connect(
+        sc.addr(),
+        "localhost",
+        client::config(Trust::AnyCert, ALPN_H1),
+    )
+    .await
+}
+
 async fn h1(sc: &Sidecar) -> HttpConn {
     HttpConn::connect(
         sc.addr(),
@@ -180,12 +190,7 @@ async fn a_body_until_close_arrives_whole_and_ends_the_connection() {
     })
     .await;
     let sc = Sidecar::start(backend.addr).await;
-    let tls = client::tls_connect(
-        sc.addr(),
-        "localhost",
-        client::config(Trust::AnyCert, ALPN_H1),
-    )
-    .await;
+    let tls = connect_tls(&sc).await;
     let resp = client::raw_exchange(tls, b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .await
         .expect("a response");
@@ -202,12 +207,7 @@ async fn a_body_until_close_arrives_whole_and_ends_the_connection() {
 async fn pipelined_requests_are_answered_in_order_and_a_body_hands_over_to_hyper() {
     let backend = Backend::echo().await;
     let sc = Sidecar::start(backend.addr()).await;
-    let mut tls = client::tls_connect(
-        sc.addr(),
-        "localhost",
-        client::config(Trust::AnyCert, ALPN_H1),
-    )
-    .await;
+    let mut tls = connect_tls(&sc).await;
     // Three requests in one write: two the fast path takes, then one with a body larger than
     // the fast path relays (hyper's from there on, with the bytes already read), then one more.
     let body = "x".repeat(20_000);
@@ -245,12 +245,7 @@ async fn pipelined_requests_are_answered_in_order_and_a_body_hands_over_to_hyper
 async fn small_bodies_are_relayed_whole_between_pipelined_requests() {
     let backend = Backend::echo().await;
     let sc = Sidecar::start(backend.addr()).await;
-    let mut tls = client::tls_connect(
-        sc.addr(),
-        "localhost",
-        client::config(Trust::AnyCert, ALPN_H1),
-    )
-    .await;
+    let mut tls = connect_tls(&sc).await;
     let small: String = (0..4096).map(|i| (b'a' + (i % 26) as u8) as char).collect();
     let full = "z".repeat(16 * 1024);
     let burst = format!(
@@ -307,12 +302,7 @@ async fn chunked_bodies_arrive_whole_on_either_path() {
         big.len()
     );
     burst += "POST /last HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n3\r\nend\r\n0\r\n\r\n";
-    let mut tls = client::tls_connect(
-        sc.addr(),
-        "localhost",
-        client::config(Trust::AnyCert, ALPN_H1),
-    )
-    .await;
+    let mut tls = connect_tls(&sc).await;
     for piece in burst.as_bytes().chunks(700) {
         tls.write_all(piece).await.expect("write");
         tls.flush().await.expect("flush");
@@ -336,12 +326,7 @@ async fn chunked_bodies_arrive_whole_on_either_path() {
     assert_eq!(paths, ["/plain", "/ext", "/big", "/last"]);
 
     // Cut short: the client goes away in the middle of the body.
-    let mut tls = client::tls_connect(
-        sc.addr(),
-        "localhost",
-        client::config(Trust::AnyCert, ALPN_H1),
-    )
-    .await;
+    let mut tls = connect_tls(&sc).await;
     tls.write_all(
         b"POST /cut HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel",
     )
@@ -363,12 +348,7 @@ async fn chunked_bodies_arrive_whole_on_either_path() {
 async fn expect_100_continue_is_answered_before_the_body() {
     let backend = Backend::echo().await;
     let sc = Sidecar::start(backend.addr()).await;
-    let mut tls = client::tls_connect(
-        sc.addr(),
-        "localhost",
-        client::config(Trust::AnyCert, ALPN_H1),
-    )
-    .await;
+    let mut tls = connect_tls(&sc).await;
     tls.write_all(
         b"PUT /wait HTTP/1.1\r\nHost: localhost\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n",
     )
@@ -441,12 +421,7 @@ async fn a_body_that_stalls_is_cut_off_by_the_head_timeout() {
         .args(["--header-read-timeout", "1s"])
         .start()
         .await;
-    let mut tls = client::tls_connect(
-        sc.addr(),
-        "localhost",
-        client::config(Trust::AnyCert, ALPN_H1),
-    )
-    .await;
+    let mut tls = connect_tls(&sc).await;
     tls.write_all(
         b"POST /slow HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\nten bytes.",
     )
@@ -476,12 +451,7 @@ async fn a_body_cut_short_or_framed_twice_never_reaches_the_backend() {
         b"POST /twice HTTP/1.1\r\nHost: localhost\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcde",
     ];
     for case in cases {
-        let mut tls = client::tls_connect(
-            sc.addr(),
-            "localhost",
-            client::config(Trust::AnyCert, ALPN_H1),
-        )
-        .await;
+        let mut tls = connect_tls(&sc).await;
         tls.write_all(case).await.expect("write");
         tls.flush().await.expect("flush");
         // The client gives up (or is refused): either way the connection ends.
