@@ -674,10 +674,13 @@ fn a_spawner_killed_mid_roll_out_leaves_nothing_for_the_next_one_to_get_wrong() 
             .find(|s| s.running && image_of(s) == fixed)
     });
     spawner.kill();
+    // Exited, or already removed: the spawner may have seen the hand-over finish (it takes a
+    // few hundred milliseconds) before the kill reached it. Either way the next spawner must
+    // settle on the replacement.
     poll(
         ROLLOUT_DEADLINE,
         "the old sidecar to drain and exit",
-        || inspect(&old.id).is_some_and(|c| !c.running).then_some(()),
+        || inspect(&old.id).is_none_or(|c| !c.running).then_some(()),
     );
     let _next = Spawner::start(prefix, &flags);
     let served = wait_on_image(prefix, &id, &fixed, ROLLOUT_DEADLINE);
