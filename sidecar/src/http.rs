@@ -2,8 +2,8 @@
 //! request forwarded to the backend over pooled HTTP/1.1 keep-alive connections or, for gRPC
 //! (and everything with `--backend-protocol h2c`), over a few shared HTTP/2 cleartext
 //! connections ([`h2pool`]); bodies and trailers streamed both ways, upgrades (WebSocket)
-//! relayed as raw bytes. The common HTTP/1.1 request takes a faster path of its own
-//! ([`fast_path`]); gRPC rules (routing, deadlines, status answers) are in [`grpc`], and the
+//! relayed as raw bytes. The common HTTP/1.1 request, and the HTTP/2 stream without a request
+//! body, take a faster path of their own ([`fast_path`]); gRPC rules (routing, deadlines, status answers) are in [`grpc`], and the
 //! header rules both paths follow in [`headers`].
 //!
 //! This file holds the service and what the paths share: the limits on request heads, the
@@ -30,7 +30,7 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::{Client, ResponseFuture};
+use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{sleep_until, Instant, Sleep};
@@ -94,7 +94,8 @@ static RESET_LOG: Throttle = Throttle::new(LOG_INTERVAL);
 type BackendClient = Client<HttpConnector, Incoming>;
 
 /// The response body the sidecar sends: the backend's streamed body or a short local one.
-pub(crate) type ProxyBody = Logged<Either<Guarded<Incoming>, Full<Bytes>>>;
+pub(crate) type ProxyBody =
+    Logged<Either<Guarded<Incoming>, Either<Full<Bytes>, fast_path::Direct>>>;
 
 /// Shared state of HTTP mode, one per sidecar.
 pub(crate) struct Proxy {
@@ -109,8 +110,13 @@ pub(crate) struct Proxy {
     tracker: TaskTracker,
     /// `Strict-Transport-Security` for responses that lack it (`--hsts`).
     hsts: Option<HeaderValue>,
-    /// Backend connections of the HTTP/1.1 fast path ([`fast_path`]).
-    fast_pool: fast_path::Pool,
+    /// Backend connections of the fast paths ([`fast_path`]): pooled HTTP/1.1 connections of
+    /// this serving thread.
+    fast_pool: Arc<fast_path::Pool>,
+    /// Requests that are not gRPC go to the backend over HTTP/1.1 (the fast paths' backend).
+    fast_h2_backend: bool,
+    /// The listener's port as `X-Forwarded-Port` says it, formatted once.
+    listen_port_text: String,
 }
 
 impl Proxy {
@@ -149,11 +155,13 @@ impl Proxy {
             h2,
             backend_authority: config.backend.authority(),
             listen_port,
-            config,
             metrics,
             tracker,
             hsts,
-            fast_pool: fast_path::Pool::new(max_idle),
+            fast_pool: Arc::new(fast_path::Pool::new(max_idle)),
+            fast_h2_backend: grpc::route(config.backend_protocol, false) == Route::Http1,
+            listen_port_text: listen_port.to_string(),
+            config,
         })
     }
 
@@ -177,6 +185,7 @@ impl Proxy {
         let evict = ticket.evict_token();
         let conn_info = Arc::new(ConnInfo {
             peer,
+            client_ip: peer.ip().to_canonical().to_string(),
             activity: activity.clone(),
             h2,
             client,
@@ -288,7 +297,11 @@ impl Proxy {
         })
     }
 
-    async fn handle(&self, req: Request<Incoming>, info: &ConnInfo) -> Response<ProxyBody> {
+    async fn handle(
+        self: &Arc<Self>,
+        req: Request<Incoming>,
+        info: &ConnInfo,
+    ) -> Response<ProxyBody> {
         info.activity.request_started();
         let grpc = grpc::is_grpc(req.headers());
         let log = AccessLog {
@@ -311,6 +324,16 @@ impl Proxy {
             Ok(host) => host,
             Err(reason) => return local(StatusCode::BAD_REQUEST, reason, log),
         };
+        if info.h2 && self.h2_fast(&req, grpc) {
+            let head_by = log.start + self.config.backend_timeout;
+            match self.exchange_h2_fast(&req, info, &host, head_by).await {
+                Some(Ok((parts, body))) => {
+                    return respond(parts, Either::Right(Either::Right(body)), log)
+                }
+                Some(Err(kind)) => return self.backend_failed(kind, log),
+                None => {}
+            }
+        }
         let Prepared {
             req,
             upgrading,
@@ -698,6 +721,8 @@ enum Failure {
 /// What the service needs to know about its connection.
 struct ConnInfo {
     peer: SocketAddr,
+    /// The client's address as `X-Forwarded-For` names it, formatted once.
+    client_ip: String,
     activity: Arc<Activity>,
     h2: bool,
     /// The verified client certificate's identity (mutual TLS).
@@ -846,29 +871,59 @@ async fn lingered(timer: &mut Option<Pin<Box<Sleep>>>) {
 /// future), still runs to its response in the background and drains a small body, so the
 /// backend connection goes back to the pool instead of being closed and re-opened by the next
 /// request. Bounded by [`ORPHANS_MAX`], the exchange's deadline, [`DRAIN_MAX_TIME`] and
-/// [`DRAIN_MAX_BYTES`].
-struct Exchange {
-    future: Option<ResponseFuture>,
+/// [`DRAIN_MAX_BYTES`]. Both paths use it: hyper-util's client's exchanges and the HTTP/2 fast
+/// path's.
+struct Exchange<F: Orphanable> {
+    future: Option<Pin<Box<F>>>,
     deadline: Instant,
 }
 
-impl Exchange {
-    fn new(future: ResponseFuture, timeout: Duration) -> Self {
+/// A response an orphaned [`Exchange`] got: what reading its body to the end means.
+pub(super) trait Drain: Send + 'static {
+    fn drain(self) -> impl std::future::Future<Output = ()> + Send;
+}
+
+impl Drain for Response<Incoming> {
+    fn drain(self) -> impl std::future::Future<Output = ()> + Send {
+        drain(self.into_body())
+    }
+}
+
+/// An exchange that can finish in the background: it ends in a response to drain, or an error.
+trait Orphanable: std::future::Future<Output: Send> + Send + 'static {
+    fn settle(output: Self::Output) -> impl std::future::Future<Output = ()> + Send;
+}
+
+impl<F, T, E> Orphanable for F
+where
+    F: std::future::Future<Output = Result<T, E>> + Send + 'static,
+    T: Drain,
+    E: Send + 'static,
+{
+    async fn settle(output: Result<T, E>) {
+        if let Ok(resp) = output {
+            resp.drain().await;
+        }
+    }
+}
+
+impl<F: Orphanable> Exchange<F> {
+    fn new(future: F, timeout: Duration) -> Self {
         Self {
-            future: Some(future),
+            future: Some(Box::pin(future)),
             deadline: Instant::now() + timeout,
         }
     }
 }
 
-impl std::future::Future for Exchange {
-    type Output = <ResponseFuture as std::future::Future>::Output;
+impl<F: Orphanable> std::future::Future for Exchange<F> {
+    type Output = F::Output;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let Some(future) = self.future.as_mut() else {
             return Poll::Pending;
         };
-        let res = Pin::new(future).poll(cx);
+        let res = future.as_mut().poll(cx);
         if res.is_ready() {
             self.future = None;
         }
@@ -876,7 +931,7 @@ impl std::future::Future for Exchange {
     }
 }
 
-impl Drop for Exchange {
+impl<F: Orphanable> Drop for Exchange<F> {
     fn drop(&mut self) {
         let Some(future) = self.future.take() else {
             return;
@@ -891,8 +946,8 @@ impl Drop for Exchange {
         }
         let deadline = self.deadline.min(Instant::now() + DRAIN_MAX_TIME);
         runtime.spawn(async move {
-            if let Ok(Ok(resp)) = tokio::time::timeout_at(deadline, future).await {
-                drain(resp.into_body()).await;
+            if let Ok(output) = tokio::time::timeout_at(deadline, future).await {
+                F::settle(output).await;
             }
             ORPHANS.fetch_sub(1, Ordering::Relaxed);
         });
@@ -900,8 +955,12 @@ impl Drop for Exchange {
 }
 
 /// Reads a body nobody wants to its end, if it is small and quick, so its connection is reused.
-async fn drain(mut body: Incoming) {
+pub(super) async fn drain<B>(body: B)
+where
+    B: Body<Data = Bytes>,
+{
     use http_body_util::BodyExt;
+    let mut body = std::pin::pin!(body);
     let _ = tokio::time::timeout(DRAIN_MAX_TIME, async {
         let mut seen = 0;
         while let Some(Ok(frame)) = body.frame().await {
@@ -963,7 +1022,11 @@ fn local(status: StatusCode, message: &str, log: AccessLog) -> Response<ProxyBod
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
-    respond(parts, Either::Right(Full::new(Bytes::from(body))), log)
+    respond(
+        parts,
+        Either::Right(Either::Left(Full::new(Bytes::from(body)))),
+        log,
+    )
 }
 
 /// The sidecar's own gRPC answer: a trailers-only response with `grpc-status` and
@@ -971,7 +1034,11 @@ fn local(status: StatusCode, message: &str, log: AccessLog) -> Response<ProxyBod
 fn grpc_local(code: u32, message: &'static str, log: AccessLog) -> Response<ProxyBody> {
     let (mut parts, ()) = Response::new(()).into_parts();
     parts.headers = grpc::failure_headers(code, message);
-    respond(parts, Either::Right(Full::new(Bytes::new())), log)
+    respond(
+        parts,
+        Either::Right(Either::Left(Full::new(Bytes::new()))),
+        log,
+    )
 }
 
 /// The access-log record of one request, written when its response body is done (or dropped,

@@ -286,6 +286,14 @@ impl HttpConn {
         }
     }
 
+    /// Another handle on this HTTP/2 connection, for concurrent streams (`None` for HTTP/1.1).
+    pub fn h2_sender(&self) -> Option<hyper::client::conn::http2::SendRequest<Body>> {
+        match &self.sender {
+            Sender::H2(sender) => Some(sender.clone()),
+            Sender::H1(_) => None,
+        }
+    }
+
     /// The negotiated ALPN protocol.
     pub fn alpn(&self) -> Option<&str> {
         self.alpn.as_deref()

@@ -17,9 +17,11 @@
 //!
 //! Its parts: the request head ([`request_head`]), the response head and the sidecar's own
 //! answers ([`response`]), the end of a chunked body ([`chunked`]), the idle backend connections
-//! ([`pool`]); this file drives them, one request after another, on one client connection.
+//! ([`pool`]); this file drives them, one request after another, on one client connection. The
+//! HTTP/2 fast path ([`h2`]) serves bodyless HTTP/2 streams over the same backend connections.
 
 mod chunked;
+mod h2;
 mod pool;
 mod request_head;
 mod response;
@@ -41,6 +43,10 @@ use super::{AccessLog, ConnInfo, Proxy, BACKEND_CONNECT_LOG, BACKEND_REQUEST_LOG
 use crate::connection::activity::{Activity, Tracked};
 use crate::metrics::BackendError;
 use chunked::Chunks;
+#[cfg(test)]
+mod testgen;
+
+pub(super) use h2::Direct;
 pub(super) use pool::Pool;
 use request_head::{classify, Head, Hop, Plan};
 use response::{local_response, reply, Answer, Framing, Reply};
@@ -90,11 +96,10 @@ impl Proxy {
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let hop = Hop {
-            client_ip: info.peer.ip().to_canonical().to_string(),
-            listen_port: self.listen_port.to_string(),
+            client_ip: &info.client_ip,
+            listen_port: &self.listen_port_text,
             client: info.client.as_ref(),
-            http1_backend: super::grpc::route(self.config.backend_protocol, false)
-                == super::grpc::Route::Http1,
+            http1_backend: self.fast_h2_backend,
         };
         let mut out = Vec::with_capacity(1024);
         let mut reply_head = Vec::with_capacity(1024);
@@ -226,7 +231,9 @@ impl Proxy {
         let hsts = self.hsts.as_ref().map(|v| v.as_bytes());
         let got = match tokio::time::timeout_at(
             head_by,
-            self.backend_head(out, plan.idempotent, head_request, hsts, close, reply_head),
+            self.backend_head(out, plan.idempotent, |buf| {
+                reply(buf, head_request, hsts, close, reply_head)
+            }),
         )
         .await
         {
@@ -404,10 +411,7 @@ impl Proxy {
         &self,
         head: &[u8],
         idempotent: bool,
-        head_request: bool,
-        hsts: Option<&[u8]>,
-        close: bool,
-        reply_head: &mut Vec<u8>,
+        mut parse: impl FnMut(&[u8]) -> Reply,
     ) -> Result<Answered, BackendError> {
         let mut pooled = self.fast_pool.take();
         loop {
@@ -434,7 +438,7 @@ impl Proxy {
                 sent.map_err(|_| "write failed")?;
                 loop {
                     if !rbuf.is_empty() {
-                        match reply(&rbuf, head_request, hsts, close, reply_head) {
+                        match parse(&rbuf) {
                             Reply::Final(a) => return Ok(a),
                             Reply::Interim(n) => {
                                 rbuf.advance(n);

@@ -471,3 +471,250 @@ async fn a_body_cut_short_or_framed_twice_never_reaches_the_backend() {
     let seen: Vec<String> = backend.requests().into_iter().map(|r| r.path).collect();
     assert_eq!(seen, ["/after"]);
 }
+
+// ---- HTTP/2: streams without a request body take the fast path's backend connections ----
+
+async fn h2(sc: &Sidecar) -> HttpConn {
+    let conn = HttpConn::connect(
+        sc.addr(),
+        "localhost",
+        client::config(Trust::AnyCert, client::ALPN_H2_H1),
+    )
+    .await;
+    assert_eq!(conn.alpn(), Some("h2"));
+    conn
+}
+
+#[tokio::test]
+async fn h2_streams_get_chunked_bodies_trailers_and_head_answers_over_pooled_connections() {
+    use http_body_util::BodyExt;
+    let backend = raw(|n| {
+        let bytes: &[u8] = match n % 3 {
+            0 => b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-sum\r\nConnection: keep-alive, x-hop\r\nX-Hop: 1\r\n\r\n5;ext=1\r\nhello\r\n7\r\n, world\r\n0\r\nx-sum: 12\r\n\r\n",
+            1 => b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n",
+            _ => b"HTTP/1.1 404 Not Found\r\nContent-Length: 4\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n\r\nnope",
+        };
+        (bytes.to_vec(), false)
+    })
+    .await;
+    let sc = Sidecar::start(backend.addr).await;
+    let mut conn = h2(&sc).await;
+    for round in 0..3 {
+        let resp = conn
+            .send(
+                conn.request(Method::GET, "/chunked")
+                    .body(client::empty())
+                    .expect("GET"),
+            )
+            .await;
+        assert_eq!(resp.status(), StatusCode::OK, "round {round}");
+        // Hop-by-hop headers and the ones `Connection` names never reach an HTTP/2 client.
+        for gone in ["connection", "transfer-encoding", "x-hop", "keep-alive"] {
+            assert!(
+                resp.headers().get(gone).is_none(),
+                "{gone} in {:?}",
+                resp.headers()
+            );
+        }
+        let body = resp.into_body().collect().await.expect("the whole body");
+        let trailers = body.trailers().cloned().expect("the backend's trailers");
+        assert_eq!(
+            trailers.get("x-sum").map(|v| v.as_bytes()),
+            Some(&b"12"[..])
+        );
+        assert_eq!(&body.to_bytes()[..], b"hello, world", "round {round}");
+        let head = conn
+            .fetch(
+                conn.request(Method::HEAD, "/")
+                    .body(client::empty())
+                    .expect("HEAD"),
+            )
+            .await;
+        assert_eq!(head.status, StatusCode::OK);
+        assert_eq!(head.header("content-length"), Some("1234"));
+        assert!(head.body.is_empty());
+        let missing = conn.get("/missing").await;
+        assert_eq!(
+            (missing.status, missing.text().as_str()),
+            (StatusCode::NOT_FOUND, "nope")
+        );
+        assert_eq!(missing.headers.get_all("set-cookie").iter().count(), 2);
+    }
+    // One stream after another: all nine answers came over the one backend connection kept.
+    assert_eq!(backend.connections.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn h2_streams_survive_a_backend_that_closes_every_kept_alive_connection() {
+    let backend = raw(|_| {
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec(),
+            true,
+        )
+    })
+    .await;
+    let sc = Sidecar::start(backend.addr).await;
+    let mut conn = h2(&sc).await;
+    for i in 0..30 {
+        let reply = conn.get("/").await;
+        assert_eq!(
+            (reply.status, reply.text().as_str()),
+            (StatusCode::OK, "ok"),
+            "request {i}"
+        );
+    }
+    assert!(backend.connections.load(Ordering::SeqCst) >= 30);
+}
+
+#[tokio::test]
+async fn h2_streams_get_a_502_for_backend_framing_two_parsers_could_read_differently() {
+    for (bad, what) in [
+        (
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"[..],
+            "Content-Length and Transfer-Encoding",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok!",
+            "conflicting lengths",
+        ),
+        (b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n", "chunked in HTTP/1.0"),
+        (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n", "101 without asking"),
+        (b"garbage\r\n\r\n", "no status line"),
+    ] {
+        static CASE: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+        *CASE.lock().expect("case") = bad.to_vec();
+        let backend = raw(|_| (CASE.lock().expect("case").clone(), true)).await;
+        let sc = Sidecar::start(backend.addr).await;
+        let reply = h2(&sc).await.get("/").await;
+        assert_eq!(reply.status, StatusCode::BAD_GATEWAY, "{what}");
+        assert!(reply.text().contains("backend request failed"), "{what}: {}", reply.text());
+    }
+}
+
+#[tokio::test]
+async fn an_h2_body_cut_short_by_the_backend_is_an_error_not_a_complete_response() {
+    use http_body_util::BodyExt;
+    let backend = raw(|n| {
+        let bytes: &[u8] = if n == 0 {
+            b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf!"
+        } else {
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+        };
+        (bytes.to_vec(), true)
+    })
+    .await;
+    let sc = Sidecar::start(backend.addr).await;
+    let mut conn = h2(&sc).await;
+    let mut sender = conn.h2_sender().expect("HTTP/2");
+    let req = conn
+        .request(Method::GET, "/")
+        .body(client::empty())
+        .expect("GET");
+    // The stream is reset when the body breaks: before its head was sent (the client sees an
+    // error for the request) or after (the body ends in an error). Never a clean end.
+    let got = within(STEP, "an answer", sender.send_request(req)).await;
+    if let Ok(resp) = got {
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert!(
+            resp.into_body().collect().await.is_err(),
+            "a cut body must not end cleanly"
+        );
+    }
+    // The connection and the next stream are unharmed.
+    let reply = conn.get("/").await;
+    assert_eq!(
+        (reply.status, reply.text().as_str()),
+        (StatusCode::OK, "ok")
+    );
+}
+
+#[tokio::test]
+async fn h2_bodies_until_close_arrive_whole_and_their_connections_are_not_reused() {
+    let backend = raw(|_| {
+        let mut bytes = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n".to_vec();
+        bytes.extend(std::iter::repeat_n(b'z', 100_000));
+        (bytes, true)
+    })
+    .await;
+    let sc = Sidecar::start(backend.addr).await;
+    let mut conn = h2(&sc).await;
+    for _ in 0..3 {
+        let reply = conn.get("/").await;
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(reply.body.len(), 100_000);
+    }
+    assert_eq!(backend.connections.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn a_hundred_concurrent_h2_streams_each_get_their_own_answer() {
+    let backend = Backend::echo().await;
+    let sc = Sidecar::start(backend.addr()).await;
+    let conn = h2(&sc).await;
+    let mut tasks = Vec::new();
+    for i in 0..100 {
+        let mut sender = conn.h2_sender().expect("HTTP/2");
+        let req = conn
+            .request(Method::GET, &format!("/stream/{i}?q={i}"))
+            .body(client::empty())
+            .expect("GET");
+        tasks.push(tokio::spawn(async move {
+            within(STEP, "HTTP/2 ready", sender.ready())
+                .await
+                .expect("ready");
+            let resp = within(STEP, "an answer", sender.send_request(req))
+                .await
+                .expect("a response");
+            (i, client::read_reply(resp).await)
+        }));
+    }
+    for task in tasks {
+        let (i, reply) = task.await.expect("stream task");
+        assert_eq!(reply.status, StatusCode::OK, "stream {i}");
+        let echo = harness::backend::Echo::parse(&reply.body);
+        assert_eq!(echo.request.path, format!("/stream/{i}?q={i}"));
+        assert_eq!(echo.request.header("x-forwarded-proto"), Some("https"));
+        let authority = format!("localhost:{}", sc.addr().port());
+        assert_eq!(echo.request.header("host"), Some(authority.as_str()));
+    }
+    // No more backend connections than streams were in flight at once.
+    assert!(
+        backend.connections_opened() <= 100,
+        "{}",
+        backend.connections_opened()
+    );
+}
+
+#[tokio::test]
+async fn a_client_resetting_an_h2_stream_mid_body_leaves_its_connection_serving() {
+    // The first answer announces more than it sends and then stalls: the client gives up on
+    // that stream (a reset); the backend connection is closed, never reused half-read.
+    let backend = raw(|n| {
+        let bytes: &[u8] = if n == 0 {
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\nfirst part"
+        } else {
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+        };
+        (bytes.to_vec(), false)
+    })
+    .await;
+    let sc = Sidecar::start(backend.addr).await;
+    let mut conn = h2(&sc).await;
+    let resp = conn
+        .send(
+            conn.request(Method::GET, "/stall")
+                .body(client::empty())
+                .expect("GET"),
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    drop(resp);
+    for _ in 0..3 {
+        let reply = conn.get("/").await;
+        assert_eq!(
+            (reply.status, reply.text().as_str()),
+            (StatusCode::OK, "ok")
+        );
+    }
+    assert!(backend.connections.load(Ordering::SeqCst) >= 2);
+}

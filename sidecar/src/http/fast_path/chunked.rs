@@ -13,6 +13,8 @@ pub(super) struct Chunks {
     /// Bytes of chunk data seen (for the access log).
     pub data: u64,
     trailer_bytes: usize,
+    /// The trailer section's bytes, when kept ([`Chunks::keeping_trailers`]).
+    trailers: Option<Vec<u8>>,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -36,103 +38,182 @@ enum State {
 const TRAILERS_MAX: usize = 16 * 1024;
 
 impl Chunks {
+    /// A decoder that also keeps the trailer section's bytes (for [`Chunks::take_trailers`]):
+    /// the HTTP/2 fast path turns them into a trailers frame.
+    pub(super) fn keeping_trailers() -> Self {
+        Self {
+            trailers: Some(Vec::new()),
+            ..Self::default()
+        }
+    }
+
     /// Feeds body bytes; returns how many of them belong to the body (all, unless it ended
     /// within them) once the body is complete, `Ok(None)` while it goes on.
     pub(super) fn feed(&mut self, bytes: &[u8]) -> Result<Option<usize>, &'static str> {
         let mut i = 0;
         while i < bytes.len() {
-            let b = bytes[i];
             match self.state {
-                State::Size => match b {
-                    b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
-                        if self.digits == 15 {
-                            return Err("chunk size too large");
-                        }
-                        let d = (b as char).to_digit(16).unwrap_or(0) as u64;
-                        self.size = self.size * 16 + d;
-                        self.digits += 1;
-                    }
-                    b';' | b' ' | b'\t' if self.digits > 0 => self.state = State::Ext,
-                    b'\r' if self.digits > 0 => self.state = State::SizeLf,
-                    _ => return Err("invalid chunk size"),
-                },
-                State::Ext => match b {
-                    b'\r' => self.state = State::SizeLf,
-                    b'\n' => return Err("bare LF in chunk extension"),
-                    0..=8 | 0x0a..=0x1f | 0x7f => return Err("control byte in chunk extension"),
-                    _ => {}
-                },
-                State::SizeLf => {
-                    if b != b'\n' {
-                        return Err("chunk size line not ended by CRLF");
-                    }
-                    self.digits = 0;
-                    self.state = if self.size == 0 {
-                        State::TrailerStart
-                    } else {
-                        State::Data
-                    };
-                }
                 State::Data => {
                     let take = (self.size as usize).min(bytes.len() - i);
-                    self.size -= take as u64;
-                    self.data += take as u64;
+                    self.take_data(take);
                     i += take;
-                    if self.size == 0 {
-                        self.state = State::DataCr;
-                    }
-                    continue;
-                }
-                State::DataCr => {
-                    if b != b'\r' {
-                        return Err("chunk data not followed by CRLF");
-                    }
-                    self.state = State::DataLf;
-                }
-                State::DataLf => {
-                    if b != b'\n' {
-                        return Err("chunk data not followed by CRLF");
-                    }
-                    self.state = State::Size;
-                }
-                State::TrailerStart => match b {
-                    b'\r' => self.state = State::EndLf,
-                    b'\n' => return Err("bare LF after the last chunk"),
-                    _ => {
-                        self.state = State::Trailer;
-                        continue;
-                    }
-                },
-                State::Trailer => {
-                    self.trailer_bytes += 1;
-                    if self.trailer_bytes > TRAILERS_MAX {
-                        return Err("trailers too large");
-                    }
-                    match b {
-                        b'\r' => self.state = State::TrailerLf,
-                        b'\n' => return Err("bare LF in trailers"),
-                        _ => {}
-                    }
-                }
-                State::TrailerLf => {
-                    if b != b'\n' {
-                        return Err("trailer line not ended by CRLF");
-                    }
-                    self.state = State::TrailerStart;
-                }
-                State::EndLf => {
-                    if b != b'\n' {
-                        return Err("chunked body not ended by CRLF");
-                    }
-                    self.state = State::Done;
-                    return Ok(Some(i + 1));
                 }
                 State::Done => return Ok(Some(i)),
+                _ => {
+                    if self.framing_byte(bytes[i])? {
+                        i += 1;
+                    }
+                    if self.state == State::Done {
+                        return Ok(Some(i));
+                    }
+                }
             }
-            i += 1;
         }
         Ok((self.state == State::Done).then_some(bytes.len()))
     }
+
+    /// Decodes from the start of `bytes`: framing bytes are consumed up to the next chunk data
+    /// or the body's end. Each call makes progress unless `bytes` is empty.
+    pub(super) fn decode(&mut self, bytes: &[u8]) -> Result<Decoded, &'static str> {
+        let mut i = 0;
+        while i < bytes.len() {
+            match self.state {
+                State::Data => {
+                    let len = (self.size as usize).min(bytes.len() - i);
+                    self.take_data(len);
+                    return Ok(Decoded::Data { skip: i, len });
+                }
+                State::Done => return Ok(Decoded::End(i)),
+                _ => {
+                    if self.framing_byte(bytes[i])? {
+                        i += 1;
+                    }
+                    if self.state == State::Done {
+                        return Ok(Decoded::End(i));
+                    }
+                }
+            }
+        }
+        Ok(if self.state == State::Done {
+            Decoded::End(i)
+        } else {
+            Decoded::More(i)
+        })
+    }
+
+    /// The trailer section's bytes (its field lines and the empty line that ends it), once the
+    /// body is done, for a decoder made by [`Chunks::keeping_trailers`]; `None` without fields.
+    pub(super) fn take_trailers(&mut self) -> Option<Vec<u8>> {
+        self.trailers.take().filter(|t| t.len() > 2)
+    }
+
+    fn take_data(&mut self, n: usize) {
+        self.size -= n as u64;
+        self.data += n as u64;
+        if self.size == 0 {
+            self.state = State::DataCr;
+        }
+    }
+
+    /// One byte outside chunk data: `Ok(true)` when it is consumed, `Ok(false)` when it must be
+    /// read again in the state it moved to.
+    fn framing_byte(&mut self, b: u8) -> Result<bool, &'static str> {
+        let in_trailers = matches!(self.state, State::Trailer | State::TrailerLf | State::EndLf)
+            || (self.state == State::TrailerStart && b == b'\r');
+        match self.state {
+            State::Size => match b {
+                b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
+                    if self.digits == 15 {
+                        return Err("chunk size too large");
+                    }
+                    let d = (b as char).to_digit(16).unwrap_or(0) as u64;
+                    self.size = self.size * 16 + d;
+                    self.digits += 1;
+                }
+                b';' | b' ' | b'\t' if self.digits > 0 => self.state = State::Ext,
+                b'\r' if self.digits > 0 => self.state = State::SizeLf,
+                _ => return Err("invalid chunk size"),
+            },
+            State::Ext => match b {
+                b'\r' => self.state = State::SizeLf,
+                b'\n' => return Err("bare LF in chunk extension"),
+                0..=8 | 0x0a..=0x1f | 0x7f => return Err("control byte in chunk extension"),
+                _ => {}
+            },
+            State::SizeLf => {
+                if b != b'\n' {
+                    return Err("chunk size line not ended by CRLF");
+                }
+                self.digits = 0;
+                self.state = if self.size == 0 {
+                    State::TrailerStart
+                } else {
+                    State::Data
+                };
+            }
+            State::DataCr => {
+                if b != b'\r' {
+                    return Err("chunk data not followed by CRLF");
+                }
+                self.state = State::DataLf;
+            }
+            State::DataLf => {
+                if b != b'\n' {
+                    return Err("chunk data not followed by CRLF");
+                }
+                self.state = State::Size;
+            }
+            State::TrailerStart => match b {
+                b'\r' => self.state = State::EndLf,
+                b'\n' => return Err("bare LF after the last chunk"),
+                _ => {
+                    self.state = State::Trailer;
+                    return Ok(false);
+                }
+            },
+            State::Trailer => {
+                self.trailer_bytes += 1;
+                if self.trailer_bytes > TRAILERS_MAX {
+                    return Err("trailers too large");
+                }
+                match b {
+                    b'\r' => self.state = State::TrailerLf,
+                    b'\n' => return Err("bare LF in trailers"),
+                    _ => {}
+                }
+            }
+            State::TrailerLf => {
+                if b != b'\n' {
+                    return Err("trailer line not ended by CRLF");
+                }
+                self.state = State::TrailerStart;
+            }
+            State::EndLf => {
+                if b != b'\n' {
+                    return Err("chunked body not ended by CRLF");
+                }
+                self.state = State::Done;
+            }
+            State::Data | State::Done => {}
+        }
+        if in_trailers {
+            if let Some(t) = self.trailers.as_mut() {
+                t.push(b);
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// What [`Chunks::decode`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Decoded {
+    /// All of these bytes were framing: more are needed.
+    More(usize),
+    /// `skip` framing bytes, then `len` bytes of chunk data.
+    Data { skip: usize, len: usize },
+    /// The body ended after this many bytes.
+    End(usize),
 }
 
 #[cfg(test)]

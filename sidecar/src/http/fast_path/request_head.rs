@@ -60,8 +60,8 @@ pub(super) struct Plan {
 pub(super) struct Hop<'a> {
     /// The client's address as `X-Forwarded-For` names it, and this listener's port: written
     /// into every head, so formatted once per connection.
-    pub client_ip: String,
-    pub listen_port: String,
+    pub client_ip: &'a str,
+    pub listen_port: &'a str,
     pub client: Option<&'a ClientIdentity>,
     /// Requests go to the backend over HTTP/1.1 (not all of them over h2c).
     pub http1_backend: bool,
@@ -377,30 +377,78 @@ fn write_head(
     if facts.chunked {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
     }
-    write_forwarded(out, headers, xff_prior, host, hop);
+    let prior = headers
+        .iter()
+        .filter(|h| xff_prior && h.name.eq_ignore_ascii_case("x-forwarded-for"))
+        .filter_map(|h| visible(h.value));
+    write_forwarded(out, prior, host, hop);
     out.extend_from_slice(b"\r\n");
 }
 
-/// This hop's headers: `X-Forwarded-*` and, for a client with a certificate, its identity.
-fn write_forwarded(
+/// The backend's head (into `out`, cleared first) for a request an HTTP/2 client sent without a
+/// body, on the HTTP/2 fast path: what the hyper path's rewrite makes of it (`Host` from the
+/// authority, hop-by-hop, spoofable forwarding and client-certificate headers left out, `TE:
+/// trailers` since HTTP/2 clients take trailers, this hop's headers added), written once
+/// instead of rewritten in a header map and serialised again. `false` (nothing to send) for a
+/// request with headers HTTP/2 does not allow (`Connection`, `Transfer-Encoding`): hyper's.
+pub(super) fn write_h2_head(
     out: &mut Vec<u8>,
-    headers: &[httparse::Header<'_>],
-    xff_prior: bool,
+    method: &Method,
+    path: &str,
+    host: &[u8],
+    headers: &http::HeaderMap,
+    hop: &Hop<'_>,
+) -> bool {
+    out.clear();
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(path.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+    out.extend_from_slice(host);
+    out.extend_from_slice(b"\r\n");
+    let mut xff_prior = false;
+    for (name, value) in headers {
+        let name = name.as_str().as_bytes();
+        if name == b"x-forwarded-for" {
+            xff_prior |= visible(value.as_bytes()).is_some();
+            continue;
+        }
+        if name == b"connection" || name == b"transfer-encoding" {
+            return false;
+        }
+        if dropped(name) {
+            continue;
+        }
+        out.extend_from_slice(name);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"te: trailers\r\n");
+    let prior = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter(|_| xff_prior)
+        .filter_map(|v| visible(v.as_bytes()));
+    write_forwarded(out, prior, host, hop);
+    out.extend_from_slice(b"\r\n");
+    true
+}
+
+/// This hop's headers: `X-Forwarded-*` and, for a client with a certificate, its identity.
+/// `prior`: the client's `X-Forwarded-For` values the hyper path keeps (visible ASCII, in order).
+fn write_forwarded<'v>(
+    out: &mut Vec<u8>,
+    prior: impl Iterator<Item = &'v [u8]>,
     host: &[u8],
     hop: &Hop<'_>,
 ) {
-    // `X-Forwarded-For` appended to (the hyper path's `set_forwarded`): prior values that are
-    // visible ASCII, in order, then this client.
+    // `X-Forwarded-For` appended to (the hyper path's `set_forwarded`): prior values, then
+    // this client.
     out.extend_from_slice(b"x-forwarded-for: ");
-    if xff_prior {
-        for h in headers {
-            if h.name.eq_ignore_ascii_case("x-forwarded-for") {
-                if let Some(v) = visible(h.value) {
-                    out.extend_from_slice(v);
-                    out.extend_from_slice(b", ");
-                }
-            }
-        }
+    for v in prior {
+        out.extend_from_slice(v);
+        out.extend_from_slice(b", ");
     }
     out.extend_from_slice(hop.client_ip.as_bytes());
     out.extend_from_slice(b"\r\nx-forwarded-proto: https\r\nx-forwarded-host: ");
@@ -447,6 +495,8 @@ mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};
 
+    use crate::http::fast_path::testgen::Rng;
+
     use bytes::Bytes;
     use http::header::{HeaderMap, HeaderValue};
     use http_body_util::BodyExt;
@@ -457,8 +507,8 @@ mod tests {
 
     fn hop(client: Option<&ClientIdentity>) -> Hop<'_> {
         Hop {
-            client_ip: "192.0.2.7".into(),
-            listen_port: "8443".into(),
+            client_ip: "192.0.2.7",
+            listen_port: "8443",
             client,
             http1_backend: true,
         }
@@ -628,20 +678,6 @@ mod tests {
     }
 
     // ---- the differential test ----
-
-    /// A small deterministic generator (xorshift), so a failure names a reproducible case.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-        fn chance(&mut self, percent: u64) -> bool {
-            self.next() % 100 < percent
-        }
-    }
 
     const METHODS: &[&str] = &[
         "GET", "GET", "GET", "HEAD", "POST", "DELETE", "OPTIONS", "PUT", "PATCH", "BREW",

@@ -54,6 +54,74 @@ pub(super) fn reply(
     close: bool,
     out: &mut Vec<u8>,
 ) -> Reply {
+    parse(buf, head_request, |final_head| {
+        let Final {
+            status,
+            reason,
+            headers,
+            facts,
+            framing,
+        } = final_head;
+        let last = close || framing == Framing::UntilClose;
+        out.clear();
+        write_status_line(out, status, reason);
+        write_headers(out, headers, facts.tokens());
+        write_framing(out, framing, head_request, facts);
+        write_added(out, hsts, facts, last);
+        out.extend_from_slice(b"\r\n");
+        Ok(())
+    })
+}
+
+/// The HTTP/2 fast path's reading of the backend's response head: for a final one, its status
+/// and the headers an HTTP/2 client gets (`out`), as the hyper path makes them from hyper's
+/// client's reading (every header kept, in order, but for hop-by-hop ones and the ones the
+/// `Connection` header names; hyper's server adds `Date`, the service HSTS).
+pub(super) fn reply_h2(
+    buf: &[u8],
+    head_request: bool,
+    out: &mut Option<(http::StatusCode, http::HeaderMap)>,
+) -> Reply {
+    parse(buf, head_request, |final_head| {
+        let status =
+            http::StatusCode::from_u16(final_head.status).map_err(|_| "invalid response head")?;
+        let tokens = final_head.facts.tokens();
+        let mut map = http::HeaderMap::with_capacity(final_head.headers.len());
+        for h in final_head.headers {
+            let name = h.name.as_bytes();
+            if HOP_BY_HOP
+                .iter()
+                .any(|x| x.as_bytes().eq_ignore_ascii_case(name))
+                || tokens.iter().any(|t| t.eq_ignore_ascii_case(name))
+            {
+                continue;
+            }
+            let name = http::HeaderName::from_bytes(name).map_err(|_| "invalid header name")?;
+            let value =
+                http::HeaderValue::from_bytes(h.value).map_err(|_| "invalid header value")?;
+            map.append(name, value);
+        }
+        *out = Some((status, map));
+        Ok(())
+    })
+}
+
+/// A final response head, parsed and checked.
+struct Final<'h, 'b> {
+    status: u16,
+    reason: Option<&'b str>,
+    headers: &'h [httparse::Header<'b>],
+    facts: &'h Facts<'b>,
+    framing: Framing,
+}
+
+/// Parses the backend's response head: interim ones skipped, a final one's framing checked and
+/// handed to `build` (which may still refuse it).
+fn parse(
+    buf: &[u8],
+    head_request: bool,
+    build: impl FnOnce(Final<'_, '_>) -> Result<(), &'static str>,
+) -> Reply {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut headers);
     let head_len = match resp.parse(buf) {
@@ -87,14 +155,15 @@ pub(super) fn reply(
     } else {
         Framing::UntilClose
     };
-    let last = close || framing == Framing::UntilClose;
-
-    out.clear();
-    write_status_line(out, status, resp.reason);
-    write_headers(out, resp.headers, facts.tokens());
-    write_framing(out, framing, head_request, &facts);
-    write_added(out, hsts, &facts, last);
-    out.extend_from_slice(b"\r\n");
+    if let Err(why) = build(Final {
+        status,
+        reason: resp.reason,
+        headers: resp.headers,
+        facts: &facts,
+        framing,
+    }) {
+        return Reply::Bad(why);
+    }
     Reply::Final(Answer {
         head_len,
         status,
@@ -145,12 +214,16 @@ fn scan<'b>(headers: &[httparse::Header<'b>], http11: bool) -> Result<Facts<'b>,
             }
             facts.length = Some(n);
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            if !http11 {
+                // HTTP/1.0 has no transfer codings: hyper's client refuses the response too.
+                return Err("Transfer-Encoding in an HTTP/1.0 response");
+            }
             if facts.chunked || !h.value.trim_ascii().eq_ignore_ascii_case(b"chunked") {
                 return Err("unsupported Transfer-Encoding");
             }
             facts.chunked = true;
         } else if name.eq_ignore_ascii_case(b"connection") {
-            connection_tokens(h.value, &mut facts);
+            connection_tokens(h.value, &mut facts)?;
         } else if name.eq_ignore_ascii_case(b"strict-transport-security") {
             facts.has_hsts = true;
         } else if name.eq_ignore_ascii_case(b"date") {
@@ -160,9 +233,10 @@ fn scan<'b>(headers: &[httparse::Header<'b>], http11: bool) -> Result<Facts<'b>,
     Ok(facts)
 }
 
-/// Notes a `Connection` value: `close` and `keep-alive`, and its tokens (as many as are kept).
+/// Notes a `Connection` value: `close` and `keep-alive`, and its tokens. More tokens than are
+/// kept is a refusal: a header named by one not kept would cross this hop.
 #[inline]
-fn connection_tokens<'b>(value: &'b [u8], facts: &mut Facts<'b>) {
+fn connection_tokens<'b>(value: &'b [u8], facts: &mut Facts<'b>) -> Result<(), &'static str> {
     for token in value.split(|b| *b == b',') {
         let token = token.trim_ascii();
         if token.eq_ignore_ascii_case(b"close") {
@@ -170,11 +244,15 @@ fn connection_tokens<'b>(value: &'b [u8], facts: &mut Facts<'b>) {
         } else if token.eq_ignore_ascii_case(b"keep-alive") {
             facts.keep_alive = true;
         }
-        if !token.is_empty() && facts.n_tokens < CONNECTION_TOKENS_MAX {
+        if !token.is_empty() {
+            if facts.n_tokens == CONNECTION_TOKENS_MAX {
+                return Err("too many Connection tokens");
+            }
             facts.tokens[facts.n_tokens] = token;
             facts.n_tokens += 1;
         }
     }
+    Ok(())
 }
 
 /// `HTTP/1.1`, the status and the backend's reason (the canonical one when it sent none).
