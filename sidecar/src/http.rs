@@ -343,8 +343,10 @@ impl Proxy {
             Ok(prepared) => prepared,
             Err(reason) => return local(StatusCode::BAD_REQUEST, reason, log),
         };
+        // The rare and the large futures are boxed: hyper moves every stream's future (this one
+        // inside it) a few times as it spawns it, so its size is paid on every request.
         if upgrading {
-            return self.upgrade(req, info, log).await;
+            return Box::pin(self.upgrade(req, info, log)).await;
         }
         let head_by = log.start + self.config.backend_timeout;
         let (head_by, late) = match deadline {
@@ -352,7 +354,7 @@ impl Proxy {
             _ => (head_by, Failure::Backend(BackendError::Timeout)),
         };
         let resp = match route {
-            Route::H2c => self.exchange_h2(req, info, head_by, late).await,
+            Route::H2c => Box::pin(self.exchange_h2(req, info, head_by, late)).await,
             Route::Http1 => self.exchange_http1(req, info, head_by, late).await,
         };
         self.answer(resp, info, deadline, log)

@@ -107,7 +107,7 @@ pub(super) fn request_host(
 /// `host[:port]` with a DNS name, an IPv4 address or a bracketed IPv6 address (the one rule for
 /// request authorities, `shared::addr::authority_host`, which the redirect listener uses too).
 fn valid_authority(bytes: &[u8]) -> Option<()> {
-    shared::addr::authority_host(std::str::from_utf8(bytes).ok()?).map(|_| ())
+    shared::addr::is_authority(std::str::from_utf8(bytes).ok()?).then_some(())
 }
 
 /// What to do with an HTTP/1.1 request's `Upgrade`.

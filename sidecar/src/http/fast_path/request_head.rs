@@ -425,12 +425,15 @@ pub(super) fn write_h2_head(
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"te: trailers\r\n");
-    let prior = headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter(|_| xff_prior)
-        .filter_map(|v| visible(v.as_bytes()));
-    write_forwarded(out, prior, host, hop);
+    if xff_prior {
+        let prior = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| visible(v.as_bytes()));
+        write_forwarded(out, prior, host, hop);
+    } else {
+        write_forwarded(out, std::iter::empty(), host, hop);
+    }
     out.extend_from_slice(b"\r\n");
     true
 }
