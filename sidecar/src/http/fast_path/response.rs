@@ -122,9 +122,16 @@ fn parse(
     head_request: bool,
     build: impl FnOnce(Final<'_, '_>) -> Result<(), &'static str>,
 ) -> Reply {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut headers);
-    let head_len = match resp.parse(buf) {
+    // Left uninitialised: httparse fills what it parses (3 KiB not cleared per response).
+    let mut headers =
+        [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut resp,
+        buf,
+        &mut headers,
+    );
+    let head_len = match parsed {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) if buf.len() < MAX_REPLY_HEAD => return Reply::Partial,
         Ok(httparse::Status::Partial) => return Reply::Bad("response head too large"),
