@@ -199,15 +199,21 @@ impl Proxy {
             shutdown: &shutdown,
             evict: &evict,
             metrics: &self.metrics,
+            streams: None,
         };
         let tracked = Tracked::new(tls, activity.clone());
         if h2 {
             let service = self.service(conn_info);
-            let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            let streams = Streams::default();
+            let conn = hyper::server::conn::http2::Builder::new(streams.clone())
                 .timer(TokioTimer::new())
                 .max_header_list_size(MAX_HEAD_BYTES as u32)
                 .serve_connection(TokioIo::new(tracked), service);
             tokio::pin!(conn);
+            let watch = Watch {
+                streams: Some(&streams),
+                ..watch
+            };
             let result = drive(conn.as_mut(), watch, |c| c.graceful_shutdown()).await;
             log_conn_end(peer, result.unwrap_or(Ok(())));
             return;
@@ -748,6 +754,45 @@ struct Watch<'a> {
     /// Cancelled when the connection must make room for a new one.
     evict: &'a CancellationToken,
     metrics: &'a Metrics,
+    /// HTTP/2: the connection's streams, polled beside it ([`Streams`]).
+    streams: Option<&'a Streams>,
+}
+
+/// hyper's executor for the streams of one HTTP/2 connection: each stream runs inside the
+/// connection's own task, polled by [`drive`] right after the connection, instead of in a task
+/// of its own (an aligned allocation, a trip through the scheduler and moves of the stream's
+/// future per request). A connection's streams share its task as they share its socket; h2's
+/// `max_concurrent_streams` bounds how many there are. They end with the connection (hyper's
+/// connection ends once its streams have, or when the client is gone).
+#[derive(Clone, Default)]
+struct Streams {
+    set: Arc<std::sync::Mutex<StreamSet>>,
+}
+
+type StreamSet =
+    futures_util::stream::FuturesUnordered<Pin<Box<dyn std::future::Future<Output = ()> + Send>>>;
+
+impl<F> hyper::rt::Executor<F> for Streams
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    fn execute(&self, stream: F) {
+        self.set
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Box::pin(stream));
+    }
+}
+
+impl Streams {
+    /// Polls every stream that can make progress; never completes (an empty set waits for the
+    /// connection to add one).
+    fn poll_streams(&self, cx: &mut Context<'_>) -> Poll<()> {
+        use futures_util::StreamExt;
+        let mut set = self.set.lock().unwrap_or_else(|p| p.into_inner());
+        while let Poll::Ready(Some(())) = set.poll_next_unpin(cx) {}
+        Poll::Pending
+    }
 }
 
 /// Drives a connection (hyper's, or the HTTP/1.1 fast path's) to its end, and ends it: gracefully
@@ -781,7 +826,11 @@ where
     };
     loop {
         tokio::select! {
+            // The connection first, then its streams: a stream the connection just received
+            // is polled in the same pass.
+            biased;
             res = conn.as_mut() => return Some(res),
+            () = std::future::poll_fn(|cx| w.streams.map_or(Poll::Pending, |s| s.poll_streams(cx))), if w.streams.is_some() => {}
             () = &mut cancelled, if closing.is_none() && lingering.is_none() => {
                 lingering = w.linger.map(|l| Box::pin(sleep_until(w.activity.last_io() + l)));
                 if lingering.is_none() {
