@@ -27,7 +27,7 @@ use tracing::warn;
 
 use super::chunked::{Chunks, Decoded};
 use super::request_head::{write_h2_head, Hop};
-use super::response::{reply_h2, Answer, Framing};
+use super::response::{reply_h2, Answer, Framing, H2Head};
 use super::{Answered, Pool, BODY_READ};
 use crate::http::{ConnInfo, Drain, Exchange, Proxy, BACKEND_REQUEST_LOG};
 use crate::metrics::{BackendError, Metrics};
@@ -98,11 +98,10 @@ impl Proxy {
                     reply_h2(buf, head_request, &mut got)
                 })
                 .await?;
-            let (status, headers) = got.ok_or(BackendError::Protocol)?;
+            let head = got.ok_or(BackendError::Protocol)?;
             Ok::<_, BackendError>(Fast {
                 answered,
-                status,
-                headers,
+                head,
                 pool: proxy.fast_pool.clone(),
                 metrics: proxy.metrics.clone(),
             })
@@ -120,8 +119,7 @@ impl Proxy {
 /// A response head the HTTP/2 fast path got, on its backend connection.
 pub(in crate::http) struct Fast {
     answered: Answered,
-    status: http::StatusCode,
-    headers: HeaderMap,
+    head: H2Head,
     pool: Arc<Pool>,
     metrics: Arc<Metrics>,
 }
@@ -134,11 +132,18 @@ impl Fast {
             mut buf,
             answer,
         } = self.answered;
-        buf.advance(answer.head_len);
+        // The head, and the body bytes that came with it (already copied out).
+        let H2Head {
+            status,
+            headers,
+            first,
+        } = self.head;
+        buf.advance(answer.head_len + first.len());
         let (mut parts, ()) = Response::new(()).into_parts();
-        parts.status = self.status;
-        parts.headers = self.headers;
-        let body = Direct::new(stream, buf, &answer, self.pool, self.metrics);
+        parts.status = status;
+        parts.headers = headers;
+        let mut body = Direct::new(stream, buf, &answer, self.pool, self.metrics);
+        body.start_with(first);
         (parts, body)
     }
 }
@@ -154,6 +159,8 @@ impl Drain for Fast {
 /// the connection goes back to the pool (unless the backend said it was its last, or sent bytes
 /// past the end); dropped before, the connection is closed (a stream the client reset).
 pub(crate) struct Direct {
+    /// Body bytes read with the head, passed on first.
+    first: Option<Bytes>,
     stream: Option<TcpStream>,
     buf: BytesMut,
     framing: Framing,
@@ -177,6 +184,7 @@ impl Direct {
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
+            first: None,
             stream: Some(stream),
             buf,
             framing: answer.framing,
@@ -192,8 +200,23 @@ impl Direct {
         }
     }
 
+    /// Passes `first` on before anything read later: body bytes that came with the head.
+    fn start_with(&mut self, first: Bytes) {
+        if first.is_empty() {
+            return;
+        }
+        if let Framing::Length(_) = self.framing {
+            self.remaining -= first.len() as u64;
+            self.done = self.remaining == 0;
+        }
+        self.first = Some(first);
+    }
+
     /// The next frame from what is buffered, if there is one; `Ok(None)` when more must be read.
     fn buffered(&mut self) -> Result<Option<Frame<Bytes>>, &'static str> {
+        if let Some(first) = self.first.take() {
+            return Ok(Some(Frame::data(first)));
+        }
         match self.framing {
             Framing::Empty => Ok(None),
             Framing::Length(_) => {
@@ -283,7 +306,7 @@ impl Body for Direct {
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         let this = &mut *self;
         loop {
-            if this.done {
+            if this.done && this.first.is_none() {
                 // Trailers may follow the last data of a chunked body: they were returned with it.
                 return Poll::Ready(None);
             }
@@ -321,13 +344,15 @@ impl Body for Direct {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.done
+        self.done && self.first.is_none()
     }
 
     fn size_hint(&self) -> SizeHint {
         match self.framing {
             Framing::Empty => SizeHint::with_exact(0),
-            Framing::Length(_) => SizeHint::with_exact(self.remaining),
+            Framing::Length(_) => SizeHint::with_exact(
+                self.remaining + self.first.as_ref().map_or(0, |f| f.len() as u64),
+            ),
             _ => SizeHint::default(),
         }
     }
@@ -744,16 +769,17 @@ mod tests {
                 return None;
             }
         };
-        buf.advance(answer.head_len);
-        let (status, headers) = got.unwrap();
-        let body = Direct::new(
+        let head = got.unwrap();
+        buf.advance(answer.head_len + head.first.len());
+        let mut body = Direct::new(
             stream,
             buf,
             &answer,
             Arc::new(Pool::new(4)),
             Arc::new(Metrics::default()),
         );
-        collect(status, &headers, body).await
+        body.start_with(head.first);
+        collect(head.status, &head.headers, body).await
     }
 
     #[tokio::test]

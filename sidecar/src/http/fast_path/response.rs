@@ -5,6 +5,8 @@
 
 use std::time::SystemTime;
 
+use bytes::Bytes;
+
 use super::CONNECTION_TOKENS_MAX;
 use crate::http::headers::HOP_BY_HOP;
 use crate::http::MAX_HEADERS;
@@ -56,6 +58,7 @@ pub(super) fn reply(
 ) -> Reply {
     parse(buf, head_request, |final_head| {
         let Final {
+            head_len: _,
             status,
             reason,
             headers,
@@ -76,15 +79,24 @@ pub(super) fn reply(
 /// The HTTP/2 fast path's reading of the backend's response head: for a final one, its status
 /// and the headers an HTTP/2 client gets (`out`), as the hyper path makes them from hyper's
 /// client's reading (every header kept, in order, but for hop-by-hop ones and the ones the
-/// `Connection` header names; hyper's server adds `Date`, the service HSTS).
-pub(super) fn reply_h2(
-    buf: &[u8],
-    head_request: bool,
-    out: &mut Option<(http::StatusCode, http::HeaderMap)>,
-) -> Reply {
-    parse(buf, head_request, |final_head| {
+/// `Connection` header names; hyper's server adds `Date`, the service HSTS), and the body bytes
+/// that came with the head (of a body framed by length or by the connection's end).
+///
+/// The head and those bytes are copied out of the read buffer once, into one [`Bytes`] that the
+/// header values and the first data share: one allocation per response instead of one per
+/// header value and one for the data.
+pub(super) fn reply_h2(buf: &[u8], head_request: bool, out: &mut Option<H2Head>) -> Reply {
+    let mut head_len = 0;
+    let reply = parse(buf, head_request, |final_head| {
         let status =
             http::StatusCode::from_u16(final_head.status).map_err(|_| "invalid response head")?;
+        let end = final_head.head_len;
+        let with_head = match final_head.framing {
+            Framing::Length(n) => (n.min((buf.len() - end) as u64)) as usize,
+            Framing::UntilClose => buf.len() - end,
+            Framing::Empty | Framing::Chunked => 0,
+        };
+        let block = Bytes::copy_from_slice(&buf[..end + with_head]);
         let tokens = final_head.facts.tokens();
         let mut map = http::HeaderMap::with_capacity(final_head.headers.len());
         for h in final_head.headers {
@@ -97,17 +109,36 @@ pub(super) fn reply_h2(
                 continue;
             }
             let name = http::HeaderName::from_bytes(name).map_err(|_| "invalid header name")?;
-            let value =
-                http::HeaderValue::from_bytes(h.value).map_err(|_| "invalid header value")?;
+            // The value's place in `buf` is its place in `block`.
+            let at = h.value.as_ptr() as usize - buf.as_ptr() as usize;
+            let value = http::HeaderValue::from_maybe_shared(block.slice(at..at + h.value.len()))
+                .map_err(|_| "invalid header value")?;
             map.append(name, value);
         }
-        *out = Some((status, map));
+        head_len = end;
+        *out = Some(H2Head {
+            status,
+            headers: map,
+            first: block.slice(end..),
+        });
         Ok(())
-    })
+    });
+    debug_assert!(!matches!(reply, Reply::Final(ref a) if a.head_len != head_len));
+    reply
+}
+
+/// A final response head as the HTTP/2 fast path passes it on ([`reply_h2`]).
+#[derive(Debug)]
+pub(super) struct H2Head {
+    pub status: http::StatusCode,
+    pub headers: http::HeaderMap,
+    /// The body bytes that came with the head (their place in the read buffer: right after it).
+    pub first: Bytes,
 }
 
 /// A final response head, parsed and checked.
 struct Final<'h, 'b> {
+    head_len: usize,
     status: u16,
     reason: Option<&'b str>,
     headers: &'h [httparse::Header<'b>],
@@ -163,6 +194,7 @@ fn parse(
         Framing::UntilClose
     };
     if let Err(why) = build(Final {
+        head_len,
         status,
         reason: resp.reason,
         headers: resp.headers,
