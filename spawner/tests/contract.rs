@@ -577,8 +577,12 @@ fn whatever_labels_the_spawner_accepts_the_sidecar_accepts() {
         .unwrap_or_else(|e| panic!("{e}"));
     let accepted = accepted.get();
     eprintln!("{accepted} of {CASES} generated label sets were accepted and round-tripped");
+    // About a fifth of the generated sets are accepted (the rest hold at least one invalid
+    // label). The seed is random per run, so the bound sits well below that mean (more than four
+    // standard deviations): it catches a generator that stopped reaching accepted sets, not a
+    // run that drew a few less.
     assert!(
-        accepted >= CASES / 5,
+        accepted >= CASES / 8,
         "the generator must reach accepted label sets often ({accepted} of {CASES})"
     );
 }
