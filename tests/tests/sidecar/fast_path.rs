@@ -112,25 +112,33 @@ async fn a_backend_that_closes_every_kept_alive_connection_costs_no_failed_reque
     assert!(backend.connections.load(Ordering::SeqCst) >= 30);
 }
 
+/// Backend answers whose framing two parsers could read differently, or that are no answer at
+/// all: a 502 on every path.
+const BAD_FRAMING: &[(&[u8], &str)] = &[
+    (
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+        "Content-Length and Transfer-Encoding",
+    ),
+    (
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok!",
+        "conflicting lengths",
+    ),
+    (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+        "an encoding it does not know",
+    ),
+    (
+        b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+        "chunked in HTTP/1.0",
+    ),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: -2\r\n\r\nok", "a negative length"),
+    (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n", "101 without asking"),
+    (b"garbage\r\n\r\n", "no status line"),
+];
+
 #[tokio::test]
 async fn backend_framing_two_parsers_could_read_differently_is_a_502() {
-    for (bad, what) in [
-        (
-            &b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"[..],
-            "Content-Length and Transfer-Encoding",
-        ),
-        (
-            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok!",
-            "conflicting lengths",
-        ),
-        (
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
-            "an encoding it does not know",
-        ),
-        (b"HTTP/1.1 200 OK\r\nContent-Length: -2\r\n\r\nok", "a negative length"),
-        (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n", "101 without asking"),
-        (b"garbage\r\n\r\n", "no status line"),
-    ] {
+    for &(bad, what) in BAD_FRAMING {
         // The answer of this case: the script is a plain fn, so it reads it from a static.
         static CASE: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
         *CASE.lock().expect("case") = bad.to_vec();
@@ -138,7 +146,11 @@ async fn backend_framing_two_parsers_could_read_differently_is_a_502() {
         let sc = Sidecar::start(backend.addr).await;
         let reply = h1(&sc).await.get("/").await;
         assert_eq!(reply.status, StatusCode::BAD_GATEWAY, "{what}");
-        assert!(reply.text().contains("backend request failed"), "{what}: {}", reply.text());
+        assert!(
+            reply.text().contains("backend request failed"),
+            "{what}: {}",
+            reply.text()
+        );
     }
 }
 
@@ -568,26 +580,18 @@ async fn h2_streams_survive_a_backend_that_closes_every_kept_alive_connection() 
 
 #[tokio::test]
 async fn h2_streams_get_a_502_for_backend_framing_two_parsers_could_read_differently() {
-    for (bad, what) in [
-        (
-            &b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"[..],
-            "Content-Length and Transfer-Encoding",
-        ),
-        (
-            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok!",
-            "conflicting lengths",
-        ),
-        (b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n", "chunked in HTTP/1.0"),
-        (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n", "101 without asking"),
-        (b"garbage\r\n\r\n", "no status line"),
-    ] {
+    for &(bad, what) in BAD_FRAMING {
         static CASE: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
         *CASE.lock().expect("case") = bad.to_vec();
         let backend = raw(|_| (CASE.lock().expect("case").clone(), true)).await;
         let sc = Sidecar::start(backend.addr).await;
         let reply = h2(&sc).await.get("/").await;
         assert_eq!(reply.status, StatusCode::BAD_GATEWAY, "{what}");
-        assert!(reply.text().contains("backend request failed"), "{what}: {}", reply.text());
+        assert!(
+            reply.text().contains("backend request failed"),
+            "{what}: {}",
+            reply.text()
+        );
     }
 }
 
