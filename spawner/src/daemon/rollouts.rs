@@ -22,7 +22,7 @@ use crate::metrics;
 use crate::plan::container::{sidecar_body, spec_digest, For};
 use crate::plan::failure::Verdict;
 use crate::plan::labels::sidecar_name;
-use crate::plan::reconcile::{Action, Made, Sidecar, SidecarState};
+use crate::plan::reconcile::{Action, Made, Sidecar, SidecarState, Target};
 use crate::plan::rollout::{drift, pairs, Book, Candidate, Drift, Pair, Wanted};
 
 /// On top of `--rollout-timeout` and the sidecar's grace: a replacement whose predecessor still
@@ -369,20 +369,10 @@ impl Daemon {
     /// After a hand-over the replacement takes the sidecar's usual name, so `docker logs
     /// <name>-tls-sidecar` goes on working; a name still held is tried again next turn.
     pub(super) async fn rename_replacements(&self, observed: &Observed) -> Result<(), Error> {
-        for s in &observed.sidecars {
-            let Some(old) = predecessor(s, &observed.sidecars) else {
-                continue;
-            };
-            if !(old.state == SidecarState::Exited && s.state == SidecarState::Running) {
-                continue;
-            }
-            let Some(t) = observed.targets.iter().find(|t| t.id == s.target_id) else {
-                continue;
-            };
-            let name = sidecar_name(&t.name);
-            if s.name == name || self.cfg.dry_run {
-                continue;
-            }
+        if self.cfg.dry_run {
+            return Ok(());
+        }
+        for (s, name) in renames(&observed.targets, &observed.sidecars) {
             match self.engine.rename(&s.id, &name).await {
                 Ok(()) => tracing::debug!(sidecar = %s.name, to = %name, "replacement renamed"),
                 Err(e) if e.is_transport() => return Err(e.into()),
@@ -393,6 +383,26 @@ impl Daemon {
         }
         Ok(())
     }
+}
+
+/// The replacements that take their sidecar's usual name now, with that name: each running one
+/// not named so yet whose predecessor has exited (the turn removes it before renaming) or is
+/// gone altogether (a spawner removed it and died before the rename; the next one must still
+/// finish the job), while no other sidecar holds the name.
+fn renames<'a>(targets: &[Target], sidecars: &'a [Sidecar]) -> Vec<(&'a Sidecar, String)> {
+    sidecars
+        .iter()
+        .filter(|s| s.state == SidecarState::Running && s.made.replaces.is_some())
+        .filter(|s| predecessor(s, sidecars).is_none_or(|old| old.state == SidecarState::Exited))
+        .filter_map(|s| {
+            let t = targets.iter().find(|t| t.id == s.target_id)?;
+            let name = sidecar_name(&t.name);
+            let held = sidecars.iter().any(|o| {
+                o.id != s.id && o.name == name && s.made.replaces.as_deref() != Some(&o.id)
+            });
+            (s.name != name && !held).then_some((s, name))
+        })
+        .collect()
 }
 
 /// The action starting a replacement for `p`'s serving sidecar.
@@ -520,5 +530,68 @@ mod tests {
         );
         assert_eq!(short_image("sha256:0123456789abcdef"), "0123456789ab");
         assert_eq!(short_image("abc"), "abc");
+    }
+
+    fn target() -> Target {
+        Target {
+            id: "t".into(),
+            name: "/web".into(),
+            running: true,
+            started_at: "s1".into(),
+            // Not read by the renames.
+            spec: Err(crate::plan::labels::LabelError {
+                label: "l".into(),
+                value: "v".into(),
+                reason: "r".into(),
+            }),
+        }
+    }
+
+    fn sidecar(id: &str, name: &str, state: SidecarState, replaces: Option<&str>) -> Sidecar {
+        Sidecar {
+            id: id.into(),
+            name: name.into(),
+            target_id: "t".into(),
+            target_started: Some("s1".into()),
+            state,
+            created: 0,
+            last_failure: None,
+            made: Made {
+                replaces: replaces.map(Into::into),
+                ..Made::default()
+            },
+        }
+    }
+
+    fn renamed(sidecars: &[Sidecar]) -> Vec<(String, String)> {
+        renames(&[target()], sidecars)
+            .into_iter()
+            .map(|(s, name)| (s.id.clone(), name))
+            .collect()
+    }
+
+    #[test]
+    fn a_replacement_is_renamed_once_its_predecessor_has_exited_or_is_gone() {
+        use SidecarState::{Created, Exited, Running};
+        let want = vec![("new".to_string(), "web-tls-sidecar".to_string())];
+        // Predecessor exited (removed this turn, before the rename).
+        let old = sidecar("old", "web-tls-sidecar", Exited, None);
+        let new = sidecar("new", "web-tls-sidecar-next", Running, Some("old"));
+        assert_eq!(renamed(&[old.clone(), new.clone()]), want);
+        // Predecessor already gone: a spawner removed it and died before renaming.
+        assert_eq!(renamed(std::slice::from_ref(&new)), want);
+        // Predecessor still serving (draining or not handed over yet): not yet.
+        let serving = sidecar("old", "web-tls-sidecar", Running, None);
+        assert!(renamed(&[serving, new.clone()]).is_empty());
+        // The name held by another sidecar (not the predecessor): left alone.
+        let other = sidecar("dup", "web-tls-sidecar", Exited, None);
+        assert!(renamed(&[other, new.clone()]).is_empty());
+        // Already named; not running; not a replacement: nothing to do.
+        let named = sidecar("new", "web-tls-sidecar", Running, Some("old"));
+        assert!(renamed(&[old.clone(), named]).is_empty());
+        let created = sidecar("new", "web-tls-sidecar-next", Created, Some("old"));
+        assert!(renamed(&[old.clone(), created]).is_empty());
+        let first = sidecar("first", "web-tls-sidecar-next", Running, None);
+        assert!(renamed(&[first]).is_empty());
     }
 }
