@@ -18,7 +18,7 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio_rustls::server::TlsStream;
-use tokio_rustls::{LazyConfigAcceptor, TlsAcceptor};
+use tokio_rustls::LazyConfigAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn, Instrument};
@@ -30,6 +30,7 @@ use crate::http::h2pool::H2Pool;
 use crate::http::Proxy;
 use crate::metrics::Metrics;
 use crate::tcp::proxy_protocol;
+use crate::tls;
 use crate::tls::acme_alpn::{self, Challenges};
 use crate::tls::client_auth::ClientIdentity;
 use shared::accept::{self, Accepted};
@@ -46,9 +47,10 @@ pub(crate) fn effective_backlog(requested: u32) -> u32 {
 /// Everything a connection task needs; one per serving thread (its own backend pools).
 struct Shared {
     config: Arc<Config>,
-    acceptor: TlsAcceptor,
-    /// The normal configuration, for handshakes that look at the ClientHello first.
+    /// The normal configuration: the sidecar chooses the cipher suite.
     tls: Arc<rustls::ServerConfig>,
+    /// The same, following the client's order of cipher suites ([`tls::prefers_chacha`]).
+    tls_client_order: Arc<rustls::ServerConfig>,
     /// TLS-ALPN-01 challenges answered on this listener (`--acme-tls-alpn-dir`).
     challenges: Option<Challenges>,
     metrics: Arc<Metrics>,
@@ -78,8 +80,8 @@ impl Shared {
         };
         Arc::new(Self {
             config: config.clone(),
-            acceptor: TlsAcceptor::from(tls.clone()),
             tls: tls.clone(),
+            tls_client_order: tls::following_client_order(tls),
             challenges: config.acme_tls_alpn_dir.clone().map(Challenges::new),
             metrics: metrics.clone(),
             proxy,
@@ -461,34 +463,30 @@ enum Handshake {
 static CHALLENGE_LOG: shared::throttle::Throttle =
     shared::throttle::Throttle::new(shared::throttle::LOG_INTERVAL);
 
-/// The TLS handshake. Without `--acme-tls-alpn-dir` it is rustls' usual one; with it, the
-/// ClientHello is read first and a TLS-ALPN-01 challenge for a name with a challenge file is
-/// answered with that file's certificate instead (then closed).
+/// The TLS handshake: the ClientHello is read first. The cipher suite is the sidecar's choice
+/// (AES-128-GCM first, [`tls::server_config`]) unless the client asks for ChaCha20-Poly1305
+/// before AES-GCM ([`tls::prefers_chacha`]). With `--acme-tls-alpn-dir`, a TLS-ALPN-01
+/// challenge for a name with a challenge file is answered with that file's certificate
+/// instead (then closed).
 async fn handshake(stream: TcpStream, shared: &Shared) -> std::io::Result<Handshake> {
-    let Some(challenges) = &shared.challenges else {
-        return shared.acceptor.accept(stream).await.map(Handshake::Done);
-    };
     let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream).await?;
     let hello = start.client_hello();
-    let name = acme_alpn::wanted(hello.alpn().into_iter().flatten(), hello.server_name());
-    let challenge = match name {
+    let chacha = tls::prefers_chacha(hello.cipher_suites());
+    let wanted = shared.challenges.as_ref().and_then(|challenges| {
+        acme_alpn::wanted(hello.alpn().into_iter().flatten(), hello.server_name())
+            .map(|name| (challenges, name))
+    });
+    let challenge = match wanted {
         None => None,
-        Some(name) => match challenges.config_for(&name).await {
-            Ok(Some(config)) => Some((name, config)),
-            Ok(None) => None,
-            Err(error) => {
-                if let Some(suppressed) = CHALLENGE_LOG.ready() {
-                    warn!(%error, suppressed, "unusable TLS-ALPN-01 challenge file");
-                }
-                None
-            }
-        },
+        Some((challenges, name)) => challenge_for(challenges, name).await,
     };
     let Some((name, config)) = challenge else {
-        return start
-            .into_stream(shared.tls.clone())
-            .await
-            .map(Handshake::Done);
+        let config = if chacha {
+            shared.tls_client_order.clone()
+        } else {
+            shared.tls.clone()
+        };
+        return start.into_stream(config).await.map(Handshake::Done);
     };
     let mut tls = start.into_stream(config).await?;
     if let Some(suppressed) = CHALLENGE_LOG.ready() {
@@ -498,4 +496,22 @@ async fn handshake(stream: TcpStream, shared: &Shared) -> std::io::Result<Handsh
     use tokio::io::AsyncWriteExt;
     let _ = tls.shutdown().await;
     Ok(Handshake::Challenge)
+}
+
+/// The challenge certificate for `name` a ClientHello asked for (TLS-ALPN-01), if it has a
+/// usable challenge file.
+async fn challenge_for(
+    challenges: &Challenges,
+    name: shared::dns::DnsName,
+) -> Option<(shared::dns::DnsName, Arc<rustls::ServerConfig>)> {
+    match challenges.config_for(&name).await {
+        Ok(Some(config)) => Some((name, config)),
+        Ok(None) => None,
+        Err(error) => {
+            if let Some(suppressed) = CHALLENGE_LOG.ready() {
+                warn!(%error, suppressed, "unusable TLS-ALPN-01 challenge file");
+            }
+            None
+        }
+    }
 }

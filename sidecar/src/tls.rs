@@ -350,7 +350,10 @@ pub(crate) fn server_config(
     groups: &TlsGroups,
     client_auth: Option<Arc<dyn ClientCertVerifier>>,
 ) -> Result<Arc<ServerConfig>, ConfigError> {
-    let builder = ServerConfig::builder_with_provider(provider_for(groups))
+    let mut provider = (*provider_for(groups)).clone();
+    // A stable sort: within one cipher, the provider's order (ECDSA before RSA) is kept.
+    provider.cipher_suites.sort_by_key(|s| aead_rank(s.suite()));
+    let builder = ServerConfig::builder_with_provider(Arc::new(provider))
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
     let mtls = client_auth.is_some();
     let builder = match client_auth {
@@ -363,7 +366,59 @@ pub(crate) fn server_config(
         config.send_tls13_tickets = 0;
     }
     config.alpn_protocols = alpn(mode, tcp_alpn);
+    config.ignore_client_order = true;
     Ok(Arc::new(config))
+}
+
+/// `config` choosing the cipher suite by the client's order instead of its own: for a client
+/// that asks for ChaCha20-Poly1305 before AES-GCM ([`prefers_chacha`]).
+pub(crate) fn following_client_order(config: &ServerConfig) -> Arc<ServerConfig> {
+    let mut config = config.clone();
+    config.ignore_client_order = false;
+    Arc::new(config)
+}
+
+/// The cipher a suite encrypts with, as far as the choice of suite cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Aead {
+    Aes128Gcm,
+    Aes256Gcm,
+    ChaCha20Poly1305,
+}
+
+fn aead(suite: rustls::CipherSuite) -> Option<Aead> {
+    use rustls::CipherSuite as C;
+    match suite {
+        C::TLS13_AES_128_GCM_SHA256
+        | C::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+        | C::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 => Some(Aead::Aes128Gcm),
+        C::TLS13_AES_256_GCM_SHA384
+        | C::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384
+        | C::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384 => Some(Aead::Aes256Gcm),
+        C::TLS13_CHACHA20_POLY1305_SHA256
+        | C::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256
+        | C::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256 => Some(Aead::ChaCha20Poly1305),
+        _ => None,
+    }
+}
+
+/// The server's preference when it chooses the suite: AES-128-GCM (with SHA-256: the cheapest
+/// handshake and the fastest records on AES hardware), then AES-256-GCM, then
+/// ChaCha20-Poly1305; the order Go's TLS stack (Caddy, Traefik) uses on such hardware.
+fn aead_rank(suite: rustls::CipherSuite) -> u8 {
+    match aead(suite) {
+        Some(Aead::Aes128Gcm) => 0,
+        Some(Aead::Aes256Gcm) => 1,
+        Some(Aead::ChaCha20Poly1305) => 2,
+        None => 3,
+    }
+}
+
+/// Whether a ClientHello lists a ChaCha20-Poly1305 suite before every AES-GCM one: what a
+/// client without AES hardware does (its own order is then followed, so it keeps the cipher
+/// that is fast for it). GREASE and unknown values are skipped.
+pub(crate) fn prefers_chacha(offered: &[rustls::CipherSuite]) -> bool {
+    offered.iter().find_map(|s| aead(*s)) == Some(Aead::ChaCha20Poly1305)
 }
 
 #[cfg(test)]
@@ -489,6 +544,57 @@ mod tests {
             vec![b"h2".to_vec(), b"http/1.1".to_vec()]
         );
         assert!(http.session_storage.can_cache(), "resumption without mTLS");
+        // The sidecar chooses the suite: AES-128-GCM, AES-256-GCM, ChaCha20 (each TLS 1.3 one
+        // first, then TLS 1.2's, ECDSA before RSA as the provider lists them).
+        assert!(http.ignore_client_order);
+        let order: Vec<_> = http
+            .crypto_provider()
+            .cipher_suites
+            .iter()
+            .map(|s| s.suite())
+            .collect();
+        use rustls::CipherSuite as C;
+        assert_eq!(
+            order,
+            [
+                C::TLS13_AES_128_GCM_SHA256,
+                C::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+                C::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+                C::TLS13_AES_256_GCM_SHA384,
+                C::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+                C::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+                C::TLS13_CHACHA20_POLY1305_SHA256,
+                C::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+                C::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+            ]
+        );
+        assert!(!following_client_order(&http).ignore_client_order);
+    }
+
+    #[test]
+    fn a_client_listing_chacha20_before_aes_gcm_keeps_its_order() {
+        use rustls::CipherSuite as C;
+        let grease = C::Unknown(0x0a0a);
+        assert!(prefers_chacha(&[
+            grease,
+            C::TLS13_CHACHA20_POLY1305_SHA256,
+            C::TLS13_AES_128_GCM_SHA256
+        ]));
+        assert!(prefers_chacha(&[
+            C::TLS_EMPTY_RENEGOTIATION_INFO_SCSV,
+            C::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+        ]));
+        assert!(!prefers_chacha(&[
+            grease,
+            C::TLS13_AES_128_GCM_SHA256,
+            C::TLS13_CHACHA20_POLY1305_SHA256
+        ]));
+        assert!(!prefers_chacha(&[
+            C::TLS13_AES_256_GCM_SHA384,
+            C::TLS13_CHACHA20_POLY1305_SHA256
+        ]));
+        assert!(!prefers_chacha(&[grease]));
+        assert!(!prefers_chacha(&[]));
     }
 
     #[test]

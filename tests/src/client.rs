@@ -75,6 +75,22 @@ pub fn config_with_groups(
     config_with(trust, alpn, rustls::ALL_VERSIONS, Arc::new(p))
 }
 
+/// A TLS 1.3 and 1.2 client config offering only the cipher `suites`, in that order.
+pub fn config_with_suites(
+    trust: Trust,
+    alpn: &[&str],
+    suites: &[rustls::SupportedCipherSuite],
+) -> Arc<ClientConfig> {
+    let mut p = rustls::crypto::aws_lc_rs::default_provider();
+    p.cipher_suites = suites.to_vec();
+    let versions: Vec<_> = rustls::ALL_VERSIONS
+        .iter()
+        .copied()
+        .filter(|v| suites.iter().any(|s| s.version() == *v))
+        .collect();
+    config_with(trust, alpn, &versions, Arc::new(p))
+}
+
 fn config_with(
     trust: Trust,
     alpn: &[&str],

@@ -4,6 +4,7 @@
 mod acme_alpn;
 mod admin;
 mod certs;
+mod ciphers;
 mod config;
 mod docker;
 mod fast_path;
