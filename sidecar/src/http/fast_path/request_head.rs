@@ -1029,6 +1029,5 @@ mod tests {
             taken > 500 && handed > 500 && bodies > 20,
             "taken {taken} ({bodies} with a body), handed over {handed}"
         );
-        let _ = HeaderValue::from_static("x");
     }
 }
