@@ -48,6 +48,8 @@ impl fmt::Display for Mode {
 pub enum ModeSetting {
     /// `--hsts`: a response header.
     Hsts,
+    /// `--http3`: HTTP over QUIC beside the TLS listener.
+    Http3,
     /// `--backend-protocol`: the HTTP version spoken to the backend.
     BackendProtocol,
     /// `--alpn`: the protocols offered in the handshake.
@@ -60,6 +62,7 @@ pub enum ModeSetting {
 #[derive(Debug, Clone, Copy)]
 pub struct ModeSettings<'a> {
     pub hsts: bool,
+    pub http3: bool,
     pub backend_protocol: BackendProtocol,
     pub alpn: &'a AlpnList,
     pub proxy_protocol: ProxyProtocol,
@@ -91,6 +94,11 @@ pub fn check_mode(mode: Mode, s: &ModeSettings<'_>) -> Result<(), ModeConflict> 
             ModeSetting::Hsts,
             Mode::Http,
             "tcp mode sees no HTTP responses",
+        ),
+        Mode::Tcp if s.http3 => conflict(
+            ModeSetting::Http3,
+            Mode::Http,
+            "tcp mode relays a TCP byte stream and serves no HTTP over QUIC",
         ),
         Mode::Tcp if s.backend_protocol != BackendProtocol::Auto => conflict(
             ModeSetting::BackendProtocol,
@@ -170,6 +178,7 @@ mod tests {
         let h2: AlpnList = "h2".parse().expect("alpn");
         let defaults = ModeSettings {
             hsts: false,
+            http3: false,
             backend_protocol: BackendProtocol::Auto,
             alpn: &none,
             proxy_protocol: ProxyProtocol::Off,
@@ -183,6 +192,14 @@ mod tests {
                     ..defaults
                 },
                 ModeSetting::Hsts,
+                Mode::Http,
+            ),
+            (
+                ModeSettings {
+                    http3: true,
+                    ..defaults
+                },
+                ModeSetting::Http3,
                 Mode::Http,
             ),
             (

@@ -31,6 +31,10 @@ pub mod env {
     pub const ACME_TLS_ALPN_DIR: &str = "SIDECAR_ACME_TLS_ALPN_DIR";
     pub const HSTS: &str = "SIDECAR_HSTS";
     pub const HSTS_INCLUDE_SUBDOMAINS: &str = "SIDECAR_HSTS_INCLUDE_SUBDOMAINS";
+    /// http mode: `true` also serves HTTP/3 (QUIC) on UDP at the TLS listener's address.
+    pub const HTTP3: &str = "SIDECAR_HTTP3";
+    /// http mode: the port `Alt-Svc` advertises for HTTP/3 (a published UDP port that differs).
+    pub const HTTP3_ADVERTISE_PORT: &str = "SIDECAR_HTTP3_ADVERTISE_PORT";
     /// tcp mode: ALPN protocols offered, in preference order.
     pub const ALPN: &str = "SIDECAR_ALPN";
     /// The TLS key-exchange groups agreed, in preference order (IANA names).
@@ -127,6 +131,10 @@ pub mod label {
     pub const REDIRECT_LISTEN: &str = "redirect-listen";
     /// On a target: HSTS max-age (seconds or `<n>[smhdwy]`).
     pub const HSTS: &str = "hsts";
+    /// On a target (mode http): `true` also serves HTTP/3 on UDP at the sidecar's port.
+    pub const HTTP3: &str = "http3";
+    /// On a target: the port `Alt-Svc` advertises for HTTP/3 (the published UDP port).
+    pub const HTTP3_ADVERTISE_PORT: &str = "http3-advertise-port";
     /// On a target (mode tcp): ALPN protocols the sidecar offers, e.g. `h2,http/1.1`.
     pub const ALPN: &str = "alpn";
     /// On a target: the TLS key-exchange groups its sidecar agrees, in preference order, e.g.

@@ -5,6 +5,7 @@
 //! generated specs and label sets, so a label the spawner accepts always starts a sidecar.
 
 use std::fmt;
+use std::num::NonZeroU16;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
@@ -30,6 +31,8 @@ pub struct SidecarSpec {
     pub client_auth: Option<ClientAuth>,
     pub redirect_listen: Option<ListenAddr>,
     pub hsts: Option<MaxAge>,
+    /// http mode: HTTP/3 over QUIC on UDP beside the TLS listener (`None`: TCP only).
+    pub http3: Option<Http3>,
     /// http mode: the HTTP version spoken to the backend.
     pub backend_protocol: BackendProtocol,
     /// tcp mode: ALPN protocols offered (empty: none).
@@ -50,6 +53,15 @@ pub struct SidecarSpec {
     pub identity: Option<IdentityFiles>,
     /// Egress relays to other services (need `identity`).
     pub upstreams: Vec<Upstream>,
+}
+
+/// HTTP/3 (`--http3`): served over QUIC on UDP at the TLS listener's address and port, and
+/// announced to HTTP/1.1 and HTTP/2 clients in `Alt-Svc: h3=":PORT"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Http3 {
+    /// The port `Alt-Svc` names (`--http3-advertise-port`): where clients reach the UDP listener
+    /// from outside, when the engine publishes it on another port. `None`: the listener's own.
+    pub advertise_port: Option<NonZeroU16>,
 }
 
 /// A sidecar's service identity: its certificate and key (reloaded when they change), the trust
@@ -129,6 +141,12 @@ impl SidecarSpec {
         }
         if let Some(max_age) = self.hsts {
             out.push((env::HSTS, max_age.to_string()));
+        }
+        if let Some(h3) = self.http3 {
+            out.push((env::HTTP3, "true".to_string()));
+            if let Some(port) = h3.advertise_port {
+                out.push((env::HTTP3_ADVERTISE_PORT, port.to_string()));
+            }
         }
         if self.backend_protocol != BackendProtocol::Auto {
             out.push((env::BACKEND_PROTOCOL, self.backend_protocol.to_string()));
@@ -269,6 +287,7 @@ mod tests {
             client_auth: None,
             redirect_listen: None,
             hsts: None,
+            http3: None,
             backend_protocol: BackendProtocol::Auto,
             alpn: AlpnList::default(),
             proxy_protocol: ProxyProtocol::Off,
@@ -300,6 +319,10 @@ mod tests {
             ..spec
         };
         let env = spec.to_env_strings();
+        assert!(
+            !env.iter().any(|e| e.starts_with("SIDECAR_HTTP3")),
+            "{env:?}"
+        );
         for want in [
             "SIDECAR_TLS_GROUPS=X25519MLKEM768",
             "SIDECAR_ALPN=h2,http/1.1",
@@ -308,5 +331,49 @@ mod tests {
         ] {
             assert!(env.iter().any(|e| e == want), "{want} missing from {env:?}");
         }
+    }
+
+    #[test]
+    fn http3_is_told_as_a_switch_and_an_optional_advertised_port() {
+        let spec = |http3| SidecarSpec {
+            listen: ListenAddr::any(8443),
+            backend: "3000".parse().expect("backend"),
+            mode: Mode::Http,
+            certificate: Certificate::SelfSigned {
+                names: vec!["web".parse().expect("name")],
+            },
+            client_auth: None,
+            redirect_listen: None,
+            hsts: None,
+            http3,
+            backend_protocol: BackendProtocol::Auto,
+            alpn: AlpnList::default(),
+            proxy_protocol: ProxyProtocol::Off,
+            tls_groups: TlsGroups::default(),
+            shutdown_grace: Duration::from_secs(10),
+            log_format: LogFormat::Text,
+            exit_when_orphaned: false,
+            acme_webroot: None,
+            acme_tls_alpn_dir: None,
+            identity: None,
+            upstreams: Vec::new(),
+        };
+        let h3 = |env: Vec<String>| -> Vec<String> {
+            env.into_iter()
+                .filter(|e| e.starts_with("SIDECAR_HTTP3"))
+                .collect()
+        };
+        assert!(h3(spec(None).to_env_strings()).is_empty());
+        assert_eq!(
+            h3(spec(Some(Http3::default())).to_env_strings()),
+            ["SIDECAR_HTTP3=true"]
+        );
+        let published = Http3 {
+            advertise_port: NonZeroU16::new(443),
+        };
+        assert_eq!(
+            h3(spec(Some(published)).to_env_strings()),
+            ["SIDECAR_HTTP3=true", "SIDECAR_HTTP3_ADVERTISE_PORT=443"]
+        );
     }
 }

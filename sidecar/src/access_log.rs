@@ -69,6 +69,8 @@ pub(crate) struct Record {
     pub method: http::Method,
     /// `None` is written as `/`.
     pub path: Option<http::uri::PathAndQuery>,
+    /// The request's protocol: `http/1.1`, `h2` or `h3`.
+    pub proto: &'static str,
     pub status: u16,
     pub grpc_status: Option<u32>,
     /// Response body bytes sent.
@@ -121,6 +123,7 @@ fn emit(r: &Record) {
         grpc_status = r.grpc_status,
         bytes = r.bytes,
         duration_ms = r.duration_ms(),
+        proto = %r.proto,
         "request"
     );
 }
@@ -411,6 +414,8 @@ impl LineFormat {
         push_u64(out, r.bytes);
         name(out, "duration_ms");
         push_u64(out, r.duration_ms());
+        name(out, "proto");
+        out.push_str(r.proto);
         out.push('\n');
     }
 
@@ -437,7 +442,9 @@ impl LineFormat {
         push_u64(out, r.bytes);
         out.push_str(",\"duration_ms\":");
         push_u64(out, r.duration_ms());
-        out.push_str(",\"target\":\"");
+        out.push_str(",\"proto\":\"");
+        out.push_str(r.proto);
+        out.push_str("\",\"target\":\"");
         out.push_str(TARGET);
         out.push_str("\"}\n");
     }
@@ -613,6 +620,7 @@ mod tests {
             peer: peer.parse().expect("peer"),
             method: method.parse().expect("method"),
             path: path.map(|p| p.parse().expect("path")),
+            proto: "h2",
             status: 200,
             grpc_status,
             bytes: 1234,
@@ -696,7 +704,7 @@ mod tests {
         LineFormat::new(Style::Text { ansi: false }).line(&samples()[2], &mut line);
         assert!(
             line.contains(
-                " path=/a\\\"b\\\\c{}/\\xc3\\xa9\\xc2\\x9b?q=\\\\{} status=200 bytes=1234 duration_ms=1500\n"
+                " path=/a\\\"b\\\\c{}/\\xc3\\xa9\\xc2\\x9b?q=\\\\{} status=200 bytes=1234 duration_ms=1500 proto=h2\n"
             ),
             "path escaped as before: {line}"
         );
@@ -725,6 +733,7 @@ mod tests {
                 "message",
                 "method",
                 "path",
+                "proto",
                 "status",
                 "target",
                 "timestamp",

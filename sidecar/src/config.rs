@@ -253,6 +253,17 @@ pub struct Cli {
     #[arg(long, env = env::HSTS_INCLUDE_SUBDOMAINS)]
     hsts_include_subdomains: bool,
 
+    /// Also serve HTTP/3: QUIC on UDP at the TLS listener's address and port, on the same
+    /// certificates, client authentication and limits; HTTP/1.1 and HTTP/2 responses then carry
+    /// `Alt-Svc: h3=":PORT"` (http mode) [default: off]
+    #[arg(long, env = env::HTTP3)]
+    http3: bool,
+
+    /// The UDP port `Alt-Svc` advertises, when clients reach HTTP/3 on another port than the
+    /// listener's (a published port mapping). Needs --http3 [default: the --listen port]
+    #[arg(long, env = env::HTTP3_ADVERTISE_PORT, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    http3_advertise_port: Option<u16>,
+
     /// Shut down gracefully (exit 0) once this network namespace has lost every interface but
     /// `lo` after having had one: the container it belongs to is gone. For a sidecar in another
     /// container's namespace (`--network container:...`); checked every second
@@ -416,6 +427,8 @@ pub struct Config {
     pub log_level: Option<LogLevel>,
     pub redirect: Option<Redirect>,
     pub(crate) hsts: Option<Hsts>,
+    /// `--http3`: HTTP/3 served beside the TLS listener.
+    pub(crate) http3: Option<Http3>,
     /// Exit when the namespace's container is gone (see [`crate::server::orphan`]).
     pub(crate) exit_when_orphaned: bool,
     /// Egress relays (`--upstream`), each on its own loopback address; only with an identity
@@ -431,6 +444,13 @@ pub struct Redirect {
     pub(crate) port: Option<u16>,
     /// Where ACME http-01 challenge files are read from.
     pub(crate) acme_webroot: Option<PathBuf>,
+}
+
+/// HTTP/3 beside the TLS listener (`--http3`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Http3 {
+    /// The port `Alt-Svc` names; `None`: the TLS listener's own.
+    pub advertise_port: Option<u16>,
 }
 
 /// The `Strict-Transport-Security` policy added to http-mode responses.
@@ -479,9 +499,11 @@ impl Cli {
         )?;
         let hsts = hsts(self.hsts, self.hsts_include_subdomains)?;
         let alpn = self.alpn.unwrap_or_default();
+        let http3 = http3(self.http3, self.http3_advertise_port)?;
         mode_rules(
             self.mode,
             self.hsts,
+            self.http3,
             self.backend_protocol,
             &alpn,
             self.proxy_protocol,
@@ -551,6 +573,7 @@ impl Cli {
             log_level,
             redirect,
             hsts,
+            http3,
             exit_when_orphaned: self.exit_when_orphaned,
             upstreams,
         })
@@ -633,16 +656,31 @@ fn hsts(max_age: Option<MaxAge>, include_subdomains: bool) -> Result<Option<Hsts
     }
 }
 
+/// `--http3` and `--http3-advertise-port`, which needs it.
+fn http3(on: bool, advertise_port: Option<u16>) -> Result<Option<Http3>, ConfigError> {
+    match (on, advertise_port) {
+        (true, advertise_port) => Ok(Some(Http3 { advertise_port })),
+        (false, Some(port)) => Err(ConfigError::Invalid {
+            flag: "--http3-advertise-port",
+            value: port.to_string(),
+            reason: "needs --http3".to_string(),
+        }),
+        (false, None) => Ok(None),
+    }
+}
+
 /// [`check_mode`], the rule the spawner's labels follow too, named in flags.
 fn mode_rules(
     mode: Mode,
     hsts: Option<MaxAge>,
+    http3: bool,
     backend_protocol: BackendProtocol,
     alpn: &AlpnList,
     proxy_protocol: ProxyProtocol,
 ) -> Result<(), ConfigError> {
     let settings = ModeSettings {
         hsts: hsts.is_some(),
+        http3,
         backend_protocol,
         alpn,
         proxy_protocol,
@@ -652,6 +690,7 @@ fn mode_rules(
     };
     let (flag, value) = match conflict.setting {
         ModeSetting::Hsts => ("--hsts", hsts.map(|m| m.to_string()).unwrap_or_default()),
+        ModeSetting::Http3 => ("--http3", "true".to_string()),
         ModeSetting::BackendProtocol => ("--backend-protocol", backend_protocol.to_string()),
         ModeSetting::Alpn => ("--alpn", alpn.to_string()),
         ModeSetting::ProxyProtocol => ("--proxy-protocol", proxy_protocol.to_string()),
@@ -977,6 +1016,9 @@ impl Config {
             }),
             redirect_listen: self.redirect.as_ref().map(|r| r.listen.into()),
             hsts: self.hsts.map(|h| MaxAge(h.max_age)),
+            http3: self.http3.map(|h| spec::Http3 {
+                advertise_port: h.advertise_port.and_then(std::num::NonZeroU16::new),
+            }),
             backend_protocol: self.backend_protocol,
             alpn: self.alpn.clone(),
             proxy_protocol: self.proxy_protocol,
@@ -1263,6 +1305,40 @@ mod tests {
         assert!(err.to_string().contains("--hsts"), "{err}");
         let err = config(&["--hsts", "1d", "--mode", "tcp"], &[]).expect_err("http only");
         assert!(err.to_string().contains("--mode http"), "{err}");
+    }
+
+    #[test]
+    fn http3_and_its_advertised_port() {
+        assert_eq!(config(&[], &[]).expect("defaults").http3, None);
+        let c = config(&["--http3"], &[]).expect("http3");
+        assert_eq!(
+            c.http3,
+            Some(Http3 {
+                advertise_port: None
+            })
+        );
+        let c = config(&["--http3", "--http3-advertise-port", "443"], &[]).expect("advertised");
+        assert_eq!(
+            c.http3,
+            Some(Http3 {
+                advertise_port: Some(443)
+            })
+        );
+        let err = config(&["--http3-advertise-port", "443"], &[]).expect_err("needs --http3");
+        assert!(
+            err.to_string().contains("--http3-advertise-port")
+                && err.to_string().contains("needs --http3"),
+            "{err}"
+        );
+        let err = config(&["--http3", "--mode", "tcp"], &[]).expect_err("http only");
+        assert!(
+            err.to_string().contains("--http3") && err.to_string().contains("--mode http"),
+            "{err}"
+        );
+        for bad in ["0", "65536", "x"] {
+            let argv = ["sidecar", "--http3", "--http3-advertise-port", bad];
+            assert!(Cli::try_parse_from(argv).is_err(), "{bad} accepted");
+        }
     }
 
     #[test]

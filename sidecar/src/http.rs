@@ -10,9 +10,11 @@
 //! backend pool's bounds, the connection watchdog ([`drive`]) and the access-log record of a
 //! request.
 
+mod body;
 mod fast_path;
 mod grpc;
 pub(crate) mod h2pool;
+pub(crate) mod h3;
 mod headers;
 
 use std::convert::Infallible;
@@ -43,9 +45,10 @@ use crate::config::Config;
 use crate::connection::activity::{tick_period, Activity, Tracked, Verdict};
 use crate::connection::admission::{Phase, Ticket};
 use crate::error::chain;
-use crate::metrics::{BackendError, Metrics, Refusal};
+use crate::metrics::{BackendError, Metrics, Protocol, Refusal};
 use crate::throttle::{Throttle, LOG_INTERVAL};
 use crate::tls::client_auth::ClientIdentity;
+use body::RequestBody;
 use grpc::{Guarded, Route};
 use h2pool::{H2Error, H2Pool};
 use headers::{
@@ -91,7 +94,7 @@ static BACKEND_CONNECT_LOG: Throttle = Throttle::new(LOG_INTERVAL);
 static BACKEND_REQUEST_LOG: Throttle = Throttle::new(LOG_INTERVAL);
 static RESET_LOG: Throttle = Throttle::new(LOG_INTERVAL);
 
-type BackendClient = Client<HttpConnector, Incoming>;
+type BackendClient = Client<HttpConnector, RequestBody>;
 
 /// The response body the sidecar sends: the backend's streamed body or a short local one.
 pub(crate) type ProxyBody =
@@ -110,6 +113,8 @@ pub(crate) struct Proxy {
     tracker: TaskTracker,
     /// `Strict-Transport-Security` for responses that lack it (`--hsts`).
     hsts: Option<HeaderValue>,
+    /// `Alt-Svc` for HTTP/1.1 and HTTP/2 responses that lack it (`--http3`).
+    alt_svc: Option<HeaderValue>,
     /// Backend connections of the fast paths ([`fast_path`]): pooled HTTP/1.1 connections of
     /// this serving thread.
     fast_pool: Arc<fast_path::Pool>,
@@ -150,9 +155,13 @@ impl Proxy {
         let hsts = config
             .hsts
             .and_then(|h| HeaderValue::from_str(&h.header_value()).ok());
+        let alt_svc = config.http3.and_then(|h| {
+            HeaderValue::from_str(&alt_svc(h.advertise_port.unwrap_or(listen_port))).ok()
+        });
         Arc::new(Self {
             client,
             h2,
+            alt_svc,
             backend_authority: config.backend.authority(),
             listen_port,
             metrics,
@@ -188,6 +197,7 @@ impl Proxy {
             client_ip: peer.ip().to_canonical().to_string(),
             activity: activity.clone(),
             h2,
+            proto: if h2 { Protocol::H2 } else { Protocol::Http1 },
             client,
             ticket,
         });
@@ -286,15 +296,12 @@ impl Proxy {
         Future = impl std::future::Future<Output = Result<Response<ProxyBody>, Infallible>> + Send,
     > + Clone {
         let proxy = self.clone();
-        service_fn(move |req| {
+        service_fn(move |req: Request<Incoming>| {
             let proxy = proxy.clone();
             let info = conn_info.clone();
             async move {
-                let hsts = proxy.hsts.clone();
-                let mut resp = proxy.handle(req, &info).await;
-                if let Some(value) = hsts {
-                    add_hsts(resp.headers_mut(), value);
-                }
+                let mut resp = proxy.handle(req.map(RequestBody::Hyper), &info).await;
+                proxy.add_headers(resp.headers_mut());
                 if !info.h2 && proxy.metrics.is_draining() {
                     last_response(&mut resp);
                 }
@@ -303,9 +310,22 @@ impl Proxy {
         })
     }
 
+    /// What this hop adds to a response that lacks it: `Strict-Transport-Security` (`--hsts`)
+    /// and, but on HTTP/3 itself, `Alt-Svc` (`--http3`).
+    fn add_headers(&self, headers: &mut http::HeaderMap) {
+        if let Some(value) = &self.hsts {
+            add_hsts(headers, value.clone());
+        }
+        if let Some(value) = &self.alt_svc {
+            headers
+                .entry(header::ALT_SVC)
+                .or_insert_with(|| value.clone());
+        }
+    }
+
     async fn handle(
         self: &Arc<Self>,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         info: &ConnInfo,
     ) -> Response<ProxyBody> {
         info.activity.request_started();
@@ -316,6 +336,7 @@ impl Proxy {
             // nothing is formatted unless the access log is enabled.
             method: req.method().clone(),
             path: req.uri().path_and_query().cloned(),
+            proto: info.proto,
             status: 0,
             bytes: 0,
             grpc,
@@ -368,7 +389,11 @@ impl Proxy {
 
     /// The local refusals before anything is forwarded (ambiguous framing, a bad `Host`): the
     /// reason for a `400`, or the authority the backend request names.
-    fn admit(&self, req: &Request<Incoming>, info: &ConnInfo) -> Result<HeaderValue, &'static str> {
+    fn admit(
+        &self,
+        req: &Request<RequestBody>,
+        info: &ConnInfo,
+    ) -> Result<HeaderValue, &'static str> {
         if info.activity.take_ambiguous() {
             debug!(peer = %info.peer, "refused request with both Content-Length and Transfer-Encoding");
             self.metrics.refused(Refusal::Framing);
@@ -395,7 +420,7 @@ impl Proxy {
     /// and the client's gRPC deadline; or the reason for a `400`.
     fn backend_request(
         &self,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         info: &ConnInfo,
         host: HeaderValue,
         grpc: bool,
@@ -467,7 +492,7 @@ impl Proxy {
     /// request the client cancels still finishes in the background ([`Exchange`]).
     async fn exchange_http1(
         &self,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         info: &ConnInfo,
         head_by: Instant,
         late: Failure,
@@ -491,7 +516,7 @@ impl Proxy {
     /// only: the connection stays, so nothing needs finishing in the background.
     async fn exchange_h2(
         &self,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         info: &ConnInfo,
         head_by: Instant,
         late: Failure,
@@ -548,13 +573,13 @@ impl Proxy {
     /// `upgrade` put back), forwarding headers set.
     fn rewrite(
         &self,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         info: &ConnInfo,
         host: HeaderValue,
         upgrade: Option<HeaderValue>,
         route: Route,
         trailers: bool,
-    ) -> Result<Request<Incoming>, &'static str> {
+    ) -> Result<Request<RequestBody>, &'static str> {
         let (mut parts, body) = req.into_parts();
         let upgrading = upgrade.is_some();
         forward_headers(
@@ -605,7 +630,7 @@ impl Proxy {
     /// between the two upgraded connections.
     async fn upgrade(
         &self,
-        mut req: Request<Incoming>,
+        mut req: Request<RequestBody>,
         info: &ConnInfo,
         log: AccessLog,
     ) -> Response<ProxyBody> {
@@ -706,9 +731,15 @@ impl Proxy {
     }
 }
 
+/// The `Alt-Svc` value that announces HTTP/3 on `port` (of the host the client reached), for a
+/// day: what Caddy and Cloudflare send.
+fn alt_svc(port: u16) -> String {
+    format!("h3=\":{port}\"; ma=86400")
+}
+
 /// A request made ready for the backend ([`Proxy::backend_request`]).
 struct Prepared {
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     /// An allowed upgrade: forwarded on a dedicated connection.
     upgrading: bool,
     route: Route,
@@ -732,7 +763,9 @@ struct ConnInfo {
     /// The client's address as `X-Forwarded-For` names it, formatted once.
     client_ip: String,
     activity: Arc<Activity>,
+    /// HTTP/2 or HTTP/3: streams on one connection, trailers always, no upgrades.
     h2: bool,
+    proto: Protocol,
     /// The verified client certificate's identity (mutual TLS).
     client: Option<ClientIdentity>,
     /// The connection's slot.
@@ -1098,6 +1131,7 @@ struct AccessLog {
     peer: SocketAddr,
     method: http::Method,
     path: Option<http::uri::PathAndQuery>,
+    proto: Protocol,
     status: u16,
     bytes: u64,
     /// A gRPC call: its status (from the response head or trailers) is logged and counted.
@@ -1124,7 +1158,7 @@ impl Drop for AccessLog {
             self.status = STATUS_CLIENT_CLOSED;
             self.activity.request_cancelled();
         }
-        self.metrics.response(self.status);
+        self.metrics.response(self.status, self.proto);
         if self.grpc && self.grpc_status.is_none() && !self.finished {
             // Cut short before its status: the client cancelled (or the stream broke).
             self.grpc_status = Some(GRPC_CANCELLED);
@@ -1139,6 +1173,7 @@ impl Drop for AccessLog {
                 peer: self.peer,
                 method: std::mem::take(&mut self.method),
                 path: self.path.take(),
+                proto: self.proto.as_str(),
                 status: self.status,
                 grpc_status: self.grpc_status,
                 bytes: self.bytes,

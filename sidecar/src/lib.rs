@@ -170,6 +170,7 @@ pub async fn run(
         admin,
         redirect,
         upstreams,
+        quic,
     } = listeners;
     let beside = Beside {
         upstream: relays.map(|r| tokio::spawn(egress::serve(upstreams, r, shutdown.clone()))),
@@ -181,7 +182,7 @@ pub async fn run(
         redirect: spawn_redirect(redirect, &listener, &config, webroot, &shutdown),
     };
     let trim = tokio::spawn(memory::run(metrics.clone(), shutdown.clone()));
-    server::serve(listener, config, tls, metrics, shutdown).await;
+    server::serve(listener, quic, config, tls, metrics, shutdown).await;
     let _ = trim.await;
     beside.join().await;
     Ok(())

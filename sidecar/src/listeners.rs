@@ -28,6 +28,25 @@ pub fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
     socket.listen(backlog)
 }
 
+/// Binds the UDP socket HTTP/3 is served on (`--http3`), with `SO_REUSEPORT`: a sidecar that
+/// takes over from another binds it while the other still holds its own (each keeps the
+/// connections it accepted until it drains). IPv6 sockets are IPv6-only when the TCP listener
+/// is: bound to `[::]`, both take IPv4 too.
+pub(crate) fn bind_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    use rustix::net::{sockopt, AddressFamily, SocketType};
+    let family = if addr.is_ipv4() {
+        AddressFamily::INET
+    } else {
+        AddressFamily::INET6
+    };
+    let fd = rustix::net::socket(family, SocketType::DGRAM, None)?;
+    sockopt::set_socket_reuseport(&fd, true)?;
+    rustix::net::bind(&fd, &addr)?;
+    let socket = std::net::UdpSocket::from(fd);
+    socket.set_nonblocking(true)?;
+    Ok(socket)
+}
+
 /// What a listening socket is for: the flag that configured it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Role {
@@ -78,6 +97,10 @@ pub struct Listeners {
     pub(crate) redirect: Option<TcpListener>,
     /// One per `--upstream`, in the configuration's order.
     pub(crate) upstreams: Vec<TcpListener>,
+    /// `--http3`: the UDP socket at the TLS listener's address and port. Never handed over (a
+    /// QUIC connection's state lives in the process that accepted it); bound with
+    /// `SO_REUSEPORT` so a successor can bind it while its predecessor drains.
+    pub(crate) quic: Option<std::net::UdpSocket>,
 }
 
 impl Listeners {
@@ -185,11 +208,25 @@ pub(crate) async fn open(config: &Config, handed: Handed) -> Result<(Listeners, 
     let tls = next(true).ok_or_else(|| missing(config.listen))?;
     let admin = next(config.admin_listen.is_some());
     let redirect = next(config.redirect.is_some());
+    let quic = match config.http3 {
+        None => None,
+        Some(_) => {
+            // Port 0 for the TLS listener means the kernel's choice: the UDP socket takes the
+            // same port, so `Alt-Svc` can name one port for both.
+            let addr = tls.local_addr().unwrap_or(config.listen);
+            Some(bind_udp(addr).map_err(|source| Error::Bind {
+                flag: "--http3",
+                addr,
+                source,
+            })?)
+        }
+    };
     let listeners = Listeners {
         tls,
         admin,
         redirect,
         upstreams: opened.collect(),
+        quic,
     };
     Ok((listeners, used))
 }

@@ -46,10 +46,16 @@ pub(crate) enum Refusal {
     Host,
     /// A request refused with 400 for its framing or body (smuggling shapes, bad chunks).
     Framing,
+    /// A QUIC connection refused at once because every slot was taken (`--max-connections`):
+    /// QUIC has no listen backlog to wait in; the client falls back to TCP or tries again.
+    QuicBusy,
+    /// An HTTP/3 request stream reset because its head did not arrive within
+    /// `--header-read-timeout`.
+    HeadTimeout,
 }
 
 impl Refusal {
-    const ALL: [Refusal; 8] = [
+    const ALL: [Refusal; 10] = [
         Refusal::PerIp,
         Refusal::HandshakeEvicted,
         Refusal::IdleEvicted,
@@ -58,6 +64,8 @@ impl Refusal {
         Refusal::Upgrade,
         Refusal::Host,
         Refusal::Framing,
+        Refusal::QuicBusy,
+        Refusal::HeadTimeout,
     ];
 
     /// The `cause` label value.
@@ -71,6 +79,30 @@ impl Refusal {
             Refusal::Upgrade => "upgrade",
             Refusal::Host => "host",
             Refusal::Framing => "framing",
+            Refusal::QuicBusy => "quic_busy",
+            Refusal::HeadTimeout => "head_timeout",
+        }
+    }
+}
+
+/// The HTTP version a request came in: the `protocol` label of
+/// `sidecar_http_requests_by_protocol_total` and the `proto` field of the access log (ALPN's
+/// names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Protocol {
+    Http1,
+    H2,
+    H3,
+}
+
+impl Protocol {
+    const ALL: [Protocol; 3] = [Protocol::Http1, Protocol::H2, Protocol::H3];
+
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Http1 => "http/1.1",
+            Protocol::H2 => "h2",
+            Protocol::H3 => "h3",
         }
     }
 }
@@ -195,6 +227,10 @@ pub(crate) struct Metrics {
     handshakes: [AtomicU64; TlsGroup::ALL.len() + 1],
     /// Responses by status class, 1xx..5xx.
     http_requests_total: [AtomicU64; 5],
+    /// Responses by protocol ([`Protocol::ALL`]'s order).
+    http_requests_by_protocol: [AtomicU64; Protocol::ALL.len()],
+    /// QUIC (`--http3`): connection attempts answered with a Retry (address validation).
+    quic_retries_total: AtomicU64,
     /// gRPC statuses 0..=16 and, last, any other value.
     grpc_responses_total: [AtomicU64; GRPC_CODES + 1],
     backend_errors: [AtomicU64; 3],
@@ -270,9 +306,15 @@ impl Metrics {
         self.refusals[cause as usize].load(Ordering::Relaxed)
     }
 
-    pub(crate) fn response(&self, status: u16) {
+    pub(crate) fn response(&self, status: u16, protocol: Protocol) {
         let class = (status / 100).clamp(1, 5) as usize - 1;
         self.http_requests_total[class].fetch_add(1, Ordering::Relaxed);
+        self.http_requests_by_protocol[protocol as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A QUIC connection attempt answered with a Retry.
+    pub(crate) fn quic_retry(&self) {
+        self.quic_retries_total.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts one gRPC call's status (the `grpc-status` it ended with); codes past the 17 the
@@ -422,6 +464,23 @@ impl Metrics {
         for (class, n) in classes.into_iter().zip(&self.http_requests_total) {
             by_class.sample(&[("code", class)], get(n));
         }
+        let mut by_protocol = exp.family(
+            "sidecar_http_requests_by_protocol_total",
+            Kind::Counter,
+            "HTTP responses sent, by the protocol of the request (http/1.1, h2, h3).",
+        );
+        for (protocol, n) in Protocol::ALL
+            .into_iter()
+            .zip(&self.http_requests_by_protocol)
+        {
+            by_protocol.sample(&[("protocol", protocol.as_str())], get(n));
+        }
+        exp.family(
+            "sidecar_quic_retries_total",
+            Kind::Counter,
+            "QUIC connection attempts answered with a Retry (address validation while handshakes are many).",
+        )
+        .sample(&[], get(&self.quic_retries_total));
         let mut by_grpc = exp.family(
             "sidecar_grpc_responses_total",
             Kind::Counter,
@@ -532,8 +591,8 @@ mod tests {
         let m = Metrics::default();
         {
             let _c = m.connection_opened();
-            m.response(200);
-            m.response(502);
+            m.response(200, Protocol::H2);
+            m.response(502, Protocol::H3);
             m.backend_error(BackendError::Connect);
             m.refused(Refusal::PerIp);
             m.grpc_response(0);

@@ -27,6 +27,7 @@ use crate::config::{Config, Mode, ProxyProtocol};
 use crate::connection::activity::Activity;
 use crate::connection::admission::{Admission, Limits, Phase, Ticket};
 use crate::http::h2pool::H2Pool;
+use crate::http::h3;
 use crate::http::Proxy;
 use crate::metrics::Metrics;
 use crate::tcp::proxy_protocol;
@@ -99,6 +100,7 @@ impl Shared {
 /// limits (`--max-connections` and the rest) are shared by all of them.
 pub(crate) async fn serve(
     listener: TcpListener,
+    quic: Option<std::net::UdpSocket>,
     config: Arc<Config>,
     tls: Arc<rustls::ServerConfig>,
     metrics: Arc<Metrics>,
@@ -116,11 +118,14 @@ pub(crate) async fn serve(
     }
     let workers = config.workers.max(1);
     let serving = Serving::new(config, tls, metrics, listen_port, shutdown);
-    let trackers: Vec<TaskTracker> = (0..workers).map(|_| TaskTracker::new()).collect();
+    let mut trackers: Vec<TaskTracker> = (0..workers).map(|_| TaskTracker::new()).collect();
+    // HTTP/3 on this thread's event loop (with several workers it has nothing else to do),
+    // its connections drained with the others.
+    let quic = quic.and_then(|socket| serving.spawn_quic(socket, listen_port, &mut trackers));
     let (inline, threads) = if workers == 1 {
         (Some(listener), Vec::new())
     } else {
-        let Some(threads) = serving.spawn_workers(listener, &trackers) else {
+        let Some(threads) = serving.spawn_workers(listener, &trackers[..workers]) else {
             // Nothing serves: end the process rather than run on without a listener.
             serving.shutdown.cancel();
             return;
@@ -144,6 +149,9 @@ pub(crate) async fn serve(
     serving.hard_stop.cancel();
     for done in threads {
         let _ = done.await;
+    }
+    if let Some(quic) = quic {
+        let _ = quic.await;
     }
 }
 
@@ -193,6 +201,37 @@ impl Serving {
             shutdown,
             hard_stop: CancellationToken::new(),
         }
+    }
+
+    /// Starts serving HTTP/3 on `socket` (`--http3`) in a task of this thread, its connections
+    /// tracked by a tracker added to `trackers`.
+    fn spawn_quic(
+        &self,
+        socket: std::net::UdpSocket,
+        listen_port: u16,
+        trackers: &mut Vec<TaskTracker>,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        let tracker = TaskTracker::new();
+        let proxy = Proxy::new(
+            self.config.clone(),
+            listen_port,
+            self.metrics.clone(),
+            tracker.clone(),
+            self.h2.clone(),
+            crate::http::POOL_MAX_IDLE.div_ceil(self.config.workers.max(1)),
+        );
+        trackers.push(tracker.clone());
+        let quic = h3::Quic {
+            config: self.config.clone(),
+            tls: self.tls.clone(),
+            metrics: self.metrics.clone(),
+            admission: self.admission.clone(),
+            proxy,
+            shutdown: self.shutdown.clone(),
+            hard_stop: self.hard_stop.clone(),
+            tracker,
+        };
+        Some(tokio::spawn(h3::serve(socket, quic)))
     }
 
     /// Serves `listener` on this thread until `shutdown`, its connections tracked by `tracker`.
@@ -445,7 +484,7 @@ async fn connection(
 const HANDSHAKE_DRAIN: Duration = Duration::from_secs(1);
 
 /// Completes [`HANDSHAKE_DRAIN`] after the drain began.
-async fn drain_cut(shutdown: &CancellationToken) {
+pub(crate) async fn drain_cut(shutdown: &CancellationToken) {
     shutdown.cancelled().await;
     tokio::time::sleep(HANDSHAKE_DRAIN).await;
 }

@@ -25,7 +25,7 @@ use shared::mode::{ClientAuthMode, Mode};
 use shared::parse::MaxAge;
 use shared::proto::{AlpnId, AlpnList, BackendProtocol, ProxyProtocol, TlsGroup, TlsGroups};
 use shared::service_identity::{TrustDomain, Upstream};
-use shared::spec::{Certificate, ClientAuth, IdentityFiles, SidecarSpec};
+use shared::spec::{Certificate, ClientAuth, Http3, IdentityFiles, SidecarSpec};
 use shared::telemetry::LogFormat;
 
 /// Serialises the tests of this binary: both set the process environment.
@@ -243,9 +243,14 @@ fn backend_protocol() -> impl Strategy<Value = BackendProtocol> {
     ]
 }
 
+/// HTTP/3 off, on, or on with an advertised port.
+fn http3() -> impl Strategy<Value = Option<Http3>> {
+    prop::option::of(prop::option::of(port()).prop_map(|advertise_port| Http3 { advertise_port }))
+}
+
 /// Every spec a spawner can send: any value of each type, with the cross-setting rules the
-/// spawner enforces on labels too (HSTS only in http mode; ALPN and PROXY protocol only in tcp
-/// mode; upstreams only with an identity).
+/// spawner enforces on labels too (HSTS and HTTP/3 only in http mode; ALPN and PROXY protocol
+/// only in tcp mode; upstreams only with an identity).
 fn spec() -> impl Strategy<Value = SidecarSpec> {
     let mode = prop_oneof![Just(Mode::Http), Just(Mode::Tcp)];
     let log_format = prop_oneof![Just(LogFormat::Text), Just(LogFormat::Json)];
@@ -256,6 +261,7 @@ fn spec() -> impl Strategy<Value = SidecarSpec> {
             prop::option::of(client_auth()),
             prop::option::of(listen()),
             prop::option::of(any::<u64>().prop_map(MaxAge)),
+            http3(),
         ),
         (grace, log_format, any::<bool>(), tls_groups()),
         (alpn_list(), proxy_protocol(), backend_protocol()),
@@ -265,7 +271,7 @@ fn spec() -> impl Strategy<Value = SidecarSpec> {
         .prop_map(
             |(
                 (listen, backend, mode, certificate),
-                (client_auth, redirect_listen, hsts),
+                (client_auth, redirect_listen, hsts, http3),
                 (shutdown_grace, log_format, exit_when_orphaned, tls_groups),
                 (alpn, proxy_protocol, backend_protocol),
                 (acme_webroot, acme_tls_alpn_dir),
@@ -278,6 +284,7 @@ fn spec() -> impl Strategy<Value = SidecarSpec> {
                 client_auth,
                 redirect_listen,
                 hsts: hsts.filter(|_| mode == Mode::Http),
+                http3: http3.filter(|_| mode == Mode::Http),
                 backend_protocol: if mode == Mode::Http {
                     backend_protocol
                 } else {
@@ -389,6 +396,23 @@ fn labels() -> impl Strategy<Value = HashMap<String, String>> {
             .boxed(),
         ),
         (
+            "http3",
+            prop_oneof![
+                4 => Just("true".to_string()),
+                1 => Just("false".to_string()),
+                1 => Just(" true ".to_string()),
+            ]
+            .boxed(),
+        ),
+        (
+            "http3-advertise-port",
+            prop_oneof![
+                4 => port().prop_map(|p| p.to_string()),
+                1 => Just(" 443 ".to_string()),
+            ]
+            .boxed(),
+        ),
+        (
             "tls-groups",
             prop_oneof![
                 4 => tls_groups().prop_map(|g| g.to_string()),
@@ -492,14 +516,22 @@ fn labels() -> impl Strategy<Value = HashMap<String, String>> {
         .prop_map(|(pairs, mtls, tcp, as_tcp, keep_http_only, challenge)| {
             let mut labels: HashMap<String, String> =
                 pairs.into_iter().chain(mtls).flatten().collect();
-            // The http-mode label mostly comes without mode tcp, sometimes with it (refused).
+            // The http-mode labels mostly come without mode tcp, sometimes with it (refused).
             let is_tcp = labels.get("tls-sidecar.mode").map(|m| m.trim()) == Some("tcp");
+            // The advertised port mostly comes with HTTP/3 on, sometimes without (refused).
+            if labels.contains_key("tls-sidecar.http3-advertise-port") && !keep_http_only {
+                labels.insert("tls-sidecar.http3".into(), "true".into());
+            }
             if is_tcp && !keep_http_only {
                 labels.remove("tls-sidecar.backend-protocol");
+                labels.remove("tls-sidecar.http3");
+                labels.remove("tls-sidecar.http3-advertise-port");
             }
             if tcp.iter().any(Option::is_some) && as_tcp {
                 labels.insert("tls-sidecar.mode".into(), "tcp".into());
                 labels.remove("tls-sidecar.hsts");
+                labels.remove("tls-sidecar.http3");
+                labels.remove("tls-sidecar.http3-advertise-port");
                 labels.remove("tls-sidecar.backend-protocol");
             }
             labels.extend(tcp.into_iter().flatten());
@@ -542,12 +574,13 @@ fn whatever_labels_the_spawner_accepts_the_sidecar_accepts() {
         exposed,
         any::<(bool, bool, bool)>(),
         any::<bool>(),
+        prop::option::of(port()),
     );
     let accepted = std::cell::Cell::new(0u32);
     runner()
         .run(
             &inputs,
-            |(labels, name, exposed, (mounted, use_certs, own_network), with_acme)| {
+            |(labels, name, exposed, (mounted, use_certs, own_network), with_acme, udp)| {
                 let Some(parsed) = spawner::parse_target(
                     "tls-sidecar",
                     &name,
@@ -562,6 +595,7 @@ fn whatever_labels_the_spawner_accepts_the_sidecar_accepts() {
                 };
                 accepted.set(accepted.get() + 1);
                 target.exit_when_orphaned = own_network;
+                target.published_udp_port = udp;
                 let cfg = if with_acme { &acme } else { &cfg };
                 let spec = spawner::sidecar_spec(cfg, &target, use_certs);
                 let env = spec.to_env();

@@ -181,6 +181,21 @@ impl Slots {
         Decision::Admit(id)
     }
 
+    /// Connections in their handshake now (not asked to close).
+    pub(crate) fn handshaking(&self) -> usize {
+        self.handshaking.len()
+    }
+
+    /// Whether a connection from `key` would wait or be refused ([`Slots::admit`]), without
+    /// admitting it or closing anything: a QUIC connection has no backlog to wait in.
+    pub(crate) fn refusal(&self, key: ClientKey) -> Option<Refusal> {
+        let held = self.per_key.get(&key).copied().unwrap_or(0);
+        if self.limits.max_per_ip > 0 && held >= self.limits.max_per_ip {
+            return Some(Refusal::PerIp);
+        }
+        (self.slots.len() >= self.limits.max_connections).then_some(Refusal::QuicBusy)
+    }
+
     /// The slot quiet for longest (a full scan: only when the table is full).
     fn quietest(&self) -> Option<u64> {
         self.slots
@@ -265,6 +280,43 @@ impl Admission {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         }
+    }
+
+    /// Admits a connection from `peer` now, or says why not: its address is at its cap, or every
+    /// slot is taken (nothing is closed to make room: for QUIC, whose clients cannot wait in a
+    /// backlog and fall back to TCP). Past the handshake budget, the oldest handshake is closed
+    /// as for TCP.
+    pub(crate) fn admit_now(self: &Arc<Self>, peer: SocketAddr) -> Result<Ticket, Refusal> {
+        let key = ClientKey::of(peer.ip());
+        let mut evictions = Vec::new();
+        let id = {
+            let mut slots = self.lock();
+            if let Some(refusal) = slots.refusal(key) {
+                drop(slots);
+                self.metrics.refused(refusal);
+                return Err(refusal);
+            }
+            match slots.admit(key, Instant::now(), &mut evictions) {
+                Decision::Admit(id) => id,
+                // Cannot happen: `refusal` said there is room.
+                Decision::Refuse | Decision::Wait => return Err(Refusal::QuicBusy),
+            }
+        };
+        for e in evictions {
+            self.metrics.refused(e.cause);
+            e.token.cancel();
+        }
+        let evict = self.lock().token(id).unwrap_or_default();
+        Ok(Ticket {
+            admission: self.clone(),
+            id,
+            evict,
+        })
+    }
+
+    /// Connections in their handshake now, TCP and QUIC.
+    pub(crate) fn handshaking(&self) -> usize {
+        self.lock().handshaking()
     }
 
     /// Admits a connection from `peer`, waiting while every slot is taken (and none can be

@@ -41,7 +41,7 @@ use tracing::{debug, warn};
 
 use super::{AccessLog, ConnInfo, Proxy, BACKEND_CONNECT_LOG, BACKEND_REQUEST_LOG};
 use crate::connection::activity::{Activity, Tracked};
-use crate::metrics::BackendError;
+use crate::metrics::{BackendError, Protocol};
 use chunked::Chunks;
 #[cfg(test)]
 mod testgen;
@@ -49,7 +49,7 @@ mod testgen;
 pub(super) use h2::Direct;
 pub(super) use pool::Pool;
 use request_head::{classify, Head, Hop, Plan};
-use response::{local_response, reply, Answer, Framing, Reply};
+use response::{local_response, reply, Added, Answer, Framing, Reply};
 
 /// Connection tokens kept at most, in a request head and in a response head; a request head
 /// naming more goes to hyper.
@@ -217,6 +217,7 @@ impl Proxy {
             peer: info.peer,
             method: plan.method,
             path: Some(plan.path),
+            proto: Protocol::Http1,
             status: 0,
             bytes: 0,
             grpc: false,
@@ -228,7 +229,10 @@ impl Proxy {
         };
         let head_by = log.start + self.config.backend_timeout;
         let close = plan.close || closing.is_cancelled();
-        let hsts = self.hsts.as_ref().map(|v| v.as_bytes());
+        let hsts = Added {
+            hsts: self.hsts.as_ref().map(|v| v.as_bytes()),
+            alt_svc: self.alt_svc.as_ref().map(|v| v.as_bytes()),
+        };
         let got = match tokio::time::timeout_at(
             head_by,
             self.backend_head(out, plan.idempotent, |buf| {
@@ -282,7 +286,7 @@ impl Proxy {
         &self,
         io: &mut Tracked<S>,
         kind: BackendError,
-        hsts: Option<&[u8]>,
+        hsts: Added<'_>,
         close: bool,
         out: &mut Vec<u8>,
         log: &mut AccessLog,

@@ -21,6 +21,8 @@ use http::{Method, Request, Response};
 use http_body::Body as _;
 use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
+
+use super::body::RequestBody;
 use hyper::client::conn::http2::{self, SendRequest};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use shared::addr::BackendAddr;
@@ -50,7 +52,7 @@ impl std::fmt::Display for H2Error {
 }
 
 /// What the pool sends: the client's body, or nothing (a replayed bodiless request).
-type PoolBody = Either<Incoming, Empty<Bytes>>;
+type PoolBody = Either<RequestBody, Empty<Bytes>>;
 
 struct Slot {
     sender: Mutex<Option<SendRequest<PoolBody>>>,
@@ -93,7 +95,10 @@ impl H2Pool {
 
     /// Sends `req` on a pooled connection (the next slot in turn) and waits for the response
     /// head. The caller bounds the wait; dropping the future resets the stream only.
-    pub(crate) async fn send(&self, req: Request<Incoming>) -> Result<Response<Incoming>, H2Error> {
+    pub(crate) async fn send(
+        &self,
+        req: Request<RequestBody>,
+    ) -> Result<Response<Incoming>, H2Error> {
         let slot = &self.slots[self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len()];
         let replay = replayable(&req);
         let mut sender = self.sender(slot).await?;
@@ -152,7 +157,7 @@ impl H2Pool {
 
 /// A copy of a request that may be sent again after a failure before any response: an
 /// idempotent method and no body. `None` for every other request.
-fn replayable(req: &Request<Incoming>) -> Option<Request<PoolBody>> {
+fn replayable(req: &Request<RequestBody>) -> Option<Request<PoolBody>> {
     let idempotent = matches!(
         *req.method(),
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE

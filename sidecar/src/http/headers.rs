@@ -80,7 +80,7 @@ pub(super) fn request_host(
     }
     if let Some(authority) = uri.authority() {
         valid_authority(authority.as_str().as_bytes()).ok_or("invalid request authority")?;
-        if version == Version::HTTP_2 {
+        if version == Version::HTTP_2 || version == Version::HTTP_3 {
             if let Some(h) = host {
                 if !h
                     .as_bytes()

@@ -2,9 +2,12 @@
 //! network namespace, `StartedAt`) and the sidecars carrying our labels; and what a sidecar that
 //! ended says of itself, for the failure rules ([`examine`]).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::num::NonZeroU16;
 
-use bollard::models::{ContainerInspectResponse, ContainerSummary, ContainerSummaryStateEnum};
+use bollard::models::{
+    ContainerInspectResponse, ContainerSummary, ContainerSummaryStateEnum, PortMap,
+};
 use shared::schema::{label, label_name};
 
 use crate::engine::{Engine, Error};
@@ -32,6 +35,8 @@ struct Facts {
     exposed: Vec<String>,
     running: bool,
     own_network: bool,
+    /// The target's UDP ports the engine publishes: `(port in the target, host port)`.
+    udp_published: Vec<(u16, NonZeroU16)>,
 }
 
 /// Inspect results of running targets, so a turn inspects only the targets something points at
@@ -177,6 +182,7 @@ pub(crate) async fn observe(
                 exposed: Vec::new(),
                 running: false,
                 own_network: false,
+                udp_published: Vec::new(),
             },
         };
         if facts.running {
@@ -187,12 +193,14 @@ pub(crate) async fn observe(
             exposed,
             running,
             own_network,
+            udp_published,
         } = facts;
         let Some(spec) = parse_target(prefix, &name, labels, &exposed, offered) else {
             continue;
         };
         let spec = spec.map(|spec| TargetSpec {
             exit_when_orphaned: own_network,
+            published_udp_port: published_udp_port(&udp_published, spec.listen.port()),
             ..spec
         });
         out.targets.push(Target {
@@ -214,6 +222,7 @@ async fn inspect_target(engine: &Engine, id: &str) -> Result<Option<Facts>, Erro
         return Ok(None);
     };
     let own_network = has_own_network(&info);
+    let udp_published = udp_publications(&info);
     let state = info.state.unwrap_or_default();
     Ok(Some(Facts {
         started_at: state.started_at.unwrap_or_default(),
@@ -223,7 +232,56 @@ async fn inspect_target(engine: &Engine, id: &str) -> Result<Option<Facts>, Erro
             .unwrap_or_default(),
         running: state.running.unwrap_or(false),
         own_network,
+        udp_published,
     }))
+}
+
+/// The UDP ports a target publishes on the host, `(port in the target, host port)`, each pair
+/// once: what the engine bound (`NetworkSettings.Ports`, which knows the host port it chose for
+/// `-p 8443/udp`) and what was asked (`HostConfig.PortBindings`). A host port that is a range
+/// or empty (the engine's choice, not yet made) says nothing.
+pub(crate) fn udp_publications(target: &ContainerInspectResponse) -> Vec<(u16, NonZeroU16)> {
+    let bound = target
+        .network_settings
+        .as_ref()
+        .and_then(|n| n.ports.as_ref());
+    let asked = target
+        .host_config
+        .as_ref()
+        .and_then(|h| h.port_bindings.as_ref());
+    let pairs = |map: Option<&PortMap>| -> Vec<(u16, NonZeroU16)> {
+        map.into_iter()
+            .flatten()
+            .filter_map(|(key, bindings)| {
+                let port = key.strip_suffix("/udp")?.parse::<u16>().ok()?;
+                Some((port, bindings.as_deref().unwrap_or_default()))
+            })
+            .flat_map(|(port, bindings)| {
+                bindings.iter().filter_map(move |b| {
+                    let host = b.host_port.as_deref()?.trim().parse::<NonZeroU16>().ok()?;
+                    Some((port, host))
+                })
+            })
+            .collect()
+    };
+    let all: BTreeSet<(u16, NonZeroU16)> = pairs(bound).into_iter().chain(pairs(asked)).collect();
+    all.into_iter().collect()
+}
+
+/// The host port that `port` of the target is published on over UDP, when there is exactly one
+/// (`-p 443:8443/udp`, bound on IPv4 and IPv6 alike): where HTTP/3 clients reach the sidecar's
+/// UDP listener, so what its `Alt-Svc` should name. None, or several (no one port to name):
+/// `None`, and the sidecar advertises its own port unless a label says.
+pub(crate) fn published_udp_port(published: &[(u16, NonZeroU16)], port: u16) -> Option<NonZeroU16> {
+    let hosts: BTreeSet<NonZeroU16> = published
+        .iter()
+        .filter(|(p, _)| *p == port)
+        .map(|(_, host)| *host)
+        .collect();
+    match hosts.into_iter().collect::<Vec<_>>().as_slice() {
+        [one] => Some(*one),
+        _ => None,
+    }
 }
 
 /// Whether a target has a network namespace of its own with an interface the engine deletes when
@@ -273,7 +331,7 @@ pub(crate) async fn examine(engine: &Engine, id: &str) -> Result<Option<Verdict>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bollard::models::HostConfig;
+    use bollard::models::{HostConfig, PortBinding};
 
     /// An inspect result with this `HostConfig.NetworkMode` and these `NetworkSettings.Networks`.
     fn inspected(mode: Option<&str>, networks: &[&str]) -> ContainerInspectResponse {
@@ -293,6 +351,95 @@ mod tests {
             }),
             ..Default::default()
         }
+    }
+
+    /// A port map: `(key, [(host ip, host port)])`.
+    fn port_map(entries: &[(&str, &[(&str, &str)])]) -> PortMap {
+        entries
+            .iter()
+            .map(|(key, bindings)| {
+                let list = bindings
+                    .iter()
+                    .map(|(ip, port)| PortBinding {
+                        host_ip: Some(ip.to_string()),
+                        host_port: Some(port.to_string()),
+                    })
+                    .collect();
+                (key.to_string(), Some(list))
+            })
+            .collect()
+    }
+
+    /// An inspect result whose engine bound `bound` (`NetworkSettings.Ports`) and was asked for
+    /// `asked` (`HostConfig.PortBindings`).
+    fn publishing(bound: PortMap, asked: PortMap) -> ContainerInspectResponse {
+        ContainerInspectResponse {
+            host_config: Some(HostConfig {
+                port_bindings: Some(asked),
+                ..Default::default()
+            }),
+            network_settings: Some(bollard::models::NetworkSettings {
+                ports: Some(bound),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn udp_publications_read_what_was_bound_and_what_was_asked() {
+        let port = |p| NonZeroU16::new(p).expect("a test port is not 0");
+        // `-p 443:8443/tcp -p 443:8443/udp` bound on IPv4 and IPv6; `-p 127.0.0.1::9000/udp`
+        // asked with no host port, bound on one the engine chose.
+        let both = publishing(
+            port_map(&[
+                ("8443/tcp", &[("0.0.0.0", "443"), ("::", "443")]),
+                ("8443/udp", &[("0.0.0.0", "443"), ("::", "443")]),
+                ("9000/udp", &[("127.0.0.1", "32768")]),
+                ("53/sctp", &[("0.0.0.0", "53")]),
+            ]),
+            port_map(&[
+                ("8443/tcp", &[("", "443")]),
+                ("8443/udp", &[("", "443")]),
+                ("9000/udp", &[("127.0.0.1", "")]),
+                ("7000/udp", &[("", "7000-7010")]),
+            ]),
+        );
+        assert_eq!(
+            udp_publications(&both),
+            [(8443, port(443)), (9000, port(32768))]
+        );
+        // Only asked (not bound yet), or only bound: either is read.
+        let asked = publishing(PortMap::new(), port_map(&[("8443/udp", &[("", "4433")])]));
+        assert_eq!(udp_publications(&asked), [(8443, port(4433))]);
+        let bound = publishing(
+            port_map(&[("8443/udp", &[("0.0.0.0", "4433")])]),
+            PortMap::new(),
+        );
+        assert_eq!(udp_publications(&bound), [(8443, port(4433))]);
+        // An exposed, unpublished port: `"8443/udp": null`.
+        let unpublished = publishing(
+            HashMap::from([("8443/udp".to_string(), None)]),
+            PortMap::new(),
+        );
+        assert!(udp_publications(&unpublished).is_empty());
+        assert!(udp_publications(&ContainerInspectResponse::default()).is_empty());
+    }
+
+    #[test]
+    fn the_published_udp_port_is_the_one_host_port_of_the_listen_port() {
+        let port = |p| NonZeroU16::new(p).expect("a test port is not 0");
+        let published = [(8443, port(443)), (9443, port(9443))];
+        assert_eq!(published_udp_port(&published, 8443), Some(port(443)));
+        assert_eq!(published_udp_port(&published, 9443), Some(port(9443)));
+        assert_eq!(published_udp_port(&published, 8080), None, "not published");
+        assert_eq!(published_udp_port(&[], 8443), None);
+        // Two host ports: none of them is the one to advertise.
+        let twice = [(8443, port(443)), (8443, port(8443))];
+        assert_eq!(published_udp_port(&twice, 8443), None);
+        // The same host port on two addresses (IPv4 and IPv6) is one port.
+        let dual = [(8443, port(443)), (8443, port(443))];
+        assert_eq!(published_udp_port(&dual, 8443), Some(port(443)));
     }
 
     #[test]

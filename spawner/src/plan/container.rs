@@ -13,7 +13,7 @@ use shared::identity::{Identities, List, UriPattern};
 use shared::mode::ClientAuthMode;
 use shared::schema::{env, label, label_name, CERTS_MOUNT, IDENTITY_MOUNT, MANAGED_BY_SPAWNER};
 use shared::service_identity::TrustDomain;
-use shared::spec::{Certificate, ClientAuth, IdentityFiles, SidecarSpec};
+use shared::spec::{Certificate, ClientAuth, Http3, IdentityFiles, SidecarSpec};
 
 use crate::config::{CertsSource, Config};
 use crate::layout::{
@@ -184,6 +184,7 @@ pub fn sidecar_spec(cfg: &Config, target: &TargetSpec, use_certs: bool) -> Sidec
             .or(identity_auth),
         redirect_listen,
         hsts: target.hsts,
+        http3: target.http3.map(|h3| http3(target, h3)),
         backend_protocol: target.backend_protocol,
         alpn: target.alpn.clone(),
         proxy_protocol: target.proxy_protocol,
@@ -198,6 +199,20 @@ pub fn sidecar_spec(cfg: &Config, target: &TargetSpec, use_certs: bool) -> Sidec
         upstreams: identity
             .map(|(_, id)| id.upstreams.clone())
             .unwrap_or_default(),
+    }
+}
+
+/// HTTP/3 as the sidecar is told it: the port `Alt-Svc` advertises is the label's, else the
+/// host port the target publishes the listen port on over UDP (clients that learn of HTTP/3
+/// from a TCP response must reach the UDP listener where the engine forwards it, not at the
+/// port inside the namespace). Neither, or a published port that is the listener's own: the
+/// sidecar advertises its own port.
+fn http3(target: &TargetSpec, asked: Http3) -> Http3 {
+    let published = target
+        .published_udp_port
+        .filter(|p| p.get() != target.listen.port());
+    Http3 {
+        advertise_port: asked.advertise_port.or(published),
     }
 }
 
@@ -355,11 +370,13 @@ mod tests {
             identity: None,
             redirect_listen: None,
             hsts: None,
+            http3: None,
             backend_protocol: Default::default(),
             alpn: Default::default(),
             proxy_protocol: Default::default(),
             tls_groups: Default::default(),
             exit_when_orphaned: false,
+            published_udp_port: None,
             rollout: None,
         }
     }
@@ -595,6 +612,95 @@ mod tests {
                 || e.starts_with("SIDECAR_HSTS")),
             "nothing unasked: {plain:?}"
         );
+    }
+
+    #[test]
+    fn http3_advertises_the_label_else_the_published_udp_port() {
+        let env = |spec: &TargetSpec| {
+            let t = For {
+                id: "abc",
+                started_at: "s",
+                spec,
+            };
+            let env = sidecar_body(&cfg(&[]), &t, false).env.unwrap();
+            env.into_iter()
+                .filter(|e| e.starts_with("SIDECAR_HTTP3"))
+                .collect::<Vec<_>>()
+        };
+        let port = |p: u16| std::num::NonZeroU16::new(p);
+        let on = TargetSpec {
+            mode: Mode::Http,
+            http3: Some(Http3::default()),
+            ..spec()
+        };
+        assert_eq!(env(&on), ["SIDECAR_HTTP3=true"], "the sidecar's own port");
+        let published = TargetSpec {
+            published_udp_port: port(443),
+            ..on.clone()
+        };
+        assert_eq!(
+            env(&published),
+            ["SIDECAR_HTTP3=true", "SIDECAR_HTTP3_ADVERTISE_PORT=443"]
+        );
+        let labelled = TargetSpec {
+            http3: Some(Http3 {
+                advertise_port: port(8444),
+            }),
+            ..published.clone()
+        };
+        assert_eq!(
+            env(&labelled),
+            ["SIDECAR_HTTP3=true", "SIDECAR_HTTP3_ADVERTISE_PORT=8444"],
+            "the label wins over the published port"
+        );
+        let same = TargetSpec {
+            published_udp_port: port(8443),
+            ..on.clone()
+        };
+        assert_eq!(env(&same), ["SIDECAR_HTTP3=true"], "published as itself");
+        let off = TargetSpec {
+            mode: Mode::Http,
+            published_udp_port: port(443),
+            ..spec()
+        };
+        assert!(
+            env(&off).is_empty(),
+            "a published UDP port alone asks nothing"
+        );
+    }
+
+    #[test]
+    fn http3_changes_the_spec_digest() {
+        let digest = |spec: &TargetSpec| {
+            let t = For {
+                id: "abc",
+                started_at: "s",
+                spec,
+            };
+            sidecar_body(&cfg(&[]), &t, false).labels.unwrap()["tls-sidecar.spec-digest"].clone()
+        };
+        let plain = TargetSpec {
+            mode: Mode::Http,
+            ..spec()
+        };
+        let on = TargetSpec {
+            http3: Some(Http3::default()),
+            ..plain.clone()
+        };
+        let advertised = TargetSpec {
+            published_udp_port: std::num::NonZeroU16::new(443),
+            ..on.clone()
+        };
+        let digests = [digest(&plain), digest(&on), digest(&advertised)];
+        assert_ne!(digests[0], digests[1]);
+        assert_ne!(digests[1], digests[2]);
+        assert_ne!(digests[0], digests[2]);
+        // Without HTTP/3 the published UDP port is not part of the sidecar.
+        let unused = TargetSpec {
+            published_udp_port: std::num::NonZeroU16::new(443),
+            ..plain.clone()
+        };
+        assert_eq!(digests[0], digest(&unused));
     }
 
     #[test]

@@ -14,7 +14,7 @@ use shared::parse::MaxAge;
 use shared::proto::{AlpnList, BackendProtocol, ProxyProtocol, TlsGroups};
 use shared::schema::{label, label_name, BYFAHRER_PROXY_IMAGE_LABEL};
 use shared::service_identity::{check_unique, ServiceName, Upstream};
-use shared::spec::MountedPath;
+use shared::spec::{Http3, MountedPath};
 
 /// Longest label value the spawner reads, in bytes. Far above any address, name, path or
 /// allow-list a target needs; a longer value is a mistake or an attack on what it feeds (the
@@ -53,6 +53,9 @@ pub struct TargetSpec {
     /// Plain-HTTP redirect listener in the target's namespace.
     pub(crate) redirect_listen: Option<ListenAddr>,
     pub(crate) hsts: Option<MaxAge>,
+    /// http mode: HTTP/3 beside the TLS listener (`http3=true`), with the port of the
+    /// `http3-advertise-port` label when given.
+    pub(crate) http3: Option<Http3>,
     /// http mode: the HTTP version the sidecar speaks to the backend.
     pub(crate) backend_protocol: BackendProtocol,
     /// tcp mode: ALPN protocols the sidecar offers (empty: none).
@@ -67,6 +70,11 @@ pub struct TargetSpec {
     /// target is gone. Not a label: [`parse_target`] leaves it off, the observation sets it from
     /// the target's inspect data (`crate::engine::observe::has_own_network`).
     pub exit_when_orphaned: bool,
+    /// The one host port the engine publishes the listen port on over UDP: what `Alt-Svc`
+    /// advertises for HTTP/3 when no `http3-advertise-port` label says. Not a label:
+    /// [`parse_target`] leaves it `None`, the observation sets it from the target's inspect data
+    /// (`crate::engine::observe::published_udp_port`).
+    pub published_udp_port: Option<NonZeroU16>,
     /// The `rollout` label: overrides `--rollout` for this target. Not part of what the
     /// sidecar is told.
     pub(crate) rollout: Option<RolloutPolicy>,
@@ -319,6 +327,7 @@ fn parse_spec(
         }
     };
     let hsts: Option<MaxAge> = optional(get(label::HSTS))?;
+    let http3 = http3(prefix, &get)?;
     let backend_protocol: BackendProtocol =
         optional(get(label::BACKEND_PROTOCOL))?.unwrap_or_default();
     let alpn: AlpnList = optional(get(label::ALPN))?.unwrap_or_default();
@@ -327,6 +336,7 @@ fn parse_spec(
     let rollout: Option<RolloutPolicy> = optional(get(label::ROLLOUT))?;
     let settings = ModeSettings {
         hsts: hsts.is_some(),
+        http3: http3.is_some(),
         backend_protocol,
         alpn: &alpn,
         proxy_protocol,
@@ -352,11 +362,13 @@ fn parse_spec(
         identity,
         redirect_listen,
         hsts,
+        http3,
         backend_protocol,
         alpn,
         proxy_protocol,
         tls_groups,
         exit_when_orphaned: false,
+        published_udp_port: None,
         rollout,
     })
 }
@@ -396,6 +408,7 @@ fn mode_rules<'a>(
     };
     let name = match conflict.setting {
         ModeSetting::Hsts => label::HSTS,
+        ModeSetting::Http3 => label::HTTP3,
         ModeSetting::BackendProtocol => label::BACKEND_PROTOCOL,
         ModeSetting::Alpn => label::ALPN,
         ModeSetting::ProxyProtocol => label::PROXY_PROTOCOL,
@@ -404,6 +417,48 @@ fn mode_rules<'a>(
     let (key, v) = get(name).unwrap_or_default();
     let reason = format!("needs mode {}: {}", conflict.needs, conflict.why);
     Err(refused(&key, v, reason))
+}
+
+/// The `http3` label (`true` or `false`, the sidecar's `SIDECAR_HTTP3`) and the
+/// `http3-advertise-port` label, which only means something with it. `get` reads a label by its
+/// suffix.
+fn http3<'a>(
+    prefix: &str,
+    get: &impl Fn(&str) -> Option<(String, &'a str)>,
+) -> Result<Option<Http3>, LabelError> {
+    let on = match get(label::HTTP3) {
+        None => false,
+        Some((key, v)) => switch(&key, v)?,
+    };
+    let advertise_port = match get(label::HTTP3_ADVERTISE_PORT) {
+        None => None,
+        Some((key, v)) if !on => {
+            let needs = label_name(prefix, label::HTTP3);
+            return Err(refused(&key, v, format!("needs {needs}=true")));
+        }
+        Some((key, v)) => Some(port_number(&key, v)?),
+    };
+    Ok(on.then_some(Http3 { advertise_port }))
+}
+
+/// A label that turns something on or off: `true` or `false`, nothing looser (a `yes` or `1`
+/// that silently meant off would be worse than a refusal).
+fn switch(key: &str, value: &str) -> Result<bool, LabelError> {
+    match value.trim() {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(refused(key, value, "expected true or false")),
+    }
+}
+
+/// A port as a label gives it: decimal digits, 1 to 65535.
+fn port_number(key: &str, value: &str) -> Result<NonZeroU16, LabelError> {
+    let v = value.trim();
+    v.bytes()
+        .all(|b| b.is_ascii_digit())
+        .then(|| v.parse::<NonZeroU16>().ok())
+        .flatten()
+        .ok_or_else(|| refused(key, value, "expected a port, 1 to 65535"))
 }
 
 /// Most names one `hostname` label may list: Let's Encrypt's limit of names per certificate.
@@ -1276,6 +1331,7 @@ mod tests {
     fn new_labels_default_to_off() {
         let s = accepted(&[]);
         assert_eq!((s.mtls, s.redirect_listen, s.hsts), (None, None, None));
+        assert_eq!((s.http3, s.published_udp_port), (None, None));
     }
 
     #[test]
@@ -1466,6 +1522,85 @@ mod tests {
             "tls-sidecar.hsts",
             "needs mode http",
         );
+    }
+
+    #[test]
+    fn http3_is_a_switch_of_http_mode() {
+        let h3 = |pairs: &[(&str, &str)]| accepted(pairs).http3;
+        assert_eq!(h3(&[]), None, "off unless asked");
+        assert_eq!(h3(&[("tls-sidecar.http3", "false")]), None);
+        assert_eq!(h3(&[("tls-sidecar.http3", "true")]), Some(Http3::default()));
+        assert_eq!(
+            h3(&[
+                ("tls-sidecar.http3", " true "),
+                ("tls-sidecar.mode", "http")
+            ]),
+            Some(Http3::default())
+        );
+        for bad in ["yes", "1", "on", "TRUE", "True", ""] {
+            refused(
+                &[("tls-sidecar.http3", bad)],
+                true,
+                "tls-sidecar.http3",
+                "expected true or false",
+            );
+        }
+        refused(
+            &[("tls-sidecar.mode", "tcp"), ("tls-sidecar.http3", "true")],
+            true,
+            "tls-sidecar.http3",
+            "needs mode http",
+        );
+        // Off is what tcp mode does anyway: accepted there.
+        let s = accepted(&[("tls-sidecar.mode", "tcp"), ("tls-sidecar.http3", "false")]);
+        assert_eq!(s.http3, None);
+    }
+
+    #[test]
+    fn http3_advertise_port_is_a_port_and_needs_http3() {
+        let port = |v: &str| {
+            accepted(&[
+                ("tls-sidecar.http3", "true"),
+                ("tls-sidecar.http3-advertise-port", v),
+            ])
+            .http3
+            .and_then(|h| h.advertise_port)
+            .map(NonZeroU16::get)
+        };
+        assert_eq!(port("443"), Some(443));
+        assert_eq!(port(" 1 "), Some(1));
+        assert_eq!(port("65535"), Some(65535));
+        for bad in ["0", "65536", "-1", "+443", "443/udp", ":443", "abc", ""] {
+            refused(
+                &[
+                    ("tls-sidecar.http3", "true"),
+                    ("tls-sidecar.http3-advertise-port", bad),
+                ],
+                true,
+                "tls-sidecar.http3-advertise-port",
+                "expected a port, 1 to 65535",
+            );
+        }
+        for without in [&[][..], &[("tls-sidecar.http3", "false")][..]] {
+            let mut pairs = without.to_vec();
+            pairs.push(("tls-sidecar.http3-advertise-port", "443"));
+            refused(
+                &pairs,
+                true,
+                "tls-sidecar.http3-advertise-port",
+                "needs tls-sidecar.http3=true",
+            );
+        }
+        // The label's prefix is the spawner's.
+        let mut l = labels(&[
+            ("acme.proxy-image", "i"),
+            ("acme.http3-advertise-port", "443"),
+        ]);
+        l.insert("tls-sidecar.http3".into(), "true".into());
+        let e = parse_target("acme", "web", &l, &[], Offered::certs(true))
+            .unwrap()
+            .unwrap_err();
+        assert!(e.to_string().contains("needs acme.http3=true"), "{e}");
     }
 
     #[test]

@@ -444,11 +444,13 @@ mod tests {
             identity: None,
             redirect_listen: None,
             hsts: None,
+            http3: None,
             backend_protocol: Default::default(),
             alpn: Default::default(),
             proxy_protocol: Default::default(),
             tls_groups: Default::default(),
             exit_when_orphaned: false,
+            published_udp_port: None,
             rollout: None,
         }
     }

@@ -45,6 +45,14 @@ pub(super) struct Answer {
 /// Largest response head taken from the backend.
 const MAX_REPLY_HEAD: usize = 64 * 1024;
 
+/// The headers this hop adds to a response that lacks them: `Strict-Transport-Security`
+/// (`--hsts`) and `Alt-Svc` (`--http3`), their values.
+#[derive(Debug, Clone, Copy, Default)]
+pub(in crate::http) struct Added<'a> {
+    pub hsts: Option<&'a [u8]>,
+    pub alt_svc: Option<&'a [u8]>,
+}
+
 /// Parses the backend's response head and, for a final one, writes the client's head into
 /// `out` (cleared first): hop-by-hop headers dropped, framing re-stated, `Strict-Transport-
 /// Security` added when configured and absent, `Date` added when absent (as hyper does), and
@@ -52,7 +60,7 @@ const MAX_REPLY_HEAD: usize = 64 * 1024;
 pub(super) fn reply(
     buf: &[u8],
     head_request: bool,
-    hsts: Option<&[u8]>,
+    added: Added<'_>,
     close: bool,
     out: &mut Vec<u8>,
 ) -> Reply {
@@ -70,7 +78,7 @@ pub(super) fn reply(
         write_status_line(out, status, reason);
         write_headers(out, headers, facts.tokens());
         write_framing(out, framing, head_request, facts);
-        write_added(out, hsts, facts, last);
+        write_added(out, added, facts, last);
         out.extend_from_slice(b"\r\n");
         Ok(())
     })
@@ -220,6 +228,7 @@ struct Facts<'b> {
     tokens: [&'b [u8]; CONNECTION_TOKENS_MAX],
     n_tokens: usize,
     has_hsts: bool,
+    has_alt_svc: bool,
     has_date: bool,
 }
 
@@ -240,6 +249,7 @@ fn scan<'b>(headers: &[httparse::Header<'b>], http11: bool) -> Result<Facts<'b>,
         tokens: [&[]; CONNECTION_TOKENS_MAX],
         n_tokens: 0,
         has_hsts: false,
+        has_alt_svc: false,
         has_date: false,
     };
     for h in headers {
@@ -265,6 +275,8 @@ fn scan<'b>(headers: &[httparse::Header<'b>], http11: bool) -> Result<Facts<'b>,
             connection_tokens(h.value, &mut facts)?;
         } else if name.eq_ignore_ascii_case(b"strict-transport-security") {
             facts.has_hsts = true;
+        } else if name.eq_ignore_ascii_case(b"alt-svc") {
+            facts.has_alt_svc = true;
         } else if name.eq_ignore_ascii_case(b"date") {
             facts.has_date = true;
         }
@@ -350,11 +362,16 @@ fn write_framing(out: &mut Vec<u8>, framing: Framing, head_request: bool, facts:
     }
 }
 
-/// What this hop adds: `Strict-Transport-Security` when configured and absent, `Date` when
-/// absent, `Connection: close` when this response is the connection's last.
-fn write_added(out: &mut Vec<u8>, hsts: Option<&[u8]>, facts: &Facts<'_>, last: bool) {
-    if let (Some(value), false) = (hsts, facts.has_hsts) {
+/// What this hop adds: `Strict-Transport-Security` and `Alt-Svc` when configured and absent,
+/// `Date` when absent, `Connection: close` when this response is the connection's last.
+fn write_added(out: &mut Vec<u8>, added: Added<'_>, facts: &Facts<'_>, last: bool) {
+    if let (Some(value), false) = (added.hsts, facts.has_hsts) {
         out.extend_from_slice(b"strict-transport-security: ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    }
+    if let (Some(value), false) = (added.alt_svc, facts.has_alt_svc) {
+        out.extend_from_slice(b"alt-svc: ");
         out.extend_from_slice(value);
         out.extend_from_slice(b"\r\n");
     }
@@ -386,7 +403,7 @@ fn digits(value: &[u8]) -> Option<u64> {
 pub(super) fn local_response(
     status: u16,
     message: &str,
-    hsts: Option<&[u8]>,
+    added: Added<'_>,
     close: bool,
     out: &mut Vec<u8>,
 ) {
@@ -404,11 +421,16 @@ pub(super) fn local_response(
         httpdate::fmt_http_date(SystemTime::now()),
         if close { "connection: close\r\n" } else { "" },
     );
-    if let Some(value) = hsts {
-        // Before the blank line that ends the head.
-        let at = out.len() - body.len() - 2;
-        let line = [&b"strict-transport-security: "[..], value, b"\r\n"].concat();
-        out.splice(at..at, line);
+    for (name, value) in [
+        (&b"strict-transport-security: "[..], added.hsts),
+        (&b"alt-svc: "[..], added.alt_svc),
+    ] {
+        if let Some(value) = value {
+            // Before the blank line that ends the head.
+            let at = out.len() - body.len() - 2;
+            let line = [name, value, b"\r\n"].concat();
+            out.splice(at..at, line);
+        }
     }
 }
 
@@ -419,7 +441,16 @@ mod tests {
 
     fn answer(buf: &[u8], head_request: bool, close: bool) -> (Reply, String) {
         let mut out = Vec::new();
-        let r = reply(buf, head_request, Some(b"max-age=60"), close, &mut out);
+        let r = reply(
+            buf,
+            head_request,
+            Added {
+                hsts: Some(b"max-age=60"),
+                alt_svc: None,
+            },
+            close,
+            &mut out,
+        );
         (r, String::from_utf8(out).unwrap())
     }
 
@@ -541,7 +572,7 @@ mod tests {
     #[test]
     fn local_answers_are_the_hyper_paths() {
         let mut out = Vec::new();
-        local_response(502, "backend unreachable", None, true, &mut out);
+        local_response(502, "backend unreachable", Added::default(), true, &mut out);
         let text = String::from_utf8(out).unwrap();
         assert!(text.starts_with("HTTP/1.1 502 Bad Gateway\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 37\r\n"), "{text}");
         assert!(text.ends_with("connection: close\r\n\r\n502 Bad Gateway: backend unreachable\n"));
