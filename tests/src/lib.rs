@@ -13,6 +13,7 @@ pub mod dockerd;
 pub mod docs;
 pub mod forward;
 pub mod grpc;
+pub mod h3;
 pub mod haproxy;
 pub mod issuer;
 pub mod limits;

@@ -13,6 +13,7 @@ mod grpc;
 mod h2c;
 mod hostile;
 mod http;
+mod http3;
 mod identity;
 mod limits;
 mod memory;

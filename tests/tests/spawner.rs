@@ -8,6 +8,7 @@ mod ca;
 mod certs;
 mod churn;
 mod engine;
+mod http3;
 mod hygiene;
 mod identity;
 mod lifecycle;
