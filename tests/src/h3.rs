@@ -44,6 +44,9 @@ const CLIENT_IDLE: Duration = Duration::from_secs(60);
 /// Size of the chunks an upload is written in.
 const CHUNK: usize = 64 * 1024;
 
+/// An HTTP/3 request stream of the client ([`Requester::open`]): `recv_data` reads the body.
+pub type H3Stream = h3::client::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
+
 /// HTTP/3's request sender, as h3-quinn types it.
 type H3Sender = h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>;
 
@@ -385,6 +388,29 @@ impl Requester {
         Request::builder()
             .method(method)
             .uri(format!("https://{}{path}", self.authority))
+    }
+
+    /// Sends `head` with no body and returns the stream with the response head read, for a
+    /// test that reads the body as it arrives (server-sent events); panics on failure or after
+    /// [`STEP`].
+    pub async fn open(&self, head: Request<()>) -> (http::Response<()>, H3Stream) {
+        let mut sender = self.sender.clone();
+        let what = format!("HTTP/3 {} {}", head.method(), head.uri());
+        let label = what.clone();
+        within(STEP, &label, async move {
+            let mut stream = sender
+                .send_request(head)
+                .await
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
+            // A server done with the request may already have stopped the sending side.
+            let _ = stream.finish().await;
+            let resp = stream
+                .recv_response()
+                .await
+                .unwrap_or_else(|e| panic!("{what}: response head: {e}"));
+            (resp, stream)
+        })
+        .await
     }
 
     /// The authority requests carry (`SNI:port`).

@@ -10,7 +10,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use harness::backend::{pattern_sha256, sha256_hex, Backend, Echo};
 use harness::certdir::{replace_atomic, write, CertsDir};
 use harness::client::{self, HttpConn, Trust, ALPN_H1, ALPN_H2_H1};
@@ -1057,4 +1057,65 @@ async fn shutdown_grace_bounds_the_drain_of_h3_requests() {
         .await
         .expect("request task");
     assert!(outcome.is_err(), "a request past the grace got {outcome:?}");
+}
+
+#[tokio::test]
+async fn sse_events_arrive_incrementally_over_h3() {
+    let app = Backend::echo().await;
+    let sc = http3(app.addr()).start().await;
+    let conn = connect(&sc).await;
+    let requester = conn.requester();
+    let head = requester
+        .request(Method::GET, "/sse/3")
+        .header("accept", "text/event-stream")
+        .body(())
+        .expect("sse request");
+    let (resp, mut stream) = requester.open(head).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(
+        resp.headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok()),
+        Some("text/event-stream")
+    );
+    let mut seen = String::new();
+    within(
+        STEP,
+        "the first event before the backend sends the rest",
+        async {
+            while !seen.contains("data: event 0\n\n") {
+                let mut chunk = stream
+                    .recv_data()
+                    .await
+                    .expect("a chunk")
+                    .expect("stream still open");
+                let bytes = chunk.copy_to_bytes(chunk.remaining());
+                seen.push_str(&String::from_utf8_lossy(&bytes));
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        app.sse_events_sent(),
+        1,
+        "the backend is still holding events 1 and 2, so the first event was not buffered"
+    );
+    assert!(!seen.contains("event 1"), "{seen}");
+
+    app.release(1);
+    within(
+        STEP,
+        "the remaining events and the end of the stream",
+        async {
+            while let Some(mut chunk) = stream.recv_data().await.expect("a chunk") {
+                let bytes = chunk.copy_to_bytes(chunk.remaining());
+                seen.push_str(&String::from_utf8_lossy(&bytes));
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        seen,
+        "id: 0\ndata: event 0\n\nid: 1\ndata: event 1\n\nid: 2\ndata: event 2\n\n"
+    );
 }
