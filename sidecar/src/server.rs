@@ -119,19 +119,26 @@ pub(crate) async fn serve(
     let workers = config.workers.max(1);
     let serving = Serving::new(config, tls, metrics, listen_port, shutdown);
     let mut trackers: Vec<TaskTracker> = (0..workers).map(|_| TaskTracker::new()).collect();
-    // HTTP/3 on this thread's event loop (with several workers it has nothing else to do),
-    // its connections drained with the others.
-    let quic = quic.and_then(|socket| serving.spawn_quic(socket, listen_port, &mut trackers));
-    let (inline, threads) = if workers == 1 {
-        (Some(listener), Vec::new())
+    // HTTP/3's connections are tracked apart, and drained with the others: the serving threads
+    // that run them wait for them before they end.
+    let quic_tracker = TaskTracker::new();
+    let (inline, threads, handles) = if workers == 1 {
+        (Some(listener), Vec::new(), Vec::new())
     } else {
-        let Some(threads) = serving.spawn_workers(listener, &trackers[..workers]) else {
+        let Some((threads, handles)) = serving.spawn_workers(listener, &trackers, &quic_tracker)
+        else {
             // Nothing serves: end the process rather than run on without a listener.
             serving.shutdown.cancel();
             return;
         };
-        (None, threads)
+        (None, threads, handles)
     };
+    // The QUIC endpoint (its socket and its demultiplexing) on this thread's event loop; its
+    // connections on the serving threads' in turn (on this one with --workers 1).
+    let quic = quic.map(|socket| {
+        trackers.push(quic_tracker.clone());
+        serving.spawn_quic(socket, listen_port, quic_tracker, handles)
+    });
     let config = &serving.config;
     info!(
         listen = %local.map_or_else(|| config.listen.to_string(), |a| a.to_string()),
@@ -169,6 +176,9 @@ struct Serving {
     shutdown: CancellationToken,
     /// Closes the connections a drain did not finish within the grace period.
     hard_stop: CancellationToken,
+    /// Cancelled once the QUIC endpoint has closed and sent its last packets (`--http3`): the
+    /// serving threads, which drive its connections, end only then.
+    quic_done: CancellationToken,
 }
 
 impl Serving {
@@ -200,38 +210,51 @@ impl Serving {
             h2,
             shutdown,
             hard_stop: CancellationToken::new(),
+            quic_done: CancellationToken::new(),
         }
     }
 
-    /// Starts serving HTTP/3 on `socket` (`--http3`) in a task of this thread, its connections
-    /// tracked by a tracker added to `trackers`.
+    /// Starts serving HTTP/3 on `socket` (`--http3`) in a task of this thread; its connections
+    /// run on the serving threads' event loops (`handles`; none: this thread's), each with a
+    /// proxy of its own, tracked by `tracker`.
     fn spawn_quic(
         &self,
         socket: std::net::UdpSocket,
         listen_port: u16,
-        trackers: &mut Vec<TaskTracker>,
-    ) -> Option<tokio::task::JoinHandle<()>> {
-        let tracker = TaskTracker::new();
-        let proxy = Proxy::new(
-            self.config.clone(),
-            listen_port,
-            self.metrics.clone(),
-            tracker.clone(),
-            self.h2.clone(),
-            crate::http::POOL_MAX_IDLE.div_ceil(self.config.workers.max(1)),
-        );
-        trackers.push(tracker.clone());
+        tracker: TaskTracker,
+        handles: Vec<tokio::runtime::Handle>,
+    ) -> tokio::task::JoinHandle<()> {
+        let handles = if handles.is_empty() {
+            vec![None]
+        } else {
+            handles.into_iter().map(Some).collect()
+        };
+        let places = handles
+            .into_iter()
+            .map(|handle| {
+                let proxy = Proxy::new(
+                    self.config.clone(),
+                    listen_port,
+                    self.metrics.clone(),
+                    tracker.clone(),
+                    self.h2.clone(),
+                    crate::http::POOL_MAX_IDLE.div_ceil(self.config.workers.max(1)),
+                );
+                (handle, proxy)
+            })
+            .collect();
         let quic = h3::Quic {
             config: self.config.clone(),
             tls: self.tls.clone(),
             metrics: self.metrics.clone(),
             admission: self.admission.clone(),
-            proxy,
+            places,
             shutdown: self.shutdown.clone(),
             hard_stop: self.hard_stop.clone(),
             tracker,
+            done: self.quic_done.clone(),
         };
-        Some(tokio::spawn(h3::serve(socket, quic)))
+        tokio::spawn(h3::serve(socket, quic))
     }
 
     /// Serves `listener` on this thread until `shutdown`, its connections tracked by `tracker`.
@@ -247,14 +270,16 @@ impl Serving {
         accept_loop(listener, shared, &self.admission, tracker, &self.shutdown).await;
     }
 
-    /// Starts a serving thread per tracker, each accepting from `listener`. Returns what ends
-    /// as each thread does, or `None` when none could start (the listener cannot be shared, or
-    /// every thread failed): then nothing serves.
+    /// Starts a serving thread per tracker, each accepting from `listener`; each also runs the
+    /// QUIC connections it is given (tracked by `quic`) and ends only once they did. Returns
+    /// what ends as each thread does and each thread's event loop, or `None` when none could
+    /// start (the listener cannot be shared, or every thread failed): then nothing serves.
     fn spawn_workers(
         &self,
         listener: TcpListener,
         trackers: &[TaskTracker],
-    ) -> Option<Vec<oneshot::Receiver<()>>> {
+        quic: &TaskTracker,
+    ) -> Option<(Vec<oneshot::Receiver<()>>, Vec<tokio::runtime::Handle>)> {
         let std_listener = match listener.into_std() {
             Ok(l) => l,
             Err(error) => {
@@ -263,6 +288,7 @@ impl Serving {
             }
         };
         let mut threads = Vec::new();
+        let mut handles = Vec::new();
         for (i, tracker) in trackers.iter().enumerate() {
             let listener = match std_listener.try_clone() {
                 Ok(l) => l,
@@ -271,8 +297,14 @@ impl Serving {
                     continue;
                 }
             };
-            match self.clone().spawn_worker(i, listener, tracker.clone()) {
-                Ok(done) => threads.push(done),
+            match self
+                .clone()
+                .spawn_worker(i, listener, tracker.clone(), quic.clone())
+            {
+                Ok((done, handle)) => {
+                    threads.push(done);
+                    handles.push(handle);
+                }
                 Err(error) => warn!(%error, worker = i, "could not start a serving thread"),
             }
         }
@@ -281,7 +313,7 @@ impl Serving {
             warn!("no serving thread started");
             return None;
         }
-        Some(threads)
+        Some((threads, handles))
     }
 
     /// Starts serving thread `i`: its own single-threaded event loop accepting from `listener`
@@ -292,39 +324,41 @@ impl Serving {
         i: usize,
         listener: std::net::TcpListener,
         tracker: TaskTracker,
-    ) -> std::io::Result<oneshot::Receiver<()>> {
+        quic: TaskTracker,
+    ) -> std::io::Result<(oneshot::Receiver<()>, tokio::runtime::Handle)> {
         let (done_tx, done_rx) = oneshot::channel::<()>();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let handle = runtime.handle().clone();
         std::thread::Builder::new()
             .name(format!("sidecar-worker-{i}"))
             .spawn(move || {
-                let runtime = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt,
-                    Err(error) => {
-                        warn!(%error, worker = i, "serving thread could not start its event loop");
-                        return;
-                    }
-                };
                 runtime.block_on(async move {
-                    let listener = match TcpListener::from_std(listener) {
-                        Ok(l) => l,
+                    match TcpListener::from_std(listener) {
+                        Ok(listener) => self.accept(listener, &tracker).await,
                         Err(error) => {
+                            // It still serves the QUIC connections it is given.
                             warn!(%error, worker = i, "serving thread could not take the listener");
-                            return;
+                            self.shutdown.cancelled().await;
                         }
-                    };
-                    self.accept(listener, &tracker).await;
+                    }
+                    // QUIC connections given to this thread run here until they end too.
                     tokio::select! {
-                        () = tracker.wait() => {}
+                        ((), ()) = async { tokio::join!(tracker.wait(), quic.wait()) } => {}
                         () = self.hard_stop.cancelled() => {}
+                    }
+                    if self.config.http3.is_some() {
+                        // Until the endpoint has closed: its connections' closing packets are
+                        // sent from this thread (bounded by the endpoint's own flush timeout).
+                        self.quic_done.cancelled().await;
                     }
                 });
                 // Dropping the runtime drops whatever the grace period left open.
+                drop(runtime);
                 drop(done_tx);
             })?;
-        Ok(done_rx)
+        Ok((done_rx, handle))
     }
 
     /// Stops accepting on every thread and waits for their connections to end, for up to

@@ -43,16 +43,20 @@ use crate::metrics::{Metrics, Protocol, Refusal};
 use crate::throttle::{Throttle, LOG_INTERVAL};
 use crate::tls::client_auth::ClientIdentity;
 
-/// Request streams a connection may have open at once: as many as HTTP/2's
-/// `max_concurrent_streams` gives a browser in practice; more wait for credit.
+/// Request streams a connection may have open at once; more wait for credit (QUIC's stream
+/// limit is a credit, not a refusal). quic-go's and so Caddy's default; RFC 9113 asks HTTP/2
+/// servers for at least 100 too (hyper's HTTP/2 server allows 200).
 pub(crate) const MAX_STREAMS: u32 = 100;
 /// Unidirectional streams a client may open: HTTP/3 needs three (control, QPACK encoder and
 /// decoder); a few more for extensions the sidecar ignores.
 const MAX_UNI_STREAMS: u32 = 8;
-/// Flow control, as hyper's HTTP/2 server gives: a stream may have this much unread in flight,
-/// a connection four times as much.
+/// Flow control, as hyper's HTTP/2 server gives: a stream, and a connection in all, may have
+/// this much request body unread in flight (what one client can make the sidecar buffer).
 const STREAM_WINDOW: u32 = 1024 * 1024;
-const CONNECTION_WINDOW: u32 = 4 * STREAM_WINDOW;
+const CONNECTION_WINDOW: u32 = STREAM_WINDOW;
+/// Response bytes a connection may have sent and not yet acknowledged: enough for a fast
+/// download over a long round trip, bounded per connection.
+const SEND_WINDOW: u64 = 4 * 1024 * 1024;
 /// How much longer than `--idle-timeout` and the goodbye the transport waits for a packet
 /// before it drops a connection silently.
 const TRANSPORT_IDLE_MARGIN: Duration = Duration::from_secs(1);
@@ -106,10 +110,15 @@ pub(crate) struct Quic {
     pub tls: Arc<rustls::ServerConfig>,
     pub metrics: Arc<Metrics>,
     pub admission: Arc<Admission>,
-    pub proxy: Arc<Proxy>,
+    /// Where connections are served, taken in turn: each serving thread's event loop (`None`:
+    /// this one's) with that thread's proxy, so a QUIC connection, its requests and its backend
+    /// connections stay on one thread, as a TCP connection's do.
+    pub places: Vec<(Option<tokio::runtime::Handle>, Arc<Proxy>)>,
     pub shutdown: CancellationToken,
     pub hard_stop: CancellationToken,
     pub tracker: TaskTracker,
+    /// Cancelled when [`serve`] ends, whichever way.
+    pub done: CancellationToken,
 }
 
 /// The rustls configuration of QUIC connections: the listener's, with ALPN `h3` and no early
@@ -137,7 +146,7 @@ fn server_config(
         .max_concurrent_uni_streams(MAX_UNI_STREAMS.into())
         .stream_receive_window(STREAM_WINDOW.into())
         .receive_window(CONNECTION_WINDOW.into())
-        .send_window(u64::from(CONNECTION_WINDOW))
+        .send_window(SEND_WINDOW)
         // The watchdog of [`drive`] closes a connection without requests after
         // `--idle-timeout`, with a GOAWAY and a CONNECTION_CLOSE. The transport's own idle
         // timeout, which ends a connection silently (no packet at all: the client vanished),
@@ -164,6 +173,7 @@ fn server_config(
 /// Serves HTTP/3 on `socket` until `shutdown`, then lets the connections drain (they are
 /// tracked by `q.tracker`, which the listener's drain waits for) and closes the endpoint.
 pub(crate) async fn serve(socket: UdpSocket, q: Quic) {
+    let _done = q.done.clone().drop_guard();
     let local = socket.local_addr().ok();
     let server = match server_config(&q.config, &q.tls) {
         Ok(s) => s,
@@ -186,6 +196,7 @@ pub(crate) async fn serve(socket: UdpSocket, q: Quic) {
     };
     info!(listen = %local.map_or_else(String::new, |a| a.to_string()), "serving HTTP/3 (QUIC)");
     let q = Arc::new(q);
+    let mut next = 0usize;
     loop {
         let incoming = tokio::select! {
             () = q.shutdown.cancelled() => break,
@@ -220,10 +231,19 @@ pub(crate) async fn serve(socket: UdpSocket, q: Quic) {
                 continue;
             }
         };
-        let q2 = q.clone();
+        let (place, proxy) = &q.places[next % q.places.len()];
+        next = next.wrapping_add(1);
+        let (q2, proxy) = (q.clone(), proxy.clone());
         let span = tracing::debug_span!("quic", %peer);
-        q.tracker
-            .spawn(async move { connection(incoming, peer, &q2, ticket).await }.instrument(span));
+        // The handshake runs there too: quinn drives a connection on the event loop that
+        // accepted it.
+        let task = q.tracker.track_future(
+            async move { connection(incoming, peer, &q2, &proxy, ticket).await }.instrument(span),
+        );
+        match place {
+            Some(handle) => drop(handle.spawn(task)),
+            None => drop(tokio::spawn(task)),
+        }
     }
     // No new connections; the open ones drain.
     endpoint.set_server_config(None);
@@ -236,7 +256,13 @@ pub(crate) async fn serve(socket: UdpSocket, q: Quic) {
 }
 
 /// One QUIC connection: handshake under the timeout, then HTTP/3 until it ends.
-async fn connection(incoming: quinn::Incoming, peer: SocketAddr, q: &Quic, ticket: Ticket) {
+async fn connection(
+    incoming: quinn::Incoming,
+    peer: SocketAddr,
+    q: &Quic,
+    proxy: &Arc<Proxy>,
+    ticket: Ticket,
+) {
     let _active = q.metrics.connection_opened();
     let connecting = match incoming.accept() {
         Ok(c) => c,
@@ -303,7 +329,7 @@ async fn connection(incoming: quinn::Incoming, peer: SocketAddr, q: &Quic, ticke
             return;
         }
     };
-    if drive(&mut h3, q, &info, &evict).await == End::Graceful {
+    if drive(&mut h3, q, proxy, &info, &evict).await == End::Graceful {
         // Closing the connection discards what the client has not acknowledged yet, such as the
         // end of the last response: let it arrive (a client done with a connection after a
         // GOAWAY closes it itself).
@@ -333,7 +359,13 @@ type H3Conn = h3::server::Connection<rejecting::Connection, Bytes>;
 /// Accepts and serves the connection's request streams until it ends, closing it gracefully
 /// (GOAWAY) when it idles out, on shutdown and when it must make room, and hard once closing
 /// when nothing has been in flight for the goodbye deadline, or when the grace period is over.
-async fn drive(h3: &mut H3Conn, q: &Quic, info: &Arc<ConnInfo>, evict: &CancellationToken) -> End {
+async fn drive(
+    h3: &mut H3Conn,
+    q: &Quic,
+    proxy: &Arc<Proxy>,
+    info: &Arc<ConnInfo>,
+    evict: &CancellationToken,
+) -> End {
     let activity = &info.activity;
     let idle = q.config.idle_timeout;
     let goodbye = GOODBYE_MAX.min(idle);
@@ -353,7 +385,7 @@ async fn drive(h3: &mut H3Conn, q: &Quic, info: &Arc<ConnInfo>, evict: &Cancella
             }
             res = h3.accept(), if accepting => match res {
                 Ok(Some(resolver)) => {
-                    streams.push(request(resolver, q, info.clone()));
+                    streams.push(request(resolver, q, proxy, info.clone()));
                     false
                 }
                 // After our GOAWAY (or the client's), once every request is done.
@@ -416,6 +448,7 @@ async fn drive(h3: &mut H3Conn, q: &Quic, info: &Arc<ConnInfo>, evict: &Cancella
 async fn request(
     resolver: h3::server::RequestResolver<rejecting::Connection, Bytes>,
     q: &Quic,
+    proxy: &Arc<Proxy>,
     info: Arc<ConnInfo>,
 ) {
     let head = tokio::time::timeout(q.config.header_read_timeout, resolver.resolve_request());
@@ -435,8 +468,8 @@ async fn request(
     };
     let (mut send, recv) = stream.split();
     let req = req.map(|()| RequestBody::H3(H3Body::new(recv)));
-    let mut resp = q.proxy.handle(req, &info).await;
-    if let Some(value) = &q.proxy.hsts {
+    let mut resp = proxy.handle(req, &info).await;
+    if let Some(value) = &proxy.hsts {
         add_hsts(resp.headers_mut(), value.clone());
     }
     if let Err(error) = respond(&mut send, resp).await {
