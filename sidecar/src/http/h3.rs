@@ -8,7 +8,7 @@
 //!   (`--max-connections`, `--max-connections-per-ip`, `--max-handshakes`). QUIC has no listen
 //!   backlog: a connection that finds every slot taken is refused at once (the client falls
 //!   back to TCP, which waits). While the handshakes in flight are half the budget or more, an
-//!   unvalidated client address is answered with a Retry ([`decide`]): a flood of Initials
+//!   unvalidated client address is answered with a Retry ([`needs_retry`]): a flood of Initials
 //!   from spoofed addresses then costs one stateless packet each, not a handshake.
 //! - **Per connection**: at most [`MAX_STREAMS`] request streams at once (more wait for
 //!   credit), flow-control windows as for HTTP/2, a request head within
@@ -72,36 +72,18 @@ const CLOSE_FLUSH: Duration = Duration::from_secs(1);
 
 static REFUSED_LOG: Throttle = Throttle::new(LOG_INTERVAL);
 
-/// What to do with a new QUIC connection attempt: the pure decision of [`serve`]'s loop.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Decision {
-    /// Take a slot and handshake.
-    Accept,
-    /// Answer with a Retry: the client must prove it owns its address first.
-    Retry,
-    /// Refuse at once (CONNECTION_REFUSED).
-    Refuse(Refusal),
-}
-
-/// Decides about an attempt from an address that is `validated` (it came back with a Retry
-/// token) or not, while `handshaking` connections (TCP and QUIC) are in their handshake of a
-/// budget of `max_handshakes`, and the admission would refuse it for `refusal`. Under pressure
-/// (half the budget in use) an unvalidated address is asked to validate before anything else,
-/// so spoofed addresses can neither spend the budget nor fill a real client's per-address cap.
-pub(crate) fn decide(
+/// Whether a new QUIC connection attempt must first prove it owns its address (a Retry): it
+/// has not yet (no Retry token), it can, and `handshaking` connections (TCP and QUIC) are in
+/// their handshake, half of `max_handshakes` or more. Asked before anything else about the
+/// attempt, so under pressure a spoofed address can neither spend the handshake budget nor be
+/// refused in a real client's name (its per-address cap).
+pub(crate) fn needs_retry(
     validated: bool,
     may_retry: bool,
     handshaking: usize,
     max_handshakes: usize,
-    refusal: Option<Refusal>,
-) -> Decision {
-    if !validated && may_retry && handshaking.saturating_mul(2) >= max_handshakes {
-        return Decision::Retry;
-    }
-    match refusal {
-        Some(cause) => Decision::Refuse(cause),
-        None => Decision::Accept,
-    }
+) -> bool {
+    !validated && may_retry && handshaking.saturating_mul(2) >= max_handshakes
 }
 
 /// The QUIC side of the listener.
@@ -206,14 +188,12 @@ pub(crate) async fn serve(socket: UdpSocket, q: Quic) {
             },
         };
         let peer = incoming.remote_address();
-        let decision = decide(
+        if needs_retry(
             incoming.remote_address_validated(),
             incoming.may_retry(),
             q.admission.handshaking(),
             q.config.max_handshakes,
-            None,
-        );
-        if decision == Decision::Retry {
+        ) {
             q.metrics.quic_retry();
             if let Err(error) = incoming.retry() {
                 // Cannot happen: `may_retry` said it could.
@@ -225,7 +205,13 @@ pub(crate) async fn serve(socket: UdpSocket, q: Quic) {
             Ok(t) => t,
             Err(cause) => {
                 if let Some(suppressed) = REFUSED_LOG.ready() {
-                    debug!(%peer, cause = cause.as_str(), suppressed, "QUIC connection refused");
+                    // As for TCP: a client's address in a log line is escaped and throttled.
+                    let client = crate::throttle::escape(peer.ip().to_string().as_bytes(), 64);
+                    let why = match cause {
+                        Refusal::PerIp => "its address is at --max-connections-per-ip",
+                        _ => "every slot is taken (--max-connections); QUIC has no backlog to wait in",
+                    };
+                    warn!(%client, suppressed, "QUIC connection refused: {why}");
                 }
                 incoming.refuse();
                 continue;
@@ -517,32 +503,19 @@ mod tests {
 
     #[test]
     fn retry_only_under_pressure_and_for_unvalidated_addresses() {
-        // Quiet: accepted without a Retry.
-        assert_eq!(decide(false, true, 0, 64, None), Decision::Accept);
-        assert_eq!(decide(false, true, 31, 64, None), Decision::Accept);
+        // Quiet: no Retry.
+        assert!(!needs_retry(false, true, 0, 64));
+        assert!(!needs_retry(false, true, 31, 64));
         // Half the budget in use: prove the address first.
-        assert_eq!(decide(false, true, 32, 64, None), Decision::Retry);
-        // Validated (came back with a token), or a Retry is not possible: decided on.
-        assert_eq!(decide(true, false, 64, 64, None), Decision::Accept);
-        assert_eq!(decide(false, false, 64, 64, None), Decision::Accept);
-    }
-
-    #[test]
-    fn refusals_come_after_validation_under_pressure() {
-        // A spoofed address cannot be refused in a real client's name while under pressure:
-        // it is asked to validate first.
-        assert_eq!(
-            decide(false, true, 40, 64, Some(Refusal::PerIp)),
-            Decision::Retry
-        );
-        assert_eq!(
-            decide(true, false, 40, 64, Some(Refusal::PerIp)),
-            Decision::Refuse(Refusal::PerIp)
-        );
-        assert_eq!(
-            decide(false, true, 0, 64, Some(Refusal::QuicBusy)),
-            Decision::Refuse(Refusal::QuicBusy)
-        );
+        assert!(needs_retry(false, true, 32, 64));
+        assert!(needs_retry(false, true, 64, 64));
+        // Validated (came back with a token), or a Retry is not possible (quinn allows one per
+        // attempt): decided on by the admission.
+        assert!(!needs_retry(true, false, 64, 64));
+        assert!(!needs_retry(true, true, 64, 64));
+        assert!(!needs_retry(false, false, 64, 64));
+        // A budget of 1: one handshake in flight is pressure.
+        assert!(needs_retry(false, true, 1, 1));
     }
 
     #[test]
