@@ -413,6 +413,20 @@ impl Requester {
         .await
     }
 
+    /// Sends `head` with no body and returns its stream at once, before any response: for a
+    /// test that cancels requests. `None` when no stream could be opened within `limit` (the
+    /// server gives no credit for another).
+    pub async fn start(&self, head: Request<()>, limit: Duration) -> Option<H3Stream> {
+        let mut sender = self.sender.clone();
+        let what = format!("HTTP/3 {} {}", head.method(), head.uri());
+        let mut stream = tokio::time::timeout(limit, sender.send_request(head))
+            .await
+            .ok()?
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        let _ = within(STEP, &what, stream.finish()).await;
+        Some(stream)
+    }
+
     /// The authority requests carry (`SNI:port`).
     pub fn authority(&self) -> &str {
         &self.authority

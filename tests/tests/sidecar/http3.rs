@@ -1119,3 +1119,48 @@ async fn sse_events_arrive_incrementally_over_h3() {
         "id: 0\ndata: event 0\n\nid: 1\ndata: event 1\n\nid: 2\ndata: event 2\n\n"
     );
 }
+
+/// HTTP/2's rapid reset, over QUIC: a client that cancels each request once it reached the
+/// backend cannot make the backend work on more than the connection's 100 streams at once,
+/// because QUIC gives a stream's credit back only once the sidecar's side of it is closed too
+/// (the sidecar answers a cancelled request when the backend does).
+#[tokio::test]
+async fn cancelled_h3_requests_keep_their_stream_credit_until_answered() {
+    let app = Backend::echo().await;
+    let sc = http3(app.addr()).start().await;
+    let conn = connect(&sc).await;
+    let requester = conn.requester();
+    let mut started = 0;
+    let mut blocked = false;
+    for _ in 0..2 * MAX_STREAMS {
+        let head = requester
+            .request(Method::GET, "/hold")
+            .body(())
+            .expect("hold head");
+        let Some(mut stream) = requester.start(head, Duration::from_secs(2)).await else {
+            blocked = true;
+            break;
+        };
+        started += 1;
+        poll_until(STEP, "the request to reach the backend", || {
+            (app.requests().len() == started).then_some(())
+        })
+        .await;
+        // Cancelled both ways, as a browser cancels a request.
+        stream.stop_stream(::h3::error::Code::H3_REQUEST_CANCELLED);
+        stream.stop_sending(::h3::error::Code::H3_REQUEST_CANCELLED);
+    }
+    assert!(
+        blocked && started == MAX_STREAMS,
+        "{started} cancelled requests reached the backend from one connection (blocked: {blocked})"
+    );
+    // Once the backend answers them, the credit comes back and the connection is served.
+    app.release(MAX_STREAMS);
+    let reply = within(
+        Duration::from_secs(30),
+        "a request after the cancels",
+        conn.get("/x"),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK);
+}
