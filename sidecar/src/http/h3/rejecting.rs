@@ -12,18 +12,22 @@ use bytes::Buf;
 use h3::error::Code;
 use h3::quic::{self, ConnectionErrorIncoming, StreamErrorIncoming, StreamId, WriteBuf};
 
+/// One of h3-quinn's connection-level types, whose streams come wrapped in [`Bidi`] and
+/// [`Send`]: the connection itself ([`Connection`]) and its stream opener.
+pub(crate) struct Wrapped<T>(T);
+
 /// The connection: accepted request streams come wrapped in [`Bidi`].
-pub(crate) struct Connection(h3_quinn::Connection);
+pub(crate) type Connection = Wrapped<h3_quinn::Connection>;
 
 impl Connection {
     pub(crate) fn new(conn: quinn::Connection) -> Self {
-        Self(h3_quinn::Connection::new(conn))
+        Wrapped(h3_quinn::Connection::new(conn))
     }
 }
 
 impl<B: Buf> quic::Connection<B> for Connection {
     type RecvStream = h3_quinn::RecvStream;
-    type OpenStreams = Opener;
+    type OpenStreams = Wrapped<h3_quinn::OpenStreams>;
 
     fn poll_accept_recv(
         &mut self,
@@ -40,11 +44,19 @@ impl<B: Buf> quic::Connection<B> for Connection {
     }
 
     fn opener(&self) -> Self::OpenStreams {
-        Opener(quic::Connection::<B>::opener(&self.0))
+        Wrapped(quic::Connection::<B>::opener(&self.0))
     }
 }
 
-impl<B: Buf> quic::OpenStreams<B> for Connection {
+impl<B, T> quic::OpenStreams<B> for Wrapped<T>
+where
+    B: Buf,
+    T: quic::OpenStreams<
+        B,
+        BidiStream = h3_quinn::BidiStream<B>,
+        SendStream = h3_quinn::SendStream<B>,
+    >,
+{
     type BidiStream = Bidi<B>;
     type SendStream = Send<B>;
 
@@ -52,44 +64,18 @@ impl<B: Buf> quic::OpenStreams<B> for Connection {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Result<Self::BidiStream, StreamErrorIncoming>> {
-        quic::OpenStreams::<B>::poll_open_bidi(&mut self.0, cx).map_ok(Bidi::new)
+        self.0.poll_open_bidi(cx).map_ok(Bidi::new)
     }
 
     fn poll_open_send(
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Result<Self::SendStream, StreamErrorIncoming>> {
-        quic::OpenStreams::<B>::poll_open_send(&mut self.0, cx).map_ok(Send::new)
+        self.0.poll_open_send(cx).map_ok(Send::new)
     }
 
     fn close(&mut self, code: Code, reason: &[u8]) {
-        quic::OpenStreams::<B>::close(&mut self.0, code, reason);
-    }
-}
-
-/// h3-quinn's stream opener, its streams wrapped.
-pub(crate) struct Opener(h3_quinn::OpenStreams);
-
-impl<B: Buf> quic::OpenStreams<B> for Opener {
-    type BidiStream = Bidi<B>;
-    type SendStream = Send<B>;
-
-    fn poll_open_bidi(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Result<Self::BidiStream, StreamErrorIncoming>> {
-        quic::OpenStreams::<B>::poll_open_bidi(&mut self.0, cx).map_ok(Bidi::new)
-    }
-
-    fn poll_open_send(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Result<Self::SendStream, StreamErrorIncoming>> {
-        quic::OpenStreams::<B>::poll_open_send(&mut self.0, cx).map_ok(Send::new)
-    }
-
-    fn close(&mut self, code: Code, reason: &[u8]) {
-        quic::OpenStreams::<B>::close(&mut self.0, code, reason);
+        self.0.close(code, reason);
     }
 }
 
