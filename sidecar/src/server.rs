@@ -13,7 +13,6 @@ pub(crate) mod orphan;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
@@ -26,6 +25,7 @@ use tracing::{debug, error, info, warn, Instrument};
 use crate::config::{Config, Mode, ProxyProtocol};
 use crate::connection::activity::Activity;
 use crate::connection::admission::{Admission, Limits, Phase, Ticket};
+use crate::connection::drain_cut;
 use crate::http::h2pool::H2Pool;
 use crate::http::h3;
 use crate::http::Proxy;
@@ -510,17 +510,6 @@ async fn connection(
             .await;
         }
     }
-}
-
-/// A TLS handshake under way when the drain begins gets this long to finish: a real client's
-/// takes a round trip or two, and its connection, accepted just before the listener stopped
-/// (or was handed over), is then served and closed like the others instead of being reset.
-const HANDSHAKE_DRAIN: Duration = Duration::from_secs(1);
-
-/// Completes [`HANDSHAKE_DRAIN`] after the drain began.
-pub(crate) async fn drain_cut(shutdown: &CancellationToken) {
-    shutdown.cancelled().await;
-    tokio::time::sleep(HANDSHAKE_DRAIN).await;
 }
 
 /// How a handshake ended. Returned by value once per connection and matched at once: boxing

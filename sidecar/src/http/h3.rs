@@ -260,7 +260,7 @@ async fn connection(
     };
     let handshake = tokio::time::timeout(q.config.handshake_timeout, connecting);
     let conn = tokio::select! {
-        () = crate::server::drain_cut(&q.shutdown) => return,
+        () = crate::connection::drain_cut(&q.shutdown) => return,
         _ = ticket.evicted() => return,
         res = handshake => match res {
             Err(_) => {
