@@ -50,31 +50,49 @@ fn modules(src: &Path) -> BTreeMap<ModPath, String> {
     out
 }
 
-/// The `a::b::c` paths written in `code` after `prefix` (`crate::`, `super::`, ...).
+/// The `a::b::c` paths written in `code` after `prefix` (`crate::`, `self::`).
 fn paths_after(code: &str, prefix: &str) -> Vec<Vec<String>> {
-    code.split(prefix)
-        .skip(1)
-        .map(|rest| {
-            let mut segments = Vec::new();
-            let mut rest = rest;
-            loop {
-                let ident: String = rest
-                    .chars()
-                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                    .collect();
-                if ident.is_empty() {
-                    break;
-                }
-                rest = &rest[ident.len()..];
-                segments.push(ident);
-                match rest.strip_prefix("::") {
-                    Some(r) => rest = r,
-                    None => break,
-                }
-            }
-            segments
-        })
-        .collect()
+    code.split(prefix).skip(1).map(segments).collect()
+}
+
+/// The paths written after a run of `super::` (`super::super::x` is one run of two): how many,
+/// and the path after them.
+fn super_paths(code: &str) -> Vec<(usize, Vec<String>)> {
+    let mut out = Vec::new();
+    let mut rest = code;
+    while let Some(at) = rest.find("super::") {
+        let mut after = &rest[at..];
+        let mut ups = 0;
+        while let Some(r) = after.strip_prefix("super::") {
+            ups += 1;
+            after = r;
+        }
+        out.push((ups, segments(after)));
+        rest = after;
+    }
+    out
+}
+
+/// The `a::b::c` identifiers at the start of `rest`.
+fn segments(rest: &str) -> Vec<String> {
+    let mut segments = Vec::new();
+    let mut rest = rest;
+    loop {
+        let ident: String = rest
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        if ident.is_empty() {
+            break;
+        }
+        rest = &rest[ident.len()..];
+        segments.push(ident);
+        match rest.strip_prefix("::") {
+            Some(r) => rest = r,
+            None => break,
+        }
+    }
+    segments
 }
 
 /// The longest known module that `path` starts with.
@@ -96,12 +114,9 @@ fn graph(src: &Path) -> BTreeMap<ModPath, BTreeSet<ModPath>> {
         for path in paths_after(code, "crate::") {
             uses.extend(resolve(&known, &path));
         }
-        for path in paths_after(code, "super::") {
-            // `super::super::x` arrives as ["super", "x"] after the first `super::`.
-            let ups = 1 + path.iter().take_while(|s| *s == "super").count();
+        for (ups, path) in super_paths(code) {
             let base = &module[..module.len().saturating_sub(ups)];
-            let rest: Vec<String> = path.iter().skip(ups - 1).cloned().collect();
-            let full: ModPath = base.iter().cloned().chain(rest).collect();
+            let full: ModPath = base.iter().cloned().chain(path).collect();
             uses.extend(resolve(&known, &full));
         }
         for path in paths_after(code, "self::") {
@@ -230,7 +245,7 @@ fn the_walk_sees_nested_modules_and_their_edges() {
         ("http.rs", "mod fast; pub struct Shared; use fast::Pool;"),
         (
             "http/fast.rs",
-            "mod chunked; use super::Shared; pub struct Pool;",
+            "mod chunked; use super::Shared; use super::super::tls::Key; pub struct Pool;",
         ),
         (
             "http/fast/chunked.rs",
@@ -248,6 +263,9 @@ fn the_walk_sees_nested_modules_and_their_edges() {
     assert_eq!(graph[&http], BTreeSet::new());
     assert_eq!(graph[&tls], BTreeSet::from([chunked.clone()]));
     assert_eq!(graph[&chunked], BTreeSet::from([tls.clone()]));
+    // `super::super::x` climbs two levels: http::fast names tls, not its own parent.
+    let fast: ModPath = ["http", "fast"].map(String::from).to_vec();
+    assert_eq!(graph[&fast], BTreeSet::from([tls.clone()]));
     // Lifted to the top: http <-> tls, a cycle the test reports.
     let top = &levels(&graph)[&Vec::new()];
     assert!(cycle_from(top, "tls").is_some(), "{top:?}");
