@@ -13,8 +13,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use crate::certdir::{write, CertsDir};
 use crate::client::{provider, try_tls_connect};
-use crate::issuer::Issued;
+use crate::issuer::{Issued, Spec, TestCa};
+use crate::sidecar::{Sidecar, SidecarBuilder};
 use crate::wait::{within, STEP};
 
 /// A client config trusting `server_ca`, offering `alpn`, presenting `identity` if given.
@@ -140,5 +142,65 @@ impl CountingEcho {
 impl Drop for CountingEcho {
     fn drop(&mut self) {
         self.accept.abort();
+    }
+}
+
+/// A server certificate for `localhost` from one CA, client certificates from another, in a
+/// directory a sidecar reads: `server.crt`/`server.key` and `client-ca.pem`.
+pub struct MtlsFixture {
+    pub server_ca: TestCa,
+    pub clients: TestCa,
+    pub files: CertsDir,
+    /// `client-ca.pem`: what `--client-ca` names.
+    pub client_ca: std::path::PathBuf,
+}
+
+impl MtlsFixture {
+    pub fn new() -> MtlsFixture {
+        let server_ca = TestCa::new("server CA");
+        let clients = TestCa::new("internal client CA");
+        let files = CertsDir::new();
+        files.flat("server", &server_ca.issue(&Spec::server(&["localhost"])));
+        let client_ca = files.path().join("client-ca.pem");
+        write(&client_ca, clients.pem());
+        MtlsFixture {
+            server_ca,
+            clients,
+            files,
+            client_ca,
+        }
+    }
+
+    /// A file of the fixture's directory.
+    pub fn path(&self, name: &str) -> String {
+        self.files.path().join(name).display().to_string()
+    }
+
+    /// A sidecar with the server pair and `--client-ca`, in front of `backend`.
+    pub fn sidecar(&self, backend: SocketAddr) -> SidecarBuilder {
+        Sidecar::builder()
+            .backend(backend)
+            .arg("--cert")
+            .arg(self.path("server.crt"))
+            .arg("--key")
+            .arg(self.path("server.key"))
+            .arg("--client-ca")
+            .arg(self.client_ca.display().to_string())
+    }
+
+    /// A client trusting the server CA, offering `alpn` and presenting `identity`.
+    pub fn client(&self, identity: Option<&Issued>, alpn: &[&str]) -> Arc<ClientConfig> {
+        client_config(self.server_ca.der(), alpn, identity)
+    }
+
+    /// A client certificate of the client CA.
+    pub fn issue(&self, spec: Spec) -> Issued {
+        self.clients.issue(&spec)
+    }
+}
+
+impl Default for MtlsFixture {
+    fn default() -> Self {
+        Self::new()
     }
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use harness::backend::{pattern_sha256, sha256_hex, Backend, Echo};
-use harness::certdir::{replace_atomic, write, CertsDir};
+use harness::certdir::{replace_atomic, CertsDir};
 use harness::client::{self, HttpConn, Trust, ALPN_H1, ALPN_H2_H1};
 use harness::grpc::{GrpcBackend, HttpProtocols, HttpTrailerBackend};
 use harness::h3::{
@@ -21,6 +21,7 @@ use harness::h3::{
 };
 use harness::issuer::{Issued, Spec, TestCa};
 use harness::metrics::{metrics, wait_metric};
+use harness::mtls::MtlsFixture;
 use harness::sidecar::{log_field, Sidecar, SidecarBuilder};
 use harness::wait::{poll_until, poll_until_async, within, STEP};
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
@@ -339,44 +340,14 @@ async fn grpc_over_h3_reaches_an_h2c_backend() {
     );
 }
 
-/// A server certificate for `localhost` from one CA, client certificates from another.
-struct MtlsFixture {
-    server_ca: TestCa,
-    clients: TestCa,
-    files: CertsDir,
+/// The mutual-TLS sidecar of [`MtlsFixture`], with `--http3`.
+fn mtls_sidecar(fx: &MtlsFixture, backend: SocketAddr) -> SidecarBuilder {
+    fx.sidecar(backend).arg("--http3")
 }
 
-impl MtlsFixture {
-    fn new() -> MtlsFixture {
-        let server_ca = TestCa::new("server CA");
-        let clients = TestCa::new("internal client CA");
-        let files = CertsDir::new();
-        files.flat("server", &server_ca.issue(&Spec::server(&["localhost"])));
-        write(&files.path().join("client-ca.pem"), clients.pem());
-        MtlsFixture {
-            server_ca,
-            clients,
-            files,
-        }
-    }
-
-    fn path(&self, name: &str) -> String {
-        self.files.path().join(name).display().to_string()
-    }
-
-    fn sidecar(&self, backend: SocketAddr) -> SidecarBuilder {
-        http3(backend)
-            .arg("--cert")
-            .arg(self.path("server.crt"))
-            .arg("--key")
-            .arg(self.path("server.key"))
-            .arg("--client-ca")
-            .arg(self.path("client-ca.pem"))
-    }
-
-    fn h3_client(&self, identity: Option<&Issued>) -> Arc<ClientConfig> {
-        h3::config(Trust::Ca(self.server_ca.der()), identity)
-    }
+/// An HTTP/3 client trusting the fixture's server CA, presenting `identity`.
+fn mtls_h3_client(fx: &MtlsFixture, identity: Option<&Issued>) -> Arc<ClientConfig> {
+    h3::config(Trust::Ca(fx.server_ca.der()), identity)
 }
 
 /// Connects and sends `GET path`; what the client saw, or why it got nothing.
@@ -394,15 +365,14 @@ async fn h3_get_as(sc: &Sidecar, tls: Arc<ClientConfig>, path: &str) -> Result<S
 async fn mtls_over_h3_admits_an_allowed_certificate_and_refuses_the_rest() {
     let fx = MtlsFixture::new();
     let app = Backend::echo().await;
-    let sc = fx
-        .sidecar(app.addr())
+    let sc = mtls_sidecar(&fx, app.addr())
         .arg("--allow-cn")
         .arg("web")
         .start()
         .await;
 
     let web = fx.clients.issue(&Spec::client("web"));
-    let conn = H3Conn::connect(sc.addr(), "localhost", fx.h3_client(Some(&web))).await;
+    let conn = H3Conn::connect(sc.addr(), "localhost", mtls_h3_client(&fx, Some(&web))).await;
     let reply = conn.get("/whoami").await;
     assert_eq!(
         reply.status,
@@ -429,7 +399,7 @@ async fn mtls_over_h3_admits_an_allowed_certificate_and_refuses_the_rest() {
     ];
     for (what, identity) in cases {
         let path = format!("/refused/{}", what.replace(' ', "-"));
-        let outcome = h3_get_as(&sc, fx.h3_client(identity), &path).await;
+        let outcome = h3_get_as(&sc, mtls_h3_client(&fx, identity), &path).await;
         println!("{what}: {outcome:?}");
         assert!(
             outcome.is_err(),

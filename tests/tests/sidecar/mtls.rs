@@ -5,15 +5,14 @@
 //! without a restart: a CA roll-over, a broken bundle that keeps the previous one, a CRL update.
 //! Clients: rustls and curl.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use harness::backend::{sha256_hex, Backend};
-use harness::certdir::{write, CertsDir};
+use harness::certdir::write;
 use harness::client::{HttpConn, ALPN_H1, ALPN_H2_H1};
 use harness::issuer::{Issued, Spec, TestCa};
-use harness::mtls::{client_config, expect_refused, CountingEcho, Refusal};
-use harness::sidecar::{run_expect_fail, Sidecar, SidecarBuilder};
+use harness::mtls::{expect_refused, CountingEcho, MtlsFixture as Fixture, Refusal};
+use harness::sidecar::{run_expect_fail, Sidecar};
 use harness::wait::{within, STEP};
 use http::{Method, StatusCode};
 use rustls::ClientConfig;
@@ -25,56 +24,6 @@ const REQUEST: &[u8] = b"GET /secret HTTP/1.1\r\nHost: localhost\r\n\r\n";
 const SUBJECT: &str = "x-client-cert-subject";
 const SAN: &str = "x-client-cert-san";
 const FINGERPRINT: &str = "x-client-cert-fingerprint";
-
-/// A server certificate for `localhost` from one CA, client certificates from another.
-struct Fixture {
-    server_ca: TestCa,
-    clients: TestCa,
-    files: CertsDir,
-    client_ca: PathBuf,
-}
-
-impl Fixture {
-    fn new() -> Fixture {
-        let server_ca = TestCa::new("server CA");
-        let clients = TestCa::new("internal client CA");
-        let files = CertsDir::new();
-        files.flat("server", &server_ca.issue(&Spec::server(&["localhost"])));
-        let client_ca = files.path().join("client-ca.pem");
-        write(&client_ca, clients.pem());
-        Fixture {
-            server_ca,
-            clients,
-            files,
-            client_ca,
-        }
-    }
-
-    fn path(&self, name: &str) -> String {
-        self.files.path().join(name).display().to_string()
-    }
-
-    /// A sidecar with the server pair and `--client-ca`, in front of `backend`.
-    fn sidecar(&self, backend: std::net::SocketAddr) -> SidecarBuilder {
-        Sidecar::builder()
-            .backend(backend)
-            .arg("--cert")
-            .arg(self.path("server.crt"))
-            .arg("--key")
-            .arg(self.path("server.key"))
-            .arg("--client-ca")
-            .arg(self.client_ca.display().to_string())
-    }
-
-    /// A client trusting the server CA and presenting `identity`.
-    fn client(&self, identity: Option<&Issued>, alpn: &[&str]) -> Arc<ClientConfig> {
-        client_config(self.server_ca.der(), alpn, identity)
-    }
-
-    fn issue(&self, spec: Spec) -> Issued {
-        self.clients.issue(&spec)
-    }
-}
 
 /// Asserts `identity` is admitted: a request goes through and the backend sees it.
 async fn admitted(sc: &Sidecar, fx: &Fixture, identity: Option<&Issued>, what: &str) {
