@@ -23,11 +23,21 @@ const ENGINE_START: Duration = Duration::from_secs(60);
 /// How long dockerd may take to exit after SIGTERM (it stops its containers first).
 const ENGINE_STOP: Duration = Duration::from_secs(60);
 
+/// Where a swarm node's engine sees its own directory ([`PrivateEngine::start_node`]): the same
+/// path on every node, so a global service can bind-mount "this node's socket"
+/// (`/run/tls-sidecar-node/docker.sock`) as a real swarm's `/var/run/docker.sock`.
+pub const NODE_DIR: &str = "/run/tls-sidecar-node";
+
 /// A private `dockerd`, stopped and its directory removed on drop.
 pub struct PrivateEngine {
     dir: PathBuf,
     /// The network namespace dockerd runs in.
     netns: String,
+    /// Whether the namespace is this engine's own (deleted with it), or a test bed's.
+    owns_netns: bool,
+    /// A swarm node's host name: the engine then runs in mount and UTS namespaces of its own,
+    /// with its `node/` directory at [`NODE_DIR`] and its socket in it.
+    node: Option<String>,
     child: Option<Child>,
 }
 
@@ -45,10 +55,38 @@ impl PrivateEngine {
         let mut engine = PrivateEngine {
             dir,
             netns,
+            owns_netns: true,
+            node: None,
             child: None,
         };
         engine.spawn();
         engine
+    }
+
+    /// Starts an engine as one node of a multi-node test bed: in the network namespace `netns`
+    /// (made and deleted by the bed), with host name `hostname` (what `docker node ls` shows)
+    /// in a UTS namespace of its own, and in a mount namespace of its own where its `node/`
+    /// directory, holding its socket, is [`NODE_DIR`]. Every node's containers then find their
+    /// own node's engine at one path, as on separate machines.
+    pub fn start_node(netns: &str, hostname: &str) -> PrivateEngine {
+        let dir = std::env::temp_dir().join(unique_name("tls-sidecar-node"));
+        std::fs::create_dir_all(dir.join("node")).expect("create the engine's directory");
+        std::fs::create_dir_all(NODE_DIR).expect("create the node directory's mount point");
+        std::fs::write(dir.join("daemon.json"), "{}\n").expect("write daemon.json");
+        let mut engine = PrivateEngine {
+            dir,
+            netns: netns.to_string(),
+            owns_netns: false,
+            node: Some(hostname.to_string()),
+            child: None,
+        };
+        engine.spawn();
+        engine
+    }
+
+    /// The network namespace the engine runs in (`ip netns` name).
+    pub fn netns(&self) -> &str {
+        &self.netns
     }
 
     fn spawn(&mut self) {
@@ -61,9 +99,30 @@ impl PrivateEngine {
         let d = |name: &str| self.dir.join(name).display().to_string();
         // `nsenter --net`, not `ip netns exec`: the latter also makes a mount namespace with a
         // fresh /sys, where dockerd finds no cgroups.
-        let child = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", self.netns))
-            .args(["--", "dockerd"])
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", self.netns));
+        match &self.node {
+            // A node: its own mount and UTS namespaces (private propagation, so nothing it
+            // mounts shows on the machine), its host name set and its directory bound at
+            // NODE_DIR before dockerd starts in them.
+            Some(hostname) => {
+                cmd.args([
+                    "--",
+                    "unshare",
+                    "--mount",
+                    "--uts",
+                    "--propagation",
+                    "private",
+                ])
+                .args(["--", "sh", "-c"])
+                .arg(r#"hostname "$1" && mount --bind "$2" "$3" && shift 3 && exec dockerd "$@""#)
+                .args(["node-engine", hostname, &d("node"), NODE_DIR]);
+            }
+            None => {
+                cmd.args(["--", "dockerd"]);
+            }
+        }
+        let child = cmd
             .args([
                 "--config-file",
                 &d("daemon.json"),
@@ -105,9 +164,12 @@ impl PrivateEngine {
         format!("unix://{}", self.socket().display())
     }
 
-    /// The engine's socket file.
+    /// The engine's socket file (for a node, in the directory it sees at [`NODE_DIR`]).
     pub fn socket(&self) -> PathBuf {
-        self.dir.join("docker.sock")
+        match self.node {
+            Some(_) => self.dir.join("node").join("docker.sock"),
+            None => self.dir.join("docker.sock"),
+        }
     }
 
     /// The end of dockerd's log, for failure messages.
@@ -252,9 +314,11 @@ impl Drop for PrivateEngine {
             }
             self.stop();
         }
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.netns])
-            .status();
+        if self.owns_netns {
+            let _ = Command::new("ip")
+                .args(["netns", "del", &self.netns])
+                .status();
+        }
         // A swarm leaves its sandboxes' namespaces bind-mounted under the exec root.
         let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
         for point in mounts.lines().filter_map(|l| l.split(' ').nth(1)) {
@@ -267,7 +331,7 @@ impl Drop for PrivateEngine {
 }
 
 /// Runs `ip ARGS` (iproute2); panics with its stderr on failure.
-fn ip(args: &[&str]) {
+pub(crate) fn ip(args: &[&str]) {
     let out = Command::new("ip")
         .args(args)
         .output()

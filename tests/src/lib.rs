@@ -24,5 +24,6 @@ pub mod pebble;
 pub mod redirect;
 pub mod sidecar;
 pub mod spawner;
+pub mod swarm;
 pub mod tmp;
 pub mod wait;

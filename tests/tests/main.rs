@@ -9,4 +9,5 @@ mod layout;
 mod migrating;
 mod sidecar;
 mod spawner;
+mod swarm_nodes;
 mod tools;

@@ -1,0 +1,431 @@
+//! The spawner on a three-node swarm (harness::swarm): one manager and two workers, each a
+//! private engine in a network namespace of its own on a private LAN, with an overlay network
+//! between them. The documented multi-node stack file (`docs/swarm/nodes.yml`) is deployed as
+//! is: every node's replica is served with the operator's certificate from a Swarm secret,
+//! services call each other across nodes with identities of one CA from a Swarm secret, and a
+//! worker's engine stopping and starting again leaves nothing behind on any node.
+//!
+//! Services are published in `mode: host` and reached on each node's own address from inside
+//! that node's namespace: the routing mesh needs IPVS, which this machine's kernel lacks.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use harness::docker::{poll, repo_root, unique_name};
+use harness::dockerd::PrivateEngine;
+use harness::issuer::{Spec, TestCa};
+use harness::swarm::SwarmBed;
+
+/// Generous bound for what only has to happen: a swarm scheduling tasks on a loaded CI machine,
+/// vfs copying image layers, an engine restarting.
+const SWARM_STEP: Duration = Duration::from_secs(120);
+/// The web service's hostname (its certificate from a secret).
+const WEB_HOST: &str = "www.swarm.test";
+/// The port each node publishes its web replica on.
+const HTTPS_PORT: &str = "9443";
+/// The stack's name.
+const STACK: &str = "tls";
+/// The identity trust domain.
+const DOMAIN: &str = "swarm.internal";
+
+/// What a deployed stack is made of, for the checks.
+struct Deployed {
+    prefix: String,
+    /// The fingerprint (SHA-256 of the DER, lowercase hex) of the web certificate in the secret.
+    web_fingerprint: String,
+    deployed_at: Instant,
+}
+
+/// Makes the secrets (web pair of a test CA, identity CA made as the spawner makes its own) and
+/// deploys `docs/swarm/nodes.yml` as a user would, under a fresh label prefix.
+fn deploy(bed: &SwarmBed, api_replicas: usize) -> Deployed {
+    let m = bed.manager();
+    let dir = std::env::temp_dir().join(unique_name("swarm-secrets"));
+    std::fs::create_dir_all(&dir).expect("secrets dir");
+    let ca = TestCa::new("swarm web CA");
+    let web = ca.issue(&Spec::server(&[WEB_HOST]));
+    let (cert, key) = web.write_to(&dir, "web");
+    let identity_dir = dir.join("identity");
+    let domain = DOMAIN.parse().expect("domain");
+    spawner::IdentityCa::load_or_create(&identity_dir, &domain).expect("make the identity CA");
+    for (name, file) in [
+        ("tls-web-fullchain", cert.clone()),
+        ("tls-web-privkey", key),
+        ("tls-identity-ca", identity_dir.join(spawner::CA_CERT_FILE)),
+        (
+            "tls-identity-ca-key",
+            identity_dir.join(spawner::CA_KEY_FILE),
+        ),
+    ] {
+        m.docker_ok(&["secret", "create", name, &file.display().to_string()]);
+    }
+    let web_fingerprint = fingerprint_of_pem(&std::fs::read(&cert).expect("read cert"));
+    let _ = std::fs::remove_dir_all(&dir);
+    let prefix = unique_name("t");
+    let deployed_at = Instant::now();
+    let out = Command::new("docker")
+        .args(["--host", &m.host()])
+        .args(["stack", "deploy", "--resolve-image", "never", "-c"])
+        .arg(repo_root().join("docs/swarm/nodes.yml"))
+        .arg(STACK)
+        .env("TLS_SIDECAR_TAG", "nodes")
+        .env("TLS_SIDECAR_LABEL_PREFIX", &prefix)
+        .env(
+            "DOCKER_SOCKET",
+            Path::new(harness::dockerd::NODE_DIR).join("docker.sock"),
+        )
+        .env("WEB_HOSTNAME", WEB_HOST)
+        .env("API_REPLICAS", api_replicas.to_string())
+        .env("HTTPS_PORT", HTTPS_PORT)
+        .env("IDENTITY_DOMAIN", DOMAIN)
+        .output()
+        .expect("run docker stack deploy");
+    assert!(
+        out.status.success(),
+        "docker stack deploy failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Deployed {
+        prefix,
+        web_fingerprint,
+        deployed_at,
+    }
+}
+
+/// SHA-256 of the first certificate of a PEM file, lowercase hex.
+fn fingerprint_of_pem(pem: &[u8]) -> String {
+    use rustls_pki_types::pem::PemObject;
+    let der = rustls_pki_types::CertificateDer::pem_slice_iter(pem)
+        .next()
+        .expect("a certificate")
+        .expect("valid PEM");
+    hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &der).as_ref())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The SHA-256 fingerprint of the certificate node `i` serves on its published port for
+/// `WEB_HOST`, and the response body; `None` while nothing answers there.
+fn served_on(bed: &SwarmBed, i: usize) -> Option<(String, String)> {
+    let addr = bed.addr(i);
+    let resolve = format!("{WEB_HOST}:{HTTPS_PORT}:{addr}");
+    let url = format!("https://{WEB_HOST}:{HTTPS_PORT}/");
+    // `-w %{certs}` needs curl 7.88; the leaf is the first certificate it prints.
+    let out = bed.curl_on(i, &["-k", "--resolve", &resolve, "-w", "\n%{certs}", &url])?;
+    let (body, certs) = out.split_once("\n-----BEGIN CERTIFICATE-----")?;
+    let pem = format!("-----BEGIN CERTIFICATE-----{certs}");
+    Some((fingerprint_of_pem(pem.as_bytes()), body.to_string()))
+}
+
+/// Running task containers of `service` on one engine.
+fn tasks_on(engine: &PrivateEngine, service: &str) -> Vec<String> {
+    let out = engine.docker_ok(&[
+        "ps",
+        "-q",
+        "--no-trunc",
+        "--filter",
+        &format!("label=com.docker.swarm.service.name={service}"),
+    ]);
+    out.lines().map(str::to_string).collect()
+}
+
+/// Whether every running task of `service` on `engine` has exactly one running sidecar of
+/// `prefix` answering TLS in its namespace.
+fn tasks_served(engine: &PrivateEngine, prefix: &str, service: &str) -> bool {
+    tasks_on(engine, service).iter().all(|task| {
+        let sidecars = engine.docker_ok(&[
+            "ps",
+            "-q",
+            "--filter",
+            &format!("label={prefix}.sidecar-for={task}"),
+        ]);
+        sidecars.lines().count() == 1 && tls_answers_in(engine, task)
+    })
+}
+
+/// Whether a TLS server completes a handshake on 127.0.0.1:8443 in a task's namespace (from
+/// the client's side: a sidecar that then refuses a client without an identity counts, as api's
+/// does).
+fn tls_answers_in(engine: &PrivateEngine, task: &str) -> bool {
+    let pid = engine.pid_of(task);
+    if pid == 0 {
+        return false;
+    }
+    let out = Command::new("nsenter")
+        .args(["--target", &pid.to_string(), "--net", "--"])
+        .args([
+            "timeout",
+            "5",
+            "openssl",
+            "s_client",
+            "-brief",
+            "-connect",
+            "127.0.0.1:8443",
+        ])
+        .stdin(std::process::Stdio::null())
+        .output();
+    out.is_ok_and(|o| {
+        String::from_utf8_lossy(&o.stderr).contains("CONNECTION ESTABLISHED")
+            || String::from_utf8_lossy(&o.stdout).contains("CONNECTION ESTABLISHED")
+    })
+}
+
+/// Nothing left behind on one engine: every sidecar of `prefix` (running or not) belongs to a
+/// running task, and every volume is mounted by some container.
+fn leftovers(engine: &PrivateEngine, prefix: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let running: BTreeSet<String> = engine
+        .docker_ok(&["ps", "-q", "--no-trunc"])
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let sidecars = engine.docker_ok(&[
+        "ps",
+        "-a",
+        "--filter",
+        &format!("label={prefix}.managed-by=spawner"),
+        "--format",
+        &format!("{{{{.Names}}}} {{{{.Label \"{prefix}.sidecar-for\"}}}}"),
+    ]);
+    for line in sidecars.lines() {
+        let (name, target) = line.split_once(' ').unwrap_or((line, ""));
+        if !running.contains(target) {
+            found.push(format!("sidecar {name} of {target}, which is not running"));
+        }
+    }
+    let mounted: BTreeSet<String> = engine
+        .docker_ok(&["ps", "-aq"])
+        .lines()
+        .flat_map(|id| {
+            engine
+                .docker_ok(&[
+                    "inspect",
+                    "--format",
+                    "{{range .Mounts}}{{.Name}} {{end}}",
+                    id,
+                ])
+                .split_whitespace()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    for volume in engine.docker_ok(&["volume", "ls", "-q"]).lines() {
+        if !mounted.contains(volume) {
+            found.push(format!("volume {volume}, mounted by no container"));
+        }
+    }
+    found
+}
+
+/// Every node serves its web replica with the secret's certificate.
+fn every_node_serves_web(bed: &SwarmBed, d: &Deployed) -> bool {
+    (1..=bed.nodes.len()).all(|i| {
+        served_on(bed, i)
+            .is_some_and(|(fp, body)| fp == d.web_fingerprint && body.contains("GET /"))
+    })
+}
+
+/// `curl http://127.0.0.1:9001/` in a task's namespace: web's relay to api.
+fn call_api_from(engine: &PrivateEngine, task: &str) -> Option<String> {
+    let pid = engine.pid_of(task);
+    let out = Command::new("nsenter")
+        .args(["--target", &pid.to_string(), "--net", "--"])
+        .args([
+            "curl",
+            "-sS",
+            "--max-time",
+            "5",
+            "http://127.0.0.1:9001/who",
+        ])
+        .output()
+        .ok()?;
+    let body = String::from_utf8_lossy(&out.stdout).into_owned();
+    (out.status.success() && body.contains("GET /who")).then_some(body)
+}
+
+/// The node (1-based) running the one task of `service`, and that task.
+fn where_is(bed: &SwarmBed, service: &str) -> Option<(usize, String)> {
+    (1..=bed.nodes.len()).find_map(|i| tasks_on(bed.node(i), service).pop().map(|t| (i, t)))
+}
+
+#[test]
+fn a_stack_across_three_nodes_serves_each_replica_and_identity_crosses_nodes() {
+    let bed = SwarmBed::start(3, "nodes");
+    let d = deploy(&bed, 1);
+    let web = format!("{STACK}_web");
+    let api = format!("{STACK}_api");
+
+    // Every node's own replica, on its own published port, with the operator's certificate
+    // that reached it through the Raft store.
+    let (_, took) = poll(
+        SWARM_STEP,
+        "every node serves web with the secret's certificate",
+        || every_node_serves_web(&bed, &d).then_some(()),
+    );
+    eprintln!(
+        "swarm_nodes: 3 web replicas served on their nodes {:?} after the deploy ({took:?} polling)",
+        d.deployed_at.elapsed()
+    );
+    for i in 1..=3 {
+        assert_eq!(
+            tasks_on(bed.node(i), &web).len(),
+            1,
+            "one web task on node {i}"
+        );
+    }
+
+    // Identity across nodes: web's task on another node than api's calls api through both
+    // sidecars over the overlay network; api's app is told who called.
+    let ((api_node, _), _) = poll(SWARM_STEP, "api's task running", || where_is(&bed, &api));
+    let caller_node = if api_node == 1 { 2 } else { 1 };
+    let caller = tasks_on(bed.node(caller_node), &web)
+        .pop()
+        .expect("web task");
+    let (body, took) = poll(SWARM_STEP, "web on another node calls api", || {
+        call_api_from(bed.node(caller_node), &caller)
+    });
+    eprintln!(
+        "swarm_nodes: web on node {caller_node} called api on node {api_node} ({took:?} polling)"
+    );
+    let san = body
+        .lines()
+        .find_map(|l| l.strip_prefix("x-client-cert-san: "))
+        .unwrap_or_default();
+    assert!(
+        san.contains(&format!("spiffe://{DOMAIN}/web")),
+        "api's app must be told the caller is web: {body}"
+    );
+
+    // A third service, also with an identity of the same CA, calling api: refused in the
+    // handshake (api admits web only), so its app gets no answer.
+    let m = bed.manager();
+    let intruder = format!("{STACK}_intruder");
+    m.docker_ok(&[
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        &intruder,
+        "--network",
+        &format!("{STACK}_default"),
+        "--container-label",
+        &format!("{}.proxy-image={}", d.prefix, bed.images().sidecar),
+        "--container-label",
+        &format!("{}.upstreams=9001=api:8443", d.prefix),
+        "--constraint",
+        &format!("node.hostname==node{caller_node}"),
+        &bed.images().demo,
+    ]);
+    let (task, _) = poll(
+        SWARM_STEP,
+        "the intruder's task served by its sidecar",
+        || {
+            let t = tasks_on(bed.node(caller_node), &intruder).pop()?;
+            tasks_served(bed.node(caller_node), &d.prefix, &intruder).then_some(t)
+        },
+    );
+    // Its relay is up (it answers on 9001) but api refuses it: a few tries, none answered.
+    for _ in 0..3 {
+        assert!(
+            call_api_from(bed.node(caller_node), &task).is_none(),
+            "api must refuse an identity it does not allow"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // ...while web on the same node still gets through.
+    assert!(call_api_from(bed.node(caller_node), &caller).is_some());
+
+    // Scale api from 3 to 9 tasks across the nodes: each new task gets its sidecar on its node.
+    m.docker_ok(&["service", "scale", "--detach", &format!("{api}=3")]);
+    poll(SWARM_STEP, "3 api tasks served", || {
+        let n: usize = (1..=3).map(|i| tasks_on(bed.node(i), &api).len()).sum();
+        (n == 3 && (1..=3).all(|i| tasks_served(bed.node(i), &d.prefix, &api))).then_some(())
+    });
+    let started = Instant::now();
+    m.docker_ok(&["service", "scale", "--detach", &format!("{api}=9")]);
+    poll(SWARM_STEP, "9 api tasks served, on every node", || {
+        let per_node: Vec<usize> = (1..=3).map(|i| tasks_on(bed.node(i), &api).len()).collect();
+        (per_node.iter().sum::<usize>() == 9
+            && per_node.iter().all(|n| *n > 0)
+            && (1..=3).all(|i| tasks_served(bed.node(i), &d.prefix, &api)))
+        .then_some(())
+    });
+    eprintln!(
+        "swarm_nodes: api scaled from 3 to 9 tasks, all served, in {:?}",
+        started.elapsed()
+    );
+    for i in 1..=3 {
+        let left = leftovers(bed.node(i), &d.prefix);
+        assert!(left.is_empty(), "node {i} has leftovers: {left:?}");
+    }
+}
+
+#[test]
+fn a_worker_engine_stopped_and_started_leaves_nothing_behind() {
+    let mut bed = SwarmBed::start(3, "nodes");
+    let d = deploy(&bed, 3);
+    let web = format!("{STACK}_web");
+    let api = format!("{STACK}_api");
+    poll(SWARM_STEP, "every node serves web", || {
+        every_node_serves_web(&bed, &d).then_some(())
+    });
+    let before: Vec<String> = tasks_on(bed.node(3), &web);
+
+    // Node 3's engine stops: its containers stop with it. The managers mark it down and move
+    // what can move (api) to the other nodes; its web replica cannot move (one per node).
+    bed.node_mut(3).stop();
+    let stopped = Instant::now();
+    poll(
+        SWARM_STEP,
+        "node 3 down, api's tasks rescheduled on nodes 1 and 2",
+        || {
+            let m = bed.manager();
+            let down = m
+                .docker_ok(&["node", "ls", "--format", "{{.Hostname}} {{.Status}}"])
+                .lines()
+                .any(|l| l == "node3 Down");
+            let n: usize = (1..=2).map(|i| tasks_on(bed.node(i), &api).len()).sum();
+            (down && n == 3 && (1..=2).all(|i| tasks_served(bed.node(i), &d.prefix, &api)))
+                .then_some(())
+        },
+    );
+    eprintln!(
+        "swarm_nodes: node 3 down, api rescheduled and served in {:?}",
+        stopped.elapsed()
+    );
+
+    // It starts again: its old tasks are shut down and new ones started, its spawner returns
+    // and serves the new web replica; the old ones' sidecars are gone.
+    let restarted = bed.node_mut(3).start_again();
+    let (_, _) = poll(
+        SWARM_STEP,
+        "node 3 serves its new web replica again",
+        || {
+            let now = tasks_on(bed.node(3), &web);
+            (!now.is_empty()
+                && now != before
+                && served_on(&bed, 3).is_some_and(|(fp, _)| fp == d.web_fingerprint))
+            .then_some(())
+        },
+    );
+    eprintln!(
+        "swarm_nodes: node 3 back and serving {:?} after its engine started",
+        restarted.elapsed()
+    );
+    let (_, _) = poll(SWARM_STEP, "nothing left behind on any node", || {
+        (1..=3)
+            .all(|i| {
+                leftovers(bed.node(i), &d.prefix).is_empty()
+                    && tasks_served(bed.node(i), &d.prefix, &web)
+            })
+            .then_some(())
+    });
+    for i in 1..=3 {
+        let left = leftovers(bed.node(i), &d.prefix);
+        assert!(left.is_empty(), "node {i} has leftovers: {left:?}");
+    }
+}
