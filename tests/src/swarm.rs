@@ -177,12 +177,18 @@ impl SwarmBed {
 
     /// Runs `cmd ARGS` in node `i`'s network namespace (as on that host).
     pub fn on_node(&self, i: usize, cmd: &str, args: &[&str]) -> Output {
-        Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", self.netns[i - 1]))
-            .args(["--", cmd])
+        self.on_node_command(i, cmd)
             .args(args)
             .output()
             .unwrap_or_else(|e| panic!("cannot run {cmd} on node {i}: {e}"))
+    }
+
+    /// A command `cmd` to run in node `i`'s network namespace; add its arguments.
+    pub fn on_node_command(&self, i: usize, cmd: &str) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{}", self.netns[i - 1]))
+            .args(["--", cmd]);
+        c
     }
 
     /// `curl` on node `i` with ARGS, after `-sS --max-time 5`: stdout when it succeeded.

@@ -429,3 +429,162 @@ fn a_worker_engine_stopped_and_started_leaves_nothing_behind() {
         assert!(left.is_empty(), "node {i} has leftovers: {left:?}");
     }
 }
+
+/// A keep-alive HTTPS connection from node `i`'s namespace to its published port (`openssl
+/// s_client`), sending a request every 200 ms from a thread; `finish` says how many requests
+/// were sent and answered, and whether the connection was still open.
+struct KeepAlive {
+    child: std::process::Child,
+    sent: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    writer: Option<std::thread::JoinHandle<()>>,
+    reader: Option<std::thread::JoinHandle<usize>>,
+}
+
+impl KeepAlive {
+    fn open(bed: &SwarmBed, i: usize) -> KeepAlive {
+        use std::io::{BufRead, Write};
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        use std::sync::Arc;
+        let mut child = bed
+            .on_node_command(i, "openssl")
+            .args(["s_client", "-quiet", "-connect"])
+            .arg(format!("{}:{HTTPS_PORT}", bed.addr(i)))
+            .args(["-servername", WEB_HOST])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start openssl s_client");
+        let mut stdin = child.stdin.take().expect("stdin");
+        let stdout = child.stdout.take().expect("stdout");
+        let sent = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let writer = {
+            let (sent, stop) = (sent.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let request = format!("GET /keepalive HTTP/1.1\r\nHost: {WEB_HOST}\r\n\r\n");
+                while !stop.load(Ordering::Relaxed) {
+                    if stdin
+                        .write_all(request.as_bytes())
+                        .and_then(|_| stdin.flush())
+                        .is_err()
+                    {
+                        return;
+                    }
+                    sent.fetch_add(1, Ordering::Relaxed);
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            })
+        };
+        let reader = std::thread::spawn(move || {
+            std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+                .filter(|l| l.starts_with("HTTP/1.1 200"))
+                .count()
+        });
+        KeepAlive {
+            child,
+            sent,
+            stop,
+            writer: Some(writer),
+            reader: Some(reader),
+        }
+    }
+
+    /// Stops sending; waits for the last answer; returns (sent, answered, still open).
+    fn finish(mut self) -> (usize, usize, bool) {
+        use std::sync::atomic::Ordering;
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        let open = matches!(self.child.try_wait(), Ok(None));
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let answered = self.reader.take().map_or(0, |r| r.join().unwrap_or(0));
+        (self.sent.load(Ordering::Relaxed), answered, open)
+    }
+}
+
+#[test]
+fn a_renewed_certificate_secret_reaches_every_node_without_a_dropped_connection() {
+    let bed = SwarmBed::start(3, "nodes");
+    let d = deploy(&bed, 1);
+    poll(SWARM_STEP, "every node serves web", || {
+        every_node_serves_web(&bed, &d).then_some(())
+    });
+    // One keep-alive connection per node through the whole rotation.
+    let connections: Vec<KeepAlive> = (1..=3).map(|i| KeepAlive::open(&bed, i)).collect();
+
+    // The renewed pair: new secrets (secrets cannot change), swapped into the spawner service
+    // as docs/swarm/nodes.yml says. Swarm restarts the spawners one node at a time.
+    let m = bed.manager();
+    let dir = std::env::temp_dir().join(unique_name("swarm-renewed"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let renewed = TestCa::new("swarm web CA, renewed").issue(&Spec::server(&[WEB_HOST]));
+    let (cert, key) = renewed.write_to(&dir, "web");
+    let new_fingerprint = fingerprint_of_pem(&std::fs::read(&cert).expect("read cert"));
+    m.docker_ok(&[
+        "secret",
+        "create",
+        "tls-web-fullchain-2",
+        &cert.display().to_string(),
+    ]);
+    m.docker_ok(&[
+        "secret",
+        "create",
+        "tls-web-privkey-2",
+        &key.display().to_string(),
+    ]);
+    let _ = std::fs::remove_dir_all(&dir);
+    let live = format!("/certs/live/{WEB_HOST}");
+    let started = Instant::now();
+    m.docker_ok(&[
+        "service",
+        "update",
+        "--detach",
+        "--secret-rm",
+        "tls-web-fullchain",
+        "--secret-rm",
+        "tls-web-privkey",
+        "--secret-add",
+        &format!("source=tls-web-fullchain-2,target={live}/fullchain.pem"),
+        "--secret-add",
+        &format!("source=tls-web-privkey-2,target={live}/privkey.pem,mode=0400"),
+        &format!("{STACK}_spawner"),
+    ]);
+    poll(
+        SWARM_STEP,
+        "every node serves the renewed certificate",
+        || {
+            (1..=3)
+                .all(|i| served_on(&bed, i).is_some_and(|(fp, _)| fp == new_fingerprint))
+                .then_some(())
+        },
+    );
+    eprintln!(
+        "swarm_nodes: the renewed certificate served on all 3 nodes {:?} after the service update",
+        started.elapsed()
+    );
+    for (i, c) in connections.into_iter().enumerate() {
+        let (sent, answered, open) = c.finish();
+        eprintln!(
+            "swarm_nodes: node {}: {sent} requests on one connection, {answered} answered",
+            i + 1
+        );
+        assert!(
+            sent > 10,
+            "node {}: too few requests were sent ({sent})",
+            i + 1
+        );
+        assert!(
+            open,
+            "node {}: the connection was dropped during the rotation",
+            i + 1
+        );
+        assert_eq!(answered, sent, "node {}: every request answered", i + 1);
+    }
+}
