@@ -439,6 +439,26 @@ fn by_name_set(wants: Vec<Want>) -> HashMap<String, Want> {
     sets
 }
 
+/// What to tell an operator running ACME on a swarm of more than one node, where spawners do not
+/// coordinate their orders yet: each node orders for its own replicas. `None` outside a swarm
+/// and on a single-node one. A worker cannot count the nodes: a worker is in a swarm of several.
+pub(crate) fn swarm_warning(view: Option<crate::engine::SwarmView>) -> Option<String> {
+    let view = view?;
+    if view.manager && view.nodes <= 1 {
+        return None;
+    }
+    let size = if view.manager {
+        format!("a swarm of {} nodes", view.nodes)
+    } else {
+        "a swarm worker node".to_string()
+    };
+    Some(format!(
+        "ACME on {size} is not coordinated across nodes: every node's spawner orders the same names \
+         for its own replicas (one order per node), and an http-01 or tls-alpn-01 check sent to \
+         another node fails; give the certificate to every node as a Swarm secret instead"
+    ))
+}
+
 /// ACME for the daemon. Cheap to share: the orders' tasks hold it.
 pub(crate) struct Manager {
     cfg: AcmeConfig,
@@ -455,6 +475,8 @@ pub(crate) struct Manager {
     order_deadline: Duration,
     /// The account, opened by the first order (a tokio lock: two first orders open one).
     client: tokio::sync::Mutex<Option<Arc<Client>>>,
+    /// Whether the engine's swarm membership was read (once, at the first turn it answers).
+    swarm_checked: std::sync::atomic::AtomicBool,
     orders: Arc<Semaphore>,
     inner: Mutex<Inner>,
     /// The newest state version written, so an older snapshot never overwrites a newer one.
@@ -523,6 +545,7 @@ impl Manager {
             dns,
             order_deadline,
             client: tokio::sync::Mutex::new(None),
+            swarm_checked: std::sync::atomic::AtomicBool::new(false),
             orders: Arc::new(Semaphore::new(MAX_ORDERS)),
             inner: Mutex::new(Inner::new(entries)),
             written: tokio::sync::Mutex::new(0),
@@ -542,6 +565,28 @@ impl Manager {
     /// One turn: decides for every wanted name set and starts the orders that are due.
     /// `reread`: read every name set's certificate from the store again.
     pub(crate) async fn sync(self: &Arc<Self>, wants: Vec<Want>, reread: bool) {
+        if !self
+            .swarm_checked
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            let me = self.clone();
+            tokio::spawn(async move {
+                match me.engine.swarm().await {
+                    Ok(view) => {
+                        if let Some(warning) = swarm_warning(view) {
+                            tracing::warn!(
+                                docs = "docs/operations.md#more-than-one-node",
+                                "{warning}"
+                            );
+                        }
+                    }
+                    // Asked again at the next turn.
+                    Err(_) => me
+                        .swarm_checked
+                        .store(false, std::sync::atomic::Ordering::Relaxed),
+                }
+            });
+        }
         let sets = by_name_set(wants);
         if !self.read_held(&sets, reread).await {
             return;
@@ -1043,6 +1088,29 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn acme_on_a_swarm_of_several_nodes_is_warned_about() {
+        use crate::engine::SwarmView;
+        assert_eq!(super::swarm_warning(None), None, "no swarm");
+        let one = SwarmView {
+            manager: true,
+            nodes: 1,
+        };
+        assert_eq!(super::swarm_warning(Some(one)), None, "a single-node swarm");
+        let three = super::swarm_warning(Some(SwarmView {
+            manager: true,
+            nodes: 3,
+        }))
+        .expect("a warning on a manager of three nodes");
+        assert!(three.contains("a swarm of 3 nodes"), "{three}");
+        let worker = super::swarm_warning(Some(SwarmView {
+            manager: false,
+            nodes: 0,
+        }))
+        .expect("a warning on a worker");
+        assert!(worker.contains("worker"), "{worker}");
+    }
+
     use super::*;
 
     fn names(list: &[&str]) -> Vec<CertName> {

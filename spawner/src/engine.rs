@@ -73,6 +73,15 @@ impl Error {
 /// Pulls transfer image layers, so they get this many times the per-call timeout.
 const PULL_TIMEOUT_FACTOR: u32 = 10;
 
+/// What the engine says of its swarm, when it is in one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SwarmView {
+    /// A manager (it sees the whole swarm); a worker sees only itself.
+    pub(crate) manager: bool,
+    /// Nodes in the swarm, as a manager counts them (0 on a worker: it cannot tell).
+    pub(crate) nodes: u64,
+}
+
 /// A handle on the engine. Cheap to share behind an `Arc`.
 pub(crate) struct Engine {
     host: String,
@@ -151,6 +160,23 @@ impl Engine {
     /// Engine API calls made so far.
     pub(crate) fn calls(&self) -> u64 {
         self.calls.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// This engine's swarm membership (`GET /info`): `None` when it is in no swarm.
+    pub(crate) async fn swarm(&self) -> Result<Option<SwarmView>, Error> {
+        let info = self
+            .call("info", self.timeout, |d| async move { d.info().await })
+            .await?;
+        let Some(swarm) = info.swarm else {
+            return Ok(None);
+        };
+        if swarm.local_node_state != Some(bollard::models::LocalNodeState::ACTIVE) {
+            return Ok(None);
+        }
+        Ok(Some(SwarmView {
+            manager: swarm.control_available.unwrap_or(false),
+            nodes: swarm.nodes.unwrap_or(0).max(0) as u64,
+        }))
     }
 
     /// Every container, running or not.

@@ -362,6 +362,42 @@ fn a_stack_across_three_nodes_serves_each_replica_and_identity_crosses_nodes() {
         let left = leftovers(bed.node(i), &d.prefix);
         assert!(left.is_empty(), "node {i} has leftovers: {left:?}");
     }
+
+    // ACME across nodes is not coordinated yet: a spawner with ACME on says so, on the manager
+    // of three nodes and on a worker.
+    for (i, expected) in [(1, "a swarm of 3 nodes"), (2, "a swarm worker node")] {
+        let name = unique_name("acme-spawner");
+        bed.node(i).docker_ok(&[
+            "run",
+            "-d",
+            "--name",
+            &name,
+            "-v",
+            &format!(
+                "{}/docker.sock:/var/run/docker.sock",
+                harness::dockerd::NODE_DIR
+            ),
+            &bed.images().spawner,
+            "run",
+            "--label-prefix",
+            &unique_name("acme"),
+            "--acme-email",
+            "ops@swarm.test",
+            "--acme-agree-tos",
+            "--acme-directory",
+            "https://127.0.0.1:14000/dir",
+            "--certs-from",
+            "/store",
+        ]);
+        poll(SWARM_STEP, "the spawner warns of ACME across nodes", || {
+            let logs = bed.node(i).docker(&["logs", &name]);
+            let text = String::from_utf8_lossy(&logs.stderr).into_owned()
+                + &String::from_utf8_lossy(&logs.stdout);
+            (text.contains("is not coordinated across nodes") && text.contains(expected))
+                .then_some(())
+        });
+        bed.node(i).docker_ok(&["rm", "-f", &name]);
+    }
 }
 
 #[test]
