@@ -276,14 +276,57 @@ impl PrivateEngine {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+
+    /// `docker stack deploy --resolve-image never -c <repo>/FILE STACK` on this engine (a swarm
+    /// manager), with the stack file's variables `vars` in the environment; panics with stderr
+    /// on failure.
+    pub fn stack_deploy(&self, file: &str, stack: &str, vars: &[(&str, &str)]) {
+        let out = Command::new("docker")
+            .args(["--host", &self.host()])
+            .args(["stack", "deploy", "--resolve-image", "never", "-c"])
+            .arg(crate::docker::repo_root().join(file))
+            .arg(stack)
+            .envs(vars.iter().copied())
+            .output()
+            .expect("run docker stack deploy");
+        assert!(
+            out.status.success(),
+            "docker stack deploy -c {file} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Running task containers of swarm service `service` on this engine (full IDs).
+    pub fn tasks_of(&self, service: &str) -> Vec<String> {
+        let out = self.docker_ok(&[
+            "ps",
+            "-q",
+            "--no-trunc",
+            "--filter",
+            &format!("label=com.docker.swarm.service.name={service}"),
+        ]);
+        out.lines().map(str::to_string).collect()
+    }
+
+    /// `cmd` to run in the network namespace of running container `container` (through
+    /// `nsenter`); add its arguments. `None` when the container is not running.
+    pub fn in_netns_of(&self, container: &str, cmd: &str) -> Option<Command> {
+        let pid = self.pid_of(container);
+        (pid != 0).then(|| in_netns(pid, cmd))
+    }
+}
+
+/// `cmd` to run in the network namespace of process `pid`; add its arguments.
+pub fn in_netns(pid: u32, cmd: &str) -> Command {
+    let mut c = Command::new("nsenter");
+    c.args(["--target", &pid.to_string(), "--net", "--", cmd]);
+    c
 }
 
 /// `GET https://127.0.0.1:8443/` inside the network namespace of process `pid`.
 pub fn https_in_netns(pid: u32) -> Option<String> {
-    let out = Command::new("nsenter")
-        .args(["--target", &pid.to_string(), "--net", "--"])
+    let out = in_netns(pid, "curl")
         .args([
-            "curl",
             "-sk",
             "--max-time",
             "3",

@@ -10,10 +10,9 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use harness::docker::{poll, repo_root, unique_name};
+use harness::docker::{poll, unique_name};
 use harness::dockerd::PrivateEngine;
 use harness::issuer::{Spec, TestCa};
 use harness::swarm::SwarmBed;
@@ -65,27 +64,20 @@ fn deploy(bed: &SwarmBed, api_replicas: usize) -> Deployed {
     let _ = std::fs::remove_dir_all(&dir);
     let prefix = unique_name("t");
     let deployed_at = Instant::now();
-    let out = Command::new("docker")
-        .args(["--host", &m.host()])
-        .args(["stack", "deploy", "--resolve-image", "never", "-c"])
-        .arg(repo_root().join("docs/swarm/nodes.yml"))
-        .arg(STACK)
-        .env("TLS_SIDECAR_TAG", "nodes")
-        .env("TLS_SIDECAR_LABEL_PREFIX", &prefix)
-        .env(
-            "DOCKER_SOCKET",
-            Path::new(harness::dockerd::NODE_DIR).join("docker.sock"),
-        )
-        .env("WEB_HOSTNAME", WEB_HOST)
-        .env("API_REPLICAS", api_replicas.to_string())
-        .env("HTTPS_PORT", HTTPS_PORT)
-        .env("IDENTITY_DOMAIN", DOMAIN)
-        .output()
-        .expect("run docker stack deploy");
-    assert!(
-        out.status.success(),
-        "docker stack deploy failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let socket = Path::new(harness::dockerd::NODE_DIR).join("docker.sock");
+    let api_replicas = api_replicas.to_string();
+    m.stack_deploy(
+        "docs/swarm/nodes.yml",
+        STACK,
+        &[
+            ("TLS_SIDECAR_TAG", "nodes"),
+            ("TLS_SIDECAR_LABEL_PREFIX", &prefix),
+            ("DOCKER_SOCKET", &socket.display().to_string()),
+            ("WEB_HOSTNAME", WEB_HOST),
+            ("API_REPLICAS", &api_replicas),
+            ("HTTPS_PORT", HTTPS_PORT),
+            ("IDENTITY_DOMAIN", DOMAIN),
+        ],
     );
     Deployed {
         prefix,
@@ -121,22 +113,10 @@ fn served_on(bed: &SwarmBed, i: usize) -> Option<(String, String)> {
     Some((fingerprint_of_pem(pem.as_bytes()), body.to_string()))
 }
 
-/// Running task containers of `service` on one engine.
-fn tasks_on(engine: &PrivateEngine, service: &str) -> Vec<String> {
-    let out = engine.docker_ok(&[
-        "ps",
-        "-q",
-        "--no-trunc",
-        "--filter",
-        &format!("label=com.docker.swarm.service.name={service}"),
-    ]);
-    out.lines().map(str::to_string).collect()
-}
-
 /// Whether every running task of `service` on `engine` has exactly one running sidecar of
 /// `prefix` answering TLS in its namespace.
 fn tasks_served(engine: &PrivateEngine, prefix: &str, service: &str) -> bool {
-    tasks_on(engine, service).iter().all(|task| {
+    engine.tasks_of(service).iter().all(|task| {
         let sidecars = engine.docker_ok(&[
             "ps",
             "-q",
@@ -151,14 +131,11 @@ fn tasks_served(engine: &PrivateEngine, prefix: &str, service: &str) -> bool {
 /// the client's side: a sidecar that then refuses a client without an identity counts, as api's
 /// does).
 fn tls_answers_in(engine: &PrivateEngine, task: &str) -> bool {
-    let pid = engine.pid_of(task);
-    if pid == 0 {
+    let Some(mut cmd) = engine.in_netns_of(task, "timeout") else {
         return false;
-    }
-    let out = Command::new("nsenter")
-        .args(["--target", &pid.to_string(), "--net", "--"])
+    };
+    let out = cmd
         .args([
-            "timeout",
             "5",
             "openssl",
             "s_client",
@@ -231,16 +208,9 @@ fn every_node_serves_web(bed: &SwarmBed, d: &Deployed) -> bool {
 
 /// `curl http://127.0.0.1:9001/` in a task's namespace: web's relay to api.
 fn call_api_from(engine: &PrivateEngine, task: &str) -> Option<String> {
-    let pid = engine.pid_of(task);
-    let out = Command::new("nsenter")
-        .args(["--target", &pid.to_string(), "--net", "--"])
-        .args([
-            "curl",
-            "-sS",
-            "--max-time",
-            "5",
-            "http://127.0.0.1:9001/who",
-        ])
+    let out = engine
+        .in_netns_of(task, "curl")?
+        .args(["-sS", "--max-time", "5", "http://127.0.0.1:9001/who"])
         .output()
         .ok()?;
     let body = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -249,7 +219,7 @@ fn call_api_from(engine: &PrivateEngine, task: &str) -> Option<String> {
 
 /// The node (1-based) running the one task of `service`, and that task.
 fn where_is(bed: &SwarmBed, service: &str) -> Option<(usize, String)> {
-    (1..=bed.nodes.len()).find_map(|i| tasks_on(bed.node(i), service).pop().map(|t| (i, t)))
+    (1..=bed.nodes.len()).find_map(|i| bed.node(i).tasks_of(service).pop().map(|t| (i, t)))
 }
 
 #[test]
@@ -272,7 +242,7 @@ fn a_stack_across_three_nodes_serves_each_replica_and_identity_crosses_nodes() {
     );
     for i in 1..=3 {
         assert_eq!(
-            tasks_on(bed.node(i), &web).len(),
+            bed.node(i).tasks_of(&web).len(),
             1,
             "one web task on node {i}"
         );
@@ -282,7 +252,9 @@ fn a_stack_across_three_nodes_serves_each_replica_and_identity_crosses_nodes() {
     // sidecars over the overlay network; api's app is told who called.
     let ((api_node, _), _) = poll(SWARM_STEP, "api's task running", || where_is(&bed, &api));
     let caller_node = if api_node == 1 { 2 } else { 1 };
-    let caller = tasks_on(bed.node(caller_node), &web)
+    let caller = bed
+        .node(caller_node)
+        .tasks_of(&web)
         .pop()
         .expect("web task");
     let (body, took) = poll(SWARM_STEP, "web on another node calls api", || {
@@ -324,7 +296,7 @@ fn a_stack_across_three_nodes_serves_each_replica_and_identity_crosses_nodes() {
         SWARM_STEP,
         "the intruder's task served by its sidecar",
         || {
-            let t = tasks_on(bed.node(caller_node), &intruder).pop()?;
+            let t = bed.node(caller_node).tasks_of(&intruder).pop()?;
             tasks_served(bed.node(caller_node), &d.prefix, &intruder).then_some(t)
         },
     );
@@ -342,13 +314,13 @@ fn a_stack_across_three_nodes_serves_each_replica_and_identity_crosses_nodes() {
     // Scale api from 3 to 9 tasks across the nodes: each new task gets its sidecar on its node.
     m.docker_ok(&["service", "scale", "--detach", &format!("{api}=3")]);
     poll(SWARM_STEP, "3 api tasks served", || {
-        let n: usize = (1..=3).map(|i| tasks_on(bed.node(i), &api).len()).sum();
+        let n: usize = (1..=3).map(|i| bed.node(i).tasks_of(&api).len()).sum();
         (n == 3 && (1..=3).all(|i| tasks_served(bed.node(i), &d.prefix, &api))).then_some(())
     });
     let started = Instant::now();
     m.docker_ok(&["service", "scale", "--detach", &format!("{api}=9")]);
     poll(SWARM_STEP, "9 api tasks served, on every node", || {
-        let per_node: Vec<usize> = (1..=3).map(|i| tasks_on(bed.node(i), &api).len()).collect();
+        let per_node: Vec<usize> = (1..=3).map(|i| bed.node(i).tasks_of(&api).len()).collect();
         (per_node.iter().sum::<usize>() == 9
             && per_node.iter().all(|n| *n > 0)
             && (1..=3).all(|i| tasks_served(bed.node(i), &d.prefix, &api)))
@@ -409,7 +381,7 @@ fn a_worker_engine_stopped_and_started_leaves_nothing_behind() {
     poll(SWARM_STEP, "every node serves web", || {
         every_node_serves_web(&bed, &d).then_some(())
     });
-    let before: Vec<String> = tasks_on(bed.node(3), &web);
+    let before: Vec<String> = bed.node(3).tasks_of(&web);
 
     // Node 3's engine stops: its containers stop with it. The managers mark it down and move
     // what can move (api) to the other nodes; its web replica cannot move (one per node).
@@ -424,7 +396,7 @@ fn a_worker_engine_stopped_and_started_leaves_nothing_behind() {
                 .docker_ok(&["node", "ls", "--format", "{{.Hostname}} {{.Status}}"])
                 .lines()
                 .any(|l| l == "node3 Down");
-            let n: usize = (1..=2).map(|i| tasks_on(bed.node(i), &api).len()).sum();
+            let n: usize = (1..=2).map(|i| bed.node(i).tasks_of(&api).len()).sum();
             (down && n == 3 && (1..=2).all(|i| tasks_served(bed.node(i), &d.prefix, &api)))
                 .then_some(())
         },
@@ -441,7 +413,7 @@ fn a_worker_engine_stopped_and_started_leaves_nothing_behind() {
         SWARM_STEP,
         "node 3 serves its new web replica again",
         || {
-            let now = tasks_on(bed.node(3), &web);
+            let now = bed.node(3).tasks_of(&web);
             (!now.is_empty()
                 && now != before
                 && served_on(&bed, 3).is_some_and(|(fp, _)| fp == d.web_fingerprint))

@@ -139,22 +139,10 @@ fn a_spawner_started_while_the_engine_is_down_waits_then_converges() {
     );
 }
 
-/// Task containers of a swarm service.
-fn tasks_of(engine: &PrivateEngine, service: &str) -> Vec<String> {
-    let out = engine.docker_ok(&[
-        "ps",
-        "-q",
-        "--no-trunc",
-        "--filter",
-        &format!("label=com.docker.swarm.service.name={service}"),
-    ]);
-    out.lines().map(str::to_string).collect()
-}
-
 /// Every running task of `service` served by exactly one sidecar, `want` tasks, and no sidecar
 /// of `prefix` without a running task.
 fn swarm_converged(engine: &PrivateEngine, prefix: &str, service: &str, want: usize) -> bool {
-    let tasks = tasks_of(engine, service);
+    let tasks = engine.tasks_of(service);
     if tasks.len() != want || !tasks.iter().all(|t| served_now(engine, prefix, t)) {
         return false;
     }
@@ -179,22 +167,17 @@ fn swarm_tasks_get_sidecars_through_scale_and_rolling_update() {
     // The documented stack file, as users deploy it: the spawner as a global service.
     let prefix = unique_name("t");
     let stack = "tls";
-    let out = std::process::Command::new("docker")
-        .args(["--host", &engine.host()])
-        .args(["stack", "deploy", "--resolve-image", "never", "-c"])
-        .arg(harness::docker::repo_root().join("docs/swarm/stack.yml"))
-        .arg(stack)
-        .env("TLS_SIDECAR_TAG", "swarm")
-        .env("TLS_SIDECAR_LABEL_PREFIX", &prefix)
-        .env("DOCKER_SOCKET", engine.socket())
-        .env("WEB_REPLICAS", "3")
-        .env("HTTPS_PORT", "18443")
-        .output()
-        .expect("run docker stack deploy");
-    assert!(
-        out.status.success(),
-        "docker stack deploy failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let socket = engine.socket().display().to_string();
+    engine.stack_deploy(
+        "docs/swarm/stack.yml",
+        stack,
+        &[
+            ("TLS_SIDECAR_TAG", "swarm"),
+            ("TLS_SIDECAR_LABEL_PREFIX", &prefix),
+            ("DOCKER_SOCKET", &socket),
+            ("WEB_REPLICAS", "3"),
+            ("HTTPS_PORT", "18443"),
+        ],
     );
     let web = format!("{stack}_web");
     let (_, took) = poll(SWARM_STEP, "3 tasks, each served by one sidecar", || {
@@ -208,11 +191,11 @@ fn swarm_tasks_get_sidecars_through_scale_and_rolling_update() {
     });
     eprintln!("swarm: scaled down {took:?}");
 
-    let before = tasks_of(&engine, &web);
+    let before = engine.tasks_of(&web);
     let started = Instant::now();
     engine.docker_ok(&["service", "update", "--detach", "--force", &web]);
     poll(SWARM_STEP, "the rolling update's new task served", || {
-        let now = tasks_of(&engine, &web);
+        let now = engine.tasks_of(&web);
         (now != before && swarm_converged(&engine, &prefix, &web, 1)).then_some(())
     });
     eprintln!("swarm: rolling update served {:?}", started.elapsed());
