@@ -14,6 +14,32 @@ pub fn duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// Parses an ACME account key's thumbprint (RFC 7638 with SHA-256, as RFC 8555 puts in a key
+/// authorization `<token>.<thumbprint>`): 43 characters of unpadded base64url, the canonical
+/// encoding of 32 bytes (the last character carries 4 bits, its 2 low bits zero).
+pub fn acme_thumbprint(s: &str) -> Result<String, String> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let expected =
+        "expected the account key's SHA-256 thumbprint: 43 characters of base64url (RFC 7638)";
+    let s = s.trim();
+    if s.len() != 43 {
+        return Err(format!("{expected}, got {} characters", s.len()));
+    }
+    let mut last = 0;
+    for b in s.bytes() {
+        match ALPHABET.iter().position(|a| *a == b) {
+            Some(i) => last = i,
+            None => return Err(format!("{expected}; {:?} is not base64url", b as char)),
+        }
+    }
+    if last % 4 != 0 {
+        return Err(format!(
+            "{expected}; its last character is not the end of 32 bytes"
+        ));
+    }
+    Ok(s.to_string())
+}
+
 /// Parses a pause between two steps, such as `0s` (none) or `5s`: [`duration`]'s syntax, zero
 /// allowed.
 pub fn pause(s: &str) -> Result<Duration, String> {
@@ -77,6 +103,29 @@ pub fn hsts_max_age(text: &str) -> Result<u64, String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn acme_thumbprints_are_43_base64url_characters_of_32_bytes() {
+        let good = "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs";
+        assert_eq!(super::acme_thumbprint(good).as_deref(), Ok(good));
+        assert_eq!(
+            super::acme_thumbprint(&format!(" {good}\n")).as_deref(),
+            Ok(good)
+        );
+        for bad in [
+            "",
+            "short",
+            &good[..42],
+            &format!("{good}A"),
+            "NzbLsXh8uDCcd+6MNwXF4W/7noWXFZAfHkxZsRGC9Xs",
+            "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9X=",
+            // 'B' carries bits past the 256th.
+            "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9XB",
+        ] {
+            let err = super::acme_thumbprint(bad).expect_err(bad);
+            assert!(err.contains("thumbprint"), "{err}");
+        }
+    }
+
     use super::*;
 
     #[test]

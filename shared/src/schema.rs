@@ -27,6 +27,9 @@ pub mod env {
     pub const REDIRECT_LISTEN: &str = "SIDECAR_REDIRECT_LISTEN";
     pub const REDIRECT_PORT: &str = "SIDECAR_REDIRECT_PORT";
     pub const ACME_WEBROOT: &str = "SIDECAR_ACME_WEBROOT";
+    /// HTTP-01 answered without files: `<token>.<thumbprint>` for the account of this
+    /// thumbprint (RFC 7638, SHA-256, base64url).
+    pub const ACME_THUMBPRINT: &str = "SIDECAR_ACME_THUMBPRINT";
     /// TLS-ALPN-01 challenge certificates, `<dir>/<name>.pem`.
     pub const ACME_TLS_ALPN_DIR: &str = "SIDECAR_ACME_TLS_ALPN_DIR";
     pub const HSTS: &str = "SIDECAR_HSTS";

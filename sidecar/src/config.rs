@@ -238,6 +238,14 @@ pub struct Cli {
     #[arg(long, env = env::ACME_WEBROOT, value_name = "DIR")]
     acme_webroot: Option<PathBuf>,
 
+    /// Answer every ACME http-01 challenge on the redirect listener with `<token>.THUMBPRINT`,
+    /// the key authorization of the ACME account with this key thumbprint (RFC 7638, SHA-256,
+    /// base64url), without files: for ACME clients on other hosts (stateless mode). Only that
+    /// account can use the answers. A --acme-webroot file, when there is one, is served first
+    /// [default: off]
+    #[arg(long, env = env::ACME_THUMBPRINT, value_name = "THUMBPRINT", value_parser = shared::parse::acme_thumbprint)]
+    acme_thumbprint: Option<String>,
+
     /// Answer ACME TLS-ALPN-01 challenges (RFC 8737) on the TLS listener: a handshake offering
     /// ALPN `acme-tls/1` for a name with a file `DIR/<name>.pem` (the challenge certificate and
     /// its key) is answered with it and closed; all other traffic is unchanged [default: off]
@@ -444,6 +452,8 @@ pub struct Redirect {
     pub(crate) port: Option<u16>,
     /// Where ACME http-01 challenge files are read from.
     pub(crate) acme_webroot: Option<PathBuf>,
+    /// The ACME account thumbprint every http-01 challenge is answered with.
+    pub(crate) acme_thumbprint: Option<String>,
 }
 
 /// HTTP/3 beside the TLS listener (`--http3`).
@@ -496,6 +506,7 @@ impl Cli {
             optional_listen("--redirect-listen", self.redirect_listen)?,
             self.redirect_port,
             self.acme_webroot,
+            self.acme_thumbprint,
         )?;
         let hsts = hsts(self.hsts, self.hsts_include_subdomains)?;
         let alpn = self.alpn.unwrap_or_default();
@@ -606,19 +617,31 @@ fn workers(asked: u32) -> usize {
     }
 }
 
-/// `--redirect-listen` with what only it makes meaningful: `--redirect-port`, `--acme-webroot`.
+/// `--redirect-listen` with what only it makes meaningful: `--redirect-port`, `--acme-webroot`,
+/// `--acme-thumbprint`.
 fn redirect(
     listen: Option<SocketAddr>,
     port: Option<u16>,
     acme_webroot: Option<PathBuf>,
+    acme_thumbprint: Option<String>,
 ) -> Result<Option<Redirect>, ConfigError> {
     match listen {
         Some(listen) => Ok(Some(Redirect {
             listen,
             port,
             acme_webroot,
+            acme_thumbprint,
         })),
         None => {
+            if let Some(thumbprint) = acme_thumbprint {
+                return Err(ConfigError::Invalid {
+                    flag: "--acme-thumbprint",
+                    value: thumbprint,
+                    reason:
+                        "needs --redirect-listen: challenges are served on the redirect listener"
+                            .to_string(),
+                });
+            }
             if let Some(dir) = acme_webroot {
                 return Err(ConfigError::Invalid {
                     flag: "--acme-webroot",
@@ -1412,9 +1435,25 @@ mod tests {
                 listen: "0.0.0.0:80".parse().expect("addr"),
                 port: Some(443),
                 acme_webroot: Some(PathBuf::from("/w")),
+                acme_thumbprint: None,
             })
         );
-        assert_eq!(config(&[], &[]).expect("valid").redirect, None);
+        let thumbprint = "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs";
+        let c = config(
+            &["--redirect-listen", ":80", "--acme-thumbprint", thumbprint],
+            &[],
+        )
+        .expect("valid");
+        assert_eq!(
+            c.redirect.and_then(|r| r.acme_thumbprint).as_deref(),
+            Some(thumbprint)
+        );
+        let err = config(&["--acme-thumbprint", thumbprint], &[]).expect_err("needs the listener");
+        assert!(
+            err.to_string().contains("--acme-thumbprint")
+                && err.to_string().contains("--redirect-listen"),
+            "{err}"
+        );
         let err = config(&["--acme-webroot", "/w"], &[]).expect_err("needs the listener");
         assert!(
             err.to_string().contains("--acme-webroot")

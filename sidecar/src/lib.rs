@@ -282,6 +282,7 @@ fn spawn_redirect(
     let redirect = redirect::Redirect {
         port: r.port.unwrap_or(https_port),
         webroot,
+        thumbprint: r.acme_thumbprint.as_deref().map(Arc::from),
         header_read_timeout: config.header_read_timeout,
     };
     // Stops with the TLS listener: during the drain there is nothing to redirect to.

@@ -1,6 +1,8 @@
 //! The redirect listener: plain HTTP on `--redirect-listen` that answers every request with a
 //! `308` to the same host and path over https, except ACME http-01 challenges
-//! (`/.well-known/acme-challenge/<token>`), which are served from `--acme-webroot` when set.
+//! (`/.well-known/acme-challenge/<token>`), which are served from `--acme-webroot` when set,
+//! else answered `<token>.<thumbprint>` with `--acme-thumbprint` (stateless: valid for that
+//! ACME account alone, whichever host runs its client).
 //!
 //! Nothing a client sends reaches the `Location` header or the file system unvalidated: the Host
 //! must be a DNS name or an IP address (the port is replaced), and a token must be base64url
@@ -105,8 +107,10 @@ impl Webroot {
 pub(crate) struct Redirect {
     /// The https port put in Locations.
     pub port: u16,
-    /// The webroot, if challenges are served.
+    /// The webroot, if challenges are served from files.
     pub webroot: Option<Webroot>,
+    /// The ACME account thumbprint, if every challenge is answered for that account.
+    pub thumbprint: Option<Arc<str>>,
     /// How long a client may take to send its request head.
     pub header_read_timeout: Duration,
 }
@@ -114,7 +118,7 @@ pub(crate) struct Redirect {
 /// Serves redirects (and challenges) on `listener` until `stop` is cancelled.
 pub(crate) async fn serve(listener: TcpListener, redirect: Redirect, stop: CancellationToken) {
     if let Ok(addr) = listener.local_addr() {
-        info!(redirect = %addr, port = redirect.port, acme = redirect.webroot.is_some(), "redirect listening");
+        info!(redirect = %addr, port = redirect.port, acme = redirect.webroot.is_some(), acme_stateless = redirect.thumbprint.is_some(), "redirect listening");
     }
     let redirect = Arc::new(redirect);
     let mut listener =
@@ -181,7 +185,8 @@ async fn handle(
 
 async fn respond(redirect: &Redirect, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path();
-    if let (Some(webroot), Some(token)) = (&redirect.webroot, path.strip_prefix(CHALLENGE_PREFIX)) {
+    let answers = redirect.webroot.is_some() || redirect.thumbprint.is_some();
+    if let (true, Some(token)) = (answers, path.strip_prefix(CHALLENGE_PREFIX)) {
         if req.method() != Method::GET && req.method() != Method::HEAD {
             let mut resp = text(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -194,8 +199,13 @@ async fn respond(redirect: &Redirect, req: &Request<Incoming>) -> Response<Full<
         if !is_valid_token(token) {
             return text(StatusCode::NOT_FOUND, "no such challenge\n".into());
         }
-        return match read_challenge(webroot.clone(), token.to_string()).await {
-            Some(body) => text(StatusCode::OK, body),
+        if let Some(webroot) = &redirect.webroot {
+            if let Some(body) = read_challenge(webroot.clone(), token.to_string()).await {
+                return text(StatusCode::OK, body);
+            }
+        }
+        return match &redirect.thumbprint {
+            Some(thumbprint) => text(StatusCode::OK, key_authorization(token, thumbprint)),
             None => text(StatusCode::NOT_FOUND, "no such challenge\n".into()),
         };
     }
@@ -291,6 +301,12 @@ fn open_challenge(webroot: &OwnedFd, token: &str) -> Result<File, Errno> {
 }
 
 // ---- pure rules ----
+
+/// The key authorization of `token` for the account of `thumbprint` (RFC 8555 section 8.1):
+/// the body of a stateless http-01 answer. `token` is a valid token ([`is_valid_token`]).
+pub(crate) fn key_authorization(token: &str, thumbprint: &str) -> Bytes {
+    Bytes::from(format!("{token}.{thumbprint}"))
+}
 
 /// Whether `token` can be a challenge file name: 1 to [`MAX_TOKEN_LEN`] characters of the
 /// base64url alphabet, which has no `.`, `/`, `%` or `\` to climb out of the directory with.

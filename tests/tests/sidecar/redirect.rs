@@ -1,5 +1,5 @@
 //! The redirect listener (`--redirect-listen`, `--redirect-port`), ACME challenges from
-//! `--acme-webroot` (including path traversal attempts, sent as raw bytes so no client
+//! `--acme-webroot` or answered with `--acme-thumbprint` (including path traversal attempts, sent as raw bytes so no client
 //! normalises them, and a token swapped for a symlink while requests run) and HSTS (`--hsts`)
 //! on proxied and sidecar-made responses.
 
@@ -249,6 +249,67 @@ async fn acme_challenges_are_served_from_the_webroot() {
     assert_eq!(resp.status, 308);
 }
 
+/// The thumbprint in [`KEY_AUTH`]: the ACME account whose answers `--acme-thumbprint` gives.
+const THUMBPRINT: &str = "9jg46WB3rR_AHD-EBXdN7cBkH1WOu0tA3M9fm21mqTI";
+
+#[tokio::test]
+async fn acme_challenges_are_answered_statelessly_with_the_account_thumbprint() {
+    let app = Backend::echo().await;
+    let (_sc, addr) = with_redirect(&app, &["--acme-thumbprint", THUMBPRINT]).await;
+
+    // Any token, with no file anywhere: the key authorization of that account.
+    let path = format!("/.well-known/acme-challenge/{TOKEN}");
+    let resp = request(addr, "GET", &path, Some("app.example")).await;
+    assert_eq!(resp.status, 200, "{}", resp.head);
+    assert_eq!(resp.body, KEY_AUTH.as_bytes());
+    assert!(raw_header(&resp, "content-type")
+        .unwrap_or_default()
+        .starts_with("text/plain"));
+    let resp = request(
+        addr,
+        "GET",
+        "/.well-known/acme-challenge/other-Token_1",
+        None,
+    )
+    .await;
+    assert_eq!(resp.status, 200, "{}", resp.head);
+    assert_eq!(resp.body, format!("other-Token_1.{THUMBPRINT}").as_bytes());
+
+    // A token outside base64url (a way out of the directory, or into the answer) is not one.
+    for bad in ["a.b", "..", "a%2Fb", "a$b"] {
+        let resp = raw(
+            addr,
+            &format!("GET /.well-known/acme-challenge/{bad} HTTP/1.1\r\nHost: a.example\r\n\r\n"),
+        )
+        .await;
+        assert_eq!(resp.status, 404, "token {bad}: {}", resp.head);
+    }
+    let resp = request(addr, "POST", &path, Some("app.example")).await;
+    assert_eq!(resp.status, 405);
+    // Everything else still redirects.
+    let resp = request(addr, "GET", "/.well-known/other", Some("app.example")).await;
+    assert_eq!(resp.status, 308);
+}
+
+#[tokio::test]
+async fn a_webroot_answer_comes_before_the_stateless_one() {
+    let app = Backend::echo().await;
+    let (_dir, root) = webroot();
+    let root = root.display().to_string();
+    let other = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+    let (_sc, addr) =
+        with_redirect(&app, &["--acme-webroot", &root, "--acme-thumbprint", other]).await;
+    // The file's answer (another account's, as certbot wrote it) wins...
+    let path = format!("/.well-known/acme-challenge/{TOKEN}");
+    let resp = request(addr, "GET", &path, Some("app.example")).await;
+    assert_eq!(resp.body, KEY_AUTH.as_bytes());
+    // ...and a token without a file gets the stateless answer; a symlink is never followed.
+    let resp = request(addr, "GET", "/.well-known/acme-challenge/nofile", None).await;
+    assert_eq!(resp.body, format!("nofile.{other}").as_bytes());
+    let resp = request(addr, "GET", "/.well-known/acme-challenge/escape", None).await;
+    assert_eq!(resp.body, format!("escape.{other}").as_bytes());
+}
+
 #[tokio::test]
 async fn path_traversal_never_reads_outside_the_webroot() {
     let app = Backend::echo().await;
@@ -442,6 +503,26 @@ async fn redirect_and_webroot_configuration_errors() {
     let out = run_expect_fail(&["--redirect-listen", "nowhere"], &[]);
     assert_eq!(out.code, Some(2), "{}", out.stderr);
     assert!(out.stderr.contains("--redirect-listen"), "{}", out.stderr);
+
+    // --acme-thumbprint: only with the listener, and only a SHA-256 thumbprint (also from its
+    // environment variable).
+    let out = run_expect_fail(&["--acme-thumbprint", THUMBPRINT], &[]);
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("--acme-thumbprint") && out.stderr.contains("--redirect-listen"),
+        "{}",
+        out.stderr
+    );
+    let out = run_expect_fail(
+        &["--redirect-listen", "127.0.0.1:0"],
+        &[("SIDECAR_ACME_THUMBPRINT", "not/a+thumbprint")],
+    );
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("--acme-thumbprint") && out.stderr.contains("not/a+thumbprint"),
+        "{}",
+        out.stderr
+    );
 
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a port to take");
     let taken_addr = taken.local_addr().expect("taken address").to_string();

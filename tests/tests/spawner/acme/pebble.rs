@@ -598,6 +598,59 @@ async fn the_sidecar_answers_http01_for_pebble_on_its_redirect_listener() {
     assert_issued_for(&pebble, &chain, "d.test");
 }
 
+/// Stateless HTTP-01: the sidecar holds no answer file, only the account's thumbprint
+/// (`--acme-thumbprint`), and Pebble's check of a fresh token passes.
+#[tokio::test]
+async fn the_sidecar_answers_http01_statelessly_with_the_account_thumbprint() {
+    let pebble = Pebble::start().await;
+    let account = account(&pebble).await;
+    // The account's thumbprint, as the CA puts it in a key authorization `<token>.<thumbprint>`
+    // (from an authorization of an order left unfinished).
+    let thumbprint = {
+        let identifiers = [Identifier::Dns("probe.test".to_string())];
+        let mut order = account
+            .new_order(&NewOrder::new(&identifiers))
+            .await
+            .expect("probe order");
+        let mut authorizations = order.authorizations();
+        let mut authz = authorizations
+            .next()
+            .await
+            .expect("an authorization")
+            .expect("authorization");
+        let challenge = authz
+            .challenge(ChallengeType::Http01)
+            .expect("an http-01 challenge");
+        let key_auth = challenge.key_authorization();
+        let (_, thumbprint) = key_auth.as_str().split_once('.').expect("token.thumbprint");
+        thumbprint.to_string()
+    };
+    let app = harness::backend::Backend::echo().await;
+    let _sc = harness::sidecar::Sidecar::builder()
+        .backend(app.addr())
+        .args(["--self-signed-names", "s.test"])
+        .args([
+            "--redirect-listen",
+            &format!("127.0.0.1:{}", pebble.http_port()),
+        ])
+        .args(["--acme-thumbprint", &thumbprint])
+        .start()
+        .await;
+    let chain = within(
+        Duration::from_secs(60),
+        "issuance by stateless HTTP-01 through the sidecar",
+        issue(
+            &pebble,
+            &account,
+            "s.test",
+            ChallengeType::Http01,
+            |_, _| {},
+        ),
+    )
+    .await;
+    assert_issued_for(&pebble, &chain, "s.test");
+}
+
 /// The spawner's own ACME client (`spawner::AcmeClient`), its store and the sidecar together:
 /// the challenge answers go into the store, the sidecar serves them from there, Pebble
 /// validates, the pair lands in certbot's layout, and the account is kept for the next start.
