@@ -200,12 +200,6 @@ impl SwarmBed {
             .success()
             .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
     }
-
-    /// Cuts node `i` off the LAN (its interface down) or puts it back: a partition.
-    pub fn set_connected(&self, i: usize, connected: bool) {
-        let state = if connected { "up" } else { "down" };
-        ip(&["-n", &self.hub, "link", "set", &format!("p{i}"), state]);
-    }
 }
 
 impl Drop for SwarmBed {
