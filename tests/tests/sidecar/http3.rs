@@ -16,8 +16,8 @@ use harness::certdir::{replace_atomic, CertsDir};
 use harness::client::{self, HttpConn, Trust, ALPN_H1, ALPN_H2_H1};
 use harness::grpc::{GrpcBackend, HttpProtocols, HttpTrailerBackend};
 use harness::h3::{
-    self, capture_initials, closed_by_peer, initial_flood, partial_request_head, H3Conn,
-    SilentConn, StalledHandshake, Upload, H3_NO_ERROR,
+    self, capture_initials, closed_by_peer, initial_flood, partial_request_head, H3Conn, H3Reply,
+    RequestError, SilentConn, StalledHandshake, Upload, H3_NO_ERROR,
 };
 use harness::issuer::{Issued, Spec, TestCa};
 use harness::metrics::{metrics, wait_metric};
@@ -54,6 +54,29 @@ fn any_cert() -> Arc<ClientConfig> {
     h3::config(Trust::AnyCert, None)
 }
 
+/// An echo backend and an `--http3` sidecar in front of it, with `args` added.
+async fn echo_http3(args: &[&str]) -> (Backend, Sidecar) {
+    let app = Backend::echo().await;
+    let sc = http3(app.addr()).args(args.iter().copied()).start().await;
+    (app, sc)
+}
+
+/// Asserts the sidecar closed a connection gracefully (`CONNECTION_CLOSE` with H3_NO_ERROR),
+/// as it does an idle one.
+fn assert_closed_gracefully(how: &quinn::ConnectionError, what: &str) {
+    match how {
+        quinn::ConnectionError::ApplicationClosed(close) => assert_eq!(
+            close.error_code.into_inner(),
+            u64::from(H3_NO_ERROR),
+            "{what}: closed gracefully (H3_NO_ERROR), not for an error: {how}"
+        ),
+        other => panic!(
+            "{what}: the connection ended without the sidecar closing it (no CONNECTION_CLOSE, \
+             so no graceful GOAWAY-then-close either): {other}"
+        ),
+    }
+}
+
 async fn connect(sc: &Sidecar) -> H3Conn {
     H3Conn::connect(sc.addr(), "localhost", any_cert()).await
 }
@@ -84,8 +107,7 @@ async fn backend_saw_n(app: &Backend, path: &str, n: usize) {
 
 #[tokio::test]
 async fn h3_get_is_forwarded_with_the_same_headers_as_h2() {
-    let app = Backend::echo().await;
-    let sc = http3(app.addr()).start().await;
+    let (_app, sc) = echo_http3(&[]).await;
     let conn = connect(&sc).await;
     assert_eq!(
         conn.alpn().as_deref(),
@@ -144,8 +166,7 @@ async fn h3_get_is_forwarded_with_the_same_headers_as_h2() {
 
 #[tokio::test]
 async fn h3_download_of_4_mib_is_streamed_intact() {
-    let app = Backend::echo().await;
-    let sc = http3(app.addr()).start().await;
+    let (_app, sc) = echo_http3(&[]).await;
     let conn = connect(&sc).await;
     let head = conn
         .request(Method::GET, &format!("/download/{LARGE}"))
@@ -163,8 +184,7 @@ async fn h3_download_of_4_mib_is_streamed_intact() {
 
 #[tokio::test]
 async fn h3_upload_of_4_mib_is_streamed_intact() {
-    let app = Backend::echo().await;
-    let sc = http3(app.addr()).start().await;
+    let (_app, sc) = echo_http3(&[]).await;
     let conn = connect(&sc).await;
     let head = conn
         .request(Method::POST, "/upload")
@@ -182,8 +202,7 @@ async fn h3_upload_of_4_mib_is_streamed_intact() {
 
 #[tokio::test]
 async fn a_hundred_concurrent_h3_streams_share_one_connection_and_the_next_waits() {
-    let app = Backend::echo().await;
-    let sc = http3(app.addr()).start().await;
+    let (app, sc) = echo_http3(&[]).await;
     let conn = connect(&sc).await;
     let limit = Duration::from_secs(60);
     let hold = |requester: h3::Requester| async move {
@@ -469,8 +488,7 @@ async fn a_certificate_reload_is_served_to_new_quic_connections() {
 
 #[tokio::test]
 async fn zero_rtt_is_refused() {
-    let app = Backend::echo().await;
-    let sc = http3(app.addr()).start().await;
+    let (_app, sc) = echo_http3(&[]).await;
     let outcome = h3::zero_rtt(sc.addr(), "localhost").await;
     println!("0-RTT: {outcome:?}");
     assert!(
@@ -481,8 +499,7 @@ async fn zero_rtt_is_refused() {
 
 #[tokio::test]
 async fn alt_svc_on_http11_and_h2_names_the_listen_port_where_h3_answers() {
-    let app = Backend::echo().await;
-    let sc = http3(app.addr()).start().await;
+    let (_app, sc) = echo_http3(&[]).await;
     let port = sc.addr().port();
     for alpn in [ALPN_H1, ALPN_H2_H1] {
         let mut conn = tcp_connect(&sc, alpn).await;
@@ -768,11 +785,7 @@ async fn max_handshakes_answers_an_initial_flood_with_retry_and_serves_real_clie
 
 #[tokio::test]
 async fn handshake_timeout_abandons_a_stalled_quic_handshake_while_others_are_served() {
-    let app = Backend::echo().await;
-    let sc = http3(app.addr())
-        .args(["--handshake-timeout", "500ms"])
-        .start()
-        .await;
+    let (_app, sc) = echo_http3(&["--handshake-timeout", "500ms"]).await;
     let started = Instant::now();
     let mut stalled = StalledHandshake::start(sc.addr(), "localhost").await;
     let good = connect(&sc).await;
@@ -800,11 +813,7 @@ async fn handshake_timeout_abandons_a_stalled_quic_handshake_while_others_are_se
 
 #[tokio::test]
 async fn idle_timeout_closes_idle_and_silent_quic_connections() {
-    let app = Backend::echo().await;
-    let sc = http3(app.addr())
-        .args(["--idle-timeout", "500ms"])
-        .start()
-        .await;
+    let (_app, sc) = echo_http3(&["--idle-timeout", "500ms"]).await;
     let conn = connect(&sc).await;
     let silent = SilentConn::connect(sc.addr(), "localhost", any_cert()).await;
     assert_eq!(conn.get("/once").await.status, StatusCode::OK);
@@ -814,17 +823,7 @@ async fn idle_timeout_closes_idle_and_silent_quic_connections() {
             "the sidecar to close an idle HTTP/3 connection",
         )
         .await;
-    match &how {
-        quinn::ConnectionError::ApplicationClosed(close) => assert_eq!(
-            close.error_code.into_inner(),
-            u64::from(H3_NO_ERROR),
-            "an idle connection is closed gracefully (H3_NO_ERROR): {how}"
-        ),
-        other => panic!(
-            "the idle connection ended without the sidecar closing it (no CONNECTION_CLOSE, so no \
-             graceful GOAWAY-then-close either): {other}"
-        ),
-    }
+    assert_closed_gracefully(&how, "an idle connection");
     let how = silent
         .wait_closed(
             CLOSED_WITHIN,
@@ -840,11 +839,7 @@ async fn idle_timeout_closes_idle_and_silent_quic_connections() {
 
 #[tokio::test]
 async fn header_read_timeout_resets_an_unfinished_head_and_the_connection_stays_usable() {
-    let app = Backend::echo().await;
-    let sc = http3(app.addr())
-        .args(["--header-read-timeout", "500ms"])
-        .start()
-        .await;
+    let (app, sc) = echo_http3(&["--header-read-timeout", "500ms"]).await;
     let conn = connect(&sc).await;
     let authority = format!("localhost:{}", sc.addr().port());
     let mut slow = conn.open_raw(&partial_request_head(&authority)).await;
@@ -878,11 +873,7 @@ async fn header_read_timeout_resets_an_unfinished_head_and_the_connection_stays_
 
 #[tokio::test]
 async fn unfinished_heads_do_not_keep_a_quic_connection_open() {
-    let app = Backend::echo().await;
-    let sc = http3(app.addr())
-        .args(["--idle-timeout", "1s", "--header-read-timeout", "500ms"])
-        .start()
-        .await;
+    let (app, sc) = echo_http3(&["--idle-timeout", "1s", "--header-read-timeout", "500ms"]).await;
     let conn = connect(&sc).await;
     let authority = format!("localhost:{}", sc.addr().port());
     let started = Instant::now();
@@ -909,36 +900,40 @@ async fn unfinished_heads_do_not_keep_a_quic_connection_open() {
         started.elapsed(),
         streams.len()
     );
-    match &how {
-        quinn::ConnectionError::ApplicationClosed(close) => assert_eq!(
-            close.error_code.into_inner(),
-            u64::from(H3_NO_ERROR),
-            "closed gracefully as idle, not for an error: {how}"
-        ),
-        other => panic!("the connection was not closed by the sidecar: {other}"),
-    }
+    assert_closed_gracefully(&how, "a connection of unfinished heads, idle");
     assert!(app.requests().is_empty(), "{:?}", app.requests());
 }
 
-#[tokio::test]
-async fn sigterm_lets_an_in_flight_h3_request_finish_and_takes_no_new_streams() {
-    let app = Backend::echo().await;
-    let mut sc = http3(app.addr())
-        .args(["--shutdown-grace", "10s"])
-        .start()
-        .await;
+/// A sidecar with `--shutdown-grace grace` and one HTTP/3 connection whose `GET /hold` the
+/// backend holds (released with `app.release(1)`): the backend, the sidecar, the connection and
+/// the request's task.
+async fn one_request_held(
+    grace: &str,
+) -> (
+    Backend,
+    Sidecar,
+    H3Conn,
+    tokio::task::JoinHandle<Result<H3Reply, RequestError>>,
+) {
+    let (app, sc) = echo_http3(&["--shutdown-grace", grace]).await;
     let conn = connect(&sc).await;
     let requester = conn.requester();
-    let in_flight = tokio::spawn(async move {
+    let held = tokio::spawn(async move {
         let head = requester
             .request(Method::GET, "/hold")
             .body(())
             .expect("head");
         requester
-            .send(head, Upload::Empty, None, Duration::from_secs(30))
+            .try_send(head, Upload::Empty, None, Duration::from_secs(30))
             .await
     });
     backend_saw(&app, "/hold").await;
+    (app, sc, conn, held)
+}
+
+#[tokio::test]
+async fn sigterm_lets_an_in_flight_h3_request_finish_and_takes_no_new_streams() {
+    let (app, mut sc, conn, in_flight) = one_request_held("10s").await;
 
     sc.sigterm();
     let addr = sc.addr();
@@ -977,7 +972,8 @@ async fn sigterm_lets_an_in_flight_h3_request_finish_and_takes_no_new_streams() 
     app.release(1);
     let reply = within(STEP, "the in-flight response", in_flight)
         .await
-        .unwrap_or_else(|e| panic!("in-flight task: {e:?}\n{}", sc.transcript()));
+        .unwrap_or_else(|e| panic!("in-flight task: {e:?}\n{}", sc.transcript()))
+        .unwrap_or_else(|e| panic!("in-flight request: {e}\n{}", sc.transcript()));
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(reply.text(), "released");
     let status = sc.wait_exit(Duration::from_secs(5)).await;
@@ -991,24 +987,7 @@ async fn sigterm_lets_an_in_flight_h3_request_finish_and_takes_no_new_streams() 
 
 #[tokio::test]
 async fn shutdown_grace_bounds_the_drain_of_h3_requests() {
-    let app = Backend::echo().await;
-    let mut sc = http3(app.addr())
-        .args(["--shutdown-grace", "500ms"])
-        .start()
-        .await;
-    let conn = connect(&sc).await;
-    let requester = conn.requester();
-    let stuck = tokio::spawn(async move {
-        let head = requester
-            .request(Method::GET, "/hold")
-            .body(())
-            .expect("head");
-        requester
-            .try_send(head, Upload::Empty, None, Duration::from_secs(30))
-            .await
-            .map(|r| r.status)
-    });
-    backend_saw(&app, "/hold").await;
+    let (_app, mut sc, _conn, stuck) = one_request_held("500ms").await;
     let sent = Instant::now();
     sc.sigterm();
     let status = sc.wait_exit(Duration::from_secs(5)).await;
@@ -1026,13 +1005,16 @@ async fn shutdown_grace_bounds_the_drain_of_h3_requests() {
     let outcome = within(STEP, "the cut-off request to fail", stuck)
         .await
         .expect("request task");
-    assert!(outcome.is_err(), "a request past the grace got {outcome:?}");
+    assert!(
+        outcome.is_err(),
+        "a request past the grace got {:?}",
+        outcome.map(|r| r.status)
+    );
 }
 
 #[tokio::test]
 async fn sse_events_arrive_incrementally_over_h3() {
-    let app = Backend::echo().await;
-    let sc = http3(app.addr()).start().await;
+    let (app, sc) = echo_http3(&[]).await;
     let conn = connect(&sc).await;
     let requester = conn.requester();
     let head = requester
@@ -1096,8 +1078,7 @@ async fn sse_events_arrive_incrementally_over_h3() {
 /// (the sidecar answers a cancelled request when the backend does).
 #[tokio::test]
 async fn cancelled_h3_requests_keep_their_stream_credit_until_answered() {
-    let app = Backend::echo().await;
-    let sc = http3(app.addr()).start().await;
+    let (app, sc) = echo_http3(&[]).await;
     let conn = connect(&sc).await;
     let requester = conn.requester();
     let mut started = 0;
