@@ -310,6 +310,33 @@ impl Pebble {
         self.challtestsrv_management
     }
 
+    /// Points `name` at `ip` in challtestsrv (its `/add-a`): where Pebble then validates it.
+    pub async fn point(&self, name: &str, ip: &str) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let body = serde_json::json!({ "host": format!("{name}."), "addresses": [ip] }).to_string();
+        let mut stream = tokio::net::TcpStream::connect(self.challtestsrv_management())
+            .await
+            .expect("connect to challtestsrv's management API");
+        let request = format!(
+            "POST /add-a HTTP/1.1\r\nHost: challtestsrv\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .expect("send /add-a");
+        let mut reply = String::new();
+        stream
+            .read_to_string(&mut reply)
+            .await
+            .expect("read /add-a's answer");
+        assert!(
+            reply.starts_with("HTTP/1.1 200"),
+            "challtestsrv /add-a {name} {ip}: {reply}"
+        );
+    }
+
     /// Both daemons' output so far (Pebble's alone without challtestsrv), for failure messages.
     pub fn logs(&self) -> String {
         let read = |path: &PathBuf| std::fs::read_to_string(path).unwrap_or_default();

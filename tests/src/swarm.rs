@@ -18,6 +18,8 @@ use crate::dockerd::{ip, PrivateEngine};
 
 /// The bed's LAN: node N (from 1) is `10.231.0.N`.
 const SUBNET: &str = "10.231.0";
+/// The hub's own address on the LAN, where what runs [`SwarmBed::on_lan`] is reached (a CA).
+pub const HUB_ADDR: &str = "10.231.0.254";
 /// How long the swarm may take to see a joined node ready.
 const JOIN: Duration = Duration::from_secs(60);
 
@@ -55,6 +57,15 @@ impl SwarmBed {
         ip(&["-n", &hub, "link", "set", "lo", "up"]);
         ip(&["-n", &hub, "link", "add", "br0", "type", "bridge"]);
         ip(&["-n", &hub, "link", "set", "br0", "up"]);
+        ip(&[
+            "-n",
+            &hub,
+            "addr",
+            "add",
+            &format!("{HUB_ADDR}/24"),
+            "dev",
+            "br0",
+        ]);
         for i in 1..=n {
             let ns = unique_name("tsn");
             ip(&["netns", "add", &ns]);
@@ -181,6 +192,27 @@ impl SwarmBed {
             .args(args)
             .output()
             .unwrap_or_else(|e| panic!("cannot run {cmd} on node {i}: {e}"))
+    }
+
+    /// Runs `work` on a thread of its own moved into the hub's network namespace, as a host
+    /// on the LAN at [`HUB_ADDR`] beside the nodes: the sockets it opens and the processes it
+    /// starts are there (an ACME CA whose validation requests reach the nodes' published
+    /// ports). Returns the thread's handle.
+    pub fn on_lan<T, F>(&self, work: F) -> std::thread::JoinHandle<T>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let ns = format!("/run/netns/{}", self.hub);
+        std::thread::spawn(move || {
+            let fd = std::fs::File::open(&ns).unwrap_or_else(|e| panic!("open {ns}: {e}"));
+            rustix::thread::move_into_link_name_space(
+                std::os::fd::AsFd::as_fd(&fd),
+                Some(rustix::thread::LinkNameSpaceType::Network),
+            )
+            .unwrap_or_else(|e| panic!("setns into {ns}: {e}"));
+            work()
+        })
     }
 
     /// A command `cmd` to run in node `i`'s network namespace; add its arguments.

@@ -1,7 +1,7 @@
 //! The spawner binary: most modules run it as a host process against the real Docker engine (a
 //! private `dockerd` in `engine`), each test with its own label prefix, and assert on the
 //! containers, sidecars and certificates users see; `acme` adds a real ACME CA (Pebble).
-mod acme;
+pub(crate) mod acme;
 mod acme_dns;
 mod admin;
 mod ca;

@@ -596,3 +596,119 @@ fn a_renewed_certificate_secret_reaches_every_node_without_a_dropped_connection(
         assert_eq!(answered, sent, "node {}: every request answered", i + 1);
     }
 }
+
+/// A CA's HTTP-01 check is answered on whichever node it lands, with nothing delivered for the
+/// order: every node's sidecar answers any token with the account's thumbprint
+/// (`--acme-thumbprint`). Pebble runs on the LAN (in the hub's namespace) and validates one
+/// name at node 2 and another at node 3, each through that node's published port.
+#[test]
+fn a_cas_http01_check_is_answered_on_whichever_node_it_lands() {
+    use crate::spawner::acme::pebble::{account, assert_issued_for, issue, thumbprint};
+    use harness::pebble::Pebble;
+    use harness::wait::within;
+    use instant_acme::ChallengeType;
+
+    let bed = SwarmBed::start(3, "nodes");
+    let names = [("two.swarm.test", 2), ("three.swarm.test", 3)];
+    let addrs: Vec<(String, String)> = names
+        .iter()
+        .map(|(name, node)| (name.to_string(), bed.addr(*node)))
+        .collect();
+    let (to_nodes, from_ca) = std::sync::mpsc::channel::<(String, u16)>();
+    let (go, nodes_ready) = std::sync::mpsc::channel::<()>();
+    let ca = bed.on_lan(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let pebble = Pebble::start().await;
+            let account = account(&pebble).await;
+            let thumbprint = thumbprint(&account).await;
+            to_nodes
+                .send((thumbprint, pebble.http_port()))
+                .expect("send the thumbprint");
+            nodes_ready
+                .recv_timeout(SWARM_STEP)
+                .expect("the nodes' sidecars up");
+            for (name, addr) in addrs {
+                pebble.point(&name, &addr).await;
+                let chain = within(
+                    Duration::from_secs(60),
+                    &format!("issuance for {name}, validated at {addr}"),
+                    issue(&pebble, &account, &name, ChallengeType::Http01, |_, _| {}),
+                )
+                .await;
+                assert_issued_for(&pebble, &chain, &name);
+            }
+        })
+    });
+    let (thumbprint, http_port) = from_ca
+        .recv_timeout(SWARM_STEP)
+        .expect("Pebble up on the LAN");
+
+    // One app task per worker node, publishing the validation port in host mode onto its
+    // sidecar's redirect listener, and that sidecar, started by hand with the thumbprint.
+    let m = bed.manager();
+    let app = "acme-app";
+    // A host-mode port goes through the task's docker_gwbridge, which a task on an overlay
+    // network has (the engines have no default bridge).
+    m.docker_ok(&["network", "create", "-d", "overlay", "acme-net"]);
+    m.docker_ok(&[
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        app,
+        "--network",
+        "acme-net",
+        "--replicas",
+        "2",
+        "--replicas-max-per-node",
+        "1",
+        "--constraint",
+        "node.role==worker",
+        "--publish",
+        &format!("mode=host,target=8081,published={http_port}"),
+        &bed.images().demo,
+    ]);
+    for node in [2, 3] {
+        let engine = bed.node(node);
+        let (task, _) = poll(SWARM_STEP, "the app's task on its node", || {
+            engine.tasks_of(app).pop()
+        });
+        let sidecar = engine.docker_ok(&[
+            "run",
+            "-d",
+            "--network",
+            &format!("container:{task}"),
+            &bed.images().sidecar,
+            "--redirect-listen",
+            ":8081",
+            "--acme-thumbprint",
+            &thumbprint,
+        ]);
+        // Its answer to a token nobody delivered, through the node's published port.
+        let url = format!(
+            "http://{}:{http_port}/.well-known/acme-challenge/any-token",
+            bed.addr(node)
+        );
+        let deadline = Instant::now() + SWARM_STEP;
+        let body = loop {
+            if let Some(body) = bed.curl_on(node, &[&url]) {
+                break body;
+            }
+            let logs = engine.docker(&["logs", &sidecar]);
+            assert!(
+                Instant::now() < deadline,
+                "the sidecar on node {node} does not answer at {url}: {}{}",
+                String::from_utf8_lossy(&logs.stdout),
+                String::from_utf8_lossy(&logs.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        assert_eq!(body, format!("any-token.{thumbprint}"));
+    }
+    go.send(()).expect("start the orders");
+    ca.join().unwrap_or_else(|e| std::panic::resume_unwind(e));
+}

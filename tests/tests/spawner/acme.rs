@@ -15,7 +15,7 @@
 
 mod dns01;
 mod fixture;
-mod pebble;
+pub(crate) mod pebble;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;

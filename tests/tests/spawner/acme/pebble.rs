@@ -46,7 +46,7 @@ fn directory_roots(pebble: &Pebble) -> RootCertStore {
     roots
 }
 
-async fn account(pebble: &Pebble) -> Account {
+pub(crate) async fn account(pebble: &Pebble) -> Account {
     let (account, _credentials) =
         Account::builder_with_http(Box::new(spawner::AcmeHttp::new(directory_roots(pebble))))
             .create(
@@ -73,7 +73,7 @@ fn retries() -> RetryPolicy {
 
 /// Orders a certificate for `name`, answers its `kind` challenge through `publish(token, key
 /// authorization)`, finalizes with a fresh key's CSR and returns the PEM chain Pebble issued.
-async fn issue(
+pub(crate) async fn issue(
     pebble: &Pebble,
     account: &Account,
     name: &str,
@@ -144,7 +144,11 @@ fn lifetime(cert: &CertificateDer<'_>) -> Duration {
 
 /// Asserts the chain is for exactly `name` and verifies (as a TLS server certificate for
 /// `name`, now) up to Pebble's issuing root.
-fn assert_issued_for(pebble: &Pebble, chain_pem: &str, name: &str) -> Vec<CertificateDer<'static>> {
+pub(crate) fn assert_issued_for(
+    pebble: &Pebble,
+    chain_pem: &str,
+    name: &str,
+) -> Vec<CertificateDer<'static>> {
     assert_issued_for_all(pebble, chain_pem, &[name])
 }
 
@@ -598,33 +602,35 @@ async fn the_sidecar_answers_http01_for_pebble_on_its_redirect_listener() {
     assert_issued_for(&pebble, &chain, "d.test");
 }
 
+/// The account's key thumbprint, as the CA puts it in a key authorization
+/// `<token>.<thumbprint>` (read from an authorization of an order left unfinished).
+pub(crate) async fn thumbprint(account: &Account) -> String {
+    let identifiers = [Identifier::Dns("probe.test".to_string())];
+    let mut order = account
+        .new_order(&NewOrder::new(&identifiers))
+        .await
+        .expect("probe order");
+    let mut authorizations = order.authorizations();
+    let mut authz = authorizations
+        .next()
+        .await
+        .expect("an authorization")
+        .expect("authorization");
+    let challenge = authz
+        .challenge(ChallengeType::Http01)
+        .expect("an http-01 challenge");
+    let key_auth = challenge.key_authorization();
+    let (_, thumbprint) = key_auth.as_str().split_once('.').expect("token.thumbprint");
+    thumbprint.to_string()
+}
+
 /// Stateless HTTP-01: the sidecar holds no answer file, only the account's thumbprint
 /// (`--acme-thumbprint`), and Pebble's check of a fresh token passes.
 #[tokio::test]
 async fn the_sidecar_answers_http01_statelessly_with_the_account_thumbprint() {
     let pebble = Pebble::start().await;
     let account = account(&pebble).await;
-    // The account's thumbprint, as the CA puts it in a key authorization `<token>.<thumbprint>`
-    // (from an authorization of an order left unfinished).
-    let thumbprint = {
-        let identifiers = [Identifier::Dns("probe.test".to_string())];
-        let mut order = account
-            .new_order(&NewOrder::new(&identifiers))
-            .await
-            .expect("probe order");
-        let mut authorizations = order.authorizations();
-        let mut authz = authorizations
-            .next()
-            .await
-            .expect("an authorization")
-            .expect("authorization");
-        let challenge = authz
-            .challenge(ChallengeType::Http01)
-            .expect("an http-01 challenge");
-        let key_auth = challenge.key_authorization();
-        let (_, thumbprint) = key_auth.as_str().split_once('.').expect("token.thumbprint");
-        thumbprint.to_string()
-    };
+    let thumbprint = thumbprint(&account).await;
     let app = harness::backend::Backend::echo().await;
     let _sc = harness::sidecar::Sidecar::builder()
         .backend(app.addr())
