@@ -103,14 +103,13 @@ pub fn hsts_max_age(text: &str) -> Result<u64, String> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn acme_thumbprints_are_43_base64url_characters_of_32_bytes() {
         let good = "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs";
-        assert_eq!(super::acme_thumbprint(good).as_deref(), Ok(good));
-        assert_eq!(
-            super::acme_thumbprint(&format!(" {good}\n")).as_deref(),
-            Ok(good)
-        );
+        assert_eq!(acme_thumbprint(good).as_deref(), Ok(good));
+        assert_eq!(acme_thumbprint(&format!(" {good}\n")).as_deref(), Ok(good));
         for bad in [
             "",
             "short",
@@ -121,12 +120,10 @@ mod tests {
             // 'B' carries bits past the 256th.
             "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9XB",
         ] {
-            let err = super::acme_thumbprint(bad).expect_err(bad);
+            let err = acme_thumbprint(bad).expect_err(bad);
             assert!(err.contains("thumbprint"), "{err}");
         }
     }
-
-    use super::*;
 
     #[test]
     fn parses_common_forms() {
