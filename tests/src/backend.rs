@@ -158,10 +158,10 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// An address on which nothing listens (bound, then released), for "backend refused".
+/// An address on which nothing listens, for "backend refused": a port from below the ephemeral
+/// range ([`crate::sidecar::free_port`]), which no other test's `bind(0)` can be given.
 pub fn refused_addr() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind probe port");
-    listener.local_addr().expect("probe port address")
+    SocketAddr::from(([127, 0, 0, 1], crate::sidecar::free_port()))
 }
 
 struct State {

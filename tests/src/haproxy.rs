@@ -119,10 +119,10 @@ pub fn fields(body: &str) -> HashMap<String, String> {
         .collect()
 }
 
-/// A loopback port nobody listens on now (bound, read, released).
+/// A loopback port nobody listens on now, from below the ephemeral range
+/// ([`crate::sidecar::free_port`]).
 fn free_loopback_port() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    listener.local_addr().expect("free port address")
+    SocketAddr::from(([127, 0, 0, 1], crate::sidecar::free_port()))
 }
 
 /// How long a test waits for HAProxy's answer through the sidecar.

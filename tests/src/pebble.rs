@@ -17,7 +17,7 @@
 //! install (`.ci/run` installs it): never a silent skip.
 
 use std::fs::File;
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -106,15 +106,12 @@ impl Pebble {
         }
         let dir = TempDir::new("pebble");
         let dns = options.dns_server.unwrap_or_else(free_udp_and_tcp_port);
-        // All bound at once so they differ from each other, then released for the daemons.
-        let listeners: Vec<TcpListener> = (0..5)
-            .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a free port"))
+        // From below the kernel's ephemeral range (`free_port`): a port `bind(0)` handed out is
+        // the kernel's to hand out again, to any test's outgoing connection, before the daemon or
+        // the test's own responder binds it.
+        let addrs: Vec<SocketAddr> = (0..5)
+            .map(|_| SocketAddr::from(([127, 0, 0, 1], crate::sidecar::free_port())))
             .collect();
-        let addrs: Vec<SocketAddr> = listeners
-            .iter()
-            .map(|l| l.local_addr().expect("free port address"))
-            .collect();
-        drop(listeners);
         let (listen, management, challtestsrv_management) = (addrs[0], addrs[1], addrs[2]);
         let (http_port, tls_port) = (addrs[3].port(), addrs[4].port());
 
@@ -373,8 +370,7 @@ pub(crate) fn log_file(path: &PathBuf) -> File {
 /// BIND's).
 pub(crate) fn free_udp_and_tcp_port() -> SocketAddr {
     for _ in 0..100 {
-        let tcp = TcpListener::bind("127.0.0.1:0").expect("bind a free TCP port");
-        let addr = tcp.local_addr().expect("free port address");
+        let addr = SocketAddr::from(([127, 0, 0, 1], crate::sidecar::free_port()));
         if UdpSocket::bind(addr).is_ok() {
             return addr;
         }

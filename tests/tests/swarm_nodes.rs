@@ -93,11 +93,7 @@ fn fingerprint_of_pem(pem: &[u8]) -> String {
         .next()
         .expect("a certificate")
         .expect("valid PEM");
-    hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &der).as_ref())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    harness::backend::sha256_hex(&der)
 }
 
 /// The SHA-256 fingerprint of the certificate node `i` serves on its published port for
