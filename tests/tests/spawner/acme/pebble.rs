@@ -429,10 +429,7 @@ async fn an_unreachable_directory_fails_with_the_address_and_the_cause() {
     // No Pebble: only a CA the client would trust.
     let ca = TestCa::new("unused directory CA");
     // A port nobody listens on.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
+    let port = harness::backend::refused_addr().port();
     let url = format!("https://127.0.0.1:{port}/dir");
     let err = match within(
         STEP * 2,
