@@ -387,6 +387,28 @@ pub fn containers_with_label(label: &str) -> Vec<Container> {
     ids.split_whitespace().filter_map(inspect).collect()
 }
 
+/// The sidecars (running or not) a spawner under label prefix `prefix` made for target
+/// `target_id` (its full ID).
+pub fn sidecars_for(prefix: &str, target_id: &str) -> Vec<Container> {
+    containers_with_label(&format!("{prefix}.sidecar-for={target_id}"))
+}
+
+/// Waits (up to [`LIFECYCLE_DEADLINE`]) for exactly one running sidecar of the target, in the
+/// target's network namespace; returns it.
+pub fn wait_sidecar(prefix: &str, target_id: &str) -> Container {
+    poll(
+        LIFECYCLE_DEADLINE,
+        "exactly one running sidecar in the target's namespace",
+        || match sidecars_for(prefix, target_id).as_slice() {
+            [one] if one.running && one.network_mode == format!("container:{target_id}") => {
+                Some(one.clone())
+            }
+            _ => None,
+        },
+    )
+    .0
+}
+
 /// Re-evaluates `check` every 50 ms until it returns `Some` or `limit` passes (then panics naming
 /// `what`). Returns the value and how long it took, so tests can log observed latencies.
 pub fn poll<T>(limit: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> (T, Duration) {

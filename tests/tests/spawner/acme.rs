@@ -26,8 +26,8 @@ use std::time::{Duration, Instant};
 use harness::bins::bin_path;
 use harness::certs::dns_sans;
 use harness::docker::{
-    containers_with_label, docker, docker_ok, host_port, https_get, images, logs_of, unique_name,
-    Container, TestRun, LIFECYCLE_DEADLINE,
+    containers_with_label, docker, docker_ok, host_port, https_get, images, logs_of, sidecars_for,
+    unique_name, TestRun, LIFECYCLE_DEADLINE,
 };
 use harness::forward::Forward;
 use harness::pebble::Options;
@@ -60,10 +60,6 @@ fn not_after(cert: &CertificateDer<'_>) -> i64 {
 }
 
 /// The sidecars of a target (running or not).
-fn sidecars_for(prefix: &str, target_id: &str) -> Vec<Container> {
-    containers_with_label(&format!("{prefix}.sidecar-for={target_id}"))
-}
-
 /// Waits for exactly one sidecar of the target, running in its namespace; returns its ID.
 fn wait_sidecar(prefix: &str, target_id: &str) -> String {
     eventually(

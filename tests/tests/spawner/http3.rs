@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use harness::client::Trust;
 use harness::docker::{
-    containers_with_label, docker_ok, host_port, https_get_with_head, images, poll, unique_name,
-    Container, TestRun, LIFECYCLE_DEADLINE,
+    docker_ok, host_port, https_get_with_head, images, poll, sidecars_for, unique_name,
+    wait_sidecar, TestRun, LIFECYCLE_DEADLINE,
 };
 use harness::h3::{self, H3Conn};
 use harness::spawner::{self, Spawner};
@@ -50,28 +50,6 @@ fn udp_host_port(container: &str, port: u16) -> u16 {
     out.lines()
         .find_map(|l| l.rsplit(':').next()?.trim().parse().ok())
         .unwrap_or_else(|| panic!("container {container} does not publish {port}/udp: {out:?}"))
-}
-
-fn sidecars_for(prefix: &str, target_id: &str) -> Vec<Container> {
-    containers_with_label(&format!("{prefix}.managed-by=spawner"))
-        .into_iter()
-        .filter(|s| s.label(&format!("{prefix}.sidecar-for")).as_deref() == Some(target_id))
-        .collect()
-}
-
-/// Waits for exactly one running sidecar in the target's network namespace.
-fn wait_sidecar(prefix: &str, target_id: &str) -> Container {
-    poll(
-        LIFECYCLE_DEADLINE,
-        "exactly one running sidecar in the target's namespace",
-        || match sidecars_for(prefix, target_id).as_slice() {
-            [one] if one.running && one.network_mode == format!("container:{target_id}") => {
-                Some(one.clone())
-            }
-            _ => None,
-        },
-    )
-    .0
 }
 
 /// The value of header `name` in a `curl -i` answer.

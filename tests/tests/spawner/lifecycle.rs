@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use harness::docker::{
     containers_with_label, docker, docker_ok, host_port, https_get, images, inspect, poll,
-    unique_name, wait_not_running, Container, TestRun, LIFECYCLE_DEADLINE,
+    sidecars_for, unique_name, wait_not_running, Container, TestRun, LIFECYCLE_DEADLINE,
 };
 use harness::spawner::{self, Spawner, DOCKER_SOCKET};
 
@@ -38,13 +38,6 @@ fn target(run: &TestRun, prefix: &str, extra_labels: &[String]) -> (String, Stri
 
 fn sidecars(prefix: &str) -> Vec<Container> {
     containers_with_label(&format!("{prefix}.managed-by=spawner"))
-}
-
-fn sidecars_for(prefix: &str, target_id: &str) -> Vec<Container> {
-    sidecars(prefix)
-        .into_iter()
-        .filter(|s| s.label(&format!("{prefix}.sidecar-for")).as_deref() == Some(target_id))
-        .collect()
 }
 
 /// Waits for exactly one running sidecar in the target's current namespace, and TLS answering

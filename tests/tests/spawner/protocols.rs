@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use harness::client::{self, Trust};
 use harness::docker::{
-    containers_with_label, host_port, https_get_with_head, images, inspect, poll, unique_name,
-    Container, TestRun, LIFECYCLE_DEADLINE,
+    host_port, https_get_with_head, images, inspect, poll, sidecars_for, unique_name, wait_sidecar,
+    TestRun, LIFECYCLE_DEADLINE,
 };
 use harness::spawner::{self, Spawner};
 use tokio::io::AsyncReadExt;
@@ -41,28 +41,6 @@ fn target(run: &TestRun, prefix: &str, labels: &[String], env: &[&str]) -> (Stri
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let id = run.container(&name, &images().demo, &args, &[]);
     (name, id)
-}
-
-fn sidecars_for(prefix: &str, target_id: &str) -> Vec<Container> {
-    containers_with_label(&format!("{prefix}.managed-by=spawner"))
-        .into_iter()
-        .filter(|s| s.label(&format!("{prefix}.sidecar-for")).as_deref() == Some(target_id))
-        .collect()
-}
-
-/// Waits for exactly one running sidecar in the target's network namespace.
-fn wait_sidecar(prefix: &str, target_id: &str) -> Container {
-    poll(
-        LIFECYCLE_DEADLINE,
-        "exactly one running sidecar in the target's namespace",
-        || match sidecars_for(prefix, target_id).as_slice() {
-            [one] if one.running && one.network_mode == format!("container:{target_id}") => {
-                Some(one.clone())
-            }
-            _ => None,
-        },
-    )
-    .0
 }
 
 /// One TLS connection to `port` offering ALPN `h2` then `http/1.1`: the protocol negotiated and

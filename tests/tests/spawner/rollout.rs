@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use harness::docker::{
-    containers_with_label, docker, docker_ok, host_port, https_get, images, inspect, logs_of, poll,
+    docker, docker_ok, host_port, https_get, images, inspect, logs_of, poll, sidecars_for,
     unique_name, Container, TestRun, LIFECYCLE_DEADLINE,
 };
 use harness::load::{assert_clean, Load, Mix};
@@ -147,10 +147,6 @@ fn target(run: &TestRun, prefix: &str, image: &str, labels: &[String]) -> (Strin
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let id = run.container(&name, &images().demo, &args, &[]);
     (name, id)
-}
-
-fn sidecars_for(prefix: &str, target_id: &str) -> Vec<Container> {
-    containers_with_label(&format!("{prefix}.sidecar-for={target_id}"))
 }
 
 fn image_of(c: &Container) -> String {
